@@ -1,0 +1,55 @@
+# sft-operator: every entry point a newcomer, CI and a developer need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test unit integration training e2e venv provision cluster-up cluster-down run crd bench lint clean
+
+## demo: local control plane + operator + local node; trains a tiny 2-node job to Succeeded
+demo: venv provision
+	$(PY) -m sft_operator.dev.demo
+
+## test: every test tier (unit, integration on the real control plane, training, e2e)
+test: venv provision
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 first, alone: pip takes the CPU build that lies on this disk.
+	$(PY) -m pip install -q 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## provision: build/cache etcd, kube-apiserver, kube-controller-manager (once, ~10 min)
+provision:
+	scripts/provision-k8s.sh >/dev/null
+
+## cluster-up / cluster-down: a local control plane, kubeconfig in .local/kubeconfig
+cluster-up: venv provision
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m sft_operator.dev.controlplane up --state-dir .local
+
+cluster-down: venv
+	$(PY) -m sft_operator.dev.controlplane down --state-dir .local
+
+## run: the operator against $$KUBECONFIG
+run: venv
+	$(VENV)/bin/sft-operator run
+
+## crd: regenerate crds/ and the chart's copy from the pydantic models
+crd: venv
+	$(VENV)/bin/sft-operator crd --write
+
+bench: venv provision
+	for b in benchmarks/*.py; do echo "== $$b"; KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .local build *.egg-info

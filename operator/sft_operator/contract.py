@@ -1,0 +1,84 @@
+"""The contract between the operator (render.py) and the launcher in each pod.
+
+One set of names, imported by both sides; the README's env-contract table documents them.
+This module must stay dependency-free: the trainer image imports it without kopf or kubernetes.
+"""
+
+from __future__ import annotations
+
+# --- API identity -----------------------------------------------------------------------------
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SFTJob"
+PLURAL = "sftjobs"
+SINGULAR = "sftjob"
+SHORT_NAMES = ["sft"]
+
+# --- Labels and annotations on children -------------------------------------------------------
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_COMPONENT = f"{GROUP}/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "sft-operator"
+
+# --- Environment read by the launcher ---------------------------------------------------------
+# torchrun reads PET_* for any option not passed on its command line.
+ENV_NNODES = "PET_NNODES"
+ENV_NPROC_PER_NODE = "PET_NPROC_PER_NODE"
+ENV_MASTER_ADDR = "PET_MASTER_ADDR"
+ENV_MASTER_PORT = "PET_MASTER_PORT"
+ENV_RDZV_ENDPOINT = "PET_RDZV_ENDPOINT"
+ENV_RDZV_ID = "PET_RDZV_ID"
+# Set by the launcher (never by the operator): derived from the pod name's ordinal, since the
+# apps.kubernetes.io/pod-index label exists only on Kubernetes >= 1.28.
+ENV_NODE_RANK = "PET_NODE_RANK"
+# The pod's own name, from the downward API (metadata.name), e.g. "myjob-1" -> node rank 1.
+ENV_POD_NAME = "SFT_POD_NAME"
+# Path of the training config (JSON) mounted from the job's ConfigMap.
+ENV_CONFIG_PATH = "SFT_CONFIG"
+# "cuda" (default, production) or "cpu" (tests and small smoke runs only).
+ENV_DEVICE = "SFT_DEVICE"
+
+# --- Mounts in the training pod ---------------------------------------------------------------
+CONFIG_MOUNT_PATH = "/etc/sft"
+CONFIG_FILE_NAME = "training.json"
+CONFIG_PATH = f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}"
+CHECKPOINT_MOUNT_PATH = "/checkpoints"
+SHM_MOUNT_PATH = "/dev/shm"
+
+# --- Container and volume names ---------------------------------------------------------------
+TRAINER_CONTAINER = "trainer"
+CHECKPOINT_VOLUME = "checkpoints"
+CONFIG_VOLUME = "training-config"
+SHM_VOLUME = "dshm"
+
+DEFAULT_RDZV_PORT = 29500
+
+# --- Launcher exit codes ----------------------------------------------------------------------
+EXIT_OK = 0              # finished (completion marker written) or idling after completion
+EXIT_TRAINING_FAILED = 1  # instructlab-training / torchrun failed
+EXIT_BAD_CONFIG = 2      # config or environment invalid: retrying will not help
+EXIT_PREEMPTED = 3       # saved an on-demand checkpoint and stopped; a restart resumes
+
+# --- The training config (the ConfigMap's training.json) --------------------------------------
+# {
+#   "jobName": str, "namespace": str,
+#   "numEpochs": int,
+#   "fullStateRetention": int | null,   # keep the last K complete full_state/epoch_N dirs
+#   "trainingArgs": {...}               # instructlab-training TrainingArgs kwargs, already
+#                                       # mapped from the spec's camelCase names; includes
+#                                       # ckpt_output_dir, data_path, model_path, num_epochs
+# }
+CONFIG_KEY_JOB_NAME = "jobName"
+CONFIG_KEY_NAMESPACE = "namespace"
+CONFIG_KEY_NUM_EPOCHS = "numEpochs"
+CONFIG_KEY_RETENTION = "fullStateRetention"
+CONFIG_KEY_TRAINING_ARGS = "trainingArgs"
+
+
+def node_rank_from_pod_name(pod_name: str) -> int:
+    """A StatefulSet pod is named ``<statefulset>-<ordinal>``; the ordinal is the node rank."""
+    _, sep, ordinal = pod_name.rpartition("-")
+    if not sep or not ordinal.isdigit():
+        raise ValueError(f"{ENV_POD_NAME}={pod_name!r} does not end in '-<ordinal>'")
+    return int(ordinal)
