@@ -17,7 +17,7 @@ die() { echo "provision-k8s: $*" >&2; exit 1; }
 log() { echo "provision-k8s: $*" >&2; }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
-  for b in etcd kube-apiserver; do
+  for b in etcd kube-apiserver kube-controller-manager; do
     [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable '$b'; unset it to let this script build the binaries"
   done
   echo "$KUBEBUILDER_ASSETS"; exit 0

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real local control plane (session), its admin ApiClient, a fresh namespace.
+
+The control plane starts lazily, on the first test that asks for it. If it cannot start
+(no binaries, provisioning failed, a binary died), every test that needs it ERRORs with the
+one clear reason; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+CONTROL_PLANE_MARKERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that touches the control plane is an integration test even if its author forgot the
+    # marker, so `-m "not integration"` never starts one.
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()) and not any(
+            item.get_closest_marker(m) for m in CONTROL_PLANE_MARKERS
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[Any]:
+    """A started ``sft_operator.dev.controlplane.ControlPlane`` shared by the whole session."""
+    from sft_operator.dev.controlplane import ControlPlane, ControlPlaneError
+
+    cp = ControlPlane()
+    try:
+        cp.start()
+    except ControlPlaneError as e:
+        pytest.fail(f"local control plane could not start: {e}", pytrace=False)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: Any) -> Iterator[Any]:
+    """A kubernetes.client.ApiClient acting as the cluster admin (group system:masters)."""
+    with control_plane.api_client() as client:
+        yield client
+
+
+def namespace_name(test_name: str) -> str:
+    """A fresh, valid namespace name (DNS-1123 label) derived from a test's name."""
+    stem = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:48].strip("-") or "test"
+    return f"{stem}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, control_plane: Any, api_client: Any) -> Iterator[str]:
+    """The name of a namespace created for this test and deleted after it."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    control_plane.check()
+    core = kubernetes.client.CoreV1Api(api_client)
+    name = namespace_name(request.node.name)
+    core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        # A control-plane crash during the test is reported here, not left for the next test.
+        control_plane.check()
