@@ -1,0 +1,715 @@
+"""A dev-only local node: a tiny kubelet + scheduler that runs pods as local processes.
+
+NEVER for production. There is no kubelet and no kube-scheduler in the local control plane, so
+pods would stay Pending; this registers a Node, binds unscheduled pods to it and runs each pod's
+containers as processes on this machine (the image is ignored: the command runs from the local
+environment), each in its own mount namespace with the pod's volumes bind-mounted from local
+directories. See docs/localnode.md for what it does and does not do.
+
+    python -m sft_operator.dev.localnode --kubeconfig K --state-dir D [--name N] [--gpus G]
+
+or from Python: ``with LocalNode(kubeconfig, state_dir).start(): ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from kubernetes.client.exceptions import ApiException
+
+from .localnode_api import KubeRest, gone, pod_path
+from .localnode_plan import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_CAP_S,
+    START_ERROR_EXIT_CODE,
+    ContainerState,
+    EnvSources,
+    PodConfigError,
+    Terminated,
+    container_plan,
+    exit_code_of,
+    grace_period_s,
+    hosts_file,
+    iso,
+    log_path,
+    next_backoff,
+    node_object,
+    pod_dir,
+    pod_status,
+    pod_volumes,
+    ready_condition,
+    referenced_objects,
+    should_restart,
+    tail_of_log,
+    termination_message,
+    termination_reason,
+    unschedulable_reason,
+    volume_dirs,
+)
+from .localnode_process import ContainerProcess
+from .localnode_volumes import VolumeWriter
+
+log = logging.getLogger("sft_operator.dev.localnode")
+
+CONFIG_RETRY_S = 2.0
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class LocalNodeError(RuntimeError):
+    """The local node cannot run here (no mount namespaces, API unreachable, ...)."""
+
+
+def check_mount_namespaces() -> None:
+    """Fails with a clear message unless this process may create mount namespaces."""
+    if sys.platform != "linux":
+        raise LocalNodeError("the local node runs pods in Linux mount namespaces; this is not Linux")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise LocalNodeError("the local node needs unshare(1) (util-linux) to check for mount namespaces")
+    probe = subprocess.run([unshare, "-m", "-u", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise LocalNodeError(
+            "mount namespaces are unavailable (`unshare -m -u true` failed: "
+            f"{probe.stderr.strip() or probe.returncode}); the local node must run as root "
+            "(CAP_SYS_ADMIN) on Linux, since each container bind-mounts its volumes onto absolute paths"
+        )
+
+
+def default_capacity(gpus: int, cpu: str | None, memory: str | None, pods: int) -> dict[str, str]:
+    capacity = {
+        "cpu": cpu or str(os.cpu_count() or 1),
+        "memory": memory or f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024}Ki",
+        "pods": str(pods),
+        "ephemeral-storage": f"{shutil.disk_usage('/').total // 1024}Ki",
+    }
+    if gpus:
+        capacity["nvidia.com/gpu"] = str(gpus)
+    return capacity
+
+
+@dataclass
+class ContainerRecord:
+    spec: dict[str, Any]
+    state: ContainerState
+    process: ContainerProcess | None = None
+    backoff_s: float | None = None
+    restart_at: float | None = None  # time.monotonic()
+
+
+@dataclass
+class PodRecord:
+    pod: dict[str, Any]
+    containers: dict[str, ContainerRecord]
+    start_time: datetime
+    started: bool = False
+    retry_at: float | None = None
+    deleting: bool = False
+    kill_at: float | None = None
+    hosts: str = ""
+    last_status: dict[str, Any] | None = None
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def uid(self) -> str:
+        return self.pod["metadata"]["uid"]
+
+    @property
+    def live(self) -> list[ContainerProcess]:
+        return [c.process for c in self.containers.values() if c.process is not None and c.process.alive]
+
+
+class LocalNode:
+    """Registers a Node, schedules pods onto it and runs them as local processes.
+
+    All pod bookkeeping happens on one loop thread fed by a queue (watch events, process exits,
+    timers), so there is no locking; watches and process waiters only enqueue.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        state_dir: str | Path,
+        name: str = "local-node",
+        *,
+        gpus: int = 0,
+        cpu: str | None = None,
+        memory: str | None = None,
+        pods: int = 110,
+        extra_env: dict[str, str] | None = None,
+        backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
+        heartbeat_s: float = 10.0,
+        stop_grace_s: float = 10.0,
+    ):
+        self.name = name
+        self.state_dir = Path(state_dir).resolve()
+        self.rest = KubeRest.from_kubeconfig(str(kubeconfig))
+        self.capacity = default_capacity(gpus, cpu, memory, pods)
+        self.extra_env = dict(extra_env or {})
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.heartbeat_s = heartbeat_s
+        self.stop_grace_s = stop_grace_s
+        ca_file = self.rest.ca_file
+        self.ca_pem = Path(ca_file).read_bytes() if ca_file else b""
+        self.volumes = VolumeWriter(self.rest, self.ca_pem)
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._responses: list[Any] = []
+        self._pods: dict[str, dict[str, Any]] = {}  # every pod in the cluster, by uid
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._records: dict[str, PodRecord] = {}  # pods bound here, by uid
+        self._binding: set[str] = set()
+        self._removed: set[str] = set()  # uids we deleted; their last watch events are ignored
+        self._unschedulable: set[str] = set()
+        self._ready_since = datetime.now(timezone.utc)
+        self._next_heartbeat = 0.0
+        self._loop_thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> "LocalNode":
+        """Registers the node and starts the loop and watch threads; returns at once."""
+        check_mount_namespaces()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._register()
+        self._loop_thread = threading.Thread(target=self._loop, name=f"localnode-{self.name}", daemon=True)
+        self._loop_thread.start()
+        for kind, path in (("pod", "/api/v1/pods"), ("service", "/api/v1/services")):
+            thread = threading.Thread(target=self._watch, args=(kind, path), name=f"watch-{kind}s", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("local node %s running pods under %s", self.name, self.state_dir)
+        return self
+
+    def run(self) -> None:
+        """start(), then block until stop() (or SIGINT/SIGTERM in the entry point)."""
+        self.start()
+        assert self._loop_thread is not None
+        while self._loop_thread.is_alive():
+            self._loop_thread.join(0.5)
+        if self._error is not None:
+            raise LocalNodeError(f"the local node's loop failed: {self._error}") from self._error
+
+    def request_stop(self) -> None:
+        """Asks the loop to stop (safe from a signal handler); stop() also waits for it."""
+        self._stop.set()
+        self._events.put(("stop",))
+        for response in list(self._responses):
+            try:
+                response.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the watch ends at its timeout anyway
+                pass
+
+    def stop(self) -> None:
+        """Stops every container (SIGTERM, then SIGKILL after stop_grace_s) and the node."""
+        self.request_stop()
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join()
+
+    def __enter__(self) -> "LocalNode":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def container_pids(self) -> list[int]:
+        """PIDs of the running containers' main processes (tests check none survive stop())."""
+        return [p.pid for r in list(self._records.values()) for p in r.live]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(self._next_deadline() - time.monotonic(), 1.0))
+                try:
+                    event = self._events.get(timeout=timeout)
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    self._handle(event)
+                self._timers()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by run(); containers still get stopped
+            log.exception("local node loop failed")
+            self._error = exc
+        finally:
+            self._shutdown()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "stop":
+            return
+        if kind == "pod-sync":
+            self._pod_sync(event[1])
+        elif kind == "pod":
+            self._pod_event(event[1], event[2])
+        elif kind == "service-sync":
+            self._services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in event[1]}
+            self._refresh_hosts()
+        elif kind == "service":
+            key = (event[2]["metadata"]["namespace"], event[2]["metadata"]["name"])
+            if event[1] == "DELETED":
+                self._services.pop(key, None)
+            else:
+                self._services[key] = event[2]
+            self._refresh_hosts()
+        elif kind == "exit":
+            self._container_exited(event[1], event[2], event[3], event[4])
+
+    def _next_deadline(self) -> float:
+        deadlines = [self._next_heartbeat]
+        for record in self._records.values():
+            deadlines += [d for d in (record.retry_at, record.kill_at) if d is not None]
+            deadlines += [c.restart_at for c in record.containers.values() if c.restart_at is not None]
+        return min(deadlines)
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.heartbeat_s
+        for record in list(self._records.values()):
+            if record.deleting:
+                if record.kill_at is not None and now >= record.kill_at:
+                    record.kill_at = None
+                    for process in record.live:
+                        log.info("pod %s: grace period over, SIGKILL to pid group %d", _key(record.pod), process.pid)
+                        process.kill_group()
+                continue
+            if record.retry_at is not None and now >= record.retry_at:
+                record.retry_at = None
+                self._start_pod(record)
+            for name, container in record.containers.items():
+                if container.restart_at is not None and now >= container.restart_at:
+                    container.restart_at = None
+                    self._start_container(record, name)
+                    self._report(record)
+
+    # -- node -----------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        node = node_object(self.name, self.capacity, self._ready_since)
+        try:
+            self.rest.post("/api/v1/nodes", node)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise LocalNodeError(f"cannot register node {self.name}: {exc.status} {exc.reason}: {exc.body}") from exc
+            self.rest.merge_patch(f"/api/v1/nodes/{self.name}", {"metadata": {"labels": node["metadata"]["labels"]}})
+        except Exception as exc:  # noqa: BLE001 - connection errors: say which server
+            raise LocalNodeError(f"cannot reach the API server at {self.rest.server}: {exc}") from exc
+        # Status on create is kept by some versions and dropped by others: set it explicitly.
+        self.rest.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": node["status"]})
+
+    def _heartbeat(self) -> None:
+        condition = ready_condition(True, datetime.now(timezone.utc))
+        condition["lastTransitionTime"] = iso(self._ready_since)
+        try:
+            self.rest.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": {"conditions": [condition]}})
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried at the next one
+            log.warning("node heartbeat failed: %s", exc)
+
+    # -- watches --------------------------------------------------------------------------------
+
+    def _watch(self, kind: str, path: str) -> None:
+        rest = self.rest.clone()
+        while not self._stop.is_set():
+            try:
+                listing = rest.get(path)
+                self._events.put((f"{kind}-sync", listing.get("items") or []))
+                version = listing["metadata"]["resourceVersion"]
+                while not self._stop.is_set():
+                    relist = True
+                    for event in rest.watch(path, version, self._stop, on_response=self._responses.append):
+                        if gone(event):
+                            break
+                        obj = event.get("object") or {}
+                        version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self._events.put((kind, event["type"], obj))
+                        elif event["type"] == "ERROR":
+                            log.warning("%s watch error: %s", kind, obj)
+                            break
+                    else:
+                        relist = False  # the server ended the watch: resume from `version`
+                    if relist:
+                        break
+            except Exception as exc:  # noqa: BLE001 - watches reconnect; stop() interrupts them
+                if self._stop.is_set():
+                    return
+                log.warning("%s watch failed (%s); re-listing in 1 s", kind, exc)
+                self._stop.wait(1.0)
+
+    def _pod_sync(self, pods: list[dict[str, Any]]) -> None:
+        listed = {p["metadata"]["uid"]: p for p in pods}
+        for uid in list(self._pods):
+            if uid not in listed:
+                self._pod_event("DELETED", self._pods[uid])
+        for pod in pods:
+            self._pod_event("MODIFIED", pod)
+
+    def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        if kind == "DELETED":
+            self._pods.pop(uid, None)
+            self._binding.discard(uid)
+            self._unschedulable.discard(uid)
+            self._removed.discard(uid)
+            record = self._records.pop(uid, None)
+            if record is not None:
+                # Gone from the API (e.g. force-deleted): nothing left to report to.
+                for process in record.live:
+                    process.kill_group()
+                self._cleanup(record)
+            self._refresh_hosts()
+            return
+        self._pods[uid] = pod
+        node_name = pod["spec"].get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if not node_name:
+            if phase not in TERMINAL_PHASES and not pod["metadata"].get("deletionTimestamp"):
+                self._schedule(pod)
+        elif node_name == self.name:
+            self._sync_pod(pod)
+        self._refresh_hosts()
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _schedule(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        if uid in self._binding:
+            return
+        reason = unschedulable_reason(pod, self.capacity)
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if reason is not None:
+            if uid not in self._unschedulable:
+                self._unschedulable.add(uid)
+                condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": reason, "lastProbeTime": None,
+                             "lastTransitionTime": iso(datetime.now(timezone.utc))}
+                self._patch_status(pod, {"conditions": [condition]})
+                log.info("pod %s/%s is unschedulable: %s", namespace, name, reason)
+            return
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "uid": uid},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.name}}
+        try:
+            self.rest.post(pod_path(namespace, name, "binding"), binding)
+            self._binding.add(uid)
+            log.info("bound pod %s/%s to %s", namespace, name, self.name)
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone, or bound meanwhile: the watch tells us what happened
+                return
+            log.warning("binding pod %s/%s failed: %s %s", namespace, name, exc.status, exc.reason)
+
+    # -- pods -----------------------------------------------------------------------------------
+
+    def _sync_pod(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        record = self._records.get(uid)
+        deleting = bool(pod["metadata"].get("deletionTimestamp"))
+        if record is None and uid in self._removed:
+            return
+        if record is None:
+            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                if deleting:
+                    self._delete_now(pod)
+                return  # finished before we (re)started: never run it again
+            record = self._new_record(pod)
+            self._records[uid] = record
+        record.pod = pod
+        if deleting and not record.deleting:
+            self._begin_termination(record)
+        elif not record.deleting and not record.started and record.retry_at is None:
+            self._start_pod(record)
+
+    def _new_record(self, pod: dict[str, Any]) -> PodRecord:
+        # A pod that ran under an earlier incarnation of this node keeps its restart counts.
+        previous = {s["name"]: s.get("restartCount", 0) for s in (pod.get("status") or {}).get("containerStatuses") or []}
+        containers = {
+            c["name"]: ContainerRecord(
+                spec=c,
+                state=ContainerState(name=c["name"], image=c.get("image", ""), state="waiting",
+                                     restart_count=previous.get(c["name"], 0)),
+            )
+            for c in pod["spec"]["containers"]
+        }
+        return PodRecord(pod=pod, containers=containers, start_time=datetime.now(timezone.utc),
+                         conditions=list((pod.get("status") or {}).get("conditions") or []))
+
+    def _start_pod(self, record: PodRecord) -> None:
+        pod = record.pod
+        try:
+            if pod["spec"].get("initContainers"):
+                raise PodConfigError("init containers are not supported by the local node")
+            dirs = volume_dirs(pod, self.state_dir)
+            for volume in pod_volumes(pod):
+                self.volumes.write(pod, volume, dirs[volume["name"]])
+            self._write_hosts(record)
+            record.started = True
+            for name in record.containers:
+                self._start_container(record, name)
+        except (PodConfigError, ApiException) as exc:
+            message = str(exc) if isinstance(exc, PodConfigError) else f"API error {exc.status}: {exc.reason}"
+            log.warning("pod %s cannot start yet: %s", _key(pod), message)
+            for container in record.containers.values():
+                container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
+                                          waiting_message=message)
+            record.started = False
+            record.retry_at = time.monotonic() + CONFIG_RETRY_S
+        self._report(record)
+
+    def _base_env(self, pod: dict[str, Any]) -> dict[str, str]:
+        server = urlparse(self.rest.server)
+        port = str(server.port or 443)
+        venv_bin = str(Path(sys.executable).parent)
+        env = {
+            "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),
+            "HOME": os.environ.get("HOME", "/root"),
+            "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
+            "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{server.hostname}:{port}",
+            # Dev convenience: Python output reaches the log files as it happens.
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key in ("LANG", "LC_ALL", "TZ", "TMPDIR"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.update(self.extra_env)
+        return env
+
+    def _env_sources(self, pod: dict[str, Any]) -> EnvSources:
+        namespace = pod["metadata"]["namespace"]
+        config_map_names, secret_names = referenced_objects(pod)
+        config_maps, secrets = {}, {}
+        for name in config_map_names:
+            data = self.volumes.data("configmap", namespace, name)
+            if data is not None:
+                config_maps[name] = {k: v.decode(errors="replace") for k, v in data.items()}
+        for name in secret_names:
+            data = self.volumes.data("secret", namespace, name)
+            if data is not None:
+                secrets[name] = {k: v.decode(errors="replace") for k, v in data.items()}
+        return EnvSources(config_maps=config_maps, secrets=secrets)
+
+    def _start_container(self, record: PodRecord, name: str) -> None:
+        pod = record.pod
+        container = record.containers[name]
+        restart = container.process is not None  # it ran before: this start is a restart
+        run_dir = pod_dir(self.state_dir, record.uid) / "containers" / name
+        termination_log = run_dir / "termination-log"
+        try:
+            plan = container_plan(
+                pod, container.spec, base_env=self._base_env(pod), sources=self._env_sources(pod),
+                dirs=volume_dirs(pod, self.state_dir), hosts_file=self._hosts_path(record),
+                termination_log=termination_log, default_working_dir=run_dir / "workdir",
+            )
+        except (PodConfigError, ApiException) as exc:
+            message = str(exc) if isinstance(exc, PodConfigError) else f"API error {exc.status}: {exc.reason}"
+            container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
+                                      waiting_message=message)
+            container.restart_at = time.monotonic() + CONFIG_RETRY_S
+            return
+        uid = record.uid
+
+        def on_exit(process: ContainerProcess, returncode: int) -> None:
+            self._events.put(("exit", uid, name, process, returncode))
+
+        meta = pod["metadata"]
+        process = ContainerProcess(plan, run_dir, log_path(self.state_dir, meta["namespace"], meta["name"], name),
+                                   termination_log, on_exit)
+        container.process = process
+        container.state = replace(
+            container.state, state="running", started_at=process.started_at, pid=process.pid, terminated=None,
+            restart_count=container.state.restart_count + (1 if restart else 0),
+        )
+        log.info("pod %s: started container %s (pid %d): %s", _key(pod), name, process.pid, plan.argv)
+
+    def _container_exited(self, uid: str, name: str, process: ContainerProcess, returncode: int) -> None:
+        record = self._records.get(uid)
+        if record is None or record.containers[name].process is not process:
+            return
+        container = record.containers[name]
+        code, sig = exit_code_of(returncode)
+        tail = tail_of_log(process.log_tail_bytes())
+        message = termination_message(process.termination_file_text(), tail, process.plan.fallback_to_logs, code)
+        if code == START_ERROR_EXIT_CODE and not message.strip():
+            message = tail  # the namespace helper's own explanation
+        finished = datetime.now(timezone.utc)
+        terminated = Terminated(exit_code=code, reason=termination_reason(code), message=message.rstrip("\n"),
+                                started_at=process.started_at, finished_at=finished, signal=sig)
+        log.info("pod %s: container %s exited with %d", _key(record.pod), name, code)
+        policy = record.pod["spec"].get("restartPolicy") or "Always"
+        if not record.deleting and not self._stop.is_set() and should_restart(policy, code):
+            ran_for = (finished - process.started_at).total_seconds()
+            container.backoff_s = next_backoff(container.backoff_s, ran_for, self.backoff_base_s, self.backoff_cap_s)
+            container.restart_at = time.monotonic() + container.backoff_s
+            container.state = replace(
+                container.state, state="waiting", waiting_reason="CrashLoopBackOff",
+                waiting_message=f"back-off {container.backoff_s:g}s restarting failed container={name} pod={record.pod['metadata']['name']}",
+                last_terminated=terminated, terminated=None,
+            )
+        else:
+            container.state = replace(container.state, state="terminated", terminated=terminated)
+        self._report(record)
+        if record.deleting and not record.live:
+            self._finish_deletion(record)
+
+    def _begin_termination(self, record: PodRecord) -> None:
+        record.deleting = True
+        grace = grace_period_s(record.pod)
+        for container in record.containers.values():
+            container.restart_at = None
+        live = record.live
+        log.info("pod %s is being deleted: SIGTERM to %d container(s), grace %gs", _key(record.pod), len(live), grace)
+        for process in live:
+            process.terminate()
+        record.kill_at = time.monotonic() + grace
+        if not live:
+            self._finish_deletion(record)
+
+    def _finish_deletion(self, record: PodRecord) -> None:
+        self._records.pop(record.uid, None)
+        self._delete_now(record.pod)
+        self._cleanup(record)
+
+    def _delete_now(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        self._removed.add(meta["uid"])
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": meta["uid"]}}
+        try:
+            self.rest.delete(pod_path(meta["namespace"], meta["name"]), body)
+            log.info("pod %s removed", _key(pod))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("removing pod %s failed: %s %s", _key(pod), exc.status, exc.reason)
+
+    def _cleanup(self, record: PodRecord) -> None:
+        # Per-pod volumes (emptyDir, configMap, secret, tokens) go with the pod; claims and logs stay.
+        shutil.rmtree(pod_dir(self.state_dir, record.uid), ignore_errors=True)
+
+    # -- status and names -----------------------------------------------------------------------
+
+    def _report(self, record: PodRecord) -> None:
+        states = [c.state for c in record.containers.values()]
+        status = pod_status(states, record.pod["spec"].get("restartPolicy") or "Always", record.start_time,
+                            record.conditions, datetime.now(timezone.utc))
+        if status == record.last_status:
+            return
+        if self._patch_status(record.pod, status):
+            record.last_status = status
+            record.conditions = status["conditions"]
+
+    def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> bool:
+        meta = pod["metadata"]
+        try:
+            self.rest.merge_patch(pod_path(meta["namespace"], meta["name"], "status"), {"status": status})
+            return True
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("status of pod %s not written: %s %s", _key(pod), exc.status, exc.reason)
+            return False
+
+    def _hosts_path(self, record: PodRecord) -> Path:
+        return pod_dir(self.state_dir, record.uid) / "etc-hosts"
+
+    def _write_hosts(self, record: PodRecord) -> None:
+        content = hosts_file(record.pod, list(self._pods.values()), list(self._services.values()))
+        if content == record.hosts:
+            return
+        path = self._hosts_path(record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Rewritten in place (same inode): containers see it through their bind mount.
+        with open(path, "w") as f:
+            f.write(content)
+        record.hosts = content
+
+    def _refresh_hosts(self) -> None:
+        for record in self._records.values():
+            if record.started:
+                self._write_hosts(record)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        processes = [p for r in self._records.values() for p in r.live]
+        for process in processes:
+            process.terminate()
+        deadline = time.monotonic() + self.stop_grace_s
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            process.kill_group()
+        for process in processes:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                log.error("container process %d survived SIGKILL", process.pid)
+        condition = ready_condition(False, datetime.now(timezone.utc))
+        try:
+            self.rest.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": {"conditions": [condition]}})
+        except Exception as exc:  # noqa: BLE001 - the control plane may already be gone
+            log.info("could not mark node %s NotReady: %s", self.name, exc)
+        log.info("local node %s stopped (%d container(s) stopped)", self.name, len(processes))
+
+
+def _key(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sft_operator.dev.localnode",
+        description="DEV ONLY: a local node that runs pods as local processes (never for production).",
+    )
+    parser.add_argument("--kubeconfig", required=True, help="admin kubeconfig of the (local) control plane")
+    parser.add_argument("--state-dir", required=True, type=Path, help="volumes, logs and per-pod files go here")
+    parser.add_argument("--name", default="local-node", help="Node name (default: local-node)")
+    parser.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu to advertise (default 0)")
+    parser.add_argument("--cpu", help="cpu capacity to advertise (default: this machine's cores)")
+    parser.add_argument("--memory", help="memory capacity to advertise (default: this machine's memory)")
+    parser.add_argument("--backoff-base", type=float, default=DEFAULT_BACKOFF_BASE_S,
+                        help="crash restart back-off start in seconds (kubelet: 10)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s localnode %(levelname)s %(message)s")
+    node = LocalNode(args.kubeconfig, args.state_dir, args.name, gpus=args.gpus, cpu=args.cpu,
+                     memory=args.memory, backoff_base_s=args.backoff_base)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        node.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        node.run()
+    except LocalNodeError as exc:
+        print(f"localnode: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
