@@ -1,0 +1,513 @@
+"""The checkpoint volume's layout: the one module that knows it.
+
+Read side (the status reporter, the launcher): ``scan_checkpoints`` and ``read_metrics_log``.
+Write side (the launcher only): our markers, atomic writes, the run log, retention.
+
+What instructlab-training 0.16.2 writes under ``ckpt_output_dir``::
+
+    hf_format/samples_<N>/            model for serving (or hf_format/last_epoch/ when
+                                      keep_last_checkpoint_only); N = samples seen
+    full_state/epoch_<E>/             accelerate state for resume; training_metadata.json is a
+                                      torch pickle {current_epoch, samples_seen[, global_step]}
+                                      written last, so its presence means "complete"
+    training_params_and_metrics_global0.jsonl   appended across restarts
+    full_logs_global<R>.log           truncated on restart
+
+What our launcher adds, all under ``sft-operator/``::
+
+    sft-operator/data/data.jsonl      the processed data (node 0 processes it once)
+    sft-operator/data/READY           JSON DataReadyMarker, written after data.jsonl
+    sft-operator/runs.jsonl           one RunRecord per training start on node 0
+    sft-operator/COMPLETED            JSON CompletionMarker, written after success
+    sft-operator/set-aside/           incomplete or foreign full_state entries moved out of the
+                                      way of resume (never deleted by us)
+
+Pure and light: no torch import. training_metadata.json is read with a restricted unpickler
+that accepts only plain data, so the reporter needs no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# --- Layout -----------------------------------------------------------------------------------
+HF_FORMAT_DIR = "hf_format"
+HF_LAST_EPOCH_NAME = "last_epoch"
+FULL_STATE_DIR = "full_state"
+TRAINING_METADATA_FILE = "training_metadata.json"
+METRICS_LOG_FILE = "training_params_and_metrics_global0.jsonl"
+OPERATOR_DIR = "sft-operator"
+DATA_DIR = f"{OPERATOR_DIR}/data"
+PROCESSED_DATA_FILE = "data.jsonl"
+DATA_READY_FILE = f"{DATA_DIR}/READY"
+RUNS_LOG_FILE = f"{OPERATOR_DIR}/runs.jsonl"
+COMPLETION_MARKER_FILE = f"{OPERATOR_DIR}/COMPLETED"
+SET_ASIDE_DIR = f"{OPERATOR_DIR}/set-aside"
+
+_SAMPLES_DIR = re.compile(r"^samples_(\d+)$")
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+
+# Keys our launcher adds to a mid-epoch training_metadata.json when it makes resume exact.
+META_STEPS_INTO_EPOCH = "sft_steps_into_epoch"
+META_ORIGINAL_GLOBAL_STEP = "sft_original_global_step"
+META_STEP_APPLIED = "sft_step_applied"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- Models -----------------------------------------------------------------------------------
+class HfCheckpoint(_Frozen):
+    name: str
+    samples: int | None  # None for last_epoch
+    epoch: int | None  # derived: exact from a full state with the same samples, else arithmetic
+    mtime: float
+    complete: bool  # config.json and model weights present
+
+
+class FullStateMetadata(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    current_epoch: int
+    samples_seen: int
+    global_step: int | None = None  # present only in on-demand (mid-epoch) saves
+    steps_into_epoch: int | None = Field(default=None, alias=META_STEPS_INTO_EPOCH)
+    original_global_step: int | None = Field(default=None, alias=META_ORIGINAL_GLOBAL_STEP)
+    step_applied: bool | None = Field(default=None, alias=META_STEP_APPLIED)
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.global_step is not None
+
+    @property
+    def normalized(self) -> bool:
+        """Our launcher already rewrote it so that upstream resume is exact."""
+        return self.steps_into_epoch is not None
+
+    def to_pickle_dict(self) -> dict:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class FullState(_Frozen):
+    name: str
+    epoch: int
+    complete: bool  # training_metadata.json present and readable
+    mtime: float
+    metadata: FullStateMetadata | None
+
+    @property
+    def stable(self) -> bool:
+        """Complete and saved at an epoch end: nothing will overwrite it in place."""
+        return self.complete and self.metadata is not None and not self.metadata.mid_epoch
+
+
+class CompletionMarker(_Frozen):
+    finished_at: datetime
+    num_epochs: int
+    samples_seen: int
+    final_checkpoint: str | None  # path relative to the checkpoint root
+
+
+class DataReadyMarker(_Frozen):
+    fingerprint: str
+    num_samples: int
+    created_at: datetime
+
+
+class RunRecord(_Frozen):
+    """What node 0's launcher knew when it started a training run (appended to runs.jsonl)."""
+
+    started_at: datetime
+    start_epoch: int
+    steps_into_epoch: int  # batches of start_epoch the run skips (already trained)
+    start_samples_seen: int
+    metrics_log_offset: int  # size of the metrics log at start: this run's lines follow it
+    resumed_from: str | None  # full_state entry name, None on a fresh start
+
+
+class CheckpointTree(_Frozen):
+    root: str
+    hf_checkpoints: list[HfCheckpoint]  # by samples, last_epoch last
+    full_states: list[FullState]  # by epoch
+    stray_full_state_entries: list[str]  # names that would crash upstream's resume
+    completion: CompletionMarker | None
+    data_ready: DataReadyMarker | None
+    samples_per_epoch: int | None  # from the metrics log's totals line
+
+    @property
+    def complete_full_states(self) -> list[FullState]:
+        return [state for state in self.full_states if state.complete]
+
+    @property
+    def incomplete_full_states(self) -> list[FullState]:
+        return [state for state in self.full_states if not state.complete]
+
+    @property
+    def latest_full_state(self) -> FullState | None:
+        """The complete full state upstream's resume would load (highest epoch)."""
+        complete = self.complete_full_states
+        return complete[-1] if complete else None
+
+    @property
+    def latest_hf_checkpoint(self) -> HfCheckpoint | None:
+        complete = [ckpt for ckpt in self.hf_checkpoints if ckpt.complete]
+        return complete[-1] if complete else None
+
+
+# --- Metrics log records ----------------------------------------------------------------------
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+    timestamp: str | None = None
+
+
+class HparamsRecord(_Record):
+    """main_ds's arguments, logged once per run start."""
+
+    model_name_or_path: str | None = None
+    output_dir: str | None = None
+    num_epochs: int | None = None
+    effective_batch_size: int | None = None
+    learning_rate: float | None = None
+    seed: int | None = None
+
+
+class TotalsRecord(_Record):
+    """Logged once per run after the data loader is built."""
+
+    total_samples: int
+    num_batches: int
+    num_gpus: int | None = None
+    effective_batch_size: int | None = None
+    avg_sample_len: float | None = None
+
+
+class StepRecord(_Record):
+    """One optimizer step. ``step`` restarts at 1 in every run; samples_seen does not."""
+
+    epoch: int
+    step: int
+    samples_seen: int
+    avg_loss: float | None = None
+    lr: float | None = None
+    overall_throughput: float | None = None
+    batch_size: int | None = None
+    num_epoch_steps: int | None = None
+    total_samples: int | None = None
+
+
+class MetricsLog(_Frozen):
+    hparams: list[HparamsRecord]
+    totals: list[TotalsRecord]
+    steps: list[StepRecord]
+    other: list[dict]  # e.g. validation lines
+    skipped_lines: int  # torn or non-JSON lines (a crash mid-write)
+    end_offset: int  # byte offset after the last complete line: pass it back to read on
+
+
+def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
+    """Typed records from complete lines at or after byte ``offset``; a missing file is empty."""
+    hparams: list[HparamsRecord] = []
+    totals: list[TotalsRecord] = []
+    steps: list[StepRecord] = []
+    other: list[dict] = []
+    skipped = 0
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        data = b""
+    # A line without its newline is still being written: leave it for the next read.
+    last_newline = data.rfind(b"\n")
+    complete = data[:last_newline] if last_newline >= 0 else b""
+    end_offset = offset + last_newline + 1
+    for raw in complete.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            skipped += 1
+            continue
+        if not isinstance(line, dict):
+            skipped += 1
+            continue
+        try:
+            if "epoch" in line and "step" in line and "samples_seen" in line:
+                steps.append(StepRecord.model_validate(line))
+            elif "num_batches" in line and "total_samples" in line:
+                totals.append(TotalsRecord.model_validate(line))
+            elif "model_name_or_path" in line:
+                hparams.append(HparamsRecord.model_validate(line))
+            else:
+                other.append(line)
+        except ValidationError:
+            skipped += 1
+    return MetricsLog(hparams=hparams, totals=totals, steps=steps, other=other,
+                      skipped_lines=skipped, end_offset=end_offset)
+
+
+def metrics_log_path(root: Path) -> Path:
+    return Path(root) / METRICS_LOG_FILE
+
+
+def _first_samples_per_epoch(path: Path, max_bytes: int = 1 << 20) -> int | None:
+    # The totals line comes right after the first hparams line: reading the head is enough.
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(max_bytes)
+    except FileNotFoundError:
+        return None
+    for raw in head.split(b"\n"):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and "num_batches" in line and "total_samples" in line:
+            return int(line["total_samples"])
+    return None
+
+
+# --- training_metadata.json (a torch pickle) without torch ------------------------------------
+class _PlainDataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: ARG002 - refuse every global
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: only plain data is expected")
+
+
+def read_training_metadata(path: Path) -> FullStateMetadata | None:
+    """The metadata dict of a full state, or None when missing, truncated or not plain data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(names) != 1:
+                return None
+            payload = archive.read(names[0])
+        data = _PlainDataUnpickler(io.BytesIO(payload)).load()
+        return FullStateMetadata.model_validate(data)
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError,
+            ValidationError):
+        return None
+
+
+# --- Scan -------------------------------------------------------------------------------------
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def epoch_of_samples(samples: int, samples_per_epoch: int | None) -> int | None:
+    """Epoch index (0-based) in which the step reaching ``samples`` ran; every epoch sees each
+    training sample once, so epoch e ends at (e + 1) * samples_per_epoch."""
+    if not samples_per_epoch or samples <= 0:
+        return None
+    return math.ceil(samples / samples_per_epoch) - 1
+
+
+def _scan_full_states(root: Path) -> tuple[list[FullState], list[str]]:
+    states: list[FullState] = []
+    stray: list[str] = []
+    base = root / FULL_STATE_DIR
+    if not base.is_dir():
+        return states, stray
+    for entry in sorted(base.iterdir()):
+        match = _EPOCH_DIR.match(entry.name)
+        if not match or not entry.is_dir():
+            stray.append(entry.name)
+            continue
+        metadata_path = entry / TRAINING_METADATA_FILE
+        metadata = read_training_metadata(metadata_path) if metadata_path.exists() else None
+        states.append(FullState(
+            name=entry.name,
+            epoch=int(match.group(1)),
+            complete=metadata is not None,
+            mtime=_mtime(metadata_path if metadata is not None else entry),
+            metadata=metadata,
+        ))
+    states.sort(key=lambda state: state.epoch)
+    return states, stray
+
+
+def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | None
+             ) -> list[HfCheckpoint]:
+    base = root / HF_FORMAT_DIR
+    if not base.is_dir():
+        return []
+    epoch_by_samples = {state.metadata.samples_seen: state.metadata.current_epoch
+                        for state in full_states if state.metadata is not None}
+    checkpoints = []
+    for entry in base.iterdir():
+        if not entry.is_dir():
+            continue
+        match = _SAMPLES_DIR.match(entry.name)
+        if match is None and entry.name != HF_LAST_EPOCH_NAME:
+            continue
+        samples = int(match.group(1)) if match else None
+        epoch = None
+        if samples is not None:
+            epoch = epoch_by_samples.get(samples, epoch_of_samples(samples, samples_per_epoch))
+        complete = (entry / "config.json").exists() and any(
+            (entry / name).exists() for name in _HF_WEIGHT_FILES)
+        checkpoints.append(HfCheckpoint(name=entry.name, samples=samples, epoch=epoch,
+                                        mtime=_mtime(entry), complete=complete))
+    checkpoints.sort(key=lambda ckpt: (ckpt.samples is None, ckpt.samples or 0, ckpt.name))
+    return checkpoints
+
+
+def _read_json_model(path: Path, model: type[BaseModel]):
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except (FileNotFoundError, ValidationError):
+        return None
+
+
+def scan_checkpoints(path: Path) -> CheckpointTree:
+    """Everything on the checkpoint volume worth knowing, from directory listings and small
+    files only (never a model or optimizer file)."""
+    root = Path(path)
+    full_states, stray = _scan_full_states(root)
+    samples_per_epoch = _first_samples_per_epoch(root / METRICS_LOG_FILE)
+    return CheckpointTree(
+        root=str(root),
+        hf_checkpoints=_scan_hf(root, full_states, samples_per_epoch),
+        full_states=full_states,
+        stray_full_state_entries=stray,
+        completion=_read_json_model(root / COMPLETION_MARKER_FILE, CompletionMarker),
+        data_ready=_read_json_model(root / DATA_READY_FILE, DataReadyMarker),
+        samples_per_epoch=samples_per_epoch,
+    )
+
+
+# --- Write side -------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one (write, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def data_dir(root: Path) -> Path:
+    return Path(root) / DATA_DIR
+
+
+def write_data_ready(root: Path, marker: DataReadyMarker) -> None:
+    atomic_write_bytes(Path(root) / DATA_READY_FILE, marker.model_dump_json().encode())
+
+
+def clear_data_ready(root: Path) -> None:
+    (Path(root) / DATA_READY_FILE).unlink(missing_ok=True)
+
+
+def read_data_ready(root: Path) -> DataReadyMarker | None:
+    return _read_json_model(Path(root) / DATA_READY_FILE, DataReadyMarker)
+
+
+def write_completion_marker(root: Path, marker: CompletionMarker) -> None:
+    atomic_write_bytes(Path(root) / COMPLETION_MARKER_FILE, marker.model_dump_json().encode())
+
+
+def read_completion_marker(root: Path) -> CompletionMarker | None:
+    return _read_json_model(Path(root) / COMPLETION_MARKER_FILE, CompletionMarker)
+
+
+def append_run_record(root: Path, record: RunRecord) -> None:
+    path = Path(root) / RUNS_LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(record.model_dump_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_run_records(root: Path) -> list[RunRecord]:
+    """All run records; a torn last line (crash mid-append) is ignored."""
+    try:
+        lines = (Path(root) / RUNS_LOG_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(RunRecord.model_validate_json(line))
+        except ValidationError:
+            continue
+    return records
+
+
+def full_states_to_prune(tree: CheckpointTree, keep: int) -> list[FullState]:
+    """The complete full states retention may delete, keeping the newest ``keep`` stable ones.
+
+    A state is deleted only when ``keep`` newer stable states exist, i.e. only after a newer one
+    is complete. Incomplete states (maybe being written) are never candidates, and mid-epoch
+    states do not count towards ``keep``: upstream overwrites them in place at the epoch's end.
+    """
+    if keep < 1:
+        raise ValueError(f"fullStateRetention must be >= 1, got {keep}")
+    stable = [state for state in tree.full_states if state.stable]
+    if len(stable) <= keep:
+        return []
+    oldest_kept_epoch = stable[-keep].epoch
+    return [state for state in tree.full_states
+            if state.complete and state.epoch < oldest_kept_epoch]
+
+
+def prune_full_states(root: Path, keep: int) -> list[str]:
+    """Delete what ``full_states_to_prune`` allows; returns the deleted entry names."""
+    tree = scan_checkpoints(root)
+    deleted = []
+    for state in full_states_to_prune(tree, keep):
+        target = Path(root) / FULL_STATE_DIR / state.name
+        # The metadata goes first: a crash mid-delete leaves an incomplete state, which resume
+        # skips (it is set aside), never a "complete" one with missing files.
+        (target / TRAINING_METADATA_FILE).unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        deleted.append(state.name)
+    return deleted
+
+
+def set_aside(root: Path, names: list[str], *, now: datetime) -> list[str]:
+    """Move full_state entries out of the way of upstream's resume, keeping them on the volume.
+
+    Only call this while no training process runs (incomplete states may be being written).
+    Returns the new paths relative to ``root``.
+    """
+    moved = []
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    for name in names:
+        source = Path(root) / FULL_STATE_DIR / name
+        target = Path(root) / SET_ASIDE_DIR / f"{name}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        moved.append(str(target.relative_to(root)))
+    return moved
