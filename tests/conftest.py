@@ -7,8 +7,6 @@ one clear reason; nothing is skipped.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,21 +48,17 @@ def api_client(control_plane: Any) -> Iterator[Any]:
         yield client
 
 
-def namespace_name(test_name: str) -> str:
-    """A fresh, valid namespace name (DNS-1123 label) derived from a test's name."""
-    stem = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:48].strip("-") or "test"
-    return f"{stem}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, control_plane: Any, api_client: Any) -> Iterator[str]:
     """The name of a namespace created for this test and deleted after it."""
     import kubernetes.client
     from kubernetes.client.exceptions import ApiException
 
+    from sft_operator.dev.controlplane import fresh_namespace_name
+
     control_plane.check()
     core = kubernetes.client.CoreV1Api(api_client)
-    name = namespace_name(request.node.name)
+    name = fresh_namespace_name(request.node.name)
     core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
     try:
         yield name

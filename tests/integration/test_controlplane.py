@@ -3,7 +3,9 @@ service-account tokens and RBAC, clear errors, crash reporting, clean stop."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -213,3 +215,93 @@ def test_a_killed_apiserver_is_reported_by_the_health_check():
         state_dir = cp.state_dir
     assert [pid for pid in pids if pid_alive(pid)] == []
     assert not state_dir.exists()
+
+
+def test_a_port_in_use_is_named_after_retries(tmp_path, monkeypatch):
+    from sft_operator.dev import controlplane
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # Every start attempt gets the occupied port for etcd's client URL.
+        monkeypatch.setattr(controlplane, "free_port", lambda: port)
+        with pytest.raises(ControlPlaneCrashed) as err:
+            ControlPlane(state_dir=tmp_path, timeout_s=30).start()
+    assert err.value.port_in_use
+    assert "etcd could not bind its port (port in use); retry, or free the port" in err.value.summary
+    assert (tmp_path / "logs" / "etcd.log").read_text().count("=== ") == controlplane.PORT_ATTEMPTS
+
+
+def test_readiness_has_a_bounded_timeout_and_leaves_no_process(tmp_path):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    real = resolve_assets()
+    for name in ("etcd", "kube-controller-manager"):
+        (assets / name).symlink_to(real / name)
+    # An apiserver that never answers.
+    (assets / "kube-apiserver").write_text("#!/bin/sh\necho 'starting slowly'\nexec sleep 600\n")
+    (assets / "kube-apiserver").chmod(0o755)
+    cp = ControlPlane(state_dir=tmp_path / "state", assets=assets, timeout_s=2)
+    started = time.monotonic()
+    with pytest.raises(ControlPlaneError) as err:
+        cp.start()
+    assert time.monotonic() - started < 20
+    assert err.value.summary.startswith("timed out after 2s waiting until /readyz answers ok (last: ")
+    assert err.value.log_tail[-1] == "starting slowly"
+    assert cp.pids == {}
+    leftovers = subprocess.run(["pgrep", "-f", str(assets)], capture_output=True, text=True).stdout.split()
+    assert [pid for pid in map(int, leftovers) if pid_alive(pid)] == []
+
+
+OWNER_SCRIPT = """
+import json, sys, time
+from sft_operator.dev.controlplane import ControlPlane
+with ControlPlane() as cp:
+    print(json.dumps({"pids": cp.pids, "state_dir": str(cp.state_dir)}), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_no_process_outlives_an_owner_that_is_killed_or_interrupted(sig):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        line = owner.stdout.readline()
+        assert line, "the owner did not start a control plane"
+        started = json.loads(line)
+        pids = started["pids"]
+        assert sorted(pids) == ["etcd", "kube-apiserver", "kube-controller-manager"]
+        owner.send_signal(sig)
+        owner.wait(timeout=30)
+        wait_for("every control-plane process to end", lambda: not any(pid_alive(p) for p in pids.values()), 30)
+        wait_for("the temp state dir to be removed", lambda: not Path(started["state_dir"]).exists(), 10)
+    finally:
+        owner.kill()
+
+
+def test_cli_up_is_detached_idempotent_and_down_leaves_nothing(tmp_path):
+    state = tmp_path / "state"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sft_operator.dev.controlplane", *args, "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    up = cli("up")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"export KUBECONFIG={state / 'kubeconfig'}; kubectl get --raw /readyz" in up.stdout
+        pids = json.loads((state / "controlplane.json").read_text())["pids"]
+        assert all(pid_alive(p) for p in pids.values())  # they outlived the `up` command
+        ready = subprocess.run(["kubectl", "--kubeconfig", str(state / "kubeconfig"), "get", "--raw", "/readyz"],
+                               capture_output=True, text=True, timeout=30)
+        assert ready.stdout.strip() == "ok", ready.stderr
+        again = cli("up")
+        assert again.returncode == 0 and again.stdout.startswith(f"control plane already running in {state}")
+    finally:
+        down = cli("down")
+    assert (down.returncode, down.stdout.strip()) == (0, f"control plane in {state} stopped")
+    assert [p for p in pids.values() if pid_alive(p)] == []
+    assert cli("down").stdout.strip() == f"no control plane running in {state}"
