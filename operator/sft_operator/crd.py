@@ -1,0 +1,320 @@
+"""models -> the SFTJob CustomResourceDefinition.
+
+The OpenAPI schema is derived from the pydantic models (pydantic's JSON schema, made structural:
+refs inlined, optionals unwrapped, free-form maps marked x-kubernetes-preserve-unknown-fields).
+Cross-field rules and immutability are CEL ``x-kubernetes-validations``; they mirror
+models.cross_field_problems, which the operator applies itself on clusters without CEL.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sft_operator import contract
+from sft_operator.models import (
+    IMMUTABLE_FIELDS,
+    JOB_NAME_PATTERN,
+    MAPPED_TRAINING_ARGS,
+    MAX_JOB_NAME_LENGTH,
+    RESERVED_ENV,
+    RESERVED_MOUNT_PATHS,
+    RESERVED_VOLUMES,
+    SFTJobSpec,
+    SFTJobStatus,
+)
+from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
+
+CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
+CRD_FILE = Path("crds") / f"{CRD_NAME}.yaml"
+CHART_CRD_DIR = Path("charts") / "sft-operator" / "crds"
+HEADER = (
+    "# Generated from operator/sft_operator/models.py by `sft-operator crd --write`; do not edit.\n"
+)
+
+# kubectl get sftjobs. Progress columns (Epoch, Progress, Loss, Checkpoint) go before Age.
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Nodes", "type": "string", "jsonPath": ".status.nodes", "description": "ready/total pods"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+EXTRA_ARGS_ALLOWED = sorted(TRAINING_ARGS_FIELDS - set(MAPPED_TRAINING_ARGS) - UNSERIALIZABLE_FIELDS)
+
+
+def _cel_list(values: Any) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in sorted(values)) + "]"
+
+
+# (schema path below spec, rule, message). "" is spec itself. Messages name the field.
+SPEC_RULES: list[tuple[str, str, str]] = [
+    (
+        "",
+        "!has(self.validationSplit) || self.validationSplit == 0.0 || has(self.validationFrequency)",
+        "spec.validationFrequency: required when spec.validationSplit > 0",
+    ),
+    (
+        "",
+        "!has(self.isPretraining) || !self.isPretraining || has(self.blockSize)",
+        "spec.blockSize: required when spec.isPretraining is true",
+    ),
+    (
+        "",
+        "self.effectiveBatchSize >= (has(self.nnodes) ? self.nnodes : 1) * "
+        "(has(self.nprocPerNode) ? self.nprocPerNode : 1)",
+        "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode (one sample per GPU per step)",
+    ),
+    (
+        "",
+        "!has(self.maxTokensPerGpu) || self.maxTokensPerGpu >= self.maxSeqLen",
+        "spec.maxTokensPerGpu: must be at least spec.maxSeqLen (one full sequence per GPU)",
+    ),
+    (
+        "",
+        "!has(self.nnodes) || self.nnodes <= 1 || !has(self.checkpoints.claim) || "
+        "!has(self.checkpoints.claim.accessModes) || 'ReadWriteMany' in self.checkpoints.claim.accessModes",
+        "spec.checkpoints.claim.accessModes: nnodes > 1 needs ReadWriteMany: every rank reads full_state/ "
+        "when it resumes",
+    ),
+    (
+        "extraArgs",
+        f"self.all(k, k in {_cel_list(EXTRA_ARGS_ALLOWED)})",
+        "spec.extraArgs: unknown instructlab-training argument, or one set from a spec field "
+        "(see docs/api.md)",
+    ),
+    (
+        "checkpoints",
+        "has(self.existingClaim) != has(self.claim)",
+        "spec.checkpoints: set exactly one of existingClaim or claim",
+    ),
+    (
+        "checkpoints",
+        "!has(self.path) || (!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)'))",
+        "spec.checkpoints.path: must be a relative path inside the volume, without '..'",
+    ),
+    (
+        "pod.env",
+        f"self.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
+        "spec.pod.env: these variables are set by the operator: " + ", ".join(sorted(RESERVED_ENV)),
+    ),
+    (
+        "pod.volumes",
+        f"self.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))",
+        "spec.pod.volumes: these names are reserved: " + ", ".join(sorted(RESERVED_VOLUMES)),
+    ),
+    (
+        "pod.volumeMounts",
+        f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
+        "spec.pod.volumeMounts: these paths are used by the operator: " + ", ".join(sorted(RESERVED_MOUNT_PATHS)),
+    ),
+]
+
+ROOT_RULES: list[tuple[str, str]] = [
+    (
+        f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
+        f"metadata.name: at most {MAX_JOB_NAME_LENGTH} characters (the StatefulSet's pods need the rest)",
+    ),
+    (
+        f"self.metadata.name.matches('{JOB_NAME_PATTERN}')",
+        "metadata.name: must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)",
+    ),
+]
+
+
+def immutability_rules(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Transition rules: each immutable field keeps its value; an optional one (no default, not
+    required) is also neither added nor removed, which a rule on the field itself cannot see."""
+    rules = []
+    for path in IMMUTABLE_FIELDS:
+        parent, _, leaf = path.rpartition(".")
+        message = f"spec.{path}: immutable once the job is created"
+        rules.append((path, "self == oldSelf", message))
+        parent_schema = _at(schema, parent)
+        optional = leaf not in parent_schema.get("required", []) and "default" not in _at(schema, path)
+        if optional:
+            rules.append((parent, f"has(self.{leaf}) == has(oldSelf.{leaf})", message))
+    return rules
+
+
+# --- pydantic JSON schema -> structural OpenAPI v3 --------------------------------------------
+
+_DROP_KEYS = {"title", "additionalProperties", "$defs"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(options) == 1:  # X | None: optional, simply left out when unset
+            return _structural({**options[0], **rest}, defs)
+        raise ValueError(f"unsupported union in the schema: {node}")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP_KEYS:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif key in ("items",):
+            out[key] = _structural(value, defs)
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "maxLength" and node.get("type") == "object":
+            out["maxProperties"] = value
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+    additional = node.get("additionalProperties")
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("pattern", None)
+    if node.get("type") == "object":
+        if isinstance(additional, dict) and additional:
+            out["additionalProperties"] = _structural(additional, defs)
+        elif additional is True or additional == {}:
+            if "properties" in out:  # a typed core plus pass-through fields (EnvVar, Volume)
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:  # a free-form map of any JSON values (extraArgs, affinity)
+                out["additionalProperties"] = {"x-kubernetes-preserve-unknown-fields": True}
+                if "maxProperties" not in out and node.get("maxLength") is None:
+                    out.pop("additionalProperties")
+                    out["x-kubernetes-preserve-unknown-fields"] = True
+    # Kubernetes' own order: type and description first, easier to read.
+    first = {k: out.pop(k) for k in ("type", "description") if k in out}
+    return {**first, **out}
+
+
+def _at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in filter(None, path.split(".")):
+        node = node["properties"][part]
+    return node
+
+
+def _add_rule(node: dict[str, Any], rule: str, message: str) -> None:
+    node.setdefault("x-kubernetes-validations", []).append({"rule": rule, "message": message})
+
+
+def spec_schema() -> dict[str, Any]:
+    raw = SFTJobSpec.model_json_schema(by_alias=True)
+    schema = _structural(raw, raw.get("$defs", {}))
+    schema.pop("description", None)
+    schema["description"] = (SFTJobSpec.__doc__ or "").strip()
+    # Object defaults let the apiserver fill nested defaults (pod.imagePullPolicy, ...).
+    schema["properties"]["pod"]["default"] = {}
+    schema["properties"]["extraArgs"]["default"] = {}
+    for path, rule, message in SPEC_RULES:
+        _add_rule(_at(schema, path), rule, message)
+    for path, rule, message in immutability_rules(schema):
+        _add_rule(_at(schema, path), rule, message)
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    raw = SFTJobStatus.model_json_schema(by_alias=True)
+    schema = _structural(raw, raw.get("$defs", {}))
+
+    def strip_defaults(node: Any) -> None:  # status is written whole by the operator
+        if isinstance(node, dict):
+            node.pop("default", None)
+            for value in node.values():
+                strip_defaults(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip_defaults(value)
+
+    strip_defaults(schema)
+    schema["description"] = "Written only by the operator."
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": "A supervised fine-tuning run with instructlab-training: one pod per node.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+    }
+    for rule, message in ROOT_RULES:
+        _add_rule(root, rule, message)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": contract.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": contract.KIND,
+                "listKind": f"{contract.KIND}List",
+                "plural": contract.PLURAL,
+                "singular": contract.SINGULAR,
+                "shortNames": list(contract.SHORT_NAMES),
+            },
+            "versions": [
+                {
+                    "name": contract.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def without_cel(crd: dict[str, Any]) -> dict[str, Any]:
+    """The CRD minus x-kubernetes-validations, for apiservers older than 1.25 (the operator
+    then enforces the same rules itself)."""
+    stripped = copy.deepcopy(crd)
+
+    def strip(node: Any) -> None:
+        if isinstance(node, dict):
+            node.pop("x-kubernetes-validations", None)
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    strip(stripped)
+    return stripped
+
+
+def render_yaml(crd: dict[str, Any] | None = None) -> str:
+    return HEADER + yaml.safe_dump(crd or build_crd(), sort_keys=False, width=100)
+
+
+def write(root: Path = Path(".")) -> list[Path]:
+    """Write crds/ and, when the chart exists, charts/sft-operator/crds/."""
+    text = render_yaml()
+    written = []
+    targets = [root / CRD_FILE]
+    if (root / CHART_CRD_DIR).parent.is_dir():
+        targets.append(root / CHART_CRD_DIR / CRD_FILE.name)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        written.append(target)
+    return written

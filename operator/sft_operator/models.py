@@ -1,0 +1,632 @@
+"""The SFTJob API: pydantic models, the single source of names, defaults and validation.
+
+The CRD (crd.py) is generated from these models. Field names are camelCase aliases of the
+snake_case attributes; the training fields are exactly training_hub ``sft()``'s keyword
+arguments in camelCase, so ``sft(max_tokens_per_gpu=...)`` is ``spec.maxTokensPerGpu``.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from sft_operator import contract
+from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
+
+DEFAULT_IMAGE = "sft-trainer:0.1.0"
+GPU_RESOURCE = "nvidia.com/gpu"
+# A pod's controller-revision-hash label is "<statefulset>-<10 chars>" and must fit in 63.
+MAX_JOB_NAME_LENGTH = 52
+# The job name is also the headless Service's name, which must be a DNS-1035 label.
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes resource.Quantity, as the apiserver's own regexp spells it.
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+RESERVED_ENV = frozenset(
+    {
+        contract.ENV_NNODES,
+        contract.ENV_NPROC_PER_NODE,
+        contract.ENV_MASTER_ADDR,
+        contract.ENV_MASTER_PORT,
+        contract.ENV_RDZV_ENDPOINT,
+        contract.ENV_RDZV_ID,
+        contract.ENV_NODE_RANK,
+        contract.ENV_POD_NAME,
+        contract.ENV_CONFIG_PATH,
+        contract.ENV_DEVICE,
+    }
+)
+RESERVED_VOLUMES = frozenset({contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME})
+RESERVED_MOUNT_PATHS = frozenset(
+    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH}
+)
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors, not ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the Kubernetes API spells it (camelCase, unset optionals left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- spec -------------------------------------------------------------------------------------
+
+
+class Device(str, enum.Enum):
+    CUDA = "cuda"
+    CPU = "cpu"  # tests and small smoke runs only
+
+
+class AntiAffinity(str, enum.Enum):
+    """How strictly the pods of one job avoid sharing a node."""
+
+    PREFERRED = "Preferred"
+    REQUIRED = "Required"
+    DISABLED = "Disabled"
+
+
+class AccessMode(str, enum.Enum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+def _check_quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PydanticCustomError("quantity", "must be a quantity such as 8 or 500Gi")
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise PydanticCustomError("quantity", "must be a quantity such as 8 or 500Gi")
+    return value
+
+
+# A Kubernetes quantity: an integer or a string like "500Gi" (int-or-string in the CRD).
+Quantity = Annotated[
+    Any,
+    PlainValidator(_check_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+
+class ClaimTemplate(ApiModel):
+    """A PersistentVolumeClaim the operator creates for the job's checkpoints."""
+
+    size: str = Field(pattern=QUANTITY_PATTERN, description="Requested storage, e.g. 500Gi.")
+    storage_class_name: str | None = Field(default=None, description="Storage class; cluster default if unset.")
+    access_modes: list[AccessMode] | None = Field(
+        default=None,
+        min_length=1,
+        description="Defaults to ReadWriteMany when nnodes > 1 (every rank reads full_state/ on "
+        "resume), ReadWriteOnce otherwise.",
+    )
+
+
+class CheckpointVolume(ApiModel):
+    """Where checkpoints live: an existing claim, or a claim the operator creates."""
+
+    existing_claim: str | None = Field(default=None, min_length=1, max_length=253, description="Name of an existing PersistentVolumeClaim.")
+    claim: ClaimTemplate | None = Field(default=None, description="A claim for the operator to create.")
+    path: str = Field(
+        default="",
+        max_length=1024,
+        description="Directory inside the volume for this job's checkpoints (relative; empty = the volume root).",
+    )
+    delete_with_job: bool = Field(
+        default=False,
+        description="Delete the operator-created claim, and so the checkpoints, when the SFTJob is "
+        "deleted. Never applies to an existingClaim.",
+    )
+
+
+class EnvVar(ApiModel):
+    """A container EnvVar; fields other than name (value, valueFrom) pass through unchecked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253)
+
+
+class Volume(ApiModel):
+    """A pod Volume; the source (persistentVolumeClaim, nfs, ...) passes through unchecked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63)
+
+
+class VolumeMount(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63)
+    mount_path: str = Field(min_length=1, max_length=4096)
+
+
+class Resources(ApiModel):
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class PodSettings(ApiModel):
+    """What a cluster user sets on the training pods."""
+
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="The trainer image (runs sft-trainer).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    resources: Resources | None = Field(
+        default=None,
+        description=f"Container resources. With device cuda, {GPU_RESOURCE} defaults to nprocPerNode.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None, description=f"Defaults to tolerating the {GPU_RESOURCE} taint (device cuda)."
+    )
+    affinity: dict[str, Any] | None = Field(default=None, description="Pod affinity, merged with antiAffinity.")
+    anti_affinity: AntiAffinity = Field(
+        default=AntiAffinity.PREFERRED,
+        description="At most one pod of this job per node: Preferred, Required, or Disabled. "
+        "Ignored when affinity sets podAntiAffinity.",
+    )
+    priority_class_name: str | None = None
+    scheduler_name: str | None = None
+    service_account_name: str | None = None
+    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra container env.")
+    volumes: list[Volume] = Field(default_factory=list, max_length=128, description="Extra pod volumes (data, model).")
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=128, description="Extra container volumeMounts."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    shm_size_limit: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Size limit of the /dev/shm memory volume."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=1800, ge=0, description="Long enough for an on-demand checkpoint to be written."
+    )
+
+
+# spec fields (camelCase) mapped onto TrainingArgs kwargs; extraArgs may not set these.
+MAPPED_TRAINING_ARGS: dict[str, str] = {
+    "model_path": "modelPath",
+    "data_path": "dataPath",
+    "ckpt_output_dir": "checkpoints.path",
+    "data_output_dir": "dataOutputDir",
+    "num_epochs": "numEpochs",
+    "effective_batch_size": "effectiveBatchSize",
+    "learning_rate": "learningRate",
+    "max_seq_len": "maxSeqLen",
+    "max_batch_len": "maxTokensPerGpu",
+    "warmup_steps": "warmupSteps",
+    "save_samples": "saveSamples",
+    "checkpoint_at_epoch": "checkpointAtEpoch",
+    "accelerate_full_state_at_epoch": "accelerateFullStateAtEpoch",
+    "adamw_betas": "beta1/beta2",
+    "adamw_eps": "eps",
+    "adamw_weight_decay": "weightDecay",
+    "pretraining_config": "isPretraining/blockSize/documentColumnName",
+    "validation_split": "validationSplit",
+    "validation_frequency": "validationFrequency",
+    "mlflow_tracking_uri": "mlflowTrackingUri",
+    "mlflow_experiment_name": "mlflowExperimentName",
+    "mlflow_run_name": "mlflowRunName",
+    "wandb_project": "wandbProject",
+    "wandb_entity": "wandbEntity",
+    "wandb_run_name": "wandbRunName",
+    "tensorboard_log_dir": "tensorboardLogDir",
+}
+LOGGER_FIELDS = (
+    "mlflow_tracking_uri",
+    "mlflow_experiment_name",
+    "mlflow_run_name",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_run_name",
+    "tensorboard_log_dir",
+)
+
+# Spec paths (camelCase) that cannot change once the job exists: changing them would break
+# resuming from the checkpoints already written. Everything else (suspend, pod settings,
+# maxRestarts, checkpoints.deleteWithJob) may change.
+IMMUTABLE_FIELDS: tuple[str, ...] = (
+    "modelPath",
+    "dataPath",
+    "dataOutputDir",
+    "numEpochs",
+    "effectiveBatchSize",
+    "learningRate",
+    "maxSeqLen",
+    "maxTokensPerGpu",
+    "warmupSteps",
+    "saveSamples",
+    "checkpointAtEpoch",
+    "accelerateFullStateAtEpoch",
+    "beta1",
+    "beta2",
+    "eps",
+    "weightDecay",
+    "isPretraining",
+    "blockSize",
+    "documentColumnName",
+    "validationSplit",
+    "validationFrequency",
+    "extraArgs",
+    "nnodes",
+    "nprocPerNode",
+    "rdzvPort",
+    "rdzvId",
+    "device",
+    "fullStateRetention",
+    "checkpoints.existingClaim",
+    "checkpoints.claim",
+    "checkpoints.path",
+)
+
+
+def default_sharding_strategy(nnodes: int, nproc_per_node: int) -> str:
+    """FSDP sharding when the user names none.
+
+    HYBRID_SHARD shards inside a node and replicates across nodes; with one GPU per node that
+    would replicate the whole model on every GPU, so shard fully across nodes instead.
+    """
+    if nnodes > 1 and nproc_per_node == 1:
+        return "FULL_SHARD"
+    return "HYBRID_SHARD"
+
+
+class SFTJobSpec(ApiModel):
+    """One supervised fine-tuning run with instructlab-training (training_hub sft() parameters)."""
+
+    # --- training_hub sft() parameters --------------------------------------------------------
+    model_path: str = Field(min_length=1, description="Hugging Face model id, or a path on a mounted volume.")
+    data_path: str = Field(min_length=1, description="Training data (JSONL) path inside the pod.")
+    data_output_dir: str | None = Field(
+        default=None, description="Where processed data goes; defaults to <checkpoint dir>/data."
+    )
+    num_epochs: int = Field(ge=1)
+    effective_batch_size: int = Field(ge=1, description="Samples per optimizer step, across all GPUs.")
+    learning_rate: float = Field(gt=0)
+    max_seq_len: int = Field(ge=1)
+    max_tokens_per_gpu: int | None = Field(
+        default=None, ge=1, description="Token cap per GPU mini-batch (max_batch_len); defaults to maxSeqLen."
+    )
+    warmup_steps: int = Field(default=0, ge=0)
+    save_samples: int = Field(default=0, ge=0, description="Checkpoint every N samples; 0 disables.")
+    checkpoint_at_epoch: bool = True
+    accelerate_full_state_at_epoch: bool = Field(
+        default=True, description="Save the full training state each epoch: needed for exact resume."
+    )
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(default=0.95, ge=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(default=1e-8, ge=0, description="AdamW epsilon.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    is_pretraining: bool = Field(default=False, description="Document-style continual pretraining.")
+    block_size: int | None = Field(default=None, ge=1, description="Token block size; required when isPretraining.")
+    document_column_name: str | None = Field(default=None, min_length=1)
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    validation_frequency: int | None = Field(
+        default=None, ge=1, description="Validate every N steps; required when validationSplit > 0."
+    )
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_name: str | None = None
+    mlflow_run_name: str | None = None
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None
+    tensorboard_log_dir: str | None = None
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Other instructlab-training TrainingArgs fields, by their Python names "
+        "(e.g. keep_last_checkpoint_only, fsdp_options). Unknown names are rejected.",
+    )
+
+    # --- topology -----------------------------------------------------------------------------
+    nnodes: int = Field(default=1, ge=1, description="Pods (nodes) in the torchrun job.")
+    nproc_per_node: int = Field(default=1, ge=1, description="Processes (GPUs) per pod.")
+    rdzv_port: int = Field(default=contract.DEFAULT_RDZV_PORT, ge=1, le=65535)
+    rdzv_id: str | None = Field(default=None, min_length=1, description="Rendezvous id; defaults to the job's uid.")
+    device: Device = Device.CUDA
+
+    # --- operation ----------------------------------------------------------------------------
+    checkpoints: CheckpointVolume
+    pod: PodSettings = Field(default_factory=PodSettings)
+    suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
+    max_restarts: int = Field(default=3, ge=0, description="Restarts allowed before the job is Failed.")
+    full_state_retention: int | None = Field(
+        default=None, ge=1, description="Keep only the last K complete full_state checkpoints; unset keeps all."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> SFTJobSpec:
+        problems = cross_field_problems(self)
+        if problems:
+            raise PydanticCustomError(
+                "sft_spec", "{summary}", {"summary": "; ".join(f"{p}: {m}" for p, m in problems), "problems": problems}
+            )
+        return self
+
+    # --- derived values -----------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def ckpt_output_dir(self) -> str:
+        return posixpath.normpath(posixpath.join(contract.CHECKPOINT_MOUNT_PATH, self.checkpoints.path))
+
+    def checkpoint_access_modes(self) -> list[str]:
+        claim = self.checkpoints.claim
+        if claim is not None and claim.access_modes:
+            return [m.value for m in claim.access_modes]
+        return [AccessMode.READ_WRITE_MANY.value if self.nnodes > 1 else AccessMode.READ_WRITE_ONCE.value]
+
+    def training_args(self) -> dict[str, Any]:
+        """instructlab-training TrainingArgs kwargs, mapped from the spec as training_hub does."""
+        args: dict[str, Any] = {
+            "model_path": self.model_path,
+            "data_path": self.data_path,
+            "ckpt_output_dir": self.ckpt_output_dir,
+            "data_output_dir": self.data_output_dir or posixpath.join(self.ckpt_output_dir, "data"),
+            "num_epochs": self.num_epochs,
+            "effective_batch_size": self.effective_batch_size,
+            "learning_rate": self.learning_rate,
+            "max_seq_len": self.max_seq_len,
+            "max_batch_len": self.max_tokens_per_gpu or self.max_seq_len,
+            "warmup_steps": self.warmup_steps,
+            "save_samples": self.save_samples,
+            "checkpoint_at_epoch": self.checkpoint_at_epoch,
+            "accelerate_full_state_at_epoch": self.accelerate_full_state_at_epoch,
+            "adamw_betas": [self.beta1, self.beta2],
+            "adamw_eps": self.eps,
+            "adamw_weight_decay": self.weight_decay,
+            "validation_split": self.validation_split,
+        }
+        if self.validation_frequency is not None:
+            args["validation_frequency"] = self.validation_frequency
+        if self.is_pretraining:
+            pretraining: dict[str, Any] = {"block_size": self.block_size}
+            if self.document_column_name is not None:
+                pretraining["document_column_name"] = self.document_column_name
+            args["pretraining_config"] = pretraining
+        for name in LOGGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                args[name] = value
+        extra = dict(self.extra_args)
+        fsdp_options = dict(extra.pop("fsdp_options", None) or {})
+        fsdp_options.setdefault("sharding_strategy", default_sharding_strategy(self.nnodes, self.nproc_per_node))
+        args["fsdp_options"] = fsdp_options
+        args.update(extra)
+        return args
+
+    def training_config(self, job_name: str, namespace: str) -> dict[str, Any]:
+        """The launcher's config file (contract.CONFIG_FILE_NAME), as documented in contract.py."""
+        return {
+            contract.CONFIG_KEY_JOB_NAME: job_name,
+            contract.CONFIG_KEY_NAMESPACE: namespace,
+            contract.CONFIG_KEY_NUM_EPOCHS: self.num_epochs,
+            contract.CONFIG_KEY_RETENTION: self.full_state_retention,
+            contract.CONFIG_KEY_TRAINING_ARGS: self.training_args(),
+        }
+
+    def immutable_view(self) -> dict[str, Any]:
+        """The values of IMMUTABLE_FIELDS, keyed by their spec path (absent optionals as None)."""
+        api = self.to_api()
+        view: dict[str, Any] = {}
+        for path in IMMUTABLE_FIELDS:
+            value: Any = api
+            for part in path.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            view[path] = value
+        return view
+
+
+def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
+    """(spec path, message) for every rule that spans fields; the CRD's CEL rules mirror these."""
+    problems: list[tuple[str, str]] = []
+    for key in spec.extra_args:
+        path = f"spec.extraArgs.{key}"
+        if key not in TRAINING_ARGS_FIELDS:
+            problems.append((path, "unknown instructlab-training argument"))
+        elif key in UNSERIALIZABLE_FIELDS:
+            problems.append((path, "cannot be set from a manifest (it takes Python objects)"))
+        elif key in MAPPED_TRAINING_ARGS:
+            problems.append((path, f"set by the operator from spec.{MAPPED_TRAINING_ARGS[key]}; use that field"))
+    if spec.validation_split > 0 and spec.validation_frequency is None:
+        problems.append(("spec.validationFrequency", "required when spec.validationSplit > 0"))
+    if spec.is_pretraining and spec.block_size is None:
+        problems.append(("spec.blockSize", "required when spec.isPretraining is true"))
+    if spec.effective_batch_size < spec.world_size:
+        problems.append(
+            (
+                "spec.effectiveBatchSize",
+                f"must be at least nnodes * nprocPerNode = {spec.world_size} (one sample per GPU per step)",
+            )
+        )
+    if spec.max_tokens_per_gpu is not None and spec.max_tokens_per_gpu < spec.max_seq_len:
+        problems.append(("spec.maxTokensPerGpu", "must be at least spec.maxSeqLen (one full sequence per GPU)"))
+    volume = spec.checkpoints
+    if (volume.existing_claim is None) == (volume.claim is None):
+        problems.append(("spec.checkpoints", "set exactly one of existingClaim or claim"))
+    if (
+        spec.nnodes > 1
+        and volume.claim is not None
+        and volume.claim.access_modes
+        and AccessMode.READ_WRITE_MANY not in volume.claim.access_modes
+    ):
+        problems.append(
+            (
+                "spec.checkpoints.claim.accessModes",
+                "nnodes > 1 needs ReadWriteMany: every rank reads full_state/ when it resumes",
+            )
+        )
+    if volume.path.startswith("/") or ".." in volume.path.split("/"):
+        problems.append(("spec.checkpoints.path", "must be a relative path inside the volume, without '..'"))
+    for i, var in enumerate(spec.pod.env):
+        if var.name in RESERVED_ENV:
+            problems.append((f"spec.pod.env[{i}].name", f"{var.name} is set by the operator"))
+    for i, volume_def in enumerate(spec.pod.volumes):
+        if volume_def.name in RESERVED_VOLUMES:
+            problems.append((f"spec.pod.volumes[{i}].name", f"{volume_def.name} is reserved by the operator"))
+    for i, mount in enumerate(spec.pod.volume_mounts):
+        if mount.mount_path in RESERVED_MOUNT_PATHS:
+            problems.append((f"spec.pod.volumeMounts[{i}].mountPath", f"{mount.mount_path} is used by the operator"))
+    return problems
+
+
+def job_name_problems(name: str) -> list[tuple[str, str]]:
+    problems = []
+    if len(name) > MAX_JOB_NAME_LENGTH:
+        problems.append(
+            ("metadata.name", f"at most {MAX_JOB_NAME_LENGTH} characters (the StatefulSet's pods need the rest)")
+        )
+    if not re.match(JOB_NAME_PATTERN, name):
+        problems.append(("metadata.name", "must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)"))
+    return problems
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class ConditionType(str, enum.Enum):
+    SPEC_VALID = "SpecValid"  # False: InvalidSpec (no children) or ImmutableFieldChanged
+    READY = "Ready"  # all nnodes pods are running
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class Reason(str, enum.Enum):
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+    ALL_NODES_RUNNING = "AllNodesRunning"
+    NODES_PENDING = "NodesPending"
+    SUSPENDED = "Suspended"
+    NOT_SUSPENDED = "NotSuspended"
+
+
+class Condition(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = None
+
+
+class SFTJobStatus(ApiModel):
+    """Written only by the operator."""
+
+    # Unknown fields are kept: the reporter may write fields newer than this operator.
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = Phase.PENDING
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    ready_nodes: int = 0
+    total_nodes: int = 0
+    nodes: str = Field(default="", description="readyNodes/totalNodes, for kubectl get")
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    restarts: int = 0
+
+    # --- progress and checkpoints (read from the checkpoint volume; added by a later issue) ---
+
+
+# --- the object -------------------------------------------------------------------------------
+
+
+class ObjectMeta(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    deletion_timestamp: str | None = None
+
+
+class SFTJob(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["finetune.dev/v1alpha1"] = contract.API_VERSION  # type: ignore[assignment]
+    kind: Literal["SFTJob"] = contract.KIND  # type: ignore[assignment]
+    metadata: ObjectMeta
+    spec: SFTJobSpec
+    status: SFTJobStatus | None = None
+
+    @property
+    def rdzv_id(self) -> str:
+        return self.spec.rdzv_id or self.metadata.uid
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class InvalidSpecError(ValueError):
+    """A spec the operator will not run; each problem names its field by spec path."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+
+
+def describe_validation_error(exc: ValidationError, root: str = "spec") -> list[tuple[str, str]]:
+    """pydantic errors as (spec path, message), e.g. ("spec.pod.image", "Field required")."""
+    problems: list[tuple[str, str]] = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "sft_spec":
+            problems.extend(error["ctx"]["problems"])
+            continue
+        path = root
+        for item in error["loc"]:
+            path += f"[{item}]" if isinstance(item, int) else f".{item}"
+        problems.append((path, error["msg"]))
+    return problems
+
+
+def parse_spec(spec: Any) -> SFTJobSpec:
+    """Validate a spec from the API; raises InvalidSpecError naming every bad field."""
+    try:
+        return SFTJobSpec.model_validate(spec if spec is not None else {})
+    except ValidationError as exc:
+        raise InvalidSpecError(describe_validation_error(exc)) from None
+
+
+def parse_job(body: dict[str, Any]) -> SFTJob:
+    """Validate a whole SFTJob (name rules included); raises InvalidSpecError."""
+    metadata = ObjectMeta.model_validate(body.get("metadata") or {})
+    problems = job_name_problems(metadata.name)
+    try:
+        spec = parse_spec(body.get("spec"))
+    except InvalidSpecError as exc:
+        problems += exc.problems
+        raise InvalidSpecError(problems) from None
+    if problems:
+        raise InvalidSpecError(problems)
+    status = body.get("status")
+    return SFTJob(
+        metadata=metadata,
+        spec=spec,
+        status=SFTJobStatus.model_validate(status) if status else None,
+    )

@@ -1,0 +1,308 @@
+"""Pure manifest builders: an SFTJob in, Kubernetes objects (dicts) out.
+
+Every child carries the job's labels and an owner reference (so deleting the job garbage-collects
+it), except the checkpoint claim, which is owned only when the user opted in to deleting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sft_operator import contract
+from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, SFTJob
+
+ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
+ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
+COMPONENT_TRAINER = "trainer"
+COMPONENT_RENDEZVOUS = "rendezvous"
+COMPONENT_CONFIG = "config"
+COMPONENT_CHECKPOINTS = "checkpoints"
+RDZV_PORT_NAME = "rdzv"
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def statefulset_name(job: SFTJob) -> str:
+    return job.metadata.name
+
+
+def service_name(job: SFTJob) -> str:
+    return job.metadata.name
+
+
+def configmap_name(job: SFTJob) -> str:
+    return f"{job.metadata.name}-config"
+
+
+def claim_name(job: SFTJob) -> str:
+    return job.spec.checkpoints.existing_claim or f"{job.metadata.name}-checkpoints"
+
+
+def master_addr(job: SFTJob) -> str:
+    """Pod 0's stable DNS name through the headless Service."""
+    return f"{statefulset_name(job)}-0.{service_name(job)}.{job.metadata.namespace}.svc"
+
+
+# --- shared metadata --------------------------------------------------------------------------
+
+
+def selector_labels(job: SFTJob) -> dict[str, str]:
+    """Labels that select every child (and pod) of one job."""
+    return {contract.LABEL_JOB_NAME: job.metadata.name, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+
+
+def _labels(job: SFTJob, component: str) -> dict[str, str]:
+    return {**selector_labels(job), contract.LABEL_COMPONENT: component}
+
+
+def owner_reference(job: SFTJob) -> dict[str, Any]:
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "name": job.metadata.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: SFTJob, name: str, component: str, owned: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": _labels(job, component),
+    }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(job)]
+    return meta
+
+
+def desired_hash(manifest: dict[str, Any]) -> str:
+    """A digest of what the operator asked for; equal digests mean nothing to update."""
+    data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# --- children ---------------------------------------------------------------------------------
+
+
+def render_service(job: SFTJob) -> dict[str, Any]:
+    """Headless Service: gives pod 0 the stable DNS name used as the rendezvous endpoint."""
+    port = job.spec.rdzv_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, service_name(job), COMPONENT_RENDEZVOUS),
+        "spec": {
+            "clusterIP": "None",
+            # Rendezvous happens before any pod is Ready.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(job),
+            "ports": [{"name": RDZV_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+
+
+def render_configmap(job: SFTJob) -> dict[str, Any]:
+    config = job.spec.training_config(job.metadata.name, job.metadata.namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, configmap_name(job), COMPONENT_CONFIG),
+        "data": {contract.CONFIG_FILE_NAME: json.dumps(config, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def render_checkpoint_claim(job: SFTJob) -> dict[str, Any] | None:
+    """The claim to create, or None when the job uses an existing claim.
+
+    Owned by the job (so garbage-collected with it) only when spec.checkpoints.deleteWithJob.
+    """
+    claim = job.spec.checkpoints.claim
+    if claim is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": job.spec.checkpoint_access_modes(),
+        "resources": {"requests": {"storage": claim.size}},
+    }
+    if claim.storage_class_name is not None:
+        spec["storageClassName"] = claim.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(
+            job, claim_name(job), COMPONENT_CHECKPOINTS, owned=job.spec.checkpoints.delete_with_job
+        ),
+        "spec": spec,
+    }
+
+
+def _env(job: SFTJob) -> list[dict[str, Any]]:
+    spec = job.spec
+    addr = master_addr(job)
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_NNODES, "value": str(spec.nnodes)},
+        {"name": contract.ENV_NPROC_PER_NODE, "value": str(spec.nproc_per_node)},
+        {"name": contract.ENV_MASTER_ADDR, "value": addr},
+        {"name": contract.ENV_MASTER_PORT, "value": str(spec.rdzv_port)},
+        {"name": contract.ENV_RDZV_ENDPOINT, "value": f"{addr}:{spec.rdzv_port}"},
+        {"name": contract.ENV_RDZV_ID, "value": job.rdzv_id},
+        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
+        {"name": contract.ENV_DEVICE, "value": spec.device.value},
+    ]
+    return env + [var.to_api() for var in spec.pod.env]
+
+
+def _resources(job: SFTJob) -> dict[str, Any]:
+    pod = job.spec.pod
+    resources = pod.resources.to_api() if pod.resources is not None else {}
+    resources = {k: dict(v) for k, v in resources.items() if v}
+    if job.spec.device is Device.CUDA:
+        resources.setdefault("limits", {}).setdefault(GPU_RESOURCE, job.spec.nproc_per_node)
+    return resources
+
+
+def _tolerations(job: SFTJob) -> list[dict[str, Any]]:
+    if job.spec.pod.tolerations is not None:
+        return job.spec.pod.tolerations
+    if job.spec.device is Device.CUDA:
+        return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return []
+
+
+def _affinity(job: SFTJob) -> dict[str, Any]:
+    affinity = dict(job.spec.pod.affinity or {})
+    mode = job.spec.pod.anti_affinity
+    if mode is AntiAffinity.DISABLED or "podAntiAffinity" in affinity:
+        return affinity
+    term = {
+        "labelSelector": {"matchLabels": {contract.LABEL_JOB_NAME: job.metadata.name}},
+        "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+    }
+    if mode is AntiAffinity.REQUIRED:
+        affinity["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    else:
+        affinity["podAntiAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]
+        }
+    return affinity
+
+
+def _pod_template(job: SFTJob) -> dict[str, Any]:
+    spec, pod = job.spec, job.spec.pod
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if pod.shm_size_limit is not None:
+        shm["sizeLimit"] = pod.shm_size_limit
+    container: dict[str, Any] = {
+        "name": contract.TRAINER_CONTAINER,
+        "image": pod.image,
+        "imagePullPolicy": pod.image_pull_policy,
+        "command": ["sft-trainer"],
+        "env": _env(job),
+        "ports": [{"name": RDZV_PORT_NAME, "containerPort": spec.rdzv_port, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH},
+            {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+            {"name": contract.SHM_VOLUME, "mountPath": contract.SHM_MOUNT_PATH},
+            *(mount.to_api() for mount in pod.volume_mounts),
+        ],
+        # A crash's last log lines become the termination message the operator reports.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _resources(job)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {"name": contract.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim_name(job)}},
+            {"name": contract.CONFIG_VOLUME, "configMap": {"name": configmap_name(job)}},
+            {"name": contract.SHM_VOLUME, "emptyDir": shm},
+            *(volume.to_api() for volume in pod.volumes),
+        ],
+        "terminationGracePeriodSeconds": pod.termination_grace_period_seconds,
+        # Service links would add an env var per Service in the namespace to every pod.
+        "enableServiceLinks": False,
+    }
+    optional = {
+        "nodeSelector": pod.node_selector or None,
+        "tolerations": _tolerations(job) or None,
+        "affinity": _affinity(job) or None,
+        "priorityClassName": pod.priority_class_name,
+        "schedulerName": pod.scheduler_name,
+        "serviceAccountName": pod.service_account_name,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    metadata: dict[str, Any] = {"labels": {**pod.labels, **_labels(job, COMPONENT_TRAINER)}}
+    if pod.annotations:
+        metadata["annotations"] = dict(pod.annotations)
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def render_statefulset(job: SFTJob) -> dict[str, Any]:
+    """One pod per node; pod ordinal = node rank. Suspended jobs keep the StatefulSet at 0 pods.
+
+    Annotations: the accepted immutable fields (so a later change to them can be refused and
+    named), and a digest of the whole manifest (so re-applying the same spec updates nothing).
+    """
+    metadata = _metadata(job, statefulset_name(job), COMPONENT_TRAINER)
+    metadata["annotations"] = {
+        ANNOTATION_ACCEPTED_SPEC: json.dumps(job.spec.immutable_view(), sort_keys=True, separators=(",", ":"))
+    }
+    manifest: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 0 if job.spec.suspend else job.spec.nnodes,
+            "serviceName": service_name(job),
+            "selector": {"matchLabels": selector_labels(job)},
+            # All ranks start together: torchrun's rendezvous waits for every node.
+            "podManagementPolicy": "Parallel",
+            # A running job is never rolled by a template change; new pods pick it up.
+            "updateStrategy": {"type": "OnDelete"},
+            "template": _pod_template(job),
+        },
+    }
+    metadata["annotations"][ANNOTATION_DESIRED_HASH] = desired_hash(manifest)
+    return manifest
+
+
+def render_children(job: SFTJob) -> list[dict[str, Any]]:
+    """Everything one job needs, in creation order (the claim and config before the pods)."""
+    claim = render_checkpoint_claim(job)
+    return [
+        *([claim] if claim is not None else []),
+        render_configmap(job),
+        render_service(job),
+        render_statefulset(job),
+    ]
+
+
+def accepted_spec(statefulset: dict[str, Any]) -> dict[str, Any] | None:
+    """The immutable fields a running job was created with, read back from its StatefulSet."""
+    raw = ((statefulset.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ACCEPTED_SPEC)
+    return json.loads(raw) if raw else None
+
+
+def immutable_changes(job: SFTJob, statefulset: dict[str, Any]) -> list[tuple[str, str]]:
+    """(spec path, message) for each immutable field that differs from what the job was created
+    with; empty when nothing changed or the StatefulSet predates the annotation."""
+    accepted = accepted_spec(statefulset)
+    if accepted is None:
+        return []
+    changes = []
+    for path, value in job.spec.immutable_view().items():
+        if path in accepted and accepted[path] != value:
+            changes.append(
+                (
+                    f"spec.{path}",
+                    f"immutable once the job is created (was {json.dumps(accepted[path])}, now {json.dumps(value)})",
+                )
+            )
+    return changes

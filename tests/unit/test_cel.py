@@ -1,0 +1,166 @@
+"""The CRD's CEL rules (x-kubernetes-validations), evaluated with cel-python the way the
+apiserver does: each rule with `self` bound to its node, transition rules only where an old
+value exists. The same bad specs must also be refused by the operator's own validation."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import celpy
+import pytest
+
+from sft_operator.crd import build_crd
+from sft_operator.models import IMMUTABLE_FIELDS, InvalidSpecError, parse_job
+
+_ENV = celpy.Environment()
+_PROGRAMS: dict[str, Any] = {}
+
+
+def _program(rule: str) -> Any:
+    if rule not in _PROGRAMS:
+        _PROGRAMS[rule] = _ENV.program(_ENV.compile(rule))
+    return _PROGRAMS[rule]
+
+
+def with_defaults(value: Any, node: dict[str, Any]) -> Any:
+    """The apiserver fills schema defaults before it runs the rules."""
+    if not isinstance(value, dict):
+        return value
+    value = dict(value)
+    for name, child in node.get("properties", {}).items():
+        if name not in value and "default" in child:
+            value[name] = copy.deepcopy(child["default"])
+        if name in value:
+            value[name] = with_defaults(value[name], child)
+    return value
+
+
+def cel_errors(new: Any, old: Any = None) -> list[str]:
+    root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return _errors(with_defaults(new, root), with_defaults(old, root) if old is not None else None, root)
+
+
+def _errors(new: Any, old: Any, node: dict[str, Any]) -> list[str]:
+    errors = []
+    for validation in node.get("x-kubernetes-validations", []):
+        transition = "oldSelf" in validation["rule"]
+        if transition and old is None:
+            continue
+        activation = {"self": celpy.json_to_cel(new)}
+        if transition:
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        result = _program(validation["rule"]).evaluate(activation)
+        assert isinstance(result, celpy.celtypes.BoolType), (validation["rule"], result)
+        if not result:
+            errors.append(validation["message"])
+    if isinstance(new, dict):
+        for name, child in node.get("properties", {}).items():
+            if name in new:
+                old_child = old.get(name) if isinstance(old, dict) else None
+                errors += _errors(new[name], old_child, child)
+    return errors
+
+
+def job(**spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "job-1", "namespace": "ns"},
+        "spec": {
+            "modelPath": "m",
+            "dataPath": "/d.jsonl",
+            "numEpochs": 2,
+            "effectiveBatchSize": 16,
+            "learningRate": 1e-5,
+            "maxSeqLen": 512,
+            "checkpoints": {"claim": {"size": "1Gi"}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def test_valid_job_passes_every_rule() -> None:
+    assert cel_errors(job()) == []
+    assert cel_errors(job(nnodes=2, nprocPerNode=8, extraArgs={"use_liger": True}, validationSplit=0.1,
+                          validationFrequency=5, pod={"env": [{"name": "A", "value": "1"}]})) == []
+
+
+INVALID = [
+    ({"validationSplit": 0.1}, "spec.validationFrequency"),
+    ({"isPretraining": True}, "spec.blockSize"),
+    ({"nnodes": 4, "nprocPerNode": 8}, "spec.effectiveBatchSize"),
+    ({"maxTokensPerGpu": 100}, "spec.maxTokensPerGpu"),
+    ({"checkpoints": {}}, "spec.checkpoints"),
+    ({"checkpoints": {"existingClaim": "a", "claim": {"size": "1Gi"}}}, "spec.checkpoints"),
+    ({"nnodes": 2, "checkpoints": {"claim": {"size": "1Gi", "accessModes": ["ReadWriteOnce"]}}},
+     "spec.checkpoints.claim.accessModes"),
+    ({"checkpoints": {"existingClaim": "a", "path": "a/../../b"}}, "spec.checkpoints.path"),
+    ({"checkpoints": {"existingClaim": "a", "path": "/abs"}}, "spec.checkpoints.path"),
+    ({"extraArgs": {"foo_bar": 1}}, "spec.extraArgs"),
+    ({"extraArgs": {"learning_rate": 1}}, "spec.extraArgs"),
+    ({"extraArgs": {"callbacks": []}}, "spec.extraArgs"),
+    ({"pod": {"env": [{"name": "PET_NNODES", "value": "3"}]}}, "spec.pod.env"),
+    ({"pod": {"volumes": [{"name": "checkpoints", "emptyDir": {}}]}}, "spec.pod.volumes"),
+    ({"pod": {"volumeMounts": [{"name": "x", "mountPath": "/checkpoints"}]}}, "spec.pod.volumeMounts"),
+]
+
+
+@pytest.mark.parametrize(("spec", "path"), INVALID)
+def test_cel_and_the_operator_refuse_the_same_specs(spec: dict[str, Any], path: str) -> None:
+    body = job(**spec)
+    messages = cel_errors(body)
+    assert messages and all(m.startswith(path + ":") for m in messages), messages
+    with pytest.raises(InvalidSpecError) as info:
+        parse_job(body)
+    assert all(p.startswith(path) for p, _ in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(("name", "ok"), [("a" * 52, True), ("a" * 53, False), ("Job", False), ("9job", False)])
+def test_name_rules(name: str, ok: bool) -> None:
+    body = job()
+    body["metadata"]["name"] = name
+    messages = cel_errors(body)
+    assert (messages == []) == ok
+    assert all(m.startswith("metadata.name:") for m in messages)
+
+
+CHANGES: dict[str, Any] = {
+    "modelPath": "other", "dataPath": "/other", "dataOutputDir": "/x", "numEpochs": 3,
+    "effectiveBatchSize": 32, "learningRate": 2e-5, "maxSeqLen": 1024, "maxTokensPerGpu": 4096,
+    "warmupSteps": 5, "saveSamples": 100, "checkpointAtEpoch": False, "accelerateFullStateAtEpoch": False,
+    "beta1": 0.8, "beta2": 0.9, "eps": 1e-6, "weightDecay": 0.1, "isPretraining": True, "blockSize": 64,
+    "documentColumnName": "t", "validationSplit": 0.2, "validationFrequency": 7,
+    "extraArgs": {"use_liger": True}, "nnodes": 2, "nprocPerNode": 2, "rdzvPort": 1234, "rdzvId": "r",
+    "device": "cpu", "fullStateRetention": 1,
+    "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
+}
+
+
+def test_every_immutable_field_has_a_change_case() -> None:
+    assert set(CHANGES) == set(IMMUTABLE_FIELDS)
+
+
+def _set(body: dict[str, Any], path: str, value: Any) -> None:
+    node = body["spec"]
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("path", IMMUTABLE_FIELDS)
+def test_immutable_fields_cannot_change(path: str) -> None:
+    old = job(checkpoints={"existingClaim": "c"} if path == "checkpoints.existingClaim" else {"claim": {"size": "1Gi"}})
+    new = copy.deepcopy(old)
+    _set(new, path, CHANGES[path])
+    messages = cel_errors(new, old)
+    assert f"spec.{path}: immutable once the job is created" in messages, messages
+
+
+def test_mutable_fields_can_change() -> None:
+    old = job()
+    new = job(suspend=True, maxRestarts=9, pod={"image": "new"},
+              checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True})
+    assert cel_errors(new, old) == []

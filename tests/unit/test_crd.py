@@ -1,0 +1,110 @@
+"""The generated CRD: in sync with the models, structural, and it accepts/rejects as it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+import yaml
+
+from sft_operator import contract
+from sft_operator.crd import CRD_FILE, build_crd, render_yaml, without_cel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def schema() -> dict[str, Any]:
+    return build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for name, child in node.get("properties", {}).items():
+            yield from walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            yield from walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_crd_file_matches_the_models() -> None:
+    committed = (ROOT / CRD_FILE).read_text()
+    assert committed == render_yaml(), "crds/ is stale: run `sft-operator crd --write`"
+
+
+def test_chart_copy_matches_when_the_chart_exists() -> None:
+    chart_copy = ROOT / "charts" / "sft-operator" / "crds" / CRD_FILE.name
+    if chart_copy.exists():
+        assert chart_copy.read_text() == render_yaml(), "chart CRD is stale: run `sft-operator crd --write`"
+
+
+def test_schema_is_structural() -> None:
+    for path, node in walk(schema()):
+        free_form = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        assert "type" in node or free_form, f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+        if node.get("type") == "object" and "properties" in node:
+            assert set(node.get("required", [])) <= set(node["properties"]), path
+
+
+def test_identity_printer_columns_and_status_subresource() -> None:
+    crd = build_crd()
+    assert crd["metadata"]["name"] == f"{contract.PLURAL}.{contract.GROUP}"
+    assert crd["spec"]["names"]["shortNames"] == ["sft"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Nodes", "Age"]
+
+
+def test_defaults_live_in_the_schema() -> None:
+    spec = schema()["properties"]["spec"]["properties"]
+    assert spec["nnodes"]["default"] == 1
+    assert spec["rdzvPort"]["default"] == contract.DEFAULT_RDZV_PORT
+    assert spec["device"] == {**spec["device"], "enum": ["cuda", "cpu"], "default": "cuda"}
+    assert spec["pod"]["default"] == {}
+    assert spec["pod"]["properties"]["imagePullPolicy"]["default"] == "IfNotPresent"
+    assert spec["checkpoints"]["properties"]["deleteWithJob"]["default"] is False
+    assert spec["learningRate"]["minimum"] == 0 and spec["learningRate"]["exclusiveMinimum"] is True
+
+
+def test_without_cel_strips_every_rule_and_nothing_else() -> None:
+    crd = build_crd()
+    stripped = without_cel(crd)
+    assert "x-kubernetes-validations" not in yaml.safe_dump(stripped)
+    assert "x-kubernetes-validations" in yaml.safe_dump(crd)
+    assert stripped["spec"]["names"] == crd["spec"]["names"]
+
+
+def _validator() -> jsonschema.Draft4Validator:
+    # OpenAPI v3's boolean exclusiveMinimum/Maximum is draft 4's; x-kubernetes-* keys are ignored.
+    return jsonschema.Draft4Validator(schema())
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
+def test_examples_pass_the_openapi_schema(example: Path) -> None:
+    errors = list(_validator().iter_errors(yaml.safe_load(example.read_text())))
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "path"),
+    [
+        ({"numEpochs": "two"}, ["spec", "numEpochs"]),
+        ({"numEpochs": 0}, ["spec", "numEpochs"]),
+        ({"device": "tpu"}, ["spec", "device"]),
+        ({"beta1": 1}, ["spec", "beta1"]),
+        ({"checkpoints": {"claim": {}}}, ["spec", "checkpoints", "claim"]),
+        ({"pod": {"env": [{"value": "x"}]}}, ["spec", "pod", "env", 0]),
+    ],
+)
+def test_schema_rejects_bad_types_at_the_field(patch: dict[str, Any], path: list[Any]) -> None:
+    body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())
+    body["spec"].update(patch)
+    errors = list(_validator().iter_errors(body))
+    assert errors and any(list(e.absolute_path) == path for e in errors), [
+        (list(e.absolute_path), e.message) for e in errors
+    ]

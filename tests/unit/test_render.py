@@ -1,0 +1,301 @@
+"""render.py: exact manifests for a CPU job and a GPU job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sft_operator.models import parse_job
+from sft_operator.render import (
+    ANNOTATION_ACCEPTED_SPEC,
+    ANNOTATION_DESIRED_HASH,
+    immutable_changes,
+    render_checkpoint_claim,
+    render_children,
+    render_configmap,
+    render_service,
+    render_statefulset,
+)
+
+LABELS = {"finetune.dev/job-name": "tiny", "app.kubernetes.io/managed-by": "sft-operator"}
+OWNER = {
+    "apiVersion": "finetune.dev/v1alpha1",
+    "kind": "SFTJob",
+    "name": "tiny",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+
+
+def job(**spec_overrides: Any):  # type: ignore[no-untyped-def]
+    spec: dict[str, Any] = {
+        "modelPath": "/models/tiny",
+        "dataPath": "/data/train.jsonl",
+        "numEpochs": 2,
+        "effectiveBatchSize": 4,
+        "learningRate": 1e-4,
+        "maxSeqLen": 128,
+        "nnodes": 2,
+        "device": "cpu",
+        "checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}},
+    }
+    spec.update(spec_overrides)
+    return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1"}, "spec": spec})
+
+
+def test_service() -> None:
+    assert render_service(job()) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "tiny",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "rendezvous"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": LABELS,
+            "ports": [{"name": "rdzv", "port": 29500, "targetPort": 29500, "protocol": "TCP"}],
+        },
+    }
+
+
+def test_configmap() -> None:
+    cm = render_configmap(job())
+    assert cm["metadata"] == {
+        "name": "tiny-config",
+        "namespace": "ns",
+        "labels": {**LABELS, "finetune.dev/component": "config"},
+        "ownerReferences": [OWNER],
+    }
+    assert list(cm["data"]) == ["training.json"]
+    assert json.loads(cm["data"]["training.json"]) == {
+        "jobName": "tiny",
+        "namespace": "ns",
+        "numEpochs": 2,
+        "fullStateRetention": None,
+        "trainingArgs": {
+            "model_path": "/models/tiny",
+            "data_path": "/data/train.jsonl",
+            "ckpt_output_dir": "/checkpoints",
+            "data_output_dir": "/checkpoints/data",
+            "num_epochs": 2,
+            "effective_batch_size": 4,
+            "learning_rate": 1e-4,
+            "max_seq_len": 128,
+            "max_batch_len": 128,
+            "warmup_steps": 0,
+            "save_samples": 0,
+            "checkpoint_at_epoch": True,
+            "accelerate_full_state_at_epoch": True,
+            "adamw_betas": [0.9, 0.95],
+            "adamw_eps": 1e-8,
+            "adamw_weight_decay": 0.0,
+            "validation_split": 0.0,
+            "fsdp_options": {"sharding_strategy": "FULL_SHARD"},
+        },
+    }
+
+
+def test_claim_is_not_owned_unless_asked() -> None:
+    assert render_checkpoint_claim(job()) == {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "tiny-checkpoints",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "checkpoints"},
+        },
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "1Gi"}},
+            "storageClassName": "local",
+        },
+    }
+    owned = render_checkpoint_claim(job(checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
+    assert owned is not None and owned["metadata"]["ownerReferences"] == [OWNER]
+    assert render_checkpoint_claim(job(checkpoints={"existingClaim": "mine"})) is None
+
+
+def test_statefulset_cpu() -> None:
+    sts = render_statefulset(job())
+    annotations = sts["metadata"].pop("annotations")
+    assert json.loads(annotations[ANNOTATION_ACCEPTED_SPEC])["nnodes"] == 2
+    assert len(annotations[ANNOTATION_DESIRED_HASH]) == 16
+    assert sts == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": "tiny",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "trainer"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "replicas": 2,
+            "serviceName": "tiny",
+            "selector": {"matchLabels": LABELS},
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "template": {
+                "metadata": {"labels": {**LABELS, "finetune.dev/component": "trainer"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "sft-trainer:0.1.0",
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["sft-trainer"],
+                            "env": [
+                                {"name": "PET_NNODES", "value": "2"},
+                                {"name": "PET_NPROC_PER_NODE", "value": "1"},
+                                {"name": "PET_MASTER_ADDR", "value": "tiny-0.tiny.ns.svc"},
+                                {"name": "PET_MASTER_PORT", "value": "29500"},
+                                {"name": "PET_RDZV_ENDPOINT", "value": "tiny-0.tiny.ns.svc:29500"},
+                                {"name": "PET_RDZV_ID", "value": "uid-1"},
+                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
+                                {"name": "SFT_DEVICE", "value": "cpu"},
+                            ],
+                            "ports": [{"name": "rdzv", "containerPort": 29500, "protocol": "TCP"}],
+                            "volumeMounts": [
+                                {"name": "checkpoints", "mountPath": "/checkpoints"},
+                                {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
+                                {"name": "dshm", "mountPath": "/dev/shm"},
+                            ],
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "tiny-checkpoints"}},
+                        {"name": "training-config", "configMap": {"name": "tiny-config"}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                    ],
+                    "terminationGracePeriodSeconds": 1800,
+                    "enableServiceLinks": False,
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "labelSelector": {"matchLabels": {"finetune.dev/job-name": "tiny"}},
+                                        "topologyKey": "kubernetes.io/hostname",
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                },
+            },
+        },
+    }
+
+
+def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
+    sts = render_statefulset(
+        job(
+            device="cuda",
+            nprocPerNode=8,
+            effectiveBatchSize=64,
+            rdzvId="fixed",
+            checkpoints={"existingClaim": "shared"},
+            pod={
+                "image": "trainer:v2",
+                "resources": {"requests": {"cpu": 16}, "limits": {"memory": "200Gi"}},
+                "nodeSelector": {"gpu": "h100"},
+                "antiAffinity": "Required",
+                "priorityClassName": "high",
+                "schedulerName": "volcano",
+                "serviceAccountName": "trainer",
+                "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+                "labels": {"team": "a", "finetune.dev/job-name": "spoof"},
+                "annotations": {"note": "x"},
+                "shmSizeLimit": "64Gi",
+                "terminationGracePeriodSeconds": 600,
+            },
+        )
+    )
+    template = sts["spec"]["template"]
+    pod = template["spec"]
+    container = pod["containers"][0]
+    assert template["metadata"] == {
+        "labels": {"team": "a", **LABELS, "finetune.dev/component": "trainer"},
+        "annotations": {"note": "x"},
+    }
+    assert container["image"] == "trainer:v2"
+    assert container["resources"] == {
+        "requests": {"cpu": 16},
+        "limits": {"memory": "200Gi", "nvidia.com/gpu": 8},
+    }
+    assert container["env"][5] == {"name": "PET_RDZV_ID", "value": "fixed"}
+    assert container["env"][8:] == [
+        {"name": "SFT_DEVICE", "value": "cuda"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}},
+    ]
+    assert container["volumeMounts"][3] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert pod["volumes"][0] == {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "shared"}}
+    assert pod["volumes"][2] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}
+    assert pod["volumes"][3] == {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"] == {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"finetune.dev/job-name": "tiny"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+    assert (pod["nodeSelector"], pod["priorityClassName"], pod["schedulerName"], pod["serviceAccountName"]) == (
+        {"gpu": "h100"},
+        "high",
+        "volcano",
+        "trainer",
+    )
+    assert pod["terminationGracePeriodSeconds"] == 600
+
+
+def test_user_gpu_limit_and_affinity_win() -> None:
+    user_affinity = {"podAntiAffinity": {"x": 1}, "nodeAffinity": {"y": 2}}
+    sts = render_statefulset(
+        job(device="cuda", pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []})
+    )
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 4}}
+    assert pod["affinity"] == user_affinity
+    assert "tolerations" not in pod
+    disabled = render_statefulset(job(pod={"antiAffinity": "Disabled"}))["spec"]["template"]["spec"]
+    assert "affinity" not in disabled
+
+
+def test_suspend_scales_to_zero_and_changes_the_hash() -> None:
+    running, suspended = render_statefulset(job()), render_statefulset(job(suspend=True))
+    assert suspended["spec"]["replicas"] == 0
+    assert (
+        running["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+        != suspended["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+    )
+    assert render_statefulset(job()) == running  # pure: same input, same output
+
+
+def test_children_in_creation_order() -> None:
+    kinds = [c["kind"] for c in render_children(job())]
+    assert kinds == ["PersistentVolumeClaim", "ConfigMap", "Service", "StatefulSet"]
+    assert [c["kind"] for c in render_children(job(checkpoints={"existingClaim": "c"}))] == kinds[1:]
+
+
+def test_immutable_changes_name_the_fields() -> None:
+    sts = render_statefulset(job())
+    assert immutable_changes(job(suspend=True, pod={"image": "other"}), sts) == []
+    changes = immutable_changes(job(numEpochs=3, nnodes=1), sts)
+    assert changes == [
+        ("spec.numEpochs", "immutable once the job is created (was 2, now 3)"),
+        ("spec.nnodes", "immutable once the job is created (was 2, now 1)"),
+    ]
