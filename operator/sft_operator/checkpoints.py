@@ -15,8 +15,9 @@ What instructlab-training 0.16.2 writes under ``ckpt_output_dir``::
 
 What our launcher adds, all under ``sft-operator/``::
 
-    sft-operator/data/data.jsonl      the processed data (node 0 processes it once)
-    sft-operator/data/READY           JSON DataReadyMarker, written after data.jsonl
+    data/data.jsonl                   the processed data (trainingArgs.data_output_dir, which
+                                      defaults to here); node 0 processes it once
+    sft-operator/DATA_READY           JSON DataReadyMarker, written after data.jsonl is complete
     sft-operator/runs.jsonl           one RunRecord per training start on node 0
     sft-operator/COMPLETED            JSON CompletionMarker, written after success
     sft-operator/set-aside/           incomplete or foreign full_state entries moved out of the
@@ -49,9 +50,9 @@ FULL_STATE_DIR = "full_state"
 TRAINING_METADATA_FILE = "training_metadata.json"
 METRICS_LOG_FILE = "training_params_and_metrics_global0.jsonl"
 OPERATOR_DIR = "sft-operator"
-DATA_DIR = f"{OPERATOR_DIR}/data"
+DEFAULT_DATA_DIR = "data"  # the operator's default data_output_dir, relative to the root
 PROCESSED_DATA_FILE = "data.jsonl"
-DATA_READY_FILE = f"{DATA_DIR}/READY"
+DATA_READY_FILE = f"{OPERATOR_DIR}/DATA_READY"
 RUNS_LOG_FILE = f"{OPERATOR_DIR}/runs.jsonl"
 COMPLETION_MARKER_FILE = f"{OPERATOR_DIR}/COMPLETED"
 SET_ASIDE_DIR = f"{OPERATOR_DIR}/set-aside"
@@ -124,7 +125,8 @@ class CompletionMarker(_Frozen):
 
 
 class DataReadyMarker(_Frozen):
-    fingerprint: str
+    fingerprint: str  # of the inputs (data file, model, max_seq_len, ...): stale when they change
+    data_dir: str  # where data.jsonl is (trainingArgs.data_output_dir)
     num_samples: int
     created_at: datetime
 
@@ -417,8 +419,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def data_dir(root: Path) -> Path:
-    return Path(root) / DATA_DIR
+def default_data_dir(root: Path) -> Path:
+    return Path(root) / DEFAULT_DATA_DIR
 
 
 def write_data_ready(root: Path, marker: DataReadyMarker) -> None:

@@ -59,12 +59,16 @@ EXIT_OK = 0              # finished (completion marker written) or idling after 
 EXIT_TRAINING_FAILED = 1  # instructlab-training / torchrun failed
 EXIT_BAD_CONFIG = 2      # config or environment invalid: retrying will not help
 EXIT_PREEMPTED = 3       # saved an on-demand checkpoint and stopped; a restart resumes
+EXIT_PEER_UNAVAILABLE = 4  # node 0's data-ready marker or rendezvous endpoint never came; a
+#                            restart may help
 
 # --- The training config (the ConfigMap's training.json) --------------------------------------
 # {
 #   "jobName": str, "namespace": str,
 #   "numEpochs": int,
 #   "fullStateRetention": int | null,   # keep the last K complete full_state/epoch_N dirs
+#   "dataWaitTimeoutSeconds": number,   # optional (3600): nodes > 0 wait this long for data
+#   "rendezvousTimeoutSeconds": number, # optional (600): rendezvous wait, both ours and torchrun's
 #   "trainingArgs": {...}               # instructlab-training TrainingArgs kwargs, already
 #                                       # mapped from the spec's camelCase names; includes
 #                                       # ckpt_output_dir, data_path, model_path, num_epochs
@@ -74,6 +78,8 @@ CONFIG_KEY_NAMESPACE = "namespace"
 CONFIG_KEY_NUM_EPOCHS = "numEpochs"
 CONFIG_KEY_RETENTION = "fullStateRetention"
 CONFIG_KEY_TRAINING_ARGS = "trainingArgs"
+CONFIG_KEY_DATA_WAIT_TIMEOUT = "dataWaitTimeoutSeconds"
+CONFIG_KEY_RDZV_TIMEOUT = "rendezvousTimeoutSeconds"
 
 
 def node_rank_from_pod_name(pod_name: str) -> int:

@@ -74,7 +74,7 @@ def tree_root(tmp_path: Path) -> Path:
         finished_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), num_epochs=3,
         samples_seen=24, final_checkpoint="hf_format/samples_24"))
     ck.write_data_ready(root, ck.DataReadyMarker(
-        fingerprint="abc", num_samples=8,
+        fingerprint="abc", data_dir="/ckpt/data", num_samples=8,
         created_at=datetime(2026, 1, 1, tzinfo=timezone.utc)))
     return root
 
@@ -114,7 +114,7 @@ def test_scan_checkpoints_exact(tree_root: Path) -> None:
         "stray_full_state_entries": ["notes.txt"],
         "completion": {"finished_at": "2026-01-02T03:04:05Z", "num_epochs": 3,
                        "samples_seen": 24, "final_checkpoint": "hf_format/samples_24"},
-        "data_ready": {"fingerprint": "abc", "num_samples": 8,
+        "data_ready": {"fingerprint": "abc", "data_dir": "/ckpt/data", "num_samples": 8,
                        "created_at": "2026-01-01T00:00:00Z"},
         "samples_per_epoch": 8,
     }
