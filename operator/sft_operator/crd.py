@@ -4,11 +4,12 @@ The OpenAPI schema is derived from the pydantic models (pydantic's JSON schema, 
 refs inlined, optionals unwrapped, free-form maps marked x-kubernetes-preserve-unknown-fields).
 Cross-field rules and immutability are CEL ``x-kubernetes-validations``; they mirror
 models.cross_field_problems, which the operator applies itself on clusters without CEL.
+Apiservers before CEL (the 1.20 test control plane included) accept the CRD and silently drop
+x-kubernetes-validations, so one file serves every cluster.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -282,24 +283,6 @@ def build_crd() -> dict[str, Any]:
             ],
         },
     }
-
-
-def without_cel(crd: dict[str, Any]) -> dict[str, Any]:
-    """The CRD minus x-kubernetes-validations, for apiservers older than 1.25 (the operator
-    then enforces the same rules itself)."""
-    stripped = copy.deepcopy(crd)
-
-    def strip(node: Any) -> None:
-        if isinstance(node, dict):
-            node.pop("x-kubernetes-validations", None)
-            for value in node.values():
-                strip(value)
-        elif isinstance(node, list):
-            for value in node:
-                strip(value)
-
-    strip(stripped)
-    return stripped
 
 
 def render_yaml(crd: dict[str, Any] | None = None) -> str:

@@ -116,10 +116,10 @@ class CheckpointVolume(ApiModel):
 
     existing_claim: str | None = Field(default=None, min_length=1, max_length=253, description="Name of an existing PersistentVolumeClaim.")
     claim: ClaimTemplate | None = Field(default=None, description="A claim for the operator to create.")
-    path: str = Field(
-        default="",
+    path: str | None = Field(
+        default=None,
         max_length=1024,
-        description="Directory inside the volume for this job's checkpoints (relative; empty = the volume root).",
+        description="Directory inside the volume for this job's checkpoints (relative); unset: the volume root.",
     )
     delete_with_job: bool = Field(
         default=False,
@@ -360,7 +360,7 @@ class SFTJobSpec(ApiModel):
 
     @property
     def ckpt_output_dir(self) -> str:
-        return posixpath.normpath(posixpath.join(contract.CHECKPOINT_MOUNT_PATH, self.checkpoints.path))
+        return posixpath.normpath(posixpath.join(contract.CHECKPOINT_MOUNT_PATH, self.checkpoints.path or ""))
 
     def checkpoint_access_modes(self) -> list[str]:
         claim = self.checkpoints.claim
@@ -468,7 +468,7 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
                 "nnodes > 1 needs ReadWriteMany: every rank reads full_state/ when it resumes",
             )
         )
-    if volume.path.startswith("/") or ".." in volume.path.split("/"):
+    if volume.path is not None and (volume.path.startswith("/") or ".." in volume.path.split("/")):
         problems.append(("spec.checkpoints.path", "must be a relative path inside the volume, without '..'"))
     for i, var in enumerate(spec.pod.env):
         if var.name in RESERVED_ENV:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sft_operator import contract
-from sft_operator.crd import CRD_FILE, build_crd, render_yaml, without_cel
+from sft_operator.crd import CRD_FILE, build_crd, render_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,14 +69,6 @@ def test_defaults_live_in_the_schema() -> None:
     assert spec["pod"]["properties"]["imagePullPolicy"]["default"] == "IfNotPresent"
     assert spec["checkpoints"]["properties"]["deleteWithJob"]["default"] is False
     assert spec["learningRate"]["minimum"] == 0 and spec["learningRate"]["exclusiveMinimum"] is True
-
-
-def test_without_cel_strips_every_rule_and_nothing_else() -> None:
-    crd = build_crd()
-    stripped = without_cel(crd)
-    assert "x-kubernetes-validations" not in yaml.safe_dump(stripped)
-    assert "x-kubernetes-validations" in yaml.safe_dump(crd)
-    assert stripped["spec"]["names"] == crd["spec"]["names"]
 
 
 def _validator() -> jsonschema.Draft4Validator:
