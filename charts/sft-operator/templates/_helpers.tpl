@@ -1,0 +1,114 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "sft-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every object name: fullnameOverride, else <release>-<chart> (just <release>
+when it already contains the chart name). 63 characters at most, a DNS label. */}}
+{{- define "sft-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the operator's pod; never change them after an install (a Deployment's
+selector is immutable). */}}
+{{- define "sft-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sft-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sft-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "sft-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: sft-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sft-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sft-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sft-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces the operator watches in "namespaces" mode, validated. */}}
+{{- define "sft-operator.watchedNamespaces" -}}
+{{- if eq .Values.watch.mode "namespaces" }}
+{{- if not .Values.watch.namespaces }}
+{{- fail "watch.namespaces must list at least one namespace when watch.mode is \"namespaces\"" }}
+{{- end }}
+{{- .Values.watch.namespaces | uniq | toJson }}
+{{- else }}
+{{- if .Values.watch.namespaces }}
+{{- fail "watch.namespaces must be empty when watch.mode is \"cluster\" (set watch.mode: namespaces)" }}
+{{- end }}
+{{- list | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's permissions: the same rules for the ClusterRole (cluster mode) and for each
+namespace's Role (namespaces mode). Exactly what the operator's code calls, no wildcards; the
+allow-list in tests/unit/test_helm_rbac.py must change with it, and docs/rbac.md says why
+each rule exists.
+*/}}
+{{- define "sft-operator.rules" -}}
+# SFTJobs: kopf lists and watches them, and patches finalizers, annotations and status.
+- apiGroups: ["finetune.dev"]
+  resources: ["sftjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["finetune.dev"]
+  resources: ["sftjobs/status"]
+  verbs: ["get", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion: clusters that enforce
+# OwnerReferencesPermissionEnforcement require update on the owner's finalizers.
+- apiGroups: ["finetune.dev"]
+  resources: ["sftjobs/finalizers"]
+  verbs: ["update"]
+# Events on SFTJobs (kopf posts core/v1 Events).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# Each job's children.
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# configmaps: the job's training config; get/patch/update are also what the per-job Role grants
+# the status reporter on <job>-progress (a Role can only grant what its creator holds).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# The per-job identity of the status reporter: a ServiceAccount, and a Role + RoleBinding that
+# allow only get/patch/update on the job's own progress ConfigMap.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
