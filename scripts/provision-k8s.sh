@@ -23,9 +23,18 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
   echo "$KUBEBUILDER_ASSETS"; exit 0
 fi
 
-if [[ -x "$ASSETS/kube-apiserver" && -x "$ASSETS/kube-controller-manager" && -x "$ASSETS/etcd" ]]; then
-  echo "$ASSETS"; exit 0
+cached() { [[ -x "$ASSETS/kube-apiserver" && -x "$ASSETS/kube-controller-manager" && -x "$ASSETS/etcd" ]]; }
+if cached; then echo "$ASSETS"; exit 0; fi
+
+# One build at a time (make test and make cluster-up may race on a fresh machine); whoever
+# waited finds the cache filled.
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.provision.lock"
+if ! flock -n 9; then
+  log "another provisioning run holds $CACHE_ROOT/.provision.lock; waiting for it"
+  flock 9
 fi
+if cached; then echo "$ASSETS"; exit 0; fi
 
 command -v apt-get >/dev/null || die "no apt-get: install etcd, kube-apiserver and kube-controller-manager (v1.20+) yourself and set KUBEBUILDER_ASSETS to their directory"
 SUDO=""
@@ -57,8 +66,10 @@ SRC=$(find "$WORK" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
 
 # Go 1.19 breaks the vendored reflect2 v1.0.1 (SIGSEGV on the first custom-resource create);
 # Debian's 1.0.2 fixes it.
+REFLECT2=/usr/share/gocode/src/github.com/modern-go/reflect2
+[[ -f $REFLECT2/reflect2.go ]] || die "$REFLECT2 missing after installing golang-github-modern-go-reflect2-dev; a build without it crashes on custom resources"
 rm -rf "$SRC/vendor/github.com/modern-go/reflect2"
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$SRC/vendor/github.com/modern-go/reflect2"
+cp -r "$REFLECT2" "$SRC/vendor/github.com/modern-go/reflect2"
 rm -f "$SRC/vendor/github.com/modern-go/reflect2/go.mod"
 
 # GOPATH mode, as the package's debian/rules does it.
@@ -77,6 +88,9 @@ OUTBIN=$(find "$SRC/_output" -type f -name kube-apiserver -path '*bin*' | head -
 mkdir -p "$ASSETS.tmp"
 cp "$(dirname "$OUTBIN")/kube-apiserver" "$(dirname "$OUTBIN")/kube-controller-manager" "$ASSETS.tmp/"
 cp "$(command -v etcd || echo /usr/bin/etcd)" "$ASSETS.tmp/etcd"
+for b in etcd kube-apiserver kube-controller-manager; do
+  "$ASSETS.tmp/$b" --version >/dev/null 2>&1 || die "the built $b does not run ($ASSETS.tmp/$b --version failed)"
+done
 rm -rf "$ASSETS"; mv "$ASSETS.tmp" "$ASSETS"
 log "binaries cached in $ASSETS"
 echo "$ASSETS"
