@@ -1,0 +1,323 @@
+"""The dev local node on the real local control plane: pods bound, run as processes, reported.
+
+Plain StatefulSets, Services and Pods with sh/python commands: nothing of sft-operator but the
+local node itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sft_operator.dev.localnode import LocalNode
+from sft_operator.dev.localnode_api import KubeRest, pod_path
+
+pytestmark = pytest.mark.integration
+
+NODE = "localnode-it"
+
+
+@pytest.fixture(scope="module")
+def node_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("localnode")
+
+
+@pytest.fixture(scope="module")
+def local_node(control_plane: Any, node_state: Path) -> Iterator[LocalNode]:
+    node = LocalNode(control_plane.kubeconfig, node_state, NODE, backoff_base_s=0.3, backoff_cap_s=2.0,
+                     stop_grace_s=3.0)
+    with node:
+        yield node
+    assert node.container_pids() == []
+
+
+@pytest.fixture
+def rest(api_client: Any, namespace: str) -> KubeRest:
+    client = KubeRest(api_client)
+    # 1.20's ServiceAccount admission rejects pods until the namespace's token secret exists.
+    def token_secret_listed() -> bool:
+        accounts = client.get(f"/api/v1/namespaces/{namespace}/serviceaccounts")["items"]
+        return any(a["metadata"]["name"] == "default" and a.get("secrets") for a in accounts)
+
+    wait_for("the default service account's token", token_secret_listed)
+    return client
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+def get_pod(rest: KubeRest, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return rest.get(pod_path(namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def container_status(pod: dict[str, Any] | None) -> dict[str, Any]:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
+    return statuses[0]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no one reaped yet is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def pid_of(pod: dict[str, Any]) -> int:
+    return int(container_status(pod)["containerID"].removeprefix("localnode://"))
+
+
+def simple_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "main", "image": "not-used", "command": ["sh", "-c", script]}
+    container.update(spec.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [container], "terminationGracePeriodSeconds": 5, **spec}}
+
+
+REPORTER = r"""
+import json, os, socket, time
+me, peer = os.environ["POD"], "web-1" if os.environ["POD"] == "web-0" else "web-0"
+ns = os.environ["NS"]
+peer_fqdn = f"{peer}.web.{ns}.svc"
+deadline = time.time() + 30
+while True:  # the peer may start after us: its name appears in /etc/hosts when it exists
+    try:
+        peer_ip = socket.gethostbyname(peer_fqdn)
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+report = {
+    "pod": me, "ns": ns, "ip": os.environ["IP"], "greeting": os.environ["GREETING"],
+    "token": os.environ["TOKEN"], "config": open("/etc/sft/training.json").read(),
+    "hostname": socket.gethostname(), "peer_ip": peer_ip, "cwd": os.getcwd(),
+    "shm_writable": os.access("/dev/shm", os.W_OK),
+}
+with open(f"/checkpoints/{me}.json", "w") as f:
+    json.dump(report, f)
+print("reported", flush=True)
+while True:
+    time.sleep(0.2)
+"""
+
+
+def test_statefulset_pods_run_with_env_volumes_and_peer_dns_then_scale_to_zero(
+    local_node: LocalNode, rest: KubeRest, namespace: str, node_state: Path
+):
+    ns = namespace
+    rest.post(f"/api/v1/namespaces/{ns}/configmaps",
+              {"metadata": {"name": "cfg"}, "data": {"greeting": "hello", "training.json": '{"epochs": 1}'}})
+    rest.post(f"/api/v1/namespaces/{ns}/secrets", {"metadata": {"name": "sec"}, "stringData": {"token": "s3cret"}})
+    rest.post(f"/api/v1/namespaces/{ns}/services", {"metadata": {"name": "web"}, "spec": {
+        "clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 29500}]}})
+    env = [
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+    ]
+    rest.post(f"/apis/apps/v1/namespaces/{ns}/statefulsets", {"metadata": {"name": "web"}, "spec": {
+        "serviceName": "web", "replicas": 2, "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "main", "image": "not-used", "command": ["python", "-c", REPORTER], "env": env,
+                "workingDir": "/checkpoints",
+                "volumeMounts": [{"name": "ckpt", "mountPath": "/checkpoints"},
+                                 {"name": "cfg", "mountPath": "/etc/sft", "readOnly": True},
+                                 {"name": "dshm", "mountPath": "/dev/shm"}],
+            }],
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        }},
+        "volumeClaimTemplates": [{"metadata": {"name": "ckpt"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+    }})
+
+    reports = {}
+    for name in ("web-0", "web-1"):
+        report_file = node_state / "volumes" / ns / f"ckpt-{name}" / f"{name}.json"
+        wait_for(f"{name}'s report on its claim", report_file.exists)
+        reports[name] = json.loads(report_file.read_text())
+        pod = get_pod(rest, ns, name)
+        assert pod is not None
+        assert pod["spec"]["nodeName"] == NODE
+        assert pod["status"]["phase"] == "Running"
+        assert pod["status"]["podIP"] == "127.0.0.1"
+        assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+        assert container_status(pod)["state"].keys() == {"running"}
+    assert reports["web-0"] == {
+        "pod": "web-0", "ns": ns, "ip": "127.0.0.1", "greeting": "hello", "token": "s3cret",
+        "config": '{"epochs": 1}', "hostname": "web-0", "peer_ip": "127.0.0.1", "cwd": "/checkpoints",
+        "shm_writable": True,
+    }
+    assert reports["web-1"]["peer_ip"] == "127.0.0.1"
+    log = node_state / "logs" / ns / "web-0" / "main.log"
+    assert log.read_text() == "reported\n"
+    wait_for("claims Bound", lambda: all(
+        c["status"].get("phase") == "Bound"
+        for c in rest.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]))
+
+    pids = [pid_of(get_pod(rest, ns, name)) for name in ("web-0", "web-1")]
+    assert all(pid_alive(p) for p in pids)
+    rest.merge_patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/web", {"spec": {"replicas": 0}})
+    # python exits on SIGTERM by default: well within the 5 s grace.
+    wait_for("pods gone", lambda: not rest.get(f"/api/v1/namespaces/{ns}/pods")["items"], timeout_s=20)
+    assert not any(pid_alive(p) for p in pids)
+    # The claim's data outlives the pods.
+    assert (node_state / "volumes" / ns / "ckpt-web-0" / "web-0.json").exists()
+
+
+def test_restart_policy_always_restarts_and_counts_with_exit_code_and_log_fallback(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod(
+        "crash", "echo starting; echo 'it broke' >&2; exit 3",
+        container={"terminationMessagePolicy": "FallbackToLogsOnError"}))
+    pod = wait_for("two restarts", lambda: (p := get_pod(rest, namespace, "crash"))
+                   and container_status(p).get("restartCount", 0) >= 2 and p)
+    status = container_status(pod)
+    assert pod["status"]["phase"] == "Running"
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    assert status["lastState"]["terminated"]["message"] == "starting\nit broke"
+
+
+def test_termination_message_file_and_restart_policy_never(local_node: LocalNode, rest: KubeRest, namespace: str):
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod(
+        "done", "echo 'all good' > /dev/termination-log", restartPolicy="Never"))
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod(
+        "fails", "echo not-the-message; exit 7", restartPolicy="Never"))
+    done = wait_for("done Succeeded", lambda: (p := get_pod(rest, namespace, "done"))
+                    and p["status"].get("phase") == "Succeeded" and p)
+    terminated = container_status(done)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (0, "Completed", "all good\n".rstrip())
+    fails = wait_for("fails Failed", lambda: (p := get_pod(rest, namespace, "fails"))
+                     and p["status"].get("phase") == "Failed" and p)
+    terminated = container_status(fails)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (7, "Error")
+    assert "message" not in terminated  # policy File and an empty file: no message
+    assert container_status(fails)["restartCount"] == 0
+
+
+def test_deletion_sends_sigterm_to_the_main_process_and_removes_the_pod(
+    local_node: LocalNode, rest: KubeRest, namespace: str, node_state: Path
+):
+    script = "trap 'echo got SIGTERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod("graceful", script))
+    pod = wait_for("running", lambda: (p := get_pod(rest, namespace, "graceful"))
+                   and p["status"].get("phase") == "Running" and p)
+    pid = pid_of(pod)
+    log = node_state / "logs" / namespace / "graceful" / "main.log"
+    wait_for("ready in the log", lambda: "ready" in log.read_text())
+    started = time.monotonic()
+    rest.delete(pod_path(namespace, "graceful"))
+    wait_for("pod gone", lambda: get_pod(rest, namespace, "graceful") is None)
+    assert time.monotonic() - started < 4  # it exited on SIGTERM, long before the 5 s grace
+    assert log.read_text().endswith("got SIGTERM\n")
+    assert not pid_alive(pid)
+
+
+def test_a_process_ignoring_sigterm_is_killed_with_its_group_after_the_grace_period(
+    local_node: LocalNode, rest: KubeRest, namespace: str, node_state: Path
+):
+    # The main process ignores SIGTERM and has a child: both die at the end of the grace period.
+    script = "trap '' TERM; sleep 300 & echo child $!; while true; do sleep 0.1; done"
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod("stubborn", script, terminationGracePeriodSeconds=1))
+    pod = wait_for("running", lambda: (p := get_pod(rest, namespace, "stubborn"))
+                   and p["status"].get("phase") == "Running" and p)
+    log = node_state / "logs" / namespace / "stubborn" / "main.log"
+    child = int(wait_for("child pid", lambda: log.read_text().split()[1:2])[0])
+    pid = pid_of(pod)
+    rest.delete(pod_path(namespace, "stubborn"))
+    wait_for("pod gone", lambda: get_pod(rest, namespace, "stubborn") is None, timeout_s=10)
+    assert not pid_alive(pid)
+    assert not pid_alive(child)
+
+
+def test_in_pod_client_uses_the_pods_service_account(local_node: LocalNode, rest: KubeRest, namespace: str,
+                                                       node_state: Path):
+    rest.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", {
+        "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+    rest.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings", {
+        "metadata": {"name": "pod-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]})
+    script = (
+        "from kubernetes import client, config\n"
+        "config.load_incluster_config()\n"
+        "api = client.CoreV1Api()\n"
+        "ns = open('/var/run/secrets/kubernetes.io/serviceaccount/namespace').read()\n"
+        "print('read', api.read_namespaced_pod('reader', ns).metadata.name)\n"
+        "try:\n"
+        "    api.list_namespaced_secret(ns)\n"
+        "except client.exceptions.ApiException as e:\n"
+        "    print('secrets', e.status)\n"
+    )
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"}, "spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "not-used", "command": ["python", "-c", script]}]}}
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", pod)
+    done = wait_for("reader finished", lambda: (p := get_pod(rest, namespace, "reader"))
+                    and p["status"].get("phase") in ("Succeeded", "Failed") and p, timeout_s=60)
+    log = (node_state / "logs" / namespace / "reader" / "main.log").read_text()
+    assert done["status"]["phase"] == "Succeeded", log
+    assert log == "read reader\nsecrets 403\n"
+
+
+def test_pod_wanting_more_gpus_than_advertised_stays_pending_with_a_reason(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod(
+        "greedy", "true", container={"resources": {"limits": {"nvidia.com/gpu": "1"}}}))
+    pod = wait_for("Unschedulable condition", lambda: (p := get_pod(rest, namespace, "greedy"))
+                   and any(c.get("reason") == "Unschedulable" for c in p["status"].get("conditions") or []) and p)
+    assert not pod["spec"].get("nodeName")
+    message = next(c["message"] for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert "wants 1 nvidia.com/gpu, the local node advertises 0" in message
+
+
+def test_stop_kills_every_container_and_leaves_no_process(control_plane: Any, rest: KubeRest, namespace: str,
+                                                          tmp_path: Path):
+    # Its own node; the pod names it directly, so the module's node never binds it.
+    own = LocalNode(control_plane.kubeconfig, tmp_path, "localnode-stop-test", stop_grace_s=1.0)
+    script = "trap '' TERM; sleep 300 & while true; do sleep 0.1; done"
+    pod = simple_pod("two", script, nodeName="localnode-stop-test")
+    pod["spec"]["containers"].append({"name": "second", "image": "x", "command": ["sleep", "300"]})
+    with own:
+        rest.post(f"/api/v1/namespaces/{namespace}/pods", pod)
+        wait_for("two containers", lambda: len(own.container_pids()) == 2)
+        pids = own.container_pids()
+        wait_for("pod Running", lambda: (p := get_pod(rest, namespace, "two")) and p["status"].get("phase") == "Running")
+    assert own.container_pids() == []
+    assert not any(pid_alive(p) for p in pids)
+    node = rest.get("/api/v1/nodes/localnode-stop-test")
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "False"
