@@ -262,8 +262,18 @@ def test_a_process_ignoring_sigterm_is_killed_with_its_group_after_the_grace_per
     assert not pid_alive(child)
 
 
+# "secret": 1.20's ServiceAccount admission mounts the legacy token secret; "projected": the
+# 1.21+ shape (TokenRequest token + kube-root-ca.crt + namespace), which the node materializes.
+PROJECTED_TOKEN_VOLUME = {"name": "api-access", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+]}}
+
+
+@pytest.mark.parametrize("token_volume", ["secret", "projected"])
 def test_in_pod_client_uses_the_pods_service_account(local_node: LocalNode, rest: KubeRest, namespace: str,
-                                                       node_state: Path):
+                                                       node_state: Path, token_volume: str):
     rest.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", {
         "metadata": {"name": "pod-reader"},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
@@ -285,6 +295,11 @@ def test_in_pod_client_uses_the_pods_service_account(local_node: LocalNode, rest
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"}, "spec": {
         "restartPolicy": "Never",
         "containers": [{"name": "main", "image": "not-used", "command": ["python", "-c", script]}]}}
+    if token_volume == "projected":
+        pod["spec"]["automountServiceAccountToken"] = False
+        pod["spec"]["volumes"] = [PROJECTED_TOKEN_VOLUME]
+        pod["spec"]["containers"][0]["volumeMounts"] = [
+            {"name": "api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}]
     rest.post(f"/api/v1/namespaces/{namespace}/pods", pod)
     done = wait_for("reader finished", lambda: (p := get_pod(rest, namespace, "reader"))
                     and p["status"].get("phase") in ("Succeeded", "Failed") and p, timeout_s=60)

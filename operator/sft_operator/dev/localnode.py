@@ -66,6 +66,7 @@ from .localnode_volumes import VolumeWriter
 log = logging.getLogger("sft_operator.dev.localnode")
 
 CONFIG_RETRY_S = 2.0
+DEFAULT_SCHEDULER = "default-scheduler"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -117,6 +118,7 @@ class PodRecord:
     start_time: datetime
     started: bool = False
     retry_at: float | None = None
+    refresh_at: float | None = None  # when to rewrite service-account tokens (they expire)
     deleting: bool = False
     kill_at: float | None = None
     hosts: str = ""
@@ -276,7 +278,7 @@ class LocalNode:
     def _next_deadline(self) -> float:
         deadlines = [self._next_heartbeat]
         for record in self._records.values():
-            deadlines += [d for d in (record.retry_at, record.kill_at) if d is not None]
+            deadlines += [d for d in (record.retry_at, record.kill_at, record.refresh_at) if d is not None]
             deadlines += [c.restart_at for c in record.containers.values() if c.restart_at is not None]
         return min(deadlines)
 
@@ -296,6 +298,8 @@ class LocalNode:
             if record.retry_at is not None and now >= record.retry_at:
                 record.retry_at = None
                 self._start_pod(record)
+            if record.refresh_at is not None and now >= record.refresh_at:
+                self._refresh_tokens(record)
             for name, container in record.containers.items():
                 if container.restart_at is not None and now >= container.restart_at:
                     container.restart_at = None
@@ -383,7 +387,9 @@ class LocalNode:
         node_name = pod["spec"].get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if not node_name:
-            if phase not in TERMINAL_PHASES and not pod["metadata"].get("deletionTimestamp"):
+            # Only pods for the default scheduler: ours stands in for kube-scheduler, no other.
+            if (phase not in TERMINAL_PHASES and not pod["metadata"].get("deletionTimestamp")
+                    and pod["spec"].get("schedulerName", DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER):
                 self._schedule(pod)
         elif node_name == self.name:
             self._sync_pod(pod)
@@ -462,6 +468,7 @@ class LocalNode:
                 self.volumes.write(pod, volume, dirs[volume["name"]])
             self._write_hosts(record)
             record.started = True
+            record.refresh_at = _token_refresh_at(pod)
             for name in record.containers:
                 self._start_container(record, name)
         except (PodConfigError, ApiException) as exc:
@@ -473,6 +480,19 @@ class LocalNode:
             record.started = False
             record.retry_at = time.monotonic() + CONFIG_RETRY_S
         self._report(record)
+
+    def _refresh_tokens(self, record: PodRecord) -> None:
+        """Rewrites the pod's projected volumes in place before their tokens expire."""
+        pod = record.pod
+        record.refresh_at = _token_refresh_at(pod)
+        dirs = volume_dirs(pod, self.state_dir)
+        for volume in pod_volumes(pod):
+            if "projected" in volume:
+                try:
+                    self.volumes.write(pod, volume, dirs[volume["name"]])
+                except (PodConfigError, ApiException) as exc:
+                    log.warning("pod %s: token refresh failed (retrying in %gs): %s", _key(pod), CONFIG_RETRY_S, exc)
+                    record.refresh_at = time.monotonic() + CONFIG_RETRY_S
 
     def _base_env(self, pod: dict[str, Any]) -> dict[str, str]:
         server = urlparse(self.rest.server)
@@ -671,6 +691,17 @@ class LocalNode:
         except Exception as exc:  # noqa: BLE001 - the control plane may already be gone
             log.info("could not mark node %s NotReady: %s", self.name, exc)
         log.info("local node %s stopped (%d container(s) stopped)", self.name, len(processes))
+
+
+def _token_refresh_at(pod: dict[str, Any]) -> float | None:
+    lifetimes = [
+        float(source["serviceAccountToken"].get("expirationSeconds") or 3600)
+        for volume in pod_volumes(pod)
+        for source in (volume.get("projected") or {}).get("sources") or []
+        if "serviceAccountToken" in source
+    ]
+    # Like the kubelet: refresh once 80 % of the token's life has passed.
+    return time.monotonic() + 0.8 * min(lifetimes) if lifetimes else None
 
 
 def _key(pod: dict[str, Any]) -> str:
