@@ -60,6 +60,8 @@ def namespace(request: pytest.FixtureRequest, control_plane: Any, api_client: An
     core = kubernetes.client.CoreV1Api(api_client)
     name = fresh_namespace_name(request.node.name)
     core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
+    # So a test may create pods at once (1.20 admits them only after the token exists).
+    control_plane.wait_for_default_service_account(name)
     try:
         yield name
     finally:

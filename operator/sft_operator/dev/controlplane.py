@@ -430,6 +430,12 @@ class ControlPlane:
 
         return kubernetes.client.ApiClient(self.configuration(token))
 
+    def wait_for_default_service_account(self, namespace: str) -> None:
+        """Wait (bounded) until pods can be admitted in ``namespace``: on 1.20 that needs the
+        namespace's default ServiceAccount and its token secret (tens of milliseconds)."""
+        self._wait(f"namespace {namespace} has its default ServiceAccount token",
+                   lambda: self._default_sa_ready(namespace), CONTROLLER_MANAGER)
+
     # -- internals --
 
     def _write_pki_and_tokens(self) -> dict[str, str]:
@@ -542,7 +548,7 @@ class ControlPlane:
                     f"set {TIMEOUT_ENV} to wait longer",
                     tail_lines(proc.log_file), proc.log_file,
                 )
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     def _readyz_ok(self) -> tuple[bool, str]:
         try:
@@ -551,14 +557,14 @@ class ControlPlane:
             return False, str(e)[:200]
         return status == 200 and body.strip() == b"ok", f"HTTP {status} {body[:200]!r}"
 
-    def _default_sa_ready(self) -> tuple[bool, str]:
+    def _default_sa_ready(self, namespace: str = "default") -> tuple[bool, str]:
         try:
-            status, body = self.get("/api/v1/namespaces/default/serviceaccounts/default", timeout_s=2)
+            status, body = self.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default", timeout_s=2)
         except (OSError, ssl.SSLError) as e:
             return False, str(e)[:200]
         if status != 200:
             return False, f"HTTP {status}"
-        return bool(json.loads(body).get("secrets")), "ServiceAccount default/default has no token secret yet"
+        return bool(json.loads(body).get("secrets")), f"ServiceAccount {namespace}/default has no token secret yet"
 
     @staticmethod
     def _write_yaml(path: Path, data: dict[str, Any]) -> None:
