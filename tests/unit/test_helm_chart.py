@@ -1,0 +1,261 @@
+"""The Helm chart, rendered by a real Helm (scripts/provision-helm.sh): lint, strict validation of
+every rendered object against the Kubernetes schemas, the values schema, the Deployment's shape.
+
+RBAC has its own file (test_helm_rbac.py); installing onto a real API server is in
+tests/integration/test_helm_install.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "sft-operator"
+PROVISION_HELM = ROOT / "scripts" / "provision-helm.sh"
+# kubernetes-validate's oldest schemas (our local API server is 1.20) and its newest.
+SCHEMA_VERSIONS = ("1.25.0", "1.37.0")
+NAMESPACES_MODE = ["--set", "watch.mode=namespaces", "--set", "watch.namespaces={team-a,team-b}"]
+MODES = {"cluster": [], "namespaces": NAMESPACES_MODE}
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> "Helm":
+    return Helm.provision(tmp_path_factory.mktemp("helm-home"))
+
+
+class Helm:
+    """The provisioned helm binary, with its cache/config/data homes in a temp dir (no state
+    leaks into or out of the developer's own Helm setup)."""
+
+    def __init__(self, binary: str, home: Path):
+        self.binary = binary
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    @classmethod
+    def provision(cls, home: Path) -> "Helm":
+        proc = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            pytest.fail(f"{PROVISION_HELM.name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", pytrace=False)
+        return cls(proc.stdout.strip().splitlines()[-1], home)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.binary, *args], capture_output=True, text=True, env=self.env, timeout=120)
+
+    def template(self, *args: str, namespace: str = "sft-system") -> list[dict[str, Any]]:
+        proc = self.run("template", "rel", str(CHART), "--namespace", namespace, *args)
+        assert proc.returncode == 0, proc.stderr
+        return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def the_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(docs, "Deployment")
+    return deployment
+
+
+def test_provisioned_helm_is_the_pinned_version(helm: Helm) -> None:
+    proc = helm.run("version", "--template", "{{.Version}}")
+    assert proc.returncode == 0 and proc.stdout == "v4.1.4", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lint_strict(helm: Helm, mode: str) -> None:
+    proc = helm.run("lint", "--strict", str(CHART), *MODES[mode])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_rendered_object_is_strictly_valid(helm: Helm, mode: str, version: str) -> None:
+    docs = helm.template(*MODES[mode])
+    assert docs, "nothing rendered"
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
+
+
+def test_what_each_mode_renders(helm: Helm) -> None:
+    cluster = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template())
+    assert cluster == [
+        ("ClusterRole", None), ("ClusterRoleBinding", None),
+        ("Deployment", "sft-system"), ("ServiceAccount", "sft-system"),
+    ]
+    namespaced = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template(*NAMESPACES_MODE))
+    assert namespaced == [
+        ("Deployment", "sft-system"),
+        ("Role", "team-a"), ("Role", "team-b"),
+        ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
+        ("ServiceAccount", "sft-system"),
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bindings_name_the_operator_service_account(helm: Helm, mode: str) -> None:
+    docs = helm.template(*MODES[mode])
+    (account,) = by_kind(docs, "ServiceAccount")
+    pod = the_deployment(docs)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    bindings = by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
+    assert bindings
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "sft-system"}
+        ]
+        role_kind = "ClusterRole" if binding["kind"] == "ClusterRoleBinding" else "Role"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": binding["metadata"]["name"],
+        }
+
+
+def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
+    deployment = the_deployment(helm.template())
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["image"] == "sft-operator:0.1.0"
+
+
+def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
+    (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [
+        "--liveness=http://0.0.0.0:8080/healthz", "--namespace=team-a", "--namespace=team-b",
+    ]
+
+
+def test_operator_container_is_restricted(helm: Helm) -> None:
+    """What Pod Security Standards' "restricted" profile demands, and a read-only root."""
+    pod = the_deployment(helm.template())["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert not any("hostPath" in v for v in pod["volumes"])
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+
+
+def test_platform_assigned_user_ids(helm: Helm) -> None:
+    """runAsUser/runAsGroup null (OpenShift assigns them): omitted, runAsNonRoot stays."""
+    pod = the_deployment(helm.template("--set", "runAsUser=null", "--set", "runAsGroup=null"))["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def test_values_are_passed_through(helm: Helm) -> None:
+    docs = helm.template(
+        "--set", "image.repository=example.test/ml/sft-operator",
+        "--set", "image.digest=sha256:" + "a" * 64,
+        "--set", "extraArgs={--verbose}",
+        "--set", "nodeSelector.pool=system",
+        "--set", "serviceAccount.annotations.team=ml",
+        "--set", "fullnameOverride=sft",
+    )
+    deployment = the_deployment(docs)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "example.test/ml/sft-operator@sha256:" + "a" * 64
+    assert container["args"][-1] == "--verbose"
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "system"}
+    assert deployment["metadata"]["name"] == "sft"
+    (account,) = by_kind(docs, "ServiceAccount")
+    assert account["metadata"]["annotations"] == {"team": "ml"}
+
+
+def test_existing_service_account_without_rbac(helm: Helm) -> None:
+    docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops-sa",
+                         "--set", "rbac.create=false")
+    assert [d["kind"] for d in docs] == ["Deployment"]
+    assert the_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "watch.mode=everywhere"], "/watch/mode"),
+        (["--set", "watch.mode=namespaces"], "/watch/namespaces"),
+        (["--set", "watch.namespaces={team-a}"], "/watch/namespaces"),
+        (["--set", "watch.mode=namespaces", "--set", "watch.namespaces={Team_A}"], "/watch/namespaces/0"),
+        (["--set", "runAsUser=0"], "/runAsUser"),
+        (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["--set", "image.digest=latest"], "/image/digest"),
+        (["--set", "health.port=80"], "/health/port"),
+        (["--set", "health.path=healthz"], "/health/path"),
+        (["--set", "serviceAccount.create=false"], "/serviceAccount"),
+        (["--set", "extraArgs={verbose}"], "/extraArgs/0"),
+        (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "resources.cpu=1"], "additional properties 'cpu' not allowed"),
+    ],
+)
+def test_values_schema_rejects(helm: Helm, args: list[str], expected: str) -> None:
+    proc = helm.run("template", "rel", str(CHART), *args)
+    assert proc.returncode != 0, f"helm accepted {args}"
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert expected in proc.stderr, proc.stderr
+
+
+def test_values_file_satisfies_its_schema() -> None:
+    """The same check without Helm: values.yaml is valid, and the schema itself is well-formed."""
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_every_value_is_in_the_schema_and_documented() -> None:
+    """values.yaml's comments are the values reference: every top-level key has a comment above
+    it, or above the group of keys (no blank line between) it belongs to, or as its first line."""
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"])
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for key in values:
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
+        first_child = lines[index + 1] if index + 1 < len(lines) else ""
+        above = index - 1
+        while above >= 0 and lines[above] and not lines[above].startswith(("#", " ")):
+            above -= 1  # another top-level key of the same group
+        documented = (above >= 0 and lines[above].startswith("#")) or first_child.lstrip().startswith("#")
+        assert documented, f"values.yaml: {key} has no comment"
+
+
+def test_chart_ships_the_generated_crd() -> None:
+    """Helm installs crds/ before the templates; the copy must be the generated file (the drift
+    against the models is test_crd.py's job)."""
+    copies = sorted((CHART / "crds").iterdir())
+    assert [p.name for p in copies] == ["sftjobs.finetune.dev.yaml"]
+    assert copies[0].read_text() == (ROOT / "crds" / "sftjobs.finetune.dev.yaml").read_text()
+
+
+def test_notes_render_for_each_mode(helm: Helm) -> None:
+    for mode, expected in (("cluster", "in every namespace"), ("namespaces", "only in: team-a, team-b")):
+        proc = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system", *MODES[mode])
+        assert proc.returncode == 0, proc.stderr
+        assert expected in proc.stdout
