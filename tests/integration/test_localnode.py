@@ -218,7 +218,7 @@ def test_termination_message_file_and_restart_policy_never(local_node: LocalNode
     done = wait_for("done Succeeded", lambda: (p := get_pod(rest, namespace, "done"))
                     and p["status"].get("phase") == "Succeeded" and p)
     terminated = container_status(done)["state"]["terminated"]
-    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (0, "Completed", "all good\n".rstrip())
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (0, "Completed", "all good")
     fails = wait_for("fails Failed", lambda: (p := get_pod(rest, namespace, "fails"))
                      and p["status"].get("phase") == "Failed" and p)
     terminated = container_status(fails)["state"]["terminated"]
@@ -336,3 +336,31 @@ def test_stop_kills_every_container_and_leaves_no_process(control_plane: Any, re
     assert not any(pid_alive(p) for p in pids)
     node = rest.get("/api/v1/nodes/localnode-stop-test")
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "False"
+
+
+def test_missing_config_map_waits_with_a_reason_then_starts_once_it_exists(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    env = [{"name": "G", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "greeting"}}}]
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod(
+        "patient", 'echo "$G" > /dev/termination-log', restartPolicy="Never", container={"env": env}))
+    waiting = wait_for("CreateContainerConfigError", lambda: (
+        container_status(get_pod(rest, namespace, "patient")).get("state", {}).get("waiting", {}).get("reason")
+        == "CreateContainerConfigError" and container_status(get_pod(rest, namespace, "patient"))))
+    assert waiting["state"]["waiting"]["message"] == 'configmap "late" not found'
+    rest.post(f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "late"}, "data": {"greeting": "hi"}})
+    done = wait_for("Succeeded", lambda: (p := get_pod(rest, namespace, "patient"))
+                    and p["status"].get("phase") == "Succeeded" and p)
+    assert container_status(done)["state"]["terminated"]["message"] == "hi"
+
+
+def test_a_command_that_cannot_start_is_a_start_error_with_the_reason(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    pod = simple_pod("typo", "", restartPolicy="Never")
+    pod["spec"]["containers"][0]["command"] = ["no-such-program", "--flag"]
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", pod)
+    failed = wait_for("Failed", lambda: (p := get_pod(rest, namespace, "typo")) and p["status"].get("phase") == "Failed" and p)
+    terminated = container_status(failed)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
+    assert "cannot run 'no-such-program'" in terminated["message"]

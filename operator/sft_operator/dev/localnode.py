@@ -245,9 +245,13 @@ class LocalNode:
                     event = self._events.get(timeout=timeout)
                 except queue.Empty:
                     event = None
-                if event is not None:
-                    self._handle(event)
-                self._timers()
+                try:
+                    if event is not None:
+                        self._handle(event)
+                    self._timers()
+                except Exception:  # noqa: BLE001 - e.g. the API server restarting: keep the pods running
+                    log.exception("local node: handling %s failed; continuing", event[0] if event else "timers")
+                    self._stop.wait(0.2)
         except BaseException as exc:  # noqa: BLE001 - surfaced by run(); containers still get stopped
             log.exception("local node loop failed")
             self._error = exc
@@ -471,9 +475,10 @@ class LocalNode:
             record.refresh_at = _token_refresh_at(pod)
             for name in record.containers:
                 self._start_container(record, name)
-        except (PodConfigError, ApiException) as exc:
-            message = str(exc) if isinstance(exc, PodConfigError) else f"API error {exc.status}: {exc.reason}"
-            log.warning("pod %s cannot start yet: %s", _key(pod), message)
+        except Exception as exc:  # noqa: BLE001 - config errors and API hiccups alike: retry, say why
+            message = _start_failure(exc)
+            log.warning("pod %s cannot start yet: %s", _key(pod), message,
+                        exc_info=not isinstance(exc, (PodConfigError, ApiException)))
             for container in record.containers.values():
                 container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
                                           waiting_message=message)
@@ -541,8 +546,10 @@ class LocalNode:
                 dirs=volume_dirs(pod, self.state_dir), hosts_file=self._hosts_path(record),
                 termination_log=termination_log, default_working_dir=run_dir / "workdir",
             )
-        except (PodConfigError, ApiException) as exc:
-            message = str(exc) if isinstance(exc, PodConfigError) else f"API error {exc.status}: {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - config errors and API hiccups alike: retry, say why
+            message = _start_failure(exc)
+            log.warning("pod %s: container %s cannot start yet: %s", _key(pod), name, message,
+                        exc_info=not isinstance(exc, (PodConfigError, ApiException)))
             container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
                                       waiting_message=message)
             container.restart_at = time.monotonic() + CONFIG_RETRY_S
@@ -702,6 +709,14 @@ def _token_refresh_at(pod: dict[str, Any]) -> float | None:
     ]
     # Like the kubelet: refresh once 80 % of the token's life has passed.
     return time.monotonic() + 0.8 * min(lifetimes) if lifetimes else None
+
+
+def _start_failure(exc: Exception) -> str:
+    if isinstance(exc, PodConfigError):
+        return str(exc)
+    if isinstance(exc, ApiException):
+        return f"API error {exc.status}: {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _key(pod: dict[str, Any]) -> str:
