@@ -1,0 +1,120 @@
+"""The training config file (contract.py documents it) -> a validated LauncherConfig and the
+instructlab-training TrainingArgs the launcher passes to run_training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sft_operator import checkpoints, contract
+
+from .errors import ConfigError
+
+# Set by the launcher itself: data is processed once before run_training; callbacks are Python
+# objects that cannot travel in JSON.
+LAUNCHER_OWNED_ARGS = ("process_data", "callbacks")
+# Must stay on: preemption saves through it, and only then is "preempted" told from "finished".
+REQUIRED_TRUE_ARGS = ("on_demand_checkpointing",)
+
+
+class LauncherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    job_name: str | None = Field(default=None, alias=contract.CONFIG_KEY_JOB_NAME)
+    namespace: str | None = Field(default=None, alias=contract.CONFIG_KEY_NAMESPACE)
+    num_epochs: int | None = Field(default=None, ge=1, alias=contract.CONFIG_KEY_NUM_EPOCHS)
+    full_state_retention: int | None = Field(default=None, ge=1,
+                                             alias=contract.CONFIG_KEY_RETENTION)
+    data_wait_timeout_seconds: float = Field(default=3600, gt=0,
+                                             alias=contract.CONFIG_KEY_DATA_WAIT_TIMEOUT)
+    rendezvous_timeout_seconds: float = Field(default=600, gt=0,
+                                              alias=contract.CONFIG_KEY_RDZV_TIMEOUT)
+    training_args: dict[str, Any] = Field(alias=contract.CONFIG_KEY_TRAINING_ARGS)
+
+
+def _field_name(prefix: str, loc: tuple) -> str:
+    return ".".join([prefix, *(str(part) for part in loc)] if prefix else
+                    [str(part) for part in loc])
+
+
+def _first_error(error: ValidationError, prefix: str) -> ConfigError:
+    first = error.errors()[0]
+    return ConfigError(_field_name(prefix, first["loc"]) or prefix, first["msg"])
+
+
+def parse_config(raw: object) -> LauncherConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(contract.ENV_CONFIG_PATH, "the config must be a JSON object")
+    try:
+        return LauncherConfig.model_validate(raw)
+    except ValidationError as error:
+        raise _first_error(error, "") from None
+
+
+def load_config(path: Path) -> LauncherConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(contract.ENV_CONFIG_PATH, f"cannot read {path}: {error}") from None
+    try:
+        raw = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(contract.ENV_CONFIG_PATH, f"{path} is not JSON: {error}") from None
+    return parse_config(raw)
+
+
+def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu: bool) -> dict:
+    """The kwargs for TrainingArgs: checked against its fields, launcher settings applied."""
+    prefix = contract.CONFIG_KEY_TRAINING_ARGS
+    args = dict(config.training_args)
+    for key in sorted(args):
+        if key not in known_fields:
+            raise ConfigError(f"{prefix}.{key}", "unknown instructlab-training TrainingArgs field")
+        if key in LAUNCHER_OWNED_ARGS:
+            raise ConfigError(f"{prefix}.{key}", "is set by the launcher; leave it out")
+    for key in REQUIRED_TRUE_ARGS:
+        if args.get(key, True) is not True:
+            raise ConfigError(f"{prefix}.{key}", "must be true (preemption saves through it)")
+        args[key] = True
+    if config.num_epochs is not None:
+        if args.setdefault("num_epochs", config.num_epochs) != config.num_epochs:
+            raise ConfigError(f"{prefix}.num_epochs",
+                              f"{args['num_epochs']} differs from "
+                              f"{contract.CONFIG_KEY_NUM_EPOCHS}={config.num_epochs}")
+    if "ckpt_output_dir" not in args:
+        raise ConfigError(f"{prefix}.ckpt_output_dir", "is required")
+    args.setdefault("data_output_dir",
+                    str(checkpoints.default_data_dir(Path(args["ckpt_output_dir"]))))
+    # Data is processed once by node 0 before run_training (see data_once).
+    args["process_data"] = False
+    if cpu:
+        from . import cpu_mode
+
+        args.update(cpu_mode.training_args_overrides())
+    return args
+
+
+def build_training_args(config: LauncherConfig, *, cpu: bool):
+    """instructlab-training TrainingArgs, or a ConfigError naming the first bad field."""
+    from instructlab.training import TrainingArgs
+
+    kwargs = training_args_kwargs(config, set(TrainingArgs.model_fields), cpu=cpu)
+    try:
+        return TrainingArgs(**kwargs)
+    except ValidationError as error:
+        raise _first_error(error, contract.CONFIG_KEY_TRAINING_ARGS) from None
+
+
+def check_inputs_exist(training_args) -> None:
+    """Fail before touching anything when the data file or a local model path is missing."""
+    prefix = contract.CONFIG_KEY_TRAINING_ARGS
+    data_path = Path(training_args.data_path)
+    if not data_path.is_file():
+        raise ConfigError(f"{prefix}.data_path", f"{data_path} does not exist or is not a file")
+    model_path = training_args.model_path
+    looks_local = model_path.startswith(("/", ".", "~")) or len(model_path.split("/")) != 2
+    if looks_local and not Path(model_path).expanduser().is_dir():
+        raise ConfigError(f"{prefix}.model_path", f"{model_path} is not a model directory")

@@ -1,0 +1,208 @@
+"""sft-trainer: the process each SFTJob pod runs (PID 1).
+
+env contract (contract.py) + training config -> process data once -> exact resume ->
+instructlab-training run_training -> exit code (contract.EXIT_*), or idle once finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sft_operator import checkpoints, contract
+
+from . import data_once, launch_config, outcome, resume
+from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
+from .rendezvous import wait_reachable
+from .topology import Topology, topology_from_env
+
+log = logging.getLogger("sft_trainer")
+
+DEVICES = ("cuda", "cpu")
+RETENTION_INTERVAL_SECONDS = 30.0
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _raise_preempted(signum: int, _frame) -> None:
+    raise Preempted(f"received {signal.Signals(signum).name} before training ran; nothing to "
+                    "save, a restart resumes")
+
+
+def idle(reason: str) -> int:
+    """Stay up (a StatefulSet restarts exited pods) until the operator scales the job down."""
+    log.info("%s; idling until the job is scaled down", reason)
+    stop = threading.Event()
+    for sig in TERMINATION_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+    log.info("termination signal while idle: exiting")
+    return contract.EXIT_OK
+
+
+def ensure_torchrun_on_path(env: dict) -> None:
+    # run_training starts `torchrun` by name, and returns normally if it cannot be started.
+    if shutil.which("torchrun", path=env.get("PATH")):
+        return
+    beside_python = Path(sys.executable).parent
+    if (beside_python / "torchrun").exists():
+        env["PATH"] = f"{beside_python}{os.pathsep}{env.get('PATH', '')}"
+        return
+    raise ConfigError("PATH", "torchrun is not on PATH (install torch in this environment)")
+
+
+def torchrun_env(topology: Topology, rendezvous_timeout: float, env: dict) -> None:
+    """Env for run_training's torchrun: rendezvous timeout and a per-job trigger file name."""
+    env.setdefault("PET_RDZV_CONF", f"timeout={int(rendezvous_timeout)}")
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", topology.rdzv_id)
+    env.setdefault("CHECKPOINT_TRIGGER_FILENAME", f"sft-checkpoint-requested-{safe_id}")
+
+
+@contextmanager
+def retention_thread(root: Path, keep: int | None) -> Iterator[None]:
+    """Node 0 prunes full states while training runs, so long runs do not fill the disk."""
+    if keep is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(RETENTION_INTERVAL_SECONDS):
+            prune(root, keep)
+
+    thread = threading.Thread(target=loop, name="full-state-retention", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def prune(root: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    try:
+        deleted = checkpoints.prune_full_states(root, keep)
+    except OSError as error:
+        log.warning("full-state retention failed (will retry): %s", error)
+        return
+    if deleted:
+        log.info("full-state retention (keep %d): deleted %s", keep, deleted)
+
+
+def write_completion(root: Path, num_epochs: int) -> checkpoints.CompletionMarker:
+    tree = checkpoints.scan_checkpoints(root)
+    final = tree.latest_hf_checkpoint
+    latest_state = tree.latest_full_state
+    samples = (latest_state.metadata.samples_seen if latest_state is not None
+               else final.samples if final is not None and final.samples is not None else 0)
+    marker = checkpoints.CompletionMarker(
+        finished_at=_now(), num_epochs=num_epochs, samples_seen=samples,
+        final_checkpoint=f"{checkpoints.HF_FORMAT_DIR}/{final.name}" if final else None)
+    checkpoints.write_completion_marker(root, marker)
+    return marker
+
+
+def run(env: Mapping[str, str]) -> int:
+    device = env.get(contract.ENV_DEVICE, "cuda") or "cuda"
+    if device not in DEVICES:
+        raise ConfigError(contract.ENV_DEVICE, f"must be one of {DEVICES}, got {device!r}")
+    cpu = device == "cpu"
+    topology = topology_from_env(env)
+    config = launch_config.load_config(Path(env.get(contract.ENV_CONFIG_PATH)
+                                            or contract.CONFIG_PATH))
+    training_args = launch_config.build_training_args(config, cpu=cpu)
+    root = Path(training_args.ckpt_output_dir)
+    num_epochs = training_args.num_epochs
+    log.info("node %d of %d (%s), %s mode, checkpoints in %s", topology.node_rank,
+             topology.nnodes, env.get(contract.ENV_POD_NAME), device, root)
+
+    if checkpoints.read_completion_marker(root) is not None:
+        return idle(f"{checkpoints.COMPLETION_MARKER_FILE} exists: training already finished")
+
+    launch_config.check_inputs_exist(training_args)
+    ensure_torchrun_on_path(os.environ)
+    torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
+    epoch_full_states = (training_args.checkpoint_at_epoch
+                         and training_args.accelerate_full_state_at_epoch)
+
+    for sig in TERMINATION_SIGNALS:
+        signal.signal(sig, _raise_preempted)
+    data_once.prepare_data(root, training_args, topology.node_rank,
+                           timeout=config.data_wait_timeout_seconds)
+    is_node0 = topology.node_rank == 0
+    if is_node0:
+        tree = checkpoints.scan_checkpoints(root)
+        if epoch_full_states and outcome.already_finished(tree, num_epochs):
+            write_completion(root, num_epochs)
+            return idle("the last epoch's full state exists: training already finished")
+        prune(root, config.full_state_retention)
+        record = resume.prepare_resume(root, now=_now)
+        log.info("run starts at epoch %d, %d steps in, %d samples seen (from %s)",
+                 record.start_epoch, record.steps_into_epoch, record.start_samples_seen,
+                 record.resumed_from or "scratch")
+    else:
+        # Node 0 opens the endpoint only after its data and resume preparation.
+        wait_reachable(topology.rdzv_host, topology.rdzv_port,
+                       timeout=config.rendezvous_timeout_seconds, env_name=topology.endpoint_env)
+    before = checkpoints.scan_checkpoints(root).latest_full_state
+
+    from instructlab.training import TorchrunArgs, run_training
+
+    cpu_context = nullcontext()
+    if cpu:
+        from . import cpu_mode
+
+        cpu_context = cpu_mode.launcher_side()
+    # run_training installs its own handlers (on-demand checkpointing) and restores ours after.
+    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None):
+        try:
+            run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
+        except (RuntimeError, OSError, ValueError) as error:
+            raise TrainingFailed(f"training failed: {error}") from error
+
+    tree = checkpoints.scan_checkpoints(root)
+    result = outcome.decide_outcome(before, tree, num_epochs, epoch_full_states)
+    if is_node0:
+        prune(root, config.full_state_retention)
+    if result is outcome.Outcome.PREEMPTED:
+        latest = tree.latest_full_state
+        log.info("preempted: saved %s (epoch %d, %d samples seen); a restart resumes",
+                 latest.name, latest.metadata.current_epoch, latest.metadata.samples_seen)
+        return contract.EXIT_PREEMPTED
+    if result is outcome.Outcome.UNFINISHED:
+        raise TrainingFailed("run_training returned but the last epoch's full state is missing "
+                             "and no on-demand checkpoint was saved")
+    if is_node0:
+        marker = write_completion(root, num_epochs)
+        log.info("finished: %s", marker.model_dump_json())
+    return idle("training finished")
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv  # configured by env and the config file only
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s sft-trainer %(levelname)s %(message)s")
+    try:
+        return run(os.environ)
+    except LauncherError as error:
+        log.error("%s (exit %d)", error.message, error.exit_code)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
