@@ -132,7 +132,7 @@ def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["image"] == "sft-operator:0.1.0"

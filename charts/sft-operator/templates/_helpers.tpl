@@ -72,43 +72,49 @@ allow-list in tests/unit/test_helm_rbac.py must change with it, and docs/rbac.md
 each rule exists.
 */}}
 {{- define "sft-operator.rules" -}}
-# SFTJobs: kopf lists and watches them, and patches finalizers, annotations and status.
+# SFTJobs: kopf lists and watches them (handlers and an index) and patches its annotations
+# (progress and last-handled spec) onto them.
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
+# The operator writes the status, and only the status, through the status subresource.
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs/status"]
-  verbs: ["get", "patch"]
-# Children carry ownerReferences with blockOwnerDeletion: clusters that enforce
-# OwnerReferencesPermissionEnforcement require update on the owner's finalizers.
+  verbs: ["patch"]
+# Children carry an owner reference with blockOwnerDeletion; API servers that enforce
+# OwnerReferencesPermissionEnforcement (e.g. OpenShift) require update on the owner's finalizers.
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs/finalizers"]
   verbs: ["update"]
-# Events on SFTJobs (kopf posts core/v1 Events).
+# Events on SFTJobs (phase changes, refusals).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# Each job's children.
+# Each job's StatefulSet: read, created, updated when the spec's digest changes; watched (by
+# label) to follow the job's pods.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update"]
+# Each job's headless Service and checkpoint claim: read, created, updated. Children are never
+# deleted by the operator: they go with their SFTJob through owner references.
 - apiGroups: [""]
   resources: ["services", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# configmaps: the job's training config; get/patch/update are also what the per-job Role grants
-# the status reporter on <job>-progress (a Role can only grant what its creator holds).
+  verbs: ["get", "create", "update"]
+# The job's training config; patch is not used on it but is what the per-job Role grants the
+# status reporter on <job>-progress, and a Role can only grant what its creator holds.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "update", "patch"]
+# The job's pods are watched (by label) to derive the phase; never written.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# The per-job identity of the status reporter: a ServiceAccount, and a Role + RoleBinding that
-# allow only get/patch/update on the job's own progress ConfigMap.
+  verbs: ["list", "watch"]
+# The status reporter's per-job identity: a ServiceAccount, and a Role + RoleBinding that allow
+# only get/patch/update on the job's own <job>-progress ConfigMap (resourceNames).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "create", "update"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "create", "update"]
 {{- end }}

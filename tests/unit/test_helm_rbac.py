@@ -1,0 +1,216 @@
+"""Least privilege: the chart's RBAC grants exactly the written allow-list below, no wildcard,
+the same rules in both modes, and covers what the operator's code calls.
+
+Proof that the rules suffice on a real API server is tests/integration/test_helm_install.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_helm_chart import MODES, NAMESPACES_MODE, ROOT, Helm, by_kind
+
+from sft_operator import contract, render
+from sft_operator.models import parse_job
+
+PACKAGE = ROOT / "operator" / "sft_operator"
+OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
+
+# (apiGroup, resource) -> verbs. Change it only together with the chart's rules and docs/rbac.md.
+ALLOW_LIST: dict[tuple[str, str], set[str]] = {
+    # kopf lists/watches SFTJobs and patches its progress and diff-base annotations onto them.
+    (contract.GROUP, contract.PLURAL): {"list", "watch", "patch"},
+    # The operator writes status through the subresource only.
+    (contract.GROUP, f"{contract.PLURAL}/status"): {"patch"},
+    # Children's owner references set blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
+    (contract.GROUP, f"{contract.PLURAL}/finalizers"): {"update"},
+    # Events on SFTJobs.
+    ("", "events"): {"create"},
+    # Children: read, created, updated (replace); watched where the status derives from them.
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "update"},
+    ("", "services"): {"get", "create", "update"},
+    ("", "persistentvolumeclaims"): {"get", "create", "update"},
+    # patch is held so that the per-job Role may grant it to the reporter.
+    ("", "configmaps"): {"get", "create", "update", "patch"},
+    ("", "pods"): {"list", "watch"},
+    # The reporter's per-job ServiceAccount, Role and RoleBinding.
+    ("", "serviceaccounts"): {"get", "create", "update"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "update"},
+}
+
+# What the per-job Role grants the status reporter (resourceNames: the job's progress ConfigMap).
+REPORTER_GRANT = {("", "configmaps"): {"get", "patch", "update"}}
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm.provision(tmp_path_factory.mktemp("helm-home"))
+
+
+def rules_of(docs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [role["rules"] for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")]
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def covers(granted: dict[tuple[str, str], set[str]], needed: dict[tuple[str, str], set[str]]) -> list[str]:
+    return [
+        f"{group or 'core'}/{resource}: {verb}"
+        for (group, resource), verbs in sorted(needed.items())
+        for verb in sorted(verbs - granted.get((group, resource), set()))
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_wildcards_and_nothing_beyond_the_allow_list(helm: Helm, mode: str) -> None:
+    roles = rules_of(helm.template(*MODES[mode]))
+    assert roles, "no Role or ClusterRole rendered"
+    for rules in roles:
+        for rule in rules:
+            assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected keys (nonResourceURLs?): {rule}"
+            for key in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in item for item in rule[key]), f"wildcard in {key}: {rule}"
+        assert grants(rules) == ALLOW_LIST
+
+
+def test_both_modes_grant_the_same_rules(helm: Helm) -> None:
+    (cluster_rules,) = rules_of(helm.template())
+    namespaced = rules_of(helm.template(*NAMESPACES_MODE))
+    assert len(namespaced) == 2
+    assert all(rules == cluster_rules for rules in namespaced)
+
+
+def test_no_escalation_verbs(helm: Helm) -> None:
+    """The operator grants the reporter only what it holds itself: no bind, escalate or
+    impersonate, and no access to Secrets."""
+    granted = grants(rules_of(helm.template())[0])
+    assert not any(verbs & {"bind", "escalate", "impersonate"} for verbs in granted.values())
+    assert ("", "secrets") not in granted
+
+
+def test_operator_holds_what_the_per_job_role_grants(helm: Helm) -> None:
+    granted = grants(rules_of(helm.template())[0])
+    assert covers(granted, REPORTER_GRANT) == []
+
+
+def sample_job() -> Any:
+    body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())
+    body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000001")
+    return parse_job(body)
+
+
+def test_operator_may_create_and_update_every_child(helm: Helm) -> None:
+    """Every kind render.py produces for a job can be read, created and updated; a per-job Role,
+    once rendered, grants nothing the operator does not hold."""
+    granted = grants(rules_of(helm.template())[0])
+    needed: dict[tuple[str, str], set[str]] = {}
+    for child in render.render_children(sample_job()):
+        group = child["apiVersion"].rpartition("/")[0]
+        needed[(group, child["kind"].lower() + "s")] = {"get", "create", "update"}
+        if child["kind"] == "Role":
+            for held in grants(child["rules"]).items():
+                needed.setdefault(held[0], set()).update(held[1])
+    assert covers(granted, needed) == []
+
+
+# --- what the operator's code calls -------------------------------------------------------------
+
+VERB_OF_METHOD = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
+CLIENT_CALL = re.compile(r"\.(read|create|replace|patch|delete|list)_namespaced_([a-z_]+)\b")
+# kubernetes-client method names -> (apiGroup, resource); custom objects are only ever ours.
+RESOURCE_OF_METHOD = {
+    "stateful_set": ("apps", "statefulsets"),
+    "service": ("", "services"),
+    "config_map": ("", "configmaps"),
+    "persistent_volume_claim": ("", "persistentvolumeclaims"),
+    "pod": ("", "pods"),
+    "event": ("", "events"),
+    "service_account": ("", "serviceaccounts"),
+    "role": ("rbac.authorization.k8s.io", "roles"),
+    "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "custom_object": (contract.GROUP, contract.PLURAL),
+}
+KOPF_RESOURCE_DECORATORS = {"index", "event", "create", "update", "resume", "delete", "field", "timer", "daemon"}
+KOPF_WRITING_HANDLERS = {"create", "update", "resume", "delete", "field"}  # kopf patches annotations
+
+
+def operator_modules() -> list[Path]:
+    """The entry module and every sft_operator module it imports, transitively."""
+    seen: dict[str, Path] = {}
+    todo = [OPERATOR_ENTRY]
+    while todo:
+        name = todo.pop()
+        path = PACKAGE / f"{name.replace('.', '/')}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen[name] = path
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "sft_operator":
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sft_operator."):
+                todo.append(node.module.removeprefix("sft_operator."))
+    return list(seen.values())
+
+
+def kopf_resource(call: ast.Call) -> tuple[str, str]:
+    """(apiGroup, plural) of a kopf decorator: ("pods"), (group, version, plural) or (*JOB)."""
+    if len(call.args) == 1 and isinstance(call.args[0], ast.Starred):
+        return (contract.GROUP, contract.PLURAL)
+    strings = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if len(strings) == 1:
+        return ("", strings[0])
+    if len(strings) == 3:
+        return (strings[0], strings[2])
+    raise AssertionError(f"unrecognised kopf resource arguments at line {call.lineno}: add the form here")
+
+
+def used_by_code() -> dict[tuple[str, str], set[str]]:
+    used: dict[tuple[str, str], set[str]] = {}
+    for path in operator_modules():
+        source = path.read_text()
+        for method, target in CLIENT_CALL.findall(source):
+            status = target.endswith("_status")
+            target = target.removesuffix("_status")
+            assert target in RESOURCE_OF_METHOD, f"{path.name}: {method}_namespaced_{target}: add it to RESOURCE_OF_METHOD"
+            group, resource = RESOURCE_OF_METHOD[target]
+            used.setdefault((group, resource + ("/status" if status else "")), set()).add(VERB_OF_METHOD[method])
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            chain = ast.unparse(node.func)
+            kind = chain.rsplit(".", 1)[-1]
+            decorator = chain == "kopf.index" or chain.startswith("kopf.on.")
+            if decorator and kind in KOPF_RESOURCE_DECORATORS and node.args:
+                key = kopf_resource(node)
+                used.setdefault(key, set()).update({"list", "watch"})
+                if kind in KOPF_WRITING_HANDLERS:
+                    used[key].add("patch")
+            elif chain in ("kopf.event", "kopf.info", "kopf.warn", "kopf.exception"):
+                used.setdefault(("", "events"), set()).add("create")
+    return used
+
+
+def test_code_scan_sees_the_operator() -> None:
+    """Guards the scan itself: it must find the calls we know exist."""
+    used = used_by_code()
+    assert "get" in used[("apps", "statefulsets")] and "watch" in used[("", "pods")]
+    assert used[(contract.GROUP, f"{contract.PLURAL}/status")] == {"patch"}
+
+
+def test_chart_grants_everything_the_operator_calls(helm: Helm) -> None:
+    granted = grants(rules_of(helm.template())[0])
+    missing = covers(granted, used_by_code())
+    assert missing == [], f"the operator calls these but the chart does not grant them: {missing}"
