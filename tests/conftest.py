@@ -15,6 +15,7 @@ import pytest
 CONTROL_PLANE_MARKERS = ("integration", "e2e")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that touches the control plane is an integration test even if its author forgot the
     # marker, so `-m "not integration"` never starts one.
