@@ -36,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -159,7 +160,7 @@ def check_assets(assets: Path, source: str) -> Path:
     return assets
 
 
-def resolve_assets(env: dict[str, str] | os._Environ[str] = os.environ, script: Path = PROVISION_SCRIPT) -> Path:
+def resolve_assets(env: Mapping[str, str] = os.environ, script: Path = PROVISION_SCRIPT) -> Path:
     """The directory holding etcd, kube-apiserver and kube-controller-manager.
 
     ``KUBEBUILDER_ASSETS`` when set (envtest's convention), else whatever
@@ -530,7 +531,7 @@ class ControlPlane:
             self._reaper.stdin.write(f"pid {popen.pid}\n".encode())
             self._reaper.stdin.flush()
 
-    def _wait(self, what: str, ready: Any, blame: str) -> None:
+    def _wait(self, what: str, ready: Callable[[], tuple[bool, str]], blame: str) -> None:
         deadline = time.monotonic() + self.timeout_s
         last = "no answer yet"
         while True:
