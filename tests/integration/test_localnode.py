@@ -364,3 +364,38 @@ def test_a_command_that_cannot_start_is_a_start_error_with_the_reason(
     terminated = container_status(failed)["state"]["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
     assert "cannot run 'no-such-program'" in terminated["message"]
+
+
+ALL_REDUCE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(t)
+print("rank", dist.get_rank(), "of", dist.get_world_size(), "sum", t.item(), flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.training
+def test_torchrun_rendezvous_across_two_pods_through_the_headless_service_name(
+    local_node: LocalNode, rest: KubeRest, namespace: str, node_state: Path
+):
+    # What an SFTJob's pods do: torchrun on each, master = pod 0's DNS name, rank = ordinal.
+    ns = namespace
+    rest.post(f"/api/v1/namespaces/{ns}/configmaps", {"metadata": {"name": "script"}, "data": {"ar.py": ALL_REDUCE}})
+    rest.post(f"/api/v1/namespaces/{ns}/services", {"metadata": {"name": "tj"}, "spec": {
+        "clusterIP": "None", "publishNotReadyAddresses": True, "selector": {"app": "tj"}, "ports": [{"port": 29500}]}})
+    command = (f"torchrun --nnodes 2 --nproc-per-node 1 --node-rank ${{POD##*-}} --master-addr tj-0.tj.{ns}.svc "
+               "--master-port 29500 /etc/script/ar.py")
+    rest.post(f"/apis/apps/v1/namespaces/{ns}/statefulsets", {"metadata": {"name": "tj"}, "spec": {
+        "serviceName": "tj", "replicas": 2, "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": {"app": "tj"}},
+        "template": {"metadata": {"labels": {"app": "tj"}}, "spec": {
+            "containers": [{"name": "trainer", "image": "not-used", "command": ["sh", "-c", command + "; sleep 600"],
+                            "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "volumeMounts": [{"name": "s", "mountPath": "/etc/script"}]}],
+            "volumes": [{"name": "s", "configMap": {"name": "script"}}]}}}})
+    for rank in (0, 1):
+        log = node_state / "logs" / ns / f"tj-{rank}" / "trainer.log"
+        wait_for(f"rank {rank}'s all_reduce", lambda: log.exists() and f"rank {rank} of 2 sum 3.0" in log.read_text(),
+                 timeout_s=180)
