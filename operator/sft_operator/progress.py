@@ -1,0 +1,212 @@
+"""Training progress as facts read from the checkpoint volume: pure, no I/O.
+
+The reporter sidecar scans the volume (checkpoints.scan_checkpoints, read_metrics_log) and calls
+``summarize_progress``; the operator copies the result into ``status.progress``. Nothing here
+reads the clock: every time in the summary comes from the volume itself (a step's timestamp, a
+checkpoint's mtime), so re-summarizing an unchanged volume yields an identical summary and the
+reporter publishes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from sft_operator.checkpoints import (
+    FULL_STATE_DIR,
+    HF_FORMAT_DIR,
+    CheckpointTree,
+    RunRecord,
+    StepRecord,
+    TotalsRecord,
+)
+
+
+class _Api(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Stage(str, enum.Enum):
+    INITIALIZING = "Initializing"  # pods starting, model loading
+    PROCESSING_DATA = "ProcessingData"
+    TRAINING = "Training"
+    SAVING = "Saving"  # a checkpoint is being written
+    COMPLETED = "Completed"  # the launcher's completion marker exists
+
+
+class CheckpointInfo(_Api):
+    """A complete hf_format checkpoint: a model ready to serve."""
+
+    name: str
+    path: str = Field(description="Relative to the job's checkpoint directory.")
+    samples: int | None = Field(default=None, description="Samples seen when it was saved.")
+    epoch: int | None = Field(default=None, description="1-based epoch it was saved in.")
+    time: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class FullStateInfo(_Api):
+    """The newest complete full_state (optimizer, scheduler, RNG): what a restart resumes from."""
+
+    name: str
+    path: str
+    epoch: int = Field(description="1-based epoch the state was saved in.")
+    samples: int | None = None
+    mid_epoch: bool = Field(default=False, description="Saved on demand (preemption), not at an epoch end.")
+    time: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class TrainingProgress(_Api):
+    """How far training is; every field is read from the checkpoint volume."""
+
+    stage: Stage = Stage.INITIALIZING
+    epoch: int = Field(default=0, description="1-based epoch in progress (numEpochs once completed).")
+    num_epochs: int = 0
+    epoch_display: str = Field(default="", description="epoch/numEpochs, for kubectl get")
+    samples_seen: int = 0
+    total_samples: int | None = Field(default=None, description="Samples per epoch * numEpochs.")
+    percent: int = Field(default=0, ge=0, le=100)
+    percent_display: str = Field(default="", description="percent with a % sign, for kubectl get")
+    last_loss: str | None = Field(default=None, description="Average loss of the last step (a decimal string).")
+    throughput: str | None = Field(default=None, description="Samples per second over the last step.")
+    eta_seconds: int | None = Field(default=None, description="Remaining samples / throughput.")
+    checkpoints: list[CheckpointInfo] = Field(default_factory=list)
+    latest_checkpoint: str | None = Field(default=None, description="Name of the newest complete checkpoint.")
+    latest_full_state: FullStateInfo | None = None
+    resumable: bool = Field(default=False, description="A complete full_state exists to resume from.")
+    last_update_time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Newest fact on the volume."
+    )
+
+    def to_api(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _iso(moment: float | datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if isinstance(moment, (int, float)):
+        moment = datetime.fromtimestamp(moment, timezone.utc)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _step_time(step: StepRecord) -> str | None:
+    if not step.timestamp:
+        return None
+    try:
+        return _iso(datetime.fromisoformat(step.timestamp))
+    except ValueError:
+        return None
+
+
+def _decimal(value: float | None, digits: int) -> str | None:
+    # Status holds strings for floats: the CRD's integer/number typing and kubectl's columns
+    # both handle a fixed-precision string better than a long binary float.
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def summarize_progress(
+    tree: CheckpointTree,
+    *,
+    num_epochs: int,
+    last_step: StepRecord | None,
+    last_totals: TotalsRecord | None,
+    runs: list[RunRecord],
+    data_dir_exists: bool,
+) -> TrainingProgress:
+    """The progress a job's status shows, from one scan of its checkpoint volume.
+
+    ``last_step``/``last_totals`` are the newest records of the metrics log (appended across
+    restarts); ``runs`` are the launcher's run records; ``data_dir_exists`` tells processing data
+    apart from starting up when no data-ready marker exists yet.
+    """
+    samples_per_epoch = (last_totals.total_samples if last_totals else None) or tree.samples_per_epoch
+    total = samples_per_epoch * num_epochs if samples_per_epoch else None
+
+    checkpoints = [
+        CheckpointInfo(
+            name=c.name,
+            path=f"{HF_FORMAT_DIR}/{c.name}",
+            samples=c.samples,
+            epoch=None if c.epoch is None else c.epoch + 1,
+            time=_iso(c.mtime),
+        )
+        for c in tree.hf_checkpoints
+        if c.complete
+    ]
+    full = tree.latest_full_state
+    full_info = None
+    if full is not None:
+        full_info = FullStateInfo(
+            name=full.name,
+            path=f"{FULL_STATE_DIR}/{full.name}",
+            epoch=full.epoch + 1,
+            samples=full.metadata.samples_seen if full.metadata else None,
+            mid_epoch=bool(full.metadata and full.metadata.mid_epoch),
+            time=_iso(full.mtime),
+        )
+
+    # A step logged before the latest run started belongs to an earlier run: still the best
+    # known position (samples_seen carries across restarts), so it stays.
+    samples_seen = last_step.samples_seen if last_step else 0
+    epoch = last_step.epoch + 1 if last_step else 0
+    if tree.completion is not None:
+        stage = Stage.COMPLETED
+        epoch = num_epochs
+        samples_seen = max(samples_seen, tree.completion.samples_seen)
+    elif tree.incomplete_full_states or any(not c.complete for c in tree.hf_checkpoints):
+        stage = Stage.SAVING
+    elif tree.data_ready is None:
+        stage = Stage.PROCESSING_DATA if data_dir_exists else Stage.INITIALIZING
+    elif last_step is not None and (not runs or _logged_after(last_step, runs[-1])):
+        stage = Stage.TRAINING
+    else:
+        stage = Stage.INITIALIZING
+
+    if stage is Stage.COMPLETED:
+        percent = 100
+    elif total:
+        percent = min(99, int(100 * samples_seen / total))  # 100 only once the marker says so
+    else:
+        percent = 0
+    throughput = last_step.overall_throughput if last_step else None
+    eta = None
+    if stage is Stage.COMPLETED:
+        eta = 0
+    elif total and throughput and throughput > 0:
+        eta = int(max(0, total - samples_seen) / throughput)
+
+    times = [c.time for c in checkpoints]
+    if full_info is not None:
+        times.append(full_info.time)
+    if last_step is not None and _step_time(last_step):
+        times.append(_step_time(last_step))
+    if tree.completion is not None:
+        times.append(_iso(tree.completion.finished_at))
+    return TrainingProgress(
+        stage=stage,
+        epoch=epoch,
+        num_epochs=num_epochs,
+        epoch_display=f"{epoch}/{num_epochs}",
+        samples_seen=samples_seen,
+        total_samples=total,
+        percent=percent,
+        percent_display=f"{percent}%",
+        last_loss=_decimal(last_step.avg_loss if last_step else None, 4),
+        throughput=_decimal(throughput, 2),
+        eta_seconds=eta,
+        checkpoints=checkpoints,
+        latest_checkpoint=checkpoints[-1].name if checkpoints else None,
+        latest_full_state=full_info,
+        resumable=full_info is not None,
+        last_update_time=max(times) if times else None,
+    )
+
+
+def _logged_after(step: StepRecord, run: RunRecord) -> bool:
+    logged = _step_time(step)
+    return logged is None or logged >= _iso(run.started_at)

@@ -1,0 +1,220 @@
+"""The progress reporter: a sidecar in each training pod that publishes what the volume says.
+
+Only the pod of ordinal 0 publishes (all pods share one checkpoint volume, and the template is
+the same for every pod); the others wait for SIGTERM. It scans the checkpoint directory every
+few seconds and writes a compact TrainingProgress JSON into the job's progress ConfigMap,
+which the operator folds into ``status.progress``. Why this shape (see the README):
+
+- no network path from the operator to pods: the sidecar pushes through the API server;
+- least privilege: the pod's ServiceAccount may only get/patch that one ConfigMap
+  (resourceNames), and the operator stays the only writer of the SFTJob's status;
+- bounded API traffic: a publish only when the summary changes, milestones (stage, a new
+  checkpoint, epoch) at once, step metrics at most every ``--min-interval`` seconds;
+- the status outlives the pods: the operator copies the summary into the SFTJob.
+
+Run as ``python -m sft_operator.reporter`` with the pod's env (contract.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sft_operator import contract
+from sft_operator.checkpoints import (
+    MetricsLog,
+    StepRecord,
+    TotalsRecord,
+    metrics_log_path,
+    read_metrics_log,
+    read_run_records,
+    scan_checkpoints,
+)
+from sft_operator.progress import TrainingProgress, summarize_progress
+
+log = logging.getLogger("sft_operator.reporter")
+
+PROGRESS_KEY = "progress.json"
+DEFAULT_SCAN_INTERVAL_S = 3.0
+DEFAULT_MIN_INTERVAL_S = 15.0
+# Fields whose change is a milestone a user waits for: published without delay.
+MILESTONE_FIELDS = ("stage", "epoch", "checkpoints", "latest_full_state", "num_epochs")
+
+
+def progress_configmap_name(job_name: str) -> str:
+    return f"{job_name}-progress"
+
+
+@dataclass
+class VolumeReader:
+    """Reads the checkpoint volume incrementally: the metrics log from where it left off."""
+
+    ckpt_dir: Path
+    data_dir: Path
+    num_epochs: int
+    _offset: int = 0
+    _last_step: StepRecord | None = None
+    _last_totals: TotalsRecord | None = None
+
+    def _read_metrics(self) -> None:
+        path = metrics_log_path(self.ckpt_dir)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < self._offset:  # replaced or truncated: read it again from the start
+            self._offset, self._last_step, self._last_totals = 0, None, None
+        chunk: MetricsLog = read_metrics_log(path, self._offset)
+        self._offset = chunk.end_offset
+        if chunk.steps:
+            self._last_step = chunk.steps[-1]
+        if chunk.totals:
+            self._last_totals = chunk.totals[-1]
+
+    def read(self) -> TrainingProgress:
+        self._read_metrics()
+        return summarize_progress(
+            scan_checkpoints(self.ckpt_dir),
+            num_epochs=self.num_epochs,
+            last_step=self._last_step,
+            last_totals=self._last_totals,
+            runs=read_run_records(self.ckpt_dir),
+            data_dir_exists=self.data_dir.is_dir(),
+        )
+
+
+def milestone_view(progress: TrainingProgress) -> dict[str, Any]:
+    dumped = progress.model_dump(mode="json")
+    return {name: dumped[name] for name in MILESTONE_FIELDS}
+
+
+def should_publish(
+    published: TrainingProgress | None,
+    current: TrainingProgress,
+    *,
+    seconds_since_publish: float,
+    min_interval_s: float,
+) -> bool:
+    """Publish a milestone at once, other changes (loss, samples) at most every min_interval_s,
+    and nothing when nothing changed."""
+    if published is None:
+        return True
+    if current == published:
+        return False
+    if milestone_view(current) != milestone_view(published):
+        return True
+    return seconds_since_publish >= min_interval_s
+
+
+@dataclass
+class Publisher:
+    """Writes the summary into the job's progress ConfigMap (created by the operator)."""
+
+    namespace: str
+    job_name: str
+    core_api: Any
+    writes: int = field(default=0)
+
+    def publish(self, progress: TrainingProgress) -> None:
+        body = {"data": {PROGRESS_KEY: json.dumps(progress.to_api(), sort_keys=True)}}
+        self.core_api.patch_namespaced_config_map(progress_configmap_name(self.job_name), self.namespace, body)
+        self.writes += 1
+
+
+def run_loop(
+    reader: VolumeReader,
+    publish: Callable[[TrainingProgress], None],
+    stop: threading.Event,
+    *,
+    scan_interval_s: float = DEFAULT_SCAN_INTERVAL_S,
+    min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Scan, publish when worth it, until ``stop``; one last scan on the way out so the final
+    state (e.g. completion) is never lost to a shutdown."""
+    published: TrainingProgress | None = None
+    published_at = float("-inf")
+    while True:
+        stopping = stop.is_set()
+        try:
+            current = reader.read()
+            now = clock()
+            if should_publish(published, current, seconds_since_publish=now - published_at,
+                              min_interval_s=0.0 if stopping else min_interval_s):
+                publish(current)
+                published, published_at = current, now
+        except Exception as exc:  # noqa: BLE001 - a hiccup (API, torn file) must not kill the sidecar
+            log.warning("progress not published this round: %s", exc)
+        if stopping:
+            return
+        stop.wait(scan_interval_s)
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"reporter: cannot read the training config {path}: {exc}") from None
+
+
+def _kube_core_api() -> Any:
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.CoreV1Api()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sft_operator.reporter", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get(contract.ENV_CONFIG_PATH, contract.CONFIG_PATH))
+    parser.add_argument("--scan-interval", type=float, default=DEFAULT_SCAN_INTERVAL_S)
+    parser.add_argument("--min-interval", type=float, default=DEFAULT_MIN_INTERVAL_S)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s reporter %(levelname)s %(message)s")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    pod_name = os.environ.get(contract.ENV_POD_NAME, "")
+    try:
+        ordinal = contract.node_rank_from_pod_name(pod_name)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return contract.EXIT_BAD_CONFIG
+    if ordinal != 0:
+        log.info("pod %s is not ordinal 0: pod 0 reports for the job; idle", pod_name)
+        stop.wait()
+        return 0
+
+    config = _load_config(Path(args.config))
+    training = config[contract.CONFIG_KEY_TRAINING_ARGS]
+    reader = VolumeReader(
+        ckpt_dir=Path(training["ckpt_output_dir"]),
+        data_dir=Path(training["data_output_dir"]),
+        num_epochs=int(config[contract.CONFIG_KEY_NUM_EPOCHS]),
+    )
+    publisher = Publisher(
+        namespace=config[contract.CONFIG_KEY_NAMESPACE],
+        job_name=config[contract.CONFIG_KEY_JOB_NAME],
+        core_api=_kube_core_api(),
+    )
+    log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, progress_configmap_name(publisher.job_name))
+    run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval)
+    log.info("stopped after %d writes", publisher.writes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
