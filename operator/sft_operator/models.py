@@ -527,7 +527,7 @@ class Condition(ApiModel):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
-    message: str = ""
+    message: str | None = None
     last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
     observed_generation: int | None = None
 
@@ -543,7 +543,7 @@ class SFTJobStatus(ApiModel):
     observed_generation: int | None = None
     ready_nodes: int = 0
     total_nodes: int = 0
-    nodes: str = Field(default="", description="readyNodes/totalNodes, for kubectl get")
+    nodes: str | None = Field(default=None, description="readyNodes/totalNodes, for kubectl get")
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     restarts: int = 0

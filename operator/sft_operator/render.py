@@ -151,7 +151,7 @@ def _env(job: SFTJob) -> list[dict[str, Any]]:
         {"name": contract.ENV_MASTER_PORT, "value": str(spec.rdzv_port)},
         {"name": contract.ENV_RDZV_ENDPOINT, "value": f"{addr}:{spec.rdzv_port}"},
         {"name": contract.ENV_RDZV_ID, "value": job.rdzv_id},
-        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
         {"name": contract.ENV_DEVICE, "value": spec.device.value},
     ]

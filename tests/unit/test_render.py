@@ -156,7 +156,7 @@ def test_statefulset_cpu() -> None:
                                 {"name": "PET_MASTER_PORT", "value": "29500"},
                                 {"name": "PET_RDZV_ENDPOINT", "value": "tiny-0.tiny.ns.svc:29500"},
                                 {"name": "PET_RDZV_ID", "value": "uid-1"},
-                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
                                 {"name": "SFT_DEVICE", "value": "cpu"},
                             ],

@@ -1,0 +1,488 @@
+"""kopf wiring: watch SFTJobs and their children, converge the children, publish the status.
+
+All decisions live in pure modules (models: validation; render: manifests and immutability;
+status: phase and conditions). This module only reads and writes the API:
+
+- create/resume/update of an SFTJob: validate, refuse immutable changes, create missing
+  children, update the StatefulSet only when its desired digest changed, publish the status;
+- pod and StatefulSet events of our jobs (kopf indexes, by label): re-derive the status from the
+  indexes, no API reads; a deleted StatefulSet is re-created.
+
+The status is patched only when it differs, events are posted only when the phase or the
+refusal changes, and the operator never writes spec. kopf's annotations and finalizer use our
+group's prefix; no finalizer is needed (children go by owner reference), so deleting a job never
+waits for the operator.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from sft_operator import contract, render
+from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJob, SFTJobStatus, parse_job
+from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim, derive_status, rfc3339
+
+JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
+OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
+FIELD_MANAGER = contract.MANAGED_BY
+
+# --- API access -------------------------------------------------------------------------------
+
+
+class Kube:
+    """The few typed calls the operator makes, by kind; reads return dicts, 404 is None."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient):
+        self.client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        return {
+            "StatefulSet": (
+                self.apps.read_namespaced_stateful_set,
+                self.apps.create_namespaced_stateful_set,
+                self.apps.replace_namespaced_stateful_set,
+            ),
+            "Service": (
+                self.core.read_namespaced_service,
+                self.core.create_namespaced_service,
+                self.core.replace_namespaced_service,
+            ),
+            "ConfigMap": (
+                self.core.read_namespaced_config_map,
+                self.core.create_namespaced_config_map,
+                self.core.replace_namespaced_config_map,
+            ),
+            "PersistentVolumeClaim": (
+                self.core.read_namespaced_persistent_volume_claim,
+                self.core.create_namespaced_persistent_volume_claim,
+                self.core.replace_namespaced_persistent_volume_claim,
+            ),
+        }[kind]
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.client.sanitize_for_serialization(obj)
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self._calls(kind)[0](name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        return self._plain(self._calls(manifest["kind"])[1](meta["namespace"], manifest))
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        return self._plain(self._calls(manifest["kind"])[2](meta["name"], meta["namespace"], manifest))
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"status": status}
+        )
+
+
+# --- converging children ----------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """The API refused a child as invalid (422): a spec problem, not worth retrying."""
+
+
+def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(object, created). An object that already exists (409) is fine: read it."""
+    meta = manifest["metadata"]
+    try:
+        return kube.create(manifest), True
+    except ApiException as exc:
+        if exc.status == 422:
+            raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status != 409:
+            raise
+    existing = kube.read(manifest["kind"], meta["namespace"], meta["name"])
+    if existing is None:  # deleted in between: the next attempt creates it
+        raise kopf.TemporaryError(f"{manifest['kind']} {meta['name']} vanished while being created", delay=1)
+    return existing, False
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def _ensure(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+    """Create a missing child; bring an existing one to what the job asks, touching it only when
+    something differs (so re-applying a job writes nothing)."""
+    kind = manifest["kind"]
+    if existing is None:
+        existing, created = _create_or_read(kube, manifest)
+        if created:
+            return existing
+    meta = existing["metadata"]
+    ours = (meta.get("labels") or {}).get(contract.LABEL_MANAGED_BY) == contract.MANAGED_BY
+    updated = copy.deepcopy(existing)
+    if kind == "StatefulSet":
+        want = manifest["metadata"]["annotations"][render.ANNOTATION_DESIRED_HASH]
+        if (meta.get("annotations") or {}).get(render.ANNOTATION_DESIRED_HASH) == want:
+            return existing
+        updated["metadata"]["labels"] = manifest["metadata"]["labels"]
+        updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **manifest["metadata"]["annotations"]}
+        updated["spec"] = manifest["spec"]
+    elif kind == "ConfigMap":
+        if existing.get("data") == manifest["data"]:
+            return existing
+        updated["data"] = manifest["data"]
+    elif kind == "PersistentVolumeClaim" and ours:
+        # Only the owner reference (spec.checkpoints.deleteWithJob) may change on a claim.
+        want_owners = manifest["metadata"].get("ownerReferences", [])
+        have_owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == contract.KIND]
+        if [o["uid"] for o in have_owners] == [o["uid"] for o in want_owners]:
+            return existing
+        others = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != contract.KIND]
+        updated["metadata"]["ownerReferences"] = others + want_owners
+    else:
+        return existing
+    try:
+        return kube.replace(updated)
+    except ApiException as exc:
+        if exc.status == 409:  # changed under us: read again and retry soon
+            raise kopf.TemporaryError(f"{kind} {meta['name']} changed while being updated", delay=1) from None
+        if exc.status == 422:
+            raise Refused(f"{kind} {meta['name']}: {_api_message(exc)}") from None
+        raise
+
+
+def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, fresh: bool) -> tuple[
+    dict[str, Any] | None, SpecProblem | None, VolumeCheck | None
+]:
+    """Create/update the children. ``fresh``: the job was just created, so try creating first
+    instead of reading (one request per child instead of two)."""
+    namespace = job.metadata.namespace
+    sts_name = render.statefulset_name(job)
+    if statefulset is None and not fresh:
+        statefulset = kube.read("StatefulSet", namespace, sts_name)
+    if statefulset is not None:
+        changes = render.immutable_changes(job, statefulset)
+        if changes:
+            return statefulset, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes)), None
+    claim: dict[str, Any] | None = None
+    try:
+        for manifest in render.render_children(job):
+            kind = manifest["kind"]
+            if kind == "StatefulSet":
+                statefulset = _ensure(kube, manifest, statefulset)
+                changes = render.immutable_changes(job, statefulset)  # another writer won a race
+                if changes:
+                    return statefulset, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes)), None
+            else:
+                existing = None if fresh else kube.read(kind, namespace, manifest["metadata"]["name"])
+                obj = _ensure(kube, manifest, existing)
+                if kind == "PersistentVolumeClaim":
+                    claim = obj
+    except Refused as exc:
+        return statefulset, SpecProblem(Reason.INVALID_SPEC, str(exc)), None
+    if job.spec.checkpoints.existing_claim is not None:
+        claim = kube.read("PersistentVolumeClaim", namespace, job.spec.checkpoints.existing_claim)
+    return statefulset, None, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job))
+
+
+def _join(problems: Iterable[tuple[str, str]]) -> str:
+    return "; ".join(f"{path}: {message}" for path, message in problems)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+class JobState:
+    """Per-job lock and the last status we wrote (fresher than the watch until it catches up)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self.written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+            self.written.pop(key, None)
+
+
+def _now() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+def assess(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tuple[SFTJob | None, SpecProblem | None]:
+    """The parsed job, and the operator's objection to its spec, if any."""
+    try:
+        job = parse_job(body)
+    except InvalidSpecError as exc:
+        return None, SpecProblem(Reason.INVALID_SPEC, str(exc))
+    if statefulset is not None:
+        changes = render.immutable_changes(job, statefulset)
+        if changes:
+            return job, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes))
+    return job, None
+
+
+def publish(
+    kube: Kube,
+    state: JobState,
+    body: dict[str, Any],
+    statefulset: dict[str, Any] | None,
+    pods: Iterable[dict[str, Any]],
+    problem: SpecProblem | None,
+    volume: VolumeCheck | None,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Derive the status; patch it only when it changed; post an Event on a phase change or a
+    new refusal."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    written = state.written.get(key)
+    raw = written[1] if written and written[0] == meta.get("uid") else body.get("status")
+    current = SFTJobStatus.model_validate(raw) if raw else None
+    spec = body.get("spec") or {}
+    nnodes = spec.get("nnodes") if isinstance(spec.get("nnodes"), int) else 1
+    new = derive_status(
+        current,
+        generation=meta.get("generation"),
+        nnodes=nnodes,
+        statefulset=statefulset,
+        pods=pods,
+        problem=problem,
+        volume=volume,
+        now=_now(),
+    )
+    new_api = new.to_api()
+    if current is not None and current.to_api() == new_api:
+        return
+    try:
+        kube.patch_job_status(key[0], key[1], new_api)
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return
+        raise
+    state.written[key] = (meta.get("uid", ""), new_api)
+    old_phase = current.phase if current is not None else None
+    if new.phase != old_phase:
+        kind = "Warning" if new.phase is Phase.FAILED else "Normal"
+        message = problem.message if problem is not None and new.phase is Phase.FAILED else f"{new.nodes} pods running"
+        kopf.event(body, type=kind, reason=new.phase.value, message=message)
+        logger.info("phase %s -> %s", old_phase.value if old_phase else None, new.phase.value)
+    if problem is not None and problem.reason is Reason.IMMUTABLE_FIELD_CHANGED:
+        old_msg = next((c.message for c in (current.conditions if current else []) if c.reason == problem.reason.value), None)
+        if old_msg != problem.message:
+            kopf.event(body, type="Warning", reason=problem.reason.value, message=problem.message)
+
+
+# --- kopf registration ------------------------------------------------------------------------
+
+_api_client: kubernetes.client.ApiClient | None = None
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = f"{contract.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
+    # Only warnings from kopf itself become Events; ours are posted explicitly.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    memo.kube = Kube(_api_client or kubernetes.client.ApiClient())
+    memo.jobs = JobState()
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf connects with the same credentials as our client (--kubeconfig, in-cluster, ...)."""
+    cfg = (_api_client or kubernetes.client.ApiClient()).configuration
+    # The client keeps the token as "BearerToken" (newer) or "authorization" (older); the
+    # getter also runs the in-cluster token refresh hook.
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
+    scheme, _, token = header.partition(" ") if " " in header else ("Bearer" if header else "", "", header)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+@kopf.index(*JOB)
+def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.index("pods", labels=OUR_CHILDREN)
+def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    restarts = [
+        {"name": c.get("name"), "restartCount": c.get("restartCount", 0)} for c in status.get("containerStatuses") or []
+    ]
+    return {
+        (namespace, labels[contract.LABEL_JOB_NAME]): {
+            "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")},
+            "status": {"phase": status.get("phase"), "containerStatuses": restarts},
+        }
+    }
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
+def statefulsets_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    annotations = dict(body.get("metadata", {}).get("annotations") or {})
+    return {
+        (namespace, labels[contract.LABEL_JOB_NAME]): {
+            "metadata": {"name": body["metadata"]["name"], "annotations": annotations},
+            "spec": {"replicas": body.get("spec", {}).get("replicas")},
+        }
+    }
+
+
+def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
+    store = index.get(key)
+    return next(iter(store), None) if store else None
+
+
+@kopf.on.resume(*JOB)
+@kopf.on.create(*JOB)
+@kopf.on.update(*JOB, field="spec")
+def reconcile(
+    body: kopf.Body,
+    reason: kopf.Reason,
+    memo: kopf.Memo,
+    pods_by_job: kopf.Index[Any, Any],
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    raw = copy.deepcopy(dict(body))
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    with memo.jobs.lock(key):
+        fresh = reason == kopf.Reason.CREATE
+        try:
+            job = parse_job(raw)
+        except InvalidSpecError as exc:
+            statefulset = None if fresh else memo.kube.read("StatefulSet", key[0], key[1])
+            problem = SpecProblem(Reason.INVALID_SPEC, str(exc))
+            publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, None, logger)
+            logger.warning("invalid spec: %s", exc)
+            return
+        statefulset, problem, volume = converge(memo.kube, job, None, fresh)
+        publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, volume, logger)
+
+
+@kopf.on.event("pods", labels=OUR_CHILDREN)
+def pod_changed(
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    statefulsets_by_job: kopf.Index[Any, Any],
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, statefulsets_by_job, logger)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
+def statefulset_changed(
+    type: str,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    statefulsets_by_job: kopf.Index[Any, Any],
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    key = (namespace, labels[contract.LABEL_JOB_NAME])
+    body = _one(jobs_by_name, key)
+    if type == "DELETED" and body is not None and not body["metadata"].get("deletionTimestamp"):
+        # Someone deleted a running job's StatefulSet: put it back (the pods resume from checkpoints).
+        with memo.jobs.lock(key):
+            job, problem = assess(body, None)
+            if job is not None and problem is None:
+                statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
+                publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, volume, logger)
+        return
+    _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job, logger)
+
+
+@kopf.on.event(*JOB)
+def job_event(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.jobs.forget((namespace, name))
+
+
+def _refresh(
+    memo: kopf.Memo,
+    key: tuple[str, str],
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    statefulsets_by_job: kopf.Index[Any, Any],
+    logger: logging.Logger,
+) -> None:
+    """Re-derive a job's status from the indexes: no API reads, one patch if it changed."""
+    with memo.jobs.lock(key):
+        body = _one(jobs_by_name, key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        statefulset = _one(statefulsets_by_job, key)
+        _, problem = assess(body, statefulset)
+        publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None, logger)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def load_api_client(kubeconfig: Path | None) -> kubernetes.client.ApiClient:
+    """An ApiClient from --kubeconfig, else in-cluster, else $KUBECONFIG / ~/.kube/config."""
+    if kubeconfig is not None:
+        return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool) -> None:
+    global _api_client
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _api_client = load_api_client(kubeconfig)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )

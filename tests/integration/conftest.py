@@ -1,0 +1,226 @@
+"""Operator fixtures: the CRD installed once, and the real operator (`sft-operator run`) as a
+subprocess that a test can kill and restart. No kubelet: tests set pod status through the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from sft_operator import contract
+from sft_operator.crd import CRD_NAME, build_crd
+
+T = TypeVar("T")
+OPERATOR_START_TIMEOUT_S = 60.0
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def install_crd(api_client: Any) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(api_client)
+    crd = build_crd()
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        existing = ext.read_custom_resource_definition(CRD_NAME)
+        crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        ext.replace_custom_resource_definition(CRD_NAME, crd)
+
+    def established() -> bool:
+        conditions = ext.read_custom_resource_definition(CRD_NAME).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    wait_for("the SFTJob CRD to be established", established)
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: Any, api_client: Any) -> str:
+    install_crd(api_client)
+    return CRD_NAME
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`sft-operator run --kubeconfig ... --namespace ...` in its own process group."""
+
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log_file: Path):
+        self.kubeconfig = kubeconfig
+        self.namespaces = namespaces
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = _free_port()
+        args = [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(self.kubeconfig)]
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        args += ["--liveness", f"http://127.0.0.1:{self.port}/healthz"]
+        log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + OPERATOR_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"operator not live after {OPERATOR_START_TIMEOUT_S:.0f}s:\n{self.logs()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@pytest.fixture
+def operator(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator watching this test's namespace; its log is printed if the test fails."""
+    control_plane.wait_for_default_service_account(namespace)
+    op = OperatorProcess(Path(control_plane.kubeconfig), [namespace], tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"--- operator log ({op.log_file}) ---\n{op.logs()[-6000:]}")
+
+
+# --- API helpers for the tests -----------------------------------------------------------------
+
+
+class Cluster:
+    """Short names for the calls the operator tests make (tests get it as the `cluster` fixture,
+    since test modules cannot import a conftest)."""
+
+    wait_for = staticmethod(wait_for)
+
+    def __init__(self, api_client: Any, namespace: str):
+        self.ns = namespace
+        self.client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def plain(self, obj: Any) -> dict[str, Any]:
+        return self.client.sanitize_for_serialization(obj)
+
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, body)
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name)
+
+    def patch_job(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name, patch
+        )
+
+    def replace_job(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.replace_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name, body
+        )
+
+    def delete_job(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name,
+            body=kubernetes.client.V1DeleteOptions(propagation_policy="Background"),
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.job(name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+    def statefulset(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.plain(self.apps.read_namespaced_stateful_set(name, self.ns))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def read(self, kind: str, name: str) -> dict[str, Any] | None:
+        call = {
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+        }[kind]
+        try:
+            return self.plain(call(name, self.ns))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pods(self, job_name: str) -> list[dict[str, Any]]:
+        selector = f"{contract.LABEL_JOB_NAME}={job_name}"
+        return [self.plain(p) for p in self.core.list_namespaced_pod(self.ns, label_selector=selector).items]
+
+    def set_pod_phase(self, pod_name: str, phase: str) -> None:
+        """What a kubelet would report (there is none)."""
+        self.core.patch_namespaced_pod_status(pod_name, self.ns, {"status": {"phase": phase}})
+
+    def run_all_pods(self, job_name: str, count: int) -> None:
+        pods = wait_for(f"{count} pods of {job_name}", lambda: (p := self.pods(job_name)) and len(p) == count and p)
+        for pod in pods:
+            self.set_pod_phase(pod["metadata"]["name"], "Running")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
+        return [self.plain(e) for e in items]
+
+
+@pytest.fixture
+def cluster(api_client: Any, namespace: str) -> Cluster:
+    return Cluster(api_client, namespace)
