@@ -366,6 +366,31 @@ def test_a_command_that_cannot_start_is_a_start_error_with_the_reason(
     assert "cannot run 'no-such-program'" in terminated["message"]
 
 
+def test_entry_point_runs_pods_and_stops_them_on_sigterm(control_plane: Any, rest: KubeRest, namespace: str,
+                                                         tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "sft_operator.dev.localnode", "--kubeconfig", str(control_plane.kubeconfig),
+         "--state-dir", str(tmp_path), "--name", "localnode-cli-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        rest.post(f"/api/v1/namespaces/{namespace}/pods",
+                  simple_pod("cli", "while true; do sleep 0.1; done", nodeName="localnode-cli-test"))
+        pod = wait_for("Running", lambda: (p := get_pod(rest, namespace, "cli")) and p["status"].get("phase") == "Running" and p)
+        pid = pid_of(pod)
+        cli.send_signal(signal.SIGTERM)
+        output, _ = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, output
+    assert "local node localnode-cli-test stopped (1 container(s) stopped)" in output
+    assert not pid_alive(pid)
+
+
 ALL_REDUCE = """
 import torch, torch.distributed as dist
 dist.init_process_group("gloo")

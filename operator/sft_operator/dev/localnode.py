@@ -159,7 +159,10 @@ class LocalNode:
     ):
         self.name = name
         self.state_dir = Path(state_dir).resolve()
-        self.rest = KubeRest.from_kubeconfig(str(kubeconfig))
+        try:
+            self.rest = KubeRest.from_kubeconfig(str(kubeconfig))
+        except Exception as exc:  # noqa: BLE001 - missing, unreadable or malformed: one clear line
+            raise LocalNodeError(f"cannot load kubeconfig {kubeconfig}: {exc}") from exc
         self.capacity = default_capacity(gpus, cpu, memory, pods)
         self.extra_env = dict(extra_env or {})
         self.backoff_base_s = backoff_base_s
@@ -740,8 +743,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s localnode %(levelname)s %(message)s")
-    node = LocalNode(args.kubeconfig, args.state_dir, args.name, gpus=args.gpus, cpu=args.cpu,
-                     memory=args.memory, backoff_base_s=args.backoff_base)
+    try:
+        check_mount_namespaces()
+        node = LocalNode(args.kubeconfig, args.state_dir, args.name, gpus=args.gpus, cpu=args.cpu,
+                         memory=args.memory, backoff_base_s=args.backoff_base)
+    except LocalNodeError as exc:
+        print(f"localnode: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
