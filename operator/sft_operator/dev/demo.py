@@ -1,0 +1,172 @@
+"""`make demo`: a newcomer's first run, end to end on this machine.
+
+Starts the local control plane, the operator and the dev local node, builds a tiny model and
+data offline, applies examples/sftjob-tiny-cpu.yaml (2 nodes x 1 process, CPU mode), follows the
+job until Succeeded, then prints `kubectl get sftjobs` and the checkpoint tree. Everything it
+started is stopped on the way out (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from sft_operator import contract
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO_ROOT / "examples" / "sftjob-tiny-cpu.yaml"
+DEFAULT_STATE_DIR = REPO_ROOT / ".local" / "demo"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def demo_manifest(assets_dir: Path, example: Path = EXAMPLE) -> dict[str, Any]:
+    """The example job with ${ASSETS_DIR} filled in."""
+    text = string.Template(example.read_text()).substitute(ASSETS_DIR=str(assets_dir))
+    return yaml.safe_load(text)
+
+
+def describe(job: dict[str, Any]) -> str:
+    """One line on where a job stands, e.g. 'Running 2/2 nodes | Training epoch 1/2 40% loss 3.2'."""
+    status = job.get("status") or {}
+    parts = [status.get("phase", "Pending"), f"{status.get('nodes') or '0/0'} nodes"]
+    progress = status.get("progress") or {}
+    if progress:
+        line = f"{progress.get('stage', '')} epoch {progress.get('epochDisplay', '')} {progress.get('percentDisplay', '')}"
+        if progress.get("lastLoss"):
+            line += f" loss {progress['lastLoss']}"
+        if progress.get("latestCheckpoint"):
+            line += f" ckpt {progress['latestCheckpoint']}"
+        parts.append(line.strip())
+    return " | ".join(parts)
+
+
+def follow_job(api_client: Any, namespace: str, name: str, timeout_s: float,
+               on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Watch the SFTJob until Succeeded or Failed (or timeout); returns the last object seen."""
+    import kubernetes
+
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + timeout_s
+    job = custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+    on_update(job)
+    while (job.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"SFTJob {namespace}/{name} not finished after {timeout_s:.0f}s: {describe(job)}")
+        watch = kubernetes.watch.Watch()
+        for event in watch.stream(
+            custom.list_namespaced_custom_object, contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
+            field_selector=f"metadata.name={name}", timeout_seconds=max(1, int(min(remaining, 30))),
+        ):
+            job = event["object"]
+            on_update(job)
+            if (job.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                watch.stop()
+                break
+    return job
+
+
+def sftjobs_table(kubeconfig: Path, namespace: str) -> str:
+    """`kubectl get sftjobs` output (the CRD's printer columns)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return "(kubectl not found; `sft-operator status` shows the same)"
+    result = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "get", "sftjobs"],
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout or result.stderr
+
+
+def tree(root: Path, max_entries: int = 80) -> str:
+    """The checkpoint directory, two levels deep under hf_format/ and full_state/."""
+    lines = [str(root)]
+    count = 0
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if len(rel.parts) > 3:
+            continue
+        count += 1
+        if count > max_entries:
+            lines.append("  ...")
+            break
+        lines.append("  " * len(rel.parts) + rel.parts[-1] + ("/" if path.is_dir() else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from sft_operator.dev.stack import LocalStack, StackError
+    from sft_operator.dev.tiny_model import build_tiny_assets
+    from sft_operator.models import parse_job
+    from sft_operator.render import claim_name
+
+    console = Console(highlight=False)
+    say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
+    state_dir = args.state_dir.resolve()
+    shutil.rmtree(state_dir, ignore_errors=True)  # each demo starts from nothing
+    namespace = "default"
+
+    say(f"building a tiny model and data offline in {state_dir / 'assets'}")
+    assets = build_tiny_assets(state_dir / "assets")
+    manifest = demo_manifest(assets.model_dir.parent)
+    name = manifest["metadata"]["name"]
+
+    stack = LocalStack(state_dir)
+    try:
+        stack.start(on_step=say)
+        import kubernetes
+
+        custom = kubernetes.client.CustomObjectsApi(stack.api_client())
+        say(f"kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}   (2 nodes x 1 process, CPU)")
+        custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest)
+
+        last = [""]
+
+        def on_update(job: dict[str, Any]) -> None:
+            line = describe(job)
+            if line != last[0]:
+                last[0] = line
+                console.print(f"  [dim]{time.strftime('%H:%M:%S')}[/] {line}")
+
+        job = follow_job(stack.api_client(), namespace, name, args.timeout, on_update)
+        phase = (job.get("status") or {}).get("phase")
+        console.print()
+        console.print(f"[bold]$ kubectl get sftjobs[/]  (KUBECONFIG={stack.kubeconfig})")
+        console.print(sftjobs_table(stack.kubeconfig, namespace), markup=False)
+        ckpt_root = stack.node_dir / "volumes" / namespace / claim_name(parse_job(job))
+        console.print("[bold]checkpoints[/] (the claim's directory on the local node):")
+        console.print(tree(ckpt_root), markup=False)
+        if phase != "Succeeded":
+            conditions = (job.get("status") or {}).get("conditions") or []
+            console.print(f"[bold red]job {phase}[/]: " + "; ".join(
+                f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in conditions))
+            console.print(f"operator log: {stack.state_dir / 'operator.log'}; pod logs: {stack.node_dir / 'logs'}")
+            return 1
+        say("[bold green]Succeeded[/]: a tiny model was fine-tuned on 2 local nodes and its checkpoints are above")
+        return 0
+    except (StackError, TimeoutError) as exc:
+        console.print(f"[bold red]demo failed[/]: {exc}")
+        console.print(f"operator log: {state_dir / 'operator.log'}; pod logs: {state_dir / 'node' / 'logs'}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping everything")
+        return 130
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The whole local stack, dev and test only: control plane + CRD + operator + local node.
+
+``make demo`` and the e2e tests use it; the integration tests use its pieces (``install_crd``,
+``OperatorProcess``). Everything it starts, it stops: ``with LocalStack(state_dir) as stack``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+OPERATOR_START_TIMEOUT_S = 60.0
+
+
+class StackError(RuntimeError):
+    """One clear line on what failed in the local stack."""
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
+    """Poll ``probe`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def install_crd(api_client: Any, timeout_s: float = 30.0) -> str:
+    """Create or replace the SFTJob CRD (generated from the models) and wait until Established."""
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    from sft_operator.crd import CRD_NAME, build_crd
+
+    ext = kubernetes.client.ApiextensionsV1Api(api_client)
+    crd = build_crd()
+    try:
+        ext.create_custom_resource_definition(crd)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        existing = ext.read_custom_resource_definition(CRD_NAME)
+        crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        ext.replace_custom_resource_definition(CRD_NAME, crd)
+
+    def established() -> bool:
+        conditions = ext.read_custom_resource_definition(CRD_NAME).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    wait_until("the SFTJob CRD to be established", established, timeout_s)
+    return CRD_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`sft-operator run --kubeconfig ... [--namespace ...]` in its own process group, so a test
+    can kill it (SIGKILL: no clean-up) and start it again."""
+
+    def __init__(self, kubeconfig: Path | str, namespaces: list[str], log_file: Path | str,
+                 extra_args: list[str] | None = None):
+        self.kubeconfig = Path(kubeconfig)
+        self.namespaces = list(namespaces)
+        self.log_file = Path(log_file)
+        self.extra_args = list(extra_args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, timeout_s: float = OPERATOR_START_TIMEOUT_S) -> "OperatorProcess":
+        self.port = free_port()
+        args = [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(self.kubeconfig)]
+        for ns in self.namespaces:
+            args += ["--namespace", ns]
+        args += ["--liveness", f"http://127.0.0.1:{self.port}/healthz", *self.extra_args]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StackError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"operator not live after {timeout_s:.0f}s:\n{self.logs()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class LocalStack:
+    """Control plane, CRD, operator and local node, under one state directory.
+
+    ``state_dir/controlplane`` holds the control plane's state, ``state_dir/node`` the local
+    node's (volumes, logs), ``state_dir/operator.log`` the operator's log.
+    """
+
+    def __init__(self, state_dir: Path | str, *, namespaces: list[str] | None = None, node_name: str = "local-node"):
+        self.state_dir = Path(state_dir).resolve()
+        self.namespaces = list(namespaces or [])
+        self.node_name = node_name
+        self.control_plane: Any = None
+        self.operator: OperatorProcess | None = None
+        self.node: Any = None
+        self._api_client: Any = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.control_plane.kubeconfig)
+
+    @property
+    def node_dir(self) -> Path:
+        return self.state_dir / "node"
+
+    def api_client(self) -> Any:
+        if self._api_client is None:
+            self._api_client = self.control_plane.api_client()
+        return self._api_client
+
+    def start(self, on_step: Callable[[str], None] = lambda _msg: None) -> "LocalStack":
+        from sft_operator.dev.controlplane import ControlPlane
+        from sft_operator.dev.localnode import LocalNode
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            on_step("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
+            self.control_plane = ControlPlane(state_dir=self.state_dir / "controlplane").start()
+            on_step("installing the SFTJob CRD")
+            install_crd(self.api_client())
+            on_step("starting the operator")
+            self.operator = OperatorProcess(self.kubeconfig, self.namespaces, self.state_dir / "operator.log").start()
+            on_step("starting the local node")
+            self.node = LocalNode(self.kubeconfig, self.node_dir, self.node_name)
+            self.node.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # The node first: its containers get SIGTERM while the API still answers.
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+        if self._api_client is not None:
+            self._api_client.close()
+            self._api_client = None
+        if self.control_plane is not None:
+            self.control_plane.stop()
+            self.control_plane = None
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
