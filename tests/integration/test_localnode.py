@@ -163,7 +163,7 @@ def test_statefulset_pods_run_with_env_volumes_and_peer_dns_then_scale_to_zero(
 
     reports = {}
     for name in ("web-0", "web-1"):
-        report_file = node_state / "volumes" / ns / f"ckpt-{name}" / f"{name}.json"
+        report_file = local_node.claim_dir(ns, f"ckpt-{name}") / f"{name}.json"
         wait_for(f"{name}'s report on its claim", report_file.exists)
         reports[name] = json.loads(report_file.read_text())
         pod = get_pod(rest, ns, name)
@@ -179,7 +179,7 @@ def test_statefulset_pods_run_with_env_volumes_and_peer_dns_then_scale_to_zero(
         "shm_writable": True,
     }
     assert reports["web-1"]["peer_ip"] == "127.0.0.1"
-    log = node_state / "logs" / ns / "web-0" / "main.log"
+    log = local_node.log_file(ns, "web-0", "main")
     assert log.read_text() == "reported\n"
     wait_for("claims Bound", lambda: all(
         c["status"].get("phase") == "Bound"

@@ -40,6 +40,7 @@ from .localnode_plan import (
     EnvSources,
     PodConfigError,
     Terminated,
+    claim_dir,
     container_plan,
     exit_code_of,
     grace_period_s,
@@ -175,7 +176,7 @@ class LocalNode:
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._responses: list[Any] = []
+        self._responses: dict[str, Any] = {}  # the open watch response per kind, for stop()
         self._pods: dict[str, dict[str, Any]] = {}  # every pod in the cluster, by uid
         self._services: dict[tuple[str, str], dict[str, Any]] = {}
         self._records: dict[str, PodRecord] = {}  # pods bound here, by uid
@@ -216,7 +217,7 @@ class LocalNode:
         """Asks the loop to stop (safe from a signal handler); stop() also waits for it."""
         self._stop.set()
         self._events.put(("stop",))
-        for response in list(self._responses):
+        for response in list(self._responses.values()):
             try:
                 response.shutdown()
             except Exception:  # noqa: BLE001 - best effort: the watch ends at its timeout anyway
@@ -233,6 +234,14 @@ class LocalNode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        """Where a PersistentVolumeClaim's data lives on this machine (e.g. a job's checkpoints)."""
+        return claim_dir(self.state_dir, namespace, claim)
+
+    def log_file(self, namespace: str, pod: str, container: str) -> Path:
+        """The container's log (stdout and stderr, all runs appended)."""
+        return log_path(self.state_dir, namespace, pod, container)
 
     def container_pids(self) -> list[int]:
         """PIDs of the running containers' main processes (tests check none survive stop())."""
@@ -347,7 +356,8 @@ class LocalNode:
                 version = listing["metadata"]["resourceVersion"]
                 while not self._stop.is_set():
                     relist = True
-                    for event in rest.watch(path, version, self._stop, on_response=self._responses.append):
+                    on_response = lambda response: self._responses.__setitem__(kind, response)  # noqa: E731
+                    for event in rest.watch(path, version, self._stop, on_response=on_response):
                         if gone(event):
                             break
                         obj = event.get("object") or {}
