@@ -195,6 +195,25 @@ def test_statefulset_pods_run_with_env_volumes_and_peer_dns_then_scale_to_zero(
     assert (node_state / "volumes" / ns / "ckpt-web-0" / "web-0.json").exists()
 
 
+def test_a_mount_over_the_state_dirs_parent_does_not_hide_later_mounts(
+    local_node: LocalNode, rest: KubeRest, namespace: str, node_state: Path
+):
+    # The state dir lives under /tmp here; an emptyDir at /tmp is mounted before /etc/sft.
+    top = "/" + node_state.parts[1]
+    rest.post(f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "cfg"}, "data": {"k": "v"}})
+    script = f"cat /etc/sft/k > /dev/termination-log; test -d {node_state / 'logs'} || echo hidden >> /dev/termination-log"
+    pod = simple_pod("shadow", script,
+                     restartPolicy="Never",
+                     volumes=[{"name": "scratch", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "cfg"}}])
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": top},
+                                                    {"name": "cfg", "mountPath": "/etc/sft"}]
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", pod)
+    done = wait_for("finished", lambda: (p := get_pod(rest, namespace, "shadow"))
+                    and p["status"].get("phase") in ("Succeeded", "Failed") and p)
+    terminated = container_status(done)["state"]["terminated"]
+    assert (done["status"]["phase"], terminated["message"]) == ("Succeeded", "vhidden"), terminated
+
+
 def test_restart_policy_always_restarts_and_counts_with_exit_code_and_log_fallback(
     local_node: LocalNode, rest: KubeRest, namespace: str
 ):

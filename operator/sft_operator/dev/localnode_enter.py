@@ -57,9 +57,17 @@ def enter_namespaces(hostname: str) -> None:
     _check(_libc.sethostname(name, len(name)), f"sethostname {hostname}")
 
 
+def open_source(source: str) -> str:
+    """Pins a mount source before any mount: a later mount (say an emptyDir at /tmp) may hide
+    the host path it lives under. Returns a path that keeps naming the pinned file."""
+    try:
+        fd = os.open(source, os.O_PATH)
+    except FileNotFoundError:
+        raise StartError(f"volume path {source} does not exist") from None
+    return f"/proc/self/fd/{fd}"
+
+
 def bind(source: str, target: str, read_only: bool) -> None:
-    if not os.path.exists(source):
-        raise StartError(f"volume path {source} does not exist")
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
     elif not os.path.exists(target):
@@ -75,8 +83,11 @@ def main(plan_path: str) -> None:
         plan = json.load(f)
     try:
         enter_namespaces(plan["hostname"])
-        for mount in plan["mounts"]:
-            bind(mount["source"], mount["target"], mount["readOnly"])
+        pinned = [open_source(mount["source"]) for mount in plan["mounts"]]
+        for mount, source in zip(plan["mounts"], pinned):
+            bind(source, mount["target"], mount["readOnly"])
+        for source in pinned:
+            os.close(int(source.rsplit("/", 1)[1]))
         os.makedirs(plan["workingDir"], exist_ok=True)
         os.chdir(plan["workingDir"])
     except (StartError, OSError) as exc:
