@@ -214,6 +214,34 @@ def test_a_mount_over_the_state_dirs_parent_does_not_hide_later_mounts(
     assert (done["status"]["phase"], terminated["message"]) == ("Succeeded", "vhidden"), terminated
 
 
+def test_containers_of_one_pod_share_volumes_and_report_separately(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    writer = {"name": "writer", "image": "x", "command": ["sh", "-c", "echo shared > /data/f"],
+              "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    reader = {"name": "reader", "image": "x",
+              "command": ["sh", "-c", "until [ -f /in/f ]; do sleep 0.1; done; cat /in/f; while true; do sleep 0.1; done"],
+              "volumeMounts": [{"name": "data", "mountPath": "/in", "readOnly": True}]}
+    rest.post(f"/api/v1/namespaces/{namespace}/pods", {"metadata": {"name": "pair"}, "spec": {
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [writer, reader],
+        "volumes": [{"name": "data", "emptyDir": {}}]}})
+
+    def settled() -> dict[str, Any] | None:
+        pod = get_pod(rest, namespace, "pair")
+        states = {c["name"]: c["state"] for c in (pod or {}).get("status", {}).get("containerStatuses") or []}
+        if "terminated" in states.get("writer", {}) and "running" in states.get("reader", {}):
+            return pod
+        return None
+
+    pod = wait_for("writer done, reader running", settled)
+    assert pod["status"]["phase"] == "Running"
+    statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
+    assert statuses["writer"]["state"]["terminated"]["exitCode"] == 0
+    assert statuses["reader"]["ready"] is True
+    assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "False"
+    wait_for("reader saw the file", lambda: local_node.log_file(namespace, "pair", "reader").read_text() == "shared\n")
+
+
 def test_restart_policy_always_restarts_and_counts_with_exit_code_and_log_fallback(
     local_node: LocalNode, rest: KubeRest, namespace: str
 ):
