@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import signal
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -22,6 +23,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
 START_ERROR_EXIT_CODE = 128  # localnode_plan.START_ERROR_EXIT_CODE (not imported: stdlib only here)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -78,9 +80,18 @@ def bind(source: str, target: str, read_only: bool) -> None:
         _mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def die_with_the_node(node_pid: int) -> None:
+    """If the local node dies without stopping us (SIGKILL, crash), the kernel kills this
+    main process; a clean stop() never relies on it."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != node_pid:  # the node died before prctl took effect
+        sys.exit(START_ERROR_EXIT_CODE)
+
+
 def main(plan_path: str) -> None:
     with open(plan_path) as f:
         plan = json.load(f)
+    die_with_the_node(int(plan["nodePid"]))
     try:
         enter_namespaces(plan["hostname"])
         pinned = [open_source(mount["source"]) for mount in plan["mounts"]]

@@ -34,7 +34,7 @@ class ContainerProcess:
         termination_log.parent.mkdir(parents=True, exist_ok=True)
         termination_log.write_bytes(b"")
         plan_file = run_dir / f"{plan.name}.plan.json"
-        plan_file.write_text(json.dumps(plan.to_json(), indent=1))
+        plan_file.write_text(json.dumps({**plan.to_json(), "nodePid": os.getpid()}, indent=1))
         with open(log_file, "ab") as log:
             # Where this run's output starts: FallbackToLogsOnError reads this run's lines only.
             self.log_offset = log.tell()
