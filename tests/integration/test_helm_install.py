@@ -35,6 +35,10 @@ CHART = ROOT / "charts" / "sft-operator"
 PROVISION_HELM = ROOT / "scripts" / "provision-helm.sh"
 CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
 WAIT_S = 60.0
+# In namespaces mode kopf first tries to list all namespaces (9 attempts, ~55 s of back-off)
+# before it falls back to the given ones, and only then starts watching: until handlers.py sets
+# settings.scanning.disabled, a least-privilege namespaced operator starts this slowly.
+NAMESPACED_START_S = 120.0
 # kopf's optional cluster scanning (new CRDs; namespaces matching a pattern) is not granted:
 # kopf logs a 403 for it and goes on without. Any other 403 means the chart lacks a rule.
 SCANNING_PATHS = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "/api/v1/namespaces?", "/api/v1/namespaces ")
@@ -304,7 +308,8 @@ def test_namespaces_mode_install_reconcile_uninstall(
     operator = run_operator(args, kubeconfig, port)
     wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
     job = create_job(api_client, job_namespace)
-    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
+    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job),
+             timeout_s=NAMESPACED_START_S, log=operator.log)
     assert operator.unexpected_forbidden() == []
 
     with control_plane.api_client(kubeconfig_token(kubeconfig)) as sa_client:
