@@ -307,7 +307,10 @@ _api_client: kubernetes.client.ApiClient | None = None
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{contract.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
+    # Labels and annotations do not matter to a job: a change to them is no reason to write.
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=contract.GROUP, ignored_fields=["metadata.labels", "metadata.annotations"]
+    )
     # Only warnings from kopf itself become Events; ours are posted explicitly.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300

@@ -4,12 +4,14 @@ subprocess that a test can kill and restart. No kubelet: tests set pod status th
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -224,3 +226,30 @@ class Cluster:
 @pytest.fixture
 def cluster(api_client: Any, namespace: str) -> Cluster:
     return Cluster(api_client, namespace)
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH")
+_METRIC_LABELS = re.compile(r'(\w+)="([^"]*)"')
+
+
+def api_writes(control_plane: Any) -> Counter[tuple[str, str, str]]:
+    """Write requests the apiserver has served so far, by (verb, resource, subresource), from its
+    /metrics (apiserver_request_total). Counts writes that changed nothing, too."""
+    status, body = control_plane.get("/metrics")
+    assert status == 200, body[:200]
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for line in body.decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(_METRIC_LABELS.findall(line))
+        if labels.get("verb") in WRITE_VERBS:
+            counts[(labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))] += int(
+                float(line.rsplit(" ", 1)[1])
+            )
+    return counts
+
+
+@pytest.fixture
+def writes(control_plane: Any) -> Callable[[], Counter[tuple[str, str, str]]]:
+    """Call it twice; the difference is what was written in between."""
+    return lambda: api_writes(control_plane)

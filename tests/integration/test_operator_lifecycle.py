@@ -1,0 +1,261 @@
+"""The issue's "Done when" list on the real control plane: invalid input, deletion, operator
+restarts, re-apply, suspend/resume, immutable fields, a deleted StatefulSet."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = pytest.mark.integration
+SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far
+
+
+def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": name},
+        "spec": {
+            "modelPath": "/models/tiny",
+            "dataPath": "/data/train.jsonl",
+            "numEpochs": 2,
+            "effectiveBatchSize": 4,
+            "learningRate": 1e-4,
+            "maxSeqLen": 128,
+            "nnodes": 2,
+            "device": "cpu",
+            "checkpoints": {"claim": {"size": "1Gi"}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def phase_is(cluster: Any, name: str, phase: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    return cluster.wait_for(
+        f"{name} phase {phase}", lambda: (s := cluster.status(name)).get("phase") == phase and s, timeout_s
+    )
+
+
+def running_job(cluster: Any, name: str = "tiny", **spec: Any) -> dict[str, Any]:
+    cluster.create_job(job_body(name, **spec))
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset(name))
+    cluster.run_all_pods(name, spec.get("nnodes", 2))
+    phase_is(cluster, name, "Running")
+    return cluster.job(name)
+
+
+def versions(cluster: Any, name: str = "tiny") -> dict[str, tuple[str, str]]:
+    """uid and resourceVersion of the job and each child: equal means nothing was written."""
+    out = {}
+    for kind, child in [
+        ("SFTJob", None),
+        ("StatefulSet", name),
+        ("Service", name),
+        ("ConfigMap", f"{name}-config"),
+        ("PersistentVolumeClaim", f"{name}-checkpoints"),
+    ]:
+        obj = cluster.job(name) if kind == "SFTJob" else cluster.read(kind, child)
+        out[kind] = (obj["metadata"]["uid"], obj["metadata"]["resourceVersion"])
+    return out
+
+
+INVALID_FOR_THE_APISERVER = [
+    ({"numEpochs": 0}, "spec.numEpochs"),
+    ({"device": "tpu"}, "spec.device"),
+    ({"learningRate": "fast"}, "spec.learningRate"),
+    ({"checkpoints": {"claim": {"size": "lots"}}}, "spec.checkpoints.claim.size"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), INVALID_FOR_THE_APISERVER)
+def test_apiserver_rejects_schema_violations_naming_the_field(crd: str, cluster: Any, spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ApiException) as info:
+        cluster.create_job(job_body(**spec))
+    assert info.value.status == 422
+    assert field in info.value.body
+
+
+def test_missing_required_field_is_rejected(crd: str, cluster: Any) -> None:
+    body = job_body()
+    del body["spec"]["modelPath"]
+    with pytest.raises(ApiException) as info:
+        cluster.create_job(body)
+    assert info.value.status == 422 and "spec.modelPath" in info.value.body
+
+
+# Rules that are CEL in the CRD: the 1.20 apiserver cannot run them, so the operator must.
+INVALID_FOR_THE_OPERATOR = [
+    ("bad-extra", {"extraArgs": {"foo_bar": 1}}, "spec.extraArgs.foo_bar: unknown instructlab-training argument"),
+    ("bad-validation", {"validationSplit": 0.1}, "spec.validationFrequency: required when spec.validationSplit > 0"),
+    ("bad-claims", {"checkpoints": {"existingClaim": "a", "claim": {"size": "1Gi"}}}, "spec.checkpoints: set exactly one"),
+    ("bad-env", {"pod": {"env": [{"name": "PET_NNODES", "value": "7"}]}}, "spec.pod.env[0].name: PET_NNODES"),
+    ("bad-batch", {"nnodes": 4, "nprocPerNode": 2}, "spec.effectiveBatchSize: must be at least"),
+    ("n" * 53, {}, "metadata.name: at most 52 characters"),
+]
+
+
+def test_invalid_specs_are_failed_with_the_field_named_and_get_no_children(operator: Any, cluster: Any) -> None:
+    for name, spec, message in INVALID_FOR_THE_OPERATOR:
+        cluster.create_job(job_body(name, **spec))
+    for name, spec, message in INVALID_FOR_THE_OPERATOR:
+        status = phase_is(cluster, name, "Failed")
+        valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+        assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+        assert message in valid["message"], valid["message"]
+        events = cluster.wait_for(f"a Failed event for {name}", lambda: [e for e in cluster.events(name) if e["reason"] == "Failed"])
+        assert events[0]["type"] == "Warning" and message in events[0]["message"]
+    time.sleep(SETTLE_S)
+    for name, _, _ in INVALID_FOR_THE_OPERATOR:
+        for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config"),
+                            ("PersistentVolumeClaim", f"{name}-checkpoints")]:
+            assert cluster.read(kind, child) is None, (kind, child)
+
+
+def test_fixing_an_invalid_spec_starts_the_job(operator: Any, cluster: Any) -> None:
+    cluster.create_job(job_body(extraArgs={"foo_bar": 1}))
+    phase_is(cluster, "tiny", "Failed")
+    cluster.patch_job("tiny", {"spec": {"extraArgs": None}})
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("tiny"))
+    status = phase_is(cluster, "tiny", "Pending")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "False"
+
+
+def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster: Any) -> None:
+    cluster.create_job(job_body("keep"))
+    cluster.create_job(job_body("drop", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
+    for name in ("keep", "drop"):
+        cluster.wait_for(f"{name}'s StatefulSet", lambda: cluster.statefulset(name))
+        cluster.run_all_pods(name, 2)
+    cluster.delete_job("keep")
+    cluster.delete_job("drop")
+    for name in ("keep", "drop"):
+        for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config")]:
+            cluster.wait_for(f"{kind} {child} garbage-collected", lambda: cluster.read(kind, child) is None)
+    cluster.wait_for("drop's claim deleted (opted in)", lambda: cluster.read("PersistentVolumeClaim", "drop-checkpoints") is None)
+    time.sleep(SETTLE_S)
+    kept = cluster.read("PersistentVolumeClaim", "keep-checkpoints")
+    assert kept is not None and kept["metadata"].get("deletionTimestamp") is None
+    assert not kept["metadata"].get("ownerReferences")
+
+
+def test_operator_killed_and_restarted_creates_no_duplicates_and_keeps_status(
+    operator: Any, cluster: Any, writes: Any
+) -> None:
+    running_job(cluster)
+    time.sleep(SETTLE_S)
+    before = versions(cluster)
+    operator.kill()
+    counted = writes()
+    operator.start()
+    time.sleep(SETTLE_S)
+    assert versions(cluster) == before  # resumed: everything checked, nothing written
+    assert operator_writes(counted, writes()) == {}
+    cluster.create_job(job_body("while-down"))
+    operator.kill()
+    cluster.create_job(job_body("created-while-down"))
+    operator.start()
+    cluster.wait_for("the job created while down", lambda: cluster.statefulset("created-while-down"))
+    assert cluster.status("tiny")["phase"] == "Running"
+    selector = "finetune.dev/job-name=tiny"
+    assert len(cluster.apps.list_namespaced_stateful_set(cluster.ns, label_selector=selector).items) == 1
+    assert len(cluster.core.list_namespaced_service(cluster.ns, label_selector=selector).items) == 1
+    # Changes made while the operator was down are seen when it comes back.
+    operator.kill()
+    cluster.set_pod_phase("tiny-1", "Pending")
+    operator.start()
+    status = phase_is(cluster, "tiny", "Pending")
+    assert status["nodes"] == "1/2"
+
+
+OPERATOR_RESOURCES = ("statefulsets", "services", "configmaps", "persistentvolumeclaims", "sftjobs")
+
+
+def operator_writes(before: Any, after: Any) -> dict[tuple[str, str, str], int]:
+    """Writes to the job and its children between two `writes()` snapshots (the controllers'
+    StatefulSet status updates excluded: they are not ours)."""
+    delta = after - before
+    return {k: v for k, v in delta.items() if k[1] in OPERATOR_RESOURCES and k[1:] != ("statefulsets", "status")}
+
+
+def test_reapplying_the_same_manifest_changes_nothing(operator: Any, cluster: Any, writes: Any) -> None:
+    running_job(cluster)
+    time.sleep(SETTLE_S)
+    before, counted = versions(cluster), writes()
+    status = cluster.status("tiny")
+    cluster.patch_job("tiny", {"spec": job_body()["spec"]})  # what `kubectl apply` sends again
+    time.sleep(SETTLE_S)
+    assert versions(cluster) == before  # not the job (no status churn), not a child
+    assert operator_writes(counted, writes()) == {("PATCH", "sftjobs", ""): 1}  # only the test's own
+    counted = writes()
+    cluster.patch_job("tiny", {"metadata": {"labels": {"team": "a"}}})  # metadata only
+    time.sleep(SETTLE_S)
+    assert operator_writes(counted, writes()) == {("PATCH", "sftjobs", ""): 1}
+    after = versions(cluster)
+    assert {k: v for k, v in after.items() if k != "SFTJob"} == {k: v for k, v in before.items() if k != "SFTJob"}
+    assert cluster.status("tiny") == status
+    assert cluster.job("tiny")["metadata"]["generation"] == 1
+
+
+def test_suspend_scales_to_zero_and_resume_brings_it_back(operator: Any, cluster: Any) -> None:
+    running_job(cluster)
+    cluster.patch_job("tiny", {"spec": {"suspend": True}})
+    status = phase_is(cluster, "tiny", "Suspended")
+    assert cluster.statefulset("tiny")["spec"]["replicas"] == 0
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
+    # No kubelet: finish the pods' termination as one would.
+    for pod in cluster.pods("tiny"):
+        cluster.core.delete_namespaced_pod(pod["metadata"]["name"], cluster.ns, grace_period_seconds=0)
+    cluster.wait_for("pods gone", lambda: cluster.pods("tiny") == [])
+    cluster.patch_job("tiny", {"spec": {"suspend": False}})
+    cluster.wait_for("replicas back to 2", lambda: cluster.statefulset("tiny")["spec"]["replicas"] == 2)
+    phase_is(cluster, "tiny", "Pending")
+    cluster.run_all_pods("tiny", 2)
+    phase_is(cluster, "tiny", "Running")
+    reasons = [e["reason"] for e in cluster.events("tiny")]
+    assert "Suspended" in reasons
+
+
+def test_immutable_change_is_refused_and_the_job_untouched(operator: Any, cluster: Any) -> None:
+    running_job(cluster)
+    before = versions(cluster)
+    cluster.patch_job("tiny", {"spec": {"numEpochs": 5, "suspend": True}})
+    valid = cluster.wait_for(
+        "SpecValid False", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c
+    )
+    assert valid["reason"] == "ImmutableFieldChanged"
+    assert valid["message"] == "spec.numEpochs: immutable once the job is created (was 2, now 5)"
+    time.sleep(SETTLE_S)
+    after = versions(cluster)
+    assert after["StatefulSet"] == before["StatefulSet"]  # not even the suspend was applied
+    assert after["ConfigMap"] == before["ConfigMap"]
+    assert cluster.status("tiny")["phase"] == "Running"
+    assert any(e["reason"] == "ImmutableFieldChanged" and e["type"] == "Warning" for e in cluster.events("tiny"))
+    cluster.patch_job("tiny", {"spec": {"numEpochs": 2, "suspend": False}})
+    cluster.wait_for("SpecValid True", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "True")
+
+
+def test_mutable_pod_change_updates_the_template_only(operator: Any, cluster: Any) -> None:
+    running_job(cluster)
+    pods_before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("tiny")}
+    cluster.patch_job("tiny", {"spec": {"pod": {"image": "sft-trainer:0.2.0"}}})
+    cluster.wait_for(
+        "the new image in the template",
+        lambda: cluster.statefulset("tiny")["spec"]["template"]["spec"]["containers"][0]["image"] == "sft-trainer:0.2.0",
+    )
+    time.sleep(SETTLE_S)
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("tiny")} == pods_before  # OnDelete
+    assert cluster.status("tiny")["phase"] == "Running"
+
+
+def test_deleted_statefulset_is_recreated(operator: Any, cluster: Any) -> None:
+    running_job(cluster)
+    old_uid = cluster.statefulset("tiny")["metadata"]["uid"]
+    cluster.apps.delete_namespaced_stateful_set("tiny", cluster.ns)
+    cluster.wait_for(
+        "a new StatefulSet", lambda: (s := cluster.statefulset("tiny")) and s["metadata"]["uid"] != old_uid
+    )
