@@ -8,6 +8,7 @@ tests/integration/test_helm_install.py.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,44 @@ def test_notes_render_for_each_mode(helm: Helm) -> None:
         proc = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system", *MODES[mode])
         assert proc.returncode == 0, proc.stderr
         assert expected in proc.stdout
+
+
+# --- docs/helm.md ---------------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "helm.md"
+
+
+def doc_sftjobs() -> list[dict[str, Any]]:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+    return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc and doc.get("kind") == "SFTJob"]
+
+
+def test_doc_sftjobs_pass_the_chart_crd_schema_and_the_operator() -> None:
+    """Custom resources are validated against the CRD the chart installs (jsonschema; OpenAPI's
+    boolean exclusiveMinimum is draft 4's) and by the operator's own parser."""
+    from sft_operator.models import parse_job
+
+    crd = yaml.safe_load((CHART / "crds" / "sftjobs.finetune.dev.yaml").read_text())
+    validator = jsonschema.Draft4Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jobs = doc_sftjobs()
+    assert jobs, "docs/helm.md shows no SFTJob"
+    for job in jobs:
+        assert [e.message for e in validator.iter_errors(job)] == []
+        parse_job({**job, "metadata": {**job["metadata"], "namespace": "team-a"}})
+
+
+def leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value and key != "resources":
+            paths += leaf_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def test_doc_values_table_lists_every_value() -> None:
+    rows = [line for line in DOC.read_text().splitlines() if line.startswith("| `")]
+    documented = " ".join(row.split("|")[1] for row in rows)
+    missing = [p for p in leaf_paths(yaml.safe_load((CHART / "values.yaml").read_text())) if f"`{p}`" not in documented]
+    assert missing == [], f"docs/helm.md's values table lacks {missing}"
