@@ -116,3 +116,35 @@ def test_training_args_validation_error_names_nested_field() -> None:
     with pytest.raises(ConfigError) as raised:
         build_training_args(config, cpu=False)
     assert str(raised.value).startswith("trainingArgs.learning_rate: ")
+
+
+def test_gpu_mode_never_imports_cpu_mode() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from sft_trainer import launcher, launch_config\n"
+            "config = launch_config.parse_config(" + repr(CONFIG) + ")\n"
+            "kwargs = launch_config.training_args_kwargs(config, " + repr(FIELDS) + ", cpu=False)\n"
+            "assert 'disable_flash_attn' not in kwargs, kwargs\n"
+            "assert 'sft_trainer.cpu_mode' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cpu_mode_launcher_side_restores_main_ds() -> None:
+    pytest.importorskip("instructlab.training")
+    import os
+
+    from instructlab.training import main_ds
+
+    from sft_trainer import cpu_mode
+
+    original = main_ds.__file__
+    accelerate_env = os.environ.get("ACCELERATE_USE_CPU")
+    with cpu_mode.launcher_side():
+        assert main_ds.__file__ == str(cpu_mode.WORKER_ENTRY)
+        assert os.environ["ACCELERATE_USE_CPU"] == "1"
+    assert main_ds.__file__ == original
+    assert os.environ.get("ACCELERATE_USE_CPU") == accelerate_env
