@@ -128,3 +128,27 @@ def test_pod_name_without_ordinal(assets, tmp_path) -> None:
     finally:
         launcher.kill()
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_node_waits_for_data_then_gives_up(assets, tmp_path) -> None:
+    config = write_config(tmp_path / "c.json", model_dir=assets.model_dir,
+                          data_path=assets.data_path, ckpt_dir=tmp_path / "ckpt", num_epochs=1,
+                          extra_top={contract.CONFIG_KEY_DATA_WAIT_TIMEOUT: 2})
+    code, log, _ = run_launcher(tmp_path, config, node_rank=1, nnodes=2)
+    assert code == contract.EXIT_PEER_UNAVAILABLE, log
+    assert "node 0 did not finish processing the data within 2s" in log
+
+
+def test_sigterm_before_training_exits_preempted(assets, tmp_path) -> None:
+    config = write_config(tmp_path / "c.json", model_dir=assets.model_dir,
+                          data_path=assets.data_path, ckpt_dir=tmp_path / "ckpt", num_epochs=1)
+    env = pod_env(config=config, node_rank=1, nnodes=2, port=free_port(), rdzv_id="x",
+                  home=tmp_path)
+    launcher = start_launcher("sigterm-waiting", env, tmp_path)
+    try:
+        launcher.wait_for_log("waiting up to", 120)
+        launcher.terminate()
+        assert launcher.wait(60) == contract.EXIT_PREEMPTED
+        assert "received SIGTERM before training ran" in launcher.log()
+    finally:
+        launcher.kill()
