@@ -1,0 +1,94 @@
+"""Showing a job's progress while waiting: a rich progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from sft_operator.api.results import JobView, progress_line, view_job
+
+
+def _detail(view: JobView) -> str:
+    parts = []
+    if view.stage:
+        parts.append(view.stage)
+    if view.epoch is not None:
+        parts.append(f"epoch {view.epoch}/{view.num_epochs}" if view.num_epochs else f"epoch {view.epoch}")
+    if view.samples is not None:
+        parts.append(f"{view.samples}/{view.total_samples} samples" if view.total_samples else f"{view.samples} samples")
+    if view.loss is not None:
+        parts.append(f"loss {view.loss:.4g}")
+    if view.throughput is not None:
+        parts.append(f"{view.throughput:.3g}/s")
+    if view.eta:
+        parts.append(f"ETA {view.eta}")
+    if view.checkpoints:
+        parts.append(f"ckpt {view.checkpoints[-1].name}")
+    return "  ".join(parts)
+
+
+class ProgressDisplay:
+    """Context manager; call ``update(job)`` with each new version of the SFTJob object.
+
+    ``rich_output`` None: a progress bar when ``stream`` is a terminal, plain lines otherwise
+    (one per change, so logs stay readable).
+    """
+
+    def __init__(self, stream: TextIO | None = None, rich_output: bool | None = None, enabled: bool = True):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        self.rich_output = isatty() if rich_output is None else rich_output
+        self._last_line: str | None = None
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.enabled and self.rich_output:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def update(self, job: dict[str, Any]) -> JobView:
+        view = view_job(job)
+        if not self.enabled:
+            return view
+        if self._progress is None:
+            line = progress_line(view)
+            if line != self._last_line:
+                print(line, file=self.stream, flush=True)
+                self._last_line = line
+            return view
+        description = f"{view.name} {view.phase}"
+        total = 100.0 if view.percent is not None else None
+        completed = view.percent or 0.0
+        if view.phase == "Succeeded":
+            total, completed = 100.0, 100.0
+        if self._task is None:
+            self._task = self._progress.add_task(description, total=total, completed=completed, detail=_detail(view))
+        else:
+            self._progress.update(self._task, description=description, total=total, completed=completed, detail=_detail(view))
+        return view

@@ -1,0 +1,385 @@
+"""sft() parameters -> an SFTJob manifest (pure), validated by the models before anything is sent.
+
+The training parameters are training_hub's ``sft()`` keyword arguments; the spec's training
+fields carry the same names in camelCase (models.py), so most map one to one. The rest:
+
+- ``ckpt_output_dir``, ``model_path``, ``data_path``, ... are placed on volumes (paths.py);
+- ``nproc_per_node``/``nnodes``/``rdzv_id`` become the job's topology, ``master_port`` its
+  rendezvous port; ``node_rank``, ``rdzv_endpoint`` and ``master_addr`` are the operator's to
+  choose (one pod per node) and are refused rather than ignored;
+- ``max_batch_len`` (training_hub's other name for ``max_tokens_per_gpu``) is accepted;
+- any other keyword goes to ``spec.extraArgs`` and is checked there against instructlab-training's
+  TrainingArgs, exactly as the operator checks it;
+- what only a cluster needs (namespace, name, image, resources, ...) is a ClusterOptions field.
+
+Every problem names the sft() parameter and, where there is one, the spec field, with the
+operator's own message.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sft_operator import contract
+from sft_operator.api.paths import (
+    POD_PATH_PARAMS,
+    CheckpointPlacement,
+    PathProblem,
+    PathProblems,
+    place_checkpoints,
+    place_pod_paths,
+)
+from sft_operator.models import InvalidSpecError, SFTJobSpec, parse_job
+
+BACKEND_NAME = "instructlab-training"
+
+# training_hub sft()'s parameters, in its order (backend and callbacks included).
+TRAINING_HUB_SFT_PARAMS: tuple[str, ...] = (
+    "model_path",
+    "data_path",
+    "ckpt_output_dir",
+    "backend",
+    "num_epochs",
+    "effective_batch_size",
+    "learning_rate",
+    "max_seq_len",
+    "max_tokens_per_gpu",
+    "data_output_dir",
+    "save_samples",
+    "warmup_steps",
+    "accelerate_full_state_at_epoch",
+    "checkpoint_at_epoch",
+    "is_pretraining",
+    "block_size",
+    "document_column_name",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "rdzv_id",
+    "rdzv_endpoint",
+    "master_addr",
+    "master_port",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_run_name",
+    "tensorboard_log_dir",
+    "mlflow_tracking_uri",
+    "mlflow_experiment_name",
+    "mlflow_run_name",
+    "callbacks",
+)
+
+# torchrun settings that training_hub takes per machine; on the cluster the operator sets them.
+OPERATOR_CHOSEN_TORCHRUN_PARAMS: dict[str, str] = {
+    "node_rank": "each pod's rank comes from its ordinal; the operator starts one pod per node",
+    "rdzv_endpoint": "the operator points every pod at pod 0 (use master_port to change the port)",
+    "master_addr": "the operator points every pod at pod 0 (use master_port to change the port)",
+}
+
+# Spec fields that are not sft() training parameters: set from ClusterOptions or by mapping.
+OPERATION_SPEC_FIELDS = frozenset(
+    {"extra_args", "checkpoints", "pod", "suspend", "max_restarts", "full_state_retention", "device", "rdzv_port"}
+)
+# Spec fields settable as sft() keyword arguments under their own (snake_case) names.
+SPEC_PARAMS: tuple[str, ...] = tuple(name for name in SFTJobSpec.model_fields if name not in OPERATION_SPEC_FIELDS)
+SPEC_ALIAS = {name: info.alias or name for name, info in SFTJobSpec.model_fields.items()}
+PARAM_OF_ALIAS = {alias: name for name, alias in SPEC_ALIAS.items()}
+
+# Spec paths set from something other than the parameter of the same name.
+PARAM_OF_SPEC_PATH: dict[str, str] = {
+    "spec.checkpoints.claim.size": "checkpoint_storage",
+    "spec.checkpoints.claim.storageClassName": "storage_class",
+    "spec.checkpoints.claim.accessModes": "checkpoint_storage",
+    "spec.checkpoints.claim": "checkpoint_storage",
+    "spec.checkpoints.deleteWithJob": "delete_checkpoints_with_job",
+    "spec.checkpoints": "ckpt_output_dir",
+    "spec.pod.image": "image",
+    "spec.pod.resources": "resources",
+    "spec.pod.env": "env",
+    "spec.pod.volumes": "volumes",
+    "spec.pod.volumeMounts": "volume_mounts",
+    "spec.pod": "pod",
+    "spec.rdzvPort": "master_port",
+    "spec.device": "device",
+    "spec.maxRestarts": "max_restarts",
+    "spec.fullStateRetention": "full_state_retention",
+    "spec.suspend": "suspend",
+    "metadata.name": "name",
+}
+
+JOB_NAME_PREFIX = "sft-"
+JOB_NAME_SUFFIX_LENGTH = 5
+# models.MAX_JOB_NAME_LENGTH minus the prefix and "-<suffix>".
+MAX_MODEL_SLUG_LENGTH = 52 - len(JOB_NAME_PREFIX) - 1 - JOB_NAME_SUFFIX_LENGTH
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What running on a cluster adds to training_hub's parameters.
+
+    ``pod``, ``env``, ``volumes``, ``volume_mounts`` and ``resources`` are in the API's shape
+    (camelCase keys, as in ``spec.pod`` of an SFTJob manifest).
+    """
+
+    namespace: str | None = None  # default: the kubeconfig context's namespace, else "default"
+    name: str | None = None  # default: sft-<model>-<random>
+    image: str | None = None  # default: the operator's trainer image
+    resources: dict[str, Any] | None = None  # {"limits": {...}, "requests": {...}}
+    device: str | None = None  # "cuda" (default) or "cpu" (smoke tests)
+    checkpoint_storage: str | None = None  # size of a claim the operator creates, e.g. "500Gi"
+    storage_class: str | None = None  # its storage class
+    delete_checkpoints_with_job: bool | None = None
+    env: dict[str, str] | list[dict[str, Any]] | None = None
+    volumes: list[dict[str, Any]] | None = None
+    volume_mounts: list[dict[str, Any]] | None = None
+    pod: dict[str, Any] | None = None  # any other spec.pod setting (nodeSelector, tolerations, ...)
+    max_restarts: int | None = None
+    full_state_retention: int | None = None
+    suspend: bool | None = None
+    labels: dict[str, str] | None = None  # labels of the SFTJob object
+    wait: bool = True
+    timeout: float | None = None  # seconds to wait; the job keeps running after it
+    show_progress: bool = True
+    api_client: Any = None  # a kubernetes.client.ApiClient; default: from kubeconfig/context
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    def replace(self, **changes: Any) -> ClusterOptions:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return ClusterOptions(**values)
+
+
+CLUSTER_PARAMS: frozenset[str] = frozenset(f.name for f in fields(ClusterOptions))
+
+
+@dataclass(frozen=True)
+class ParameterProblem:
+    param: str
+    spec_path: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.param} ({self.spec_path})" if self.spec_path and self.spec_path != self.param else self.param
+        return f"{where}: {self.message}"
+
+
+class SFTParameterError(InvalidSpecError):
+    """sft() parameters the operator would refuse; raised before the cluster is contacted.
+
+    ``problems`` holds (spec path, message) pairs as the operator reports them; ``parameters``
+    the same problems keyed by sft() parameter.
+    """
+
+    def __init__(self, parameters: list[ParameterProblem]):
+        self.parameters = parameters
+        super().__init__([(p.spec_path or p.param, p.message) for p in parameters])
+        self.args = ("invalid sft() parameters: " + "; ".join(str(p) for p in parameters),)
+
+    @property
+    def params(self) -> list[str]:
+        return [p.param for p in self.parameters]
+
+
+def param_for_spec_path(spec_path: str) -> str:
+    """The sft() parameter behind a spec path, e.g. spec.maxTokensPerGpu -> max_tokens_per_gpu."""
+    if spec_path.startswith("spec.extraArgs."):
+        return spec_path[len("spec.extraArgs."):].split(".")[0].split("[")[0]
+    candidate = spec_path
+    while True:  # the path, then each parent: spec.pod.env[0].name, spec.pod.env[0], spec.pod.env, ...
+        if candidate in PARAM_OF_SPEC_PATH:
+            return PARAM_OF_SPEC_PATH[candidate]
+        parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", candidate)
+        if parent == candidate:
+            break
+        candidate = parent
+    head = spec_path.removeprefix("spec.").split(".")[0].split("[")[0]
+    return PARAM_OF_ALIAS.get(head, head)
+
+
+def generate_job_name(model_path: str, suffix: str | None = None) -> str:
+    """sft-<model>-<5 random characters>, a valid job name (DNS-1035, at most 52 characters)."""
+    if suffix is None:
+        alphabet = string.ascii_lowercase + string.digits
+        suffix = "".join(secrets.choice(alphabet) for _ in range(JOB_NAME_SUFFIX_LENGTH))
+    last = model_path.rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-z0-9]+", "-", last.lower()).strip("-")[:MAX_MODEL_SLUG_LENGTH].strip("-")
+    return f"{JOB_NAME_PREFIX}{slug}-{suffix}" if slug else f"{JOB_NAME_PREFIX}{suffix}"
+
+
+def _nproc(value: Any) -> int | str:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, str):
+        raise ValueError(
+            f"{value!r}: on the cluster give the number of processes (GPUs) per pod; the pod's GPU "
+            "request is made from it"
+        )
+    return value
+
+
+def _env_list(env: dict[str, str] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(env, dict):
+        return [{"name": name, "value": str(value)} for name, value in env.items()]
+    return [dict(var) for var in env]
+
+
+def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, namespace: str) -> dict[str, Any]:
+    """The SFTJob manifest for ``params`` (training_hub names, kwargs included, None = unset).
+
+    Only what the caller set appears in the spec: defaults stay the operator's. Raises
+    SFTParameterError naming every bad parameter.
+    """
+    problems: list[ParameterProblem] = []
+    given = {key: value for key, value in params.items() if value is not None}
+
+    backend = given.pop("backend", BACKEND_NAME)
+    if backend != BACKEND_NAME:
+        problems.append(
+            ParameterProblem("backend", None, f"{backend!r}: the cluster runs {BACKEND_NAME!r} only")
+        )
+    if given.pop("callbacks", None):
+        problems.append(
+            ParameterProblem(
+                "callbacks", None, "Python callbacks cannot run inside the cluster's pods; follow status instead"
+            )
+        )
+    for param, why in OPERATOR_CHOSEN_TORCHRUN_PARAMS.items():
+        if param in given:
+            given.pop(param)
+            problems.append(ParameterProblem(param, None, f"set by the operator: {why}"))
+    if "max_batch_len" in given and "max_tokens_per_gpu" not in given:
+        given["max_tokens_per_gpu"] = given.pop("max_batch_len")
+
+    spec: dict[str, Any] = {}
+    if "nproc_per_node" in given:
+        try:
+            given["nproc_per_node"] = _nproc(given["nproc_per_node"])
+        except ValueError as exc:
+            given.pop("nproc_per_node")
+            problems.append(ParameterProblem("nproc_per_node", "spec.nprocPerNode", str(exc)))
+    if "rdzv_id" in given and isinstance(given["rdzv_id"], int) and not isinstance(given["rdzv_id"], bool):
+        given["rdzv_id"] = str(given["rdzv_id"])
+    if "master_port" in given:
+        spec[SPEC_ALIAS["rdzv_port"]] = given.pop("master_port")
+
+    # --- paths --------------------------------------------------------------------------------
+    checkpoints: dict[str, Any] = {}
+    try:
+        placement = place_checkpoints(str(given.pop("ckpt_output_dir", "")), cluster.checkpoint_storage is not None)
+    except PathProblem as problem:
+        problems.append(ParameterProblem(problem.param, "spec.checkpoints", problem.message))
+        placement = CheckpointPlacement(existing_claim=None, path="")  # still check the other paths
+    else:
+        checkpoints = placement.as_spec()
+    extra_volumes: list[dict[str, Any]] = []
+    extra_mounts: list[dict[str, Any]] = []
+    pod_paths = {param: str(given[param]) for param in POD_PATH_PARAMS if param in given}
+    try:
+        placed = place_pod_paths(pod_paths, placement)
+    except PathProblems as found:
+        for problem in found.problems:
+            problems.append(ParameterProblem(problem.param, f"spec.{SPEC_ALIAS[problem.param]}", problem.message))
+    else:
+        given.update(placed.values)
+        extra_volumes, extra_mounts = placed.volumes, placed.volume_mounts
+    if cluster.checkpoint_storage is not None:
+        claim: dict[str, Any] = {"size": cluster.checkpoint_storage}
+        if cluster.storage_class is not None:
+            claim["storageClassName"] = cluster.storage_class
+        checkpoints["claim"] = claim
+    elif cluster.storage_class is not None:
+        problems.append(ParameterProblem("storage_class", None, "only applies with checkpoint_storage"))
+    if cluster.delete_checkpoints_with_job is not None:
+        checkpoints["deleteWithJob"] = cluster.delete_checkpoints_with_job
+
+    # --- training fields and extraArgs --------------------------------------------------------
+    extra_args: dict[str, Any] = {}
+    for param, value in given.items():
+        if param in SPEC_PARAMS:
+            spec[SPEC_ALIAS[param]] = value
+        else:
+            extra_args[param] = value
+    if extra_args:
+        spec[SPEC_ALIAS["extra_args"]] = extra_args
+    spec[SPEC_ALIAS["checkpoints"]] = checkpoints
+
+    # --- cluster settings ---------------------------------------------------------------------
+    pod: dict[str, Any] = dict(cluster.pod or {})
+    for key, value in (
+        ("image", cluster.image),
+        ("resources", cluster.resources),
+        ("env", _env_list(cluster.env) if cluster.env is not None else None),
+    ):
+        if value is not None:
+            pod[key] = value
+    volumes = [*(cluster.volumes or pod.get("volumes") or []), *extra_volumes]
+    mounts = [*(cluster.volume_mounts or pod.get("volumeMounts") or []), *extra_mounts]
+    names = [v.get("name") for v in volumes if isinstance(v, dict)]
+    for dup in sorted({n for n in names if names.count(n) > 1}, key=str):
+        problems.append(
+            ParameterProblem("volumes", "spec.pod.volumes", f"volume {dup!r} is defined twice (pvc:// paths add pvc-<claim>)")
+        )
+    if volumes:
+        pod["volumes"] = volumes
+    if mounts:
+        pod["volumeMounts"] = mounts
+    if pod:
+        spec[SPEC_ALIAS["pod"]] = pod
+    for param in ("device", "max_restarts", "full_state_retention", "suspend"):
+        value = getattr(cluster, param)
+        if value is not None:
+            spec[SPEC_ALIAS[param]] = value
+
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if cluster.labels:
+        metadata["labels"] = dict(cluster.labels)
+
+    # --- the operator's own validation --------------------------------------------------------
+    job = None
+    try:
+        job = parse_job({"metadata": metadata, "spec": spec})
+    except InvalidSpecError as exc:
+        seen = {(p.param, p.message) for p in problems}
+        for path, message in exc.problems:
+            param = param_for_spec_path(path)
+            if (param, message) not in seen:
+                problems.append(ParameterProblem(param, path, message))
+    if problems:
+        raise SFTParameterError(problems)
+    assert job is not None
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": metadata,
+        "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+    }
+
+
+def split_params(algorithm_params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """algorithm_params -> (training params, cluster settings found among them)."""
+    training = {k: v for k, v in algorithm_params.items() if k not in CLUSTER_PARAMS}
+    cluster = {k: v for k, v in algorithm_params.items() if k in CLUSTER_PARAMS and v is not None}
+    return training, cluster
+
+
+__all__ = [
+    "BACKEND_NAME",
+    "CLUSTER_PARAMS",
+    "ClusterOptions",
+    "ParameterProblem",
+    "SFTParameterError",
+    "TRAINING_HUB_SFT_PARAMS",
+    "build_sftjob",
+    "generate_job_name",
+    "param_for_spec_path",
+    "split_params",
+]

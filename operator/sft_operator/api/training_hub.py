@@ -1,0 +1,229 @@
+"""training_hub's API, running on the cluster: ``sft()``, ``SFTAlgorithm`` and a backend.
+
+Moving a training_hub script to the cluster is one changed import::
+
+    from sft_operator.api import sft          # was: from training_hub import sft
+
+plus where the paths live (paths.py) and, optionally, cluster settings (namespace, image, ...).
+The signatures mirror training_hub's (same names, order and meanings); this module does not
+import training_hub, which would pull CUDA torch.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, TextIO
+
+from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.jobs import connect, create_job, wait_for_job
+from sft_operator.api.mapping import (
+    BACKEND_NAME,
+    TRAINING_HUB_SFT_PARAMS,
+    ClusterOptions,
+    build_sftjob,
+    generate_job_name,
+    split_params,
+)
+from sft_operator.api.results import SFTJobResult, result_of
+
+
+class Backend(abc.ABC):
+    """training_hub's backend interface: ``execute_training(algorithm_params)`` does the work."""
+
+    @abc.abstractmethod
+    def execute_training(self, algorithm_params: dict[str, Any]) -> Any: ...
+
+
+class KubernetesSFTBackend(Backend):
+    """Runs SFT as an SFTJob: builds it through the models, validates it locally, creates it and
+    (``wait=True``) follows it to the end.
+
+    Takes the cluster settings of ClusterOptions as keyword arguments; any of them found in
+    ``algorithm_params`` (e.g. ``SFTAlgorithm.train(..., namespace="ml")``) overrides them.
+    """
+
+    def __init__(self, *, stream: TextIO | None = None, **cluster_options: Any):
+        self.options = ClusterOptions(**cluster_options)
+        self.stream = stream
+
+    def build(self, algorithm_params: dict[str, Any]) -> tuple[dict[str, Any], ClusterOptions]:
+        """The validated SFTJob manifest and the effective options; contacts nothing.
+
+        The namespace is the given one, else "default" (``execute_training`` then uses the
+        kubeconfig context's namespace when none was given).
+        """
+        training, overrides = split_params(algorithm_params)
+        options = self.options.replace(**overrides)
+        name = options.name or generate_job_name(str(training.get("model_path") or ""))
+        manifest = build_sftjob(training, options, name=name, namespace=options.namespace or "default")
+        return manifest, options
+
+    def execute_training(self, algorithm_params: dict[str, Any]) -> SFTJobResult:
+        manifest, options = self.build(algorithm_params)  # raises SFTParameterError first
+        api_client = options.api_client
+        namespace = options.namespace
+        if api_client is None:
+            api_client, context_namespace = connect(options.kubeconfig, options.context)
+            namespace = namespace or context_namespace
+        manifest["metadata"]["namespace"] = namespace or "default"
+        created = create_job(api_client, manifest)
+        name, namespace = created["metadata"]["name"], created["metadata"]["namespace"]
+        display = ProgressDisplay(stream=self.stream, enabled=options.show_progress)
+        display.note(f"Created SFTJob {namespace}/{name}")
+        if not options.wait:
+            return result_of(created, manifest)
+        return wait_for_job(api_client, name, namespace, timeout=options.timeout, display=display, manifest=manifest)
+
+
+# `from sft_operator.api import InstructLabTrainingSFTBackend` keeps class-based code unchanged.
+InstructLabTrainingSFTBackend = KubernetesSFTBackend
+
+
+class SFTAlgorithm:
+    """Supervised fine-tuning; ``train`` hands its parameters to the backend."""
+
+    def __init__(self, backend: Backend | None = None, **kwargs: Any):
+        self.backend = backend if backend is not None else KubernetesSFTBackend()
+        self.config = kwargs
+
+    def train(
+        self,
+        model_path: str,
+        data_path: str,
+        ckpt_output_dir: str,
+        num_epochs: int | None = None,
+        effective_batch_size: int | None = None,
+        learning_rate: float | None = None,
+        max_seq_len: int | None = None,
+        max_tokens_per_gpu: int | None = None,
+        data_output_dir: str | None = None,
+        save_samples: int | None = None,
+        warmup_steps: int | None = None,
+        accelerate_full_state_at_epoch: bool | None = None,
+        checkpoint_at_epoch: bool | None = None,
+        is_pretraining: bool | None = None,
+        block_size: int | None = None,
+        document_column_name: str | None = None,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        eps: float | None = None,
+        weight_decay: float | None = None,
+        nproc_per_node: str | int | None = None,
+        nnodes: int | None = None,
+        node_rank: int | None = None,
+        rdzv_id: str | int | None = None,
+        rdzv_endpoint: str | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+        wandb_project: str | None = None,
+        wandb_entity: str | None = None,
+        wandb_run_name: str | None = None,
+        tensorboard_log_dir: str | None = None,
+        mlflow_tracking_uri: str | None = None,
+        mlflow_experiment_name: str | None = None,
+        mlflow_run_name: str | None = None,
+        *,
+        callbacks: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run SFT with the backend. Parameters as training_hub's ``SFTAlgorithm.train``; None
+        means "the default" (the operator's, which are instructlab-training's). ``kwargs``: other
+        TrainingArgs fields (checked, never dropped) and, for KubernetesSFTBackend, cluster
+        settings (namespace, name, image, ...)."""
+        given = dict(locals())
+        params = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key in given and given[key] is not None}
+        params.update(kwargs)
+        return self.backend.execute_training(params)
+
+    def get_required_params(self) -> dict[str, type]:
+        return {
+            "model_path": str,
+            "data_path": str,
+            "ckpt_output_dir": str,
+            "num_epochs": int,
+            "effective_batch_size": int,
+            "learning_rate": float,
+            "max_seq_len": int,
+        }
+
+
+def sft(
+    model_path: str,
+    data_path: str,
+    ckpt_output_dir: str,
+    backend: str = BACKEND_NAME,
+    num_epochs: int | None = None,
+    effective_batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_seq_len: int | None = None,
+    max_tokens_per_gpu: int | None = None,
+    data_output_dir: str | None = None,
+    save_samples: int | None = None,
+    warmup_steps: int | None = None,
+    accelerate_full_state_at_epoch: bool | None = None,
+    checkpoint_at_epoch: bool | None = None,
+    is_pretraining: bool | None = None,
+    block_size: int | None = None,
+    document_column_name: str | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    nproc_per_node: str | int | None = None,
+    nnodes: int | None = None,
+    node_rank: int | None = None,
+    rdzv_id: str | int | None = None,
+    rdzv_endpoint: str | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    wandb_project: str | None = None,
+    wandb_entity: str | None = None,
+    wandb_run_name: str | None = None,
+    tensorboard_log_dir: str | None = None,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_experiment_name: str | None = None,
+    mlflow_run_name: str | None = None,
+    *,
+    callbacks: Any = None,
+    # --- the cluster (see ClusterOptions) ---
+    namespace: str | None = None,
+    name: str | None = None,
+    image: str | None = None,
+    resources: dict[str, Any] | None = None,
+    device: str | None = None,
+    checkpoint_storage: str | None = None,
+    storage_class: str | None = None,
+    delete_checkpoints_with_job: bool | None = None,
+    env: dict[str, str] | list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    volume_mounts: list[dict[str, Any]] | None = None,
+    pod: dict[str, Any] | None = None,
+    max_restarts: int | None = None,
+    full_state_retention: int | None = None,
+    suspend: bool | None = None,
+    labels: dict[str, str] | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    show_progress: bool = True,
+    api_client: Any = None,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    **kwargs: Any,
+) -> SFTJobResult:
+    """training_hub's ``sft()``, run as an SFTJob on the cluster.
+
+    Training parameters: as training_hub's (docs/python-api.md has the path mapping:
+    ``pvc://claim/path``, a Hugging Face id, an absolute path on a mounted volume). Other
+    instructlab-training TrainingArgs fields go in ``kwargs`` and are checked like
+    ``spec.extraArgs``. Cluster settings are keyword-only (ClusterOptions).
+
+    Raises SFTParameterError (naming each bad parameter) before contacting the cluster;
+    with ``wait`` (default) follows the job and returns its SFTJobResult, or raises
+    SFTJobFailedError with the job's reason and message. Ctrl-C stops waiting, not the job.
+    """
+    given = dict(locals())
+    cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
+    training = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key not in ("backend", "callbacks")}
+    return SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(
+        **training, callbacks=callbacks, backend=backend, **kwargs
+    )
