@@ -65,7 +65,8 @@ def ensure_torchrun_on_path(env: dict) -> None:
 
 
 def torchrun_env(topology: Topology, rendezvous_timeout: float, env: dict) -> None:
-    """Env for run_training's torchrun: rendezvous timeout and a per-job trigger file name."""
+    """Env for run_training's torchrun: node rank, rendezvous timeout, a per-job trigger file."""
+    env[contract.ENV_NODE_RANK] = str(topology.node_rank)
     env.setdefault("PET_RDZV_CONF", f"timeout={int(rendezvous_timeout)}")
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", topology.rdzv_id)
     env.setdefault("CHECKPOINT_TRIGGER_FILENAME", f"sft-checkpoint-requested-{safe_id}")
