@@ -290,16 +290,16 @@ class SFTJobSpec(ApiModel):
     data_output_dir: str | None = Field(
         default=None, description="Where processed data goes; defaults to <checkpoint dir>/data."
     )
-    num_epochs: int = Field(ge=1)
+    num_epochs: int = Field(ge=1, description="Epochs over the data. Resume needs the same value, hence immutable.")
     effective_batch_size: int = Field(ge=1, description="Samples per optimizer step, across all GPUs.")
-    learning_rate: float = Field(gt=0)
-    max_seq_len: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, description="Peak learning rate (after warmup).")
+    max_seq_len: int = Field(ge=1, description="Longer samples are dropped during data processing.")
     max_tokens_per_gpu: int | None = Field(
         default=None, ge=1, description="Token cap per GPU mini-batch (max_batch_len); defaults to maxSeqLen."
     )
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warmup steps.")
     save_samples: int = Field(default=0, ge=0, description="Checkpoint every N samples; 0 disables.")
-    checkpoint_at_epoch: bool = True
+    checkpoint_at_epoch: bool = Field(default=True, description="Save a Hugging Face checkpoint after each epoch.")
     accelerate_full_state_at_epoch: bool = Field(
         default=True, description="Save the full training state each epoch: needed for exact resume."
     )
@@ -309,18 +309,20 @@ class SFTJobSpec(ApiModel):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     is_pretraining: bool = Field(default=False, description="Document-style continual pretraining.")
     block_size: int | None = Field(default=None, ge=1, description="Token block size; required when isPretraining.")
-    document_column_name: str | None = Field(default=None, min_length=1)
-    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    document_column_name: str | None = Field(
+        default=None, min_length=1, description="Column with the raw documents when isPretraining (library default: document)."
+    )
+    validation_split: float = Field(default=0.0, ge=0, lt=1, description="Fraction of the data held out for validation.")
     validation_frequency: int | None = Field(
         default=None, ge=1, description="Validate every N steps; required when validationSplit > 0."
     )
-    mlflow_tracking_uri: str | None = None
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow server; enables the MLflow logger.")
     mlflow_experiment_name: str | None = None
     mlflow_run_name: str | None = None
-    wandb_project: str | None = None
+    wandb_project: str | None = Field(default=None, description="Weights & Biases project; enables the W&B logger.")
     wandb_entity: str | None = None
     wandb_run_name: str | None = None
-    tensorboard_log_dir: str | None = None
+    tensorboard_log_dir: str | None = Field(default=None, description="Enables the TensorBoard logger (a path in the pod).")
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
         max_length=64,
@@ -333,11 +335,11 @@ class SFTJobSpec(ApiModel):
     nproc_per_node: int = Field(default=1, ge=1, description="Processes (GPUs) per pod.")
     rdzv_port: int = Field(default=contract.DEFAULT_RDZV_PORT, ge=1, le=65535)
     rdzv_id: str | None = Field(default=None, min_length=1, description="Rendezvous id; defaults to the job's uid.")
-    device: Device = Device.CUDA
+    device: Device = Field(default=Device.CUDA, description="cuda for real training; cpu for tests and smoke runs.")
 
     # --- operation ----------------------------------------------------------------------------
-    checkpoints: CheckpointVolume
-    pod: PodSettings = Field(default_factory=PodSettings)
+    checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
+    pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
     max_restarts: int = Field(default=3, ge=0, description="Restarts allowed before the job is Failed.")
     full_state_retention: int | None = Field(

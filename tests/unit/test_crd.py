@@ -100,3 +100,10 @@ def test_schema_rejects_bad_types_at_the_field(patch: dict[str, Any], path: list
     assert errors and any(list(e.absolute_path) == path for e in errors), [
         (list(e.absolute_path), e.message) for e in errors
     ]
+
+
+def test_api_doc_field_table_matches_the_models() -> None:
+    from sft_operator.crd import API_DOC, update_api_doc
+
+    text = (ROOT / API_DOC).read_text()
+    assert text == update_api_doc(text), "docs/api.md's field table is stale: run `sft-operator crd --write`"
