@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,40 +34,19 @@ from .localnode_api import KubeRest, gone, pod_path
 from .localnode_plan import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_CAP_S,
-    START_ERROR_EXIT_CODE,
-    ContainerState,
-    EnvSources,
-    PodConfigError,
-    Terminated,
     claim_dir,
-    container_plan,
-    exit_code_of,
-    grace_period_s,
-    hosts_file,
     iso,
     log_path,
-    next_backoff,
     node_object,
-    pod_dir,
-    pod_status,
-    pod_volumes,
     ready_condition,
-    referenced_objects,
-    should_restart,
-    tail_of_log,
-    termination_message,
-    termination_reason,
     unschedulable_reason,
-    volume_dirs,
 )
-from .localnode_process import ContainerProcess
+from .localnode_pods import TERMINAL_PHASES, PodRunner, patch_pod_status
 from .localnode_volumes import VolumeWriter
 
 log = logging.getLogger("sft_operator.dev.localnode")
 
-CONFIG_RETRY_S = 2.0
 DEFAULT_SCHEDULER = "default-scheduler"
-TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class LocalNodeError(RuntimeError):
@@ -101,38 +79,6 @@ def default_capacity(gpus: int, cpu: str | None, memory: str | None, pods: int) 
     if gpus:
         capacity["nvidia.com/gpu"] = str(gpus)
     return capacity
-
-
-@dataclass
-class ContainerRecord:
-    spec: dict[str, Any]
-    state: ContainerState
-    process: ContainerProcess | None = None
-    backoff_s: float | None = None
-    restart_at: float | None = None  # time.monotonic()
-
-
-@dataclass
-class PodRecord:
-    pod: dict[str, Any]
-    containers: dict[str, ContainerRecord]
-    start_time: datetime
-    started: bool = False
-    retry_at: float | None = None
-    refresh_at: float | None = None  # when to rewrite service-account tokens (they expire)
-    deleting: bool = False
-    kill_at: float | None = None
-    hosts: str = ""
-    last_status: dict[str, Any] | None = None
-    conditions: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def uid(self) -> str:
-        return self.pod["metadata"]["uid"]
-
-    @property
-    def live(self) -> list[ContainerProcess]:
-        return [c.process for c in self.containers.values() if c.process is not None and c.process.alive]
 
 
 class LocalNode:
@@ -179,14 +125,18 @@ class LocalNode:
         self._responses: dict[str, Any] = {}  # the open watch response per kind, for stop()
         self._pods: dict[str, dict[str, Any]] = {}  # every pod in the cluster, by uid
         self._services: dict[tuple[str, str], dict[str, Any]] = {}
-        self._records: dict[str, PodRecord] = {}  # pods bound here, by uid
         self._binding: set[str] = set()
-        self._removed: set[str] = set()  # uids we deleted; their last watch events are ignored
         self._unschedulable: set[str] = set()
         self._ready_since = datetime.now(timezone.utc)
         self._next_heartbeat = 0.0
         self._loop_thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.pods = PodRunner(
+            self.rest, self.state_dir, self.volumes, base_env=self._base_env,
+            cluster_names=lambda: (list(self._pods.values()), list(self._services.values())),
+            emit=self._events.put, stopping=self._stop.is_set,
+            backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -245,7 +195,7 @@ class LocalNode:
 
     def container_pids(self) -> list[int]:
         """PIDs of the running containers' main processes (tests check none survive stop())."""
-        return [p.pid for r in list(self._records.values()) for p in r.live]
+        return self.pods.container_pids()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -280,47 +230,27 @@ class LocalNode:
             self._pod_event(event[1], event[2])
         elif kind == "service-sync":
             self._services = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in event[1]}
-            self._refresh_hosts()
+            self.pods.refresh_hosts()
         elif kind == "service":
             key = (event[2]["metadata"]["namespace"], event[2]["metadata"]["name"])
             if event[1] == "DELETED":
                 self._services.pop(key, None)
             else:
                 self._services[key] = event[2]
-            self._refresh_hosts()
+            self.pods.refresh_hosts()
         elif kind == "exit":
-            self._container_exited(event[1], event[2], event[3], event[4])
+            self.pods.container_exited(event[1], event[2], event[3], event[4])
 
     def _next_deadline(self) -> float:
-        deadlines = [self._next_heartbeat]
-        for record in self._records.values():
-            deadlines += [d for d in (record.retry_at, record.kill_at, record.refresh_at) if d is not None]
-            deadlines += [c.restart_at for c in record.containers.values() if c.restart_at is not None]
-        return min(deadlines)
+        pods = self.pods.next_deadline()
+        return self._next_heartbeat if pods is None else min(self._next_heartbeat, pods)
 
     def _timers(self) -> None:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.heartbeat_s
-        for record in list(self._records.values()):
-            if record.deleting:
-                if record.kill_at is not None and now >= record.kill_at:
-                    record.kill_at = None
-                    for process in record.live:
-                        log.info("pod %s: grace period over, SIGKILL to pid group %d", _key(record.pod), process.pid)
-                        process.kill_group()
-                continue
-            if record.retry_at is not None and now >= record.retry_at:
-                record.retry_at = None
-                self._start_pod(record)
-            if record.refresh_at is not None and now >= record.refresh_at:
-                self._refresh_tokens(record)
-            for name, container in record.containers.items():
-                if container.restart_at is not None and now >= container.restart_at:
-                    container.restart_at = None
-                    self._start_container(record, name)
-                    self._report(record)
+        self.pods.timers(now)
 
     # -- node -----------------------------------------------------------------------------------
 
@@ -391,14 +321,8 @@ class LocalNode:
             self._pods.pop(uid, None)
             self._binding.discard(uid)
             self._unschedulable.discard(uid)
-            self._removed.discard(uid)
-            record = self._records.pop(uid, None)
-            if record is not None:
-                # Gone from the API (e.g. force-deleted): nothing left to report to.
-                for process in record.live:
-                    process.kill_group()
-                self._cleanup(record)
-            self._refresh_hosts()
+            self.pods.deleted(uid)
+            self.pods.refresh_hosts()
             return
         self._pods[uid] = pod
         node_name = pod["spec"].get("nodeName")
@@ -409,8 +333,8 @@ class LocalNode:
                     and pod["spec"].get("schedulerName", DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER):
                 self._schedule(pod)
         elif node_name == self.name:
-            self._sync_pod(pod)
-        self._refresh_hosts()
+            self.pods.sync(pod)
+        self.pods.refresh_hosts()
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -426,7 +350,7 @@ class LocalNode:
                 condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                              "message": reason, "lastProbeTime": None,
                              "lastTransitionTime": iso(datetime.now(timezone.utc))}
-                self._patch_status(pod, {"conditions": [condition]})
+                patch_pod_status(self.rest, pod, {"conditions": [condition]})
                 log.info("pod %s/%s is unschedulable: %s", namespace, name, reason)
             return
         binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "uid": uid},
@@ -440,77 +364,7 @@ class LocalNode:
                 return
             log.warning("binding pod %s/%s failed: %s %s", namespace, name, exc.status, exc.reason)
 
-    # -- pods -----------------------------------------------------------------------------------
-
-    def _sync_pod(self, pod: dict[str, Any]) -> None:
-        uid = pod["metadata"]["uid"]
-        record = self._records.get(uid)
-        deleting = bool(pod["metadata"].get("deletionTimestamp"))
-        if record is None and uid in self._removed:
-            return
-        if record is None:
-            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
-                if deleting:
-                    self._delete_now(pod)
-                return  # finished before we (re)started: never run it again
-            record = self._new_record(pod)
-            self._records[uid] = record
-        record.pod = pod
-        if deleting and not record.deleting:
-            self._begin_termination(record)
-        elif not record.deleting and not record.started and record.retry_at is None:
-            self._start_pod(record)
-
-    def _new_record(self, pod: dict[str, Any]) -> PodRecord:
-        # A pod that ran under an earlier incarnation of this node keeps its restart counts.
-        previous = {s["name"]: s.get("restartCount", 0) for s in (pod.get("status") or {}).get("containerStatuses") or []}
-        containers = {
-            c["name"]: ContainerRecord(
-                spec=c,
-                state=ContainerState(name=c["name"], image=c.get("image", ""), state="waiting",
-                                     restart_count=previous.get(c["name"], 0)),
-            )
-            for c in pod["spec"]["containers"]
-        }
-        return PodRecord(pod=pod, containers=containers, start_time=datetime.now(timezone.utc),
-                         conditions=list((pod.get("status") or {}).get("conditions") or []))
-
-    def _start_pod(self, record: PodRecord) -> None:
-        pod = record.pod
-        try:
-            if pod["spec"].get("initContainers"):
-                raise PodConfigError("init containers are not supported by the local node")
-            dirs = volume_dirs(pod, self.state_dir)
-            for volume in pod_volumes(pod):
-                self.volumes.write(pod, volume, dirs[volume["name"]])
-            self._write_hosts(record)
-            record.started = True
-            record.refresh_at = _token_refresh_at(pod)
-            for name in record.containers:
-                self._start_container(record, name)
-        except Exception as exc:  # noqa: BLE001 - config errors and API hiccups alike: retry, say why
-            message = _start_failure(exc)
-            log.warning("pod %s cannot start yet: %s", _key(pod), message,
-                        exc_info=not isinstance(exc, (PodConfigError, ApiException)))
-            for container in record.containers.values():
-                container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
-                                          waiting_message=message)
-            record.started = False
-            record.retry_at = time.monotonic() + CONFIG_RETRY_S
-        self._report(record)
-
-    def _refresh_tokens(self, record: PodRecord) -> None:
-        """Rewrites the pod's projected volumes in place before their tokens expire."""
-        pod = record.pod
-        record.refresh_at = _token_refresh_at(pod)
-        dirs = volume_dirs(pod, self.state_dir)
-        for volume in pod_volumes(pod):
-            if "projected" in volume:
-                try:
-                    self.volumes.write(pod, volume, dirs[volume["name"]])
-                except (PodConfigError, ApiException) as exc:
-                    log.warning("pod %s: token refresh failed (retrying in %gs): %s", _key(pod), CONFIG_RETRY_S, exc)
-                    record.refresh_at = time.monotonic() + CONFIG_RETRY_S
+    # -- the containers' base environment ------------------------------------------------------
 
     def _base_env(self, pod: dict[str, Any]) -> dict[str, str]:
         server = urlparse(self.rest.server)
@@ -533,207 +387,16 @@ class LocalNode:
         env.update(self.extra_env)
         return env
 
-    def _env_sources(self, pod: dict[str, Any]) -> EnvSources:
-        namespace = pod["metadata"]["namespace"]
-        config_map_names, secret_names = referenced_objects(pod)
-        config_maps, secrets = {}, {}
-        for name in config_map_names:
-            data = self.volumes.data("configmap", namespace, name)
-            if data is not None:
-                config_maps[name] = {k: v.decode(errors="replace") for k, v in data.items()}
-        for name in secret_names:
-            data = self.volumes.data("secret", namespace, name)
-            if data is not None:
-                secrets[name] = {k: v.decode(errors="replace") for k, v in data.items()}
-        return EnvSources(config_maps=config_maps, secrets=secrets)
-
-    def _start_container(self, record: PodRecord, name: str) -> None:
-        pod = record.pod
-        container = record.containers[name]
-        restart = container.process is not None  # it ran before: this start is a restart
-        run_dir = pod_dir(self.state_dir, record.uid) / "containers" / name
-        termination_log = run_dir / "termination-log"
-        try:
-            plan = container_plan(
-                pod, container.spec, base_env=self._base_env(pod), sources=self._env_sources(pod),
-                dirs=volume_dirs(pod, self.state_dir), hosts_file=self._hosts_path(record),
-                termination_log=termination_log, default_working_dir=run_dir / "workdir",
-            )
-        except Exception as exc:  # noqa: BLE001 - config errors and API hiccups alike: retry, say why
-            message = _start_failure(exc)
-            log.warning("pod %s: container %s cannot start yet: %s", _key(pod), name, message,
-                        exc_info=not isinstance(exc, (PodConfigError, ApiException)))
-            container.state = replace(container.state, state="waiting", waiting_reason="CreateContainerConfigError",
-                                      waiting_message=message)
-            container.restart_at = time.monotonic() + CONFIG_RETRY_S
-            return
-        uid = record.uid
-
-        def on_exit(process: ContainerProcess, returncode: int) -> None:
-            self._events.put(("exit", uid, name, process, returncode))
-
-        meta = pod["metadata"]
-        process = ContainerProcess(plan, run_dir, log_path(self.state_dir, meta["namespace"], meta["name"], name),
-                                   termination_log, on_exit)
-        container.process = process
-        container.state = replace(
-            container.state, state="running", started_at=process.started_at, pid=process.pid, terminated=None,
-            restart_count=container.state.restart_count + (1 if restart else 0),
-        )
-        log.info("pod %s: started container %s (pid %d): %s", _key(pod), name, process.pid, plan.argv)
-
-    def _container_exited(self, uid: str, name: str, process: ContainerProcess, returncode: int) -> None:
-        record = self._records.get(uid)
-        if record is None or record.containers[name].process is not process:
-            return
-        container = record.containers[name]
-        code, sig = exit_code_of(returncode)
-        tail = tail_of_log(process.log_tail_bytes())
-        message = termination_message(process.termination_file_text(), tail, process.plan.fallback_to_logs, code)
-        if code == START_ERROR_EXIT_CODE and not message.strip():
-            message = tail  # the namespace helper's own explanation
-        finished = datetime.now(timezone.utc)
-        terminated = Terminated(exit_code=code, reason=termination_reason(code), message=message.rstrip("\n"),
-                                started_at=process.started_at, finished_at=finished, signal=sig)
-        log.info("pod %s: container %s exited with %d", _key(record.pod), name, code)
-        policy = record.pod["spec"].get("restartPolicy") or "Always"
-        if not record.deleting and not self._stop.is_set() and should_restart(policy, code):
-            ran_for = (finished - process.started_at).total_seconds()
-            container.backoff_s = next_backoff(container.backoff_s, ran_for, self.backoff_base_s, self.backoff_cap_s)
-            container.restart_at = time.monotonic() + container.backoff_s
-            container.state = replace(
-                container.state, state="waiting", waiting_reason="CrashLoopBackOff",
-                waiting_message=f"back-off {container.backoff_s:g}s restarting failed container={name} pod={record.pod['metadata']['name']}",
-                last_terminated=terminated, terminated=None,
-            )
-        else:
-            container.state = replace(container.state, state="terminated", terminated=terminated)
-        self._report(record)
-        if record.deleting and not record.live:
-            self._finish_deletion(record)
-
-    def _begin_termination(self, record: PodRecord) -> None:
-        record.deleting = True
-        grace = grace_period_s(record.pod)
-        for container in record.containers.values():
-            container.restart_at = None
-        live = record.live
-        log.info("pod %s is being deleted: SIGTERM to %d container(s), grace %gs", _key(record.pod), len(live), grace)
-        for process in live:
-            process.terminate()
-        record.kill_at = time.monotonic() + grace
-        if not live:
-            self._finish_deletion(record)
-
-    def _finish_deletion(self, record: PodRecord) -> None:
-        self._records.pop(record.uid, None)
-        self._delete_now(record.pod)
-        self._cleanup(record)
-
-    def _delete_now(self, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        self._removed.add(meta["uid"])
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": meta["uid"]}}
-        try:
-            self.rest.delete(pod_path(meta["namespace"], meta["name"]), body)
-            log.info("pod %s removed", _key(pod))
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                log.warning("removing pod %s failed: %s %s", _key(pod), exc.status, exc.reason)
-
-    def _cleanup(self, record: PodRecord) -> None:
-        # Per-pod volumes (emptyDir, configMap, secret, tokens) go with the pod; claims and logs stay.
-        shutil.rmtree(pod_dir(self.state_dir, record.uid), ignore_errors=True)
-
-    # -- status and names -----------------------------------------------------------------------
-
-    def _report(self, record: PodRecord) -> None:
-        states = [c.state for c in record.containers.values()]
-        status = pod_status(states, record.pod["spec"].get("restartPolicy") or "Always", record.start_time,
-                            record.conditions, datetime.now(timezone.utc))
-        if status == record.last_status:
-            return
-        if self._patch_status(record.pod, status):
-            record.last_status = status
-            record.conditions = status["conditions"]
-
-    def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> bool:
-        meta = pod["metadata"]
-        try:
-            self.rest.merge_patch(pod_path(meta["namespace"], meta["name"], "status"), {"status": status})
-            return True
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("status of pod %s not written: %s %s", _key(pod), exc.status, exc.reason)
-            return False
-
-    def _hosts_path(self, record: PodRecord) -> Path:
-        return pod_dir(self.state_dir, record.uid) / "etc-hosts"
-
-    def _write_hosts(self, record: PodRecord) -> None:
-        content = hosts_file(record.pod, list(self._pods.values()), list(self._services.values()))
-        if content == record.hosts:
-            return
-        path = self._hosts_path(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Rewritten in place (same inode): containers see it through their bind mount.
-        with open(path, "w") as f:
-            f.write(content)
-        record.hosts = content
-
-    def _refresh_hosts(self) -> None:
-        for record in self._records.values():
-            if record.started:
-                self._write_hosts(record)
-
     # -- shutdown -------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        processes = [p for r in self._records.values() for p in r.live]
-        for process in processes:
-            process.terminate()
-        deadline = time.monotonic() + self.stop_grace_s
-        for process in processes:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            process.kill_group()
-        for process in processes:
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                log.error("container process %d survived SIGKILL", process.pid)
+        stopped = self.pods.shutdown(self.stop_grace_s)
         condition = ready_condition(False, datetime.now(timezone.utc))
         try:
             self.rest.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": {"conditions": [condition]}})
         except Exception as exc:  # noqa: BLE001 - the control plane may already be gone
             log.info("could not mark node %s NotReady: %s", self.name, exc)
-        log.info("local node %s stopped (%d container(s) stopped)", self.name, len(processes))
-
-
-def _token_refresh_at(pod: dict[str, Any]) -> float | None:
-    lifetimes = [
-        float(source["serviceAccountToken"].get("expirationSeconds") or 3600)
-        for volume in pod_volumes(pod)
-        for source in (volume.get("projected") or {}).get("sources") or []
-        if "serviceAccountToken" in source
-    ]
-    # Like the kubelet: refresh once 80 % of the token's life has passed.
-    return time.monotonic() + 0.8 * min(lifetimes) if lifetimes else None
-
-
-def _start_failure(exc: Exception) -> str:
-    if isinstance(exc, PodConfigError):
-        return str(exc)
-    if isinstance(exc, ApiException):
-        return f"API error {exc.status}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _key(pod: dict[str, Any]) -> str:
-    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        log.info("local node %s stopped (%d container(s) stopped)", self.name, stopped)
 
 
 def main(argv: list[str] | None = None) -> int:
