@@ -449,7 +449,7 @@ def unschedulable_reason(pod: Mapping[str, Any], allocatable: Mapping[str, str])
             have = int(allocatable.get(resource, "0"))
             if int(quantity) > have:
                 return (f"0/1 nodes are available: container {container['name']!r} wants {quantity} {resource}, "
-                        f"the local node advertises {have} (start it with a larger --gpus / --extended-resource)")
+                        f"the local node advertises {have} (for nvidia.com/gpu: start it with --gpus N, or LocalNode(gpus=N))")
     return None
 
 
