@@ -166,3 +166,14 @@ def test_wait_reachable_times_out_with_the_variable_named() -> None:
                        sleep=lambda _: None, monotonic=lambda: next(clock))
     assert raised.value.message.startswith(
         "PET_RDZV_ENDPOINT: rendezvous endpoint 127.0.0.1:1 unreachable for 3s")
+
+
+def test_completion_marker_names_the_final_checkpoint() -> None:
+    hf = [ck.HfCheckpoint(name=name, samples=samples, epoch=None, mtime=0.0, complete=complete)
+          for name, samples, complete in [("samples_16", 16, True), ("samples_48", 48, True),
+                                          ("samples_64", 64, False)]]
+    tree = _tree(_state(2, samples_seen=48)).model_copy(update={"hf_checkpoints": hf})
+    assert outcome.completion_marker(tree, 3, T) == ck.CompletionMarker(
+        finished_at=T, num_epochs=3, samples_seen=48, final_checkpoint="hf_format/samples_48")
+    assert outcome.completion_marker(_tree(), 3, T) == ck.CompletionMarker(
+        finished_at=T, num_epochs=3, samples_seen=0, final_checkpoint=None)

@@ -106,14 +106,7 @@ def prune(root: Path, keep: int | None) -> None:
 
 
 def write_completion(root: Path, num_epochs: int) -> checkpoints.CompletionMarker:
-    tree = checkpoints.scan_checkpoints(root)
-    final = tree.latest_hf_checkpoint
-    latest_state = tree.latest_full_state
-    samples = (latest_state.metadata.samples_seen if latest_state is not None
-               else final.samples if final is not None and final.samples is not None else 0)
-    marker = checkpoints.CompletionMarker(
-        finished_at=_now(), num_epochs=num_epochs, samples_seen=samples,
-        final_checkpoint=f"{checkpoints.HF_FORMAT_DIR}/{final.name}" if final else None)
+    marker = outcome.completion_marker(checkpoints.scan_checkpoints(root), num_epochs, _now())
     checkpoints.write_completion_marker(root, marker)
     return marker
 
@@ -173,7 +166,7 @@ def run(env: Mapping[str, str]) -> int:
     with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None):
         try:
             run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, ImportError) as error:
             raise TrainingFailed(f"training failed: {error}") from error
 
     tree = checkpoints.scan_checkpoints(root)

@@ -6,9 +6,10 @@ exit 0). A preemption always leaves a new mid-epoch full state; a finished run d
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 
-from sft_operator.checkpoints import CheckpointTree, FullState
+from sft_operator.checkpoints import HF_FORMAT_DIR, CheckpointTree, CompletionMarker, FullState
 
 
 class Outcome(str, Enum):
@@ -35,3 +36,15 @@ def decide_outcome(before: FullState | None, after: CheckpointTree, num_epochs: 
     if not epoch_full_states:
         return Outcome.FINISHED
     return Outcome.FINISHED if already_finished(after, num_epochs) else Outcome.UNFINISHED
+
+
+def completion_marker(tree: CheckpointTree, num_epochs: int, now: datetime) -> CompletionMarker:
+    """What COMPLETED records: the final servable checkpoint and the samples trained."""
+    final = tree.latest_hf_checkpoint
+    latest = tree.latest_full_state
+    if latest is not None:
+        samples = latest.metadata.samples_seen
+    else:
+        samples = final.samples if final is not None and final.samples is not None else 0
+    return CompletionMarker(finished_at=now, num_epochs=num_epochs, samples_seen=samples,
+                            final_checkpoint=f"{HF_FORMAT_DIR}/{final.name}" if final else None)
