@@ -20,6 +20,9 @@ from sft_operator.dev.localnode_api import KubeRest, pod_path
 pytestmark = pytest.mark.integration
 
 NODE = "localnode-it"
+# The namespaces of this module's tests: the node schedules only their pods, never leftovers of
+# other modules' tests (an operator test's Pending training pods, say).
+OUR_NAMESPACES: set[str] = set()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def node_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def local_node(control_plane: Any, node_state: Path) -> Iterator[LocalNode]:
     node = LocalNode(control_plane.kubeconfig, node_state, NODE, backoff_base_s=0.3, backoff_cap_s=2.0,
-                     stop_grace_s=3.0)
+                     stop_grace_s=3.0, schedules=OUR_NAMESPACES.__contains__)
     with node:
         yield node
     assert node.container_pids() == []
@@ -38,6 +41,7 @@ def local_node(control_plane: Any, node_state: Path) -> Iterator[LocalNode]:
 
 @pytest.fixture
 def rest(api_client: Any, namespace: str) -> KubeRest:
+    OUR_NAMESPACES.add(namespace)
     client = KubeRest(api_client)
     # 1.20's ServiceAccount admission rejects pods until the namespace's token secret exists.
     def token_secret_listed() -> bool:
@@ -370,7 +374,8 @@ def test_pod_wanting_more_gpus_than_advertised_stays_pending_with_a_reason(
 def test_stop_kills_every_container_and_leaves_no_process(control_plane: Any, rest: KubeRest, namespace: str,
                                                           tmp_path: Path):
     # Its own node; the pod names it directly, so the module's node never binds it.
-    own = LocalNode(control_plane.kubeconfig, tmp_path, "localnode-stop-test", stop_grace_s=1.0)
+    own = LocalNode(control_plane.kubeconfig, tmp_path, "localnode-stop-test", stop_grace_s=1.0,
+                    schedules=lambda _namespace: False)
     script = "trap '' TERM; sleep 300 & while true; do sleep 0.1; done"
     pod = simple_pod("two", script, nodeName="localnode-stop-test")
     pod["spec"]["containers"].append({"name": "second", "image": "x", "command": ["sleep", "300"]})
@@ -421,7 +426,7 @@ def test_entry_point_runs_pods_and_stops_them_on_sigterm(control_plane: Any, res
 
     cli = subprocess.Popen(
         [sys.executable, "-m", "sft_operator.dev.localnode", "--kubeconfig", str(control_plane.kubeconfig),
-         "--state-dir", str(tmp_path), "--name", "localnode-cli-test"],
+         "--state-dir", str(tmp_path), "--name", "localnode-cli-test", "--only-namespace", namespace],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         rest.post(f"/api/v1/namespaces/{namespace}/pods",
@@ -471,3 +476,21 @@ def test_torchrun_rendezvous_across_two_pods_through_the_headless_service_name(
         log = node_state / "logs" / ns / f"tj-{rank}" / "trainer.log"
         wait_for(f"rank {rank}'s all_reduce", lambda: log.exists() and f"rank {rank} of 2 sum 3.0" in log.read_text(),
                  timeout_s=180)
+
+
+def test_pods_of_namespaces_the_node_does_not_schedule_stay_pending(
+    local_node: LocalNode, rest: KubeRest, namespace: str
+):
+    other = f"{namespace}-other"
+    rest.post("/api/v1/namespaces", {"metadata": {"name": other}})
+    try:
+        # No token volume wanted, so the fresh namespace's token secret need not exist yet.
+        rest.post(f"/api/v1/namespaces/{other}/pods",
+                  simple_pod("elsewhere", "true", automountServiceAccountToken=False))
+        rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod("here", "sleep 30"))
+        # The node handles events in order: once `here` runs, it has seen `elsewhere` too.
+        wait_for("here Running", lambda: (p := get_pod(rest, namespace, "here")) and p["status"].get("phase") == "Running")
+        elsewhere = get_pod(rest, other, "elsewhere")
+        assert elsewhere is not None and not elsewhere["spec"].get("nodeName")
+    finally:
+        rest.delete(f"/api/v1/namespaces/{other}")

@@ -25,7 +25,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from kubernetes.client.exceptions import ApiException
@@ -103,7 +103,10 @@ class LocalNode:
         backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
         heartbeat_s: float = 10.0,
         stop_grace_s: float = 10.0,
+        schedules: Callable[[str], bool] | None = None,
     ):
+        """``schedules(namespace)``: whether to bind that namespace's unscheduled pods (default:
+        every namespace; tests narrow it to their own). Pods naming this node run regardless."""
         self.name = name
         self.state_dir = Path(state_dir).resolve()
         try:
@@ -116,6 +119,7 @@ class LocalNode:
         self.backoff_cap_s = backoff_cap_s
         self.heartbeat_s = heartbeat_s
         self.stop_grace_s = stop_grace_s
+        self.schedules = schedules or (lambda _namespace: True)
         ca_file = self.rest.ca_file
         self.ca_pem = Path(ca_file).read_bytes() if ca_file else b""
         self.volumes = VolumeWriter(self.rest, self.ca_pem)
@@ -330,7 +334,8 @@ class LocalNode:
         if not node_name:
             # Only pods for the default scheduler: ours stands in for kube-scheduler, no other.
             if (phase not in TERMINAL_PHASES and not pod["metadata"].get("deletionTimestamp")
-                    and pod["spec"].get("schedulerName", DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER):
+                    and pod["spec"].get("schedulerName", DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER
+                    and self.schedules(pod["metadata"]["namespace"])):
                 self._schedule(pod)
         elif node_name == self.name:
             self.pods.sync(pod)
@@ -412,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", help="memory capacity to advertise (default: this machine's memory)")
     parser.add_argument("--backoff-base", type=float, default=DEFAULT_BACKOFF_BASE_S,
                         help="crash restart back-off start in seconds (kubelet: 10)")
+    parser.add_argument("--only-namespace", action="append", metavar="NS",
+                        help="schedule only this namespace's pods (repeatable; default: all namespaces)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -419,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_mount_namespaces()
         node = LocalNode(args.kubeconfig, args.state_dir, args.name, gpus=args.gpus, cpu=args.cpu,
-                         memory=args.memory, backoff_base_s=args.backoff_base)
+                         memory=args.memory, backoff_base_s=args.backoff_base,
+                         schedules=set(args.only_namespace).__contains__ if args.only_namespace else None)
     except LocalNodeError as exc:
         print(f"localnode: {exc}", file=sys.stderr)
         return 1
