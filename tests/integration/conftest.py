@@ -136,6 +136,24 @@ def operator(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> It
         print(f"--- operator log ({op.log_file}) ---\n{op.logs()[-6000:]}")
 
 
+@pytest.fixture
+def operator_as(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> Iterator[Callable[[Path], OperatorProcess]]:
+    """Start the operator with another kubeconfig (e.g. a ServiceAccount's): ``operator_as(path)``."""
+    started: list[OperatorProcess] = []
+
+    def start(kubeconfig: Path) -> OperatorProcess:
+        control_plane.wait_for_default_service_account(namespace)
+        op = OperatorProcess(kubeconfig, [namespace], tmp_path / f"operator-{len(started)}.log")
+        started.append(op)
+        op.start()
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+        print(f"--- operator log ({op.log_file}) ---\n{op.logs()[-6000:]}")
+
+
 # --- API helpers for the tests -----------------------------------------------------------------
 
 
