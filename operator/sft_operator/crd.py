@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from sft_operator import contract
 from sft_operator.models import (
@@ -143,6 +146,19 @@ def immutability_rules(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 # --- pydantic JSON schema -> structural OpenAPI v3 --------------------------------------------
 
+
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Also state defaults made by default_factory, so the apiserver stores exactly what the
+    models would: [] / {} for collections, {} for a nested model (its own defaults fill it)."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()  # type: ignore[call-arg]
+            return {} if isinstance(value, BaseModel) else value
+        return super().get_default_value(schema)
+
+
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
 
 
@@ -210,13 +226,9 @@ def _add_rule(node: dict[str, Any], rule: str, message: str) -> None:
 
 
 def spec_schema() -> dict[str, Any]:
-    raw = SFTJobSpec.model_json_schema(by_alias=True)
+    raw = SFTJobSpec.model_json_schema(by_alias=True, schema_generator=_WithFactoryDefaults)
     schema = _structural(raw, raw.get("$defs", {}))
-    schema.pop("description", None)
     schema["description"] = (SFTJobSpec.__doc__ or "").strip()
-    # Object defaults let the apiserver fill nested defaults (pod.imagePullPolicy, ...).
-    schema["properties"]["pod"]["default"] = {}
-    schema["properties"]["extraArgs"]["default"] = {}
     for path, rule, message in SPEC_RULES:
         _add_rule(_at(schema, path), rule, message)
     for path, rule, message in immutability_rules(schema):
@@ -225,7 +237,7 @@ def spec_schema() -> dict[str, Any]:
 
 
 def status_schema() -> dict[str, Any]:
-    raw = SFTJobStatus.model_json_schema(by_alias=True)
+    raw = SFTJobStatus.model_json_schema(by_alias=True, schema_generator=_WithFactoryDefaults)
     schema = _structural(raw, raw.get("$defs", {}))
 
     def strip_defaults(node: Any) -> None:  # status is written whole by the operator

@@ -17,6 +17,7 @@ waits for the operator.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -34,7 +35,7 @@ from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
-FIELD_MANAGER = contract.MANAGED_BY
+log = logging.getLogger("sft_operator")
 
 # --- API access -------------------------------------------------------------------------------
 
@@ -121,8 +122,6 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
 
 
 def _api_message(exc: ApiException) -> str:
-    import json
-
     try:
         return json.loads(exc.body or "{}").get("message") or str(exc.reason)
     except ValueError:
@@ -255,7 +254,6 @@ def publish(
     pods: Iterable[dict[str, Any]],
     problem: SpecProblem | None,
     volume: VolumeCheck | None,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Derive the status; patch it only when it changed; post an Event on a phase change or a
     new refusal."""
@@ -291,7 +289,7 @@ def publish(
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
         message = problem.message if problem is not None and new.phase is Phase.FAILED else f"{new.nodes} pods running"
         kopf.event(body, type=kind, reason=new.phase.value, message=message)
-        logger.info("phase %s -> %s", old_phase.value if old_phase else None, new.phase.value)
+        log.info("%s/%s: phase %s -> %s", key[0], key[1], old_phase.value if old_phase else None, new.phase.value)
     if problem is not None and problem.reason is Reason.IMMUTABLE_FIELD_CHANGED:
         old_msg = next((c.message for c in (current.conditions if current else []) if c.reason == problem.reason.value), None)
         if old_msg != problem.message:
@@ -381,7 +379,6 @@ def reconcile(
     reason: kopf.Reason,
     memo: kopf.Memo,
     pods_by_job: kopf.Index[Any, Any],
-    logger: logging.Logger,
     **_: Any,
 ) -> None:
     raw = copy.deepcopy(dict(body))
@@ -395,11 +392,11 @@ def reconcile(
         except InvalidSpecError as exc:
             statefulset = None if fresh else memo.kube.read("StatefulSet", key[0], key[1])
             problem = SpecProblem(Reason.INVALID_SPEC, str(exc))
-            publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, None, logger)
-            logger.warning("invalid spec: %s", exc)
+            publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, None)
+            log.warning("%s/%s: invalid spec: %s", key[0], key[1], exc)
             return
         statefulset, problem, volume = converge(memo.kube, job, None, fresh)
-        publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, volume, logger)
+        publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, volume)
 
 
 @kopf.on.event("pods", labels=OUR_CHILDREN)
@@ -410,10 +407,9 @@ def pod_changed(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
-    logger: logging.Logger,
     **_: Any,
 ) -> None:
-    _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, statefulsets_by_job, logger)
+    _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, statefulsets_by_job)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
@@ -425,7 +421,6 @@ def statefulset_changed(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
-    logger: logging.Logger,
     **_: Any,
 ) -> None:
     key = (namespace, labels[contract.LABEL_JOB_NAME])
@@ -436,9 +431,9 @@ def statefulset_changed(
             job, problem = assess(body, None)
             if job is not None and problem is None:
                 statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
-                publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, volume, logger)
+                publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, volume)
         return
-    _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job, logger)
+    _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job)
 
 
 @kopf.on.event(*JOB)
@@ -453,7 +448,6 @@ def _refresh(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
-    logger: logging.Logger,
 ) -> None:
     """Re-derive a job's status from the indexes: no API reads, one patch if it changed."""
     with memo.jobs.lock(key):
@@ -462,7 +456,7 @@ def _refresh(
             return
         statefulset = _one(statefulsets_by_job, key)
         _, problem = assess(body, statefulset)
-        publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None, logger)
+        publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -481,7 +475,12 @@ def load_api_client(kubeconfig: Path | None) -> kubernetes.client.ApiClient:
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool) -> None:
     global _api_client
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if not verbose:  # one line per handler call and per probe is noise; failures still show
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     _api_client = load_api_client(kubeconfig)
     kopf.run(
         standalone=True,

@@ -3,7 +3,6 @@ restarts, re-apply, suspend/resume, immutable fields, a deleted StatefulSet."""
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -100,14 +99,14 @@ INVALID_FOR_THE_OPERATOR = [
 
 
 def test_invalid_specs_are_failed_with_the_field_named_and_get_no_children(operator: Any, cluster: Any) -> None:
-    for name, spec, message in INVALID_FOR_THE_OPERATOR:
+    for name, spec, _ in INVALID_FOR_THE_OPERATOR:
         cluster.create_job(job_body(name, **spec))
-    for name, spec, message in INVALID_FOR_THE_OPERATOR:
+    for name, _, message in INVALID_FOR_THE_OPERATOR:
         status = phase_is(cluster, name, "Failed")
         valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
         assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
         assert message in valid["message"], valid["message"]
-        events = cluster.wait_for(f"a Failed event for {name}", lambda: [e for e in cluster.events(name) if e["reason"] == "Failed"])
+        events = cluster.wait_for(f"a Failed event for {name}", lambda name=name: [e for e in cluster.events(name) if e["reason"] == "Failed"])
         assert events[0]["type"] == "Warning" and message in events[0]["message"]
     time.sleep(SETTLE_S)
     for name, _, _ in INVALID_FOR_THE_OPERATOR:
@@ -129,13 +128,13 @@ def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster
     cluster.create_job(job_body("keep"))
     cluster.create_job(job_body("drop", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
     for name in ("keep", "drop"):
-        cluster.wait_for(f"{name}'s StatefulSet", lambda: cluster.statefulset(name))
+        cluster.wait_for(f"{name}'s StatefulSet", lambda name=name: cluster.statefulset(name))
         cluster.run_all_pods(name, 2)
     cluster.delete_job("keep")
     cluster.delete_job("drop")
     for name in ("keep", "drop"):
         for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config")]:
-            cluster.wait_for(f"{kind} {child} garbage-collected", lambda: cluster.read(kind, child) is None)
+            cluster.wait_for(f"{kind} {child} garbage-collected", lambda kind=kind, child=child: cluster.read(kind, child) is None)
     cluster.wait_for("drop's claim deleted (opted in)", lambda: cluster.read("PersistentVolumeClaim", "drop-checkpoints") is None)
     time.sleep(SETTLE_S)
     kept = cluster.read("PersistentVolumeClaim", "keep-checkpoints")
