@@ -72,14 +72,12 @@ def helm(control_plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 
 @pytest.fixture
-def job_namespace(api_client: Any) -> Iterator[str]:
+def job_namespace(control_plane: Any, api_client: Any) -> Iterator[str]:
     """A second namespace, for the SFTJobs (the operator lives in the `namespace` fixture's)."""
     core = kubernetes.client.CoreV1Api(api_client)
     name = f"sft-jobs-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": name}})
-    deadline = time.monotonic() + WAIT_S  # pods need the default ServiceAccount (1.20 admission)
-    while not (core.read_namespaced_service_account("default", name).secrets or []) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    control_plane.wait_for_default_service_account(name)  # 1.20 admits pods only after it
     yield name
     core.delete_namespace(name)
 
@@ -273,8 +271,14 @@ def test_cluster_mode_install_reconcile_uninstall(
     assert rbac.read_cluster_role_binding(f"{release}-sft-operator").subjects[0].namespace == namespace
     # Accepted: the Deployment controller made a ReplicaSet whose pod passed admission.
     core = kubernetes.client.CoreV1Api(api_client)
-    wait_for("the operator pod to be created", lambda: core.list_namespaced_pod(
+    (pod,) = wait_for("the operator pod to be created", lambda: core.list_namespaced_pod(
         namespace, label_selector=f"app.kubernetes.io/instance={release}").items)
+    # The API server kept the restricted settings (an old server drops fields it does not know).
+    (container,) = pod.spec.containers
+    assert container.security_context.read_only_root_filesystem is True
+    assert container.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert pod.spec.security_context.run_as_non_root is True
 
     port = free_port()
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
