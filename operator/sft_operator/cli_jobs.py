@@ -1,0 +1,341 @@
+"""`sft-operator submit / status / wait / list` (also `kubectl sft ...`): SFTJobs from a terminal.
+
+Registered on ``sft_operator.cli.app`` when cli.py imports this module. The work is done by
+sft_operator.api (the same mapping, validation and waiting as ``sft()``); this is presentation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+from sft_operator.api import jobs as api_jobs
+from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.mapping import SFTParameterError
+from sft_operator.api.results import JobView, SFTJobDeletedError, SFTJobFailedError, view_job
+from sft_operator.api.training_hub import KubernetesSFTBackend
+from sft_operator.cli import app
+from sft_operator.models import InvalidSpecError, parse_job
+
+EXIT_FAILED = 1  # the job Failed, or it was not found / deleted
+EXIT_INVALID = 2  # the parameters or manifest are invalid: nothing was created
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+NamespaceOption = Annotated[
+    Optional[str], typer.Option("--namespace", "-n", help="Namespace; default: the kubeconfig context's.")
+]
+KubeconfigOption = Annotated[
+    Optional[Path], typer.Option("--kubeconfig", help="Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster.")
+]
+ContextOption = Annotated[Optional[str], typer.Option("--context", help="Kubeconfig context.")]
+TimeoutOption = Annotated[
+    Optional[float], typer.Option("--timeout", help="Stop waiting after this many seconds (the job keeps running).")
+]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (a pipe, a log): wide enough that tables are not folded.
+    return Console(file=stream, width=None if stream.isatty() else 200, soft_wrap=False)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: JSON first (so 2e-5 is a number), else YAML (so yes/no, lists, maps)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
+def _pairs(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"{option} {item!r}: expected KEY=VALUE", EXIT_INVALID)
+        found[key.strip()] = parse_value(value) if parse else value
+    return found
+
+
+def _connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> tuple[Any, str]:
+    client, context_namespace = api_jobs.connect(kubeconfig, context)
+    return client, namespace or context_namespace
+
+
+def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None:
+    try:
+        result = api_jobs.wait_for_job(client, name, namespace, timeout=timeout, display=ProgressDisplay())
+    except SFTJobFailedError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except (SFTJobDeletedError, api_jobs.SFTJobNotFoundError) as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except TimeoutError as exc:
+        raise _fail(str(exc), EXIT_TIMEOUT) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for checkpoint in result.checkpoints:
+        typer.echo(checkpoint.path)
+
+
+# --- submit -----------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    filename: Annotated[
+        Optional[Path], typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
+    ] = None,
+    model_path: Annotated[Optional[str], typer.Option(help="HF id, pvc://claim/path or an absolute path in the pod.")] = None,
+    data_path: Annotated[Optional[str], typer.Option(help="pvc://claim/path or an absolute path in the pod.")] = None,
+    ckpt_output_dir: Annotated[
+        Optional[str], typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-storage.")
+    ] = None,
+    num_epochs: Annotated[Optional[int], typer.Option()] = None,
+    effective_batch_size: Annotated[Optional[int], typer.Option()] = None,
+    learning_rate: Annotated[Optional[float], typer.Option()] = None,
+    max_seq_len: Annotated[Optional[int], typer.Option()] = None,
+    max_tokens_per_gpu: Annotated[Optional[int], typer.Option()] = None,
+    nnodes: Annotated[Optional[int], typer.Option()] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option()] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Any other sft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."),
+    ] = None,
+    name: Annotated[Optional[str], typer.Option(help="Job name; default: sft-<model>-<random>.")] = None,
+    namespace: NamespaceOption = None,
+    image: Annotated[Optional[str], typer.Option(help="Trainer image.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda (default) or cpu.")] = None,
+    checkpoint_storage: Annotated[
+        Optional[str], typer.Option(help="Size of a checkpoint claim for the operator to create, e.g. 500Gi.")
+    ] = None,
+    storage_class: Annotated[Optional[str], typer.Option(help="Storage class of that claim.")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="Container env: NAME=VALUE (repeat).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the validated manifest; create nothing.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job until it ends.")] = False,
+    timeout: TimeoutOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Create an SFTJob from a manifest (-f) or from sft()'s parameters as flags; validated locally first."""
+    flags = {
+        "model_path": model_path,
+        "data_path": data_path,
+        "ckpt_output_dir": ckpt_output_dir,
+        "num_epochs": num_epochs,
+        "effective_batch_size": effective_batch_size,
+        "learning_rate": learning_rate,
+        "max_seq_len": max_seq_len,
+        "max_tokens_per_gpu": max_tokens_per_gpu,
+        "nnodes": nnodes,
+        "nproc_per_node": nproc_per_node,
+    }
+    training = {key: value for key, value in flags.items() if value is not None}
+    training.update(_pairs(set_, "--set", parse=True))
+    if filename is not None:
+        if training or any(v is not None for v in (image, device, checkpoint_storage, storage_class, env)):
+            raise _fail("give either --filename or training flags, not both", EXIT_INVALID)
+        manifest = _manifest_from_file(filename, name, namespace)
+    else:
+        backend = KubernetesSFTBackend(
+            name=name,
+            namespace=namespace,
+            image=image,
+            device=device,
+            checkpoint_storage=checkpoint_storage,
+            storage_class=storage_class,
+            env=_pairs(env, "--env", parse=False) or None,
+        )
+        try:
+            manifest, _ = backend.build(training)
+        except SFTParameterError as exc:
+            problems = "\n".join(f"  {problem}" for problem in exc.parameters)
+            raise _fail(f"invalid parameters (nothing was created):\n{problems}", EXIT_INVALID) from None
+    if dry_run:
+        if namespace is None and filename is None:
+            manifest["metadata"].pop("namespace", None)  # the context's, when created
+        typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+        return
+    client, target_namespace = _connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
+    manifest["metadata"]["namespace"] = target_namespace
+    created = api_jobs.create_job(client, manifest)
+    job_name = created["metadata"]["name"]
+    typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
+    if wait:
+        _wait(client, job_name, target_namespace, timeout)
+    else:
+        typer.echo(job_name)
+
+
+def _manifest_from_file(filename: Path, name: str | None, namespace: str | None) -> dict[str, Any]:
+    text = sys.stdin.read() if str(filename) == "-" else filename.read_text()
+    body = yaml.safe_load(text)
+    if not isinstance(body, dict):
+        raise _fail(f"{filename}: expected one SFTJob manifest (a YAML mapping)", EXIT_INVALID)
+    metadata = dict(body.get("metadata") or {})
+    if name is not None:
+        metadata["name"] = name
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    if not metadata.get("name"):
+        raise _fail(f"{filename}: metadata.name is required (or pass --name)", EXIT_INVALID)
+    try:
+        parse_job({"metadata": metadata, "spec": body.get("spec")})  # the operator's own validation
+    except InvalidSpecError as exc:
+        raise _fail(f"{filename}: invalid SFTJob: {exc}", EXIT_INVALID) from None
+    kind, api_version = body.get("kind", "SFTJob"), body.get("apiVersion", "finetune.dev/v1alpha1")
+    if (kind, api_version) != ("SFTJob", "finetune.dev/v1alpha1"):
+        raise _fail(f"{filename}: expected kind SFTJob, apiVersion finetune.dev/v1alpha1", EXIT_INVALID)
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": body["spec"]}
+
+
+# --- status, wait, list -----------------------------------------------------------------------
+
+
+def _age(created: str | None, now: datetime | None = None) -> str:
+    if not created:
+        return ""
+    try:
+        moment = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return created
+    seconds = int(((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _cell(value: Any, fmt: str = "{}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def status_rows(view: JobView) -> list[tuple[str, str]]:
+    """The status table's rows (pure): only facts the status has."""
+    epoch = f"{view.epoch}/{view.num_epochs}" if view.epoch is not None and view.num_epochs else _cell(view.epoch)
+    samples = (
+        f"{view.samples}/{view.total_samples}" if view.samples is not None and view.total_samples else _cell(view.samples)
+    )
+    rows = [
+        ("Job", f"{view.namespace}/{view.name}"),
+        ("Phase", view.phase),
+        ("Nodes", view.nodes),
+        ("Stage", _cell(view.stage)),
+        ("Epoch", epoch),
+        ("Samples", samples),
+        ("Progress", _cell(view.percent, "{:.0f}%")),
+        ("Loss", _cell(view.loss, "{:.4g}")),
+        ("Throughput", _cell(view.throughput, "{:.3g} samples/s")),
+        ("ETA", _cell(view.eta)),
+        ("Updated", _cell(view.updated)),
+        ("Reason", " ".join(filter(None, [view.reason, view.message])) if view.reason or view.message else ""),
+    ]
+    return [(key, value) for key, value in rows if value]
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="SFTJob name.")],
+    namespace: NamespaceOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """An SFTJob's phase, progress and checkpoints."""
+    from rich.table import Table
+
+    client, namespace = _connect(kubeconfig, context, namespace)
+    try:
+        job = api_jobs.get_job(client, name, namespace)
+    except api_jobs.SFTJobNotFoundError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    if output in ("yaml", "json"):
+        status_body = job.get("status") or {}
+        typer.echo(json.dumps(status_body, indent=2) if output == "json" else yaml.safe_dump(status_body, sort_keys=False))
+        return
+    view = view_job(job)
+    console = _console()
+    summary = Table(show_header=False, box=None)
+    for key, value in status_rows(view):
+        summary.add_row(f"[bold]{key}[/bold]", value)
+    console.print(summary)
+    if view.checkpoints:
+        table = Table(title="Checkpoints", title_justify="left")
+        for column in ("Name", "Epoch", "Samples", "Saved", "Path"):
+            table.add_column(column)
+        for checkpoint in view.checkpoints:
+            table.add_row(
+                checkpoint.name, _cell(checkpoint.epoch), _cell(checkpoint.samples), _cell(checkpoint.time), checkpoint.path
+            )
+        console.print(table)
+    else:
+        console.print("No checkpoints yet.")
+
+
+@app.command("wait")
+def wait_command(
+    name: Annotated[str, typer.Argument(help="SFTJob name.")],
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Follow an SFTJob until it ends; print its checkpoints. Exit 1 if it Failed; Ctrl-C leaves it running."""
+    client, namespace = _connect(kubeconfig, context, namespace)
+    _wait(client, name, namespace, timeout)
+
+
+def list_row(view: JobView, now: datetime | None = None) -> list[str]:
+    """One `list` line (pure): name, phase, nodes, epoch, progress, loss, latest checkpoint, age."""
+    epoch = f"{view.epoch}/{view.num_epochs}" if view.epoch is not None and view.num_epochs else _cell(view.epoch)
+    latest = view.checkpoints[-1].name if view.checkpoints else ""
+    return [
+        view.name,
+        view.phase,
+        view.nodes,
+        epoch,
+        _cell(view.percent, "{:.0f}%"),
+        _cell(view.loss, "{:.4g}"),
+        latest,
+        _age(view.created, now),
+    ]
+
+
+@app.command("list")
+def list_command(
+    namespace: NamespaceOption = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """SFTJobs with their phase and progress."""
+    from rich.table import Table
+
+    client, namespace = _connect(kubeconfig, context, namespace)
+    views = [view_job(job) for job in api_jobs.list_jobs(client, None if all_namespaces else namespace)]
+    if not views:
+        typer.echo("No SFTJobs" + ("." if all_namespaces else f" in {namespace}."))
+        return
+    table = Table(box=None, header_style="bold")
+    columns = ["NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "LATEST CHECKPOINT", "AGE"]
+    if all_namespaces:
+        columns.insert(0, "NAMESPACE")
+    for column in columns:
+        table.add_column(column)
+    for view in views:
+        row = list_row(view)
+        table.add_row(*([view.namespace] if all_namespaces else []), *row)
+    _console().print(table)
