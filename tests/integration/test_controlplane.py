@@ -161,6 +161,17 @@ def test_a_service_account_kubeconfig_has_exactly_its_rbac_permissions(control_p
     def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["kubectl", "--kubeconfig", str(path), *args], capture_output=True, text=True, timeout=30)
 
+    mark = control_plane.audit_position()
+    created = kubectl("create", "configmap", "by-reader", "--from-literal=a=b")
+    assert created.returncode != 0 and "forbidden" in created.stderr.lower()
+    kubernetes.client.CoreV1Api(api_client).create_namespaced_config_map(namespace, {"metadata": {"name": "by-admin"}})
+    # The audit log attributes every write to its user and namespace, refused ones included.
+    reader = f"system:serviceaccount:{namespace}:reader"
+    assert [(w.verb, w.resource, w.name, w.code) for w in control_plane.write_requests(mark, namespace, reader)] == [
+        ("create", "configmaps", "", 403)]
+    assert [(w.verb, w.name, w.user) for w in control_plane.write_requests(mark, namespace) if w.resource == "configmaps"] == [
+        ("create", "", reader), ("create", "by-admin", "sft-admin")]
+
     allowed = kubectl("get", "configmaps")
     assert allowed.returncode == 0, allowed.stderr
     denied = kubectl("get", "secrets")

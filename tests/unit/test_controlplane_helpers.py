@@ -16,7 +16,9 @@ from sft_operator.dev.controlplane import (
     ControlPlaneError,
     diagnose_exit,
     fresh_namespace_name,
+    WriteRequest,
     kubeconfig_dict,
+    parse_audit_writes,
     resolve_assets,
     tail_lines,
     token_file_line,
@@ -116,3 +118,23 @@ def test_the_provisioning_script_output_is_checked(tmp_path: Path):
     script.write_text(f"echo {tmp_path}/empty\n")
     with pytest.raises(ControlPlaneError, match=r"^provision\.sh: no executable 'etcd' in .*/empty;"):
         resolve_assets({}, script=script)
+
+
+def test_parse_audit_writes_keeps_completed_writes_only():
+    lines = [
+        '{"kind":"Event","level":"Metadata","stage":"ResponseComplete","verb":"patch",'
+        '"user":{"username":"system:serviceaccount:ns:op"},"userAgent":"kopf/1",'
+        '"objectRef":{"resource":"sftjobs","namespace":"ns","name":"a","apiGroup":"finetune.dev","subresource":"status"},'
+        '"responseStatus":{"code":200}}',
+        '{"kind":"Event","stage":"ResponseComplete","verb":"get","objectRef":{"resource":"pods"}}',
+        '{"kind":"Event","stage":"Panic","verb":"create","objectRef":{"resource":"pods"}}',
+        "",
+        '{"kind":"Event","stage":"ResponseComplete","verb":"create","user":{"username":"admin"},'
+        '"objectRef":{"resource":"namespaces","name":"ns"},"responseStatus":{"code":409}}',
+    ]
+    assert parse_audit_writes(lines) == [
+        WriteRequest(verb="patch", resource="sftjobs", subresource="status", namespace="ns", name="a",
+                     user="system:serviceaccount:ns:op", user_agent="kopf/1", code=200),
+        WriteRequest(verb="create", resource="namespaces", subresource="", namespace="", name="ns",
+                     user="admin", user_agent="", code=409),
+    ]

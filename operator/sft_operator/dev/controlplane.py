@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -61,6 +61,15 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 LOG_TAIL_LINES = 15
 PORT_ATTEMPTS = 3
 STATE_FILE = "controlplane.json"
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+# Metadata of every write, once per request: lets a test attribute writes to a user and a
+# namespace exactly (the apiserver's /metrics only count them cluster-wide).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+    "rules": [{"level": "Metadata", "verbs": list(WRITE_VERBS)}, {"level": "None"}],
+}
 PROVISION_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "provision-k8s.sh"
 
 
@@ -134,6 +143,39 @@ def fresh_namespace_name(test_name: str) -> str:
     """A fresh, valid namespace name (DNS-1123 label) derived from a test's name."""
     stem = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:48].strip("-") or "test"
     return f"{stem}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """One write the API server served, from its audit log."""
+
+    verb: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    user: str
+    user_agent: str
+    code: int
+
+
+def parse_audit_writes(lines: Iterable[str]) -> list[WriteRequest]:
+    """The write requests in audit-log JSON lines (other lines and events are ignored)."""
+    writes = []
+    for line in lines:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        if event.get("verb") not in WRITE_VERBS or event.get("stage") != "ResponseComplete":
+            continue
+        ref = event.get("objectRef") or {}
+        writes.append(WriteRequest(
+            verb=event["verb"], resource=ref.get("resource", ""), subresource=ref.get("subresource", ""),
+            namespace=ref.get("namespace", ""), name=ref.get("name", ""),
+            user=(event.get("user") or {}).get("username", ""), user_agent=event.get("userAgent", ""),
+            code=(event.get("responseStatus") or {}).get("code", 0),
+        ))
+    return writes
 
 
 def free_port() -> int:
@@ -301,6 +343,7 @@ class ControlPlane:
         self.ca_file = self.state_dir / "pki" / "ca.crt"
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.log_dir = self.state_dir / "logs"
+        self.audit_log = self.log_dir / "audit.log"
         self.startup_s: float | None = None
         # Seconds since start() began at which each phase finished (for the benchmark).
         self.timings: dict[str, float] = {}
@@ -431,6 +474,29 @@ class ControlPlane:
 
         return kubernetes.client.ApiClient(self.configuration(token))
 
+    def audit_position(self) -> int:
+        """A mark in the audit log; pass it to write_requests(since=...) to see only later writes."""
+        try:
+            return self.audit_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def write_requests(self, since: int = 0, namespace: str | None = None, user: str | None = None) -> list[WriteRequest]:
+        """Writes the API server served after ``since`` (an audit_position()), optionally only
+        those in ``namespace`` and/or by ``user`` (e.g. "system:serviceaccount:ns:sa")."""
+        with self.audit_log.open("rb") as f:
+            f.seek(max(since - 1, 0))
+            data = f.read()
+        # Only whole lines: the mark may fall inside a line, and the API server may be writing
+        # the last one.
+        if since > 0:
+            data = data[data.find(b"\n") + 1:]
+        lines = data[: data.rfind(b"\n") + 1].decode(errors="replace").splitlines()
+        return [
+            w for w in parse_audit_writes(lines)
+            if (namespace is None or w.namespace == namespace) and (user is None or w.user == user)
+        ]
+
     def wait_for_default_service_account(self, namespace: str) -> None:
         """Wait (bounded) until pods can be admitted in ``namespace``: on 1.20 that needs the
         namespace's default ServiceAccount and its token secret (tens of milliseconds)."""
@@ -465,6 +531,7 @@ class ControlPlane:
             token_file_line(tokens[CONTROLLER_MANAGER_USER], CONTROLLER_MANAGER_USER, "2", ()),
         ]
         _write_private(d / "tokens.csv", ("\n".join(lines) + "\n").encode())
+        _write_private(d / "audit-policy.yaml", yaml.safe_dump(AUDIT_POLICY, sort_keys=False).encode())
         return tokens
 
     def _etcd_args(self, port: int, peer_port: int) -> list[str]:
@@ -488,6 +555,8 @@ class ControlPlane:
             f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--allow-privileged=true",
             "--profiling=false",
+            f"--audit-policy-file={p / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
         ]
 
     def _controller_manager_args(self, kubeconfig: Path) -> list[str]:
