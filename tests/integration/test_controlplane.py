@@ -188,6 +188,10 @@ def test_a_bad_kubebuilder_assets_gives_one_clear_error(tmp_path):
         f"{ASSETS_ENV}={tmp_path}: no executable 'kube-apiserver' in {tmp_path}; "
         f"unset {ASSETS_ENV} to build the binaries with provision-k8s.sh"
     )
+    cp = ControlPlane(assets=tmp_path)
+    with pytest.raises(ControlPlaneError, match="^assets: no executable 'kube-apiserver'"):
+        cp.start()
+    assert not cp.state_dir.exists()  # its temp dir is not left behind
     # The CLI says the same in one line, without a stack trace, and exits 1.
     out = subprocess.run(
         [sys.executable, "-m", "sft_operator.dev.controlplane", "up", "--state-dir", str(tmp_path / "state")],

@@ -358,7 +358,11 @@ class ControlPlane:
         self.stop()
 
     def start(self) -> "ControlPlane":
-        assets = check_assets(self._assets, "assets") if self._assets else resolve_assets()
+        try:
+            assets = check_assets(self._assets, "assets") if self._assets else resolve_assets()
+        except BaseException:
+            self.stop()  # removes the temp state dir
+            raise
         # Free ports are picked, then bound by the binaries: another process may take one in
         # between. Rare; a fresh set of ports fixes it.
         for attempt in range(PORT_ATTEMPTS):
