@@ -33,7 +33,7 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create"},
     # Children: read, created, updated (replace); watched where the status derives from them.
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "update"},
-    ("", "services"): {"get", "create", "update"},
+    ("", "services"): {"get", "create"},
     ("", "persistentvolumeclaims"): {"get", "create", "update"},
     # patch is held so that the per-job Role may grant it to the reporter.
     ("", "configmaps"): {"get", "create", "update", "patch"},
@@ -112,14 +112,14 @@ def sample_job() -> Any:
     return parse_job(body)
 
 
-def test_operator_may_create_and_update_every_child(helm: Helm) -> None:
-    """Every kind render.py produces for a job can be read, created and updated; a per-job Role,
-    once rendered, grants nothing the operator does not hold."""
+def test_operator_may_create_every_child(helm: Helm) -> None:
+    """Every kind render.py produces for a job can be read and created (updates are covered by
+    the code scan below); a per-job Role, once rendered, grants nothing the operator lacks."""
     granted = grants(rules_of(helm.template())[0])
     needed: dict[tuple[str, str], set[str]] = {}
     for child in render.render_children(sample_job()):
         group = child["apiVersion"].rpartition("/")[0]
-        needed[(group, child["kind"].lower() + "s")] = {"get", "create", "update"}
+        needed[(group, child["kind"].lower() + "s")] = {"get", "create"}
         if child["kind"] == "Role":
             for held in grants(child["rules"]).items():
                 needed.setdefault(held[0], set()).update(held[1])
@@ -142,6 +142,12 @@ RESOURCE_OF_METHOD = {
     "role": ("rbac.authorization.k8s.io", "roles"),
     "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
     "custom_object": (contract.GROUP, contract.PLURAL),
+}
+# Referenced by the code but never reached, so not granted; each with the reason.
+NEVER_CALLED = {
+    # handlers.Kube's table lists replace_namespaced_service, but _ensure returns an existing
+    # Service unchanged (only StatefulSet, ConfigMap and our claim are ever replaced).
+    ("", "services"): {"update"},
 }
 KOPF_RESOURCE_DECORATORS = {"index", "event", "create", "update", "resume", "delete", "field", "timer", "daemon"}
 KOPF_WRITING_HANDLERS = {"create", "update", "resume", "delete", "field"}  # kopf patches annotations
@@ -212,5 +218,6 @@ def test_code_scan_sees_the_operator() -> None:
 
 def test_chart_grants_everything_the_operator_calls(helm: Helm) -> None:
     granted = grants(rules_of(helm.template())[0])
-    missing = covers(granted, used_by_code())
+    used = {key: verbs - NEVER_CALLED.get(key, set()) for key, verbs in used_by_code().items()}
+    missing = covers(granted, used)
     assert missing == [], f"the operator calls these but the chart does not grant them: {missing}"

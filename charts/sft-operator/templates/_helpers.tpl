@@ -95,10 +95,14 @@ each rule exists.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "update"]
-# Each job's headless Service and checkpoint claim: read, created, updated. Children are never
-# deleted by the operator: they go with their SFTJob through owner references.
+# Each job's headless Service (never changed once created) and checkpoint claim (its owner
+# reference follows spec.checkpoints.deleteWithJob). The operator deletes nothing: children go
+# with their SFTJob through owner references.
 - apiGroups: [""]
-  resources: ["services", "persistentvolumeclaims"]
+  resources: ["services"]
+  verbs: ["get", "create"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get", "create", "update"]
 # The job's training config; patch is not used on it but is what the per-job Role grants the
 # status reporter on <job>-progress, and a Role can only grant what its creator holds.
