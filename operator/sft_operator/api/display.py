@@ -9,9 +9,7 @@ from sft_operator.api.results import JobView, progress_line, view_job
 
 
 def _detail(view: JobView) -> str:
-    parts = []
-    if view.stage:
-        parts.append(view.stage)
+    parts = []  # most wanted first: a narrow terminal cuts the end
     if view.epoch is not None:
         parts.append(f"epoch {view.epoch}/{view.num_epochs}" if view.num_epochs else f"epoch {view.epoch}")
     if view.samples is not None:
@@ -22,6 +20,8 @@ def _detail(view: JobView) -> str:
         parts.append(f"{view.throughput:.3g}/s")
     if view.eta:
         parts.append(f"ETA {view.eta}")
+    if view.stage:
+        parts.append(view.stage)
     if view.checkpoints:
         parts.append(f"ckpt {view.checkpoints[-1].name}")
     return "  ".join(parts)
@@ -42,17 +42,21 @@ class ProgressDisplay:
         self._last_line: str | None = None
         self._progress: Any = None
         self._task: Any = None
+        self._detail_column: Any = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled and self.rich_output:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+            from rich.table import Column
 
+            self._detail_column = Column(no_wrap=True, overflow="ellipsis")
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+                BarColumn(bar_width=24),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[detail]}"),
+                # What does not fit the terminal's width is cut at the end, never wrapped.
+                TextColumn("{task.fields[detail]}", table_column=self._detail_column),
                 console=Console(file=self.stream),
                 transient=False,
             )
@@ -83,6 +87,8 @@ class ProgressDisplay:
                 self._last_line = line
             return view
         description = f"{view.name} {view.phase}"
+        # Room left after the name, the bar (24), the percentage and the gaps between columns.
+        self._detail_column.max_width = max(10, self._progress.console.width - len(description) - 24 - 12)
         total = 100.0 if view.percent is not None else None
         completed = view.percent or 0.0
         if view.phase == "Succeeded":

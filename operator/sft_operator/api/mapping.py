@@ -348,10 +348,11 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     try:
         job = parse_job({"metadata": metadata, "spec": spec})
     except InvalidSpecError as exc:
-        seen = {(p.param, p.message) for p in problems}
+        # A parameter already refused here (e.g. a path no pod can see) is not reported twice.
+        refused = {p.param for p in problems}
         for path, message in exc.problems:
             param = param_for_spec_path(path)
-            if (param, message) not in seen:
+            if param not in refused:
                 problems.append(ParameterProblem(param, path, message))
     if problems:
         raise SFTParameterError(problems)

@@ -1,0 +1,134 @@
+"""`sft-operator submit --dry-run` (flags and -f manifests) and the status/list rows: no cluster."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from sft_operator.api.results import view_job
+from sft_operator.cli import app
+from sft_operator.cli_jobs import list_row, parse_value, status_rows
+from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+
+runner = CliRunner()
+
+FLAGS = [
+    "submit", "--dry-run", "--name", "qwen",
+    "--model-path", "Qwen/Qwen2.5-7B-Instruct",
+    "--data-path", "pvc://datasets/train.jsonl",
+    "--ckpt-output-dir", "runs/a", "--checkpoint-storage", "100Gi",
+    "--num-epochs", "3", "--effective-batch-size", "16", "--learning-rate", "2e-5", "--max-seq-len", "2048",
+    "--nnodes", "2", "--nproc-per-node", "8",
+]
+
+
+def test_submit_flags_dry_run_prints_the_validated_manifest() -> None:
+    result = runner.invoke(
+        app, FLAGS + ["--set", "keep_last_checkpoint_only=true", "--set", "warmup_steps=10", "--env", "HF_TOKEN=a=b",
+                      "--image", "trainer:2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) == {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "qwen"},  # no -n: the kubeconfig context's namespace, at creation
+        "spec": {
+            "modelPath": "Qwen/Qwen2.5-7B-Instruct",
+            "dataPath": "/mnt/pvc/datasets/train.jsonl",
+            "numEpochs": 3,
+            "effectiveBatchSize": 16,
+            "learningRate": 2e-5,
+            "maxSeqLen": 2048,
+            "warmupSteps": 10,
+            "extraArgs": {"keep_last_checkpoint_only": True},
+            "nnodes": 2,
+            "nprocPerNode": 8,
+            "checkpoints": {"path": "runs/a", "claim": {"size": "100Gi"}},
+            "pod": {
+                "image": "trainer:2",
+                "env": [{"name": "HF_TOKEN", "value": "a=b"}],
+                "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}}],
+                "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
+            },
+        },
+    }
+
+
+def test_submit_with_bad_flags_names_them_and_exits_2() -> None:
+    result = runner.invoke(app, FLAGS + ["--set", "no_such_arg=1", "--effective-batch-size", "4"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "invalid parameters (nothing was created):",
+        "  no_such_arg (spec.extraArgs.no_such_arg): unknown instructlab-training argument",
+        "  effective_batch_size (spec.effectiveBatchSize): must be at least nnodes * nprocPerNode = 16 "
+        "(one sample per GPU per step)",
+    ]
+    assert runner.invoke(app, FLAGS + ["--set", "oops"]).exit_code == 2
+
+
+def test_submit_manifest_is_validated_like_the_operator_does(tmp_path: Path) -> None:
+    manifest = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "from-file"},
+        "spec": {
+            "modelPath": "/models/m", "dataPath": "/data/d.jsonl", "numEpochs": 1, "effectiveBatchSize": 1,
+            "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"existingClaim": "c"},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = runner.invoke(app, ["submit", "-f", str(path), "--dry-run", "-n", "ml"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout) == {**manifest, "metadata": {"name": "from-file", "namespace": "ml"}}
+
+    manifest["spec"]["extraArgs"] = {"max_batch_len": 10}
+    path.write_text(yaml.safe_dump(manifest))
+    result = runner.invoke(app, ["submit", "-f", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"{path}: invalid SFTJob: spec.extraArgs.max_batch_len: set by the operator from spec.maxTokensPerGpu; "
+        "use that field"
+    )
+    both = runner.invoke(app, ["submit", "-f", str(path), "--num-epochs", "2"])
+    assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_set_values_parse_as_json_then_yaml() -> None:
+    assert [parse_value(v) for v in ("2e-5", "true", "10", "abc", "{a: 1}", "[1, 2]", "null")] == [
+        2e-5, True, 10, "abc", {"a": 1}, [1, 2], None
+    ]
+
+
+def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
+    progress = TrainingProgress(
+        stage=Stage.TRAINING, epoch=2, num_epochs=3, samples_seen=150, total_samples=300, percent=50,
+        last_loss="0.9123", throughput="12.50", eta_seconds=65,
+        checkpoints=[CheckpointInfo(name="samples_100", path="hf_format/samples_100", samples=100, epoch=1,
+                                    time="2026-11-27T10:00:00Z")],
+    ).to_api()
+    job = {
+        "metadata": {"name": "qwen", "namespace": "ml", "creationTimestamp": "2026-11-27T10:00:00Z"},
+        "spec": {"numEpochs": 3, "checkpoints": {"existingClaim": "ckpts"}},
+        "status": {"phase": "Running", "nodes": "2/2", "progress": progress},
+    }
+    view = view_job(job)
+    assert status_rows(view) == [
+        ("Job", "ml/qwen"),
+        ("Phase", "Running"),
+        ("Nodes", "2/2"),
+        ("Stage", "Training"),
+        ("Epoch", "2/3"),
+        ("Samples", "150/300"),
+        ("Progress", "50%"),
+        ("Loss", "0.9123"),
+        ("Throughput", "12.5 samples/s"),
+        ("ETA", "1m05s"),
+    ]
+    now = datetime(2026, 11, 27, 12, 30, tzinfo=timezone.utc)
+    assert list_row(view, now) == ["qwen", "Running", "2/2", "2/3", "50%", "0.9123", "samples_100", "2h"]
+    pending = view_job({"metadata": {"name": "new", "namespace": "ml"}, "spec": {}})
+    assert list_row(pending, now) == ["new", "Pending", "", "", "", "", "", ""]

@@ -1,0 +1,166 @@
+"""Status -> what sft() returns and shows (pure): progress facts, checkpoints as reusable paths,
+failure reason, plain progress lines."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.results import (
+    Checkpoint,
+    failure_of,
+    format_duration,
+    progress_line,
+    result_of,
+    view_job,
+)
+from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+
+SPEC = {"numEpochs": 3, "checkpoints": {"existingClaim": "ckpts", "path": "run1"}}
+T = "2026-11-27T10:00:00Z"
+
+
+def job(status: dict[str, Any] | None = None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"name": "qwen", "namespace": "ml", "creationTimestamp": T},
+        "spec": spec if spec is not None else SPEC,
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+REPORTED = TrainingProgress(
+    stage=Stage.TRAINING,
+    epoch=2,
+    num_epochs=3,
+    samples_seen=150,
+    total_samples=300,
+    percent=50,
+    last_loss="0.9123",
+    throughput="12.50",
+    eta_seconds=725,
+    checkpoints=[
+        CheckpointInfo(name="samples_100", path="hf_format/samples_100", samples=100, epoch=1, time=T),
+    ],
+    last_update_time=T,
+).to_api()
+
+
+def test_a_job_without_status_is_pending() -> None:
+    view = view_job(job())
+    assert (view.phase, view.num_epochs, view.checkpoints, view.finished) == ("Pending", 3, (), False)
+    assert progress_line(view) == "ml/qwen Pending"
+
+
+def test_the_reporters_progress_is_read_field_by_field() -> None:
+    view = view_job(job({"phase": "Running", "nodes": "2/2", "progress": REPORTED}))
+    assert (view.stage, view.epoch, view.num_epochs, view.samples, view.total_samples) == ("Training", 2, 3, 150, 300)
+    assert (view.percent, view.loss, view.throughput, view.eta, view.updated) == (50.0, 0.9123, 12.5, "12m05s", T)
+    assert view.checkpoints == (
+        Checkpoint(
+            name="samples_100",
+            path="pvc://ckpts/run1/hf_format/samples_100",
+            pod_path="/checkpoints/run1/hf_format/samples_100",
+            samples=100,
+            epoch=1,
+            time=T,
+        ),
+    )
+    assert progress_line(view) == (
+        "ml/qwen Running Training epoch 2/3 samples 150/300 50% loss 0.9123 12.5 samples/s eta 12m05s "
+        "checkpoints 1 (latest samples_100)"
+    )
+
+
+def test_checkpoints_on_an_operator_created_claim_use_its_name() -> None:
+    spec = {"numEpochs": 1, "checkpoints": {"claim": {"size": "1Gi"}}}
+    view = view_job(job({"phase": "Succeeded", "progress": REPORTED}, spec=spec))
+    assert view.checkpoints[0].path == "pvc://qwen-checkpoints/hf_format/samples_100"
+    assert view.checkpoints[0].pod_path == "/checkpoints/hf_format/samples_100"
+
+
+def test_percent_is_derived_when_only_samples_are_known() -> None:
+    view = view_job(job({"phase": "Running", "samplesSeen": 30, "totalSamples": 120}))
+    assert view.percent == 25.0
+
+
+def test_result_carries_phase_checkpoints_and_last_metrics() -> None:
+    result = result_of(job({"phase": "Succeeded", "progress": REPORTED}), manifest={"kind": "SFTJob"})
+    assert (result.name, result.namespace, result.phase, result.succeeded) == ("qwen", "ml", "Succeeded", True)
+    assert result.checkpoint_paths == ["pvc://ckpts/run1/hf_format/samples_100"]
+    assert result.final_checkpoint is not None and result.final_checkpoint.name == "samples_100"
+    assert result.metrics == {
+        "stage": "Training", "epoch": 2, "num_epochs": 3, "samples_seen": 150, "total_samples": 300,
+        "percent": 50.0, "loss": 0.9123, "throughput": 12.5,
+    }
+    assert result.manifest == {"kind": "SFTJob"}
+
+
+def test_failure_reason_comes_from_the_failed_condition() -> None:
+    status = {
+        "phase": "Failed",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "NodesPending", "message": "0/2"},
+            {"type": "Failed", "status": "True", "reason": "RestartLimitExceeded", "message": "exit 1: OOM"},
+        ],
+    }
+    assert failure_of(status) == ("RestartLimitExceeded", "exit 1: OOM")
+    view = view_job(job(status))
+    assert (view.reason, view.message) == ("RestartLimitExceeded", "exit 1: OOM")
+    assert progress_line(view) == "ml/qwen Failed reason RestartLimitExceeded: exit 1: OOM"
+    invalid = {"phase": "Failed", "conditions": [
+        {"type": "SpecValid", "status": "False", "reason": "InvalidSpec", "message": "spec.numEpochs: bad"},
+    ]}
+    assert failure_of(invalid) == ("InvalidSpec", "spec.numEpochs: bad")
+    assert failure_of({"phase": "Failed"}) == (None, None)
+
+
+def test_durations() -> None:
+    assert [format_duration(s) for s in (0, 59, 61, 3600, 3 * 3600 + 125)] == ["0s", "59s", "1m01s", "1h00m", "3h02m"]
+
+
+def test_plain_progress_prints_a_line_per_change_only() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(stream=out) as display:  # a StringIO is no terminal: plain lines
+        display.note("Created SFTJob ml/qwen")
+        for status in ({"phase": "Pending"}, {"phase": "Running"}, {"phase": "Running"}, {"phase": "Succeeded"}):
+            display.update(job(status))
+    assert out.getvalue().splitlines() == [
+        "Created SFTJob ml/qwen",
+        "ml/qwen Pending",
+        "ml/qwen Running",
+        "ml/qwen Succeeded",
+    ]
+
+
+def test_rich_progress_on_a_terminal_shows_the_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    out = io.StringIO()
+    with ProgressDisplay(stream=out, rich_output=True) as display:
+        display.update(job({"phase": "Running", "progress": REPORTED}))
+    text = out.getvalue()
+    for fact in ("qwen Running", "50%", "epoch 2/3", "150/300 samples", "loss 0.9123", "ETA 12m05s", "Training",
+                 "ckpt samples_100"):
+        assert fact in text, (fact, text)
+
+
+def test_a_narrow_terminal_cuts_the_details_not_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = io.StringIO()
+    with ProgressDisplay(stream=out, rich_output=True) as display:
+        display.update(job({"phase": "Running", "progress": REPORTED}))
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("qwen Running ━") and "50% epoch 2/3" in line and line.endswith("…")
+    assert len(line) <= 80
+
+
+def test_disabled_display_prints_nothing() -> None:
+    out = io.StringIO()
+    with ProgressDisplay(stream=out, enabled=False) as display:
+        display.note("x")
+        display.update(job({"phase": "Running"}))
+    assert out.getvalue() == ""
