@@ -216,6 +216,9 @@ def test_only_advertised_extended_resources_are_enforced():
     assert unschedulable_reason(gpu_pod, {"cpu": "2", "nvidia.com/gpu": "2"}) is None
     reason = unschedulable_reason(gpu_pod, {"cpu": "2"})
     assert reason is not None and "wants 2 nvidia.com/gpu, the local node advertises 0" in reason
+    odd = make_pod(containers=[{"name": "t", "command": ["x"], "resources": {"limits": {"example.com/fpga": "500m"}}}])
+    assert unschedulable_reason(odd, {"example.com/fpga": "1"}) == (
+        "container 't' wants '500m' example.com/fpga: extended resources are whole numbers")
 
 
 @pytest.mark.parametrize(("policy", "code", "expected"), [

@@ -447,6 +447,8 @@ def unschedulable_reason(pod: Mapping[str, Any], allocatable: Mapping[str, str])
             if "/" not in resource:
                 continue
             have = int(allocatable.get(resource, "0"))
+            if not str(quantity).isdigit():
+                return f"container {container['name']!r} wants {quantity!r} {resource}: extended resources are whole numbers"
             if int(quantity) > have:
                 return (f"0/1 nodes are available: container {container['name']!r} wants {quantity} {resource}, "
                         f"the local node advertises {have} (for nvidia.com/gpu: start it with --gpus N, or LocalNode(gpus=N))")

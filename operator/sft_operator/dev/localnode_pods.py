@@ -110,7 +110,8 @@ class PodRunner:
         self._removed: set[str] = set()  # uids we deleted; their last watch events are ignored
 
     def container_pids(self) -> list[int]:
-        return [p.pid for r in list(self.records.values()) for p in r.live]
+        # Called from other threads: dict.copy() is one atomic step under the GIL, iteration is not.
+        return [p.pid for r in self.records.copy().values() for p in r.live]
 
     def next_deadline(self) -> float | None:
         deadlines: list[float] = []
