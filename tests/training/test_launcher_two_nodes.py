@@ -94,11 +94,12 @@ def test_two_nodes_train_to_completion(reference) -> None:
                                   for epoch in [(step - 1) // 12]]
 
 
-def test_data_processed_once(reference) -> None:
+def test_data_processed_once(assets, reference) -> None:
     job, launchers = reference
     node0, node1 = (launcher.log() for launcher in launchers)
-    assert node0.count("processing ") == 1 and "processed data ready: 48 samples" in node0
-    assert "processing " not in node1 and "waiting up to" in node1
+    processing = f"processing {assets.data_path} into {job.ckpt / 'data'}"
+    assert node0.count(processing) == 1 and "processed data ready: 48 samples" in node0
+    assert processing not in node1 and "waiting up to" in node1
     marker = ck.read_data_ready(job.ckpt)
     assert (marker.num_samples, marker.data_dir) == (NUM_SAMPLES, str(job.ckpt / "data"))
 
@@ -169,3 +170,28 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
     assert [s.avg_loss for s in run2_steps] == pytest.approx(ref_losses, rel=1e-3)
     marker = ck.read_completion_marker(job.ckpt)
     assert marker.samples_seen == NUM_SAMPLES * NUM_EPOCHS
+
+
+def test_finished_run_without_marker_is_completed_not_retrained(reference, tmp_path) -> None:
+    # A crash between the last save and writing COMPLETED: the next start must not train again.
+    import shutil
+
+    ref_job, _ = reference
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ref_job.ckpt, ckpt)
+    (ckpt / ck.COMPLETION_MARKER_FILE).unlink()
+    # Same inputs as the reference, so its processed data (fingerprint) still counts.
+    config = tmp_path / "training.json"
+    config.write_text(ref_job.config.read_text().replace(str(ref_job.ckpt), str(ckpt)))
+    job = Job(ckpt=ckpt, config=config, home=tmp_path, port=free_port(), rdzv_id="crashed")
+    node0 = job.start(0, "after-crash")
+    try:
+        node0.wait_for_log("idling until the job is scaled down", 120)
+        node0.terminate()
+        assert node0.wait(60) == contract.EXIT_OK
+    finally:
+        node0.kill()
+    assert "the last epoch's full state exists" in node0.log()
+    assert "Running training command" not in node0.log()
+    assert "not processing again" in node0.log()
+    assert ck.read_completion_marker(ckpt).samples_seen == NUM_SAMPLES * NUM_EPOCHS
