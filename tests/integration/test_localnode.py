@@ -494,3 +494,25 @@ def test_pods_of_namespaces_the_node_does_not_schedule_stay_pending(
         assert elsewhere is not None and not elsewhere["spec"].get("nodeName")
     finally:
         rest.delete(f"/api/v1/namespaces/{other}")
+
+
+def test_a_restarted_node_reruns_unfinished_pods_and_never_finished_ones(
+    control_plane: Any, rest: KubeRest, namespace: str, tmp_path: Path
+):
+    name = "localnode-restart-test"
+    pinned = {"nodeName": name, "restartPolicy": "Never"}
+    with LocalNode(control_plane.kubeconfig, tmp_path, name, schedules=lambda _ns: False) as first:
+        rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod("finished", "echo ran", **pinned))
+        rest.post(f"/api/v1/namespaces/{namespace}/pods", simple_pod("unfinished", "echo ran; sleep 300", **pinned))
+        wait_for("finished Succeeded", lambda: get_pod(rest, namespace, "finished")["status"].get("phase") == "Succeeded")
+        running = wait_for("unfinished Running", lambda: (p := get_pod(rest, namespace, "unfinished"))
+                           and p["status"].get("phase") == "Running" and p)
+        old_pid = pid_of(running)
+        assert first.container_pids() == [old_pid]
+    assert not pid_alive(old_pid)
+    with LocalNode(control_plane.kubeconfig, tmp_path, name, schedules=lambda _ns: False) as second:
+        wait_for("unfinished running again", lambda: second.container_pids())
+        log = second.log_file(namespace, "unfinished", "main")
+        wait_for("second run's output", lambda: log.read_text() == "ran\nran\n")
+        assert get_pod(rest, namespace, "finished")["status"]["phase"] == "Succeeded"
+        assert second.log_file(namespace, "finished", "main").read_text() == "ran\n"
