@@ -56,7 +56,7 @@ EXPECTED_SPEC: dict[str, Any] = {
     "nprocPerNode": 8,
     "checkpoints": {"existingClaim": "checkpoints", "path": "qwen-run"},
     "pod": {
-        "image": "registry.example/sft-trainer:1",
+        "image": "sft-trainer:custom",
         "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}}],
         "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
     },
@@ -154,7 +154,7 @@ def in_namespace(crd: str, api_client: Any, namespace: str) -> Callable[..., dic
 
 
 def test_sft_creates_exactly_the_expected_sftjob(in_namespace: Any, api_client: Any, namespace: str) -> None:
-    result = sft(**in_namespace(name="qwen-run", image="registry.example/sft-trainer:1", wait=False))
+    result = sft(**in_namespace(name="qwen-run", image="sft-trainer:custom", wait=False))
 
     (job,) = jobs_in(api_client, namespace)
     assert job["metadata"]["name"] == "qwen-run" == result.name
