@@ -23,20 +23,22 @@ OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it impor
 
 # (apiGroup, resource) -> verbs. Change it only together with the chart's rules and docs/rbac.md.
 ALLOW_LIST: dict[tuple[str, str], set[str]] = {
-    # kopf lists/watches SFTJobs and patches its progress and diff-base annotations onto them.
-    (contract.GROUP, contract.PLURAL): {"list", "watch", "patch"},
+    # kopf lists/watches SFTJobs and patches its progress and diff-base annotations onto them;
+    # the operator reads a job before re-creating a deleted child.
+    (contract.GROUP, contract.PLURAL): {"get", "list", "watch", "patch"},
     # The operator writes status through the subresource only.
     (contract.GROUP, f"{contract.PLURAL}/status"): {"patch"},
     # Children's owner references set blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
     (contract.GROUP, f"{contract.PLURAL}/finalizers"): {"update"},
     # Events on SFTJobs.
     ("", "events"): {"create"},
-    # Children: read, created, updated (replace); watched where the status derives from them.
+    # Children: read, created, updated (replace); watched to derive the status or to re-create
+    # a deleted one.
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "update"},
-    ("", "services"): {"get", "create"},
+    ("", "services"): {"get", "list", "watch", "create"},
     ("", "persistentvolumeclaims"): {"get", "create", "update"},
     # patch is held so that the per-job Role may grant it to the reporter.
-    ("", "configmaps"): {"get", "create", "update", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch"},
     ("", "pods"): {"list", "watch"},
     # The reporter's per-job ServiceAccount, Role and RoleBinding.
     ("", "serviceaccounts"): {"get", "create", "update"},
@@ -128,8 +130,11 @@ def test_operator_may_create_every_child(helm: Helm) -> None:
 
 # --- what the operator's code calls -------------------------------------------------------------
 
-VERB_OF_METHOD = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
-CLIENT_CALL = re.compile(r"\.(read|create|replace|patch|delete|list)_namespaced_([a-z_]+)\b")
+VERB_OF_METHOD = {
+    "read": "get", "get": "get",  # get_namespaced_custom_object: CustomObjectsApi's read
+    "create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list",
+}
+CLIENT_CALL = re.compile(r"\.(read|get|create|replace|patch|delete|list)_namespaced_([a-z_]+)\b")
 # kubernetes-client method names -> (apiGroup, resource); custom objects are only ever ours.
 RESOURCE_OF_METHOD = {
     "stateful_set": ("apps", "statefulsets"),

@@ -73,10 +73,11 @@ each rule exists.
 */}}
 {{- define "sft-operator.rules" -}}
 # SFTJobs: kopf lists and watches them (handlers and an index) and patches its annotations
-# (progress and last-handled spec) onto them.
+# (progress and last-handled spec) onto them; the operator reads one before re-creating a
+# deleted child (is the job itself being deleted?).
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 # The operator writes the status, and only the status, through the status subresource.
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs/status"]
@@ -95,20 +96,22 @@ each rule exists.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "update"]
-# Each job's headless Service (never changed once created) and checkpoint claim (its owner
-# reference follows spec.checkpoints.deleteWithJob). The operator deletes nothing: children go
-# with their SFTJob through owner references.
+# Each job's headless Service (never changed once created; watched by label so that a deleted
+# one is re-created) and checkpoint claim (its owner reference follows
+# spec.checkpoints.deleteWithJob). The operator deletes nothing: children go with their SFTJob
+# through owner references.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "create", "update"]
-# The job's training config; patch is not used on it but is what the per-job Role grants the
-# status reporter on <job>-progress, and a Role can only grant what its creator holds.
+# The job's training config (watched by label so that a deleted one is re-created); patch is not
+# used on it but is what the per-job Role grants the status reporter on <job>-progress, and a
+# Role can only grant what its creator holds.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "update", "patch"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 # The job's pods are watched (by label) to derive the phase; never written.
 - apiGroups: [""]
   resources: ["pods"]
