@@ -148,3 +148,24 @@ def test_cpu_mode_launcher_side_restores_main_ds() -> None:
         assert os.environ["ACCELERATE_USE_CPU"] == "1"
     assert main_ds.__file__ == original
     assert os.environ.get("ACCELERATE_USE_CPU") == accelerate_env
+
+
+def test_the_operators_rendered_config_is_accepted() -> None:
+    """The contract end to end: models.training_config (what render.py mounts) -> TrainingArgs."""
+    pytest.importorskip("instructlab.training")
+    from sft_operator.models import parse_spec
+    from sft_trainer.launch_config import build_training_args
+
+    spec = parse_spec({
+        "modelPath": "/models/m", "dataPath": "/data/d.jsonl", "numEpochs": 2,
+        "effectiveBatchSize": 8, "learningRate": 1e-5, "maxSeqLen": 512, "nnodes": 2,
+        "fullStateRetention": 2, "checkpoints": {"claim": {"size": "10Gi"}, "path": "runs/a"},
+        "extraArgs": {"keep_last_checkpoint_only": True},
+    })
+    config = parse_config(spec.training_config("job", "ns"))
+    args = build_training_args(config, cpu=False)
+    assert (config.num_epochs, config.full_state_retention) == (2, 2)
+    assert (args.ckpt_output_dir, args.data_output_dir, args.num_epochs) == (
+        "/checkpoints/runs/a", "/checkpoints/runs/a/data", 2)
+    assert (args.process_data, args.on_demand_checkpointing, args.keep_last_checkpoint_only,
+            args.fsdp_options.sharding_strategy.value) == (False, True, True, "FULL_SHARD")
