@@ -71,6 +71,11 @@ def test_training_args_kwargs_applies_launcher_settings() -> None:
         "data_output_dir": "/checkpoints/run/data", "process_data": False}
     cpu = training_args_kwargs(config, FIELDS, cpu=True)
     assert cpu["disable_flash_attn"] is True
+    with pytest.raises(ConfigError) as raised:
+        training_args_kwargs(parse_config(_with_args(validation_split=0.1)),
+                             FIELDS | {"validation_split"}, cpu=True)
+    assert str(raised.value) == ("trainingArgs.validation_split: not supported in CPU mode "
+                                 "(SFT_DEVICE=cpu); leave it at 0.0")
 
 
 def _with_args(**args) -> dict:

@@ -40,6 +40,11 @@ def training_args_overrides() -> dict:
     return {"disable_flash_attn": True}
 
 
+# TrainingArgs fields whose non-default values take code paths CPU mode does not patch:
+# validation runs on a hard-coded CUDA device inside main_ds itself.
+UNSUPPORTED_ARGS = {"validation_split": 0.0}
+
+
 def _require(owner: object, name: str) -> object:
     # An upstream rename must fail loudly here, not turn into a silent CUDA call later.
     if not hasattr(owner, name):

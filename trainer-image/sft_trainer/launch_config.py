@@ -93,6 +93,10 @@ def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu:
     if cpu:
         from . import cpu_mode
 
+        for key, default in cpu_mode.UNSUPPORTED_ARGS.items():
+            if args.get(key, default) != default:
+                raise ConfigError(f"{prefix}.{key}", f"not supported in CPU mode "
+                                  f"({contract.ENV_DEVICE}=cpu); leave it at {default}")
         args.update(cpu_mode.training_args_overrides())
     return args
 
