@@ -10,18 +10,16 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 import yaml
 
-from sft_operator.api import jobs as api_jobs
-from sft_operator.api.display import ProgressDisplay
-from sft_operator.api.mapping import SFTParameterError
-from sft_operator.api.results import JobView, SFTJobDeletedError, SFTJobFailedError, view_job
-from sft_operator.api.training_hub import KubernetesSFTBackend
 from sft_operator.cli import app
 from sft_operator.models import InvalidSpecError, parse_job
+
+if TYPE_CHECKING:
+    from sft_operator.api.results import JobView
 
 EXIT_FAILED = 1  # the job Failed, or it was not found / deleted
 EXIT_INVALID = 2  # the parameters or manifest are invalid: nothing was created
@@ -38,6 +36,14 @@ ContextOption = Annotated[Optional[str], typer.Option("--context", help="Kubecon
 TimeoutOption = Annotated[
     Optional[float], typer.Option("--timeout", help="Stop waiting after this many seconds (the job keeps running).")
 ]
+
+
+def _api() -> Any:
+    """sft_operator.api, imported when a command runs: `sft-operator run` and `--help` (this
+    module is imported by cli.py) never depend on it."""
+    import sft_operator.api
+
+    return sft_operator.api
 
 
 def _console(stderr: bool = False) -> Any:
@@ -72,16 +78,17 @@ def _pairs(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
 
 
 def _connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> tuple[Any, str]:
-    client, context_namespace = api_jobs.connect(kubeconfig, context)
+    client, context_namespace = _api().connect(kubeconfig, context)
     return client, namespace or context_namespace
 
 
 def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None:
+    api = _api()
     try:
-        result = api_jobs.wait_for_job(client, name, namespace, timeout=timeout, display=ProgressDisplay())
-    except SFTJobFailedError as exc:
+        result = api.wait_for_job(client, name, namespace, timeout=timeout, display=api.ProgressDisplay())
+    except api.SFTJobFailedError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
-    except (SFTJobDeletedError, api_jobs.SFTJobNotFoundError) as exc:
+    except (api.SFTJobDeletedError, api.SFTJobNotFoundError) as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     except TimeoutError as exc:
         raise _fail(str(exc), EXIT_TIMEOUT) from None
@@ -150,7 +157,8 @@ def submit(
             raise _fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
-        backend = KubernetesSFTBackend(
+        api = _api()
+        backend = api.KubernetesSFTBackend(
             name=name,
             namespace=namespace,
             image=image,
@@ -161,7 +169,7 @@ def submit(
         )
         try:
             manifest, _ = backend.build(training)
-        except SFTParameterError as exc:
+        except api.SFTParameterError as exc:
             problems = "\n".join(f"  {problem}" for problem in exc.parameters)
             raise _fail(f"invalid parameters (nothing was created):\n{problems}", EXIT_INVALID) from None
     if dry_run:
@@ -171,7 +179,7 @@ def submit(
         return
     client, target_namespace = _connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
     manifest["metadata"]["namespace"] = target_namespace
-    created = api_jobs.create_job(client, manifest)
+    created = _api().create_job(client, manifest)
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:
@@ -259,14 +267,14 @@ def status(
 
     client, namespace = _connect(kubeconfig, context, namespace)
     try:
-        job = api_jobs.get_job(client, name, namespace)
-    except api_jobs.SFTJobNotFoundError as exc:
+        job = _api().get_job(client, name, namespace)
+    except _api().SFTJobNotFoundError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     if output in ("yaml", "json"):
         status_body = job.get("status") or {}
         typer.echo(json.dumps(status_body, indent=2) if output == "json" else yaml.safe_dump(status_body, sort_keys=False))
         return
-    view = view_job(job)
+    view = _api().view_job(job)
     console = _console()
     summary = Table(show_header=False, box=None)
     for key, value in status_rows(view):
@@ -325,7 +333,8 @@ def list_command(
     from rich.table import Table
 
     client, namespace = _connect(kubeconfig, context, namespace)
-    views = [view_job(job) for job in api_jobs.list_jobs(client, None if all_namespaces else namespace)]
+    api = _api()
+    views = [api.view_job(job) for job in api.list_jobs(client, None if all_namespaces else namespace)]
     if not views:
         typer.echo("No SFTJobs" + ("." if all_namespaces else f" in {namespace}."))
         return

@@ -132,3 +132,14 @@ def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
     assert list_row(view, now) == ["qwen", "Running", "2/2", "2/3", "50%", "0.9123", "samples_100", "2h"]
     pending = view_job({"metadata": {"name": "new", "namespace": "ml"}, "spec": {}})
     assert list_row(pending, now) == ["new", "Pending", "", "", "", "", "", ""]
+
+
+def test_the_operator_cli_does_not_need_the_api_package() -> None:
+    """cli.py imports this module to register the commands; `sft-operator run` (the operator image)
+    must keep working even where the api package is not installed, so it is imported lazily."""
+    import subprocess
+    import sys
+
+    code = "import sys, sft_operator.cli; print(sorted(m for m in sys.modules if m.startswith('sft_operator.api')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

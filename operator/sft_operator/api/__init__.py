@@ -6,7 +6,16 @@ See docs/python-api.md. Modules: paths (where paths live), mapping (parameters -
 pure), results (status -> progress and result, pure), display, jobs (API I/O), training_hub.
 """
 
-from sft_operator.api.jobs import SFTJobNotFoundError, connect, follow_job, get_job, list_jobs, wait_for_job
+from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.jobs import (
+    SFTJobNotFoundError,
+    connect,
+    create_job,
+    follow_job,
+    get_job,
+    list_jobs,
+    wait_for_job,
+)
 from sft_operator.api.mapping import ClusterOptions, ParameterProblem, SFTParameterError, build_sftjob
 from sft_operator.api.results import (
     Checkpoint,
@@ -32,6 +41,7 @@ __all__ = [
     "JobView",
     "KubernetesSFTBackend",
     "ParameterProblem",
+    "ProgressDisplay",
     "SFTAlgorithm",
     "SFTJobDeletedError",
     "SFTJobFailedError",
@@ -40,6 +50,7 @@ __all__ = [
     "SFTParameterError",
     "build_sftjob",
     "connect",
+    "create_job",
     "follow_job",
     "get_job",
     "list_jobs",
