@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,37 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
         for source in sources:
             assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
             assert (ROOT / source).exists(), f"COPY {source}: no such path"
+
+
+def docker_context(target: Path) -> Path:
+    """A copy of what `docker build .` sends: the .dockerignore allow-list, without caches."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for allowed in (p[1:].rstrip("/") for p in patterns if p.startswith("!")):
+        source = ROOT / allowed
+        if source.is_dir():
+            shutil.copytree(source, target / allowed, ignore=skip)
+        else:
+            (target / allowed).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / allowed)
+    return target
+
+
+def test_the_image_install_ships_every_package(tmp_path: Path) -> None:
+    """The image installs the project non-editably (`pip install .[operator]`) from its build
+    context, unlike the dev venv (`pip install -e`): every package of the sources must be in the
+    wheel, or the image's `sft-operator` fails on import. Built offline, no build isolation."""
+    context = docker_context(tmp_path / "context")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(tmp_path / "dist"), str(context)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    shipped = {str(Path(name).parent) for name in zipfile.ZipFile(wheel).namelist() if name.endswith("/__init__.py")}
+    package_root = ROOT / "operator" / "sft_operator"
+    sources = {str("sft_operator" / p.parent.relative_to(package_root)) for p in package_root.rglob("__init__.py")}
+    missing = sorted((sources | {"sft_trainer"}) - shipped)
+    assert missing == [], f"pyproject's [tool.setuptools] packages misses {missing}"
