@@ -280,13 +280,12 @@ def test_wait_times_out_and_leaves_the_job_running(in_namespace: Any, api_client
     assert [j["metadata"]["name"] for j in jobs_in(api_client, namespace)] == ["slow"]
 
 
+# The status reporter's facts live in status.progress (sft_operator.progress). Until that field
+# is in SFTJobStatus, the CRD's status schema prunes it and a result has no checkpoints; the
+# test below checks whichever is true, so it turns strict by itself when the field lands.
 PROGRESS_IN_STATUS = "progress" in SFTJobStatus.model_fields
 
 
-@pytest.mark.xfail(
-    not PROGRESS_IN_STATUS, strict=True,
-    reason="status.progress is not in SFTJobStatus yet, so the CRD's status schema prunes it",
-)
 def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace: Any, api_client: Any, namespace: str) -> None:
     from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
 
@@ -307,6 +306,11 @@ def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace:
     ]
     with StatusDriver(api_client, namespace, "with-ckpts", statuses):
         result = sft(**in_namespace(name="with-ckpts", timeout=60))
+    assert result.phase == "Succeeded"
+    if not PROGRESS_IN_STATUS:
+        assert "progress" not in result.status  # pruned by the apiserver
+        assert (result.checkpoints, result.metrics) == ([], {})
+        return
     assert result.checkpoint_paths == [
         "pvc://checkpoints/qwen-run/hf_format/samples_100",
         "pvc://checkpoints/qwen-run/hf_format/samples_200",
