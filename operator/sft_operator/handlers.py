@@ -92,6 +92,14 @@ class Kube:
         meta = manifest["metadata"]
         return self._plain(self._calls(manifest["kind"])[2](meta["name"], meta["namespace"], manifest))
 
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"status": status}
@@ -371,9 +379,9 @@ def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
     return next(iter(store), None) if store else None
 
 
-@kopf.on.resume(*JOB)
-@kopf.on.create(*JOB)
-@kopf.on.update(*JOB, field="spec")
+@kopf.on.resume(*JOB, backoff=5)
+@kopf.on.create(*JOB, backoff=5)
+@kopf.on.update(*JOB, field="spec", backoff=5)
 def reconcile(
     body: kopf.Body,
     reason: kopf.Reason,
@@ -424,16 +432,45 @@ def statefulset_changed(
     **_: Any,
 ) -> None:
     key = (namespace, labels[contract.LABEL_JOB_NAME])
-    body = _one(jobs_by_name, key)
-    if type == "DELETED" and body is not None and not body["metadata"].get("deletionTimestamp"):
-        # Someone deleted a running job's StatefulSet: put it back (the pods resume from checkpoints).
-        with memo.jobs.lock(key):
-            job, problem = assess(body, None)
-            if job is not None and problem is None:
-                statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
-                publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, volume)
+    if type == "DELETED":
+        _restore(memo, key, jobs_by_name, pods_by_job)
         return
     _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job)
+
+
+@kopf.on.event("services", labels=OUR_CHILDREN)
+@kopf.on.event("configmaps", labels=OUR_CHILDREN)
+def child_changed(
+    type: str,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    if type == "DELETED":
+        _restore(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job)
+
+
+def _restore(
+    memo: kopf.Memo, key: tuple[str, str], jobs_by_name: kopf.Index[Any, Any], pods_by_job: kopf.Index[Any, Any]
+) -> None:
+    """A child of a live job was deleted by someone: create it again (the pods resume from the
+    checkpoints). The job is read from the API first: when the job itself is being deleted,
+    the garbage collector deletes its children, and the watch may say so before the job's own
+    deletion reaches the index."""
+    body = _one(jobs_by_name, key)
+    if body is None:
+        return
+    with memo.jobs.lock(key):
+        live = memo.kube.read_job(key[0], key[1])
+        if live is None or live["metadata"]["uid"] != body["metadata"]["uid"] or live["metadata"].get("deletionTimestamp"):
+            return
+        job, problem = assess(live, None)
+        if job is not None and problem is None:
+            statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
+            publish(memo.kube, memo.jobs, live, statefulset, pods_by_job.get(key, []), problem, volume)
 
 
 @kopf.on.event(*JOB)

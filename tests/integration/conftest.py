@@ -64,6 +64,37 @@ def crd(control_plane: Any, api_client: Any) -> str:
     return CRD_NAME
 
 
+@pytest.fixture(scope="session")
+def garbage_collection(control_plane: Any, api_client: Any, crd: str) -> None:
+    """Wait until the garbage collector collects SFTJob dependents: kube-controller-manager
+    re-discovers resources every 30 s, so a freshly installed CRD is unknown to it until then.
+    Probed with a throwaway job owning a ConfigMap (once per session)."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    namespace = "default"
+    name = "gc-probe"
+    job = custom.create_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
+        {
+            "apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name},
+            "spec": {"modelPath": "m", "dataPath": "d", "numEpochs": 1, "effectiveBatchSize": 1,
+                     "learningRate": 1e-4, "maxSeqLen": 8, "checkpoints": {"existingClaim": "none"}},
+        },
+    )
+    owner = {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "name": name, "uid": job["metadata"]["uid"]}
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "ownerReferences": [owner]}})
+    custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+
+    def collected() -> bool:
+        try:
+            core.read_namespaced_config_map(name, namespace)
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_for("the garbage collector to know SFTJobs", collected, timeout_s=90, interval_s=0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

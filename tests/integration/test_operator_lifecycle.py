@@ -124,7 +124,7 @@ def test_fixing_an_invalid_spec_starts_the_job(operator: Any, cluster: Any) -> N
     assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "False"
 
 
-def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster: Any) -> None:
+def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster: Any, garbage_collection: None) -> None:
     cluster.create_job(job_body("keep"))
     cluster.create_job(job_body("drop", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
     for name in ("keep", "drop"):
@@ -251,10 +251,15 @@ def test_mutable_pod_change_updates_the_template_only(operator: Any, cluster: An
     assert cluster.status("tiny")["phase"] == "Running"
 
 
-def test_deleted_statefulset_is_recreated(operator: Any, cluster: Any) -> None:
+@pytest.mark.parametrize(("kind", "child"), [("StatefulSet", "tiny"), ("Service", "tiny"), ("ConfigMap", "tiny-config")])
+def test_deleted_child_is_recreated(operator: Any, cluster: Any, kind: str, child: str) -> None:
     running_job(cluster)
-    old_uid = cluster.statefulset("tiny")["metadata"]["uid"]
-    cluster.apps.delete_namespaced_stateful_set("tiny", cluster.ns)
-    cluster.wait_for(
-        "a new StatefulSet", lambda: (s := cluster.statefulset("tiny")) and s["metadata"]["uid"] != old_uid
-    )
+    old_uid = cluster.read(kind, child)["metadata"]["uid"]
+    delete = {
+        "StatefulSet": cluster.apps.delete_namespaced_stateful_set,
+        # The client cannot parse the Status that deleting a Service returns on 1.20: skip parsing.
+        "Service": lambda name, ns: cluster.core.delete_namespaced_service(name, ns, _preload_content=False),
+        "ConfigMap": cluster.core.delete_namespaced_config_map,
+    }[kind]
+    delete(child, cluster.ns)
+    cluster.wait_for(f"a new {kind}", lambda: (c := cluster.read(kind, child)) and c["metadata"]["uid"] != old_uid)
