@@ -215,6 +215,7 @@ def test_existing_service_account_without_rbac(helm: Helm) -> None:
         (["--set", "extraArgs={verbose}"], "/extraArgs/0"),
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "resources.cpu=1"], "additional properties 'cpu' not allowed"),
+        (["--set", "podLabels.app\\.kubernetes\\.io/instance=x"], "invalid propertyName 'app.kubernetes.io/instance'"),
     ],
 )
 def test_values_schema_rejects(helm: Helm, args: list[str], expected: str) -> None:
