@@ -93,7 +93,7 @@ def patch_status(api_client: Any, namespace: str, name: str, status: dict[str, A
 
 
 def condition(type_: str, status: str, reason: str, message: str = "as the operator says") -> dict[str, Any]:
-    # Not "": this client sends an empty string as null, which the CRD's schema refuses.
+    # Not "": the 1.20 apiserver reads an empty message as null and refuses it (status.py omits it).
     return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now()}
 
 

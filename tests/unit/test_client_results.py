@@ -19,7 +19,11 @@ from sft_operator.api.results import (
 )
 from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
 
-SPEC = {"numEpochs": 3, "checkpoints": {"existingClaim": "ckpts", "path": "run1"}}
+SPEC = {
+    "modelPath": "Qwen/Qwen2.5-7B-Instruct", "dataPath": "/data/train.jsonl", "numEpochs": 3,
+    "effectiveBatchSize": 8, "learningRate": 2e-5, "maxSeqLen": 2048,
+    "checkpoints": {"existingClaim": "ckpts", "path": "run1"},
+}
 T = "2026-11-27T10:00:00Z"
 
 
@@ -77,10 +81,18 @@ def test_the_reporters_progress_is_read_field_by_field() -> None:
 
 
 def test_checkpoints_on_an_operator_created_claim_use_its_name() -> None:
-    spec = {"numEpochs": 1, "checkpoints": {"claim": {"size": "1Gi"}}}
+    spec = {**SPEC, "checkpoints": {"claim": {"size": "1Gi"}}}
     view = view_job(job({"phase": "Succeeded", "progress": REPORTED}, spec=spec))
-    assert view.checkpoints[0].path == "pvc://qwen-checkpoints/hf_format/samples_100"
+    assert view.checkpoints[0].path == "pvc://qwen-checkpoints/hf_format/samples_100"  # render.claim_name
     assert view.checkpoints[0].pod_path == "/checkpoints/hf_format/samples_100"
+
+
+def test_an_object_the_models_refuse_still_shows_its_checkpoints() -> None:
+    spec = {"checkpoints": {"existingClaim": "ckpts", "path": "run1"}}  # no training fields
+    view = view_job(job({"phase": "Failed", "progress": REPORTED}, spec=spec))
+    assert view.checkpoints[0].path == "pvc://ckpts/run1/hf_format/samples_100"
+    spec = {"checkpoints": {"claim": {"size": "1Gi"}}}  # the claim's name is the operator's to say
+    assert view_job(job({"progress": REPORTED}, spec=spec)).checkpoints[0].path == "/checkpoints/hf_format/samples_100"
 
 
 def test_percent_is_derived_when_only_samples_are_known() -> None:

@@ -33,7 +33,7 @@ from sft_operator.api.paths import (
     place_checkpoints,
     place_pod_paths,
 )
-from sft_operator.models import InvalidSpecError, SFTJobSpec, parse_job
+from sft_operator.models import CheckpointVolume, ClaimTemplate, InvalidSpecError, PodSettings, SFTJobSpec, parse_job
 
 BACKEND_NAME = "instructlab-training"
 
@@ -91,6 +91,9 @@ OPERATION_SPEC_FIELDS = frozenset(
 # Spec fields settable as sft() keyword arguments under their own (snake_case) names.
 SPEC_PARAMS: tuple[str, ...] = tuple(name for name in SFTJobSpec.model_fields if name not in OPERATION_SPEC_FIELDS)
 SPEC_ALIAS = {name: info.alias or name for name, info in SFTJobSpec.model_fields.items()}
+POD_ALIAS = {name: info.alias or name for name, info in PodSettings.model_fields.items()}
+CHECKPOINTS_ALIAS = {name: info.alias or name for name, info in CheckpointVolume.model_fields.items()}
+CLAIM_ALIAS = {name: info.alias or name for name, info in ClaimTemplate.model_fields.items()}
 PARAM_OF_ALIAS = {alias: name for name, alias in SPEC_ALIAS.items()}
 
 # Spec paths set from something other than the parameter of the same name.
@@ -292,14 +295,14 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         given.update(placed.values)
         extra_volumes, extra_mounts = placed.volumes, placed.volume_mounts
     if cluster.checkpoint_storage is not None:
-        claim: dict[str, Any] = {"size": cluster.checkpoint_storage}
+        claim: dict[str, Any] = {CLAIM_ALIAS["size"]: cluster.checkpoint_storage}
         if cluster.storage_class is not None:
-            claim["storageClassName"] = cluster.storage_class
-        checkpoints["claim"] = claim
+            claim[CLAIM_ALIAS["storage_class_name"]] = cluster.storage_class
+        checkpoints[CHECKPOINTS_ALIAS["claim"]] = claim
     elif cluster.storage_class is not None:
         problems.append(ParameterProblem("storage_class", None, "only applies with checkpoint_storage"))
     if cluster.delete_checkpoints_with_job is not None:
-        checkpoints["deleteWithJob"] = cluster.delete_checkpoints_with_job
+        checkpoints[CHECKPOINTS_ALIAS["delete_with_job"]] = cluster.delete_checkpoints_with_job
 
     # --- training fields and extraArgs --------------------------------------------------------
     extra_args: dict[str, Any] = {}
@@ -320,18 +323,19 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         ("env", _env_list(cluster.env) if cluster.env is not None else None),
     ):
         if value is not None:
-            pod[key] = value
-    volumes = [*(cluster.volumes or pod.get("volumes") or []), *extra_volumes]
-    mounts = [*(cluster.volume_mounts or pod.get("volumeMounts") or []), *extra_mounts]
+            pod[POD_ALIAS[key]] = value
+    volumes_key, mounts_key = POD_ALIAS["volumes"], POD_ALIAS["volume_mounts"]
+    volumes = [*(cluster.volumes or pod.get(volumes_key) or []), *extra_volumes]
+    mounts = [*(cluster.volume_mounts or pod.get(mounts_key) or []), *extra_mounts]
     names = [v.get("name") for v in volumes if isinstance(v, dict)]
     for dup in sorted({n for n in names if names.count(n) > 1}, key=str):
         problems.append(
             ParameterProblem("volumes", "spec.pod.volumes", f"volume {dup!r} is defined twice (pvc:// paths add pvc-<claim>)")
         )
     if volumes:
-        pod["volumes"] = volumes
+        pod[volumes_key] = volumes
     if mounts:
-        pod["volumeMounts"] = mounts
+        pod[mounts_key] = mounts
     if pod:
         spec[SPEC_ALIAS["pod"]] = pod
     for param in ("device", "max_restarts", "full_state_retention", "suspend"):

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 
 from sft_operator import contract
+from sft_operator.models import CheckpointVolume
 
 PVC_SCHEME = "pvc://"
 # Extra claims are mounted here, one directory per claim.
@@ -111,11 +112,12 @@ class CheckpointPlacement:
 
     def as_spec(self) -> dict[str, str]:
         """spec.checkpoints without the claim template (the caller adds size and class)."""
+        aliases = {name: info.alias or name for name, info in CheckpointVolume.model_fields.items()}
         spec: dict[str, str] = {}
         if self.existing_claim is not None:
-            spec["existingClaim"] = self.existing_claim
+            spec[aliases["existing_claim"]] = self.existing_claim
         if self.path:
-            spec["path"] = self.path
+            spec[aliases["path"]] = self.path
         return spec
 
 

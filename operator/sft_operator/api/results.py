@@ -11,10 +11,13 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from sft_operator import contract
 from sft_operator.api.paths import pod_path_to_url
 from sft_operator.checkpoints import HF_FORMAT_DIR
-from sft_operator.models import ConditionType, Phase
+from sft_operator.models import ConditionType, InvalidSpecError, Phase, parse_job
+from sft_operator.render import claim_name
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 
@@ -146,15 +149,16 @@ def failure_of(status: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def checkpoint_root(spec: dict[str, Any]) -> str:
-    """ckpt_output_dir inside the pods (models.SFTJobSpec.ckpt_output_dir, from raw spec)."""
-    path = (spec.get("checkpoints") or {}).get("path") or ""
-    return posixpath.normpath(posixpath.join(contract.CHECKPOINT_MOUNT_PATH, path))
-
-
-def checkpoint_claim(name: str, spec: dict[str, Any]) -> str:
-    """The checkpoint claim's name (render.claim_name, from a raw spec)."""
-    return (spec.get("checkpoints") or {}).get("existingClaim") or f"{name}-checkpoints"
+def _checkpoint_place(job: dict[str, Any]) -> tuple[str, str | None]:
+    """(ckpt_output_dir in the pods, the checkpoint claim's name) as the operator renders them;
+    for an object the models refuse, the raw spec's path and existing claim."""
+    try:
+        parsed = parse_job(job)
+    except (InvalidSpecError, ValidationError):
+        volume = (job.get("spec") or {}).get("checkpoints") or {}
+        root = posixpath.normpath(posixpath.join(contract.CHECKPOINT_MOUNT_PATH, str(volume.get("path") or "")))
+        return root, volume.get("existingClaim")
+    return parsed.spec.ckpt_output_dir, claim_name(parsed)
 
 
 def _checkpoint_entries(status: dict[str, Any]) -> list[Any]:
@@ -166,11 +170,14 @@ def _checkpoint_entries(status: dict[str, Any]) -> list[Any]:
     return entries if isinstance(entries, list) else []
 
 
-def checkpoints_of(name: str, spec: dict[str, Any], status: dict[str, Any]) -> tuple[Checkpoint, ...]:
-    root = checkpoint_root(spec)
-    claim = checkpoint_claim(name, spec)
+def checkpoints_of(job: dict[str, Any]) -> tuple[Checkpoint, ...]:
+    status = job.get("status") or {}
+    entries = _checkpoint_entries(status)
+    if not entries:
+        return ()
+    root, claim = _checkpoint_place(job)
     found = []
-    for entry in _checkpoint_entries(status):
+    for entry in entries:
         if isinstance(entry, str):
             entry = {"name": posixpath.basename(entry.rstrip("/")), "path": entry}
         if not isinstance(entry, dict) or not (entry.get("name") or entry.get("path")):
@@ -231,7 +238,7 @@ def view_job(job: dict[str, Any]) -> JobView:
         updated=found["updated"],
         reason=reason,
         message=message,
-        checkpoints=checkpoints_of(name, spec, status),
+        checkpoints=checkpoints_of(job),
         created=metadata.get("creationTimestamp"),
     )
 
