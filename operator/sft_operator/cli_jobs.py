@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -27,14 +27,14 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
 NamespaceOption = Annotated[
-    Optional[str], typer.Option("--namespace", "-n", help="Namespace; default: the kubeconfig context's.")
+    str | None, typer.Option("--namespace", "-n", help="Namespace; default: the kubeconfig context's.")
 ]
 KubeconfigOption = Annotated[
-    Optional[Path], typer.Option("--kubeconfig", help="Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster.")
+    Path | None, typer.Option("--kubeconfig", help="Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster.")
 ]
-ContextOption = Annotated[Optional[str], typer.Option("--context", help="Kubeconfig context.")]
+ContextOption = Annotated[str | None, typer.Option("--context", help="Kubeconfig context.")]
 TimeoutOption = Annotated[
-    Optional[float], typer.Option("--timeout", help="Stop waiting after this many seconds (the job keeps running).")
+    float | None, typer.Option("--timeout", help="Stop waiting after this many seconds (the job keeps running).")
 ]
 
 
@@ -104,33 +104,33 @@ def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None
 @app.command()
 def submit(
     filename: Annotated[
-        Optional[Path], typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
+        Path | None, typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
     ] = None,
-    model_path: Annotated[Optional[str], typer.Option(help="HF id, pvc://claim/path or an absolute path in the pod.")] = None,
-    data_path: Annotated[Optional[str], typer.Option(help="pvc://claim/path or an absolute path in the pod.")] = None,
+    model_path: Annotated[str | None, typer.Option(help="HF id, pvc://claim/path or an absolute path in the pod.")] = None,
+    data_path: Annotated[str | None, typer.Option(help="pvc://claim/path or an absolute path in the pod.")] = None,
     ckpt_output_dir: Annotated[
-        Optional[str], typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-storage.")
+        str | None, typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-storage.")
     ] = None,
-    num_epochs: Annotated[Optional[int], typer.Option()] = None,
-    effective_batch_size: Annotated[Optional[int], typer.Option()] = None,
-    learning_rate: Annotated[Optional[float], typer.Option()] = None,
-    max_seq_len: Annotated[Optional[int], typer.Option()] = None,
-    max_tokens_per_gpu: Annotated[Optional[int], typer.Option()] = None,
-    nnodes: Annotated[Optional[int], typer.Option()] = None,
-    nproc_per_node: Annotated[Optional[int], typer.Option()] = None,
+    num_epochs: Annotated[int | None, typer.Option()] = None,
+    effective_batch_size: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    max_seq_len: Annotated[int | None, typer.Option()] = None,
+    max_tokens_per_gpu: Annotated[int | None, typer.Option()] = None,
+    nnodes: Annotated[int | None, typer.Option()] = None,
+    nproc_per_node: Annotated[int | None, typer.Option()] = None,
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", help="Any other sft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."),
     ] = None,
-    name: Annotated[Optional[str], typer.Option(help="Job name; default: sft-<model>-<random>.")] = None,
+    name: Annotated[str | None, typer.Option(help="Job name; default: sft-<model>-<random>.")] = None,
     namespace: NamespaceOption = None,
-    image: Annotated[Optional[str], typer.Option(help="Trainer image.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cuda (default) or cpu.")] = None,
+    image: Annotated[str | None, typer.Option(help="Trainer image.")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda (default) or cpu.")] = None,
     checkpoint_storage: Annotated[
-        Optional[str], typer.Option(help="Size of a checkpoint claim for the operator to create, e.g. 500Gi.")
+        str | None, typer.Option(help="Size of a checkpoint claim for the operator to create, e.g. 500Gi.")
     ] = None,
-    storage_class: Annotated[Optional[str], typer.Option(help="Storage class of that claim.")] = None,
-    env: Annotated[Optional[list[str]], typer.Option("--env", help="Container env: NAME=VALUE (repeat).")] = None,
+    storage_class: Annotated[str | None, typer.Option(help="Storage class of that claim.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="Container env: NAME=VALUE (repeat).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the validated manifest; create nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job until it ends.")] = False,
     timeout: TimeoutOption = None,
@@ -217,10 +217,10 @@ def _age(created: str | None, now: datetime | None = None) -> str:
     if not created:
         return ""
     try:
-        moment = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        moment = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return created
-    seconds = int(((now or datetime.now(timezone.utc)) - moment).total_seconds())
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

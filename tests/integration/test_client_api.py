@@ -7,12 +7,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
 import pytest
-
 from sft_operator import contract
 from sft_operator.api import (
     InstructLabTrainingSFTBackend,
@@ -72,7 +71,7 @@ def restricted(actual: Any, like: Any) -> Any:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def custom(api_client: Any) -> Any:
@@ -122,7 +121,7 @@ class StatusDriver:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.thread.join(timeout=30)
         if self.error is not None:
             raise AssertionError(f"the status driver failed: {self.error!r}") from self.error

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from typer.testing import CliRunner
-
 from sft_operator.api.results import view_job
 from sft_operator.cli import app
 from sft_operator.cli_jobs import list_row, parse_value, status_rows
 from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -128,7 +127,7 @@ def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
         ("Throughput", "12.5 samples/s"),
         ("ETA", "1m05s"),
     ]
-    now = datetime(2026, 11, 27, 12, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
     assert list_row(view, now) == ["qwen", "Running", "2/2", "2/3", "50%", "0.9123", "samples_100", "2h"]
     pending = view_job({"metadata": {"name": "new", "namespace": "ml"}, "spec": {}})
     assert list_row(pending, now) == ["new", "Pending", "", "", "", "", "", ""]

@@ -7,7 +7,6 @@ import inspect
 from typing import Any
 
 import pytest
-
 from sft_operator.api import mapping
 from sft_operator.api.mapping import (
     TRAINING_HUB_SFT_PARAMS,

@@ -7,7 +7,6 @@ import io
 from typing import Any
 
 import pytest
-
 from sft_operator.api.display import ProgressDisplay
 from sft_operator.api.results import (
     Checkpoint,

@@ -16,7 +16,12 @@ from sft_operator.api.jobs import (
     list_jobs,
     wait_for_job,
 )
-from sft_operator.api.mapping import ClusterOptions, ParameterProblem, SFTParameterError, build_sftjob
+from sft_operator.api.mapping import (
+    ClusterOptions,
+    ParameterProblem,
+    SFTParameterError,
+    build_sftjob,
+)
 from sft_operator.api.results import (
     Checkpoint,
     JobView,

@@ -47,7 +47,12 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self.enabled and self.rich_output:
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+            )
             from rich.table import Column
 
             self._detail_column = Column(no_wrap=True, overflow="ellipsis")
@@ -63,7 +68,7 @@ class ProgressDisplay:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
             self._progress = None

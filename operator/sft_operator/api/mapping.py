@@ -33,7 +33,14 @@ from sft_operator.api.paths import (
     place_checkpoints,
     place_pod_paths,
 )
-from sft_operator.models import CheckpointVolume, ClaimTemplate, InvalidSpecError, PodSettings, SFTJobSpec, parse_job
+from sft_operator.models import (
+    CheckpointVolume,
+    ClaimTemplate,
+    InvalidSpecError,
+    PodSettings,
+    SFTJobSpec,
+    parse_job,
+)
 
 BACKEND_NAME = "instructlab-training"
 
@@ -379,10 +386,10 @@ def split_params(algorithm_params: dict[str, Any]) -> tuple[dict[str, Any], dict
 __all__ = [
     "BACKEND_NAME",
     "CLUSTER_PARAMS",
+    "TRAINING_HUB_SFT_PARAMS",
     "ClusterOptions",
     "ParameterProblem",
     "SFTParameterError",
-    "TRAINING_HUB_SFT_PARAMS",
     "build_sftjob",
     "generate_job_name",
     "param_for_spec_path",
