@@ -7,16 +7,30 @@ Proof that the rules suffice on a real API server is tests/integration/test_helm
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_helm_chart import MODES, NAMESPACES_MODE, ROOT, Helm, by_kind
 
 from sft_operator import contract, render
 from sft_operator.models import parse_job
+
+
+def _chart_tests() -> Any:
+    """test_helm_chart.py's Helm runner, loaded by path (works in any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location("_helm_chart_tests", Path(__file__).with_name("test_helm_chart.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_chart = _chart_tests()
+MODES, NAMESPACES_MODE, ROOT, Helm, by_kind = (
+    _chart.MODES, _chart.NAMESPACES_MODE, _chart.ROOT, _chart.Helm, _chart.by_kind)
 
 PACKAGE = ROOT / "operator" / "sft_operator"
 OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
@@ -51,7 +65,7 @@ REPORTER_GRANT = {("", "configmaps"): {"get", "patch", "update"}}
 
 
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return Helm.provision(tmp_path_factory.mktemp("helm-home"))
 
 
@@ -77,7 +91,7 @@ def covers(granted: dict[tuple[str, str], set[str]], needed: dict[tuple[str, str
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_no_wildcards_and_nothing_beyond_the_allow_list(helm: Helm, mode: str) -> None:
+def test_no_wildcards_and_nothing_beyond_the_allow_list(helm: Any, mode: str) -> None:
     roles = rules_of(helm.template(*MODES[mode]))
     assert roles, "no Role or ClusterRole rendered"
     for rules in roles:
@@ -88,14 +102,14 @@ def test_no_wildcards_and_nothing_beyond_the_allow_list(helm: Helm, mode: str) -
         assert grants(rules) == ALLOW_LIST
 
 
-def test_both_modes_grant_the_same_rules(helm: Helm) -> None:
+def test_both_modes_grant_the_same_rules(helm: Any) -> None:
     (cluster_rules,) = rules_of(helm.template())
     namespaced = rules_of(helm.template(*NAMESPACES_MODE))
     assert len(namespaced) == 2
     assert all(rules == cluster_rules for rules in namespaced)
 
 
-def test_no_escalation_verbs(helm: Helm) -> None:
+def test_no_escalation_verbs(helm: Any) -> None:
     """The operator grants the reporter only what it holds itself: no bind, escalate or
     impersonate, and no access to Secrets."""
     granted = grants(rules_of(helm.template())[0])
@@ -103,7 +117,7 @@ def test_no_escalation_verbs(helm: Helm) -> None:
     assert ("", "secrets") not in granted
 
 
-def test_operator_holds_what_the_per_job_role_grants(helm: Helm) -> None:
+def test_operator_holds_what_the_per_job_role_grants(helm: Any) -> None:
     granted = grants(rules_of(helm.template())[0])
     assert covers(granted, REPORTER_GRANT) == []
 
@@ -114,7 +128,7 @@ def sample_job() -> Any:
     return parse_job(body)
 
 
-def test_operator_may_create_every_child(helm: Helm) -> None:
+def test_operator_may_create_every_child(helm: Any) -> None:
     """Every kind render.py produces for a job can be read and created (updates are covered by
     the code scan below); a per-job Role, once rendered, grants nothing the operator lacks."""
     granted = grants(rules_of(helm.template())[0])
@@ -221,7 +235,7 @@ def test_code_scan_sees_the_operator() -> None:
     assert used[(contract.GROUP, f"{contract.PLURAL}/status")] == {"patch"}
 
 
-def test_chart_grants_everything_the_operator_calls(helm: Helm) -> None:
+def test_chart_grants_everything_the_operator_calls(helm: Any) -> None:
     granted = grants(rules_of(helm.template())[0])
     used = {key: verbs - NEVER_CALLED.get(key, set()) for key, verbs in used_by_code().items()}
     missing = covers(granted, used)
