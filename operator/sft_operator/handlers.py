@@ -30,7 +30,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract, render
-from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJob, SFTJobStatus, parse_job
+from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobStatus, parse_job
 from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim, derive_status, rfc3339
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
@@ -298,9 +298,9 @@ def publish(
         message = problem.message if problem is not None and new.phase is Phase.FAILED else f"{new.nodes} pods running"
         kopf.event(body, type=kind, reason=new.phase.value, message=message)
         log.info("%s/%s: phase %s -> %s", key[0], key[1], old_phase.value if old_phase else None, new.phase.value)
-    if problem is not None and problem.reason is Reason.IMMUTABLE_FIELD_CHANGED:
-        old_msg = next((c.message for c in (current.conditions if current else []) if c.reason == problem.reason.value), None)
-        if old_msg != problem.message:
+    if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
+        previous = next((c for c in (current.conditions if current else []) if c.type == ConditionType.SPEC_VALID.value), None)
+        if previous is None or previous.message != problem.message:
             kopf.event(body, type="Warning", reason=problem.reason.value, message=problem.message)
 
 

@@ -106,8 +106,12 @@ def test_invalid_specs_are_failed_with_the_field_named_and_get_no_children(opera
         valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
         assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
         assert message in valid["message"], valid["message"]
-        events = cluster.wait_for(f"a Failed event for {name}", lambda name=name: [e for e in cluster.events(name) if e["reason"] == "Failed"])
-        assert events[0]["type"] == "Warning" and message in events[0]["message"]
+        for reason in ("Failed", "InvalidSpec"):
+            events = cluster.wait_for(
+                f"a {reason} event for {name}",
+                lambda name=name, reason=reason: [e for e in cluster.events(name) if e["reason"] == reason],
+            )
+            assert events[0]["type"] == "Warning" and message in events[0]["message"]
     time.sleep(SETTLE_S)
     for name, _, _ in INVALID_FOR_THE_OPERATOR:
         for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config"),

@@ -107,3 +107,13 @@ def test_api_doc_field_table_matches_the_models() -> None:
 
     text = (ROOT / API_DOC).read_text()
     assert text == update_api_doc(text), "docs/api.md's field table is stale: run `sft-operator crd --write`"
+
+
+def test_cli_prints_the_crd() -> None:
+    from typer.testing import CliRunner
+
+    from sft_operator.cli import app
+
+    result = CliRunner().invoke(app, ["crd"])
+    assert result.exit_code == 0, result.output
+    assert result.output == render_yaml()
