@@ -75,6 +75,17 @@ def test_provisioned_helm_is_the_pinned_version(helm: Helm) -> None:
     assert proc.returncode == 0 and proc.stdout == "v4.1.4", proc.stdout + proc.stderr
 
 
+def test_provision_script_answers_from_its_cache_or_sft_helm(helm: Helm, tmp_path: Path) -> None:
+    again = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == helm.binary
+    chosen = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SFT_HELM": helm.binary})
+    assert chosen.stdout.strip() == helm.binary
+    bad = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SFT_HELM": str(tmp_path / "no-helm")})
+    assert bad.returncode == 1 and "is not an executable" in bad.stderr and not bad.stdout
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_lint_strict(helm: Helm, mode: str) -> None:
     proc = helm.run("lint", "--strict", str(CHART), *MODES[mode])
