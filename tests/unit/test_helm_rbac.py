@@ -267,7 +267,7 @@ def test_chart_rules_are_docs_rbac_md_plus_the_reporter() -> None:
     expected: dict[tuple[str, str], set[str]] = {}
     for key, verbs in list(documented.items()) + list(CHART_ONLY.items()):
         expected.setdefault(key, set()).update(verbs)
-    for key, verbs in RBAC_DOC_ONLY.items():
-        assert documented.get(key) == verbs, f"docs/rbac.md changed its cluster-scoped rule {key}"
-        del expected[key]
+    for key, verbs in RBAC_DOC_ONLY.items():  # may go once kopf's scanning is disabled
+        if key in expected:
+            assert expected.pop(key) == verbs, f"docs/rbac.md changed its cluster-scoped rule {key}"
     assert expected == ALLOW_LIST
