@@ -27,6 +27,7 @@ from typing import Any
 
 import kopf
 import kubernetes
+import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract, render
@@ -118,6 +119,8 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
     meta = manifest["metadata"]
     try:
         return kube.create(manifest), True
+    except pydantic.ValidationError as exc:  # the client checks bodies before sending them
+        raise Refused(f"{manifest['kind']} {meta['name']}: {_client_message(exc)}") from None
     except ApiException as exc:
         if exc.status == 422:
             raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
@@ -127,6 +130,15 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
     if existing is None:  # deleted in between: the next attempt creates it
         raise kopf.TemporaryError(f"{manifest['kind']} {meta['name']} vanished while being created", delay=1)
     return existing, False
+
+
+def _client_message(exc: pydantic.ValidationError) -> str:
+    """The client's complaint about a body, by path inside the object (e.g. spec.template...)."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = [str(item) for item in error["loc"][1:]]  # [0] is the argument position
+        parts.append(f"{'.'.join(loc)}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def _api_message(exc: ApiException) -> str:
@@ -170,6 +182,8 @@ def _ensure(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | Non
         return existing
     try:
         return kube.replace(updated)
+    except pydantic.ValidationError as exc:
+        raise Refused(f"{kind} {meta['name']}: {_client_message(exc)}") from None
     except ApiException as exc:
         if exc.status == 409:  # changed under us: read again and retry soon
             raise kopf.TemporaryError(f"{kind} {meta['name']} changed while being updated", delay=1) from None

@@ -161,9 +161,10 @@ def _env(job: SFTJob) -> list[dict[str, Any]]:
 def _resources(job: SFTJob) -> dict[str, Any]:
     pod = job.spec.pod
     resources = pod.resources.to_api() if pod.resources is not None else {}
-    resources = {k: dict(v) for k, v in resources.items() if v}
+    # Quantities as strings: the canonical wire form (and the Python client insists on it).
+    resources = {k: {name: str(q) for name, q in v.items()} for k, v in resources.items() if v}
     if job.spec.device is Device.CUDA:
-        resources.setdefault("limits", {}).setdefault(GPU_RESOURCE, job.spec.nproc_per_node)
+        resources.setdefault("limits", {}).setdefault(GPU_RESOURCE, str(job.spec.nproc_per_node))
     return resources
 
 

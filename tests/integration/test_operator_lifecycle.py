@@ -267,3 +267,49 @@ def test_deleted_child_is_recreated(operator: Any, cluster: Any, kind: str, chil
     }[kind]
     delete(child, cluster.ns)
     cluster.wait_for(f"a new {kind}", lambda: (c := cluster.read(kind, child)) and c["metadata"]["uid"] != old_uid)
+
+
+def test_pod_settings_the_api_refuses_are_reported_as_invalid(operator: Any, cluster: Any) -> None:
+    # pod.env entries pass through the CRD unchecked beyond their name; a number where a string
+    # belongs is refused when the StatefulSet is written.
+    cluster.create_job(job_body(pod={"env": [{"name": "LEVEL", "value": 3}]}))
+    status = phase_is(cluster, "tiny", "Failed")
+    valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+    assert valid["reason"] == "InvalidSpec"
+    assert valid["message"].startswith("StatefulSet tiny: ") and "env" in valid["message"], valid["message"]
+    assert cluster.statefulset("tiny") is None
+    cluster.patch_job("tiny", {"spec": {"pod": {"env": [{"name": "LEVEL", "value": "3"}]}}})
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("tiny"))
+    phase_is(cluster, "tiny", "Pending")
+
+
+def test_gpu_job_gets_gpu_resources_and_toleration(operator: Any, cluster: Any) -> None:
+    """The default device (cuda): no GPU here, so the pods stay Pending, but the manifests are right."""
+    body = job_body(nprocPerNode=8, effectiveBatchSize=64)
+    del body["spec"]["device"]
+    cluster.create_job(body)
+    sts = cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("tiny"))
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "8"}}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["SFT_DEVICE"], env["PET_NPROC_PER_NODE"]) == ("cuda", "8")
+    assert phase_is(cluster, "tiny", "Pending")["totalNodes"] == 2
+
+
+def test_examples_get_their_statefulsets(operator: Any, cluster: Any) -> None:
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    names = []
+    for example in sorted((root / "examples").glob("sftjob-*.yaml")):
+        body = yaml.safe_load(example.read_text())
+        body["metadata"].pop("namespace", None)
+        cluster.create_job(body)
+        names.append(body["metadata"]["name"])
+    for name in names:
+        cluster.wait_for(f"{name}'s StatefulSet", lambda name=name: cluster.statefulset(name))
+        valid = cluster.wait_for(f"{name}'s SpecValid", lambda name=name: cluster.condition(name, "SpecValid"))
+        assert valid["status"] == "True", valid

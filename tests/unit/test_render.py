@@ -230,8 +230,8 @@ def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
     }
     assert container["image"] == "trainer:v2"
     assert container["resources"] == {
-        "requests": {"cpu": 16},
-        "limits": {"memory": "200Gi", "nvidia.com/gpu": 8},
+        "requests": {"cpu": "16"},
+        "limits": {"memory": "200Gi", "nvidia.com/gpu": "8"},
     }
     assert container["env"][5] == {"name": "PET_RDZV_ID", "value": "fixed"}
     assert container["env"][8:] == [
@@ -268,7 +268,7 @@ def test_user_gpu_limit_and_affinity_win() -> None:
         job(device="cuda", pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []})
     )
     pod = sts["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 4}}
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "4"}}
     assert pod["affinity"] == user_affinity
     assert "tolerations" not in pod
     disabled = render_statefulset(job(pod={"antiAffinity": "Disabled"}))["spec"]["template"]["spec"]
