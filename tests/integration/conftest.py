@@ -169,12 +169,14 @@ def operator(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> It
 
 @pytest.fixture
 def operator_as(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> Iterator[Callable[[Path], OperatorProcess]]:
-    """Start the operator with another kubeconfig (e.g. a ServiceAccount's): ``operator_as(path)``."""
+    """Start the operator with another kubeconfig (e.g. a ServiceAccount's): ``operator_as(path)``;
+    ``operator_as(path, [])`` watches all namespaces."""
     started: list[OperatorProcess] = []
 
-    def start(kubeconfig: Path) -> OperatorProcess:
+    def start(kubeconfig: Path, namespaces: list[str] | None = None) -> OperatorProcess:
         control_plane.wait_for_default_service_account(namespace)
-        op = OperatorProcess(kubeconfig, [namespace], tmp_path / f"operator-{len(started)}.log")
+        watched = [namespace] if namespaces is None else namespaces  # [] = all namespaces
+        op = OperatorProcess(kubeconfig, watched, tmp_path / f"operator-{len(started)}.log")
         started.append(op)
         op.start()
         return op

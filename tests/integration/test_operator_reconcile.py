@@ -122,3 +122,11 @@ def test_printer_columns(operator: Any, cluster: Any, control_plane: Any) -> Non
         table = json.loads(response.read())
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Phase", "Nodes", "Age"]
     assert table["rows"][0]["cells"][:3] == ["tiny", "Pending", "0/2"]
+
+
+def test_all_namespaces_mode(operator_as: Any, control_plane: Any, cluster: Any) -> None:
+    """`sft-operator run` without --namespace (the chart's cluster-wide install)."""
+    operator_as(control_plane.kubeconfig, [])
+    cluster.create_job(job_body("anywhere"))
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("anywhere"))
+    cluster.wait_for("a status", lambda: cluster.status("anywhere").get("phase") == "Pending")
