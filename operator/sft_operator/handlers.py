@@ -150,35 +150,41 @@ def _api_message(exc: ApiException) -> str:
 
 def _ensure(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
     """Create a missing child; bring an existing one to what the job asks, touching it only when
-    something differs (so re-applying a job writes nothing)."""
+    something differs (so re-applying a job writes nothing). An object of the same name that
+    is not this job's is never taken over."""
     kind = manifest["kind"]
     if existing is None:
         existing, created = _create_or_read(kube, manifest)
         if created:
             return existing
     meta = existing["metadata"]
-    ours = (meta.get("labels") or {}).get(contract.LABEL_MANAGED_BY) == contract.MANAGED_BY
+    want_meta = manifest["metadata"]
+    labels = meta.get("labels") or {}
+    job_name = want_meta["labels"][contract.LABEL_JOB_NAME]
+    if labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGED_BY or labels.get(contract.LABEL_JOB_NAME) != job_name:
+        hint = " (to use it for checkpoints, set spec.checkpoints.existingClaim)" if kind == "PersistentVolumeClaim" else ""
+        raise Refused(f"{kind} {meta['name']} already exists and does not belong to this job{hint}")
+    # A job deleted and created again under the same name adopts what the old one left behind
+    # (the kept checkpoint claim above all), so owner references follow the job's uid.
+    have_owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == contract.KIND]
+    want_owners = want_meta.get("ownerReferences", [])
+    owners_differ = [o["uid"] for o in have_owners] != [o["uid"] for o in want_owners]
     updated = copy.deepcopy(existing)
-    if kind == "StatefulSet":
-        want = manifest["metadata"]["annotations"][render.ANNOTATION_DESIRED_HASH]
-        if (meta.get("annotations") or {}).get(render.ANNOTATION_DESIRED_HASH) == want:
-            return existing
-        updated["metadata"]["labels"] = manifest["metadata"]["labels"]
-        updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **manifest["metadata"]["annotations"]}
-        updated["spec"] = manifest["spec"]
-    elif kind == "ConfigMap":
-        if existing.get("data") == manifest["data"]:
-            return existing
-        updated["data"] = manifest["data"]
-    elif kind == "PersistentVolumeClaim" and ours:
-        # Only the owner reference (spec.checkpoints.deleteWithJob) may change on a claim.
-        want_owners = manifest["metadata"].get("ownerReferences", [])
-        have_owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == contract.KIND]
-        if [o["uid"] for o in have_owners] == [o["uid"] for o in want_owners]:
-            return existing
+    if owners_differ:
         others = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != contract.KIND]
         updated["metadata"]["ownerReferences"] = others + want_owners
-    else:
+    if kind == "StatefulSet":
+        want = want_meta["annotations"][render.ANNOTATION_DESIRED_HASH]
+        if (meta.get("annotations") or {}).get(render.ANNOTATION_DESIRED_HASH) == want and not owners_differ:
+            return existing
+        updated["metadata"]["labels"] = want_meta["labels"]
+        updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **want_meta["annotations"]}
+        updated["spec"] = manifest["spec"]
+    elif kind == "ConfigMap":
+        if existing.get("data") == manifest["data"] and not owners_differ:
+            return existing
+        updated["data"] = manifest["data"]
+    elif not owners_differ:  # Service, PersistentVolumeClaim: only the owner may change
         return existing
     try:
         return kube.replace(updated)

@@ -313,3 +313,33 @@ def test_examples_get_their_statefulsets(operator: Any, cluster: Any) -> None:
         cluster.wait_for(f"{name}'s StatefulSet", lambda name=name: cluster.statefulset(name))
         valid = cluster.wait_for(f"{name}'s SpecValid", lambda name=name: cluster.condition(name, "SpecValid"))
         assert valid["status"] == "True", valid
+
+
+def test_recreated_job_adopts_the_kept_claim_and_foreign_objects_are_not_taken(
+    operator: Any, cluster: Any, garbage_collection: None
+) -> None:
+    first = cluster.create_job(job_body("again"))
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("again"))
+    claim_uid = cluster.read("PersistentVolumeClaim", "again-checkpoints")["metadata"]["uid"]
+    cluster.delete_job("again")
+    cluster.wait_for("children collected", lambda: cluster.statefulset("again") is None)
+    second = cluster.create_job(job_body("again", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    cluster.wait_for("a new StatefulSet", lambda: cluster.statefulset("again"))
+    claim = cluster.wait_for(
+        "the kept claim owned by the new job",
+        lambda: (c := cluster.read("PersistentVolumeClaim", "again-checkpoints"))
+        and [o["uid"] for o in c["metadata"].get("ownerReferences") or []] == [second["metadata"]["uid"]]
+        and c,
+    )
+    assert claim["metadata"]["uid"] == claim_uid  # the same claim: the checkpoints are still there
+
+    # Someone else's ConfigMap where the job's would go: refused, not overwritten.
+    cluster.core.create_namespaced_config_map(cluster.ns, {"metadata": {"name": "taken-config"}, "data": {"a": "b"}})
+    cluster.create_job(job_body("taken"))
+    valid = cluster.wait_for(
+        "SpecValid False", lambda: (c := cluster.condition("taken", "SpecValid")) and c["status"] == "False" and c
+    )
+    assert valid["message"] == "ConfigMap taken-config already exists and does not belong to this job"
+    assert cluster.read("ConfigMap", "taken-config")["data"] == {"a": "b"}
+    assert cluster.statefulset("taken") is None
