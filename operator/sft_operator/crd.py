@@ -117,16 +117,20 @@ SPEC_RULES: list[tuple[str, str, str]] = [
     ),
 ]
 
-ROOT_RULES: list[tuple[str, str]] = [
-    (
-        f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
-        f"metadata.name: at most {MAX_JOB_NAME_LENGTH} characters (the StatefulSet's pods need the rest)",
-    ),
-    (
-        f"self.metadata.name.matches('{JOB_NAME_PATTERN}')",
-        "metadata.name: must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)",
-    ),
-]
+# A job's name also names its StatefulSet and headless Service. The apiserver allows a CRD to
+# restrict metadata.name, and enforces it on every version (no CEL needed).
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {
+            "type": "string",
+            "maxLength": MAX_JOB_NAME_LENGTH,
+            "pattern": JOB_NAME_PATTERN,
+            "description": f"At most {MAX_JOB_NAME_LENGTH} characters (a pod's controller-revision-hash label is "
+            "<statefulset>-<10 characters>, at most 63); a DNS-1035 label (it names the headless Service).",
+        }
+    },
+}
 
 
 def immutability_rules(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -262,13 +266,11 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": METADATA_SCHEMA,
             "spec": spec_schema(),
             "status": status_schema(),
         },
     }
-    for rule, message in ROOT_RULES:
-        _add_rule(root, rule, message)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -117,3 +117,12 @@ def test_cli_prints_the_crd() -> None:
     result = CliRunner().invoke(app, ["crd"])
     assert result.exit_code == 0, result.output
     assert result.output == render_yaml()
+
+
+@pytest.mark.parametrize(("name", "ok"), [("a" * 52, True), ("a" * 53, False), ("Job", False), ("9job", False), ("a.b", False)])
+def test_job_name_is_limited_by_the_schema(name: str, ok: bool) -> None:
+    """metadata.name restrictions are plain OpenAPI: enforced on every cluster, 1.20 included."""
+    body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())
+    body["metadata"]["name"] = name
+    errors = [e for e in _validator().iter_errors(body) if list(e.absolute_path) == ["metadata", "name"]]
+    assert (errors == []) == ok
