@@ -40,10 +40,16 @@ HEADER = (
     "# Generated from operator/sft_operator/models.py by `sft-operator crd --write`; do not edit.\n"
 )
 
-# kubectl get sftjobs. Progress columns (Epoch, Progress, Loss, Checkpoint) go before Age.
+# kubectl get sftjobs: where the job is, how far training is, the newest checkpoint.
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodes", "description": "ready/total pods"},
+    {"name": "Epoch", "type": "string", "jsonPath": ".status.progress.epochDisplay", "description": "epoch/numEpochs"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percentDisplay",
+     "description": "samples seen / total"},
+    {"name": "Loss", "type": "string", "jsonPath": ".status.progress.lastLoss", "description": "last step's loss"},
+    {"name": "Latest checkpoint", "type": "string", "jsonPath": ".status.progress.latestCheckpoint",
+     "description": "newest complete hf_format checkpoint"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

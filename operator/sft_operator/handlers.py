@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -31,11 +32,22 @@ import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract, render
-from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobStatus, parse_job
+from sft_operator.models import (
+    ConditionType,
+    InvalidSpecError,
+    Phase,
+    Reason,
+    SFTJob,
+    SFTJobSpec,
+    SFTJobStatus,
+    parse_job,
+)
+from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim, derive_status, rfc3339
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
+PROGRESS = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 
 # --- API access -------------------------------------------------------------------------------
@@ -49,6 +61,7 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
 
     def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         return {
@@ -71,6 +84,21 @@ class Kube:
                 self.core.read_namespaced_persistent_volume_claim,
                 self.core.create_namespaced_persistent_volume_claim,
                 self.core.replace_namespaced_persistent_volume_claim,
+            ),
+            "ServiceAccount": (
+                self.core.read_namespaced_service_account,
+                self.core.create_namespaced_service_account,
+                self.core.replace_namespaced_service_account,
+            ),
+            "Role": (
+                self.rbac.read_namespaced_role,
+                self.rbac.create_namespaced_role,
+                self.rbac.replace_namespaced_role,
+            ),
+            "RoleBinding": (
+                self.rbac.read_namespaced_role_binding,
+                self.rbac.create_namespaced_role_binding,
+                self.rbac.replace_namespaced_role_binding,
             ),
         }[kind]
 
@@ -180,11 +208,21 @@ def _ensure(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | Non
         updated["metadata"]["labels"] = want_meta["labels"]
         updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **want_meta["annotations"]}
         updated["spec"] = manifest["spec"]
-    elif kind == "ConfigMap":
+    elif kind == "ConfigMap" and want_meta["labels"].get(contract.LABEL_COMPONENT) != render.COMPONENT_PROGRESS:
         if existing.get("data") == manifest["data"] and not owners_differ:
             return existing
         updated["data"] = manifest["data"]
-    elif not owners_differ:  # Service, PersistentVolumeClaim: only the owner may change
+    elif kind == "Role":
+        if existing.get("rules") == manifest["rules"] and not owners_differ:
+            return existing
+        updated["rules"] = manifest["rules"]
+    elif kind == "RoleBinding":
+        if existing.get("subjects") == manifest["subjects"] and not owners_differ:
+            return existing
+        updated["subjects"] = manifest["subjects"]
+    elif not owners_differ:
+        # Service, PersistentVolumeClaim, ServiceAccount, and the progress ConfigMap (its data is
+        # the reporter's): only the owner may change.
         return existing
     try:
         return kube.replace(updated)
@@ -213,7 +251,7 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, fresh:
             return statefulset, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes)), None
     claim: dict[str, Any] | None = None
     try:
-        for manifest in render.render_children(job):
+        for manifest in render.render_children(job, _reporter_image):
             kind = manifest["kind"]
             if kind == "StatefulSet":
                 statefulset = _ensure(kube, manifest, statefulset)
@@ -282,9 +320,10 @@ def publish(
     pods: Iterable[dict[str, Any]],
     problem: SpecProblem | None,
     volume: VolumeCheck | None,
-) -> None:
+    progress: TrainingProgress | None = None,
+) -> SFTJobStatus:
     """Derive the status; patch it only when it changed; post an Event on a phase change or a
-    new refusal."""
+    new refusal. Returns the status now in force."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     written = state.written.get(key)
@@ -292,6 +331,9 @@ def publish(
     current = SFTJobStatus.model_validate(raw) if raw else None
     spec = body.get("spec") or {}
     nnodes = spec.get("nnodes") if isinstance(spec.get("nnodes"), int) else 1
+    max_restarts = spec.get("maxRestarts")
+    if not isinstance(max_restarts, int):  # no CRD defaulting (e.g. a CRD installed without it)
+        max_restarts = SFTJobSpec.model_fields["max_restarts"].default
     new = derive_status(
         current,
         generation=meta.get("generation"),
@@ -301,32 +343,64 @@ def publish(
         problem=problem,
         volume=volume,
         now=_now(),
+        progress=progress,
+        max_restarts=max_restarts,
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
-        return
+        return current
     try:
         kube.patch_job_status(key[0], key[1], new_api)
     except ApiException as exc:
         if exc.status == 404:  # deleted meanwhile
-            return
+            return new
         raise
     state.written[key] = (meta.get("uid", ""), new_api)
     old_phase = current.phase if current is not None else None
     if new.phase != old_phase:
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
-        message = problem.message if problem is not None and new.phase is Phase.FAILED else f"{new.nodes} pods running"
+        message = _phase_message(new, problem)
         kopf.event(body, type=kind, reason=new.phase.value, message=message)
         log.info("%s/%s: phase %s -> %s", key[0], key[1], old_phase.value if old_phase else None, new.phase.value)
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         previous = next((c for c in (current.conditions if current else []) if c.type == ConditionType.SPEC_VALID.value), None)
         if previous is None or previous.message != problem.message:
             kopf.event(body, type="Warning", reason=problem.reason.value, message=problem.message)
+    return new
+
+
+def _phase_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:
+    """The Event message of a phase change: why it ended, or how many pods run."""
+    if problem is not None and status.phase is Phase.FAILED:
+        return problem.message
+    if status.training_over:
+        wanted = ConditionType.COMPLETE.value if status.phase is Phase.SUCCEEDED else ConditionType.FAILED.value
+        condition = next((c for c in status.conditions if c.type == wanted), None)
+        if condition is not None:
+            return condition.message
+    return f"{status.nodes} pods running"
+
+
+def _progress(progress_by_job: kopf.Index[Any, Any], key: tuple[str, str]) -> TrainingProgress | None:
+    raw = _one(progress_by_job, key)
+    return TrainingProgress.model_validate(raw) if raw else None
+
+
+def _scale_down_if_over(kube: Kube, body: dict[str, Any], status: SFTJobStatus, statefulset: dict[str, Any] | None) -> None:
+    """Training is over (Succeeded, or Failed by training): scale the StatefulSet to 0 for good.
+    The checkpoints stay; the status, now persisted, keeps it at 0 across operator restarts."""
+    if not status.training_over or statefulset is None or (statefulset.get("spec") or {}).get("replicas") == 0:
+        return
+    job, problem = assess({**body, "status": status.to_api()}, None)
+    if job is not None and problem is None:
+        converge(kube, job, None, fresh=False)
 
 
 # --- kopf registration ------------------------------------------------------------------------
 
 _api_client: kubernetes.client.ApiClient | None = None
+# The reporter sidecar's image: the operator's own (set by `run`, from SFT_REPORTER_IMAGE).
+_reporter_image: str = render.DEFAULT_REPORTER_IMAGE
 
 
 @kopf.on.startup()
@@ -340,6 +414,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Only warnings from kopf itself become Events; ours are posted explicitly.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # The operator watches exactly its resources (and the namespaces it was given): no CRD or
+    # namespace scanning, which would need cluster-wide list/watch rights it has no use for.
+    settings.scanning.disabled = True
     memo.kube = Kube(_api_client or kubernetes.client.ApiClient())
     memo.jobs = JobState()
 
@@ -373,7 +450,14 @@ def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[A
 @kopf.index("pods", labels=OUR_CHILDREN)
 def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
     restarts = [
-        {"name": c.get("name"), "restartCount": c.get("restartCount", 0)} for c in status.get("containerStatuses") or []
+        {
+            "name": c.get("name"),
+            "restartCount": c.get("restartCount", 0),
+            # How the container last ended: why a job Failed (only the few fields status reads).
+            "state": _terminated_only(c.get("state")),
+            "lastState": _terminated_only(c.get("lastState")),
+        }
+        for c in status.get("containerStatuses") or []
     ]
     return {
         (namespace, labels[contract.LABEL_JOB_NAME]): {
@@ -381,6 +465,26 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
             "status": {"phase": status.get("phase"), "containerStatuses": restarts},
         }
     }
+
+
+def _terminated_only(state: Any) -> dict[str, Any]:
+    terminated = (state or {}).get("terminated")
+    if not terminated:
+        return {}
+    keep = ("exitCode", "reason", "finishedAt")
+    return {"terminated": {**{k: terminated.get(k) for k in keep}, "message": (terminated.get("message") or "")[-1024:]}}
+
+
+@kopf.index("configmaps", labels=PROGRESS)
+def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The reporter's latest summary per job (None until it published one, or if unreadable)."""
+    raw = (body.get("data") or {}).get(render.PROGRESS_KEY)
+    try:
+        progress = TrainingProgress.model_validate_json(raw).to_api() if raw else None
+    except pydantic.ValidationError as exc:
+        log.warning("%s/%s: ignoring an unreadable progress summary: %s", namespace, body["metadata"]["name"], exc)
+        progress = None
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): progress}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
@@ -407,6 +511,7 @@ def reconcile(
     reason: kopf.Reason,
     memo: kopf.Memo,
     pods_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     raw = copy.deepcopy(dict(body))
@@ -424,7 +529,9 @@ def reconcile(
             log.warning("%s/%s: invalid spec: %s", key[0], key[1], exc)
             return
         statefulset, problem, volume = converge(memo.kube, job, None, fresh)
-        publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, volume)
+        status = publish(memo.kube, memo.jobs, raw, statefulset, pods_by_job.get(key, []), problem, volume,
+                         _progress(progress_by_job, key))
+        _scale_down_if_over(memo.kube, raw, status, statefulset)
 
 
 @kopf.on.event("pods", labels=OUR_CHILDREN)
@@ -435,9 +542,30 @@ def pod_changed(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, statefulsets_by_job)
+    _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, statefulsets_by_job,
+             progress_by_job)
+
+
+@kopf.on.event("configmaps", labels=PROGRESS)
+def progress_changed(
+    type: str,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    statefulsets_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """The reporter published: fold the summary into the status (and finish the job if the
+    launcher's completion marker is there)."""
+    if type != "DELETED":
+        _refresh(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job,
+                 statefulsets_by_job, progress_by_job)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
@@ -449,13 +577,14 @@ def statefulset_changed(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     key = (namespace, labels[contract.LABEL_JOB_NAME])
     if type == "DELETED":
-        _restore(memo, key, jobs_by_name, pods_by_job)
+        _restore(memo, key, jobs_by_name, pods_by_job, progress_by_job)
         return
-    _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job)
+    _refresh(memo, key, jobs_by_name, pods_by_job, statefulsets_by_job, progress_by_job)
 
 
 @kopf.on.event("services", labels=OUR_CHILDREN)
@@ -467,14 +596,19 @@ def child_changed(
     memo: kopf.Memo,
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     if type == "DELETED":
-        _restore(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job)
+        _restore(memo, (namespace, labels[contract.LABEL_JOB_NAME]), jobs_by_name, pods_by_job, progress_by_job)
 
 
 def _restore(
-    memo: kopf.Memo, key: tuple[str, str], jobs_by_name: kopf.Index[Any, Any], pods_by_job: kopf.Index[Any, Any]
+    memo: kopf.Memo,
+    key: tuple[str, str],
+    jobs_by_name: kopf.Index[Any, Any],
+    pods_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
 ) -> None:
     """A child of a live job was deleted by someone: create it again (the pods resume from the
     checkpoints). The job is read from the API first: when the job itself is being deleted,
@@ -490,7 +624,8 @@ def _restore(
         job, problem = assess(live, None)
         if job is not None and problem is None:
             statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
-            publish(memo.kube, memo.jobs, live, statefulset, pods_by_job.get(key, []), problem, volume)
+            publish(memo.kube, memo.jobs, live, statefulset, pods_by_job.get(key, []), problem, volume,
+                    _progress(progress_by_job, key))
 
 
 @kopf.on.event(*JOB)
@@ -505,15 +640,19 @@ def _refresh(
     jobs_by_name: kopf.Index[Any, Any],
     pods_by_job: kopf.Index[Any, Any],
     statefulsets_by_job: kopf.Index[Any, Any],
+    progress_by_job: kopf.Index[Any, Any],
 ) -> None:
-    """Re-derive a job's status from the indexes: no API reads, one patch if it changed."""
+    """Re-derive a job's status from the indexes: no API reads, one patch if it changed; scale
+    to 0 once training is over."""
     with memo.jobs.lock(key):
         body = _one(jobs_by_name, key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         statefulset = _one(statefulsets_by_job, key)
         _, problem = assess(body, statefulset)
-        publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None)
+        status = publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None,
+                         _progress(progress_by_job, key))
+        _scale_down_if_over(memo.kube, body, status, statefulset)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -531,7 +670,7 @@ def load_api_client(kubeconfig: Path | None) -> kubernetes.client.ApiClient:
 
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool) -> None:
-    global _api_client
+    global _api_client, _reporter_image
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -539,6 +678,7 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     _api_client = load_api_client(kubeconfig)
+    _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from sft_operator import contract
+from sft_operator.progress import TrainingProgress
 from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
 
 DEFAULT_IMAGE = "sft-trainer:0.1.0"
@@ -510,6 +511,7 @@ class ConditionType(str, enum.Enum):
     SPEC_VALID = "SpecValid"  # False: InvalidSpec (no children) or ImmutableFieldChanged
     READY = "Ready"  # all nnodes pods are running
     SUSPENDED = "Suspended"
+    COMPLETE = "Complete"  # the launcher's completion marker is on the volume
     FAILED = "Failed"
 
 
@@ -521,6 +523,10 @@ class Reason(str, enum.Enum):
     NODES_PENDING = "NodesPending"
     SUSPENDED = "Suspended"
     NOT_SUSPENDED = "NotSuspended"
+    TRAINING_COMPLETED = "TrainingCompleted"
+    TOO_MANY_RESTARTS = "TooManyRestarts"  # trainer restarts exceeded spec.maxRestarts
+    CONFIG_REJECTED = "ConfigRejected"  # the launcher exited EXIT_BAD_CONFIG: a retry cannot help
+    FINISHED = "Finished"  # Ready is False because training is over
 
 
 class Condition(ApiModel):
@@ -550,7 +556,24 @@ class SFTJobStatus(ApiModel):
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     restarts: int = 0
 
-    # --- progress and checkpoints (read from the checkpoint volume; added by a later issue) ---
+    # --- progress and checkpoints, read from the checkpoint volume by the reporter sidecar ---
+    progress: TrainingProgress | None = Field(
+        default=None, description="How far training is and which checkpoints exist (from the checkpoint volume)."
+    )
+
+    @property
+    def training_over(self) -> bool:
+        """Succeeded, or Failed by training (not by a spec the user can still fix): the job's pods
+        stay at 0 for good, also across operator restarts (this is read back from the status)."""
+        if self.phase is Phase.SUCCEEDED:
+            return True
+        failed = next((c for c in self.conditions if c.type == ConditionType.FAILED.value), None)
+        return (
+            self.phase is Phase.FAILED
+            and failed is not None
+            and failed.status == "True"
+            and failed.reason in (Reason.TOO_MANY_RESTARTS.value, Reason.CONFIG_REJECTED.value)
+        )
 
 
 # --- the object -------------------------------------------------------------------------------

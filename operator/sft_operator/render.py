@@ -19,6 +19,14 @@ COMPONENT_TRAINER = "trainer"
 COMPONENT_RENDEZVOUS = "rendezvous"
 COMPONENT_CONFIG = "config"
 COMPONENT_CHECKPOINTS = "checkpoints"
+COMPONENT_PROGRESS = "progress"
+COMPONENT_REPORTER = "reporter"
+REPORTER_CONTAINER = "reporter"
+# The reporter runs from the operator's own image (it needs the kubernetes client, not torch);
+# the operator learns its image from this env var (the Helm chart sets it).
+ENV_REPORTER_IMAGE = "SFT_REPORTER_IMAGE"
+DEFAULT_REPORTER_IMAGE = "sft-operator:0.1.0"
+PROGRESS_KEY = "progress.json"
 RDZV_PORT_NAME = "rdzv"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
@@ -36,6 +44,19 @@ def service_name(job: SFTJob) -> str:
 
 def configmap_name(job: SFTJob) -> str:
     return f"{job.metadata.name}-config"
+
+
+def progress_configmap_name(job: SFTJob) -> str:
+    return f"{job.metadata.name}-progress"
+
+
+def reporter_role_name(job: SFTJob) -> str:
+    return f"{job.metadata.name}-reporter"
+
+
+def pod_service_account(job: SFTJob) -> str:
+    """The user's ServiceAccount, else one per job (so the reporter's grant reaches no other pod)."""
+    return job.spec.pod.service_account_name or job.metadata.name
 
 
 def claim_name(job: SFTJob) -> str:
@@ -117,6 +138,57 @@ def render_configmap(job: SFTJob) -> dict[str, Any]:
     }
 
 
+def render_progress_configmap(job: SFTJob) -> dict[str, Any]:
+    """Where the reporter sidecar publishes the progress summary; the operator creates it empty
+    and never writes its data (the reporter may only patch it, never create it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, progress_configmap_name(job), COMPONENT_PROGRESS),
+        "data": {},
+    }
+
+
+def render_service_account(job: SFTJob) -> dict[str, Any] | None:
+    """The pods' own ServiceAccount, unless the user named one."""
+    if job.spec.pod.service_account_name is not None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(job, pod_service_account(job), COMPONENT_REPORTER),
+    }
+
+
+def render_reporter_role(job: SFTJob) -> dict[str, Any]:
+    """Least privilege: read and patch this job's progress ConfigMap, nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(job, reporter_role_name(job), COMPONENT_REPORTER),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [progress_configmap_name(job)],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def render_reporter_role_binding(job: SFTJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(job, reporter_role_name(job), COMPONENT_REPORTER),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reporter_role_name(job)},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": pod_service_account(job), "namespace": job.metadata.namespace}
+        ],
+    }
+
+
 def render_checkpoint_claim(job: SFTJob) -> dict[str, Any] | None:
     """The claim to create, or None when the job uses an existing claim.
 
@@ -194,7 +266,28 @@ def _affinity(job: SFTJob) -> dict[str, Any]:
     return affinity
 
 
-def _pod_template(job: SFTJob) -> dict[str, Any]:
+def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
+    """The progress reporter sidecar (only pod 0's publishes): reads the volume, read-only."""
+    return {
+        "name": REPORTER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "sft_operator.reporter"],
+        "env": [
+            {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
+        ],
+        "volumeMounts": [
+            {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH, "readOnly": True},
+            {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
     spec, pod = job.spec, job.spec.pod
     shm: dict[str, Any] = {"medium": "Memory"}
     if pod.shm_size_limit is not None:
@@ -219,13 +312,14 @@ def _pod_template(job: SFTJob) -> dict[str, Any]:
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, _reporter_container(job, reporter_image)],
         "volumes": [
             {"name": contract.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim_name(job)}},
             {"name": contract.CONFIG_VOLUME, "configMap": {"name": configmap_name(job)}},
             {"name": contract.SHM_VOLUME, "emptyDir": shm},
             *(volume.to_api() for volume in pod.volumes),
         ],
+        "serviceAccountName": pod_service_account(job),
         "terminationGracePeriodSeconds": pod.termination_grace_period_seconds,
         # Service links would add an env var per Service in the namespace to every pod.
         "enableServiceLinks": False,
@@ -236,7 +330,6 @@ def _pod_template(job: SFTJob) -> dict[str, Any]:
         "affinity": _affinity(job) or None,
         "priorityClassName": pod.priority_class_name,
         "schedulerName": pod.scheduler_name,
-        "serviceAccountName": pod.service_account_name,
     }
     pod_spec.update({key: value for key, value in optional.items() if value is not None})
     metadata: dict[str, Any] = {"labels": {**pod.labels, **_labels(job, COMPONENT_TRAINER)}}
@@ -245,7 +338,7 @@ def _pod_template(job: SFTJob) -> dict[str, Any]:
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def render_statefulset(job: SFTJob) -> dict[str, Any]:
+def render_statefulset(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -> dict[str, Any]:
     """One pod per node; pod ordinal = node rank. Suspended jobs keep the StatefulSet at 0 pods.
 
     Annotations: the accepted immutable fields (so a later change to them can be refused and
@@ -260,29 +353,36 @@ def render_statefulset(job: SFTJob) -> dict[str, Any]:
         "kind": "StatefulSet",
         "metadata": metadata,
         "spec": {
-            "replicas": 0 if job.spec.suspend else job.spec.nnodes,
+            "replicas": 0 if job.spec.suspend or _training_over(job) else job.spec.nnodes,
             "serviceName": service_name(job),
             "selector": {"matchLabels": selector_labels(job)},
             # All ranks start together: torchrun's rendezvous waits for every node.
             "podManagementPolicy": "Parallel",
             # A running job is never rolled by a template change; new pods pick it up.
             "updateStrategy": {"type": "OnDelete"},
-            "template": _pod_template(job),
+            "template": _pod_template(job, reporter_image),
         },
     }
     metadata["annotations"][ANNOTATION_DESIRED_HASH] = desired_hash(manifest)
     return manifest
 
 
-def render_children(job: SFTJob) -> list[dict[str, Any]]:
-    """Everything one job needs, in creation order (the claim and config before the pods)."""
-    claim = render_checkpoint_claim(job)
+def render_children(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -> list[dict[str, Any]]:
+    """Everything one job needs, in creation order (claim, config and identity before the pods)."""
+    optional = [render_checkpoint_claim(job), render_service_account(job)]
     return [
-        *([claim] if claim is not None else []),
+        *(manifest for manifest in optional if manifest is not None),
         render_configmap(job),
+        render_progress_configmap(job),
+        render_reporter_role(job),
+        render_reporter_role_binding(job),
         render_service(job),
-        render_statefulset(job),
+        render_statefulset(job, reporter_image),
     ]
+
+
+def _training_over(job: SFTJob) -> bool:
+    return job.status is not None and job.status.training_over
 
 
 def accepted_spec(statefulset: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """Pure status derivation: an SFTJob's children in, its status out.
 
 Everything here is a function of its arguments (``now`` included), so the handlers can call it
-on every change and patch only when the result differs. Later: progress from the checkpoint
-volume and the Succeeded/Failed logic extend ``derive_status``.
+on every change and patch only when the result differs. Progress comes from the checkpoint
+volume (the reporter's summary); Succeeded comes from the launcher's completion marker, Failed
+from the trainer's restarts (past spec.maxRestarts) or a configuration it rejected.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from sft_operator import contract
 from sft_operator.models import AccessMode, Condition, ConditionType, Phase, Reason, SFTJobStatus
+from sft_operator.progress import Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 
 CHECKPOINT_VOLUME_CONDITION = "CheckpointVolume"
@@ -110,6 +112,82 @@ def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name
     return VolumeCheck(True, "Found", f"PersistentVolumeClaim {claim_name}")
 
 
+@dataclass(frozen=True)
+class Termination:
+    """How a trainer container last ended."""
+
+    pod: str
+    exit_code: int
+    reason: str
+    message: str
+    finished_at: str
+
+    def describe(self) -> str:
+        text = f"pod {self.pod}: {self.reason or 'Error'} (exit code {self.exit_code})"
+        return f"{text}: {self.message.strip()}" if self.message.strip() else text
+
+
+def last_trainer_termination(pods: Iterable[dict[str, Any]]) -> Termination | None:
+    """The newest termination of a trainer container across the pods (current or last state)."""
+    latest: Termination | None = None
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "")
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != contract.TRAINER_CONTAINER:
+                continue
+            for state in (status.get("state"), status.get("lastState")):
+                terminated = (state or {}).get("terminated")
+                if not terminated:
+                    continue
+                candidate = Termination(
+                    pod=name,
+                    exit_code=int(terminated.get("exitCode") or 0),
+                    reason=terminated.get("reason") or "",
+                    message=terminated.get("message") or "",
+                    finished_at=terminated.get("finishedAt") or "",
+                )
+                if latest is None or candidate.finished_at > latest.finished_at:
+                    latest = candidate
+    return latest
+
+
+def _finished(
+    current: SFTJobStatus,
+    conditions: list[Condition],
+    *,
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    now: str,
+    generation: int | None,
+    nnodes: int,
+    ready: int,
+    restarts: int,
+    progress: TrainingProgress | None,
+) -> SFTJobStatus:
+    """The status of a job whose training is over (Succeeded or Failed by training)."""
+    succeeded = phase is Phase.SUCCEEDED
+    conditions = set_condition(conditions, ConditionType.COMPLETE.value, succeeded, reason.value, message, now, generation)
+    conditions = set_condition(conditions, ConditionType.FAILED.value, not succeeded, reason.value, message, now, generation)
+    conditions = set_condition(
+        conditions, ConditionType.READY.value, False, Reason.FINISHED.value, "training is over; pods scaled to 0",
+        now, generation,
+    )
+    return current.model_copy(
+        update={
+            "phase": phase,
+            "conditions": conditions,
+            "observed_generation": generation,
+            "ready_nodes": ready,
+            "total_nodes": nnodes,
+            "nodes": f"{ready}/{nnodes}",
+            "completion_time": current.completion_time or now,
+            "restarts": restarts,
+            "progress": progress,
+        }
+    )
+
+
 def derive_status(
     current: SFTJobStatus | None,
     *,
@@ -120,6 +198,8 @@ def derive_status(
     problem: SpecProblem | None,
     volume: VolumeCheck | None,
     now: str,
+    progress: TrainingProgress | None = None,
+    max_restarts: int | None = None,
 ) -> SFTJobStatus:
     """The job's status from what exists.
 
@@ -132,10 +212,34 @@ def derive_status(
     current = current or SFTJobStatus()
     conditions = list(current.conditions)
     pods = list(pods)
+    progress = progress if progress is not None else current.progress
+    restarts = max(current.restarts, container_restarts(pods))  # pod restartCounts reset with the pod
 
     if statefulset is not None:
         accepted = accepted_spec(statefulset) or {}
         nnodes = int(accepted.get("nnodes") or nnodes)
+    ready = running_pods(pods, nnodes) if statefulset is not None else 0
+    if current.training_over:  # for good: only the facts (progress, pods) still move
+        return current.model_copy(
+            update={"progress": progress, "ready_nodes": ready, "nodes": f"{ready}/{nnodes}", "restarts": restarts}
+        )
+    finished = dict(now=now, generation=generation, nnodes=nnodes, ready=ready, restarts=restarts, progress=progress)
+    if progress is not None and progress.stage is Stage.COMPLETED:
+        message = f"trained {progress.num_epochs} epochs"
+        if progress.latest_checkpoint:
+            message += f"; final checkpoint hf_format/{progress.latest_checkpoint}"
+        return _finished(current, conditions, phase=Phase.SUCCEEDED, reason=Reason.TRAINING_COMPLETED,
+                         message=message, **finished)
+    termination = last_trainer_termination(pods) if statefulset is not None else None
+    if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
+        return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.CONFIG_REJECTED,
+                         message=f"the launcher rejected its configuration, a retry cannot help: {termination.describe()}",
+                         **finished)
+    if max_restarts is not None and restarts > max_restarts:
+        last = termination.describe() if termination is not None else "no termination recorded"
+        return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.TOO_MANY_RESTARTS,
+                         message=f"the trainer restarted {restarts} times (spec.maxRestarts: {max_restarts}); last: {last}",
+                         **finished)
     if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
         conditions = set_condition(
             conditions, ConditionType.SPEC_VALID.value, False, problem.reason.value, problem.message, now, generation
@@ -172,7 +276,6 @@ def derive_status(
         )
 
     suspended = statefulset is not None and ((statefulset.get("spec") or {}).get("replicas") == 0)
-    ready = running_pods(pods, nnodes) if statefulset is not None else 0
     if suspended:
         phase = Phase.SUSPENDED
     elif statefulset is not None and ready == nnodes:
@@ -214,6 +317,7 @@ def derive_status(
             "total_nodes": nnodes,
             "nodes": f"{ready}/{nnodes}",
             "start_time": start_time,
-            "restarts": container_restarts(pods),
+            "restarts": restarts,
+            "progress": progress,
         }
     )

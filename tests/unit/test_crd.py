@@ -57,7 +57,8 @@ def test_identity_printer_columns_and_status_subresource() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["sft"]
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Nodes", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase", "Nodes", "Epoch", "Progress", "Loss", "Latest checkpoint", "Age"]
 
 
 def test_defaults_live_in_the_schema() -> None:

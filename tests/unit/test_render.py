@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sft_operator.models import parse_job
+from sft_operator.models import Phase, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
@@ -13,7 +13,11 @@ from sft_operator.render import (
     render_checkpoint_claim,
     render_children,
     render_configmap,
+    render_progress_configmap,
+    render_reporter_role,
+    render_reporter_role_binding,
     render_service,
+    render_service_account,
     render_statefulset,
 )
 
@@ -167,13 +171,31 @@ def test_statefulset_cpu() -> None:
                                 {"name": "dshm", "mountPath": "/dev/shm"},
                             ],
                             "terminationMessagePolicy": "FallbackToLogsOnError",
-                        }
+                        },
+                        {
+                            "name": "reporter",
+                            "image": "sft-operator:0.1.0",
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["python", "-m", "sft_operator.reporter"],
+                            "env": [
+                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                                {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
+                            ],
+                            "volumeMounts": [
+                                {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True},
+                                {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
+                            ],
+                            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        },
                     ],
                     "volumes": [
                         {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "tiny-checkpoints"}},
                         {"name": "training-config", "configMap": {"name": "tiny-config"}},
                         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
                     ],
+                    "serviceAccountName": "tiny",
                     "terminationGracePeriodSeconds": 1800,
                     "enableServiceLinks": False,
                     "affinity": {
@@ -286,9 +308,57 @@ def test_suspend_scales_to_zero_and_changes_the_hash() -> None:
 
 
 def test_children_in_creation_order() -> None:
-    kinds = [c["kind"] for c in render_children(job())]
-    assert kinds == ["PersistentVolumeClaim", "ConfigMap", "Service", "StatefulSet"]
-    assert [c["kind"] for c in render_children(job(checkpoints={"existingClaim": "c"}))] == kinds[1:]
+    names = [(c["kind"], c["metadata"]["name"]) for c in render_children(job())]
+    assert names == [
+        ("PersistentVolumeClaim", "tiny-checkpoints"),
+        ("ServiceAccount", "tiny"),
+        ("ConfigMap", "tiny-config"),
+        ("ConfigMap", "tiny-progress"),
+        ("Role", "tiny-reporter"),
+        ("RoleBinding", "tiny-reporter"),
+        ("Service", "tiny"),
+        ("StatefulSet", "tiny"),
+    ]
+    assert [(c["kind"], c["metadata"]["name"]) for c in render_children(job(checkpoints={"existingClaim": "c"}))] \
+        == names[1:]
+
+
+def test_reporter_may_patch_only_its_own_progress_configmap() -> None:
+    role = render_reporter_role(job())
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tiny-progress"], "verbs": ["get", "patch"]}
+    ]
+    binding = render_reporter_role_binding(job())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tiny-reporter"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tiny", "namespace": "ns"}]
+    # A user's own ServiceAccount: bound to the same narrow Role, and no ServiceAccount of ours.
+    own = job(pod={"serviceAccountName": "trainers"})
+    assert render_service_account(own) is None
+    assert render_reporter_role_binding(own)["subjects"] == [{"kind": "ServiceAccount", "name": "trainers", "namespace": "ns"}]
+    assert render_statefulset(own)["spec"]["template"]["spec"]["serviceAccountName"] == "trainers"
+
+
+def test_progress_configmap_is_created_empty() -> None:
+    assert render_progress_configmap(job()) == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "tiny-progress",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "progress"},
+            "ownerReferences": [OWNER],
+        },
+        "data": {},
+    }
+
+
+def test_finished_job_stays_at_zero_pods() -> None:
+    over = job()
+    over.status = SFTJobStatus(phase=Phase.SUCCEEDED)
+    assert render_statefulset(over)["spec"]["replicas"] == 0
+    failed_spec = job()
+    failed_spec.status = SFTJobStatus(phase=Phase.FAILED)  # an InvalidSpec failure is not the end
+    assert render_statefulset(failed_spec)["spec"]["replicas"] == 2
 
 
 def test_immutable_changes_name_the_fields() -> None:

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from sft_operator.models import parse_job
     from sft_operator.render import claim_name
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
     state_dir = args.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)  # each demo starts from nothing
