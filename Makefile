@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test unit integration training e2e venv provision cluster-up cluster-down run crd bench lint clean
+.PHONY: demo test unit integration training e2e venv provision cluster-up cluster-down node run crd bench tiny clean
 
 ## demo: local control plane + operator + local node; trains a tiny 2-node job to Succeeded
 demo: venv provision
@@ -18,6 +18,15 @@ test: venv provision
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
+
+integration: venv provision
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -m integration tests/integration
+
+training: venv
+	$(PY) -m pytest -q -m training tests/training
+
+e2e: venv provision
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +48,14 @@ cluster-up: venv provision
 
 cluster-down: venv
 	$(PY) -m sft_operator.dev.controlplane down --state-dir .local
+
+## node: the dev-only local node for `make cluster-up`'s control plane (runs pods as local processes)
+node: venv
+	$(PY) -m sft_operator.dev.localnode --kubeconfig .local/kubeconfig --state-dir .local/node
+
+## tiny: a tiny model and data built offline, in .local/tiny
+tiny: venv
+	$(PY) -m sft_operator.dev.tiny_model --out .local/tiny
 
 ## run: the operator against $$KUBECONFIG
 run: venv
