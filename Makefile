@@ -28,12 +28,12 @@ training: venv
 e2e: venv provision
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 first, alone: pip takes the CPU build that lies on this disk.
 	$(PY) -m pip install -q 'torch==2.13.0'
-	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[operator,trainer,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
