@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from sft_operator.models import Phase, Reason, SFTJobStatus, parse_job
+from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
 from sft_operator.render import render_statefulset
-from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim, derive_status, set_condition
+from sft_operator.status import (
+    SpecProblem,
+    Termination,
+    VolumeCheck,
+    check_checkpoint_claim,
+    derive_status,
+    last_trainer_termination,
+    set_condition,
+)
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -131,3 +140,174 @@ def test_set_condition_keeps_others_sorted() -> None:
     conds = set_condition(conds, "A", False, "r", "m", T0, 1)
     assert [c.type for c in conds] == ["A", "B"]
     assert conds[1].message is None  # empty messages are left out
+
+
+# --- completion and failure ---------------------------------------------------------------------
+
+T2, T3 = "2026-01-01T00:10:00Z", "2026-01-01T00:15:00Z"
+
+
+def progress(stage: Stage = Stage.TRAINING, samples: int = 40, latest: str | None = "samples_40") -> TrainingProgress:
+    checkpoints = [] if latest is None else [
+        CheckpointInfo(name=latest, path=f"hf_format/{latest}", samples=samples, epoch=1, time=T1)
+    ]
+    percent = 100 if stage is Stage.COMPLETED else 50
+    return TrainingProgress(
+        stage=stage, epoch=1, num_epochs=1, epoch_display="1/1", samples_seen=samples, total_samples=80,
+        percent=percent, percent_display=f"{percent}%", last_loss="0.1234", checkpoints=checkpoints,
+        latest_checkpoint=latest, last_update_time=T1,
+    )
+
+
+def trainer_pod(ordinal: int, restarts: int = 0, *, phase: str = "Running", state: dict[str, Any] | None = None,
+                last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pod whose trainer container ended as ``state``/``last`` say (the reporter never counts)."""
+    trainer: dict[str, Any] = {"name": "trainer", "restartCount": restarts, "state": state or {"running": {}}}
+    if last is not None:
+        trainer["lastState"] = last
+    reporter = {"name": "reporter", "restartCount": 7, "state": {"terminated": {"exitCode": 2, "finishedAt": T3}}}
+    return {"metadata": {"name": f"j-{ordinal}"}, "status": {"phase": phase, "containerStatuses": [trainer, reporter]}}
+
+
+def terminated(exit_code: int, finished_at: str, reason: str = "Error", message: str = "") -> dict[str, Any]:
+    return {"terminated": {"exitCode": exit_code, "reason": reason, "message": message, "finishedAt": finished_at}}
+
+
+def test_completed_progress_is_succeeded() -> None:
+    running = derive(pods=[pod(0), pod(1)], progress=progress(), max_restarts=3)
+    assert running.phase is Phase.RUNNING and running.progress == progress()
+    done = derive(running, pods=[pod(0), pod(1)], progress=progress(Stage.COMPLETED, 80, "samples_80"), now=T1,
+                  max_restarts=3)
+    message = "trained 1 epochs; final checkpoint hf_format/samples_80"
+    api = done.to_api()
+    assert api["conditions"] == [
+        {"type": "Complete", "status": "True", "reason": "TrainingCompleted", "message": message,
+         "lastTransitionTime": T1, "observedGeneration": 1},
+        {"type": "Failed", "status": "False", "reason": "TrainingCompleted", "message": message,
+         "lastTransitionTime": T1, "observedGeneration": 1},
+        {"type": "Ready", "status": "False", "reason": "Finished", "message": "training is over; pods scaled to 0",
+         "lastTransitionTime": T1, "observedGeneration": 1},
+        {"type": "SpecValid", "status": "True", "reason": "Valid", "lastTransitionTime": T0, "observedGeneration": 1},
+        {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T0,
+         "observedGeneration": 1},
+    ]
+    assert {k: v for k, v in api.items() if k not in ("conditions", "progress")} == {
+        "phase": "Succeeded", "observedGeneration": 1, "readyNodes": 2, "totalNodes": 2, "nodes": "2/2",
+        "startTime": T0, "completionTime": T1, "restarts": 0,
+    }
+    assert api["progress"]["stage"] == "Completed" and api["progress"]["latestCheckpoint"] == "samples_80"
+    assert done.training_over
+
+
+def test_completed_without_a_checkpoint_says_so() -> None:
+    done = derive(progress=progress(Stage.COMPLETED, 80, latest=None))
+    assert next(c for c in done.conditions if c.type == "Complete").message == "trained 1 epochs"
+
+
+def test_progress_is_kept_when_none_is_given() -> None:
+    first = derive(pods=[pod(0), pod(1)], progress=progress())
+    assert derive(first, pods=[pod(0), pod(1)], now=T1).progress == progress()
+
+
+def test_training_over_is_sticky_only_facts_move() -> None:
+    done = derive(pods=[pod(0), pod(1)], progress=progress(Stage.COMPLETED, 80, "samples_80"), now=T1)
+    # The StatefulSet is scaled to 0 (it looks suspended), pods go away or restart, the reporter
+    # publishes an older summary: the phase, conditions and completion time stay.
+    later_progress = progress(Stage.TRAINING, 60, "samples_60")
+    later = derive(done, statefulset=sts(suspend=True), pods=[pod(0, "Pending", restarts=9)], progress=later_progress,
+                   now=T2, max_restarts=0, generation=2,
+                   problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
+    assert later.to_api() == {
+        **done.to_api(), "progress": later_progress.to_api(), "readyNodes": 0, "nodes": "0/2", "restarts": 9,
+    }
+    assert later.phase is Phase.SUCCEEDED and later.completion_time == T1
+    assert derive(later, statefulset=None, pods=[], now=T3).to_api() == {**later.to_api(), "readyNodes": 0, "nodes": "0/2"}
+
+
+def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
+    oom = terminated(137, T1, reason="OOMKilled", message="killed\n")
+    pods = [trainer_pod(0, 3, last=oom), trainer_pod(1, 1, last=terminated(1, T0, message="older"))]
+    at_limit = derive(pods=pods, max_restarts=4, now=T1)
+    assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 4)
+    pods[1] = trainer_pod(1, 2, last=terminated(1, T0, message="older"))
+    failed = derive(at_limit, pods=pods, max_restarts=4, now=T2)
+    message = "the trainer restarted 5 times (spec.maxRestarts: 4); last: pod j-0: OOMKilled (exit code 137): killed"
+    assert failed.to_api()["conditions"] == [
+        {"type": "Complete", "status": "False", "reason": "TooManyRestarts", "message": message,
+         "lastTransitionTime": T2, "observedGeneration": 1},
+        {"type": "Failed", "status": "True", "reason": "TooManyRestarts", "message": message,
+         "lastTransitionTime": T2, "observedGeneration": 1},
+        {"type": "Ready", "status": "False", "reason": "Finished", "message": "training is over; pods scaled to 0",
+         "lastTransitionTime": T2, "observedGeneration": 1},
+        {"type": "SpecValid", "status": "True", "reason": "Valid", "lastTransitionTime": T1, "observedGeneration": 1},
+        {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T1,
+         "observedGeneration": 1},
+    ]
+    assert (failed.phase, failed.restarts, failed.completion_time, failed.start_time) == (Phase.FAILED, 5, T2, T1)
+    assert failed.training_over
+
+
+def test_too_many_restarts_without_a_recorded_termination() -> None:
+    failed = derive(pods=[pod(0, restarts=2), pod(1)], max_restarts=1)
+    condition = next(c for c in failed.conditions if c.type == "Failed")
+    assert (failed.phase, condition.reason) == (Phase.FAILED, "TooManyRestarts")
+    assert condition.message == "the trainer restarted 2 times (spec.maxRestarts: 1); last: no termination recorded"
+
+
+def test_no_max_restarts_never_fails_on_restarts() -> None:
+    assert derive(pods=[pod(0, restarts=100), pod(1)]).phase is Phase.RUNNING
+
+
+def test_exit_code_2_is_config_rejected_at_once() -> None:
+    rejected = terminated(2, T1, message="sft-launcher: spec.maxSeqLen 64 < the model's minimum 128")
+    failed = derive(pods=[trainer_pod(0, 0, phase="Running", state=rejected), pod(1)], max_restarts=3, now=T1)
+    message = ("the launcher rejected its configuration, a retry cannot help: "
+               "pod j-0: Error (exit code 2): sft-launcher: spec.maxSeqLen 64 < the model's minimum 128")
+    assert conditions(failed) == {
+        "Complete": ("False", "ConfigRejected"),
+        "Failed": ("True", "ConfigRejected"),
+        "Ready": ("False", "Finished"),
+    }
+    assert next(c for c in failed.conditions if c.type == "Failed").message == message
+    assert (failed.phase, failed.restarts, failed.completion_time) == (Phase.FAILED, 0, T1)
+    assert failed.training_over
+
+
+def test_only_the_newest_termination_decides_config_rejected() -> None:
+    pods = [trainer_pod(0, 2, last=terminated(1, T2)), trainer_pod(1, 1, last=terminated(2, T1))]
+    assert derive(pods=pods, max_restarts=3).phase is Phase.RUNNING
+
+
+def test_config_rejected_needs_the_statefulset() -> None:
+    """Without a StatefulSet the pods are leftovers of an earlier run: they decide nothing."""
+    status = derive(statefulset=None, pods=[trainer_pod(0, 0, state=terminated(2, T1))], max_restarts=3)
+    assert status.phase is Phase.PENDING
+
+
+def test_spec_failure_is_not_training_over() -> None:
+    invalid = derive(statefulset=None, problem=SpecProblem(Reason.INVALID_SPEC, "bad"))
+    assert invalid.phase is Phase.FAILED and not invalid.training_over
+
+
+def test_restarts_never_go_down_when_pods_are_recreated() -> None:
+    restarted = derive(pods=[pod(0, restarts=2), pod(1, restarts=1)], max_restarts=10)
+    assert restarted.restarts == 3
+    recreated = derive(restarted, pods=[pod(0), pod(1)], max_restarts=10, now=T1)
+    assert recreated.restarts == 3
+    assert derive(recreated, pods=[], statefulset=sts(suspend=True), now=T2).restarts == 3
+    assert derive(recreated, pods=[pod(0, restarts=4), pod(1)], now=T2).restarts == 4
+
+
+def test_last_trainer_termination_picks_the_newest() -> None:
+    pods = [
+        trainer_pod(0, 2, state=terminated(1, T1, message="pod 0 now"), last=terminated(137, T0, reason="OOMKilled")),
+        trainer_pod(1, 1, last=terminated(3, T2, reason="Error", message="  rank 1 lost  \n")),
+        {"metadata": {"name": "j-2"}, "status": {"phase": "Pending"}},
+    ]
+    newest = last_trainer_termination(pods)
+    assert newest == Termination(pod="j-1", exit_code=3, reason="Error", message="  rank 1 lost  \n", finished_at=T2)
+    assert newest.describe() == "pod j-1: Error (exit code 3): rank 1 lost"
+    assert last_trainer_termination(pods[:1]) == Termination("j-0", 1, "Error", "pod 0 now", T1)
+    # The reporter's terminations (T3, exit code 2) are not the trainer's.
+    assert last_trainer_termination([pod(0), pod(1)]) is None
+    assert Termination("j-0", 143, "", "", T0).describe() == "pod j-0: Error (exit code 143)"
