@@ -1,16 +1,12 @@
 """Operator fixtures: the CRD installed once, and the real operator (`sft-operator run`) as a
-subprocess that a test can kill and restart. No kubelet: tests set pod status through the API."""
+subprocess that a test can kill and restart. No kubelet: tests set pod status through the API.
+
+The pieces are sft_operator.dev.stack's (install_crd, OperatorProcess, wait_until), shared with
+`make demo` and the e2e tests; here their errors fail the test instead of raising."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,41 +17,25 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from sft_operator.crd import CRD_NAME, build_crd
+from sft_operator.crd import CRD_NAME
+from sft_operator.dev import stack
 
 T = TypeVar("T")
-OPERATOR_START_TIMEOUT_S = 60.0
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+    try:
+        return stack.wait_until(what, probe, timeout_s, interval_s)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def install_crd(api_client: Any) -> None:
-    ext = kubernetes.client.ApiextensionsV1Api(api_client)
-    crd = build_crd()
     try:
-        ext.create_custom_resource_definition(crd)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        existing = ext.read_custom_resource_definition(CRD_NAME)
-        crd["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        ext.replace_custom_resource_definition(CRD_NAME, crd)
-
-    def established() -> bool:
-        conditions = ext.read_custom_resource_definition(CRD_NAME).status.conditions or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    wait_for("the SFTJob CRD to be established", established)
+        stack.install_crd(api_client)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -95,63 +75,14 @@ def garbage_collection(control_plane: Any, api_client: Any, crd: str) -> None:
     wait_for("the garbage collector to know SFTJobs", collected, timeout_s=90, interval_s=0.5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class OperatorProcess(stack.OperatorProcess):
+    """stack.OperatorProcess whose failure to start fails the test (with the operator's log)."""
 
-
-class OperatorProcess:
-    """`sft-operator run --kubeconfig ... --namespace ...` in its own process group."""
-
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log_file: Path):
-        self.kubeconfig = kubeconfig
-        self.namespaces = namespaces
-        self.log_file = log_file
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        self.port = _free_port()
-        args = [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(self.kubeconfig)]
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        args += ["--liveness", f"http://127.0.0.1:{self.port}/healthz"]
-        log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + OPERATOR_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"operator not live after {OPERATOR_START_TIMEOUT_S:.0f}s:\n{self.logs()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
+    def start(self, timeout_s: float = stack.OPERATOR_START_TIMEOUT_S) -> OperatorProcess:
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def logs(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+            return super().start(timeout_s)
+        except stack.StackError as exc:
+            pytest.fail(str(exc))
 
 
 @pytest.fixture

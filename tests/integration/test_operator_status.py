@@ -1,0 +1,312 @@
+"""Status from the checkpoint volume, completion and failure, on the real control plane.
+
+No kubelet and no reporter sidecar run here: the tests do what they would, through the API. Pod
+status is patched as a kubelet reports it; the progress ConfigMap is patched with the job's own
+ServiceAccount token, exactly as the reporter in pod 0 does (so its RBAC is exercised too).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.request
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from sft_operator import contract
+from sft_operator.dev.controlplane import request_service_account_token
+from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
+
+pytestmark = pytest.mark.integration
+SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far
+T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T00:10:00Z"
+PROGRESS_KEY = "progress.json"
+
+
+def job_body(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "numEpochs": 2,
+            "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 128, "nnodes": 2, "device": "cpu",
+            "checkpoints": {"claim": {"size": "1Gi"}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def summary(stage: Stage, samples: int, checkpoints: list[str], loss: str = "0.4321") -> TrainingProgress:
+    """What the reporter publishes (see progress.summarize_progress) for a 2-epoch, 100-sample run."""
+    total = 200
+    completed = stage is Stage.COMPLETED
+    percent = 100 if completed else min(99, 100 * samples // total)
+    epoch = 2 if completed else samples // 100 + 1
+    return TrainingProgress(
+        stage=stage, epoch=epoch, num_epochs=2, epoch_display=f"{epoch}/2", samples_seen=samples,
+        total_samples=total, percent=percent, percent_display=f"{percent}%", last_loss=loss, throughput="12.50",
+        eta_seconds=0 if completed else int((total - samples) / 12.5),
+        checkpoints=[CheckpointInfo(name=c, path=f"hf_format/{c}", samples=int(c.split("_")[1]), epoch=1, time=T1)
+                     for c in checkpoints],
+        latest_checkpoint=checkpoints[-1] if checkpoints else None,
+        latest_full_state=FullStateInfo(name="epoch_0", path="full_state/epoch_0", epoch=1, samples=100, time=T1)
+        if samples >= 100 else None,
+        resumable=samples >= 100,
+        last_update_time=T2,
+    )
+
+
+class Reporter:
+    """The reporter sidecar's API identity: the pods' ServiceAccount (<job>), via TokenRequest."""
+
+    def __init__(self, control_plane: Any, api_client: Any, namespace: str, job: str):
+        self.ns, self.job = namespace, job
+        token = request_service_account_token(api_client, namespace, job)
+        self.user = f"system:serviceaccount:{namespace}:{job}"
+        self.client = control_plane.api_client(token)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    def publish(self, progress: TrainingProgress) -> None:
+        """Reporter.Publisher.publish's exact call."""
+        body = {"data": {PROGRESS_KEY: json.dumps(progress.to_api(), sort_keys=True)}}
+        self.core.patch_namespaced_config_map(f"{self.job}-progress", self.ns, body)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def forbidden(call: Any) -> bool:
+    try:
+        call()
+    except ApiException as exc:
+        if exc.status == 403:
+            return True
+        raise
+    return False
+
+
+def started_job(control_plane: Any, cluster: Any, name: str, nnodes: int = 2, **spec: Any) -> Reporter:
+    """A job whose pods run and whose reporter identity exists."""
+    cluster.create_job(job_body(name, nnodes=nnodes, **spec))
+    cluster.wait_for("the StatefulSet", lambda: cluster.statefulset(name))
+    cluster.wait_for("the progress ConfigMap", lambda: cluster.read("ConfigMap", f"{name}-progress"))
+    rbac = kubernetes.client.RbacAuthorizationV1Api(cluster.client)
+    cluster.wait_for("the reporter's RoleBinding", lambda: _exists(lambda: rbac.read_namespaced_role_binding(
+        f"{name}-reporter", cluster.ns)))
+    cluster.run_all_pods(name, nnodes)
+    cluster.wait_for("Running", lambda: cluster.status(name).get("phase") == "Running")
+    return Reporter(control_plane, cluster.client, cluster.ns, name)
+
+
+def _exists(read: Any) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def table(control_plane: Any, namespace: str) -> dict[str, dict[str, Any]]:
+    """`kubectl get sftjobs` as the API server answers it (the Table API, our printer columns):
+    {job name: {column name: cell}}."""
+    path = f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{namespace}/{contract.PLURAL}"
+    request = urllib.request.Request(control_plane.server + path, headers={
+        "Authorization": f"Bearer {control_plane.admin_token}",
+        "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io",
+    })
+    context = ssl.create_default_context(cafile=str(control_plane.ca_file))
+    with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+        answer = json.loads(resp.read())
+    assert answer["kind"] == "Table", answer
+    names = [column["name"] for column in answer["columnDefinitions"]]
+    return {row["object"]["metadata"]["name"]: dict(zip(names, row["cells"])) for row in answer["rows"]}
+
+
+def set_trainer(cluster: Any, pod: str, restarts: int, last: dict[str, Any] | None, running: bool = True) -> None:
+    """What a kubelet reports for the pod's containers: the trainer with its restarts and how it
+    last ended, the reporter sidecar running."""
+    def status(name: str, count: int, last_state: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "name": name, "image": "img", "imageID": "", "ready": running, "started": running,
+            "restartCount": count,
+            "state": {"running": {"startedAt": T2}} if running else {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": last_state} if last_state else {},
+        }
+
+    cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {
+        "phase": "Running",
+        "containerStatuses": [status(contract.TRAINER_CONTAINER, restarts, last), status("reporter", 0, None)],
+    }})
+
+
+def test_progress_summary_appears_in_status_and_printer_columns(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    reporter = started_job(control_plane, cluster, "tiny")
+    try:
+        assert cluster.read("ConfigMap", "tiny-progress").get("data") in (None, {})
+        row = table(control_plane, cluster.ns)["tiny"]
+        assert {k: v for k, v in row.items() if k != "Age"} == {
+            "Name": "tiny", "Phase": "Running", "Nodes": "2/2", "Epoch": None, "Progress": None, "Loss": None,
+            "Latest checkpoint": None,
+        }
+        first = summary(Stage.TRAINING, 40, ["samples_40"])
+        reporter.publish(first)
+        cluster.wait_for("status.progress", lambda: cluster.status("tiny").get("progress") == first.to_api())
+        row = table(control_plane, cluster.ns)["tiny"]
+        assert {k: v for k, v in row.items() if k != "Age"} == {
+            "Name": "tiny", "Phase": "Running", "Nodes": "2/2", "Epoch": "1/2", "Progress": "20%",
+            "Loss": "0.4321", "Latest checkpoint": "samples_40",
+        }
+        second = summary(Stage.TRAINING, 120, ["samples_40", "samples_100"], loss="0.2000")
+        reporter.publish(second)
+        cluster.wait_for("the newer progress", lambda: cluster.status("tiny").get("progress") == second.to_api())
+        row = table(control_plane, cluster.ns)["tiny"]
+        assert (row["Epoch"], row["Progress"], row["Loss"], row["Latest checkpoint"]) == (
+            "2/2", "60%", "0.2000", "samples_100")
+        status = cluster.status("tiny")
+        assert status["phase"] == "Running" and status["progress"]["resumable"] is True
+        # An unreadable summary is ignored: the last good one stays.
+        reporter.core.patch_namespaced_config_map("tiny-progress", cluster.ns, {"data": {PROGRESS_KEY: "{not json"}})
+        time.sleep(SETTLE_S)
+        assert cluster.status("tiny")["progress"] == second.to_api()
+    finally:
+        reporter.close()
+
+
+def test_completed_is_succeeded_scaled_to_zero_for_good(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    mark = control_plane.audit_position()
+    reporter = started_job(control_plane, cluster, "done")
+    try:
+        final = summary(Stage.COMPLETED, 200, ["samples_100", "samples_200"])
+        reporter.publish(final)
+        status = cluster.wait_for("Succeeded", lambda: (s := cluster.status("done")).get("phase") == "Succeeded" and s)
+        message = "trained 2 epochs; final checkpoint hf_format/samples_200"
+        complete = next(c for c in status["conditions"] if c["type"] == "Complete")
+        assert (complete["status"], complete["reason"], complete["message"]) == ("True", "TrainingCompleted", message)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "Finished")
+        assert status["completionTime"] and status["progress"] == final.to_api()
+        cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("done")["spec"]["replicas"] == 0)
+        events = cluster.wait_for("the Succeeded Event", lambda: [
+            e for e in cluster.events("done") if e["reason"] == "Succeeded"])
+        assert [(e["type"], e["message"]) for e in events] == [("Normal", message)]
+        assert cluster.read("PersistentVolumeClaim", "done-checkpoints") is not None  # checkpoints kept
+
+        # The pods go (the StatefulSet controller deletes them); the status stays.
+        cluster.wait_for("no pods", lambda: not [p for p in cluster.pods("done")
+                                                 if not p["metadata"].get("deletionTimestamp")], timeout_s=60)
+        # An operator restart, and a suspend/resume round trip while it was down: never trains again.
+        operator.kill()
+        cluster.patch_job("done", {"spec": {"suspend": True}})
+        operator.start()
+        cluster.patch_job("done", {"spec": {"suspend": False}})
+        time.sleep(SETTLE_S)
+        assert cluster.statefulset("done")["spec"]["replicas"] == 0
+        after = cluster.status("done")
+        assert after["phase"] == "Succeeded" and after["completionTime"] == status["completionTime"]
+        assert after["progress"] == final.to_api()
+        assert cluster.pods("done") == [] or all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("done"))
+        assert len([e for e in cluster.events("done") if e["reason"] == "Succeeded"]) == 1
+        assert "Traceback" not in operator.logs()
+
+        # Only the reporter ever wrote the progress ConfigMap's data: the operator created it
+        # empty and, across the restart, left it alone.
+        data = json.loads(cluster.read("ConfigMap", "done-progress")["data"][PROGRESS_KEY])
+        assert data == final.to_api()
+        writes = [w for w in control_plane.write_requests(since=mark, namespace=cluster.ns)
+                  if w.resource == "configmaps" and w.name == "done-progress"]
+        assert [(w.verb, w.user) for w in writes if w.verb != "create"] == [("patch", reporter.user)], writes
+    finally:
+        reporter.close()
+
+
+def test_restarts_past_max_restarts_fail_the_job_with_the_containers_message(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    reporter = started_job(control_plane, cluster, "crashy", maxRestarts=2)
+    reporter.close()
+    oom = {"exitCode": 137, "reason": "OOMKilled", "message": "rank 0: CUDA out of memory (tried 2 GiB)",
+           "startedAt": T0, "finishedAt": T1}
+    set_trainer(cluster, "crashy-0", 2, oom)
+    cluster.wait_for("restarts counted", lambda: cluster.status("crashy").get("restarts") == 2)
+    time.sleep(SETTLE_S)
+    assert cluster.status("crashy")["phase"] == "Running"  # at the limit, not past it
+    set_trainer(cluster, "crashy-1", 1, {**oom, "exitCode": 1, "reason": "Error", "message": "older", "finishedAt": T0})
+    status = cluster.wait_for("Failed", lambda: (s := cluster.status("crashy")).get("phase") == "Failed" and s)
+    message = ("the trainer restarted 3 times (spec.maxRestarts: 2); last: pod crashy-0: OOMKilled (exit code 137): "
+               "rank 0: CUDA out of memory (tried 2 GiB)")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"], failed["message"]) == ("True", "TooManyRestarts", message)
+    assert status["restarts"] == 3 and status["completionTime"]
+    cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("crashy")["spec"]["replicas"] == 0)
+    events = cluster.wait_for("the Failed Event", lambda: [e for e in cluster.events("crashy") if e["reason"] == "Failed"])
+    assert [(e["type"], e["message"]) for e in events] == [("Warning", message)]
+    assert cluster.read("PersistentVolumeClaim", "crashy-checkpoints") is not None
+    # For good: an operator restart keeps it Failed and at 0.
+    operator.restart()
+    time.sleep(SETTLE_S)
+    assert cluster.status("crashy")["phase"] == "Failed"
+    assert cluster.statefulset("crashy")["spec"]["replicas"] == 0
+
+
+def test_exit_code_2_is_config_rejected(control_plane: Any, operator: Any, cluster: Any) -> None:
+    started_job(control_plane, cluster, "badcfg", nnodes=1).close()
+    rejected = {"exitCode": contract.EXIT_BAD_CONFIG, "reason": "Error", "startedAt": T0, "finishedAt": T1,
+                "message": "sft-launcher: training.json: max_seq_len must be positive"}
+    set_trainer(cluster, "badcfg-0", 1, rejected, running=False)
+    status = cluster.wait_for("Failed", lambda: (s := cluster.status("badcfg")).get("phase") == "Failed" and s)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ConfigRejected"
+    assert failed["message"].endswith("pod badcfg-0: Error (exit code 2): sft-launcher: training.json: max_seq_len must be positive")
+    cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("badcfg")["spec"]["replicas"] == 0)
+
+
+def test_reporter_may_patch_its_own_progress_configmap_and_nothing_else(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    reporter = started_job(control_plane, cluster, "mine")
+    other = started_job(control_plane, cluster, "theirs", nnodes=1)
+    other.close()
+    try:
+        # The pods run as the job's own ServiceAccount.
+        template = cluster.statefulset("mine")["spec"]["template"]["spec"]
+        assert template["serviceAccountName"] == "mine"
+        reporter.publish(summary(Stage.TRAINING, 10, []))
+        assert reporter.core.read_namespaced_config_map("mine-progress", cluster.ns).data[PROGRESS_KEY]
+        body = {"data": {PROGRESS_KEY: "{}"}}
+        core, custom, ns = reporter.core, reporter.custom, cluster.ns
+        refused = {
+            "patch another job's progress": lambda: core.patch_namespaced_config_map("theirs-progress", ns, body),
+            "read another job's progress": lambda: core.read_namespaced_config_map("theirs-progress", ns),
+            "patch its own config": lambda: core.patch_namespaced_config_map("mine-config", ns, body),
+            "read its own config": lambda: core.read_namespaced_config_map("mine-config", ns),
+            "replace its progress": lambda: core.replace_namespaced_config_map(
+                "mine-progress", ns, {"metadata": {"name": "mine-progress"}, "data": {}}),
+            "delete its progress": lambda: core.delete_namespaced_config_map("mine-progress", ns),
+            "create a ConfigMap": lambda: core.create_namespaced_config_map(ns, {"metadata": {"name": "x"}}),
+            "list ConfigMaps": lambda: core.list_namespaced_config_map(ns),
+            "patch its SFTJob": lambda: custom.patch_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, ns, contract.PLURAL, "mine", {"spec": {"suspend": True}}),
+            "patch its SFTJob's status": lambda: custom.patch_namespaced_custom_object_status(
+                contract.GROUP, contract.VERSION, ns, contract.PLURAL, "mine", {"status": {"phase": "Succeeded"}}),
+            "read its SFTJob": lambda: custom.get_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, ns, contract.PLURAL, "mine"),
+            "list pods": lambda: core.list_namespaced_pod(ns),
+        }
+        allowed = [what for what, call in refused.items() if not forbidden(call)]
+        assert allowed == []
+        assert cluster.status("mine")["phase"] == "Running"
+    finally:
+        reporter.close()
