@@ -64,11 +64,12 @@ class TrainingProgress(_Api):
     stage: Stage = Stage.INITIALIZING
     epoch: int = Field(default=0, description="1-based epoch in progress (numEpochs once completed).")
     num_epochs: int = 0
-    epoch_display: str = Field(default="", description="epoch/numEpochs, for kubectl get")
+    # None, not "": the API server (1.20 at least) refuses an empty string in a CRD string field.
+    epoch_display: str | None = Field(default=None, description="epoch/numEpochs, for kubectl get")
     samples_seen: int = 0
     total_samples: int | None = Field(default=None, description="Samples per epoch * numEpochs.")
     percent: int = Field(default=0, ge=0, le=100)
-    percent_display: str = Field(default="", description="percent with a % sign, for kubectl get")
+    percent_display: str | None = Field(default=None, description="percent with a % sign, for kubectl get")
     last_loss: str | None = Field(default=None, description="Average loss of the last step (a decimal string).")
     throughput: str | None = Field(default=None, description="Samples per second over the last step.")
     eta_seconds: int | None = Field(default=None, description="Remaining samples / throughput.")
