@@ -36,7 +36,18 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_handler_pid = 0  # the launcher's pid, set where _raise_preempted is installed
+
+
 def _raise_preempted(signum: int, _frame) -> None:
+    if os.getpid() != _handler_pid:
+        # A forked child (datasets' multiprocessing pool workers while data is processed)
+        # inherits this handler. The pool stops its workers with SIGTERM and joins them: a worker
+        # that raised instead (and caught it as a task error) would block forever, and so would
+        # the launcher. Die by the signal, as by default.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Preempted(f"received {signal.Signals(signum).name} before training ran; nothing to "
                     "save, a restart resumes")
 
@@ -134,6 +145,8 @@ def run(env: Mapping[str, str]) -> int:
     epoch_full_states = (training_args.checkpoint_at_epoch
                          and training_args.accelerate_full_state_at_epoch)
 
+    global _handler_pid
+    _handler_pid = os.getpid()
     for sig in TERMINATION_SIGNALS:
         signal.signal(sig, _raise_preempted)
     data_once.prepare_data(root, training_args, topology.node_rank,

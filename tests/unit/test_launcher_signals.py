@@ -1,0 +1,42 @@
+"""The launcher's SIGTERM handler must not leak into forked children: datasets' process pools
+(data processing, num_proc > 1) stop their workers with SIGTERM and join them, so a worker that
+raised Preempted instead of dying could hang data processing forever."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import multiprocessing as mp, os, signal, time
+from sft_trainer import launcher
+launcher._handler_pid = os.getpid()
+signal.signal(signal.SIGTERM, launcher._raise_preempted)
+
+def work(x):
+    time.sleep(0.2)
+    return x
+
+for _ in range(10):
+    with mp.get_context("fork").Pool(8) as pool:  # __exit__ terminates busy workers
+        pool.map_async(work, range(64))
+        time.sleep(0.05)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except launcher.Preempted:
+    print("launcher preempted")
+"""
+
+
+def test_pool_workers_die_by_sigterm_and_the_launcher_is_preempted() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=30,
+        env={"PYTHONPATH": f"{REPO / 'trainer-image'}:{REPO / 'operator'}", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "launcher preempted", result.stderr[-2000:]
+    assert "Preempted" not in result.stderr  # no worker raised it
