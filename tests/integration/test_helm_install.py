@@ -26,7 +26,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from sft_operator.dev.controlplane import free_port, service_account_kubeconfig
+from sft_operator.dev.controlplane import free_port, request_service_account_token, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +35,6 @@ CHART = ROOT / "charts" / "sft-operator"
 PROVISION_HELM = ROOT / "scripts" / "provision-helm.sh"
 CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
 WAIT_S = 60.0
-# In namespaces mode kopf first tries to list all namespaces (9 attempts, ~55 s of back-off)
-# before it falls back to the given ones, and only then starts watching: until handlers.py sets
-# settings.scanning.disabled, a least-privilege namespaced operator starts this slowly.
-NAMESPACED_START_S = 120.0
-# kopf's optional cluster scanning (new CRDs; namespaces matching a pattern) is not granted:
-# kopf logs a 403 for it and goes on without. Any other 403 means the chart lacks a rule.
-SCANNING_PATHS = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "/api/v1/namespaces?", "/api/v1/namespaces ")
 
 
 class Helm:
@@ -125,11 +118,26 @@ def operator_args(api_client: Any, namespace: str, release: str, liveness_port: 
     return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", *args[1:]]
 
 
+def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str]:
+    """The installed Deployment's container environment (plain values)."""
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
+    (container,) = deployment.spec.template.spec.containers
+    return {e.name: e.value for e in container.env or [] if e.value is not None}
+
+
+def deployment_image(api_client: Any, namespace: str, release: str) -> str:
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
+    (container,) = deployment.spec.template.spec.containers
+    return container.image
+
+
 class Operator:
     """`sft-operator run ARGS` as a subprocess with only the given kubeconfig's identity."""
 
-    def __init__(self, args: list[str], kubeconfig: Path, log_path: Path, liveness_port: int):
+    def __init__(self, args: list[str], kubeconfig: Path, log_path: Path, liveness_port: int,
+                 extra_env: dict[str, str] | None = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        env.update(extra_env or {})
         env["KUBECONFIG"] = str(kubeconfig)
         self.log_path = log_path
         self.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
@@ -161,20 +169,20 @@ class Operator:
         return self.log_path.read_text(errors="replace")
 
     def unexpected_forbidden(self) -> list[str]:
+        """Any refusal: kopf's scanning is disabled, so the chart's rules must cover every call
+        (kopf would say "Not enough permissions" for a scan it could not do)."""
         return [
             line for line in self.log().splitlines()
-            if ("403" in line or "Forbidden" in line or "forbidden" in line)
-            and not any(path in line for path in SCANNING_PATHS)
-            and "Not enough permissions" not in line  # kopf's own summary of the scanning 403s
+            if "403" in line or "orbidden" in line or "Not enough permissions" in line
         ]
 
 
 @pytest.fixture
-def run_operator(tmp_path: Path) -> Iterator[Callable[[list[str], Path, int], Operator]]:
+def run_operator(tmp_path: Path) -> Iterator[Callable[..., Operator]]:
     started: list[Operator] = []
 
-    def start(args: list[str], kubeconfig: Path, liveness_port: int) -> Operator:
-        operator = Operator(args, kubeconfig, tmp_path / f"operator-{len(started)}.log", liveness_port)
+    def start(args: list[str], kubeconfig: Path, liveness_port: int, env: dict[str, str] | None = None) -> Operator:
+        operator = Operator(args, kubeconfig, tmp_path / f"operator-{len(started)}.log", liveness_port, env)
         started.append(operator)
         return operator
 
@@ -208,23 +216,23 @@ def reconciled(api_client: Any, namespace: str, name: str) -> bool:
     return bool((get_job(api_client, namespace, name).get("status") or {}).get("phase"))
 
 
-def grant_reporter_access(sa_client: Any, namespace: str, job: str) -> None:
-    """What the operator will do per job for the status reporter, done with the operator's own
-    identity: the API server refuses a Role that grants more than its creator holds (privilege
-    escalation prevention), so this passing proves the chart's rules allow it."""
-    core, rbac = kubernetes.client.CoreV1Api(sa_client), kubernetes.client.RbacAuthorizationV1Api(sa_client)
-    name = f"{job}-reporter"
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{job}-progress"],
-                   "verbs": ["get", "patch", "update"]}],
-    })
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-    })
+def check_reporter_identity(control_plane: Any, api_client: Any, namespace: str, job: str) -> None:
+    """What the operator created per job for the status reporter, with nothing but the chart
+    ServiceAccount's token: the pods' ServiceAccount, a Role + RoleBinding (the API server
+    refuses a Role that grants more than its creator holds, so their existence proves the chart's
+    rules allow it) and the empty progress ConfigMap; the reporter's token may patch it."""
+    core, rbac = kubernetes.client.CoreV1Api(api_client), kubernetes.client.RbacAuthorizationV1Api(api_client)
+    assert core.read_namespaced_service_account(job, namespace).metadata.name == job
+    role = rbac.read_namespaced_role(f"{job}-reporter", namespace)
+    assert [(r.resources, r.resource_names, r.verbs) for r in role.rules] == [
+        (["configmaps"], [f"{job}-progress"], ["get", "patch"])]
+    binding = rbac.read_namespaced_role_binding(f"{job}-reporter", namespace)
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", job, namespace)]
+    assert not core.read_namespaced_config_map(f"{job}-progress", namespace).data
+    token = request_service_account_token(api_client, namespace, job)
+    with control_plane.api_client(token) as reporter:
+        kubernetes.client.CoreV1Api(reporter).patch_namespaced_config_map(
+            f"{job}-progress", namespace, {"data": {"progress.json": '{"stage": "Initializing"}'}})
 
 
 def release_objects(api_client: Any, namespace: str, release: str) -> list[str]:
@@ -261,10 +269,11 @@ def check_uninstall(api_client: Any, helm: Helm, namespace: str, release: str, j
 
 def test_cluster_mode_install_reconcile_uninstall(
     control_plane: Any, api_client: Any, helm: Helm, namespace: str, job_namespace: str,
-    run_operator: Callable[[list[str], Path, int], Operator], tmp_path: Path,
+    run_operator: Callable[..., Operator], tmp_path: Path,
 ) -> None:
     release = f"sft-{secrets.token_hex(3)}"
-    install(helm, release, namespace)
+    # A tag of its own: the reporter sidecar must come from the operator's image, not a default.
+    install(helm, release, namespace, "--set", "image.tag=9.9.9")
     wait_for("the CRD to be established", lambda: crd_established(api_client))
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     assert rbac.read_cluster_role(f"{release}-sft-operator").rules
@@ -282,21 +291,29 @@ def test_cluster_mode_install_reconcile_uninstall(
 
     port = free_port()
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
-    operator = run_operator(operator_args(api_client, namespace, release, port), kubeconfig, port)
+    env = operator_env(api_client, namespace, release)
+    image = deployment_image(api_client, namespace, release)
+    assert (image, env["SFT_REPORTER_IMAGE"]) == ("sft-operator:9.9.9", "sft-operator:9.9.9")
+    operator = run_operator(operator_args(api_client, namespace, release, port), kubeconfig, port, env)
     wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
     job = create_job(api_client, job_namespace)
     wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
     assert operator.unexpected_forbidden() == []
+    statefulset = kubernetes.client.AppsV1Api(api_client).read_namespaced_stateful_set(job, job_namespace)
+    images = {c.name: c.image for c in statefulset.spec.template.spec.containers}
+    assert images["reporter"] == image, images
 
-    with control_plane.api_client(kubeconfig_token(kubeconfig)) as sa_client:
-        grant_reporter_access(sa_client, job_namespace, job)
+    check_reporter_identity(control_plane, api_client, job_namespace, job)
+    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
+        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
+    assert operator.unexpected_forbidden() == []
     operator.stop()
     check_uninstall(api_client, helm, namespace, release, job_namespace, job)
 
 
 def test_namespaces_mode_install_reconcile_uninstall(
     control_plane: Any, api_client: Any, helm: Helm, namespace: str, job_namespace: str,
-    run_operator: Callable[[list[str], Path, int], Operator], tmp_path: Path,
+    run_operator: Callable[..., Operator], tmp_path: Path,
 ) -> None:
     release = f"sft-{secrets.token_hex(3)}"
     install(helm, release, namespace, "--set", "watch.mode=namespaces", "--set", f"watch.namespaces={{{job_namespace}}}")
@@ -309,15 +326,21 @@ def test_namespaces_mode_install_reconcile_uninstall(
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
     args = operator_args(api_client, namespace, release, port)
     assert args[1:] == [f"--namespace={job_namespace}"]
-    operator = run_operator(args, kubeconfig, port)
+    image = deployment_image(api_client, namespace, release)
+    operator = run_operator(args, kubeconfig, port, operator_env(api_client, namespace, release))
     wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
     job = create_job(api_client, job_namespace)
-    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job),
-             timeout_s=NAMESPACED_START_S, log=operator.log)
+    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
     assert operator.unexpected_forbidden() == []
+    statefulset = kubernetes.client.AppsV1Api(api_client).read_namespaced_stateful_set(job, job_namespace)
+    images = {c.name: c.image for c in statefulset.spec.template.spec.containers}
+    assert images["reporter"] == image, images
 
+    check_reporter_identity(control_plane, api_client, job_namespace, job)
+    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
+        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
+    assert operator.unexpected_forbidden() == []
     with control_plane.api_client(kubeconfig_token(kubeconfig)) as sa_client:
-        grant_reporter_access(sa_client, job_namespace, job)
         # Confined: nothing in the operator's own namespace, let alone elsewhere.
         with pytest.raises(ApiException) as refused:
             kubernetes.client.CustomObjectsApi(sa_client).list_namespaced_custom_object(

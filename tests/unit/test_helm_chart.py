@@ -18,6 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sft_operator import render
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sft-operator"
 PROVISION_HELM = ROOT / "scripts" / "provision-helm.sh"
@@ -149,6 +151,32 @@ def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["image"] == "sft-operator:0.1.0"
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+@pytest.mark.parametrize(
+    ("args", "image"),
+    [
+        ((), "sft-operator:0.1.0"),
+        (("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.tag=1.2.3"),
+         "example.test/ml/sft-operator:1.2.3"),
+        (("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.digest=sha256:" + "b" * 64),
+         "example.test/ml/sft-operator@sha256:" + "b" * 64),
+    ],
+)
+def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], image: str) -> None:
+    """The operator puts the reporter sidecar in every training pod with the image it is told
+    by SFT_REPORTER_IMAGE: the chart tells it its own image, whatever the values say."""
+    (container,) = the_deployment(helm.template(*args))["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+    assert env_of(container)[render.ENV_REPORTER_IMAGE] == image
+    extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
+    (container,) = extra["spec"]["template"]["spec"]["containers"]
+    assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+                                 render.ENV_REPORTER_IMAGE: image, "X": "1"}
 
 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:

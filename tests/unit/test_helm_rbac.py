@@ -61,7 +61,7 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
 }
 
 # What the per-job Role grants the status reporter (resourceNames: the job's progress ConfigMap).
-REPORTER_GRANT = {("", "configmaps"): {"get", "patch", "update"}}
+REPORTER_GRANT = {("", "configmaps"): {"get", "patch"}}
 
 
 @pytest.fixture(scope="module")
@@ -244,30 +244,22 @@ def test_chart_grants_everything_the_operator_calls(helm: Any) -> None:
 
 # --- docs/rbac.md ---------------------------------------------------------------------------------
 
-# The chart grants docs/rbac.md's rules plus what the per-job status reporter needs, and leaves
-# out kopf's optional cluster scanning: in "namespaces" mode nothing may be cluster-scoped, and
-# kopf goes on without it (docs/helm.md explains the cost and the one-line fix).
-CHART_ONLY = {
-    ("", "configmaps"): {"patch"},
-    ("", "serviceaccounts"): {"get", "create", "update"},
-    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "update"},
-}
-RBAC_DOC_ONLY = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
-}
-
-
-def test_chart_rules_are_docs_rbac_md_plus_the_reporter() -> None:
+def documented_grants() -> dict[tuple[str, str], set[str]]:
     text = (ROOT / "docs" / "rbac.md").read_text()
     block = re.search(r"As a ClusterRole:\s*```yaml\n(.*?)```", text, re.S)
     assert block, "docs/rbac.md lost its ClusterRole block"
-    documented = grants(yaml.safe_load(block.group(1))["rules"])
-    expected: dict[tuple[str, str], set[str]] = {}
-    for key, verbs in list(documented.items()) + list(CHART_ONLY.items()):
-        expected.setdefault(key, set()).update(verbs)
-    for key, verbs in RBAC_DOC_ONLY.items():  # may go once kopf's scanning is disabled
-        if key in expected:
-            assert expected.pop(key) == verbs, f"docs/rbac.md changed its cluster-scoped rule {key}"
-    assert expected == ALLOW_LIST
+    return grants(yaml.safe_load(block.group(1))["rules"])
+
+
+def test_chart_rules_are_docs_rbac_md() -> None:
+    """The chart grants exactly docs/rbac.md's rules (which tests/integration/test_operator_rbac.py
+    runs the operator with): nothing cluster-scoped, since kopf's scanning is disabled."""
+    assert documented_grants() == ALLOW_LIST
+
+
+def test_reporter_role_grants_exactly_the_reporter_grant() -> None:
+    """render.py's per-job Role: get and patch on the job's own progress ConfigMap, nothing else."""
+    job = sample_job()
+    role = next(child for child in render.render_children(job) if child["kind"] == "Role")
+    assert grants(role["rules"]) == REPORTER_GRANT
+    assert [rule["resourceNames"] for rule in role["rules"]] == [[render.progress_configmap_name(job)]]

@@ -117,7 +117,7 @@ each rule exists.
   resources: ["pods"]
   verbs: ["list", "watch"]
 # The status reporter's per-job identity: a ServiceAccount, and a Role + RoleBinding that allow
-# only get/patch/update on the job's own <job>-progress ConfigMap (resourceNames).
+# only get/patch on the job's own <job>-progress ConfigMap (resourceNames).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "create", "update"]
