@@ -220,8 +220,11 @@ def derive_status(
         nnodes = int(accepted.get("nnodes") or nnodes)
     ready = running_pods(pods, nnodes) if statefulset is not None else 0
     if current.training_over:  # for good: only the facts (progress, pods) still move
+        # observedGeneration follows the spec: a later spec change was seen (and changes nothing);
+        # GitOps health checks wait for observedGeneration == generation.
         return current.model_copy(
-            update={"progress": progress, "ready_nodes": ready, "nodes": f"{ready}/{nnodes}", "restarts": restarts}
+            update={"progress": progress, "ready_nodes": ready, "nodes": f"{ready}/{nnodes}", "restarts": restarts,
+                    "observed_generation": generation}
         )
     finished = dict(now=now, generation=generation, nnodes=nnodes, ready=ready, restarts=restarts, progress=progress)
     if progress is not None and progress.stage is Stage.COMPLETED:
