@@ -222,6 +222,8 @@ def test_completed_is_succeeded_scaled_to_zero_for_good(
         assert cluster.statefulset("done")["spec"]["replicas"] == 0
         after = cluster.status("done")
         assert after["phase"] == "Succeeded" and after["completionTime"] == status["completionTime"]
+        # The spec changes were seen: a GitOps health check (observedGeneration == generation) is done.
+        assert after["observedGeneration"] == cluster.job("done")["metadata"]["generation"] > status["observedGeneration"]
         assert after["progress"] == final.to_api()
         assert cluster.pods("done") == [] or all(p["metadata"].get("deletionTimestamp") for p in cluster.pods("done"))
         assert len([e for e in cluster.events("done") if e["reason"] == "Succeeded"]) == 1

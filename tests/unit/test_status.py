@@ -219,9 +219,10 @@ def test_training_over_is_sticky_only_facts_move() -> None:
                    problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
     assert later.to_api() == {
         **done.to_api(), "progress": later_progress.to_api(), "readyNodes": 0, "nodes": "0/2", "restarts": 9,
+        "observedGeneration": 2,  # the spec change was seen (and changes nothing): GitOps health checks wait for it
     }
     assert later.phase is Phase.SUCCEEDED and later.completion_time == T1
-    assert derive(later, statefulset=None, pods=[], now=T3).to_api() == {**later.to_api(), "readyNodes": 0, "nodes": "0/2"}
+    assert derive(later, statefulset=None, pods=[], now=T3, generation=2).to_api() == later.to_api()
 
 
 def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
