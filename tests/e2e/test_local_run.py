@@ -117,6 +117,23 @@ def _tail(path: Path, chars: int = 4000) -> str:
         return "(none)"
 
 
+def _wait_jobs_gone(api_client: Any, namespace: str, timeout_s: float = 30.0) -> None:
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            items = custom.list_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL)["items"]
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        if not items:
+            return
+        time.sleep(0.5)
+    print(f"SFTJobs in {namespace} still there after {timeout_s:.0f}s (namespace left Terminating)")
+
+
 @pytest.fixture(scope="module")
 def stack(control_plane: Any, api_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from sft_operator.dev.controlplane import fresh_namespace_name
@@ -136,16 +153,20 @@ def stack(control_plane: Any, api_client: Any, tmp_path_factory: pytest.TempPath
         node.start()
         yield Stack(namespace, api_client, operator, node, assets.model_dir.parent)
     finally:
-        node.stop()
-        operator.stop()
-        print(f"--- operator log ({operator.log_file}) ---\n{_tail(operator.log_file)}")
-        for log in sorted((work / "node").glob("logs/**/*.log")):
-            print(f"--- {log} ---\n{_tail(log, 2000)}")
         try:
-            core.delete_namespace(namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+            # While the operator runs, so that it lifts its finalizers and the namespace goes away.
+            try:
+                core.delete_namespace(namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            _wait_jobs_gone(api_client, namespace)
+        finally:
+            node.stop()
+            operator.stop()
+            print(f"--- operator log ({operator.log_file}) ---\n{_tail(operator.log_file)}")
+            for log in sorted((work / "node").glob("logs/**/*.log")):
+                print(f"--- {log} ---\n{_tail(log, 2000)}")
         control_plane.check()
     assert node.container_pids() == [], "the local node left containers running"
     assert not operator.alive()
