@@ -45,7 +45,7 @@ def test_the_operator_runs_what_sft_submits(operator: Any, cluster: Any, api_cli
     pod = sts["spec"]["template"]["spec"]
     assert {"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models"}} in pod["volumes"]
     assert {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}} in pod["volumes"]
-    (container,) = pod["containers"]
+    (container,) = [c for c in pod["containers"] if c["name"] == contract.TRAINER_CONTAINER]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/mnt/pvc/models"] == {"name": "pvc-models", "mountPath": "/mnt/pvc/models", "readOnly": True}
     assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
