@@ -520,6 +520,11 @@ def reconcile(
         return
     with memo.jobs.lock(key):
         fresh = reason == kopf.Reason.CREATE
+        # The status we last wrote is fresher than the event's until the watch catches up: a
+        # spec change right after the job finished must not render the StatefulSet back to nnodes.
+        written = memo.jobs.written.get(key)
+        if written is not None and written[0] == raw["metadata"].get("uid", ""):
+            raw["status"] = written[1]
         try:
             job = parse_job(raw)
         except InvalidSpecError as exc:
@@ -650,9 +655,26 @@ def _refresh(
             return
         statefulset = _one(statefulsets_by_job, key)
         _, problem = assess(body, statefulset)
+        if problem is None and statefulset is None:
+            problem = _standing_refusal(memo.jobs, body)
         status = publish(memo.kube, memo.jobs, body, statefulset, pods_by_job.get(key, []), problem, None,
                          _progress(progress_by_job, key))
         _scale_down_if_over(memo.kube, body, status, statefulset)
+
+
+def _standing_refusal(state: JobState, body: dict[str, Any]) -> SpecProblem | None:
+    """The API's refusal of a child (e.g. a pod setting the StatefulSet cannot hold) as the status
+    last recorded it. The indexes cannot tell it again, and only a reconcile of the spec may
+    clear it: a child's event (the progress ConfigMap's creation) must not turn Failed to Pending."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    written = state.written.get(key)
+    raw = written[1] if written and written[0] == body["metadata"].get("uid", "") else body.get("status")
+    for condition in (raw or {}).get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+            ConditionType.SPEC_VALID.value, "False", Reason.INVALID_SPEC.value,
+        ):
+            return SpecProblem(Reason.INVALID_SPEC, condition.get("message") or "")
+    return None
 
 
 # --- entry point ------------------------------------------------------------------------------
