@@ -80,13 +80,16 @@ def running_pods(pods: Iterable[dict[str, Any]], total: int) -> int:
 
 
 def container_restarts(pods: Iterable[dict[str, Any]]) -> int:
-    """Restarts of the trainer container across the job's current pods."""
-    total = 0
+    """How often the training restarted: the most restarts of any pod's trainer container.
+
+    Not the sum: when one rank fails, torchrun's rendezvous ends every rank, so one failure of
+    a 4-node job restarts 4 containers; counting it 4 times would exhaust maxRestarts at once."""
+    most = 0
     for pod in pods:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             if status.get("name") == contract.TRAINER_CONTAINER:
-                total += int(status.get("restartCount") or 0)
-    return total
+                most = max(most, int(status.get("restartCount") or 0))
+    return most
 
 
 @dataclass(frozen=True)

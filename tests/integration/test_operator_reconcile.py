@@ -120,7 +120,8 @@ def test_printer_columns(operator: Any, cluster: Any, control_plane: Any) -> Non
     context = ssl.create_default_context(cafile=str(control_plane.ca_file))
     with urllib.request.urlopen(request, context=context) as response:
         table = json.loads(response.read())
-    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Phase", "Nodes", "Age"]
+    assert [c["name"] for c in table["columnDefinitions"]] == [
+        "Name", "Phase", "Nodes", "Epoch", "Progress", "Loss", "Latest checkpoint", "Age"]
     assert table["rows"][0]["cells"][:3] == ["tiny", "Pending", "0/2"]
 
 

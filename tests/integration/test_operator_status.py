@@ -251,7 +251,11 @@ def test_restarts_past_max_restarts_fail_the_job_with_the_containers_message(
     cluster.wait_for("restarts counted", lambda: cluster.status("crashy").get("restarts") == 2)
     time.sleep(SETTLE_S)
     assert cluster.status("crashy")["phase"] == "Running"  # at the limit, not past it
-    set_trainer(cluster, "crashy-1", 1, {**oom, "exitCode": 1, "reason": "Error", "message": "older", "finishedAt": T0})
+    # The other rank, ended by the same failure: one failure, not two (the most of any pod counts).
+    set_trainer(cluster, "crashy-1", 2, {**oom, "exitCode": 1, "reason": "Error", "message": "older", "finishedAt": T0})
+    time.sleep(SETTLE_S)
+    assert (cluster.status("crashy")["phase"], cluster.status("crashy")["restarts"]) == ("Running", 2)
+    set_trainer(cluster, "crashy-0", 3, oom)
     status = cluster.wait_for("Failed", lambda: (s := cluster.status("crashy")).get("phase") == "Failed" and s)
     message = ("the trainer restarted 3 times (spec.maxRestarts: 2); last: pod crashy-0: OOMKilled (exit code 137): "
                "rank 0: CUDA out of memory (tried 2 GiB)")

@@ -228,11 +228,11 @@ def test_training_over_is_sticky_only_facts_move() -> None:
 def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
     oom = terminated(137, T1, reason="OOMKilled", message="killed\n")
     pods = [trainer_pod(0, 3, last=oom), trainer_pod(1, 1, last=terminated(1, T0, message="older"))]
-    at_limit = derive(pods=pods, max_restarts=4, now=T1)
-    assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 4)
-    pods[1] = trainer_pod(1, 2, last=terminated(1, T0, message="older"))
-    failed = derive(at_limit, pods=pods, max_restarts=4, now=T2)
-    message = "the trainer restarted 5 times (spec.maxRestarts: 4); last: pod j-0: OOMKilled (exit code 137): killed"
+    at_limit = derive(pods=pods, max_restarts=3, now=T1)
+    assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 3)  # the most of any pod, not the sum
+    pods[0] = trainer_pod(0, 4, last=oom)
+    failed = derive(at_limit, pods=pods, max_restarts=3, now=T2)
+    message = "the trainer restarted 4 times (spec.maxRestarts: 3); last: pod j-0: OOMKilled (exit code 137): killed"
     assert failed.to_api()["conditions"] == [
         {"type": "Complete", "status": "False", "reason": "TooManyRestarts", "message": message,
          "lastTransitionTime": T2, "observedGeneration": 1},
@@ -244,7 +244,7 @@ def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
         {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T1,
          "observedGeneration": 1},
     ]
-    assert (failed.phase, failed.restarts, failed.completion_time, failed.start_time) == (Phase.FAILED, 5, T2, T1)
+    assert (failed.phase, failed.restarts, failed.completion_time, failed.start_time) == (Phase.FAILED, 4, T2, T1)
     assert failed.training_over
 
 
@@ -291,7 +291,7 @@ def test_spec_failure_is_not_training_over() -> None:
 
 
 def test_restarts_never_go_down_when_pods_are_recreated() -> None:
-    restarted = derive(pods=[pod(0, restarts=2), pod(1, restarts=1)], max_restarts=10)
+    restarted = derive(pods=[pod(0, restarts=2), pod(1, restarts=3)], max_restarts=10)
     assert restarted.restarts == 3
     recreated = derive(restarted, pods=[pod(0), pod(1)], max_restarts=10, now=T1)
     assert recreated.restarts == 3
