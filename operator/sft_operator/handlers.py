@@ -152,6 +152,9 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
     except ApiException as exc:
         if exc.status == 422:
             raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+            # The namespace is going away with the job in it: nothing to converge, no retries.
+            raise kopf.PermanentError(f"namespace {meta['namespace']} is being deleted") from None
         if exc.status != 409:
             raise
     existing = kube.read(manifest["kind"], meta["namespace"], meta["name"])
@@ -628,7 +631,11 @@ def _restore(
             return
         job, problem = assess(live, None)
         if job is not None and problem is None:
-            statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
+            try:
+                statefulset, problem, volume = converge(memo.kube, job, None, fresh=False)
+            except kopf.PermanentError as exc:
+                log.info("%s/%s: not restoring children: %s", key[0], key[1], exc)
+                return
             publish(memo.kube, memo.jobs, live, statefulset, pods_by_job.get(key, []), problem, volume,
                     _progress(progress_by_job, key))
 
