@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import pytest
 from sft_operator.api.display import ProgressDisplay
 from sft_operator.api.results import (
     Checkpoint,
@@ -148,10 +147,10 @@ def test_plain_progress_prints_a_line_per_change_only() -> None:
     ]
 
 
-def test_rich_progress_on_a_terminal_shows_the_facts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
+def test_rich_progress_on_a_terminal_shows_the_facts() -> None:
     out = io.StringIO()
-    with ProgressDisplay(stream=out, rich_output=True) as display:
+    # An explicit width: a StringIO has no terminal size, and the environment's may be anything.
+    with ProgressDisplay(stream=out, rich_output=True, width=200) as display:
         display.update(job({"phase": "Running", "progress": REPORTED}))
     text = out.getvalue()
     for fact in ("qwen Running", "50%", "epoch 2/3", "150/300 samples", "loss 0.9123", "ETA 12m05s", "Training",
@@ -159,10 +158,9 @@ def test_rich_progress_on_a_terminal_shows_the_facts(monkeypatch: pytest.MonkeyP
         assert fact in text, (fact, text)
 
 
-def test_a_narrow_terminal_cuts_the_details_not_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "80")
+def test_a_narrow_terminal_cuts_the_details_not_the_bar() -> None:
     out = io.StringIO()
-    with ProgressDisplay(stream=out, rich_output=True) as display:
+    with ProgressDisplay(stream=out, rich_output=True, width=80) as display:
         display.update(job({"phase": "Running", "progress": REPORTED}))
     (line,) = out.getvalue().splitlines()
     assert line.startswith("qwen Running ━") and "50% epoch 2/3" in line and line.endswith("…")

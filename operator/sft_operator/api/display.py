@@ -34,8 +34,10 @@ class ProgressDisplay:
     (one per change, so logs stay readable).
     """
 
-    def __init__(self, stream: TextIO | None = None, rich_output: bool | None = None, enabled: bool = True):
+    def __init__(self, stream: TextIO | None = None, rich_output: bool | None = None, enabled: bool = True,
+                 width: int | None = None):
         self.stream = stream if stream is not None else sys.stderr
+        self.width = width  # None: the terminal's
         self.enabled = enabled
         isatty = getattr(self.stream, "isatty", lambda: False)
         self.rich_output = isatty() if rich_output is None else rich_output
@@ -62,7 +64,7 @@ class ProgressDisplay:
                 TaskProgressColumn(),
                 # What does not fit the terminal's width is cut at the end, never wrapped.
                 TextColumn("{task.fields[detail]}", table_column=self._detail_column),
-                console=Console(file=self.stream),
+                console=Console(file=self.stream, width=self.width),
                 transient=False,
             )
             self._progress.__enter__()
