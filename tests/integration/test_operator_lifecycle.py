@@ -9,29 +9,10 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from sftjobs import job_body
+
 pytestmark = pytest.mark.integration
 SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far
-
-
-def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "SFTJob",
-        "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny",
-            "dataPath": "/data/train.jsonl",
-            "numEpochs": 2,
-            "effectiveBatchSize": 4,
-            "learningRate": 1e-4,
-            "maxSeqLen": 128,
-            "nnodes": 2,
-            "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def phase_is(cluster: Any, name: str, phase: str, timeout_s: float = 30.0) -> dict[str, Any]:

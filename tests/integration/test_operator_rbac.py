@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sft_operator.dev.controlplane import service_account_kubeconfig
+from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,21 +40,6 @@ def documented_rules() -> list[dict[str, Any]]:
     block = re.search(r"As a ClusterRole:\s*```yaml\n(.*?)```", text, re.S)
     assert block, "docs/rbac.md lost its ClusterRole block"
     return yaml.safe_load(block.group(1))["rules"]
-
-
-def job_body(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "SFTJob",
-        "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "numEpochs": 1,
-            "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 128, "nnodes": 2, "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 BINDINGS = ("ClusterRole", "Role")

@@ -9,30 +9,10 @@ import pytest
 
 from sft_operator.models import parse_job
 from sft_operator.render import render_configmap, render_service, render_statefulset
+from sftjobs import job_body
 
 
 pytestmark = pytest.mark.integration
-
-
-def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "SFTJob",
-        "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny",
-            "dataPath": "/data/train.jsonl",
-            "numEpochs": 2,
-            "effectiveBatchSize": 4,
-            "learningRate": 1e-4,
-            "maxSeqLen": 128,
-            "nnodes": 2,
-            "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def test_valid_job_gets_children_with_the_exact_env(operator: Any, cluster: Any) -> None:

@@ -20,26 +20,12 @@ from kubernetes.client.exceptions import ApiException
 from sft_operator import contract
 from sft_operator.dev.controlplane import request_service_account_token
 from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
+from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T00:10:00Z"
 PROGRESS_KEY = "progress.json"
-
-
-def job_body(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": contract.API_VERSION,
-        "kind": contract.KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "numEpochs": 2,
-            "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 128, "nnodes": 2, "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
-    }
-    body["spec"].update(spec)
-    return body
 
 
 def summary(stage: Stage, samples: int, checkpoints: list[str], loss: str = "0.4321") -> TrainingProgress:

@@ -1,0 +1,29 @@
+"""The SFTJob manifests the integration tests apply (one place, so a spec change is made once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sft_operator import contract
+
+
+def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
+    """A small valid CPU job (2 nodes, 2 epochs); ``spec`` overrides or adds spec fields."""
+    body: dict[str, Any] = {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "modelPath": "/models/tiny",
+            "dataPath": "/data/train.jsonl",
+            "numEpochs": 2,
+            "effectiveBatchSize": 4,
+            "learningRate": 1e-4,
+            "maxSeqLen": 128,
+            "nnodes": 2,
+            "device": "cpu",
+            "checkpoints": {"claim": {"size": "1Gi"}},
+        },
+    }
+    body["spec"].update(spec)
+    return body
