@@ -8,13 +8,14 @@ from the trainer's restarts (past spec.maxRestarts) or a configuration it reject
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.models import AccessMode, Condition, ConditionType, Phase, Reason, SFTJobStatus
+from sft_operator.models import MAPPED_TRAINING_ARGS, AccessMode, Condition, ConditionType, Phase, Reason, SFTJobStatus
 from sft_operator.progress import Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 
@@ -154,6 +155,22 @@ def last_trainer_termination(pods: Iterable[dict[str, Any]]) -> Termination | No
     return latest
 
 
+_TRAINING_ARG = re.compile(r"\btrainingArgs\.([a-z_]+)")
+
+
+def name_spec_fields(message: str) -> str:
+    """The launcher names TrainingArgs keys (``trainingArgs.data_path``); users wrote the spec:
+    add the spec field each key comes from (``spec.dataPath (trainingArgs.data_path)``)."""
+
+    def spec_name(match: re.Match[str]) -> str:
+        key = match.group(1)
+        source = MAPPED_TRAINING_ARGS.get(key)
+        field = f"spec.{source}" if source else f"spec.extraArgs.{key}"
+        return f"{field} ({match.group(0)})"
+
+    return _TRAINING_ARG.sub(spec_name, message)
+
+
 def _finished(
     current: SFTJobStatus,
     conditions: list[Condition],
@@ -239,8 +256,8 @@ def derive_status(
     termination = last_trainer_termination(pods) if statefulset is not None else None
     if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
         return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.CONFIG_REJECTED,
-                         message=f"the launcher rejected its configuration, a retry cannot help: {termination.describe()}",
-                         **finished)
+                         message="the launcher rejected its configuration, a retry cannot help: "
+                         + name_spec_fields(termination.describe()), **finished)
     if max_restarts is not None and restarts > max_restarts:
         last = termination.describe() if termination is not None else "no termination recorded"
         return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.TOO_MANY_RESTARTS,

@@ -277,7 +277,7 @@ def test_missing_data_is_rejected_and_checkpoints_kept(stack: Stack) -> None:
     assert failed is not None and failed["status"] == "True", status.get("conditions")
     assert failed["reason"] == "ConfigRejected", failed
     message = failed.get("message") or ""
-    assert "data_path" in message or "dataPath" in message, message
+    assert "spec.dataPath (trainingArgs.data_path)" in message, message  # the field the user wrote
     assert missing in message, message
 
     wait_until("the StatefulSet scaled to 0", lambda: stack.replicas(job) == 0, timeout_s=30)

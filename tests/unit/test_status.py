@@ -274,6 +274,15 @@ def test_exit_code_2_is_config_rejected_at_once() -> None:
     assert failed.training_over
 
 
+def test_config_rejection_names_the_spec_field() -> None:
+    rejected = terminated(2, T1, message="trainingArgs.data_path: /d.jsonl does not exist; trainingArgs.use_liger: bad")
+    failed = derive(pods=[trainer_pod(0, 0, state=rejected), pod(1)], max_restarts=3, now=T1)
+    assert next(c for c in failed.conditions if c.type == "Failed").message == (
+        "the launcher rejected its configuration, a retry cannot help: pod j-0: Error (exit code 2): "
+        "spec.dataPath (trainingArgs.data_path): /d.jsonl does not exist; "
+        "spec.extraArgs.use_liger (trainingArgs.use_liger): bad")
+
+
 def test_only_the_newest_termination_decides_config_rejected() -> None:
     pods = [trainer_pod(0, 2, last=terminated(1, T2)), trainer_pod(1, 1, last=terminated(2, T1))]
     assert derive(pods=pods, max_restarts=3).phase is Phase.RUNNING
