@@ -10,7 +10,6 @@ installed Deployment carries (no kubelet runs the Deployment's pod here).
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -29,6 +28,8 @@ from kubernetes.client.exceptions import ApiException
 from sft_operator import contract
 from sft_operator.dev.controlplane import free_port, request_service_account_token, service_account_kubeconfig
 
+from operator_logs import refusals
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,23 +37,6 @@ CHART = ROOT / "charts" / "sft-operator"
 PROVISION_HELM = ROOT / "scripts" / "provision-helm.sh"
 CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
 WAIT_S = 60.0
-
-
-_RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.M)
-
-
-def refusals(log: str) -> list[str]:
-    """The operator's log records (a line and its traceback) that report a refusal for lack of
-    permissions: a 403, Forbidden, or kopf's "Not enough permissions". The timestamp is left out
-    (its milliseconds may read 403), and so are refusals to create in a namespace being deleted
-    (NamespaceTerminating: another test's namespace, not a missing rule)."""
-    starts = [m.start() for m in _RECORD_START.finditer(log)] + [len(log)]
-    records = [_RECORD_START.sub("", log[a:b], count=1) for a, b in zip(starts, starts[1:])]
-    return [
-        record.splitlines()[0] for record in records
-        if ("403" in record or "orbidden" in record or "Not enough permissions" in record)
-        and "NamespaceTerminating" not in record
-    ]
 
 
 class Helm:
