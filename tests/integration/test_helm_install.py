@@ -266,6 +266,26 @@ def check_uninstall(api_client: Any, helm: Helm, namespace: str, release: str, j
     assert claim.metadata.deletion_timestamp is None, "checkpoint claims must survive the uninstall"
 
 
+def check_operator_reconciles(control_plane: Any, api_client: Any, operator: Operator, job_namespace: str,
+                              image: str) -> str:
+    """The operator, holding only the chart's permissions, reconciles a job: its pods run the
+    reporter from the chart's image, the reporter's identity works, and its summary reaches the
+    status, with no permission refused on the way. Returns the job's name."""
+    wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
+    job = create_job(api_client, job_namespace)
+    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
+    assert operator.unexpected_forbidden() == []
+    statefulset = kubernetes.client.AppsV1Api(api_client).read_namespaced_stateful_set(job, job_namespace)
+    images = {c.name: c.image for c in statefulset.spec.template.spec.containers}
+    assert images["reporter"] == image, images
+
+    check_reporter_identity(control_plane, api_client, job_namespace, job)
+    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
+        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
+    assert operator.unexpected_forbidden() == []
+    return job
+
+
 def test_cluster_mode_install_reconcile_uninstall(
     control_plane: Any, api_client: Any, helm: Helm, namespace: str, job_namespace: str,
     run_operator: Callable[..., Operator], tmp_path: Path,
@@ -294,18 +314,7 @@ def test_cluster_mode_install_reconcile_uninstall(
     image = deployment_image(api_client, namespace, release)
     assert (image, env["SFT_REPORTER_IMAGE"]) == ("sft-operator:9.9.9", "sft-operator:9.9.9")
     operator = run_operator(operator_args(api_client, namespace, release, port), kubeconfig, port, env)
-    wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
-    job = create_job(api_client, job_namespace)
-    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
-    assert operator.unexpected_forbidden() == []
-    statefulset = kubernetes.client.AppsV1Api(api_client).read_namespaced_stateful_set(job, job_namespace)
-    images = {c.name: c.image for c in statefulset.spec.template.spec.containers}
-    assert images["reporter"] == image, images
-
-    check_reporter_identity(control_plane, api_client, job_namespace, job)
-    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
-        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
-    assert operator.unexpected_forbidden() == []
+    job = check_operator_reconciles(control_plane, api_client, operator, job_namespace, image)
     operator.stop()
     check_uninstall(api_client, helm, namespace, release, job_namespace, job)
 
@@ -327,18 +336,7 @@ def test_namespaces_mode_install_reconcile_uninstall(
     assert args[1:] == [f"--namespace={job_namespace}"]
     image = deployment_image(api_client, namespace, release)
     operator = run_operator(args, kubeconfig, port, operator_env(api_client, namespace, release))
-    wait_for("the operator's liveness endpoint", operator.alive, log=operator.log)
-    job = create_job(api_client, job_namespace)
-    wait_for(f"SFTJob {job} to be reconciled", lambda: reconciled(api_client, job_namespace, job), log=operator.log)
-    assert operator.unexpected_forbidden() == []
-    statefulset = kubernetes.client.AppsV1Api(api_client).read_namespaced_stateful_set(job, job_namespace)
-    images = {c.name: c.image for c in statefulset.spec.template.spec.containers}
-    assert images["reporter"] == image, images
-
-    check_reporter_identity(control_plane, api_client, job_namespace, job)
-    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
-        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
-    assert operator.unexpected_forbidden() == []
+    job = check_operator_reconciles(control_plane, api_client, operator, job_namespace, image)
     with control_plane.api_client(kubeconfig_token(kubeconfig)) as sa_client:
         # Confined: nothing in the operator's own namespace, let alone elsewhere.
         with pytest.raises(ApiException) as refused:
