@@ -34,18 +34,11 @@ def demo_manifest(assets_dir: Path, example: Path = EXAMPLE) -> dict[str, Any]:
 
 
 def describe(job: dict[str, Any]) -> str:
-    """One line on where a job stands, e.g. 'Running 2/2 nodes | Training epoch 1/2 40% loss 3.2'."""
-    status = job.get("status") or {}
-    parts = [status.get("phase", "Pending"), f"{status.get('nodes') or '0/0'} nodes"]
-    progress = status.get("progress") or {}
-    if progress:
-        line = f"{progress.get('stage', '')} epoch {progress.get('epochDisplay', '')} {progress.get('percentDisplay', '')}"
-        if progress.get("lastLoss"):
-            line += f" loss {progress['lastLoss']}"
-        if progress.get("latestCheckpoint"):
-            line += f" ckpt {progress['latestCheckpoint']}"
-        parts.append(line.strip())
-    return " | ".join(parts)
+    """One line on where a job stands: the Python API's plain progress line, so the demo and
+    `sft-operator wait` read the status the same way."""
+    from sft_operator.api.results import progress_line, view_job
+
+    return progress_line(view_job(job))
 
 
 def follow_job(api_client: Any, namespace: str, name: str, timeout_s: float,
