@@ -31,7 +31,7 @@ import kubernetes
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract, render
+from sft_operator import contract, kubeclient, render
 from sft_operator.models import (
     ConditionType,
     InvalidSpecError,
@@ -420,14 +420,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # The operator watches exactly its resources (and the namespaces it was given): no CRD or
     # namespace scanning, which would need cluster-wide list/watch rights it has no use for.
     settings.scanning.disabled = True
-    memo.kube = Kube(_api_client or kubernetes.client.ApiClient())
+    memo.kube = Kube(_api_client or kubeclient.BoundedApiClient())
     memo.jobs = JobState()
 
 
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     """kopf connects with the same credentials as our client (--kubeconfig, in-cluster, ...)."""
-    cfg = (_api_client or kubernetes.client.ApiClient()).configuration
+    cfg = (_api_client or kubeclient.BoundedApiClient()).configuration
     # The client keeps the token as "BearerToken" (newer) or "authorization" (older); the
     # getter also runs the in-cluster token refresh hook.
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
@@ -687,17 +687,6 @@ def _standing_refusal(state: JobState, body: dict[str, Any]) -> SpecProblem | No
 # --- entry point ------------------------------------------------------------------------------
 
 
-def load_api_client(kubeconfig: Path | None) -> kubernetes.client.ApiClient:
-    """An ApiClient from --kubeconfig, else in-cluster, else $KUBECONFIG / ~/.kube/config."""
-    if kubeconfig is not None:
-        return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
-
-
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool) -> None:
     global _api_client, _reporter_image
     logging.basicConfig(
@@ -706,7 +695,7 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     if not verbose:  # one line per handler call and per probe is noise; failures still show
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _api_client = load_api_client(kubeconfig)
+    _api_client = kubeclient.load_api_client(kubeconfig)
     _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
     kopf.run(
         standalone=True,

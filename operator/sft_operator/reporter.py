@@ -165,16 +165,6 @@ def _load_config(path: Path) -> dict[str, Any]:
         raise SystemExit(f"reporter: cannot read the training config {path}: {exc}") from None
 
 
-def _kube_core_api() -> Any:
-    import kubernetes
-
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.CoreV1Api()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_operator.reporter", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.environ.get(contract.ENV_CONFIG_PATH, contract.CONFIG_PATH))
@@ -205,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=Path(training["data_output_dir"]),
         num_epochs=int(config[contract.CONFIG_KEY_NUM_EPOCHS]),
     )
+    import kubernetes
+
+    from sft_operator import kubeclient
+
     publisher = Publisher(
         namespace=config[contract.CONFIG_KEY_NAMESPACE],
         job_name=config[contract.CONFIG_KEY_JOB_NAME],
-        core_api=_kube_core_api(),
+        core_api=kubernetes.client.CoreV1Api(kubeclient.load_api_client()),
     )
     log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, progress_configmap_name(publisher.job_name))
     run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,21 @@ class Stack:
                 seen.append(line)
                 print(f"{time.strftime('%H:%M:%S')} {name}: {line}")
 
-        return follow_job(self.api_client, self.namespace, name, JOB_TIMEOUT_S, on_update)
+        try:
+            return follow_job(self.api_client, self.namespace, name, JOB_TIMEOUT_S, on_update)
+        except TimeoutError:
+            self.show_where_stuck()
+            raise
+
+    def show_where_stuck(self) -> None:
+        """After a timeout, in the failure's own output: each launcher's stacks (SIGQUIT makes it
+        print them to its log and go on), the pods' logs, the operator's log."""
+        pids = self.node.signal_processes(signal.SIGQUIT, "sft-trainer")
+        print(f"--- SIGQUIT sent to launcher processes {pids} ---")
+        time.sleep(2)
+        for log in sorted((self.node.state_dir / "logs").glob("**/*.log")):
+            print(f"--- {log} ---\n{_tail(log, 8000)}")
+        print(f"--- operator log ({self.operator.log_file}) ---\n{_tail(self.operator.log_file)}")
 
     def replicas(self, job: dict[str, Any]) -> int | None:
         sts = self.apps.read_namespaced_stateful_set(statefulset_name(parse_job(job)), self.namespace)

@@ -6,6 +6,7 @@ import pytest
 
 from sft_operator import contract
 from sft_trainer.errors import ConfigError
+from sft_trainer.cpus import cgroup_cpu_limit, usable_cpus
 from sft_trainer.launch_config import parse_config, training_args_kwargs
 from sft_trainer.topology import Topology, topology_from_env
 
@@ -58,22 +59,23 @@ CONFIG = {"jobName": "j", "namespace": "n", "numEpochs": 3, "fullStateRetention"
                            "ckpt_output_dir": "/checkpoints/run", "max_seq_len": 64}}
 FIELDS = {"model_path", "data_path", "ckpt_output_dir", "data_output_dir", "max_seq_len",
           "num_epochs", "process_data", "callbacks", "on_demand_checkpointing",
-          "disable_flash_attn"}
+          "disable_flash_attn", "data_process_num_cpu_procs"}
 
 
 def test_training_args_kwargs_applies_launcher_settings() -> None:
     config = parse_config(CONFIG)
     assert (config.num_epochs, config.full_state_retention, config.data_wait_timeout_seconds,
             config.rendezvous_timeout_seconds) == (3, 2, 3600, 600)
-    assert training_args_kwargs(config, FIELDS, cpu=False) == {
+    assert training_args_kwargs(config, FIELDS, cpu=False, usable_cpus=4) == {
         "model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/checkpoints/run",
         "max_seq_len": 64, "num_epochs": 3, "on_demand_checkpointing": True,
-        "data_output_dir": "/checkpoints/run/data", "process_data": False}
-    cpu = training_args_kwargs(config, FIELDS, cpu=True)
+        "data_output_dir": "/checkpoints/run/data", "process_data": False,
+        "data_process_num_cpu_procs": 4}
+    cpu = training_args_kwargs(config, FIELDS, cpu=True, usable_cpus=4)
     assert cpu["disable_flash_attn"] is True
     with pytest.raises(ConfigError) as raised:
         training_args_kwargs(parse_config(_with_args(validation_split=0.1)),
-                             FIELDS | {"validation_split"}, cpu=True)
+                             FIELDS | {"validation_split"}, cpu=True, usable_cpus=4)
     assert str(raised.value) == ("trainingArgs.validation_split: not supported in CPU mode "
                                  "(SFT_DEVICE=cpu); leave it at 0.0")
 
@@ -95,8 +97,40 @@ def _with_args(**args) -> dict:
 ])
 def test_training_args_errors_name_the_field(config: dict, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        training_args_kwargs(parse_config(config), FIELDS, cpu=False)
+        training_args_kwargs(parse_config(config), FIELDS, cpu=False, usable_cpus=4)
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(("usable_cpus", "given", "expected"), [
+    (2, None, 2),      # a small pod: one worker per CPU, not upstream's 16
+    (64, None, 16),    # never above upstream's default
+    (2, 24, 24),       # the user's own choice (extraArgs) stands
+])
+def test_data_processing_pool_fits_the_pod(usable_cpus: int, given: int | None,
+                                           expected: int) -> None:
+    config = parse_config(_with_args(data_process_num_cpu_procs=given) if given else CONFIG)
+    kwargs = training_args_kwargs(config, FIELDS, cpu=False, usable_cpus=usable_cpus)
+    assert kwargs["data_process_num_cpu_procs"] == expected
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("max 100000\n", None), ("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
+    ("", None), ("garbage here", None), ("0 100000", None),
+])
+def test_cgroup_cpu_limit(cpu_max: str, expected: int | None) -> None:
+    assert cgroup_cpu_limit(cpu_max) == expected
+
+
+def test_usable_cpus_takes_the_lower_of_affinity_and_cgroup(tmp_path) -> None:
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    limited = tmp_path / "cpu.max"
+    limited.write_text("100000 100000\n")
+    assert usable_cpus(limited) == 1
+    limited.write_text(f"{(affinity + 8) * 100000} 100000\n")
+    assert usable_cpus(limited) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -130,7 +164,7 @@ def test_gpu_mode_never_imports_cpu_mode() -> None:
     code = ("import sys\n"
             "from sft_trainer import launcher, launch_config\n"
             "config = launch_config.parse_config(" + repr(CONFIG) + ")\n"
-            "kwargs = launch_config.training_args_kwargs(config, " + repr(FIELDS) + ", cpu=False)\n"
+            "kwargs = launch_config.training_args_kwargs(config, " + repr(FIELDS) + ", cpu=False, usable_cpus=4)\n"
             "assert 'disable_flash_attn' not in kwargs, kwargs\n"
             "assert 'sft_trainer.cpu_mode' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -40,3 +40,36 @@ def test_pool_workers_die_by_sigterm_and_the_launcher_is_preempted() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "launcher preempted", result.stderr[-2000:]
     assert "Preempted" not in result.stderr  # no worker raised it
+
+
+STUCK_SCRIPT = r"""
+import sys, time
+from sft_trainer import launcher
+launcher.dump_stacks_on_sigquit()
+
+def stuck_in_data_processing():
+    print("ready", flush=True)
+    time.sleep(60)
+
+stuck_in_data_processing()
+"""
+
+
+def test_sigquit_prints_where_the_launcher_is_and_it_goes_on() -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={"PYTHONPATH": f"{REPO / 'trainer-image'}:{REPO / 'operator'}",
+                        "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGQUIT)
+        time.sleep(0.5)
+        assert proc.poll() is None, "SIGQUIT must not stop the launcher"
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+    assert "stuck_in_data_processing" in stderr, stderr[-2000:]

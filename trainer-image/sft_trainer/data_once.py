@@ -48,6 +48,12 @@ def count_samples(data_file: Path) -> int:
 
 def _process(training_args) -> None:
     import instructlab.training.data_process as dp
+    import tqdm
+
+    # datasets forks its worker pool from this process; tqdm's monitor thread, which takes
+    # tqdm's locks every few seconds, must not be mid-lock at a fork (workers would inherit the
+    # lock held, forever). Progress bars still draw; only the stall monitor is off.
+    tqdm.tqdm.monitor_interval = 0
 
     field = f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path"
     try:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sft_operator import checkpoints, contract
 
+from . import cpus
 from .errors import ConfigError
 
 # Set by the launcher itself: data is processed once before run_training; callbacks are Python
@@ -66,7 +67,8 @@ def load_config(path: Path) -> LauncherConfig:
     return parse_config(raw)
 
 
-def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu: bool) -> dict:
+def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu: bool,
+                         usable_cpus: int) -> dict:
     """The kwargs for TrainingArgs: checked against its fields, launcher settings applied."""
     prefix = contract.CONFIG_KEY_TRAINING_ARGS
     args = dict(config.training_args)
@@ -90,6 +92,8 @@ def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu:
                     str(checkpoints.default_data_dir(Path(args["ckpt_output_dir"]))))
     # Data is processed once by node 0 before run_training (see data_once).
     args["process_data"] = False
+    if "data_process_num_cpu_procs" in known_fields:
+        args.setdefault("data_process_num_cpu_procs", cpus.data_process_procs(usable_cpus))
     if cpu:
         from . import cpu_mode
 
@@ -105,7 +109,8 @@ def build_training_args(config: LauncherConfig, *, cpu: bool):
     """instructlab-training TrainingArgs, or a ConfigError naming the first bad field."""
     from instructlab.training import TrainingArgs
 
-    kwargs = training_args_kwargs(config, set(TrainingArgs.model_fields), cpu=cpu)
+    kwargs = training_args_kwargs(config, set(TrainingArgs.model_fields), cpu=cpu,
+                                  usable_cpus=cpus.usable_cpus())
     try:
         return TrainingArgs(**kwargs)
     except ValidationError as error:

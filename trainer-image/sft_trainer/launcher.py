@@ -6,6 +6,7 @@ instructlab-training run_training -> exit code (contract.EXIT_*), or idle once f
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import re
@@ -200,10 +201,17 @@ def run(env: Mapping[str, str]) -> int:
     return idle("training finished")
 
 
+def dump_stacks_on_sigquit() -> None:
+    """`kill -QUIT <pid>` prints every thread's stack to the pod log and the run goes on: where a
+    stuck pod is stuck, without a debugger in the image. Forked data workers inherit it."""
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     del argv  # configured by env and the config file only
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s sft-trainer %(levelname)s %(message)s")
+    dump_stacks_on_sigquit()
     try:
         return run(os.environ)
     except LauncherError as error:

@@ -201,6 +201,34 @@ class LocalNode:
         """PIDs of the running containers' main processes (tests check none survive stop())."""
         return self.pods.container_pids()
 
+    def signal_processes(self, signum: int, cmdline_contains: str) -> list[int]:
+        """Send ``signum`` to every process in the running containers whose command line contains
+        the text (e.g. SIGQUIT to the launchers, which then print their stacks); their PIDs."""
+        children: dict[int, list[int]] = {}
+        cmdlines: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+            children.setdefault(parent, []).append(int(entry.name))
+        signalled = []
+        todo = list(self.container_pids())
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, []))
+            if cmdline_contains in cmdlines.get(pid, ""):
+                try:
+                    os.kill(pid, signum)
+                    signalled.append(pid)
+                except ProcessLookupError:
+                    pass
+        return sorted(signalled)
+
     # -- the loop -------------------------------------------------------------------------------
 
     def _loop(self) -> None:

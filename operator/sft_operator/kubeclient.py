@@ -1,0 +1,42 @@
+"""Kubernetes API clients whose calls never wait forever.
+
+The generated client sends every request without a timeout unless the call names one. A
+connection that stalls (an apiserver restart, a dropped load-balancer flow) would then block
+its thread for good: in the operator, kopf's handler for that job never returns and the job's
+status freezes; in the reporter sidecar, progress stops while training goes on. With a default
+timeout the call fails, and the caller's retry (kopf's backoff, the reporter's next scan) heals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+# (connect, read) seconds: far above any answer of a healthy apiserver to the calls we make.
+DEFAULT_REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+class BoundedApiClient(kubernetes.client.ApiClient):
+    """An ApiClient that gives every call DEFAULT_REQUEST_TIMEOUT unless it names its own."""
+
+    request_timeout: Any = DEFAULT_REQUEST_TIMEOUT
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = self.request_timeout
+        return super().call_api(*args, **kwargs)
+
+
+def load_api_client(kubeconfig: Path | None = None) -> BoundedApiClient:
+    """From ``kubeconfig``, else in-cluster, else $KUBECONFIG / ~/.kube/config."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is not None:
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        return BoundedApiClient(configuration)
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return BoundedApiClient(configuration)
