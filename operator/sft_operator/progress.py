@@ -154,7 +154,12 @@ def summarize_progress(
     # A step logged before the latest run started belongs to an earlier run: still the best
     # known position (samples_seen carries across restarts), so it stays.
     samples_seen = last_step.samples_seen if last_step else 0
-    epoch = last_step.epoch + 1 if last_step else 0
+    # 1-based from the start (the metrics log and run records count from 0): the first epoch
+    # before anything ran; the epoch the latest run starts in until it logs a step (a resume
+    # from an epoch-end state starts in the next epoch, after the last logged step's).
+    epoch = max(1, last_step.epoch + 1 if last_step else 0, runs[-1].start_epoch + 1 if runs else 0)
+    if num_epochs >= 1:
+        epoch = min(epoch, num_epochs)
     if tree.completion is not None:
         stage = Stage.COMPLETED
         epoch = num_epochs

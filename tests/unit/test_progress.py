@@ -48,15 +48,37 @@ def test_fresh_volume_is_initializing() -> None:
                                   data_dir_exists=False)
     assert progress.to_api() == {
         "stage": "Initializing",
-        "epoch": 0,
+        "epoch": 1,
         "numEpochs": 3,
-        "epochDisplay": "0/3",
+        "epochDisplay": "1/3",
         "samplesSeen": 0,
         "percent": 0,
         "percentDisplay": "0%",
         "checkpoints": [],
         "resumable": False,
     }
+
+
+def test_epoch_is_one_based_before_the_first_step() -> None:
+    # Processing data, then the first run loading: epoch 1 of N, never 0/N.
+    processing = summarize_progress(_tree(), num_epochs=3, last_step=None, last_totals=None, runs=[],
+                                    data_dir_exists=True)
+    loading = summarize_progress(_tree(data_ready=DATA_READY), num_epochs=3, last_step=None,
+                                 last_totals=TOTALS, runs=[RUN], data_dir_exists=True)
+    assert [(p.stage, p.epoch, p.epoch_display) for p in (processing, loading)] == [
+        (Stage.PROCESSING_DATA, 1, "1/3"), (Stage.INITIALIZING, 1, "1/3")]
+
+
+def test_resumed_run_shows_the_epoch_it_starts_in_until_it_logs() -> None:
+    # Epoch 1 (0-based 0) ended with its last step logged and its full state saved; the restart's
+    # run starts in 0-based epoch 1, i.e. epoch 2 of 3, before its first step.
+    resumed = RUN.model_copy(update={"started_at": datetime(2023, 11, 14, 22, 30, tzinfo=timezone.utc),
+                                     "start_epoch": 1, "start_samples_seen": 8, "resumed_from": "epoch_0"})
+    progress = summarize_progress(_tree(data_ready=DATA_READY), num_epochs=3,
+                                  last_step=_step(0, 8, ts="2023-11-14T22:20:00"), last_totals=TOTALS,
+                                  runs=[RUN, resumed], data_dir_exists=True)
+    assert (progress.stage, progress.epoch, progress.epoch_display, progress.samples_seen) == (
+        Stage.INITIALIZING, 2, "2/3", 8)
 
 
 def test_data_dir_without_marker_is_processing_data() -> None:
