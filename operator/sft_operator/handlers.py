@@ -32,6 +32,7 @@ import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract, kubeclient, render
+from sft_operator.events import fit_message
 from sft_operator.models import (
     ConditionType,
     InvalidSpecError,
@@ -43,7 +44,14 @@ from sft_operator.models import (
     parse_job,
 )
 from sft_operator.progress import TrainingProgress
-from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim, derive_status, rfc3339
+from sft_operator.status import (
+    SpecProblem,
+    VolumeCheck,
+    check_checkpoint_claim,
+    derive_status,
+    phase_event_message,
+    rfc3339,
+)
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
@@ -243,24 +251,30 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, fresh:
     dict[str, Any] | None, SpecProblem | None, VolumeCheck | None
 ]:
     """Create/update the children. ``fresh``: the job was just created, so try creating first
-    instead of reading (one request per child instead of two)."""
+    instead of reading (one request per child instead of two).
+
+    A refused change to an immutable field is reported (the problem returned) and the job goes
+    on as it was created: its mutable fields (suspend, pod settings) still apply and a finished
+    job still scales to 0, so a pending refusal never holds pods."""
     namespace = job.metadata.namespace
     sts_name = render.statefulset_name(job)
     if statefulset is None and not fresh:
         statefulset = kube.read("StatefulSet", namespace, sts_name)
+    problem: SpecProblem | None = None
     if statefulset is not None:
-        changes = render.immutable_changes(job, statefulset)
-        if changes:
-            return statefulset, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes)), None
+        job, problem = _as_accepted(job, statefulset)
     claim: dict[str, Any] | None = None
     try:
         for manifest in render.render_children(job, _reporter_image):
             kind = manifest["kind"]
             if kind == "StatefulSet":
-                statefulset = _ensure(kube, manifest, statefulset)
-                changes = render.immutable_changes(job, statefulset)  # another writer won a race
-                if changes:
-                    return statefulset, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes)), None
+                if statefulset is not None:
+                    statefulset = _ensure(kube, manifest, statefulset)
+                    continue
+                statefulset = _ensure(kube, manifest, None)
+                job, problem = _as_accepted(job, statefulset)  # another writer won a race
+                if problem is not None:
+                    statefulset = _ensure(kube, render.render_statefulset(job, _reporter_image), statefulset)
             else:
                 existing = None if fresh else kube.read(kind, namespace, manifest["metadata"]["name"])
                 obj = _ensure(kube, manifest, existing)
@@ -270,7 +284,19 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, fresh:
         return statefulset, SpecProblem(Reason.INVALID_SPEC, str(exc)), None
     if job.spec.checkpoints.existing_claim is not None:
         claim = kube.read("PersistentVolumeClaim", namespace, job.spec.checkpoints.existing_claim)
-    return statefulset, None, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job))
+    return statefulset, problem, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job))
+
+
+def _as_accepted(job: SFTJob, statefulset: dict[str, Any]) -> tuple[SFTJob, SpecProblem | None]:
+    """The job as it runs (immutable fields as created) and the refusal of any change to them."""
+    changes = render.immutable_changes(job, statefulset)
+    if not changes:
+        return job, None
+    problem = SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, _join(changes))
+    try:
+        return render.job_as_accepted(job, statefulset), problem
+    except InvalidSpecError:  # cannot happen for a spec accepted before; never converge a guess
+        raise kopf.PermanentError(f"cannot rebuild the accepted spec: {problem.message}") from None
 
 
 def _join(problems: Iterable[tuple[str, str]]) -> str:
@@ -362,26 +388,13 @@ def publish(
     old_phase = current.phase if current is not None else None
     if new.phase != old_phase:
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
-        message = _phase_message(new, problem)
-        kopf.event(body, type=kind, reason=new.phase.value, message=message)
+        kopf.event(body, type=kind, reason=new.phase.value, message=fit_message(phase_event_message(new, problem)))
         log.info("%s/%s: phase %s -> %s", key[0], key[1], old_phase.value if old_phase else None, new.phase.value)
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         previous = next((c for c in (current.conditions if current else []) if c.type == ConditionType.SPEC_VALID.value), None)
         if previous is None or previous.message != problem.message:
-            kopf.event(body, type="Warning", reason=problem.reason.value, message=problem.message)
+            kopf.event(body, type="Warning", reason=problem.reason.value, message=fit_message(problem.message))
     return new
-
-
-def _phase_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:
-    """The Event message of a phase change: why it ended, or how many pods run."""
-    if problem is not None and status.phase is Phase.FAILED:
-        return problem.message
-    if status.training_over:
-        wanted = ConditionType.COMPLETE.value if status.phase is Phase.SUCCEEDED else ConditionType.FAILED.value
-        condition = next((c for c in status.conditions if c.type == wanted), None)
-        if condition is not None:
-            return condition.message
-    return f"{status.nodes} pods running"
 
 
 def _progress(progress_by_job: kopf.Index[Any, Any], key: tuple[str, str]) -> TrainingProgress | None:

@@ -342,7 +342,10 @@ class SFTJobSpec(ApiModel):
     checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
-    max_restarts: int = Field(default=3, ge=0, description="Restarts allowed before the job is Failed.")
+    max_restarts: int = Field(
+        default=3, ge=0,
+        description="Failures (restarts that lost work) allowed before the job is Failed; preemptions never count.",
+    )
     full_state_retention: int | None = Field(
         default=None, ge=1, description="Keep only the last K complete full_state checkpoints; unset keeps all."
     )
@@ -540,6 +543,24 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
+class NodeRestarts(ApiModel):
+    """How one node's trainer ended, counted once per termination (the pods that show it come
+    and go: a recreated pod starts again at restartCount 0)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    node: int = Field(ge=0, description="The node rank (pod ordinal).")
+    failures: int = Field(default=0, ge=0, description="Terminations that lost work (crash, OOM, exit 1, ...).")
+    preemptions: int = Field(
+        default=0, ge=0, description="Clean stops: exit 3 after an on-demand checkpoint, or the pod was deleted."
+    )
+    last_exit_code: int | None = None
+    last_exit_time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"},
+        description="finishedAt of the newest termination counted (older ones are never counted again).",
+    )
+
+
 class SFTJobStatus(ApiModel):
     """Written only by the operator."""
 
@@ -554,7 +575,13 @@ class SFTJobStatus(ApiModel):
     nodes: str | None = Field(default=None, description="readyNodes/totalNodes, for kubectl get")
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    restarts: int = 0
+    restarts: int = Field(
+        default=0, description="Restarts that lost work (the most of any node); counted against spec.maxRestarts."
+    )
+    preemptions: int = Field(
+        default=0, description="Clean stops that resume exactly (the most of any node); never fail the job."
+    )
+    node_restarts: list[NodeRestarts] = Field(default_factory=list, description="Per node: how its trainer ended.")
 
     # --- progress and checkpoints, read from the checkpoint volume by the reporter sidecar ---
     progress: TrainingProgress | None = Field(

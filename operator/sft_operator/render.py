@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, SFTJob
+from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, SFTJob, parse_spec
 
 ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
 ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
@@ -403,7 +403,28 @@ def immutable_changes(job: SFTJob, statefulset: dict[str, Any]) -> list[tuple[st
             changes.append(
                 (
                     f"spec.{path}",
-                    f"immutable once the job is created (was {json.dumps(accepted[path])}, now {json.dumps(value)})",
+                    f"immutable once the job is created: it runs with {json.dumps(accepted[path])}, the spec asks "
+                    f"for {json.dumps(value)} (revert the field, or create a new job)",
                 )
             )
     return changes
+
+
+def job_as_accepted(job: SFTJob, statefulset: dict[str, Any]) -> SFTJob:
+    """The job with every immutable field as the StatefulSet was created with: what a job with a
+    refused change runs with. Its mutable fields (suspend, pod settings, maxRestarts) still apply,
+    and a finished job still scales to 0."""
+    accepted = accepted_spec(statefulset)
+    if not accepted:
+        return job
+    spec = job.spec.to_api()
+    for path, value in accepted.items():
+        *parents, leaf = path.split(".")
+        holder = spec
+        for part in parents:
+            holder = holder.setdefault(part, {})
+        if value is None:
+            holder.pop(leaf, None)
+        else:
+            holder[leaf] = value
+    return job.model_copy(update={"spec": parse_spec(spec)})

@@ -15,7 +15,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.models import MAPPED_TRAINING_ARGS, AccessMode, Condition, ConditionType, Phase, Reason, SFTJobStatus
+from sft_operator.models import (
+    MAPPED_TRAINING_ARGS,
+    AccessMode,
+    Condition,
+    ConditionType,
+    NodeRestarts,
+    Phase,
+    Reason,
+    SFTJobStatus,
+)
 from sft_operator.progress import Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 
@@ -80,17 +89,51 @@ def running_pods(pods: Iterable[dict[str, Any]], total: int) -> int:
     return count
 
 
-def container_restarts(pods: Iterable[dict[str, Any]]) -> int:
-    """How often the training restarted: the most restarts of any pod's trainer container.
+def _trainer_terminations(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainer container's terminations the pod still shows (current state, then last)."""
+    found = []
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != contract.TRAINER_CONTAINER:
+            continue
+        for state in (status.get("state"), status.get("lastState")):
+            terminated = (state or {}).get("terminated")
+            if terminated and terminated.get("finishedAt"):
+                found.append(terminated)
+    return found
 
-    Not the sum: when one rank fails, torchrun's rendezvous ends every rank, so one failure of
-    a 4-node job restarts 4 containers; counting it 4 times would exhaust maxRestarts at once."""
-    most = 0
+
+def is_preemption(exit_code: int, pod_deleted: bool) -> bool:
+    """A clean stop that loses no work: the launcher saved and exited 3, or someone deleted the
+    pod (drain, preemption, suspend), whatever the exit code its shutdown ended with."""
+    return exit_code == contract.EXIT_PREEMPTED or pod_deleted
+
+
+def count_node_restarts(ledger: Iterable[NodeRestarts], pods: Iterable[dict[str, Any]]) -> list[NodeRestarts]:
+    """The per-node ledger with every termination the pods show that it has not counted yet.
+
+    A termination is identified by its node and finishedAt: pods are recreated (restartCount
+    starts at 0 again) and show only their newest two terminations, so the ledger remembers the
+    newest one counted per node. Exit 0 (an idle pod scaled down) counts as neither."""
+    by_node = {entry.node: entry for entry in ledger}
     for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") == contract.TRAINER_CONTAINER:
-                most = max(most, int(status.get("restartCount") or 0))
-    return most
+        node = _pod_ordinal(pod)
+        if node is None:
+            continue
+        deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+        entry = by_node.get(node) or NodeRestarts(node=node)
+        for terminated in sorted(_trainer_terminations(pod), key=lambda t: t["finishedAt"]):
+            if entry.last_exit_time is not None and terminated["finishedAt"] <= entry.last_exit_time:
+                continue
+            code = int(terminated.get("exitCode") or 0)
+            update: dict[str, Any] = {"last_exit_code": code, "last_exit_time": terminated["finishedAt"]}
+            if is_preemption(code, deleted):
+                update["preemptions"] = entry.preemptions + 1
+            elif code != contract.EXIT_OK:
+                update["failures"] = entry.failures + 1
+            entry = entry.model_copy(update=update)
+        if entry.last_exit_time is not None:  # nodes that never ended stay out of the status
+            by_node[node] = entry
+    return [by_node[node] for node in sorted(by_node)]
 
 
 @dataclass(frozen=True)
@@ -131,27 +174,25 @@ class Termination:
         return f"{text}: {self.message.strip()}" if self.message.strip() else text
 
 
-def last_trainer_termination(pods: Iterable[dict[str, Any]]) -> Termination | None:
-    """The newest termination of a trainer container across the pods (current or last state)."""
+def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool = False) -> Termination | None:
+    """The newest termination of a trainer container across the pods (current or last state);
+    with ``failures_only``, the newest that lost work (not a preemption, not exit 0)."""
     latest: Termination | None = None
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "")
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") != contract.TRAINER_CONTAINER:
+        deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+        for terminated in _trainer_terminations(pod):
+            candidate = Termination(
+                pod=name,
+                exit_code=int(terminated.get("exitCode") or 0),
+                reason=terminated.get("reason") or "",
+                message=terminated.get("message") or "",
+                finished_at=terminated.get("finishedAt") or "",
+            )
+            if failures_only and (candidate.exit_code == contract.EXIT_OK or is_preemption(candidate.exit_code, deleted)):
                 continue
-            for state in (status.get("state"), status.get("lastState")):
-                terminated = (state or {}).get("terminated")
-                if not terminated:
-                    continue
-                candidate = Termination(
-                    pod=name,
-                    exit_code=int(terminated.get("exitCode") or 0),
-                    reason=terminated.get("reason") or "",
-                    message=terminated.get("message") or "",
-                    finished_at=terminated.get("finishedAt") or "",
-                )
-                if latest is None or candidate.finished_at > latest.finished_at:
-                    latest = candidate
+            if latest is None or candidate.finished_at > latest.finished_at:
+                latest = candidate
     return latest
 
 
@@ -171,19 +212,28 @@ def name_spec_fields(message: str) -> str:
     return _TRAINING_ARG.sub(spec_name, message)
 
 
+def spec_condition(
+    conditions: list[Condition], problem: SpecProblem | None, now: str, generation: int | None
+) -> list[Condition]:
+    """SpecValid: True, or False with the refusal (InvalidSpec, ImmutableFieldChanged) until the
+    spec is fixed or reverted; also once training is over, so a refused edit never looks accepted."""
+    if problem is None:
+        return set_condition(conditions, ConditionType.SPEC_VALID.value, True, Reason.VALID.value, "", now, generation)
+    return set_condition(
+        conditions, ConditionType.SPEC_VALID.value, False, problem.reason.value, problem.message, now, generation
+    )
+
+
 def _finished(
     current: SFTJobStatus,
     conditions: list[Condition],
+    facts: dict[str, Any],
     *,
     phase: Phase,
     reason: Reason,
     message: str,
     now: str,
     generation: int | None,
-    nnodes: int,
-    ready: int,
-    restarts: int,
-    progress: TrainingProgress | None,
 ) -> SFTJobStatus:
     """The status of a job whose training is over (Succeeded or Failed by training)."""
     succeeded = phase is Phase.SUCCEEDED
@@ -194,110 +244,62 @@ def _finished(
         now, generation,
     )
     return current.model_copy(
-        update={
-            "phase": phase,
-            "conditions": conditions,
-            "observed_generation": generation,
-            "ready_nodes": ready,
-            "total_nodes": nnodes,
-            "nodes": f"{ready}/{nnodes}",
-            "completion_time": current.completion_time or now,
-            "restarts": restarts,
-            "progress": progress,
-        }
+        update={**facts, "phase": phase, "conditions": conditions, "completion_time": current.completion_time or now}
     )
 
 
-def derive_status(
-    current: SFTJobStatus | None,
-    *,
-    generation: int | None,
-    nnodes: int,
-    statefulset: dict[str, Any] | None,
-    pods: Iterable[dict[str, Any]],
-    problem: SpecProblem | None,
-    volume: VolumeCheck | None,
-    now: str,
-    progress: TrainingProgress | None = None,
-    max_restarts: int | None = None,
-) -> SFTJobStatus:
-    """The job's status from what exists.
-
-    ``nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
-    wins (a refused change to nnodes does not change what runs). Suspension is read from the
-    StatefulSet too: replicas 0 means suspended, whatever the spec says right now.
-    ``volume`` None keeps the CheckpointVolume condition as it is (pod events do not re-read the
-    claim).
-    """
-    current = current or SFTJobStatus()
-    conditions = list(current.conditions)
-    pods = list(pods)
-    progress = progress if progress is not None else current.progress
-    restarts = max(current.restarts, container_restarts(pods))  # pod restartCounts reset with the pod
-
-    if statefulset is not None:
-        accepted = accepted_spec(statefulset) or {}
-        nnodes = int(accepted.get("nnodes") or nnodes)
-    ready = running_pods(pods, nnodes) if statefulset is not None else 0
-    if current.training_over:  # for good: only the facts (progress, pods) still move
-        # observedGeneration follows the spec: a later spec change was seen (and changes nothing);
-        # GitOps health checks wait for observedGeneration == generation.
-        return current.model_copy(
-            update={"progress": progress, "ready_nodes": ready, "nodes": f"{ready}/{nnodes}", "restarts": restarts,
-                    "observed_generation": generation}
-        )
-    finished = dict(now=now, generation=generation, nnodes=nnodes, ready=ready, restarts=restarts, progress=progress)
+def training_verdict(
+    progress: TrainingProgress | None,
+    pods: list[dict[str, Any]],
+    restarts: int,
+    max_restarts: int | None,
+) -> tuple[Phase, Reason, str] | None:
+    """Whether training is over, from the volume (completion) and the trainer's exits: the
+    phase, reason and message it ends with, or None while it goes on."""
     if progress is not None and progress.stage is Stage.COMPLETED:
         message = f"trained {progress.num_epochs} epochs"
         if progress.latest_checkpoint:
             message += f"; final checkpoint hf_format/{progress.latest_checkpoint}"
-        return _finished(current, conditions, phase=Phase.SUCCEEDED, reason=Reason.TRAINING_COMPLETED,
-                         message=message, **finished)
-    termination = last_trainer_termination(pods) if statefulset is not None else None
+        return Phase.SUCCEEDED, Reason.TRAINING_COMPLETED, message
+    termination = last_trainer_termination(pods)
     if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
-        return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.CONFIG_REJECTED,
-                         message="the launcher rejected its configuration, a retry cannot help: "
-                         + name_spec_fields(termination.describe()), **finished)
+        return (Phase.FAILED, Reason.CONFIG_REJECTED,
+                "the launcher rejected its configuration, a retry cannot help: " + name_spec_fields(termination.describe()))
     if max_restarts is not None and restarts > max_restarts:
-        last = termination.describe() if termination is not None else "no termination recorded"
-        return _finished(current, conditions, phase=Phase.FAILED, reason=Reason.TOO_MANY_RESTARTS,
-                         message=f"the trainer restarted {restarts} times (spec.maxRestarts: {max_restarts}); last: {last}",
-                         **finished)
-    if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
-        conditions = set_condition(
-            conditions, ConditionType.SPEC_VALID.value, False, problem.reason.value, problem.message, now, generation
-        )
-        conditions = set_condition(
-            conditions, ConditionType.FAILED.value, True, problem.reason.value, problem.message, now, generation
-        )
-        conditions = set_condition(
-            conditions, ConditionType.READY.value, False, problem.reason.value, "no pods: the spec is invalid", now,
-            generation,
-        )
-        return current.model_copy(
-            update={
-                "phase": Phase.FAILED,
-                "conditions": conditions,
-                "observed_generation": generation,
-                "ready_nodes": 0,
-                "total_nodes": nnodes,
-                "nodes": f"0/{nnodes}",
-            }
-        )
+        failure = last_trainer_termination(pods, failures_only=True)
+        last = failure.describe() if failure is not None else "no termination recorded"
+        return (Phase.FAILED, Reason.TOO_MANY_RESTARTS,
+                f"the trainer failed {restarts} times (spec.maxRestarts: {max_restarts}; preemptions do not count); "
+                f"last: {last}")
+    return None
 
-    if problem is None:
-        conditions = set_condition(
-            conditions, ConditionType.SPEC_VALID.value, True, Reason.VALID.value, "", now, generation
-        )
-    else:
-        conditions = set_condition(
-            conditions, ConditionType.SPEC_VALID.value, False, problem.reason.value, problem.message, now, generation
-        )
+
+def _invalid_spec(
+    current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], problem: SpecProblem, now: str,
+    generation: int | None,
+) -> SFTJobStatus:
+    """A spec the operator refused before creating any pod: Failed until the spec is fixed."""
+    conditions = set_condition(
+        conditions, ConditionType.FAILED.value, True, problem.reason.value, problem.message, now, generation
+    )
+    conditions = set_condition(
+        conditions, ConditionType.READY.value, False, problem.reason.value, "no pods: the spec is invalid", now,
+        generation,
+    )
+    return current.model_copy(
+        update={**facts, "phase": Phase.FAILED, "conditions": conditions, "ready_nodes": 0,
+                "nodes": f"0/{facts['total_nodes']}"}
+    )
+
+
+def _live(
+    current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], statefulset: dict[str, Any] | None,
+    volume: VolumeCheck | None, now: str, generation: int | None,
+) -> SFTJobStatus:
+    """Pending, Running or Suspended: what the StatefulSet and its pods say."""
+    ready, nnodes = facts["ready_nodes"], facts["total_nodes"]
     if any(c.type == ConditionType.FAILED.value for c in conditions):
-        conditions = set_condition(
-            conditions, ConditionType.FAILED.value, False, Reason.VALID.value, "", now, generation
-        )
-
+        conditions = set_condition(conditions, ConditionType.FAILED.value, False, Reason.VALID.value, "", now, generation)
     suspended = statefulset is not None and ((statefulset.get("spec") or {}).get("replicas") == 0)
     if suspended:
         phase = Phase.SUSPENDED
@@ -305,7 +307,6 @@ def derive_status(
         phase = Phase.RUNNING
     else:
         phase = Phase.PENDING
-
     conditions = set_condition(
         conditions,
         ConditionType.SUSPENDED.value,
@@ -331,16 +332,74 @@ def derive_status(
     start_time = current.start_time
     if phase is Phase.RUNNING and start_time is None:
         start_time = now
-    return current.model_copy(
-        update={
-            "phase": phase,
-            "conditions": conditions,
-            "observed_generation": generation,
-            "ready_nodes": ready,
-            "total_nodes": nnodes,
-            "nodes": f"{ready}/{nnodes}",
-            "start_time": start_time,
-            "restarts": restarts,
-            "progress": progress,
-        }
-    )
+    return current.model_copy(update={**facts, "phase": phase, "conditions": conditions, "start_time": start_time})
+
+
+def derive_status(
+    current: SFTJobStatus | None,
+    *,
+    generation: int | None,
+    nnodes: int,
+    statefulset: dict[str, Any] | None,
+    pods: Iterable[dict[str, Any]],
+    problem: SpecProblem | None,
+    volume: VolumeCheck | None,
+    now: str,
+    progress: TrainingProgress | None = None,
+    max_restarts: int | None = None,
+) -> SFTJobStatus:
+    """The job's status from what exists.
+
+    ``nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
+    wins (a refused change to nnodes does not change what runs). Suspension is read from the
+    StatefulSet too: replicas 0 means suspended, whatever the spec says right now.
+    ``volume`` None keeps the CheckpointVolume condition as it is (pod events do not re-read the
+    claim).
+    """
+    current = current or SFTJobStatus()
+    pods = list(pods)
+    if statefulset is not None:
+        accepted = accepted_spec(statefulset) or {}
+        nnodes = int(accepted.get("nnodes") or nnodes)
+    ready = running_pods(pods, nnodes) if statefulset is not None else 0
+    ledger = count_node_restarts(current.node_restarts, pods)
+    facts: dict[str, Any] = {
+        "observed_generation": generation,
+        "ready_nodes": ready,
+        "total_nodes": nnodes,
+        "nodes": f"{ready}/{nnodes}",
+        "restarts": max([current.restarts, *(entry.failures for entry in ledger)]),
+        "preemptions": max([current.preemptions, *(entry.preemptions for entry in ledger)]),
+        "node_restarts": ledger,
+        "progress": progress if progress is not None else current.progress,
+    }
+    conditions = spec_condition(list(current.conditions), problem, now, generation)
+    if current.training_over:
+        # For good: only the facts move. observedGeneration follows the spec (a later change was
+        # seen, and refused or changing nothing); GitOps health checks wait for it.
+        return current.model_copy(update={**facts, "conditions": conditions})
+    verdict = training_verdict(facts["progress"], pods if statefulset is not None else [], facts["restarts"],
+                               max_restarts)
+    if verdict is not None:
+        phase, reason, message = verdict
+        return _finished(current, conditions, facts, phase=phase, reason=reason, message=message, now=now,
+                         generation=generation)
+    if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
+        return _invalid_spec(current, conditions, facts, problem, now, generation)
+    return _live(current, conditions, facts, statefulset, volume, now, generation)
+
+
+def phase_event_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:
+    """The Event message of a phase change: why it ended, why it waits, or how many pods run."""
+    if problem is not None and status.phase is Phase.FAILED:
+        return problem.message
+    if status.training_over:
+        wanted = ConditionType.COMPLETE.value if status.phase is Phase.SUCCEEDED else ConditionType.FAILED.value
+        condition = next((c for c in status.conditions if c.type == wanted), None)
+        if condition is not None:
+            return condition.message or ""
+    if status.phase is Phase.SUSPENDED:
+        full = status.progress.latest_full_state if status.progress is not None else None
+        where = full.path if full is not None else "the latest full state, if one was saved"
+        return f"suspended by spec.suspend: pods scaled to 0; unsuspending resumes from {where}"
+    return f"{status.nodes} pods running"

@@ -231,23 +231,28 @@ def test_restarts_past_max_restarts_fail_the_job_with_the_containers_message(
 ) -> None:
     reporter = started_job(control_plane, cluster, "crashy", maxRestarts=2)
     reporter.close()
+    at = ["2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z"]
     oom = {"exitCode": 137, "reason": "OOMKilled", "message": "rank 0: CUDA out of memory (tried 2 GiB)",
-           "startedAt": T0, "finishedAt": T1}
-    set_trainer(cluster, "crashy-0", 2, oom)
-    cluster.wait_for("restarts counted", lambda: cluster.status("crashy").get("restarts") == 2)
+           "startedAt": T0, "finishedAt": at[0]}
+    set_trainer(cluster, "crashy-0", 1, oom)
+    cluster.wait_for("a failure counted", lambda: cluster.status("crashy").get("restarts") == 1)
+    # The other rank, ended by the same failure: one failure, not two (the most of any node counts).
+    set_trainer(cluster, "crashy-1", 1, {**oom, "exitCode": 1, "reason": "Error", "message": "peer lost"})
+    set_trainer(cluster, "crashy-0", 2, {**oom, "finishedAt": at[1]})
+    cluster.wait_for("two failures counted", lambda: cluster.status("crashy").get("restarts") == 2)
     time.sleep(SETTLE_S)
-    assert cluster.status("crashy")["phase"] == "Running"  # at the limit, not past it
-    # The other rank, ended by the same failure: one failure, not two (the most of any pod counts).
-    set_trainer(cluster, "crashy-1", 2, {**oom, "exitCode": 1, "reason": "Error", "message": "older", "finishedAt": T0})
-    time.sleep(SETTLE_S)
-    assert (cluster.status("crashy")["phase"], cluster.status("crashy")["restarts"]) == ("Running", 2)
-    set_trainer(cluster, "crashy-0", 3, oom)
+    assert (cluster.status("crashy")["phase"], cluster.status("crashy")["restarts"]) == ("Running", 2)  # at the limit
+    set_trainer(cluster, "crashy-0", 3, {**oom, "finishedAt": at[2]})
     status = cluster.wait_for("Failed", lambda: (s := cluster.status("crashy")).get("phase") == "Failed" and s)
-    message = ("the trainer restarted 3 times (spec.maxRestarts: 2); last: pod crashy-0: OOMKilled (exit code 137): "
-               "rank 0: CUDA out of memory (tried 2 GiB)")
+    message = ("the trainer failed 3 times (spec.maxRestarts: 2; preemptions do not count); last: pod crashy-0: "
+               "OOMKilled (exit code 137): rank 0: CUDA out of memory (tried 2 GiB)")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"], failed["message"]) == ("True", "TooManyRestarts", message)
     assert status["restarts"] == 3 and status["completionTime"]
+    assert status["nodeRestarts"] == [
+        {"node": 0, "failures": 3, "preemptions": 0, "lastExitCode": 137, "lastExitTime": at[2]},
+        {"node": 1, "failures": 1, "preemptions": 0, "lastExitCode": 1, "lastExitTime": at[0]},
+    ]
     cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("crashy")["spec"]["replicas"] == 0)
     events = cluster.wait_for("the Failed Event", lambda: [e for e in cluster.events("crashy") if e["reason"] == "Failed"])
     assert [(e["type"], e["message"]) for e in events] == [("Warning", message)]
@@ -306,5 +311,74 @@ def test_reporter_may_patch_its_own_progress_configmap_and_nothing_else(
         allowed = [what for what, call in refused.items() if not forbidden(call)]
         assert allowed == []
         assert cluster.status("mine")["phase"] == "Running"
+    finally:
+        reporter.close()
+
+
+def test_preemptions_are_counted_apart_and_never_fail_the_job(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    """Four drains of a job allowed no failure at all: each time the trainer saved an on-demand
+    checkpoint and exited 3. Still Running, 4 preemptions, 0 restarts."""
+    reporter = started_job(control_plane, cluster, "spot", maxRestarts=0)
+    reporter.close()
+    for drain in range(1, 5):
+        at = f"2026-01-01T00:0{drain}:00Z"
+        saved = {"exitCode": 3, "reason": "Error", "message": "preempted: saved full_state/epoch_1; a restart resumes",
+                 "startedAt": T0, "finishedAt": at}
+        set_trainer(cluster, "spot-0", drain, saved)
+        set_trainer(cluster, "spot-1", drain, saved)
+        cluster.wait_for(f"preemption {drain} counted", lambda drain=drain: cluster.status("spot").get("preemptions") == drain)
+    time.sleep(SETTLE_S)
+    status = cluster.status("spot")
+    assert (status["phase"], status["restarts"], status["preemptions"]) == ("Running", 0, 4)
+    assert cluster.statefulset("spot")["spec"]["replicas"] == 2
+    # One crash is one too many for maxRestarts 0: it is told apart from the preemptions.
+    crash = {"exitCode": 1, "reason": "Error", "message": "training failed: boom", "startedAt": T0,
+             "finishedAt": "2026-01-01T00:06:00Z"}
+    set_trainer(cluster, "spot-0", 5, crash)
+    failed = cluster.wait_for("Failed", lambda: (s := cluster.status("spot")).get("phase") == "Failed" and s)
+    assert (failed["restarts"], failed["preemptions"]) == (1, 4)
+
+
+def test_failure_events_with_multi_byte_messages_are_posted(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    """A Failed message over 1024 bytes (progress-bar characters are 3 bytes) still becomes an
+    Event: it is cut to the API server's limit by bytes, not refused."""
+    reporter = started_job(control_plane, cluster, "bars", maxRestarts=3)
+    reporter.close()
+    tail = "Map: 100%|" + "█" * 600 + "| 40/40"
+    rejected = {"exitCode": 2, "reason": "Error", "message": tail, "startedAt": T0, "finishedAt": T1}
+    set_trainer(cluster, "bars-0", 1, rejected, running=False)
+    cluster.wait_for("Failed", lambda: cluster.status("bars").get("phase") == "Failed")
+    events = cluster.wait_for("the Failed Event", lambda: [e for e in cluster.events("bars") if e["reason"] == "Failed"])
+    message = events[0]["message"]
+    assert len(message.encode("utf-8")) <= 1024
+    assert message.startswith("the launcher rejected its configuration") and message.endswith("█| 40/40")
+
+
+def test_a_job_with_a_refused_change_still_finishes_and_scales_to_zero(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    """numEpochs changed while it ran: refused, and when the run ends the pods are released
+    (they stayed 2/2 for good before) and the status still says the change was refused."""
+    reporter = started_job(control_plane, cluster, "edited")
+    try:
+        cluster.patch_job("edited", {"spec": {"numEpochs": 7}})
+        cluster.wait_for("the refusal", lambda: (c := cluster.condition("edited", "SpecValid"))
+                         and c["reason"] == "ImmutableFieldChanged")
+        reporter.publish(summary(Stage.COMPLETED, 200, ["samples_100", "samples_200"]))
+        cluster.wait_for("Succeeded", lambda: cluster.status("edited").get("phase") == "Succeeded")
+        cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("edited")["spec"]["replicas"] == 0)
+        time.sleep(SETTLE_S)
+        status = cluster.status("edited")
+        valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+        assert (valid["status"], valid["reason"]) == ("False", "ImmutableFieldChanged")
+        assert valid["message"].startswith("spec.numEpochs: immutable once the job is created: it runs with 2, the "
+                                           "spec asks for 7")
+        assert status["observedGeneration"] == cluster.job("edited")["metadata"]["generation"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert (ready["reason"], ready["message"]) == ("Finished", "training is over; pods scaled to 0")
     finally:
         reporter.close()

@@ -10,6 +10,7 @@ from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
     immutable_changes,
+    job_as_accepted,
     render_checkpoint_claim,
     render_children,
     render_configmap,
@@ -366,6 +367,24 @@ def test_immutable_changes_name_the_fields() -> None:
     assert immutable_changes(job(suspend=True, pod={"image": "other"}), sts) == []
     changes = immutable_changes(job(numEpochs=3, nnodes=1), sts)
     assert changes == [
-        ("spec.numEpochs", "immutable once the job is created (was 2, now 3)"),
-        ("spec.nnodes", "immutable once the job is created (was 2, now 1)"),
+        ("spec.numEpochs",
+         "immutable once the job is created: it runs with 2, the spec asks for 3 (revert the field, or create a new job)"),
+        ("spec.nnodes",
+         "immutable once the job is created: it runs with 2, the spec asks for 1 (revert the field, or create a new job)"),
     ]
+
+
+def test_a_job_with_a_refused_change_runs_as_accepted() -> None:
+    """Immutable fields come back as the StatefulSet was created; mutable ones (suspend, pod
+    settings) still apply, so a refused change never pins the pods."""
+    sts = render_statefulset(job())
+    edited = job(numEpochs=3, nnodes=1, suspend=True, pod={"image": "other"})
+    runs = job_as_accepted(edited, sts)
+    assert runs.spec.immutable_view() == job().spec.immutable_view()
+    assert (runs.spec.suspend, runs.spec.pod.image) == (True, "other")
+    assert immutable_changes(runs, sts) == []
+    rendered = render_statefulset(runs)
+    assert rendered["spec"]["replicas"] == 0  # suspended with the change still pending
+    assert rendered["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC] == sts["metadata"]["annotations"][
+        ANNOTATION_ACCEPTED_SPEC]
+    assert job_as_accepted(job(), sts) == job()

@@ -14,6 +14,7 @@ from sft_operator.status import (
     check_checkpoint_claim,
     derive_status,
     last_trainer_termination,
+    phase_event_message,
     set_condition,
 )
 
@@ -65,8 +66,8 @@ def test_pending_until_every_pod_runs() -> None:
 
 
 def test_running_when_all_pods_run() -> None:
-    status = derive(pods=[pod(0), pod(1, restarts=2)])
-    assert (status.phase, status.nodes, status.restarts, status.start_time) == (Phase.RUNNING, "2/2", 2, T0)
+    status = derive(pods=[pod(0), trainer_pod(1, 1, last=terminated(1, T0))])
+    assert (status.phase, status.nodes, status.restarts, status.start_time) == (Phase.RUNNING, "2/2", 1, T0)
     assert conditions(status)["Ready"] == ("True", "AllNodesRunning")
 
 
@@ -193,7 +194,7 @@ def test_completed_progress_is_succeeded() -> None:
     ]
     assert {k: v for k, v in api.items() if k not in ("conditions", "progress")} == {
         "phase": "Succeeded", "observedGeneration": 1, "readyNodes": 2, "totalNodes": 2, "nodes": "2/2",
-        "startTime": T0, "completionTime": T1, "restarts": 0,
+        "startTime": T0, "completionTime": T1, "restarts": 0, "preemptions": 0, "nodeRestarts": [],
     }
     assert api["progress"]["stage"] == "Completed" and api["progress"]["latestCheckpoint"] == "samples_80"
     assert done.training_over
@@ -214,25 +215,37 @@ def test_training_over_is_sticky_only_facts_move() -> None:
     # The StatefulSet is scaled to 0 (it looks suspended), pods go away or restart, the reporter
     # publishes an older summary: the phase, conditions and completion time stay.
     later_progress = progress(Stage.TRAINING, 60, "samples_60")
-    later = derive(done, statefulset=sts(suspend=True), pods=[pod(0, "Pending", restarts=9)], progress=later_progress,
+    crashed = trainer_pod(0, 9, phase="Pending", last=terminated(1, T2))
+    later = derive(done, statefulset=sts(suspend=True), pods=[crashed], progress=later_progress,
                    now=T2, max_restarts=0, generation=2,
                    problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
+    refused = {"type": "SpecValid", "status": "False", "reason": "ImmutableFieldChanged",
+               "message": "spec.nnodes: immutable", "lastTransitionTime": T2, "observedGeneration": 2}
     assert later.to_api() == {
-        **done.to_api(), "progress": later_progress.to_api(), "readyNodes": 0, "nodes": "0/2", "restarts": 9,
+        **done.to_api(), "progress": later_progress.to_api(), "readyNodes": 0, "nodes": "0/2", "restarts": 1,
+        "nodeRestarts": [{"node": 0, "failures": 1, "preemptions": 0, "lastExitCode": 1, "lastExitTime": T2}],
         "observedGeneration": 2,  # the spec change was seen (and changes nothing): GitOps health checks wait for it
+        # ... and refused: the status says so, also once training is over
+        "conditions": [c if c["type"] != "SpecValid" else refused for c in done.to_api()["conditions"]],
     }
     assert later.phase is Phase.SUCCEEDED and later.completion_time == T1
-    assert derive(later, statefulset=None, pods=[], now=T3, generation=2).to_api() == later.to_api()
+    same = derive(later, statefulset=None, pods=[], now=T3, generation=2, problem=SpecProblem(
+        Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
+    assert same.to_api() == later.to_api()
 
 
 def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
-    oom = terminated(137, T1, reason="OOMKilled", message="killed\n")
-    pods = [trainer_pod(0, 3, last=oom), trainer_pod(1, 1, last=terminated(1, T0, message="older"))]
-    at_limit = derive(pods=pods, max_restarts=3, now=T1)
-    assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 3)  # the most of any pod, not the sum
-    pods[0] = trainer_pod(0, 4, last=oom)
-    failed = derive(at_limit, pods=pods, max_restarts=3, now=T2)
-    message = "the trainer restarted 4 times (spec.maxRestarts: 3); last: pod j-0: OOMKilled (exit code 137): killed"
+    pods = [trainer_pod(0, 1, last=terminated(1, "2026-01-01T00:01:00Z")),
+            trainer_pod(1, 1, last=terminated(1, "2026-01-01T00:01:01Z", message="older"))]
+    at_limit = derive(pods=pods, max_restarts=1, now=T1)
+    assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 1)  # the most of any node, not the sum
+    # A preemption in between (the newest termination) is not the failure the message names.
+    oom = terminated(137, "2026-01-01T00:02:00Z", reason="OOMKilled", message="killed\n")
+    pods[0] = trainer_pod(0, 2, last=oom)
+    pods[1] = trainer_pod(1, 2, last=terminated(3, "2026-01-01T00:02:30Z", message="preempted: saved"))
+    failed = derive(at_limit, pods=pods, max_restarts=1, now=T2)
+    message = ("the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); "
+               "last: pod j-0: OOMKilled (exit code 137): killed")
     assert failed.to_api()["conditions"] == [
         {"type": "Complete", "status": "False", "reason": "TooManyRestarts", "message": message,
          "lastTransitionTime": T2, "observedGeneration": 1},
@@ -244,19 +257,55 @@ def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
         {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T1,
          "observedGeneration": 1},
     ]
-    assert (failed.phase, failed.restarts, failed.completion_time, failed.start_time) == (Phase.FAILED, 4, T2, T1)
+    assert (failed.phase, failed.restarts, failed.preemptions, failed.completion_time, failed.start_time) == (
+        Phase.FAILED, 2, 1, T2, T1)
     assert failed.training_over
 
 
-def test_too_many_restarts_without_a_recorded_termination() -> None:
-    failed = derive(pods=[pod(0, restarts=2), pod(1)], max_restarts=1)
+def test_too_many_restarts_counted_before_the_pods_went_away() -> None:
+    """Restarts counted earlier (the status) still count when no pod shows a termination."""
+    failed = derive(SFTJobStatus(restarts=2), pods=[pod(0), pod(1)], max_restarts=1)
     condition = next(c for c in failed.conditions if c.type == "Failed")
     assert (failed.phase, condition.reason) == (Phase.FAILED, "TooManyRestarts")
-    assert condition.message == "the trainer restarted 2 times (spec.maxRestarts: 1); last: no termination recorded"
+    assert condition.message == ("the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); "
+                                 "last: no termination recorded")
 
 
 def test_no_max_restarts_never_fails_on_restarts() -> None:
-    assert derive(pods=[pod(0, restarts=100), pod(1)]).phase is Phase.RUNNING
+    assert derive(SFTJobStatus(restarts=100), pods=[pod(0), pod(1)]).phase is Phase.RUNNING
+
+
+def test_preemptions_never_fail_the_job() -> None:
+    """Four drains: each time pod 0 is deleted (it saves and exits 3, or is killed while
+    deleted) and pod 1 saves with it and exits 3. maxRestarts 0 and still Running."""
+    status = None
+    for drain in range(4):
+        at = f"2026-01-01T00:0{drain + 1}:00Z"
+        deleted = trainer_pod(0, 0, state=terminated(3 if drain % 2 else 143, at))
+        deleted["metadata"]["deletionTimestamp"] = at
+        sibling = trainer_pod(1, drain + 1, last=terminated(3, at))
+        status = derive(status, pods=[deleted, sibling], max_restarts=0, now=at)
+        status = derive(status, pods=[pod(0), sibling], max_restarts=0, now=at)  # the new pod 0 runs
+    assert (status.phase, status.restarts, status.preemptions) == (Phase.RUNNING, 0, 4)
+    assert [entry.to_api() for entry in status.node_restarts] == [
+        {"node": 0, "failures": 0, "preemptions": 4, "lastExitCode": 3, "lastExitTime": "2026-01-01T00:04:00Z"},
+        {"node": 1, "failures": 0, "preemptions": 4, "lastExitCode": 3, "lastExitTime": "2026-01-01T00:04:00Z"},
+    ]
+
+
+def test_each_termination_is_counted_once() -> None:
+    """The same termination seen again (current state, then last state after the restart, then
+    on every later event) counts once; exit 0 (an idle pod scaled down) never counts."""
+    crashed = trainer_pod(0, 0, phase="Running", state=terminated(1, T1))
+    first = derive(pods=[crashed, pod(1)], max_restarts=5, now=T1)
+    restarted = trainer_pod(0, 1, last=terminated(1, T1))
+    again = derive(first, pods=[restarted, pod(1)], max_restarts=5, now=T2)
+    again = derive(again, pods=[restarted, pod(1)], max_restarts=5, now=T3)
+    assert (first.restarts, again.restarts) == (1, 1)
+    idle_exit = trainer_pod(1, 0, state=terminated(0, T3))
+    assert derive(again, pods=[restarted, idle_exit], max_restarts=5, now=T3).restarts == 1
+    both = trainer_pod(0, 2, state=terminated(137, T3), last=terminated(1, T2))  # two new at once
+    assert derive(again, pods=[both, pod(1)], max_restarts=5, now=T3).restarts == 3
 
 
 def test_exit_code_2_is_config_rejected_at_once() -> None:
@@ -268,9 +317,10 @@ def test_exit_code_2_is_config_rejected_at_once() -> None:
         "Complete": ("False", "ConfigRejected"),
         "Failed": ("True", "ConfigRejected"),
         "Ready": ("False", "Finished"),
+        "SpecValid": ("True", "Valid"),
     }
     assert next(c for c in failed.conditions if c.type == "Failed").message == message
-    assert (failed.phase, failed.restarts, failed.completion_time) == (Phase.FAILED, 0, T1)
+    assert (failed.phase, failed.restarts, failed.completion_time) == (Phase.FAILED, 1, T1)
     assert failed.training_over
 
 
@@ -300,12 +350,15 @@ def test_spec_failure_is_not_training_over() -> None:
 
 
 def test_restarts_never_go_down_when_pods_are_recreated() -> None:
-    restarted = derive(pods=[pod(0, restarts=2), pod(1, restarts=3)], max_restarts=10)
-    assert restarted.restarts == 3
+    pods = [trainer_pod(0, 1, last=terminated(1, T0)), trainer_pod(1, 2, state=terminated(1, T1), last=terminated(1, T0))]
+    restarted = derive(pods=pods, max_restarts=10)
+    assert restarted.restarts == 2
     recreated = derive(restarted, pods=[pod(0), pod(1)], max_restarts=10, now=T1)
-    assert recreated.restarts == 3
-    assert derive(recreated, pods=[], statefulset=sts(suspend=True), now=T2).restarts == 3
-    assert derive(recreated, pods=[pod(0, restarts=4), pod(1)], now=T2).restarts == 4
+    assert recreated.restarts == 2
+    assert derive(recreated, pods=[], statefulset=sts(suspend=True), now=T2).restarts == 2
+    # A new pod 1 (restartCount 0 again) whose trainer fails: one more, counted from T1 on.
+    new_pod = trainer_pod(1, 1, last=terminated(1, T2))
+    assert derive(recreated, pods=[pod(0), new_pod], now=T2).restarts == 3
 
 
 def test_last_trainer_termination_picks_the_newest() -> None:
@@ -321,3 +374,23 @@ def test_last_trainer_termination_picks_the_newest() -> None:
     # The reporter's terminations (T3, exit code 2) are not the trainer's.
     assert last_trainer_termination([pod(0), pod(1)]) is None
     assert Termination("j-0", 143, "", "", T0).describe() == "pod j-0: Error (exit code 143)"
+
+
+def test_phase_event_messages_say_why() -> None:
+    """The Suspended Event says it is suspended and what it resumes from, not "2/2 pods running"."""
+    full = {"name": "epoch_1_samples_40", "path": "full_state/epoch_1_samples_40", "epoch": 1, "samples": 40,
+            "midEpoch": True, "time": T1}
+    suspended = derive(pods=[pod(0), pod(1)], statefulset=sts(suspend=True),
+                       progress=TrainingProgress.model_validate({**progress().to_api(), "latestFullState": full}))
+    assert suspended.phase is Phase.SUSPENDED
+    assert phase_event_message(suspended, None) == (
+        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from full_state/epoch_1_samples_40")
+    fresh = derive(statefulset=sts(suspend=True))
+    assert phase_event_message(fresh, None) == (
+        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from the latest full state, if one "
+        "was saved")
+    assert phase_event_message(derive(pods=[pod(0), pod(1)]), None) == "2/2 pods running"
+    done = derive(progress=progress(Stage.COMPLETED, 80, "samples_80"))
+    assert phase_event_message(done, None) == "trained 1 epochs; final checkpoint hf_format/samples_80"
+    invalid = derive(statefulset=None, problem=SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: bad"))
+    assert phase_event_message(invalid, SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: bad")) == "spec.nnodes: bad"
