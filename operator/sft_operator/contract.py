@@ -38,6 +38,9 @@ ENV_POD_NAME = "SFT_POD_NAME"
 ENV_CONFIG_PATH = "SFT_CONFIG"
 # "cuda" (default, production) or "cpu" (tests and small smoke runs only).
 ENV_DEVICE = "SFT_DEVICE"
+# Where the launcher writes its one-line termination message (never set by the operator: the
+# default is the container's terminationMessagePath, /dev/termination-log; tests point it away).
+ENV_TERMINATION_LOG = "SFT_TERMINATION_LOG"
 
 # --- Mounts in the training pod ---------------------------------------------------------------
 CONFIG_MOUNT_PATH = "/etc/sft"
@@ -69,6 +72,9 @@ EXIT_PEER_UNAVAILABLE = 4  # node 0's data-ready marker or rendezvous endpoint n
 #   "fullStateRetention": int | null,   # keep the last K complete full_state/epoch_N dirs
 #   "dataWaitTimeoutSeconds": number,   # optional (3600): nodes > 0 wait this long for data
 #   "rendezvousTimeoutSeconds": number, # optional (600): rendezvous wait, both ours and torchrun's
+#   "dataStallTimeoutSeconds": number,  # optional (300): node 0's data processing child is killed
+#                                       # and retried after this long without progress
+#   "dataProcessingAttempts": int,      # optional (3): attempts before giving up (exit 1)
 #   "trainingArgs": {...}               # instructlab-training TrainingArgs kwargs, already
 #                                       # mapped from the spec's camelCase names; includes
 #                                       # ckpt_output_dir, data_path, model_path, num_epochs
@@ -80,6 +86,8 @@ CONFIG_KEY_RETENTION = "fullStateRetention"
 CONFIG_KEY_TRAINING_ARGS = "trainingArgs"
 CONFIG_KEY_DATA_WAIT_TIMEOUT = "dataWaitTimeoutSeconds"
 CONFIG_KEY_RDZV_TIMEOUT = "rendezvousTimeoutSeconds"
+CONFIG_KEY_DATA_STALL_TIMEOUT = "dataStallTimeoutSeconds"
+CONFIG_KEY_DATA_ATTEMPTS = "dataProcessingAttempts"
 
 
 def node_rank_from_pod_name(pod_name: str) -> int:

@@ -4,6 +4,10 @@ instructlab-training would process data on every node inside run_training, all r
 same files of a shared volume. Node 0 processes into data_output_dir and then writes the
 DATA_READY marker (atomically, after data.jsonl is complete); the others wait for a marker whose
 fingerprint matches the inputs they were given, then every node runs with process_data=False.
+
+Node 0 first checks the file line by line (data_check: the exact line and problem), then
+processes in a child process under a no-progress watchdog (data_watchdog: a stalled pool is
+killed and processing retried, it is idempotent).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from sft_operator import checkpoints, contract
 
+from . import data_check, data_watchdog
 from .errors import ConfigError, PeerUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,41 +52,103 @@ def count_samples(data_file: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _process(training_args) -> None:
+# What the watched child runs (data_child imports it by name); tests substitute their own.
+PROCESS_TARGET = "sft_trainer.data_once:process_request"
+DEFAULT_STALL_TIMEOUT = 300.0
+DEFAULT_ATTEMPTS = 3
+
+
+def _data_field() -> str:
+    return f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path"
+
+
+def _library_message(error: BaseException) -> str:
+    """instructlab-training's error and its root cause on one line, without pyarrow's "in row
+    N" (0-based and counted within a read block: not a line number)."""
+    messages = []
+    current: BaseException | None = error
+    while current is not None and len(messages) < 8:
+        if type(current).__name__ != "RemoteTraceback":
+            text = " ".join(str(current).split())
+            text = re.sub(r"\s+in row \d+", "", text)
+            text = f"{type(current).__name__}: {text}" if text else type(current).__name__
+            if text not in messages:
+                messages.append(text)
+        current = current.__cause__ or current.__context__
+    if len(messages) > 1:
+        return f"{messages[0]} (cause: {messages[-1]})"
+    return messages[0]
+
+
+def process_request(payload: dict) -> dict:
+    """In the watched child (data_child): instructlab-training's data processing."""
     import instructlab.training.data_process as dp
-    import tqdm
 
-    # datasets forks its worker pool from this process; tqdm's monitor thread, which takes
-    # tqdm's locks every few seconds, must not be mid-lock at a fork (workers would inherit the
-    # lock held, forever). Progress bars still draw; only the stall monitor is off.
-    tqdm.tqdm.monitor_interval = 0
-
-    field = f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path"
+    data_path, max_seq_len = payload["data_path"], payload["max_seq_len"]
     try:
-        if training_args.pretraining_config is not None:
+        if payload.get("document_column_name") is not None:
             dp.process_documents_for_pretraining(
-                data_path=training_args.data_path,
-                data_output_path=training_args.data_output_dir,
-                model_path=training_args.model_path,
-                num_cpu_procs=training_args.data_process_num_cpu_procs,
-                document_column_name=training_args.pretraining_config.document_column_name,
+                data_path=data_path,
+                data_output_path=payload["data_output_dir"],
+                model_path=payload["model_path"],
+                num_cpu_procs=payload["num_cpu_procs"],
+                document_column_name=payload["document_column_name"],
             )
         else:
             dp.process_data(
-                data_output_path=training_args.data_output_dir,
-                model_path=training_args.model_path,
-                data_path=training_args.data_path,
-                max_seq_len=training_args.max_seq_len,
-                chat_tmpl_path=training_args.chat_tmpl_path,
-                num_cpu_procs=training_args.data_process_num_cpu_procs,
+                data_output_path=payload["data_output_dir"],
+                model_path=payload["model_path"],
+                data_path=data_path,
+                max_seq_len=max_seq_len,
+                chat_tmpl_path=payload.get("chat_tmpl_path"),
+                num_cpu_procs=payload["num_cpu_procs"],
             )
-    except (ValueError, RuntimeError, KeyError, TypeError) as error:
-        # Upstream raises these for malformed, empty or all-too-long data.
-        raise ConfigError(field, f"data processing failed: {error}") from error
+    except RuntimeError as error:
+        if "does not contain any samples containing less than" in str(error):
+            raise ConfigError(f"{contract.CONFIG_KEY_TRAINING_ARGS}.max_seq_len",
+                              f"every sample of {data_path} is {max_seq_len} tokens or longer: "
+                              "nothing to train on") from error
+        raise ConfigError(_data_field(), f"{data_path}: data processing failed: "
+                          f"{_library_message(error)}") from error
+    except (ValueError, KeyError, TypeError) as error:
+        # Upstream raises these for data that data_check could not judge.
+        raise ConfigError(_data_field(), f"{data_path}: data processing failed: "
+                          f"{_library_message(error)}") from error
+    return {}
 
 
-def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime]
-                     ) -> checkpoints.DataReadyMarker:
+def check_data(training_args) -> int:
+    """The cheap line-by-line check (data_check): exact file, line and problem."""
+    pretraining = training_args.pretraining_config
+    try:
+        return data_check.check_file(
+            Path(training_args.data_path),
+            document_column=pretraining.document_column_name if pretraining else None)
+    except data_check.DataProblem as problem:
+        raise ConfigError(_data_field(), str(problem)) from None
+    except OSError as error:
+        raise ConfigError(_data_field(), f"cannot read {training_args.data_path}: "
+                          f"{error.strerror or error}") from None
+
+
+def _process(training_args, *, stall_timeout: float, attempts: int) -> data_watchdog.Supervised:
+    pretraining = training_args.pretraining_config
+    payload = {
+        "data_path": str(training_args.data_path),
+        "data_output_dir": str(training_args.data_output_dir),
+        "model_path": str(training_args.model_path),
+        "max_seq_len": training_args.max_seq_len,
+        "chat_tmpl_path": training_args.chat_tmpl_path,
+        "num_cpu_procs": training_args.data_process_num_cpu_procs,
+        "document_column_name": pretraining.document_column_name if pretraining else None,
+    }
+    return data_watchdog.run_supervised(PROCESS_TARGET, payload, stall_timeout=stall_timeout,
+                                        attempts=attempts)
+
+
+def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime],
+                     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                     attempts: int = DEFAULT_ATTEMPTS) -> checkpoints.DataReadyMarker:
     fingerprint = fingerprint_for(training_args)
     data_file = Path(training_args.data_output_dir) / checkpoints.PROCESSED_DATA_FILE
     existing = checkpoints.read_data_ready(root)
@@ -90,8 +158,11 @@ def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime]
         return existing
     # Nodes > 0 must not take the old marker for the new data.
     checkpoints.clear_data_ready(root)
-    log.info("processing %s into %s", training_args.data_path, training_args.data_output_dir)
-    _process(training_args)
+    data_file.unlink(missing_ok=True)  # only this processing's output may be counted
+    lines = check_data(training_args)
+    log.info("processing %s (%d samples) into %s", training_args.data_path, lines,
+             training_args.data_output_dir)
+    _process(training_args, stall_timeout=stall_timeout, attempts=attempts)
     num_samples = count_samples(data_file) if data_file.is_file() else 0
     if num_samples == 0:
         raise ConfigError(f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path",
@@ -130,8 +201,10 @@ def wait_on_other_node(root: Path, training_args, *, timeout: float,
 
 
 def prepare_data(root: Path, training_args, node_rank: int, *, timeout: float,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
-                 ) -> checkpoints.DataReadyMarker:
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+                 attempts: int = DEFAULT_ATTEMPTS) -> checkpoints.DataReadyMarker:
     if node_rank == 0:
-        return prepare_on_node0(root, training_args, now=now)
+        return prepare_on_node0(root, training_args, now=now, stall_timeout=stall_timeout,
+                                attempts=attempts)
     return wait_on_other_node(root, training_args, timeout=timeout)

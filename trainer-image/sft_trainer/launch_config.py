@@ -33,6 +33,11 @@ class LauncherConfig(BaseModel):
                                              alias=contract.CONFIG_KEY_DATA_WAIT_TIMEOUT)
     rendezvous_timeout_seconds: float = Field(default=600, gt=0,
                                               alias=contract.CONFIG_KEY_RDZV_TIMEOUT)
+    # No progress bar of node 0's data processing moved for this long: kill it and retry (see
+    # data_watchdog). Legitimate gaps are seconds (start-up: ~10-60 s on a loaded node).
+    data_stall_timeout_seconds: float = Field(default=300, gt=0,
+                                              alias=contract.CONFIG_KEY_DATA_STALL_TIMEOUT)
+    data_processing_attempts: int = Field(default=3, ge=1, alias=contract.CONFIG_KEY_DATA_ATTEMPTS)
     training_args: dict[str, Any] = Field(alias=contract.CONFIG_KEY_TRAINING_ARGS)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sft_operator import checkpoints, contract
 
-from . import data_once, launch_config, outcome, resume
+from . import data_once, launch_config, outcome, resume, termination
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
 from .rendezvous import wait_reachable
 from .topology import Topology, topology_from_env
@@ -35,6 +35,22 @@ TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# What the termination message says when run() returns normally (exit 0 or 3); errors say
+# their own message (main()).
+_exit_note: str | None = None
+
+
+def note_exit(message: str) -> None:
+    global _exit_note
+    _exit_note = message
+
+
+def finished_note(marker: checkpoints.CompletionMarker) -> str:
+    text = f"finished: {marker.num_epochs} epochs, {marker.samples_seen} samples"
+    return f"{text}, final checkpoint {marker.final_checkpoint}" if marker.final_checkpoint \
+        else text
 
 
 _handler_pid = 0  # the launcher's pid, set where _raise_preempted is installed
@@ -137,7 +153,8 @@ def run(env: Mapping[str, str]) -> int:
     log.info("node %d of %d (%s), %s mode, checkpoints in %s", topology.node_rank,
              topology.nnodes, env.get(contract.ENV_POD_NAME), device, root)
 
-    if checkpoints.read_completion_marker(root) is not None:
+    if (completed := checkpoints.read_completion_marker(root)) is not None:
+        note_exit(finished_note(completed))
         return idle(f"{checkpoints.COMPLETION_MARKER_FILE} exists: training already finished")
 
     launch_config.check_inputs_exist(training_args)
@@ -151,12 +168,14 @@ def run(env: Mapping[str, str]) -> int:
     for sig in TERMINATION_SIGNALS:
         signal.signal(sig, _raise_preempted)
     data_once.prepare_data(root, training_args, topology.node_rank,
-                           timeout=config.data_wait_timeout_seconds)
+                           timeout=config.data_wait_timeout_seconds,
+                           stall_timeout=config.data_stall_timeout_seconds,
+                           attempts=config.data_processing_attempts)
     is_node0 = topology.node_rank == 0
     if is_node0:
         tree = checkpoints.scan_checkpoints(root)
         if epoch_full_states and outcome.already_finished(tree, num_epochs):
-            write_completion(root, num_epochs)
+            note_exit(finished_note(write_completion(root, num_epochs)))
             return idle("the last epoch's full state exists: training already finished")
         prune(root, config.full_state_retention)
         record = resume.prepare_resume(root, now=_now)
@@ -181,7 +200,7 @@ def run(env: Mapping[str, str]) -> int:
         try:
             run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
         except (RuntimeError, OSError, ValueError, ImportError) as error:
-            raise TrainingFailed(f"training failed: {error}") from error
+            raise training_failure(error, root, topology.node_rank) from error
 
     tree = checkpoints.scan_checkpoints(root)
     result = outcome.decide_outcome(before, tree, num_epochs, epoch_full_states)
@@ -189,8 +208,10 @@ def run(env: Mapping[str, str]) -> int:
         prune(root, config.full_state_retention)
     if result is outcome.Outcome.PREEMPTED:
         latest = tree.latest_full_state
-        log.info("preempted: saved %s (epoch %d, %d samples seen); a restart resumes",
-                 latest.name, latest.metadata.current_epoch, latest.metadata.samples_seen)
+        note_exit(f"preempted: saved {checkpoints.FULL_STATE_DIR}/{latest.name} (epoch "
+                  f"{latest.metadata.current_epoch + 1} of {num_epochs}, "
+                  f"{latest.metadata.samples_seen} samples seen); a restart resumes")
+        log.info("%s", _exit_note)
         return contract.EXIT_PREEMPTED
     if result is outcome.Outcome.UNFINISHED:
         raise TrainingFailed("run_training returned but the last epoch's full state is missing "
@@ -198,7 +219,20 @@ def run(env: Mapping[str, str]) -> int:
     if is_node0:
         marker = write_completion(root, num_epochs)
         log.info("finished: %s", marker.model_dump_json())
+        note_exit(finished_note(marker))
+    else:
+        note_exit(f"finished: {num_epochs} epochs (node 0 wrote the completion marker)")
     return idle("training finished")
+
+
+def training_failure(error: BaseException, root: Path, node_rank: int) -> TrainingFailed:
+    """What failed, from this node's worker log (the exception and where it was raised), not
+    run_training's "see the training logs"."""
+    log_file = root / f"full_logs_global{node_rank}.log"
+    cause = termination.worker_failure(termination.read_tail(log_file))
+    if cause is None:
+        cause = " ".join(str(error).split("\n\n")[0].split())
+    return TrainingFailed(f"training failed: {cause}; log: {log_file}")
 
 
 def dump_stacks_on_sigquit() -> None:
@@ -212,11 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s sft-trainer %(levelname)s %(message)s")
     dump_stacks_on_sigquit()
+    # One line for every exit (the pod's terminated.message); a crash that cannot get here
+    # (SIGKILL, OOM) leaves the file empty and the kubelet falls back to the log tail.
+    global _exit_note
+    _exit_note = None
+    message_path = termination.path_from_env(os.environ)
     try:
-        return run(os.environ)
+        code = run(os.environ)
+        message = _exit_note or f"exited with code {code}"
     except LauncherError as error:
         log.error("%s (exit %d)", error.message, error.exit_code)
-        return error.exit_code
+        code, message = error.exit_code, error.message
+    except Exception as error:  # a launcher bug: say what and where; the traceback is logged
+        log.exception("launcher crashed")
+        code, message = contract.EXIT_TRAINING_FAILED, termination.describe_crash(error)
+    termination.write(message, message_path)
+    return code
 
 
 if __name__ == "__main__":
