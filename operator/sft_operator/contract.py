@@ -38,6 +38,13 @@ ENV_POD_NAME = "SFT_POD_NAME"
 ENV_CONFIG_PATH = "SFT_CONFIG"
 # "cuda" (default, production) or "cpu" (tests and small smoke runs only).
 ENV_DEVICE = "SFT_DEVICE"
+# Both containers: the pod-state emptyDir (POD_STATE_MOUNT_PATH). The launcher removes
+# TRAINER_EXITED_FILE there when it starts and writes it as its very last act; pod 0's reporter,
+# told to stop, keeps publishing until it appears, so the trainer's last save reaches the status.
+ENV_POD_STATE_DIR = "SFT_POD_STATE_DIR"
+# Reporter: the pod's terminationGracePeriodSeconds, the bound on that wait (less a margin).
+ENV_TERMINATION_GRACE_SECONDS = "SFT_TERMINATION_GRACE_SECONDS"
+TRAINER_EXITED_FILE = "trainer-exited"
 # Where the launcher writes its one-line termination message (never set by the operator: the
 # default is the container's terminationMessagePath, /dev/termination-log; tests point it away).
 ENV_TERMINATION_LOG = "SFT_TERMINATION_LOG"
@@ -48,12 +55,14 @@ CONFIG_FILE_NAME = "training.json"
 CONFIG_PATH = f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_NAME}"
 CHECKPOINT_MOUNT_PATH = "/checkpoints"
 SHM_MOUNT_PATH = "/dev/shm"
+POD_STATE_MOUNT_PATH = "/run/sft-operator"
 
 # --- Container and volume names ---------------------------------------------------------------
 TRAINER_CONTAINER = "trainer"
 CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "training-config"
 SHM_VOLUME = "dshm"
+POD_STATE_VOLUME = "pod-state"
 
 DEFAULT_RDZV_PORT = 29500
 
@@ -64,6 +73,9 @@ EXIT_BAD_CONFIG = 2      # config or environment invalid: retrying will not help
 EXIT_PREEMPTED = 3       # saved an on-demand checkpoint and stopped; a restart resumes
 EXIT_PEER_UNAVAILABLE = 4  # node 0's data-ready marker or rendezvous endpoint never came; a
 #                            restart may help
+EXIT_RENDEZVOUS_CONFLICT = 5  # the rendezvous port is taken on node 0's pod, or the endpoint a
+#                               node reached is another job's rendezvous (same rdzvPort on a
+#                               shared network); a restart helps only once the other job is gone
 
 # --- The training config (the ConfigMap's training.json) --------------------------------------
 # {

@@ -226,6 +226,7 @@ def _env(job: SFTJob) -> list[dict[str, Any]]:
         {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
         {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
         {"name": contract.ENV_DEVICE, "value": spec.device.value},
+        {"name": contract.ENV_POD_STATE_DIR, "value": contract.POD_STATE_MOUNT_PATH},
     ]
     return env + [var.to_api() for var in spec.pod.env]
 
@@ -267,7 +268,10 @@ def _affinity(job: SFTJob) -> dict[str, Any]:
 
 
 def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
-    """The progress reporter sidecar (only pod 0's publishes): reads the volume, read-only."""
+    """The progress reporter sidecar (only pod 0's publishes): reads the volume, read-only.
+
+    On SIGTERM it publishes until the trainer has exited (the launcher's marker in the pod-state
+    volume), at most the grace period less a margin, so the trainer's last save reaches the status."""
     return {
         "name": REPORTER_CONTAINER,
         "image": image,
@@ -276,10 +280,13 @@ def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
         "env": [
             {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
+            {"name": contract.ENV_POD_STATE_DIR, "value": contract.POD_STATE_MOUNT_PATH},
+            {"name": contract.ENV_TERMINATION_GRACE_SECONDS, "value": str(job.spec.pod.termination_grace_period_seconds)},
         ],
         "volumeMounts": [
             {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH, "readOnly": True},
             {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+            {"name": contract.POD_STATE_VOLUME, "mountPath": contract.POD_STATE_MOUNT_PATH, "readOnly": True},
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
@@ -304,6 +311,7 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
             {"name": contract.SHM_VOLUME, "mountPath": contract.SHM_MOUNT_PATH},
             *(mount.to_api() for mount in pod.volume_mounts),
+            {"name": contract.POD_STATE_VOLUME, "mountPath": contract.POD_STATE_MOUNT_PATH},
         ],
         # A crash's last log lines become the termination message the operator reports.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -318,6 +326,8 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             {"name": contract.CONFIG_VOLUME, "configMap": {"name": configmap_name(job)}},
             {"name": contract.SHM_VOLUME, "emptyDir": shm},
             *(volume.to_api() for volume in pod.volumes),
+            # Shared by trainer and reporter: the launcher's trainer-exited marker (a few bytes).
+            {"name": contract.POD_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ],
         "serviceAccountName": pod_service_account(job),
         "terminationGracePeriodSeconds": pod.termination_grace_period_seconds,

@@ -10,7 +10,11 @@ which the operator folds into ``status.progress``. Why this shape (see the READM
   (resourceNames), and the operator stays the only writer of the SFTJob's status;
 - bounded API traffic: a publish only when the summary changes, milestones (stage, a new
   checkpoint, epoch) at once, step metrics at most every ``--min-interval`` seconds;
-- the status outlives the pods: the operator copies the summary into the SFTJob.
+- the status outlives the pods: the operator copies the summary into the SFTJob;
+- the trainer's last save is published: told to stop (the pod is deleted: suspend, preemption,
+  drain), pod 0's reporter keeps publishing until the trainer has exited (the launcher's
+  ``contract.TRAINER_EXITED_FILE`` in the shared pod-state volume), at most the pod's grace period
+  less ``SHUTDOWN_MARGIN_S``, then publishes a final summary at once, rate limit or not.
 
 Run as ``python -m sft_operator.reporter`` with the pod's env (contract.py).
 """
@@ -45,6 +49,13 @@ log = logging.getLogger("sft_operator.reporter")
 PROGRESS_KEY = "progress.json"
 DEFAULT_SCAN_INTERVAL_S = 3.0
 DEFAULT_MIN_INTERVAL_S = 15.0
+# Kubernetes' default terminationGracePeriodSeconds, when the env does not say.
+DEFAULT_TERMINATION_GRACE_S = 30.0
+# Left of the grace period for the final scan and publish before the kubelet's SIGKILL.
+SHUTDOWN_MARGIN_S = 5.0
+# While waiting for the trainer to exit: how often to look for its marker (and scan).
+DRAIN_INTERVAL_S = 1.0
+FINAL_PUBLISH_ATTEMPTS = 3
 # Fields whose change is a milestone a user waits for: published without delay.
 MILESTONE_FIELDS = ("stage", "epoch", "checkpoints", "latest_full_state", "num_epochs")
 
@@ -137,25 +148,74 @@ def run_loop(
     scan_interval_s: float = DEFAULT_SCAN_INTERVAL_S,
     min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
     clock: Callable[[], float] = time.monotonic,
+    trainer_exited: Callable[[], bool] = lambda: True,
+    shutdown_wait_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Scan, publish when worth it, until ``stop``; one last scan on the way out so the final
-    state (e.g. completion) is never lost to a shutdown."""
+    """Scan, publish when worth it, until ``stop``. Then go on scanning (milestones at once, step
+    metrics rate limited) until ``trainer_exited()`` or ``shutdown_wait_s`` has passed, and
+    publish a final summary whatever the rate limit, so the trainer's last save (an on-demand
+    checkpoint written after SIGTERM, the completion) is never lost to a shutdown."""
     published: TrainingProgress | None = None
     published_at = float("-inf")
+    give_up_at: float | None = None
+    final_attempts = 0
     while True:
-        stopping = stop.is_set()
+        final = False
+        if stop.is_set():
+            if give_up_at is None:
+                give_up_at = clock() + shutdown_wait_s
+                if not trainer_exited():
+                    log.info("stopping: publishing until the trainer has exited (at most %.0fs)",
+                             shutdown_wait_s)
+            if trainer_exited():
+                final = True
+            elif clock() >= give_up_at:
+                log.warning("the trainer has not exited %.0fs after the stop signal: publishing "
+                            "what the volume says now", shutdown_wait_s)
+                final = True
         try:
             current = reader.read()
             now = clock()
             if should_publish(published, current, seconds_since_publish=now - published_at,
-                              min_interval_s=0.0 if stopping else min_interval_s):
+                              min_interval_s=0.0 if final else min_interval_s):
                 publish(current)
                 published, published_at = current, now
         except Exception as exc:  # noqa: BLE001 - a hiccup (API, torn file) must not kill the sidecar
             log.warning("progress not published this round: %s", exc)
-        if stopping:
+            if final:
+                final_attempts += 1
+                if final_attempts < FINAL_PUBLISH_ATTEMPTS:
+                    sleep(DRAIN_INTERVAL_S)
+                    continue
+        if final:
             return
-        stop.wait(scan_interval_s)
+        if give_up_at is None:
+            stop.wait(scan_interval_s)
+        else:
+            sleep(min(DRAIN_INTERVAL_S, scan_interval_s))
+
+
+def shutdown_wait_from_env(env: Any) -> float:
+    """The pod's grace period (from the env the renderer sets) less the margin for the end."""
+    raw = env.get(contract.ENV_TERMINATION_GRACE_SECONDS)
+    try:
+        grace = float(raw) if raw else DEFAULT_TERMINATION_GRACE_S
+    except ValueError:
+        log.warning("%s=%r is not a number: assuming %.0fs", contract.ENV_TERMINATION_GRACE_SECONDS,
+                    raw, DEFAULT_TERMINATION_GRACE_S)
+        grace = DEFAULT_TERMINATION_GRACE_S
+    return max(0.0, grace - SHUTDOWN_MARGIN_S)
+
+
+def trainer_exited_check(env: Any) -> Callable[[], bool]:
+    """Whether the launcher has written its exit marker; without the pod-state volume (an older
+    pod template) nobody writes one, so the reporter stops at once, as it used to."""
+    directory = env.get(contract.ENV_POD_STATE_DIR)
+    if not directory:
+        return lambda: True
+    marker = Path(directory) / contract.TRAINER_EXITED_FILE
+    return marker.exists
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -205,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         core_api=kubernetes.client.CoreV1Api(kubeclient.load_api_client()),
     )
     log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, progress_configmap_name(publisher.job_name))
-    run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval)
+    run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval,
+             trainer_exited=trainer_exited_check(os.environ), shutdown_wait_s=shutdown_wait_from_env(os.environ))
     log.info("stopped after %d writes", publisher.writes)
     return 0
 

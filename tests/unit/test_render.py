@@ -164,12 +164,14 @@ def test_statefulset_cpu() -> None:
                                 {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
                                 {"name": "SFT_DEVICE", "value": "cpu"},
+                                {"name": "SFT_POD_STATE_DIR", "value": "/run/sft-operator"},
                             ],
                             "ports": [{"name": "rdzv", "containerPort": 29500, "protocol": "TCP"}],
                             "volumeMounts": [
                                 {"name": "checkpoints", "mountPath": "/checkpoints"},
                                 {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
                                 {"name": "dshm", "mountPath": "/dev/shm"},
+                                {"name": "pod-state", "mountPath": "/run/sft-operator"},
                             ],
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                         },
@@ -181,10 +183,13 @@ def test_statefulset_cpu() -> None:
                             "env": [
                                 {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
+                                {"name": "SFT_POD_STATE_DIR", "value": "/run/sft-operator"},
+                                {"name": "SFT_TERMINATION_GRACE_SECONDS", "value": "1800"},
                             ],
                             "volumeMounts": [
                                 {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True},
                                 {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
+                                {"name": "pod-state", "mountPath": "/run/sft-operator", "readOnly": True},
                             ],
                             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
@@ -195,6 +200,7 @@ def test_statefulset_cpu() -> None:
                         {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "tiny-checkpoints"}},
                         {"name": "training-config", "configMap": {"name": "tiny-config"}},
                         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "pod-state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
                     ],
                     "serviceAccountName": "tiny",
                     "terminationGracePeriodSeconds": 1800,
@@ -259,6 +265,7 @@ def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
     assert container["env"][5] == {"name": "PET_RDZV_ID", "value": "fixed"}
     assert container["env"][8:] == [
         {"name": "SFT_DEVICE", "value": "cuda"},
+        {"name": "SFT_POD_STATE_DIR", "value": "/run/sft-operator"},
         {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "t"}}},
     ]
     assert container["volumeMounts"][3] == {"name": "data", "mountPath": "/data", "readOnly": True}
@@ -283,6 +290,9 @@ def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
         "trainer",
     )
     assert pod["terminationGracePeriodSeconds"] == 600
+    # The reporter's bound on waiting for the trainer's last save follows the grace period.
+    assert pod["containers"][1]["env"][3] == {"name": "SFT_TERMINATION_GRACE_SECONDS", "value": "600"}
+    assert pod["volumes"][4] == {"name": "pod-state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
 
 
 def test_user_gpu_limit_and_affinity_win() -> None:

@@ -23,7 +23,9 @@ from sft_operator import checkpoints, contract
 
 from . import data_once, launch_config, outcome, resume, termination
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
-from .rendezvous import wait_reachable
+from .pod_state import trainer_started
+from .rendezvous import (announce_rendezvous_id, check_port_free, verify_rendezvous_id,
+                         wait_reachable)
 from .topology import Topology, topology_from_env
 
 log = logging.getLogger("sft_trainer")
@@ -140,6 +142,7 @@ def write_completion(root: Path, num_epochs: int) -> checkpoints.CompletionMarke
 
 
 def run(env: Mapping[str, str]) -> int:
+    trainer_started(env)  # the reporter waits for this process's exit before its last publish
     device = env.get(contract.ENV_DEVICE, "cuda") or "cuda"
     if device not in DEVICES:
         raise ConfigError(contract.ENV_DEVICE, f"must be one of {DEVICES}, got {device!r}")
@@ -177,6 +180,8 @@ def run(env: Mapping[str, str]) -> int:
         if epoch_full_states and outcome.already_finished(tree, num_epochs):
             note_exit(finished_note(write_completion(root, num_epochs)))
             return idle("the last epoch's full state exists: training already finished")
+        # Before the run record: a clear reason instead of torchrun's EADDRINUSE traceback.
+        check_port_free(topology.rdzv_port)
         prune(root, config.full_state_retention)
         record = resume.prepare_resume(root, now=_now)
         log.info("run starts at epoch %d, %d steps in, %d samples seen (from %s)",
@@ -186,6 +191,10 @@ def run(env: Mapping[str, str]) -> int:
         # Node 0 opens the endpoint only after its data and resume preparation.
         wait_reachable(topology.rdzv_host, topology.rdzv_port,
                        timeout=config.rendezvous_timeout_seconds, env_name=topology.endpoint_env)
+        # ... and it is this job's rendezvous, not another job's on the same port and network.
+        verify_rendezvous_id(topology.rdzv_host, topology.rdzv_port, topology.rdzv_id,
+                             timeout=config.rendezvous_timeout_seconds,
+                             env_name=topology.endpoint_env)
     before = checkpoints.scan_checkpoints(root).latest_full_state
 
     from instructlab.training import TorchrunArgs, run_training
@@ -195,11 +204,16 @@ def run(env: Mapping[str, str]) -> int:
         from . import cpu_mode
 
         cpu_context = cpu_mode.launcher_side()
+    announcing = (announce_rendezvous_id(topology.rdzv_port, topology.rdzv_id) if is_node0
+                  else nullcontext())
     # run_training installs its own handlers (on-demand checkpointing) and restores ours after.
-    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None):
+    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None), \
+            announcing as announcer:
         try:
             run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
         except (RuntimeError, OSError, ValueError, ImportError) as error:
+            if announcer is not None and announcer.foreign_owner() is not None:
+                raise announcer.conflict() from error
             raise training_failure(error, root, topology.node_rank) from error
 
     tree = checkpoints.scan_checkpoints(root)
