@@ -300,3 +300,37 @@ def test_missing_data_is_rejected_and_checkpoints_kept(stack: Stack) -> None:
     events = stack.events(name)
     assert any(e.reason == "Failed" and e.type == "Warning" for e in events), [(e.reason, e.message) for e in events]
     assert _digest(root) == before, "the rejected job changed the files on its claim"
+
+
+@pytest.mark.timeout(700)  # on 2 busy cores the pods take minutes to reach their first step
+def test_suspended_job_status_lists_the_checkpoint_saved_on_sigterm(stack: Stack) -> None:
+    """Issue 15, finding 7: suspending deletes the pods; each trainer saves an on-demand full
+    state on SIGTERM, and pod 0's reporter publishes it before it exits, so the Suspended job's
+    status names the state it will resume from, not an older one."""
+    from sft_operator.checkpoints import scan_checkpoints
+
+    name = "tiny-suspend"
+    job = stack.create_job(stack.manifest(name, numEpochs=30))  # long enough to interrupt
+    wait_until("the job training with a step logged", lambda: (
+        ((stack.job(name).get("status") or {}).get("progress") or {}).get("stage") == "Training"
+        and ((stack.job(name).get("status") or {}).get("progress") or {}).get("samplesSeen", 0) > 0),
+        timeout_s=3 * JOB_TIMEOUT_S, interval_s=0.5)
+    stack.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, stack.namespace,
+                                                contract.PLURAL, name, {"spec": {"suspend": True}})
+    wait_until("the job's pods to be gone", lambda: not stack.pods(name), timeout_s=120, interval_s=0.5)
+
+    saved = scan_checkpoints(stack.claim_dir(job)).latest_full_state
+    assert saved is not None and saved.metadata is not None and saved.metadata.mid_epoch, saved
+    expected = {"name": saved.name, "samples": saved.metadata.samples_seen, "midEpoch": True}
+
+    def shown() -> dict[str, Any]:
+        status = stack.job(name).get("status") or {}
+        state = (status.get("progress") or {}).get("latestFullState") or {}
+        return {"phase": status.get("phase"), **{key: state.get(key) for key in expected}}
+
+    try:
+        wait_until("the status to show the on-demand state", lambda: shown() == {"phase": "Suspended",
+                                                                                 **expected},
+                   timeout_s=15, interval_s=0.5)
+    except Exception:
+        raise AssertionError(f"status shows {shown()}, the volume has {expected}") from None
