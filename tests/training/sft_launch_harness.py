@@ -67,6 +67,8 @@ def pod_env(*, config: Path, node_rank: int, nnodes: int, port: int, rdzv_id: st
         contract.ENV_POD_NAME: f"job-{node_rank}",
         contract.ENV_CONFIG_PATH: str(config),
         contract.ENV_DEVICE: "cpu",
+        # the pod's terminationMessagePath (/dev/termination-log in a real pod)
+        contract.ENV_TERMINATION_LOG: str(home / f"termination-log-{node_rank}"),
         "HF_HOME": str(home / "hf"),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
@@ -84,6 +86,13 @@ class Launcher:
     process: subprocess.Popen
     log_path: Path
     _log_handle: object = field(repr=False)
+    message_path: Path | None = None
+
+    def termination_message(self) -> str:
+        """What the kubelet would put in terminated.message (the file, not the log tail)."""
+        if self.message_path is None or not self.message_path.exists():
+            return ""
+        return self.message_path.read_text()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -126,7 +135,11 @@ def start_launcher(name: str, env: dict[str, str], log_dir: Path) -> Launcher:
     handle = open(log_path, "ab")
     process = subprocess.Popen([str(VENV_BIN / "sft-trainer")], env=env, stdout=handle,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Launcher(name=name, process=process, log_path=log_path, _log_handle=handle)
+    message_path = env.get(contract.ENV_TERMINATION_LOG)
+    if message_path:
+        Path(message_path).write_text("")  # a new container starts with an empty file
+    return Launcher(name=name, process=process, log_path=log_path, _log_handle=handle,
+                    message_path=Path(message_path) if message_path else None)
 
 
 def tree_digest(root: Path) -> dict[str, tuple[int, str]]:

@@ -77,9 +77,14 @@ def step_sequence(log: ck.MetricsLog) -> list[tuple[int, int]]:
 
 
 def test_two_nodes_train_to_completion(reference) -> None:
-    job, _ = reference
+    job, launchers = reference
     tree = ck.scan_checkpoints(job.ckpt)
     total = NUM_SAMPLES * NUM_EPOCHS
+    # terminated.message of each pod (exit 0 after idling): what finished, one line
+    assert [launcher.termination_message() for launcher in launchers] == [
+        f"finished: {NUM_EPOCHS} epochs, {total} samples, final checkpoint "
+        f"hf_format/samples_{total}\n",
+        f"finished: {NUM_EPOCHS} epochs (node 0 wrote the completion marker)\n"]
     assert tree.completion is not None
     assert (tree.completion.num_epochs, tree.completion.samples_seen,
             tree.completion.final_checkpoint) == (NUM_EPOCHS, total, f"hf_format/samples_{total}")
@@ -140,6 +145,11 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
     saved = ck.scan_checkpoints(job.ckpt).latest_full_state
     assert saved.metadata.mid_epoch, saved
     assert 1 <= saved.metadata.current_epoch < NUM_EPOCHS
+    # terminated.message: what was saved (1-based epoch) and that a restart resumes
+    preempted = (f"preempted: saved full_state/{saved.name} (epoch "
+                 f"{saved.metadata.current_epoch + 1} of {NUM_EPOCHS}, "
+                 f"{saved.metadata.samples_seen} samples seen); a restart resumes\n")
+    assert [launcher.termination_message() for launcher in launchers] == [preempted] * 2
     assert ck.read_completion_marker(job.ckpt) is None
     run1_steps = ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps
 

@@ -10,7 +10,7 @@ on ``request["payload"]`` and reports on the progress pipe, one JSON object per 
     {"event": "error", "kind": "config", "field": "trainingArgs.data_path", "problem": "..."}
     {"event": "error", "kind": "failed", "message": "..."}
 
-"progress" is sent whenever a tqdm progress bar (datasets' map/filter/to_json bars, tokenizer
+"progress" is sent whenever a module is imported (start-up), a tqdm progress bar (datasets' map/filter/to_json bars, tokenizer
 loading, ...) is created or closes, and when it advances, at most every PROGRESS_INTERVAL
 seconds: real work
 moving, unlike a heartbeat thread, which would go on beating while the pool is deadlocked.
@@ -62,15 +62,21 @@ class Channel:
                 pass
 
     def progress(self, bar, *, force: bool = False) -> None:
+        self.progress_event(str(getattr(bar, "desc", "") or ""), getattr(bar, "n", None),
+                            getattr(bar, "total", None), force=force)
+
+    def progress_event(self, desc: str, n: int | None, total: int | None, *,
+                       force: bool = False, key: str | None = None) -> None:
+        """``key``: updates with the same key within PROGRESS_INTERVAL are rate-limited (a
+        bar's description, by default)."""
         now = time.monotonic()
-        desc = str(getattr(bar, "desc", "") or "")
-        event = {"event": "progress", "desc": desc, "n": getattr(bar, "n", None),
-                 "total": getattr(bar, "total", None)}
-        if not force and desc == self.last_desc and now - self.last_sent < PROGRESS_INTERVAL:
+        key = desc if key is None else key
+        event = {"event": "progress", "desc": desc, "n": n, "total": total}
+        if not force and key == self.last_desc and now - self.last_sent < PROGRESS_INTERVAL:
             self.pending = event
             return
         self.pending = None
-        self.last_sent, self.last_desc = now, desc
+        self.last_sent, self.last_desc = now, key
         self.send(**event)
 
     def _flush_pending(self) -> None:
@@ -111,6 +117,24 @@ def install_progress_hook(channel: Channel) -> None:
     cls.__init__, cls.update, cls.close = __init__, update, close
 
 
+class _ImportProgress:
+    """A meta-path finder that finds nothing and reports each import as progress: importing
+    torch, transformers and datasets takes 10-60 s on a loaded node, without a progress bar.
+    An import that hangs stops reporting like anything else."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ARG002 - the finder protocol
+        self.channel.progress_event(f"importing {name.partition('.')[0]}", None, None,
+                                    key="import")
+        return None
+
+
+def install_import_progress(channel: Channel) -> None:
+    sys.meta_path.insert(0, _ImportProgress(channel))
+
+
 def resolve(target: str) -> Callable[[dict], object]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -119,6 +143,7 @@ def resolve(target: str) -> Callable[[dict], object]:
 def run(request: dict, channel: Channel) -> int:
     channel.send(event="started", pid=os.getpid())
     try:
+        install_import_progress(channel)
         install_progress_hook(channel)
         result = resolve(request["target"])(request.get("payload") or {})
     except ConfigError as error:

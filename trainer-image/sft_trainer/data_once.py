@@ -160,8 +160,8 @@ def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime],
     checkpoints.clear_data_ready(root)
     data_file.unlink(missing_ok=True)  # only this processing's output may be counted
     lines = check_data(training_args)
-    log.info("processing %s (%d samples) into %s", training_args.data_path, lines,
-             training_args.data_output_dir)
+    log.info("checked %s: %d samples", training_args.data_path, lines)
+    log.info("processing %s into %s", training_args.data_path, training_args.data_output_dir)
     _process(training_args, stall_timeout=stall_timeout, attempts=attempts)
     num_samples = count_samples(data_file) if data_file.is_file() else 0
     if num_samples == 0:
