@@ -1,16 +1,14 @@
-"""`sft-operator`: run the operator, print the CRD.
-
-Other command groups (submit/status/wait/list) live in their own modules and register on
-``app`` with ``app.command()`` / ``app.add_typer()``; see ``_register_optional_commands``.
-"""
+"""`sft-operator`: run the operator, print the CRD; the job commands (submit, status, wait, list,
+suspend, resume, delete, logs, events) come from the cli_* modules, one group each."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from sft_operator import cli_jobs, cli_lifecycle, cli_logs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kubernetes operator for SFTJobs.")
 
@@ -52,14 +50,5 @@ def crd(
         typer.echo(crd_module.render_yaml(), nl=False)
 
 
-def _register_optional_commands() -> None:
-    """Colleagues' command modules add themselves to ``app`` on import, if present."""
-    for module in ("sft_operator.cli_jobs",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-_register_optional_commands()
+for command_group in (cli_jobs.commands, cli_lifecycle.commands, cli_logs.commands):
+    app.add_typer(command_group)

@@ -1,7 +1,7 @@
 """`sft-operator submit / status / wait / list` (also `kubectl sft ...`): SFTJobs from a terminal.
 
-Registered on ``sft_operator.cli.app`` when cli.py imports this module. The work is done by
-sft_operator.api (the same mapping, validation and waiting as ``sft()``); this is presentation.
+cli.py adds ``commands`` to its app. The work is done by sft_operator.api (the same mapping,
+validation and waiting as ``sft()``); this is presentation.
 """
 
 from __future__ import annotations
@@ -15,48 +15,27 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
-from sft_operator.cli import app
+from sft_operator.cli_common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    ContextOption,
+    JobNameArgument,
+    KubeconfigOption,
+    NamespaceOption,
+    TimeoutOption,
+    api,
+    cell,
+    connect,
+    console,
+    fail,
+    follow,
+)
 from sft_operator.models import InvalidSpecError, parse_job
 
 if TYPE_CHECKING:
     from sft_operator.api.results import JobView
 
-EXIT_FAILED = 1  # the job Failed, or it was not found / deleted
-EXIT_INVALID = 2  # the parameters or manifest are invalid: nothing was created
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
-
-NamespaceOption = Annotated[
-    str | None, typer.Option("--namespace", "-n", help="Namespace; default: the kubeconfig context's.")
-]
-KubeconfigOption = Annotated[
-    Path | None, typer.Option("--kubeconfig", help="Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster.")
-]
-ContextOption = Annotated[str | None, typer.Option("--context", help="Kubeconfig context.")]
-TimeoutOption = Annotated[
-    float | None, typer.Option("--timeout", help="Stop waiting after this many seconds (the job keeps running).")
-]
-
-
-def _api() -> Any:
-    """sft_operator.api, imported when a command runs: `sft-operator run` and `--help` (this
-    module is imported by cli.py) never depend on it."""
-    import sft_operator.api
-
-    return sft_operator.api
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # Not a terminal (a pipe, a log): wide enough that tables are not folded.
-    return Console(file=stream, width=None if stream.isatty() else 200, soft_wrap=False)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
+commands = typer.Typer()
 
 
 def parse_value(text: str) -> Any:
@@ -72,28 +51,18 @@ def _pairs(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"{option} {item!r}: expected KEY=VALUE", EXIT_INVALID)
+            raise fail(f"{option} {item!r}: expected KEY=VALUE", EXIT_INVALID)
         found[key.strip()] = parse_value(value) if parse else value
     return found
 
 
-def _connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> tuple[Any, str]:
-    client, context_namespace = _api().connect(kubeconfig, context)
+def connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> tuple[Any, str]:
+    client, context_namespace = api().connect(kubeconfig, context)
     return client, namespace or context_namespace
 
 
 def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None:
-    api = _api()
-    try:
-        result = api.wait_for_job(client, name, namespace, timeout=timeout, display=api.ProgressDisplay())
-    except api.SFTJobFailedError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except (api.SFTJobDeletedError, api.SFTJobNotFoundError) as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except TimeoutError as exc:
-        raise _fail(str(exc), EXIT_TIMEOUT) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    result = follow(client, name, namespace, timeout)
     for checkpoint in result.checkpoints:
         typer.echo(checkpoint.path)
 
@@ -101,7 +70,7 @@ def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None
 # --- submit -----------------------------------------------------------------------------------
 
 
-@app.command()
+@commands.command()
 def submit(
     filename: Annotated[
         Path | None, typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
@@ -154,11 +123,11 @@ def submit(
     training.update(_pairs(set_, "--set", parse=True))
     if filename is not None:
         if training or any(v is not None for v in (image, device, checkpoint_storage, storage_class, env)):
-            raise _fail("give either --filename or training flags, not both", EXIT_INVALID)
+            raise fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
-        api = _api()
-        backend = api.KubernetesSFTBackend(
+        sft_api = api()
+        backend = sft_api.KubernetesSFTBackend(
             name=name,
             namespace=namespace,
             image=image,
@@ -169,17 +138,17 @@ def submit(
         )
         try:
             manifest, _ = backend.build(training)
-        except api.SFTParameterError as exc:
+        except sft_api.SFTParameterError as exc:
             problems = "\n".join(f"  {problem}" for problem in exc.parameters)
-            raise _fail(f"invalid parameters (nothing was created):\n{problems}", EXIT_INVALID) from None
+            raise fail(f"invalid parameters (nothing was created):\n{problems}", EXIT_INVALID) from None
     if dry_run:
         if namespace is None and filename is None:
             manifest["metadata"].pop("namespace", None)  # the context's, when created
         typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
         return
-    client, target_namespace = _connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
+    client, target_namespace = connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
     manifest["metadata"]["namespace"] = target_namespace
-    created = _api().create_job(client, manifest)
+    created = api().create_job(client, manifest)
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:
@@ -192,21 +161,21 @@ def _manifest_from_file(filename: Path, name: str | None, namespace: str | None)
     text = sys.stdin.read() if str(filename) == "-" else filename.read_text()
     body = yaml.safe_load(text)
     if not isinstance(body, dict):
-        raise _fail(f"{filename}: expected one SFTJob manifest (a YAML mapping)", EXIT_INVALID)
+        raise fail(f"{filename}: expected one SFTJob manifest (a YAML mapping)", EXIT_INVALID)
     metadata = dict(body.get("metadata") or {})
     if name is not None:
         metadata["name"] = name
     if namespace is not None:
         metadata["namespace"] = namespace
     if not metadata.get("name"):
-        raise _fail(f"{filename}: metadata.name is required (or pass --name)", EXIT_INVALID)
+        raise fail(f"{filename}: metadata.name is required (or pass --name)", EXIT_INVALID)
     try:
         parse_job({"metadata": metadata, "spec": body.get("spec")})  # the operator's own validation
     except InvalidSpecError as exc:
-        raise _fail(f"{filename}: invalid SFTJob: {exc}", EXIT_INVALID) from None
+        raise fail(f"{filename}: invalid SFTJob: {exc}", EXIT_INVALID) from None
     kind, api_version = body.get("kind", "SFTJob"), body.get("apiVersion", "finetune.dev/v1alpha1")
     if (kind, api_version) != ("SFTJob", "finetune.dev/v1alpha1"):
-        raise _fail(f"{filename}: expected kind SFTJob, apiVersion finetune.dev/v1alpha1", EXIT_INVALID)
+        raise fail(f"{filename}: expected kind SFTJob, apiVersion finetune.dev/v1alpha1", EXIT_INVALID)
     return {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": body["spec"]}
 
 
@@ -227,36 +196,31 @@ def _age(created: str | None, now: datetime | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def _cell(value: Any, fmt: str = "{}") -> str:
-    return "" if value is None else fmt.format(value)
-
-
 def status_rows(view: JobView) -> list[tuple[str, str]]:
     """The status table's rows (pure): only facts the status has."""
-    epoch = f"{view.epoch}/{view.num_epochs}" if view.epoch is not None and view.num_epochs else _cell(view.epoch)
-    samples = (
-        f"{view.samples}/{view.total_samples}" if view.samples is not None and view.total_samples else _cell(view.samples)
-    )
+    from sft_operator.api.progress_text import epoch_text, samples_text
+
     rows = [
         ("Job", f"{view.namespace}/{view.name}"),
         ("Phase", view.phase),
         ("Nodes", view.nodes),
-        ("Stage", _cell(view.stage)),
-        ("Epoch", epoch),
-        ("Samples", samples),
-        ("Progress", _cell(view.percent, "{:.0f}%")),
-        ("Loss", _cell(view.loss, "{:.4g}")),
-        ("Throughput", _cell(view.throughput, "{:.3g} samples/s")),
-        ("ETA", _cell(view.eta)),
-        ("Updated", _cell(view.updated)),
+        ("Stage", cell(view.stage)),
+        ("Epoch", epoch_text(view)),
+        ("Samples", samples_text(view)),
+        ("Progress", cell(view.percent, "{:.0f}%")),
+        ("Loss", cell(view.loss, "{:.4g}")),
+        ("Throughput", cell(view.throughput, "{:.3g} samples/s")),
+        ("ETA", cell(view.eta)),
+        ("Resumes from", cell(view.resumes_from)),
+        ("Updated", cell(view.updated)),
         ("Reason", " ".join(filter(None, [view.reason, view.message])) if view.reason or view.message else ""),
     ]
     return [(key, value) for key, value in rows if value]
 
 
-@app.command()
+@commands.command()
 def status(
-    name: Annotated[str, typer.Argument(help="SFTJob name.")],
+    name: JobNameArgument,
     namespace: NamespaceOption = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table, yaml or json.")] = "table",
     kubeconfig: KubeconfigOption = None,
@@ -265,81 +229,87 @@ def status(
     """An SFTJob's phase, progress and checkpoints."""
     from rich.table import Table
 
-    client, namespace = _connect(kubeconfig, context, namespace)
+    client, namespace = connect(kubeconfig, context, namespace)
     try:
-        job = _api().get_job(client, name, namespace)
-    except _api().SFTJobNotFoundError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+        job = api().get_job(client, name, namespace)
+    except api().SFTJobNotFoundError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
     if output in ("yaml", "json"):
         status_body = job.get("status") or {}
         typer.echo(json.dumps(status_body, indent=2) if output == "json" else yaml.safe_dump(status_body, sort_keys=False))
         return
-    view = _api().view_job(job)
-    console = _console()
+    view = api().view_job(job)
+    out = console()
     summary = Table(show_header=False, box=None)
     for key, value in status_rows(view):
         summary.add_row(f"[bold]{key}[/bold]", value)
-    console.print(summary)
+    out.print(summary)
     if view.checkpoints:
         table = Table(title="Checkpoints", title_justify="left")
         for column in ("Name", "Epoch", "Samples", "Saved", "Path"):
             table.add_column(column)
         for checkpoint in view.checkpoints:
             table.add_row(
-                checkpoint.name, _cell(checkpoint.epoch), _cell(checkpoint.samples), _cell(checkpoint.time), checkpoint.path
+                checkpoint.name, cell(checkpoint.epoch), cell(checkpoint.samples), cell(checkpoint.time), checkpoint.path
             )
-        console.print(table)
+        out.print(table)
     else:
-        console.print("No checkpoints yet.")
+        out.print("No checkpoints yet.")
 
 
-@app.command("wait")
+@commands.command("wait")
 def wait_command(
-    name: Annotated[str, typer.Argument(help="SFTJob name.")],
+    name: JobNameArgument,
     namespace: NamespaceOption = None,
     timeout: TimeoutOption = None,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
     """Follow an SFTJob until it ends; print its checkpoints. Exit 1 if it Failed; Ctrl-C leaves it running."""
-    client, namespace = _connect(kubeconfig, context, namespace)
+    client, namespace = connect(kubeconfig, context, namespace)
     _wait(client, name, namespace, timeout)
 
 
+# `kubectl get sft`'s printer columns (crd.py) with the ETA after the loss.
+LIST_COLUMNS = ("NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "ETA", "LATEST CHECKPOINT", "AGE")
+
+
 def list_row(view: JobView, now: datetime | None = None) -> list[str]:
-    """One `list` line (pure): name, phase, nodes, epoch, progress, loss, latest checkpoint, age."""
-    epoch = f"{view.epoch}/{view.num_epochs}" if view.epoch is not None and view.num_epochs else _cell(view.epoch)
+    """One `list` line (pure): `kubectl get sft`'s columns plus the ETA (LIST_COLUMNS)."""
+    from sft_operator.api.progress_text import epoch_text
+
     latest = view.checkpoints[-1].name if view.checkpoints else ""
     return [
         view.name,
         view.phase,
         view.nodes,
-        epoch,
-        _cell(view.percent, "{:.0f}%"),
-        _cell(view.loss, "{:.4g}"),
+        epoch_text(view),
+        cell(view.percent, "{:.0f}%"),
+        cell(view.loss, "{:.4g}"),
+        cell(view.eta),
         latest,
         _age(view.created, now),
     ]
 
 
-@app.command("list")
+@commands.command("list")
 def list_command(
     namespace: NamespaceOption = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
-    """SFTJobs with their phase and progress."""
+    """SFTJobs: phase, nodes, epoch, progress, loss, ETA, latest checkpoint, age."""
     from rich.table import Table
 
-    client, namespace = _connect(kubeconfig, context, namespace)
-    api = _api()
-    views = [api.view_job(job) for job in api.list_jobs(client, None if all_namespaces else namespace)]
+    client, namespace = connect(kubeconfig, context, namespace)
+    sft_api = api()
+    views = [sft_api.view_job(job) for job in sft_api.list_jobs(client, None if all_namespaces else namespace)]
     if not views:
         typer.echo("No SFTJobs" + ("." if all_namespaces else f" in {namespace}."))
         return
     table = Table(box=None, header_style="bold")
-    columns = ["NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "LATEST CHECKPOINT", "AGE"]
+    columns = list(LIST_COLUMNS)
     if all_namespaces:
         columns.insert(0, "NAMESPACE")
     for column in columns:
@@ -347,4 +317,4 @@ def list_command(
     for view in views:
         row = list_row(view)
         table.add_row(*([view.namespace] if all_namespaces else []), *row)
-    _console().print(table)
+    console().print(table)

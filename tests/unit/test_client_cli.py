@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from sft_operator.api.results import view_job
 from sft_operator.cli import app
-from sft_operator.cli_jobs import list_row, parse_value, status_rows
+from sft_operator.cli_jobs import LIST_COLUMNS, list_row, parse_value, status_rows
 from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
 from typer.testing import CliRunner
 
@@ -128,9 +128,17 @@ def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
         ("ETA", "1m05s"),
     ]
     now = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
-    assert list_row(view, now) == ["qwen", "Running", "2/2", "2/3", "50%", "0.9123", "samples_100", "2h"]
+    assert LIST_COLUMNS == ("NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "ETA", "LATEST CHECKPOINT", "AGE")
+    assert list_row(view, now) == ["qwen", "Running", "2/2", "2/3", "50%", "0.9123", "1m05s", "samples_100", "2h"]
     pending = view_job({"metadata": {"name": "new", "namespace": "ml"}, "spec": {}})
-    assert list_row(pending, now) == ["new", "Pending", "", "", "", "", "", ""]
+    assert list_row(pending, now) == ["new", "Pending", "", "", "", "", "", "", ""]
+
+
+def test_list_has_kubectl_get_sfts_columns_plus_the_eta() -> None:
+    from sft_operator.crd import PRINTER_COLUMNS
+
+    printed = [column["name"].upper() for column in PRINTER_COLUMNS]
+    assert [c for c in LIST_COLUMNS if c != "ETA"] == ["NAME", *printed]
 
 
 def test_the_operator_cli_does_not_need_the_api_package() -> None:

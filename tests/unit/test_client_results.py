@@ -1,5 +1,6 @@
-"""Status -> what sft() returns and shows (pure): progress facts, checkpoints as reusable paths,
-failure reason, plain progress lines."""
+"""Status -> what sft() returns and shows (pure): the status read through the operator's models
+(SFTJobStatus, TrainingProgress), checkpoints as reusable paths, failure reason, and the one
+progress formatter behind both the plain lines and the progress bar."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import io
 from typing import Any
 
 from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.progress_text import progress_facts, progress_line
 from sft_operator.api.results import (
     Checkpoint,
     failure_of,
     format_duration,
-    progress_line,
+    parse_status,
     result_of,
     view_job,
 )
-from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 
 SPEC = {
     "modelPath": "Qwen/Qwen2.5-7B-Instruct", "dataPath": "/data/train.jsonl", "numEpochs": 3,
@@ -93,9 +95,34 @@ def test_an_object_the_models_refuse_still_shows_its_checkpoints() -> None:
     assert view_job(job({"progress": REPORTED}, spec=spec)).checkpoints[0].path == "/checkpoints/hf_format/samples_100"
 
 
-def test_percent_is_derived_when_only_samples_are_known() -> None:
-    view = view_job(job({"phase": "Running", "samplesSeen": 30, "totalSamples": 120}))
-    assert view.percent == 25.0
+def test_a_partial_progress_shows_what_it_carries_not_the_models_defaults() -> None:
+    only_checkpoints = {"checkpoints": [{"name": "samples_8", "path": "hf_format/samples_8", "time": T}]}
+    view = view_job(job({"phase": "Running", "progress": only_checkpoints}))
+    assert (view.stage, view.epoch, view.samples, view.percent, view.loss, view.eta) == (None,) * 6
+    assert view.num_epochs == 3  # the spec's
+    assert progress_line(view) == "ml/qwen Running checkpoints 1 (latest samples_8)"
+
+
+def test_names_the_status_schema_does_not_have_are_not_read() -> None:
+    guessed = {"phase": "Running", "samplesSeen": 30, "totalSamples": 120, "percentComplete": 25,
+               "progress": {"currentEpoch": 2, "progressPercent": 40, "loss": 1.5, "savedAt": T}}
+    assert progress_line(view_job(job(guessed))) == "ml/qwen Running"
+
+
+def test_a_progress_this_client_cannot_read_is_left_out_and_the_rest_kept() -> None:
+    newer = {"phase": "Running", "nodes": "2/2", "progress": {"stage": "Distilling", "epoch": 1}}
+    assert progress_line(view_job(job(newer))) == "ml/qwen Running"
+    assert parse_status(newer).nodes == "2/2"
+    assert parse_status({"phase": "Hibernating"}).phase.value == "Pending"
+
+
+def test_the_full_state_a_resume_starts_from() -> None:
+    progress = TrainingProgress(
+        epoch=1, num_epochs=3,
+        latest_full_state=FullStateInfo(name="epoch_0", path="full_state/epoch_0", epoch=1, samples=100, time=T),
+    ).to_api()
+    view = view_job(job({"phase": "Suspended", "readyNodes": 0, "progress": progress}))
+    assert (view.phase, view.ready_nodes, view.resumes_from) == ("Suspended", 0, "full_state/epoch_0")
 
 
 def test_result_carries_phase_checkpoints_and_last_metrics() -> None:
@@ -114,19 +141,21 @@ def test_failure_reason_comes_from_the_failed_condition() -> None:
     status = {
         "phase": "Failed",
         "conditions": [
-            {"type": "Ready", "status": "False", "reason": "NodesPending", "message": "0/2"},
-            {"type": "Failed", "status": "True", "reason": "RestartLimitExceeded", "message": "exit 1: OOM"},
+            {"type": "Ready", "status": "False", "reason": "NodesPending", "message": "0/2", "lastTransitionTime": T},
+            {"type": "Failed", "status": "True", "reason": "TooManyRestarts", "message": "exit 1: OOM",
+             "lastTransitionTime": T},
         ],
     }
-    assert failure_of(status) == ("RestartLimitExceeded", "exit 1: OOM")
+    assert failure_of(parse_status(status)) == ("TooManyRestarts", "exit 1: OOM")
     view = view_job(job(status))
-    assert (view.reason, view.message) == ("RestartLimitExceeded", "exit 1: OOM")
-    assert progress_line(view) == "ml/qwen Failed reason RestartLimitExceeded: exit 1: OOM"
+    assert (view.reason, view.message) == ("TooManyRestarts", "exit 1: OOM")
+    assert progress_line(view) == "ml/qwen Failed reason TooManyRestarts: exit 1: OOM"
     invalid = {"phase": "Failed", "conditions": [
-        {"type": "SpecValid", "status": "False", "reason": "InvalidSpec", "message": "spec.numEpochs: bad"},
+        {"type": "SpecValid", "status": "False", "reason": "InvalidSpec", "message": "spec.numEpochs: bad",
+         "lastTransitionTime": T},
     ]}
-    assert failure_of(invalid) == ("InvalidSpec", "spec.numEpochs: bad")
-    assert failure_of({"phase": "Failed"}) == (None, None)
+    assert failure_of(parse_status(invalid)) == ("InvalidSpec", "spec.numEpochs: bad")
+    assert failure_of(parse_status({"phase": "Failed"})) == (None, None)
 
 
 def test_durations() -> None:
@@ -153,9 +182,17 @@ def test_rich_progress_on_a_terminal_shows_the_facts() -> None:
     with ProgressDisplay(stream=out, rich_output=True, width=200) as display:
         display.update(job({"phase": "Running", "progress": REPORTED}))
     text = out.getvalue()
-    for fact in ("qwen Running", "50%", "epoch 2/3", "150/300 samples", "loss 0.9123", "ETA 12m05s", "Training",
-                 "ckpt samples_100"):
-        assert fact in text, (fact, text)
+    detail = "Training  epoch 2/3  samples 150/300  loss 0.9123  12.5 samples/s  eta 12m05s  checkpoints 1 (latest samples_100)"
+    assert "qwen Running" in text and " 50% " in text and detail in text, text
+
+
+def test_the_bar_and_the_line_show_the_same_facts() -> None:
+    view = view_job(job({"phase": "Running", "progress": REPORTED}))
+    assert progress_facts(view, percent=False) == [
+        "Training", "epoch 2/3", "samples 150/300", "loss 0.9123", "12.5 samples/s", "eta 12m05s",
+        "checkpoints 1 (latest samples_100)",
+    ]
+    assert progress_line(view) == " ".join(["ml/qwen", "Running", *progress_facts(view)])
 
 
 def test_a_narrow_terminal_cuts_the_details_not_the_bar() -> None:
@@ -163,7 +200,7 @@ def test_a_narrow_terminal_cuts_the_details_not_the_bar() -> None:
     with ProgressDisplay(stream=out, rich_output=True, width=80) as display:
         display.update(job({"phase": "Running", "progress": REPORTED}))
     (line,) = out.getvalue().splitlines()
-    assert line.startswith("qwen Running ━") and "50% epoch 2/3" in line and line.endswith("…")
+    assert line.startswith("qwen Running ━") and "50% Training  epoch 2/3" in line and line.endswith("…")
     assert len(line) <= 80
 
 

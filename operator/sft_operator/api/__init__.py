@@ -3,10 +3,14 @@
     from sft_operator.api import sft    # was: from training_hub import sft
 
 See docs/python-api.md. Modules: paths (where paths live), mapping (parameters -> SFTJob,
-pure), results (status -> progress and result, pure), display, jobs (API I/O), training_hub.
+pure), results (status -> view and result, pure), progress_text (the view as text, pure),
+display, jobs (connect, create, get, list, follow), lifecycle (suspend, resume, delete),
+pod_logs, job_events, handle (one job by name), training_hub.
 """
 
 from sft_operator.api.display import ProgressDisplay
+from sft_operator.api.handle import SFTJobHandle, open_job
+from sft_operator.api.job_events import JobEvent
 from sft_operator.api.jobs import (
     SFTJobNotFoundError,
     connect,
@@ -16,12 +20,14 @@ from sft_operator.api.jobs import (
     list_jobs,
     wait_for_job,
 )
+from sft_operator.api.lifecycle import Deletion, delete_job, resume_job, suspend_job
 from sft_operator.api.mapping import (
     ClusterOptions,
     ParameterProblem,
     SFTParameterError,
     build_sftjob,
 )
+from sft_operator.api.pod_logs import LogsUnavailableError
 from sft_operator.api.results import (
     Checkpoint,
     JobView,
@@ -42,24 +48,32 @@ __all__ = [
     "Backend",
     "Checkpoint",
     "ClusterOptions",
+    "Deletion",
     "InstructLabTrainingSFTBackend",
+    "JobEvent",
     "JobView",
     "KubernetesSFTBackend",
+    "LogsUnavailableError",
     "ParameterProblem",
     "ProgressDisplay",
     "SFTAlgorithm",
     "SFTJobDeletedError",
     "SFTJobFailedError",
+    "SFTJobHandle",
     "SFTJobNotFoundError",
     "SFTJobResult",
     "SFTParameterError",
     "build_sftjob",
     "connect",
     "create_job",
+    "delete_job",
     "follow_job",
     "get_job",
     "list_jobs",
+    "open_job",
+    "resume_job",
     "sft",
+    "suspend_job",
     "view_job",
     "wait_for_job",
 ]

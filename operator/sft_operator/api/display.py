@@ -5,26 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from sft_operator.api.results import JobView, progress_line, view_job
-
-
-def _detail(view: JobView) -> str:
-    parts = []  # most wanted first: a narrow terminal cuts the end
-    if view.epoch is not None:
-        parts.append(f"epoch {view.epoch}/{view.num_epochs}" if view.num_epochs else f"epoch {view.epoch}")
-    if view.samples is not None:
-        parts.append(f"{view.samples}/{view.total_samples} samples" if view.total_samples else f"{view.samples} samples")
-    if view.loss is not None:
-        parts.append(f"loss {view.loss:.4g}")
-    if view.throughput is not None:
-        parts.append(f"{view.throughput:.3g}/s")
-    if view.eta:
-        parts.append(f"ETA {view.eta}")
-    if view.stage:
-        parts.append(view.stage)
-    if view.checkpoints:
-        parts.append(f"ckpt {view.checkpoints[-1].name}")
-    return "  ".join(parts)
+from sft_operator.api.progress_text import progress_facts, progress_line
+from sft_operator.api.results import JobView, view_job
+from sft_operator.models import Phase
 
 
 class ProgressDisplay:
@@ -98,10 +81,11 @@ class ProgressDisplay:
         self._detail_column.max_width = max(10, self._progress.console.width - len(description) - 24 - 12)
         total = 100.0 if view.percent is not None else None
         completed = view.percent or 0.0
-        if view.phase == "Succeeded":
+        detail = "  ".join(progress_facts(view, percent=False))
+        if view.phase == Phase.SUCCEEDED.value:
             total, completed = 100.0, 100.0
         if self._task is None:
-            self._task = self._progress.add_task(description, total=total, completed=completed, detail=_detail(view))
+            self._task = self._progress.add_task(description, total=total, completed=completed, detail=detail)
         else:
-            self._progress.update(self._task, description=description, total=total, completed=completed, detail=_detail(view))
+            self._progress.update(self._task, description=description, total=total, completed=completed, detail=detail)
         return view

@@ -14,7 +14,9 @@ from sft_operator.api.results import (
     SFTJobDeletedError,
     SFTJobFailedError,
     SFTJobResult,
+    JobView,
     failure_of,
+    parse_status,
     result_of,
     view_job,
 )
@@ -94,9 +96,10 @@ def follow_job(
     namespace: str,
     on_change: Callable[[dict[str, Any]], Any],
     timeout: float | None = None,
+    until: Callable[[JobView], bool] = lambda view: view.finished,
 ) -> dict[str, Any]:
-    """Call ``on_change`` with the job now and with every new version, until it is Succeeded or
-    Failed; return that last version. A watch, not polling: one request per
+    """Call ``on_change`` with the job now and with every new version, until ``until`` says so
+    (default: it is Succeeded or Failed); return that last version. A watch, not polling: one request per
     WATCH_REQUEST_SECONDS when nothing happens. Raises TimeoutError (the job keeps running),
     SFTJobDeletedError, SFTJobNotFoundError."""
     from kubernetes import watch
@@ -106,7 +109,7 @@ def follow_job(
     custom = _custom(api_client)
     job = get_job(api_client, name, namespace)
     on_change(job)
-    while not view_job(job).finished:
+    while not until(view_job(job)):
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise TimeoutError(
@@ -132,7 +135,7 @@ def follow_job(
                     raise SFTJobDeletedError(f"SFTJob {namespace}/{name} was deleted while waiting for it")
                 job = obj
                 on_change(job)
-                if view_job(job).finished:
+                if until(view_job(job)):
                     return job
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -155,13 +158,15 @@ def wait_for_job(
     timeout: float | None = None,
     display: ProgressDisplay | None = None,
     manifest: dict[str, Any] | None = None,
+    until: Callable[[JobView], bool] = lambda view: view.finished,
 ) -> SFTJobResult:
-    """Follow the job to its end with a progress display; return its result, or raise
-    SFTJobFailedError with the job's reason and message. Ctrl-C stops waiting, not the job."""
+    """Follow the job with a progress display until ``until`` (default: its end); return its
+    result, or raise SFTJobFailedError with the job's reason and message. Ctrl-C stops waiting,
+    not the job."""
     display = display if display is not None else ProgressDisplay()
     with display:
         try:
-            job = follow_job(api_client, name, namespace, display.update, timeout=timeout)
+            job = follow_job(api_client, name, namespace, display.update, timeout=timeout, until=until)
         except KeyboardInterrupt:
             display.note(
                 f"Stopped waiting; SFTJob {namespace}/{name} keeps running. "
@@ -170,6 +175,6 @@ def wait_for_job(
             raise
     result = result_of(job, manifest)
     if result.phase == Phase.FAILED.value:
-        reason, message = failure_of(job.get("status") or {})
+        reason, message = failure_of(parse_status(job.get("status")))
         raise SFTJobFailedError(result, reason, message)
     return result

@@ -34,6 +34,7 @@ from sft_operator.api.paths import (
     place_pod_paths,
 )
 from sft_operator.models import (
+    MAX_JOB_NAME_LENGTH,
     CheckpointVolume,
     ClaimTemplate,
     InvalidSpecError,
@@ -127,8 +128,8 @@ PARAM_OF_SPEC_PATH: dict[str, str] = {
 
 JOB_NAME_PREFIX = "sft-"
 JOB_NAME_SUFFIX_LENGTH = 5
-# models.MAX_JOB_NAME_LENGTH minus the prefix and "-<suffix>".
-MAX_MODEL_SLUG_LENGTH = 52 - len(JOB_NAME_PREFIX) - 1 - JOB_NAME_SUFFIX_LENGTH
+# What is left of a job name for the model's slug: the name's limit minus the prefix and "-<suffix>".
+MAX_MODEL_SLUG_LENGTH = MAX_JOB_NAME_LENGTH - len(JOB_NAME_PREFIX) - 1 - JOB_NAME_SUFFIX_LENGTH
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def param_for_spec_path(spec_path: str) -> str:
 
 
 def generate_job_name(model_path: str, suffix: str | None = None) -> str:
-    """sft-<model>-<5 random characters>, a valid job name (DNS-1035, at most 52 characters)."""
+    """sft-<model>-<5 random characters>, a valid job name (DNS-1035, at most MAX_JOB_NAME_LENGTH)."""
     if suffix is None:
         alphabet = string.ascii_lowercase + string.digits
         suffix = "".join(secrets.choice(alphabet) for _ in range(JOB_NAME_SUFFIX_LENGTH))

@@ -1,8 +1,9 @@
 """What an SFTJob object says about its run, for people and for sft()'s caller (pure).
 
-Reads whichever status fields exist: phase and conditions from the operator core, progress and
-checkpoints once the status reporter writes them (stage, epoch, samples, percent, loss,
-throughput, ETA, checkpoints). Unknown or missing fields are simply not shown.
+The status is read with the operator's own models (``SFTJobStatus``, ``TrainingProgress``): the
+fields they define, under the names they define. A job the operator has not reached yet has no
+status, and a job whose pods have not reported has no ``progress``; a progress fact the status
+does not carry (``model_fields_set``) is shown as unknown, never as the model's default.
 """
 
 from __future__ import annotations
@@ -15,26 +16,11 @@ from pydantic import ValidationError
 
 from sft_operator import contract
 from sft_operator.api.paths import pod_path_to_url
-from sft_operator.checkpoints import HF_FORMAT_DIR
-from sft_operator.models import ConditionType, InvalidSpecError, Phase, parse_job
+from sft_operator.models import ConditionType, InvalidSpecError, Phase, SFTJobStatus, parse_job
+from sft_operator.progress import TrainingProgress
 from sft_operator.render import claim_name
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
-
-# Where each progress fact may be found, first match wins; looked up in status.progress (if the
-# reporter nests it) and then in status itself.
-_KEYS: dict[str, tuple[str, ...]] = {
-    "stage": ("stage",),
-    "epoch": ("epoch", "currentEpoch"),
-    "num_epochs": ("numEpochs", "totalEpochs", "epochs"),
-    "samples": ("samplesSeen", "samples"),
-    "total_samples": ("totalSamples", "samplesTotal"),
-    "percent": ("percent", "percentComplete", "progressPercent"),
-    "loss": ("loss", "lastLoss"),
-    "throughput": ("throughput", "samplesPerSecond"),
-    "eta": ("etaSeconds", "eta"),
-    "updated": ("lastUpdateTime", "updateTime", "updatedAt"),
-}
 
 
 @dataclass(frozen=True)
@@ -51,7 +37,7 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class JobView:
-    """One SFTJob as sft()/the CLI show it."""
+    """One SFTJob as sft()/the CLI show it; None: the status does not say."""
 
     name: str
     namespace: str
@@ -70,7 +56,9 @@ class JobView:
     reason: str | None = None
     message: str | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
+    resumes_from: str | None = None  # the newest complete full_state, relative to the checkpoint directory
     created: str | None = None
+    ready_nodes: int = 0
 
     @property
     def finished(self) -> bool:
@@ -91,29 +79,18 @@ class JobView:
         return {key: value for key, value in values.items() if value is not None}
 
 
-def _lookup(sources: list[dict[str, Any]], keys: tuple[str, ...]) -> Any:
-    for source in sources:
-        for key in keys:
-            value = source.get(key)
-            if value is not None and not isinstance(value, (dict, list)):
-                return value
-    return None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
+def parse_status(raw: dict[str, Any] | None) -> SFTJobStatus:
+    """The job's status through the operator's model. A status this client's models cannot read
+    (written by a newer operator) keeps what they can: without its progress, else nothing."""
+    raw = raw or {}
     try:
-        return float(str(value).strip().rstrip("%"))
-    except ValueError:
-        return None
-
-
-def _int(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None else None
+        return SFTJobStatus.model_validate(raw)
+    except ValidationError:
+        pass
+    try:
+        return SFTJobStatus.model_validate({key: value for key, value in raw.items() if key != "progress"})
+    except ValidationError:
+        return SFTJobStatus()
 
 
 def format_duration(seconds: float) -> str:
@@ -127,29 +104,16 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _eta(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format_duration(value)
-    return str(value)
-
-
-def failure_of(status: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(reason, message) of a failed job: its Failed condition, else any False condition."""
-    conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
-    for condition in conditions:
-        if condition.get("type") == ConditionType.FAILED.value and condition.get("status") == "True":
-            return condition.get("reason"), condition.get("message")
-    for condition in conditions:
-        if condition.get("status") == "False" and condition.get("type") == ConditionType.SPEC_VALID.value:
-            return condition.get("reason"), condition.get("message")
-    if status.get("reason") or status.get("message"):
-        return status.get("reason"), status.get("message")
+def failure_of(status: SFTJobStatus) -> tuple[str | None, str | None]:
+    """(reason, message) of a failed job: its Failed condition, else a refused spec (SpecValid=False)."""
+    for wanted_type, wanted_status in ((ConditionType.FAILED, "True"), (ConditionType.SPEC_VALID, "False")):
+        for condition in status.conditions:
+            if condition.type == wanted_type.value and condition.status == wanted_status:
+                return condition.reason, condition.message
     return None, None
 
 
-def _checkpoint_place(job: dict[str, Any]) -> tuple[str, str | None]:
+def _checkpoint_dir_and_claim(job: dict[str, Any]) -> tuple[str, str | None]:
     """(ckpt_output_dir in the pods, the checkpoint claim's name) as the operator renders them;
     for an object the models refuse, the raw spec's path and existing claim."""
     try:
@@ -161,110 +125,71 @@ def _checkpoint_place(job: dict[str, Any]) -> tuple[str, str | None]:
     return parsed.spec.ckpt_output_dir, claim_name(parsed)
 
 
-def _checkpoint_entries(status: dict[str, Any]) -> list[Any]:
-    entries = status.get("checkpoints")
-    if entries is None and isinstance(status.get("progress"), dict):
-        entries = status["progress"].get("checkpoints")
-    if isinstance(entries, dict):  # e.g. {"hfFormat": [...], "latestFullState": {...}}
-        entries = next((value for value in entries.values() if isinstance(value, list)), [])
-    return entries if isinstance(entries, list) else []
-
-
-def checkpoints_of(job: dict[str, Any]) -> tuple[Checkpoint, ...]:
-    status = job.get("status") or {}
-    entries = _checkpoint_entries(status)
-    if not entries:
+def checkpoints_of(job: dict[str, Any], progress: TrainingProgress | None) -> tuple[Checkpoint, ...]:
+    if progress is None or not progress.checkpoints:
         return ()
-    root, claim = _checkpoint_place(job)
+    root, claim = _checkpoint_dir_and_claim(job)
     found = []
-    for entry in entries:
-        if isinstance(entry, str):
-            entry = {"name": posixpath.basename(entry.rstrip("/")), "path": entry}
-        if not isinstance(entry, dict) or not (entry.get("name") or entry.get("path")):
-            continue
-        path = entry.get("path")
-        entry_name = entry.get("name") or posixpath.basename(str(path).rstrip("/"))
-        if path is None:
-            pod_path = posixpath.join(root, HF_FORMAT_DIR, entry_name)
-        elif str(path).startswith("/"):
-            pod_path = str(path)
-        else:  # relative to the checkpoint directory
-            pod_path = posixpath.normpath(posixpath.join(root, str(path)))
+    for info in progress.checkpoints:
+        pod_path = posixpath.normpath(posixpath.join(root, info.path))  # info.path: relative to the directory
         found.append(
             Checkpoint(
-                name=entry_name,
+                name=info.name,
                 path=pod_path_to_url(pod_path, claim),
                 pod_path=pod_path,
-                samples=_int(entry.get("samples", entry.get("samplesSeen"))),
-                epoch=_int(entry.get("epoch")),
-                time=entry.get("time") or entry.get("savedAt") or entry.get("lastModified"),
+                samples=info.samples,
+                epoch=info.epoch,
+                time=info.time,
             )
         )
     return tuple(found)
 
 
+def _reported(progress: TrainingProgress | None, field_name: str) -> Any:
+    """A progress field as the status carries it; None when the status leaves it out."""
+    if progress is None or field_name not in progress.model_fields_set:
+        return None
+    return getattr(progress, field_name)
+
+
+def _float(text: str | None) -> float | None:
+    return None if text is None else float(text)  # the status's decimal strings (TrainingProgress)
+
+
 def view_job(job: dict[str, Any]) -> JobView:
     """The JobView of an SFTJob object as the API returns it."""
     metadata = job.get("metadata") or {}
-    spec = job.get("spec") or {}
-    status = job.get("status") or {}
-    name = metadata.get("name", "")
-    sources = [status["progress"]] if isinstance(status.get("progress"), dict) else []
-    sources.append(status)
-    found = {fact: _lookup(sources, keys) for fact, keys in _KEYS.items()}
-    samples, total = _int(found["samples"]), _int(found["total_samples"])
-    percent = _number(found["percent"])
-    if percent is None and samples is not None and total:
-        percent = 100.0 * samples / total
-    phase = status.get("phase") or Phase.PENDING.value
+    status = parse_status(job.get("status"))
+    progress = status.progress
+    stage = _reported(progress, "stage")
+    eta_seconds = _reported(progress, "eta_seconds")
+    full_state = _reported(progress, "latest_full_state")
+    spec_epochs = (job.get("spec") or {}).get("numEpochs")
+    phase = status.phase.value
     reason, message = failure_of(status) if phase == Phase.FAILED.value else (None, None)
-    nodes = status.get("nodes") or ""
-    if not nodes and status.get("totalNodes"):
-        nodes = f"{status.get('readyNodes', 0)}/{status['totalNodes']}"
+    nodes = status.nodes or (f"{status.ready_nodes}/{status.total_nodes}" if status.total_nodes else "")
     return JobView(
-        name=name,
+        name=metadata.get("name", ""),
         namespace=metadata.get("namespace", ""),
         phase=phase,
         nodes=nodes,
-        stage=found["stage"],
-        epoch=_int(found["epoch"]),
-        num_epochs=_int(found["num_epochs"]) or _int(spec.get("numEpochs")),
-        samples=samples,
-        total_samples=total,
-        percent=percent,
-        loss=_number(found["loss"]),
-        throughput=_number(found["throughput"]),
-        eta=_eta(found["eta"]),
-        updated=found["updated"],
+        stage=None if stage is None else stage.value,
+        epoch=_reported(progress, "epoch"),
+        num_epochs=_reported(progress, "num_epochs") or (spec_epochs if isinstance(spec_epochs, int) else None),
+        samples=_reported(progress, "samples_seen"),
+        total_samples=_reported(progress, "total_samples"),
+        percent=None if (percent := _reported(progress, "percent")) is None else float(percent),
+        loss=_float(_reported(progress, "last_loss")),
+        throughput=_float(_reported(progress, "throughput")),
+        eta=None if eta_seconds is None else format_duration(eta_seconds),
+        updated=_reported(progress, "last_update_time"),
         reason=reason,
         message=message,
-        checkpoints=checkpoints_of(job),
+        checkpoints=checkpoints_of(job, progress),
+        resumes_from=None if full_state is None else full_state.path,
         created=metadata.get("creationTimestamp"),
+        ready_nodes=status.ready_nodes,
     )
-
-
-def progress_line(view: JobView) -> str:
-    """One plain line: what changed is what a log reader needs."""
-    parts = [f"{view.namespace}/{view.name}", view.phase]
-    if view.stage:
-        parts.append(view.stage)
-    if view.epoch is not None:
-        parts.append(f"epoch {view.epoch}/{view.num_epochs}" if view.num_epochs else f"epoch {view.epoch}")
-    if view.samples is not None:
-        parts.append(f"samples {view.samples}/{view.total_samples}" if view.total_samples else f"samples {view.samples}")
-    if view.percent is not None:
-        parts.append(f"{view.percent:.0f}%")
-    if view.loss is not None:
-        parts.append(f"loss {view.loss:.4g}")
-    if view.throughput is not None:
-        parts.append(f"{view.throughput:.3g} samples/s")
-    if view.eta:
-        parts.append(f"eta {view.eta}")
-    if view.checkpoints:
-        parts.append(f"checkpoints {len(view.checkpoints)} (latest {view.checkpoints[-1].name})")
-    if view.reason:
-        parts.append(f"reason {view.reason}: {view.message or ''}".rstrip(": "))
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)

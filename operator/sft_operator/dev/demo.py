@@ -36,7 +36,8 @@ def demo_manifest(assets_dir: Path, example: Path = EXAMPLE) -> dict[str, Any]:
 def describe(job: dict[str, Any]) -> str:
     """One line on where a job stands: the Python API's plain progress line, so the demo and
     `sft-operator wait` read the status the same way."""
-    from sft_operator.api.results import progress_line, view_job
+    from sft_operator.api.progress_text import progress_line
+    from sft_operator.api.results import view_job
 
     return progress_line(view_job(job))
 
