@@ -85,3 +85,49 @@ def test_build_context_holds_what_it_copies() -> None:
         for source in sources:
             assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
             assert (ROOT / source).exists(), f"COPY {source}: no such path"
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions (FROM line included)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, rest in instructions():
+        if keyword == "FROM":
+            words = rest.split()
+            current = words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else "<final>"
+            out[current] = []
+        if current is not None:
+            out[current].append((keyword, rest))
+    return out
+
+
+def test_production_defaults_are_the_cuda_flavour() -> None:
+    """FLAVOR defaults to cuda, and that flavour is what the file always built: CUDA runtime
+    base, uv's standalone CPython, instructlab-training[cuda]."""
+    args = build_args()
+    assert args["FLAVOR"] == "cuda"
+    by_stage = stages()
+    assert by_stage["<final>"][0] == ("FROM", "runtime-${FLAVOR}")
+    assert by_stage["runtime-cuda"][0] == ("FROM", "${CUDA_RUNTIME_IMAGE} AS runtime-cuda")
+    assert args["CUDA_RUNTIME_IMAGE"].startswith("nvidia/cuda:")
+    build_runs = " ".join(rest for keyword, rest in by_stage["build"] if keyword == "RUN")
+    assert "uv python install" in build_runs and "instructlab-training[cuda]" in build_runs
+
+
+def test_cpu_flavour_installs_the_local_torch_wheel_and_no_cuda_extra() -> None:
+    by_stage = stages()
+    assert {"build-cpu", "runtime-cpu"} <= set(by_stage)
+    runs = " ".join(rest for keyword, rest in by_stage["build-cpu"] if keyword == "RUN")
+    assert "source=wheels" in runs and "/wheels/torch-*.whl" in runs
+    assert "--constraint /tmp/constraints.txt" in runs and "source=constraints.txt" in runs
+    assert '"instructlab-training==${INSTRUCTLAB_TRAINING_VERSION}"' in runs
+    assert "[cuda]" not in runs
+    # The CPU stages take nothing from the CUDA or uv images.
+    cpu_text = repr(by_stage["build-cpu"] + by_stage["runtime-cpu"])
+    assert "CUDA" not in cpu_text and "--from=uv" not in cpu_text
+
+
+def test_no_syntax_directive() -> None:
+    """A `# syntax=` line makes BuildKit pull a frontend image; the built-in one must do."""
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not any(re.match(r"#\s*syntax\s*=", line, re.I) for line in first_lines)
