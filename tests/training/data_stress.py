@@ -148,9 +148,10 @@ def stress(model_dir: Path, data_path: Path, work: Path, *, runs: int, inject_ev
             if inject:
                 injector.arm()
             begin = time.monotonic()
-            supervised = data_watchdog.run_supervised(
-                data_once.PROCESS_TARGET, payload, stall_timeout=stall_timeout, attempts=3,
-                env=env)
+            with open(work / f"run-{number}.log", "wb") as output:  # the library's chatter
+                supervised = data_watchdog.run_supervised(
+                    data_once.PROCESS_TARGET, payload, stall_timeout=stall_timeout,
+                    attempts=3, env=env, output=output)
             injected = inject and injector.stopped_pid is not None
             injector.armed.clear()
             run = Run(number=number, injected=injected, seconds=time.monotonic() - begin,

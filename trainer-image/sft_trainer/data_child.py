@@ -46,14 +46,23 @@ class Channel:
     only updates that happened: it is no heartbeat."""
 
     def __init__(self, fd: int):
-        self.fd = fd
+        self.fd: int | None = fd
         self.lock = threading.Lock()
         self.last_sent = 0.0
         self.last_desc: str | None = None
         self.pending: dict | None = None
         threading.Thread(target=self._flush_pending, name="progress-flush", daemon=True).start()
+        # Pool workers forked from here must never send: a fork while another thread held the
+        # lock would leave it held in the worker forever (the very hang this guards against).
+        os.register_at_fork(after_in_child=self._silence)
+
+    def _silence(self) -> None:
+        self.fd = None
+        self.lock = threading.Lock()
 
     def send(self, **event) -> None:
+        if self.fd is None:
+            return
         data = (json.dumps(event, default=str) + "\n").encode()
         with self.lock:
             try:

@@ -118,7 +118,7 @@ class _Events:
 
 
 def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mapping[str, str],
-                python: str, monotonic: Callable[[], float] = time.monotonic
+                python: str, output=None, monotonic: Callable[[], float] = time.monotonic
                 ) -> tuple[Attempt, dict | None]:
     """One child, to its end. Returns the attempt and its final event (done or error), or None
     for a stall or a silent death. The child's process group is gone when this returns or
@@ -130,7 +130,7 @@ def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mappin
         process = subprocess.Popen(
             [python, "-m", "sft_trainer.data_child", json.dumps(request), str(write_fd)],
             pass_fds=(write_fd,), start_new_session=True, env=dict(env),
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     finally:
         os.close(write_fd)
     attempt.pid = process.pid
@@ -173,7 +173,10 @@ def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mappin
                 continue
             data = os.read(read_fd, 65536)
             if not data:  # every writer is gone: the child exited
-                process.wait()
+                try:
+                    process.wait(timeout=EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    break
                 continue
             for event in events.feed(data):
                 moment = monotonic()
@@ -214,10 +217,11 @@ def _drain(fd: int, events: _Events) -> list[dict]:
 
 
 def run_supervised(target: str, payload: dict, *, stall_timeout: float, attempts: int,
-                   env: Mapping[str, str] | None = None, python: str = sys.executable
-                   ) -> Supervised:
+                   env: Mapping[str, str] | None = None, python: str = sys.executable,
+                   output=None) -> Supervised:
     """``target(payload)`` (``module:function``, returning JSON) in a watched child; retried
-    after a stall or a silent death; its ConfigError / LauncherError re-raised here."""
+    after a stall or a silent death; its ConfigError / LauncherError re-raised here.
+    ``output``: the child's stdout and stderr (a file; default: the launcher's, the pod log)."""
     request = {"target": target, "payload": payload}
     env = dict(os.environ if env is None else env)
     for name in PROGRESS_DISABLING_ENV:  # a disabled bar reports nothing: it would look stalled
@@ -225,7 +229,7 @@ def run_supervised(target: str, payload: dict, *, stall_timeout: float, attempts
     history: list[Attempt] = []
     for number in range(1, attempts + 1):
         attempt, final = run_attempt(number, request, stall_timeout=stall_timeout, env=env,
-                                     python=python)
+                                     python=python, output=output)
         history.append(attempt)
         log.info("data processing attempt %d/%d (pid %d): %s in %.1fs, longest gap without "
                  "progress %.1fs", number, attempts, attempt.pid, attempt.outcome,
