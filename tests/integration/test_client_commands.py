@@ -77,7 +77,7 @@ def test_submit_status_list(crd: str, control_plane: Any, api_client: Any, names
     listed = cli(control_plane, "list", "-n", namespace)
     assert listed.exit_code == 0, listed.output
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "LATEST", "CHECKPOINT", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "ETA", "LATEST", "CHECKPOINT", "AGE"]
     assert row.split()[:3] == ["tiny", "Running", "1/1"]
 
     missing = cli(control_plane, "status", "nope", "-n", namespace)
