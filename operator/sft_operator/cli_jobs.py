@@ -46,7 +46,7 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text)
 
 
-def _pairs(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
+def _key_values(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -56,12 +56,7 @@ def _pairs(items: list[str] | None, option: str, parse: bool) -> dict[str, Any]:
     return found
 
 
-def connect(kubeconfig: Path | None, context: str | None, namespace: str | None) -> tuple[Any, str]:
-    client, context_namespace = api().connect(kubeconfig, context)
-    return client, namespace or context_namespace
-
-
-def _wait(client: Any, name: str, namespace: str, timeout: float | None) -> None:
+def _wait_and_print_checkpoints(client: Any, name: str, namespace: str, timeout: float | None) -> None:
     result = follow(client, name, namespace, timeout)
     for checkpoint in result.checkpoints:
         typer.echo(checkpoint.path)
@@ -120,7 +115,7 @@ def submit(
         "nproc_per_node": nproc_per_node,
     }
     training = {key: value for key, value in flags.items() if value is not None}
-    training.update(_pairs(set_, "--set", parse=True))
+    training.update(_key_values(set_, "--set", parse=True))
     if filename is not None:
         if training or any(v is not None for v in (image, device, checkpoint_storage, storage_class, env)):
             raise fail("give either --filename or training flags, not both", EXIT_INVALID)
@@ -134,7 +129,7 @@ def submit(
             device=device,
             checkpoint_storage=checkpoint_storage,
             storage_class=storage_class,
-            env=_pairs(env, "--env", parse=False) or None,
+            env=_key_values(env, "--env", parse=False) or None,
         )
         try:
             manifest, _ = backend.build(training)
@@ -152,7 +147,7 @@ def submit(
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:
-        _wait(client, job_name, target_namespace, timeout)
+        _wait_and_print_checkpoints(client, job_name, target_namespace, timeout)
     else:
         typer.echo(job_name)
 
@@ -267,7 +262,7 @@ def wait_command(
 ) -> None:
     """Follow an SFTJob until it ends; print its checkpoints. Exit 1 if it Failed; Ctrl-C leaves it running."""
     client, namespace = connect(kubeconfig, context, namespace)
-    _wait(client, name, namespace, timeout)
+    _wait_and_print_checkpoints(client, name, namespace, timeout)
 
 
 # `kubectl get sft`'s printer columns (crd.py) with the ETA after the loss.

@@ -27,7 +27,7 @@ commands = typer.Typer()
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job, with progress, until it is done.")]
 
 
-def _change(call: Any, name: str, namespace: str, client: Any) -> None:
+def _patch_or_exit(call: Any, name: str, namespace: str, client: Any) -> None:
     try:
         call(client, name, namespace)
     except api().SFTJobNotFoundError as exc:
@@ -48,7 +48,7 @@ def suspend(
     Sets spec.suspend=true. --wait follows it until no pod runs, then says what a resume starts from."""
     sft_api = api()
     client, namespace = connect(kubeconfig, context, namespace)
-    _change(sft_api.suspend_job, name, namespace, client)
+    _patch_or_exit(sft_api.suspend_job, name, namespace, client)
     typer.echo(f"sftjob.finetune.dev/{name} suspended in {namespace}", err=True)
     if not wait:
         return
@@ -56,7 +56,9 @@ def suspend(
 
     follow(client, name, namespace, timeout, until=suspended_and_stopped)
     view = sft_api.view_job(sft_api.get_job(client, name, namespace))
-    if view.resumes_from:
+    if view.finished:
+        typer.echo(f"the job is {view.phase}: its training is over, there is nothing to resume")
+    elif view.resumes_from:
         typer.echo(f"stopped; resuming starts from {view.resumes_from}")
     else:
         typer.echo("stopped; no full state saved yet: resuming starts training from the beginning")
@@ -76,7 +78,7 @@ def resume(
     Sets spec.suspend=false. --wait follows it to the end, like `wait`."""
     sft_api = api()
     client, namespace = connect(kubeconfig, context, namespace)
-    _change(sft_api.resume_job, name, namespace, client)
+    _patch_or_exit(sft_api.resume_job, name, namespace, client)
     typer.echo(f"sftjob.finetune.dev/{name} resumed in {namespace}", err=True)
     if wait:
         for checkpoint in follow(client, name, namespace, timeout).checkpoints:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_operator.api.job_events import JobEvent, event_time, is_pod_of, order
+from sft_operator.api.job_events import JobEvent, event_time, is_pod_of, oldest_first
 from sft_operator.api.lifecycle import _checkpoint_claim
 from sft_operator.api.pod_logs import lines_of, pod_name
 from sft_operator.cli_logs import event_row
@@ -37,8 +37,8 @@ def test_events_oldest_first_by_whichever_time_the_writer_set() -> None:
         _event("b", firstTimestamp="2026-11-27T10:00:02Z"),
         _event("sanitized", lastTimestamp="2026-11-27T10:00:02+00:00"),  # the client's own serialization
     ]
-    assert [e.object for e in order(events)] == ["Pod/a", "Pod/b", "Pod/sanitized", "Pod/c", "Pod/d"]
-    assert order(events)[0] == JobEvent("2026-11-27T10:00:01Z", "Normal", "R", "Pod/a", "m", 1)
+    assert [e.object for e in oldest_first(events)] == ["Pod/a", "Pod/b", "Pod/sanitized", "Pod/c", "Pod/d"]
+    assert oldest_first(events)[0] == JobEvent("2026-11-27T10:00:01Z", "Normal", "R", "Pod/a", "m", 1)
     assert event_time({}).year == 1
 
 

@@ -53,7 +53,7 @@ def is_pod_of(job_name: str, pod_name: str) -> bool:
     return re.fullmatch(re.escape(job_name) + r"-\d+", pod_name) is not None
 
 
-def order(events: list[dict[str, Any]]) -> list[JobEvent]:
+def oldest_first(events: list[dict[str, Any]]) -> list[JobEvent]:
     """Oldest first; events of equal time in the order the API listed them."""
     return [to_job_event(e) for e in sorted(events, key=event_time)]
 
@@ -66,14 +66,14 @@ def job_events(api_client: Any, name: str, namespace: str) -> list[JobEvent]:
     core = kubernetes.client.CoreV1Api(api_client)
     plain = api_client.sanitize_for_serialization
 
-    def listed(kind: str, object_name: str | None = None) -> list[dict[str, Any]]:
+    def events_about(kind: str, object_name: str | None = None) -> list[dict[str, Any]]:
         selector = f"involvedObject.kind={kind}" + (f",involvedObject.name={object_name}" if object_name else "")
         return [plain(e) for e in core.list_namespaced_event(namespace, field_selector=selector).items]
 
-    found = listed(contract.KIND, name) + listed("StatefulSet", name)
-    found += [e for e in listed("Pod") if is_pod_of(name, e["involvedObject"]["name"])]
+    found = events_about(contract.KIND, name) + events_about("StatefulSet", name)
+    found += [e for e in events_about("Pod") if is_pod_of(name, e["involvedObject"]["name"])]
     try:
-        found += listed("PersistentVolumeClaim", claim_name(parse_job(job)))
+        found += events_about("PersistentVolumeClaim", claim_name(parse_job(job)))
     except InvalidSpecError:
         pass  # a refused spec: the operator created no claim
-    return order(found)
+    return oldest_first(found)

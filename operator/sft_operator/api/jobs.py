@@ -53,7 +53,7 @@ def connect(kubeconfig: str | os.PathLike[str] | None = None, context: str | Non
     return client, namespace
 
 
-def _custom(api_client: Any) -> Any:
+def custom_objects_api(api_client: Any) -> Any:
     import kubernetes.client
 
     return kubernetes.client.CustomObjectsApi(api_client)
@@ -61,7 +61,7 @@ def _custom(api_client: Any) -> Any:
 
 def create_job(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     namespace = manifest["metadata"]["namespace"]
-    return _custom(api_client).create_namespaced_custom_object(
+    return custom_objects_api(api_client).create_namespaced_custom_object(
         contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest
     )
 
@@ -70,7 +70,7 @@ def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return _custom(api_client).get_namespaced_custom_object(
+        return custom_objects_api(api_client).get_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
         )
     except ApiException as exc:
@@ -81,7 +81,7 @@ def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
 
 def list_jobs(api_client: Any, namespace: str | None) -> list[dict[str, Any]]:
     """The SFTJobs of ``namespace`` (None: all namespaces), oldest first."""
-    custom = _custom(api_client)
+    custom = custom_objects_api(api_client)
     if namespace is None:
         body = custom.list_cluster_custom_object(contract.GROUP, contract.VERSION, contract.PLURAL)
     else:
@@ -106,7 +106,7 @@ def follow_job(
     from kubernetes.client.exceptions import ApiException
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    custom = _custom(api_client)
+    custom = custom_objects_api(api_client)
     job = get_job(api_client, name, namespace)
     on_change(job)
     while not until(view_job(job)):

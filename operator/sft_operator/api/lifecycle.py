@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.api.jobs import SFTJobNotFoundError, get_job
+from sft_operator.api.jobs import SFTJobNotFoundError, custom_objects_api, get_job
 from sft_operator.models import InvalidSpecError, parse_job
 from sft_operator.render import claim_name
 
@@ -23,17 +23,11 @@ from sft_operator.render import claim_name
 OPERATOR_CATCH_UP_SECONDS = 15.0
 
 
-def _custom(api_client: Any) -> Any:
-    import kubernetes.client
-
-    return kubernetes.client.CustomObjectsApi(api_client)
-
-
 def _patch_spec(api_client: Any, name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return _custom(api_client).patch_namespaced_custom_object(
+        return custom_objects_api(api_client).patch_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"spec": spec}
         )
     except ApiException as exc:
@@ -144,7 +138,7 @@ def delete_job(api_client: Any, name: str, namespace: str, *, keep_checkpoints: 
             "claim's owner reference to the job before deleting it",
         )
     try:
-        _custom(api_client).delete_namespaced_custom_object(
+        custom_objects_api(api_client).delete_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name,
             body=kubernetes.client.V1DeleteOptions(
                 propagation_policy="Background", preconditions=kubernetes.client.V1Preconditions(uid=uid)
