@@ -1,0 +1,271 @@
+"""The children of an SFTJob in the API: a small typed adapter and the update policy.
+
+``converge`` creates what is missing and brings what exists to what the job asks, touching an
+object only when something differs (re-applying a job writes nothing). A refused change to an
+immutable field is reported and the job goes on as created; an object of the same name that is
+not the job's is never taken over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import kubernetes
+import pydantic
+from kubernetes.client.exceptions import ApiException
+
+from sft_operator import contract, render
+from sft_operator.models import InvalidSpecError, Reason, SFTJob
+from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
+
+
+class Kube:
+    """The few typed calls the operator makes, by kind; reads return dicts, 404 is None."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient):
+        self.client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+
+    def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        return {
+            "StatefulSet": (
+                self.apps.read_namespaced_stateful_set,
+                self.apps.create_namespaced_stateful_set,
+                self.apps.replace_namespaced_stateful_set,
+            ),
+            "Service": (
+                self.core.read_namespaced_service,
+                self.core.create_namespaced_service,
+                self.core.replace_namespaced_service,
+            ),
+            "ConfigMap": (
+                self.core.read_namespaced_config_map,
+                self.core.create_namespaced_config_map,
+                self.core.replace_namespaced_config_map,
+            ),
+            "PersistentVolumeClaim": (
+                self.core.read_namespaced_persistent_volume_claim,
+                self.core.create_namespaced_persistent_volume_claim,
+                self.core.replace_namespaced_persistent_volume_claim,
+            ),
+            "ServiceAccount": (
+                self.core.read_namespaced_service_account,
+                self.core.create_namespaced_service_account,
+                self.core.replace_namespaced_service_account,
+            ),
+            "Role": (
+                self.rbac.read_namespaced_role,
+                self.rbac.create_namespaced_role,
+                self.rbac.replace_namespaced_role,
+            ),
+            "RoleBinding": (
+                self.rbac.read_namespaced_role_binding,
+                self.rbac.create_namespaced_role_binding,
+                self.rbac.replace_namespaced_role_binding,
+            ),
+        }[kind]
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.client.sanitize_for_serialization(obj)
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self._calls(kind)[0](name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        return self._plain(self._calls(manifest["kind"])[1](meta["namespace"], manifest))
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        return self._plain(self._calls(manifest["kind"])[2](meta["name"], meta["namespace"], manifest))
+
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"status": status}
+        )
+
+
+class Refused(Exception):
+    """The API refused a child as invalid (422): a spec problem, not worth retrying."""
+
+
+def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(object, created). An object that already exists (409) is fine: read it."""
+    meta = manifest["metadata"]
+    try:
+        return kube.create(manifest), True
+    except pydantic.ValidationError as exc:  # the client checks bodies before sending them
+        raise Refused(f"{manifest['kind']} {meta['name']}: {_client_message(exc)}") from None
+    except ApiException as exc:
+        if exc.status == 422:
+            raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+            # The namespace is going away with the job in it: nothing to converge, no retries.
+            raise kopf.PermanentError(f"namespace {meta['namespace']} is being deleted") from None
+        if exc.status != 409:
+            raise
+    existing = kube.read(manifest["kind"], meta["namespace"], meta["name"])
+    if existing is None:  # deleted in between: the next attempt creates it
+        raise kopf.TemporaryError(f"{manifest['kind']} {meta['name']} vanished while being created", delay=1)
+    return existing, False
+
+
+def _client_message(exc: pydantic.ValidationError) -> str:
+    """The client's complaint about a body, by path inside the object (e.g. spec.template...)."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = [str(item) for item in error["loc"][1:]]  # [0] is the argument position
+        parts.append(f"{'.'.join(loc)}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+    """Create a missing child; bring an existing one to what the job asks, touching it only when
+    something differs (so re-applying a job writes nothing). An object of the same name that
+    is not this job's is never taken over."""
+    kind = manifest["kind"]
+    if existing is None:
+        existing, created = _create_or_read(kube, manifest)
+        if created:
+            return existing
+    meta = existing["metadata"]
+    want_meta = manifest["metadata"]
+    labels = meta.get("labels") or {}
+    job_name = want_meta["labels"][contract.LABEL_JOB_NAME]
+    if labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGED_BY or labels.get(contract.LABEL_JOB_NAME) != job_name:
+        hint = " (to use it for checkpoints, set spec.checkpoints.existingClaim)" if kind == "PersistentVolumeClaim" else ""
+        raise Refused(f"{kind} {meta['name']} already exists and does not belong to this job{hint}")
+    # A job deleted and created again under the same name adopts what the old one left behind
+    # (the kept checkpoint claim above all), so owner references follow the job's uid.
+    have_owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == contract.KIND]
+    want_owners = want_meta.get("ownerReferences", [])
+    owners_differ = [o["uid"] for o in have_owners] != [o["uid"] for o in want_owners]
+    updated = copy.deepcopy(existing)
+    if owners_differ:
+        others = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != contract.KIND]
+        updated["metadata"]["ownerReferences"] = others + want_owners
+    if kind == "StatefulSet":
+        want = want_meta["annotations"][render.ANNOTATION_DESIRED_HASH]
+        if (meta.get("annotations") or {}).get(render.ANNOTATION_DESIRED_HASH) == want and not owners_differ:
+            return existing
+        updated["metadata"]["labels"] = want_meta["labels"]
+        updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **want_meta["annotations"]}
+        updated["spec"] = manifest["spec"]
+    elif kind == "ConfigMap" and want_meta["labels"].get(contract.LABEL_COMPONENT) != render.COMPONENT_PROGRESS:
+        if existing.get("data") == manifest["data"] and not owners_differ:
+            return existing
+        updated["data"] = manifest["data"]
+    elif kind == "Role":
+        if existing.get("rules") == manifest["rules"] and not owners_differ:
+            return existing
+        updated["rules"] = manifest["rules"]
+    elif kind == "RoleBinding":
+        if existing.get("subjects") == manifest["subjects"] and not owners_differ:
+            return existing
+        updated["subjects"] = manifest["subjects"]
+    elif not owners_differ:
+        # Service, PersistentVolumeClaim, ServiceAccount, and the progress ConfigMap (its data is
+        # the reporter's): only the owner may change.
+        return existing
+    try:
+        return kube.replace(updated)
+    except pydantic.ValidationError as exc:
+        raise Refused(f"{kind} {meta['name']}: {_client_message(exc)}") from None
+    except ApiException as exc:
+        if exc.status == 409:  # changed under us: read again and retry soon
+            raise kopf.TemporaryError(f"{kind} {meta['name']} changed while being updated", delay=1) from None
+        if exc.status == 422:
+            raise Refused(f"{kind} {meta['name']}: {_api_message(exc)}") from None
+        raise
+
+
+@dataclass(frozen=True)
+class Converged:
+    """What converging a job's children found."""
+
+    statefulset: dict[str, Any] | None
+    problem: SpecProblem | None  # a refusal: the spec's (immutable change) or the API's (422)
+    volume: VolumeCheck | None  # whether the checkpoint claim serves the job (None: not checked)
+
+
+def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fresh: bool,
+             reporter_image: str) -> Converged:
+    """Create/update the children. ``fresh``: the job was just created, so try creating first
+    instead of reading (one request per child instead of two).
+
+    A refused change to an immutable field is reported (the problem returned) and the job goes
+    on as it was created: its mutable fields (suspend, pod settings) still apply and a finished
+    job still scales to 0, so a pending refusal never holds pods."""
+    namespace = job.metadata.namespace
+    sts_name = render.statefulset_name(job)
+    if statefulset is None and not fresh:
+        statefulset = kube.read("StatefulSet", namespace, sts_name)
+    problem: SpecProblem | None = None
+    if statefulset is not None:
+        job, problem = _as_accepted(job, statefulset)
+    claim: dict[str, Any] | None = None
+    try:
+        for manifest in render.render_children(job, reporter_image):
+            kind = manifest["kind"]
+            if kind == "StatefulSet":
+                if statefulset is not None:
+                    statefulset = ensure_child(kube, manifest, statefulset)
+                    continue
+                statefulset = ensure_child(kube, manifest, None)
+                job, problem = _as_accepted(job, statefulset)  # another writer won a race
+                if problem is not None:
+                    statefulset = ensure_child(kube, render.render_statefulset(job, reporter_image), statefulset)
+            else:
+                existing = None if fresh else kube.read(kind, namespace, manifest["metadata"]["name"])
+                obj = ensure_child(kube, manifest, existing)
+                if kind == "PersistentVolumeClaim":
+                    claim = obj
+    except Refused as exc:
+        return Converged(statefulset, SpecProblem(Reason.INVALID_SPEC, str(exc)), None)
+    if job.spec.checkpoints.existing_claim is not None:
+        claim = kube.read("PersistentVolumeClaim", namespace, job.spec.checkpoints.existing_claim)
+    return Converged(statefulset, problem, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job)))
+
+
+def _as_accepted(job: SFTJob, statefulset: dict[str, Any]) -> tuple[SFTJob, SpecProblem | None]:
+    """The job as it runs (immutable fields as created) and the refusal of any change to them."""
+    changes = render.immutable_changes(job, statefulset)
+    if not changes:
+        return job, None
+    problem = SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, join_problems(changes))
+    try:
+        return render.job_as_accepted(job, statefulset), problem
+    except InvalidSpecError:  # cannot happen for a spec accepted before; never converge a guess
+        raise kopf.PermanentError(f"cannot rebuild the accepted spec: {problem.message}") from None
+
+
+def join_problems(problems: Iterable[tuple[str, str]]) -> str:
+    return "; ".join(f"{path}: {message}" for path, message in problems)

@@ -1,0 +1,153 @@
+"""Publishing a job's status: derive it (status.py, pure), patch it only when it changed, and
+post an Event on a phase change or a new refusal.
+
+``JobStatusBook`` keeps, per job, a lock (one handler at a time derives a job's status) and the
+status last written: it is fresher than the watch until the watch catches up, so a handler that
+runs right after a write does not derive from an older status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from sft_operator import render
+from sft_operator.children import Kube, join_problems
+from sft_operator.events import fit_message
+from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
+from sft_operator.progress import TrainingProgress
+from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message, rfc3339
+
+log = logging.getLogger("sft_operator")
+Key = tuple[str, str]
+
+
+def job_key(body: dict[str, Any]) -> Key:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+class JobStatusBook:
+    """Per-job lock and the status last written."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Key, threading.Lock] = {}
+        self._written: dict[Key, tuple[str, dict[str, Any]]] = {}
+
+    def lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: Key) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+            self._written.pop(key, None)
+
+    def record(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        self._written[job_key(body)] = (body["metadata"].get("uid", ""), status)
+
+    def current(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The job's status as last written by us (same uid), else as the body has it."""
+        written = self._written.get(job_key(body))
+        if written is not None and written[0] == body["metadata"].get("uid", ""):
+            return written[1]
+        return body.get("status")
+
+    def standing_refusal(self, body: dict[str, Any]) -> SpecProblem | None:
+        """The API's refusal of a child (e.g. a pod setting the StatefulSet cannot hold) as the
+        status last recorded it. The indexes cannot tell it again, and only a reconcile of the
+        spec may clear it: a child's event must not turn Failed to Pending."""
+        for condition in (self.current(body) or {}).get("conditions") or []:
+            if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+                ConditionType.SPEC_VALID.value, "False", Reason.INVALID_SPEC.value,
+            ):
+                return SpecProblem(Reason.INVALID_SPEC, condition.get("message") or "")
+        return None
+
+
+def _now() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tuple[SFTJob | None, SpecProblem | None]:
+    """The parsed job, and the operator's objection to its spec (invalid, or an immutable field
+    changed since the StatefulSet was created), if any."""
+    try:
+        job = parse_job(body)
+    except InvalidSpecError as exc:
+        return None, SpecProblem(Reason.INVALID_SPEC, str(exc))
+    if statefulset is not None:
+        changes = render.immutable_changes(job, statefulset)
+        if changes:
+            return job, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, join_problems(changes))
+    return job, None
+
+
+def _max_restarts(spec: dict[str, Any]) -> int:
+    value = spec.get("maxRestarts")
+    if isinstance(value, int):
+        return value
+    return SFTJobSpec.model_fields["max_restarts"].default  # no CRD defaulting (a CRD without it)
+
+
+def update_status(
+    kube: Kube,
+    book: JobStatusBook,
+    body: dict[str, Any],
+    statefulset: dict[str, Any] | None,
+    pods: Iterable[dict[str, Any]],
+    problem: SpecProblem | None,
+    volume: VolumeCheck | None,
+    progress: TrainingProgress | None = None,
+) -> SFTJobStatus:
+    """Derive the status; patch it only when it changed; post an Event on a phase change or a
+    new refusal. Returns the status now in force."""
+    meta = body["metadata"]
+    key = job_key(body)
+    raw = book.current(body)
+    current = SFTJobStatus.model_validate(raw) if raw else None
+    spec = body.get("spec") or {}
+    new = derive_status(
+        current,
+        generation=meta.get("generation"),
+        nnodes=spec.get("nnodes") if isinstance(spec.get("nnodes"), int) else 1,
+        statefulset=statefulset,
+        pods=pods,
+        problem=problem,
+        volume=volume,
+        now=_now(),
+        progress=progress,
+        max_restarts=_max_restarts(spec),
+    )
+    new_api = new.to_api()
+    if current is not None and current.to_api() == new_api:
+        return current
+    try:
+        kube.patch_job_status(key[0], key[1], new_api)
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return new
+        raise
+    book.record(body, new_api)
+    _post_events(body, current, new, problem)
+    return new
+
+
+def _post_events(body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
+                 problem: SpecProblem | None) -> None:
+    old_phase = current.phase if current is not None else None
+    if new.phase != old_phase:
+        kind = "Warning" if new.phase is Phase.FAILED else "Normal"
+        kopf.event(body, type=kind, reason=new.phase.value, message=fit_message(phase_event_message(new, problem)))
+        log.info("%s/%s: phase %s -> %s", *job_key(body), old_phase.value if old_phase else None, new.phase.value)
+    if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
+        conditions = current.conditions if current is not None else []
+        previous = next((c for c in conditions if c.type == ConditionType.SPEC_VALID.value), None)
+        if previous is None or previous.message != problem.message:
+            kopf.event(body, type="Warning", reason=problem.reason.value, message=fit_message(problem.message))
