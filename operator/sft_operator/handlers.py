@@ -100,9 +100,10 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
         {
             "name": c.get("name"),
             "restartCount": c.get("restartCount", 0),
-            # How the container last ended: why a job Failed (only the few fields status reads).
-            "state": _terminated_only(c.get("state")),
-            "lastState": _terminated_only(c.get("lastState")),
+            # How the container last ended (why a job Failed), and whether it waits to restart now
+            # (a crash-looping trainer in a Running pod): only the few fields status reads.
+            "state": _state_summary(c.get("state")),
+            "lastState": _state_summary(c.get("lastState")),
         }
         for c in status.get("containerStatuses") or []
     ]
@@ -114,8 +115,11 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
     }
 
 
-def _terminated_only(state: Any) -> dict[str, Any]:
-    terminated = (state or {}).get("terminated")
+def _state_summary(state: Any) -> dict[str, Any]:
+    state = state or {}
+    if state.get("waiting"):
+        return {"waiting": {"reason": state["waiting"].get("reason")}}
+    terminated = state.get("terminated")
     if not terminated:
         return {}
     keep = ("exitCode", "reason", "finishedAt")

@@ -38,14 +38,18 @@ RESERVED_ENV = frozenset(
         contract.ENV_RDZV_ENDPOINT,
         contract.ENV_RDZV_ID,
         contract.ENV_NODE_RANK,
+        contract.ENV_POD_STATE_DIR,
+        contract.ENV_TERMINATION_GRACE_SECONDS,
         contract.ENV_POD_NAME,
         contract.ENV_CONFIG_PATH,
         contract.ENV_DEVICE,
     }
 )
-RESERVED_VOLUMES = frozenset({contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME})
+RESERVED_VOLUMES = frozenset(
+    {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME}
+)
 RESERVED_MOUNT_PATHS = frozenset(
-    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH}
+    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH}
 )
 
 
@@ -223,15 +227,8 @@ MAPPED_TRAINING_ARGS: dict[str, str] = {
     "wandb_run_name": "wandbRunName",
     "tensorboard_log_dir": "tensorboardLogDir",
 }
-LOGGER_FIELDS = (
-    "mlflow_tracking_uri",
-    "mlflow_experiment_name",
-    "mlflow_run_name",
-    "wandb_project",
-    "wandb_entity",
-    "wandb_run_name",
-    "tensorboard_log_dir",
-)
+# The experiment loggers' settings: passed to TrainingArgs only when set.
+LOGGER_FIELDS = tuple(key for key in MAPPED_TRAINING_ARGS if key.startswith(("mlflow_", "wandb_", "tensorboard_")))
 
 # Spec paths (camelCase) that cannot change once the job exists: changing them would break
 # resuming from the checkpoints already written. Everything else (suspend, pod settings,
@@ -516,6 +513,7 @@ class ConditionType(str, enum.Enum):
     SUSPENDED = "Suspended"
     COMPLETE = "Complete"  # the launcher's completion marker is on the volume
     FAILED = "Failed"
+    CHECKPOINT_VOLUME = "CheckpointVolume"  # the checkpoint claim exists and can serve every node
 
 
 class Reason(str, enum.Enum):
@@ -529,7 +527,11 @@ class Reason(str, enum.Enum):
     TRAINING_COMPLETED = "TrainingCompleted"
     TOO_MANY_RESTARTS = "TooManyRestarts"  # trainer restarts exceeded spec.maxRestarts
     CONFIG_REJECTED = "ConfigRejected"  # the launcher exited EXIT_BAD_CONFIG: a retry cannot help
+    RENDEZVOUS_CONFLICT = "RendezvousConflict"  # exit 5: another job holds this job's rendezvous port
     FINISHED = "Finished"  # Ready is False because training is over
+    CLAIM_FOUND = "Found"
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    CLAIM_NOT_READ_WRITE_MANY = "NotReadWriteMany"  # an existing claim a multi-node job cannot share
 
 
 class Condition(ApiModel):
@@ -564,7 +566,8 @@ class NodeRestarts(ApiModel):
 class SFTJobStatus(ApiModel):
     """Written only by the operator."""
 
-    # Unknown fields are kept: the reporter may write fields newer than this operator.
+    # Unknown fields are ignored: a newer operator (a rollback, or a newer client reading) may have
+    # written fields this version does not know.
     model_config = ConfigDict(extra="ignore")
 
     phase: Phase = Phase.PENDING
@@ -599,7 +602,8 @@ class SFTJobStatus(ApiModel):
             self.phase is Phase.FAILED
             and failed is not None
             and failed.status == "True"
-            and failed.reason in (Reason.TOO_MANY_RESTARTS.value, Reason.CONFIG_REJECTED.value)
+            and failed.reason
+            in (Reason.TOO_MANY_RESTARTS.value, Reason.CONFIG_REJECTED.value, Reason.RENDEZVOUS_CONFLICT.value)
         )
 
 

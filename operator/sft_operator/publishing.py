@@ -146,6 +146,12 @@ def _post_events(body: dict[str, Any], current: SFTJobStatus | None, new: SFTJob
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
         kopf.event(body, type=kind, reason=new.phase.value, message=fit_message(phase_event_message(new, problem)))
         log.info("%s/%s: phase %s -> %s", *job_key(body), old_phase.value if old_phase else None, new.phase.value)
+    ready = next((c for c in new.conditions if c.type == ConditionType.READY.value), None)
+    before = next((c for c in (current.conditions if current else []) if c.type == ConditionType.READY.value), None)
+    if ready is not None and ready.reason == Reason.RENDEZVOUS_CONFLICT.value and (
+        before is None or before.message != ready.message
+    ):  # a rank cannot join its own rendezvous: say so while it retries
+        kopf.event(body, type="Warning", reason=ready.reason, message=fit_message(ready.message or ""))
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         conditions = current.conditions if current is not None else []
         previous = next((c for c in conditions if c.type == ConditionType.SPEC_VALID.value), None)

@@ -28,9 +28,6 @@ from sft_operator.models import (
 from sft_operator.progress import Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 
-CHECKPOINT_VOLUME_CONDITION = "CheckpointVolume"
-
-
 @dataclass(frozen=True)
 class SpecProblem:
     """Why the operator refused the current spec (reason: InvalidSpec or ImmutableFieldChanged)."""
@@ -84,9 +81,19 @@ def running_pods(pods: Iterable[dict[str, Any]], total: int) -> int:
             continue
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        if (pod.get("status") or {}).get("phase") == "Running":
+        if (pod.get("status") or {}).get("phase") == "Running" and not _trainer_down(pod):
             count += 1
     return count
+
+
+def _trainer_down(pod: dict[str, Any]) -> bool:
+    """The trainer container has ended or waits to restart (CrashLoopBackOff) while the pod
+    itself runs on (its reporter sidecar keeps the pod phase Running)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == contract.TRAINER_CONTAINER:
+            state = status.get("state") or {}
+            return bool(state.get("terminated") or state.get("waiting"))
+    return False
 
 
 def _trainer_terminations(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,22 +148,22 @@ class VolumeCheck:
     """Whether the checkpoint claim can serve this job (the CheckpointVolume condition)."""
 
     ok: bool
-    reason: str
+    reason: Reason
     message: str
 
 
 def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name: str) -> VolumeCheck:
     if claim is None:
-        return VolumeCheck(False, "ClaimNotFound", f"PersistentVolumeClaim {claim_name} does not exist; pods wait for it")
+        return VolumeCheck(False, Reason.CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim_name} does not exist; pods wait for it")
     modes = (claim.get("spec") or {}).get("accessModes") or []
     if nnodes > 1 and AccessMode.READ_WRITE_MANY.value not in modes:
         return VolumeCheck(
             False,
-            "NotReadWriteMany",
+            Reason.CLAIM_NOT_READ_WRITE_MANY,
             f"PersistentVolumeClaim {claim_name} is {', '.join(modes) or 'without access modes'}; nnodes > 1 "
             "needs ReadWriteMany: every rank reads full_state/ when it resumes",
         )
-    return VolumeCheck(True, "Found", f"PersistentVolumeClaim {claim_name}")
+    return VolumeCheck(True, Reason.CLAIM_FOUND, f"PersistentVolumeClaim {claim_name}")
 
 
 @dataclass(frozen=True)
@@ -268,10 +275,24 @@ def training_verdict(
     if max_restarts is not None and restarts > max_restarts:
         failure = last_trainer_termination(pods, failures_only=True)
         last = failure.describe() if failure is not None else "no termination recorded"
-        return (Phase.FAILED, Reason.TOO_MANY_RESTARTS,
-                f"the trainer failed {restarts} times (spec.maxRestarts: {max_restarts}; preemptions do not count); "
-                f"last: {last}")
+        counted = f"the trainer failed {restarts} times (spec.maxRestarts: {max_restarts}; preemptions do not count)"
+        if failure is not None and failure.exit_code == contract.EXIT_RENDEZVOUS_CONFLICT:
+            return Phase.FAILED, Reason.RENDEZVOUS_CONFLICT, f"{RENDEZVOUS_CONFLICT_MESSAGE}; {counted}; last: {last}"
+        return Phase.FAILED, Reason.TOO_MANY_RESTARTS, f"{counted}; last: {last}"
     return None
+
+
+RENDEZVOUS_CONFLICT_MESSAGE = "another job holds this job's rendezvous (spec.rdzvPort)"
+
+
+def rendezvous_conflict(pods: list[dict[str, Any]]) -> Termination | None:
+    """The trainer's newest termination when it is a rendezvous conflict (exit 5) and the
+    trainer has not run since: why a job that retries waits."""
+    newest = last_trainer_termination(pods)
+    if newest is None or newest.exit_code != contract.EXIT_RENDEZVOUS_CONFLICT:
+        return None
+    pod = next((p for p in pods if (p.get("metadata") or {}).get("name") == newest.pod), None)
+    return newest if pod is not None and _trainer_down(pod) else None
 
 
 def _invalid_spec(
@@ -294,7 +315,7 @@ def _invalid_spec(
 
 def _live(
     current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], statefulset: dict[str, Any] | None,
-    volume: VolumeCheck | None, now: str, generation: int | None,
+    pods: list[dict[str, Any]], volume: VolumeCheck | None, now: str, generation: int | None,
 ) -> SFTJobStatus:
     """Pending, Running or Suspended: what the StatefulSet and its pods say."""
     ready, nnodes = facts["ready_nodes"], facts["total_nodes"]
@@ -316,10 +337,14 @@ def _live(
         now,
         generation,
     )
+    conflict = rendezvous_conflict(pods) if phase is Phase.PENDING and statefulset is not None else None
     if phase is Phase.RUNNING:
         ready_reason, ready_message = Reason.ALL_NODES_RUNNING.value, f"{ready}/{nnodes} pods running"
     elif suspended:
         ready_reason, ready_message = Reason.SUSPENDED.value, "suspended"
+    elif conflict is not None:
+        ready_reason = Reason.RENDEZVOUS_CONFLICT.value
+        ready_message = f"{ready}/{nnodes} pods running; {RENDEZVOUS_CONFLICT_MESSAGE}: {conflict.describe()}"
     else:
         ready_reason, ready_message = Reason.NODES_PENDING.value, f"{ready}/{nnodes} pods running"
     conditions = set_condition(
@@ -327,7 +352,8 @@ def _live(
     )
     if volume is not None:
         conditions = set_condition(
-            conditions, CHECKPOINT_VOLUME_CONDITION, volume.ok, volume.reason, volume.message, now, generation
+            conditions, ConditionType.CHECKPOINT_VOLUME.value, volume.ok, volume.reason.value, volume.message, now,
+            generation,
         )
     start_time = current.start_time
     if phase is Phase.RUNNING and start_time is None:
@@ -386,7 +412,7 @@ def derive_status(
                          generation=generation)
     if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
         return _invalid_spec(current, conditions, facts, problem, now, generation)
-    return _live(current, conditions, facts, statefulset, volume, now, generation)
+    return _live(current, conditions, facts, statefulset, pods, volume, now, generation)
 
 
 def phase_event_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:

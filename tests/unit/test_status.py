@@ -121,7 +121,7 @@ def test_same_inputs_same_status_and_transition_times_only_move_on_flips() -> No
 
 
 def test_volume_condition_is_kept_when_not_rechecked() -> None:
-    bad = VolumeCheck(False, "NotReadWriteMany", "x")
+    bad = VolumeCheck(False, Reason.CLAIM_NOT_READ_WRITE_MANY, "x")
     status = derive(volume=bad)
     assert conditions(status)["CheckpointVolume"] == ("False", "NotReadWriteMany")
     assert conditions(derive(status, now=T1))["CheckpointVolume"] == ("False", "NotReadWriteMany")
@@ -394,3 +394,32 @@ def test_phase_event_messages_say_why() -> None:
     assert phase_event_message(done, None) == "trained 1 epochs; final checkpoint hf_format/samples_80"
     invalid = derive(statefulset=None, problem=SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: bad"))
     assert phase_event_message(invalid, SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: bad")) == "spec.nnodes: bad"
+
+
+def test_a_crash_looping_trainer_is_not_a_running_node() -> None:
+    """The reporter sidecar keeps the pod Running while the trainer waits to restart."""
+    looping = trainer_pod(1, 2, state={"waiting": {"reason": "CrashLoopBackOff"}}, last=terminated(1, T0))
+    status = derive(pods=[pod(0), looping], max_restarts=5)
+    assert (status.phase, status.nodes) == (Phase.PENDING, "1/2")
+    assert conditions(status)["Ready"] == ("False", "NodesPending")
+
+
+def test_a_rendezvous_conflict_says_so_while_it_retries_and_fails_past_max_restarts() -> None:
+    clash = "spec.rdzvPort: the rendezvous at j-0.j.ns.svc:29500 belongs to another job (rdzv id other, ours u)"
+    looping = trainer_pod(1, 1, state={"waiting": {"reason": "CrashLoopBackOff"}},
+                          last=terminated(5, T1, message=clash))
+    waiting = derive(pods=[pod(0), looping], max_restarts=1, now=T1)
+    ready = next(c for c in waiting.conditions if c.type == "Ready")
+    assert (waiting.phase, ready.reason) == (Phase.PENDING, "RendezvousConflict")
+    assert ready.message == (f"1/2 pods running; another job holds this job's rendezvous (spec.rdzvPort): "
+                             f"pod j-1: Error (exit code 5): {clash}")
+    # Once the trainer runs again, the old exit 5 no longer explains anything.
+    recovered = derive(waiting, pods=[pod(0), trainer_pod(1, 1, last=terminated(5, T1, message=clash))], now=T2)
+    assert conditions(recovered)["Ready"] == ("True", "AllNodesRunning")
+    again = trainer_pod(1, 2, state={"waiting": {"reason": "CrashLoopBackOff"}}, last=terminated(5, T2, message=clash))
+    failed = derive(recovered, pods=[pod(0), again], max_restarts=1, now=T2)
+    condition = next(c for c in failed.conditions if c.type == "Failed")
+    assert (failed.phase, condition.reason, failed.training_over) == (Phase.FAILED, "RendezvousConflict", True)
+    assert condition.message == (
+        "another job holds this job's rendezvous (spec.rdzvPort); the trainer failed 2 times (spec.maxRestarts: 1; "
+        f"preemptions do not count); last: pod j-1: Error (exit code 5): {clash}")
