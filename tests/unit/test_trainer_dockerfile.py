@@ -116,15 +116,19 @@ def test_production_defaults_are_the_cuda_flavour() -> None:
 
 def test_cpu_flavour_installs_the_local_torch_wheel_and_no_cuda_extra() -> None:
     by_stage = stages()
-    assert {"build-cpu", "runtime-cpu"} <= set(by_stage)
-    runs = " ".join(rest for keyword, rest in by_stage["build-cpu"] if keyword == "RUN")
+    cpu_stages = ["deps-cpu", "build-cpu", "venv-cpu", "runtime-cpu"]
+    assert set(cpu_stages) <= set(by_stage)
+    runs = " ".join(rest for keyword, rest in by_stage["deps-cpu"] if keyword == "RUN")
     assert "source=wheels" in runs and "/wheels/torch-*.whl" in runs
     assert "--constraint /tmp/constraints.txt" in runs and "source=constraints.txt" in runs
     assert '"instructlab-training==${INSTRUCTLAB_TRAINING_VERSION}"' in runs
     assert "[cuda]" not in runs
-    # The CPU stages take nothing from the CUDA or uv images.
-    cpu_text = repr(by_stage["build-cpu"] + by_stage["runtime-cpu"])
+    # The CPU stages take nothing from the CUDA or uv images or the CUDA build stage.
+    cpu_text = repr([step for stage in cpu_stages for step in by_stage[stage]])
     assert "${CUDA_" not in cpu_text and "--from=uv" not in cpu_text and "--from=build " not in cpu_text
+    # The project layer is apart from the dependencies' layer (a source change rebuilds only it).
+    copies = [rest for keyword, rest in by_stage["runtime-cpu"] if keyword == "COPY"]
+    assert copies == ["--from=venv-cpu /opt/sft-trainer /opt/sft-trainer", "--from=build-cpu /staging/ /"]
 
 
 def test_no_syntax_directive() -> None:
