@@ -37,7 +37,7 @@ from sft_operator.dev.stack import LocalStack
 from sft_operator.dev.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
-from sft_operator.reporter import progress_configmap_name
+from sft_operator.contract import progress_configmap_name
 
 TARGET_S = 30.0
 POLL_S = 0.1

@@ -66,6 +66,16 @@ POD_STATE_VOLUME = "pod-state"
 
 DEFAULT_RDZV_PORT = 29500
 
+# --- The progress ConfigMap (reporter -> operator) -------------------------------------------
+# The reporter patches its summary (progress.TrainingProgress as JSON) under this key of the
+# job's progress ConfigMap; the operator folds it into status.progress.
+PROGRESS_KEY = "progress.json"
+
+
+def progress_configmap_name(job_name: str) -> str:
+    return f"{job_name}-progress"
+
+
 # --- Launcher exit codes ----------------------------------------------------------------------
 EXIT_OK = 0              # finished (completion marker written) or idling after completion
 EXIT_TRAINING_FAILED = 1  # instructlab-training / torchrun failed

@@ -129,7 +129,7 @@ def _state_summary(state: Any) -> dict[str, Any]:
 @kopf.index("configmaps", labels=PROGRESS)
 def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """The reporter's latest summary per job (None until it published one, or if unreadable)."""
-    raw = (body.get("data") or {}).get(render.PROGRESS_KEY)
+    raw = (body.get("data") or {}).get(contract.PROGRESS_KEY)
     try:
         progress = TrainingProgress.model_validate_json(raw).to_api() if raw else None
     except pydantic.ValidationError as exc:

@@ -12,13 +12,13 @@ import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from sft_operator import contract
 from sft_operator.progress import TrainingProgress
 from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
+from sft_operator.wire import ApiModel
 
 DEFAULT_IMAGE = "sft-trainer:0.1.0"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -51,18 +51,6 @@ RESERVED_VOLUMES = frozenset(
 RESERVED_MOUNT_PATHS = frozenset(
     {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH}
 )
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors, not ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
-    )
-
-    def to_api(self) -> dict[str, Any]:
-        """The object as the Kubernetes API spells it (camelCase, unset optionals left out)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 # --- spec -------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ reporter publishes nothing.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field
 
+from sft_operator.wire import ApiModel, rfc3339
 from sft_operator.checkpoints import (
     FULL_STATE_DIR,
     HF_FORMAT_DIR,
@@ -25,8 +25,9 @@ from sft_operator.checkpoints import (
 )
 
 
-class _Api(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class _Api(ApiModel):
+    # A newer reporter may publish fields this operator does not know yet: ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
 
 
 class Stage(str, enum.Enum):
@@ -81,25 +82,12 @@ class TrainingProgress(_Api):
         default=None, json_schema_extra={"format": "date-time"}, description="Newest fact on the volume."
     )
 
-    def to_api(self) -> dict:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _iso(moment: float | datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if isinstance(moment, (int, float)):
-        moment = datetime.fromtimestamp(moment, timezone.utc)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _step_time(step: StepRecord) -> str | None:
     if not step.timestamp:
         return None
     try:
-        return _iso(datetime.fromisoformat(step.timestamp))
+        return rfc3339(datetime.fromisoformat(step.timestamp))
     except ValueError:
         return None
 
@@ -134,7 +122,7 @@ def summarize_progress(
             path=f"{HF_FORMAT_DIR}/{c.name}",
             samples=c.samples,
             epoch=None if c.epoch is None else c.epoch + 1,
-            time=_iso(c.mtime),
+            time=rfc3339(c.mtime),
         )
         for c in tree.hf_checkpoints
         if c.complete
@@ -148,7 +136,7 @@ def summarize_progress(
             epoch=full.epoch + 1,
             samples=full.metadata.samples_seen if full.metadata else None,
             mid_epoch=bool(full.metadata and full.metadata.mid_epoch),
-            time=_iso(full.mtime),
+            time=rfc3339(full.mtime),
         )
 
     # A step logged before the latest run started belongs to an earlier run: still the best
@@ -192,7 +180,7 @@ def summarize_progress(
     if last_step is not None and _step_time(last_step):
         times.append(_step_time(last_step))
     if tree.completion is not None:
-        times.append(_iso(tree.completion.finished_at))
+        times.append(rfc3339(tree.completion.finished_at))
     return TrainingProgress(
         stage=stage,
         epoch=epoch,
@@ -215,4 +203,4 @@ def summarize_progress(
 
 def _logged_after(step: StepRecord, run: RunRecord) -> bool:
     logged = _step_time(step)
-    return logged is None or logged >= _iso(run.started_at)
+    return logged is None or logged >= rfc3339(run.started_at)

@@ -22,7 +22,8 @@ from sft_operator.children import Kube, join_problems
 from sft_operator.events import fit_message
 from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
-from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message, rfc3339
+from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
+from sft_operator.wire import rfc3339
 
 log = logging.getLogger("sft_operator")
 Key = tuple[str, str]

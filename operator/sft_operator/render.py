@@ -26,7 +26,6 @@ REPORTER_CONTAINER = "reporter"
 # the operator learns its image from this env var (the Helm chart sets it).
 ENV_REPORTER_IMAGE = "SFT_REPORTER_IMAGE"
 DEFAULT_REPORTER_IMAGE = "sft-operator:0.1.0"
-PROGRESS_KEY = "progress.json"
 RDZV_PORT_NAME = "rdzv"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
@@ -44,10 +43,6 @@ def service_name(job: SFTJob) -> str:
 
 def configmap_name(job: SFTJob) -> str:
     return f"{job.metadata.name}-config"
-
-
-def progress_configmap_name(job: SFTJob) -> str:
-    return f"{job.metadata.name}-progress"
 
 
 def reporter_role_name(job: SFTJob) -> str:
@@ -144,7 +139,7 @@ def render_progress_configmap(job: SFTJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, progress_configmap_name(job), COMPONENT_PROGRESS),
+        "metadata": _metadata(job, contract.progress_configmap_name(job.metadata.name), COMPONENT_PROGRESS),
         "data": {},
     }
 
@@ -170,7 +165,7 @@ def render_reporter_role(job: SFTJob) -> dict[str, Any]:
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
-                "resourceNames": [progress_configmap_name(job)],
+                "resourceNames": [contract.progress_configmap_name(job.metadata.name)],
                 "verbs": ["get", "patch"],
             }
         ],

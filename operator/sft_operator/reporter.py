@@ -46,7 +46,6 @@ from sft_operator.progress import TrainingProgress, summarize_progress
 
 log = logging.getLogger("sft_operator.reporter")
 
-PROGRESS_KEY = "progress.json"
 DEFAULT_SCAN_INTERVAL_S = 3.0
 DEFAULT_MIN_INTERVAL_S = 15.0
 # Kubernetes' default terminationGracePeriodSeconds, when the env does not say.
@@ -58,10 +57,6 @@ DRAIN_INTERVAL_S = 1.0
 FINAL_PUBLISH_ATTEMPTS = 3
 # Fields whose change is a milestone a user waits for: published without delay.
 MILESTONE_FIELDS = ("stage", "epoch", "checkpoints", "latest_full_state", "num_epochs")
-
-
-def progress_configmap_name(job_name: str) -> str:
-    return f"{job_name}-progress"
 
 
 @dataclass
@@ -135,8 +130,8 @@ class Publisher:
     writes: int = field(default=0)
 
     def publish(self, progress: TrainingProgress) -> None:
-        body = {"data": {PROGRESS_KEY: json.dumps(progress.to_api(), sort_keys=True)}}
-        self.core_api.patch_namespaced_config_map(progress_configmap_name(self.job_name), self.namespace, body)
+        body = {"data": {contract.PROGRESS_KEY: json.dumps(progress.to_api(), sort_keys=True)}}
+        self.core_api.patch_namespaced_config_map(contract.progress_configmap_name(self.job_name), self.namespace, body)
         self.writes += 1
 
 
@@ -264,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         job_name=config[contract.CONFIG_KEY_JOB_NAME],
         core_api=kubernetes.client.CoreV1Api(kubeclient.load_api_client()),
     )
-    log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, progress_configmap_name(publisher.job_name))
+    log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, contract.progress_configmap_name(publisher.job_name))
     run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval,
              trainer_exited=trainer_exited_check(os.environ), shutdown_wait_s=shutdown_wait_from_env(os.environ))
     log.info("stopped after %d writes", publisher.writes)

@@ -25,7 +25,7 @@ from sftjobs import job_body
 pytestmark = pytest.mark.integration
 SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T00:10:00Z"
-PROGRESS_KEY = "progress.json"
+PROGRESS_KEY = contract.PROGRESS_KEY
 
 
 def summary(stage: Stage, samples: int, checkpoints: list[str], loss: str = "0.4321") -> TrainingProgress:

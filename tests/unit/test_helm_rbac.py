@@ -262,4 +262,4 @@ def test_reporter_role_grants_exactly_the_reporter_grant() -> None:
     job = sample_job()
     role = next(child for child in render.render_children(job) if child["kind"] == "Role")
     assert grants(role["rules"]) == REPORTER_GRANT
-    assert [rule["resourceNames"] for rule in role["rules"]] == [[render.progress_configmap_name(job)]]
+    assert [rule["resourceNames"] for rule in role["rules"]] == [[contract.progress_configmap_name(job.metadata.name)]]
