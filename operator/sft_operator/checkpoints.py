@@ -213,11 +213,24 @@ class StepRecord(_Record):
     total_samples: int | None = None
 
 
+class ValidationRecord(_Record):
+    """A validation loss, logged right after the step line it follows (``validation_split > 0``:
+    every ``validation_frequency`` steps): ``{"val_loss", "val_num_tokens", "step"}``."""
+
+    val_loss: float
+    step: int | None = None
+    val_num_tokens: int | None = None
+    # Not in the line: the samples_seen of the step line just before it with the same step, when
+    # the same read has it (read_metrics_log); None otherwise.
+    samples_seen: int | None = None
+
+
 class MetricsLog(_Frozen):
     hparams: list[HparamsRecord]
     totals: list[TotalsRecord]
     steps: list[StepRecord]
-    other: list[dict]  # e.g. validation lines
+    validations: list[ValidationRecord]
+    other: list[dict]  # lines of no kind above
     skipped_lines: int  # torn or non-JSON lines (a crash mid-write)
     end_offset: int  # byte offset after the last complete line: pass it back to read on
 
@@ -227,6 +240,7 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
     hparams: list[HparamsRecord] = []
     totals: list[TotalsRecord] = []
     steps: list[StepRecord] = []
+    validations: list[ValidationRecord] = []
     other: list[dict] = []
     skipped = 0
     try:
@@ -257,11 +271,16 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
                 totals.append(TotalsRecord.model_validate(line))
             elif "model_name_or_path" in line:
                 hparams.append(HparamsRecord.model_validate(line))
+            elif "val_loss" in line:
+                record = ValidationRecord.model_validate(line)
+                if steps and record.step is not None and steps[-1].step == record.step:
+                    record = record.model_copy(update={"samples_seen": steps[-1].samples_seen})
+                validations.append(record)
             else:
                 other.append(line)
         except ValidationError:
             skipped += 1
-    return MetricsLog(hparams=hparams, totals=totals, steps=steps, other=other,
+    return MetricsLog(hparams=hparams, totals=totals, steps=steps, validations=validations, other=other,
                       skipped_lines=skipped, end_offset=end_offset)
 
 

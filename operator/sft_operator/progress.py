@@ -10,6 +10,8 @@ reporter publishes nothing.
 from __future__ import annotations
 
 import enum
+import math
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ConfigDict, Field
@@ -22,7 +24,14 @@ from sft_operator.checkpoints import (
     RunRecord,
     StepRecord,
     TotalsRecord,
+    ValidationRecord,
 )
+
+# The loss history's bound, whatever the run's length: at most this many points in the summary
+# (and so in the ConfigMap and the status), of which at most MAX_VALIDATION_POINTS carry only a
+# validation loss.
+MAX_LOSS_HISTORY = 256
+MAX_VALIDATION_POINTS = 64
 
 
 class _Api(ApiModel):
@@ -59,6 +68,15 @@ class FullStateInfo(_Api):
     time: str = Field(json_schema_extra={"format": "date-time"})
 
 
+class LossPoint(_Api):
+    """One point of the loss curve, at ``samples`` samples seen."""
+
+    samples: int
+    loss: float | None = Field(default=None, description="The step's average loss.")
+    val_loss: float | None = Field(default=None, description="Validation loss logged at that step.")
+    lr: float | None = Field(default=None, description="Learning rate of the step.")
+
+
 class TrainingProgress(_Api):
     """How far training is; every field is read from the checkpoint volume."""
 
@@ -80,6 +98,12 @@ class TrainingProgress(_Api):
     resumable: bool = Field(default=False, description="A complete full_state exists to resume from.")
     last_update_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="Newest fact on the volume."
+    )
+    loss_history: list[LossPoint] | None = Field(
+        default=None,
+        max_length=MAX_LOSS_HISTORY,
+        description=f"The loss curve, downsampled: at most {MAX_LOSS_HISTORY} points, the first and the newest "
+        "step always, older steps thinned evenly; samples strictly increasing.",
     )
 
 
@@ -106,6 +130,7 @@ def summarize_progress(
     last_totals: TotalsRecord | None,
     runs: list[RunRecord],
     data_dir_exists: bool,
+    loss_history: list[LossPoint] | None = None,
 ) -> TrainingProgress:
     """The progress a job's status shows, from one scan of its checkpoint volume.
 
@@ -198,9 +223,115 @@ def summarize_progress(
         latest_full_state=full_info,
         resumable=full_info is not None,
         last_update_time=max(times) if times else None,
+        loss_history=loss_history or None,
     )
 
 
 def _logged_after(step: StepRecord, run: RunRecord) -> bool:
     logged = _step_time(step)
     return logged is None or logged >= rfc3339(run.started_at)
+
+
+# --- the loss history -------------------------------------------------------------------------
+
+
+def _rounded(value: float | None) -> float | None:
+    # 6 significant digits: plenty for a curve, and a short JSON number. NaN or inf (a diverged
+    # step) cannot be written to the API: left out.
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+@dataclass
+class _Entry:
+    index: int  # the how-many-th point added to its series (never reused)
+    samples: int
+    values: dict[str, float | None]
+
+
+@dataclass
+class _ThinnedSeries:
+    """Points with increasing samples, thinned evenly: the points whose index is a multiple of
+    ``stride``, the first and the newest; the stride doubles whenever more than ``capacity``
+    are kept, so between capacity/2 and capacity points cover the whole run."""
+
+    capacity: int
+    stride: int = 1
+    count: int = 0
+    kept: list[_Entry] = field(default_factory=list)
+
+    def add(self, samples: int, values: dict[str, float | None]) -> None:
+        # Steps trained again after a crash (resumed from an older state) log the same samples
+        # again: the later line is the one that counts.
+        while self.kept and self.kept[-1].samples >= samples:
+            self.kept.pop()
+        if len(self.kept) > 1 and self.kept[-1].index % self.stride:
+            self.kept.pop()  # was kept only as the newest
+        self.kept.append(_Entry(self.count, samples, values))
+        self.count += 1
+        self.thin()
+
+    def thin(self) -> None:
+        while len(self.kept) > self.capacity:
+            self.stride *= 2
+            last = len(self.kept) - 1
+            self.kept = [e for i, e in enumerate(self.kept) if i in (0, last) or e.index % self.stride == 0]
+
+
+@dataclass
+class LossHistory:
+    """The downsampled loss curve of a run, fed the metrics log's records in order (pure).
+
+    Bounded whatever the run's length: at most ``max_points`` points; validation losses have a
+    share of ``max_validation_points`` once the first one is logged. A point is
+    ``{samples, loss, lr}`` of a step, with ``valLoss`` when a validation was logged at that
+    step (a validation whose step was thinned away is a point of its own). Feeding the same
+    records gives the same points: the reporter's summary stays identical for an unchanged log.
+    """
+
+    max_points: int = MAX_LOSS_HISTORY
+    max_validation_points: int = MAX_VALIDATION_POINTS
+    _steps: _ThinnedSeries = field(init=False)
+    _validations: _ThinnedSeries = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._steps = _ThinnedSeries(self.max_points)
+        self._validations = _ThinnedSeries(self.max_validation_points)
+
+    def add_step(self, step: StepRecord) -> None:
+        loss = _rounded(step.avg_loss)
+        if loss is None:
+            return
+        self._steps.add(step.samples_seen, {"loss": loss, "lr": _rounded(step.lr)})
+
+    def add_validation(self, record: ValidationRecord) -> None:
+        val_loss = _rounded(record.val_loss)
+        if record.samples_seen is None or val_loss is None:
+            return  # not known at which step: no place on the curve
+        if self._validations.count == 0:  # the first: validations get their share
+            self._steps.capacity = self.max_points - self.max_validation_points
+            self._steps.thin()
+        self._validations.add(record.samples_seen, {"val_loss": val_loss})
+
+    def points(self) -> list[LossPoint]:
+        rows: dict[int, dict[str, float | None]] = {}
+        for entry in (*self._steps.kept, *self._validations.kept):
+            rows.setdefault(entry.samples, {}).update(entry.values)
+        return [LossPoint(samples=samples, **rows[samples]) for samples in sorted(rows)]
+
+
+def loss_history(
+    steps: list[StepRecord],
+    validations: list[ValidationRecord] = (),
+    *,
+    max_points: int = MAX_LOSS_HISTORY,
+    max_validation_points: int = MAX_VALIDATION_POINTS,
+) -> list[LossPoint]:
+    """The loss history of a whole metrics log (what the reporter builds as it reads it)."""
+    history = LossHistory(max_points, max_validation_points)
+    for step in steps:
+        history.add_step(step)
+    for record in validations:
+        history.add_validation(record)
+    return history.points()

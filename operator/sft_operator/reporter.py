@@ -42,7 +42,7 @@ from sft_operator.checkpoints import (
     read_run_records,
     scan_checkpoints,
 )
-from sft_operator.progress import TrainingProgress, summarize_progress
+from sft_operator.progress import LossHistory, TrainingProgress, summarize_progress
 
 log = logging.getLogger("sft_operator.reporter")
 
@@ -69,6 +69,9 @@ class VolumeReader:
     _offset: int = 0
     _last_step: StepRecord | None = None
     _last_totals: TotalsRecord | None = None
+    # Built as the log is read: changes only with step (and validation) lines, so it adds no
+    # publish of its own (step metrics are rate limited).
+    _history: LossHistory = field(default_factory=LossHistory)
 
     def _read_metrics(self) -> None:
         path = metrics_log_path(self.ckpt_dir)
@@ -78,8 +81,17 @@ class VolumeReader:
             size = 0
         if size < self._offset:  # replaced or truncated: read it again from the start
             self._offset, self._last_step, self._last_totals = 0, None, None
+            self._history = LossHistory()
         chunk: MetricsLog = read_metrics_log(path, self._offset)
         self._offset = chunk.end_offset
+        previous = self._last_step
+        for step in chunk.steps:
+            self._history.add_step(step)
+        for record in chunk.validations:
+            if record.samples_seen is None and previous is not None and record.step == previous.step:
+                # its step line was the last of the previous read
+                record = record.model_copy(update={"samples_seen": previous.samples_seen})
+            self._history.add_validation(record)
         if chunk.steps:
             self._last_step = chunk.steps[-1]
         if chunk.totals:
@@ -94,6 +106,7 @@ class VolumeReader:
             last_totals=self._last_totals,
             runs=read_run_records(self.ckpt_dir),
             data_dir_exists=self.data_dir.is_dir(),
+            loss_history=self._history.points(),
         )
 
 

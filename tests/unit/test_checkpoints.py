@@ -49,7 +49,9 @@ METRICS_LINES = [
     {"epoch": 0, "step": 2, "samples_seen": 8, "avg_loss": 5.0, "lr": 0.0009,
      "overall_throughput": 3.5, "batch_size": 4, "num_epoch_steps": 2, "total_samples": 8,
      "rank": 0, "timestamp": "t3"},
-    {"val_loss": 4.0, "val_num_tokens": 100},
+    # instructlab-training's validation line: after its step's line, with that step.
+    {"val_loss": 4.0, "val_num_tokens": 100, "step": 2},
+    {"something": "else"},
 ]
 
 
@@ -173,7 +175,8 @@ def test_read_metrics_log_types_and_offsets(tmp_path: Path) -> None:
                                           timestamp="t1")]
     assert [(s.epoch, s.step, s.samples_seen, s.avg_loss) for s in log.steps] == [
         (0, 1, 4, 5.5), (0, 2, 8, 5.0)]
-    assert log.other == [{"val_loss": 4.0, "val_num_tokens": 100}]
+    assert log.validations == [ck.ValidationRecord(val_loss=4.0, val_num_tokens=100, step=2, samples_seen=8)]
+    assert log.other == [{"something": "else"}]
     assert log.skipped_lines == 1
     # The torn last line is not consumed: reading on from end_offset picks it up once complete.
     assert log.end_offset == len(body) + len("{not json}\n")
