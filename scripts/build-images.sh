@@ -43,8 +43,17 @@ build() {
   local name="$1" logfile="$2"; shift 2
   local start=$SECONDS
   if ! DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain --network host "$@" >"$logfile" 2>&1; then
-    tail -n 40 "$logfile" >&2
-    die "building $name failed (whole log: $logfile)"
+    # Seen once with dockerd 20.10's BuildKit under load: a COPY --from's cache key failed on
+    # an lstat in the source stage; the same build passed right after. Retry that error once.
+    if grep -q 'failed to compute cache key: failed to walk' "$logfile"; then
+      log "BuildKit could not checksum a COPY (see $logfile.1); retrying once"
+      mv "$logfile" "$logfile.1"
+      DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain --network host "$@" >"$logfile" 2>&1 \
+        || { tail -n 40 "$logfile" >&2; die "building $name failed (whole log: $logfile)"; }
+    else
+      tail -n 40 "$logfile" >&2
+      die "building $name failed (whole log: $logfile)"
+    fi
   fi
   local cached steps
   cached="$(grep -c '^#[0-9]* CACHED' "$logfile" || true)"

@@ -1,0 +1,53 @@
+"""Helpers of the image tier (tests/images/conftest.py has the fixtures).
+
+The image tier: both images built for real by scripts/build-images.sh (the local base, the
+operator image, the trainer image's CPU flavour), then run with docker.
+
+Needs a running docker daemon, mmdebstrap (the script installs it with apt-get) and the local
+CPU torch wheel. Cold: ≈20 min on 2 cores (base ≈3 min, operator ≈3, trainer ≈12); warm, docker's
+cache makes the build take seconds. Nothing is skipped: without docker every test ERRORs with
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / "scripts" / "build-images.sh"
+BUILD_TIMEOUT = 45 * 60
+
+
+def docker_cli() -> str:
+    found = os.environ.get("DOCKER") or shutil.which("docker")
+    if not found:
+        pytest.fail("no docker CLI on PATH (set DOCKER=)", pytrace=False)
+    return found
+
+
+def docker(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([docker_cli(), *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_build() -> tuple[dict[str, str], str, float]:
+    """scripts/build-images.sh: (the KEY=VALUE names it prints last, its stderr, seconds)."""
+    start = time.monotonic()
+    proc = subprocess.run([str(BUILD_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=BUILD_TIMEOUT)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/build-images.sh exited {proc.returncode}:\n{proc.stderr[-6000:]}",
+                    pytrace=False)
+    names = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return names, proc.stderr, elapsed
