@@ -10,9 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import os
+
 import pytest
 
 CONTROL_PLANE_MARKERS = ("integration", "e2e")
+
+# Operators started by tests serve no /metrics unless a test asks (--metrics-port): several run at
+# once on one machine, and the default port (8000) can be had by one only.
+os.environ.setdefault("SFT_METRICS_PORT", "0")
 
 
 @pytest.hookimpl(tryfirst=True)

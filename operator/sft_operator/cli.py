@@ -26,11 +26,17 @@ def run(
         Optional[str], typer.Option(help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    metrics_port: Annotated[
+        int,
+        typer.Option("--metrics-port", envvar="SFT_METRICS_PORT", min=0, max=65535,
+                     help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics; 0: off."),
+    ] = 8000,
 ) -> None:
     """Run the operator until interrupted."""
     from sft_operator import handlers
 
-    handlers.run(namespaces=namespace or [], kubeconfig=kubeconfig, liveness=liveness, verbose=verbose)
+    handlers.run(namespaces=namespace or [], kubeconfig=kubeconfig, liveness=liveness, verbose=verbose,
+                 metrics_port=metrics_port)
 
 
 @app.command()

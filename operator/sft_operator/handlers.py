@@ -26,7 +26,7 @@ import kopf
 import kubernetes
 import pydantic
 
-from sft_operator import contract, kubeclient, render
+from sft_operator import contract, kubeclient, metrics, render
 from sft_operator.children import Kube, converge
 from sft_operator.models import InvalidSpecError, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
@@ -191,6 +191,7 @@ def scale_down_if_over(memo: kopf.Memo, body: dict[str, Any], status: SFTJobStat
 @kopf.on.resume(*JOB, backoff=5)
 @kopf.on.create(*JOB, backoff=5)
 @kopf.on.update(*JOB, field="spec", backoff=5)
+@metrics.timed_reconcile
 def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: Any) -> None:
     """The spec was created or changed (or the operator started): converge, then publish."""
     indexes = Indexes.of(kwargs)
@@ -273,15 +274,17 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
 
 
 @kopf.on.event(*JOB)
-def job_event(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def job_event(type: str, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.jobs.forget((namespace, name))
+        metrics.forget_job(namespace, name, meta.get("uid", ""))
 
 
 # --- entry point ------------------------------------------------------------------------------
 
 
-def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool) -> None:
+def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
+        metrics_port: int = 0) -> None:
     global _api_client, _reporter_image
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -289,7 +292,8 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     if not verbose:  # one line per handler call and per probe is noise; failures still show
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _api_client = kubeclient.load_api_client(kubeconfig)
+    _api_client = metrics.instrument_api_client(kubeclient.load_api_client(kubeconfig))
+    metrics.serve(metrics_port)  # /metrics (0: off); kopf's liveness endpoint is its own
     _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
     kopf.run(
         standalone=True,

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import render
+from sft_operator import metrics, render
 from sft_operator.children import Kube, join_problems
 from sft_operator.events import fit_message
 from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
@@ -128,6 +128,7 @@ def update_status(
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
+        metrics.observe_job(body, current)
         return current
     try:
         kube.patch_job_status(key[0], key[1], new_api)
@@ -136,6 +137,7 @@ def update_status(
             return new
         raise
     book.record(body, new_api)
+    metrics.observe_job(body, new, patched=True)
     _post_events(body, current, new, problem)
     return new
 
