@@ -11,12 +11,13 @@ What is measured, and where:
   ``instrument_api_client`` on the operator's client (kopf's watches are kopf's own);
 - the process (CPU, memory, open files) from prometheus-client's process collector.
 
-Label cardinality is bounded. A job's per-job series (labels ``namespace``, ``job``) exist while
+Label cardinality is bounded. A job's per-job series (labels ``namespace``, ``sftjob``) exist while
 the job is Pending, Running or Suspended: they are dropped when it finishes (Succeeded, Failed: it
 still counts in ``sft_operator_jobs`` and ``sft_operator_failed_jobs``, whose labels are namespaces
 and the enums of phases and reasons) and every series of a job goes when it is deleted. A job's
 uid once deleted is remembered (a bounded set) so that a late status derivation cannot bring its
-series back.
+series back. The job's label is ``sftjob``, not ``job``: Prometheus sets ``job`` (the scrape job)
+on every target and would rename ours to ``exported_job``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DELETED_UIDS_REMEMBERED = 4096
 
 JOBS = "sft_operator_jobs"
 FAILED_JOBS = "sft_operator_failed_jobs"
-# Per-job gauges, labels namespace and job: name -> help. job_gauges() gives their values.
+# Per-job gauges, labels namespace and sftjob: name -> help. job_gauges() gives their values.
 JOB_GAUGES: dict[str, str] = {
     "sft_operator_job_progress_percent": "Training progress in percent (status.progress.percent).",
     "sft_operator_job_samples_seen": "Samples trained so far.",
@@ -142,7 +143,7 @@ class JobsCollector(Collector):
     def _families(jobs: dict[tuple[str, str], _Job]) -> list[GaugeMetricFamily]:
         by_phase = GaugeMetricFamily(JOBS, "SFTJobs by namespace and phase.", labels=["namespace", "phase"])
         failed = GaugeMetricFamily(FAILED_JOBS, "Failed SFTJobs by namespace and reason.", labels=["namespace", "reason"])
-        per_job = {name: GaugeMetricFamily(name, text, labels=["namespace", "job"]) for name, text in JOB_GAUGES.items()}
+        per_job = {name: GaugeMetricFamily(name, text, labels=["namespace", "sftjob"]) for name, text in JOB_GAUGES.items()}
         counts: dict[str, dict[Phase, int]] = {}
         reasons: dict[tuple[str, str], int] = {}
         for (namespace, name), job in sorted(jobs.items()):

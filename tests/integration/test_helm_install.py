@@ -117,7 +117,9 @@ def operator_args(api_client: Any, namespace: str, release: str, liveness_port: 
     (container,) = deployment.spec.template.spec.containers
     args = list(container.args)
     assert args[0].startswith("--liveness=http://0.0.0.0:8080/"), args
-    return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", *args[1:]]
+    # /metrics off here: the chart's port (8000) is the same for every operator on this machine.
+    assert args[1] == "--metrics-port=8000", args
+    return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", "--metrics-port=0", *args[2:]]
 
 
 def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str]:

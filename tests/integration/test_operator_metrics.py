@@ -40,7 +40,7 @@ class Scraper:
 
     def job(self, namespace: str, job: str) -> dict[str, float]:
         """The per-job series of one job: {metric name: value}."""
-        wanted = {("namespace", namespace), ("job", job)}
+        wanted = {("namespace", namespace), ("sftjob", job)}
         return {name: value for (name, labels), value in self.samples().items() if labels == wanted}
 
     def phases(self, namespace: str) -> dict[str, float]:
@@ -106,4 +106,4 @@ def test_gauges_follow_the_status_and_go_with_the_job(control_plane: Any, cluste
     cluster.delete_job("metered")
     cluster.wait_for("the job's series to go", lambda: not scrape.job(namespace, "metered")
                      and not scrape.phases(namespace), timeout_s=30)
-    assert not [key for key in scrape.samples() if ("job", "metered") in key[1] or ("namespace", namespace) in key[1]]
+    assert not [key for key in scrape.samples() if ("sftjob", "metered") in key[1] or ("namespace", namespace) in key[1]]

@@ -7,6 +7,7 @@ tests/integration/test_helm_install.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -111,15 +112,15 @@ def test_every_rendered_object_is_strictly_valid(helm: Helm, mode: str, version:
 def test_what_each_mode_renders(helm: Helm) -> None:
     cluster = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template())
     assert cluster == [
-        ("ClusterRole", None), ("ClusterRoleBinding", None),
-        ("Deployment", "sft-system"), ("ServiceAccount", "sft-system"),
+        ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", "sft-system"),
+        ("Deployment", "sft-system"), ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
     ]
     namespaced = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template(*NAMESPACES_MODE))
     assert namespaced == [
-        ("Deployment", "sft-system"),
+        ("ConfigMap", "sft-system"), ("Deployment", "sft-system"),
         ("Role", "team-a"), ("Role", "team-b"),
         ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
-        ("ServiceAccount", "sft-system"),
+        ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
     ]
 
 
@@ -147,8 +148,9 @@ def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000"]
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 8000, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["image"] == "sft-operator:0.1.0"
 
@@ -182,7 +184,7 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
     (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
-        "--liveness=http://0.0.0.0:8080/healthz", "--namespace=team-a", "--namespace=team-b",
+        "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000", "--namespace=team-a", "--namespace=team-b",
     ]
 
 
@@ -233,7 +235,7 @@ def test_values_are_passed_through(helm: Helm) -> None:
 
 def test_existing_service_account_without_rbac(helm: Helm) -> None:
     docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops-sa",
-                         "--set", "rbac.create=false")
+                         "--set", "rbac.create=false", "--set", "metrics.enabled=false")
     assert [d["kind"] for d in docs] == ["Deployment"]
     assert the_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
@@ -250,6 +252,10 @@ def test_existing_service_account_without_rbac(helm: Helm) -> None:
         (["--set", "image.digest=latest"], "/image/digest"),
         (["--set", "health.port=80"], "/health/port"),
         (["--set", "health.path=healthz"], "/health/path"),
+        (["--set", "metrics.port=80"], "/metrics/port"),
+        (["--set", "metrics.serviceMonitor.interval=often"], "/metrics/serviceMonitor/interval"),
+        (["--set", "metrics.dashboard.labels.grafana_dashboard=1"], "/metrics/dashboard/labels/grafana_dashboard"),
+        (["--set", "metrics.dashboard.namespace=Monitoring"], "/metrics/dashboard/namespace"),
         (["--set", "serviceAccount.create=false"], "/serviceAccount"),
         (["--set", "extraArgs={verbose}"], "/extraArgs/0"),
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
@@ -262,6 +268,56 @@ def test_values_schema_rejects(helm: Helm, args: list[str], expected: str) -> No
     assert proc.returncode != 0, f"helm accepted {args}"
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert expected in proc.stderr, proc.stderr
+
+
+def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
+    """/metrics behind a Service that selects the operator's pod, the dashboard ConfigMap with the
+    sidecar's label, and a ServiceMonitor only when asked for."""
+    docs = helm.template()
+    deployment = the_deployment(docs)
+    (service,) = by_kind(docs, "Service")
+    assert service["metadata"]["name"] == "rel-sft-operator-metrics"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}]
+    (dashboard,) = by_kind(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "sft-system"
+    assert json.loads(dashboard["data"]["sft-operator.json"]) == json.loads((CHART / "dashboards" / "sft-operator.json").read_text())
+    assert not by_kind(docs, "ServiceMonitor")
+
+    docs = helm.template("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps",
+                         "--set", "metrics.port=9100", "--set", "metrics.dashboard.labels.grafana_dashboard=null",
+                         "--set-string", "metrics.dashboard.labels.dashboards=sft", "--set", "metrics.dashboard.namespace=monitoring")
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    (service,) = by_kind(docs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["sft-system"]}
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
+                                             "scrapeTimeout": "10s", "honorLabels": True}]
+    (container,) = the_deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=9100" in container["args"]
+    (dashboard,) = by_kind(docs, "ConfigMap")
+    assert "grafana_dashboard" not in dashboard["metadata"]["labels"]
+    assert dashboard["metadata"]["labels"]["dashboards"] == "sft"
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+
+    off = helm.template("--set", "metrics.enabled=false")
+    assert not by_kind(off, "Service") and not by_kind(off, "ConfigMap")
+    (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=0" in container["args"]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--set", "metrics.port=8080"], "metrics.port must differ from health.port"),
+    (["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
+     "metrics.serviceMonitor.enabled needs metrics.enabled"),
+])
+def test_metrics_values_that_cannot_work_fail(helm: Helm, args: list[str], expected: str) -> None:
+    proc = helm.run("template", "rel", str(CHART), *args)
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
 
 
 def test_values_file_satisfies_its_schema() -> None:

@@ -104,15 +104,15 @@ def test_exposition_by_phase_reason_and_job_then_gone_on_finish_and_delete() -> 
     ]
     assert _lines(metrics, "sft_operator_failed_jobs{") == [
         'sft_operator_failed_jobs{namespace="team-a",reason="ConfigRejected"} 1.0']
-    assert _lines(metrics, "sft_operator_job_loss{") == ['sft_operator_job_loss{job="a",namespace="team-a"} 1.2345']
+    assert _lines(metrics, "sft_operator_job_loss{") == ['sft_operator_job_loss{namespace="team-a",sftjob="a"} 1.2345']
     assert _lines(metrics, "sft_operator_job_restarts{") == [
-        'sft_operator_job_restarts{job="a",namespace="team-a"} 1.0',
-        'sft_operator_job_restarts{job="c",namespace="team-b"} 1.0',
+        'sft_operator_job_restarts{namespace="team-a",sftjob="a"} 1.0',
+        'sft_operator_job_restarts{namespace="team-b",sftjob="c"} 1.0',
     ]
     assert _lines(metrics, "sft_operator_status_patches_total") == ["sft_operator_status_patches_total 1.0"]
 
     metrics.observe_job(_body("a", "u1"), _status("Succeeded"))  # finished: per-job series go
-    assert not [line for line in _lines(metrics, "sft_operator_job_") if 'job="a"' in line]
+    assert not [line for line in _lines(metrics, "sft_operator_job_") if 'sftjob="a"' in line]
     assert 'sft_operator_jobs{namespace="team-a",phase="Succeeded"} 1.0' in _lines(metrics, "sft_operator_jobs{")
 
     for name, uid, namespace in (("a", "u1", "team-a"), ("b", "u2", "team-a"), ("c", "u3", "team-b")):
@@ -124,7 +124,7 @@ def test_exposition_by_phase_reason_and_job_then_gone_on_finish_and_delete() -> 
     metrics.observe_job(_body("a", "u1"), _status("Running"))
     assert _lines(metrics, "sft_operator_job_loss{") == []
     metrics.observe_job(_body("a", "u9"), _status("Running"))
-    assert _lines(metrics, "sft_operator_job_loss{") == ['sft_operator_job_loss{job="a",namespace="team-a"} 1.2345']
+    assert _lines(metrics, "sft_operator_job_loss{") == ['sft_operator_job_loss{namespace="team-a",sftjob="a"} 1.2345']
 
 
 def test_reconcile_is_counted_and_timed_and_retries_counted() -> None:
@@ -196,7 +196,7 @@ def test_serve_scrape_off_and_a_taken_port(caplog: pytest.LogCaptureFixture) -> 
     assert metrics.serve(port, addr="127.0.0.1") is True
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert 'sft_operator_job_progress_percent{job="a",namespace="team-a"} 40.0' in text
+    assert 'sft_operator_job_progress_percent{namespace="team-a",sftjob="a"} 40.0' in text
     with caplog.at_level(logging.ERROR, logger="sft_operator"):
         assert OperatorMetrics(process=False).serve(port, addr="127.0.0.1") is False
     assert "running without /metrics" in caplog.text
