@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 first, alone: pip takes the CPU build that lies on this disk.
 	$(PY) -m pip install -q 'torch==2.13.0'
-	$(PY) -m pip install -q -c constraints.txt -e '.[operator,trainer,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[operator,trainer,dev,plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)

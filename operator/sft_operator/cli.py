@@ -1,5 +1,5 @@
 """`sft-operator`: run the operator, print the CRD; the job commands (submit, status, wait, list,
-suspend, resume, delete, logs, events) come from the cli_* modules, one group each."""
+suspend, resume, delete, logs, events, plot) come from the cli_* modules, one group each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sft_operator import cli_jobs, cli_lifecycle, cli_logs
+from sft_operator import cli_jobs, cli_lifecycle, cli_logs, cli_plot
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kubernetes operator for SFTJobs.")
 
@@ -56,5 +56,5 @@ def crd(
         typer.echo(crd_module.render_yaml(), nl=False)
 
 
-for command_group in (cli_jobs.commands, cli_lifecycle.commands, cli_logs.commands):
+for command_group in (cli_jobs.commands, cli_lifecycle.commands, cli_logs.commands, cli_plot.commands):
     app.add_typer(command_group)

@@ -51,6 +51,10 @@ class SFTJobHandle:
             self.api_client, self.name, self.namespace, timeout=timeout, display=ProgressDisplay(enabled=show_progress)
         )
 
+    def plot_loss(self, output: str | os.PathLike[str] | None = None) -> Any:
+        """Its loss curve as it stands: a PNG at ``output``, else a text chart (SFTJobResult.plot_loss)."""
+        return self.result().plot_loss(output)
+
     def logs(self, follow: bool = False, node: int = 0, tail_lines: int | None = None,
              previous: bool = False) -> Iterator[str]:
         """The trainer's log lines on node ``node`` (pod ``<name>-<node>``)."""

@@ -8,8 +8,10 @@ does not carry (``model_fields_set``) is shown as unknown, never as the model's 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from sft_operator import contract
 from sft_operator.api.paths import pod_path_to_url
 from sft_operator.models import ConditionType, InvalidSpecError, Phase, SFTJobStatus, parse_job
-from sft_operator.progress import TrainingProgress
+from sft_operator.progress import LossPoint, TrainingProgress
 from sft_operator.render import claim_name
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
@@ -215,6 +217,24 @@ class SFTJobResult:
     @property
     def succeeded(self) -> bool:
         return self.phase == Phase.SUCCEEDED.value
+
+    @property
+    def loss_history(self) -> list[LossPoint]:
+        """The downsampled loss curve the status carries (samples, loss, val_loss, lr)."""
+        from sft_operator.api.plot import loss_points
+
+        return loss_points(self.status)
+
+    def plot_loss(self, output: str | os.PathLike[str] | None = None) -> Path | None:
+        """The loss curve: a PNG at ``output`` (needs the ``plot`` extra, matplotlib; returns its
+        path), else printed as a text chart."""
+        from sft_operator.api import plot
+
+        title = f"{self.namespace}/{self.name}"
+        if output is not None:
+            return plot.save_png(self.loss_history, output, title=title)
+        print(plot.text_chart(self.loss_history, title=title))
+        return None
 
 
 def result_of(job: dict[str, Any], manifest: dict[str, Any] | None = None) -> SFTJobResult:
