@@ -100,6 +100,25 @@ class Kube:
                 return None
             raise
 
+    def delete_pod(self, namespace: str, name: str, grace_period_seconds: int) -> None:
+        """Delete a pod (its StatefulSet creates it again); gone already is fine."""
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_period_seconds)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the SFTJob with this uid (not a job created again under its name)."""
+        body = kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
+        try:
+            self.custom.delete_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, body=body
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or another job under the same name now
+                raise
+
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"status": status}

@@ -28,16 +28,23 @@ import pydantic
 
 from sft_operator import contract, kubeclient, metrics, render
 from sft_operator.children import Kube, converge
-from sft_operator.models import InvalidSpecError, Reason, SFTJobStatus, parse_job
+from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
-from sft_operator.publishing import JobStatusBook, Key, check_spec, update_status
-from sft_operator.status import SpecProblem
+from sft_operator.events import fit_message
+from sft_operator.publishing import JobStatusBook, Key, check_spec, finished_for_longer_than, now, update_status
+from sft_operator.status import SpecProblem, last_trainer_termination, ranks_left_behind, stalled
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
 PROGRESS = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
+# How often the clock-driven policies (deadline, start-up timeout, stall, time to live) are
+# checked per job: their precision, and a few milliseconds of CPU per live job each time.
+POLICY_INTERVAL_S = float(os.environ.get("SFT_POLICY_INTERVAL_S") or 30.0)  # tests shorten it
+# Ranks restarted with a failed or stalled peer cannot save (a collective save needs every rank):
+# no point waiting the pods' full grace period.
+GROUP_RESTART_GRACE_S = 30
 
 _api_client: kubernetes.client.ApiClient | None = None
 # The reporter sidecar's image: the operator's own (set by `run`, from SFT_REPORTER_IMAGE).
@@ -107,10 +114,16 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
         }
         for c in status.get("containerStatuses") or []
     ]
+    # Why a pod is not scheduled (the scheduler's words), for a pending job's status.
+    unscheduled = [
+        {k: c.get(k) for k in ("type", "status", "reason", "message")}
+        for c in status.get("conditions") or []
+        if c.get("type") == "PodScheduled" and c.get("status") == "False"
+    ]
     return {
         (namespace, labels[contract.LABEL_JOB_NAME]): {
             "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")},
-            "status": {"phase": status.get("phase"), "containerStatuses": restarts},
+            "status": {"phase": status.get("phase"), "containerStatuses": restarts, "conditions": unscheduled},
         }
     }
 
@@ -118,7 +131,10 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
 def _state_summary(state: Any) -> dict[str, Any]:
     state = state or {}
     if state.get("waiting"):
-        return {"waiting": {"reason": state["waiting"].get("reason")}}
+        waiting = state["waiting"]
+        return {"waiting": {"reason": waiting.get("reason"), "message": (waiting.get("message") or "")[-512:]}}
+    if state.get("running"):  # since when: which ranks a failure elsewhere left behind
+        return {"running": {"startedAt": state["running"].get("startedAt")}}
     terminated = state.get("terminated")
     if not terminated:
         return {}
@@ -271,6 +287,59 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         status = update_status(memo.kube, memo.jobs, body, statefulset, indexes.pods(key), problem, None,
                                indexes.progress(key))
         scale_down_if_over(memo, body, status, statefulset)
+        if not status.training_over and status.phase is not Phase.SUSPENDED:
+            restart_ranks_left_behind(memo, body, indexes.pods(key))
+
+
+def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+    """One rank failed: restart the ranks still in the old group at once, instead of letting them
+    wait in a collective until NCCL's timeout (they cannot save without the failed peer)."""
+    behind = ranks_left_behind(pods)
+    if not behind:
+        return
+    failure = last_trainer_termination(pods, failures_only=True)
+    message = f"{failure.describe() if failure else 'a rank failed'}; restarting {', '.join(behind)} with it"
+    log.info("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
+    for name in behind:
+        memo.kube.delete_pod(body["metadata"]["namespace"], name, GROUP_RESTART_GRACE_S)
+    kopf.event(body, type="Warning", reason="RestartingGroup", message=fit_message(message))
+
+
+def _needs_the_clock(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Jobs a timer must look at: every live one (start-up timeout, deadline, stall), and a
+    finished one only when it has a time to live."""
+    return status.get("phase") not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or (
+        spec.get("ttlSecondsAfterFinished") is not None
+    )
+
+
+@kopf.timer(*JOB, interval=POLICY_INTERVAL_S, when=_needs_the_clock)
+def apply_time_policies(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """What only the clock can tell: a job past its deadline or start-up timeout (Failed, scaled
+    to 0), stalled (every rank restarted), or finished longer than its time to live (deleted)."""
+    indexes = Indexes.of(kwargs)
+    raw = copy.deepcopy(dict(body))
+    key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
+    current = memo.jobs.current(raw)
+    status = SFTJobStatus.model_validate(current) if current else None
+    spec = raw.get("spec") or {}
+    if status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        expired = finished_for_longer_than(status, now(), spec.get("ttlSecondsAfterFinished"))
+        if expired:
+            log.info("%s/%s: %s; deleting the job", key[0], key[1], expired)
+            memo.kube.delete_job(key[0], key[1], raw["metadata"]["uid"])
+        return
+    why = stalled(status, now(), spec.get("stallTimeoutSeconds")) if status is not None else None
+    if why is None:
+        refresh_status(memo, key, indexes)
+        return
+    with memo.jobs.lock(key):
+        log.warning("%s/%s: stalled: %s", key[0], key[1], why)
+        for pod in indexes.pods(key):
+            memo.kube.delete_pod(key[0], pod["metadata"]["name"], GROUP_RESTART_GRACE_S)
+        statefulset = index_entry(indexes.statefulsets_by_job, key)
+        update_status(memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), None, None, indexes.progress(key),
+                      stall=why)
 
 
 @kopf.on.event(*JOB)

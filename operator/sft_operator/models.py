@@ -335,6 +335,28 @@ class SFTJobSpec(ApiModel):
         default=None, ge=1, description="Keep only the last K complete full_state checkpoints; unset keeps all."
     )
 
+    # --- run policy (mutable) -----------------------------------------------------------------
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1,
+        description="Fail the job (DeadlineExceeded) once it has run this long since it started or was last "
+        "resumed; the pods get SIGTERM first, so an on-demand checkpoint is saved. Unset: no deadline.",
+    )
+    startup_timeout_seconds: int = Field(
+        default=1800, ge=1,
+        description="Fail the job (StartupTimeout, with the blocking pod's reason) when not every pod runs this "
+        "long after the job was created, resumed or lost a pod.",
+    )
+    stall_timeout_seconds: int | None = Field(
+        default=None, ge=60,
+        description="Restart every rank (reason Stalled; counts against maxRestarts) when the job trains but no "
+        "new step reached the metrics log for this long. Data processing and saving are exempt. Unset: off.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0,
+        description="Delete the SFTJob this long after it Succeeded or Failed; the checkpoints follow "
+        "checkpoints.deleteWithJob. Unset: kept.",
+    )
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> SFTJobSpec:
         problems = cross_field_problems(self)
@@ -516,10 +538,22 @@ class Reason(str, enum.Enum):
     TOO_MANY_RESTARTS = "TooManyRestarts"  # trainer restarts exceeded spec.maxRestarts
     CONFIG_REJECTED = "ConfigRejected"  # the launcher exited EXIT_BAD_CONFIG: a retry cannot help
     RENDEZVOUS_CONFLICT = "RendezvousConflict"  # exit 5: another job holds this job's rendezvous port
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # ran past spec.activeDeadlineSeconds
+    STARTUP_TIMEOUT = "StartupTimeout"  # not every pod ran within spec.startupTimeoutSeconds
+    STALLED = "Stalled"  # no training step for spec.stallTimeoutSeconds: every rank restarted
     FINISHED = "Finished"  # Ready is False because training is over
     CLAIM_FOUND = "Found"
     CLAIM_NOT_FOUND = "ClaimNotFound"
     CLAIM_NOT_READ_WRITE_MANY = "NotReadWriteMany"  # an existing claim a multi-node job cannot share
+
+
+# Failed for one of these is for good (scaled to 0, never restarted); Failed for InvalidSpec is not:
+# fixing the spec starts the job.
+TRAINING_OVER_REASONS = frozenset(
+    reason.value
+    for reason in (Reason.TOO_MANY_RESTARTS, Reason.CONFIG_REJECTED, Reason.RENDEZVOUS_CONFLICT,
+                   Reason.DEADLINE_EXCEEDED, Reason.STARTUP_TIMEOUT)
+)
 
 
 class Condition(ApiModel):
@@ -573,6 +607,9 @@ class SFTJobStatus(ApiModel):
         default=0, description="Clean stops that resume exactly (the most of any node); never fail the job."
     )
     node_restarts: list[NodeRestarts] = Field(default_factory=list, description="Per node: how its trainer ended.")
+    stall_restarts: int = Field(
+        default=0, description="Times every rank was restarted because no training step came (spec.stallTimeoutSeconds)."
+    )
 
     # --- progress and checkpoints, read from the checkpoint volume by the reporter sidecar ---
     progress: TrainingProgress | None = Field(
@@ -591,7 +628,7 @@ class SFTJobStatus(ApiModel):
             and failed is not None
             and failed.status == "True"
             and failed.reason
-            in (Reason.TOO_MANY_RESTARTS.value, Reason.CONFIG_REJECTED.value, Reason.RENDEZVOUS_CONFLICT.value)
+            in TRAINING_OVER_REASONS
         )
 
 

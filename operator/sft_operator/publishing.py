@@ -23,7 +23,7 @@ from sft_operator.events import fit_message
 from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
-from sft_operator.wire import rfc3339
+from sft_operator.wire import parse_rfc3339, rfc3339
 
 log = logging.getLogger("sft_operator")
 Key = tuple[str, str]
@@ -72,8 +72,23 @@ class JobStatusBook:
         return None
 
 
-def _now() -> str:
+def now() -> str:
     return rfc3339(datetime.now(timezone.utc))
+
+
+def finished_for_longer_than(status: SFTJobStatus, at: str, ttl_s: Any) -> str | None:
+    """Why a Succeeded or Failed job has outlived spec.ttlSecondsAfterFinished, or None."""
+    if not isinstance(ttl_s, int) or status.phase not in (Phase.SUCCEEDED, Phase.FAILED):
+        return None
+    failed = next((c for c in status.conditions if c.type == ConditionType.FAILED.value), None)
+    finished = status.completion_time or (failed.last_transition_time if failed is not None else None)
+    if finished is None:
+        return None
+    age = (parse_rfc3339(at) - parse_rfc3339(finished)).total_seconds()
+    if age < ttl_s:
+        return None
+    return f"{status.phase.value} at {finished}, {int(age)} s ago (spec.ttlSecondsAfterFinished: {ttl_s})"
+
 
 
 def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tuple[SFTJob | None, SpecProblem | None]:
@@ -90,11 +105,12 @@ def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tupl
     return job, None
 
 
-def _max_restarts(spec: dict[str, Any]) -> int:
-    value = spec.get("maxRestarts")
-    if isinstance(value, int):
-        return value
-    return SFTJobSpec.model_fields["max_restarts"].default  # no CRD defaulting (a CRD without it)
+def _spec_int(spec: dict[str, Any], field: str) -> int | None:
+    """An integer spec field as the body has it, else the model's default (a CRD installed
+    without defaulting, or an invalid spec the status must still be derived for)."""
+    info = SFTJobSpec.model_fields[field]
+    value = spec.get(info.alias or field)
+    return value if isinstance(value, int) and not isinstance(value, bool) else info.default
 
 
 def update_status(
@@ -106,9 +122,11 @@ def update_status(
     problem: SpecProblem | None,
     volume: VolumeCheck | None,
     progress: TrainingProgress | None = None,
+    stall: str | None = None,
 ) -> SFTJobStatus:
     """Derive the status; patch it only when it changed; post an Event on a phase change or a
-    new refusal. Returns the status now in force."""
+    new refusal. Returns the status now in force. ``stall``: every rank is being restarted now
+    because the job stalled (why)."""
     meta = body["metadata"]
     key = job_key(body)
     raw = book.current(body)
@@ -122,9 +140,12 @@ def update_status(
         pods=pods,
         problem=problem,
         volume=volume,
-        now=_now(),
+        now=now(),
         progress=progress,
-        max_restarts=_max_restarts(spec),
+        max_restarts=_spec_int(spec, "max_restarts"),
+        active_deadline_s=_spec_int(spec, "active_deadline_seconds"),
+        startup_timeout_s=_spec_int(spec, "startup_timeout_seconds"),
+        stall=stall,
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
@@ -139,6 +160,8 @@ def update_status(
     book.record(body, new_api)
     metrics.observe_job(body, new, patched=True)
     _post_events(body, current, new, problem)
+    if stall is not None:
+        kopf.event(body, type="Warning", reason=Reason.STALLED.value, message=fit_message(stall))
     return new
 
 
@@ -155,8 +178,20 @@ def _post_events(body: dict[str, Any], current: SFTJobStatus | None, new: SFTJob
         before is None or before.message != ready.message
     ):  # a rank cannot join its own rendezvous: say so while it retries
         kopf.event(body, type="Warning", reason=ready.reason, message=fit_message(ready.message or ""))
+    blocker = _blocker(ready)
+    if blocker is not None and blocker[0] != (_blocker(before) or ("",))[0]:  # why pods wait: once per cause
+        kopf.event(body, type="Warning", reason=blocker[0].split(": ")[-1], message=fit_message(blocker[1]))
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         conditions = current.conditions if current is not None else []
         previous = next((c for c in conditions if c.type == ConditionType.SPEC_VALID.value), None)
         if previous is None or previous.message != problem.message:
             kopf.event(body, type="Warning", reason=problem.reason.value, message=fit_message(problem.message))
+
+
+def _blocker(ready: Any) -> tuple[str, str] | None:
+    """("pod j-1: ImagePullBackOff", the whole blocker) from a Ready message that names one."""
+    message = (ready.message or "") if ready is not None else ""
+    if "; waiting for " not in message:
+        return None
+    blocker = message.split("; waiting for ", 1)[1]
+    return ": ".join(blocker.split(": ")[:2]), blocker

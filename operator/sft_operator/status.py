@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sft_operator import contract
@@ -26,6 +27,7 @@ from sft_operator.models import (
 )
 from sft_operator.progress import Stage, TrainingProgress
 from sft_operator.render import accepted_spec
+from sft_operator.wire import parse_rfc3339, rfc3339
 
 @dataclass(frozen=True)
 class SpecProblem:
@@ -342,6 +344,9 @@ def _live(
         ready_message = f"{ready}/{nnodes} pods running; {RENDEZVOUS_CONFLICT_MESSAGE}: {conflict.describe()}"
     else:
         ready_reason, ready_message = Reason.NODES_PENDING.value, f"{ready}/{nnodes} pods running"
+        blocker = pod_blocker(pods, nnodes) if statefulset is not None else None
+        if blocker is not None:
+            ready_message += f"; waiting for {blocker}"
     conditions = set_condition(
         conditions, ConditionType.READY.value, phase is Phase.RUNNING, ready_reason, ready_message, now, generation
     )
@@ -356,6 +361,106 @@ def _live(
     return current.model_copy(update={**facts, "phase": phase, "conditions": conditions, "start_time": start_time})
 
 
+def ranks_left_behind(pods: Iterable[dict[str, Any]]) -> list[str]:
+    """Pods whose trainer still runs from before another rank's newest failure: they wait in a
+    collective for a peer that is gone, until NCCL's timeout. Restarting them at once restarts
+    the whole group (they resume from the latest full state together)."""
+    pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    failure = last_trainer_termination(pods, failures_only=True)
+    if failure is None or failure.exit_code == contract.EXIT_BAD_CONFIG:
+        return []
+    behind = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "")
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            started = ((status.get("state") or {}).get("running") or {}).get("startedAt")
+            if status.get("name") == contract.TRAINER_CONTAINER and name != failure.pod and started \
+                    and started < failure.finished_at:
+                behind.append(name)
+    return sorted(behind)
+
+
+def _condition(status: SFTJobStatus, type_: ConditionType) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_.value), None)
+
+
+def _since(status: SFTJobStatus, type_: ConditionType, value: str) -> datetime | None:
+    """When the condition last became ``value`` (None if it is not ``value`` now)."""
+    condition = _condition(status, type_)
+    return parse_rfc3339(condition.last_transition_time) if condition is not None and condition.status == value else None
+
+
+def pod_blocker(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
+    """Why the first pod that does not run waits, in the kubelet's or the scheduler's words:
+    a container's waiting reason (ImagePullBackOff, CreateContainerConfigError, ...), else the
+    pod's PodScheduled=False reason (Unschedulable: 0/12 nodes are available: ...)."""
+    for pod in sorted(pods, key=lambda p: _pod_ordinal(p) if _pod_ordinal(p) is not None else nnodes):
+        ordinal = _pod_ordinal(pod)
+        if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        name = (pod.get("metadata") or {}).get("name", "")
+        status = pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                text = f"pod {name}: {waiting['reason']}"
+                return f"{text}: {waiting['message']}" if waiting.get("message") else text
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                text = f"pod {name}: {condition.get('reason') or 'Unschedulable'}"
+                return f"{text}: {condition['message']}" if condition.get("message") else text
+    return None
+
+
+def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> str | None:
+    """The message of a job past spec.activeDeadlineSeconds, counted from when it first ran or
+    was last resumed (as a Kubernetes Job's), or None."""
+    if deadline_s is None or live.start_time is None or live.phase not in (Phase.RUNNING, Phase.PENDING):
+        return None
+    since = max(parse_rfc3339(live.start_time), _since(live, ConditionType.SUSPENDED, "False") or parse_rfc3339(live.start_time))
+    elapsed = (parse_rfc3339(now) - since).total_seconds()
+    if elapsed <= deadline_s:
+        return None
+    return (f"ran {int(elapsed)} s since {rfc3339(since)}, past spec.activeDeadlineSeconds ({deadline_s} s); "
+            "the pods were stopped with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: "
+            "a job created again with the same checkpoints resumes from them")
+
+
+def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods: list[dict[str, Any]]) -> str | None:
+    """The message of a job whose pods did not all run within spec.startupTimeoutSeconds of its
+    creation, its resume or the loss of a pod, or None."""
+    if timeout_s is None or live.phase is not Phase.PENDING:
+        return None
+    starts = [_since(live, ConditionType.READY, "False"), _since(live, ConditionType.SUSPENDED, "False")]
+    since = max((start for start in starts if start is not None), default=None)
+    if since is None or (parse_rfc3339(now) - since).total_seconds() <= timeout_s:
+        return None
+    blocker = pod_blocker(pods, live.total_nodes) or f"{live.nodes} pods running"
+    return f"not every pod ran within spec.startupTimeoutSeconds ({timeout_s} s): {blocker}"
+
+
+def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None) -> str | None:
+    """Why a running job counts as stalled: no new step in the metrics log (nothing newer on the
+    volume) for spec.stallTimeoutSeconds since the step or since every pod ran; data processing
+    and saving are exempt. None otherwise."""
+    progress = status.progress
+    if stall_timeout_s is None or status.phase is not Phase.RUNNING or progress is None:
+        return None
+    if progress.stage not in (Stage.TRAINING, Stage.INITIALIZING):
+        return None
+    running_since = _since(status, ConditionType.READY, "True")
+    facts = [t for t in (running_since, parse_rfc3339(progress.last_update_time) if progress.last_update_time else None) if t]
+    if not facts:
+        return None
+    last = max(facts)
+    if (parse_rfc3339(now) - last).total_seconds() <= stall_timeout_s:
+        return None
+    at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
+    return (f"no training step for {int((parse_rfc3339(now) - last).total_seconds())} s (spec.stallTimeoutSeconds: "
+            f"{stall_timeout_s}); last fact on the volume at {rfc3339(last)} ({progress.stage.value}, {at}); "
+            "restarting every rank from the latest full state")
+
+
 def derive_status(
     current: SFTJobStatus | None,
     *,
@@ -368,8 +473,14 @@ def derive_status(
     now: str,
     progress: TrainingProgress | None = None,
     max_restarts: int | None = None,
+    active_deadline_s: int | None = None,
+    startup_timeout_s: int | None = None,
+    stall: str | None = None,
 ) -> SFTJobStatus:
     """The job's status from what exists.
+
+    ``stall``: the operator restarts every rank of a stalled job now (why); it counts as a
+    failure. Deadline and start-up timeout are judged against ``now``.
 
     ``nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
     wins (a refused change to nnodes does not change what runs). Suspension is read from the
@@ -389,11 +500,13 @@ def derive_status(
         "ready_nodes": ready,
         "total_nodes": nnodes,
         "nodes": f"{ready}/{nnodes}",
-        "restarts": max([current.restarts, *(entry.failures for entry in ledger)]),
+        "stall_restarts": current.stall_restarts + (1 if stall else 0),
         "preemptions": max([current.preemptions, *(entry.preemptions for entry in ledger)]),
         "node_restarts": ledger,
         "progress": progress if progress is not None else current.progress,
     }
+    facts["restarts"] = max([current.restarts, *(entry.failures + facts["stall_restarts"] for entry in ledger),
+                             facts["stall_restarts"]])
     conditions = spec_condition(list(current.conditions), problem, now, generation)
     if current.training_over:
         # For good: only the facts move. observedGeneration follows the spec (a later change was
@@ -407,7 +520,15 @@ def derive_status(
                          generation=generation)
     if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
         return _invalid_spec(current, conditions, facts, problem, now, generation)
-    return _live(current, conditions, facts, statefulset, pods, volume, now, generation)
+    live = _live(current, conditions, facts, statefulset, pods, volume, now, generation)
+    timed_out = deadline_exceeded(live, now, active_deadline_s)
+    reason = Reason.DEADLINE_EXCEEDED
+    if timed_out is None and problem is None:
+        timed_out, reason = startup_timed_out(live, now, startup_timeout_s, pods), Reason.STARTUP_TIMEOUT
+    if timed_out is not None:
+        return _finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason, message=timed_out, now=now,
+                         generation=generation)
+    return live
 
 
 def phase_event_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:

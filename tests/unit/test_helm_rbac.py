@@ -39,7 +39,7 @@ OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it impor
 ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     # kopf lists/watches SFTJobs and patches its progress and diff-base annotations onto them;
     # the operator reads a job before re-creating a deleted child.
-    (contract.GROUP, contract.PLURAL): {"get", "list", "watch", "patch"},
+    (contract.GROUP, contract.PLURAL): {"get", "list", "watch", "patch", "delete"},
     # The operator writes status through the subresource only.
     (contract.GROUP, f"{contract.PLURAL}/status"): {"patch"},
     # Children's owner references set blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
@@ -53,7 +53,7 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     ("", "persistentvolumeclaims"): {"get", "create", "update"},
     # patch is held so that the per-job Role may grant it to the reporter.
     ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch"},
-    ("", "pods"): {"list", "watch"},
+    ("", "pods"): {"list", "watch", "delete"},
     # The reporter's per-job ServiceAccount, Role and RoleBinding.
     ("", "serviceaccounts"): {"get", "create", "update"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},

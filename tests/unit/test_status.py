@@ -15,6 +15,9 @@ from sft_operator.status import (
     derive_status,
     last_trainer_termination,
     phase_event_message,
+    pod_blocker,
+    ranks_left_behind,
+    stalled,
     set_condition,
 )
 
@@ -194,7 +197,7 @@ def test_completed_progress_is_succeeded() -> None:
     ]
     assert {k: v for k, v in api.items() if k not in ("conditions", "progress")} == {
         "phase": "Succeeded", "observedGeneration": 1, "readyNodes": 2, "totalNodes": 2, "nodes": "2/2",
-        "startTime": T0, "completionTime": T1, "restarts": 0, "preemptions": 0, "nodeRestarts": [],
+        "startTime": T0, "completionTime": T1, "restarts": 0, "preemptions": 0, "nodeRestarts": [], "stallRestarts": 0,
     }
     assert api["progress"]["stage"] == "Completed" and api["progress"]["latestCheckpoint"] == "samples_80"
     assert done.training_over
@@ -423,3 +426,82 @@ def test_a_rendezvous_conflict_says_so_while_it_retries_and_fails_past_max_resta
     assert condition.message == (
         "another job holds this job's rendezvous (spec.rdzvPort); the trainer failed 2 times (spec.maxRestarts: 1; "
         f"preemptions do not count); last: pod j-1: Error (exit code 5): {clash}")
+
+
+def at(minutes: int, seconds: int = 0) -> str:
+    return f"2026-01-01T{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}Z"
+
+
+def test_a_pending_job_says_which_pod_waits_and_why() -> None:
+    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "restartCount": 0,
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "sft:x"'}}}]}}
+    status = derive(pods=[pod(0), pulling], startup_timeout_s=600)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (status.phase, ready.message) == (
+        Phase.PENDING, '1/2 pods running; waiting for pod j-1: ImagePullBackOff: Back-off pulling image "sft:x"')
+    unschedulable = {"metadata": {"name": "j-0"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/12 nodes are available: 12 Insufficient nvidia.com/gpu."}]}}
+    assert pod_blocker([unschedulable, pulling], 2) == (
+        "pod j-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
+
+
+def test_startup_timeout_fails_with_the_blocking_pods_reason() -> None:
+    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}}
+    first = derive(pods=[pod(0), pulling], now=at(0), startup_timeout_s=600)
+    assert derive(first, pods=[pod(0), pulling], now=at(10), startup_timeout_s=600).phase is Phase.PENDING
+    failed = derive(first, pods=[pod(0), pulling], now=at(10, 1), startup_timeout_s=600)
+    condition = next(c for c in failed.conditions if c.type == "Failed")
+    assert (failed.phase, condition.reason, failed.training_over) == (Phase.FAILED, "StartupTimeout", True)
+    assert condition.message == ("not every pod ran within spec.startupTimeoutSeconds (600 s): "
+                                 "pod j-1: ErrImagePull: not found")
+    # Counted again from a resume: a job suspended for long is not timed out when it comes back.
+    suspended = derive(first, statefulset=sts(suspend=True), now=at(5))
+    resumed = derive(suspended, pods=[pod(0), pulling], now=at(60), startup_timeout_s=600)
+    assert derive(resumed, pods=[pod(0), pulling], now=at(69), startup_timeout_s=600).phase is Phase.PENDING
+
+
+def test_deadline_counts_from_the_first_run_or_the_last_resume() -> None:
+    running = derive(pods=[pod(0), pod(1)], now=at(0), active_deadline_s=3600)
+    assert derive(running, pods=[pod(0), pod(1)], now=at(60), active_deadline_s=3600).phase is Phase.RUNNING
+    over = derive(running, pods=[pod(0), pod(1)], now=at(60, 1), active_deadline_s=3600)
+    condition = next(c for c in over.conditions if c.type == "Failed")
+    assert (over.phase, condition.reason, over.training_over) == (Phase.FAILED, "DeadlineExceeded", True)
+    assert condition.message == (
+        "ran 3601 s since 2026-01-01T00:00:00Z, past spec.activeDeadlineSeconds (3600 s); the pods were stopped "
+        "with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: a job created again with the "
+        "same checkpoints resumes from them")
+    suspended = derive(running, statefulset=sts(suspend=True), pods=[], now=at(30))
+    resumed = derive(suspended, pods=[pod(0), pod(1)], now=at(100), active_deadline_s=3600)
+    assert derive(resumed, pods=[pod(0), pod(1)], now=at(159), active_deadline_s=3600).phase is Phase.RUNNING
+    assert derive(resumed, pods=[pod(0), pod(1)], now=at(161), active_deadline_s=3600).phase is Phase.FAILED
+
+
+def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -> None:
+    training = progress()  # last_update_time T1 = 00:05
+    running = derive(pods=[pod(0), pod(1)], now=at(0), progress=training)
+    assert stalled(running, at(15), 600) is None
+    assert stalled(running, at(15, 1), 600) == (
+        "no training step for 601 s (spec.stallTimeoutSeconds: 600); last fact on the volume at "
+        "2026-01-01T00:05:00Z (Training, 40 samples, epoch 1); restarting every rank from the latest full state")
+    assert stalled(running, at(15, 1), None) is None
+    saving = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.SAVING))
+    assert stalled(saving, at(60), 600) is None
+    # A stall restart counts as a failure against maxRestarts.
+    restarted = derive(running, pods=[pod(0), pod(1)], now=at(16), stall="why", max_restarts=0)
+    assert (restarted.stall_restarts, restarted.restarts, restarted.phase) == (1, 1, Phase.FAILED)
+
+
+def test_ranks_left_behind_by_a_failure_are_restarted_with_it() -> None:
+    def running_since(ordinal: int, started: str, **kwargs: Any) -> dict[str, Any]:
+        return trainer_pod(ordinal, state={"running": {"startedAt": started}}, **kwargs)
+
+    crashed = trainer_pod(0, 1, state={"running": {"startedAt": at(5, 10)}}, last=terminated(1, at(5)))
+    assert ranks_left_behind([crashed, running_since(1, at(0)), running_since(2, at(5, 20))]) == ["j-1"]
+    assert ranks_left_behind([crashed, running_since(1, at(5, 30))]) == []  # already restarted
+    preempted = trainer_pod(0, 1, state={"running": {"startedAt": at(5, 10)}}, last=terminated(3, at(5)))
+    assert ranks_left_behind([preempted, running_since(1, at(0))]) == []  # a clean stop saves with every rank
+    rejected = trainer_pod(0, 1, last=terminated(2, at(5)))
+    assert ranks_left_behind([rejected, running_since(1, at(0))]) == []  # the job fails anyway

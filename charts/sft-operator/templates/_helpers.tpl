@@ -77,7 +77,7 @@ each rule exists.
 # deleted child (is the job itself being deleted?).
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # The operator writes the status, and only the status, through the status subresource.
 - apiGroups: ["finetune.dev"]
   resources: ["sftjobs/status"]
@@ -112,10 +112,11 @@ each rule exists.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]
-# The job's pods are watched (by label) to derive the phase; never written.
+# The job's pods are watched (by label) to derive the phase; deleted only to restart a whole
+# group (ranks left behind by a failed peer, or a stalled job).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "delete"]
 # The status reporter's per-job identity: a ServiceAccount, and a Role + RoleBinding that allow
 # only get/patch on the job's own <job>-progress ConfigMap (resourceNames).
 - apiGroups: [""]
