@@ -313,7 +313,7 @@ def _needs_the_clock(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
     )
 
 
-@kopf.timer(*JOB, interval=POLICY_INTERVAL_S, when=_needs_the_clock)
+@kopf.timer(*JOB, interval=POLICY_INTERVAL_S, initial_delay=POLICY_INTERVAL_S, when=_needs_the_clock)
 def apply_time_policies(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """What only the clock can tell: a job past its deadline or start-up timeout (Failed, scaled
     to 0), stalled (every rank restarted), or finished longer than its time to live (deleted)."""

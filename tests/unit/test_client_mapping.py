@@ -376,3 +376,14 @@ def test_backend_takes_cluster_settings_from_algorithm_params_too() -> None:
 
 def test_module_exports() -> None:
     assert set(mapping.__all__) <= set(dir(mapping))
+
+
+def test_run_policy_fields_are_sft_keyword_arguments() -> None:
+    """training_hub has no name for them: sft(..., active_deadline_seconds=...) under the spec's own."""
+    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
+                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64, active_deadline_seconds=3600,
+                  startup_timeout_seconds=600, stall_timeout_seconds=900, ttl_seconds_after_finished=60)
+    spec = build_sftjob(params, ClusterOptions(), name="x", namespace="ns")["spec"]
+    assert {k: v for k, v in spec.items() if "Seconds" in k} == {
+        "activeDeadlineSeconds": 3600, "startupTimeoutSeconds": 600, "stallTimeoutSeconds": 900,
+        "ttlSecondsAfterFinished": 60}
