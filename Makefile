@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test unit integration training e2e venv provision cluster-up cluster-down node run crd bench tiny clean
+.PHONY: docker demo test unit integration training e2e venv provision cluster-up cluster-down node run crd bench tiny clean
 
 ## demo: local control plane + operator + local node; trains a tiny 2-node job to Succeeded
 demo: venv provision
 	$(PY) -m sft_operator.dev.demo
 
 ## test: every test tier (unit, integration on the real control plane, training, e2e)
-test: venv provision
+test: venv provision docker
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
@@ -37,6 +37,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## docker: Debian's docker.io, CNI plugins and mmdebstrap; dockerd started when none answers
+docker:
+	scripts/provision-docker.sh
 
 ## provision: build/cache etcd, kube-apiserver, kube-controller-manager (once, ~10 min)
 provision:
