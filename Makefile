@@ -57,6 +57,17 @@ cluster-down: venv
 node: venv
 	$(PY) -m sft_operator.dev.localnode --kubeconfig .local/kubeconfig --state-dir .local/node
 
+## realnode-up / realnode-down: the local control plane (advertising this machine's IP, claims as
+## host directories) plus a REAL node: dockerd, kubelet 1.20 (dockershim), kube-proxy, CNI, dev DNS
+## (root; docs/realnode.md). Not together with `make cluster-up`: both use .local.
+realnode-up: venv provision
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m sft_operator.dev.controlplane up --state-dir .local --for-real-node
+	$(PY) -m sft_operator.dev.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode
+
+realnode-down: venv
+	$(PY) -m sft_operator.dev.node down --state-dir .local/realnode --stop-dockerd
+	$(PY) -m sft_operator.dev.controlplane down --state-dir .local
+
 ## tiny: a tiny model and data built offline, in .local/tiny
 tiny: venv
 	$(PY) -m sft_operator.dev.tiny_model --out .local/tiny

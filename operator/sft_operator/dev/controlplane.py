@@ -61,6 +61,7 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 LOG_TAIL_LINES = 15
 PORT_ATTEMPTS = 3
 STATE_FILE = "controlplane.json"
+HOSTPATH_STORAGE_CLASS = "local-hostpath"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 # Metadata of every write, once per request: lets a test attribute writes to a user and a
 # namespace exactly (the apiserver's /metrics only count them cluster-wide).
@@ -330,7 +331,17 @@ class ControlPlane:
         assets: Path | str | None = None,
         timeout_s: float | None = None,
         detached: bool = False,
+        advertise_address: str | None = None,
+        hostpath_provisioner: bool = False,
     ):
+        """``advertise_address``: a non-loopback host IP for a real node's pods (the apiserver then
+        binds 0.0.0.0 and the `kubernetes` Service gets that endpoint; a loopback one is invalid
+        there, so in-pod clients could not reach the API). None: loopback only (the default).
+        ``hostpath_provisioner``: dev-only dynamic provisioning of claims as directories under
+        /tmp/hostpath_pv (kube-controller-manager --enable-hostpath-provisioner) behind a default
+        StorageClass ``local-hostpath``; single-machine only."""
+        self.advertise_address = advertise_address
+        self.hostpath_provisioner = hostpath_provisioner
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="sft-controlplane-")).resolve()
         self._assets = Path(assets) if assets else None
@@ -399,6 +410,8 @@ class ControlPlane:
             # Pods are admitted only once their namespace's default ServiceAccount has a token
             # (1.20's ServiceAccount admission): wait until the controllers got that far.
             self._wait("the default ServiceAccount has its token", self._default_sa_ready, CONTROLLER_MANAGER)
+            if self.hostpath_provisioner:
+                self._ensure_default_storage_class()
         except BaseException:
             self.stop()
             raise
@@ -514,7 +527,8 @@ class ControlPlane:
         d.mkdir(exist_ok=True)
         if not (d / "ca.crt").exists():
             ca = pki.make_ca()
-            serving = pki.make_serving_cert(ca, ip_addresses=("127.0.0.1", "10.0.0.1"))
+            serving = pki.make_serving_cert(ca, ip_addresses=(
+                "127.0.0.1", "10.0.0.1", *((self.advertise_address,) if self.advertise_address else ())))
             sa_key, sa_pub = pki.make_service_account_key()
             for name, data in (
                 ("ca.key", ca.key_pem), ("apiserver.crt", serving.cert_pem), ("apiserver.key", serving.key_pem),
@@ -550,7 +564,9 @@ class ControlPlane:
     def _apiserver_args(self, port: int, etcd_port: int) -> list[str]:
         p = self.state_dir / "pki"
         return [
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            *(("--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}") if self.advertise_address
+              else ("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1")),
+            f"--secure-port={port}",
             "--insecure-port=0", f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             f"--cert-dir={p}", f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
             f"--client-ca-file={p / 'ca.crt'}", f"--token-auth-file={p / 'tokens.csv'}",
@@ -574,7 +590,28 @@ class ControlPlane:
             "--secure-port=0", "--port=0", "--profiling=false",
             # The default client rate limit (20 QPS) spends seconds starting the controllers.
             "--kube-api-qps=200", "--kube-api-burst=400",
+            *(("--enable-hostpath-provisioner",) if self.hostpath_provisioner else ()),
         ]
+
+    def _ensure_default_storage_class(self) -> None:
+        """The default StorageClass of the dev-only hostPath provisioner (idempotent)."""
+        body = json.dumps({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": HOSTPATH_STORAGE_CLASS,
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "kubernetes.io/host-path", "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        }).encode()
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(
+            self.server + "/apis/storage.k8s.io/v1/storageclasses", data=body, method="POST",
+            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # already there (a kept state dir)
+                raise ControlPlaneError(f"cannot create StorageClass {HOSTPATH_STORAGE_CLASS}: HTTP {e.code} {e.read()[:200]!r}") from None
 
     def _start_reaper(self) -> None:
         self._reaper = subprocess.Popen(
@@ -701,13 +738,14 @@ def _running_pids(state: dict[str, Any]) -> dict[str, int]:
     return {name: pid for name, pid in state.get("pids", {}).items() if _pid_runs(pid, name)}
 
 
-def cli_up(state_dir: Path) -> int:
+def cli_up(state_dir: Path, advertise_address: str | None = None, hostpath_provisioner: bool = False) -> int:
     state = _read_state(state_dir)
     if state and _running_pids(state):
         print(f"control plane already running in {state_dir} (pids {_running_pids(state)})")
         print(f"  export KUBECONFIG={state['kubeconfig']}; kubectl get --raw /readyz")
         return 0
-    cp = ControlPlane(state_dir=state_dir, detached=True)
+    cp = ControlPlane(state_dir=state_dir, detached=True, advertise_address=advertise_address,
+                      hostpath_provisioner=hostpath_provisioner)
     cp.start()
     _write_private(state_dir / STATE_FILE, json.dumps({
         "pids": cp.pids, "server": cp.server, "kubeconfig": str(cp.kubeconfig),
@@ -733,10 +771,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.controlplane", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local"), help="default: .local")
+    parser.add_argument("--for-real-node", action="store_true",
+                        help="up: advertise this machine's IP (pods reach the API) and provision claims "
+                             "as host directories (for sft_operator.dev.node)")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     try:
-        return cli_up(state_dir) if args.command == "up" else cli_down(state_dir)
+        if args.command == "up":
+            advertise = None
+            if args.for_real_node:
+                from sft_operator.dev.node import host_ip
+                advertise = host_ip()
+            return cli_up(state_dir, advertise, hostpath_provisioner=args.for_real_node)
+        return cli_down(state_dir)
     except ControlPlaneError as e:
         where = f" (log: {e.log_file})" if e.log_file else ""
         print(f"controlplane {args.command}: error: {e.summary}{where}", file=sys.stderr)
