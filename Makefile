@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: docker demo test unit integration training e2e venv provision cluster-up cluster-down node run crd bench tiny clean
+.PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down node run crd bench tiny clean
 
 ## demo: local control plane + operator + local node; trains a tiny 2-node job to Succeeded
 demo: venv provision
@@ -27,6 +27,14 @@ training: venv
 
 e2e: venv provision
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
+
+## images: the local base image, the operator image and the trainer's CPU flavour (docker; cached)
+images:
+	scripts/build-images.sh
+
+## images-test: the image tier (builds both images, runs them, trains the tiny model in the trainer image)
+images-test: venv
+	$(PY) -m pytest -q -m images tests/images
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -83,6 +83,10 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
     assets = tmp_path / "assets"
     subprocess.run([sys.executable, "-m", "sft_operator.dev.tiny_model", "--out", str(assets),
                     "--samples", str(NUM_SAMPLES)], check=True, capture_output=True, timeout=600)
+    # The pod runs as uid 65532: the hostPath model must be readable by others. tiny_model
+    # saves model.safetensors with mode 0600 (as root: unreadable in the pod), so open it up.
+    for path in assets.rglob("*"):
+        path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
     job = tiny_job(assets, trainer_image)
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -92,6 +96,10 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
     for name, text in render_configmap(job)["data"].items():
         (config_dir / name).write_text(text)
 
+    # The kubelet's terminationMessagePath, as a file the pod's user can write.
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()
+    os.chown(termination_log, 65532, 65532) if os.geteuid() == 0 else termination_log.chmod(0o666)
     _, trainer = rendered_trainer(job)
     # The container's command, as rendered (the image's ENTRYPOINT is the same launcher).
     command = trainer.get("command") or []
@@ -103,6 +111,7 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
            "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--security-opt", "no-new-privileges",
            # No network at all: pod 0's rendezvous name resolves to its own loopback.
            "--network", "none", "--hostname", pod_name, "--add-host", f"{master_addr(job)}:127.0.0.1",
+           "--mount", f"type=bind,source={termination_log},target=/dev/termination-log",
            *docker_run_args(job, pod_name=pod_name, checkpoints=checkpoints, config_dir=config_dir),
            *entrypoint, trainer_image, *command[1:], *trainer.get("args", []))
 
