@@ -1,0 +1,75 @@
+"""Pure parts of the local real node (sft_operator.dev.node, node_dns): configs and DNS answers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sft_operator.dev import node
+from sft_operator.dev.controlplane import ControlPlane
+
+
+
+def test_kubelet_config_is_the_dev_node_contract(tmp_path: Path) -> None:
+    cfg = node.kubelet_config(tmp_path, "cgroupfs")
+    assert cfg["address"] == "127.0.0.1" and cfg["authorization"] == {"mode": "AlwaysAllow"}
+    assert cfg["failSwapOn"] is False and cfg["cgroupDriver"] == "cgroupfs"
+    assert cfg["clusterDNS"] == [node.GATEWAY] and cfg["resolvConf"] == str(tmp_path / "resolv.conf")
+
+
+def test_cni_config_keeps_pods_on_this_machine(tmp_path: Path) -> None:
+    bridge = node.cni_config(tmp_path)["plugins"][0]
+    assert bridge["bridge"] == node.BRIDGE and bridge["ipam"]["ranges"] == [[{"subnet": node.POD_CIDR}]]
+    assert bridge["ipam"]["dataDir"] == str(tmp_path / "cni-ipam")
+
+
+def test_control_plane_defaults_stay_loopback(tmp_path: Path) -> None:
+    cp = ControlPlane(state_dir=tmp_path)
+    args = cp._apiserver_args(6443, 2379)
+    assert "--bind-address=127.0.0.1" in args and "--advertise-address=127.0.0.1" in args
+    assert "--enable-hostpath-provisioner" not in cp._controller_manager_args(tmp_path / "k")
+    real = ControlPlane(state_dir=tmp_path, advertise_address="192.0.2.2", hostpath_provisioner=True)
+    assert "--bind-address=0.0.0.0" in real._apiserver_args(6443, 2379)
+    assert "--advertise-address=192.0.2.2" in real._apiserver_args(6443, 2379)
+    assert "--enable-hostpath-provisioner" in real._controller_manager_args(tmp_path / "k")
+
+
+class FakeApi:
+    def get(self, path: str) -> dict[str, Any]:
+        return {
+            "/api/v1/services": {"items": [
+                {"metadata": {"namespace": "ns", "name": "web"}, "spec": {"clusterIP": "10.0.0.9"}},
+                {"metadata": {"namespace": "ns", "name": "job"}, "spec": {"clusterIP": "None",
+                                                                         "publishNotReadyAddresses": True}},
+            ]},
+            "/api/v1/endpoints": {"items": [
+                {"metadata": {"namespace": "ns", "name": "job"}, "subsets": [
+                    {"notReadyAddresses": [{"ip": "10.244.0.5", "hostname": "job-0"}]}]},
+            ]},
+            "/api/v1/persistentvolumes": {"items": []},
+        }[path]
+
+
+def _ask(resolver: Any, name: str) -> tuple[int, list[str]]:
+    from dnslib import DNSRecord
+
+    reply = resolver.resolve(DNSRecord.question(name), None)
+    return reply.header.rcode, [str(rr.rdata) for rr in reply.rr]
+
+
+def test_dns_answers_services_statefulset_pods_and_nxdomain() -> None:
+    from sft_operator.dev.node_dns import Resolver
+
+    resolver = Resolver(FakeApi(), interval=3600)
+    assert _ask(resolver, "web.ns.svc.cluster.local") == (0, ["10.0.0.9"])
+    assert _ask(resolver, "job-0.job.ns.svc.cluster.local") == (0, ["10.244.0.5"])
+    assert _ask(resolver, "10-244-0-7.ns.pod.cluster.local") == (0, ["10.244.0.7"])
+    assert _ask(resolver, "nothing.example.com")[0] == 3  # NXDOMAIN
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/route"), reason="needs Linux routing tables")
+def test_host_ip_is_not_loopback() -> None:
+    assert not node.host_ip().startswith("127.")
