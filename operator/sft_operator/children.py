@@ -76,8 +76,11 @@ class Kube:
     def _plain(self, obj: Any) -> dict[str, Any]:
         return self.client.sanitize_for_serialization(obj)
 
-    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def read(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> dict[str, Any] | None:
+        """``api_version`` is needed only for a kind of another API group (a PodGroup)."""
         try:
+            if kind == render.PODGROUP_KIND:
+                return self.read_podgroup(_api_version(api_version), namespace, name)
             return self._plain(self._calls(kind)[0](name, namespace))
         except ApiException as exc:
             if exc.status == 404:
@@ -86,11 +89,32 @@ class Kube:
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
+        if manifest["kind"] == render.PODGROUP_KIND:
+            return self.create_podgroup(manifest)
         return self._plain(self._calls(manifest["kind"])[1](meta["namespace"], manifest))
 
     def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
+        if manifest["kind"] == render.PODGROUP_KIND:
+            return self.replace_podgroup(manifest)
         return self._plain(self._calls(manifest["kind"])[2](meta["name"], meta["namespace"], manifest))
+
+    # A gang's PodGroup: a custom object of the scheduler's group (render.PODGROUP_API_VERSION).
+    def read_podgroup(self, api_version: str, namespace: str, name: str) -> dict[str, Any]:
+        group, version = api_version.split("/")
+        return self.custom.get_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, name)
+
+    def create_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        group, version = manifest["apiVersion"].split("/")
+        namespace = manifest["metadata"]["namespace"]
+        return self.custom.create_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, manifest)
+
+    def replace_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        group, version = manifest["apiVersion"].split("/")
+        meta = manifest["metadata"]
+        return self.custom.replace_namespaced_custom_object(
+            group, version, meta["namespace"], render.PODGROUP_PLURAL, meta["name"], manifest
+        )
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -125,6 +149,12 @@ class Kube:
         )
 
 
+def _api_version(api_version: str | None) -> str:
+    if api_version is None:
+        raise ValueError("reading a PodGroup needs its apiVersion")
+    return api_version
+
+
 class Refused(Exception):
     """The API refused a child as invalid (422): a spec problem, not worth retrying."""
 
@@ -139,15 +169,27 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
     except ApiException as exc:
         if exc.status == 422:
             raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status == 404 and manifest["kind"] == render.PODGROUP_KIND:
+            raise Refused(_podgroup_api_missing(manifest)) from None
         if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
             # The namespace is going away with the job in it: nothing to converge, no retries.
             raise kopf.PermanentError(f"namespace {meta['namespace']} is being deleted") from None
         if exc.status != 409:
             raise
-    existing = kube.read(manifest["kind"], meta["namespace"], meta["name"])
+    existing = kube.read(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"])
     if existing is None:  # deleted in between: the next attempt creates it
         raise kopf.TemporaryError(f"{manifest['kind']} {meta['name']} vanished while being created", delay=1)
     return existing, False
+
+
+def _podgroup_api_missing(manifest: dict[str, Any]) -> str:
+    """A gang job on a cluster without its scheduler's PodGroup CRD: a spec problem, not a retry."""
+    group, version = manifest["apiVersion"].split("/")
+    provider = "the scheduler-plugins coscheduling plugin" if group.endswith("x-k8s.io") else "Volcano"
+    return (
+        f"spec.scheduling.gang: the cluster has no PodGroup API {group}/{version} (CRD "
+        f"{render.PODGROUP_PLURAL}.{group} is not installed): install {provider}, or remove spec.scheduling.gang"
+    )
 
 
 def _client_message(exc: pydantic.ValidationError) -> str:
@@ -206,6 +248,12 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
         if existing.get("rules") == manifest["rules"] and not owners_differ:
             return existing
         updated["rules"] = manifest["rules"]
+    elif kind == render.PODGROUP_KIND:
+        # Only the fields we set: a scheduler's webhook may default others (Volcano's queue).
+        have_spec = existing.get("spec") or {}
+        if all(have_spec.get(k) == v for k, v in manifest["spec"].items()) and not owners_differ:
+            return existing
+        updated["spec"] = {**have_spec, **manifest["spec"]}
     elif kind == "RoleBinding":
         if existing.get("subjects") == manifest["subjects"] and not owners_differ:
             return existing
@@ -263,7 +311,7 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
                 if problem is not None:
                     statefulset = ensure_child(kube, render.render_statefulset(job, reporter_image), statefulset)
             else:
-                existing = None if fresh else kube.read(kind, namespace, manifest["metadata"]["name"])
+                existing = None if fresh else kube.read(kind, namespace, manifest["metadata"]["name"], manifest["apiVersion"])
                 obj = ensure_child(kube, manifest, existing)
                 if kind == "PersistentVolumeClaim":
                     claim = obj

@@ -186,6 +186,59 @@ class PodSettings(ApiModel):
     )
 
 
+class GangProvider(str, enum.Enum):
+    """Which gang scheduler admits the job's pods all together."""
+
+    COSCHEDULING = "coscheduling"  # kubernetes-sigs/scheduler-plugins, scheduling.x-k8s.io PodGroup
+    VOLCANO = "volcano"  # Volcano, scheduling.volcano.sh PodGroup
+
+
+# The scheduler names each provider's pods get unless spec.scheduling.gang.schedulerName says
+# otherwise: scheduler-plugins' chart installs the coscheduling plugin as a second scheduler of
+# this name; Volcano's scheduler is "volcano".
+GANG_DEFAULT_SCHEDULER: dict[GangProvider, str] = {
+    GangProvider.COSCHEDULING: "scheduler-plugins-scheduler",
+    GangProvider.VOLCANO: "volcano",
+}
+
+
+class GangScheduling(ApiModel):
+    """All nnodes pods are scheduled together or not at all, through a PodGroup the operator
+    creates (owned by the job, named after it)."""
+
+    provider: GangProvider = Field(
+        description="coscheduling (the scheduler-plugins Coscheduling plugin, PodGroup "
+        "scheduling.x-k8s.io/v1alpha1) or volcano (PodGroup scheduling.volcano.sh/v1beta1)."
+    )
+    scheduler_name: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="The pods' schedulerName; defaults to scheduler-plugins-scheduler (coscheduling) or "
+        "volcano. spec.pod.schedulerName, when set, must equal it.",
+    )
+    schedule_timeout_seconds: int | None = Field(
+        default=None, ge=1,
+        description="coscheduling only: the PodGroup's scheduleTimeoutSeconds, how long pods of a "
+        "partly placeable group wait before the group is rejected; unset: the plugin's own default.",
+    )
+    queue: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="volcano only: the Volcano Queue of the PodGroup; unset: Volcano's default queue.",
+    )
+
+    @property
+    def effective_scheduler_name(self) -> str:
+        return self.scheduler_name or GANG_DEFAULT_SCHEDULER[self.provider]
+
+
+class Scheduling(ApiModel):
+    """How the job's pods are scheduled as a group."""
+
+    gang: GangScheduling | None = Field(
+        default=None,
+        description="Gang scheduling through a PodGroup (immutable: set it when the job is created).",
+    )
+
+
 # spec fields (camelCase) mapped onto TrainingArgs kwargs; extraArgs may not set these.
 MAPPED_TRAINING_ARGS: dict[str, str] = {
     "model_path": "modelPath",
@@ -253,6 +306,8 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "checkpoints.existingClaim",
     "checkpoints.claim",
     "checkpoints.path",
+    # The pods of one job never straddle two gangs (or a gang and no gang).
+    "scheduling.gang",
 )
 
 
@@ -326,6 +381,7 @@ class SFTJobSpec(ApiModel):
     # --- operation ----------------------------------------------------------------------------
     checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
+    scheduling: Scheduling | None = Field(default=None, description="Gang scheduling of the job's pods.")
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
     max_restarts: int = Field(
         default=3, ge=0,
@@ -492,6 +548,21 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
     for i, mount in enumerate(spec.pod.volume_mounts):
         if mount.mount_path in RESERVED_MOUNT_PATHS:
             problems.append((f"spec.pod.volumeMounts[{i}].mountPath", f"{mount.mount_path} is used by the operator"))
+    gang = spec.scheduling.gang if spec.scheduling is not None else None
+    if gang is not None:
+        if gang.schedule_timeout_seconds is not None and gang.provider is not GangProvider.COSCHEDULING:
+            problems.append(("spec.scheduling.gang.scheduleTimeoutSeconds", "only for provider coscheduling"))
+        if gang.queue is not None and gang.provider is not GangProvider.VOLCANO:
+            problems.append(("spec.scheduling.gang.queue", "only for provider volcano"))
+        wanted = gang.effective_scheduler_name
+        if spec.pod.scheduler_name is not None and spec.pod.scheduler_name != wanted:
+            problems.append(
+                (
+                    "spec.pod.schedulerName",
+                    f"must be unset or {wanted!r} with spec.scheduling.gang (set "
+                    "spec.scheduling.gang.schedulerName to use another scheduler)",
+                )
+            )
     return problems
 
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, SFTJob, parse_spec
+from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, GangProvider, GangScheduling, SFTJob, parse_spec
 
 ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
 ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
@@ -26,7 +26,19 @@ REPORTER_CONTAINER = "reporter"
 # the operator learns its image from this env var (the Helm chart sets it).
 ENV_REPORTER_IMAGE = "SFT_REPORTER_IMAGE"
 DEFAULT_REPORTER_IMAGE = "sft-operator:0.1.0"
+COMPONENT_GANG = "gang"
 RDZV_PORT_NAME = "rdzv"
+# Gang scheduling: each provider's PodGroup API (group/version), and how a pod names its group.
+# scheduler-plugins apis/scheduling/v1alpha1 (PodGroupLabel = scheduling.GroupName + "/pod-group");
+# volcano.sh/apis pkg/apis/scheduling/v1beta1 (KubeGroupNameAnnotationKey).
+PODGROUP_KIND = "PodGroup"
+PODGROUP_PLURAL = "podgroups"
+PODGROUP_API_VERSION: dict[GangProvider, str] = {
+    GangProvider.COSCHEDULING: "scheduling.x-k8s.io/v1alpha1",
+    GangProvider.VOLCANO: "scheduling.volcano.sh/v1beta1",
+}
+COSCHEDULING_POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 
@@ -56,6 +68,14 @@ def pod_service_account(job: SFTJob) -> str:
 
 def claim_name(job: SFTJob) -> str:
     return job.spec.checkpoints.existing_claim or f"{job.metadata.name}-checkpoints"
+
+
+def podgroup_name(job: SFTJob) -> str:
+    return job.metadata.name
+
+
+def _gang(job: SFTJob) -> GangScheduling | None:
+    return job.spec.scheduling.gang if job.spec.scheduling is not None else None
 
 
 def master_addr(job: SFTJob) -> str:
@@ -208,6 +228,24 @@ def render_checkpoint_claim(job: SFTJob) -> dict[str, Any] | None:
     }
 
 
+def render_podgroup(job: SFTJob) -> dict[str, Any] | None:
+    """The gang's PodGroup (spec.scheduling.gang), or None: all nnodes pods or none of them."""
+    gang = _gang(job)
+    if gang is None:
+        return None
+    spec: dict[str, Any] = {"minMember": job.spec.nnodes}
+    if gang.provider is GangProvider.COSCHEDULING and gang.schedule_timeout_seconds is not None:
+        spec["scheduleTimeoutSeconds"] = gang.schedule_timeout_seconds
+    if gang.provider is GangProvider.VOLCANO and gang.queue is not None:
+        spec["queue"] = gang.queue
+    return {
+        "apiVersion": PODGROUP_API_VERSION[gang.provider],
+        "kind": PODGROUP_KIND,
+        "metadata": _metadata(job, podgroup_name(job), COMPONENT_GANG),
+        "spec": spec,
+    }
+
+
 def _env(job: SFTJob) -> list[dict[str, Any]]:
     spec = job.spec
     addr = master_addr(job)
@@ -337,9 +375,18 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
         "schedulerName": pod.scheduler_name,
     }
     pod_spec.update({key: value for key, value in optional.items() if value is not None})
-    metadata: dict[str, Any] = {"labels": {**pod.labels, **_labels(job, COMPONENT_TRAINER)}}
-    if pod.annotations:
-        metadata["annotations"] = dict(pod.annotations)
+    labels = {**pod.labels, **_labels(job, COMPONENT_TRAINER)}
+    annotations = dict(pod.annotations)
+    gang = _gang(job)
+    if gang is not None:
+        pod_spec["schedulerName"] = gang.effective_scheduler_name
+        if gang.provider is GangProvider.COSCHEDULING:
+            labels[COSCHEDULING_POD_GROUP_LABEL] = podgroup_name(job)
+        else:
+            annotations[VOLCANO_GROUP_NAME_ANNOTATION] = podgroup_name(job)
+    metadata: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": pod_spec}
 
 
@@ -373,8 +420,10 @@ def render_statefulset(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE
 
 
 def render_children(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -> list[dict[str, Any]]:
-    """Everything one job needs, in creation order (claim, config and identity before the pods)."""
+    """Everything one job needs, in creation order (claim, config, identity and the gang's
+    PodGroup before the pods: a pod the scheduler sees before its group is not held back)."""
     optional = [render_checkpoint_claim(job), render_service_account(job)]
+    podgroup = render_podgroup(job)
     return [
         *(manifest for manifest in optional if manifest is not None),
         render_configmap(job),
@@ -382,6 +431,7 @@ def render_children(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -
         render_reporter_role(job),
         render_reporter_role_binding(job),
         render_service(job),
+        *([podgroup] if podgroup is not None else []),
         render_statefulset(job, reporter_image),
     ]
 
@@ -425,9 +475,16 @@ def job_as_accepted(job: SFTJob, statefulset: dict[str, Any]) -> SFTJob:
     spec = job.spec.to_api()
     for path, value in accepted.items():
         *parents, leaf = path.split(".")
-        holder = spec
+        holder: dict[str, Any] | None = spec
         for part in parents:
-            holder = holder.setdefault(part, {})
+            if holder is None:
+                break
+            if value is None:  # removing: never create a parent (scheduling: {} is not unset)
+                holder = holder.get(part)
+            else:
+                holder = holder.setdefault(part, {})
+        if holder is None:
+            continue
         if value is None:
             holder.pop(leaf, None)
         else:

@@ -126,6 +126,7 @@ CHANGES: dict[str, Any] = {
     "extraArgs": {"use_liger": True}, "nnodes": 2, "nprocPerNode": 2, "rdzvPort": 1234, "rdzvId": "r",
     "device": "cpu", "fullStateRetention": 1,
     "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
+    "scheduling.gang": {"provider": "coscheduling"},
 }
 
 
@@ -144,6 +145,8 @@ def _set(body: dict[str, Any], path: str, value: Any) -> None:
 @pytest.mark.parametrize("path", IMMUTABLE_FIELDS)
 def test_immutable_fields_cannot_change(path: str) -> None:
     old = job(checkpoints={"existingClaim": "c"} if path == "checkpoints.existingClaim" else {"claim": {"size": "1Gi"}})
+    if path == "scheduling.gang":
+        old["spec"]["scheduling"] = {"gang": {"provider": "volcano"}}
     new = copy.deepcopy(old)
     _set(new, path, CHANGES[path])
     messages = cel_errors(new, old)

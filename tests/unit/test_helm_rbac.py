@@ -35,6 +35,8 @@ MODES, NAMESPACES_MODE, ROOT, Helm, by_kind = (
 PACKAGE = ROOT / "operator" / "sft_operator"
 OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
 
+GANG_GROUPS = sorted({api_version.split("/")[0] for api_version in render.PODGROUP_API_VERSION.values()})
+
 # (apiGroup, resource) -> verbs. Change it only together with the chart's rules and docs/rbac.md.
 ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     # kopf lists/watches SFTJobs and patches its progress and diff-base annotations onto them;
@@ -58,6 +60,8 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     ("", "serviceaccounts"): {"get", "create", "update"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "update"},
+    # A gang job's PodGroup, for either gang scheduler (spec.scheduling.gang.provider).
+    **{(group, render.PODGROUP_PLURAL): {"get", "create", "update"} for group in GANG_GROUPS},
 }
 
 # What the per-job Role grants the status reporter (resourceNames: the job's progress ConfigMap).
@@ -128,12 +132,25 @@ def sample_job() -> Any:
     return parse_job(body)
 
 
+def gang_jobs() -> list[Any]:
+    """The sample job with each gang scheduler (each renders a PodGroup of its own group)."""
+    jobs = []
+    for provider in render.PODGROUP_API_VERSION:
+        body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())
+        body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000001")
+        body["spec"]["scheduling"] = {"gang": {"provider": provider.value}}
+        jobs.append(parse_job(body))
+    return jobs
+
+
 def test_operator_may_create_every_child(helm: Any) -> None:
     """Every kind render.py produces for a job can be read and created (updates are covered by
     the code scan below); a per-job Role, once rendered, grants nothing the operator lacks."""
     granted = grants(rules_of(helm.template())[0])
     needed: dict[tuple[str, str], set[str]] = {}
-    for child in render.render_children(sample_job()):
+    children = [child for job in [sample_job(), *gang_jobs()] for child in render.render_children(job)]
+    assert {c["apiVersion"] for c in children if c["kind"] == "PodGroup"} == set(render.PODGROUP_API_VERSION.values())
+    for child in children:
         group = child["apiVersion"].rpartition("/")[0]
         needed[(group, child["kind"].lower() + "s")] = {"get", "create"}
         if child["kind"] == "Role":
@@ -162,6 +179,13 @@ RESOURCE_OF_METHOD = {
     "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
     "custom_object": (contract.GROUP, contract.PLURAL),
 }
+# custom_object calls are told apart by their plural argument (as the code spells it): our
+# SFTJobs, or a gang's PodGroups (the group is the job's scheduler's: every GANG_GROUPS one).
+CUSTOM_OBJECT_PLURALS: dict[str, list[tuple[str, str]]] = {
+    "contract.PLURAL": [(contract.GROUP, contract.PLURAL)],
+    "render.PODGROUP_PLURAL": [(group, render.PODGROUP_PLURAL) for group in GANG_GROUPS],
+}
+CUSTOM_OBJECT_CALL = re.compile(r"(read|get|create|replace|patch|delete|list)_namespaced_custom_object(_status)?")
 # Referenced by the code but never reached, so not granted; each with the reason.
 NEVER_CALLED = {
     # handlers.Kube's table lists replace_namespaced_service, but _ensure returns an existing
@@ -209,6 +233,8 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
         for method, target in CLIENT_CALL.findall(source):
             status = target.endswith("_status")
             target = target.removesuffix("_status")
+            if target == "custom_object":
+                continue  # by the AST below: the plural argument names the resource
             assert target in RESOURCE_OF_METHOD, f"{path.name}: {method}_namespaced_{target}: add it to RESOURCE_OF_METHOD"
             group, resource = RESOURCE_OF_METHOD[target]
             used.setdefault((group, resource + ("/status" if status else "")), set()).add(VERB_OF_METHOD[method])
@@ -217,6 +243,16 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
                 continue
             chain = ast.unparse(node.func)
             kind = chain.rsplit(".", 1)[-1]
+            custom = CUSTOM_OBJECT_CALL.fullmatch(node.func.attr)
+            if custom:
+                args = [ast.unparse(arg) for arg in node.args]
+                plurals = [arg for arg in args if arg in CUSTOM_OBJECT_PLURALS]
+                assert len(plurals) == 1, f"{path.name}:{node.lineno}: {chain}({', '.join(args)}): " \
+                    "name the plural as contract.PLURAL or render.PODGROUP_PLURAL, or add it to CUSTOM_OBJECT_PLURALS"
+                for group, resource in CUSTOM_OBJECT_PLURALS[plurals[0]]:
+                    key = (group, resource + ("/status" if custom.group(2) else ""))
+                    used.setdefault(key, set()).add(VERB_OF_METHOD[custom.group(1)])
+                continue
             decorator = chain == "kopf.index" or chain.startswith("kopf.on.")
             if decorator and kind in KOPF_RESOURCE_DECORATORS and node.args:
                 key = kopf_resource(node)
@@ -233,6 +269,9 @@ def test_code_scan_sees_the_operator() -> None:
     used = used_by_code()
     assert "get" in used[("apps", "statefulsets")] and "watch" in used[("", "pods")]
     assert used[(contract.GROUP, f"{contract.PLURAL}/status")] == {"patch"}
+    assert used[(contract.GROUP, contract.PLURAL)] >= {"get", "delete"}
+    for group in GANG_GROUPS:
+        assert used[(group, render.PODGROUP_PLURAL)] == {"get", "create", "update"}
 
 
 def test_chart_grants_everything_the_operator_calls(helm: Any) -> None:

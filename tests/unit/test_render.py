@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sft_operator.models import Phase, SFTJobStatus, parse_job
+import pytest
+
+from sft_operator.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
@@ -14,6 +16,7 @@ from sft_operator.render import (
     render_checkpoint_claim,
     render_children,
     render_configmap,
+    render_podgroup,
     render_progress_configmap,
     render_reporter_role,
     render_reporter_role_binding,
@@ -398,3 +401,93 @@ def test_a_job_with_a_refused_change_runs_as_accepted() -> None:
     assert rendered["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC] == sts["metadata"]["annotations"][
         ANNOTATION_ACCEPTED_SPEC]
     assert job_as_accepted(job(), sts) == job()
+
+
+# --- gang scheduling (spec.scheduling.gang) ---------------------------------------------------
+
+
+def test_podgroup_for_coscheduling() -> None:
+    gang = job(scheduling={"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 300}})
+    assert render_podgroup(gang) == {
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+        "kind": "PodGroup",
+        "metadata": {
+            "name": "tiny",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "gang"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {"minMember": 2, "scheduleTimeoutSeconds": 300},
+    }
+    template = render_statefulset(gang)["spec"]["template"]
+    assert template["metadata"] == {
+        "labels": {**LABELS, "finetune.dev/component": "trainer", "scheduling.x-k8s.io/pod-group": "tiny"}
+    }
+    assert template["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+    # Without a timeout the plugin's own default applies; the scheduler name can be overridden.
+    own = job(scheduling={"gang": {"provider": "coscheduling", "schedulerName": "my-sched"}})
+    assert render_podgroup(own)["spec"] == {"minMember": 2}
+    assert render_statefulset(own)["spec"]["template"]["spec"]["schedulerName"] == "my-sched"
+
+
+def test_podgroup_for_volcano() -> None:
+    gang = job(scheduling={"gang": {"provider": "volcano", "queue": "training"}}, pod={"annotations": {"a": "b"}})
+    assert render_podgroup(gang) == {
+        "apiVersion": "scheduling.volcano.sh/v1beta1",
+        "kind": "PodGroup",
+        "metadata": {
+            "name": "tiny",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "gang"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {"minMember": 2, "queue": "training"},
+    }
+    template = render_statefulset(gang)["spec"]["template"]
+    assert template["metadata"] == {
+        "labels": {**LABELS, "finetune.dev/component": "trainer"},
+        "annotations": {"a": "b", "scheduling.k8s.io/group-name": "tiny"},
+    }
+    assert template["spec"]["schedulerName"] == "volcano"
+    assert render_podgroup(job(scheduling={"gang": {"provider": "volcano"}}))["spec"] == {"minMember": 2}
+
+
+def test_no_gang_no_podgroup() -> None:
+    assert render_podgroup(job()) is None
+    assert render_podgroup(job(scheduling={})) is None
+    assert "schedulerName" not in render_statefulset(job())["spec"]["template"]["spec"]
+
+
+def test_podgroup_is_created_before_the_statefulset() -> None:
+    kinds = [c["kind"] for c in render_children(job(scheduling={"gang": {"provider": "volcano"}}))]
+    assert kinds[-2:] == ["PodGroup", "StatefulSet"]
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "pod", "path"),
+    [
+        ({"gang": {"provider": "volcano", "scheduleTimeoutSeconds": 60}}, {}, "spec.scheduling.gang.scheduleTimeoutSeconds"),
+        ({"gang": {"provider": "coscheduling", "queue": "q"}}, {}, "spec.scheduling.gang.queue"),
+        ({"gang": {"provider": "kueue"}}, {}, "spec.scheduling.gang.provider"),
+        ({"gang": {}}, {}, "spec.scheduling.gang.provider"),
+        ({"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 0}}, {}, "spec.scheduling.gang.scheduleTimeoutSeconds"),
+        ({"gang": {"provider": "volcano"}}, {"schedulerName": "default-scheduler"}, "spec.pod.schedulerName"),
+    ],
+)
+def test_gang_settings_are_validated_by_field(scheduling: dict[str, Any], pod: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidSpecError) as exc:
+        job(scheduling=scheduling, pod=pod)
+    assert path in [p for p, _ in exc.value.problems], exc.value.problems
+
+
+def test_gang_is_immutable() -> None:
+    sts = render_statefulset(job(scheduling={"gang": {"provider": "volcano"}}))
+    assert immutable_changes(job(scheduling={"gang": {"provider": "volcano"}}, suspend=True), sts) == []
+    assert [path for path, _ in immutable_changes(job(), sts)] == ["spec.scheduling.gang"]
+    assert [path for path, _ in immutable_changes(job(scheduling={"gang": {"provider": "coscheduling"}}), sts)] \
+        == ["spec.scheduling.gang"]
+    # A refused change runs as accepted: still the Volcano gang.
+    runs = job_as_accepted(job(), sts)
+    assert render_podgroup(runs)["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    no_gang = render_statefulset(job())
+    assert render_podgroup(job_as_accepted(job(scheduling={"gang": {"provider": "volcano"}}), no_gang)) is None

@@ -125,4 +125,10 @@ each rule exists.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "update"]
+# A gang job's PodGroup (spec.scheduling.gang): the scheduler-plugins coscheduling plugin's or
+# Volcano's; update only adopts one a deleted job of the same name left or restores its spec.
+# Granting it on a cluster without these CRDs is harmless.
+- apiGroups: ["scheduling.x-k8s.io", "scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "update"]
 {{- end }}
