@@ -130,9 +130,11 @@ def count_node_restarts(ledger: Iterable[NodeRestarts], pods: Iterable[dict[str,
                 continue
             code = int(terminated.get("exitCode") or 0)
             update: dict[str, Any] = {"last_exit_code": code, "last_exit_time": terminated["finishedAt"]}
-            if is_preemption(code, deleted):
+            if code == contract.EXIT_OK:  # finished, or an idle pod scaled down: neither
+                pass
+            elif is_preemption(code, deleted):
                 update["preemptions"] = entry.preemptions + 1
-            elif code != contract.EXIT_OK:
+            else:
                 update["failures"] = entry.failures + 1
             entry = entry.model_copy(update=update)
         if entry.last_exit_time is not None:  # nodes that never ended stay out of the status

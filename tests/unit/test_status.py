@@ -307,6 +307,8 @@ def test_each_termination_is_counted_once() -> None:
     assert (first.restarts, again.restarts) == (1, 1)
     idle_exit = trainer_pod(1, 0, state=terminated(0, T3))
     assert derive(again, pods=[restarted, idle_exit], max_restarts=5, now=T3).restarts == 1
+    idle_exit["metadata"]["deletionTimestamp"] = T3  # a finished job scaled to 0: no preemption either
+    assert derive(again, pods=[restarted, idle_exit], max_restarts=5, now=T3).preemptions == 0
     both = trainer_pod(0, 2, state=terminated(137, T3), last=terminated(1, T2))  # two new at once
     assert derive(again, pods=[both, pod(1)], max_restarts=5, now=T3).restarts == 3
 

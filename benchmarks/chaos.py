@@ -1,0 +1,231 @@
+"""Chaos run: break the product on purpose, several jobs at once, and check that every job ends in
+its documented state with nothing lost (issue 15's "Done when").
+
+    .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 6]
+
+On the local stack (control plane, operator, dev local node; tiny CPU jobs built offline), per
+round, concurrently:
+
+- ``preempt``: pod 0 deleted 5 times while it trains (each a SIGTERM drain that saves an on-demand
+  checkpoint), with maxRestarts 0, and the operator SIGKILLed and restarted in the middle:
+  Succeeded, 0 restarts, preemptions counted;
+- ``suspend``: suspended while training (the status must list the full state saved on SIGTERM),
+  then resumed: Succeeded;
+- ``immutable``: numEpochs changed while it trains: refused (SpecValid False, ImmutableFieldChanged)
+  and still Succeeded, scaled to 0;
+- ``baddata``: a dataset whose line 2 has no "messages": Failed, ConfigRejected, naming the file and
+  line 2.
+
+Each Succeeded job must list only checkpoints that are on the volume, at 100 %. Prints one line
+per job and a summary; exits 1 when any job ended otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from sft_operator import contract
+from sft_operator.dev.demo import demo_manifest
+from sft_operator.dev.stack import LocalStack, wait_until
+from sft_operator.dev.tiny_model import build_tiny_assets
+from sft_operator.models import parse_job
+from sft_operator.render import claim_name
+
+NAMESPACE = "chaos"
+JOB_TIMEOUT_S = 1500.0
+PREEMPTIONS = 5
+
+
+class Chaos:
+    def __init__(self, stack: LocalStack, assets: Path, epochs: int):
+        self.stack, self.assets, self.epochs = stack, assets, epochs
+        client = stack.api_client()
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.notes: dict[str, list[str]] = {}
+
+    def note(self, job: str, text: str) -> None:
+        self.notes.setdefault(job, []).append(text)
+        print(f"{time.strftime('%H:%M:%S')} {job}: {text}", flush=True)
+
+    def manifest(self, name: str, port: int, data: Path | None = None, **spec: Any) -> dict[str, Any]:
+        body = demo_manifest(self.assets)
+        body["metadata"] = {"name": name, "namespace": NAMESPACE}
+        # The local node's pods share the host network: one rendezvous port per job.
+        body["spec"].update(numEpochs=self.epochs, rdzvPort=port, **spec)
+        if data is not None:
+            body["spec"]["dataPath"] = f"/assets/{data.name}"
+        return body
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, body)
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.job(name).get("status") or {}
+
+    def patch(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name,
+                                                   {"spec": spec})
+
+    def stage(self, name: str) -> str:
+        return ((self.status(name).get("progress") or {}).get("stage")) or ""
+
+    def wait_training(self, name: str) -> None:
+        wait_until(f"{name} training", lambda: self.stage(name) == "Training", timeout_s=JOB_TIMEOUT_S, interval_s=1.0)
+
+    def wait_finished(self, name: str) -> dict[str, Any]:
+        return wait_until(f"{name} finished", lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed")
+                          and s, timeout_s=JOB_TIMEOUT_S, interval_s=2.0)
+
+    def claim_dir(self, name: str) -> Path:
+        return self.stack.node.claim_dir(NAMESPACE, claim_name(parse_job(self.job(name))))
+
+    # --- the scenarios --------------------------------------------------------------------------
+
+    def preempt(self, name: str) -> None:
+        self.wait_training(name)
+        for i in range(PREEMPTIONS):
+            self.core.delete_namespaced_pod(f"{name}-0", NAMESPACE)
+            self.note(name, f"pod {name}-0 deleted ({i + 1}/{PREEMPTIONS})")
+            if i == 2:
+                self.stack.operator.kill()
+                self.note(name, "operator SIGKILLed")
+                time.sleep(3)
+                self.stack.operator.start()
+                self.note(name, "operator started again")
+            try:
+                self.wait_training(name)
+            except TimeoutError:
+                return
+            time.sleep(5)
+
+    def suspend(self, name: str) -> None:
+        self.wait_training(name)
+        self.patch(name, {"suspend": True})
+        self.note(name, "suspended")
+        wait_until(f"{name} Suspended without pods", lambda: self.status(name).get("phase") == "Suspended"
+                   and not self.core.list_namespaced_pod(NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}")
+                   .items, timeout_s=300, interval_s=1.0)
+        time.sleep(5)
+        full = ((self.status(name).get("progress") or {}).get("latestFullState") or {}).get("name")
+        on_disk = sorted(p.name for p in (self.claim_dir(name) / "full_state").glob("*") if p.is_dir())
+        self.note(name, f"status latestFullState {full}, on the volume {on_disk}")
+        if not on_disk or full != on_disk[-1]:
+            self.note(name, "MISMATCH: the suspended status does not show the newest full state")
+        self.patch(name, {"suspend": False})
+        self.note(name, "resumed")
+
+    def immutable(self, name: str) -> None:
+        self.wait_training(name)
+        self.patch(name, {"numEpochs": self.epochs + 3})
+        self.note(name, f"numEpochs changed to {self.epochs + 3} while training")
+
+    # --- checks ---------------------------------------------------------------------------------
+
+    def check(self, name: str, want_phase: str, want_reason: str) -> bool:
+        status = self.status(name)
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        reason = (conditions.get("Complete" if want_phase == "Succeeded" else "Failed") or {}).get("reason")
+        ok = (status.get("phase"), reason) == (want_phase, want_reason)
+        facts = (f"phase {status.get('phase')} ({reason}), restarts {status.get('restarts')}, preemptions "
+                 f"{status.get('preemptions')}")
+        if want_phase == "Succeeded":
+            progress = status.get("progress") or {}
+            listed = [c["path"] for c in progress.get("checkpoints") or []]
+            missing = [p for p in listed if not (self.claim_dir(name) / p).is_dir()]
+            ok = ok and progress.get("percent") == 100 and not missing and status.get("restarts") == 0
+            facts += f", {len(listed)} checkpoints listed, missing on disk: {missing or 'none'}"
+            sts = kubernetes.client.AppsV1Api(self.stack.api_client()).read_namespaced_stateful_set(name, NAMESPACE)
+            ok = ok and sts.spec.replicas == 0
+            facts += f", StatefulSet replicas {sts.spec.replicas}"
+        else:
+            facts += f": {(conditions.get('Failed') or {}).get('message')}"
+        if name.endswith("immutable"):
+            valid = conditions.get("SpecValid") or {}
+            ok = ok and valid.get("reason") == "ImmutableFieldChanged"
+            facts += f", SpecValid {valid.get('status')} {valid.get('reason')}"
+        if any("MISMATCH" in n for n in self.notes.get(name, [])):
+            ok = False
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {facts}", flush=True)
+        return ok
+
+
+def bad_dataset(assets: Path) -> Path:
+    lines = (assets / "data.jsonl").read_text().splitlines()
+    broken = assets / "bad.jsonl"
+    second = json.loads(lines[1])
+    second.pop("messages", None)
+    second["conversation"] = "no messages here"
+    broken.write_text("\n".join([lines[0], json.dumps(second), *lines[2:]]) + "\n")
+    return broken
+
+
+def run_round(chaos: Chaos, round_no: int) -> bool:
+    prefix = f"r{round_no}"
+    bad = bad_dataset(chaos.assets)
+    jobs = {
+        f"{prefix}-preempt": (chaos.manifest(f"{prefix}-preempt", 29610 + round_no, maxRestarts=0), chaos.preempt,
+                              "Succeeded", "TrainingCompleted"),
+        f"{prefix}-suspend": (chaos.manifest(f"{prefix}-suspend", 29620 + round_no), chaos.suspend,
+                              "Succeeded", "TrainingCompleted"),
+        f"{prefix}-immutable": (chaos.manifest(f"{prefix}-immutable", 29630 + round_no), chaos.immutable,
+                                "Succeeded", "TrainingCompleted"),
+        f"{prefix}-baddata": (chaos.manifest(f"{prefix}-baddata", 29640 + round_no, data=bad), None,
+                              "Failed", "ConfigRejected"),
+    }
+    for body, *_ in jobs.values():
+        chaos.create(body)
+    threads = [threading.Thread(target=action, args=(name,), daemon=True)
+               for name, (_, action, *_) in jobs.items() if action is not None]
+    for thread in threads:
+        thread.start()
+    for name in jobs:
+        try:
+            chaos.wait_finished(name)
+        except TimeoutError as exc:
+            print(f"FAIL {name}: {exc}", flush=True)
+    for thread in threads:
+        thread.join(timeout=5)
+    return all([chaos.check(name, phase, reason) for name, (_, _, phase, reason) in jobs.items()])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--keep", action="store_true", help="keep the state directory")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="sft-chaos-"))
+    started = time.monotonic()
+    results = []
+    try:
+        with LocalStack(state / "stack", namespaces=[NAMESPACE]) as stack:
+            kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
+            stack.control_plane.wait_for_default_service_account(NAMESPACE)
+            assets = build_tiny_assets(state / "assets").data_path.parent
+            chaos = Chaos(stack, assets, args.epochs)
+            for round_no in range(1, args.rounds + 1):
+                results.append(run_round(chaos, round_no))
+    finally:
+        if not args.keep:
+            shutil.rmtree(state, ignore_errors=True)
+    print(f"chaos: {sum(results)}/{len(results)} rounds with every job in its documented state, "
+          f"{time.monotonic() - started:.0f} s")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
