@@ -14,10 +14,14 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from sft_operator.dev.controlplane import service_account_kubeconfig
+
+from operator_logs import refusals
 from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).with_name("podgroup-crds")
 COSCHEDULING_CRD = "podgroups.scheduling.x-k8s.io"
 VOLCANO_CRD = "podgroups.scheduling.volcano.sh"
@@ -148,3 +152,42 @@ def test_gang_job_without_the_podgroup_crd_says_so(no_coscheduling_crd: None, op
     assert cluster.statefulset("tiny") is None  # no pods without their gang
     # Reported once, not retried in a loop: the operator logs no tracebacks for it.
     assert "Traceback" not in operator.logs()
+
+
+def test_documented_permissions_cover_podgroups(podgroup_crds: None, operator_as: Any, control_plane: Any,
+                                                 api_client: Any, cluster: Any, tmp_path: Path) -> None:
+    """The operator as a ServiceAccount holding exactly docs/rbac.md's rules (a Role in the
+    namespace) creates both PodGroups, and adopts (updates) one left behind without an owner."""
+    import re
+
+    text = (ROOT / "docs" / "rbac.md").read_text()
+    block = re.search(r"As a ClusterRole:\s*```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": "sft-operator"}})
+    rbac.create_namespaced_role(cluster.ns, {"metadata": {"name": "op"}, "rules": yaml.safe_load(block.group(1))["rules"]})
+    rbac.create_namespaced_role_binding(cluster.ns, {
+        "metadata": {"name": "op"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+        "subjects": [{"kind": "ServiceAccount", "name": "sft-operator", "namespace": cluster.ns}],
+    })
+    kubeconfig = service_account_kubeconfig(control_plane, cluster.ns, "sft-operator", tmp_path / "op.kubeconfig")
+    # Left behind by an earlier job of the same name (no owner now), with another minMember.
+    cluster.custom.create_namespaced_custom_object("scheduling.volcano.sh", "v1beta1", cluster.ns, "podgroups", {
+        "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+        "metadata": {"name": "vc", "labels": {"finetune.dev/job-name": "vc", "app.kubernetes.io/managed-by": "sft-operator"}},
+        "spec": {"minMember": 5, "queue": "default"},
+    })
+    op = operator_as(kubeconfig)
+    co = cluster.create_job(job_body("co", scheduling={"gang": {"provider": "coscheduling"}}))
+    vc = cluster.create_job(job_body("vc", scheduling={"gang": {"provider": "volcano"}}))
+    group = cluster.wait_for("the coscheduling PodGroup", lambda: podgroup(cluster, "scheduling.x-k8s.io/v1alpha1", "co"))
+    assert group["metadata"]["ownerReferences"][0]["uid"] == co["metadata"]["uid"]
+    adopted = cluster.wait_for(
+        "the Volcano PodGroup adopted",
+        lambda: (g := podgroup(cluster, "scheduling.volcano.sh/v1beta1", "vc"))
+        and [o["uid"] for o in g["metadata"].get("ownerReferences") or []] == [vc["metadata"]["uid"]] and g,
+    )
+    assert adopted["spec"] == {"minMember": 2, "queue": "default"}  # ours restored, a defaulted field kept
+    cluster.wait_for("both StatefulSets", lambda: cluster.statefulset("co") and cluster.statefulset("vc"))
+    assert refusals(op.logs()) == []
