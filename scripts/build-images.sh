@@ -34,7 +34,13 @@ die() { echo "build-images: $*" >&2; exit 1; }
 . "$ROOT/scripts/docker-cli.sh"
 docker_cli_pick
 export DOCKER
-mkdir -p "$LOG_DIR"
+mkdir -p "$LOG_DIR" "$STATE/images"
+# One run per checkout at a time: runs share the staged context and the logs.
+exec 8>"$STATE/images/.build.lock"
+if ! flock -n 8; then
+  log "another build-images.sh run holds $STATE/images/.build.lock; waiting for it"
+  flock 8
+fi
 
 size() { "$DOCKER" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}'; }
 
