@@ -39,6 +39,7 @@ OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_J
 PROGRESS = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
+HANDLER_THREADS = 24
 # How often the clock-driven policies (deadline, start-up timeout, stall, time to live) are
 # checked per job: their precision, and a few milliseconds of CPU per live job each time.
 POLICY_INTERVAL_S = float(os.environ.get("SFT_POLICY_INTERVAL_S") or 30.0)  # tests shorten it
@@ -68,6 +69,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # time. The default 5 s was exceeded for about a quarter of 100 jobs created at once on
     # 2 cores (409s on every child, a GET each). Normally the version arrives in milliseconds.
     settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_S
+    # Handlers are synchronous and spend their time waiting on the API server (a job's creation
+    # is eight requests): more threads than kopf's default (CPUs + 4) keep a burst of jobs moving.
+    settings.execution.max_workers = HANDLER_THREADS
     # The operator watches exactly its resources (and the namespaces it was given): no CRD or
     # namespace scanning, which would need cluster-wide list/watch rights it has no use for.
     settings.scanning.disabled = True

@@ -335,7 +335,7 @@ def test_namespaces_mode_install_reconcile_uninstall(
     port = free_port()
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
     args = operator_args(api_client, namespace, release, port)
-    assert args[1:] == [f"--namespace={job_namespace}"]
+    assert args[2:] == [f"--namespace={job_namespace}"]
     image = deployment_image(api_client, namespace, release)
     operator = run_operator(args, kubeconfig, port, operator_env(api_client, namespace, release))
     job = check_operator_reconciles(control_plane, api_client, operator, job_namespace, image)

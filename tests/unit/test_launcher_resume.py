@@ -28,7 +28,7 @@ def _run(start_epoch: int, steps_into_epoch: int, start_samples: int) -> ck.RunR
 
 def _log(num_batches: int | None, steps: list[tuple[int, int, int]]) -> ck.MetricsLog:
     totals = [ck.TotalsRecord(total_samples=16, num_batches=num_batches)] if num_batches else []
-    return ck.MetricsLog(hparams=[], totals=totals, other=[], skipped_lines=0, end_offset=0,
+    return ck.MetricsLog(hparams=[], totals=totals, validations=[], other=[], skipped_lines=0, end_offset=0,
                          steps=[ck.StepRecord(epoch=e, step=s, samples_seen=n)
                                 for e, s, n in steps])
 
