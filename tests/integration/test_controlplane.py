@@ -26,20 +26,14 @@ from sft_operator.dev.controlplane import (
     resolve_assets,
     service_account_kubeconfig,
 )
+from sft_operator.dev.stack import wait_until
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_for(what: str, predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+wait_for = wait_until  # one poller for the whole project (dev/stack.py)
 
 
 def test_readyz_answers_ok_through_the_written_kubeconfig(control_plane):

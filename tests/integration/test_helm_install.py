@@ -14,7 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
 from sft_operator.dev.controlplane import free_port, request_service_account_token, service_account_kubeconfig
+from sft_operator.dev.stack import wait_until
 
 from operator_logs import refusals
 
@@ -78,15 +78,12 @@ def job_namespace(control_plane: Any, api_client: Any) -> Iterator[str]:
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = WAIT_S, log: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            tail = f"\noperator log (tail):\n{log()[-4000:]}" if log else ""
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{tail}")
-        time.sleep(0.3)
+    """stack.wait_until, with the operator's log in the failure."""
+    try:
+        return wait_until(what, probe, timeout_s, interval_s=0.3)
+    except TimeoutError as exc:
+        tail = f"\noperator log (tail):\n{log()[-4000:]}" if log else ""
+        raise AssertionError(f"{exc}{tail}") from None
 
 
 def absent(read: Callable[[], Any]) -> bool:

@@ -10,12 +10,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from sft_operator.dev.localnode import LocalNode
 from sft_operator.dev.localnode_api import KubeRest, pod_path
+from sft_operator.dev.stack import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +53,7 @@ def rest(api_client: Any, namespace: str) -> KubeRest:
     return client
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+wait_for = wait_until  # one poller for the whole project (dev/stack.py)
 
 
 def get_pod(rest: KubeRest, namespace: str, name: str) -> dict[str, Any] | None:
