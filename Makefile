@@ -29,11 +29,11 @@ e2e: venv provision
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
 
 ## images: the local base image, the operator image and the trainer's CPU flavour (docker; cached)
-images:
+images: docker
 	scripts/build-images.sh
 
 ## images-test: the image tier (builds both images, runs them, trains the tiny model in the trainer image)
-images-test: venv
+images-test: venv docker
 	$(PY) -m pytest -q -m images tests/images
 
 $(STAMP): pyproject.toml constraints.txt
