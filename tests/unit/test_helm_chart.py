@@ -177,8 +177,12 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
     assert env_of(container)[render.ENV_REPORTER_IMAGE] == image
     extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
     (container,) = extra["spec"]["template"]["spec"]["containers"]
-    assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+    assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "POD_ID": None,
                                  render.ENV_REPORTER_IMAGE: image, "X": "1"}
+    # kopf's peering identity from the pod's name: without it kopf calls getpass.getuser(), which
+    # fails for the image's uid 65532 (no passwd entry) and the operator pod crash-loops.
+    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
