@@ -8,8 +8,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down node run crd bench tiny clean
 
-## demo: local control plane + operator + local node; trains a tiny 2-node job to Succeeded
-demo: venv provision
+## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
+## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
+## (the process-based local node instead: python -m sft_operator.dev.demo --node local)
+demo: venv provision docker
 	$(PY) -m sft_operator.dev.demo
 
 ## test: every test tier (unit, integration on the real control plane, training, e2e)
@@ -25,7 +27,7 @@ integration: venv provision
 training: venv
 	$(PY) -m pytest -q -m training tests/training
 
-e2e: venv provision
+e2e: venv provision docker
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
 
 ## images: the local base image, the operator image and the trainer's CPU flavour (docker; cached)

@@ -1,6 +1,8 @@
 """`make demo`: a newcomer's first run, end to end on this machine.
 
-Starts the local control plane, the operator and the dev local node, builds a tiny model and
+Default (--node real, docs/realnode.md): the local control plane, a real node (kubelet + docker),
+the images (scripts/build-images.sh) and `helm install` of the chart; --node local: the operator as
+a process and the dev local node. Builds a tiny model and
 data offline, applies examples/sftjob-tiny-cpu.yaml (2 nodes x 1 process, CPU mode), follows the
 job until Succeeded, then prints `kubectl get sftjobs` and the checkpoint tree. Everything it
 started is stopped on the way out (Ctrl-C included).
@@ -98,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job")
+    parser.add_argument("--node", choices=["real", "local"], default="real",
+                        help="real: helm install + images + kubelet/docker (docs/realnode.md, root); "
+                             "local: the operator as a process and the process-based local node (docs/localnode.md)")
+    parser.add_argument("--helm-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="real node: an extra --set for the chart (repeatable)")
     args = parser.parse_args(argv)
+    if args.node == "real":
+        return real_main(args)
 
     from rich.console import Console
 
@@ -154,6 +163,82 @@ def main(argv: list[str] | None = None) -> int:
     except (StackError, TimeoutError) as exc:
         console.print(f"[bold red]demo failed[/]: {exc}")
         console.print(f"operator log: {state_dir / 'operator.log'}; pod logs: {state_dir / 'node' / 'logs'}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping everything")
+        return 130
+    finally:
+        stack.stop()
+
+
+def real_main(args: argparse.Namespace) -> int:
+    """The demo on the real node: the chart's operator pod, the trainer image, the reporter sidecar."""
+    from rich.console import Console
+
+    from sft_operator.dev.realstack import OPERATOR_NS, RealStack, open_to_pods
+    from sft_operator.dev.stack import StackError
+    from sft_operator.dev.tiny_model import build_tiny_assets
+    from sft_operator.models import parse_job
+    from sft_operator.render import statefulset_name
+
+    console = Console(highlight=False, soft_wrap=True)
+    say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
+    state_dir = args.state_dir.resolve()
+    shutil.rmtree(state_dir, ignore_errors=True)  # each demo starts from nothing
+    namespace = "default"
+    started = time.monotonic()
+    say(f"building a tiny model and data offline in {state_dir / 'assets'}")
+    assets_dir = build_tiny_assets(state_dir / "assets").model_dir.parent
+    state_dir.chmod(0o755)
+    open_to_pods(assets_dir)  # read by the trainer's uid 65532 through a hostPath volume
+    stack = RealStack(state_dir, on_step=say, helm_set=args.helm_set)
+    try:
+        stack.start()
+        import kubernetes
+
+        manifest = demo_manifest(assets_dir)
+        manifest["spec"]["pod"]["image"] = stack.images["SFT_TRAINER_IMAGE"]
+        # Two pods and their reporters on a small machine: half a core each.
+        manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+        name = manifest["metadata"]["name"]
+        pod0 = f"{statefulset_name(parse_job(manifest))}-0"
+        custom = kubernetes.client.CustomObjectsApi(stack.api_client())
+        say(f"kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}   (2 nodes x 1 process, CPU, "
+            f"image {stack.images['SFT_TRAINER_IMAGE']})")
+        custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest)
+        last, logs = [""], [""]
+
+        def on_update(job: dict[str, Any]) -> None:
+            line = describe(job)
+            if line != last[0]:
+                last[0] = line
+                console.print(f"  [dim]{time.strftime('%H:%M:%S')}[/] {line}")
+            out = stack.kubectl("-n", namespace, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=15", timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                logs[0] = out.stdout
+
+        job = follow_job(stack.api_client(), namespace, name, args.timeout, on_update)
+        phase = (job.get("status") or {}).get("phase")
+        console.print()
+        console.print(f"[bold]$ kubectl get sftjobs[/]")
+        console.print(sftjobs_table(stack.kubeconfig, namespace), markup=False)
+        console.print(f"[bold]$ kubectl logs {pod0} -c {contract.TRAINER_CONTAINER} --tail=15[/]  (last seen)")
+        console.print(logs[0] or "(none)", markup=False)
+        claims = stack.claim_dirs()
+        console.print("[bold]checkpoints[/] (the claim's directory on this machine):")
+        console.print("\n".join(tree(c) for c in claims) or "(no claim)", markup=False)
+        if phase != "Succeeded":
+            console.print(f"[bold red]job {phase}[/]: {describe(job)}")
+            console.print(stack.operator_log(), markup=False)
+            return 1
+        say(f"[bold green]Succeeded[/] in {time.monotonic() - started:.0f}s: a tiny model was fine-tuned in "
+            f"2 pods of the trainer image on a real kubelet; the operator ran as a pod in {OPERATOR_NS}")
+        return 0
+    except (StackError, TimeoutError) as exc:
+        console.print(f"[bold red]demo failed[/]: {exc}")
+        if stack.operator_pod:
+            console.print(stack.operator_log(), markup=False)
+        console.print(f"node logs: {state_dir / 'node' / 'logs'}")
         return 1
     except KeyboardInterrupt:
         console.print("interrupted: stopping everything")

@@ -1,0 +1,201 @@
+"""Dev/test only: the whole user path on this machine's real node, started and stopped as one.
+
+    stack = RealStack(state_dir, on_step=print).start()
+    # control plane (advertising this machine's IP, claims as host dirs) + RealNode (dockerd,
+    # kubelet, kube-proxy, CNI, dev DNS) + both images (scripts/build-images.sh) + `helm install`
+    # of charts/sft-operator (the operator as a pod from its image, the chart's RBAC only),
+    # waited until the operator pod is Ready
+    ...
+    stack.stop()
+
+Used by `make demo` (sft_operator.dev.demo) and tests/e2e/test_real_node.py. Every wait is bounded;
+failures are StackError with a one-line reason (and the piece's log).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sft_operator.dev.controlplane import ControlPlane, ControlPlaneError
+from sft_operator.dev.node import DOCKER, NodeError, RealNode, host_ip
+from sft_operator.dev.stack import StackError
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "sft-operator"
+RELEASE, OPERATOR_NS = "sft", "sft-system"
+OPERATOR_READY_TIMEOUT_S = 180.0
+OPERATOR_SETTLE_S = 5.0
+
+
+def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _last_line(text: str) -> str:
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def open_to_pods(path: Path) -> Path:
+    """Make a host directory readable through a hostPath volume by non-root pods (our images run as
+    uid 65532): a+rX on it and everything below (safetensors writes its file 0600)."""
+    for p in [path, *path.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o555 if p.is_dir() else 0o444))
+    return path
+
+
+class RealStack:
+    def __init__(self, state_dir: Path | str, on_step: Callable[[str], None] = lambda _msg: None,
+                 helm_set: Sequence[str] = ()):
+        """``helm_set``: extra ``--set KEY=VALUE`` for the chart."""
+        self.state_dir = Path(state_dir).resolve()
+        self.helm_set = list(helm_set)
+        self.on_step = on_step
+        self.cp: ControlPlane | None = None
+        self.node: RealNode | None = None
+        self.images: dict[str, str] = {}
+        self.times: dict[str, float] = {}
+        self.operator_pod = ""
+        self._api: Any = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.cp is not None
+        return self.cp.kubeconfig
+
+    def kubectl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return _run(["kubectl", f"--kubeconfig={self.kubeconfig}", *args], timeout)
+
+    def api_client(self) -> Any:
+        assert self.cp is not None
+        if self._api is None:
+            self._api = self.cp.api_client()
+        return self._api
+
+    def _timed(self, what: str, started: float) -> None:
+        self.times[what] = time.monotonic() - started
+        self.on_step(f"{what}: {self.times[what]:.1f}s")
+
+    def start(self) -> "RealStack":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        t = time.monotonic()
+        self.on_step("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
+        self.cp = ControlPlane(self.state_dir / "controlplane", advertise_address=host_ip(), hostpath_provisioner=True)
+        try:
+            self.cp.start()
+        except ControlPlaneError as e:
+            raise StackError(f"control plane: {e.summary}") from None
+        self._timed("control plane up", t)
+        t = time.monotonic()
+        self.on_step("starting the real node (dockerd, kubelet, kube-proxy, CNI, dev DNS)")
+        self.node = RealNode(self.cp.kubeconfig, self.state_dir / "node")
+        try:
+            self.node.start()
+        except NodeError as e:
+            raise StackError(f"real node: {e.summary}") from None
+        self._timed("node Ready", t)
+        t = time.monotonic()
+        self.on_step("building the images (scripts/build-images.sh; docker's cache makes a rebuild quick)")
+        proc = _run(["bash", str(ROOT / "scripts" / "build-images.sh")], timeout=3600, env={**os.environ, "DOCKER": DOCKER})
+        if proc.returncode != 0:
+            raise StackError(f"scripts/build-images.sh failed: {_last_line(proc.stderr)}")
+        self.images = dict(line.split("=", 1) for line in proc.stdout.split() if "=" in line)
+        for key in ("SFT_OPERATOR_IMAGE", "SFT_TRAINER_IMAGE"):
+            if key not in self.images:
+                raise StackError(f"scripts/build-images.sh printed no {key}=")
+        self._timed("images", t)
+        t = time.monotonic()
+        self._helm_install()
+        self._wait_operator()
+        self._timed("operator pod Ready (helm install)", t)
+
+    def _helm_install(self) -> None:
+        proc = _run(["bash", str(ROOT / "scripts" / "provision-helm.sh")], timeout=600)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            raise StackError(f"scripts/provision-helm.sh failed: {_last_line(proc.stderr)}")
+        helm = proc.stdout.strip().splitlines()[-1]
+        home = self.state_dir / "helm"
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
+               "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+        repo, _, tag = self.images["SFT_OPERATOR_IMAGE"].rpartition(":")
+        sets = [f"image.repository={repo}", f"image.tag={tag}", *self.helm_set]
+        self.on_step(f"helm install {RELEASE} charts/sft-operator -n {OPERATOR_NS} " + " ".join(f"--set {v}" for v in sets))
+        # --server-side=false: a 1.20 apiserver's OpenAPI does not know the CRD's CEL rules.
+        proc = _run([helm, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace",
+                     "--server-side=false", *(a for v in sets for a in ("--set", v))],
+                    timeout=180, env=env)
+        if proc.returncode != 0:
+            raise StackError(f"helm install failed: {_last_line(proc.stderr)}")
+
+    def _wait_operator(self) -> None:
+        import kubernetes
+
+        core = kubernetes.client.CoreV1Api(self.api_client())
+        deadline = time.monotonic() + OPERATOR_READY_TIMEOUT_S
+        ready_since: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            for p in core.list_namespaced_pod(OPERATOR_NS).items:
+                statuses = p.status.container_statuses or []
+                crashed = [c for c in statuses if c.restart_count > 0 or (c.state.terminated is not None)]
+                if crashed:
+                    c = crashed[0]
+                    last = self.kubectl("-n", OPERATOR_NS, "logs", p.metadata.name, "-c", c.name,
+                                        *(("--previous",) if c.restart_count else ()), "--tail=5").stdout.strip()
+                    raise StackError(f"the operator container {p.metadata.name}/{c.name} exited "
+                                     f"(restarts {c.restart_count}): {_last_line(last)}")
+                if p.status.phase == "Running" and statuses and all(c.ready for c in statuses):
+                    # Ready and still running 5 s later: the operator got past its start-up.
+                    since = ready_since.setdefault(p.metadata.name, time.monotonic())
+                    if time.monotonic() - since >= OPERATOR_SETTLE_S:
+                        self.operator_pod = p.metadata.name
+                        return
+            time.sleep(1.0)
+        described = self.kubectl("-n", OPERATOR_NS, "describe", "pods").stdout[-3000:]
+        raise StackError(f"the operator pod was not Ready after {OPERATOR_READY_TIMEOUT_S:.0f}s:\n{described}")
+
+    def operator_log(self, tail: int = 80) -> str:
+        if not self.operator_pod:
+            return "(no operator pod)"
+        return self.kubectl("-n", OPERATOR_NS, "logs", self.operator_pod, f"--tail={tail}").stdout
+
+    def claim_dirs(self) -> list[Path]:
+        """The hostPath provisioner's directories of this cluster's claims."""
+        import kubernetes
+
+        if self.cp is None:
+            return []
+        try:
+            pvs = kubernetes.client.CoreV1Api(self.api_client()).list_persistent_volume().items
+        except Exception:  # the control plane is gone: nothing to list
+            return []
+        return [Path(pv.spec.host_path.path) for pv in pvs
+                if pv.spec.host_path and pv.spec.host_path.path.startswith("/tmp/hostpath_pv/")]
+
+    def stop(self, remove_claim_dirs: bool = True) -> None:
+        import shutil
+
+        dirs = self.claim_dirs() if remove_claim_dirs else []
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        if self.cp is not None:
+            self.cp.stop()
+            self.cp = None
