@@ -221,8 +221,9 @@ class RealNode:
             raise NodeError("the real node needs root (dockerd, kubelet, iptables, the CNI bridge)")
         for name in NODE_BINARIES:
             if not os.access(self.bin_dir / name, os.X_OK):
-                raise NodeError(f"no executable {name} in {self.bin_dir} (set {NODE_BIN_ENV}; "
-                                "build them with scripts/build-node-bins.sh)")
+                raise NodeError(f"no executable {name} in {self.bin_dir}: build kubelet, kube-scheduler and "
+                                f"kube-proxy v1.20.2 (make WHAT='cmd/kubelet cmd/kube-scheduler cmd/kube-proxy' in "
+                                f"the Kubernetes source) into it, or set {NODE_BIN_ENV} (docs/realnode.md)")
         if not Path(DOCKER).is_file():
             raise NodeError(f"no {DOCKER}: install Debian's docker.io (apt-get install docker.io)")
         for plugin in ("bridge", "host-local", "portmap", "firewall"):
