@@ -170,8 +170,11 @@ class RealNode:
 
     def start(self) -> "RealNode":
         started = time.monotonic()
+        # Before anything is started: a refusal (e.g. a node already runs from this state dir)
+        # must not tear down what runs.
+        self._preflight()
+        self._started = True
         try:
-            self._preflight()
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(exist_ok=True)
             if not self.detached:
@@ -317,7 +320,13 @@ class RealNode:
         return self._core().read_node(self.node_name)
 
     def _wait_ready(self) -> None:
+        import datetime
+
         from kubernetes.client.exceptions import ApiException
+
+        # A kept control plane may still hold the Node's status from an earlier run: only a
+        # heartbeat from this kubelet counts.
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=2)
 
         def ready() -> tuple[bool, str]:
             try:
@@ -326,7 +335,8 @@ class RealNode:
                 return False, f"HTTP {e.status}"
             for c in node.status.conditions or []:
                 if c.type == "Ready":
-                    return c.status == "True", f"Ready={c.status}: {c.message}"
+                    fresh = c.last_heartbeat_time is not None and c.last_heartbeat_time >= since
+                    return c.status == "True" and fresh, f"Ready={c.status} (heartbeat {c.last_heartbeat_time}): {c.message}"
             return False, "no Ready condition yet"
 
         self._wait(f"node {self.node_name} is Ready", ready, KUBELET)
@@ -352,6 +362,9 @@ class RealNode:
         """Idempotent: end the node processes, remove its pods' containers and its network and
         mount leftovers, stop dockerd if started here (unless keep_dockerd)."""
         atexit.unregister(self.stop)
+        if not getattr(self, "_started", False):
+            return
+        self._started = False
         stop_node(self.state_dir, self.pids, self.bin_dir, self.started_dockerd and not self.keep_dockerd)
         self.pids = {}
         for popen in getattr(self, "_popens", {}).values():
