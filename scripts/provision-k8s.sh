@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision etcd, kube-apiserver and kube-controller-manager for the local control plane.
+# Provision etcd, kube-apiserver and kube-controller-manager for the local control plane, and
+# kubelet, kube-scheduler and kube-proxy for the dev-only real node.
 #
 # Builds Kubernetes 1.20.2 from Debian bookworm's source package (the only Kubernetes server
 # source our package registries carry) and caches the binaries outside the clone, so later
@@ -12,6 +13,9 @@ set -euo pipefail
 K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 CACHE_ROOT="${SFT_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sft-operator}"
 ASSETS="$CACHE_ROOT/k8s-1.20.2/bin"
+# kubelet, kube-scheduler and kube-proxy for the dev-only real node (sft_operator.dev.node): built
+# in the same run, from the same source, into their own directory.
+NODE_ASSETS="$CACHE_ROOT/k8s-1.20.2-node/bin"
 
 die() { echo "provision-k8s: $*" >&2; exit 1; }
 log() { echo "provision-k8s: $*" >&2; }
@@ -23,7 +27,9 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
   echo "$KUBEBUILDER_ASSETS"; exit 0
 fi
 
-cached() { [[ -x "$ASSETS/kube-apiserver" && -x "$ASSETS/kube-controller-manager" && -x "$ASSETS/etcd" ]]; }
+cp_cached() { [[ -x "$ASSETS/kube-apiserver" && -x "$ASSETS/kube-controller-manager" && -x "$ASSETS/etcd" ]]; }
+node_cached() { [[ -x "$NODE_ASSETS/kubelet" && -x "$NODE_ASSETS/kube-scheduler" && -x "$NODE_ASSETS/kube-proxy" ]]; }
+cached() { cp_cached && node_cached; }
 if cached; then echo "$ASSETS"; exit 0; fi
 
 # One build at a time (make test and make cluster-up may race on a fresh machine); whoever
@@ -75,22 +81,33 @@ rm -f "$SRC/vendor/github.com/modern-go/reflect2/go.mod"
 # GOPATH mode, as the package's debian/rules does it.
 mkdir -p "$WORK/gopath/src/k8s.io"
 ln -s "$SRC" "$WORK/gopath/src/k8s.io/kubernetes"
-log "building kube-apiserver and kube-controller-manager (about 10 minutes on 2 cores, once)"
+TARGETS=()
+cp_cached || TARGETS+=(cmd/kube-apiserver cmd/kube-controller-manager)
+node_cached || TARGETS+=(cmd/kubelet cmd/kube-scheduler cmd/kube-proxy)
+log "building ${TARGETS[*]} (10 to 15 minutes on 2 cores, once)"
 (
   cd "$WORK/gopath/src/k8s.io/kubernetes"
   export GOPATH="$WORK/gopath" GO111MODULE=off GOFLAGS= GOCACHE="$WORK/gocache" \
          KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2
+  make WHAT="${TARGETS[*]}" >&2
 ) || die "building Kubernetes failed (see the output above)"
 
-OUTBIN=$(find "$SRC/_output" -type f -name kube-apiserver -path '*bin*' | head -n1)
-[[ -n "$OUTBIN" ]] || die "kube-apiserver binary not found after the build"
-mkdir -p "$ASSETS.tmp"
-cp "$(dirname "$OUTBIN")/kube-apiserver" "$(dirname "$OUTBIN")/kube-controller-manager" "$ASSETS.tmp/"
-cp "$(command -v etcd || echo /usr/bin/etcd)" "$ASSETS.tmp/etcd"
-for b in etcd kube-apiserver kube-controller-manager; do
-  "$ASSETS.tmp/$b" --version >/dev/null 2>&1 || die "the built $b does not run ($ASSETS.tmp/$b --version failed)"
-done
-rm -rf "$ASSETS"; mv "$ASSETS.tmp" "$ASSETS"
-log "binaries cached in $ASSETS"
+install_bins() {  # install_bins DIR BINARY... : the built binaries, checked, into DIR
+  local dir=$1; shift
+  local b out
+  mkdir -p "$dir.tmp"
+  for b in "$@"; do
+    if [[ $b == etcd ]]; then cp "$(command -v etcd || echo /usr/bin/etcd)" "$dir.tmp/etcd"; continue; fi
+    out=$(find "$SRC/_output" -type f -name "$b" -path '*bin*' | head -n1)
+    [[ -n "$out" ]] || die "$b binary not found after the build"
+    cp "$out" "$dir.tmp/"
+  done
+  for b in "$@"; do
+    "$dir.tmp/$b" --version >/dev/null 2>&1 || die "the built $b does not run ($dir.tmp/$b --version failed)"
+  done
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  log "binaries cached in $dir"
+}
+cp_cached || install_bins "$ASSETS" etcd kube-apiserver kube-controller-manager
+node_cached || install_bins "$NODE_ASSETS" kubelet kube-scheduler kube-proxy
 echo "$ASSETS"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
@@ -20,8 +22,11 @@ import pydantic
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract, render
+from sft_operator.events import fit_message
 from sft_operator.models import InvalidSpecError, Reason, SFTJob
 from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
+
+log = logging.getLogger("sft_operator")
 
 
 class Kube:
@@ -142,6 +147,24 @@ class Kube:
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or another job under the same name now
                 raise
+
+    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """An Event about the SFTJob (what `kubectl describe` and `sft-operator events` show).
+        Posted by us, not kopf.event: the run-policy clock posts from outside kopf's handlers.
+        An Event that cannot be posted is logged, never a reason to fail the caller."""
+        meta = job["metadata"]
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": fit_message(message),
+            "source": {"component": "sft-operator"}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:
+            log.warning("%s/%s: Event %s not posted: %s", meta["namespace"], meta["name"], reason, exc.reason)
 
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

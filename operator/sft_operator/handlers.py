@@ -15,6 +15,7 @@ finalizer is needed (children go by owner reference), so deleting a job never wa
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -30,7 +31,6 @@ from sft_operator import contract, kubeclient, metrics, render
 from sft_operator.children import Kube, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
-from sft_operator.events import fit_message
 from sft_operator.publishing import JobStatusBook, Key, check_spec, finished_for_longer_than, now, update_status
 from sft_operator.status import SpecProblem, last_trainer_termination, ranks_left_behind, stalled
 
@@ -306,23 +306,50 @@ def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[
     log.info("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
     for name in behind:
         memo.kube.delete_pod(body["metadata"]["namespace"], name, GROUP_RESTART_GRACE_S)
-    kopf.event(body, type="Warning", reason="RestartingGroup", message=fit_message(message))
+    memo.kube.post_event(body, "Warning", "RestartingGroup", message)
 
 
-def _needs_the_clock(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """Jobs a timer must look at: every live one (start-up timeout, deadline, stall), and a
+def _needs_the_clock(body: dict[str, Any]) -> bool:
+    """Jobs the clock must look at: every live one (start-up timeout, deadline, stall), and a
     finished one only when it has a time to live."""
-    return status.get("phase") not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or (
-        spec.get("ttlSecondsAfterFinished") is not None
+    phase = (body.get("status") or {}).get("phase")
+    return phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or (
+        (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
     )
 
 
-@kopf.timer(*JOB, interval=POLICY_INTERVAL_S, initial_delay=POLICY_INTERVAL_S, when=_needs_the_clock)
-def apply_time_policies(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+@kopf.on.startup()
+async def start_policy_clock(memo: kopf.Memo, **kwargs: Any) -> None:
+    """One clock for the whole operator, not a kopf timer per job: kopf puts a finalizer on every
+    object with a timer (a write per job, and deleting a job would wait for the operator). It runs
+    in kopf's event loop, the checks in threads (they call the API), with kopf's context (Events)."""
+    indexes = Indexes.of(kwargs)
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(POLICY_INTERVAL_S)
+            for key in list(indexes.jobs_by_name):
+                body = index_entry(indexes.jobs_by_name, key)
+                if body is None or body["metadata"].get("deletionTimestamp") or not _needs_the_clock(body):
+                    continue
+                try:
+                    await asyncio.to_thread(apply_time_policies, memo, copy.deepcopy(body), indexes)
+                except Exception:  # noqa: BLE001 - one job's trouble must not stop the clock
+                    log.exception("%s/%s: the run-policy check failed; retried in %.0f s", *key, POLICY_INTERVAL_S)
+
+    memo.policy_clock = asyncio.get_running_loop().create_task(tick(), name="run-policy-clock")
+
+
+@kopf.on.cleanup()
+async def stop_policy_clock(memo: kopf.Memo, **_: Any) -> None:
+    clock = getattr(memo, "policy_clock", None)
+    if clock is not None:
+        clock.cancel()
+
+
+def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) -> None:
     """What only the clock can tell: a job past its deadline or start-up timeout (Failed, scaled
     to 0), stalled (every rank restarted), or finished longer than its time to live (deleted)."""
-    indexes = Indexes.of(kwargs)
-    raw = copy.deepcopy(dict(body))
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     current = memo.jobs.current(raw)
     status = SFTJobStatus.model_validate(current) if current else None

@@ -14,12 +14,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import metrics, render
 from sft_operator.children import Kube, join_problems
-from sft_operator.events import fit_message
 from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
@@ -159,33 +157,33 @@ def update_status(
         raise
     book.record(body, new_api)
     metrics.observe_job(body, new, patched=True)
-    _post_events(body, current, new, problem)
+    _post_events(kube, body, current, new, problem)
     if stall is not None:
-        kopf.event(body, type="Warning", reason=Reason.STALLED.value, message=fit_message(stall))
+        kube.post_event(body, "Warning", Reason.STALLED.value, stall)
     return new
 
 
-def _post_events(body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
+def _post_events(kube: Kube, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
                  problem: SpecProblem | None) -> None:
     old_phase = current.phase if current is not None else None
     if new.phase != old_phase:
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
-        kopf.event(body, type=kind, reason=new.phase.value, message=fit_message(phase_event_message(new, problem)))
+        kube.post_event(body, kind, new.phase.value, phase_event_message(new, problem))
         log.info("%s/%s: phase %s -> %s", *job_key(body), old_phase.value if old_phase else None, new.phase.value)
     ready = next((c for c in new.conditions if c.type == ConditionType.READY.value), None)
     before = next((c for c in (current.conditions if current else []) if c.type == ConditionType.READY.value), None)
     if ready is not None and ready.reason == Reason.RENDEZVOUS_CONFLICT.value and (
         before is None or before.message != ready.message
     ):  # a rank cannot join its own rendezvous: say so while it retries
-        kopf.event(body, type="Warning", reason=ready.reason, message=fit_message(ready.message or ""))
+        kube.post_event(body, "Warning", ready.reason, ready.message or "")
     blocker = _blocker(ready)
     if blocker is not None and blocker[0] != (_blocker(before) or ("",))[0]:  # why pods wait: once per cause
-        kopf.event(body, type="Warning", reason=blocker[0].split(": ")[-1], message=fit_message(blocker[1]))
+        kube.post_event(body, "Warning", blocker[0].split(": ")[-1], blocker[1])
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         conditions = current.conditions if current is not None else []
         previous = next((c for c in conditions if c.type == ConditionType.SPEC_VALID.value), None)
         if previous is None or previous.message != problem.message:
-            kopf.event(body, type="Warning", reason=problem.reason.value, message=fit_message(problem.message))
+            kube.post_event(body, "Warning", problem.reason.value, problem.message)
 
 
 def _blocker(ready: Any) -> tuple[str, str] | None:

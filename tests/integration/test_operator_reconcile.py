@@ -24,7 +24,7 @@ def test_valid_job_gets_children_with_the_exact_env(operator: Any, cluster: Any)
     assert container["env"] == expected["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in container["env"]] == [
         "PET_NNODES", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_RDZV_ENDPOINT",
-        "PET_RDZV_ID", "SFT_POD_NAME", "SFT_CONFIG", "SFT_DEVICE",
+        "PET_RDZV_ID", "SFT_POD_NAME", "SFT_CONFIG", "SFT_DEVICE", "SFT_POD_STATE_DIR",
     ]
     ns = cluster.ns
     env = {e["name"]: e.get("value") for e in container["env"]}
