@@ -31,6 +31,7 @@ import kubernetes
 from sft_operator import contract
 from sft_operator.crd import CRD_NAME, build_crd
 from sft_operator.dev.controlplane import ControlPlane
+from sft_operator.dev.tiny_model import tiny_job_spec
 
 QUIET_S = 3.0
 _LABELS = re.compile(r'(\w+)="([^"]*)"')
@@ -54,17 +55,7 @@ def job_body(name: str, nnodes: int) -> dict[str, Any]:
         "apiVersion": contract.API_VERSION,
         "kind": contract.KIND,
         "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny",
-            "dataPath": "/data/train.jsonl",
-            "numEpochs": 1,
-            "effectiveBatchSize": 8,
-            "learningRate": 1e-5,
-            "maxSeqLen": 128,
-            "nnodes": nnodes,
-            "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
+        "spec": tiny_job_spec(nnodes=nnodes),
     }
 
 

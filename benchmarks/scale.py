@@ -31,6 +31,7 @@ import kubernetes
 from sft_operator import contract
 from sft_operator.dev.controlplane import ControlPlane
 from sft_operator.dev.stack import free_port, install_crd
+from sft_operator.dev.tiny_model import tiny_job_spec
 
 QUIET_S = 5.0
 LIMIT_S = 900.0
@@ -66,9 +67,8 @@ def job_manifest(name: str, namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": contract.API_VERSION, "kind": contract.KIND,
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 8,
-                 "learningRate": 1e-5, "maxSeqLen": 128, "nnodes": 2, "device": "cpu",
-                 "checkpoints": {"existingClaim": "shared-checkpoints"}},
+        # No claim per job: 1000 Pending claims keep the volume controller busy writing Events.
+        "spec": tiny_job_spec(checkpoints={"existingClaim": "shared-checkpoints"}),
     }
 
 

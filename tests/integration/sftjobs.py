@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sft_operator import contract
+from sft_operator.dev.tiny_model import tiny_job_spec
 
 
 def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
@@ -13,17 +14,7 @@ def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:
         "apiVersion": contract.API_VERSION,
         "kind": contract.KIND,
         "metadata": {"name": name},
-        "spec": {
-            "modelPath": "/models/tiny",
-            "dataPath": "/data/train.jsonl",
-            "numEpochs": 2,
-            "effectiveBatchSize": 4,
-            "learningRate": 1e-4,
-            "maxSeqLen": 128,
-            "nnodes": 2,
-            "device": "cpu",
-            "checkpoints": {"claim": {"size": "1Gi"}},
-        },
+        "spec": tiny_job_spec(),
     }
     body["spec"].update(spec)
     return body

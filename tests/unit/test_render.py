@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sft_operator.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
+from sft_operator.dev.tiny_model import tiny_job_spec
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
@@ -37,18 +38,7 @@ OWNER = {
 
 
 def job(**spec_overrides: Any):  # type: ignore[no-untyped-def]
-    spec: dict[str, Any] = {
-        "modelPath": "/models/tiny",
-        "dataPath": "/data/train.jsonl",
-        "numEpochs": 2,
-        "effectiveBatchSize": 4,
-        "learningRate": 1e-4,
-        "maxSeqLen": 128,
-        "nnodes": 2,
-        "device": "cpu",
-        "checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}},
-    }
-    spec.update(spec_overrides)
+    spec = tiny_job_spec(**{"checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}}, **spec_overrides})
     return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1"}, "spec": spec})
 
 

@@ -130,6 +130,24 @@ def write_tiny_model(model_dir: Path, corpus: list[str], *, seed: int = 0) -> Pa
     return model_dir
 
 
+def tiny_job_spec(**overrides: object) -> dict[str, object]:
+    """The spec of a small valid CPU job (2 nodes, 2 epochs) that tests and benchmarks apply where
+    no pod trains (the paths need not exist); ``overrides`` replace or add spec fields."""
+    spec: dict[str, object] = {
+        "modelPath": "/models/tiny",
+        "dataPath": "/data/train.jsonl",
+        "numEpochs": 2,
+        "effectiveBatchSize": 4,
+        "learningRate": 1e-4,
+        "maxSeqLen": 128,
+        "nnodes": 2,
+        "device": "cpu",
+        "checkpoints": {"claim": {"size": "1Gi"}},
+    }
+    spec.update(overrides)
+    return spec
+
+
 def build_tiny_assets(out_dir: Path, *, num_samples: int = 24, seed: int = 0) -> TinyAssets:
     """Write ``out_dir/model`` and ``out_dir/data.jsonl``; the same inputs give the same files."""
     out_dir = Path(out_dir)
