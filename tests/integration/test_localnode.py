@@ -379,8 +379,11 @@ def test_stop_kills_every_container_and_leaves_no_process(control_plane: Any, re
         wait_for("pod Running", lambda: (p := get_pod(rest, namespace, "two")) and p["status"].get("phase") == "Running")
         # signal_processes reaches descendants too (signal 0 only checks): both main processes
         # (the shell's command line names "sleep 300") and the shell's background sleep.
-        matched = own.signal_processes(0, "sleep 300")
-        assert set(pids) < set(matched) and len(matched) == 3, (pids, matched)
+        # Waited for: a container's process execs its command only after its set-up, and the
+        # shell starts its background sleep when it gets to it.
+        matched = wait_for("both containers' sleeps and the shell's", lambda: (
+            m := own.signal_processes(0, "sleep 300")) and set(pids) < set(m) and len(m) == 3 and m)
+        assert len(matched) == 3, (pids, matched)
         assert own.signal_processes(0, "no such command") == []
     assert own.container_pids() == []
     assert not any(pid_alive(p) for p in pids)
