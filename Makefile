@@ -16,7 +16,7 @@ demo: venv provision docker
 
 ## test: every test tier (unit, integration on the real control plane, training, e2e)
 test: venv provision docker
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
