@@ -5,14 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# devtools/ (dev-only: control plane, nodes, demo, tiny model) runs from the checkout, never installed.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down node run crd bench tiny clean
 
 ## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
 ## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
-## (the process-based local node instead: python -m sft_operator.dev.demo --node local)
+## (the process-based local node instead: python -m devtools.demo --node local)
 demo: venv provision docker
-	$(PY) -m sft_operator.dev.demo
+	$(PY) -m devtools.demo
 
 ## test: every test tier (unit, integration on the real control plane, training, e2e)
 test: venv provision docker
@@ -58,29 +60,29 @@ provision:
 
 ## cluster-up / cluster-down: a local control plane, kubeconfig in .local/kubeconfig
 cluster-up: venv provision
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m sft_operator.dev.controlplane up --state-dir .local
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m devtools.controlplane up --state-dir .local
 
 cluster-down: venv
-	$(PY) -m sft_operator.dev.controlplane down --state-dir .local
+	$(PY) -m devtools.controlplane down --state-dir .local
 
 ## node: the dev-only local node for `make cluster-up`'s control plane (runs pods as local processes)
 node: venv
-	$(PY) -m sft_operator.dev.localnode --kubeconfig .local/kubeconfig --state-dir .local/node
+	$(PY) -m devtools.localnode --kubeconfig .local/kubeconfig --state-dir .local/node
 
 ## realnode-up / realnode-down: the local control plane (advertising this machine's IP, claims as
 ## host directories) plus a REAL node: dockerd, kubelet 1.20 (dockershim), kube-proxy, CNI, dev DNS
 ## (root; docs/realnode.md). Not together with `make cluster-up`: both use .local.
 realnode-up: venv provision
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m sft_operator.dev.controlplane up --state-dir .local --for-real-node
-	$(PY) -m sft_operator.dev.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m devtools.controlplane up --state-dir .local --for-real-node
+	$(PY) -m devtools.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode
 
 realnode-down: venv
-	$(PY) -m sft_operator.dev.node down --state-dir .local/realnode --stop-dockerd
-	$(PY) -m sft_operator.dev.controlplane down --state-dir .local
+	$(PY) -m devtools.node down --state-dir .local/realnode --stop-dockerd
+	$(PY) -m devtools.controlplane down --state-dir .local
 
 ## tiny: a tiny model and data built offline, in .local/tiny
 tiny: venv
-	$(PY) -m sft_operator.dev.tiny_model --out .local/tiny
+	$(PY) -m devtools.tiny_model --out .local/tiny
 
 ## run: the operator against $$KUBECONFIG
 run: venv

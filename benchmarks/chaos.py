@@ -35,9 +35,9 @@ from typing import Any
 import kubernetes
 
 from sft_operator import contract
-from sft_operator.dev.demo import demo_manifest
-from sft_operator.dev.stack import LocalStack, wait_until
-from sft_operator.dev.tiny_model import build_tiny_assets
+from devtools.demo import demo_manifest
+from devtools.stack import LocalStack, wait_until
+from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
 

@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from sft_operator.dev.controlplane import ControlPlane, ControlPlaneError, resolve_assets
+from devtools.controlplane import ControlPlane, ControlPlaneError, resolve_assets
 
 TARGET_S = 10.0
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "training
 
 from data_stress import stress  # noqa: E402
 
-from sft_operator.dev.tiny_model import build_tiny_assets  # noqa: E402
+from devtools.tiny_model import build_tiny_assets  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ import kubernetes
 
 from sft_operator import contract
 from sft_operator.crd import CRD_NAME, build_crd
-from sft_operator.dev.controlplane import ControlPlane
-from sft_operator.dev.tiny_model import tiny_job_spec
+from devtools.controlplane import ControlPlane
+from devtools.tiny_model import tiny_job_spec
 
 QUIET_S = 3.0
 _LABELS = re.compile(r'(\w+)="([^"]*)"')

@@ -29,9 +29,9 @@ from typing import Any
 import kubernetes
 
 from sft_operator import contract
-from sft_operator.dev.controlplane import ControlPlane
-from sft_operator.dev.stack import free_port, install_crd
-from sft_operator.dev.tiny_model import tiny_job_spec
+from devtools.controlplane import ControlPlane
+from devtools.stack import free_port, install_crd
+from devtools.tiny_model import tiny_job_spec
 
 QUIET_S = 5.0
 LIMIT_S = 900.0

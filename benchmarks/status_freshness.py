@@ -3,7 +3,7 @@ writes the reporter sidecar makes, over a real tiny training run on this machine
 
     .venv/bin/python benchmarks/status_freshness.py [--samples 240] [--epochs 5] [--save-samples 120]
 
-Runs the whole local stack (control plane, operator, dev local node: sft_operator.dev.stack) and
+Runs the whole local stack (control plane, operator, dev local node: devtools.stack) and
 a tiny CPU job (examples/sftjob-tiny-cpu.yaml with more samples/epochs and spec.saveSamples, so
 there are several checkpoints).
 
@@ -32,9 +32,9 @@ from typing import Any
 
 from sft_operator import contract
 from sft_operator.checkpoints import HF_FORMAT_DIR
-from sft_operator.dev.demo import demo_manifest, describe, follow_job
-from sft_operator.dev.stack import LocalStack
-from sft_operator.dev.tiny_model import build_tiny_assets
+from devtools.demo import demo_manifest, describe, follow_job
+from devtools.stack import LocalStack
+from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
 from sft_operator.contract import progress_configmap_name

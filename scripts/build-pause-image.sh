@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Dev-only: the pod sandbox ("pause") image of the local real node (sft_operator.dev.node), built
+# Dev-only: the pod sandbox ("pause") image of the local real node (devtools.node), built
 # locally since no registry is reachable: a static C program that sleeps until SIGINT/SIGTERM and
 # reaps orphans (what Kubernetes' build/pause/linux/pause.c does), imported as a one-file image.
 # Idempotent: does nothing when the image exists. Needs gcc (static glibc) and dockerd.

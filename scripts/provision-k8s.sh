@@ -13,7 +13,7 @@ set -euo pipefail
 K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 CACHE_ROOT="${SFT_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sft-operator}"
 ASSETS="$CACHE_ROOT/k8s-1.20.2/bin"
-# kubelet, kube-scheduler and kube-proxy for the dev-only real node (sft_operator.dev.node): built
+# kubelet, kube-scheduler and kube-proxy for the dev-only real node (devtools.node): built
 # in the same run, from the same source, into their own directory.
 NODE_ASSETS="$CACHE_ROOT/k8s-1.20.2-node/bin"
 

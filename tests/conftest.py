@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,11 @@ CONTROL_PLANE_MARKERS = ("integration", "e2e")
 # Operators started by tests serve no /metrics unless a test asks (--metrics-port): several run at
 # once on one machine, and the default port (8000) can be had by one only.
 os.environ.setdefault("SFT_METRICS_PORT", "0")
+
+# devtools/ (control plane, nodes, tiny model) is dev-only and not installed: subprocesses that run
+# `python -m devtools.…` find it through PYTHONPATH, whatever their working directory.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_ROOT, os.environ.get("PYTHONPATH", "")] if p)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -34,8 +40,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[Any]:
-    """A started ``sft_operator.dev.controlplane.ControlPlane`` shared by the whole session."""
-    from sft_operator.dev.controlplane import ControlPlane, ControlPlaneError
+    """A started ``devtools.controlplane.ControlPlane`` shared by the whole session."""
+    from devtools.controlplane import ControlPlane, ControlPlaneError
 
     cp = ControlPlane()
     try:
@@ -61,7 +67,7 @@ def namespace(request: pytest.FixtureRequest, control_plane: Any, api_client: An
     import kubernetes.client
     from kubernetes.client.exceptions import ApiException
 
-    from sft_operator.dev.controlplane import fresh_namespace_name
+    from devtools.controlplane import fresh_namespace_name
 
     control_plane.check()
     core = kubernetes.client.CoreV1Api(api_client)

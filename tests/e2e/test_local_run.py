@@ -31,10 +31,10 @@ from sft_operator.checkpoints import (
     metrics_log_path,
     read_metrics_log,
 )
-from sft_operator.dev.demo import demo_manifest, describe, follow_job
-from sft_operator.dev.localnode import LocalNode
-from sft_operator.dev.stack import OperatorProcess, install_crd, wait_until
-from sft_operator.dev.tiny_model import build_tiny_assets
+from devtools.demo import demo_manifest, describe, follow_job
+from devtools.localnode import LocalNode
+from devtools.stack import OperatorProcess, install_crd, wait_until
+from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name, statefulset_name
 
@@ -151,7 +151,7 @@ def _wait_jobs_gone(api_client: Any, namespace: str, timeout_s: float = 30.0) ->
 
 @pytest.fixture(scope="module")
 def stack(control_plane: Any, api_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from sft_operator.dev.controlplane import fresh_namespace_name
+    from devtools.controlplane import fresh_namespace_name
 
     work = tmp_path_factory.mktemp("e2e")
     assets = build_tiny_assets(work / "assets")

@@ -1,4 +1,4 @@
-"""The path every user takes, on a REAL node (sft_operator.dev.node: dockerd, kubelet 1.20 with
+"""The path every user takes, on a REAL node (devtools.node: dockerd, kubelet 1.20 with
 dockershim, kube-proxy, CNI, dev DNS): both images built by scripts/build-images.sh, `helm install`
 of charts/sft-operator (the operator runs as a pod from sft-operator:dev with only the chart's RBAC
 and its ServiceAccount token, reaching the API through the `kubernetes` Service), then ONE tiny CPU
@@ -25,11 +25,11 @@ import kubernetes
 import pytest
 
 from sft_operator import contract
-from sft_operator.dev.demo import demo_manifest, describe, follow_job
-from sft_operator.dev.node import DOCKER
-from sft_operator.dev.realstack import OPERATOR_NS, RealStack, open_to_pods
-from sft_operator.dev.stack import StackError
-from sft_operator.dev.tiny_model import build_tiny_assets
+from devtools.demo import demo_manifest, describe, follow_job
+from devtools.node import DOCKER
+from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
+from devtools.stack import StackError
+from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import statefulset_name
 

@@ -95,6 +95,15 @@ def test_trainer_imports_and_torchrun_on_a_read_only_root(trainer_image: str) ->
 # --- the build ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("which", ["operator", "trainer"])
+def test_no_dev_tooling_in_either_image(which: str, operator_image: str, trainer_image: str) -> None:
+    image = operator_image if which == "operator" else trainer_image
+    probe = ("import importlib.util, sys, sft_operator, pathlib; "
+             "print(importlib.util.find_spec('devtools') is None, "
+             "(pathlib.Path(sft_operator.__file__).parent / 'dev').exists())")
+    assert run(image, "-c", probe, entrypoint="python").split() == ["True", "False"]
+
+
 def test_a_second_build_of_unchanged_sources_is_all_cache(built_images: dict[str, str]) -> None:
     images = [built_images["SFT_BASE_IMAGE"], built_images["SFT_OPERATOR_IMAGE"], built_images["SFT_TRAINER_IMAGE"]]
     before = {image: image_id(image) for image in images}

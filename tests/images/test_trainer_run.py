@@ -81,7 +81,7 @@ def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: P
 def test_tiny_model_trains_to_completion_in_the_trainer_image(
         trainer_image: str, tmp_path: Path, container_names: list[str]) -> None:
     assets = tmp_path / "assets"
-    subprocess.run([sys.executable, "-m", "sft_operator.dev.tiny_model", "--out", str(assets),
+    subprocess.run([sys.executable, "-m", "devtools.tiny_model", "--out", str(assets),
                     "--samples", str(NUM_SAMPLES)], check=True, capture_output=True, timeout=600)
     # The pod runs as uid 65532: the hostPath model must be readable by others. tiny_model
     # saves model.safetensors with mode 0600 (as root: unreadable in the pod), so open it up.

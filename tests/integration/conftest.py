@@ -1,7 +1,7 @@
 """Operator fixtures: the CRD installed once, and the real operator (`sft-operator run`) as a
 subprocess that a test can kill and restart. No kubelet: tests set pod status through the API.
 
-The pieces are sft_operator.dev.stack's (install_crd, OperatorProcess, wait_until), shared with
+The pieces are devtools.stack's (install_crd, OperatorProcess, wait_until), shared with
 `make demo` and the e2e tests; here their errors fail the test instead of raising."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
 from sft_operator.crd import CRD_NAME
-from sft_operator.dev import stack
+from devtools import stack
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ import pytest
 from sft_operator import contract
 from sft_operator.api import LogsUnavailableError, open_job
 from sft_operator.cli import app
-from sft_operator.dev.pki import make_ca, make_serving_cert
+from devtools.pki import make_ca, make_serving_cert
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator.dev.controlplane import (
+from devtools.controlplane import (
     ASSETS_ENV,
     ControlPlane,
     ControlPlaneCrashed,
@@ -26,7 +26,7 @@ from sft_operator.dev.controlplane import (
     resolve_assets,
     service_account_kubeconfig,
 )
-from sft_operator.dev.stack import wait_until
+from devtools.stack import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,7 @@ def test_a_bad_kubebuilder_assets_gives_one_clear_error(tmp_path):
     assert not cp.state_dir.exists()  # its temp dir is not left behind
     # The CLI says the same in one line, without a stack trace, and exits 1.
     out = subprocess.run(
-        [sys.executable, "-m", "sft_operator.dev.controlplane", "up", "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-m", "devtools.controlplane", "up", "--state-dir", str(tmp_path / "state")],
         capture_output=True, text=True, timeout=60, env={**os.environ, ASSETS_ENV: str(tmp_path)},
     )
     assert out.returncode == 1
@@ -227,7 +227,7 @@ def test_a_killed_apiserver_is_reported_by_the_health_check():
 
 
 def test_a_port_in_use_is_named_after_retries(tmp_path, monkeypatch):
-    from sft_operator.dev import controlplane
+    from devtools import controlplane
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -265,7 +265,7 @@ def test_readiness_has_a_bounded_timeout_and_leaves_no_process(tmp_path):
 
 OWNER_SCRIPT = """
 import json, sys, time
-from sft_operator.dev.controlplane import ControlPlane
+from devtools.controlplane import ControlPlane
 with ControlPlane() as cp:
     print(json.dumps({"pids": cp.pids, "state_dir": str(cp.state_dir)}), flush=True)
     time.sleep(600)
@@ -294,7 +294,7 @@ def test_cli_up_is_detached_idempotent_and_down_leaves_nothing(tmp_path):
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "sft_operator.dev.controlplane", *args, "--state-dir", str(state)],
+            [sys.executable, "-m", "devtools.controlplane", *args, "--state-dir", str(state)],
             capture_output=True, text=True, timeout=120,
         )
 

@@ -25,8 +25,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from sft_operator.dev.controlplane import free_port, request_service_account_token, service_account_kubeconfig
-from sft_operator.dev.stack import wait_until
+from devtools.controlplane import free_port, request_service_account_token, service_account_kubeconfig
+from devtools.stack import wait_until
 
 from operator_logs import refusals
 

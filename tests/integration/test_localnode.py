@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from sft_operator.dev.localnode import LocalNode
-from sft_operator.dev.localnode_api import KubeRest, pod_path
-from sft_operator.dev.stack import wait_until
+from devtools.localnode import LocalNode
+from devtools.localnode_api import KubeRest, pod_path
+from devtools.stack import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -426,7 +426,7 @@ def test_entry_point_runs_pods_and_stops_them_on_sigterm(control_plane: Any, res
     import sys
 
     cli = subprocess.Popen(
-        [sys.executable, "-m", "sft_operator.dev.localnode", "--kubeconfig", str(control_plane.kubeconfig),
+        [sys.executable, "-m", "devtools.localnode", "--kubeconfig", str(control_plane.kubeconfig),
          "--state-dir", str(tmp_path), "--name", "localnode-cli-test", "--only-namespace", namespace],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

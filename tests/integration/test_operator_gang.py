@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator.dev.controlplane import service_account_kubeconfig
+from devtools.controlplane import service_account_kubeconfig
 
 from operator_logs import refusals
 from sftjobs import job_body

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sft_operator.dev import stack
+from devtools import stack
 from sft_operator.progress import LossPoint, Stage
 from test_operator_status import started_job, summary
 

@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 import yaml
 
-from sft_operator.dev.controlplane import service_account_kubeconfig
+from devtools.controlplane import service_account_kubeconfig
 
 from operator_logs import refusals
 from sftjobs import job_body

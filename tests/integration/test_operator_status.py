@@ -18,7 +18,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from sft_operator.dev.controlplane import request_service_account_token
+from devtools.controlplane import request_service_account_token
 from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 from sftjobs import job_body
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_stress import stress
-from sft_operator.dev.tiny_model import build_tiny_assets
+from devtools.tiny_model import build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(600)]
 

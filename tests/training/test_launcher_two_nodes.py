@@ -12,7 +12,7 @@ from sft_launch_harness import (free_port, pod_env, start_launcher, tree_digest,
                                 write_config)
 from sft_operator import checkpoints as ck
 from sft_operator import contract
-from sft_operator.dev.tiny_model import TinyAssets, build_tiny_assets
+from devtools.tiny_model import TinyAssets, build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(900)]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sft_operator.dev.tiny_model import build_tiny_assets, main
+from devtools.tiny_model import build_tiny_assets, main
 
 pytestmark = pytest.mark.training
 

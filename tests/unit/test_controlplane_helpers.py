@@ -10,8 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sft_operator.dev import pki
-from sft_operator.dev.controlplane import (
+from devtools import pki
+from devtools.controlplane import (
     ASSETS_ENV,
     ControlPlaneError,
     diagnose_exit,

@@ -11,7 +11,7 @@ import pytest
 
 
 def run_cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "sft_operator.dev.localnode", *args],
+    return subprocess.run([*prefix, sys.executable, "-m", "devtools.localnode", *args],
                           capture_output=True, text=True, timeout=60)
 
 

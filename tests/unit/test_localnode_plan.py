@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator.dev.localnode_plan import (
+from devtools.localnode_plan import (
     INJECTED_TOKEN_VOLUME,
     SERVICE_ACCOUNT_MOUNT_PATH,
     ContainerState,
@@ -31,7 +31,7 @@ from sft_operator.dev.localnode_plan import (
     unschedulable_reason,
     volume_dirs,
 )
-from sft_operator.dev.localnode_volumes import downward_files, key_files, object_data, persistent_volume_for
+from devtools.localnode_volumes import downward_files, key_files, object_data, persistent_volume_for
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 T1 = datetime(2026, 1, 2, 3, 4, 9, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""Pure parts of the local real node (sft_operator.dev.node, node_dns): configs and DNS answers."""
+"""Pure parts of the local real node (devtools.node, node_dns): configs and DNS answers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sft_operator.dev import node
-from sft_operator.dev.controlplane import ControlPlane
+from devtools import node
+from devtools.controlplane import ControlPlane
 
 
 
@@ -61,7 +61,7 @@ def _ask(resolver: Any, name: str) -> tuple[int, list[str]]:
 
 
 def test_dns_answers_services_statefulset_pods_and_nxdomain() -> None:
-    from sft_operator.dev.node_dns import Resolver
+    from devtools.node_dns import Resolver
 
     resolver = Resolver(FakeApi(), interval=3600)
     assert _ask(resolver, "web.ns.svc.cluster.local") == (0, ["10.0.0.9"])

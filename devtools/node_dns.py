@@ -1,5 +1,5 @@
 """DEV-ONLY cluster DNS (and claim-directory permissions) for the local real node
-(sft_operator.dev.node). NOT a DNS server for anything else: no upstream, no caching, no security.
+(devtools.node). NOT a DNS server for anything else: no upstream, no caching, no security.
 It exists because Debian has no CoreDNS/kube-dns package and no registry of images is reachable.
 
   <svc>.<ns>.svc.cluster.local            A  ClusterIP (headless: every endpoint address)

@@ -6,7 +6,7 @@ a 2-layer Llama with random weights and a BPE tokenizer trained on the generated
 chat template writes each message's content verbatim (so instructlab-training's unmask tokens pass
 through untouched).
 
-    python -m sft_operator.dev.tiny_model --out DIR     # writes DIR/model and DIR/data.jsonl
+    python -m devtools.tiny_model --out DIR     # writes DIR/model and DIR/data.jsonl
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ tests and a newcomer's first run, in the spirit of controller-runtime's envtest.
 
 CLI (the Makefile's cluster-up / cluster-down):
 
-    python -m sft_operator.dev.controlplane up --state-dir .local
-    python -m sft_operator.dev.controlplane down --state-dir .local
+    python -m devtools.controlplane up --state-dir .local
+    python -m devtools.controlplane down --state-dir .local
 
 No process outlives its owner by accident: each binary runs in its own process group, stop()
 ends the groups (SIGTERM, then SIGKILL), atexit calls stop(), and a tiny reaper process ends
@@ -43,7 +43,7 @@ from typing import IO, Any
 
 import yaml
 
-from sft_operator.dev import pki
+from devtools import pki
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 TIMEOUT_ENV = "SFT_CONTROLPLANE_TIMEOUT"
@@ -71,7 +71,7 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
     "rules": [{"level": "Metadata", "verbs": list(WRITE_VERBS)}, {"level": "None"}],
 }
-PROVISION_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "provision-k8s.sh"
+PROVISION_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "provision-k8s.sh"
 
 
 class ControlPlaneError(RuntimeError):
@@ -752,7 +752,7 @@ def cli_up(state_dir: Path, advertise_address: str | None = None, hostpath_provi
     }, indent=2).encode())
     print(f"control plane up in {cp.startup_s:.1f}s: {cp.server} (logs in {cp.log_dir})")
     print(f"  export KUBECONFIG={cp.kubeconfig}; kubectl get --raw /readyz")
-    print(f"  stop it: python -m sft_operator.dev.controlplane down --state-dir {state_dir}")
+    print(f"  stop it: python -m devtools.controlplane down --state-dir {state_dir}")
     return 0
 
 
@@ -768,19 +768,19 @@ def cli_down(state_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.controlplane", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.controlplane", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local"), help="default: .local")
     parser.add_argument("--for-real-node", action="store_true",
                         help="up: advertise this machine's IP (pods reach the API) and provision claims "
-                             "as host directories (for sft_operator.dev.node)")
+                             "as host directories (for devtools.node)")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
             advertise = None
             if args.for_real_node:
-                from sft_operator.dev.node import host_ip
+                from devtools.node import host_ip
                 advertise = host_ip()
             return cli_up(state_dir, advertise, hostpath_provisioner=args.for_real_node)
         return cli_down(state_dir)

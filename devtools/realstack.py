@@ -8,7 +8,7 @@
     ...
     stack.stop()
 
-Used by `make demo` (sft_operator.dev.demo) and tests/e2e/test_real_node.py. Every wait is bounded;
+Used by `make demo` (devtools.demo) and tests/e2e/test_real_node.py. Every wait is bounded;
 failures are StackError with a one-line reason (and the piece's log).
 """
 
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sft_operator.dev.controlplane import ControlPlane, ControlPlaneError
-from sft_operator.dev.node import DOCKER, NodeError, RealNode, host_ip
-from sft_operator.dev.stack import StackError
+from devtools.controlplane import ControlPlane, ControlPlaneError
+from devtools.node import DOCKER, NodeError, RealNode, host_ip
+from devtools.stack import StackError
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "sft-operator"
 RELEASE, OPERATOR_NS = "sft", "sft-system"
 OPERATOR_READY_TIMEOUT_S = 180.0

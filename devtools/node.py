@@ -9,8 +9,8 @@ namespaces (pod CIDR 10.244.0.0/24, on this machine only).
 
 CLI (the Makefile's node-up / node-down):
 
-    python -m sft_operator.dev.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode
-    python -m sft_operator.dev.node down --state-dir .local/realnode
+    python -m devtools.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode
+    python -m devtools.node down --state-dir .local/realnode
 
 Like controlplane.py: each process in its own process group, bounded waits, logs in
 ``<state_dir>/logs``, a one-line error naming what is missing. stop() ends the node processes,
@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
-from sft_operator.dev.controlplane import _REAPER_SOURCE, pid_alive, tail_lines, terminate_group
+from devtools.controlplane import _REAPER_SOURCE, pid_alive, tail_lines, terminate_group
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 NODE_BIN_ENV = "SFT_NODE_BIN"
 DEFAULT_NODE_BIN = Path.home() / ".cache" / "sft-operator" / "k8s-1.20.2-node" / "bin"
 TIMEOUT_ENV = "SFT_NODE_TIMEOUT"
@@ -192,7 +192,7 @@ class RealNode:
                                     f"failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
             self._write_configs(cgroup_driver)
             if self.dns:
-                self._spawn(DNS, [sys.executable, "-m", "sft_operator.dev.node_dns",
+                self._spawn(DNS, [sys.executable, "-m", "devtools.node_dns",
                                   "--kubeconfig", str(self.kubeconfig), "--port", "53"])
             self._spawn(SCHEDULER, [str(self.bin_dir / SCHEDULER), f"--kubeconfig={self.kubeconfig}",
                                     "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1"])
@@ -238,7 +238,7 @@ class RealNode:
         state = _read_state(self.state_dir)
         if state and any(_alive(state, n) for n in STOP_ORDER):
             raise NodeError(f"a real node already runs from {self.state_dir} (stop it: "
-                            f"python -m sft_operator.dev.node down --state-dir {self.state_dir})")
+                            f"python -m devtools.node down --state-dir {self.state_dir})")
 
     def _ensure_dockerd(self) -> str:
         """Start dockerd with the runc wrapper as its default runtime unless one runs; return
@@ -275,7 +275,7 @@ class RealNode:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT / "operator"), env.get("PYTHONPATH", "")] if p)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT / "operator"), str(ROOT), env.get("PYTHONPATH", "")] if p)
             try:
                 popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=self.state_dir, env=env)
@@ -430,7 +430,7 @@ def stop_node(state_dir: Path, pids: dict[str, int], bin_dir: Path, stop_dockerd
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.node", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--kubeconfig", type=Path, default=Path(".local/kubeconfig"))
     parser.add_argument("--state-dir", type=Path, default=Path(".local/realnode"))
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             node = RealNode(args.kubeconfig, state_dir, detached=True, keep_dockerd=True).start()
             print(f"node {node.node_name} Ready in {node.timings['ready']:.1f}s (logs in {node.log_dir})")
-            print(f"  stop it: python -m sft_operator.dev.node down --state-dir {state_dir}")
+            print(f"  stop it: python -m devtools.node down --state-dir {state_dir}")
             return 0
         state = _read_state(state_dir)
         if not state:

@@ -6,7 +6,7 @@ containers as processes on this machine (the image is ignored: the command runs 
 environment), each in its own mount namespace with the pod's volumes bind-mounted from local
 directories. See docs/localnode.md for what it does and does not do.
 
-    python -m sft_operator.dev.localnode --kubeconfig K --state-dir D [--name N] [--gpus G]
+    python -m devtools.localnode --kubeconfig K --state-dir D [--name N] [--gpus G]
 
 or from Python: ``with LocalNode(kubeconfig, state_dir).start(): ...``.
 """
@@ -44,7 +44,7 @@ from .localnode_plan import (
 from .localnode_pods import TERMINAL_PHASES, PodRunner, patch_pod_status
 from .localnode_volumes import VolumeWriter
 
-log = logging.getLogger("sft_operator.dev.localnode")
+log = logging.getLogger("devtools.localnode")
 
 DEFAULT_SCHEDULER = "default-scheduler"
 
@@ -434,7 +434,7 @@ class LocalNode:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sft_operator.dev.localnode",
+        prog="python -m devtools.localnode",
         description="DEV ONLY: a local node that runs pods as local processes (never for production).",
     )
     parser.add_argument("--kubeconfig", required=True, help="admin kubeconfig of the (local) control plane")

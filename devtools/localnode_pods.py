@@ -43,7 +43,7 @@ from .localnode_plan import (
 from .localnode_process import ContainerProcess
 from .localnode_volumes import VolumeWriter
 
-log = logging.getLogger("sft_operator.dev.localnode")
+log = logging.getLogger("devtools.localnode")
 
 CONFIG_RETRY_S = 2.0
 TERMINAL_PHASES = ("Succeeded", "Failed")

@@ -161,8 +161,8 @@ class LocalStack:
         return self._api_client
 
     def start(self, on_step: Callable[[str], None] = lambda _msg: None) -> "LocalStack":
-        from sft_operator.dev.controlplane import ControlPlane
-        from sft_operator.dev.localnode import LocalNode
+        from devtools.controlplane import ControlPlane
+        from devtools.localnode import LocalNode
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:

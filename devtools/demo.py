@@ -23,7 +23,7 @@ import yaml
 
 from sft_operator import contract
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "sftjob-tiny-cpu.yaml"
 DEFAULT_STATE_DIR = REPO_ROOT / ".local" / "demo"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -97,7 +97,7 @@ def tree(root: Path, max_entries: int = 80) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_operator.dev.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job")
     parser.add_argument("--node", choices=["real", "local"], default="real",
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from sft_operator.dev.stack import LocalStack, StackError
-    from sft_operator.dev.tiny_model import build_tiny_assets
+    from devtools.stack import LocalStack, StackError
+    from devtools.tiny_model import build_tiny_assets
     from sft_operator.models import parse_job
     from sft_operator.render import claim_name
 
@@ -175,9 +175,9 @@ def real_main(args: argparse.Namespace) -> int:
     """The demo on the real node: the chart's operator pod, the trainer image, the reporter sidecar."""
     from rich.console import Console
 
-    from sft_operator.dev.realstack import OPERATOR_NS, RealStack, open_to_pods
-    from sft_operator.dev.stack import StackError
-    from sft_operator.dev.tiny_model import build_tiny_assets
+    from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
+    from devtools.stack import StackError
+    from devtools.tiny_model import build_tiny_assets
     from sft_operator.models import parse_job
     from sft_operator.render import statefulset_name
 

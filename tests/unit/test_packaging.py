@@ -1,0 +1,38 @@
+"""Dev tooling never ships: the wheel's packages leave devtools/ out, and nothing the wheel or the
+images contain imports it (it exists only in a checkout)."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = [ROOT / "operator" / "sft_operator", ROOT / "trainer-image" / "sft_trainer"]
+
+
+def test_the_wheel_lists_only_the_product_packages() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = config["tool"]["setuptools"]["packages"]
+    assert sorted(packages) == ["sft_operator", "sft_operator.api", "sft_trainer"]
+    assert not (ROOT / "operator" / "sft_operator" / "dev").exists()
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_shipped_module_imports_devtools() -> None:
+    offenders = [
+        str(path.relative_to(ROOT))
+        for tree in SHIPPED
+        for path in sorted(tree.rglob("*.py"))
+        if any(name == "devtools" or name.startswith("devtools.") for name in imported_modules(path))
+    ]
+    assert offenders == []
