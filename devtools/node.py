@@ -58,6 +58,11 @@ BRIDGE = "sftbr0"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 KUBELET_PORT = 10250
 STATE_FILE = "node.json"
+# One real node per machine (kubelet's port 10250, the bridge, iptables, DNS on :53): a second
+# start (another test run, a benchmark, `make demo`) waits for the first to stop, then goes on.
+MACHINE_LOCK = Path("/run/sft-operator-realnode.lock")
+LOCK_WAIT_ENV = "SFT_NODE_LOCK_WAIT_S"
+DEFAULT_LOCK_WAIT_S = 3600.0
 SCHEDULER, KUBELET, PROXY, DNS = "kube-scheduler", "kubelet", "kube-proxy", "dns"
 NODE_BINARIES = (SCHEDULER, KUBELET, PROXY)
 STOP_ORDER = (DNS, PROXY, KUBELET, SCHEDULER)
@@ -173,6 +178,7 @@ class RealNode:
         # Before anything is started: a refusal (e.g. a node already runs from this state dir)
         # must not tear down what runs.
         self._preflight()
+        self._lock_machine()
         self._started = True
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +245,39 @@ class RealNode:
         if state and any(_alive(state, n) for n in STOP_ORDER):
             raise NodeError(f"a real node already runs from {self.state_dir} (stop it: "
                             f"python -m devtools.node down --state-dir {self.state_dir})")
+
+    def _lock_machine(self) -> None:
+        """Hold MACHINE_LOCK while this node runs (released by stop, or by the kernel when the
+        process dies); wait for another node to stop, bounded, saying so once."""
+        import fcntl
+
+        wait_s = float(os.environ.get(LOCK_WAIT_ENV, DEFAULT_LOCK_WAIT_S))
+        fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline, said = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise NodeError(f"another real node runs on this machine (pid {holder}, {MACHINE_LOCK}) "
+                                    f"and did not stop within {wait_s:.0f}s ({LOCK_WAIT_ENV})") from None
+                if not said:
+                    print(f"realnode: another real node runs on this machine (pid {holder}); waiting for it "
+                          f"to stop (up to {wait_s:.0f}s)", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(2.0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_machine(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _ensure_dockerd(self) -> str:
         """Start dockerd with the runc wrapper as its default runtime unless one runs; return
@@ -387,6 +426,7 @@ class RealNode:
             del self._api
         if self._owns_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._unlock_machine()
 
 
 def _read_state(state_dir: Path) -> dict[str, Any] | None:

@@ -73,3 +73,16 @@ def test_dns_answers_services_statefulset_pods_and_nxdomain() -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/net/route"), reason="needs Linux routing tables")
 def test_host_ip_is_not_loopback() -> None:
     assert not node.host_ip().startswith("127.")
+
+
+def test_a_second_real_node_on_the_machine_waits_then_names_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "MACHINE_LOCK", tmp_path / "realnode.lock")
+    first = node.RealNode(tmp_path / "kubeconfig", tmp_path / "first")
+    first._lock_machine()
+    monkeypatch.setenv(node.LOCK_WAIT_ENV, "0")
+    second = node.RealNode(tmp_path / "kubeconfig", tmp_path / "second")
+    with pytest.raises(node.NodeError, match=rf"another real node runs on this machine \(pid {os.getpid()}, "):
+        second._lock_machine()
+    first._unlock_machine()
+    second._lock_machine()  # free again once the first stopped
+    second._unlock_machine()
