@@ -16,10 +16,18 @@ RUN python -m venv /opt/sft-operator \
  && /opt/sft-operator/bin/pip install pip==24.3.1 setuptools==75.6.0 wheel==0.45.1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The dependencies in a layer of their own (installed through empty placeholder packages, then
+# the placeholder uninstalled): a change to the sources alone reinstalls only our package.
+RUN mkdir -p operator/sft_operator/api trainer-image/sft_trainer \
+ && touch operator/sft_operator/__init__.py operator/sft_operator/api/__init__.py trainer-image/sft_trainer/__init__.py \
+ && /opt/sft-operator/bin/pip install --no-build-isolation ".[operator]" \
+ && /opt/sft-operator/bin/pip uninstall --yes sft-operator \
+ && rm -rf operator trainer-image build
 COPY operator/ operator/
 # pyproject maps this package too; the operator image never imports it (a few KiB).
 COPY trainer-image/sft_trainer/ trainer-image/sft_trainer/
-RUN /opt/sft-operator/bin/pip install --no-build-isolation ".[operator]" \
+RUN /opt/sft-operator/bin/pip install --no-build-isolation --no-deps . \
+ && /opt/sft-operator/bin/pip check \
  && /opt/sft-operator/bin/sft-operator --help >/dev/null \
  && /opt/sft-operator/bin/pip uninstall --yes setuptools wheel pip
 

@@ -8,17 +8,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # devtools/ (dev-only: control plane, nodes, demo, tiny model) runs from the checkout, never installed.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down node run crd bench tiny clean
+.PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down run crd bench tiny clean
 
 ## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
 ## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
-## (the process-based local node instead: python -m devtools.demo --node local)
 demo: venv provision docker
 	$(PY) -m devtools.demo
 
 ## test: every test tier (unit, integration on the real control plane, training, e2e)
 test: venv provision docker
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -65,10 +64,6 @@ cluster-up: venv provision
 cluster-down: venv
 	$(PY) -m devtools.controlplane down --state-dir .local
 
-## node: the dev-only local node for `make cluster-up`'s control plane (runs pods as local processes)
-node: venv
-	$(PY) -m devtools.localnode --kubeconfig .local/kubeconfig --state-dir .local/node
-
 ## realnode-up / realnode-down: the local control plane (advertising this machine's IP, claims as
 ## host directories) plus a REAL node: dockerd, kubelet 1.20 (dockershim), kube-proxy, CNI, dev DNS
 ## (root; docs/realnode.md). Not together with `make cluster-up`: both use .local.
@@ -92,7 +87,8 @@ run: venv
 crd: venv
 	$(VENV)/bin/sft-operator crd --write
 
-bench: venv provision
+## bench: every benchmark; chaos and status freshness train on the real node (root, docker)
+bench: venv provision docker
 	for b in benchmarks/*.py; do echo "== $$b"; KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) $$b || exit 1; done
 
 clean:

@@ -4,8 +4,8 @@ operator would write it."""
 
 from __future__ import annotations
 
-import threading
-import time
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,25 +130,31 @@ def test_wait_exits_with_the_jobs_outcome(
     final: dict[str, Any], exit_code: int, stream: str, expected: str,
 ) -> None:
     assert cli(control_plane, "submit", *FLAGS, "--name", "tiny", "-n", namespace).exit_code == 0
-
-    def operate() -> None:
-        time.sleep(0.5)
+    # `wait` as a user runs it (its own process); each status change is made once `wait` has
+    # printed the previous one, so every phase is seen however slow the machine is.
+    waiting = subprocess.Popen(
+        [str(Path(sys.executable).with_name("sft-operator")), "wait", "tiny", "-n", namespace, "--timeout", "60",
+         "--kubeconfig", str(control_plane.kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stderr is not None and waiting.stdout is not None
+        progress_lines = [waiting.stderr.readline().rstrip("\n")]
+        assert progress_lines[0] == f"{namespace}/tiny Pending"
         patch_status(api_client, namespace, "tiny", {"phase": "Running"})
-        time.sleep(0.3)
+        while not progress_lines[-1].startswith(f"{namespace}/tiny Running"):
+            line = waiting.stderr.readline()
+            assert line, f"wait ended without showing Running: {progress_lines}"
+            progress_lines.append(line.rstrip("\n"))
         patch_status(api_client, namespace, "tiny", final)
-
-    driver = threading.Thread(target=operate)
-    driver.start()
-    waited = cli(control_plane, "wait", "tiny", "-n", namespace, "--timeout", "60")
-    driver.join()
-    assert waited.exit_code == exit_code, waited.output
+        out, rest = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == exit_code, (out, rest)
     if stream == "stdout":
-        assert waited.stdout == (expected if PROGRESS_IN_STATUS else "")
+        assert out == (expected if PROGRESS_IN_STATUS else "")
     else:
-        assert waited.stderr.splitlines(keepends=True)[-1] == expected.format(ns=namespace)
-    progress_lines = waited.stderr.splitlines()
-    assert progress_lines[0] == f"{namespace}/tiny Pending"
-    assert f"{namespace}/tiny Running" in progress_lines
+        assert rest.splitlines(keepends=True)[-1] == expected.format(ns=namespace)
 
 
 def test_wait_timeout_exits_124(crd: str, control_plane: Any, namespace: str) -> None:
