@@ -262,6 +262,8 @@ def test_existing_service_account_without_rbac(helm: Helm) -> None:
         (["--set", "metrics.dashboard.namespace=Monitoring"], "/metrics/dashboard/namespace"),
         (["--set", "serviceAccount.create=false"], "/serviceAccount"),
         (["--set", "extraArgs={verbose}"], "/extraArgs/0"),
+        # A container's env value is a string: caught here, not by the API server after the install.
+        (["--set", "extraEnv[0].name=X", "--set", "extraEnv[0].value=5"], "/extraEnv/0/value"),
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "resources.cpu=1"], "additional properties 'cpu' not allowed"),
         (["--set", "podLabels.app\\.kubernetes\\.io/instance=x"], "invalid propertyName 'app.kubernetes.io/instance'"),
