@@ -230,12 +230,26 @@ class GangScheduling(ApiModel):
         return self.scheduler_name or GANG_DEFAULT_SCHEDULER[self.provider]
 
 
+# Kueue: the LocalQueue a workload is submitted to, as a label on the object Kueue's integration
+# watches (here the StatefulSet; Kueue's StatefulSet integration reads it from metadata.labels).
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# A LocalQueue name, short enough to be a label value.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+QUEUE_NAME_MAX_LENGTH = 63
+
+
 class Scheduling(ApiModel):
     """How the job's pods are scheduled as a group."""
 
     gang: GangScheduling | None = Field(
         default=None,
         description="Gang scheduling through a PodGroup (immutable: set it when the job is created).",
+    )
+    queue_name: str | None = Field(
+        default=None, min_length=1, max_length=QUEUE_NAME_MAX_LENGTH, pattern=QUEUE_NAME_PATTERN,
+        description=f"The Kueue LocalQueue that admits the job's pods as one group: the StatefulSet gets the "
+        f"{KUEUE_QUEUE_LABEL} label (Kueue's StatefulSet integration). The same label on the SFTJob "
+        "does the same; both set must agree. Immutable.",
     )
 
 
@@ -308,6 +322,8 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "checkpoints.path",
     # The pods of one job never straddle two gangs (or a gang and no gang).
     "scheduling.gang",
+    # Nor two queues: Kueue refuses a change of a running StatefulSet's queue-name label.
+    "scheduling.queueName",
 )
 
 
@@ -381,7 +397,7 @@ class SFTJobSpec(ApiModel):
     # --- operation ----------------------------------------------------------------------------
     checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
-    scheduling: Scheduling | None = Field(default=None, description="Gang scheduling of the job's pods.")
+    scheduling: Scheduling | None = Field(default=None, description="Gang scheduling and the Kueue queue of the job's pods.")
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
     max_restarts: int = Field(
         default=3, ge=0,
@@ -564,6 +580,36 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+QUEUE_LABEL_PATH = f"metadata.labels[{KUEUE_QUEUE_LABEL}]"
+
+
+def queue_label_problems(labels: dict[str, str], spec: SFTJobSpec | None) -> list[tuple[str, str]]:
+    """The kueue.x-k8s.io/queue-name label on the SFTJob: a valid queue name, and the same queue as
+    spec.scheduling.queueName when both are set."""
+    label = labels.get(KUEUE_QUEUE_LABEL)
+    if label is None:
+        return []
+    if not re.match(QUEUE_NAME_PATTERN, label) or len(label) > QUEUE_NAME_MAX_LENGTH:
+        return [(QUEUE_LABEL_PATH, f"{label!r} is not a queue name (lowercase letters, digits, '-', '.'; "
+                                   f"at most {QUEUE_NAME_MAX_LENGTH} characters)")]
+    in_spec = spec.scheduling.queue_name if spec is not None and spec.scheduling is not None else None
+    if in_spec is not None and in_spec != label:
+        return [("spec.scheduling.queueName",
+                 f"{in_spec!r} differs from the {KUEUE_QUEUE_LABEL} label on the SFTJob ({label!r}): set one of "
+                 "them, or the same queue in both")]
+    return []
+
+
+def with_queue_label(spec: SFTJobSpec, labels: dict[str, str]) -> SFTJobSpec:
+    """The spec with the SFTJob's kueue.x-k8s.io/queue-name label as spec.scheduling.queueName when
+    the spec names no queue: from here on (render, immutability) there is one source."""
+    label = labels.get(KUEUE_QUEUE_LABEL)
+    scheduling = spec.scheduling or Scheduling()
+    if label is None or scheduling.queue_name is not None:
+        return spec
+    return spec.model_copy(update={"scheduling": scheduling.model_copy(update={"queue_name": label})})
 
 
 def job_name_problems(name: str) -> list[tuple[str, str]]:
@@ -772,13 +818,14 @@ def parse_job(body: dict[str, Any]) -> SFTJob:
     try:
         spec = parse_spec(body.get("spec"))
     except InvalidSpecError as exc:
-        problems += exc.problems
+        problems += exc.problems + queue_label_problems(metadata.labels, None)
         raise InvalidSpecError(problems) from None
+    problems += queue_label_problems(metadata.labels, spec)
     if problems:
         raise InvalidSpecError(problems)
     status = body.get("status")
     return SFTJob(
         metadata=metadata,
-        spec=spec,
+        spec=with_queue_label(spec, metadata.labels),
         status=SFTJobStatus.model_validate(status) if status else None,
     )

@@ -11,7 +11,16 @@ import json
 from typing import Any
 
 from sft_operator import contract
-from sft_operator.models import GPU_RESOURCE, AntiAffinity, Device, GangProvider, GangScheduling, SFTJob, parse_spec
+from sft_operator.models import (
+    GPU_RESOURCE,
+    KUEUE_QUEUE_LABEL,
+    AntiAffinity,
+    Device,
+    GangProvider,
+    GangScheduling,
+    SFTJob,
+    parse_spec,
+)
 
 ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
 ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
@@ -397,6 +406,12 @@ def render_statefulset(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE
     named), and a digest of the whole manifest (so re-applying the same spec updates nothing).
     """
     metadata = _metadata(job, statefulset_name(job), COMPONENT_TRAINER)
+    queue = job.spec.scheduling.queue_name if job.spec.scheduling is not None else None
+    if queue is not None:
+        # What Kueue's StatefulSet integration reads: the StatefulSet's pods become one Workload
+        # (a pod group of `replicas` pods) in this LocalQueue. Kueue labels the pods itself (group
+        # name, total count); a group name already on a pod could not be changed by it.
+        metadata["labels"][KUEUE_QUEUE_LABEL] = queue
     metadata["annotations"] = {
         ANNOTATION_ACCEPTED_SPEC: json.dumps(job.spec.immutable_view(), sort_keys=True, separators=(",", ":"))
     }

@@ -127,6 +127,7 @@ CHANGES: dict[str, Any] = {
     "device": "cpu", "fullStateRetention": 1,
     "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
     "scheduling.gang": {"provider": "coscheduling"},
+    "scheduling.queueName": "team-b",
 }
 
 
@@ -147,6 +148,8 @@ def test_immutable_fields_cannot_change(path: str) -> None:
     old = job(checkpoints={"existingClaim": "c"} if path == "checkpoints.existingClaim" else {"claim": {"size": "1Gi"}})
     if path == "scheduling.gang":
         old["spec"]["scheduling"] = {"gang": {"provider": "volcano"}}
+    if path == "scheduling.queueName":
+        old["spec"]["scheduling"] = {"queueName": "team-a"}
     new = copy.deepcopy(old)
     _set(new, path, CHANGES[path])
     messages = cel_errors(new, old)

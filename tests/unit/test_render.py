@@ -481,3 +481,83 @@ def test_gang_is_immutable() -> None:
     assert render_podgroup(runs)["apiVersion"] == "scheduling.volcano.sh/v1beta1"
     no_gang = render_statefulset(job())
     assert render_podgroup(job_as_accepted(job(scheduling={"gang": {"provider": "volcano"}}), no_gang)) is None
+
+
+# --- queues (spec.scheduling.queueName, Kueue) ---------------------------------------------------
+
+
+def queued_job(labels: dict[str, str] | None = None, **spec_overrides: Any):  # type: ignore[no-untyped-def]
+    spec = tiny_job_spec(**{"checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}}, **spec_overrides})
+    return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1", "labels": labels or {}}, "spec": spec})
+
+
+def test_queue_name_labels_the_statefulset_for_kueue() -> None:
+    plain = render_statefulset(job())
+    queued = render_statefulset(job(scheduling={"queueName": "team-a"}))
+    assert queued["metadata"]["labels"] == {
+        **LABELS, "finetune.dev/component": "trainer", "kueue.x-k8s.io/queue-name": "team-a"
+    }
+    # Kueue labels the pods itself (group name, total count): the template stays as without a queue,
+    # and so does the selector.
+    assert queued["spec"]["template"] == plain["spec"]["template"]
+    assert queued["spec"]["selector"] == plain["spec"]["selector"]
+    assert queued["spec"]["replicas"] == 2
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+    assert queued["metadata"]["annotations"][ANNOTATION_DESIRED_HASH] != plain["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+    assert json.loads(queued["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC])["scheduling.queueName"] == "team-a"
+    # No other child carries it: Kueue's StatefulSet integration reads the StatefulSet only.
+    for child in render_children(job(scheduling={"queueName": "team-a"})):
+        if child["kind"] != "StatefulSet":
+            assert "kueue.x-k8s.io/queue-name" not in child["metadata"]["labels"], child["kind"]
+
+
+def test_queue_label_on_the_sftjob_is_the_same_as_the_field() -> None:
+    by_label = render_statefulset(queued_job({"kueue.x-k8s.io/queue-name": "team-a"}))
+    by_field = render_statefulset(queued_job(scheduling={"queueName": "team-a"}))
+    both = render_statefulset(queued_job({"kueue.x-k8s.io/queue-name": "team-a"}, scheduling={"queueName": "team-a"}))
+    assert by_label == by_field == both
+
+
+def test_suspended_queued_job_keeps_its_queue_at_zero_pods() -> None:
+    suspended = render_statefulset(job(scheduling={"queueName": "team-a"}, suspend=True))
+    assert suspended["spec"]["replicas"] == 0
+    assert suspended["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_queue_label_and_field_that_differ_are_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidSpecError) as exc:
+        queued_job({"kueue.x-k8s.io/queue-name": "team-b"}, scheduling={"queueName": "team-a"})
+    assert exc.value.problems == [(
+        "spec.scheduling.queueName",
+        "'team-a' differs from the kueue.x-k8s.io/queue-name label on the SFTJob ('team-b'): set one of them, "
+        "or the same queue in both",
+    )]
+
+
+@pytest.mark.parametrize(
+    ("labels", "scheduling", "path"),
+    [
+        ({}, {"queueName": "Team_A"}, "spec.scheduling.queueName"),
+        ({}, {"queueName": ""}, "spec.scheduling.queueName"),
+        ({}, {"queueName": "q" * 64}, "spec.scheduling.queueName"),
+        ({"kueue.x-k8s.io/queue-name": "Team_A"}, {}, "metadata.labels[kueue.x-k8s.io/queue-name]"),
+    ],
+)
+def test_queue_names_are_validated_by_field(labels: dict[str, str], scheduling: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidSpecError) as exc:
+        queued_job(labels, scheduling=scheduling)
+    assert [p for p, _ in exc.value.problems] == [path], exc.value.problems
+
+
+def test_queue_is_immutable_by_field_and_by_label() -> None:
+    sts = render_statefulset(job(scheduling={"queueName": "team-a"}))
+    assert immutable_changes(job(scheduling={"queueName": "team-a"}, suspend=True), sts) == []
+    assert immutable_changes(queued_job({"kueue.x-k8s.io/queue-name": "team-a"}), sts) == []
+    for moved in (job(scheduling={"queueName": "team-b"}), queued_job({"kueue.x-k8s.io/queue-name": "team-b"}), job()):
+        assert [path for path, _ in immutable_changes(moved, sts)] == ["spec.scheduling.queueName"]
+    # A refused change runs as accepted: still in team-a.
+    runs = job_as_accepted(queued_job({"kueue.x-k8s.io/queue-name": "team-b"}), sts)
+    assert render_statefulset(runs)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    no_queue = render_statefulset(job())
+    assert "kueue.x-k8s.io/queue-name" not in render_statefulset(
+        job_as_accepted(job(scheduling={"queueName": "team-a"}), no_queue))["metadata"]["labels"]
