@@ -3,12 +3,13 @@ its documented state with nothing lost (issue 15's "Done when").
 
     .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 6]
 
-On the local stack (control plane, operator, dev local node; tiny CPU jobs built offline), per
-round, concurrently:
+On the real node (devtools.realstack: control plane, dockerd + kubelet, both images built, the
+chart's operator as a pod; root), tiny CPU jobs in the trainer image, built offline; per round,
+concurrently:
 
 - ``preempt``: pod 0 deleted 5 times while it trains (each a SIGTERM drain that saves an on-demand
-  checkpoint), with maxRestarts 0, and the operator SIGKILLed and restarted in the middle:
-  Succeeded, 0 restarts, preemptions counted;
+  checkpoint), with maxRestarts 0, and the operator's container SIGKILLed in the middle (the
+  kubelet restarts it): Succeeded, 0 restarts, preemptions counted;
 - ``suspend``: suspended while training (the status must list the full state saved on SIGTERM),
   then resumed: Succeeded;
 - ``immutable``: numEpochs changed while it trains: refused (SpecValid False, ImmutableFieldChanged)
@@ -18,6 +19,9 @@ round, concurrently:
 
 Each Succeeded job must list only checkpoints that are on the volume, at 100 %. Prints one line
 per job and a summary; exits 1 when any job ended otherwise.
+
+Four jobs of two pods share this 2-core node, so each pod requests 200m CPU (not the 500m the
+demo asks for: eight of those do not fit and would wait for a start-up timeout).
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from devtools.demo import demo_manifest
-from devtools.stack import LocalStack, wait_until
+from devtools.realstack import RealStack, open_to_pods
+from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
@@ -44,10 +49,11 @@ from sft_operator.render import claim_name
 NAMESPACE = "chaos"
 JOB_TIMEOUT_S = 1500.0
 PREEMPTIONS = 5
+POD_CPU = "200m"  # 4 jobs x 2 pods on 2 cores
 
 
 class Chaos:
-    def __init__(self, stack: LocalStack, assets: Path, epochs: int):
+    def __init__(self, stack: RealStack, assets: Path, epochs: int):
         self.stack, self.assets, self.epochs = stack, assets, epochs
         client = stack.api_client()
         self.core = kubernetes.client.CoreV1Api(client)
@@ -58,11 +64,9 @@ class Chaos:
         self.notes.setdefault(job, []).append(text)
         print(f"{time.strftime('%H:%M:%S')} {job}: {text}", flush=True)
 
-    def manifest(self, name: str, port: int, data: Path | None = None, **spec: Any) -> dict[str, Any]:
-        body = demo_manifest(self.assets)
-        body["metadata"] = {"name": name, "namespace": NAMESPACE}
-        # The local node's pods share the host network: one rendezvous port per job.
-        body["spec"].update(numEpochs=self.epochs, rdzvPort=port, **spec)
+    def manifest(self, name: str, data: Path | None = None, **spec: Any) -> dict[str, Any]:
+        body = self.stack.job_manifest(self.assets, name, NAMESPACE, cpu=POD_CPU)
+        body["spec"].update(numEpochs=self.epochs, **spec)
         if data is not None:
             body["spec"]["dataPath"] = f"/assets/{data.name}"
         return body
@@ -83,37 +87,49 @@ class Chaos:
     def stage(self, name: str) -> str:
         return ((self.status(name).get("progress") or {}).get("stage")) or ""
 
-    def wait_training(self, name: str) -> None:
-        wait_until(f"{name} training", lambda: self.stage(name) == "Training", timeout_s=JOB_TIMEOUT_S, interval_s=1.0)
+    def wait_training(self, name: str) -> bool:
+        """Until the job trains (True) or has finished (False)."""
+        def probe() -> str | None:
+            status = self.status(name)
+            if status.get("phase") in ("Succeeded", "Failed"):
+                return "finished"
+            return "training" if (status.get("progress") or {}).get("stage") == "Training" else None
+        return wait_until(f"{name} training", probe, timeout_s=JOB_TIMEOUT_S, interval_s=1.0) == "training"
 
     def wait_finished(self, name: str) -> dict[str, Any]:
         return wait_until(f"{name} finished", lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed")
                           and s, timeout_s=JOB_TIMEOUT_S, interval_s=2.0)
 
     def claim_dir(self, name: str) -> Path:
-        return self.stack.node.claim_dir(NAMESPACE, claim_name(parse_job(self.job(name))))
+        return self.stack.claim_dir(NAMESPACE, claim_name(parse_job(self.job(name))))
 
     # --- the scenarios --------------------------------------------------------------------------
 
     def preempt(self, name: str) -> None:
-        self.wait_training(name)
+        if not self.wait_training(name):
+            return
         for i in range(PREEMPTIONS):
-            self.core.delete_namespaced_pod(f"{name}-0", NAMESPACE)
-            self.note(name, f"pod {name}-0 deleted ({i + 1}/{PREEMPTIONS})")
-            if i == 2:
-                self.stack.operator.kill()
-                self.note(name, "operator SIGKILLed")
-                time.sleep(3)
-                self.stack.operator.start()
-                self.note(name, "operator started again")
             try:
-                self.wait_training(name)
+                self.core.delete_namespaced_pod(f"{name}-0", NAMESPACE)
+                self.note(name, f"pod {name}-0 deleted ({i + 1}/{PREEMPTIONS})")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self.note(name, f"pod {name}-0 not there to delete ({i + 1}/{PREEMPTIONS})")
+            if i == 2:
+                self.note(name, "operator SIGKILLed")
+                took = self.stack.kill_operator()
+                self.note(name, f"operator restarted by the kubelet and Ready {took:.1f}s after the kill")
+            try:
+                if not self.wait_training(name):
+                    return
             except TimeoutError:
                 return
             time.sleep(5)
 
     def suspend(self, name: str) -> None:
-        self.wait_training(name)
+        if not self.wait_training(name):
+            return
         self.patch(name, {"suspend": True})
         self.note(name, "suspended")
         wait_until(f"{name} Suspended without pods", lambda: self.status(name).get("phase") == "Suspended"
@@ -129,7 +145,8 @@ class Chaos:
         self.note(name, "resumed")
 
     def immutable(self, name: str) -> None:
-        self.wait_training(name)
+        if not self.wait_training(name):
+            return
         self.patch(name, {"numEpochs": self.epochs + 3})
         self.note(name, f"numEpochs changed to {self.epochs + 3} while training")
 
@@ -170,6 +187,7 @@ def bad_dataset(assets: Path) -> Path:
     second.pop("messages", None)
     second["conversation"] = "no messages here"
     broken.write_text("\n".join([lines[0], json.dumps(second), *lines[2:]]) + "\n")
+    broken.chmod(0o644)  # read by the trainer's uid 65532 through the hostPath volume
     return broken
 
 
@@ -177,13 +195,13 @@ def run_round(chaos: Chaos, round_no: int) -> bool:
     prefix = f"r{round_no}"
     bad = bad_dataset(chaos.assets)
     jobs = {
-        f"{prefix}-preempt": (chaos.manifest(f"{prefix}-preempt", 29610 + round_no, maxRestarts=0), chaos.preempt,
+        f"{prefix}-preempt": (chaos.manifest(f"{prefix}-preempt", maxRestarts=0), chaos.preempt,
                               "Succeeded", "TrainingCompleted"),
-        f"{prefix}-suspend": (chaos.manifest(f"{prefix}-suspend", 29620 + round_no), chaos.suspend,
+        f"{prefix}-suspend": (chaos.manifest(f"{prefix}-suspend"), chaos.suspend,
                               "Succeeded", "TrainingCompleted"),
-        f"{prefix}-immutable": (chaos.manifest(f"{prefix}-immutable", 29630 + round_no), chaos.immutable,
+        f"{prefix}-immutable": (chaos.manifest(f"{prefix}-immutable"), chaos.immutable,
                                 "Succeeded", "TrainingCompleted"),
-        f"{prefix}-baddata": (chaos.manifest(f"{prefix}-baddata", 29640 + round_no, data=bad), None,
+        f"{prefix}-baddata": (chaos.manifest(f"{prefix}-baddata", data=bad), None,
                               "Failed", "ConfigRejected"),
     }
     for body, *_ in jobs.values():
@@ -211,15 +229,21 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="sft-chaos-"))
     started = time.monotonic()
     results = []
+    stack = RealStack(state / "stack", on_step=lambda msg: print(f"realstack: {msg}", flush=True))
     try:
-        with LocalStack(state / "stack", namespaces=[NAMESPACE]) as stack:
-            kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
-            stack.control_plane.wait_for_default_service_account(NAMESPACE)
-            assets = build_tiny_assets(state / "assets").data_path.parent
-            chaos = Chaos(stack, assets, args.epochs)
-            for round_no in range(1, args.rounds + 1):
-                results.append(run_round(chaos, round_no))
+        stack.start()
+        kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
+        assert stack.cp is not None
+        stack.cp.wait_for_default_service_account(NAMESPACE)
+        assets = open_to_pods(build_tiny_assets(state / "assets").data_path.parent)
+        chaos = Chaos(stack, assets, args.epochs)
+        for round_no in range(1, args.rounds + 1):
+            results.append(run_round(chaos, round_no))
+    except StackError as exc:
+        print(f"chaos: the real-node stack failed: {exc}", flush=True)
+        results.append(False)
     finally:
+        stack.stop(remove_claim_dirs=not args.keep)
         if not args.keep:
             shutil.rmtree(state, ignore_errors=True)
     print(f"chaos: {sum(results)}/{len(results)} rounds with every job in its documented state, "

@@ -3,11 +3,12 @@ writes the reporter sidecar makes, over a real tiny training run on this machine
 
     .venv/bin/python benchmarks/status_freshness.py [--samples 240] [--epochs 5] [--save-samples 120]
 
-Runs the whole local stack (control plane, operator, dev local node: devtools.stack) and
-a tiny CPU job (examples/sftjob-tiny-cpu.yaml with more samples/epochs and spec.saveSamples, so
-there are several checkpoints).
+Runs on the real node (devtools.realstack: control plane, dockerd + kubelet, both images built,
+the chart's operator as a pod; root) a tiny CPU job in the trainer image with the reporter sidecar
+(examples/sftjob-tiny-cpu.yaml with more samples/epochs and spec.saveSamples, so there are several
+checkpoints).
 
-(a) checkpoint-to-status latency: a thread polls the claim's local directory every 0.1 s and
+(a) checkpoint-to-status latency: a thread polls the claim's host directory every 0.1 s and
     timestamps the moment each hf_format/<name> becomes complete (config.json + weights, the
     reporter's own rule); a watch on the SFTJob timestamps the first event listing it in
     status.progress.checkpoints. Target: < 30 s.
@@ -32,14 +33,16 @@ from typing import Any
 
 from sft_operator import contract
 from sft_operator.checkpoints import HF_FORMAT_DIR
-from devtools.demo import demo_manifest, describe, follow_job
-from devtools.stack import LocalStack
+from devtools.demo import describe, follow_job
+from devtools.realstack import RealStack, open_to_pods
+from devtools.stack import StackError
 from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
 from sft_operator.contract import progress_configmap_name
 
 TARGET_S = 30.0
+POD_CPU = "500m"  # two pods and their reporters on a 2-core node
 POLL_S = 0.1
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
@@ -81,25 +84,27 @@ def main(argv: list[str] | None = None) -> int:
 
     import kubernetes
 
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="sft-freshness-"))
+    state_dir = (args.state_dir or Path(tempfile.mkdtemp(prefix="sft-freshness-"))).resolve()
     namespace = "default"
     assets = build_tiny_assets(state_dir / "assets", num_samples=args.samples)
-    manifest = demo_manifest(assets.model_dir.parent)
-    manifest["metadata"] = {"name": "freshness", "namespace": namespace}
-    manifest["spec"].update(numEpochs=args.epochs, saveSamples=args.save_samples)
-    name = manifest["metadata"]["name"]
-    root_rel = claim_name(parse_job(manifest))
+    open_to_pods(assets.model_dir.parent)  # read by the trainer's uid 65532 through a hostPath volume
 
     print(f"tiny job: {args.samples} samples x {args.epochs} epochs, saveSamples {args.save_samples}, "
-          f"2 nodes x 1 process, CPU; state in {state_dir}")
-    with LocalStack(state_dir / "stack", namespaces=[namespace]) as stack:
-        root = stack.node.claim_dir(namespace, root_rel)
-        disk = DiskWatcher(root)
-        disk.start()
-        audit_mark = stack.control_plane.audit_position()
+          f"2 pods x 1 process, CPU, {POD_CPU} CPU requested per pod; state in {state_dir}")
+    stack = RealStack(state_dir / "stack", on_step=lambda msg: print(f"realstack: {msg}", flush=True))
+    try:
+        stack.start()
+        manifest = stack.job_manifest(assets.model_dir.parent, "freshness", namespace, cpu=POD_CPU)
+        manifest["spec"].update(numEpochs=args.epochs, saveSamples=args.save_samples)
+        name = manifest["metadata"]["name"]
+        assert stack.cp is not None
+        audit_mark = stack.cp.audit_position()
         custom = kubernetes.client.CustomObjectsApi(stack.api_client())
         created = time.monotonic()
         custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest)
+        # The operator makes the claim; the provisioner binds it to a host directory.
+        disk = DiskWatcher(stack.claim_dir(namespace, claim_name(parse_job(manifest))))
+        disk.start()
 
         in_status: dict[str, float] = {}
         running_at: list[float] = []
@@ -122,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)  # the disk watcher's last poll
         disk.stop.set()
         disk.join()
-        writes = stack.control_plane.write_requests(since=audit_mark, namespace=namespace)
+        writes = stack.cp.write_requests(since=audit_mark, namespace=namespace)
+    except StackError as exc:
+        print(f"the real-node stack failed: {exc}")
+        return 1
+    finally:
+        stack.stop()
 
     phase = (job.get("status") or {}).get("phase")
     print(f"\njob {phase} after {finished - created:.1f}s "

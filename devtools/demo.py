@@ -1,8 +1,7 @@
 """`make demo`: a newcomer's first run, end to end on this machine.
 
-Default (--node real, docs/realnode.md): the local control plane, a real node (kubelet + docker),
-the images (scripts/build-images.sh) and `helm install` of the chart; --node local: the operator as
-a process and the dev local node. Builds a tiny model and
+The local control plane, a real node (kubelet + docker, docs/realnode.md), the images
+(scripts/build-images.sh) and `helm install` of the chart. Builds a tiny model and
 data offline, applies examples/sftjob-tiny-cpu.yaml (2 nodes x 1 process, CPU mode), follows the
 job until Succeeded, then prints `kubectl get sftjobs` and the checkpoint tree. Everything it
 started is stopped on the way out (Ctrl-C included).
@@ -100,75 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job")
-    parser.add_argument("--node", choices=["real", "local"], default="real",
-                        help="real: helm install + images + kubelet/docker (docs/realnode.md, root); "
-                             "local: the operator as a process and the process-based local node (docs/localnode.md)")
     parser.add_argument("--helm-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="real node: an extra --set for the chart (repeatable)")
+                        help="an extra --set for the chart (repeatable)")
     args = parser.parse_args(argv)
-    if args.node == "real":
-        return real_main(args)
-
-    from rich.console import Console
-
-    from devtools.stack import LocalStack, StackError
-    from devtools.tiny_model import build_tiny_assets
-    from sft_operator.models import parse_job
-    from sft_operator.render import claim_name
-
-    console = Console(highlight=False, soft_wrap=True)
-    say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
-    state_dir = args.state_dir.resolve()
-    shutil.rmtree(state_dir, ignore_errors=True)  # each demo starts from nothing
-    namespace = "default"
-
-    say(f"building a tiny model and data offline in {state_dir / 'assets'}")
-    assets = build_tiny_assets(state_dir / "assets")
-    manifest = demo_manifest(assets.model_dir.parent)
-    name = manifest["metadata"]["name"]
-
-    stack = LocalStack(state_dir)
-    try:
-        stack.start(on_step=say)
-        import kubernetes
-
-        custom = kubernetes.client.CustomObjectsApi(stack.api_client())
-        say(f"kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}   (2 nodes x 1 process, CPU)")
-        custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest)
-
-        last = [""]
-
-        def on_update(job: dict[str, Any]) -> None:
-            line = describe(job)
-            if line != last[0]:
-                last[0] = line
-                console.print(f"  [dim]{time.strftime('%H:%M:%S')}[/] {line}")
-
-        job = follow_job(stack.api_client(), namespace, name, args.timeout, on_update)
-        phase = (job.get("status") or {}).get("phase")
-        console.print()
-        console.print(f"[bold]$ kubectl get sftjobs[/]  (KUBECONFIG={stack.kubeconfig})")
-        console.print(sftjobs_table(stack.kubeconfig, namespace), markup=False)
-        ckpt_root = stack.node_dir / "volumes" / namespace / claim_name(parse_job(job))
-        console.print("[bold]checkpoints[/] (the claim's directory on the local node):")
-        console.print(tree(ckpt_root), markup=False)
-        if phase != "Succeeded":
-            conditions = (job.get("status") or {}).get("conditions") or []
-            console.print(f"[bold red]job {phase}[/]: " + "; ".join(
-                f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in conditions))
-            console.print(f"operator log: {stack.state_dir / 'operator.log'}; pod logs: {stack.node_dir / 'logs'}")
-            return 1
-        say("[bold green]Succeeded[/]: a tiny model was fine-tuned on 2 local nodes and its checkpoints are above")
-        return 0
-    except (StackError, TimeoutError) as exc:
-        console.print(f"[bold red]demo failed[/]: {exc}")
-        console.print(f"operator log: {state_dir / 'operator.log'}; pod logs: {state_dir / 'node' / 'logs'}")
-        return 1
-    except KeyboardInterrupt:
-        console.print("interrupted: stopping everything")
-        return 130
-    finally:
-        stack.stop()
+    return real_main(args)
 
 
 def real_main(args: argparse.Namespace) -> int:

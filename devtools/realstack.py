@@ -8,8 +8,9 @@
     ...
     stack.stop()
 
-Used by `make demo` (devtools.demo) and tests/e2e/test_real_node.py. Every wait is bounded;
-failures are StackError with a one-line reason (and the piece's log).
+Used by `make demo` (devtools.demo), tests/e2e/test_real_node.py and the benchmarks that train
+(benchmarks/chaos.py, benchmarks/status_freshness.py). Every wait is bounded; failures are
+StackError with a one-line reason (and the piece's log).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from devtools.controlplane import ControlPlane, ControlPlaneError
-from devtools.node import DOCKER, NodeError, RealNode, host_ip
+from devtools.node import DOCKER, NodeError, RealNode, docker, host_ip
 from devtools.stack import StackError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "sft-operator"
 RELEASE, OPERATOR_NS = "sft", "sft-system"
+OPERATOR_CONTAINER = "operator"  # the chart's Deployment
 OPERATOR_READY_TIMEOUT_S = 180.0
 OPERATOR_SETTLE_S = 5.0
 
@@ -51,10 +53,12 @@ def open_to_pods(path: Path) -> Path:
 
 class RealStack:
     def __init__(self, state_dir: Path | str, on_step: Callable[[str], None] = lambda _msg: None,
-                 helm_set: Sequence[str] = ()):
-        """``helm_set``: extra ``--set KEY=VALUE`` for the chart."""
+                 helm_set: Sequence[str] = (), helm_set_string: Sequence[str] = ()):
+        """``helm_set``: extra ``--set KEY=VALUE`` for the chart; ``helm_set_string``: extra
+        ``--set-string KEY=VALUE`` (e.g. an env value that looks like a number)."""
         self.state_dir = Path(state_dir).resolve()
         self.helm_set = list(helm_set)
+        self.helm_set_string = list(helm_set_string)
         self.on_step = on_step
         self.cp: ControlPlane | None = None
         self.node: RealNode | None = None
@@ -132,10 +136,12 @@ class RealStack:
                "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
         repo, _, tag = self.images["SFT_OPERATOR_IMAGE"].rpartition(":")
         sets = [f"image.repository={repo}", f"image.tag={tag}", *self.helm_set]
-        self.on_step(f"helm install {RELEASE} charts/sft-operator -n {OPERATOR_NS} " + " ".join(f"--set {v}" for v in sets))
+        self.on_step(f"helm install {RELEASE} charts/sft-operator -n {OPERATOR_NS} " + " ".join(f"--set {v}" for v in sets)
+                     + "".join(f" --set-string {v}" for v in self.helm_set_string))
         # --server-side=false: a 1.20 apiserver's OpenAPI does not know the CRD's CEL rules.
         proc = _run([helm, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace",
-                     "--server-side=false", *(a for v in sets for a in ("--set", v))],
+                     "--server-side=false", *(a for v in sets for a in ("--set", v)),
+                     *(a for v in self.helm_set_string for a in ("--set-string", v))],
                     timeout=180, env=env)
         if proc.returncode != 0:
             raise StackError(f"helm install failed: {_last_line(proc.stderr)}")
@@ -170,6 +176,75 @@ class RealStack:
         if not self.operator_pod:
             return "(no operator pod)"
         return self.kubectl("-n", OPERATOR_NS, "logs", self.operator_pod, f"--tail={tail}").stdout
+
+    def job_manifest(self, assets_dir: Path, name: str, namespace: str, cpu: str = "500m") -> dict[str, Any]:
+        """The demo job (examples/sftjob-tiny-cpu.yaml) for this node: ``assets_dir`` (made with
+        devtools.tiny_model and open_to_pods) as its hostPath, the trainer image built here, ``cpu``
+        requested per pod (two pods and their reporters share a small machine)."""
+        from devtools.demo import demo_manifest
+
+        manifest = demo_manifest(assets_dir)
+        manifest["metadata"] = {"name": name, "namespace": namespace}
+        manifest["spec"]["pod"]["image"] = self.images["SFT_TRAINER_IMAGE"]
+        manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": cpu, "memory": "1Gi"}}
+        return manifest
+
+    def claim_dir(self, namespace: str, claim: str, timeout_s: float = 60.0) -> Path:
+        """The host directory behind a claim (claim -> its bound PV -> spec.hostPath.path, the
+        dev-only hostPath provisioner's); waits (bounded) until the claim is bound."""
+        import kubernetes
+        from kubernetes.client.exceptions import ApiException
+
+        core = kubernetes.client.CoreV1Api(self.api_client())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                pvc = core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                pvc = None
+            if pvc is not None and pvc.status.phase == "Bound" and pvc.spec.volume_name:
+                pv = core.read_persistent_volume(pvc.spec.volume_name)
+                if pv.spec.host_path is None:
+                    raise StackError(f"claim {namespace}/{claim}: volume {pv.metadata.name} is not a hostPath volume")
+                return Path(pv.spec.host_path.path)
+            if time.monotonic() >= deadline:
+                state = "absent" if pvc is None else pvc.status.phase
+                raise StackError(f"claim {namespace}/{claim} not bound after {timeout_s:.0f}s ({state})")
+            time.sleep(0.5)
+
+    def _operator_container(self) -> tuple[int, str]:
+        """(restart count, container id) of the operator pod's container, from the pod's status."""
+        import kubernetes
+
+        pod = kubernetes.client.CoreV1Api(self.api_client()).read_namespaced_pod(self.operator_pod, OPERATOR_NS)
+        for c in pod.status.container_statuses or []:
+            if c.name == OPERATOR_CONTAINER:
+                return c.restart_count, (c.container_id or "") if c.ready and c.state.running else ""
+        return 0, ""
+
+    def kill_operator(self, timeout_s: float = OPERATOR_READY_TIMEOUT_S) -> float:
+        """SIGKILL the operator (its container, found by dockershim's labels: no clean-up, as an
+        OOM kill does), then wait until the kubelet has restarted it and it is Ready again.
+        Returns the seconds from the kill to Ready."""
+        restarts, _ = self._operator_container()
+        ids = docker("ps", "-q", "--filter", f"label=io.kubernetes.pod.namespace={OPERATOR_NS}",
+                     "--filter", f"label=io.kubernetes.pod.name={self.operator_pod}",
+                     "--filter", f"label=io.kubernetes.container.name={OPERATOR_CONTAINER}").stdout.split()
+        if len(ids) != 1:
+            raise StackError(f"expected one running operator container in {self.operator_pod}, docker ps says {ids}")
+        killed = time.monotonic()
+        proc = docker("kill", "--signal", "KILL", ids[0])
+        if proc.returncode != 0:
+            raise StackError(f"docker kill of the operator failed: {_last_line(proc.stderr)}")
+        while time.monotonic() - killed < timeout_s:
+            count, running = self._operator_container()
+            if count > restarts and running:
+                return time.monotonic() - killed
+            time.sleep(0.5)
+        raise StackError(f"the operator was not restarted and Ready {timeout_s:.0f}s after SIGKILL:\n"
+                         + self.kubectl("-n", OPERATOR_NS, "describe", "pod", self.operator_pod).stdout[-3000:])
 
     def claim_dirs(self) -> list[Path]:
         """The hostPath provisioner's directories of this cluster's claims."""

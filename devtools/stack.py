@@ -1,7 +1,6 @@
-"""The whole local stack, dev and test only: control plane + CRD + operator + local node.
-
-``make demo`` and the e2e tests use it; the integration tests use its pieces (``install_crd``,
-``OperatorProcess``). Everything it starts, it stops: ``with LocalStack(state_dir) as stack``.
+"""Pieces of the local stack, dev and test only: ``wait_until``, ``install_crd``, ``free_port``,
+``OperatorProcess`` (the operator as a local process, for the integration tier and the benchmarks
+that have no node) and ``StackError``. The whole user path on a real node is devtools.realstack.
 """
 
 from __future__ import annotations
@@ -130,73 +129,3 @@ class OperatorProcess:
         except FileNotFoundError:
             return ""
 
-
-class LocalStack:
-    """Control plane, CRD, operator and local node, under one state directory.
-
-    ``state_dir/controlplane`` holds the control plane's state, ``state_dir/node`` the local
-    node's (volumes, logs), ``state_dir/operator.log`` the operator's log.
-    """
-
-    def __init__(self, state_dir: Path | str, *, namespaces: list[str] | None = None, node_name: str = "local-node"):
-        self.state_dir = Path(state_dir).resolve()
-        self.namespaces = list(namespaces or [])
-        self.node_name = node_name
-        self.control_plane: Any = None
-        self.operator: OperatorProcess | None = None
-        self.node: Any = None
-        self._api_client: Any = None
-
-    @property
-    def kubeconfig(self) -> Path:
-        return Path(self.control_plane.kubeconfig)
-
-    @property
-    def node_dir(self) -> Path:
-        return self.state_dir / "node"
-
-    def api_client(self) -> Any:
-        if self._api_client is None:
-            self._api_client = self.control_plane.api_client()
-        return self._api_client
-
-    def start(self, on_step: Callable[[str], None] = lambda _msg: None) -> "LocalStack":
-        from devtools.controlplane import ControlPlane
-        from devtools.localnode import LocalNode
-
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            on_step("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
-            self.control_plane = ControlPlane(state_dir=self.state_dir / "controlplane").start()
-            on_step("installing the SFTJob CRD")
-            install_crd(self.api_client())
-            on_step("starting the operator")
-            self.operator = OperatorProcess(self.kubeconfig, self.namespaces, self.state_dir / "operator.log").start()
-            on_step("starting the local node")
-            self.node = LocalNode(self.kubeconfig, self.node_dir, self.node_name)
-            self.node.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        # The node first: its containers get SIGTERM while the API still answers.
-        if self.node is not None:
-            self.node.stop()
-            self.node = None
-        if self.operator is not None:
-            self.operator.stop()
-            self.operator = None
-        if self._api_client is not None:
-            self._api_client.close()
-            self._api_client = None
-        if self.control_plane is not None:
-            self.control_plane.stop()
-            self.control_plane = None
-
-    def __enter__(self) -> "LocalStack":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -12,7 +12,7 @@ TIMEOUT=60
 log() { echo "provision-docker: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (dockerd and the local node need it)"
+[[ $(id -u) -eq 0 ]] || die "must run as root (dockerd and the real node need it)"
 need=()
 [[ -x /usr/sbin/dockerd && -x /usr/bin/docker ]] || need+=(docker.io)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
@@ -27,7 +27,7 @@ fi
 
 if /usr/bin/docker info >/dev/null 2>&1; then
   /usr/bin/docker info --format '{{json .Runtimes}}' | grep -q sft-runc \
-    || log "note: the running dockerd has no sft-runc runtime; pods of the local node may fail to start (restart dockerd without this script's flags removed)"
+    || log "note: the running dockerd has no sft-runc runtime; pods of the real node may fail to start (restart dockerd without this script's flags removed)"
   exit 0
 fi
 mkdir -p "$STATE"

@@ -2,7 +2,7 @@
 subprocess that a test can kill and restart. No kubelet: tests set pod status through the API.
 
 The pieces are devtools.stack's (install_crd, OperatorProcess, wait_until), shared with
-`make demo` and the e2e tests; here their errors fail the test instead of raising."""
+the benchmarks; here their errors fail the test instead of raising."""
 
 from __future__ import annotations
 

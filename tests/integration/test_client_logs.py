@@ -1,11 +1,11 @@
 """`sft-operator logs` and `job.logs()` through the real API server.
 
-The integration tier has no kubelet, and the dev local node does not serve the kubelet API
-(docs/localnode.md). So this test stands up the smallest kubelet the API server can talk to: a
-Node whose status points at an HTTPS server in this process (``/containerLogs/<ns>/<pod>/<c>``,
-the path the API server proxies `kubectl logs` to). Everything between the client and the
-kubelet is real: the request the client makes, the API server's checks (pod, container, node)
-and its streaming proxy. What is not real: the log's content (the stub's lines, not a trainer's).
+The integration tier has no kubelet. So this test stands up the smallest kubelet the API server
+can talk to: a Node whose status points at an HTTPS server in this process
+(``/containerLogs/<ns>/<pod>/<c>``, the path the API server proxies `kubectl logs` to).
+Everything between the client and the kubelet is real: the request the client makes, the API
+server's checks (pod, container, node) and its streaming proxy. What is not real: the log's
+content (the stub's lines, not a trainer's).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Two jobs on one network with the same rendezvous port (issue 15, finding 8): what happened on
-the dev local node, reproduced with real launchers over loopback. Job B's node 0 runs first and
-holds the port; job A's node 0 cannot bind it and job A's node 1 reaches job B's store: both must
-exit EXIT_RENDEZVOUS_CONFLICT with one clear line, while job B's own node 1 joins and job B
-trains to completion as if nothing happened."""
+the process-based dev node (since retired; its pods shared the host network), reproduced with real
+launchers over loopback. Job B's node 0 runs first and holds the port; job A's node 0 cannot
+bind it and job A's node 1 reaches job B's store: both must exit EXIT_RENDEZVOUS_CONFLICT with one
+clear line, while job B's own node 1 joins and job B trains to completion as if nothing happened."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The rendezvous, checked before torchrun gets it: node 0's port is free, node 0's endpoint is
 reachable, and the endpoint another node reached is its own job's rendezvous, not another's.
 
-Two jobs with the same ``rdzvPort`` whose pods share a network (hostNetwork, the dev local node)
+Two jobs with the same ``rdzvPort`` whose pods share a network (hostNetwork pods)
 collide: one node 0 cannot bind (torchrun's traceback: EADDRINUSE), and the other job's nodes
 happily join the first job's TCPStore, where they wait under their own run id until torchrun's
 rendezvous timeout, while every pod looks Running. So node 0 checks that the port can be bound
