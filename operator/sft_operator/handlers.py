@@ -70,8 +70,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # 2 cores (409s on every child, a GET each). Normally the version arrives in milliseconds.
     settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_S
     # Handlers are synchronous and spend their time waiting on the API server (a job's creation
-    # is eight requests): more threads than kopf's default (CPUs + 4) keep a burst of jobs moving.
+    # is eight requests, in three rounds: children.converge): more threads than kopf's default
+    # (CPUs + 4) keep a burst of jobs moving. Handlers that could only return at once (an event of
+    # a job, a Service's, a ConfigMap's other than a deletion or a progress summary) are filtered
+    # out with `when` in kopf's loop: a thread hop costs more CPU than most of them would.
     settings.execution.max_workers = HANDLER_THREADS
+    # Batching: kopf's defaults, measured with benchmarks/scale.py. Within batch_window (0.1 s)
+    # an object's events are folded into one handler run (a StatefulSet's burst of status
+    # updates: one status derivation); a longer window would only delay every status by as much.
+    # idle_timeout (5 s) bounds how long an object's idle worker task is kept.
     # The operator watches exactly its resources (and the namespaces it was given): no CRD or
     # namespace scanning, which would need cluster-wide list/watch rights it has no use for.
     settings.scanning.disabled = True
@@ -100,9 +107,22 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+# Not worth keeping per job in the index: managedFields, and two copies of the spec (kubectl's
+# last-applied annotation, kopf's own annotations under our group's prefix).
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 @kopf.index(*JOB)
 def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    """Each job as the handlers read it: spec, status and metadata, less what nothing reads."""
+    meta = {k: v for k, v in body["metadata"].items() if k not in ("managedFields", "annotations")}
+    annotations = {k: v for k, v in (body["metadata"].get("annotations") or {}).items()
+                   if k != _LAST_APPLIED and not k.startswith(f"{contract.GROUP}/")}
+    if annotations:
+        meta["annotations"] = annotations
+    slim = {k: v for k, v in body.items() if k != "metadata"}
+    slim["metadata"] = meta
+    return {(namespace, name): copy.deepcopy(slim)}
 
 
 @kopf.index("pods", labels=OUR_CHILDREN)
@@ -238,10 +258,25 @@ def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: A
         scale_down_if_over(memo, raw, status, done.statefulset)
 
 
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+def _deleted_or_progress(type: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> bool:
+    """A deleted ConfigMap, or a progress summary (the progress ConfigMap is created empty)."""
+    return type == "DELETED" or (
+        labels.get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+        and bool((body.get("data") or {}).get(contract.PROGRESS_KEY))
+    )
+
+
+# Of a Service or a ConfigMap only a deletion (and a progress summary) matters: the filters run
+# in kopf's event loop, so their other events (each job's creation makes several) never take a
+# handler thread.
 @kopf.on.event("pods", labels=OUR_CHILDREN)
 @kopf.on.event("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
-@kopf.on.event("services", labels=OUR_CHILDREN)
-@kopf.on.event("configmaps", labels=OUR_CHILDREN)
+@kopf.on.event("services", labels=OUR_CHILDREN, when=_deleted)
+@kopf.on.event("configmaps", labels=OUR_CHILDREN, when=_deleted_or_progress)
 def child_changed(type: str, namespace: str, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo,
                   **kwargs: Any) -> None:
     """A child changed: re-derive its job's status. A deleted child (other than a pod, which its
@@ -373,7 +408,7 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
                       stall=why)
 
 
-@kopf.on.event(*JOB)
+@kopf.on.event(*JOB, when=_deleted)  # the filter: no handler thread for every other event of a job
 def job_event(type: str, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         memo.jobs.forget((namespace, name))

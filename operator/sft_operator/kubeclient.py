@@ -16,12 +16,22 @@ import kubernetes
 
 # (connect, read) seconds: far above any answer of a healthy apiserver to the calls we make.
 DEFAULT_REQUEST_TIMEOUT = (10.0, 60.0)
+# Connections kept open to the API server: one per thread that may call at once (kopf's handler
+# threads and the children's pool). The client's default (5 per CPU) is fewer: a connection over
+# it is closed after each call, and the next call pays a new TLS handshake.
+CONNECTION_POOL_SIZE = 48
 
 
 class BoundedApiClient(kubernetes.client.ApiClient):
     """An ApiClient that gives every call DEFAULT_REQUEST_TIMEOUT unless it names its own."""
 
     request_timeout: Any = DEFAULT_REQUEST_TIMEOUT
+
+    def __init__(self, configuration: Any = None, *args: Any, **kwargs: Any) -> None:
+        if configuration is None:
+            configuration = kubernetes.client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE)
+        super().__init__(configuration, *args, **kwargs)
 
     def call_api(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("_request_timeout") is None:

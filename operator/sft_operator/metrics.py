@@ -232,10 +232,11 @@ class OperatorMetrics:
 
         original = client.call_api
 
-        def call_api(resource_path: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        def call_api(*args: Any, **kwargs: Any) -> Any:
+            method = _http_method(args, kwargs)
             self.api_requests.labels(method).inc()
             try:
-                return original(resource_path, method, *args, **kwargs)
+                return original(*args, **kwargs)
             except ApiException as exc:
                 self.api_errors.labels(method, str(exc.status or "error")).inc()
                 raise
@@ -258,6 +259,19 @@ class OperatorMetrics:
             return False
         log.info("metrics: serving /metrics on %s:%d", addr, port)
         return True
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _http_method(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The HTTP method of a call_api call. The client's generations disagree on the order of the
+    first two arguments: (resource_path, method) before the pydantic-based client, (method, url)
+    since; labelling by the wrong one made a series per URL, i.e. per object name (unbounded)."""
+    for value in (*args[:2], kwargs.get("method")):
+        if isinstance(value, str) and value.upper() in HTTP_METHODS:
+            return value.upper()
+    return "other"
 
 
 # The operator's metrics (one process, one operator); tests make their own OperatorMetrics.

@@ -176,6 +176,23 @@ def test_api_requests_and_errors_are_counted() -> None:
     ]
 
 
+def test_api_requests_are_labelled_by_method_with_the_current_client_signature() -> None:
+    """kubernetes >= 32's ApiClient.call_api(method, url, ...): the label is the method, never the
+    URL (a series per object name would grow without bound)."""
+    metrics = OperatorMetrics(process=False)
+
+    class Client:
+        def call_api(self, method: str, url: str, header_params=None, body=None, **kwargs):
+            return "ok"
+
+    client = metrics.instrument_api_client(Client())
+    for name in ("a", "b", "c"):
+        client.call_api("GET", f"https://127.0.0.1:6443/api/v1/namespaces/ns/configmaps/{name}")
+    client.call_api("POST", "https://127.0.0.1:6443/api/v1/namespaces/ns/configmaps", body={})
+    assert _lines(metrics, "sft_operator_api_requests_total") == [
+        'sft_operator_api_requests_total{method="GET"} 3.0', 'sft_operator_api_requests_total{method="POST"} 1.0']
+
+
 def test_metric_names_include_every_series_suffix() -> None:
     names = metric_names(OperatorMetrics().registry)
     assert {"sft_operator_jobs", "sft_operator_reconciles_total", "sft_operator_reconcile_duration_seconds_bucket",
