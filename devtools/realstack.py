@@ -246,6 +246,24 @@ class RealStack:
         raise StackError(f"the operator was not restarted and Ready {timeout_s:.0f}s after SIGKILL:\n"
                          + self.kubectl("-n", OPERATOR_NS, "describe", "pod", self.operator_pod).stdout[-3000:])
 
+    def pod_container(self, namespace: str, pod: str, container: str) -> str:
+        """The docker id of a pod's running container (dockershim's labels)."""
+        ids = docker("ps", "-q", "--filter", f"label=io.kubernetes.pod.namespace={namespace}",
+                     "--filter", f"label=io.kubernetes.pod.name={pod}",
+                     "--filter", f"label=io.kubernetes.container.name={container}").stdout.split()
+        if len(ids) != 1:
+            raise StackError(f"expected one running container {container} in {namespace}/{pod}, docker ps says {ids}")
+        return ids[0]
+
+    @staticmethod
+    def container_pids(container_id: str) -> list[int]:
+        """Every process of a container as host PIDs (root, in the host's PID namespace), e.g. to
+        SIGSTOP a whole rank as a hung collective would leave it."""
+        proc = docker("top", container_id, "-eo", "pid")
+        if proc.returncode != 0:
+            raise StackError(f"docker top {container_id}: {_last_line(proc.stderr)}")
+        return [int(pid) for pid in proc.stdout.split()[1:] if pid.isdigit()]
+
     def claim_dirs(self) -> list[Path]:
         """The hostPath provisioner's directories of this cluster's claims."""
         import kubernetes

@@ -39,12 +39,15 @@ ENV_CONFIG_PATH = "SFT_CONFIG"
 # "cuda" (default, production) or "cpu" (tests and small smoke runs only).
 ENV_DEVICE = "SFT_DEVICE"
 # Both containers: the pod-state emptyDir (POD_STATE_MOUNT_PATH). The launcher removes
-# TRAINER_EXITED_FILE there when it starts and writes it as its very last act; pod 0's reporter,
-# told to stop, keeps publishing until it appears, so the trainer's last save reaches the status.
+# TRAINER_EXITED_FILE there and writes TRAINER_RUNNING_FILE when it starts, and writes
+# TRAINER_EXITED_FILE as its very last act; pod 0's reporter, told to stop while a trainer runs,
+# keeps publishing until it exits, so the trainer's last save reaches the status. No trainer
+# started in the pod (an image that cannot be pulled): nothing to wait for.
 ENV_POD_STATE_DIR = "SFT_POD_STATE_DIR"
 # Reporter: the pod's terminationGracePeriodSeconds, the bound on that wait (less a margin).
 ENV_TERMINATION_GRACE_SECONDS = "SFT_TERMINATION_GRACE_SECONDS"
 TRAINER_EXITED_FILE = "trainer-exited"
+TRAINER_RUNNING_FILE = "trainer-running"
 # Where the launcher writes its one-line termination message (never set by the operator: the
 # default is the container's terminationMessagePath, /dev/termination-log; tests point it away).
 ENV_TERMINATION_LOG = "SFT_TERMINATION_LOG"

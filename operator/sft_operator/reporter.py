@@ -217,13 +217,16 @@ def shutdown_wait_from_env(env: Any) -> float:
 
 
 def trainer_exited_check(env: Any) -> Callable[[], bool]:
-    """Whether the launcher has written its exit marker; without the pod-state volume (an older
-    pod template) nobody writes one, so the reporter stops at once, as it used to."""
+    """Whether no trainer runs in this pod: none ever started (an image that cannot be pulled, a
+    pod deleted before its trainer ran: waiting the whole grace period for it held every such
+    pod 60 s on the real node), or the launcher has written its exit marker. Without the
+    pod-state volume (an older pod template) nobody writes one, so the reporter stops at once."""
     directory = env.get(contract.ENV_POD_STATE_DIR)
     if not directory:
         return lambda: True
-    marker = Path(directory) / contract.TRAINER_EXITED_FILE
-    return marker.exists
+    running = Path(directory) / contract.TRAINER_RUNNING_FILE
+    exited = Path(directory) / contract.TRAINER_EXITED_FILE
+    return lambda: not running.exists() or exited.exists()
 
 
 def _load_config(path: Path) -> dict[str, Any]:

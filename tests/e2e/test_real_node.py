@@ -1,9 +1,19 @@
 """The path every user takes, on a REAL node (devtools.node: dockerd, kubelet 1.20 with
 dockershim, kube-proxy, CNI, dev DNS): both images built by scripts/build-images.sh, `helm install`
 of charts/sft-operator (the operator runs as a pod from sft-operator:dev with only the chart's RBAC
-and its ServiceAccount token, reaching the API through the `kubernetes` Service), then ONE tiny CPU
-job in sft-trainer:cpu-dev with the reporter sidecar, to Succeeded. `kubectl logs` of pod 0 works;
-runAsNonRoot and readOnlyRootFilesystem hold in the operator's pod (kubectl exec).
+and its ServiceAccount token, reaching the API through the `kubernetes` Service), then tiny CPU
+jobs in sft-trainer:cpu-dev with the reporter sidecar:
+
+- the demo job to Succeeded, its status checked against the checkpoint volume itself, `kubectl
+  logs` of pod 0, runAsNonRoot and readOnlyRootFilesystem in the operator's and the job's pods;
+- `kubectl delete pod` mid-training: SIGTERM within the grace period saves an on-demand full state,
+  and the job resumes exactly from it (a preemption, not a failure);
+- an image that cannot be pulled: the kubelet's reason in the status, then Failed StartupTimeout;
+- bad data: Failed ConfigRejected naming the file, the checkpoints on the claim untouched; a TTL
+  deletes the finished job and its claim stays;
+- run policy on one long job: a killed rank restarts the group within seconds, a rank frozen with
+  SIGSTOP is detected (Stalled) and the group restarted and resumed, and a deadline ends it
+  DeadlineExceeded with the SIGTERM checkpoint on disk.
 
 Needs root, Debian's docker.io (/usr/bin/docker, dockerd), containernetworking-plugins, the node
 binaries (~/.cache/sft-operator/k8s-1.20.2-node/bin) and the pause image; it FAILS (not skips)
@@ -14,87 +24,250 @@ as host directories), own node, everything stopped afterwards. Slow on 2 cores: 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract
 from devtools.demo import demo_manifest, describe, follow_job
 from devtools.node import DOCKER
+from devtools.node import docker as node_docker
 from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
-from devtools.stack import StackError
+from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
+from sft_operator import contract
+from sft_operator.checkpoints import (
+    HF_FORMAT_DIR,
+    metrics_log_path,
+    read_metrics_log,
+    read_run_records,
+    scan_checkpoints,
+)
 from sft_operator.models import parse_job
-from sft_operator.render import statefulset_name
+from sft_operator.render import REPORTER_CONTAINER, claim_name, statefulset_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 JOB_NS = "realnode-e2e"
 JOB_TIMEOUT_S = 900.0
+# The operator's policy clock (deadlines, start-up timeouts, stalls, TTL) ticks every 5 s here
+# instead of 30 s, through the chart's extraEnv: the tests wait for policies, not for the clock.
+POLICY_INTERVAL_S = 5
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+class Jobs:
+    """Short names for what the tests do with SFTJobs, pods and claims on the real node."""
+
+    def __init__(self, stack: RealStack, assets_dir: Path):
+        self.stack, self.assets_dir = stack, assets_dir
+        self.api = stack.api_client()
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.apps = kubernetes.client.AppsV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+
+    def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
+        manifest = copy.deepcopy(demo_manifest(self.assets_dir))
+        manifest["metadata"] = {"name": name, "namespace": JOB_NS}
+        manifest["spec"]["pod"]["image"] = self.stack.images["SFT_TRAINER_IMAGE"]
+        # Two pods and their reporters on a 2-core node: request half a core each.
+        manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+        manifest["spec"].update(spec)
+        return manifest
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, manifest)
+
+    def job(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS,
+                                                        contract.PLURAL, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.job(name).get("status") or {}
+
+    def progress(self, name: str) -> dict[str, Any]:
+        return self.status(name).get("progress") or {}
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS,
+                                                   contract.PLURAL, name, {"spec": spec})
+
+    def follow(self, name: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        def on_update(job: dict[str, Any]) -> None:
+            print(f"{time.strftime('%H:%M:%S')} {name}: {describe(job)}")
+        try:
+            return follow_job(self.api, JOB_NS, name, timeout_s, on_update)
+        except TimeoutError:
+            self.show_where_stuck()
+            raise
+
+    def show_where_stuck(self) -> None:
+        print(self.stack.kubectl("-n", JOB_NS, "describe", "pods").stdout[-6000:])
+        print(self.stack.operator_log())
+
+    def pods(self, name: str) -> list[Any]:
+        selector = f"{contract.LABEL_JOB_NAME}={name}"
+        return self.core.list_namespaced_pod(JOB_NS, label_selector=selector).items
+
+    def pod(self, name: str) -> Any | None:
+        try:
+            return self.core.read_namespaced_pod(name, JOB_NS)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def replicas(self, job: dict[str, Any]) -> int | None:
+        try:
+            return self.apps.read_namespaced_stateful_set(statefulset_name(parse_job(job)), JOB_NS).spec.replicas
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def events(self, name: str) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(JOB_NS).items
+                if e.involved_object.kind == contract.KIND and e.involved_object.name == name]
+
+    def claim_dir(self, job: dict[str, Any], claim: str | None = None) -> Path:
+        """The host directory behind the job's claim (the dev-only hostPath provisioner's)."""
+        pvc_name = claim or claim_name(parse_job(job))
+        pvc = wait_until(f"claim {pvc_name} bound", lambda: self._bound(pvc_name), timeout_s=60, interval_s=0.5)
+        return Path(self.core.read_persistent_volume(pvc.spec.volume_name).spec.host_path.path)
+
+    def _bound(self, pvc_name: str) -> Any | None:
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(pvc_name, JOB_NS)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return pvc if pvc.status.phase == "Bound" else None
+
+    def trainer_container(self, pod_name: str) -> str:
+        return self.stack.pod_container(JOB_NS, pod_name, contract.TRAINER_CONTAINER)
+
+    def trainer_started_at(self, pod_name: str) -> str | None:
+        pod = self.pod(pod_name)
+        for status in (pod.status.container_statuses or []) if pod else []:
+            if status.name == contract.TRAINER_CONTAINER and status.state.running:
+                return status.state.running.started_at.isoformat()
+        return None
+
+
+def docker(*args: str) -> str:
+    proc = node_docker(*args)
+    assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def training(jobs: Jobs, name: str, more_than: int = 0) -> Callable[[], bool]:
+    def probe() -> bool:
+        progress = jobs.progress(name)
+        return jobs.status(name).get("phase") == "Running" and progress.get("stage") == "Training" \
+            and progress.get("samplesSeen", 0) > more_than
+    return probe
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+    assert found is not None, (type_, status.get("conditions"))
+    return found
+
+
+def complete_hf_dirs(root: Path) -> set[str]:
+    base = root / HF_FORMAT_DIR
+    if not base.is_dir():
+        return set()
+    return {d.name for d in base.iterdir()
+            if d.is_dir() and (d / "config.json").is_file() and any((d / w).is_file() for w in HF_WEIGHT_FILES)}
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+_START_FAILED: list[str] = []  # pytest sets a failed module fixture up again for each test: once is enough
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    if _START_FAILED:
+        pytest.fail(_START_FAILED[0], pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("the real-node e2e needs root (dockerd, kubelet, iptables)", pytrace=False)
     if not Path(DOCKER).is_file() or not shutil.which("dockerd"):
         pytest.fail(f"docker is not available ({DOCKER} / dockerd missing): apt-get install docker.io", pytrace=False)
     if not shutil.which("kubectl"):
         pytest.fail("kubectl is not in PATH", pytrace=False)
-    stack = RealStack(tmp_path_factory.mktemp("realstack"), on_step=lambda msg: print(f"realstack: {msg}"))
+    stack = RealStack(tmp_path_factory.mktemp("realstack"), on_step=lambda msg: print(f"realstack: {msg}"),
+                      helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
+                      helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"])
     try:
         try:
             stack.start()
         except StackError as e:
-            pytest.fail(f"real-node stack could not start: {e}", pytrace=False)
+            _START_FAILED.append(f"real-node stack could not start: {e}")
+            pytest.fail(_START_FAILED[0], pytrace=False)
         yield stack
     finally:
         stack.stop()
         print("\nreal-node e2e times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stack.times.items()))
 
 
-def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, tmp_path: Path) -> None:
-    core = kubernetes.client.CoreV1Api(stack.api_client())
+@pytest.fixture(scope="module")
+def jobs(stack: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Jobs:
+    assets_dir = tmp_path_factory.mktemp("assets")
+    build_tiny_assets(assets_dir)
+    open_to_pods(assets_dir)  # read by the trainer's uid 65532 through a hostPath volume
+    kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": JOB_NS}})
+    assert stack.cp is not None
+    stack.cp.wait_for_default_service_account(JOB_NS)
+    return Jobs(stack, assets_dir)
 
+
+def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jobs) -> None:
     # runAsNonRoot / readOnlyRootFilesystem, checked inside the running operator container.
     uid = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "id", "-u")
     assert uid.returncode == 0 and uid.stdout.strip() == "65532", uid
     touch = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "python", "-c", "open('/sft-ro-test', 'w')")
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
-    assets_dir = tmp_path / "assets"
-    build_tiny_assets(assets_dir)
-    open_to_pods(assets_dir)  # read by the trainer's uid 65532 through a hostPath volume
 
     # ONE tiny CPU job, the demo's, in the trainer image with the reporter sidecar.
-    core.create_namespace({"metadata": {"name": JOB_NS}})
-    assert stack.cp is not None
-    stack.cp.wait_for_default_service_account(JOB_NS)
-    manifest = copy.deepcopy(demo_manifest(assets_dir))
-    manifest["metadata"] = {"name": "tiny", "namespace": JOB_NS}
-    manifest["spec"]["pod"]["image"] = stack.images["SFT_TRAINER_IMAGE"]
-    # Two pods and their reporters on a 2-core node: request half a core each.
-    manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    manifest = jobs.manifest("tiny")
     pod0 = f"{statefulset_name(parse_job(manifest))}-0"
-    kubernetes.client.CustomObjectsApi(stack.api_client()).create_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, manifest)
+    jobs.create(manifest)
     t = time.monotonic()
     logs: dict[str, str] = {}
+    checked_pod: dict[str, bool] = {}
 
     def on_update(job: dict[str, Any]) -> None:
         print(f"{time.strftime('%H:%M:%S')} tiny: {describe(job)}")
+        pod = jobs.pod(pod0)
+        if pod is not None and pod.status.phase == "Running":
+            stack.times.setdefault("pod0_running", time.monotonic() - t)
+            if not checked_pod:
+                # As the job's pod runs them: both as the images' uid 65532; the reporter (rendered
+                # readOnlyRootFilesystem) on a read-only root. The trainer container is not rendered
+                # read-only (a user's own image may need to write), but its image works on one: the
+                # image tier trains the tiny model in it with --read-only.
+                for container, read_only in ((contract.TRAINER_CONTAINER, False), (REPORTER_CONTAINER, True)):
+                    probe = stack.kubectl("-n", JOB_NS, "exec", pod0, "-c", container, "--", "python", "-c",
+                                          "import os; print(os.getuid()); open('/sft-ro-test', 'w')")
+                    checked_pod[container] = probe.stdout.strip() == "65532" and (
+                        ("Read-only file system" in probe.stderr) if read_only else True)
         # While pod 0 exists: `kubectl logs` of its trainer (the pods go once the job is done).
-        if "pod0_running" not in stack.times:
-            try:
-                if core.read_namespaced_pod(pod0, JOB_NS).status.phase == "Running":
-                    stack.times["pod0_running"] = time.monotonic() - t
-            except kubernetes.client.exceptions.ApiException:
-                pass
         out = stack.kubectl("-n", JOB_NS, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=20", timeout=30)
         if out.returncode == 0 and out.stdout.strip():
             logs["trainer"] = out.stdout
@@ -102,19 +275,200 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, tmp_path
     try:
         job = follow_job(stack.api_client(), JOB_NS, "tiny", JOB_TIMEOUT_S, on_update)
     except TimeoutError:
-        print(stack.kubectl("-n", JOB_NS, "describe", "pods").stdout[-6000:])
-        print(stack.operator_log())
+        jobs.show_where_stuck()
         raise
     stack.times["job"] = time.monotonic() - t
-    phase = (job.get("status") or {}).get("phase")
-    if phase != "Succeeded":
+    status = job.get("status") or {}
+    if status.get("phase") != "Succeeded":
         print(stack.operator_log())
-    assert phase == "Succeeded", describe(job)
+    assert status.get("phase") == "Succeeded", describe(job)
+    assert checked_pod == {contract.TRAINER_CONTAINER: True, REPORTER_CONTAINER: True}, checked_pod
+    assert condition(status, "Complete")["status"] == "True"
+
+    # The status tells the truth, checked against the claim's directory on this machine.
+    progress = status.get("progress") or {}
+    assert progress.get("stage") == "Completed" and progress.get("percent") == 100, progress
+    assert progress.get("epoch") == progress.get("numEpochs") == 2, progress
+    root = jobs.claim_dir(job)
+    listed = progress.get("checkpoints") or []
+    assert listed and {c["name"] for c in listed} == complete_hf_dirs(root), (listed, root)
+    assert all(c["path"] == f"{HF_FORMAT_DIR}/{c['name']}" for c in listed)
+    assert progress.get("latestCheckpoint") == listed[-1]["name"]
+    last = read_metrics_log(metrics_log_path(root)).steps[-1]
+    assert progress.get("samplesSeen") == last.samples_seen, (progress, last)
+    assert last.avg_loss is not None and progress.get("lastLoss") == f"{last.avg_loss:.4f}", (progress, last)
+    assert status.get("restarts") == 0 and status.get("preemptions", 0) == 0, status
+
     # `kubectl logs` of pod 0 worked (the apiserver -> kubelet path): the trainer's own lines.
     if "trainer" not in logs:  # a very fast job: try once more, the pod may still be there
         out = stack.kubectl("-n", JOB_NS, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=20", timeout=30)
         logs["trainer"] = out.stdout if out.returncode == 0 else ""
     assert logs.get("trainer", "").strip(), "kubectl logs of pod 0 never returned the trainer's output"
     print(f"--- kubectl logs {pod0} -c trainer (tail) ---\n{logs['trainer']}")
-    sftjobs = stack.kubectl("-n", JOB_NS, "get", "sftjobs", timeout=30)
-    print(sftjobs.stdout)
+    print(stack.kubectl("-n", JOB_NS, "get", "sftjobs", timeout=30).stdout)
+    wait_until("the StatefulSet scaled to 0", lambda: jobs.replicas(job) == 0, timeout_s=60)
+    assert any(e.reason == "Succeeded" for e in jobs.events("tiny"))
+
+
+def test_kubectl_delete_pod_saves_a_checkpoint_on_sigterm_and_the_job_resumes_exactly(jobs: Jobs) -> None:
+    name = "tiny-preempted"
+    job = jobs.create(jobs.manifest(name, numEpochs=8, fullStateRetention=2))
+    pod0 = f"{statefulset_name(parse_job(job))}-0"
+    wait_until("the job training with a step logged", training(jobs, name), timeout_s=600, interval_s=0.5)
+    old_uid = jobs.pod(pod0).metadata.uid
+
+    # What a node drain or a preemption does: the API deletes the pod, the kubelet sends SIGTERM
+    # and waits terminationGracePeriodSeconds (60 s in the demo job).
+    t = time.monotonic()
+    deleted = jobs.stack.kubectl("-n", JOB_NS, "delete", "pod", pod0, "--wait=true", timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    took = time.monotonic() - t
+    assert took < 60, f"pod 0 took {took:.0f}s to stop: the grace period ran out, SIGKILL"
+    saved = scan_checkpoints(jobs.claim_dir(job)).latest_full_state
+    assert saved is not None and saved.complete and saved.metadata is not None and saved.metadata.mid_epoch, saved
+    print(f"pod 0 stopped in {took:.1f}s; on-demand state {saved.name} at {saved.metadata.samples_seen} samples")
+    wait_until("a new pod 0", lambda: (p := jobs.pod(pod0)) is not None and p.metadata.uid != old_uid,
+               timeout_s=120, interval_s=0.5)
+
+    final = jobs.follow(name)
+    status = final.get("status") or {}
+    assert status.get("phase") == "Succeeded", json.dumps(status, indent=1)
+    # A preemption, not a failure; the next run started exactly where the SIGTERM save was.
+    assert status.get("restarts") == 0 and status.get("preemptions", 0) >= 1, status
+    runs = read_run_records(jobs.claim_dir(final))
+    resumed = [r for r in runs if r.resumed_from == saved.name]
+    assert resumed, [r.model_dump() for r in runs]
+    assert resumed[0].start_samples_seen == saved.metadata.samples_seen, resumed[0]
+    assert (status.get("progress") or {}).get("samplesSeen") == read_metrics_log(
+        metrics_log_path(jobs.claim_dir(final))).steps[-1].samples_seen
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_kubelets_reason(jobs: Jobs) -> None:
+    name = "tiny-noimage"
+    manifest = jobs.manifest(name, startupTimeoutSeconds=60)
+    manifest["spec"]["pod"]["image"] = "sft-local/no-such-trainer:missing"
+    jobs.create(manifest)
+    t = time.monotonic()
+
+    def waiting_reason() -> str | None:
+        ready = next((c for c in jobs.status(name).get("conditions", []) if c["type"] == "Ready"), None)
+        message = (ready or {}).get("message") or ""
+        return message if ("ErrImagePull" in message or "ImagePullBackOff" in message) else None
+
+    # While it waits, the status already says why, in the kubelet's words.
+    message = wait_until("the kubelet's pull error in the status", waiting_reason, timeout_s=90, interval_s=0.5)
+    print(f"after {time.monotonic() - t:.0f}s the Ready condition says: {message}")
+    final = jobs.follow(name, timeout_s=240)
+    status = final.get("status") or {}
+    print(f"Failed after {time.monotonic() - t:.0f}s")
+    assert status.get("phase") == "Failed", json.dumps(status, indent=1)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "StartupTimeout", failed
+    assert "spec.startupTimeoutSeconds (60 s)" in failed["message"], failed
+    assert "ErrImagePull" in failed["message"] or "ImagePullBackOff" in failed["message"], failed
+    assert "no-such-trainer" in failed["message"], failed
+    wait_until("the job's pods to be gone", lambda: not jobs.pods(name), timeout_s=120, interval_s=0.5)
+
+
+def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_its_claim(jobs: Jobs) -> None:
+    # An existing claim with earlier work on it: a complete hf checkpoint and a full state.
+    jobs.core.create_namespaced_persistent_volume_claim(JOB_NS, {
+        "metadata": {"name": "earlier-work"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    root = jobs.claim_dir({}, claim="earlier-work")
+    (root / HF_FORMAT_DIR / "samples_8").mkdir(parents=True)
+    (root / HF_FORMAT_DIR / "samples_8" / "config.json").write_text("{}")
+    (root / HF_FORMAT_DIR / "samples_8" / "model.safetensors").write_bytes(b"weights")
+    (root / "full_state" / "epoch_0").mkdir(parents=True)
+    (root / "full_state" / "epoch_0" / "optimizer.bin").write_bytes(b"optimizer")
+    open_to_pods(root)
+    os.chown(root, 65532, 65532)
+    before = digest(root)
+
+    missing = "/assets/no-such-data.jsonl"
+    jobs.create(jobs.manifest("tiny-nodata", dataPath=missing, checkpoints={"existingClaim": "earlier-work"}))
+    bad = jobs.assets_dir / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": "no messages"}\n')
+    bad.chmod(0o644)
+    ttl_job = jobs.create(jobs.manifest("tiny-ttl", dataPath="/assets/bad.jsonl", ttlSecondsAfterFinished=5))
+
+    # The TTL job: Failed with line 2 named (watched from its creation: 5 s later it is gone).
+    ttl_status = jobs.follow("tiny-ttl").get("status") or {}
+    failed = condition(ttl_status, "Failed")
+    assert failed["reason"] == "ConfigRejected" and "bad.jsonl line 2" in failed["message"], failed
+    ttl_claim = claim_name(parse_job(ttl_job))
+
+    def gone() -> bool:
+        try:
+            jobs.job("tiny-ttl")
+            return False
+        except ApiException as e:
+            if e.status == 404:
+                return True
+            raise
+    wait_until("tiny-ttl deleted by its TTL", gone, timeout_s=120, interval_s=0.5)
+
+    status = jobs.follow("tiny-nodata").get("status") or {}
+    assert status.get("phase") == "Failed", json.dumps(status, indent=1)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "ConfigRejected", failed
+    assert "spec.dataPath (trainingArgs.data_path)" in failed["message"] and missing in failed["message"], failed
+    assert any(e.reason == "Failed" and e.type == "Warning" for e in jobs.events("tiny-nodata"))
+    wait_until("tiny-nodata's pods to be gone", lambda: not jobs.pods("tiny-nodata"), timeout_s=120, interval_s=0.5)
+    assert digest(root) == before, "the rejected job changed the files on its claim"
+
+    # The TTL took the job, not its claim (checkpoints.deleteWithJob is unset: kept).
+    claim = jobs.core.read_namespaced_persistent_volume_claim(ttl_claim, JOB_NS)
+    assert claim.metadata.deletion_timestamp is None, "the TTL deleted the claim with the job"
+
+
+@pytest.mark.timeout(1800)
+def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jobs: Jobs) -> None:
+    """Issue 11 on the real node: one long job, three things that hold GPUs in real clusters."""
+    name = "tiny-policy"
+    job = jobs.create(jobs.manifest(name, numEpochs=2000, fullStateRetention=2, checkpointAtEpoch=False,
+                                    stallTimeoutSeconds=60, maxRestarts=5,
+                                    pod={**jobs.manifest(name)["spec"]["pod"], "terminationGracePeriodSeconds": 20}))
+    sts = statefulset_name(parse_job(job))
+    pod0, pod1 = f"{sts}-0", f"{sts}-1"
+    wait_until("the job training with a step logged", training(jobs, name), timeout_s=600, interval_s=0.5)
+
+    # 1. A killed rank: the other rank is restarted at once (not after the collective's timeout).
+    survivor_started = jobs.trainer_started_at(pod0)
+    killed_at = time.monotonic()
+    docker("kill", "--signal", "KILL", jobs.trainer_container(pod1))
+    wait_until("rank 0 restarted with rank 1", lambda: jobs.trainer_started_at(pod0) not in (None, survivor_started),
+               timeout_s=120, interval_s=0.2)
+    noticed = time.monotonic() - killed_at
+    print(f"rank 1 killed: rank 0 restarted {noticed:.1f}s later")
+    assert noticed < 60, noticed
+    samples = jobs.progress(name).get("samplesSeen", 0)
+    wait_until("training again after the group restart", training(jobs, name, more_than=samples),
+               timeout_s=600, interval_s=0.5)
+    assert jobs.status(name).get("restarts") == 1, jobs.status(name)
+
+    # 2. A frozen rank (a hung collective): every process of rank 1's trainer gets SIGSTOP.
+    frozen_at = time.monotonic()
+    pids = RealStack.container_pids(jobs.trainer_container(pod1))
+    for pid in pids:
+        os.kill(pid, 19)  # SIGSTOP
+    status = wait_until("the stall detected", lambda: (s := jobs.status(name)).get("stallRestarts", 0) >= 1 and s,
+                        timeout_s=60 + 120, interval_s=0.5)
+    print(f"rank 1 frozen: stall restart after {time.monotonic() - frozen_at:.1f}s (stallTimeoutSeconds 60)")
+    assert any(e.reason == "Stalled" for e in jobs.events(name)), [(e.reason, e.message) for e in jobs.events(name)]
+    samples = jobs.progress(name).get("samplesSeen", 0)
+    wait_until("training again after the stall restart", training(jobs, name, more_than=samples),
+               timeout_s=600, interval_s=0.5)
+
+    # 3. The deadline: past it, SIGTERM (an on-demand checkpoint), then Failed DeadlineExceeded.
+    jobs.patch_spec(name, {"activeDeadlineSeconds": 1})
+    final = jobs.follow(name, timeout_s=180)
+    status = final.get("status") or {}
+    assert status.get("phase") == "Failed", json.dumps(status, indent=1)
+    assert condition(status, "Failed")["reason"] == "DeadlineExceeded", status
+    wait_until("the job's pods to be gone", lambda: not jobs.pods(name), timeout_s=120, interval_s=0.5)
+    saved = scan_checkpoints(jobs.claim_dir(final)).latest_full_state
+    assert saved is not None and saved.complete and saved.metadata is not None and saved.metadata.mid_epoch, saved
+    assert saved.metadata.samples_seen >= samples, (saved, samples)
+    shown = (jobs.progress(name).get("latestFullState") or {}).get("name")
+    assert shown == saved.name, (shown, saved.name)

@@ -174,6 +174,7 @@ def test_trainer_started_removes_a_previous_marker_and_exit_writes_it(tmp_path: 
     marker.write_text("1\n")  # the previous trainer container's
     path = pod_state.trainer_started({contract.ENV_POD_STATE_DIR: str(tmp_path)})
     assert (path, marker.exists()) == (marker, False)
+    assert (tmp_path / contract.TRAINER_RUNNING_FILE).read_text() == f"{os.getpid()}\n"
     assert registered == [(pod_state.write_marker, marker, os.getpid())]
     pod_state.write_marker(marker, os.getpid() + 1)  # a forked child exiting: nothing
     assert not marker.exists()

@@ -230,6 +230,8 @@ def test_stop_signal_arriving_mid_run_starts_the_wait(tmp_path: Path) -> None:
     assert shutdown_wait_from_env({contract.ENV_TERMINATION_GRACE_SECONDS: "2"}) == 0.0
     exited = trainer_exited_check(env)
     assert trainer_exited_check({})() is True  # no pod-state volume: stop at once, as before
+    assert exited() is True  # no trainer has started in the pod (e.g. its image cannot be pulled)
+    (tmp_path / contract.TRAINER_RUNNING_FILE).write_text("7\n")  # the launcher's start
 
     volume = ScriptedVolume(_training(12, OLD_STATE))
     stop = threading.Event()

@@ -2,8 +2,8 @@
 
 When a pod is deleted (suspend, preemption, drain) both containers get SIGTERM at once; the
 trainer then writes its on-demand checkpoint, which the reporter must still publish. So the
-launcher removes ``contract.TRAINER_EXITED_FILE`` when it starts and writes it as its very last
-act (atexit: after the termination message, on every exit path that runs Python's shutdown);
+launcher removes ``contract.TRAINER_EXITED_FILE`` and writes ``contract.TRAINER_RUNNING_FILE``
+when it starts, and writes the exit marker as its very last act (atexit: after the termination message, on every exit path that runs Python's shutdown);
 pod 0's reporter, told to stop, keeps publishing until the file appears (bounded by the grace
 period). Without ``SFT_POD_STATE_DIR`` (older pod templates, the training tests' harness) this
 does nothing.
@@ -38,13 +38,15 @@ def write_marker(path: Path, pid: int) -> None:
 
 
 def trainer_started(env: Mapping[str, str]) -> Path | None:
-    """Remove a previous container's marker and arrange for this process to write it on exit."""
+    """Remove a previous container's exit marker, say a trainer runs (so the reporter waits for
+    it), and arrange for this process to write the exit marker on exit."""
     path = marker_path(env)
     if path is None:
         return None
     try:
         path.unlink(missing_ok=True)
+        (path.parent / contract.TRAINER_RUNNING_FILE).write_text(f"{os.getpid()}\n")
     except OSError as error:
-        log.warning("cannot remove %s: %s", path, error)
+        log.warning("cannot update the pod-state markers in %s: %s", path.parent, error)
     atexit.register(write_marker, path, os.getpid())
     return path
