@@ -32,7 +32,14 @@ from sft_operator.children import Kube, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
 from sft_operator.publishing import JobStatusBook, Key, check_spec, finished_for_longer_than, now, update_status
-from sft_operator.status import SpecProblem, last_trainer_termination, ranks_left_behind, stalled
+from sft_operator.status import (
+    SpecProblem,
+    group_restart_plan,
+    held_back,
+    last_trainer_termination,
+    stall_restart_plan,
+    stalled,
+)
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
@@ -323,23 +330,28 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         _, problem = check_spec(body, statefulset)
         if problem is None and statefulset is None:
             problem = memo.jobs.standing_refusal(body)
-        status = update_status(memo.kube, memo.jobs, body, statefulset, indexes.pods(key), problem, None,
-                               indexes.progress(key))
+        pods = indexes.pods(key)  # one view: the restart's backoff counts the failures the status counted
+        status = update_status(memo.kube, memo.jobs, body, statefulset, pods, problem, None, indexes.progress(key))
         scale_down_if_over(memo, body, status, statefulset)
         if not status.training_over and status.phase is not Phase.SUSPENDED:
-            restart_ranks_left_behind(memo, body, indexes.pods(key))
+            restart_ranks_left_behind(memo, body, pods, status)
 
 
-def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]]) -> None:
-    """One rank failed: restart the ranks still in the old group at once, instead of letting them
-    wait in a collective until NCCL's timeout (they cannot save without the failed peer)."""
-    behind = ranks_left_behind(pods)
-    if not behind:
+def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]],
+                              status: SFTJobStatus) -> None:
+    """One rank failed: restart the ranks still in the old group, instead of letting them wait in
+    a collective until NCCL's timeout (they cannot save without the failed peer): at once after
+    the first failure, after the backoff (status.restartBackoff) after later ones; the policy
+    clock comes back for a restart held back."""
+    plan = group_restart_plan(pods, status.restarts)
+    if plan is None or held_back(plan, now()):
         return
     failure = last_trainer_termination(pods, failures_only=True)
-    message = f"{failure.describe() if failure else 'a rank failed'}; restarting {', '.join(behind)} with it"
+    message = f"{failure.describe() if failure else 'a rank failed'}; restarting {', '.join(plan.ranks)} with it"
+    if plan.delay_seconds:
+        message += f" (restart {plan.restart}, after a backoff of {plan.delay_seconds} s)"
     log.info("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
-    for name in behind:
+    for name in plan.ranks:
         memo.kube.delete_pod(body["metadata"]["namespace"], name, GROUP_RESTART_GRACE_S)
     memo.kube.post_event(body, "Warning", "RestartingGroup", message)
 
@@ -396,8 +408,8 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
             memo.kube.delete_job(key[0], key[1], raw["metadata"]["uid"])
         return
     why = stalled(status, now(), spec.get("stallTimeoutSeconds")) if status is not None else None
-    if why is None:
-        refresh_status(memo, key, indexes)
+    if why is None or held_back(stall_restart_plan(status, now(), spec.get("stallTimeoutSeconds")), now()):
+        refresh_status(memo, key, indexes)  # a stall restart held back by the backoff shows in the status
         return
     with memo.jobs.lock(key):
         log.warning("%s/%s: stalled: %s", key[0], key[1], why)

@@ -702,6 +702,20 @@ class NodeRestarts(ApiModel):
     )
 
 
+class RestartBackoff(ApiModel):
+    """A group restart the operator has decided on and holds back until nextRestartAt: the n-th
+    restart that lost work waits 10 s doubling to 5 minutes after its cause (none for the first)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = Field(description="RanksLeftBehind (a rank failed; the others still run) or Stalled.")
+    restart: int = Field(ge=1, description="Which restart it will be, counted as status.restarts counts.")
+    delay_seconds: int = Field(ge=0, description="The backoff: from the failure's end, or from when the job "
+                                                 "counted as stalled, to the restart.")
+    next_restart_at: str = Field(json_schema_extra={"format": "date-time"})
+    ranks: list[str] = Field(default_factory=list, description="The pods to be restarted (RanksLeftBehind).")
+
+
 class SFTJobStatus(ApiModel):
     """Written only by the operator."""
 
@@ -726,6 +740,9 @@ class SFTJobStatus(ApiModel):
     node_restarts: list[NodeRestarts] = Field(default_factory=list, description="Per node: how its trainer ended.")
     stall_restarts: int = Field(
         default=0, description="Times every rank was restarted because no training step came (spec.stallTimeoutSeconds)."
+    )
+    restart_backoff: RestartBackoff | None = Field(
+        default=None, description="A group restart held back by the backoff between restarts; unset otherwise."
     )
 
     # --- progress and checkpoints, read from the checkpoint volume by the reporter sidecar ---

@@ -144,13 +144,17 @@ def update_status(
         active_deadline_s=_spec_int(spec, "active_deadline_seconds"),
         startup_timeout_s=_spec_int(spec, "startup_timeout_seconds"),
         stall=stall,
+        stall_timeout_s=_spec_int(spec, "stall_timeout_seconds"),
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
         metrics.observe_job(body, current)
         return current
+    patch = new_api
+    if current is not None and current.restart_backoff is not None and new.restart_backoff is None:
+        patch = {**new_api, "restartBackoff": None}  # a merge patch removes a field only when told to
     try:
-        kube.patch_job_status(key[0], key[1], new_api)
+        kube.patch_job_status(key[0], key[1], patch)
     except ApiException as exc:
         if exc.status == 404:  # deleted meanwhile
             return new

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sft_operator import contract
@@ -23,6 +23,7 @@ from sft_operator.models import (
     NodeRestarts,
     Phase,
     Reason,
+    RestartBackoff,
     SFTJobStatus,
 )
 from sft_operator.progress import Stage, TrainingProgress
@@ -450,17 +451,93 @@ def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None) -> str 
         return None
     if progress.stage not in (Stage.TRAINING, Stage.INITIALIZING):
         return None
-    running_since = _since(status, ConditionType.READY, "True")
-    facts = [t for t in (running_since, parse_rfc3339(progress.last_update_time) if progress.last_update_time else None) if t]
-    if not facts:
+    last = _last_training_fact(status)
+    if last is None:
         return None
-    last = max(facts)
     if (parse_rfc3339(now) - last).total_seconds() <= stall_timeout_s:
         return None
     at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
     return (f"no training step for {int((parse_rfc3339(now) - last).total_seconds())} s (spec.stallTimeoutSeconds: "
             f"{stall_timeout_s}); last fact on the volume at {rfc3339(last)} ({progress.stage.value}, {at}); "
             "restarting every rank from the latest full state")
+
+
+def _last_training_fact(status: SFTJobStatus) -> datetime | None:
+    """What a stall is counted from: the newest fact on the volume, or when every pod ran."""
+    progress = status.progress
+    running_since = _since(status, ConditionType.READY, "True")
+    updated = parse_rfc3339(progress.last_update_time) if progress is not None and progress.last_update_time else None
+    facts = [t for t in (running_since, updated) if t]
+    return max(facts) if facts else None
+
+
+# --- backoff between the operator's group restarts -------------------------------------------
+
+RESTART_BACKOFF_INITIAL_S = 10
+RESTART_BACKOFF_CAP_S = 300
+RANKS_LEFT_BEHIND = "RanksLeftBehind"
+
+
+def restart_backoff_s(restart: int) -> int:
+    """How long the operator holds back its ``restart``-th group restart (counted as
+    status.restarts counts: restarts that lost work) after its cause: none for the first, then
+    10 s doubling to 5 minutes (the kubelet's CrashLoopBackOff curve)."""
+    if restart <= 1:
+        return 0
+    doublings = min(restart - 2, 5)  # 10 * 2**5 = 320 is past the cap already
+    return min(RESTART_BACKOFF_INITIAL_S * 2**doublings, RESTART_BACKOFF_CAP_S)
+
+
+def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> RestartBackoff | None:
+    """The restart of the ranks a failure left behind (ranks_left_behind), due the backoff after
+    the failure ended; ``restarts`` already counts that failure. None when no rank is behind."""
+    pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    behind = ranks_left_behind(pods)
+    failure = last_trainer_termination(pods, failures_only=True)
+    if not behind or failure is None:
+        return None
+    restart = max(restarts, 1)
+    delay = restart_backoff_s(restart)
+    due = parse_rfc3339(failure.finished_at) + timedelta(seconds=delay)
+    return RestartBackoff(reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay,
+                          next_restart_at=rfc3339(due), ranks=behind)
+
+
+def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | None) -> RestartBackoff | None:
+    """The restart of every rank of a stalled job (stalled), due the backoff after the job counted
+    as stalled (its last fact + spec.stallTimeoutSeconds). None when it is not stalled."""
+    last = _last_training_fact(status)
+    if stall_timeout_s is None or last is None or stalled(status, now, stall_timeout_s) is None:
+        return None
+    restart = status.restarts + 1
+    delay = restart_backoff_s(restart)
+    due = last + timedelta(seconds=stall_timeout_s + delay)
+    return RestartBackoff(reason=Reason.STALLED.value, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due))
+
+
+def held_back(plan: RestartBackoff | None, now: str) -> bool:
+    """Whether the backoff still holds the planned restart back."""
+    return plan is not None and parse_rfc3339(now) < parse_rfc3339(plan.next_restart_at)
+
+
+def describe_backoff(plan: RestartBackoff) -> str:
+    what = (f"restarting {', '.join(plan.ranks)} with the failed rank" if plan.reason == RANKS_LEFT_BEHIND
+            else "restarting every rank (stalled)")
+    return (f"{what} at {plan.next_restart_at}: backoff {plan.delay_seconds} s before restart {plan.restart} "
+            f"({RESTART_BACKOFF_INITIAL_S} s doubling to {RESTART_BACKOFF_CAP_S} s)")
+
+
+def _with_backoff(live: SFTJobStatus, plan: RestartBackoff, now: str, generation: int | None) -> SFTJobStatus:
+    """The status with the held-back restart in status.restartBackoff and the Ready message (before
+    any "waiting for ...", which names the blocking pod)."""
+    ready = _condition(live, ConditionType.READY)
+    if ready is None:
+        return live.model_copy(update={"restart_backoff": plan})
+    head, sep, tail = (ready.message or "").partition("; waiting for ")
+    message = f"{head}; {describe_backoff(plan)}{sep}{tail}"
+    conditions = set_condition(live.conditions, ConditionType.READY.value, ready.status == "True", ready.reason,
+                               message, now, generation)
+    return live.model_copy(update={"restart_backoff": plan, "conditions": conditions})
 
 
 def derive_status(
@@ -478,11 +555,13 @@ def derive_status(
     active_deadline_s: int | None = None,
     startup_timeout_s: int | None = None,
     stall: str | None = None,
+    stall_timeout_s: int | None = None,
 ) -> SFTJobStatus:
     """The job's status from what exists.
 
     ``stall``: the operator restarts every rank of a stalled job now (why); it counts as a
-    failure. Deadline and start-up timeout are judged against ``now``.
+    failure. Deadline and start-up timeout are judged against ``now``, and so is the backoff
+    that holds back a group restart (status.restartBackoff; ``stall_timeout_s`` for a stall's).
 
     ``nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
     wins (a refused change to nnodes does not change what runs). Suspension is read from the
@@ -503,6 +582,7 @@ def derive_status(
         "total_nodes": nnodes,
         "nodes": f"{ready}/{nnodes}",
         "stall_restarts": current.stall_restarts + (1 if stall else 0),
+        "restart_backoff": None,
         "preemptions": max([current.preemptions, *(entry.preemptions for entry in ledger)]),
         "node_restarts": ledger,
         "progress": progress if progress is not None else current.progress,
@@ -530,6 +610,11 @@ def derive_status(
     if timed_out is not None:
         return _finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason, message=timed_out, now=now,
                          generation=generation)
+    if stall is None and statefulset is not None and live.phase is not Phase.SUSPENDED:
+        plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(live, now, stall_timeout_s)
+        if held_back(plan, now):
+            assert plan is not None
+            return _with_backoff(live, plan, now, generation)
     return live
 
 

@@ -124,3 +124,57 @@ def test_a_stalled_job_restarts_every_rank(control_plane: Any, operator: Any, cl
     events = [e for e in cluster.events("stuck") if e["reason"] == "Stalled"]
     assert events and events[0]["message"].startswith("no training step for ")
     assert "(spec.stallTimeoutSeconds: 60); last fact on the volume at" in events[0]["message"]
+
+
+def test_a_second_group_restart_waits_the_backoff(control_plane: Any, operator: Any, cluster: Any) -> None:
+    """The first restart of the ranks left behind is at once; the second waits 10 s after its failure
+    (restart 2), shown in status.restartBackoff and the Ready message meanwhile."""
+    started_job(control_plane, cluster, "backoff").close()
+
+    def fail_rank_0(crashes: int, behind_since_s: float) -> tuple[str, str]:
+        """backoff-1's trainer runs since ``behind_since_s`` ago; backoff-0's crashes a ``crashes``-th time now."""
+        behind = next(p for p in cluster.pods("backoff") if p["metadata"]["name"] == "backoff-1")
+        cluster.core.patch_namespaced_pod_status("backoff-1", cluster.ns, {"status": {"phase": "Running",
+            "containerStatuses": trainer_status(0, {"running": {"startedAt": now_rfc3339(-behind_since_s)}})}})
+        finished = now_rfc3339()
+        crash = {"exitCode": 1, "reason": "Error", "message": f"crash {crashes}", "startedAt": now_rfc3339(-30),
+                 "finishedAt": finished}
+        cluster.core.patch_namespaced_pod_status("backoff-0", cluster.ns, {"status": {"phase": "Running",
+            "containerStatuses": trainer_status(crashes, {"running": {"startedAt": finished}}, last=crash)}})
+        return behind["metadata"]["uid"], finished
+
+    def restarted(uid: str) -> bool:
+        return all(p["metadata"]["uid"] != uid or p["metadata"].get("deletionTimestamp")
+                   for p in cluster.pods("backoff") if p["metadata"]["name"] == "backoff-1")
+
+    uid, _ = fail_rank_0(1, 60)
+    cluster.wait_for("the first restart, at once", lambda: restarted(uid), timeout_s=10)
+    cluster.wait_for("backoff-1 again", lambda: any(p["metadata"]["name"] == "backoff-1" and p["metadata"]["uid"] != uid
+                                                    and not p["metadata"].get("deletionTimestamp")
+                                                    for p in cluster.pods("backoff")))
+    # The new backoff-1 started after the first failure (times are whole seconds), before the second.
+    time.sleep(2.5)
+    uid, finished = fail_rank_0(2, 1)
+    failed_at = time.time()
+    status = cluster.wait_for("the backoff in the status", lambda: (s := cluster.status("backoff")).get("restartBackoff")
+                              and s)
+    backoff = status["restartBackoff"]
+    due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.mktime(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ"))
+                                                           - time.timezone + 10))
+    assert backoff == {"reason": "RanksLeftBehind", "restart": 2, "delaySeconds": 10, "nextRestartAt": due,
+                       "ranks": ["backoff-1"]}, backoff
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert f"restarting backoff-1 with the failed rank at {due}: backoff 10 s before restart 2" in ready["message"]
+    while time.time() < failed_at + 7:  # held back: not restarted before the backoff is over
+        assert not restarted(uid), f"restarted {time.time() - failed_at:.1f} s after the failure"
+        time.sleep(0.5)
+    cluster.wait_for("the second restart, after the backoff", lambda: restarted(uid), timeout_s=15)
+    waited = time.time() - failed_at
+    events = cluster.wait_for("the Event", lambda: [e for e in cluster.events("backoff") if e["reason"] == "RestartingGroup"
+                                                    and "after a backoff" in e["message"]])
+    assert events[0]["message"] == ("pod backoff-0: Error (exit code 1): crash 2; restarting backoff-1 with it "
+                                    "(restart 2, after a backoff of 10 s)")
+    print(f"the second restart came {waited:.1f} s after its failure (backoff 10 s, policy clock 1 s)")
+    assert 9 <= waited <= 15
+    assert "restartBackoff" not in cluster.wait_for("the backoff cleared",
+                                                    lambda: "restartBackoff" not in (s := cluster.status("backoff")) and s)

@@ -16,7 +16,11 @@ from sft_operator.status import (
     last_trainer_termination,
     phase_event_message,
     pod_blocker,
+    group_restart_plan,
+    held_back,
     ranks_left_behind,
+    restart_backoff_s,
+    stall_restart_plan,
     stalled,
     set_condition,
 )
@@ -507,3 +511,78 @@ def test_ranks_left_behind_by_a_failure_are_restarted_with_it() -> None:
     assert ranks_left_behind([preempted, running_since(1, at(0))]) == []  # a clean stop saves with every rank
     rejected = trainer_pod(0, 1, last=terminated(2, at(5)))
     assert ranks_left_behind([rejected, running_since(1, at(0))]) == []  # the job fails anyway
+
+
+# --- backoff between the operator's group restarts ------------------------------------------------
+
+
+def test_restart_backoff_is_none_then_ten_seconds_doubling_to_five_minutes() -> None:
+    assert [restart_backoff_s(n) for n in range(0, 10)] == [0, 0, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert restart_backoff_s(10**6) == 300
+
+
+def _left_behind(failure_at: str, crashes: int) -> list[dict[str, Any]]:
+    crashed = trainer_pod(0, crashes, state={"running": {"startedAt": at(5, 10)}}, last=terminated(1, failure_at))
+    behind = trainer_pod(1, state={"running": {"startedAt": at(0)}})
+    return [crashed, behind]
+
+
+def test_the_first_group_restart_is_at_once_later_ones_wait_the_backoff() -> None:
+    first = group_restart_plan(_left_behind(at(5), 1), restarts=1)
+    assert first is not None and first.to_api() == {
+        "reason": "RanksLeftBehind", "restart": 1, "delaySeconds": 0, "nextRestartAt": at(5), "ranks": ["j-1"]}
+    assert not held_back(first, at(5))
+    third = group_restart_plan(_left_behind(at(5), 3), restarts=3)
+    assert third is not None and third.to_api() == {
+        "reason": "RanksLeftBehind", "restart": 3, "delaySeconds": 20, "nextRestartAt": at(5, 20), "ranks": ["j-1"]}
+    assert held_back(third, at(5, 19)) and not held_back(third, at(5, 20))
+    assert group_restart_plan([trainer_pod(0, state={"running": {"startedAt": at(0)}})], restarts=3) is None
+
+
+def test_a_held_back_group_restart_shows_in_status_and_the_ready_message() -> None:
+    pods = _left_behind(at(5), 2)
+    current = derive(pods=[pod(0), pod(1)], now=at(4))
+    held = derive(current, pods=pods, now=at(5, 3))
+    assert held.restarts == 1  # one failure counted by this derive: the first restart, at once
+    assert held.restart_backoff is None
+    twice = SFTJobStatus.model_validate({**current.to_api(), "restarts": 1, "nodeRestarts": [
+        {"node": 0, "failures": 1, "lastExitCode": 1, "lastExitTime": at(2)}]})  # j-0 failed once before
+    held = derive(twice, pods=pods, now=at(5, 3))
+    assert held.restarts == 2
+    assert held.restart_backoff is not None and held.restart_backoff.to_api() == {
+        "reason": "RanksLeftBehind", "restart": 2, "delaySeconds": 10, "nextRestartAt": at(5, 10), "ranks": ["j-1"]}
+    ready = next(c for c in held.conditions if c.type == "Ready")
+    assert (ready.status, ready.message) == ("True", (
+        "2/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
+        "(10 s doubling to 300 s)"))
+    assert held.to_api()["restartBackoff"]["nextRestartAt"] == "2026-01-01T00:05:10Z"
+    # Due: no longer held back, the field goes (the handler restarts the ranks).
+    assert derive(held, pods=pods, now=at(5, 10)).restart_backoff is None
+    # The message keeps "waiting for <pod>" last (the blocker Events are made from it).
+    crashlooping = trainer_pod(0, 2, state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+                               last=terminated(1, at(5)))
+    waiting = derive(twice, pods=[crashlooping, pods[1]], now=at(5, 3))
+    ready = next(c for c in waiting.conditions if c.type == "Ready")
+    assert ready.message == (
+        "1/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
+        "(10 s doubling to 300 s); waiting for pod j-0: CrashLoopBackOff: back-off 20s")
+
+
+def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
+    running = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress())  # last fact at 00:05
+    assert stall_restart_plan(running, at(15), 600) is None  # not stalled yet
+    first = stall_restart_plan(running, at(15, 1), 600)
+    assert first is not None and first.to_api() == {
+        "reason": "Stalled", "restart": 1, "delaySeconds": 0, "nextRestartAt": at(15), "ranks": []}
+    assert not held_back(first, at(15, 1))
+    failed_once = SFTJobStatus.model_validate({**running.to_api(), "restarts": 1})
+    second = stall_restart_plan(failed_once, at(15, 1), 600)
+    assert second is not None and (second.restart, second.delay_seconds, second.next_restart_at) == (2, 10, at(15, 10))
+    held = derive(failed_once, pods=[pod(0), pod(1)], now=at(15, 5), stall_timeout_s=600)
+    assert held.restart_backoff == second
+    ready = next(c for c in held.conditions if c.type == "Ready")
+    assert ready.message == ("2/2 pods running; restarting every rank (stalled) at 2026-01-01T00:15:10Z: backoff 10 s "
+                             "before restart 2 (10 s doubling to 300 s)")
+    assert derive(failed_once, pods=[pod(0), pod(1)], now=at(15, 5)).restart_backoff is None  # no stall timeout
+    # The restart itself (stall given) leaves no backoff behind.
+    assert derive(held, pods=[pod(0), pod(1)], now=at(15, 10), stall="why", stall_timeout_s=600).restart_backoff is None
