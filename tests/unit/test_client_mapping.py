@@ -387,3 +387,41 @@ def test_run_policy_fields_are_sft_keyword_arguments() -> None:
     assert {k: v for k, v in spec.items() if "Seconds" in k} == {
         "activeDeadlineSeconds": 3600, "startupTimeoutSeconds": 600, "stallTimeoutSeconds": 900,
         "ttlSecondsAfterFinished": 60}
+
+
+def test_gang_and_queue_are_sft_keyword_arguments() -> None:
+    """training_hub has no names for them: gang= (a provider, or the spec's gang object) and
+    queue_name= (a Kueue LocalQueue) fill spec.scheduling; scheduling= passes the object as is."""
+    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
+                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64)
+    spec = build_sftjob({**params, "gang": "volcano", "queue_name": "team-a"}, ClusterOptions(), name="x",
+                        namespace="ns")["spec"]
+    assert spec["scheduling"] == {"queueName": "team-a", "gang": {"provider": "volcano"}}
+    gang = {"provider": "coscheduling", "scheduleTimeoutSeconds": 300}
+    spec = build_sftjob({**params, "gang": gang}, ClusterOptions(), name="x", namespace="ns")["spec"]
+    assert spec["scheduling"] == {"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 300}}
+    spec = build_sftjob({**params, "scheduling": {"queueName": "q"}}, ClusterOptions(), name="x", namespace="ns")["spec"]
+    assert spec["scheduling"] == {"queueName": "q"}
+    assert "scheduling" not in build_sftjob(params, ClusterOptions(), name="x", namespace="ns")["spec"]
+    manifest, _ = KubernetesSFTBackend().build({**params, "queue_name": "team-a", "active_deadline_seconds": 60})
+    assert (manifest["spec"]["scheduling"], manifest["spec"]["activeDeadlineSeconds"]) == ({"queueName": "team-a"}, 60)
+
+
+@pytest.mark.parametrize(
+    ("extra", "labels", "param", "path"),
+    [
+        ({"queue_name": "Team_A"}, None, "queue_name", "spec.scheduling.queueName"),
+        ({"scheduling": {"queueName": "Team_A"}}, None, "scheduling", "spec.scheduling.queueName"),
+        ({"gang": "kueue"}, None, "gang", "spec.scheduling.gang.provider"),
+        ({"gang": "volcano", "scheduling": {"gang": {"provider": "volcano"}}}, None, "gang", "spec.scheduling.gang"),
+        ({"queue_name": "a"}, {"kueue.x-k8s.io/queue-name": "b"}, "queue_name", "spec.scheduling.queueName"),
+        ({}, {"kueue.x-k8s.io/queue-name": "B!"}, "labels", "metadata.labels[kueue.x-k8s.io/queue-name]"),
+    ],
+)
+def test_gang_and_queue_problems_name_the_parameter(extra: dict[str, Any], labels: dict[str, str] | None,
+                                                    param: str, path: str) -> None:
+    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
+                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64, **extra)
+    with pytest.raises(SFTParameterError) as exc:
+        build_sftjob(params, ClusterOptions(labels=labels), name="x", namespace="ns")
+    assert [(p.param, p.spec_path) for p in exc.value.parameters] == [(param, path)], exc.value.parameters

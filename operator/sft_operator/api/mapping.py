@@ -8,6 +8,9 @@ fields carry the same names in camelCase (models.py), so most map one to one. Th
   rendezvous port; ``node_rank``, ``rdzv_endpoint`` and ``master_addr`` are the operator's to
   choose (one pod per node) and are refused rather than ignored;
 - ``max_batch_len`` (training_hub's other name for ``max_tokens_per_gpu``) is accepted;
+- the run policy has no training_hub names: its spec fields are keyword arguments under their
+  own names (``active_deadline_seconds``, ...), and ``gang`` (a provider name, or the
+  ``spec.scheduling.gang`` object) and ``queue_name`` (a Kueue LocalQueue) fill ``spec.scheduling``;
 - any other keyword goes to ``spec.extraArgs`` and is checked there against instructlab-training's
   TrainingArgs, exactly as the operator checks it;
 - what only a cluster needs (namespace, name, image, resources, ...) is a ClusterOptions field.
@@ -34,6 +37,7 @@ from sft_operator.api.paths import (
     place_pod_paths,
 )
 from sft_operator.models import (
+    KUEUE_QUEUE_LABEL,
     MAX_JOB_NAME_LENGTH,
     CheckpointVolume,
     ClaimTemplate,
@@ -123,7 +127,10 @@ PARAM_OF_SPEC_PATH: dict[str, str] = {
     "spec.maxRestarts": "max_restarts",
     "spec.fullStateRetention": "full_state_retention",
     "spec.suspend": "suspend",
+    "spec.scheduling.queueName": "queue_name",
+    "spec.scheduling.gang": "gang",
     "metadata.name": "name",
+    f"metadata.labels[{KUEUE_QUEUE_LABEL}]": "labels",
 }
 
 JOB_NAME_PREFIX = "sft-"
@@ -282,6 +289,20 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     if "master_port" in given:
         spec[SPEC_ALIAS["rdzv_port"]] = given.pop("master_port")
 
+    # --- gang scheduling and queues (training_hub has no names for them) ----------------------
+    scheduling = dict(given.pop("scheduling", None) or {})
+    scheduling_params = {param for param in ("queue_name", "gang") if param in given}
+    for param, key in (("queue_name", "queueName"), ("gang", "gang")):
+        if param not in given:
+            continue
+        value = given.pop(param)
+        if key in scheduling:
+            problems.append(ParameterProblem(param, f"spec.scheduling.{key}", "also set in scheduling; set it once"))
+            continue
+        scheduling[key] = {"provider": value} if param == "gang" and isinstance(value, str) else value
+    if scheduling:
+        spec[SPEC_ALIAS["scheduling"]] = scheduling
+
     # --- paths --------------------------------------------------------------------------------
     checkpoints: dict[str, Any] = {}
     try:
@@ -364,6 +385,8 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         refused = {p.param for p in problems}
         for path, message in exc.problems:
             param = param_for_spec_path(path)
+            if param in ("queue_name", "gang") and param not in scheduling_params:
+                param = "scheduling"  # set through scheduling={...}
             if param not in refused:
                 problems.append(ParameterProblem(param, path, message))
     if problems:
