@@ -212,3 +212,17 @@ def test_immutable_view_lists_every_immutable_field() -> None:
 def test_examples_are_valid(example: str) -> None:
     job = parse_job(yaml.safe_load(open(example)))
     assert job.spec.training_args()["model_path"]
+
+
+def test_the_readme_status_table_lists_every_reason() -> None:
+    """Every condition reason the operator writes, and the Warning Events of the run policy, are in
+    the README's status table."""
+    from pathlib import Path
+
+    from sft_operator.models import Reason
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Status"):readme.index("### How the facts get from the volume")]
+    missing = [r for r in [*(reason.value for reason in Reason), "Stalled", "RestartingGroup", "RanksLeftBehind"]
+               if f"`{r}`" not in table]
+    assert missing == []
