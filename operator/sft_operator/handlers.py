@@ -407,8 +407,9 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
             log.info("%s/%s: %s; deleting the job", key[0], key[1], expired)
             memo.kube.delete_job(key[0], key[1], raw["metadata"]["uid"])
         return
-    why = stalled(status, now(), spec.get("stallTimeoutSeconds")) if status is not None else None
-    if why is None or held_back(stall_restart_plan(status, now(), spec.get("stallTimeoutSeconds")), now()):
+    stall_s, startup_s = spec.get("stallTimeoutSeconds"), spec.get("startupTimeoutSeconds")
+    why = stalled(status, now(), stall_s, startup_s) if status is not None else None
+    if why is None or held_back(stall_restart_plan(status, now(), stall_s, startup_s), now()):
         refresh_status(memo, key, indexes)  # a stall restart held back by the backoff shows in the status
         return
     with memo.jobs.lock(key):

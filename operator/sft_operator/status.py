@@ -442,24 +442,40 @@ def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods:
     return f"not every pod ran within spec.startupTimeoutSeconds ({timeout_s} s): {blocker}"
 
 
-def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None) -> str | None:
-    """Why a running job counts as stalled: no new step in the metrics log (nothing newer on the
-    volume) for spec.stallTimeoutSeconds since the step or since every pod ran; data processing
-    and saving are exempt. None otherwise."""
+def stall_limit_s(status: SFTJobStatus, stall_timeout_s: int | None, startup_timeout_s: int | None) -> int | None:
+    """How long a running job may go without a new fact on the volume before it counts as
+    stalled, or None when nothing bounds its current stage. Training: spec.stallTimeoutSeconds.
+    Initializing (pods up, no step of this run yet: model loading, rendezvous, the first step):
+    spec.startupTimeoutSeconds if longer, since loading a large model from network storage may
+    take far longer than a step; a real-node run on a loaded machine was restarted in a loop
+    before its first step with the stall timeout alone. Data processing and saving: exempt."""
     progress = status.progress
     if stall_timeout_s is None or status.phase is not Phase.RUNNING or progress is None:
         return None
-    if progress.stage not in (Stage.TRAINING, Stage.INITIALIZING):
-        return None
+    if progress.stage is Stage.TRAINING:
+        return stall_timeout_s
+    if progress.stage is Stage.INITIALIZING and startup_timeout_s is not None:
+        return max(stall_timeout_s, startup_timeout_s)
+    return None
+
+
+def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
+            startup_timeout_s: int | None = None) -> str | None:
+    """Why a running job counts as stalled: no new step in the metrics log (nothing newer on the
+    volume) for stall_limit_s since the step or since every pod ran. None otherwise."""
+    limit = stall_limit_s(status, stall_timeout_s, startup_timeout_s)
     last = _last_training_fact(status)
-    if last is None:
+    if limit is None or last is None or status.progress is None:
         return None
-    if (parse_rfc3339(now) - last).total_seconds() <= stall_timeout_s:
+    idle = (parse_rfc3339(now) - last).total_seconds()
+    if idle <= limit:
         return None
+    progress = status.progress
     at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
-    return (f"no training step for {int((parse_rfc3339(now) - last).total_seconds())} s (spec.stallTimeoutSeconds: "
-            f"{stall_timeout_s}); last fact on the volume at {rfc3339(last)} ({progress.stage.value}, {at}); "
-            "restarting every rank from the latest full state")
+    bound = (f"spec.stallTimeoutSeconds: {stall_timeout_s}" if progress.stage is Stage.TRAINING
+             else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}")
+    return (f"no training step for {int(idle)} s ({bound}); last fact on the volume at {rfc3339(last)} "
+            f"({progress.stage.value}, {at}); restarting every rank from the latest full state")
 
 
 def _last_training_fact(status: SFTJobStatus) -> datetime | None:
@@ -503,15 +519,17 @@ def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> Restart
                           next_restart_at=rfc3339(due), ranks=behind)
 
 
-def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | None) -> RestartBackoff | None:
+def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
+                       startup_timeout_s: int | None = None) -> RestartBackoff | None:
     """The restart of every rank of a stalled job (stalled), due the backoff after the job counted
-    as stalled (its last fact + spec.stallTimeoutSeconds). None when it is not stalled."""
+    as stalled (its last fact + stall_limit_s). None when it is not stalled."""
     last = _last_training_fact(status)
-    if stall_timeout_s is None or last is None or stalled(status, now, stall_timeout_s) is None:
+    limit = stall_limit_s(status, stall_timeout_s, startup_timeout_s)
+    if limit is None or last is None or stalled(status, now, stall_timeout_s, startup_timeout_s) is None:
         return None
     restart = status.restarts + 1
     delay = restart_backoff_s(restart)
-    due = last + timedelta(seconds=stall_timeout_s + delay)
+    due = last + timedelta(seconds=limit + delay)
     return RestartBackoff(reason=Reason.STALLED.value, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due))
 
 
@@ -611,7 +629,7 @@ def derive_status(
         return _finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason, message=timed_out, now=now,
                          generation=generation)
     if stall is None and statefulset is not None and live.phase is not Phase.SUSPENDED:
-        plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(live, now, stall_timeout_s)
+        plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(live, now, stall_timeout_s, startup_timeout_s)
         if held_back(plan, now):
             assert plan is not None
             return _with_backoff(live, plan, now, generation)

@@ -495,6 +495,17 @@ def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -
     assert stalled(running, at(15, 1), None) is None
     saving = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.SAVING))
     assert stalled(saving, at(60), 600) is None
+    # Before the first step of a run (model loading, rendezvous) the start-up timeout bounds it if
+    # longer: a real-node run on a loaded machine was restarted in a loop before its first step.
+    starting = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.INITIALIZING))
+    assert stalled(starting, at(15, 1), 600, 1800) is None
+    assert stalled(starting, at(35), 600, 1800) is None
+    assert stalled(starting, at(35, 1), 600, 1800) == (
+        "no training step for 1801 s (before the first step spec.startupTimeoutSeconds bounds it: 1800); last "
+        "fact on the volume at 2026-01-01T00:05:00Z (Initializing, 40 samples, epoch 1); restarting every rank "
+        "from the latest full state")
+    assert stalled(starting, at(59), 600, None) is None  # no start-up bound: exempt like data processing
+    assert stalled(starting, at(15, 1), 600, 60) is not None  # the longer of the two
     # A stall restart counts as a failure against maxRestarts.
     restarted = derive(running, pods=[pod(0), pod(1)], now=at(16), stall="why", max_restarts=0)
     assert (restarted.stall_restarts, restarted.restarts, restarted.phase) == (1, 1, Phase.FAILED)
