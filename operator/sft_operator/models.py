@@ -641,6 +641,7 @@ class ConditionType(str, enum.Enum):
     COMPLETE = "Complete"  # the launcher's completion marker is on the volume
     FAILED = "Failed"
     CHECKPOINT_VOLUME = "CheckpointVolume"  # the checkpoint claim exists and can serve every node
+    QUEUED = "Queued"  # a scheduling gate (a queue: Kueue) holds a pod back; present once it happened
 
 
 class Reason(str, enum.Enum):
@@ -662,6 +663,8 @@ class Reason(str, enum.Enum):
     CLAIM_FOUND = "Found"
     CLAIM_NOT_FOUND = "ClaimNotFound"
     CLAIM_NOT_READ_WRITE_MANY = "NotReadWriteMany"  # an existing claim a multi-node job cannot share
+    SCHEDULING_GATED = "SchedulingGated"  # Queued True: waiting for the queue; the start-up timeout waits too
+    NOT_GATED = "NotGated"  # Queued False: no gate holds a pod back (admitted, or suspended)
 
 
 # Failed for one of these is for good (scaled to 0, never restarted); Failed for InvalidSpec is not:

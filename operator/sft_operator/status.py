@@ -353,6 +353,14 @@ def _live(
     conditions = set_condition(
         conditions, ConditionType.READY.value, phase is Phase.RUNNING, ready_reason, ready_message, now, generation
     )
+    gated = gated_pod(pods, nnodes) if statefulset is not None and not suspended else None
+    if gated is not None or any(c.type == ConditionType.QUEUED.value for c in conditions):
+        conditions = set_condition(
+            conditions, ConditionType.QUEUED.value, gated is not None,
+            Reason.SCHEDULING_GATED.value if gated is not None else Reason.NOT_GATED.value,
+            f"held back by a scheduling gate (a queue such as Kueue admits the pods): {gated}" if gated else "",
+            now, generation,
+        )
     if volume is not None:
         conditions = set_condition(
             conditions, ConditionType.CHECKPOINT_VOLUME.value, volume.ok, volume.reason.value, volume.message, now,
@@ -429,12 +437,30 @@ def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> s
             "a job created again with the same checkpoints resumes from them")
 
 
+def gated_pod(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
+    """The first pod of the job a scheduling gate holds back (Kueue gates the pods of a queued
+    workload until it admits them all), in the scheduler's words, or None."""
+    for pod in sorted(pods, key=lambda p: _pod_ordinal(p) if _pod_ordinal(p) is not None else nnodes):
+        ordinal = _pod_ordinal(pod)
+        if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+                "PodScheduled", "False", "SchedulingGated"
+            ):
+                text = f"pod {(pod.get('metadata') or {}).get('name', '')}: SchedulingGated"
+                return f"{text}: {condition['message']}" if condition.get("message") else text
+    return None
+
+
 def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods: list[dict[str, Any]]) -> str | None:
     """The message of a job whose pods did not all run within spec.startupTimeoutSeconds of its
-    creation, its resume or the loss of a pod, or None."""
-    if timeout_s is None or live.phase is not Phase.PENDING:
+    creation, its resume, the loss of a pod or the lifting of a queue's scheduling gates, or None.
+    While a gate holds a pod back (the job waits in a queue) it does not run."""
+    if timeout_s is None or live.phase is not Phase.PENDING or _since(live, ConditionType.QUEUED, "True") is not None:
         return None
-    starts = [_since(live, ConditionType.READY, "False"), _since(live, ConditionType.SUSPENDED, "False")]
+    starts = [_since(live, ConditionType.READY, "False"), _since(live, ConditionType.SUSPENDED, "False"),
+              _since(live, ConditionType.QUEUED, "False")]
     since = max((start for start in starts if start is not None), default=None)
     if since is None or (parse_rfc3339(now) - since).total_seconds() <= timeout_s:
         return None

@@ -7,6 +7,7 @@ not tested (docs/api.md, "Queues (Kueue)")."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,12 @@ from sftjobs import job_body
 pytestmark = pytest.mark.integration
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+@pytest.fixture(autouse=True)
+def fast_policy_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator checks its clock-driven policies every second here (30 s in production)."""
+    monkeypatch.setenv("SFT_POLICY_INTERVAL_S", "1")
 
 
 def _kueue_keys(meta: dict[str, Any]) -> list[str]:
@@ -68,3 +75,29 @@ def test_queue_label_and_field_that_differ_are_an_invalid_spec(operator: Any, cl
     assert failed["message"] == ("spec.scheduling.queueName: 'team-a' differs from the kueue.x-k8s.io/queue-name "
                                  "label on the SFTJob ('team-b'): set one of them, or the same queue in both")
     assert cluster.statefulset("torn") is None
+
+
+def test_pods_held_by_a_queues_gates_are_not_timed_out(operator: Any, cluster: Any) -> None:
+    """What Kueue does to a queued StatefulSet's pods, simulated: a scheduling gate (PodScheduled
+    False, SchedulingGated) until admission. The start-up timeout waits, then counts from the lift."""
+    cluster.create_job(job_body("waits", startupTimeoutSeconds=4, scheduling={"queueName": "team-a"}))
+    cluster.wait_for("2 pods", lambda: len(cluster.pods("waits")) == 2)
+    gate = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+            "message": "Scheduling is blocked due to non-empty scheduling gates"}
+    for pod in ("waits-0", "waits-1"):
+        cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {"phase": "Pending", "conditions": [gate]}})
+    queued = cluster.wait_for("Queued", lambda: (c := cluster.condition("waits", "Queued")) and c["status"] == "True"
+                              and c)
+    assert queued["reason"] == "SchedulingGated"
+    assert queued["message"].endswith("pod waits-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates")
+    time.sleep(8)  # twice the start-up timeout, in the queue
+    assert cluster.status("waits")["phase"] == "Pending"
+    lifted = {"type": "PodScheduled", "status": "True", "reason": None, "message": None}
+    for pod in ("waits-0", "waits-1"):
+        cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {"conditions": [lifted]}})
+    lift = time.monotonic()
+    cluster.wait_for("Queued False", lambda: (c := cluster.condition("waits", "Queued")) and c["status"] == "False")
+    failed = cluster.wait_for("StartupTimeout after the lift", lambda: (c := cluster.condition("waits", "Failed"))
+                              and c["status"] == "True" and c, timeout_s=30)
+    assert failed["reason"] == "StartupTimeout"
+    assert 3 <= time.monotonic() - lift <= 15  # counted from the lift, not from the job's creation

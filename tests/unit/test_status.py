@@ -597,3 +597,28 @@ def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
     assert derive(failed_once, pods=[pod(0), pod(1)], now=at(15, 5)).restart_backoff is None  # no stall timeout
     # The restart itself (stall given) leaves no backoff behind.
     assert derive(held, pods=[pod(0), pod(1)], now=at(15, 10), stall="why", stall_timeout_s=600).restart_backoff is None
+
+
+def test_a_job_held_by_a_queues_gates_is_not_timed_out_and_its_start_up_counts_from_admission() -> None:
+    def gated(ordinal: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"j-{ordinal}"}, "status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+             "message": "Scheduling is blocked due to non-empty scheduling gates"}]}}
+
+    def creating(ordinal: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"j-{ordinal}"}, "status": {"phase": "Pending"}}
+
+    first = derive(pods=[gated(0), gated(1)], now=at(0), startup_timeout_s=600)
+    queued = next(c for c in first.conditions if c.type == "Queued")
+    assert (queued.status, queued.reason, queued.message) == (
+        "True", "SchedulingGated", "held back by a scheduling gate (a queue such as Kueue admits the pods): "
+        "pod j-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates")
+    waiting = derive(first, pods=[gated(0), gated(1)], now=at(120), startup_timeout_s=600)  # 2 hours in the queue
+    assert waiting.phase is Phase.PENDING
+    admitted = derive(waiting, pods=[creating(0), creating(1)], now=at(121), startup_timeout_s=600)
+    assert conditions(admitted)["Queued"] == ("False", "NotGated")
+    assert derive(admitted, pods=[creating(0), creating(1)], now=at(131), startup_timeout_s=600).phase is Phase.PENDING
+    late = derive(admitted, pods=[creating(0), creating(1)], now=at(131, 1), startup_timeout_s=600)
+    assert (late.phase, conditions(late)["Failed"]) == (Phase.FAILED, ("True", "StartupTimeout"))
+    # A job never gated has no Queued condition at all.
+    assert "Queued" not in conditions(derive(pods=[creating(0), creating(1)], now=at(0)))
