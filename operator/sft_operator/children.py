@@ -251,6 +251,15 @@ def _podgroup_api_missing(manifest: dict[str, Any]) -> str:
     )
 
 
+# Kueue's StatefulSet webhook refuses a scale-up from 0 (a resume) while the pods of the
+# scale-down still terminate or its Workload is still being deleted: a wait, not a spec problem.
+KUEUE_SCALE_DOWN_IN_PROGRESS = ("scaling down is still in progress", "from previous scale-down is still being deleted")
+
+
+def _queue_still_scaling_down(message: str) -> bool:
+    return any(phrase in message for phrase in KUEUE_SCALE_DOWN_IN_PROGRESS)
+
+
 def _client_message(exc: pydantic.ValidationError) -> str:
     """The client's complaint about a body, by path inside the object (e.g. spec.template...)."""
     parts = []
@@ -328,6 +337,8 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
     except ApiException as exc:
         if exc.status == 409:  # changed under us: read again and retry soon
             raise kopf.TemporaryError(f"{kind} {meta['name']} changed while being updated", delay=1) from None
+        if exc.status == 422 and kind == "StatefulSet" and _queue_still_scaling_down(_api_message(exc)):
+            raise kopf.TemporaryError(f"{kind} {meta['name']}: {_api_message(exc)}; retrying", delay=5) from None
         if exc.status == 422:
             raise Refused(f"{kind} {meta['name']}: {_api_message(exc)}") from None
         raise
