@@ -1,7 +1,7 @@
 """Chaos run: break the product on purpose, several jobs at once, and check that every job ends in
 its documented state with nothing lost (issue 15's "Done when").
 
-    .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 6]
+    .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 4]
 
 On the real node (devtools.realstack: control plane, dockerd + kubelet, both images built, the
 chart's operator as a pod; root), tiny CPU jobs in the trainer image, built offline; per round,
@@ -21,7 +21,11 @@ Each Succeeded job must list only checkpoints that are on the volume, at 100 %. 
 per job and a summary; exits 1 when any job ended otherwise.
 
 Four jobs of two pods share this 2-core node, so each pod requests 200m CPU (not the 500m the
-demo asks for: eight of those do not fit and would wait for a start-up timeout).
+demo asks for: eight of those do not fit and would wait for a start-up timeout). 4 epochs, not the
+6 of the process-based node: the real node is slower (containers, 8 trainers and their reporters
+in cgroups on 2 cores; measured with 6 epochs: the round took ≈ 18 min vs ≈ 10 min there), and
+every scenario acts in the first epoch anyway. Prints the stack's start-up (images included) apart
+from the rounds.
 """
 
 from __future__ import annotations
@@ -223,15 +227,17 @@ def run_round(chaos: Chaos, round_no: int) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the state directory")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sft-chaos-"))
-    started = time.monotonic()
+    started = stack_up = time.monotonic()
+    rounds_done: float | None = None
     results = []
     stack = RealStack(state / "stack", on_step=lambda msg: print(f"realstack: {msg}", flush=True))
     try:
         stack.start()
+        stack_up = time.monotonic()
         kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
         assert stack.cp is not None
         stack.cp.wait_for_default_service_account(NAMESPACE)
@@ -239,6 +245,7 @@ def main() -> int:
         chaos = Chaos(stack, assets, args.epochs)
         for round_no in range(1, args.rounds + 1):
             results.append(run_round(chaos, round_no))
+        rounds_done = time.monotonic()
     except StackError as exc:
         print(f"chaos: the real-node stack failed: {exc}", flush=True)
         results.append(False)
@@ -247,7 +254,8 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(state, ignore_errors=True)
     print(f"chaos: {sum(results)}/{len(results)} rounds with every job in its documented state, "
-          f"{time.monotonic() - started:.0f} s")
+          f"{(rounds_done or time.monotonic()) - stack_up:.0f} s "
+          f"(the real-node stack's start-up before: {stack_up - started:.0f} s)")
     return 0 if all(results) else 1
 
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=240, help="samples in the tiny data set")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--save-samples", type=int, default=120, help="spec.saveSamples (0: epoch ends only)")
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the job")
     parser.add_argument("--state-dir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args(argv)
 
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         disk.stop.set()
         disk.join()
         writes = stack.cp.write_requests(since=audit_mark, namespace=namespace)
-    except StackError as exc:
-        print(f"the real-node stack failed: {exc}")
+    except (StackError, TimeoutError) as exc:
+        print(f"the real-node stack failed: {exc}" if isinstance(exc, StackError) else str(exc))
         return 1
     finally:
         stack.stop()
