@@ -14,7 +14,7 @@ second batch of as many jobs (RSS after it: flat or growing?), and is restarted 
 "backlog": that many jobs created while no operator runs, then the operator starts: jobs per
 second until every job has a status, and the operator's CPU for them.
 
-``--profile DIR``: sft-operator runs under py-spy (pip install py-spy); each run leaves its
+``--profile DIR``: sft-operator runs under py-spy (pip install py-spy); each run leaves its log and
 sampled stacks in DIR and a summary (where the CPU went: our modules, pydantic, the kubernetes
 client, kopf, asyncio/aiohttp) is printed. The timings of a profiled run are not comparable.
 """
@@ -44,6 +44,8 @@ from devtools.tiny_model import tiny_job_spec
 QUIET_S = 5.0
 LIMIT_S = 900.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SHARED_CLAIM = "shared-checkpoints"
+PROFILE_RATE = 50  # py-spy samples per second (on 2 loaded cores it fell behind at 97)
 BENCHMARK_AGENT = "sft-scale-benchmark"  # this script's own API client, left out of the counts
 NOT_THE_OPERATOR = ("kubectl", "kube-controller-manager", BENCHMARK_AGENT)
 
@@ -118,17 +120,19 @@ def job_manifest(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": contract.API_VERSION, "kind": contract.KIND,
         "metadata": {"name": name, "namespace": namespace},
         # No claim per job: 1000 Pending claims keep the volume controller busy writing Events.
-        "spec": tiny_job_spec(checkpoints={"existingClaim": "shared-checkpoints"}),
+        "spec": tiny_job_spec(checkpoints={"existingClaim": SHARED_CLAIM}),
     }
 
 
 class Operator:
     """One operator process watching one namespace; CPU and RSS from /proc. ``profile``: a file
-    for py-spy's sampled stacks (sft-operator then runs under py-spy)."""
+    for py-spy's sampled stacks (py-spy attaches to sft-operator once it is up: the stacks leave
+    out the start-up, mostly the kubernetes client's imports)."""
 
     def __init__(self, kind: str, cp: ControlPlane, namespace: str, workdir: Path, profile: Path | None = None):
         self.kind, self.cp, self.namespace, self.workdir, self.profile = kind, cp, namespace, workdir, profile
         self.proc: subprocess.Popen[bytes] | None = None
+        self.spy: subprocess.Popen[bytes] | None = None
         self.pid = 0
 
     def start(self) -> None:
@@ -142,24 +146,15 @@ class Operator:
         else:
             args = [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(self.cp.kubeconfig),
                     "-n", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"]
-        if self.profile is not None and self.kind != "naive":
-            py_spy = Path(sys.executable).with_name("py-spy")
-            args = [str(py_spy), "record", "--nonblocking", "-r", "97", "-f", "raw", "-o", str(self.profile), "--", *args]
         log = (self.workdir / f"{self.kind}-{self.namespace}.log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = self.proc.pid
-        if self.profile is not None and self.kind != "naive":  # CPU and RSS of the operator, not py-spy's
-            wait("the operator under py-spy", self._find_child, 30, 0.05)
         wait(f"{self.kind} operator up", lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120)
-
-    def _find_child(self) -> bool:
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return False
-        if children:
-            self.pid = int(children[0])
-        return bool(children)
+        if self.profile is not None and self.kind != "naive":
+            py_spy = Path(sys.executable).with_name("py-spy")
+            self.spy = subprocess.Popen(
+                [str(py_spy), "record", "--nonblocking", "-r", str(PROFILE_RATE), "-f", "raw", "-o", str(self.profile),
+                 "--pid", str(self.pid)], stdout=log, stderr=subprocess.STDOUT)
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -172,8 +167,12 @@ class Operator:
         return 0.0
 
     def stop(self) -> None:
+        if self.spy is not None:  # py-spy writes its stacks on SIGINT
+            self.spy.send_signal(signal.SIGINT)
+            self.spy.wait(60)
+            self.spy = None
         if self.proc is not None:
-            os.kill(self.pid, signal.SIGTERM)  # under py-spy: the operator; py-spy writes and exits
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -209,8 +208,14 @@ def apply(cp: ControlPlane, namespace: str, names: list[str], workdir: Path) -> 
 
 
 def namespace_for(cp: ControlPlane, api: Any, name: str) -> str:
-    kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    """A fresh namespace with the claim every job names (a sweep sharing one claim; it stays
+    Pending: nothing provisions it, and no pod runs)."""
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
     cp.wait_for_default_service_account(name)
+    core.create_namespaced_persistent_volume_claim(name, {
+        "metadata": {"name": SHARED_CLAIM},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
     return name
 
 
@@ -382,7 +387,7 @@ def summarize_profile(path: Path, top: int = 12) -> str:
                 inclusive[frame] += samples
     if not total:
         return f"{path.name}: no samples"
-    lines = [f"{path.name}: {total} samples (≈1/97 s of CPU each)"]
+    lines = [f"{path.name}: {total} samples (≈1/{PROFILE_RATE} s of CPU each)"]
     for layer, n in layers.most_common():
         lines.append(f"  {100 * n / total:5.1f}%  {layer}")
         parts = [(kind, m) for (l, kind), m in work.most_common() if l == layer and 100 * m / total >= 0.5]
@@ -414,12 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         for count in args.jobs:
             again = count == max(args.jobs) and not args.no_second
             for kind in kinds:  # alternating, one operator at a time
-                for result in run_apply(cp, api, kind, count, Path(tmp), again, args.profile):
+                for result in run_apply(cp, api, kind, count, args.profile or Path(tmp), again, args.profile):
                     results.append(result)
                     print(f"  {result}", flush=True)
         if args.backlog:
             for kind in kinds:
-                backlogs.append(run_backlog(cp, api, kind, args.backlog, Path(tmp), args.profile))
+                backlogs.append(run_backlog(cp, api, kind, args.backlog, args.profile or Path(tmp), args.profile))
                 print(f"  {backlogs[-1]}", flush=True)
 
     def secs(value: float | None) -> str:
