@@ -121,8 +121,9 @@ def test_a_stalled_job_restarts_every_rank(control_plane: Any, operator: Any, cl
         reporter.close()
     status = cluster.wait_for("counted", lambda: (s := cluster.status("stuck")).get("stallRestarts") == 1 and s)
     assert status["restarts"] == 1 and status["phase"] != "Failed"
-    events = [e for e in cluster.events("stuck") if e["reason"] == "Stalled"]
-    assert events and events[0]["message"].startswith("no training step for ")
+    # The Event is posted right after the status patch: wait for it.
+    events = cluster.wait_for("the Stalled Event", lambda: [e for e in cluster.events("stuck") if e["reason"] == "Stalled"])
+    assert events[0]["message"].startswith("no training step for ")
     assert "(spec.stallTimeoutSeconds: 60); last fact on the volume at" in events[0]["message"]
 
 
