@@ -421,8 +421,9 @@ class SFTJobSpec(ApiModel):
     stall_timeout_seconds: int | None = Field(
         default=None, ge=60,
         description="Restart every rank (reason Stalled; counts against maxRestarts) when the job trains but no "
-        "new step reached the metrics log for this long (before a run's first step: the longer of this and "
-        "startupTimeoutSeconds). Data processing and saving are exempt. Unset: off.",
+        "new step reached the metrics log for this long (before a run's first step and while saving: the longer "
+        "of this and startupTimeoutSeconds). Data processing is exempt (the launcher's watchdog bounds it). "
+        "Unset: off.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0,

@@ -474,13 +474,16 @@ def stall_limit_s(status: SFTJobStatus, stall_timeout_s: int | None, startup_tim
     Initializing (pods up, no step of this run yet: model loading, rendezvous, the first step):
     spec.startupTimeoutSeconds if longer, since loading a large model from network storage may
     take far longer than a step; a real-node run on a loaded machine was restarted in a loop
-    before its first step with the stall timeout alone. Data processing and saving: exempt."""
+    before its first step with the stall timeout alone. Saving: the same longer bound. Data
+    processing: exempt (the launcher's own watchdog bounds it)."""
     progress = status.progress
     if stall_timeout_s is None or status.phase is not Phase.RUNNING or progress is None:
         return None
     if progress.stage is Stage.TRAINING:
         return stall_timeout_s
-    if progress.stage is Stage.INITIALIZING and startup_timeout_s is not None:
+    if progress.stage in (Stage.INITIALIZING, Stage.SAVING) and startup_timeout_s is not None:
+        # A save of a large model to network storage may take many minutes too; a rank frozen in a
+        # save must not hold the GPUs forever.
         return max(stall_timeout_s, startup_timeout_s)
     return None
 
@@ -499,7 +502,9 @@ def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
     progress = status.progress
     at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
     bound = (f"spec.stallTimeoutSeconds: {stall_timeout_s}" if progress.stage is Stage.TRAINING
-             else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}")
+             else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}"
+             if progress.stage is Stage.INITIALIZING
+             else f"while saving spec.startupTimeoutSeconds bounds it: {limit}")
     return (f"no training step for {int(idle)} s ({bound}); last fact on the volume at {rfc3339(last)} "
             f"({progress.stage.value}, {at}); restarting every rank from the latest full state")
 

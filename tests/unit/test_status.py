@@ -494,7 +494,14 @@ def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -
         "2026-01-01T00:05:00Z (Training, 40 samples, epoch 1); restarting every rank from the latest full state")
     assert stalled(running, at(15, 1), None) is None
     saving = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.SAVING))
-    assert stalled(saving, at(60), 600) is None
+    assert stalled(saving, at(60), 600) is None  # no start-up bound given: exempt
+    assert stalled(saving, at(35), 600, 1800) is None
+    assert stalled(saving, at(35, 1), 600, 1800) == (
+        "no training step for 1801 s (while saving spec.startupTimeoutSeconds bounds it: 1800); last fact on "
+        "the volume at 2026-01-01T00:05:00Z (Saving, 40 samples, epoch 1); restarting every rank from the "
+        "latest full state")
+    processing = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.PROCESSING_DATA))
+    assert stalled(processing, at(59), 600, 1800) is None  # the launcher's data watchdog bounds it
     # Before the first step of a run (model loading, rendezvous) the start-up timeout bounds it if
     # longer: a real-node run on a loaded machine was restarted in a loop before its first step.
     starting = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.INITIALIZING))
