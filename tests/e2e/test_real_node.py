@@ -450,8 +450,9 @@ def test_run_policy_on_one_long_job_rank_killed_then_the_deadline(jobs: Jobs) ->
     frozen with SIGSTOP: benchmarks/run_policy.py; on this node it was not detected in one run, see
     docs/api.md's run policy section.)"""
     name = "tiny-policy"
-    job = jobs.create(jobs.manifest(name, numEpochs=2000, fullStateRetention=2, checkpointAtEpoch=False,
-                                    stallTimeoutSeconds=60, maxRestarts=5))
+    # checkpointAtEpoch stays on: instructlab-training saves the epoch's full state only with it.
+    job = jobs.create(jobs.manifest(name, numEpochs=2000, fullStateRetention=2, stallTimeoutSeconds=60,
+                                    maxRestarts=5))
     sts = statefulset_name(parse_job(job))
     pod0, pod1 = f"{sts}-0", f"{sts}-1"
     wait_until("the job training with a step logged", training(jobs, name), timeout_s=600, interval_s=0.5)
