@@ -22,7 +22,6 @@ as host directories), own node, everything stopped afterwards. Slow on 2 cores: 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from devtools.demo import demo_manifest, describe, follow_job
+from devtools.demo import describe, follow_job
 from devtools.node import DOCKER
 from devtools.node import docker as node_docker
 from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
@@ -75,11 +74,7 @@ class Jobs:
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
     def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
-        manifest = copy.deepcopy(demo_manifest(self.assets_dir))
-        manifest["metadata"] = {"name": name, "namespace": JOB_NS}
-        manifest["spec"]["pod"]["image"] = self.stack.images["SFT_TRAINER_IMAGE"]
-        # Two pods and their reporters on a 2-core node: request half a core each.
-        manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+        manifest = self.stack.job_manifest(self.assets_dir, name, JOB_NS)  # 500m CPU per pod on 2 cores
         manifest["spec"].update(spec)
         return manifest
 
@@ -140,18 +135,7 @@ class Jobs:
 
     def claim_dir(self, job: dict[str, Any], claim: str | None = None) -> Path:
         """The host directory behind the job's claim (the dev-only hostPath provisioner's)."""
-        pvc_name = claim or claim_name(parse_job(job))
-        pvc = wait_until(f"claim {pvc_name} bound", lambda: self._bound(pvc_name), timeout_s=60, interval_s=0.5)
-        return Path(self.core.read_persistent_volume(pvc.spec.volume_name).spec.host_path.path)
-
-    def _bound(self, pvc_name: str) -> Any | None:
-        try:
-            pvc = self.core.read_namespaced_persistent_volume_claim(pvc_name, JOB_NS)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return pvc if pvc.status.phase == "Bound" else None
+        return self.stack.claim_dir(JOB_NS, claim or claim_name(parse_job(job)))
 
     def trainer_container(self, pod_name: str) -> str:
         return self.stack.pod_container(JOB_NS, pod_name, contract.TRAINER_CONTAINER)
