@@ -18,13 +18,25 @@ from kubernetes.client.exceptions import ApiException
 
 from sft_operator import metrics, render
 from sft_operator.children import Kube, join_problems
-from sft_operator.models import ConditionType, InvalidSpecError, Phase, Reason, SFTJob, SFTJobSpec, SFTJobStatus, parse_job
+from sft_operator.models import (
+    ConditionType,
+    InvalidSpecError,
+    Phase,
+    Reason,
+    SFTJob,
+    SFTJobSpec,
+    SFTJobStatus,
+    epoch_full_state_warning,
+    parse_job,
+)
 from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
 from sft_operator.wire import parse_rfc3339, rfc3339
 
 log = logging.getLogger("sft_operator")
 Key = tuple[str, str]
+# The Event of a spec that saves no full state at epoch ends (models.epoch_full_state_warning).
+NO_EPOCH_FULL_STATE = "NoEpochFullState"
 
 
 def job_key(body: dict[str, Any]) -> Key:
@@ -170,6 +182,9 @@ def update_status(
 def _post_events(kube: Kube, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
                  problem: SpecProblem | None) -> None:
     old_phase = current.phase if current is not None else None
+    warning = epoch_full_state_warning(body.get("spec") or {}) if current is None else None
+    if warning is not None:  # valid, but fewer resume points than the user likely thinks: say it once
+        kube.post_event(body, "Warning", NO_EPOCH_FULL_STATE, warning)
     if new.phase != old_phase:
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
         kube.post_event(body, kind, new.phase.value, phase_event_message(new, problem))

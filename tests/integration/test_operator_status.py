@@ -382,3 +382,21 @@ def test_a_job_with_a_refused_change_still_finishes_and_scales_to_zero(
         assert (ready["reason"], ready["message"]) == ("Finished", "training is over; pods scaled to 0")
     finally:
         reporter.close()
+
+
+def test_checkpoint_at_epoch_off_is_said_once_as_an_event(operator: Any, cluster: Any) -> None:
+    """checkpointAtEpoch: false is valid but also stops the epoch-end full states (the resume
+    points): the job runs, and one Warning Event says so, naming both fields; a job that turns
+    both off on purpose gets none."""
+    cluster.create_job(job_body("noepoch", checkpointAtEpoch=False))
+    cluster.create_job(job_body("neither", checkpointAtEpoch=False, accelerateFullStateAtEpoch=False))
+    cluster.wait_for("both jobs Pending", lambda: all(cluster.status(n).get("phase") for n in ("noepoch", "neither")))
+    events = cluster.wait_for("the Event", lambda: [e for e in cluster.events("noepoch") if e["reason"] == "NoEpochFullState"])
+    assert events[0]["type"] == "Warning"
+    assert events[0]["message"].startswith("spec.checkpointAtEpoch: false also stops the full state saved at each "
+                                           "epoch end (spec.accelerateFullStateAtEpoch has no effect without it)")
+    cluster.wait_for("the StatefulSet", lambda: cluster.apps.list_namespaced_stateful_set(
+        cluster.ns, label_selector=f"{contract.LABEL_JOB_NAME}=noepoch").items)
+    time.sleep(2)  # an Event posted again would show by now
+    assert [e["count"] or 1 for e in cluster.events("noepoch") if e["reason"] == "NoEpochFullState"] == [1]
+    assert not [e for e in cluster.events("neither") if e["reason"] == "NoEpochFullState"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import warnings
+
 import pytest
 from sft_operator.api import mapping
 from sft_operator.api.mapping import (
@@ -425,3 +427,14 @@ def test_gang_and_queue_problems_name_the_parameter(extra: dict[str, Any], label
     with pytest.raises(SFTParameterError) as exc:
         build_sftjob(params, ClusterOptions(labels=labels), name="x", namespace="ns")
     assert [(p.param, p.spec_path) for p in exc.value.parameters] == [(param, path)], exc.value.parameters
+
+
+def test_checkpoint_at_epoch_off_warns_before_anything_is_sent() -> None:
+    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
+                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64)
+    with pytest.warns(UserWarning, match=r"^checkpoint_at_epoch=False: spec.checkpointAtEpoch: false also stops"):
+        KubernetesSFTBackend().build({**params, "checkpoint_at_epoch": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KubernetesSFTBackend().build({**params, "checkpoint_at_epoch": False, "accelerate_full_state_at_epoch": False})
+        KubernetesSFTBackend().build(params)

@@ -9,6 +9,7 @@ import yaml
 
 from sft_operator import contract
 from sft_operator.models import (
+    epoch_full_state_warning,
     IMMUTABLE_FIELDS,
     InvalidSpecError,
     SFTJobSpec,
@@ -226,3 +227,26 @@ def test_the_readme_status_table_lists_every_reason() -> None:
     missing = [r for r in [*(reason.value for reason in Reason), "Stalled", "RestartingGroup", "RanksLeftBehind"]
                if f"`{r}`" not in table]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "warned"),
+    [
+        ({}, False),
+        ({"checkpointAtEpoch": True}, False),
+        ({"checkpointAtEpoch": False}, True),
+        ({"checkpointAtEpoch": False, "accelerateFullStateAtEpoch": True}, True),
+        ({"checkpointAtEpoch": False, "accelerateFullStateAtEpoch": False}, False),
+        ({"accelerateFullStateAtEpoch": False}, False),
+    ],
+)
+def test_checkpoint_at_epoch_off_warns_that_epoch_full_states_go_too(spec: dict[str, Any], warned: bool) -> None:
+    warning = epoch_full_state_warning(spec)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning == (
+            "spec.checkpointAtEpoch: false also stops the full state saved at each epoch end "
+            "(spec.accelerateFullStateAtEpoch has no effect without it): a restart resumes only from the full "
+            "state saved on SIGTERM, else starts over. Set spec.accelerateFullStateAtEpoch: false to say so, "
+            "or leave spec.checkpointAtEpoch on"
+        )

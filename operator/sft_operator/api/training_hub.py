@@ -12,6 +12,7 @@ import training_hub, which would pull CUDA torch.
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any, TextIO
 
 from sft_operator.api.display import ProgressDisplay
@@ -25,6 +26,7 @@ from sft_operator.api.mapping import (
     split_params,
 )
 from sft_operator.api.results import SFTJobResult, result_of
+from sft_operator.models import epoch_full_state_warning
 
 
 class Backend(abc.ABC):
@@ -56,6 +58,9 @@ class KubernetesSFTBackend(Backend):
         options = self.options.replace(**overrides)
         name = options.name or generate_job_name(str(training.get("model_path") or ""))
         manifest = build_sftjob(training, options, name=name, namespace=options.namespace or "default")
+        warning = epoch_full_state_warning(manifest["spec"])
+        if warning is not None:  # the operator posts it as an Event too; said here before anything runs
+            warnings.warn(f"checkpoint_at_epoch=False: {warning}", UserWarning, stacklevel=3)
         return manifest, options
 
     def execute_training(self, algorithm_params: dict[str, Any]) -> SFTJobResult:
