@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +39,14 @@ _children_pool = ThreadPoolExecutor(max_workers=CHILD_THREADS, thread_name_prefi
 # long: a sweep of jobs sharing one claim reads it once, not once per job. A missing claim is
 # always read again (it may be created any moment).
 CLAIM_CACHE_S = 5.0
+# The children kinds the operator does not watch, listed (one request per namespace and kind)
+# when jobs resume instead of read one by one per job. A listing is reused this long: a restart's
+# burst of resumes takes one or a few per kind. Its only staleness risk is one of these children
+# deleted in that window: like a deletion while the operator runs, it is not re-created until
+# the job's spec changes or the operator restarts.
+LISTED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim")
+LISTING_TTL_S = 10.0
+OUR_CHILDREN_SELECTOR = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
 
 
 class Kube:
@@ -52,6 +60,9 @@ class Kube:
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
         self._claims: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._claims_lock = threading.Lock()
+        self._listings: dict[tuple[str, str], tuple[float, dict[str, dict[str, Any]]]] = {}
+        self._listing_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._listings_lock = threading.Lock()
 
     def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         return {
@@ -125,6 +136,33 @@ class Kube:
                 self._claims = {k: v for k, v in self._claims.items() if at - v[0] < CLAIM_CACHE_S}
                 self._claims[key] = (at, claim)
         return claim
+
+    def listed(self, kind: str, namespace: str) -> dict[str, dict[str, Any]]:
+        """Our children of one of LISTED_KINDS in a namespace, by name: one LIST per
+        LISTING_TTL_S per namespace and kind (concurrent callers wait for the one listing)."""
+        key = (namespace, kind)
+        with self._listings_lock:
+            lock = self._listing_locks.setdefault(key, threading.Lock())
+        with lock:
+            cached = self._listings.get(key)
+            if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+                return cached[1]
+            at = time.monotonic()
+            answer = self._list_call(kind)(namespace, label_selector=OUR_CHILDREN_SELECTOR, _preload_content=False)
+            listing = json.loads(answer.data)
+            # A LIST's items carry no kind: ensure_child and a replace need it.
+            by_name = {item["metadata"]["name"]: {"apiVersion": listing.get("apiVersion"), "kind": kind, **item}
+                       for item in listing.get("items") or []}
+            self._listings[key] = (at, by_name)
+            return by_name
+
+    def _list_call(self, kind: str) -> Callable[..., Any]:
+        return {
+            "ServiceAccount": self.core.list_namespaced_service_account,
+            "Role": self.rbac.list_namespaced_role,
+            "RoleBinding": self.rbac.list_namespaced_role_binding,
+            "PersistentVolumeClaim": self.core.list_namespaced_persistent_volume_claim,
+        }[kind]
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
@@ -276,10 +314,13 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] | None, *,
+                 observed: bool = False) -> dict[str, Any]:
     """Create a missing child; bring an existing one to what the job asks, touching it only when
     something differs (so re-applying a job writes nothing). An object of the same name that
-    is not this job's is never taken over."""
+    is not this job's is never taken over. ``observed``: ``existing`` comes from a watch or a
+    listing (perhaps a summary, perhaps not the latest version), not from a read: enough to tell
+    that nothing differs, and read again before it is replaced."""
     kind = manifest["kind"]
     if existing is None:
         existing, created = _create_or_read(kube, manifest)
@@ -330,6 +371,9 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
         # Service, PersistentVolumeClaim, ServiceAccount, and the progress ConfigMap (its data is
         # the reporter's): only the owner may change.
         return existing
+    if observed:  # replace the whole object, as it is now
+        fresh = kube.read(kind, meta["namespace"], meta["name"], manifest["apiVersion"])
+        return ensure_child(kube, manifest, fresh)
     try:
         return kube.replace(updated)
     except pydantic.ValidationError as exc:
@@ -344,6 +388,50 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
         raise
 
 
+# What ensure_child compares of a child (metadata: ownership, owners, a StatefulSet's desired
+# hash and accepted spec; a Role's rules, a RoleBinding's subjects, a ConfigMap's data) and what
+# the status reads of a StatefulSet (spec.replicas). A progress ConfigMap's data is the
+# reporter's and never compared.
+_SUMMARY_METADATA = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences", "deletionTimestamp")
+_SUMMARY_FIELDS = ("data", "rules", "subjects")
+
+
+def child_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A child as a watch delivers it, cut to what converging and the status read of it: what
+    kopf's indexes keep per child instead of whole bodies."""
+    meta = body.get("metadata") or {}
+    summary: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "metadata": {k: copy.deepcopy(meta[k]) for k in _SUMMARY_METADATA if meta.get(k) is not None},
+    }
+    progress = (meta.get("labels") or {}).get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+    for field in _SUMMARY_FIELDS:
+        if field in body and not (field == "data" and progress):
+            summary[field] = copy.deepcopy(body[field])
+    if body.get("kind") == "StatefulSet":
+        summary["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
+    return summary
+
+
+@dataclass(frozen=True)
+class KnownChildren:
+    """A job's children as the operator's watches show them, for a resume: for a kind in
+    ``kinds`` (the kinds watched), a child absent from ``objects`` does not exist. Children of
+    LISTED_KINDS come from a listing; anything else (a gang's PodGroup) is read."""
+
+    kinds: frozenset[str]
+    objects: Mapping[tuple[str, str], dict[str, Any]]  # (kind, name) -> child_summary
+
+    def find(self, kube: Kube, manifest: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """(known, existing): whether the child is known without reading it, and what it is."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        if kind in self.kinds:
+            return True, self.objects.get((kind, meta["name"]))
+        if kind in LISTED_KINDS:
+            return True, kube.listed(kind, meta["namespace"]).get(meta["name"])
+        return False, None
+
+
 @dataclass(frozen=True)
 class Converged:
     """What converging a job's children found."""
@@ -354,16 +442,20 @@ class Converged:
 
 
 def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fresh: bool,
-             reporter_image: str) -> Converged:
+             reporter_image: str, known: KnownChildren | None = None) -> Converged:
     """Create/update the children. ``fresh``: the job was just created, so try creating first
-    instead of reading (one request per child instead of two).
+    instead of reading (one request per child instead of two). ``known``: the children as the
+    watches and listings show them (an operator restart resuming every job): nothing is read
+    unless something differs.
 
     A refused change to an immutable field is reported (the problem returned) and the job goes
     on as it was created: its mutable fields (suspend, pod settings) still apply and a finished
     job still scales to 0, so a pending refusal never holds pods."""
     namespace = job.metadata.namespace
     sts_name = render.statefulset_name(job)
-    if statefulset is None and not fresh:
+    if known is not None:
+        statefulset = known.objects.get(("StatefulSet", sts_name))
+    elif statefulset is None and not fresh:
         statefulset = kube.read("StatefulSet", namespace, sts_name)
     problem: SpecProblem | None = None
     if statefulset is not None:
@@ -377,12 +469,12 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
              [m for m in children if m["kind"] == "RoleBinding"]]
     try:
         for wave in waves:
-            for manifest, obj in zip(wave, _ensure_concurrently(kube, wave, fresh)):
+            for manifest, obj in zip(wave, _ensure_concurrently(kube, wave, fresh, known)):
                 if manifest["kind"] == "PersistentVolumeClaim":
                     claim = obj
         manifest = next(manifest for manifest in children if manifest["kind"] == "StatefulSet")
         if statefulset is not None:
-            statefulset = ensure_child(kube, manifest, statefulset)
+            statefulset = ensure_child(kube, manifest, statefulset, observed=known is not None)
         else:
             statefulset = ensure_child(kube, manifest, None)
             job, problem = _as_accepted(job, statefulset)  # another writer won a race
@@ -395,19 +487,26 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
     return Converged(statefulset, problem, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job)))
 
 
-def _ensure_one(kube: Kube, manifest: dict[str, Any], fresh: bool) -> dict[str, Any]:
+def _ensure_one(kube: Kube, manifest: dict[str, Any], fresh: bool, known: KnownChildren | None) -> dict[str, Any]:
     meta = manifest["metadata"]
-    existing = None if fresh else kube.read(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"])
+    if fresh:
+        return ensure_child(kube, manifest, None)
+    if known is not None:
+        found, existing = known.find(kube, manifest)
+        if found:
+            return ensure_child(kube, manifest, existing, observed=True)
+    existing = kube.read(manifest["kind"], meta["namespace"], meta["name"], manifest["apiVersion"])
     return ensure_child(kube, manifest, existing)
 
 
-def _ensure_concurrently(kube: Kube, manifests: list[dict[str, Any]], fresh: bool) -> list[dict[str, Any]]:
+def _ensure_concurrently(kube: Kube, manifests: list[dict[str, Any]], fresh: bool,
+                         known: KnownChildren | None) -> list[dict[str, Any]]:
     """ensure_child for each manifest, concurrently; every call finishes before this returns.
     A failure is raised once all are done, the first in the manifests' order (a refusal names the
     same child as one at a time would; the others are created all the same, owned by the job)."""
     if len(manifests) == 1:
-        return [_ensure_one(kube, manifests[0], fresh)]
-    futures = [_children_pool.submit(_ensure_one, kube, manifest, fresh) for manifest in manifests]
+        return [_ensure_one(kube, manifests[0], fresh, known)]
+    futures = [_children_pool.submit(_ensure_one, kube, manifest, fresh, known) for manifest in manifests]
     results: list[dict[str, Any]] = []
     failure: BaseException | None = None
     for future in futures:

@@ -7,6 +7,8 @@ phase and conditions); the API work in children.py (converge the children) and p
 - create/resume/update of an SFTJob: converge its children, then publish its status;
 - an event of a child (pods, StatefulSets, progress ConfigMaps; kopf indexes by label): re-derive
   the job's status from the indexes, no API reads; a deleted child is re-created;
+- an operator restart resumes every job from the indexes (and one listing per namespace of the
+  kinds not watched): no read per job, no write unless something differs;
 - once training is over, the StatefulSet is scaled to 0 for good.
 
 The operator never writes spec. kopf's annotations and finalizer use our group's prefix; no
@@ -28,7 +30,7 @@ import kubernetes
 import pydantic
 
 from sft_operator import contract, kubeclient, metrics, render
-from sft_operator.children import Kube, converge
+from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
 from sft_operator.publishing import JobStatusBook, Key, check_spec, finished_for_longer_than, now, update_status
@@ -205,13 +207,22 @@ def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: A
 
 @kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
 def statefulsets_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    annotations = dict(body.get("metadata", {}).get("annotations") or {})
-    return {
-        (namespace, labels[contract.LABEL_JOB_NAME]): {
-            "metadata": {"name": body["metadata"]["name"], "annotations": annotations},
-            "spec": {"replicas": body.get("spec", {}).get("replicas")},
-        }
-    }
+    """Each job's StatefulSet: what the status reads (replicas, the accepted spec) and what a
+    resume compares (ownership, the desired hash)."""
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}
+
+
+# The kinds of children a resume finds in the indexes (statefulsets_by_job, children_by_job); the
+# others it lists (children.LISTED_KINDS).
+WATCHED_KINDS = frozenset({"StatefulSet", "Service", "ConfigMap"})
+
+
+@kopf.index("services", labels=OUR_CHILDREN)
+@kopf.index("configmaps", labels=OUR_CHILDREN)
+def children_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each job's Service and ConfigMaps, as a resume compares them: an operator restart finds
+    them here instead of reading each (kopf fills every index before any handler runs)."""
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}
 
 
 def index_entry(index: kopf.Index[Any, Any], key: Key) -> Any:
@@ -228,6 +239,7 @@ class Indexes:
     pods_by_job: kopf.Index[Any, Any]
     statefulsets_by_job: kopf.Index[Any, Any]
     progress_by_job: kopf.Index[Any, Any]
+    children_by_job: kopf.Index[Any, Any]
 
     @classmethod
     def of(cls, kwargs: dict[str, Any]) -> Indexes:
@@ -236,6 +248,14 @@ class Indexes:
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return list(self.pods_by_job.get(key, []))
+
+    def children(self, key: Key) -> KnownChildren:
+        """The job's children of the watched kinds, as the watches show them now."""
+        objects = {(child["kind"], child["metadata"]["name"]): child for child in self.children_by_job.get(key, [])}
+        statefulset = index_entry(self.statefulsets_by_job, key)
+        if statefulset is not None:
+            objects[("StatefulSet", statefulset["metadata"]["name"])] = statefulset
+        return KnownChildren(WATCHED_KINDS, objects)
 
     def progress(self, key: Key) -> TrainingProgress | None:
         raw = index_entry(self.progress_by_job, key)
@@ -272,12 +292,15 @@ def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: A
         try:
             job = parse_job(raw)
         except InvalidSpecError as exc:
-            statefulset = None if fresh else memo.kube.read("StatefulSet", key[0], key[1])
+            statefulset = None if fresh else index_entry(indexes.statefulsets_by_job, key)
             problem = SpecProblem(Reason.INVALID_SPEC, str(exc))
             update_status(memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), problem, None)
             log.warning("%s/%s: invalid spec: %s", key[0], key[1], exc)
             return
-        done = converge(memo.kube, job, None, fresh=fresh, reporter_image=_reporter_image)
+        # A resume (the operator restarted) trusts the watches: nothing happened to the job, and
+        # its children were there when kopf filled the indexes. A spec change reads them.
+        known = indexes.children(key) if reason == kopf.Reason.RESUME else None
+        done = converge(memo.kube, job, None, fresh=fresh, reporter_image=_reporter_image, known=known)
         status = update_status(memo.kube, memo.jobs, raw, done.statefulset, indexes.pods(key), done.problem,
                                done.volume, indexes.progress(key))
         scale_down_if_over(memo, raw, status, done.statefulset)

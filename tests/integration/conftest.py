@@ -179,6 +179,7 @@ class Cluster:
             "ConfigMap": self.core.read_namespaced_config_map,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
             "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "ServiceAccount": self.core.read_namespaced_service_account,
         }[kind]
         try:
             return self.plain(call(name, self.ns))

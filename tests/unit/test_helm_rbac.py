@@ -52,14 +52,15 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     # a deleted one.
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "update"},
     ("", "services"): {"get", "list", "watch", "create"},
-    ("", "persistentvolumeclaims"): {"get", "create", "update"},
+    # list: an operator restart lists the unwatched children per namespace, not per job.
+    ("", "persistentvolumeclaims"): {"get", "list", "create", "update"},
     # patch is held so that the per-job Role may grant it to the reporter.
     ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch"},
     ("", "pods"): {"list", "watch", "delete"},
     # The reporter's per-job ServiceAccount, Role and RoleBinding.
-    ("", "serviceaccounts"): {"get", "create", "update"},
-    ("rbac.authorization.k8s.io", "roles"): {"get", "create", "update"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "update"},
+    ("", "serviceaccounts"): {"get", "list", "create", "update"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "list", "create", "update"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "create", "update"},
     # A gang job's PodGroup, for either gang scheduler (spec.scheduling.gang.provider).
     **{(group, render.PODGROUP_PLURAL): {"get", "create", "update"} for group in GANG_GROUPS},
 }

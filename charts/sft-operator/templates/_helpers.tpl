@@ -103,9 +103,11 @@ each rule exists.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create"]
+# list: an operator restart lists the job's claims, ServiceAccounts, Roles and RoleBindings once
+# per namespace instead of reading each job's (these kinds are not watched).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "list", "create", "update"]
 # The job's training config (watched by label so that a deleted one is re-created); patch is not
 # used on it but is what the per-job Role grants the status reporter on <job>-progress, and a
 # Role can only grant what its creator holds.
@@ -121,10 +123,10 @@ each rule exists.
 # only get/patch on the job's own <job>-progress ConfigMap (resourceNames).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "list", "create", "update"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "list", "create", "update"]
 # A gang job's PodGroup (spec.scheduling.gang): the scheduler-plugins coscheduling plugin's or
 # Volcano's; update only adopts one a deleted job of the same name left or restores its spec.
 # Granting it on a cluster without these CRDs is harmless.
