@@ -64,44 +64,35 @@ class Kube:
         self._listing_locks: dict[tuple[str, str], threading.Lock] = {}
         self._listings_lock = threading.Lock()
 
-    def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    def _read_call(self, kind: str) -> Callable[..., Any]:
         return {
-            "StatefulSet": (
-                self.apps.read_namespaced_stateful_set,
-                self.apps.create_namespaced_stateful_set,
-                self.apps.replace_namespaced_stateful_set,
-            ),
-            "Service": (
-                self.core.read_namespaced_service,
-                self.core.create_namespaced_service,
-                self.core.replace_namespaced_service,
-            ),
-            "ConfigMap": (
-                self.core.read_namespaced_config_map,
-                self.core.create_namespaced_config_map,
-                self.core.replace_namespaced_config_map,
-            ),
-            "PersistentVolumeClaim": (
-                self.core.read_namespaced_persistent_volume_claim,
-                self.core.create_namespaced_persistent_volume_claim,
-                self.core.replace_namespaced_persistent_volume_claim,
-            ),
-            "ServiceAccount": (
-                self.core.read_namespaced_service_account,
-                self.core.create_namespaced_service_account,
-                self.core.replace_namespaced_service_account,
-            ),
-            "Role": (
-                self.rbac.read_namespaced_role,
-                self.rbac.create_namespaced_role,
-                self.rbac.replace_namespaced_role,
-            ),
-            "RoleBinding": (
-                self.rbac.read_namespaced_role_binding,
-                self.rbac.create_namespaced_role_binding,
-                self.rbac.replace_namespaced_role_binding,
-            ),
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+            "Service": self.core.read_namespaced_service,
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
         }[kind]
+
+    def _write(self, method: str, manifest: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """POST (create) or PUT (replace, ``name``) a namespaced manifest as the JSON it is. The
+        client's generated methods first build their typed model of a body and serialize that
+        back to the same JSON: 8 % of the operator's CPU in a 200-job profile, mostly for the
+        StatefulSet. A refusal comes from the API server (400, 422), as the client's own checks
+        used to (the API server checks the same and more)."""
+        group_version, meta = manifest["apiVersion"], manifest["metadata"]
+        root = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        path = f"{root}/namespaces/{meta['namespace']}/{manifest['kind'].lower()}s" + (f"/{name}" if name else "")
+        request = self.client.param_serialize(
+            method=method, resource_path=path, body=manifest, auth_settings=["BearerToken"],
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        )
+        response = self.client.call_api(*request)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return json.loads(response.data)
 
     @staticmethod
     def _plain(response: Any) -> dict[str, Any]:
@@ -115,7 +106,7 @@ class Kube:
         try:
             if kind == render.PODGROUP_KIND:
                 return self.read_podgroup(_api_version(api_version), namespace, name)
-            return self._plain(self._calls(kind)[0](name, namespace, _preload_content=False))
+            return self._plain(self._read_call(kind)(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -168,15 +159,13 @@ class Kube:
         meta = manifest["metadata"]
         if manifest["kind"] == render.PODGROUP_KIND:
             return self.create_podgroup(manifest)
-        return self._plain(self._calls(manifest["kind"])[1](meta["namespace"], manifest, _preload_content=False))
+        return self._write("POST", manifest)
 
     def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         if manifest["kind"] == render.PODGROUP_KIND:
             return self.replace_podgroup(manifest)
-        return self._plain(
-            self._calls(manifest["kind"])[2](meta["name"], meta["namespace"], manifest, _preload_content=False)
-        )
+        return self._write("PUT", manifest, meta["name"])
 
     # A gang's PodGroup: a custom object of the scheduler's group (render.PODGROUP_API_VERSION).
     def read_podgroup(self, api_version: str, namespace: str, name: str) -> dict[str, Any]:
@@ -229,6 +218,7 @@ class Kube:
         meta = job["metadata"]
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
+            "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid")},
@@ -236,7 +226,7 @@ class Kube:
             "source": {"component": "sft-operator"}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+            self._write("POST", event)
         except ApiException as exc:
             log.warning("%s/%s: Event %s not posted: %s", meta["namespace"], meta["name"], reason, exc.reason)
 
@@ -253,7 +243,12 @@ def _api_version(api_version: str | None) -> str:
 
 
 class Refused(Exception):
-    """The API refused a child as invalid (422): a spec problem, not worth retrying."""
+    """The API refused a child as invalid: a spec problem, not worth retrying."""
+
+
+# How the API server refuses a body: 422 (invalid), 400 (not even decodable as the kind, e.g.
+# a number where a pod's env value, a string, belongs).
+REFUSALS = (400, 422)
 
 
 def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -261,11 +256,9 @@ def _create_or_read(kube: Kube, manifest: dict[str, Any]) -> tuple[dict[str, Any
     meta = manifest["metadata"]
     try:
         return kube.create(manifest), True
-    except pydantic.ValidationError as exc:  # the client checks bodies before sending them
-        raise Refused(f"{manifest['kind']} {meta['name']}: {_client_message(exc)}") from None
     except ApiException as exc:
-        if exc.status == 422:
-            raise Refused(f"{manifest['kind']} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status in REFUSALS:
+            raise Refused(f"{manifest['kind']} {meta['name']}: {_refusal_message(manifest, exc)}") from None
         if exc.status == 404 and manifest["kind"] == render.PODGROUP_KIND:
             raise Refused(_podgroup_api_missing(manifest)) from None
         if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
@@ -298,13 +291,24 @@ def _queue_still_scaling_down(message: str) -> bool:
     return any(phrase in message for phrase in KUEUE_SCALE_DOWN_IN_PROGRESS)
 
 
+def _refusal_message(manifest: dict[str, Any], exc: ApiException) -> str:
+    """Why the API server refused a body. A body it could not even decode (400: a number where
+    a string belongs) is named by the client's model of the kind, which says the field's path
+    (spec.template.spec.containers.0.env.3.value) where the API server prints its Go types.
+    Checked only after a refusal: building the model of every body cost more than sending it."""
+    model = getattr(kubernetes.client, f"V1{manifest['kind']}", None)
+    if exc.status == 400 and isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+        try:
+            model.model_validate(manifest)
+        except pydantic.ValidationError as invalid:
+            return _client_message(invalid)
+    return _api_message(exc)
+
+
 def _client_message(exc: pydantic.ValidationError) -> str:
     """The client's complaint about a body, by path inside the object (e.g. spec.template...)."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        loc = [str(item) for item in error["loc"][1:]]  # [0] is the argument position
-        parts.append(f"{'.'.join(loc)}: {error['msg']}")
-    return "; ".join(parts)
+    return "; ".join(f"{'.'.join(str(item) for item in error['loc'])}: {error['msg']}"
+                     for error in exc.errors(include_url=False))
 
 
 def _api_message(exc: ApiException) -> str:
@@ -376,15 +380,13 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
         return ensure_child(kube, manifest, fresh)
     try:
         return kube.replace(updated)
-    except pydantic.ValidationError as exc:
-        raise Refused(f"{kind} {meta['name']}: {_client_message(exc)}") from None
     except ApiException as exc:
         if exc.status == 409:  # changed under us: read again and retry soon
             raise kopf.TemporaryError(f"{kind} {meta['name']} changed while being updated", delay=1) from None
         if exc.status == 422 and kind == "StatefulSet" and _queue_still_scaling_down(_api_message(exc)):
             raise kopf.TemporaryError(f"{kind} {meta['name']}: {_api_message(exc)}; retrying", delay=5) from None
-        if exc.status == 422:
-            raise Refused(f"{kind} {meta['name']}: {_api_message(exc)}") from None
+        if exc.status in REFUSALS:
+            raise Refused(f"{kind} {meta['name']}: {_refusal_message(updated, exc)}") from None
         raise
 
 

@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator.children import Refused, ensure_child
+from sft_operator.children import Refused, _refusal_message, ensure_child
 from sft_operator.models import parse_job
 from sft_operator.render import render_statefulset
 
@@ -52,3 +52,22 @@ def test_another_refusal_of_the_statefulset_stays_a_spec_problem() -> None:
     with pytest.raises(Refused) as exc:
         ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]
     assert str(exc.value) == f"StatefulSet q: {message}"
+
+
+def _refused(status: int, message: str) -> ApiException:
+    exc = ApiException(status=status, reason="refused")
+    exc.body = json.dumps({"kind": "Status", "message": message})
+    return exc
+
+
+def test_a_body_the_api_server_cannot_decode_is_refused_naming_the_field_by_its_path() -> None:
+    """Bodies go to the API server as JSON (not through the client's models); a 400 is explained
+    by the client's model of the kind, which names the field by its path."""
+    spec = tiny_job_spec(checkpoints={"existingClaim": "c"}, pod={"env": [{"name": "LEVEL", "value": 3}]})
+    manifest = render_statefulset(parse_job({"metadata": {"name": "q", "namespace": "ns", "uid": "u"}, "spec": spec}))
+    env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    index = next(i for i, var in enumerate(env) if var["name"] == "LEVEL")
+    go_types = 'StatefulSet in version "v1" cannot be handled as a StatefulSet: v1.EnvVar.Value: ReadString'
+    assert _refusal_message(manifest, _refused(400, go_types)) == (
+        f"spec.template.spec.containers.0.env.{index}.value: Input should be a valid string")
+    assert _refusal_message(manifest, _refused(422, "spec.replicas: Invalid value")) == "spec.replicas: Invalid value"
