@@ -1,5 +1,6 @@
 """Bad config fails fast, with the field named and a meaningful exit code, and leaves existing
-checkpoints exactly as they were."""
+checkpoints exactly as they were; each one's line in the termination log (SFT_TERMINATION_LOG, the
+pod's terminationMessagePath) is exact. test_launcher_messages.py has the other exits' lines."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def ckpt_with_checkpoints(tmp_path: Path) -> Path:
     return ckpt
 
 
+def termination_message(tmp_path: Path, node_rank: int = 0) -> str:
+    """What the kubelet would put in terminated.message (pod_env points the launcher here)."""
+    return (tmp_path / f"termination-log-{node_rank}").read_text()
+
+
 def run_launcher(tmp_path: Path, config: Path, *, node_rank: int = 0, nnodes: int = 1,
                  port: int | None = None, timeout: float = 240) -> tuple[int, str, float]:
     env = pod_env(config=config, node_rank=node_rank, nnodes=nnodes, port=port or free_port(),
@@ -60,6 +66,8 @@ def test_unknown_training_arg(assets, ckpt_with_checkpoints, tmp_path) -> None:
     code, log, _ = run_launcher(tmp_path, config)
     assert code == contract.EXIT_BAD_CONFIG, log
     assert "trainingArgs.learning_rat: unknown instructlab-training TrainingArgs field" in log
+    assert termination_message(tmp_path) == (
+        "trainingArgs.learning_rat: unknown instructlab-training TrainingArgs field\n")
     assert tree_digest(ckpt_with_checkpoints) == before
 
 
@@ -86,6 +94,9 @@ def test_data_without_usable_sample(assets, ckpt_with_checkpoints, tmp_path) -> 
     code, log, _ = run_launcher(tmp_path, config)
     assert code == contract.EXIT_BAD_CONFIG, log
     assert "trainingArgs.data_path: no usable sample in" in log
+    assert termination_message(tmp_path) == (
+        f"trainingArgs.data_path: no usable sample in {short} after processing "
+        "(samples need 20 to max_seq_len=512 tokens)\n")
     assert ck.read_data_ready(ckpt_with_checkpoints) is None
     after = tree_digest(ckpt_with_checkpoints)
     assert {k: v for k, v in after.items() if not k.startswith("data/")} == before
@@ -137,6 +148,9 @@ def test_node_waits_for_data_then_gives_up(assets, tmp_path) -> None:
     code, log, _ = run_launcher(tmp_path, config, node_rank=1, nnodes=2)
     assert code == contract.EXIT_PEER_UNAVAILABLE, log
     assert "node 0 did not finish processing the data within 2s" in log
+    assert termination_message(tmp_path, node_rank=1) == (
+        "node 0 did not finish processing the data within 2s (dataWaitTimeoutSeconds); no "
+        f"matching {ck.DATA_READY_FILE} under {tmp_path / 'ckpt'}\n")
 
 
 def test_sigterm_before_training_exits_preempted(assets, tmp_path) -> None:
@@ -152,3 +166,5 @@ def test_sigterm_before_training_exits_preempted(assets, tmp_path) -> None:
         assert "received SIGTERM before training ran" in launcher.log()
     finally:
         launcher.kill()
+    assert launcher.termination_message() == (
+        "received SIGTERM before training ran; nothing to save, a restart resumes\n")
