@@ -1,7 +1,7 @@
 """Chaos run: break the product on purpose, several jobs at once, and check that every job ends in
 its documented state with nothing lost (issue 15's "Done when").
 
-    .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 4]
+    PYTHONPATH=. .venv/bin/python benchmarks/chaos.py [--rounds 1] [--epochs 4]
 
 On the real node (devtools.realstack: control plane, dockerd + kubelet, both images built, the
 chart's operator as a pod; root), tiny CPU jobs in the trainer image, built offline; per round,

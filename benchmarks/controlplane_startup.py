@@ -1,6 +1,6 @@
 """Warm start-up and stop time of the local control plane (binaries already provisioned).
 
-    KUBEBUILDER_ASSETS="$(scripts/provision-k8s.sh)" .venv/bin/python benchmarks/controlplane_startup.py [runs]
+    PYTHONPATH=. KUBEBUILDER_ASSETS="$(scripts/provision-k8s.sh)" .venv/bin/python benchmarks/controlplane_startup.py [runs]
 
 Start-up is measured to the point the fixture hands the control plane out: /readyz ok and the
 controllers running (the default ServiceAccount has its token). Target: under 10 s.

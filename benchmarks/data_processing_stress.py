@@ -2,7 +2,7 @@
 watched child, sft_trainer.data_watchdog) with CPU burners alongside, some with a pool worker
 made to hang.
 
-    .venv/bin/python benchmarks/data_processing_stress.py [--runs 25] [--inject-every 5]
+    PYTHONPATH=. .venv/bin/python benchmarks/data_processing_stress.py [--runs 25] [--inject-every 5]
         [--burners 2] [--stall-timeout 15] [--samples 200] [--procs 2]
 
 --inject-every 0 injects nothing: then any stalled attempt is a real hang (the issue saw about

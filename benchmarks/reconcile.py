@@ -1,7 +1,7 @@
 """Reconcile benchmark: time from creating an SFTJob to its StatefulSet existing, and the API
 requests the operator makes per job, for 1 and 100 jobs, on the real local control plane.
 
-    .venv/bin/python benchmarks/reconcile.py [--jobs 1 100] [--nnodes 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/reconcile.py [--jobs 1 100] [--nnodes 2]
 
 Latency: a watch on StatefulSets timestamps each ADDED event as it arrives; the job's create
 call is timestamped when it returns. Requests: the apiserver's apiserver_request_total, counting

@@ -1,7 +1,7 @@
 """Status freshness: how soon a new checkpoint shows in an SFTJob's status, and how many API
 writes the reporter sidecar makes, over a real tiny training run on this machine.
 
-    .venv/bin/python benchmarks/status_freshness.py [--samples 240] [--epochs 5] [--save-samples 120]
+    PYTHONPATH=. .venv/bin/python benchmarks/status_freshness.py [--samples 240] [--epochs 5] [--save-samples 120]
 
 Runs on the real node (devtools.realstack: control plane, dockerd + kubelet, both images built,
 the chart's operator as a pod; root) a tiny CPU job in the trainer image with the reporter sidecar
