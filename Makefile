@@ -15,9 +15,11 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 demo: venv provision docker
 	$(PY) -m devtools.demo
 
-## test: every test tier (unit, integration on the real control plane, training, e2e)
+## test: every test tier (unit, integration on the real control plane, training, e2e);
+## PYTEST_ARGS="-n 2": on two pytest-xdist workers (the real node's tiers on one; tests/conftest.py)
+PYTEST_ARGS ?=
 test: venv provision docker
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

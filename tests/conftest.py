@@ -27,8 +27,39 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_ROOT, os.environ.get("PYTHONPATH", "")] if p)
 
 
+# Under pytest-xdist (pytest -n 2; make test PYTEST_ARGS="-n 2") tests run in scopes, each on one
+# worker, in order. The real node and docker are one per machine: e2e and images are one scope.
+# The training tier trains on the CPU with timeouts sized for one run at a time: one scope, serial.
+# Any other module is a scope of its own, so its module-scoped fixtures are set up once.
+# (xdist_group marks would say the same, but xdist 3.8 cannot apply them to pytest 9's node ids:
+# they are silently ignored.)
+XDIST_SCOPE_BY_TIER = {"e2e": "realnode", "images": "realnode", "training": "training"}
+# The longest scopes first: each worker starts one and the short modules fill in around them,
+# instead of one worker running a long scope alone at the end.
+XDIST_FIRST = ("realnode", "training")
+
+
+def xdist_scope(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+    return XDIST_SCOPE_BY_TIER.get(tier, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    config.option.loadscopereorder = False  # keep XDIST_FIRST first (sorted below)
+    return TierScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A test that touches the control plane is an integration test even if its author forgot the
     # marker, so `-m "not integration"` never starts one.
     for item in items:
@@ -36,6 +67,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.get_closest_marker(m) for m in CONTROL_PLANE_MARKERS
         ):
             item.add_marker(pytest.mark.integration)
+    if hasattr(config, "workerinput"):  # an xdist worker; every worker sorts alike
+
+        def rank(item: pytest.Item) -> int:
+            scope = xdist_scope(item.nodeid)
+            return XDIST_FIRST.index(scope) if scope in XDIST_FIRST else len(XDIST_FIRST)
+
+        items.sort(key=rank)  # stable: the order within a scope stays
 
 
 @pytest.fixture(scope="session")

@@ -39,12 +39,16 @@ _children_pool = ThreadPoolExecutor(max_workers=CHILD_THREADS, thread_name_prefi
 # long: a sweep of jobs sharing one claim reads it once, not once per job. A missing claim is
 # always read again (it may be created any moment).
 CLAIM_CACHE_S = 5.0
-# The children kinds the operator does not watch, listed (one request per namespace and kind)
-# when jobs resume instead of read one by one per job. A listing is reused this long: a restart's
-# burst of resumes takes one or a few per kind. Its only staleness risk is one of these children
-# deleted in that window: like a deletion while the operator runs, it is not re-created until
-# the job's spec changes or the operator restarts.
-LISTED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim")
+# The children kinds a resume does not find in kopf's indexes, listed (one request per namespace
+# and kind) instead of read one by one per job. A listing is reused this long: a restart's burst
+# of resumes takes one or a few per kind. Its only staleness risk is one of these children
+# deleted in that window: it is not re-created until the job's spec changes or the operator
+# restarts (a deleted Service: until the watch's deletion event, which re-creates it anyway).
+# Services are watched but not indexed: at start-up kopf holds every handler until each object
+# of an indexed resource is indexed, through one toggle per object that every waiting worker
+# re-checks on each change (quadratic in the objects: a restart over 1000 jobs spent minutes
+# there), so an index of Services would cost more than their one listing.
+LISTED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Service")
 LISTING_TTL_S = 10.0
 OUR_CHILDREN_SELECTOR = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
 
@@ -153,6 +157,7 @@ class Kube:
             "Role": self.rbac.list_namespaced_role,
             "RoleBinding": self.rbac.list_namespaced_role_binding,
             "PersistentVolumeClaim": self.core.list_namespaced_persistent_volume_claim,
+            "Service": self.core.list_namespaced_service,
         }[kind]
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_every_job_is_created_once_under_load(control_plane: Any, operator: Any,
 
 
 RESTART_JOBS = 40
-UNWATCHED_LISTINGS = 4  # claims, ServiceAccounts, Roles, RoleBindings: children.LISTED_KINDS
+UNINDEXED_LISTINGS = 5  # claims, ServiceAccounts, Roles, RoleBindings, Services: children.LISTED_KINDS
 
 
 def client_requests(port: int) -> Counter[str]:
@@ -69,9 +69,9 @@ def client_requests(port: int) -> Counter[str]:
 
 def test_a_restart_over_many_jobs_reads_no_child_per_job(control_plane: Any, crd: str, namespace: str, cluster: Any,
                                                          tmp_path: Path) -> None:
-    """An operator restart resumes every job from its watches (StatefulSets, Services,
-    ConfigMaps) and one listing per unwatched kind: no GET per job, and no write but for the
-    children deleted while it was down (which the resume finds missing and creates)."""
+    """An operator restart resumes every job from its indexes (StatefulSets, ConfigMaps) and one
+    listing per other kind: no GET per job, and no write but for the children deleted while it
+    was down (which the resume finds missing and creates)."""
     control_plane.wait_for_default_service_account(namespace)
     port = free_port()
     op = stack.OperatorProcess(Path(control_plane.kubeconfig), [namespace], tmp_path / "operator.log",
@@ -87,8 +87,8 @@ def test_a_restart_over_many_jobs_reads_no_child_per_job(control_plane: Any, crd
         op.stop()
         statuses = {name: cluster.status(name) for name in names}
         # (raw answers: this client cannot parse a deleted Service's)
-        cluster.core.delete_namespaced_service(names[0], namespace, _preload_content=False)  # watched: the index
-        cluster.core.delete_namespaced_service_account(names[1], namespace, _preload_content=False)  # listed
+        cluster.core.delete_namespaced_service(names[0], namespace, _preload_content=False)
+        cluster.core.delete_namespaced_service_account(names[1], namespace, _preload_content=False)
         mark = control_plane.audit_position()
         op.start()
         cluster.wait_for("the deleted children re-created",
@@ -110,5 +110,5 @@ def test_a_restart_over_many_jobs_reads_no_child_per_job(control_plane: Any, crd
     # Only the listings (each reused for LISTING_TTL_S, so a slow resume may list a kind again);
     # reading each child would be 7 per job, 280 here.
     assert set(seen) == {"GET", "POST"} and seen["POST"] == 2
-    assert seen["GET"] <= 2 * UNWATCHED_LISTINGS
+    assert seen["GET"] <= 2 * UNINDEXED_LISTINGS
     assert {name: cluster.status(name) for name in names} == statuses

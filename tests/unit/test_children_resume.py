@@ -16,7 +16,7 @@ from sft_operator import contract, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import parse_job
 
-WATCHED = frozenset({"StatefulSet", "Service", "ConfigMap"})
+WATCHED = frozenset({"StatefulSet", "ConfigMap"})
 
 
 def job(name: str = "r") -> Any:
@@ -81,7 +81,7 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     # One listing per unwatched kind (the Kube caches it for every job of the namespace), the
     # shared claim's cached read; nothing else.
     assert kube.calls == Counter({("list", "ServiceAccount"): 1, ("list", "Role"): 1, ("list", "RoleBinding"): 1,
-                                  ("get", "claim"): 1})
+                                  ("list", "Service"): 1, ("get", "claim"): 1})
 
 
 def test_a_resume_without_known_children_reads_each() -> None:

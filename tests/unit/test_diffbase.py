@@ -1,5 +1,6 @@
 """The operator's diff base storage builds kopf's essence of a job without deep-copying what the
-essence drops: the same essence as kopf's own, for bodies as the API server sends them."""
+essence drops, and its progress storage clears kopf's annotations from an essence without a deep
+copy: the same essences as kopf's own, for bodies as the API server sends them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import kopf
 import pytest
 
 from sft_operator import contract
-from sft_operator.handlers import LeanDiffBaseStorage
+from sft_operator.handlers import LeanDiffBaseStorage, LeanProgressStorage
 
 IGNORED = ["metadata.labels", "metadata.annotations"]
 SPEC = {"modelPath": "/models/tiny", "nnodes": 2, "checkpoints": {"existingClaim": "shared"}}
@@ -49,3 +50,15 @@ def test_extra_fields_are_kopfs_way() -> None:
     raw = kopf.Body(body())
     assert ours.build(body=raw, extra_fields=["status.phase"]) == kopfs.build(body=raw, extra_fields=["status.phase"])
     assert ours.build(body=raw, extra_fields=["status.phase"])["status"] == {"phase": "Running"}
+
+
+@pytest.mark.parametrize("raw", [body(), body(labels={}, annotations={f"{contract.GROUP}/x": "1"}), body(annotations={})])
+def test_progress_annotations_cleared_as_kopf_does(raw: dict) -> None:
+    """What kopf compares: the essence less our prefix's annotations, as kopf's own storage
+    leaves it; ours works on the essence kopf hands it (a private copy) instead of copying it."""
+    built = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP).build(body=kopf.Body(raw))
+    kopfs = kopf.AnnotationsProgressStorage(prefix=contract.GROUP).clear(essence=json.loads(json.dumps(built)))
+    essence = json.loads(json.dumps(built))
+    ours = LeanProgressStorage(prefix=contract.GROUP).clear(essence=essence)
+    assert ours == kopfs and ours is essence
+    assert not [key for key in ours.get("metadata", {}).get("annotations", {}) if key.startswith(f"{contract.GROUP}/")]
