@@ -59,7 +59,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 JOB_NS = "realnode-e2e"
 JOB_TIMEOUT_S = 900.0
 # The run-policy job's start-up timeout: also its bound while saving (see the test).
-STALL_STARTUP_TIMEOUT_S = 150
+STALL_STARTUP_TIMEOUT_S = 300
 # The operator's policy clock (deadlines, start-up timeouts, stalls, TTL) ticks every 5 s here
 # instead of 30 s, through the chart's extraEnv: the tests wait for policies, not for the clock.
 POLICY_INTERVAL_S = 5
@@ -438,7 +438,8 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     name = "tiny-policy"
     # checkpointAtEpoch stays on: instructlab-training saves the epoch's full state only with it.
     # startupTimeoutSeconds also bounds the Saving stage (a rank frozen while the others save):
-    # 150 s here, where the default 30 minutes would outlast the test.
+    # 300 s here (a loaded machine took over 120 s from its pods running to a run's first step), where
+    # the default 30 minutes would outlast the test.
     job = jobs.create(jobs.manifest(name, numEpochs=2000, fullStateRetention=2, stallTimeoutSeconds=60,
                                     startupTimeoutSeconds=STALL_STARTUP_TIMEOUT_S, maxRestarts=5))
     sts = statefulset_name(parse_job(job))
@@ -468,7 +469,7 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
 
     # 2. A frozen rank (every process of rank 1's trainer SIGSTOPped, as a hung NCCL collective
     # leaves it): rank 0 waits in the next collective and no step comes. Past the stall bound
-    # (60 s while training, 150 s if rank 0 was saving) the operator restarts every rank, counted
+    # (60 s while training, 300 s if rank 0 was saving) the operator restarts every rank, counted
     # as a restart, and the group resumes from the latest full state.
     # A full state to resume from first (the killed run may have ended before its first epoch did).
     wait_until("an epoch-end full state", lambda: scan_checkpoints(jobs.claim_dir(job)).latest_full_state,
