@@ -2,7 +2,7 @@
 only creates a Service and a StatefulSet per job and sets status.phase through kopf's patch), on
 the real local control plane, one operator at a time, in one run.
 
-    .venv/bin/python benchmarks/scale.py [--jobs 100 1000] [--backlog 500] [--profile DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--jobs 100 1000] [--backlog 500] [--profile DIR]
 
 Per operator and job count, in a fresh namespace: one `kubectl apply` of every job; seconds from
 the end of the apply until every StatefulSet exists and until every job has a status; the API
