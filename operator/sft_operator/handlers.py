@@ -33,7 +33,15 @@ from sft_operator import contract, kubeclient, metrics, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
-from sft_operator.publishing import JobStatusBook, Key, check_spec, finished_for_longer_than, now, update_status
+from sft_operator.publishing import (
+    JobStatusBook,
+    Key,
+    check_spec,
+    finished_for_longer_than,
+    now,
+    spec_int,
+    update_status,
+)
 from sft_operator.status import (
     SpecProblem,
     group_restart_plan,
@@ -455,12 +463,12 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
     status = SFTJobStatus.model_validate(current) if current else None
     spec = raw.get("spec") or {}
     if status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED):
-        expired = finished_for_longer_than(status, now(), spec.get("ttlSecondsAfterFinished"))
+        expired = finished_for_longer_than(status, now(), spec_int(spec, "ttl_seconds_after_finished"))
         if expired:
             log.info("%s/%s: %s; deleting the job", key[0], key[1], expired)
             memo.kube.delete_job(key[0], key[1], raw["metadata"]["uid"])
         return
-    stall_s, startup_s = spec.get("stallTimeoutSeconds"), spec.get("startupTimeoutSeconds")
+    stall_s, startup_s = spec_int(spec, "stall_timeout_seconds"), spec_int(spec, "startup_timeout_seconds")
     why = stalled(status, now(), stall_s, startup_s) if status is not None else None
     if why is None or held_back(stall_restart_plan(status, now(), stall_s, startup_s), now()):
         refresh_status(memo, key, indexes)  # a stall restart held back by the backoff shows in the status

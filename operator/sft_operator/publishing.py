@@ -115,7 +115,7 @@ def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tupl
     return job, None
 
 
-def _spec_int(spec: dict[str, Any], field: str) -> int | None:
+def spec_int(spec: dict[str, Any], field: str) -> int | None:
     """An integer spec field as the body has it, else the model's default (a CRD installed
     without defaulting, or an invalid spec the status must still be derived for)."""
     info = SFTJobSpec.model_fields[field]
@@ -152,11 +152,11 @@ def update_status(
         volume=volume,
         now=now(),
         progress=progress,
-        max_restarts=_spec_int(spec, "max_restarts"),
-        active_deadline_s=_spec_int(spec, "active_deadline_seconds"),
-        startup_timeout_s=_spec_int(spec, "startup_timeout_seconds"),
+        max_restarts=spec_int(spec, "max_restarts"),
+        active_deadline_s=spec_int(spec, "active_deadline_seconds"),
+        startup_timeout_s=spec_int(spec, "startup_timeout_seconds"),
         stall=stall,
-        stall_timeout_s=_spec_int(spec, "stall_timeout_seconds"),
+        stall_timeout_s=spec_int(spec, "stall_timeout_seconds"),
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
