@@ -29,7 +29,7 @@ import kopf
 import kubernetes
 import pydantic
 
-from sft_operator import contract, kubeclient, metrics, render
+from sft_operator import contract, kopf_toggles, kubeclient, metrics, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.progress import TrainingProgress
@@ -504,6 +504,7 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     _api_client = metrics.instrument_api_client(kubeclient.load_api_client(kubeconfig))
     metrics.serve(metrics_port)  # /metrics (0: off); kopf's liveness endpoint is its own
     _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
+    kopf_toggles.install()  # a restart over many jobs: no quadratic start-up gate
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
