@@ -160,6 +160,11 @@ def run(env: Mapping[str, str]) -> int:
         note_exit(finished_note(completed))
         return idle(f"{checkpoints.COMPLETION_MARKER_FILE} exists: training already finished")
 
+    if not cpu:
+        # Before the data and the run: a pod without usable GPUs fails once, with the reason.
+        from . import gpu_preflight
+
+        gpu_preflight.check(env, topology.nproc_per_node, log)
     launch_config.check_inputs_exist(training_args)
     ensure_torchrun_on_path(os.environ)
     torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
