@@ -21,6 +21,7 @@ from pydantic_core import core_schema
 
 from sft_operator import contract
 from sft_operator.models import (
+    GPU_RESOURCE,
     IMMUTABLE_FIELDS,
     JOB_NAME_PATTERN,
     MAPPED_TRAINING_ARGS,
@@ -121,6 +122,17 @@ SPEC_RULES: list[tuple[str, str, str]] = [
         f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
         "spec.pod.volumeMounts: these paths are used by the operator: " + ", ".join(sorted(RESERVED_MOUNT_PATHS)),
     ),
+] + [
+    (
+        "",
+        f"!has(self.pod) || !has(self.pod.resources) || !has(self.pod.resources.{kind}) || "
+        f"!('{GPU_RESOURCE}' in self.pod.resources.{kind}) || "
+        f"string(self.pod.resources.{kind}['{GPU_RESOURCE}']) == "
+        "((has(self.device) && self.device == 'cpu') ? '0' : string(has(self.nprocPerNode) ? self.nprocPerNode : 1))",
+        f"spec.pod.resources.{kind}[{GPU_RESOURCE}]: must equal spec.nprocPerNode with device cuda (leave it out: "
+        "the operator requests nprocPerNode GPUs), and be 0 or unset with device cpu (CPU mode uses no GPU)",
+    )
+    for kind in ("limits", "requests")
 ]
 
 # A job's name also names its StatefulSet and headless Service. The apiserver allows a CRD to

@@ -584,6 +584,7 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
     for i, mount in enumerate(spec.pod.volume_mounts):
         if mount.mount_path in RESERVED_MOUNT_PATHS:
             problems.append((f"spec.pod.volumeMounts[{i}].mountPath", f"{mount.mount_path} is used by the operator"))
+    problems += gpu_request_problems(spec)
     gang = spec.scheduling.gang if spec.scheduling is not None else None
     if gang is not None:
         if gang.schedule_timeout_seconds is not None and gang.provider is not GangProvider.COSCHEDULING:
@@ -599,6 +600,31 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
                     "spec.scheduling.gang.schedulerName to use another scheduler)",
                 )
             )
+    return problems
+
+
+def gpu_request_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
+    """A user-set nvidia.com/gpu must be what the job uses: nprocPerNode GPUs with device cuda
+    (fewer cannot start nprocPerNode processes, more are held idle), none with device cpu (CPU
+    mode empties CUDA_VISIBLE_DEVICES: requested GPUs would be held and never used)."""
+    resources = spec.pod.resources
+    if resources is None:
+        return []
+    problems = []
+    for kind, quantities in (("limits", resources.limits), ("requests", resources.requests)):
+        if GPU_RESOURCE not in quantities:
+            continue
+        value = quantities[GPU_RESOURCE]
+        path = f"spec.pod.resources.{kind}[{GPU_RESOURCE}]"
+        if spec.device is Device.CPU:
+            if str(value) != "0":
+                problems.append((path, f"{value} with spec.device cpu: CPU mode uses no GPU (it empties "
+                                       "CUDA_VISIBLE_DEVICES), the GPUs would be held unused; remove it, or set "
+                                       "spec.device: cuda"))
+        elif str(value) != str(spec.nproc_per_node):
+            problems.append((path, f"{value} differs from spec.nprocPerNode ({spec.nproc_per_node}): each process "
+                                   "uses one GPU; leave it out (the operator requests nprocPerNode GPUs) or change "
+                                   "spec.nprocPerNode"))
     return problems
 
 

@@ -104,7 +104,24 @@ INVALID = [
     ({"pod": {"env": [{"name": "PET_NNODES", "value": "3"}]}}, "spec.pod.env"),
     ({"pod": {"volumes": [{"name": "checkpoints", "emptyDir": {}}]}}, "spec.pod.volumes"),
     ({"pod": {"volumeMounts": [{"name": "x", "mountPath": "/checkpoints"}]}}, "spec.pod.volumeMounts"),
+    ({"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+     "spec.pod.resources.limits[nvidia.com/gpu]"),
+    ({"nprocPerNode": 2, "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}}}},
+     "spec.pod.resources.requests[nvidia.com/gpu]"),
+    ({"pod": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}, "spec.pod.resources.limits[nvidia.com/gpu]"),
+    ({"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+     "spec.pod.resources.limits[nvidia.com/gpu]"),
 ]
+
+
+@pytest.mark.parametrize("pod", [
+    {"resources": {"limits": {"nvidia.com/gpu": 8}, "requests": {"nvidia.com/gpu": "8"}}},
+    {"resources": {"limits": {"memory": "1Gi"}}},
+    {"resources": {}},
+])
+def test_a_gpu_request_equal_to_nproc_per_node_passes(pod: dict[str, Any]) -> None:
+    assert cel_errors(job(nnodes=2, nprocPerNode=8, pod=pod)) == []
+    assert cel_errors(job(device="cpu", pod={"resources": {"limits": {"nvidia.com/gpu": "0"}}})) == []
 
 
 @pytest.mark.parametrize(("spec", "path"), INVALID)

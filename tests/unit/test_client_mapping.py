@@ -149,7 +149,7 @@ def test_unset_parameters_stay_unset_so_the_operators_defaults_apply() -> None:
 def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
     cluster = ClusterOptions(
         image="trainer:2",
-        resources={"limits": {"nvidia.com/gpu": 8, "memory": "500Gi"}},
+        resources={"limits": {"cpu": 8, "memory": "500Gi"}},
         device="cpu",
         checkpoint_storage="500Gi",
         storage_class="fast",
@@ -170,7 +170,7 @@ def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
     assert spec["checkpoints"] == {"path": "runs/a", "claim": {"size": "500Gi", "storageClassName": "fast"}, "deleteWithJob": True}
     assert spec["pod"] == {
         "image": "trainer:2",
-        "resources": {"limits": {"nvidia.com/gpu": 8, "memory": "500Gi"}},
+        "resources": {"limits": {"cpu": 8, "memory": "500Gi"}},
         "nodeSelector": {"pool": "a100"},
         "priorityClassName": "high",
         "env": [{"name": "HF_TOKEN", "value": "t"}, {"name": "RETRIES", "value": "3"}],

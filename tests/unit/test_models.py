@@ -250,3 +250,40 @@ def test_checkpoint_at_epoch_off_warns_that_epoch_full_states_go_too(spec: dict[
             "state saved on SIGTERM, else starts over. Set spec.accelerateFullStateAtEpoch: false to say so, "
             "or leave spec.checkpointAtEpoch on"
         )
+
+
+GPU_DIFFERS = ("differs from spec.nprocPerNode ({n}): each process uses one GPU; leave it out (the operator "
+               "requests nprocPerNode GPUs) or change spec.nprocPerNode")
+GPU_ON_CPU = ("with spec.device cpu: CPU mode uses no GPU (it empties CUDA_VISIBLE_DEVICES), the GPUs would "
+              "be held unused; remove it, or set spec.device: cuda")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+         [("spec.pod.resources.limits[nvidia.com/gpu]", "4 " + GPU_DIFFERS.format(n=8))]),
+        ({"nprocPerNode": 2, "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}},
+         [("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2)),
+          ("spec.pod.resources.requests[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2))]),
+        ({"pod": {"resources": {"requests": {"nvidia.com/gpu": 0}}}},
+         [("spec.pod.resources.requests[nvidia.com/gpu]", "0 " + GPU_DIFFERS.format(n=1))]),
+        ({"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+         [("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_ON_CPU)]),
+    ],
+)
+def test_a_gpu_request_other_than_nproc_per_node_is_refused(overrides: dict[str, Any], expected) -> None:
+    assert problems(minimal(**overrides)) == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 8}}}},
+        {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": "8"}, "requests": {"nvidia.com/gpu": 8}}}},
+        {"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": "0", "cpu": 2}}}},
+        {"pod": {"resources": {"limits": {"memory": "1Gi"}}}},
+    ],
+)
+def test_a_gpu_request_equal_to_nproc_per_node_is_valid(overrides: dict[str, Any]) -> None:
+    parse_spec(minimal(**overrides))

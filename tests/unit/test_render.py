@@ -291,7 +291,8 @@ def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
 def test_user_gpu_limit_and_affinity_win() -> None:
     user_affinity = {"podAntiAffinity": {"x": 1}, "nodeAffinity": {"y": 2}}
     sts = render_statefulset(
-        job(device="cuda", pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []})
+        job(device="cuda", nprocPerNode=4, effectiveBatchSize=8,
+            pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []})
     )
     pod = sts["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "4"}}
