@@ -1,0 +1,154 @@
+"""The SFTJob admission review: what the validating webhook decides, kopf-free and pure but for
+the one callable that asks the API server (a LocalSubjectAccessReview).
+
+A request is admitted when the job is valid (the models' own rules, the same messages the
+operator writes into the status), changes no immutable field, is allowed by the admin policy
+(policy.py), and the REQUESTING user (the review's userInfo) may create what the operator will
+create for them: pods, and a claim when spec.checkpoints.claim asks for one. Without that check,
+a user allowed to create SFTJobs but not pods would get pods anyway, made by the StatefulSet
+controller, with any volume, Secret or ServiceAccount of the namespace.
+
+Updates that leave the spec (and the queue label) alone are admitted as they are: kopf's own
+annotations, finalizers, label edits, deletions in progress. Updates that change only how a job
+runs, not what its pods are (RUN_CONTROL_FIELDS: suspend, deadlines, ...), are validated but need
+no pod permission: a queue controller that flips `suspend` creates no pod of its own design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sft_operator.models import KUEUE_QUEUE_LABEL, InvalidSpecError, SFTJobSpec, parse_job
+from sft_operator.policy import AdmissionPolicy, policy_problems
+
+# The webhook's kopf handler id, and so the path of its URL (kopf serves /<handler id>); the
+# chart's ValidatingWebhookConfiguration calls exactly this path (tests/unit/test_helm_chart.py).
+WEBHOOK_ID = "validate-sftjobs"
+# Spec fields whose change alters when or how long a job runs, not what its pods are.
+RUN_CONTROL_FIELDS = frozenset({
+    "suspend", "maxRestarts", "activeDeadlineSeconds", "startupTimeoutSeconds", "stallTimeoutSeconds",
+    "ttlSecondsAfterFinished",
+})
+HTTP_FORBIDDEN, HTTP_UNPROCESSABLE, HTTP_INTERNAL_ERROR = 403, 422, 500
+
+
+class Refusal(Exception):
+    """The request is refused; ``message`` is what `kubectl apply` shows, ``code`` its HTTP status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Permission:
+    """A permission the requesting user needs, and why (said in the refusal)."""
+
+    verb: str
+    resource: str
+    why: str
+    group: str = ""
+
+
+def required_permissions(spec: SFTJobSpec) -> list[Permission]:
+    """What the operator will create in the job's namespace on the user's behalf, as RBAC asks it."""
+    needed = [Permission("create", "pods", "an SFTJob creates pods on your behalf")]
+    if spec.checkpoints.claim is not None:
+        needed.append(Permission("create", "persistentvolumeclaims",
+                                 "spec.checkpoints.claim makes the operator create a claim on your behalf"))
+    return needed
+
+
+def access_review(userinfo: Mapping[str, Any], namespace: str, permission: Permission) -> dict[str, Any]:
+    """The LocalSubjectAccessReview asking whether the requesting user holds ``permission``: the
+    user exactly as the API server authenticated them (name, uid, groups, extra)."""
+    spec: dict[str, Any] = {
+        "resourceAttributes": {
+            "namespace": namespace, "verb": permission.verb, "group": permission.group,
+            "resource": permission.resource,
+        },
+        "user": userinfo.get("username") or "",
+        "groups": list(userinfo.get("groups") or []),
+    }
+    if userinfo.get("uid"):
+        spec["uid"] = userinfo["uid"]
+    if userinfo.get("extra"):
+        spec["extra"] = {key: list(values) for key, values in userinfo["extra"].items()}
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": namespace},
+        "spec": spec,
+    }
+
+
+def refusal_message(userinfo: Mapping[str, Any], namespace: str, permission: Permission) -> str:
+    return (f"user {userinfo.get('username') or '(unknown)'} may not {permission.verb} {permission.resource} "
+            f"in namespace {namespace}: {permission.why}")
+
+
+def _spec(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict((body or {}).get("spec") or {})
+
+
+def _queue_label(body: Mapping[str, Any] | None) -> str | None:
+    return (((body or {}).get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+
+
+def changes_pods(old_spec: Mapping[str, Any], new_spec: Mapping[str, Any]) -> bool:
+    """Whether an update changes anything but RUN_CONTROL_FIELDS (what the pods are)."""
+    keys = (set(old_spec) | set(new_spec)) - RUN_CONTROL_FIELDS
+    return any(old_spec.get(key) != new_spec.get(key) for key in keys)
+
+
+def immutable_changes(old: SFTJobSpec, new: SFTJobSpec) -> list[tuple[str, str]]:
+    """The CRD's CEL transition rules (crd.immutability_rules), for clusters without CEL."""
+    before, after = old.immutable_view(), new.immutable_view()
+    return [(f"spec.{path}", "immutable once the job is created") for path in before if before[path] != after[path]]
+
+
+def _join(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{path}: {message}" for path, message in problems)
+
+
+def review(
+    operation: str | None,
+    body: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    userinfo: Mapping[str, Any],
+    policy: AdmissionPolicy,
+    authorized: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Admit (return) or refuse (raise Refusal) a CREATE or UPDATE of an SFTJob. ``authorized``
+    answers a LocalSubjectAccessReview (access_review's body); it may raise Refusal itself."""
+    if operation not in ("CREATE", "UPDATE"):
+        return
+    if operation == "UPDATE":
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        if _spec(body) == _spec(old) and _queue_label(body) == _queue_label(old):
+            return
+    try:
+        job = parse_job(dict(body))
+    except InvalidSpecError as exc:
+        raise Refusal(str(exc), HTTP_UNPROCESSABLE) from None
+    if operation == "UPDATE" and old is not None:
+        try:
+            before = parse_job(dict(old)).spec
+        except InvalidSpecError:
+            before = None  # created before this webhook: the operator compares with what runs
+        changed = immutable_changes(before, job.spec) if before is not None else []
+        if changed:
+            raise Refusal(_join(changed), HTTP_UNPROCESSABLE)
+    problems = policy_problems(job.spec, policy)
+    if problems:
+        raise Refusal(_join(problems), HTTP_FORBIDDEN)
+    if operation == "UPDATE" and not changes_pods(_spec(old), _spec(body)):
+        return
+    namespace = job.metadata.namespace
+    for permission in required_permissions(job.spec):
+        if not authorized(access_review(userinfo, namespace, permission)):
+            raise Refusal(refusal_message(userinfo, namespace, permission), HTTP_FORBIDDEN)

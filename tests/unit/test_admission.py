@@ -1,0 +1,178 @@
+"""The admission review (admission.py): the LocalSubjectAccessReview built from the request's
+userInfo, and every decision with its exact message and code."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from sft_operator import admission
+from sft_operator.admission import Permission, Refusal, access_review, review
+from sft_operator.policy import AdmissionPolicy
+
+SPEC: dict[str, Any] = {
+    "modelPath": "m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 8,
+    "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"claim": {"size": "1Gi"}},
+}
+ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"],
+         "extra": {"scopes.example/tier": ["gold"]}}
+
+
+def job(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "SFTJob",
+            "metadata": {"name": "j", "namespace": "team-a", "uid": "1"}, "spec": {**copy.deepcopy(SPEC), **spec}}
+
+
+class Authorizer:
+    """Answers reviews from a set of (verb, resource) the user holds; records what it was asked."""
+
+    def __init__(self, *held: tuple[str, str]):
+        self.held = set(held)
+        self.asked: list[dict[str, Any]] = []
+
+    def __call__(self, body: dict[str, Any]) -> bool:
+        self.asked.append(body)
+        attributes = body["spec"]["resourceAttributes"]
+        return (attributes["verb"], attributes["resource"]) in self.held
+
+
+def asked(authorizer: Authorizer) -> list[tuple[str, str]]:
+    return [(b["spec"]["resourceAttributes"]["verb"], b["spec"]["resourceAttributes"]["resource"]) for b in authorizer.asked]
+
+
+def refusal(*args: Any) -> Refusal:
+    with pytest.raises(Refusal) as refused:
+        review(*args)
+    return refused.value
+
+
+def test_access_review_carries_the_requesting_user() -> None:
+    permission = Permission("create", "pods", "why")
+    assert access_review(ALICE, "team-a", permission) == {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "LocalSubjectAccessReview",
+        "metadata": {"namespace": "team-a"},
+        "spec": {
+            "resourceAttributes": {"namespace": "team-a", "verb": "create", "group": "", "resource": "pods"},
+            "user": "alice",
+            "groups": ["team-a", "system:authenticated"],
+            "uid": "u-1",
+            "extra": {"scopes.example/tier": ["gold"]},
+        },
+    }
+    # A user without uid and extra (a token file's, a certificate's): those keys are left out.
+    assert access_review({"username": "bob", "groups": []}, "ns", permission)["spec"] == {
+        "resourceAttributes": {"namespace": "ns", "verb": "create", "group": "", "resource": "pods"},
+        "user": "bob", "groups": []}
+
+
+def test_create_asks_for_pods_and_the_claim() -> None:
+    authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
+    review("CREATE", job(), None, ALICE, AdmissionPolicy(), authorizer)
+    assert asked(authorizer) == [("create", "pods"), ("create", "persistentvolumeclaims")]
+    # An existing claim: the operator creates none, so the user needs no claim permission.
+    authorizer = Authorizer(("create", "pods"))
+    review("CREATE", job(checkpoints={"existingClaim": "c"}), None, ALICE, AdmissionPolicy(), authorizer)
+    assert asked(authorizer) == [("create", "pods")]
+
+
+def test_create_refused_without_pods_naming_the_permission() -> None:
+    refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "persistentvolumeclaims")))
+    assert (refused.message, refused.code) == (
+        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
+    refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "pods")))
+    assert (refused.message, refused.code) == (
+        "user alice may not create persistentvolumeclaims in namespace team-a: spec.checkpoints.claim makes the "
+        "operator create a claim on your behalf", 403)
+
+
+def test_invalid_spec_refused_with_the_operators_messages() -> None:
+    authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
+    refused = refusal("CREATE", job(numEpochs=0, effectiveBatchSize=1, nnodes=2), None, ALICE, AdmissionPolicy(),
+                      authorizer)
+    assert (refused.message, refused.code) == (
+        "spec.numEpochs: Input should be greater than or equal to 1", 422)
+    refused = refusal("CREATE", job(effectiveBatchSize=1, nnodes=2, checkpoints={"existingClaim": "c"}), None, ALICE,
+                      AdmissionPolicy(), authorizer)
+    assert refused.message == "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode = 2 (one sample per GPU per step)"
+    assert authorizer.asked == []  # nothing asked for a job that cannot run
+
+
+def test_policy_refused_before_permissions() -> None:
+    authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
+    body = job(pod={"volumes": [{"name": "h", "hostPath": {"path": "/"}}]})
+    refused = refusal("CREATE", body, None, ALICE, AdmissionPolicy(), authorizer)
+    assert (refused.message, refused.code) == (
+        "spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator policy "
+        "(policy.allowHostPath)", 403)
+    review("CREATE", body, None, ALICE, AdmissionPolicy(allow_host_path=True), authorizer)
+
+
+def test_update_without_a_spec_change_is_admitted_as_is() -> None:
+    """kopf's annotations, label edits, finalizers: the operator's own writes need no pod permission."""
+    old = job()
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"] = {"finetune.dev/last-handled-configuration": "{}"}
+    nobody = Authorizer()
+    review("UPDATE", new, old, {"username": "system:serviceaccount:sft-system:sft"}, AdmissionPolicy(), nobody)
+    # Even a job the operator would refuse (created before the webhook, or the policy) is left
+    # alone while its spec stays: its status says why.
+    old = job(pod={"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}, numEpochs=0)
+    review("UPDATE", copy.deepcopy(old), old, ALICE, AdmissionPolicy(), nobody)
+    deleting = copy.deepcopy(old)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deleting["spec"]["numEpochs"] = 5
+    review("UPDATE", deleting, old, ALICE, AdmissionPolicy(), nobody)
+    assert nobody.asked == []
+
+
+def test_update_of_run_control_fields_needs_no_pod_permission() -> None:
+    old = job()
+    new = job(suspend=True, maxRestarts=5, activeDeadlineSeconds=60)
+    nobody = Authorizer()
+    review("UPDATE", new, old, {"username": "system:serviceaccount:kueue-system:kueue"}, AdmissionPolicy(), nobody)
+    assert nobody.asked == []
+    # ... but it is still validated.
+    refused = refusal("UPDATE", job(maxRestarts=-1), old, ALICE, AdmissionPolicy(), nobody)
+    assert (refused.message, refused.code) == ("spec.maxRestarts: Input should be greater than or equal to 0", 422)
+
+
+def test_update_of_the_pods_asks_again() -> None:
+    old = job()
+    new = job(pod={"image": "elsewhere/trainer:1"})
+    refused = refusal("UPDATE", new, old, ALICE, AdmissionPolicy(), Authorizer())
+    assert refused.message == "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf"
+    authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
+    review("UPDATE", new, old, ALICE, AdmissionPolicy(), authorizer)
+    assert asked(authorizer) == [("create", "pods"), ("create", "persistentvolumeclaims")]
+
+
+def test_update_of_an_immutable_field_refused_as_cel_would() -> None:
+    refused = refusal("UPDATE", job(numEpochs=2, learningRate=1e-4), job(), ALICE, AdmissionPolicy(),
+                      Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    assert (refused.message, refused.code) == (
+        "spec.numEpochs: immutable once the job is created; spec.learningRate: immutable once the job is created", 422)
+
+
+def test_queue_label_change_is_validated() -> None:
+    old = job(scheduling={"queueName": "a"})
+    new = copy.deepcopy(old)
+    new["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "b"}
+    refused = refusal("UPDATE", new, old, ALICE, AdmissionPolicy(), Authorizer())
+    assert refused.message.startswith("spec.scheduling.queueName: 'a' differs from the kueue.x-k8s.io/queue-name label")
+
+
+def test_other_operations_are_not_reviewed() -> None:
+    nobody = Authorizer()
+    review("DELETE", job(numEpochs=0), None, ALICE, AdmissionPolicy(), nobody)
+    assert nobody.asked == []
+
+
+def test_an_authorizer_failure_refuses() -> None:
+    def broken(_: dict[str, Any]) -> bool:
+        raise Refusal("could not check the requesting user's permissions: timeout", admission.HTTP_INTERNAL_ERROR)
+
+    refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), broken)
+    assert (refused.message, refused.code) == ("could not check the requesting user's permissions: timeout", 500)
