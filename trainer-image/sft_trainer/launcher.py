@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sft_operator import checkpoints, contract
 
-from . import data_once, launch_config, outcome, resume, termination
+from . import collective_timeout, data_once, launch_config, outcome, resume, termination
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
 from .pod_state import trainer_started
 from .rendezvous import (announce_rendezvous_id, check_port_free, verify_rendezvous_id,
@@ -165,6 +165,8 @@ def run(env: Mapping[str, str]) -> int:
         from . import gpu_preflight
 
         gpu_preflight.check(env, topology.nproc_per_node, log)
+    timeout_seconds, timeout_source = collective_timeout.collective_timeout_seconds(env)
+    log.info("collective (NCCL/gloo) timeout: %gs (%s)", timeout_seconds, timeout_source)
     launch_config.check_inputs_exist(training_args)
     ensure_torchrun_on_path(os.environ)
     torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
