@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from sft_operator import contract
+from sft_operator import contract, pod_security
 from sft_operator.progress import TrainingProgress
 from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
 from sft_operator.wire import ApiModel
@@ -46,7 +46,8 @@ RESERVED_ENV = frozenset(
     }
 )
 RESERVED_VOLUMES = frozenset(
-    {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME}
+    {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME,
+     pod_security.REPORTER_TOKEN_VOLUME}
 )
 RESERVED_MOUNT_PATHS = frozenset(
     {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH}
@@ -183,6 +184,13 @@ class PodSettings(ApiModel):
     )
     termination_grace_period_seconds: int = Field(
         default=1800, ge=0, description="Long enough for an on-demand checkpoint to be written."
+    )
+    fs_group: int = Field(
+        default=pod_security.RUN_AS_GROUP, ge=1, le=2147483647,
+        description="The group that owns the pods' volumes: where a volume's root is not already owned by it, "
+        "the kubelet makes the volume group-writable by it (fsGroupChangePolicy OnRootMismatch), so a claim a "
+        f"storage driver creates root-owned is writable by the containers (they run as uid and gid "
+        f"{pod_security.RUN_AS_USER}, which is in this group). Not 0 (root's group).",
     )
 
 
@@ -584,6 +592,7 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
     for i, mount in enumerate(spec.pod.volume_mounts):
         if mount.mount_path in RESERVED_MOUNT_PATHS:
             problems.append((f"spec.pod.volumeMounts[{i}].mountPath", f"{mount.mount_path} is used by the operator"))
+    problems += pod_security.annotation_problems(spec.pod.annotations, "spec.pod.annotations")
     problems += gpu_request_problems(spec)
     gang = spec.scheduling.gang if spec.scheduling is not None else None
     if gang is not None:

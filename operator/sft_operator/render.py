@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from sft_operator import contract
+from sft_operator import contract, pod_security
 from sft_operator.models import (
     GPU_RESOURCE,
     KUEUE_QUEUE_LABEL,
@@ -329,9 +329,11 @@ def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
             {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH, "readOnly": True},
             {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
             {"name": contract.POD_STATE_VOLUME, "mountPath": contract.POD_STATE_MOUNT_PATH, "readOnly": True},
+            # The pod's only API credential (the trainer has none).
+            pod_security.reporter_token_mount(),
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+        "securityContext": pod_security.container_security_context(read_only_root=True),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
@@ -355,6 +357,8 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             *(mount.to_api() for mount in pod.volume_mounts),
             {"name": contract.POD_STATE_VOLUME, "mountPath": contract.POD_STATE_MOUNT_PATH},
         ],
+        # Not readOnlyRootFilesystem: the trainer's caches (HOME=/tmp) are on the root filesystem.
+        "securityContext": pod_security.container_security_context(),
         # A crash's last log lines become the termination message the operator reports.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -370,8 +374,12 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             *(volume.to_api() for volume in pod.volumes),
             # Shared by trainer and reporter: the launcher's trainer-exited marker (a few bytes).
             {"name": contract.POD_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            pod_security.reporter_token_volume(),
         ],
+        "securityContext": pod_security.pod_security_context(pod.fs_group),
         "serviceAccountName": pod_service_account(job),
+        # No token in every container: the reporter mounts its own (the trainer runs model code).
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": pod.termination_grace_period_seconds,
         # Service links would add an env var per Service in the namespace to every pod.
         "enableServiceLinks": False,

@@ -80,3 +80,43 @@ def test_load_api_client_reads_the_kubeconfig(tmp_path) -> None:
     # Newer clients keep the token as "BearerToken", older ones as "authorization".
     assert (cfg.get_api_key_with_prefix("BearerToken")
             or cfg.get_api_key_with_prefix("authorization")) == "Bearer t0ken"
+
+
+def test_in_cluster_client_follows_the_rotated_token(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reporter's token is a projected one that expires (pod_security.TOKEN_EXPIRATION_SECONDS);
+    the kubelet rewrites the file at 80 % of its life. The in-cluster config re-reads the file at
+    most a minute after the last read, so every request after that carries the new token."""
+    import datetime as real_datetime
+    from types import SimpleNamespace
+
+    from kubernetes.config import incluster_config
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("first")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    now = [real_datetime.datetime(2026, 1, 1)]
+
+    class Clock(real_datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return now[0]
+
+    monkeypatch.setattr(incluster_config, "datetime", SimpleNamespace(datetime=Clock, timedelta=real_datetime.timedelta))
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    client = load_api_client()
+
+    def sent_authorization() -> str:
+        # The headers every generated call and children.Kube._write send (param_serialize).
+        _, url, headers, _, _ = client.param_serialize("GET", "/api", auth_settings=["BearerToken"])
+        assert url == "https://10.0.0.1:443/api"
+        return headers["authorization"]
+
+    assert sent_authorization() == "bearer first"
+    token.write_text("second")  # the kubelet's rotation
+    now[0] += real_datetime.timedelta(seconds=30)
+    assert sent_authorization() == "bearer first"  # read at most once a minute
+    now[0] += real_datetime.timedelta(seconds=31)
+    assert sent_authorization() == "bearer second"

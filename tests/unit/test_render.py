@@ -61,6 +61,52 @@ def test_service() -> None:
     }
 
 
+def test_pod_fs_group_is_configurable_and_never_root() -> None:
+    pod = render_statefulset(job(pod={"fsGroup": 1001}))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == 1001
+    assert pod["securityContext"]["runAsGroup"] == 65532  # the processes' own group stays
+    for bad in (0, -1, "x"):
+        with pytest.raises(InvalidSpecError) as refused:
+            job(pod={"fsGroup": bad})
+        assert [path for path, _ in refused.value.problems] == ["spec.pod.fsGroup"]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("container.apparmor.security.beta.kubernetes.io/trainer", "unconfined"),
+        ("seccomp.security.alpha.kubernetes.io/pod", "unconfined"),
+        ("container.seccomp.security.alpha.kubernetes.io/reporter", "unconfined"),
+    ],
+)
+def test_pod_annotations_cannot_lift_the_confinement(key: str, value: str) -> None:
+    with pytest.raises(InvalidSpecError) as refused:
+        job(pod={"annotations": {key: value, "note": "x"}})
+    assert refused.value.problems == [
+        (f"spec.pod.annotations[{key}]", "'unconfined' would lift the pods' confinement: only runtime/default "
+                                         "or a localhost/ profile (the pods run the restricted profile)")
+    ]
+    # A profile that confines is passed on as given.
+    for confined in ("runtime/default", "localhost/trainer-profile"):
+        pod = render_statefulset(job(pod={"annotations": {key: confined}}))["spec"]["template"]
+        assert pod["metadata"]["annotations"] == {key: confined}
+
+
+def test_user_security_context_is_refused_by_field() -> None:
+    """The pods' securityContext is the operator's: spec.pod takes no securityContext of its
+    own (which would otherwise be a way around the restricted settings)."""
+    for field in ("securityContext", "hostNetwork", "hostPID"):
+        with pytest.raises(InvalidSpecError) as refused:
+            job(pod={field: {"runAsUser": 0} if field == "securityContext" else True})
+        assert [path for path, _ in refused.value.problems] == [f"spec.pod.{field}"]
+
+
+def test_reporter_token_volume_name_is_reserved() -> None:
+    with pytest.raises(InvalidSpecError) as refused:
+        job(pod={"volumes": [{"name": "reporter-token", "emptyDir": {}}]})
+    assert refused.value.problems == [("spec.pod.volumes[0].name", "reporter-token is reserved by the operator")]
+
+
 def test_configmap() -> None:
     cm = render_configmap(job())
     assert cm["metadata"] == {
@@ -166,6 +212,12 @@ def test_statefulset_cpu() -> None:
                                 {"name": "dshm", "mountPath": "/dev/shm"},
                                 {"name": "pod-state", "mountPath": "/run/sft-operator"},
                             ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                         },
                         {
@@ -183,9 +235,20 @@ def test_statefulset_cpu() -> None:
                                 {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True},
                                 {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
                                 {"name": "pod-state", "mountPath": "/run/sft-operator", "readOnly": True},
+                                {
+                                    "name": "reporter-token",
+                                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                                    "readOnly": True,
+                                },
                             ],
                             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                                "readOnlyRootFilesystem": True,
+                            },
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                         },
                     ],
@@ -194,8 +257,36 @@ def test_statefulset_cpu() -> None:
                         {"name": "training-config", "configMap": {"name": "tiny-config"}},
                         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
                         {"name": "pod-state", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                        {
+                            "name": "reporter-token",
+                            "projected": {
+                                "sources": [
+                                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                                    {
+                                        "downwardAPI": {
+                                            "items": [
+                                                {
+                                                    "path": "namespace",
+                                                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                                }
+                                            ]
+                                        }
+                                    },
+                                ]
+                            },
+                        },
                     ],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "serviceAccountName": "tiny",
+                    "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 1800,
                     "enableServiceLinks": False,
                     "affinity": {
