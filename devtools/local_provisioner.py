@@ -35,13 +35,14 @@ reports ProvisioningFailed). It creates its StorageClass at start and exits non-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,18 @@ START_ATTEMPTS = 10
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} local-provisioner: {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def root_umask() -> Iterator[None]:
+    """Files and directories made inside get the modes root's usual umask 022 gives (0644, 0755),
+    whatever umask this process was started with (the umask is the process's: single-threaded
+    callers only)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def storage_class() -> dict[str, Any]:
@@ -289,8 +302,9 @@ class Provisioner:
 
         meta = claim["metadata"]
         path = volume_dir(self.root, claim)
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        path.mkdir(mode=DIR_MODE, exist_ok=True)  # umask 022 (main): exactly 0755, root's
+        with root_umask():  # exactly DIR_MODE, root's
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            path.mkdir(mode=DIR_MODE, exist_ok=True)
         try:
             self.core.create_persistent_volume(local_volume(claim, self.root, self.node_name))
         except ApiException as e:
@@ -325,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, required=True, help="where the volumes' directories go")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
     a = p.parse_args(argv)
-    os.umask(0o022)  # directories exactly DIR_MODE, whatever umask the node was started with
     prov = Provisioner(kubernetes.config.new_client_from_config(a.kubeconfig), a.root.resolve(), a.node_name)
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
