@@ -43,12 +43,13 @@ CLAIM_CACHE_S = 5.0
 # and kind) instead of read one by one per job. A listing is reused this long: a restart's burst
 # of resumes takes one or a few per kind. Its only staleness risk is one of these children
 # deleted in that window: it is not re-created until the job's spec changes or the operator
-# restarts (a deleted Service: until the watch's deletion event, which re-creates it anyway).
-# Services are watched but not indexed: at start-up kopf holds every handler until each object
-# of an indexed resource is indexed, through one toggle per object that every waiting worker
-# re-checks on each change (quadratic in the objects: a restart over 1000 jobs spent minutes
-# there), so an index of Services would cost more than their one listing.
-LISTED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Service")
+# restarts (a deleted Service or NetworkPolicy: until the watch's deletion event, which re-creates
+# it anyway). Services and NetworkPolicies are watched (for deletions) but not indexed: at
+# start-up kopf holds every handler until each object of an indexed resource is indexed, through
+# one toggle per object that every waiting worker re-checks on each change (quadratic in the
+# objects: a restart over 1000 jobs spent minutes there), so an index of them would cost more
+# than their one listing.
+LISTED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "Service", "NetworkPolicy")
 LISTING_TTL_S = 10.0
 OUR_CHILDREN_SELECTOR = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
 
@@ -62,6 +63,7 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self._claims: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._claims_lock = threading.Lock()
         self._listings: dict[tuple[str, str], tuple[float, dict[str, dict[str, Any]]]] = {}
@@ -77,6 +79,7 @@ class Kube:
             "ServiceAccount": self.core.read_namespaced_service_account,
             "Role": self.rbac.read_namespaced_role,
             "RoleBinding": self.rbac.read_namespaced_role_binding,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }[kind]
 
     def _write(self, method: str, manifest: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -87,7 +90,8 @@ class Kube:
         used to (the API server checks the same and more)."""
         group_version, meta = manifest["apiVersion"], manifest["metadata"]
         root = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
-        path = f"{root}/namespaces/{meta['namespace']}/{manifest['kind'].lower()}s" + (f"/{name}" if name else "")
+        path = f"{root}/namespaces/{meta['namespace']}/{render.resource_plural(manifest['kind'])}" + (
+            f"/{name}" if name else "")
         request = self.client.param_serialize(
             method=method, resource_path=path, body=manifest, auth_settings=["BearerToken"],
             header_params={"Accept": "application/json", "Content-Type": "application/json"},
@@ -158,6 +162,7 @@ class Kube:
             "RoleBinding": self.rbac.list_namespaced_role_binding,
             "PersistentVolumeClaim": self.core.list_namespaced_persistent_volume_claim,
             "Service": self.core.list_namespaced_service,
+            "NetworkPolicy": self.networking.list_namespaced_network_policy,
         }[kind]
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -376,6 +381,11 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
         if existing.get("subjects") == manifest["subjects"] and not owners_differ:
             return existing
         updated["subjects"] = manifest["subjects"]
+    elif kind == "NetworkPolicy":
+        # All of it: a rule someone added would open the job's pods to more than the job.
+        if existing.get("spec") == manifest["spec"] and not owners_differ:
+            return existing
+        updated["spec"] = manifest["spec"]
     elif not owners_differ:
         # Service, PersistentVolumeClaim, ServiceAccount, and the progress ConfigMap (its data is
         # the reporter's): only the owner may change.

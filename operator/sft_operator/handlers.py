@@ -338,12 +338,13 @@ def _deleted_or_progress(type: str, labels: kopf.Labels, body: kopf.Body, **_: A
     )
 
 
-# Of a Service or a ConfigMap only a deletion (and a progress summary) matters: the filters run
-# in kopf's event loop, so their other events (each job's creation makes several) never take a
-# handler thread.
+# Of a Service, a NetworkPolicy or a ConfigMap only a deletion (and a progress summary) matters:
+# the filters run in kopf's event loop, so their other events (each job's creation makes several)
+# never take a handler thread.
 @kopf.on.event("pods", labels=OUR_CHILDREN)
 @kopf.on.event("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
 @kopf.on.event("services", labels=OUR_CHILDREN, when=_deleted)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OUR_CHILDREN, when=_deleted)
 @kopf.on.event("configmaps", labels=OUR_CHILDREN, when=_deleted_or_progress)
 def child_changed(type: str, namespace: str, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo,
                   **kwargs: Any) -> None:

@@ -36,6 +36,7 @@ REPORTER_CONTAINER = "reporter"
 ENV_REPORTER_IMAGE = "SFT_REPORTER_IMAGE"
 DEFAULT_REPORTER_IMAGE = "sft-operator:0.1.0"
 COMPONENT_GANG = "gang"
+COMPONENT_NETWORK = "network"
 RDZV_PORT_NAME = "rdzv"
 # Gang scheduling: each provider's PodGroup API (group/version), and how a pod names its group.
 # scheduler-plugins apis/scheduling/v1alpha1 (PodGroupLabel = scheduling.GroupName + "/pod-group");
@@ -81,6 +82,19 @@ def claim_name(job: SFTJob) -> str:
 
 def podgroup_name(job: SFTJob) -> str:
     return job.metadata.name
+
+
+def networkpolicy_name(job: SFTJob) -> str:
+    return job.metadata.name
+
+
+# The API's resource names of the kinds rendered here: the lowercase kind and "s", but for these.
+_IRREGULAR_PLURALS = {"NetworkPolicy": "networkpolicies"}
+
+
+def resource_plural(kind: str) -> str:
+    """The resource (as in a URL path or an RBAC rule) of a kind this module renders."""
+    return _IRREGULAR_PLURALS.get(kind, kind.lower() + "s")
 
 
 def _gang(job: SFTJob) -> GangScheduling | None:
@@ -148,6 +162,26 @@ def render_service(job: SFTJob) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": selector_labels(job),
             "ports": [{"name": RDZV_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+
+
+def render_networkpolicy(job: SFTJob) -> dict[str, Any]:
+    """Only the job's own pods may connect to its pods (same namespace, the job's labels), on
+    every port: the rendezvous and c10d store (whose values torch unpickles) and the ports NCCL
+    and gloo open between ranks, which are not known in advance. Nothing else listens in the pod
+    (the reporter pushes through the API server). Egress is left open: the pods download models
+    and data, resolve names and reach the API server (the reporter) and experiment trackers, and
+    which of those a cluster allows is its own egress policy's to say."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, networkpolicy_name(job), COMPONENT_NETWORK),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(job)},
+            "policyTypes": ["Ingress"],
+            # No ports: all of them; no namespaceSelector: this namespace only.
+            "ingress": [{"from": [{"podSelector": {"matchLabels": selector_labels(job)}}]}],
         },
     }
 
@@ -443,8 +477,9 @@ def render_statefulset(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE
 
 
 def render_children(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -> list[dict[str, Any]]:
-    """Everything one job needs, in creation order (claim, config, identity and the gang's
-    PodGroup before the pods: a pod the scheduler sees before its group is not held back)."""
+    """Everything one job needs, in creation order (claim, config, identity, network policy and
+    the gang's PodGroup before the pods: a pod the scheduler sees before its group is not held
+    back, and no pod is ever reachable from outside the job)."""
     optional = [render_checkpoint_claim(job), render_service_account(job)]
     podgroup = render_podgroup(job)
     return [
@@ -454,6 +489,7 @@ def render_children(job: SFTJob, reporter_image: str = DEFAULT_REPORTER_IMAGE) -
         render_reporter_role(job),
         render_reporter_role_binding(job),
         render_service(job),
+        render_networkpolicy(job),
         *([podgroup] if podgroup is not None else []),
         render_statefulset(job, reporter_image),
     ]

@@ -81,7 +81,7 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     # One listing per unwatched kind (the Kube caches it for every job of the namespace), the
     # shared claim's cached read; nothing else.
     assert kube.calls == Counter({("list", "ServiceAccount"): 1, ("list", "Role"): 1, ("list", "RoleBinding"): 1,
-                                  ("list", "Service"): 1, ("get", "claim"): 1})
+                                  ("list", "Service"): 1, ("list", "NetworkPolicy"): 1, ("get", "claim"): 1})
 
 
 def test_a_resume_without_known_children_reads_each() -> None:
@@ -90,8 +90,9 @@ def test_a_resume_without_known_children_reads_each() -> None:
     kube = RecordingKube(stored)
     converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)  # type: ignore[arg-type]
     # What a restart cost before: a read per child (two ConfigMaps), nothing written.
-    assert kube.calls == Counter({("get", kind): 1 for kind in ("Role", "RoleBinding", "Service", "ServiceAccount",
-                                                                "StatefulSet", "claim")} | {("get", "ConfigMap"): 2})
+    assert kube.calls == Counter({("get", kind): 1 for kind in ("Role", "RoleBinding", "Service", "NetworkPolicy",
+                                                                "ServiceAccount", "StatefulSet", "claim")}
+                                 | {("get", "ConfigMap"): 2})
 
 
 def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced() -> None:
@@ -114,6 +115,46 @@ def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced
     assert replaced["data"] == render.render_configmap(sft_job)["data"]
     assert replaced["metadata"]["managedFields"] == [{"manager": "sft-operator"}]  # the whole object, not a summary
     assert sum(n for (verb, kind), n in kube.calls.items() if verb in ("create", "replace")) == 3
+
+
+def test_a_network_policy_someone_widened_is_restored_and_a_deleted_one_re_created() -> None:
+    """The NetworkPolicy is compared whole: an added rule would let more than the job in."""
+    sft_job = job()
+    policy = render.render_networkpolicy(sft_job)
+    stored, known = cluster_with(render.render_children(sft_job))
+    widened = stored[("NetworkPolicy", policy["metadata"]["name"])]
+    widened["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
+    kube = RecordingKube(stored)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+             known=known)
+    (replaced,) = kube.replaced
+    assert (replaced["kind"], replaced["spec"]) == ("NetworkPolicy", policy["spec"])
+    assert replaced["metadata"]["resourceVersion"] == "7"  # the object read, updated
+    del stored[("NetworkPolicy", policy["metadata"]["name"])]
+    kube = RecordingKube(stored)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+             known=known)
+    assert kube.calls[("create", "NetworkPolicy")] == 1 and not kube.replaced
+
+
+def test_a_network_policy_is_written_to_its_plural() -> None:
+    """Kube._write names the resource by render.resource_plural (not the kind plus "s")."""
+    paths: list[tuple[str, str]] = []
+
+    class Client(kubernetes.client.ApiClient):
+        def param_serialize(self, method: str, resource_path: str, **_: Any) -> Any:  # type: ignore[override]
+            paths.append((method, resource_path))
+            raise RuntimeError("not sent")
+
+    kube = Kube(Client(kubernetes.client.Configuration()))
+    policy = render.render_networkpolicy(job())
+    for call in (kube.create, kube.replace):
+        try:
+            call(policy)
+        except RuntimeError:
+            pass
+    assert paths == [("POST", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies"),
+                     ("PUT", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/r")]
 
 
 def test_child_summary_keeps_what_converging_and_the_status_compare() -> None:

@@ -61,6 +61,9 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     ("", "serviceaccounts"): {"get", "list", "create", "update"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "list", "create", "update"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "create", "update"},
+    # The job's NetworkPolicy: listed at a restart, watched to re-create a deleted one, updated
+    # when its rules differ.
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "update"},
     # A gang job's PodGroup, for either gang scheduler (spec.scheduling.gang.provider).
     **{(group, render.PODGROUP_PLURAL): {"get", "create", "update"} for group in GANG_GROUPS},
 }
@@ -153,7 +156,7 @@ def test_operator_may_create_every_child(helm: Any) -> None:
     assert {c["apiVersion"] for c in children if c["kind"] == "PodGroup"} == set(render.PODGROUP_API_VERSION.values())
     for child in children:
         group = child["apiVersion"].rpartition("/")[0]
-        needed[(group, child["kind"].lower() + "s")] = {"get", "create"}
+        needed[(group, render.resource_plural(child["kind"]))] = {"get", "create"}
         if child["kind"] == "Role":
             for held in grants(child["rules"]).items():
                 needed.setdefault(held[0], set()).update(held[1])
@@ -178,7 +181,9 @@ RESOURCE_OF_METHOD = {
     "service_account": ("", "serviceaccounts"),
     "role": ("rbac.authorization.k8s.io", "roles"),
     "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "network_policy": ("networking.k8s.io", "networkpolicies"),
     "custom_object": (contract.GROUP, contract.PLURAL),
+    "local_subject_access_review": ("authorization.k8s.io", "localsubjectaccessreviews"),
 }
 # custom_object calls are told apart by their plural argument (as the code spells it): our
 # SFTJobs, or a gang's PodGroups (the group is the job's scheduler's: every GANG_GROUPS one).
@@ -245,7 +250,7 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
             group, resource = RESOURCE_OF_METHOD[target]
             used.setdefault((group, resource + ("/status" if status else "")), set()).add(VERB_OF_METHOD[method])
         for method in RAW_WRITE.findall(source):
-            written = {(child["apiVersion"].rpartition("/")[0], child["kind"].lower() + "s")
+            written = {(child["apiVersion"].rpartition("/")[0], render.resource_plural(child["kind"]))
                        for job in [sample_job(), *gang_jobs()] for child in render.render_children(job)
                        if child["kind"] != render.PODGROUP_KIND}
             for key in written | ({("", "events")} if method == "POST" else set()):

@@ -17,6 +17,7 @@ from sft_operator.render import (
     render_checkpoint_claim,
     render_children,
     render_configmap,
+    render_networkpolicy,
     render_podgroup,
     render_progress_configmap,
     render_reporter_role,
@@ -59,6 +60,27 @@ def test_service() -> None:
             "ports": [{"name": "rdzv", "port": 29500, "targetPort": 29500, "protocol": "TCP"}],
         },
     }
+
+
+def test_networkpolicy_admits_only_the_jobs_own_pods_on_every_port() -> None:
+    assert render_networkpolicy(job()) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "tiny",
+            "namespace": "ns",
+            "labels": {**LABELS, "finetune.dev/component": "network"},
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": LABELS},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": LABELS}}]}],
+        },
+    }
+    # The rendezvous port does not narrow it: NCCL and gloo open their own ports between ranks.
+    other_port = render_networkpolicy(job(rdzvPort=31000))
+    assert other_port["spec"] == render_networkpolicy(job())["spec"]
 
 
 def test_pod_fs_group_is_configurable_and_never_root() -> None:
@@ -413,6 +435,7 @@ def test_children_in_creation_order() -> None:
         ("Role", "tiny-reporter"),
         ("RoleBinding", "tiny-reporter"),
         ("Service", "tiny"),
+        ("NetworkPolicy", "tiny"),
         ("StatefulSet", "tiny"),
     ]
     assert [(c["kind"], c["metadata"]["name"]) for c in render_children(job(checkpoints={"existingClaim": "c"}))] \

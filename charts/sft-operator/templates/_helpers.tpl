@@ -127,6 +127,11 @@ each rule exists.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "create", "update"]
+# Each job's NetworkPolicy (only the job's own pods reach its pods): listed at a restart, watched
+# (by label) so that a deleted one is re-created, updated when its rules differ.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "update"]
 # A gang job's PodGroup (spec.scheduling.gang): the scheduler-plugins coscheduling plugin's or
 # Volcano's; update only adopts one a deleted job of the same name left or restores its spec.
 # Granting it on a cluster without these CRDs is harmless.
