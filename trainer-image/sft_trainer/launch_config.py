@@ -3,7 +3,9 @@ instructlab-training TrainingArgs the launcher passes to run_training."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from sft_operator import checkpoints, contract
 
 from . import cpus
 from .errors import ConfigError
+
+log = logging.getLogger("sft_trainer")
 
 # Set by the launcher itself: data is processed once before run_training; callbacks are Python
 # objects that cannot travel in JSON.
@@ -73,8 +77,10 @@ def load_config(path: Path) -> LauncherConfig:
 
 
 def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu: bool,
-                         usable_cpus: int) -> dict:
-    """The kwargs for TrainingArgs: checked against its fields, launcher settings applied."""
+                         usable_cpus: int, flash_attn_installed: bool = True) -> dict:
+    """The kwargs for TrainingArgs: checked against its fields, launcher settings applied.
+    flash_attn_installed: whether this image has flash_attn (the CUDA image without a wheelhouse
+    has not)."""
     prefix = contract.CONFIG_KEY_TRAINING_ARGS
     args = dict(config.training_args)
     for key in sorted(args):
@@ -107,6 +113,14 @@ def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu:
                 raise ConfigError(f"{prefix}.{key}", f"not supported in CPU mode "
                                   f"({contract.ENV_DEVICE}=cpu); leave it at {default}")
         args.update(cpu_mode.training_args_overrides())
+    elif not flash_attn_installed:
+        # instructlab-training's default (flash attention on any Ampere or newer GPU) would stop
+        # at `import flash_attn`; without it, attention is torch's SDPA on padded batches.
+        if args.get("disable_flash_attn") is False:
+            raise ConfigError(f"{prefix}.disable_flash_attn",
+                              "is false but this image has no flash_attn (the trainer image's "
+                              "CUDA flavour installs it only from a wheelhouse): leave it out")
+        args["disable_flash_attn"] = True
     return args
 
 
@@ -114,8 +128,13 @@ def build_training_args(config: LauncherConfig, *, cpu: bool):
     """instructlab-training TrainingArgs, or a ConfigError naming the first bad field."""
     from instructlab.training import TrainingArgs
 
+    flash_attn_installed = cpu or importlib.util.find_spec("flash_attn") is not None
     kwargs = training_args_kwargs(config, set(TrainingArgs.model_fields), cpu=cpu,
-                                  usable_cpus=cpus.usable_cpus())
+                                  usable_cpus=cpus.usable_cpus(),
+                                  flash_attn_installed=flash_attn_installed)
+    if not flash_attn_installed:
+        log.info("flash_attn is not installed in this image: training with disable_flash_attn "
+                 "(SDPA attention, padded batches)")
     try:
         return TrainingArgs(**kwargs)
     except ValidationError as error:
