@@ -31,12 +31,22 @@ def run(
         typer.Option("--metrics-port", envvar="SFT_METRICS_PORT", min=0, max=65535,
                      help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics; 0: off."),
     ] = 8000,
+    webhook_port: Annotated[
+        int,
+        typer.Option("--webhook-port", envvar="SFT_WEBHOOK_PORT", min=0, max=65535,
+                     help="Serve the SFTJob validating admission webhook on https://0.0.0.0:PORT/"
+                          "validate-sftjobs; 0: off."),
+    ] = 0,
+    webhook_cert_dir: Annotated[
+        Optional[Path],
+        typer.Option("--webhook-cert-dir", help="The webhook's serving certificate: tls.crt and tls.key in it."),
+    ] = None,
 ) -> None:
     """Run the operator until interrupted."""
     from sft_operator import handlers
 
     handlers.run(namespaces=namespace or [], kubeconfig=kubeconfig, liveness=liveness, verbose=verbose,
-                 metrics_port=metrics_port)
+                 metrics_port=metrics_port, webhook_port=webhook_port, webhook_cert_dir=webhook_cert_dir)
 
 
 @app.command()

@@ -29,9 +29,10 @@ import kopf
 import kubernetes
 import pydantic
 
-from sft_operator import contract, kopf_toggles, kubeclient, metrics, render
+from sft_operator import admission, contract, kopf_toggles, kubeclient, metrics, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
-from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus, parse_job
+from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus
+from sft_operator.policy import AdmissionPolicy, PolicyError, parse_admitted_job, policy_from_env
 from sft_operator.progress import TrainingProgress
 from sft_operator.publishing import (
     JobStatusBook,
@@ -67,6 +68,13 @@ GROUP_RESTART_GRACE_S = 30
 _api_client: kubernetes.client.ApiClient | None = None
 # The reporter sidecar's image: the operator's own (set by `run`, from SFT_REPORTER_IMAGE).
 _reporter_image: str = render.DEFAULT_REPORTER_IMAGE
+# The admin policy (chart values `policy`, SFT_ADMISSION_POLICY): set by `run`, enforced by the
+# webhook and again at every reconcile.
+_policy: AdmissionPolicy = AdmissionPolicy()
+# The validating webhook's HTTPS server (`run --webhook-port`), and the namespaces it speaks for.
+_webhook_server: kopf.WebhookServer | None = None
+_namespaces: frozenset[str] = frozenset()
+WEBHOOK_API_TIMEOUT_S = 5  # a LocalSubjectAccessReview; the chart gives the webhook 10 s
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -130,6 +138,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # The operator watches exactly its resources (and the namespaces it was given): no CRD or
     # namespace scanning, which would need cluster-wide list/watch rights it has no use for.
     settings.scanning.disabled = True
+    # The webhook: served by every replica, leader or not (kopf's admission server does not pause
+    # with peering); the chart's ValidatingWebhookConfiguration calls it, kopf manages none.
+    settings.admission.server = _webhook_server
     memo.kube = Kube(_api_client or kubeclient.BoundedApiClient())
     memo.jobs = JobStatusBook()
 
@@ -310,7 +321,7 @@ def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: A
         # spec change right after the job finished must not render the StatefulSet back to nnodes.
         raw["status"] = memo.jobs.current(raw)
         try:
-            job = parse_job(raw)
+            job = parse_admitted_job(raw, _policy)
         except InvalidSpecError as exc:
             statefulset = None if fresh else index_entry(indexes.statefulsets_by_job, key)
             problem = SpecProblem(Reason.INVALID_SPEC, str(exc))
@@ -369,7 +380,7 @@ def restore_children(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         live = memo.kube.read_job(key[0], key[1])
         if live is None or live["metadata"]["uid"] != body["metadata"]["uid"] or live["metadata"].get("deletionTimestamp"):
             return
-        job, problem = check_spec(live, None)
+        job, problem = check_spec(live, None, _policy)
         if job is None or problem is not None:
             return
         try:
@@ -389,7 +400,7 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
         statefulset = index_entry(indexes.statefulsets_by_job, key)
-        _, problem = check_spec(body, statefulset)
+        _, problem = check_spec(body, statefulset, _policy)
         if problem is None and statefulset is None:
             problem = memo.jobs.standing_refusal(body)
         pods = indexes.pods(key)  # one view: the restart's backoff counts the failures the status counted
@@ -490,12 +501,52 @@ def job_event(type: str, namespace: str, name: str, meta: kopf.Meta, memo: kopf.
         metrics.forget_job(namespace, name, meta.get("uid", ""))
 
 
+# --- the validating admission webhook (registered by `run` when it serves one) -----------------
+
+
+def validate_job(operation: str | None, body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any],
+                 **_: Any) -> None:
+    """A CREATE or UPDATE of an SFTJob: admission.review decides; a refusal reaches the user's
+    `kubectl apply` with its message and code."""
+    namespace = body.get("metadata", {}).get("namespace", "")
+    if _namespaces and namespace not in _namespaces:
+        return  # not a namespace of this operator's: it creates nothing there, and may not ask
+    try:
+        admission.review(operation, body, old, userinfo, _policy, _authorized)
+    except admission.Refusal as refusal:
+        log.info("%s/%s: refused the %s by %s: %s", namespace, body.get("metadata", {}).get("name"), operation,
+                 userinfo.get("username"), refusal.message)
+        raise kopf.AdmissionError(refusal.message, code=refusal.code) from None
+
+
+def _authorized(review: dict[str, Any]) -> bool:
+    """The API server's answer to a LocalSubjectAccessReview; no answer is a refusal (fail closed)."""
+    api = kubernetes.client.AuthorizationV1Api(_api_client)
+    try:
+        answer = api.create_namespaced_local_subject_access_review(
+            review["metadata"]["namespace"], review, _request_timeout=WEBHOOK_API_TIMEOUT_S)
+    except (kubernetes.client.exceptions.ApiException, OSError) as exc:
+        raise admission.Refusal(f"could not check the requesting user's permissions: {exc}".strip(),
+                                admission.HTTP_INTERNAL_ERROR) from None
+    return bool(answer.status is not None and answer.status.allowed)
+
+
+def webhook_server(port: int, cert_dir: Path) -> kopf.WebhookServer:
+    """HTTPS on every interface with the serving certificate from ``cert_dir`` (tls.crt, tls.key:
+    a kubernetes.io/tls Secret mounted there); kopf reloads it when the files change."""
+    for name in ("tls.crt", "tls.key"):
+        if not (cert_dir / name).is_file():
+            raise SystemExit(f"--webhook-cert-dir {cert_dir}: no {name} (the webhook's serving certificate)")
+    return kopf.WebhookServer(addr="0.0.0.0", port=port, certfile=str(cert_dir / "tls.crt"),
+                              pkeyfile=str(cert_dir / "tls.key"))
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
-        metrics_port: int = 0) -> None:
-    global _api_client, _reporter_image
+        metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None) -> None:
+    global _api_client, _reporter_image, _policy, _webhook_server, _namespaces
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -505,6 +556,14 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     _api_client = metrics.instrument_api_client(kubeclient.load_api_client(kubeconfig))
     metrics.serve(metrics_port)  # /metrics (0: off); kopf's liveness endpoint is its own
     _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
+    try:
+        _policy = policy_from_env()
+    except PolicyError as exc:  # a bad policy stops the start, naming the field
+        raise SystemExit(f"sft-operator: {exc}") from None
+    _namespaces = frozenset(namespaces)
+    if webhook_port:
+        _webhook_server = webhook_server(webhook_port, webhook_cert_dir or Path("."))
+        kopf.on.validate(*JOB, id=admission.WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validate_job)
     kopf_toggles.install()  # a restart over many jobs: no quadratic start-up gate
     kopf.run(
         standalone=True,

@@ -29,6 +29,7 @@ from sft_operator.models import (
     epoch_full_state_warning,
     parse_job,
 )
+from sft_operator.policy import AdmissionPolicy, parse_admitted_job
 from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
 from sft_operator.wire import parse_rfc3339, rfc3339
@@ -101,11 +102,12 @@ def finished_for_longer_than(status: SFTJobStatus, at: str, ttl_s: Any) -> str |
 
 
 
-def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None) -> tuple[SFTJob | None, SpecProblem | None]:
-    """The parsed job, and the operator's objection to its spec (invalid, or an immutable field
-    changed since the StatefulSet was created), if any."""
+def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None,
+               policy: AdmissionPolicy | None = None) -> tuple[SFTJob | None, SpecProblem | None]:
+    """The parsed job, and the operator's objection to its spec (invalid, refused by the admin
+    policy, or an immutable field changed since the StatefulSet was created), if any."""
     try:
-        job = parse_job(body)
+        job = parse_job(body) if policy is None else parse_admitted_job(body, policy)
     except InvalidSpecError as exc:
         return None, SpecProblem(Reason.INVALID_SPEC, str(exc))
     if statefulset is not None:

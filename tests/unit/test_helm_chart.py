@@ -19,7 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sft_operator import render
+from sft_operator import admission, render
+from sft_operator.policy import ENV_POLICY, AdmissionPolicy, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "sft-operator"
@@ -68,6 +69,9 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+DEFAULT_POLICY_JSON = json.dumps(AdmissionPolicy().to_api(), sort_keys=True, separators=(",", ":"))
+
+
 def the_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (deployment,) = by_kind(docs, "Deployment")
     return deployment
@@ -113,14 +117,16 @@ def test_what_each_mode_renders(helm: Helm) -> None:
     cluster = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template())
     assert cluster == [
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", "sft-system"),
-        ("Deployment", "sft-system"), ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
+        ("Deployment", "sft-system"), ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"),
+        ("ServiceAccount", "sft-system"), ("ValidatingWebhookConfiguration", None),
     ]
     namespaced = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template(*NAMESPACES_MODE))
     assert namespaced == [
         ("ConfigMap", "sft-system"), ("Deployment", "sft-system"),
         ("Role", "team-a"), ("Role", "team-b"),
         ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
-        ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
+        ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
+        ("ValidatingWebhookConfiguration", None),
     ]
 
 
@@ -148,9 +154,11 @@ def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000",
+                                 "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook"]
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
-                                  {"name": "metrics", "containerPort": 8000, "protocol": "TCP"}]
+                                  {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
+                                  {"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["image"] == "sft-operator:0.1.0"
 
@@ -178,7 +186,7 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
     extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
     (container,) = extra["spec"]["template"]["spec"]["containers"]
     assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "POD_ID": None,
-                                 render.ENV_REPORTER_IMAGE: image, "X": "1"}
+                                 render.ENV_REPORTER_IMAGE: image, ENV_POLICY: DEFAULT_POLICY_JSON, "X": "1"}
     # kopf's peering identity from the pod's name: without it kopf calls getpass.getuser(), which
     # fails for the image's uid 65532 (no passwd entry) and the operator pod crash-loops.
     (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
@@ -188,7 +196,8 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
     (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
-        "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000", "--namespace=team-a", "--namespace=team-b",
+        "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000", "--webhook-port=9443",
+        "--webhook-cert-dir=/etc/sft-operator/webhook", "--namespace=team-a", "--namespace=team-b",
     ]
 
 
@@ -239,7 +248,7 @@ def test_values_are_passed_through(helm: Helm) -> None:
 
 def test_existing_service_account_without_rbac(helm: Helm) -> None:
     docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops-sa",
-                         "--set", "rbac.create=false", "--set", "metrics.enabled=false")
+                         "--set", "rbac.create=false", "--set", "metrics.enabled=false", "--set", "webhook.enabled=false")
     assert [d["kind"] for d in docs] == ["Deployment"]
     assert the_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
@@ -267,6 +276,12 @@ def test_existing_service_account_without_rbac(helm: Helm) -> None:
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "resources.cpu=1"], "additional properties 'cpu' not allowed"),
         (["--set", "podLabels.app\\.kubernetes\\.io/instance=x"], "invalid propertyName 'app.kubernetes.io/instance'"),
+        (["--set", "webhook.failurePolicy=Sometimes"], "/webhook/failurePolicy"),
+        (["--set", "webhook.port=443"], "/webhook/port"),
+        (["--set", "policy.allowedVolumeTypes={emptyDir,hostPath}"], "/policy/allowedVolumeTypes/1"),
+        (["--set", "policy.allowHostPath=maybe"], "/policy/allowHostPath"),
+        (["--set", "policy.allowedPriorityClasses={High}"], "/policy/allowedPriorityClasses/0"),
+        (["--set", "policy.allowHostPaths=true"], "additional properties 'allowHostPaths' not allowed"),
     ],
 )
 def test_values_schema_rejects(helm: Helm, args: list[str], expected: str) -> None:
@@ -279,7 +294,7 @@ def test_values_schema_rejects(helm: Helm, args: list[str], expected: str) -> No
 def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
     """/metrics behind a Service that selects the operator's pod, the dashboard ConfigMap with the
     sidecar's label, and a ServiceMonitor only when asked for."""
-    docs = helm.template()
+    docs = helm.template("--set", "webhook.enabled=false")
     deployment = the_deployment(docs)
     (service,) = by_kind(docs, "Service")
     assert service["metadata"]["name"] == "rel-sft-operator-metrics"
@@ -293,7 +308,8 @@ def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
 
     docs = helm.template("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps",
                          "--set", "metrics.port=9100", "--set", "metrics.dashboard.labels.grafana_dashboard=null",
-                         "--set-string", "metrics.dashboard.labels.dashboards=sft", "--set", "metrics.dashboard.namespace=monitoring")
+                         "--set-string", "metrics.dashboard.labels.dashboards=sft", "--set", "metrics.dashboard.namespace=monitoring",
+                         "--set", "webhook.enabled=false")
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kps"
@@ -309,7 +325,7 @@ def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
     assert dashboard["metadata"]["labels"]["dashboards"] == "sft"
     assert dashboard["metadata"]["namespace"] == "monitoring"
 
-    off = helm.template("--set", "metrics.enabled=false")
+    off = helm.template("--set", "metrics.enabled=false", "--set", "webhook.enabled=false")
     assert not by_kind(off, "Service") and not by_kind(off, "ConfigMap")
     (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
     assert "--metrics-port=0" in container["args"]
@@ -404,3 +420,86 @@ def test_doc_values_table_lists_every_value() -> None:
     documented = " ".join(row.split("|")[1] for row in rows)
     missing = [p for p in leaf_paths(yaml.safe_load((CHART / "values.yaml").read_text())) if f"`{p}`" not in documented]
     assert missing == [], f"docs/helm.md's values table lacks {missing}"
+
+
+# --- the admission webhook ------------------------------------------------------------------------
+
+
+def webhook_objects(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    (configuration,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-webhook")]
+    (webhook,) = configuration["webhooks"]
+    return configuration, service, webhook
+
+
+def test_webhook_is_wired_to_the_operator(helm: Helm) -> None:
+    """The configuration calls the operator's handler path through the Service, which reaches the
+    operator's webhook port; only CREATE and UPDATE of sftjobs (not sftjobs/status), failing
+    closed; the serving certificate is mounted where the operator reads it."""
+    docs = helm.template()
+    configuration, service, webhook = webhook_objects(docs)
+    assert configuration["metadata"]["name"] == "rel-sft-operator"
+    assert webhook["clientConfig"]["service"] == {
+        "name": "rel-sft-operator-webhook", "namespace": "sft-system", "path": f"/{admission.WEBHOOK_ID}", "port": 443}
+    assert webhook["rules"] == [{"apiGroups": ["finetune.dev"], "apiVersions": ["v1alpha1"],
+                                 "operations": ["CREATE", "UPDATE"], "resources": ["sftjobs"], "scope": "Namespaced"}]
+    assert (webhook["failurePolicy"], webhook["sideEffects"], webhook["timeoutSeconds"]) == ("Fail", "None", 10)
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    deployment = the_deployment(docs)
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+    assert {"name": "webhook-tls", "mountPath": "/etc/sft-operator/webhook", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "webhook-tls", "secret": {"secretName": "rel-sft-operator-webhook-tls"}} in pod["volumes"]
+
+
+def test_generated_certificate_serves_the_service_name(helm: Helm) -> None:
+    """The Secret's certificate is signed by the CA in caBundle and names the Service as the API
+    server dials it (<service>.<namespace>.svc); key and certificate belong together."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    docs = helm.template()
+    _, _, webhook = webhook_objects(docs)
+    (secret,) = by_kind(docs, "Secret")
+    assert (secret["metadata"]["name"], secret["type"]) == ("rel-sft-operator-webhook-tls", "kubernetes.io/tls")
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    ca = x509.load_pem_x509_certificate(base64.b64decode(webhook["clientConfig"]["caBundle"]))
+    assert data["ca.crt"] == base64.b64decode(webhook["clientConfig"]["caBundle"])
+    cert = x509.load_pem_x509_certificate(data["tls.crt"])
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "rel-sft-operator-webhook.sft-system.svc" in names
+    key = serialization.load_pem_private_key(data["tls.key"], password=None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+
+
+def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:
+    docs = helm.template("--set", "webhook.tls.existingSecret=my-tls", "--set", "webhook.tls.caBundle=Q0E=",
+                         "--set", "webhook.failurePolicy=Ignore",
+                         "--set", "webhook.annotations.cert-manager\\.io/inject-ca-from=sft-system/my-cert")
+    configuration, _, webhook = webhook_objects(docs)
+    assert not by_kind(docs, "Secret")
+    assert (webhook["clientConfig"]["caBundle"], webhook["failurePolicy"]) == ("Q0E=", "Ignore")
+    assert configuration["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "sft-system/my-cert"}
+    pod = the_deployment(docs)["spec"]["template"]["spec"]
+    assert {"name": "webhook-tls", "secret": {"secretName": "my-tls"}} in pod["volumes"]
+
+    off = helm.template("--set", "webhook.enabled=false")
+    assert not by_kind(off, "ValidatingWebhookConfiguration") and not by_kind(off, "Secret")
+    (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--webhook") for a in container["args"])
+    assert "webhook-tls" not in {v["name"] for v in the_deployment(off)["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_policy_values_reach_the_operator(helm: Helm) -> None:
+    """SFT_ADMISSION_POLICY is the values' policy, in the form the operator loads."""
+    (container,) = the_deployment(helm.template(
+        "--set", "policy.allowHostPath=true", "--set", "policy.allowedPriorityClasses={training-high}",
+    ))["spec"]["template"]["spec"]["containers"]
+    policy = load_policy(env_of(container)[ENV_POLICY])
+    assert policy == AdmissionPolicy(allow_host_path=True, allowed_priority_classes=["training-high"])

@@ -48,6 +48,8 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     (contract.GROUP, f"{contract.PLURAL}/finalizers"): {"update"},
     # Events on SFTJobs.
     ("", "events"): {"create"},
+    # The admission webhook: may the requesting user create the job's pods (and claim)?
+    ("authorization.k8s.io", "localsubjectaccessreviews"): {"create"},
     # Children: read, created, updated (replace); watched to derive the status or to re-create
     # a deleted one.
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "update"},

@@ -91,6 +91,11 @@ each rule exists.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The admission webhook asks whether the user creating or changing an SFTJob may create the pods
+# (and claim) the job makes: a LocalSubjectAccessReview in the job's namespace. It grants nothing.
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["localsubjectaccessreviews"]
+  verbs: ["create"]
 # Each job's StatefulSet: read, created, updated when the spec's digest changes; watched (by
 # label) to follow the job's pods.
 - apiGroups: ["apps"]
