@@ -41,12 +41,25 @@ def run(
         Optional[Path],
         typer.Option("--webhook-cert-dir", help="The webhook's serving certificate: tls.crt and tls.key in it."),
     ] = None,
+    leader_elect: Annotated[
+        bool, typer.Option("--leader-elect", help="Act only while holding a coordination.k8s.io Lease "
+                                                  "(several replicas: one active, the others standing by).")
+    ] = False,
+    leader_election_namespace: Annotated[
+        Optional[str], typer.Option(help="The Lease's namespace; default: $POD_NAMESPACE, else the pod's own.")
+    ] = None,
+    leader_election_lease: Annotated[str, typer.Option(help="The Lease's name.")] = "sft-operator",
+    leader_election_id: Annotated[
+        Optional[str], typer.Option(help="This replica's holder identity; default: the pod's name and a random part.")
+    ] = None,
 ) -> None:
     """Run the operator until interrupted."""
-    from sft_operator import handlers
+    from sft_operator import handlers, leadership
 
     handlers.run(namespaces=namespace or [], kubeconfig=kubeconfig, liveness=liveness, verbose=verbose,
-                 metrics_port=metrics_port, webhook_port=webhook_port, webhook_cert_dir=webhook_cert_dir)
+                 metrics_port=metrics_port, webhook_port=webhook_port, webhook_cert_dir=webhook_cert_dir,
+                 election=leadership.Election(leader_election_namespace, leader_election_lease, leader_election_id)
+                 if leader_elect else None)
 
 
 @app.command()

@@ -29,7 +29,7 @@ import kopf
 import kubernetes
 import pydantic
 
-from sft_operator import admission, contract, kopf_toggles, kubeclient, metrics, render
+from sft_operator import admission, contract, kopf_toggles, kubeclient, leadership, metrics, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus
 from sft_operator.policy import AdmissionPolicy, PolicyError, parse_admitted_job, policy_from_env
@@ -448,6 +448,8 @@ async def start_policy_clock(memo: kopf.Memo, **kwargs: Any) -> None:
     async def tick() -> None:
         while True:
             await asyncio.sleep(POLICY_INTERVAL_S)
+            if not leadership.leading():  # a standby's indexes are empty; a deposed leader exits
+                continue
             for key in list(indexes.jobs_by_name):
                 body = index_entry(indexes.jobs_by_name, key)
                 if body is None or body["metadata"].get("deletionTimestamp") or not _needs_the_clock(body):
@@ -545,7 +547,8 @@ def webhook_server(port: int, cert_dir: Path) -> kopf.WebhookServer:
 
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
-        metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None) -> None:
+        metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None,
+        election: leadership.Election | None = None) -> None:
     global _api_client, _reporter_image, _policy, _webhook_server, _namespaces
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -565,9 +568,16 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
         _webhook_server = webhook_server(webhook_port, webhook_cert_dir or Path("."))
         kopf.on.validate(*JOB, id=admission.WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validate_job)
     kopf_toggles.install()  # a restart over many jobs: no quadratic start-up gate
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-    )
+    # One active operator: kopf's watches stay paused and writes are refused until this replica
+    # holds the Lease (leadership.py); the webhook and the probes answer either way.
+    elector = leadership.start(kubeclient.load_api_client(kubeconfig), _api_client, election) if election else None
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.stop()  # hands the Lease over at once
