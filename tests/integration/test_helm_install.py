@@ -9,6 +9,7 @@ installed Deployment carries (no kubelet runs the Deployment's pod here).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -29,6 +30,7 @@ from devtools.controlplane import free_port, request_service_account_token, serv
 from devtools.stack import wait_until
 
 from operator_logs import refusals
+import admission_webhook
 
 pytestmark = pytest.mark.integration
 
@@ -108,15 +110,19 @@ def crd_established(api_client: Any) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
 
-def operator_args(api_client: Any, namespace: str, release: str, liveness_port: int) -> list[str]:
-    """The installed Deployment's container args, liveness bound to loopback on a free port."""
+def operator_args(api_client: Any, namespace: str, release: str, liveness_port: int, webhook_port: int,
+                  cert_dir: Path) -> list[str]:
+    """The installed Deployment's container args, liveness bound to loopback on a free port, the
+    webhook on another with a certificate for 127.0.0.1 (admission_webhook)."""
     deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
     (container,) = deployment.spec.template.spec.containers
     args = list(container.args)
     assert args[0].startswith("--liveness=http://0.0.0.0:8080/"), args
     # /metrics off here: the chart's port (8000) is the same for every operator on this machine.
     assert args[1] == "--metrics-port=8000", args
-    return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", "--metrics-port=0", *args[2:]]
+    assert args[2:4] == ["--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook"], args
+    return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", "--metrics-port=0",
+            f"--webhook-port={webhook_port}", f"--webhook-cert-dir={cert_dir}", *args[4:]]
 
 
 def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str]:
@@ -246,6 +252,10 @@ def release_objects(api_client: Any, namespace: str, release: str) -> list[str]:
         "ServiceAccount": core.list_namespaced_service_account(namespace, label_selector=selector),
         "Service": core.list_namespaced_service(namespace, label_selector=selector),
         "Secret(helm release)": core.list_namespaced_secret(namespace, label_selector=f"owner=helm,name={release}"),
+        "Secret": core.list_namespaced_secret(namespace, label_selector=selector),
+        # A configuration left behind would refuse every SFTJob in the cluster (failurePolicy Fail).
+        "ValidatingWebhookConfiguration": kubernetes.client.AdmissionregistrationV1Api(
+            api_client).list_validating_webhook_configuration(label_selector=selector),
         "ClusterRole": rbac.list_cluster_role(label_selector=selector),
         "ClusterRoleBinding": rbac.list_cluster_role_binding(label_selector=selector),
         "Role": rbac.list_role_for_all_namespaces(label_selector=selector),
@@ -307,12 +317,23 @@ def test_cluster_mode_install_reconcile_uninstall(
     assert container.security_context.capabilities.drop == ["ALL"]
     assert pod.spec.security_context.run_as_non_root is True
 
-    port = free_port()
+    # Fail closed: the chart's webhook has no operator behind it yet, and nothing is admitted.
+    with pytest.raises(ApiException) as refused:
+        create_job(api_client, job_namespace)
+    assert 'failed calling webhook "validate.sftjobs.finetune.dev"' in json.loads(refused.value.body)["message"]
+
+    port, webhook_port = free_port(), free_port()
+    cert_dir, ca_pem = admission_webhook.serving_cert(tmp_path / "webhook")
+    webhook = admission_webhook.point_at(api_client, f"{release}-sft-operator", webhook_port, ca_pem)
+    assert webhook["clientConfig"]["service"] == {"name": f"{release}-sft-operator-webhook", "namespace": namespace,
+                                                  "path": "/validate-sftjobs", "port": 443}
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
     env = operator_env(api_client, namespace, release)
     image = deployment_image(api_client, namespace, release)
     assert (image, env["SFT_REPORTER_IMAGE"]) == ("sft-operator:9.9.9", "sft-operator:9.9.9")
-    operator = run_operator(operator_args(api_client, namespace, release, port), kubeconfig, port, env)
+    args = operator_args(api_client, namespace, release, port, webhook_port, cert_dir)
+    operator = run_operator(args, kubeconfig, port, env)
+    wait_for("the operator's webhook", lambda: admission_webhook.listening(webhook_port), log=operator.log)
     job = check_operator_reconciles(control_plane, api_client, operator, job_namespace, image)
     operator.stop()
     check_uninstall(api_client, helm, namespace, release, job_namespace, job)
@@ -329,12 +350,15 @@ def test_namespaces_mode_install_reconcile_uninstall(
     assert rbac.list_cluster_role(label_selector=selector).items == []
     assert [r.metadata.namespace for r in rbac.list_role_for_all_namespaces(label_selector=selector).items] == [job_namespace]
 
-    port = free_port()
+    port, webhook_port = free_port(), free_port()
+    cert_dir, ca_pem = admission_webhook.serving_cert(tmp_path / "webhook")
+    admission_webhook.point_at(api_client, f"{release}-sft-operator", webhook_port, ca_pem)
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
-    args = operator_args(api_client, namespace, release, port)
-    assert args[2:] == [f"--namespace={job_namespace}"]
+    args = operator_args(api_client, namespace, release, port, webhook_port, cert_dir)
+    assert args[4:] == [f"--namespace={job_namespace}"]
     image = deployment_image(api_client, namespace, release)
     operator = run_operator(args, kubeconfig, port, operator_env(api_client, namespace, release))
+    wait_for("the operator's webhook", lambda: admission_webhook.listening(webhook_port), log=operator.log)
     job = check_operator_reconciles(control_plane, api_client, operator, job_namespace, image)
     with control_plane.api_client(kubeconfig_token(kubeconfig)) as sa_client:
         # Confined: nothing in the operator's own namespace, let alone elsewhere.
