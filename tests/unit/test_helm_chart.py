@@ -117,14 +117,15 @@ def test_what_each_mode_renders(helm: Helm) -> None:
     cluster = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template())
     assert cluster == [
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", "sft-system"),
-        ("Deployment", "sft-system"), ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"),
+        ("Deployment", "sft-system"), ("PodDisruptionBudget", "sft-system"), ("Role", "sft-system"),
+        ("RoleBinding", "sft-system"), ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"),
         ("ServiceAccount", "sft-system"), ("ValidatingWebhookConfiguration", None),
     ]
     namespaced = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template(*NAMESPACES_MODE))
     assert namespaced == [
-        ("ConfigMap", "sft-system"), ("Deployment", "sft-system"),
-        ("Role", "team-a"), ("Role", "team-b"),
-        ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
+        ("ConfigMap", "sft-system"), ("Deployment", "sft-system"), ("PodDisruptionBudget", "sft-system"),
+        ("Role", "sft-system"), ("Role", "team-a"), ("Role", "team-b"),
+        ("RoleBinding", "sft-system"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
         ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
         ("ValidatingWebhookConfiguration", None),
     ]
@@ -148,19 +149,37 @@ def test_bindings_name_the_operator_service_account(helm: Helm, mode: str) -> No
         }
 
 
-def test_deployment_runs_one_operator_with_a_liveness_probe(helm: Helm) -> None:
-    deployment = the_deployment(helm.template())
+def test_deployment_runs_two_replicas_one_leading_with_a_liveness_probe(helm: Helm) -> None:
+    docs = helm.template()
+    deployment = the_deployment(docs)
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (container,) = spec["template"]["spec"]["containers"]
     assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000",
-                                 "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook"]
+                                 "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook",
+                                 "--leader-elect", "--leader-election-lease=rel-sft-operator"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
                                   {"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["image"] == "sft-operator:0.1.0"
+
+
+def test_without_leader_election_one_replica_recreated(helm: Helm) -> None:
+    docs = helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    spec = the_deployment(docs)["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    assert "--leader-elect" not in spec["template"]["spec"]["containers"][0]["args"]
+    assert by_kind(docs, "PodDisruptionBudget") == []
+    refused = helm.run("template", "rel", str(CHART), "--set", "leaderElection.enabled=false")
+    assert refused.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in refused.stderr
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +205,7 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
     extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
     (container,) = extra["spec"]["template"]["spec"]["containers"]
     assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "POD_ID": None,
-                                 render.ENV_REPORTER_IMAGE: image, ENV_POLICY: DEFAULT_POLICY_JSON, "X": "1"}
+                                 "POD_NAMESPACE": None, render.ENV_REPORTER_IMAGE: image, ENV_POLICY: DEFAULT_POLICY_JSON, "X": "1"}
     # kopf's peering identity from the pod's name: without it kopf calls getpass.getuser(), which
     # fails for the image's uid 65532 (no passwd entry) and the operator pod crash-loops.
     (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
@@ -197,7 +216,8 @@ def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
     (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
         "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000", "--webhook-port=9443",
-        "--webhook-cert-dir=/etc/sft-operator/webhook", "--namespace=team-a", "--namespace=team-b",
+        "--webhook-cert-dir=/etc/sft-operator/webhook", "--leader-elect", "--leader-election-lease=rel-sft-operator",
+        "--namespace=team-a", "--namespace=team-b",
     ]
 
 
@@ -249,7 +269,7 @@ def test_values_are_passed_through(helm: Helm) -> None:
 def test_existing_service_account_without_rbac(helm: Helm) -> None:
     docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops-sa",
                          "--set", "rbac.create=false", "--set", "metrics.enabled=false", "--set", "webhook.enabled=false")
-    assert [d["kind"] for d in docs] == ["Deployment"]
+    assert [d["kind"] for d in docs] == ["PodDisruptionBudget", "Deployment"]
     assert the_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
 

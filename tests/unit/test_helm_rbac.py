@@ -79,8 +79,30 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return Helm.provision(tmp_path_factory.mktemp("helm-home"))
 
 
+LEADER_ELECTION_ROLE = "rel-sft-operator-leader-election"
+
+
 def rules_of(docs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    return [role["rules"] for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")]
+    """The rules of the operator's job (every Role and ClusterRole but leader election's)."""
+    return [role["rules"] for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+            if role["metadata"]["name"] != LEADER_ELECTION_ROLE]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_leader_election_gets_its_one_lease_in_the_release_namespace(helm: Any, mode: str) -> None:
+    """create on leases (it cannot be limited by name), get and update on the one Lease only."""
+    docs = helm.template(*MODES[mode])
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == LEADER_ELECTION_ROLE]
+    assert role["metadata"]["namespace"] == "sft-system"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rel-sft-operator"],
+         "verbs": ["get", "update"]},
+    ]
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == LEADER_ELECTION_ROLE]
+    assert binding["roleRef"]["name"] == LEADER_ELECTION_ROLE and binding["metadata"]["namespace"] == "sft-system"
+    assert not [r for r in by_kind(helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1"),
+                                   "Role") if r["metadata"]["name"] == LEADER_ELECTION_ROLE]
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:

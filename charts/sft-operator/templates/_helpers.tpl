@@ -18,6 +18,11 @@ when it already contains the chart name). 63 characters at most, a DNS label. */
 {{- end }}
 {{- end }}
 
+{{/* The leader-election Lease's name: leaderElection.leaseName, else the full name. */}}
+{{- define "sft-operator.leaseName" -}}
+{{- default (include "sft-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
 {{/* Labels that select the operator's pod; never change them after an install (a Deployment's
 selector is immutable). */}}
 {{- define "sft-operator.selectorLabels" -}}
