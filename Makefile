@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # devtools/ (dev-only: control plane, nodes, demo, tiny model) runs from the checkout, never installed.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: docker demo test unit integration training e2e images images-test venv provision cluster-up cluster-down run crd bench tiny clean
+.PHONY: docker demo test unit integration training e2e images images-test cuda-constraints venv provision cluster-up cluster-down run crd bench tiny clean
 
 ## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
 ## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
@@ -33,9 +33,15 @@ training: venv
 e2e: venv provision docker
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q tests/e2e
 
-## images: the local base image, the operator image and the trainer's CPU flavour (docker; cached)
+## images: the local base image, the operator image and the trainer's CPU flavour (docker; cached);
+## FLAVOR=cuda: the trainer's CUDA flavour instead (PyPI's CUDA torch, several GB; docs/images.md)
+FLAVOR ?= cpu
 images: docker
-	scripts/build-images.sh
+	SFT_TRAINER_FLAVOR=$(FLAVOR) scripts/build-images.sh
+
+## cuda-constraints: re-resolve trainer-image/constraints-cuda.txt (the CUDA flavour's pins)
+cuda-constraints:
+	$(PYTHON) scripts/resolve-cuda-constraints.py
 
 ## images-test: the image tier (builds both images, runs them, trains the tiny model in the trainer image)
 images-test: venv docker

@@ -3,10 +3,15 @@
 # Dockerfiles with build args only:
 #   1. the local Python base image (scripts/build-base-image.sh; built once, cached);
 #   2. the operator image, root Dockerfile, PYTHON_IMAGE=<local base>;
-#   3. the trainer image's CPU flavour, trainer-image/Dockerfile, FLAVOR=cpu and
-#      CPU_PYTHON_IMAGE=<local base>, from a staged build context: the sources, constraints.txt
-#      and the local CPU torch wheel (wheels/). Production builds (FLAVOR=cuda, the default) use
-#      the repository root as context and get no wheels.
+#   3. the trainer image, trainer-image/Dockerfile, in the flavour SFT_TRAINER_FLAVOR names
+#      (`make images FLAVOR=...`):
+#      cpu (the default here; the tests, the demo): FLAVOR=cpu, CPU_PYTHON_IMAGE=<local base>,
+#        from a staged build context: the sources, constraints.txt and the local CPU torch
+#        wheel (wheels/);
+#      cuda (production's flavour; several GB, ≈20 min cold): FLAVOR=cuda,
+#        CUDA_PYTHON_IMAGE=<local base>, the repository root as context like a production
+#        build (trainer-image/Dockerfile.dockerignore; wheels in trainer-image/wheelhouse/ are
+#        installed), the CUDA torch and everything else from the package index.
 # Docker's build cache makes a rebuild of unchanged sources take seconds.
 #
 # Progress and timings on stderr; build logs under $SFT_IMAGES_LOG_DIR (default .local/images/).
@@ -14,15 +19,19 @@
 #   SFT_BASE_IMAGE=sft-local/python:3.11-bookworm
 #   SFT_OPERATOR_IMAGE=sft-operator:dev
 #   SFT_TRAINER_IMAGE=sft-trainer:cpu-dev
+#   SFT_TRAINER_CUDA_IMAGE=sft-trainer:cuda-dev     (once the cuda flavour was built)
 #
-# Environment: SFT_OPERATOR_IMAGE, SFT_TRAINER_IMAGE, SFT_BASE_IMAGE (names), SFT_TORCH_WHEEL
-# (a CPU torch wheel; default: torch-<version>+cpu-cp311-*.whl from pip's find-links
-# directories or /opt/wheels), SFT_IMAGES_ONLY=operator|trainer, DOCKER (the CLI).
+# Environment: SFT_OPERATOR_IMAGE, SFT_TRAINER_IMAGE, SFT_TRAINER_CUDA_IMAGE, SFT_BASE_IMAGE
+# (names), SFT_TRAINER_FLAVOR=cpu|cuda (default cpu), SFT_TORCH_WHEEL (the cpu flavour's torch
+# wheel; default: torch-<version>+cpu-cp311-*.whl from pip's find-links directories or
+# /opt/wheels), SFT_IMAGES_ONLY=operator|trainer, DOCKER (the CLI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OPERATOR_IMAGE="${SFT_OPERATOR_IMAGE:-sft-operator:dev}"
 TRAINER_IMAGE="${SFT_TRAINER_IMAGE:-sft-trainer:cpu-dev}"
+TRAINER_CUDA_IMAGE="${SFT_TRAINER_CUDA_IMAGE:-sft-trainer:cuda-dev}"
+FLAVOR="${SFT_TRAINER_FLAVOR:-cpu}"
 ONLY="${SFT_IMAGES_ONLY:-}"
 STATE="$ROOT/.local"
 LOG_DIR="${SFT_IMAGES_LOG_DIR:-$STATE/images}"
@@ -34,6 +43,7 @@ die() { echo "build-images: $*" >&2; exit 1; }
 . "$ROOT/scripts/docker-cli.sh"
 docker_cli_pick
 export DOCKER
+[[ "$FLAVOR" == cpu || "$FLAVOR" == cuda ]] || die "SFT_TRAINER_FLAVOR must be cpu or cuda, got '$FLAVOR'"
 mkdir -p "$LOG_DIR" "$STATE/images"
 # One run per checkout at a time: runs share the staged context and the logs.
 exec 8>"$STATE/images/.build.lock"
@@ -78,7 +88,16 @@ if [[ -z "$ONLY" || "$ONLY" == operator ]]; then
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" -t "$OPERATOR_IMAGE" "$ROOT"
 fi
 
-if [[ -z "$ONLY" || "$ONLY" == trainer ]]; then
+if [[ ( -z "$ONLY" || "$ONLY" == trainer ) && "$FLAVOR" == cuda ]]; then
+  wheels="$(cd "$ROOT/trainer-image/wheelhouse" && ls -- *.whl 2>/dev/null | tr '\n' ' ' || true)"
+  log "building $TRAINER_CUDA_IMAGE (trainer-image/Dockerfile, FLAVOR=cuda, CUDA_PYTHON_IMAGE=$BASE_IMAGE, wheelhouse: ${wheels:-none}; several GB, cold ≈20 min)"
+  build "$TRAINER_CUDA_IMAGE" "$LOG_DIR/trainer-cuda.log" \
+    -f "$ROOT/trainer-image/Dockerfile" \
+    --build-arg FLAVOR=cuda --build-arg "CUDA_PYTHON_IMAGE=$BASE_IMAGE" \
+    -t "$TRAINER_CUDA_IMAGE" "$ROOT"
+fi
+
+if [[ ( -z "$ONLY" || "$ONLY" == trainer ) && "$FLAVOR" == cpu ]]; then
   torch_version="$(sed -n 's/^ARG TORCH_VERSION=//p' "$ROOT/trainer-image/Dockerfile" | head -n 1)"
   [[ -n "$torch_version" ]] || die "no ARG TORCH_VERSION in trainer-image/Dockerfile"
   wheel="${SFT_TORCH_WHEEL:-}"
@@ -116,4 +135,5 @@ log "done in $((SECONDS - total)) s"
   echo "SFT_BASE_IMAGE=$BASE_IMAGE"
   ! "$DOCKER" image inspect "$OPERATOR_IMAGE" >/dev/null 2>&1 || echo "SFT_OPERATOR_IMAGE=$OPERATOR_IMAGE"
   ! "$DOCKER" image inspect "$TRAINER_IMAGE" >/dev/null 2>&1 || echo "SFT_TRAINER_IMAGE=$TRAINER_IMAGE"
+  ! "$DOCKER" image inspect "$TRAINER_CUDA_IMAGE" >/dev/null 2>&1 || echo "SFT_TRAINER_CUDA_IMAGE=$TRAINER_CUDA_IMAGE"
 } | tee "$STATE/images.env"
