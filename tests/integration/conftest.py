@@ -133,6 +133,7 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
 
     def plain(self, obj: Any) -> dict[str, Any]:
         return self.client.sanitize_for_serialization(obj)
@@ -180,6 +181,7 @@ class Cluster:
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
             "StatefulSet": self.apps.read_namespaced_stateful_set,
             "ServiceAccount": self.core.read_namespaced_service_account,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }[kind]
         try:
             return self.plain(call(name, self.ns))

@@ -36,6 +36,7 @@ def versions(cluster: Any, name: str = "tiny") -> dict[str, tuple[str, str]]:
         ("SFTJob", None),
         ("StatefulSet", name),
         ("Service", name),
+        ("NetworkPolicy", name),
         ("ConfigMap", f"{name}-config"),
         ("PersistentVolumeClaim", f"{name}-checkpoints"),
     ]:
@@ -133,6 +134,30 @@ def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster
     assert not kept["metadata"].get("ownerReferences")
 
 
+def test_network_policy_admits_only_the_jobs_pods_and_goes_with_the_job(
+    operator: Any, cluster: Any, garbage_collection: None
+) -> None:
+    """What the API server holds (no NetworkPolicy is enforced here: there is no network plugin)."""
+    cluster.create_job(job_body("net"))
+    policy = cluster.wait_for("net's NetworkPolicy", lambda: cluster.read("NetworkPolicy", "net"))
+    job_labels = {"finetune.dev/job-name": "net", "app.kubernetes.io/managed-by": "sft-operator"}
+    assert policy["spec"] == {"podSelector": {"matchLabels": job_labels}, "policyTypes": ["Ingress"],
+                              "ingress": [{"from": [{"podSelector": {"matchLabels": job_labels}}]}]}
+    owner = cluster.job("net")["metadata"]["uid"]
+    assert [(o["kind"], o["name"], o["uid"], o["controller"]) for o in policy["metadata"]["ownerReferences"]] == [
+        ("SFTJob", "net", owner, True)]
+    pods = cluster.wait_for("net's pods", lambda: (p := cluster.pods("net")) and len(p) == 2 and p)
+    assert all(job_labels.items() <= pod["metadata"]["labels"].items() for pod in pods)  # selected by it
+    # The reporter's projected token volume reads the CA from here (the controller-manager's
+    # root-ca-cert-publisher) and the pods mount no automatic token.
+    assert cluster.read("ConfigMap", "kube-root-ca.crt")["data"]["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
+    assert all(pod["spec"]["automountServiceAccountToken"] is False for pod in pods)
+    assert not any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                   for pod in pods for m in pod["spec"]["containers"][0].get("volumeMounts") or [])
+    cluster.delete_job("net")
+    cluster.wait_for("the NetworkPolicy garbage-collected", lambda: cluster.read("NetworkPolicy", "net") is None)
+
+
 def test_operator_killed_and_restarted_creates_no_duplicates_and_keeps_status(
     operator: Any, cluster: Any, writes: Any
 ) -> None:
@@ -162,7 +187,8 @@ def test_operator_killed_and_restarted_creates_no_duplicates_and_keeps_status(
     assert status["nodes"] == "1/2"
 
 
-OPERATOR_RESOURCES = ("statefulsets", "services", "configmaps", "persistentvolumeclaims", "sftjobs")
+OPERATOR_RESOURCES = ("statefulsets", "services", "networkpolicies", "configmaps", "persistentvolumeclaims",
+                      "sftjobs")
 
 
 def operator_writes(before: Any, after: Any) -> dict[tuple[str, str, str], int]:
@@ -256,7 +282,8 @@ def test_mutable_pod_change_updates_the_template_only(operator: Any, cluster: An
     assert cluster.status("tiny")["phase"] == "Running"
 
 
-@pytest.mark.parametrize(("kind", "child"), [("StatefulSet", "tiny"), ("Service", "tiny"), ("ConfigMap", "tiny-config")])
+@pytest.mark.parametrize(("kind", "child"), [("StatefulSet", "tiny"), ("Service", "tiny"), ("ConfigMap", "tiny-config"),
+                                            ("NetworkPolicy", "tiny")])
 def test_deleted_child_is_recreated(operator: Any, cluster: Any, kind: str, child: str) -> None:
     running_job(cluster)
     old_uid = cluster.read(kind, child)["metadata"]["uid"]
@@ -265,6 +292,7 @@ def test_deleted_child_is_recreated(operator: Any, cluster: Any, kind: str, chil
         # The client cannot parse the Status that deleting a Service returns on 1.20: skip parsing.
         "Service": lambda name, ns: cluster.core.delete_namespaced_service(name, ns, _preload_content=False),
         "ConfigMap": cluster.core.delete_namespaced_config_map,
+        "NetworkPolicy": cluster.networking.delete_namespaced_network_policy,
     }[kind]
     delete(child, cluster.ns)
     cluster.wait_for(f"a new {kind}", lambda: (c := cluster.read(kind, child)) and c["metadata"]["uid"] != old_uid)
