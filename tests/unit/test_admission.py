@@ -176,3 +176,57 @@ def test_an_authorizer_failure_refuses() -> None:
 
     refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), broken)
     assert (refused.message, refused.code) == ("could not check the requesting user's permissions: timeout", 500)
+
+
+# --- the kopf handler around it (handlers.validate_job) -------------------------------------------
+
+
+def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from sft_operator import handlers
+
+    monkeypatch.setattr(handlers, "_authorized", Authorizer())  # holds nothing
+    monkeypatch.setattr(handlers, "_namespaces", frozenset({"team-a"}))
+    with pytest.raises(kopf.AdmissionError) as refused:
+        handlers.validate_job("CREATE", job(), None, ALICE)
+    assert (str(refused.value), refused.value.code) == (
+        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
+    elsewhere = job()
+    elsewhere["metadata"]["namespace"] = "team-b"  # not this operator's: it creates nothing there
+    handlers.validate_job("CREATE", elsewhere, None, ALICE)
+
+
+def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kubernetes
+
+    from sft_operator import handlers
+
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    class Answering:
+        def __init__(self, allowed: bool | None):
+            self.allowed = allowed
+
+        def __call__(self, _client: Any) -> Any:
+            return self
+
+        def create_namespaced_local_subject_access_review(self, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+            asked.append((namespace, body))
+            if self.allowed is None:
+                raise kubernetes.client.exceptions.ApiException(status=503, reason="Service Unavailable")
+            status = kubernetes.client.V1SubjectAccessReviewStatus(allowed=self.allowed)
+            return kubernetes.client.V1LocalSubjectAccessReview(spec=kubernetes.client.V1SubjectAccessReviewSpec(),
+                                                                 status=status)
+
+    body = access_review(ALICE, "team-a", Permission("create", "pods", "why"))
+    monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(True))
+    assert handlers._authorized(body) is True
+    assert asked == [("team-a", body)]
+    monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(False))
+    assert handlers._authorized(body) is False
+    monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(None))
+    with pytest.raises(Refusal) as refused:
+        handlers._authorized(body)
+    assert refused.value.code == 500
+    assert refused.value.message.startswith("could not check the requesting user's permissions: (503)")
