@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # devtools/ (dev-only: control plane, nodes, demo, tiny model) runs from the checkout, never installed.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: docker demo test unit integration training e2e images images-test cuda-constraints venv provision cluster-up cluster-down run crd bench tiny clean
+.PHONY: docker demo test unit integration training e2e images images-test images-test-cuda cuda-constraints venv provision cluster-up cluster-down run crd bench tiny clean
 
 ## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
 ## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
@@ -46,6 +46,10 @@ cuda-constraints:
 ## images-test: the image tier (builds both images, runs them, trains the tiny model in the trainer image)
 images-test: venv docker
 	$(PY) -m pytest -q -m images tests/images
+
+## images-test-cuda: the trainer's CUDA flavour built and tested (opt-in: 6.3 GB; docs/images.md)
+images-test-cuda: venv docker
+	SFT_TEST_CUDA_IMAGE=1 $(PY) -m pytest -q -rs -m images tests/images/test_cuda_image.py
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from images_harness import docker, run_build
+from images_harness import CUDA_OPT_IN, CUDA_OPT_IN_REASON, docker, run_build
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,19 @@ def operator_image(built_images: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def trainer_image(built_images: dict[str, str]) -> str:
     return built_images["SFT_TRAINER_IMAGE"]
+
+
+@pytest.fixture(scope="session")
+def cuda_trainer_image() -> str:
+    """The trainer's CUDA flavour (build-images.sh, SFT_TRAINER_FLAVOR=cuda), opt-in."""
+    if os.environ.get(CUDA_OPT_IN) != "1":
+        pytest.skip(CUDA_OPT_IN_REASON)
+    if docker("info", check=False, timeout=60).returncode != 0:
+        pytest.fail("docker info fails: start dockerd (see docs/images.md)", pytrace=False)
+    names, log, elapsed = run_build({"SFT_TRAINER_FLAVOR": "cuda", "SFT_IMAGES_ONLY": "trainer"})
+    sys.stderr.write(f"\n{log}CUDA trainer image built in {elapsed:.0f} s\n")
+    assert "SFT_TRAINER_CUDA_IMAGE" in names, f"build-images.sh printed no SFT_TRAINER_CUDA_IMAGE=...:\n{names}"
+    return names["SFT_TRAINER_CUDA_IMAGE"]
 
 
 @pytest.fixture
