@@ -472,6 +472,7 @@ def test_webhook_is_wired_to_the_operator(helm: Helm) -> None:
     (container,) = pod["containers"]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
     assert {"name": "webhook-tls", "mountPath": "/etc/sft-operator/webhook", "readOnly": True} in container["volumeMounts"]
+    assert container["readinessProbe"] == {"tcpSocket": {"port": "webhook"}, "periodSeconds": 5}
     assert {"name": "webhook-tls", "secret": {"secretName": "rel-sft-operator-webhook-tls"}} in pod["volumes"]
 
 
@@ -513,6 +514,7 @@ def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:
     assert not by_kind(off, "ValidatingWebhookConfiguration") and not by_kind(off, "Secret")
     (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
     assert not any(a.startswith("--webhook") for a in container["args"])
+    assert "readinessProbe" not in container
     assert "webhook-tls" not in {v["name"] for v in the_deployment(off)["spec"]["template"]["spec"]["volumes"]}
 
 
