@@ -19,8 +19,8 @@ from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 JOBS = 100
-CHILD_RESOURCES = {"statefulsets", "services", "configmaps", "persistentvolumeclaims", "serviceaccounts", "roles",
-                   "rolebindings"}
+CHILD_RESOURCES = {"statefulsets", "services", "networkpolicies", "configmaps", "persistentvolumeclaims",
+                   "serviceaccounts", "roles", "rolebindings"}
 
 
 def test_every_job_is_created_once_under_load(control_plane: Any, operator: Any, cluster: Any) -> None:
@@ -54,7 +54,8 @@ def test_every_job_is_created_once_under_load(control_plane: Any, operator: Any,
 
 
 RESTART_JOBS = 40
-UNINDEXED_LISTINGS = 5  # claims, ServiceAccounts, Roles, RoleBindings, Services: children.LISTED_KINDS
+# claims, ServiceAccounts, Roles, RoleBindings, Services, NetworkPolicies: children.LISTED_KINDS
+UNINDEXED_LISTINGS = 6
 
 
 def client_requests(port: int) -> Counter[str]:
@@ -108,7 +109,7 @@ def test_a_restart_over_many_jobs_reads_no_child_per_job(control_plane: Any, crd
               for w in control_plane.write_requests(since=mark, namespace=namespace, user=ADMIN_USER)]
     assert sorted(writes) == [("create", "serviceaccounts", names[1], 201), ("create", "services", names[0], 201)]
     # Only the listings (each reused for LISTING_TTL_S, so a slow resume may list a kind again);
-    # reading each child would be 7 per job, 280 here.
+    # reading each child would be 8 per job, 320 here.
     assert set(seen) == {"GET", "POST"} and seen["POST"] == 2
     assert seen["GET"] <= 2 * UNINDEXED_LISTINGS
     assert {name: cluster.status(name) for name in names} == statuses
