@@ -101,21 +101,24 @@ def build_tokenizer(corpus: list[str], *, vocab_size: int = 256):
     return wrapped
 
 
-def write_tiny_model(model_dir: Path, corpus: list[str], *, seed: int = 0) -> Path:
-    """Save a 2-layer random-weight Llama and its tokenizer into ``model_dir``."""
+TINY_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+def write_tiny_model(model_dir: Path, corpus: list[str], *, seed: int = 0, **sizes: int) -> Path:
+    """Save a random-weight Llama (2 layers unless ``sizes`` override TINY_SIZES' LlamaConfig
+    fields: benchmarks/gpu_smoke.py builds a larger one) and its tokenizer into ``model_dir``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = Path(model_dir)
     tokenizer = build_tokenizer(corpus)
+    unknown = set(sizes) - set(TINY_SIZES)
+    if unknown:
+        raise ValueError(f"unknown model sizes {sorted(unknown)} (known: {sorted(TINY_SIZES)})")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **{**TINY_SIZES, **sizes},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -104,7 +104,7 @@ def driver_cuda_version(library: str = LIBCUDA) -> tuple[int | None, str | None]
     try:
         libcuda = ctypes.CDLL(library)
     except OSError as error:
-        return None, f"{library}: {error}"
+        return None, str(error)  # names the library: "libcuda.so.1: cannot open shared object file: ..."
     version = ctypes.c_int(0)
     result = libcuda.cuDriverGetVersion(ctypes.byref(version))
     if result != 0:
