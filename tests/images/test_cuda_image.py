@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 import test_trainer_run
 from images_harness import ROOT, docker
@@ -74,6 +75,22 @@ def test_torch_is_the_cuda_build_and_nccl_loads(cuda_trainer_image: str) -> None
     x, y, z = map(int, expected.split("."))
     assert int(nccl_code) == x * 10000 + y * 100 + z, out
     assert no_pip == "True", "pip left in the runtime image"
+
+
+def test_every_installed_package_is_the_pinned_version(cuda_trainer_image: str) -> None:
+    """What the image holds is constraints-cuda.txt, exactly: nothing unpinned got in."""
+    out = python(cuda_trainer_image, "import importlib.metadata as m\n"
+                 "for d in m.distributions(): print(d.metadata['Name'], d.version)")
+    installed = {canonicalize_name(name): version for name, version in
+                 (line.split() for line in out.splitlines())}
+    assert installed.pop("sft-operator") == "0.1.0"
+    pins = {}
+    for line in (ROOT / "trainer-image" / "constraints-cuda.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    wheelhouse_only = {"einops", "ninja"}  # installed only with a wheelhouse
+    assert installed == {name: v for name, v in pins.items() if name not in wheelhouse_only}
 
 
 def test_launcher_imports_and_trains_without_flash_attn(cuda_trainer_image: str) -> None:
