@@ -143,7 +143,10 @@ def submit(
         return
     client, target_namespace = connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
     manifest["metadata"]["namespace"] = target_namespace
-    created = api().create_job(client, manifest)
+    try:
+        created = api().create_job(client, manifest)
+    except api().SFTJobRefusedError as exc:  # e.g. the admission webhook: the permission or field named
+        raise fail(str(exc), EXIT_INVALID) from None
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:

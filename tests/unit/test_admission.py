@@ -4,6 +4,7 @@ userInfo, and every decision with its exact message and code."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -230,3 +231,37 @@ def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytes
         handlers._authorized(body)
     assert refused.value.code == 500
     assert refused.value.message.startswith("could not check the requesting user's permissions: (503)")
+
+
+def test_the_client_says_why_the_server_refused_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sft(), `sft-operator submit`: a refusal (here the webhook's, as the API server relays it) is
+    SFTJobRefusedError with the server's message, not a raw HTTP error."""
+    import kubernetes
+
+    from sft_operator.api import SFTJobRefusedError, create_job
+    from sft_operator.api import jobs as api_jobs
+
+    message = ('admission webhook "validate.sftjobs.finetune.dev" denied the request: user alice may not create '
+               "pods in namespace team-a: an SFTJob creates pods on your behalf")
+
+    class Refusing:
+        def __init__(self, status: int, body: str | None):
+            self.status, self.body = status, body
+
+        def create_namespaced_custom_object(self, *_: Any) -> Any:
+            exc = kubernetes.client.exceptions.ApiException(status=self.status, reason="Forbidden")
+            exc.body = self.body
+            raise exc
+
+    body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": 403})
+    monkeypatch.setattr(api_jobs, "custom_objects_api", lambda _client: Refusing(403, body))
+    with pytest.raises(SFTJobRefusedError) as refused:
+        create_job(None, job())
+    assert str(refused.value) == f"SFTJob team-a/j was not created: {message}"
+    monkeypatch.setattr(api_jobs, "custom_objects_api", lambda _client: Refusing(422, None))
+    with pytest.raises(SFTJobRefusedError, match="^SFTJob team-a/j was not created: 422 Forbidden$"):
+        create_job(None, job())
+    # Not a refusal of the job (the server or the network): raised as it is.
+    monkeypatch.setattr(api_jobs, "custom_objects_api", lambda _client: Refusing(500, body))
+    with pytest.raises(kubernetes.client.exceptions.ApiException):
+        create_job(None, job())

@@ -13,6 +13,7 @@ from sft_operator.api.handle import SFTJobHandle, open_job
 from sft_operator.api.job_events import JobEvent
 from sft_operator.api.jobs import (
     SFTJobNotFoundError,
+    SFTJobRefusedError,
     connect,
     create_job,
     follow_job,
@@ -61,6 +62,7 @@ __all__ = [
     "SFTJobFailedError",
     "SFTJobHandle",
     "SFTJobNotFoundError",
+    "SFTJobRefusedError",
     "SFTJobResult",
     "SFTParameterError",
     "build_sftjob",

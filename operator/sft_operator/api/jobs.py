@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -59,11 +60,38 @@ def custom_objects_api(api_client: Any) -> Any:
     return kubernetes.client.CustomObjectsApi(api_client)
 
 
+class SFTJobRefusedError(PermissionError):
+    """The API server refused to create the job: its schema, RBAC, or the operator's admission
+    webhook (a user who may not create pods, the cluster's policy); the message is the server's."""
+
+
+# Refusals a retry cannot change: invalid (400, 422), forbidden (403), already there (409).
+REFUSED_STATUSES = frozenset({400, 403, 409, 422})
+
+
 def create_job(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create the SFTJob; raises SFTJobRefusedError with the server's reason when it is refused."""
+    from kubernetes.client.exceptions import ApiException
+
     namespace = manifest["metadata"]["namespace"]
-    return custom_objects_api(api_client).create_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest
-    )
+    try:
+        return custom_objects_api(api_client).create_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest
+        )
+    except ApiException as exc:
+        if exc.status not in REFUSED_STATUSES:
+            raise
+        raise SFTJobRefusedError(f"SFTJob {namespace}/{manifest['metadata'].get('name')} was not created: "
+                                 f"{refusal_message(exc)}") from None
+
+
+def refusal_message(exc: Any) -> str:
+    """The API server's message of a refusal (a Status body), else its HTTP reason."""
+    try:
+        message = json.loads(exc.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return message or f"{exc.status} {exc.reason}"
 
 
 def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
