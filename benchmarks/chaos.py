@@ -44,7 +44,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from sft_operator import contract
-from devtools.realstack import RealStack, open_to_pods
+from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
@@ -69,7 +69,7 @@ class Chaos:
         print(f"{time.strftime('%H:%M:%S')} {job}: {text}", flush=True)
 
     def manifest(self, name: str, data: Path | None = None, **spec: Any) -> dict[str, Any]:
-        body = self.stack.job_manifest(self.assets, name, NAMESPACE, cpu=POD_CPU)
+        body = self.stack.job_manifest(name, NAMESPACE, cpu=POD_CPU)
         body["spec"].update(numEpochs=self.epochs, **spec)
         if data is not None:
             body["spec"]["dataPath"] = f"/assets/{data.name}"
@@ -191,7 +191,6 @@ def bad_dataset(assets: Path) -> Path:
     second.pop("messages", None)
     second["conversation"] = "no messages here"
     broken.write_text("\n".join([lines[0], json.dumps(second), *lines[2:]]) + "\n")
-    broken.chmod(0o644)  # read by the trainer's uid 65532 through the hostPath volume
     return broken
 
 
@@ -241,8 +240,9 @@ def main() -> int:
         kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
         assert stack.cp is not None
         stack.cp.wait_for_default_service_account(NAMESPACE)
-        assets = open_to_pods(build_tiny_assets(state / "assets").data_path.parent)
-        chaos = Chaos(stack, assets, args.epochs)
+        built = build_tiny_assets(state / "assets").data_path.parent
+        # The model and data on a claim (root's files, read-only in the pods); bad data goes there too.
+        chaos = Chaos(stack, stack.fill_claim(NAMESPACE, ASSETS_CLAIM, built), args.epochs)
         for round_no in range(1, args.rounds + 1):
             results.append(run_round(chaos, round_no))
         rounds_done = time.monotonic()

@@ -38,7 +38,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from devtools.node import docker
-from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
+from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_operator import contract
@@ -62,7 +62,7 @@ class Bench:
     # -- jobs --
 
     def create(self, name: str, image: str | None = None, **spec: Any) -> dict[str, Any]:
-        manifest = self.stack.job_manifest(self.assets, name, NAMESPACE)
+        manifest = self.stack.job_manifest(name, NAMESPACE)
         if image:
             manifest["spec"]["pod"]["image"] = image
         manifest["spec"].update(spec)
@@ -255,8 +255,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sft-bench-policy-") as tmp:
         state = Path(tmp)
         assets = build_tiny_assets(state / "assets").model_dir.parent
-        state.chmod(0o755)
-        open_to_pods(assets)
         stack = RealStack(state / "stack", on_step=lambda m: print(f"realstack: {m}", flush=True),
                           helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
                           helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"])
@@ -265,7 +263,7 @@ def main() -> int:
             kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})
             assert stack.cp is not None
             stack.cp.wait_for_default_service_account(NAMESPACE)
-            b = Bench(stack, assets)
+            b = Bench(stack, stack.fill_claim(NAMESPACE, ASSETS_CLAIM, assets))
             runs: dict[str, Callable[[], None]] = {
                 "startup": lambda: startup(b, args.startup_timeout),
                 "ttl": lambda: ttl(b),

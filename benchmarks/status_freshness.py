@@ -34,7 +34,7 @@ from typing import Any
 from sft_operator import contract
 from sft_operator.checkpoints import HF_FORMAT_DIR
 from devtools.demo import describe, follow_job
-from devtools.realstack import RealStack, open_to_pods
+from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import StackError
 from devtools.tiny_model import build_tiny_assets
 from sft_operator.models import parse_job
@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = (args.state_dir or Path(tempfile.mkdtemp(prefix="sft-freshness-"))).resolve()
     namespace = "default"
     assets = build_tiny_assets(state_dir / "assets", num_samples=args.samples)
-    open_to_pods(assets.model_dir.parent)  # read by the trainer's uid 65532 through a hostPath volume
 
     print(f"tiny job: {args.samples} samples x {args.epochs} epochs, saveSamples {args.save_samples}, "
           f"2 pods x 1 process, CPU, {POD_CPU} CPU requested per pod; state in {state_dir}")
     stack = RealStack(state_dir / "stack", on_step=lambda msg: print(f"realstack: {msg}", flush=True))
     try:
         stack.start()
-        manifest = stack.job_manifest(assets.model_dir.parent, "freshness", namespace, cpu=POD_CPU)
+        stack.fill_claim(namespace, ASSETS_CLAIM, assets.model_dir.parent)  # the job's model and data
+        manifest = stack.job_manifest("freshness", namespace, cpu=POD_CPU)
         manifest["spec"].update(numEpochs=args.epochs, saveSamples=args.save_samples)
         name = manifest["metadata"]["name"]
         assert stack.cp is not None

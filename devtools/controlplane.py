@@ -61,7 +61,6 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 LOG_TAIL_LINES = 15
 PORT_ATTEMPTS = 3
 STATE_FILE = "controlplane.json"
-HOSTPATH_STORAGE_CLASS = "local-hostpath"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 # Metadata of every write, once per request: lets a test attribute writes to a user and a
 # namespace exactly (the apiserver's /metrics only count them cluster-wide).
@@ -332,16 +331,13 @@ class ControlPlane:
         timeout_s: float | None = None,
         detached: bool = False,
         advertise_address: str | None = None,
-        hostpath_provisioner: bool = False,
     ):
         """``advertise_address``: a non-loopback host IP for a real node's pods (the apiserver then
         binds 0.0.0.0 and the `kubernetes` Service gets that endpoint; a loopback one is invalid
         there, so in-pod clients could not reach the API). None: loopback only (the default).
-        ``hostpath_provisioner``: dev-only dynamic provisioning of claims as directories under
-        /tmp/hostpath_pv (kube-controller-manager --enable-hostpath-provisioner) behind a default
-        StorageClass ``local-hostpath``; single-machine only."""
+        Claims are provisioned by the real node (devtools.node's local-volume provisioner), as a
+        cluster's storage driver does, not by the control plane."""
         self.advertise_address = advertise_address
-        self.hostpath_provisioner = hostpath_provisioner
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="sft-controlplane-")).resolve()
         self._assets = Path(assets) if assets else None
@@ -410,8 +406,6 @@ class ControlPlane:
             # Pods are admitted only once their namespace's default ServiceAccount has a token
             # (1.20's ServiceAccount admission): wait until the controllers got that far.
             self._wait("the default ServiceAccount has its token", self._default_sa_ready, CONTROLLER_MANAGER)
-            if self.hostpath_provisioner:
-                self._ensure_default_storage_class()
         except BaseException:
             self.stop()
             raise
@@ -590,28 +584,7 @@ class ControlPlane:
             "--secure-port=0", "--port=0", "--profiling=false",
             # The default client rate limit (20 QPS) spends seconds starting the controllers.
             "--kube-api-qps=200", "--kube-api-burst=400",
-            *(("--enable-hostpath-provisioner",) if self.hostpath_provisioner else ()),
         ]
-
-    def _ensure_default_storage_class(self) -> None:
-        """The default StorageClass of the dev-only hostPath provisioner (idempotent)."""
-        body = json.dumps({
-            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": HOSTPATH_STORAGE_CLASS,
-                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": "kubernetes.io/host-path", "reclaimPolicy": "Delete",
-            "volumeBindingMode": "Immediate",
-        }).encode()
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        req = urllib.request.Request(
-            self.server + "/apis/storage.k8s.io/v1/storageclasses", data=body, method="POST",
-            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10):
-                pass
-        except urllib.error.HTTPError as e:
-            if e.code != 409:  # already there (a kept state dir)
-                raise ControlPlaneError(f"cannot create StorageClass {HOSTPATH_STORAGE_CLASS}: HTTP {e.code} {e.read()[:200]!r}") from None
 
     def _start_reaper(self) -> None:
         self._reaper = subprocess.Popen(
@@ -738,14 +711,13 @@ def _running_pids(state: dict[str, Any]) -> dict[str, int]:
     return {name: pid for name, pid in state.get("pids", {}).items() if _pid_runs(pid, name)}
 
 
-def cli_up(state_dir: Path, advertise_address: str | None = None, hostpath_provisioner: bool = False) -> int:
+def cli_up(state_dir: Path, advertise_address: str | None = None) -> int:
     state = _read_state(state_dir)
     if state and _running_pids(state):
         print(f"control plane already running in {state_dir} (pids {_running_pids(state)})")
         print(f"  export KUBECONFIG={state['kubeconfig']}; kubectl get --raw /readyz")
         return 0
-    cp = ControlPlane(state_dir=state_dir, detached=True, advertise_address=advertise_address,
-                      hostpath_provisioner=hostpath_provisioner)
+    cp = ControlPlane(state_dir=state_dir, detached=True, advertise_address=advertise_address)
     cp.start()
     _write_private(state_dir / STATE_FILE, json.dumps({
         "pids": cp.pids, "server": cp.server, "kubeconfig": str(cp.kubeconfig),
@@ -772,8 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local"), help="default: .local")
     parser.add_argument("--for-real-node", action="store_true",
-                        help="up: advertise this machine's IP (pods reach the API) and provision claims "
-                             "as host directories (for devtools.node)")
+                        help="up: advertise this machine's IP, so pods reach the API (for devtools.node, "
+                             "whose provisioner then serves claims)")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     try:
@@ -782,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.for_real_node:
                 from devtools.node import host_ip
                 advertise = host_ip()
-            return cli_up(state_dir, advertise, hostpath_provisioner=args.for_real_node)
+            return cli_up(state_dir, advertise)
         return cli_down(state_dir)
     except ControlPlaneError as e:
         where = f" (log: {e.log_file})" if e.log_file else ""

@@ -1,17 +1,19 @@
 """`make demo`: a newcomer's first run, end to end on this machine.
 
 The local control plane, a real node (kubelet + docker, docs/realnode.md), the images
-(scripts/build-images.sh) and `helm install` of the chart. Builds a tiny model and
-data offline, applies examples/sftjob-tiny-cpu.yaml (2 nodes x 1 process, CPU mode), follows the
-job until Succeeded, then prints `kubectl get sftjobs` and the checkpoint tree. Everything it
-started is stopped on the way out (Ctrl-C included).
+(scripts/build-images.sh) and `helm install` of the chart. Builds a tiny model and data offline
+and puts them on a claim (tiny-assets: a root-owned `local` volume, filled as root writes files),
+applies examples/sftjob-tiny-cpu.yaml (2 nodes x 1 process, CPU mode; its checkpoints on a claim
+of its own, root-owned too: the pod's fsGroup makes it writable), follows the job until Succeeded,
+then prints `kubectl get sftjobs` and the checkpoint tree. Everything it started is stopped on the
+way out (Ctrl-C included).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import string
+import stat
 import subprocess
 import sys
 import time
@@ -28,10 +30,9 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".local" / "demo"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
-def demo_manifest(assets_dir: Path, example: Path = EXAMPLE) -> dict[str, Any]:
-    """The example job with ${ASSETS_DIR} filled in."""
-    text = string.Template(example.read_text()).substitute(ASSETS_DIR=str(assets_dir))
-    return yaml.safe_load(text)
+def demo_manifest(example: Path = EXAMPLE) -> dict[str, Any]:
+    """The example job (its model and data on the claim devtools.realstack.ASSETS_CLAIM)."""
+    return yaml.safe_load(example.read_text())
 
 
 def describe(job: dict[str, Any]) -> str:
@@ -109,11 +110,11 @@ def real_main(args: argparse.Namespace) -> int:
     """The demo on the real node: the chart's operator pod, the trainer image, the reporter sidecar."""
     from rich.console import Console
 
-    from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
+    from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
     from devtools.stack import StackError
     from devtools.tiny_model import build_tiny_assets
     from sft_operator.models import parse_job
-    from sft_operator.render import statefulset_name
+    from sft_operator.render import claim_name, statefulset_name
 
     console = Console(highlight=False, soft_wrap=True)
     say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
@@ -123,14 +124,14 @@ def real_main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     say(f"building a tiny model and data offline in {state_dir / 'assets'}")
     assets_dir = build_tiny_assets(state_dir / "assets").model_dir.parent
-    state_dir.chmod(0o755)
-    open_to_pods(assets_dir)  # read by the trainer's uid 65532 through a hostPath volume
     stack = RealStack(state_dir, on_step=say, helm_set=args.helm_set)
     try:
         stack.start()
         import kubernetes
 
-        manifest = demo_manifest(assets_dir)
+        say(f"claim {ASSETS_CLAIM}: the model and data on a volume, read-only in the job's pods")
+        stack.fill_claim(namespace, ASSETS_CLAIM, assets_dir)
+        manifest = demo_manifest()
         manifest["spec"]["pod"]["image"] = stack.images["SFT_TRAINER_IMAGE"]
         # Two pods and their reporters on a small machine: half a core each.
         manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
@@ -158,9 +159,11 @@ def real_main(args: argparse.Namespace) -> int:
         console.print(sftjobs_table(stack.kubeconfig, namespace), markup=False)
         console.print(f"[bold]$ kubectl logs {pod0} -c {contract.TRAINER_CONTAINER} --tail=15[/]  (last seen)")
         console.print(logs[0] or "(none)", markup=False)
-        claims = stack.claim_dirs()
-        console.print("[bold]checkpoints[/] (the claim's directory on this machine):")
-        console.print("\n".join(tree(c) for c in claims) or "(no claim)", markup=False)
+        root = stack.claim_dir(namespace, claim_name(parse_job(manifest)))
+        owner = root.stat()
+        console.print(f"[bold]checkpoints[/] (the claim's directory on this machine; made root's 0755, now "
+                      f"{owner.st_uid}:{owner.st_gid} {stat.filemode(owner.st_mode)} through the pod's fsGroup):")
+        console.print(tree(root), markup=False)
         if phase != "Succeeded":
             console.print(f"[bold red]job {phase}[/]: {describe(job)}")
             console.print(stack.operator_log(), markup=False)

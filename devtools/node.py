@@ -1,9 +1,11 @@
 """A real local node for the local control plane (dev/test only): dockerd, kube-scheduler, kubelet
-1.20 (dockershim), kube-proxy (iptables), CNI bridge networking and a dev-only cluster DNS, all on
-this machine, as root. Pods run in real containers from local images, in their own network
-namespaces (pod CIDR 10.244.0.0/24, on this machine only).
+1.20 (dockershim), kube-proxy (iptables), CNI bridge networking, a dev-only cluster DNS and a
+dev-only provisioner of `local` volumes (devtools.local_provisioner: the default StorageClass
+``local-dir``, root-owned directories under ``<state_dir>/local-volumes``), all on this machine,
+as root. Pods run in real containers from local images, in their own network namespaces (pod CIDR
+10.244.0.0/24, on this machine only).
 
-    cp = ControlPlane(advertise_address=host_ip(), hostpath_provisioner=True).start()
+    cp = ControlPlane(advertise_address=host_ip()).start()
     with RealNode(cp.kubeconfig) as node:   # Ready, untainted
         ...
 
@@ -64,8 +66,10 @@ MACHINE_LOCK = Path("/run/sft-operator-realnode.lock")
 LOCK_WAIT_ENV = "SFT_NODE_LOCK_WAIT_S"
 DEFAULT_LOCK_WAIT_S = 3600.0
 SCHEDULER, KUBELET, PROXY, DNS = "kube-scheduler", "kubelet", "kube-proxy", "dns"
+PROVISIONER = "local-provisioner"
+LOCAL_VOLUMES_DIR = "local-volumes"  # under the state dir: the provisioner's claim directories
 NODE_BINARIES = (SCHEDULER, KUBELET, PROXY)
-STOP_ORDER = (DNS, PROXY, KUBELET, SCHEDULER)
+STOP_ORDER = (DNS, PROVISIONER, PROXY, KUBELET, SCHEDULER)
 
 
 class NodeError(RuntimeError):
@@ -168,6 +172,12 @@ class RealNode:
     def __enter__(self) -> "RealNode":
         return self.start()
 
+    @property
+    def volumes_dir(self) -> Path:
+        """Where the node's provisioner puts claim directories (kept by stop(), like the data of
+        a node's disks; RealStack.stop removes its claims' ones)."""
+        return self.state_dir / LOCAL_VOLUMES_DIR
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
@@ -200,6 +210,10 @@ class RealNode:
             if self.dns:
                 self._spawn(DNS, [sys.executable, "-m", "devtools.node_dns",
                                   "--kubeconfig", str(self.kubeconfig), "--port", "53"])
+            # Before any claim can be made through this node: the default StorageClass is its.
+            self._spawn(PROVISIONER, [sys.executable, "-m", "devtools.local_provisioner",
+                                      "--kubeconfig", str(self.kubeconfig), "--node-name", self.node_name,
+                                      "--root", str(self.volumes_dir)])
             self._spawn(SCHEDULER, [str(self.bin_dir / SCHEDULER), f"--kubeconfig={self.kubeconfig}",
                                     "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1"])
             s = self.state_dir

@@ -1,4 +1,4 @@
-"""DEV-ONLY cluster DNS (and claim-directory permissions) for the local real node
+"""DEV-ONLY cluster DNS for the local real node
 (devtools.node). NOT a DNS server for anything else: no upstream, no caching, no security.
 It exists because Debian has no CoreDNS/kube-dns package and no registry of images is reachable.
 
@@ -7,16 +7,10 @@ It exists because Debian has no CoreDNS/kube-dns package and no registry of imag
   <a-b-c-d>.<ns>.pod.cluster.local        A  a.b.c.d
 Anything else: NXDOMAIN (there is no upstream resolver in the sandbox). UDP and TCP.
 It polls services and endpoints every --interval seconds (a watch would be the real thing).
-
-Also: the dev-only hostPath provisioner (kube-controller-manager --enable-hostpath-provisioner)
-creates each claim's directory under /tmp/hostpath_pv as root with mode 0750, so non-root pods
-(uid 65532 in our images) could not write their checkpoints; every poll opens such directories
-to mode 0777 (single-machine dev use only).
 """
 import argparse
 import base64
 import json
-import os
 import ssl
 import threading
 import time
@@ -27,7 +21,6 @@ from dnslib import A, QTYPE, RCODE, RR
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 DOMAIN = "cluster.local."
-HOSTPATH_PV_DIR = "/tmp/hostpath_pv"  # hard-coded in Kubernetes' hostPath provisioner
 
 
 class Api:
@@ -88,14 +81,6 @@ class Resolver(BaseResolver):
                 recs[f"{name}.{ns}.svc.{DOMAIN}"] = [ip]
         with self.lock:
             self.records = recs
-        for pv in self.api.get("/api/v1/persistentvolumes")["items"]:
-            path = ((pv.get("spec") or {}).get("hostPath") or {}).get("path", "")
-            if path.startswith(HOSTPATH_PV_DIR + "/"):
-                try:
-                    if os.stat(path).st_mode & 0o777 != 0o777:
-                        os.chmod(path, 0o777)
-                except FileNotFoundError:
-                    pass
 
     def resolve(self, request, handler):
         reply = request.reply()

@@ -1,10 +1,11 @@
 """Dev/test only: the whole user path on this machine's real node, started and stopped as one.
 
     stack = RealStack(state_dir, on_step=print).start()
-    # control plane (advertising this machine's IP, claims as host dirs) + RealNode (dockerd,
-    # kubelet, kube-proxy, CNI, dev DNS) + both images (scripts/build-images.sh) + `helm install`
-    # of charts/sft-operator (the operator as a pod from its image, the chart's RBAC only),
-    # waited until the operator pod is Ready
+    # control plane (advertising this machine's IP) + RealNode (dockerd, kubelet, kube-proxy, CNI,
+    # dev DNS, the provisioner of `local` volumes) + both images (scripts/build-images.sh) +
+    # `helm install` of charts/sft-operator (the operator as a pod from its image, the chart's RBAC
+    # only), waited until the operator pod is Ready
+    stack.fill_claim("default", ASSETS_CLAIM, tiny_assets_dir)   # the demo job's model and data
     ...
     stack.stop()
 
@@ -16,6 +17,7 @@ StackError with a one-line reason (and the piece's log).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.controlplane import ControlPlane, ControlPlaneError
+from devtools.local_provisioner import ANN_PROVISIONED_BY, PROVISIONER, root_umask
 from devtools.node import DOCKER, NodeError, RealNode, docker, host_ip
 from devtools.stack import StackError
 
@@ -32,6 +35,8 @@ RELEASE, OPERATOR_NS = "sft", "sft-system"
 OPERATOR_CONTAINER = "operator"  # the chart's Deployment
 OPERATOR_READY_TIMEOUT_S = 180.0
 OPERATOR_SETTLE_S = 5.0
+# The claim the demo job (examples/sftjob-tiny-cpu.yaml) reads its model and data from.
+ASSETS_CLAIM = "tiny-assets"
 
 
 def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,12 +48,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def open_to_pods(path: Path) -> Path:
-    """Make a host directory readable through a hostPath volume by non-root pods (our images run as
-    uid 65532): a+rX on it and everything below (safetensors writes its file 0600)."""
-    for p in [path, *path.rglob("*")]:
-        p.chmod(p.stat().st_mode | (0o555 if p.is_dir() else 0o444))
-    return path
+def copy_as_root_writes(source: Path, target: Path) -> None:
+    """Copy the files below ``source`` into the existing directory ``target`` the way root writes
+    new files (umask 022: directories 0755, files 0644, root's; the source's modes are not kept:
+    safetensors saves its file 0600). ``target`` itself is left as it is."""
+    with root_umask():
+        for path in sorted(source.rglob("*")):
+            dest = target / path.relative_to(source)
+            if path.is_dir():
+                dest.mkdir(exist_ok=True)
+            else:
+                shutil.copyfile(path, dest)
 
 
 class RealStack:
@@ -97,14 +107,14 @@ class RealStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         t = time.monotonic()
         self.on_step("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
-        self.cp = ControlPlane(self.state_dir / "controlplane", advertise_address=host_ip(), hostpath_provisioner=True)
+        self.cp = ControlPlane(self.state_dir / "controlplane", advertise_address=host_ip())
         try:
             self.cp.start()
         except ControlPlaneError as e:
             raise StackError(f"control plane: {e.summary}") from None
         self._timed("control plane up", t)
         t = time.monotonic()
-        self.on_step("starting the real node (dockerd, kubelet, kube-proxy, CNI, dev DNS)")
+        self.on_step("starting the real node (dockerd, kubelet, kube-proxy, CNI, dev DNS, local volumes)")
         self.node = RealNode(self.cp.kubeconfig, self.state_dir / "node")
         try:
             self.node.start()
@@ -177,21 +187,38 @@ class RealStack:
             return "(no operator pod)"
         return self.kubectl("-n", OPERATOR_NS, "logs", self.operator_pod, f"--tail={tail}").stdout
 
-    def job_manifest(self, assets_dir: Path, name: str, namespace: str, cpu: str = "500m") -> dict[str, Any]:
-        """The demo job (examples/sftjob-tiny-cpu.yaml) for this node: ``assets_dir`` (made with
-        devtools.tiny_model and open_to_pods) as its hostPath, the trainer image built here, ``cpu``
+    def job_manifest(self, name: str, namespace: str, cpu: str = "500m") -> dict[str, Any]:
+        """The demo job (examples/sftjob-tiny-cpu.yaml) for this node: its model and data on the
+        claim ASSETS_CLAIM of ``namespace`` (fill_claim), the trainer image built here, ``cpu``
         requested per pod (two pods and their reporters share a small machine)."""
         from devtools.demo import demo_manifest
 
-        manifest = demo_manifest(assets_dir)
+        manifest = demo_manifest()
         manifest["metadata"] = {"name": name, "namespace": namespace}
         manifest["spec"]["pod"]["image"] = self.images["SFT_TRAINER_IMAGE"]
         manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": cpu, "memory": "1Gi"}}
         return manifest
 
+    def fill_claim(self, namespace: str, claim: str, source: Path, size: str = "1Gi",
+                   access_modes: Sequence[str] = ("ReadOnlyMany",)) -> Path:
+        """A new claim holding the files below ``source``, as a cluster user loads a model and data
+        onto a fresh volume before the jobs that read it: created, bound to a `local` volume of the
+        node's provisioner (a root-owned 0755 directory), then filled as root writes files
+        (copy_as_root_writes). Pods read it with the claim mounted readOnly (the kubelet then
+        changes no ownership). Returns the claim's host directory."""
+        import kubernetes
+
+        kubernetes.client.CoreV1Api(self.api_client()).create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": list(access_modes), "resources": {"requests": {"storage": size}}}})
+        target = self.claim_dir(namespace, claim)
+        copy_as_root_writes(source, target)
+        self.on_step(f"claim {namespace}/{claim} filled from {source} ({target})")
+        return target
+
     def claim_dir(self, namespace: str, claim: str, timeout_s: float = 60.0) -> Path:
-        """The host directory behind a claim (claim -> its bound PV -> spec.hostPath.path, the
-        dev-only hostPath provisioner's); waits (bounded) until the claim is bound."""
+        """The host directory behind a claim (claim -> its bound PV -> spec.local.path, a volume
+        of the node's provisioner); waits (bounded) until the claim is bound."""
         import kubernetes
         from kubernetes.client.exceptions import ApiException
 
@@ -206,9 +233,9 @@ class RealStack:
                 pvc = None
             if pvc is not None and pvc.status.phase == "Bound" and pvc.spec.volume_name:
                 pv = core.read_persistent_volume(pvc.spec.volume_name)
-                if pv.spec.host_path is None:
-                    raise StackError(f"claim {namespace}/{claim}: volume {pv.metadata.name} is not a hostPath volume")
-                return Path(pv.spec.host_path.path)
+                if pv.spec.local is None:
+                    raise StackError(f"claim {namespace}/{claim}: volume {pv.metadata.name} is not a local volume")
+                return Path(pv.spec.local.path)
             if time.monotonic() >= deadline:
                 state = "absent" if pvc is None else pvc.status.phase
                 raise StackError(f"claim {namespace}/{claim} not bound after {timeout_s:.0f}s ({state})")
@@ -265,7 +292,7 @@ class RealStack:
         return [int(pid) for pid in proc.stdout.split()[1:] if pid.isdigit()]
 
     def claim_dirs(self) -> list[Path]:
-        """The hostPath provisioner's directories of this cluster's claims."""
+        """The directories of this cluster's claims (the node's provisioner's `local` volumes)."""
         import kubernetes
 
         if self.cp is None:
@@ -274,12 +301,10 @@ class RealStack:
             pvs = kubernetes.client.CoreV1Api(self.api_client()).list_persistent_volume().items
         except Exception:  # the control plane is gone: nothing to list
             return []
-        return [Path(pv.spec.host_path.path) for pv in pvs
-                if pv.spec.host_path and pv.spec.host_path.path.startswith("/tmp/hostpath_pv/")]
+        return [Path(pv.spec.local.path) for pv in pvs
+                if pv.spec.local and (pv.metadata.annotations or {}).get(ANN_PROVISIONED_BY) == PROVISIONER]
 
     def stop(self, remove_claim_dirs: bool = True) -> None:
-        import shutil
-
         dirs = self.claim_dirs() if remove_claim_dirs else []
         if self.node is not None:
             self.node.stop()

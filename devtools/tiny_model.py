@@ -152,21 +152,15 @@ def tiny_job_spec(**overrides: object) -> dict[str, object]:
 
 
 def build_tiny_assets(out_dir: Path, *, num_samples: int = 24, seed: int = 0) -> TinyAssets:
-    """Write ``out_dir/model`` and ``out_dir/data.jsonl``; the same inputs give the same files."""
+    """Write ``out_dir/model`` and ``out_dir/data.jsonl``; the same inputs give the same files.
+    Modes are the writers' (safetensors saves its file 0600): to reach non-root pods the files go
+    onto a claim (devtools.realstack.RealStack.fill_claim writes them 0644, as root writes files)."""
     out_dir = Path(out_dir)
     samples = make_messages(num_samples, seed=seed)
     corpus = [message["content"] for sample in samples for message in sample["messages"]]
     model_dir = write_tiny_model(out_dir / "model", corpus, seed=seed)
     data_path = write_messages_jsonl(out_dir / "data.jsonl", samples)
-    _readable_by_everyone(out_dir)
     return TinyAssets(model_dir=model_dir, data_path=data_path, num_samples=num_samples)
-
-
-def _readable_by_everyone(root: Path) -> None:
-    """The images run as uid 65532: files written by root (safetensors writes model.safetensors
-    0600) must be readable through a hostPath mount."""
-    for path in [root, *root.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

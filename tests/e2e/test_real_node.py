@@ -6,6 +6,10 @@ jobs in sft-trainer:cpu-dev with the reporter sidecar:
 
 - the demo job to Succeeded, its status checked against the checkpoint volume itself, `kubectl
   logs` of pod 0, runAsNonRoot and readOnlyRootFilesystem in the operator's and the job's pods;
+  its checkpoint claim a fresh root-owned 0755 directory before any pod (the node's `local`
+  volumes, as a cluster's storage gives them), written by uid 65532 through the pod's fsGroup
+  only, and no ServiceAccount token in the trainer container; its model and data read from a
+  claim filled beforehand (read-only, root's files);
 - `kubectl delete pod` mid-training: SIGTERM within the grace period saves an on-demand full state,
   and the job resumes exactly from it (a preemption, not a failure);
 - an image that cannot be pulled: the kubelet's reason in the status, then Failed StartupTimeout;
@@ -17,8 +21,9 @@ jobs in sft-trainer:cpu-dev with the reporter sidecar:
 
 Needs root, Debian's docker.io (/usr/bin/docker, dockerd), containernetworking-plugins, the node
 binaries (~/.cache/sft-operator/k8s-1.20.2-node/bin) and the pause image; it FAILS (not skips)
-with a one-line reason when one is missing. Own control plane (advertising this machine's IP, claims
-as host directories), own node, everything stopped afterwards. Slow on 2 cores: times are printed.
+with a one-line reason when one is missing. Own control plane (advertising this machine's IP), own
+node (claims as its `local` volumes), everything stopped afterwards. Slow on 2 cores: times are
+printed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +46,7 @@ from kubernetes.client.exceptions import ApiException
 from devtools.demo import describe, follow_job
 from devtools.node import DOCKER
 from devtools.node import docker as node_docker
-from devtools.realstack import OPERATOR_NS, RealStack, open_to_pods
+from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_operator import contract
@@ -65,6 +71,9 @@ STALL_STARTUP_TIMEOUT_S = 300
 POLICY_INTERVAL_S = 5
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
+# The images' user, and the group the rendered pod's fsGroup gives its volumes.
+POD_UID = POD_FS_GROUP = 65532
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class Jobs:
@@ -78,7 +87,7 @@ class Jobs:
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
     def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
-        manifest = self.stack.job_manifest(self.assets_dir, name, JOB_NS)  # 500m CPU per pod on 2 cores
+        manifest = self.stack.job_manifest(name, JOB_NS)  # 500m CPU per pod on 2 cores
         manifest["spec"].update(spec)
         return manifest
 
@@ -138,7 +147,7 @@ class Jobs:
                 if e.involved_object.kind == contract.KIND and e.involved_object.name == name]
 
     def claim_dir(self, job: dict[str, Any], claim: str | None = None) -> Path:
-        """The host directory behind the job's claim (the dev-only hostPath provisioner's)."""
+        """The host directory behind the job's claim (a `local` volume of the node's provisioner)."""
         return self.stack.claim_dir(JOB_NS, claim or claim_name(parse_job(job)))
 
     def trainer_container(self, pod_name: str) -> str:
@@ -215,13 +224,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
 
 @pytest.fixture(scope="module")
 def jobs(stack: RealStack, tmp_path_factory: pytest.TempPathFactory) -> Jobs:
-    assets_dir = tmp_path_factory.mktemp("assets")
-    build_tiny_assets(assets_dir)
-    open_to_pods(assets_dir)  # read by the trainer's uid 65532 through a hostPath volume
     kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": JOB_NS}})
     assert stack.cp is not None
     stack.cp.wait_for_default_service_account(JOB_NS)
-    return Jobs(stack, assets_dir)
+    built = build_tiny_assets(tmp_path_factory.mktemp("assets")).model_dir.parent
+    # The jobs read the model and data from a claim filled beforehand (root's files, 0644), mounted
+    # read-only: jobs.assets_dir is that claim's directory on this machine.
+    return Jobs(stack, stack.fill_claim(JOB_NS, ASSETS_CLAIM, built))
 
 
 @pytest.fixture(autouse=True)
@@ -252,13 +261,23 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     touch = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "python", "-c", "open('/sft-ro-test', 'w')")
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
 
-    # ONE tiny CPU job, the demo's, in the trainer image with the reporter sidecar.
-    manifest = jobs.manifest("tiny")
+    # ONE tiny CPU job, the demo's, in the trainer image with the reporter sidecar. Created
+    # suspended: the operator makes its claim, no pod yet.
+    manifest = jobs.manifest("tiny", suspend=True)
     pod0 = f"{statefulset_name(parse_job(manifest))}-0"
-    jobs.create(manifest)
+    created = jobs.create(manifest)
+    # The claim as a cluster's storage gives it (EBS, PD, Ceph: a root-owned directory), before any
+    # pod mounted it. Only the pod's fsGroup can make it writable for uid 65532.
+    root = jobs.claim_dir(created)
+    fresh = root.stat()
+    assert (fresh.st_uid, fresh.st_gid, stat.S_IMODE(fresh.st_mode)) == (0, 0, 0o755), \
+        (root, fresh.st_uid, fresh.st_gid, oct(fresh.st_mode))
+    assert not any(root.iterdir()) and not jobs.pods("tiny")
+    jobs.patch_spec("tiny", {"suspend": False})
     t = time.monotonic()
     logs: dict[str, str] = {}
     checked_pod: dict[str, bool] = {}
+    trainer_token: list[bool] = []  # is a ServiceAccount token mounted in the trainer container?
 
     def on_update(job: dict[str, Any]) -> None:
         print(f"{time.strftime('%H:%M:%S')} tiny: {describe(job)}")
@@ -275,6 +294,11 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
                                           "import os; print(os.getuid()); open('/sft-ro-test', 'w')")
                     checked_pod[container] = probe.stdout.strip() == "65532" and (
                         ("Read-only file system" in probe.stderr) if read_only else True)
+                # The training code needs no API access: no token to steal in its container.
+                probe = stack.kubectl("-n", JOB_NS, "exec", pod0, "-c", contract.TRAINER_CONTAINER, "--",
+                                      "python", "-c", f"import os; print(os.path.exists({SA_TOKEN!r}))")
+                if probe.returncode == 0 and probe.stdout.strip() in ("True", "False"):
+                    trainer_token.append(probe.stdout.strip() == "True")
         # While pod 0 exists: `kubectl logs` of its trainer (the pods go once the job is done).
         out = stack.kubectl("-n", JOB_NS, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=20", timeout=30)
         if out.returncode == 0 and out.stdout.strip():
@@ -297,7 +321,6 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     progress = status.get("progress") or {}
     assert progress.get("stage") == "Completed" and progress.get("percent") == 100, progress
     assert progress.get("epoch") == progress.get("numEpochs") == 2, progress
-    root = jobs.claim_dir(job)
     listed = progress.get("checkpoints") or []
     assert listed and {c["name"] for c in listed} == complete_hf_dirs(root), (listed, root)
     assert all(c["path"] == f"{HF_FORMAT_DIR}/{c['name']}" for c in listed)
@@ -316,6 +339,20 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     print(stack.kubectl("-n", JOB_NS, "get", "sftjobs", timeout=30).stdout)
     wait_until("the StatefulSet scaled to 0", lambda: jobs.replicas(job) == 0, timeout_s=60)
     assert any(e.reason == "Succeeded" for e in jobs.events("tiny"))
+
+    # fsGroup at work: the kubelet gave the claim's root the pod's group (setgid, group-writable;
+    # still root's), and everything on it is the trainer's, uid and group 65532.
+    after = root.stat()
+    assert (after.st_uid, after.st_gid) == (0, POD_FS_GROUP), (after.st_uid, after.st_gid)
+    assert after.st_mode & stat.S_ISGID and after.st_mode & stat.S_IWGRP, oct(after.st_mode)
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in root.rglob("*")}
+    assert owners == {(POD_UID, POD_FS_GROUP)}, owners
+    # The model and data claim, mounted read-only, kept root's files (no ownership change).
+    assets = jobs.assets_dir.stat()
+    assert (assets.st_uid, assets.st_gid, stat.S_IMODE(assets.st_mode)) == (0, 0, 0o755), oct(assets.st_mode)
+    # Last (the trainer's token is being removed in the renderer): no ServiceAccount token in the
+    # trainer container.
+    assert trainer_token == [False], f"{SA_TOKEN} in the trainer container: {trainer_token or 'not checked'}"
 
 
 def test_kubectl_delete_pod_saves_a_checkpoint_on_sigterm_and_the_job_resumes_exactly(jobs: Jobs) -> None:
@@ -391,8 +428,7 @@ def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_i
     (root / HF_FORMAT_DIR / "samples_8" / "model.safetensors").write_bytes(b"weights")
     (root / "full_state" / "epoch_0").mkdir(parents=True)
     (root / "full_state" / "epoch_0" / "optimizer.bin").write_bytes(b"optimizer")
-    open_to_pods(root)
-    os.chown(root, 65532, 65532)
+    # As root left them (a root-owned claim): the job's fsGroup makes it its pods' own.
     before = digest(root)
 
     missing = "/assets/no-such-data.jsonl"

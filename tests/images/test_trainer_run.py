@@ -20,7 +20,7 @@ from images_harness import ROOT, docker
 from sft_operator import checkpoints as ck
 from sft_operator import contract
 from sft_operator.models import parse_job
-from sft_operator.render import master_addr, render_configmap, render_statefulset
+from sft_operator.render import claim_name, master_addr, render_configmap, render_statefulset
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 
@@ -31,8 +31,8 @@ RUN_TIMEOUT = 1800  # 2 cores shared with other builds: slow, but one small run
 IDLE_LOG = "idling until the job is scaled down"
 
 
-def tiny_job(assets: Path, image: str) -> Any:
-    manifest = yaml.safe_load(EXAMPLE.read_text().replace("${ASSETS_DIR}", str(assets)))
+def tiny_job(image: str) -> Any:
+    manifest = yaml.safe_load(EXAMPLE.read_text())
     manifest["metadata"].update(namespace=NAMESPACE, uid="uid-images")
     manifest["spec"].update(nnodes=1, numEpochs=1)
     manifest["spec"]["pod"]["image"] = image
@@ -46,8 +46,9 @@ def rendered_trainer(job: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, trainer
 
 
-def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: Path) -> list[str]:
-    """The rendered trainer container's env and volumes as `docker run` options."""
+def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: Path, assets: Path) -> list[str]:
+    """The rendered trainer container's env and volumes as `docker run` options (the checkpoint
+    claim from ``checkpoints``, the example's model-and-data claim from ``assets``)."""
     pod, trainer = rendered_trainer(job)
     fields = {"metadata.name": pod_name, "metadata.namespace": NAMESPACE}
     args: list[str] = []
@@ -64,7 +65,8 @@ def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: P
         volume, target = volumes[mount["name"]], mount["mountPath"]
         ro = ",readonly" if mount.get("readOnly") else ""
         if "persistentVolumeClaim" in volume:
-            args += ["--mount", f"type=bind,source={checkpoints},target={target}{ro}"]
+            source = checkpoints if volume["persistentVolumeClaim"]["claimName"] == claim_name(job) else assets
+            args += ["--mount", f"type=bind,source={source},target={target}{ro}"]
         elif "configMap" in volume:
             args += ["--mount", f"type=bind,source={config_dir},target={target},readonly"]
         elif "hostPath" in volume:
@@ -87,7 +89,7 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
     # saves model.safetensors with mode 0600 (as root: unreadable in the pod), so open it up.
     for path in assets.rglob("*"):
         path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
-    job = tiny_job(assets, trainer_image)
+    job = tiny_job(trainer_image)
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     os.chown(checkpoints, 65532, 65532) if os.geteuid() == 0 else checkpoints.chmod(0o777)
@@ -112,7 +114,7 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
            # No network at all: pod 0's rendezvous name resolves to its own loopback.
            "--network", "none", "--hostname", pod_name, "--add-host", f"{master_addr(job)}:127.0.0.1",
            "--mount", f"type=bind,source={termination_log},target=/dev/termination-log",
-           *docker_run_args(job, pod_name=pod_name, checkpoints=checkpoints, config_dir=config_dir),
+           *docker_run_args(job, pod_name=pod_name, checkpoints=checkpoints, config_dir=config_dir, assets=assets),
            *entrypoint, trainer_image, *command[1:], *trainer.get("args", []))
 
     start = time.monotonic()

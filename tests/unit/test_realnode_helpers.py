@@ -1,8 +1,10 @@
-"""Pure parts of the local real node (devtools.node, node_dns): configs and DNS answers."""
+"""Pure parts of the local real node (devtools.node, node_dns, realstack): configs, DNS answers,
+filling a claim."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 
 from devtools import node
 from devtools.controlplane import ControlPlane
+from devtools.realstack import copy_as_root_writes
 
 
 
@@ -30,11 +33,11 @@ def test_control_plane_defaults_stay_loopback(tmp_path: Path) -> None:
     cp = ControlPlane(state_dir=tmp_path)
     args = cp._apiserver_args(6443, 2379)
     assert "--bind-address=127.0.0.1" in args and "--advertise-address=127.0.0.1" in args
-    assert "--enable-hostpath-provisioner" not in cp._controller_manager_args(tmp_path / "k")
-    real = ControlPlane(state_dir=tmp_path, advertise_address="192.0.2.2", hostpath_provisioner=True)
+    real = ControlPlane(state_dir=tmp_path, advertise_address="192.0.2.2")
     assert "--bind-address=0.0.0.0" in real._apiserver_args(6443, 2379)
     assert "--advertise-address=192.0.2.2" in real._apiserver_args(6443, 2379)
-    assert "--enable-hostpath-provisioner" in real._controller_manager_args(tmp_path / "k")
+    # Claims are the node's provisioner's (devtools.local_provisioner), never hostPath directories.
+    assert "--enable-hostpath-provisioner" not in real._controller_manager_args(tmp_path / "k")
 
 
 class FakeApi:
@@ -49,7 +52,6 @@ class FakeApi:
                 {"metadata": {"namespace": "ns", "name": "job"}, "subsets": [
                     {"notReadyAddresses": [{"ip": "10.244.0.5", "hostname": "job-0"}]}]},
             ]},
-            "/api/v1/persistentvolumes": {"items": []},
         }[path]
 
 
@@ -86,3 +88,18 @@ def test_a_second_real_node_on_the_machine_waits_then_names_the_first(tmp_path: 
     first._unlock_machine()
     second._lock_machine()  # free again once the first stopped
     second._unlock_machine()
+
+
+def test_copy_as_root_writes_gives_the_modes_root_writes_not_the_sources(tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "claim"
+    (source / "model").mkdir(parents=True)
+    weights = source / "model" / "model.safetensors"
+    weights.write_bytes(b"w")
+    os.chmod(weights, 0o600)  # as safetensors saves it
+    (source / "data.jsonl").write_text("{}\n")
+    target.mkdir(mode=0o700)
+    copy_as_root_writes(source, target)
+    modes = {str(p.relative_to(target)): oct(stat.S_IMODE(p.stat().st_mode)) for p in target.rglob("*")}
+    assert modes == {"data.jsonl": "0o644", "model": "0o755", "model/model.safetensors": "0o644"}
+    assert (target / "model" / "model.safetensors").read_bytes() == b"w"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700  # the claim's own directory is not touched
