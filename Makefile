@@ -76,9 +76,9 @@ cluster-up: venv provision
 cluster-down: venv
 	$(PY) -m devtools.controlplane down --state-dir .local
 
-## realnode-up / realnode-down: the local control plane (advertising this machine's IP, claims as
-## host directories) plus a REAL node: dockerd, kubelet 1.20 (dockershim), kube-proxy, CNI, dev DNS
-## (root; docs/realnode.md). Not together with `make cluster-up`: both use .local.
+## realnode-up / realnode-down: the local control plane (advertising this machine's IP) plus a
+## REAL node: dockerd, kubelet 1.20 (dockershim), kube-proxy, CNI, dev DNS, a dev provisioner of
+## root-owned `local` volumes (root; docs/realnode.md). Not together with `make cluster-up`: both use .local.
 realnode-up: venv provision
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m devtools.controlplane up --state-dir .local --for-real-node
 	$(PY) -m devtools.node up --kubeconfig .local/kubeconfig --state-dir .local/realnode

@@ -46,7 +46,7 @@ from kubernetes.client.exceptions import ApiException
 from devtools.demo import describe, follow_job
 from devtools.node import DOCKER
 from devtools.node import docker as node_docker
-from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
+from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RELEASE, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_operator import contract
@@ -547,3 +547,127 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     assert saved is not None and saved.complete and saved.metadata is not None, saved
     print(f"deadline: resumable from {saved.name} at {saved.metadata.samples_seen} samples "
           f"({'the SIGTERM save' if saved.metadata.mid_epoch else 'an epoch-end save'})")
+
+
+# --- issue 22: the chart's admission webhook (last: it upgrades the release and so restarts the
+# operator) -------------------------------------------------------------------------------------
+
+WEBHOOK = "validate.sftjobs.finetune.dev"
+HOST_PATH_REFUSAL = ("spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator "
+                     "policy (policy.allowHostPath)")
+
+
+def admission_probe(name: str, **pod: Any) -> dict[str, Any]:
+    """A job for server-side dry runs: admitted or refused, it never makes a pod."""
+    return {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name, "namespace": JOB_NS},
+            "spec": {"modelPath": "m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 2,
+                     "learningRate": 1e-5, "maxSeqLen": 64, "device": "cpu",
+                     "checkpoints": {"existingClaim": "none"}, "pod": pod}}
+
+
+def dry_run_as(stack: RealStack, user: str, manifest: dict[str, Any], path: Path) -> Any:
+    path.write_text(json.dumps(manifest))
+    return stack.kubectl("--as", user, "create", "--dry-run=server", "-f", str(path))
+
+
+def review_by_each_replica(stack: RealStack, review: dict[str, Any]) -> list[dict[str, Any]]:
+    """The AdmissionReview answered by every operator pod behind the webhook's Service, each reached
+    at its own address with the chart's CA and the Service's name (as the API server checks it)."""
+    import base64
+    import http.client
+    import socket
+    import ssl
+
+    core = kubernetes.client.CoreV1Api(stack.api_client())
+    service = f"{RELEASE}-sft-operator-webhook"
+    ca = base64.b64decode(core.read_namespaced_secret(f"{RELEASE}-sft-operator-webhook-tls", OPERATOR_NS).data["ca.crt"])
+    context = ssl.create_default_context(cadata=ca.decode())
+    endpoints = core.read_namespaced_endpoints(service, OPERATOR_NS)
+    answers = []
+    for subset in endpoints.subsets or []:
+        port = subset.ports[0].port
+        for address in subset.addresses or []:
+            conn = http.client.HTTPSConnection(address.ip, port, timeout=15)
+            conn.sock = context.wrap_socket(socket.create_connection((address.ip, port), timeout=15),
+                                            server_hostname=f"{service}.{OPERATOR_NS}.svc")
+            conn.request("POST", "/validate-sftjobs", json.dumps(review), {"Content-Type": "application/json"})
+            answers.append({"pod": address.target_ref.name, **json.loads(conn.getresponse().read())["response"]})
+            conn.close()
+    return answers
+
+
+def helm_upgrade(stack: RealStack, *sets: str) -> None:
+    """`helm upgrade --reuse-values` of the stack's release (its Helm homes), waited until rolled out."""
+    import subprocess
+
+    helm = subprocess.run(["bash", "scripts/provision-helm.sh"], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2]).stdout.strip().splitlines()[-1]
+    home = stack.state_dir / "helm"
+    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    proc = subprocess.run([helm, "upgrade", RELEASE, str(Path(__file__).resolve().parents[2] / "charts" / "sft-operator"),
+                           "--namespace", OPERATOR_NS, "--reuse-values", "--server-side=false",
+                           *(a for s in sets for a in ("--set", s))], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rollout = stack.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-sft-operator",
+                            "--timeout=300s", timeout=320)
+    assert rollout.returncode == 0, rollout.stderr
+
+
+def test_the_charts_webhook_admits_only_what_the_user_and_the_policy_allow(stack: RealStack, jobs: Jobs,
+                                                                           tmp_path: Path) -> None:
+    """Through the chart's webhook (its Service, its generated certificate): alice, who may create
+    SFTJobs but not pods, is refused at `kubectl apply` naming the permission; bob, who may create
+    pods, is admitted; a hostPath job is refused by the default policy, and admitted after `helm
+    upgrade --set policy.allowHostPath=true` (the CA kept across the upgrade). Every operator
+    replica answers, the standby too."""
+    rbac = kubernetes.client.RbacAuthorizationV1Api(stack.api_client())
+    for role, rules in (("e2e-sftjobs", [{"apiGroups": [contract.GROUP], "resources": [contract.PLURAL],
+                                          "verbs": ["create", "get"]}]),
+                        ("e2e-pods", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}])):
+        rbac.create_namespaced_role(JOB_NS, {"metadata": {"name": role}, "rules": rules})
+    for user, roles in (("alice", ["e2e-sftjobs"]), ("bob", ["e2e-sftjobs", "e2e-pods"])):
+        for role in roles:
+            rbac.create_namespaced_role_binding(JOB_NS, {
+                "metadata": {"name": f"{user}-{role}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    plain, host_path = admission_probe("admission-probe"), admission_probe(
+        "admission-probe", volumes=[{"name": "h", "hostPath": {"path": "/"}}])
+    denied = f'admission webhook "{WEBHOOK}" denied the request: '
+    alice = dry_run_as(stack, "alice", plain, tmp_path / "alice.json")
+    assert alice.returncode != 0 and denied + (
+        f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf") in alice.stderr, alice
+    bob = dry_run_as(stack, "bob", plain, tmp_path / "bob.json")
+    assert bob.returncode == 0, bob.stderr
+    refused = dry_run_as(stack, "bob", host_path, tmp_path / "host.json")
+    assert refused.returncode != 0 and denied + HOST_PATH_REFUSAL in refused.stderr, refused
+
+    # Every replica serves the webhook and asks the API server itself (a LocalSubjectAccessReview),
+    # leader or standby.
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "e2e", "kind": {"group": contract.GROUP, "version": contract.VERSION, "kind": contract.KIND},
+        "resource": {"group": contract.GROUP, "version": contract.VERSION, "resource": contract.PLURAL},
+        "namespace": JOB_NS, "operation": "CREATE", "dryRun": True, "object": plain,
+        "userInfo": {"username": "alice", "groups": ["system:authenticated"]}}}
+    operator_pods = kubernetes.client.CoreV1Api(stack.api_client()).list_namespaced_pod(
+        OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+    answers = review_by_each_replica(stack, review)
+    print(f"answers of each replica: {answers}")
+    assert sorted(a["pod"] for a in answers) == sorted(p.metadata.name for p in operator_pods)
+    for answer in answers:
+        assert (answer["allowed"], answer["status"]["code"], answer["status"]["message"]) == (
+            False, 403, f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf")
+
+    ca_before = kubernetes.client.AdmissionregistrationV1Api(stack.api_client()).read_validating_webhook_configuration(
+        f"{RELEASE}-sft-operator").webhooks[0].client_config.ca_bundle
+    try:
+        helm_upgrade(stack, "policy.allowHostPath=true")
+        wait_until("bob's hostPath job admitted by the upgraded operators",
+                   lambda: dry_run_as(stack, "bob", host_path, tmp_path / "host.json").returncode == 0,
+                   timeout_s=120, interval_s=2)
+        ca_after = kubernetes.client.AdmissionregistrationV1Api(stack.api_client()).read_validating_webhook_configuration(
+            f"{RELEASE}-sft-operator").webhooks[0].client_config.ca_bundle
+        assert ca_after == ca_before, "helm upgrade must keep the webhook's CA (the chart looks its Secret up)"
+    finally:
+        helm_upgrade(stack, "policy.allowHostPath=false")
