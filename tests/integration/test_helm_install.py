@@ -112,24 +112,42 @@ def crd_established(api_client: Any) -> bool:
 
 def operator_args(api_client: Any, namespace: str, release: str, liveness_port: int, webhook_port: int,
                   cert_dir: Path) -> list[str]:
-    """The installed Deployment's container args, liveness bound to loopback on a free port, the
-    webhook on another with a certificate for 127.0.0.1 (admission_webhook)."""
+    """The installed Deployment's container args, each endpoint moved to loopback on a free port
+    (several operators share this machine): liveness on ``liveness_port``, the webhook on
+    ``webhook_port`` with a certificate for 127.0.0.1 (admission_webhook), /metrics off."""
     deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
     (container,) = deployment.spec.template.spec.containers
     args = list(container.args)
-    assert args[0].startswith("--liveness=http://0.0.0.0:8080/"), args
-    # /metrics off here: the chart's port (8000) is the same for every operator on this machine.
-    assert args[1] == "--metrics-port=8000", args
-    assert args[2:4] == ["--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook"], args
-    return [f"--liveness=http://127.0.0.1:{liveness_port}/healthz", "--metrics-port=0",
-            f"--webhook-port={webhook_port}", f"--webhook-cert-dir={cert_dir}", *args[4:]]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in args and "--metrics-port=8000" in args, args
+    assert "--webhook-port=9443" in args and "--webhook-cert-dir=/etc/sft-operator/webhook" in args, args
+    local = {"--liveness": f"http://127.0.0.1:{liveness_port}/healthz", "--metrics-port": "0",
+             "--webhook-port": str(webhook_port), "--webhook-cert-dir": str(cert_dir)}
+    moved = []
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag in local:
+            moved.append(f"{flag}={local[flag]}")
+        elif value.startswith("http://0.0.0.0:"):  # another endpoint (a probe's): a port of its own
+            path = value.split("/", 3)[3] if value.count("/") >= 3 else ""
+            moved.append(f"{flag}=http://127.0.0.1:{free_port()}/{path}")
+        else:
+            moved.append(arg)
+    return moved
 
 
 def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str]:
-    """The installed Deployment's container environment (plain values)."""
+    """The installed Deployment's container environment: plain values, and the downward API's
+    pod name and namespace as the kubelet would fill them in."""
     deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
     (container,) = deployment.spec.template.spec.containers
-    return {e.name: e.value for e in container.env or [] if e.value is not None}
+    downward = {"metadata.namespace": namespace, "metadata.name": f"{release}-local-{secrets.token_hex(3)}"}
+    env = {}
+    for e in container.env or []:
+        if e.value is not None:
+            env[e.name] = e.value
+        elif e.value_from is not None and e.value_from.field_ref is not None:
+            env[e.name] = downward[e.value_from.field_ref.field_path]
+    return env
 
 
 def deployment_image(api_client: Any, namespace: str, release: str) -> str:
@@ -308,7 +326,7 @@ def test_cluster_mode_install_reconcile_uninstall(
     assert rbac.read_cluster_role_binding(f"{release}-sft-operator").subjects[0].namespace == namespace
     # Accepted: the Deployment controller made a ReplicaSet whose pod passed admission.
     core = kubernetes.client.CoreV1Api(api_client)
-    (pod,) = wait_for("the operator pod to be created", lambda: core.list_namespaced_pod(
+    pod, *_ = wait_for("the operator pods to be created", lambda: core.list_namespaced_pod(
         namespace, label_selector=f"app.kubernetes.io/instance={release}").items)
     # The API server kept the restricted settings (an old server drops fields it does not know).
     (container,) = pod.spec.containers
@@ -348,14 +366,17 @@ def test_namespaces_mode_install_reconcile_uninstall(
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     selector = f"app.kubernetes.io/instance={release}"
     assert rbac.list_cluster_role(label_selector=selector).items == []
-    assert [r.metadata.namespace for r in rbac.list_role_for_all_namespaces(label_selector=selector).items] == [job_namespace]
+    # The operator's rules in the watched namespace only; its own namespace holds just the Lease's Role.
+    roles = rbac.list_role_for_all_namespaces(label_selector=selector).items
+    assert sorted((r.metadata.namespace, r.metadata.name) for r in roles) == sorted(
+        [(job_namespace, f"{release}-sft-operator"), (namespace, f"{release}-sft-operator-leader-election")])
 
     port, webhook_port = free_port(), free_port()
     cert_dir, ca_pem = admission_webhook.serving_cert(tmp_path / "webhook")
     admission_webhook.point_at(api_client, f"{release}-sft-operator", webhook_port, ca_pem)
     kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
     args = operator_args(api_client, namespace, release, port, webhook_port, cert_dir)
-    assert args[4:] == [f"--namespace={job_namespace}"]
+    assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={job_namespace}"]
     image = deployment_image(api_client, namespace, release)
     operator = run_operator(args, kubeconfig, port, operator_env(api_client, namespace, release))
     wait_for("the operator's webhook", lambda: admission_webhook.listening(webhook_port), log=operator.log)
