@@ -43,6 +43,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sft_operator.wire import INT64_MAX
+
 # --- Layout -----------------------------------------------------------------------------------
 HF_FORMAT_DIR = "hf_format"
 HF_LAST_EPOCH_NAME = "last_epoch"
@@ -381,6 +383,8 @@ def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | 
         if match is None and entry.name != HF_LAST_EPOCH_NAME:
             continue
         samples = int(match.group(1)) if match else None
+        if samples is not None and samples > INT64_MAX:
+            continue  # not a count instructlab-training wrote (int64), and no status could hold it
         epoch = None
         if samples is not None:
             epoch = epoch_by_samples.get(samples, epoch_of_samples(samples, samples_per_epoch))

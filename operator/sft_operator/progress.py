@@ -10,13 +10,16 @@ reporter publishes nothing.
 from __future__ import annotations
 
 import enum
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from sft_operator.wire import ApiModel, rfc3339
+from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
+from sft_operator.wire import ApiModel, Count, DateTime, Finite, Flag, rfc3339
 from sft_operator.checkpoints import (
     FULL_STATE_DIR,
     HF_FORMAT_DIR,
@@ -32,6 +35,15 @@ from sft_operator.checkpoints import (
 # validation loss.
 MAX_LOSS_HISTORY = 256
 MAX_VALIDATION_POINTS = 64
+# The status lists the newest checkpoints only: a run saving every few samples for many epochs
+# must not outgrow the ConfigMap (1 MiB) or make every status patch huge.
+MAX_CHECKPOINTS = 512
+# Bounds of the strings the summary holds (the CRD carries them): a directory name (the file
+# systems' 255 bytes), a path relative to the checkpoint directory, a decimal or display string.
+MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 512
+MAX_DECIMAL_LENGTH = 32
+MAX_DISPLAY_LENGTH = 48
 
 
 class _Api(ApiModel):
@@ -50,55 +62,62 @@ class Stage(str, enum.Enum):
 class CheckpointInfo(_Api):
     """A complete hf_format checkpoint: a model ready to serve."""
 
-    name: str
-    path: str = Field(description="Relative to the job's checkpoint directory.")
-    samples: int | None = Field(default=None, description="Samples seen when it was saved.")
-    epoch: int | None = Field(default=None, description="1-based epoch it was saved in.")
-    time: str = Field(json_schema_extra={"format": "date-time"})
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    path: str = Field(max_length=MAX_PATH_LENGTH, description="Relative to the job's checkpoint directory.")
+    samples: Count | None = Field(default=None, description="Samples seen when it was saved.")
+    epoch: Count | None = Field(default=None, description="1-based epoch it was saved in.")
+    time: DateTime
 
 
 class FullStateInfo(_Api):
     """The newest complete full_state (optimizer, scheduler, RNG): what a restart resumes from."""
 
-    name: str
-    path: str
-    epoch: int = Field(description="1-based epoch the state was saved in.")
-    samples: int | None = None
-    mid_epoch: bool = Field(default=False, description="Saved on demand (preemption), not at an epoch end.")
-    time: str = Field(json_schema_extra={"format": "date-time"})
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    path: str = Field(max_length=MAX_PATH_LENGTH)
+    epoch: Count = Field(description="1-based epoch the state was saved in.")
+    samples: Count | None = None
+    mid_epoch: Flag = Field(default=False, description="Saved on demand (preemption), not at an epoch end.")
+    time: DateTime
 
 
 class LossPoint(_Api):
     """One point of the loss curve, at ``samples`` samples seen."""
 
-    samples: int
-    loss: float | None = Field(default=None, description="The step's average loss.")
-    val_loss: float | None = Field(default=None, description="Validation loss logged at that step.")
-    lr: float | None = Field(default=None, description="Learning rate of the step.")
+    samples: Count
+    loss: Finite | None = Field(default=None, description="The step's average loss.")
+    val_loss: Finite | None = Field(default=None, description="Validation loss logged at that step.")
+    lr: Finite | None = Field(default=None, description="Learning rate of the step.")
 
 
 class TrainingProgress(_Api):
     """How far training is; every field is read from the checkpoint volume."""
 
     stage: Stage = Stage.INITIALIZING
-    epoch: int = Field(default=0, description="1-based epoch in progress (numEpochs once completed).")
-    num_epochs: int = 0
+    epoch: Count = Field(default=0, description="1-based epoch in progress (numEpochs once completed).")
+    num_epochs: Count = 0
     # None, not "": the API server (1.20 at least) refuses an empty string in a CRD string field.
-    epoch_display: str | None = Field(default=None, description="epoch/numEpochs, for kubectl get")
-    samples_seen: int = 0
-    total_samples: int | None = Field(default=None, description="Samples per epoch * numEpochs.")
-    percent: int = Field(default=0, ge=0, le=100)
-    percent_display: str | None = Field(default=None, description="percent with a % sign, for kubectl get")
-    last_loss: str | None = Field(default=None, description="Average loss of the last step (a decimal string).")
-    throughput: str | None = Field(default=None, description="Samples per second over the last step.")
-    eta_seconds: int | None = Field(default=None, description="Remaining samples / throughput.")
-    checkpoints: list[CheckpointInfo] = Field(default_factory=list)
-    latest_checkpoint: str | None = Field(default=None, description="Name of the newest complete checkpoint.")
-    latest_full_state: FullStateInfo | None = None
-    resumable: bool = Field(default=False, description="A complete full_state exists to resume from.")
-    last_update_time: str | None = Field(
-        default=None, json_schema_extra={"format": "date-time"}, description="Newest fact on the volume."
+    epoch_display: str | None = Field(default=None, max_length=MAX_DISPLAY_LENGTH,
+                                      description="epoch/numEpochs, for kubectl get")
+    samples_seen: Count = 0
+    total_samples: Count | None = Field(default=None, description="Samples per epoch * numEpochs.")
+    percent: int = Field(default=0, ge=0, le=100, strict=True)
+    percent_display: str | None = Field(default=None, max_length=MAX_DISPLAY_LENGTH,
+                                        description="percent with a % sign, for kubectl get")
+    last_loss: str | None = Field(default=None, max_length=MAX_DECIMAL_LENGTH,
+                                  description="Average loss of the last step (a decimal string).")
+    throughput: str | None = Field(default=None, max_length=MAX_DECIMAL_LENGTH,
+                                   description="Samples per second over the last step.")
+    eta_seconds: Count | None = Field(default=None, description="Remaining samples / throughput.")
+    checkpoints: list[CheckpointInfo] = Field(
+        default_factory=list, max_length=MAX_CHECKPOINTS,
+        description=f"The complete hf_format checkpoints, oldest first: the newest {MAX_CHECKPOINTS} when there "
+        "are more.",
     )
+    latest_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_LENGTH,
+                                          description="Name of the newest complete checkpoint.")
+    latest_full_state: FullStateInfo | None = None
+    resumable: Flag = Field(default=False, description="A complete full_state exists to resume from.")
+    last_update_time: DateTime | None = Field(default=None, description="Newest fact on the volume.")
     loss_history: list[LossPoint] | None = Field(
         default=None,
         max_length=MAX_LOSS_HISTORY,
@@ -136,33 +155,52 @@ def summarize_progress(
 
     ``last_step``/``last_totals`` are the newest records of the metrics log (appended across
     restarts); ``runs`` are the launcher's run records; ``data_dir_exists`` tells processing data
-    apart from starting up when no data-ready marker exists yet.
+    apart from starting up when no data-ready marker exists yet. A value the status schema
+    cannot hold (the volume is the job's own: anything may be there) is left out
+    (summary_fields and check_summary tell which).
     """
+    return check_summary(summary_fields(
+        tree, num_epochs=num_epochs, last_step=last_step, last_totals=last_totals, runs=runs,
+        data_dir_exists=data_dir_exists, loss_history=loss_history,
+    )).value or TrainingProgress()
+
+
+def summary_fields(
+    tree: CheckpointTree,
+    *,
+    num_epochs: int,
+    last_step: StepRecord | None,
+    last_totals: TotalsRecord | None,
+    runs: list[RunRecord],
+    data_dir_exists: bool,
+    loss_history: list[LossPoint] | None = None,
+) -> dict[str, Any]:
+    """summarize_progress's summary as unchecked fields (snake_case names)."""
     samples_per_epoch = (last_totals.total_samples if last_totals else None) or tree.samples_per_epoch
     total = samples_per_epoch * num_epochs if samples_per_epoch else None
 
+    complete = [c for c in tree.hf_checkpoints if c.complete]
     checkpoints = [
-        CheckpointInfo(
-            name=c.name,
-            path=f"{HF_FORMAT_DIR}/{c.name}",
-            samples=c.samples,
-            epoch=None if c.epoch is None else c.epoch + 1,
-            time=rfc3339(c.mtime),
-        )
-        for c in tree.hf_checkpoints
-        if c.complete
+        {
+            "name": c.name,
+            "path": f"{HF_FORMAT_DIR}/{c.name}",
+            "samples": c.samples,
+            "epoch": None if c.epoch is None else c.epoch + 1,
+            "time": rfc3339(c.mtime),
+        }
+        for c in complete[-MAX_CHECKPOINTS:]
     ]
     full = tree.latest_full_state
     full_info = None
     if full is not None:
-        full_info = FullStateInfo(
-            name=full.name,
-            path=f"{FULL_STATE_DIR}/{full.name}",
-            epoch=full.epoch + 1,
-            samples=full.metadata.samples_seen if full.metadata else None,
-            mid_epoch=bool(full.metadata and full.metadata.mid_epoch),
-            time=rfc3339(full.mtime),
-        )
+        full_info = {
+            "name": full.name,
+            "path": f"{FULL_STATE_DIR}/{full.name}",
+            "epoch": full.epoch + 1,
+            "samples": full.metadata.samples_seen if full.metadata else None,
+            "mid_epoch": bool(full.metadata and full.metadata.mid_epoch),
+            "time": rfc3339(full.mtime),
+        }
 
     # A step logged before the latest run started belongs to an earlier run: still the best
     # known position (samples_seen carries across restarts), so it stays.
@@ -192,39 +230,56 @@ def summarize_progress(
         percent = min(99, int(100 * samples_seen / total))  # 100 only once the marker says so
     else:
         percent = 0
+    percent = max(0, percent)
     throughput = last_step.overall_throughput if last_step else None
     eta = None
     if stage is Stage.COMPLETED:
         eta = 0
-    elif total and throughput and throughput > 0:
+    elif total and throughput and math.isfinite(throughput) and throughput > 0:
         eta = int(max(0, total - samples_seen) / throughput)
 
-    times = [c.time for c in checkpoints]
+    times = [c["time"] for c in checkpoints]
     if full_info is not None:
-        times.append(full_info.time)
+        times.append(full_info["time"])
     if last_step is not None and _step_time(last_step):
         times.append(_step_time(last_step))
     if tree.completion is not None:
         times.append(rfc3339(tree.completion.finished_at))
-    return TrainingProgress(
-        stage=stage,
-        epoch=epoch,
-        num_epochs=num_epochs,
-        epoch_display=f"{epoch}/{num_epochs}",
-        samples_seen=samples_seen,
-        total_samples=total,
-        percent=percent,
-        percent_display=f"{percent}%",
-        last_loss=_decimal(last_step.avg_loss if last_step else None, 4),
-        throughput=_decimal(throughput, 2),
-        eta_seconds=eta,
-        checkpoints=checkpoints,
-        latest_checkpoint=checkpoints[-1].name if checkpoints else None,
-        latest_full_state=full_info,
-        resumable=full_info is not None,
-        last_update_time=max(times) if times else None,
-        loss_history=loss_history or None,
-    )
+    return {
+        "stage": stage,
+        "epoch": epoch,
+        "num_epochs": num_epochs,
+        "epoch_display": f"{epoch}/{num_epochs}",
+        "samples_seen": samples_seen,
+        "total_samples": total,
+        "percent": percent,
+        "percent_display": f"{percent}%",
+        "last_loss": _decimal(last_step.avg_loss if last_step else None, 4),
+        "throughput": _decimal(throughput, 2),
+        "eta_seconds": eta,
+        "checkpoints": checkpoints,
+        "latest_checkpoint": complete[-1].name if complete else None,
+        "latest_full_state": full_info,
+        "resumable": full_info is not None,
+        "last_update_time": max(times) if times else None,
+        "loss_history": [point.model_dump() for point in loss_history] if loss_history else None,
+    }
+
+
+def check_summary(fields: dict[str, Any]) -> Checked[TrainingProgress]:
+    """A summary (summary_fields) as the status schema allows it: each value it cannot hold
+    dropped and named."""
+    return validate_dropping(TrainingProgress, {k: v for k, v in fields.items() if v is not None})
+
+
+def parse_progress_summary(raw: str) -> Checked[TrainingProgress]:
+    """The summary a progress ConfigMap holds (written by the job's own pods: untrusted), each
+    value checked against the status schema; JSON that is not an object is refused whole."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return Checked(None, (DroppedValue("", "", f"not JSON: {exc}", preview(raw)),))
+    return validate_dropping(TrainingProgress, data)
 
 
 def _logged_after(step: StepRecord, run: RunRecord) -> bool:

@@ -6,11 +6,16 @@ cannot import them).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
+
+# The API server keeps integers as int64: a status patch holding a larger one is refused whole.
+INT64_MAX = 2**63 - 1
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
 class ApiModel(BaseModel):
@@ -40,3 +45,24 @@ def rfc3339(moment: float | datetime | None) -> str | None:
 def parse_rfc3339(stamp: str) -> datetime:
     """A time the API wrote (as rfc3339 writes it), as an aware datetime."""
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def _api_date_time(stamp: str) -> str:
+    # What rfc3339 writes (a subset of what the API server accepts as date-time, and what
+    # parse_rfc3339 reads back), and a real date: no month 13.
+    try:
+        if _RFC3339.fullmatch(stamp):
+            parse_rfc3339(stamp)
+            return stamp
+    except ValueError:
+        pass
+    raise ValueError("not a date-time as the API writes it (YYYY-MM-DDTHH:MM:SSZ, a real date, UTC)")
+
+
+# Types of the values a job's own pods report (status.progress, from its progress ConfigMap):
+# strict (a string is no number, a number no flag), bounded as the API server bounds them; the
+# CRD's schema is generated from them, so its bounds are these.
+Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Flag = Annotated[bool, Strict()]
+DateTime = Annotated[str, Strict(), AfterValidator(_api_date_time), Field(json_schema_extra={"format": "date-time"})]

@@ -293,6 +293,7 @@ def test_spec_paths_lead_back_to_parameters() -> None:
     assert param_for_spec_path("spec.extraArgs.fsdp_options") == "fsdp_options"
     assert param_for_spec_path("spec.pod.env[3].name") == "env"
     assert param_for_spec_path("spec.pod.nodeSelector") == "pod"
+    assert param_for_spec_path("spec.pod.resources.limits[nvidia.com/gpu]") == "resources"
     assert param_for_spec_path("spec.checkpoints.claim.size") == "checkpoint_storage"
     assert param_for_spec_path("spec.checkpoints.path") == "ckpt_output_dir"
     assert param_for_spec_path("spec.rdzvPort") == "master_port"
@@ -438,3 +439,12 @@ def test_checkpoint_at_epoch_off_warns_before_anything_is_sent() -> None:
         warnings.simplefilter("error")
         KubernetesSFTBackend().build({**params, "checkpoint_at_epoch": False, "accelerate_full_state_at_epoch": False})
         KubernetesSFTBackend().build(params)
+
+
+def test_a_gpu_request_other_than_nproc_per_node_is_refused_before_anything_is_sent() -> None:
+    """The client validates with the operator's own models: the rule names the parameter."""
+    found = problems(ClusterOptions(resources={"limits": {"nvidia.com/gpu": 4}}), nproc_per_node=8,
+                     effective_batch_size=8)
+    assert found == [("resources", "spec.pod.resources.limits[nvidia.com/gpu]",
+                      "4 differs from spec.nprocPerNode (8): each process uses one GPU; leave it out (the "
+                      "operator requests nprocPerNode GPUs) or change spec.nprocPerNode")]

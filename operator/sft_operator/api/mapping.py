@@ -212,10 +212,12 @@ def param_for_spec_path(spec_path: str) -> str:
     if spec_path.startswith("spec.extraArgs."):
         return spec_path[len("spec.extraArgs."):].split(".")[0].split("[")[0]
     candidate = spec_path
-    while True:  # the path, then each parent: spec.pod.env[0].name, spec.pod.env[0], spec.pod.env, ...
+    # The path, then each parent: spec.pod.env[0].name, spec.pod.env[0], spec.pod.env, ...; a map
+    # key in brackets may hold dots (spec.pod.resources.limits[nvidia.com/gpu]).
+    while True:
         if candidate in PARAM_OF_SPEC_PATH:
             return PARAM_OF_SPEC_PATH[candidate]
-        parent = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", candidate)
+        parent = re.sub(r"(\.[^.\[]*|\[[^\]]*\])$", "", candidate)
         if parent == candidate:
             break
         candidate = parent
