@@ -8,7 +8,7 @@
 #      cpu (the default here; the tests, the demo): FLAVOR=cpu, CPU_PYTHON_IMAGE=<local base>,
 #        from a staged build context: the sources, constraints.txt and the local CPU torch
 #        wheel (wheels/);
-#      cuda (production's flavour; 6.3 GB, cold ≈3.5 min here): FLAVOR=cuda,
+#      cuda (production's flavour; 6.3 GB, cold ≈3-5 min here): FLAVOR=cuda,
 #        CUDA_PYTHON_IMAGE=<local base>, the repository root as context like a production
 #        build (trainer-image/Dockerfile.dockerignore; wheels in trainer-image/wheelhouse/ are
 #        installed), the CUDA torch and everything else from the package index.
@@ -90,7 +90,7 @@ fi
 
 if [[ ( -z "$ONLY" || "$ONLY" == trainer ) && "$FLAVOR" == cuda ]]; then
   wheels="$(cd "$ROOT/trainer-image/wheelhouse" && ls -- *.whl 2>/dev/null | tr '\n' ' ' || true)"
-  log "building $TRAINER_CUDA_IMAGE (trainer-image/Dockerfile, FLAVOR=cuda, CUDA_PYTHON_IMAGE=$BASE_IMAGE, wheelhouse: ${wheels:-none}; 6.3 GB, cold ≈3.5 min, ≈3 GB downloaded)"
+  log "building $TRAINER_CUDA_IMAGE (trainer-image/Dockerfile, FLAVOR=cuda, CUDA_PYTHON_IMAGE=$BASE_IMAGE, wheelhouse: ${wheels:-none}; 6.3 GB, cold ≈3-5 min, ≈3 GB downloaded)"
   build "$TRAINER_CUDA_IMAGE" "$LOG_DIR/trainer-cuda.log" \
     -f "$ROOT/trainer-image/Dockerfile" \
     --build-arg FLAVOR=cuda --build-arg "CUDA_PYTHON_IMAGE=$BASE_IMAGE" \
