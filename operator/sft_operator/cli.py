@@ -25,6 +25,10 @@ def run(
     liveness: Annotated[
         Optional[str], typer.Option(help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
     ] = None,
+    readiness: Annotated[
+        Optional[str], typer.Option(help="Serve a readiness probe, e.g. http://0.0.0.0:8081/readyz: 200 while "
+                                         "SFTJobs can be listed and watched, 503 and the reason while not.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     metrics_port: Annotated[
         int,
@@ -59,7 +63,7 @@ def run(
     handlers.run(namespaces=namespace or [], kubeconfig=kubeconfig, liveness=liveness, verbose=verbose,
                  metrics_port=metrics_port, webhook_port=webhook_port, webhook_cert_dir=webhook_cert_dir,
                  election=leadership.Election(leader_election_namespace, leader_election_lease, leader_election_id)
-                 if leader_elect else None)
+                 if leader_elect else None, readiness=readiness)
 
 
 @app.command()

@@ -27,13 +27,14 @@ from typing import Any
 
 import kopf
 import kubernetes
-import pydantic
 
-from sft_operator import admission, contract, kopf_toggles, kubeclient, leadership, metrics, render
+from sft_operator import admission, contract, kopf_toggles, kubeclient, leadership, metrics, owner_refs, render
 from sft_operator.children import Kube, KnownChildren, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus
-from sft_operator.policy import AdmissionPolicy, PolicyError, parse_admitted_job, policy_from_env
-from sft_operator.progress import TrainingProgress
+from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
+from sft_operator.progress import TrainingProgress, parse_progress_summary
+from sft_operator.untrusted import DroppedValue
+from sft_operator.readiness import ApiReachability, ReadinessChecker
 from sft_operator.publishing import (
     JobStatusBook,
     Key,
@@ -42,6 +43,7 @@ from sft_operator.publishing import (
     now,
     spec_int,
     update_status,
+    warn_dropped_progress,
 )
 from sft_operator.status import (
     SpecProblem,
@@ -205,7 +207,9 @@ def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta,
     ]
     return {
         (namespace, labels[contract.LABEL_JOB_NAME]): {
-            "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp")},
+            # controller: whose pod it is (Indexes.pods keeps the job's StatefulSet's only).
+            "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp"),
+                         "controller": owner_refs.controller_uid(meta)},
             "status": {"phase": status.get("phase"), "containerStatuses": restarts, "conditions": unscheduled},
         }
     }
@@ -227,14 +231,17 @@ def _state_summary(state: Any) -> dict[str, Any]:
 
 @kopf.index("configmaps", labels=PROGRESS)
 def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """The reporter's latest summary per job (None until it published one, or if unreadable)."""
+    """The reporter's latest summary per job, checked value by value against the status schema
+    (the job's own pods write it): progress None until it published one, or if unusable;
+    dropped, what the check left out (a Warning each, publishing.warn_dropped_progress)."""
     raw = (body.get("data") or {}).get(contract.PROGRESS_KEY)
-    try:
-        progress = TrainingProgress.model_validate_json(raw).to_api() if raw else None
-    except pydantic.ValidationError as exc:
-        log.warning("%s/%s: ignoring an unreadable progress summary: %s", namespace, body["metadata"]["name"], exc)
-        progress = None
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): progress}
+    checked = parse_progress_summary(raw) if raw else None
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): {
+        "name": body["metadata"]["name"],
+        "controller": owner_refs.controller_uid(body["metadata"]),
+        "progress": checked.value.to_api() if checked is not None and checked.value is not None else None,
+        "dropped": checked.dropped if checked is not None else (),
+    }}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
@@ -277,20 +284,40 @@ class Indexes:
         """kopf hands every handler every index, by name."""
         return cls(**{name: kwargs[name] for name in cls.__dataclass_fields__})
 
+    # The indexes are keyed by the job-name label, which anyone may set: what is the job's is
+    # told by owner reference (owner_refs), so a foreign pod labelled like the job's pod 0 can
+    # neither fail the job nor be deleted by a group restart.
+
+    def job_uid(self, key: Key) -> str | None:
+        job = index_entry(self.jobs_by_name, key)
+        return job["metadata"].get("uid") if job is not None else None
+
+    def statefulset(self, key: Key) -> dict[str, Any] | None:
+        """The job's StatefulSet: named as the job and controlled by it."""
+        return owner_refs.jobs_statefulset(self.statefulsets_by_job.get(key, []), key[1], self.job_uid(key))
+
     def pods(self, key: Key) -> list[dict[str, Any]]:
-        return list(self.pods_by_job.get(key, []))
+        """The pods the job's StatefulSet controls."""
+        return owner_refs.statefulsets_pods(self.pods_by_job.get(key, []), self.statefulset(key))
 
     def children(self, key: Key) -> KnownChildren:
-        """The job's children of the watched kinds, as the watches show them now."""
+        """The job's children of the watched kinds, as the watches show them now, by name (the
+        names the job's children take: converge compares their owners, and adopts or refuses)."""
         objects = {(child["kind"], child["metadata"]["name"]): child for child in self.children_by_job.get(key, [])}
-        statefulset = index_entry(self.statefulsets_by_job, key)
-        if statefulset is not None:
-            objects[("StatefulSet", statefulset["metadata"]["name"])] = statefulset
+        for statefulset in self.statefulsets_by_job.get(key, []):
+            if statefulset["metadata"]["name"] == key[1]:
+                objects[("StatefulSet", key[1])] = statefulset
         return KnownChildren(WATCHED_KINDS, objects)
 
     def progress(self, key: Key) -> TrainingProgress | None:
-        raw = index_entry(self.progress_by_job, key)
-        return TrainingProgress.model_validate(raw) if raw else None
+        """The summary in the job's own progress ConfigMap, as checked (progress_by_job)."""
+        entry = owner_refs.jobs_progress(self.progress_by_job.get(key, []), key[1], self.job_uid(key))
+        return TrainingProgress.model_validate(entry["progress"]) if entry and entry["progress"] else None
+
+    def progress_dropped(self, key: Key) -> tuple[DroppedValue, ...]:
+        """What the check of that summary left out."""
+        entry = owner_refs.jobs_progress(self.progress_by_job.get(key, []), key[1], self.job_uid(key))
+        return tuple(entry["dropped"]) if entry else ()
 
 
 def scale_down_if_over(memo: kopf.Memo, body: dict[str, Any], status: SFTJobStatus,
@@ -323,8 +350,10 @@ def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: A
         try:
             job = parse_admitted_job(raw, _policy)
         except InvalidSpecError as exc:
-            statefulset = None if fresh else index_entry(indexes.statefulsets_by_job, key)
+            statefulset = None if fresh else indexes.statefulset(key)
             problem = SpecProblem(Reason.INVALID_SPEC, str(exc))
+            if isinstance(exc, PolicyViolation) and statefulset is not None:
+                stop_refused_pods(memo, key, statefulset)
             update_status(memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), problem, None)
             log.warning("%s/%s: invalid spec: %s", key[0], key[1], exc)
             return
@@ -369,6 +398,20 @@ def child_changed(type: str, namespace: str, labels: kopf.Labels, resource: kopf
         refresh_status(memo, key, indexes)
 
 
+def stop_refused_pods(memo: kopf.Memo, key: Key, statefulset: dict[str, Any]) -> None:
+    """A job that runs and that the admin policy now refuses (created before the policy, or while
+    the webhook was bypassed): its StatefulSet goes to 0 pods (SIGTERM: an on-demand checkpoint)
+    and stays there until the spec or the policy changes; a reconcile then renders it back."""
+    if not (statefulset.get("spec") or {}).get("replicas"):
+        return
+    live = memo.kube.read("StatefulSet", key[0], statefulset["metadata"]["name"])
+    if live is None or not (live.get("spec") or {}).get("replicas"):
+        return
+    live["spec"]["replicas"] = 0
+    memo.kube.replace(live)
+    log.warning("%s/%s: the admin policy refuses the running job: its pods are stopped", key[0], key[1])
+
+
 def restore_children(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
     """A child of a live job was deleted by someone: create it again. The job is read from the
     API first: when the job itself is being deleted, the garbage collector deletes its children,
@@ -399,12 +442,13 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         body = index_entry(indexes.jobs_by_name, key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
-        statefulset = index_entry(indexes.statefulsets_by_job, key)
+        statefulset = indexes.statefulset(key)
         _, problem = check_spec(body, statefulset, _policy)
         if problem is None and statefulset is None:
             problem = memo.jobs.standing_refusal(body)
         pods = indexes.pods(key)  # one view: the restart's backoff counts the failures the status counted
         status = update_status(memo.kube, memo.jobs, body, statefulset, pods, problem, None, indexes.progress(key))
+        warn_dropped_progress(memo.kube, memo.jobs, body, indexes.progress_dropped(key))
         scale_down_if_over(memo, body, status, statefulset)
         if not status.training_over and status.phase is not Phase.SUSPENDED:
             restart_ranks_left_behind(memo, body, pods, status)
@@ -491,7 +535,7 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
         log.warning("%s/%s: stalled: %s", key[0], key[1], why)
         for pod in indexes.pods(key):
             memo.kube.delete_pod(key[0], pod["metadata"]["name"], GROUP_RESTART_GRACE_S)
-        statefulset = index_entry(indexes.statefulsets_by_job, key)
+        statefulset = indexes.statefulset(key)
         update_status(memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), None, None, indexes.progress(key),
                       stall=why)
 
@@ -548,7 +592,7 @@ def webhook_server(port: int, cert_dir: Path) -> kopf.WebhookServer:
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
         metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None,
-        election: leadership.Election | None = None) -> None:
+        election: leadership.Election | None = None, readiness: str | None = None) -> None:
     global _api_client, _reporter_image, _policy, _webhook_server, _namespaces
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -571,6 +615,10 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     # One active operator: kopf's watches stay paused and writes are refused until this replica
     # holds the Lease (leadership.py); the webhook and the probes answer either way.
     elector = leadership.start(kubeclient.load_api_client(kubeconfig), _api_client, election) if election else None
+    if readiness:  # Ready only while SFTJobs can be listed and watched (kopf's liveness is not that)
+        ReadinessChecker(kubeclient.load_api_client(kubeconfig, retries=False), namespaces,
+                         ApiReachability(metrics.set_api_reachable),
+                         webhook_port=webhook_port).start(readiness, logging.getLogger().handlers)
     try:
         kopf.run(
             standalone=True,

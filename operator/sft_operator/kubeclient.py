@@ -39,14 +39,17 @@ class BoundedApiClient(kubernetes.client.ApiClient):
         return super().call_api(*args, **kwargs)
 
 
-def load_api_client(kubeconfig: Path | None = None) -> BoundedApiClient:
-    """From ``kubeconfig``, else in-cluster, else $KUBECONFIG / ~/.kube/config."""
+def load_api_client(kubeconfig: Path | None = None, retries: Any = None) -> BoundedApiClient:
+    """From ``kubeconfig``, else in-cluster, else $KUBECONFIG / ~/.kube/config. ``retries``:
+    urllib3's (None: its default, 3 connection retries; False: none, one attempt per call)."""
     configuration = kubernetes.client.Configuration()
     if kubeconfig is not None:
         kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        return BoundedApiClient(configuration)
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+    if retries is not None:
+        configuration.retries = retries
     return BoundedApiClient(configuration)

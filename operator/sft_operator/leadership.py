@@ -414,15 +414,23 @@ def start(api_client: Any, operator_client: Any, election: Election,
     if not namespace:
         raise LeadershipError("--leader-election-namespace is required outside a pod (no $POD_NAMESPACE, "
                               f"no {IN_CLUSTER_NAMESPACE})")
+    from sft_operator import metrics
+
     pause = KopfPause()
     pause.install()
+    metrics.set_leader(0)
+
+    def started() -> None:
+        metrics.set_leader(1)
+        pause.set_paused(False)
 
     def lost() -> None:
         pause.set_paused(True)
+        metrics.set_leader(0)
         on_lost()
 
     elector = LeaderElector(api_client, namespace, election.lease, election.identity, election.timings,
-                            on_started=lambda: pause.set_paused(False), on_stopped=lost)
+                            on_started=started, on_stopped=lost)
     gate_writes(operator_client, elector)
     _elector = elector
     return elector.start()

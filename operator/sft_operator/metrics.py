@@ -9,6 +9,8 @@ What is measured, and where:
   ``timed_reconcile`` around handlers.reconcile;
 - the operator's own Kubernetes API requests and errors (by method and HTTP status):
   ``instrument_api_client`` on the operator's client (kopf's watches are kopf's own);
+- whether the operator can list and watch SFTJobs (``sft_operator_api_reachable``, from
+  readiness.py's check) and whether this replica leads (``sft_operator_leader``, leadership.py);
 - the process (CPU, memory, open files) from prometheus-client's process collector.
 
 Label cardinality is bounded. A job's per-job series (labels ``namespace``, ``sftjob``) exist while
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -191,6 +193,18 @@ class OperatorMetrics:
             "sft_operator_api_errors", "Failed Kubernetes API requests, by method and HTTP status "
             "('error': no answer, e.g. a timeout).", ["method", "code"], registry=self.registry,
         )
+        # Registered on their first value: a series only where the check (or the election) runs,
+        # so that a 0 always means "cannot" (or "standing by"), never "not measured".
+        self.api_reachable = Gauge(
+            "sft_operator_api_reachable", "1 while the operator can list and watch SFTJobs (its readiness "
+            "check, `run --readiness`), 0 while it cannot.", registry=None,
+        )
+        self.leader = Gauge(
+            "sft_operator_leader", "1 while this replica holds the leader-election Lease (it alone acts), 0 "
+            "while it stands by.", registry=None,
+        )
+        self._registered: set[int] = set()
+        self._register_lock = threading.Lock()
         if process:
             ProcessCollector(registry=self.registry)
 
@@ -201,6 +215,19 @@ class OperatorMetrics:
         self.jobs.observe(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), status)
         if patched:
             self.status_patches.inc()
+
+    def set_api_reachable(self, value: float) -> None:
+        self._set_gauge(self.api_reachable, value)
+
+    def set_leader(self, value: float) -> None:
+        self._set_gauge(self.leader, value)
+
+    def _set_gauge(self, gauge: Gauge, value: float) -> None:
+        with self._register_lock:
+            if id(gauge) not in self._registered:
+                self.registry.register(gauge)
+                self._registered.add(id(gauge))
+        gauge.set(value)
 
     def forget_job(self, namespace: str, name: str, uid: str = "") -> None:
         self.jobs.forget(namespace, name, uid)
@@ -278,6 +305,8 @@ def _http_method(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 METRICS = OperatorMetrics()
 observe_job = METRICS.observe_job
 forget_job = METRICS.forget_job
+set_api_reachable = METRICS.set_api_reachable
+set_leader = METRICS.set_leader
 timed_reconcile = METRICS.timed_reconcile
 instrument_api_client = METRICS.instrument_api_client
 serve = METRICS.serve

@@ -156,8 +156,8 @@ def test_deployment_runs_two_replicas_one_leading_with_a_liveness_probe(helm: He
     assert spec["replicas"] == 2
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000",
-                                 "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook",
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--readiness=http://0.0.0.0:8081/readyz",
+                                 "--metrics-port=8000", "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook",
                                  "--leader-elect", "--leader-election-lease=rel-sft-operator"]
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
     anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
@@ -165,9 +165,12 @@ def test_deployment_runs_two_replicas_one_leading_with_a_liveness_probe(helm: He
     (budget,) = by_kind(docs, "PodDisruptionBudget")
     assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "ready", "containerPort": 8081, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
                                   {"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "ready"}, "initialDelaySeconds": 2,
+                                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 1}
     assert container["image"] == "sft-operator:0.1.0"
 
 
@@ -215,7 +218,8 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
     (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
-        "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=8000", "--webhook-port=9443",
+        "--liveness=http://0.0.0.0:8080/healthz", "--readiness=http://0.0.0.0:8081/readyz", "--metrics-port=8000",
+        "--webhook-port=9443",
         "--webhook-cert-dir=/etc/sft-operator/webhook", "--leader-elect", "--leader-election-lease=rel-sft-operator",
         "--namespace=team-a", "--namespace=team-b",
     ]
@@ -349,7 +353,7 @@ def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
     assert not by_kind(off, "Service") and not by_kind(off, "ConfigMap")
     (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
     assert "--metrics-port=0" in container["args"]
-    assert [p["name"] for p in container["ports"]] == ["health"]
+    assert [p["name"] for p in container["ports"]] == ["health", "ready"]
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -472,7 +476,9 @@ def test_webhook_is_wired_to_the_operator(helm: Helm) -> None:
     (container,) = pod["containers"]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
     assert {"name": "webhook-tls", "mountPath": "/etc/sft-operator/webhook", "readOnly": True} in container["volumeMounts"]
-    assert container["readinessProbe"] == {"tcpSocket": {"port": "webhook"}, "periodSeconds": 5}
+    # Ready waits for the webhook to listen: /readyz checks the port it is told (readiness.py).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
+    assert "--webhook-port=9443" in container["args"] and "--readiness=http://0.0.0.0:8081/readyz" in container["args"]
     assert {"name": "webhook-tls", "secret": {"secretName": "rel-sft-operator-webhook-tls"}} in pod["volumes"]
 
 
@@ -514,7 +520,7 @@ def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:
     assert not by_kind(off, "ValidatingWebhookConfiguration") and not by_kind(off, "Secret")
     (container,) = the_deployment(off)["spec"]["template"]["spec"]["containers"]
     assert not any(a.startswith("--webhook") for a in container["args"])
-    assert "readinessProbe" not in container
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}  # the API check stays
     assert "webhook-tls" not in {v["name"] for v in the_deployment(off)["spec"]["template"]["spec"]["volumes"]}
 
 
