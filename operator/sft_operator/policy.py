@@ -63,6 +63,10 @@ class PolicyError(ValueError):
     """SFT_ADMISSION_POLICY is not a policy; names the field."""
 
 
+class PolicyViolation(InvalidSpecError):
+    """A valid spec the admin policy refuses; each problem names the field and the policy value."""
+
+
 def load_policy(text: str | None) -> AdmissionPolicy:
     """The policy from its JSON (SFT_ADMISSION_POLICY); unset or empty: the defaults."""
     if not text or not text.strip():
@@ -130,9 +134,10 @@ def policy_problems(spec: SFTJobSpec, policy: AdmissionPolicy) -> list[tuple[str
 
 
 def parse_admitted_job(body: dict[str, Any], policy: AdmissionPolicy) -> SFTJob:
-    """parse_job, then the policy: raises InvalidSpecError naming every field either refuses."""
+    """parse_job, then the policy: raises InvalidSpecError naming every field the models refuse,
+    or PolicyViolation (one) naming every field the policy refuses."""
     job = parse_job(body)
     problems = policy_problems(job.spec, policy)
     if problems:
-        raise InvalidSpecError(problems)
+        raise PolicyViolation(problems)
     return job

@@ -14,6 +14,7 @@ from sft_operator.models import InvalidSpecError, parse_spec
 from sft_operator.policy import (
     AdmissionPolicy,
     PolicyError,
+    PolicyViolation,
     load_policy,
     parse_admitted_job,
     policy_problems,
@@ -113,10 +114,11 @@ def test_chart_default_policy_is_the_models() -> None:
 def test_parse_admitted_job_joins_the_models_and_the_policys_refusals() -> None:
     body = {"metadata": {"name": "j", "namespace": "ns"}, "spec": {
         **BASE, "pod": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}}
-    with pytest.raises(InvalidSpecError) as refused:
+    with pytest.raises(PolicyViolation) as refused:
         parse_admitted_job(body, AdmissionPolicy())
     assert str(refused.value) == f"spec.pod.volumes[0].hostPath: host paths are not allowed {WHERE} (policy.allowHostPath)"
     assert parse_admitted_job(body, AdmissionPolicy(allow_host_path=True)).metadata.name == "j"
     body["spec"]["numEpochs"] = 0
-    with pytest.raises(InvalidSpecError, match=r"^spec\.numEpochs: Input should be greater than or equal to 1$"):
+    with pytest.raises(InvalidSpecError, match=r"^spec\.numEpochs: Input should be greater than or equal to 1$") as invalid:
         parse_admitted_job(body, AdmissionPolicy())
+    assert not isinstance(invalid.value, PolicyViolation)
