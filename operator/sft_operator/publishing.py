@@ -16,7 +16,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import metrics, render
+from sft_operator import contract, metrics, render
 from sft_operator.children import Kube, join_problems
 from sft_operator.models import (
     ConditionType,
@@ -31,6 +31,7 @@ from sft_operator.models import (
 )
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
 from sft_operator.progress import TrainingProgress
+from sft_operator.untrusted import DroppedValue
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
 from sft_operator.wire import parse_rfc3339, rfc3339
 
@@ -38,6 +39,8 @@ log = logging.getLogger("sft_operator")
 Key = tuple[str, str]
 # The Event of a spec that saves no full state at epoch ends (models.epoch_full_state_warning).
 NO_EPOCH_FULL_STATE = "NoEpochFullState"
+# The Event of a progress value the status schema cannot hold (untrusted.DroppedValue).
+PROGRESS_VALUE_DROPPED = "ProgressValueDropped"
 
 
 def job_key(body: dict[str, Any]) -> Key:
@@ -45,12 +48,14 @@ def job_key(body: dict[str, Any]) -> Key:
 
 
 class JobStatusBook:
-    """Per-job lock and the status last written."""
+    """Per-job lock, the status last written, and the keys of dropped progress values already
+    warned about."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[Key, threading.Lock] = {}
         self._written: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self._warned: dict[Key, tuple[str, set[str]]] = {}
 
     def lock(self, key: Key) -> threading.Lock:
         with self._guard:
@@ -60,6 +65,18 @@ class JobStatusBook:
         with self._guard:
             self._locks.pop(key, None)
             self._written.pop(key, None)
+            self._warned.pop(key, None)
+
+    def not_warned_yet(self, body: dict[str, Any], keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` not warned about yet for this job (same uid); now they are."""
+        uid = body["metadata"].get("uid", "")
+        with self._guard:
+            warned = self._warned.get(job_key(body))
+            if warned is None or warned[0] != uid:
+                warned = self._warned[job_key(body)] = (uid, set())
+            new = [key for key in dict.fromkeys(keys) if key not in warned[1]]
+            warned[1].update(new)
+            return new
 
     def record(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         self._written[job_key(body)] = (body["metadata"].get("uid", ""), status)
@@ -85,6 +102,26 @@ class JobStatusBook:
 
 def now() -> str:
     return rfc3339(datetime.now(timezone.utc))
+
+
+def warn_dropped_progress(kube: Kube, book: JobStatusBook, body: dict[str, Any],
+                          dropped: Iterable[DroppedValue]) -> None:
+    """One Warning Event per job and key for a value of its progress summary that the status
+    schema cannot hold (dropped; the rest of the summary is used), not one per summary the
+    reporter publishes. An operator restart says it once more."""
+    dropped = list(dropped)
+    new = set(book.not_warned_yet(body, [value.key for value in dropped]))
+    where = f"ConfigMap {contract.progress_configmap_name(body['metadata']['name'])} ({contract.PROGRESS_KEY})"
+    for value in dropped:
+        if value.key not in new:
+            continue
+        if value.key:
+            message = f"{where}: dropped {value.describe('status.progress')}; the rest of the summary is used"
+        else:
+            message = (f"{where}: ignored: {value.describe('status.progress')}; status.progress keeps the "
+                       "summary last read")
+        log.warning("%s/%s: %s", *job_key(body), message)
+        kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, message)
 
 
 def finished_for_longer_than(status: SFTJobStatus, at: str, ttl_s: Any) -> str | None:
