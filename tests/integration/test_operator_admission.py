@@ -226,7 +226,21 @@ def test_host_paths_follow_the_admin_policy(
         operator = start_operator(control_plane, namespaces, webhook, tmp_path, monkeypatch, {"allowHostPath": True})
         with as_user(control_plane, "bob") as bob:
             create(bob, job_body("host", hooked, pod=HOST_PATH_POD))
-        wait_for("the host-path job's StatefulSet", lambda: kubernetes.client.AppsV1Api(api_client)
-                 .list_namespaced_stateful_set(hooked, field_selector="metadata.name=host").items)
+        apps = kubernetes.client.AppsV1Api(api_client)
+        wait_for("the host-path job's StatefulSet", lambda: apps.list_namespaced_stateful_set(
+            hooked, field_selector="metadata.name=host").items)
+        assert apps.read_namespaced_stateful_set("host", hooked).spec.replicas == 1
+        operator.stop()
+
+        # The policy turns strict again while the job runs: the restarted operator refuses it and
+        # stops its pods (the StatefulSet to 0), naming the field.
+        operator = start_operator(control_plane, namespaces, webhook, tmp_path, monkeypatch)
+        wait_for("the running host-path job's pods stopped",
+                 lambda: apps.read_namespaced_stateful_set("host", hooked).spec.replicas == 0)
+        status = custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, hooked, contract.PLURAL,
+                                                     "host").get("status") or {}
+        (spec_valid,) = [c for c in status["conditions"] if c["type"] == "SpecValid"]
+        assert (spec_valid["status"], spec_valid["reason"], spec_valid["message"]) == (
+            "False", "InvalidSpec", HOST_PATH_REFUSAL)
     finally:
         operator.stop()
