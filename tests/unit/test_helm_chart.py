@@ -531,3 +531,17 @@ def test_policy_values_reach_the_operator(helm: Helm) -> None:
     ))["spec"]["template"]["spec"]["containers"]
     policy = load_policy(env_of(container)[ENV_POLICY])
     assert policy == AdmissionPolicy(allow_host_path=True, allowed_priority_classes=["training-high"])
+
+
+def test_namespaces_mode_webhook_selects_the_watched_namespaces(helm: Helm) -> None:
+    """From 1.21 on (namespaces carry kubernetes.io/metadata.name) the webhook is asked only for
+    the watched namespaces' jobs; before, and in cluster mode, for every namespace's (the operator
+    admits jobs outside its namespaces unchecked)."""
+    configuration, _, webhook = webhook_objects(helm.template(*NAMESPACES_MODE, "--kube-version", "1.25.0"))
+    kubernetes_validate.validate(configuration, "1.25.0", strict=True)
+    assert webhook["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]}
+    _, _, webhook = webhook_objects(helm.template(*NAMESPACES_MODE, "--kube-version", "1.20.2"))
+    assert "namespaceSelector" not in webhook
+    _, _, webhook = webhook_objects(helm.template("--kube-version", "1.25.0"))
+    assert "namespaceSelector" not in webhook
