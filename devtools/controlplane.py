@@ -178,6 +178,39 @@ def parse_audit_writes(lines: Iterable[str]) -> list[WriteRequest]:
     return writes
 
 
+def service_endpoints(endpoints: Mapping[str, Any] | None) -> list[tuple[str, int]]:
+    """The (address, port) pairs an Endpoints object sends a Service's traffic to (sorted)."""
+    pairs = set()
+    for subset in (endpoints or {}).get("subsets") or []:
+        for address in subset.get("addresses") or []:
+            for port in subset.get("ports") or []:
+                pairs.add((address.get("ip", ""), int(port.get("port", 0))))
+    return sorted(pairs)
+
+
+def slice_endpoints(endpoint_slice: Mapping[str, Any] | None) -> list[tuple[str, int]]:
+    """The same for an EndpointSlice (kube-proxy 1.20 reads slices, not Endpoints)."""
+    pairs = set()
+    for endpoint in (endpoint_slice or {}).get("endpoints") or []:
+        for address in endpoint.get("addresses") or []:
+            for port in (endpoint_slice or {}).get("ports") or []:
+                pairs.add((address, int(port.get("port", 0))))
+    return sorted(pairs)
+
+
+def kubernetes_service_problem(endpoints: Mapping[str, Any] | None, endpoint_slice: Mapping[str, Any] | None,
+                               address: str, port: int) -> str | None:
+    """Why pods would not reach this API server through the `kubernetes` Service, or None: its
+    Endpoints and EndpointSlice must both say exactly ``address``:``port``."""
+    want = [(address, port)]
+    found = {"Endpoints": service_endpoints(endpoints), "EndpointSlice": slice_endpoints(endpoint_slice)}
+    wrong = {kind: pairs for kind, pairs in found.items() if pairs != want}
+    if not wrong:
+        return None
+    said = "; ".join(f"its {kind} {', '.join(f'{a}:{p}' for a, p in pairs) or 'none'}" for kind, pairs in wrong.items())
+    return f"the `kubernetes` Service sends pods to {said}, but the API server serves {address}:{port}"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -406,6 +439,10 @@ class ControlPlane:
             # Pods are admitted only once their namespace's default ServiceAccount has a token
             # (1.20's ServiceAccount admission): wait until the controllers got that far.
             self._wait("the default ServiceAccount has its token", self._default_sa_ready, CONTROLLER_MANAGER)
+            if self.advertise_address:
+                self.timings["default_service_account"] = time.monotonic() - started
+                self._correct_kubernetes_endpoints(api_port)
+                self.timings["kubernetes_endpoints"] = time.monotonic() - started
         except BaseException:
             self.stop()
             raise
@@ -640,6 +677,53 @@ class ControlPlane:
         except (OSError, ssl.SSLError) as e:
             return False, str(e)[:200]
         return status == 200 and body.strip() == b"ok", f"HTTP {status} {body[:200]!r}"
+
+    def _correct_kubernetes_endpoints(self, port: int) -> None:
+        """Pods reach the API server through the `kubernetes` Service: make sure its endpoints
+        are this API server's address and port. A state dir used before keeps the previous
+        start's port there: kube-apiserver 1.20's endpoint reconciler corrects the address but
+        not the port of an existing Endpoints object (ports are reconciled only when it is
+        created), so every pod would connect to a dead port (issue 22: `make realnode-up` twice).
+        A stale object is deleted and the reconciler re-creates it right (within its 10 s
+        interval); if it does not, the start is refused with the reason."""
+        deleted = False
+
+        def correct() -> tuple[bool, str]:
+            nonlocal deleted
+            problem = kubernetes_service_problem(*self._kubernetes_service_objects(), self.advertise_address or "", port)
+            if problem is None:
+                return True, ""
+            stale = service_endpoints(self._kubernetes_service_objects()[0])
+            if stale and not deleted and any(p != port for _, p in stale):
+                status, body = self.request("DELETE", "/api/v1/namespaces/default/endpoints/kubernetes")
+                if status not in (200, 404):
+                    return False, f"{problem}; deleting the stale Endpoints failed: HTTP {status} {body[:200]!r}"
+                deleted = True
+            return False, problem
+
+        self._wait("the `kubernetes` Service's endpoints are this API server's", correct, APISERVER)
+
+    def _kubernetes_service_objects(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The `kubernetes` Endpoints and EndpointSlice (None where missing)."""
+        objects: list[dict[str, Any] | None] = []
+        for path in ("/api/v1/namespaces/default/endpoints/kubernetes",
+                     "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"):
+            status, body = self.get(path, timeout_s=5)
+            if status == 404 and "endpointslices" in path:  # 1.20 serves the slices as v1beta1 only
+                status, body = self.get(path.replace("/v1/", "/v1beta1/"), timeout_s=5)
+            objects.append(json.loads(body) if status == 200 else None)
+        return objects[0], objects[1]
+
+    def request(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """A bodiless request (e.g. DELETE) as the admin: (HTTP status, body)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(self.server + path, method=method,
+                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=timeout_s) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
 
     def _default_sa_ready(self, namespace: str = "default") -> tuple[bool, str]:
         try:

@@ -316,3 +316,34 @@ def test_cli_up_is_detached_idempotent_and_down_leaves_nothing(tmp_path):
     assert (down.returncode, down.stdout.strip()) == (0, f"control plane in {state} stopped")
     assert [p for p in pids.values() if pid_alive(p)] == []
     assert cli("down").stdout.strip() == f"no control plane running in {state}"
+
+
+def test_a_state_dir_started_again_on_a_new_port_gives_pods_that_port(tmp_path):
+    """`make realnode-up`, `make realnode-down`, `make realnode-up` on the same .local: the API
+    server comes back on a new port, and the `kubernetes` Service (Endpoints and EndpointSlice,
+    what kube-proxy programs) must follow it; kube-apiserver 1.20 alone keeps the old port."""
+    from devtools.controlplane import kubernetes_service_problem
+    from devtools.node import host_ip
+
+    address = host_ip()
+    state = tmp_path / "state"
+    first = ControlPlane(state_dir=state, advertise_address=address).start()
+    try:
+        old_port = int(first.server.rsplit(":", 1)[1])
+        assert kubernetes_service_problem(*first._kubernetes_service_objects(), address, old_port) is None
+    finally:
+        first.stop()
+    # The old port stays taken, so the second start cannot get it back by chance.
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", old_port))
+        second = ControlPlane(state_dir=state, advertise_address=address).start()
+        try:
+            new_port = int(second.server.rsplit(":", 1)[1])
+            assert new_port != old_port
+            assert kubernetes_service_problem(*second._kubernetes_service_objects(), address, new_port) is None
+            took = second.timings["kubernetes_endpoints"] - second.timings["default_service_account"]
+            print(f"second start on {second.server}: the `kubernetes` endpoints corrected in {took:.1f} s")
+            time.sleep(11)  # a whole reconcile interval later the reconciler has not put the old port back
+            assert kubernetes_service_problem(*second._kubernetes_service_objects(), address, new_port) is None
+        finally:
+            second.stop()

@@ -18,6 +18,7 @@ from devtools.controlplane import (
     fresh_namespace_name,
     WriteRequest,
     kubeconfig_dict,
+    kubernetes_service_problem,
     parse_audit_writes,
     resolve_assets,
     tail_lines,
@@ -138,3 +139,27 @@ def test_parse_audit_writes_keeps_completed_writes_only():
         WriteRequest(verb="create", resource="namespaces", subresource="", namespace="", name="ns",
                      user="admin", user_agent="", code=409),
     ]
+
+
+def _endpoints(ip: str, port: int) -> dict:
+    return {"subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}
+
+
+def _slice(ip: str, port: int) -> dict:
+    return {"addressType": "IPv4", "endpoints": [{"addresses": [ip]}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
+
+
+def test_kubernetes_service_endpoints_must_be_this_apiserver():
+    """After `make realnode-up` twice the Endpoints kept the first start's port (kube-apiserver
+    1.20 reconciles the address, not the port): pods connected to a dead port."""
+    assert kubernetes_service_problem(_endpoints("192.0.2.2", 6443), _slice("192.0.2.2", 6443), "192.0.2.2", 6443) is None
+    assert kubernetes_service_problem(_endpoints("192.0.2.2", 41000), _slice("192.0.2.2", 41000), "192.0.2.2", 6443) == (
+        "the `kubernetes` Service sends pods to its Endpoints 192.0.2.2:41000; its EndpointSlice 192.0.2.2:41000, "
+        "but the API server serves 192.0.2.2:6443")
+    assert kubernetes_service_problem(_endpoints("192.0.2.2", 6443), None, "192.0.2.2", 6443) == (
+        "the `kubernetes` Service sends pods to its EndpointSlice none, but the API server serves 192.0.2.2:6443")
+    both = {"subsets": [{"addresses": [{"ip": "192.0.2.2"}, {"ip": "192.0.2.9"}], "ports": [{"port": 6443}]}]}
+    assert kubernetes_service_problem(both, _slice("192.0.2.2", 6443), "192.0.2.2", 6443) == (
+        "the `kubernetes` Service sends pods to its Endpoints 192.0.2.2:6443, 192.0.2.9:6443, "
+        "but the API server serves 192.0.2.2:6443")
