@@ -43,7 +43,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_operator.wire import INT64_MAX
+from sft_operator.wire import MAX_API_INT
 
 # --- Layout -----------------------------------------------------------------------------------
 HF_FORMAT_DIR = "hf_format"
@@ -383,8 +383,8 @@ def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | 
         if match is None and entry.name != HF_LAST_EPOCH_NAME:
             continue
         samples = int(match.group(1)) if match else None
-        if samples is not None and samples > INT64_MAX:
-            continue  # not a count instructlab-training wrote (int64), and no status could hold it
+        if samples is not None and samples > MAX_API_INT:
+            continue  # not a count a run reaches, and no status could hold it (wire.MAX_API_INT)
         epoch = None
         if samples is not None:
             epoch = epoch_by_samples.get(samples, epoch_of_samples(samples, samples_per_epoch))

@@ -13,8 +13,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
 
-# The API server keeps integers as int64: a status patch holding a larger one is refused whole.
-INT64_MAX = 2**63 - 1
+# The largest integer a status may hold: 2^53 - 1, within int64 (the API server refuses a status
+# patch holding a larger integer, whole) and read exactly by every JSON reader. Not 2^63 - 1: the
+# API server reads a schema's maximum as a float64 and converts it to int64 to compare, and
+# 2^63 - 1 rounds to 2^63, which wraps to -2^63: every integer was refused (1.20 API server).
+MAX_API_INT = 2**53 - 1
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
@@ -60,9 +63,9 @@ def _api_date_time(stamp: str) -> str:
 
 
 # Types of the values a job's own pods report (status.progress, from its progress ConfigMap):
-# strict (a string is no number, a number no flag), bounded as the API server bounds them; the
+# strict (a string is no number, a number no flag), bounded so the API server takes them; the
 # CRD's schema is generated from them, so its bounds are these.
-Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_API_INT)]
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Flag = Annotated[bool, Strict()]
 DateTime = Annotated[str, Strict(), AfterValidator(_api_date_time), Field(json_schema_extra={"format": "date-time"})]

@@ -400,3 +400,91 @@ def test_checkpoint_at_epoch_off_is_said_once_as_an_event(operator: Any, cluster
     time.sleep(2)  # an Event posted again would show by now
     assert [e["count"] or 1 for e in cluster.events("noepoch") if e["reason"] == "NoEpochFullState"] == [1]
     assert not [e for e in cluster.events("neither") if e["reason"] == "NoEpochFullState"]
+
+
+# --- untrusted progress and children (issue 22) -----------------------------------------------
+
+def test_garbage_progress_is_dropped_with_one_warning_per_key_and_the_status_moves_on(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    """The job's own pods write its progress ConfigMap: values the status schema cannot hold
+    (a date-time that is none, 2^70, a string for a number, NaN) are dropped, each named once in
+    a Warning Event, and the rest still moves: the summary's other values, Succeeded, scale to 0.
+    Before, the API server refused every status patch holding them (422) and the job froze."""
+    reporter = started_job(control_plane, cluster, "garbage")
+    huge = 2**70
+    try:
+        def garbage(stage: Stage, samples: int) -> str:
+            good = summary(stage, samples, ["samples_100"]).to_api()
+            return json.dumps({**good, "samplesSeen": huge, "lastUpdateTime": "yesterday", "epoch": str(good["epoch"]),
+                               "checkpoints": [*good["checkpoints"], {**good["checkpoints"][0], "name": f"samples_{huge}",
+                                                                       "samples": huge}],
+                               "lossHistory": [{"samples": 1, "loss": float("nan")}, {"samples": samples, "loss": 0.5}]})
+
+        def publish(raw: str) -> None:
+            reporter.core.patch_namespaced_config_map("garbage-progress", cluster.ns, {"data": {PROGRESS_KEY: raw}})
+
+        publish(garbage(Stage.TRAINING, 120))
+        progress = cluster.wait_for("the checked progress", lambda: (p := cluster.status("garbage").get("progress"))
+                                    and p.get("stage") == "Training" and p)
+        assert (progress["samplesSeen"], progress["epoch"], progress["percent"], progress["lastLoss"]) == (0, 0, 60, "0.4321")
+        assert "lastUpdateTime" not in progress
+        assert [c["name"] for c in progress["checkpoints"]] == ["samples_100", f"samples_{huge}"]
+        assert "samples" not in progress["checkpoints"][1]
+        assert progress["lossHistory"] == [{"samples": 1}, {"samples": 120, "loss": 0.5}]
+        keys = ["samplesSeen", "epoch", "checkpoints[].samples", "lastUpdateTime", "lossHistory[].loss"]
+
+        def warnings() -> list[str]:
+            return [e["message"] for e in cluster.events("garbage") if e["reason"] == "ProgressValueDropped"]
+
+        cluster.wait_for("a Warning per key", lambda: len(warnings()) >= len(keys))
+        for key in keys:
+            assert len([m for m in warnings() if f"status.progress.{key.replace('[]', '[1]' if 'checkpoints' in key else '[0]')} " in m]) == 1, (key, warnings())
+        assert all(e["type"] == "Warning" for e in cluster.events("garbage") if e["reason"] == "ProgressValueDropped")
+        assert any(f"dropped status.progress.samplesSeen = {huge}: Input should be less than or equal to "
+                   "9007199254740991" in m for m in warnings())
+
+        publish(garbage(Stage.TRAINING, 160))  # the same garbage again, with news: no new Warning
+        cluster.wait_for("the newer loss point", lambda: cluster.status("garbage")["progress"]["lossHistory"][-1]
+                         == {"samples": 160, "loss": 0.5})
+        publish(garbage(Stage.COMPLETED, 200))
+        status = cluster.wait_for("Succeeded", lambda: (s := cluster.status("garbage")).get("phase") == "Succeeded" and s)
+        complete = next(c for c in status["conditions"] if c["type"] == "Complete")
+        assert (complete["status"], complete["reason"]) == ("True", "TrainingCompleted")
+        cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("garbage")["spec"]["replicas"] == 0)
+        time.sleep(SETTLE_S)
+        assert len(warnings()) == len(keys), warnings()
+        assert "Traceback" not in operator.logs() and " 422" not in operator.logs()
+    finally:
+        reporter.close()
+
+
+def test_children_are_the_jobs_by_owner_reference_not_by_label(
+    control_plane: Any, operator: Any, cluster: Any
+) -> None:
+    """Another workload of the namespace labels a pod like the job's pod 0, its trainer failed,
+    and a ConfigMap like the job's progress, saying Completed: neither fails nor finishes the job
+    (maxRestarts 0), and the operator deletes neither."""
+    started_job(control_plane, cluster, "owned", maxRestarts=0).close()
+    labels = cluster.statefulset("owned")["spec"]["template"]["metadata"]["labels"]
+    cluster.core.create_namespaced_pod(cluster.ns, {
+        "metadata": {"name": "impostor-0", "labels": labels},
+        "spec": {"containers": [{"name": contract.TRAINER_CONTAINER, "image": "img"}]},
+    })
+    crash = {"exitCode": 1, "reason": "Error", "message": "forged", "startedAt": T0, "finishedAt": T1}
+    set_trainer(cluster, "impostor-0", 1, crash, running=False)
+    progress_labels = cluster.read("ConfigMap", "owned-progress")["metadata"]["labels"]
+    cluster.core.create_namespaced_config_map(cluster.ns, {
+        "metadata": {"name": "owned-progress-forged", "labels": progress_labels},
+        "data": {PROGRESS_KEY: json.dumps(summary(Stage.COMPLETED, 200, ["samples_200"]).to_api())},
+    })
+    time.sleep(SETTLE_S)
+    status = cluster.status("owned")
+    assert (status["phase"], status.get("restarts", 0), status.get("nodeRestarts", [])) == ("Running", 0, [])
+    assert "progress" not in status
+    pod = cluster.core.read_namespaced_pod("impostor-0", cluster.ns)
+    assert pod.metadata.deletion_timestamp is None
+    # The job's own pod failing still counts.
+    set_trainer(cluster, "owned-0", 1, {**crash, "message": "real"})
+    failed = cluster.wait_for("Failed", lambda: (c := cluster.condition("owned", "Failed")) and c["status"] == "True" and c)
+    assert failed["reason"] == "TooManyRestarts" and failed["message"].endswith("pod owned-0: Error (exit code 1): real")

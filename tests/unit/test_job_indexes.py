@@ -145,7 +145,7 @@ def test_a_dropped_value_is_warned_about_once_per_job_and_key() -> None:
     where = f"ConfigMap {JOB}-progress ({contract.PROGRESS_KEY})"
     assert kube.events == [
         ("Warning", PROGRESS_VALUE_DROPPED, f"{where}: dropped status.progress.samplesSeen = {2**70}: Input should be "
-         "less than or equal to 9223372036854775807; the rest of the summary is used"),
+         "less than or equal to 9007199254740991; the rest of the summary is used"),
         ("Warning", PROGRESS_VALUE_DROPPED, f"{where}: dropped status.progress.lastUpdateTime = 'soon': not a "
          "date-time as the API writes it (YYYY-MM-DDTHH:MM:SSZ, a real date, UTC); the rest of the summary is used"),
     ]

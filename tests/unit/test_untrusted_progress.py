@@ -18,7 +18,7 @@ from sft_operator.progress import (
     summarize_progress,
 )
 from sft_operator.untrusted import DroppedValue
-from sft_operator.wire import INT64_MAX
+from sft_operator.wire import MAX_API_INT
 
 T1 = "2026-01-01T00:05:00Z"
 CHECKPOINT = {"name": "samples_40", "path": "hf_format/samples_40", "samples": 40, "epoch": 1, "time": T1}
@@ -55,17 +55,17 @@ def test_bad_date_times_are_dropped() -> None:
     ]
 
 
-def test_integers_past_int64_or_below_zero_are_dropped() -> None:
-    value, problems = dropped({**GOOD, "samplesSeen": 2**70, "etaSeconds": 2**63, "totalSamples": INT64_MAX,
+def test_integers_past_the_bound_or_below_zero_are_dropped() -> None:
+    value, problems = dropped({**GOOD, "samplesSeen": 2**70, "etaSeconds": 2**63, "totalSamples": MAX_API_INT,
                                "latestFullState": {**GOOD["latestFullState"], "samples": -1},
                                "checkpoints": [{**CHECKPOINT, "samples": 2**70}]})
-    expected = {**GOOD, "samplesSeen": 0, "totalSamples": INT64_MAX,
+    expected = {**GOOD, "samplesSeen": 0, "totalSamples": MAX_API_INT,
                 "latestFullState": {"name": "epoch_0", "path": "full_state/epoch_0", "epoch": 1, "midEpoch": False,
                                     "time": T1},
                 "checkpoints": [{"name": "samples_40", "path": "hf_format/samples_40", "epoch": 1, "time": T1}]}
     del expected["etaSeconds"]
     assert value == expected
-    at_most = f"Input should be less than or equal to {INT64_MAX}"
+    at_most = f"Input should be less than or equal to {MAX_API_INT}"
     assert problems == [
         ("samplesSeen", "samplesSeen", at_most, str(2**70), 1),
         ("etaSeconds", "etaSeconds", at_most, str(2**63), 1),
@@ -137,7 +137,7 @@ def test_every_dropped_value_is_described_with_its_key() -> None:
     checked = parse_progress_summary(json.dumps({**GOOD, "samplesSeen": 2**70, "lossHistory": [
         {"samples": 1, "lr": "a"}, {"samples": 2, "lr": "b"}]}))
     assert [d.describe("status.progress") for d in checked.dropped] == [
-        f"status.progress.samplesSeen = {2**70}: Input should be less than or equal to {INT64_MAX}",
+        f"status.progress.samplesSeen = {2**70}: Input should be less than or equal to {MAX_API_INT}",
         "status.progress.lossHistory[0].lr = 'a': Input should be a valid number (2 values under "
         "status.progress.lossHistory[].lr dropped)",
     ]
@@ -146,7 +146,7 @@ def test_every_dropped_value_is_described_with_its_key() -> None:
 def test_the_crd_carries_the_models_bounds() -> None:
     """The bounds the operator checks are the CRD's own (generated from the same model)."""
     progress = status_schema()["properties"]["progress"]["properties"]
-    assert progress["samplesSeen"] == {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+    assert progress["samplesSeen"] == {"type": "integer", "minimum": 0, "maximum": MAX_API_INT}
     assert progress["lastUpdateTime"]["format"] == "date-time"
     assert progress["checkpoints"]["maxItems"] == MAX_CHECKPOINTS
     assert progress["checkpoints"]["items"]["properties"]["time"]["format"] == "date-time"
@@ -156,18 +156,18 @@ def test_the_crd_carries_the_models_bounds() -> None:
 
 # --- the volume side: what the reporter summarizes ----------------------------------------------
 
-def test_a_samples_directory_past_int64_is_not_a_checkpoint(tmp_path: Path) -> None:
-    for name in ("samples_40", f"samples_{2**70}", f"samples_{INT64_MAX}"):
+def test_a_samples_directory_past_the_bound_is_not_a_checkpoint(tmp_path: Path) -> None:
+    for name in ("samples_40", f"samples_{2**70}", f"samples_{MAX_API_INT + 1}", f"samples_{MAX_API_INT}"):
         directory = tmp_path / "hf_format" / name
         directory.mkdir(parents=True)
         (directory / "config.json").write_text("{}")
         (directory / "model.safetensors").write_bytes(b"x")
         os.utime(directory, (1_700_000_000, 1_700_000_000))
     tree = ck.scan_checkpoints(tmp_path)
-    assert [c.name for c in tree.hf_checkpoints] == ["samples_40", f"samples_{INT64_MAX}"]
+    assert [c.name for c in tree.hf_checkpoints] == ["samples_40", f"samples_{MAX_API_INT}"]
     progress = summarize_progress(tree, num_epochs=1, last_step=None, last_totals=None, runs=[], data_dir_exists=False)
-    assert [c.samples for c in progress.checkpoints] == [40, INT64_MAX]
-    assert progress.latest_checkpoint == f"samples_{INT64_MAX}"
+    assert [c.samples for c in progress.checkpoints] == [40, MAX_API_INT]
+    assert progress.latest_checkpoint == f"samples_{MAX_API_INT}"
 
 
 def test_the_summary_leaves_out_what_the_schema_cannot_hold() -> None:
