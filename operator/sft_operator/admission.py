@@ -110,6 +110,11 @@ def immutable_changes(old: SFTJobSpec, new: SFTJobSpec) -> list[tuple[str, str]]
     return [(f"spec.{path}", "immutable once the job is created") for path in before if before[path] != after[path]]
 
 
+def _without_status(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The object as the user wrote it: the status is the operator's, never the requester's to fix."""
+    return {key: value for key, value in body.items() if key != "status"}
+
+
 def _join(problems: list[tuple[str, str]]) -> str:
     return "; ".join(f"{path}: {message}" for path, message in problems)
 
@@ -132,12 +137,12 @@ def review(
         if _spec(body) == _spec(old) and _queue_label(body) == _queue_label(old):
             return
     try:
-        job = parse_job(dict(body))
+        job = parse_job(_without_status(body))
     except InvalidSpecError as exc:
         raise Refusal(str(exc), HTTP_UNPROCESSABLE) from None
     if operation == "UPDATE" and old is not None:
         try:
-            before = parse_job(dict(old)).spec
+            before = parse_job(_without_status(old)).spec
         except InvalidSpecError:
             before = None  # created before this webhook: the operator compares with what runs
         changed = immutable_changes(before, job.spec) if before is not None else []

@@ -157,6 +157,15 @@ def test_update_of_an_immutable_field_refused_as_cel_would() -> None:
         "spec.numEpochs: immutable once the job is created; spec.learningRate: immutable once the job is created", 422)
 
 
+def test_a_status_the_models_cannot_read_does_not_block_the_user() -> None:
+    """The status is the operator's: a spec change is judged on the spec, whatever the status holds."""
+    old = job()
+    old["status"] = {"phase": "Running", "restarts": "many"}
+    new = copy.deepcopy(old)
+    new["spec"]["suspend"] = True
+    review("UPDATE", new, old, ALICE, AdmissionPolicy(), Authorizer())
+
+
 def test_queue_label_change_is_validated() -> None:
     old = job(scheduling={"queueName": "a"})
     new = copy.deepcopy(old)
