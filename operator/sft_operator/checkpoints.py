@@ -20,6 +20,9 @@ What our launcher adds, all under ``sft-operator/``::
     sft-operator/DATA_READY           JSON DataReadyMarker, written after data.jsonl is complete
     sft-operator/runs.jsonl           one RunRecord per training start on node 0
     sft-operator/COMPLETED            JSON CompletionMarker, written after success
+    sft-operator/OWNER                JSON ownership.OwnerRecord: the jobs that owned the
+                                      directory (uid, training-fields hash, since when); node
+                                      0 writes it before anything else
     sft-operator/set-aside/           incomplete or foreign full_state entries moved out of the
                                       way of resume (never deleted by us)
 
@@ -57,6 +60,7 @@ PROCESSED_DATA_FILE = "data.jsonl"
 DATA_READY_FILE = f"{OPERATOR_DIR}/DATA_READY"
 RUNS_LOG_FILE = f"{OPERATOR_DIR}/runs.jsonl"
 COMPLETION_MARKER_FILE = f"{OPERATOR_DIR}/COMPLETED"
+OWNER_FILE = f"{OPERATOR_DIR}/OWNER"
 SET_ASIDE_DIR = f"{OPERATOR_DIR}/set-aside"
 
 _SAMPLES_DIR = re.compile(r"^samples_(\d+)$")
@@ -507,11 +511,26 @@ def full_states_to_prune(tree: CheckpointTree, keep: int) -> list[FullState]:
             if state.complete and state.epoch < oldest_kept_epoch]
 
 
-def prune_full_states(root: Path, keep: int) -> list[str]:
-    """Delete what ``full_states_to_prune`` allows; returns the deleted entry names."""
+def full_state_written_at(root: Path, state: FullState) -> float:
+    """When upstream last wrote the state: the newest mtime of its top-level entries other than
+    training_metadata.json, which our resume rewrites (normalize_mid_epoch) without writing the
+    state; the metadata's own mtime when nothing else is there."""
+    base = Path(root) / FULL_STATE_DIR / state.name
+    try:
+        times = [entry.stat().st_mtime for entry in base.iterdir() if entry.name != TRAINING_METADATA_FILE]
+    except FileNotFoundError:
+        times = []
+    return max(times) if times else state.mtime
+
+
+def prune_full_states(root: Path, keep: int, may_delete=None) -> list[str]:
+    """Delete what ``full_states_to_prune`` allows and ``may_delete(state)`` (None: all) accepts
+    (retention's owner check: only states this job's lineage wrote); returns the deleted names."""
     tree = scan_checkpoints(root)
     deleted = []
     for state in full_states_to_prune(tree, keep):
+        if may_delete is not None and not may_delete(state):
+            continue
         target = Path(root) / FULL_STATE_DIR / state.name
         # The metadata goes first: a crash mid-delete leaves an incomplete state, which resume
         # skips (it is set aside), never a "complete" one with missing files.

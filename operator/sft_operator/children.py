@@ -351,6 +351,8 @@ def ensure_child(kube: Kube, manifest: dict[str, Any], existing: dict[str, Any] 
     # (the kept checkpoint claim above all), so owner references follow the job's uid.
     have_owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == contract.KIND]
     want_owners = want_meta.get("ownerReferences", [])
+    if kind == "PersistentVolumeClaim":  # ... but never a claim another job created
+        want_owners = render.claim_owner_references(manifest, existing)
     owners_differ = [o["uid"] for o in have_owners] != [o["uid"] for o in want_owners]
     updated = copy.deepcopy(existing)
     if owners_differ:
@@ -501,7 +503,12 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
         return Converged(statefulset, SpecProblem(Reason.INVALID_SPEC, str(exc)), None)
     if job.spec.checkpoints.existing_claim is not None:
         claim = kube.read_claim(namespace, job.spec.checkpoints.existing_claim)
-    return Converged(statefulset, problem, check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job)))
+    kept_for = None
+    if job.spec.checkpoints.claim is not None and job.spec.checkpoints.delete_with_job and claim is not None \
+            and not render.created_by(claim, job.metadata.uid):
+        kept_for = render.claim_creator(claim) or "unrecorded"
+    return Converged(statefulset, problem,
+                     check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job), created_by_other=kept_for))
 
 
 def _ensure_one(kube: Kube, manifest: dict[str, Any], fresh: bool, known: KnownChildren | None) -> dict[str, Any]:

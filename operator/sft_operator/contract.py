@@ -100,6 +100,11 @@ EXIT_RENDEZVOUS_CONFLICT = 5  # the rendezvous port is taken on node 0's pod, or
 #   "dataStallTimeoutSeconds": number,  # optional (300): node 0's data processing child is killed
 #                                       # and retried after this long without progress
 #   "dataProcessingAttempts": int,      # optional (3): attempts before giving up (exit 1)
+#   "jobUid": str,                      # optional: the job's uid; with it the launcher records
+#                                       # and checks the directory's owner (ownership.py)
+#   "trainingFields": {...},            # the spec's training fields (models.TRAINING_FIELDS),
+#                                       # hashed into the owner record
+#   "adoptExistingCheckpoints": bool,   # spec.checkpoints.adoptExisting (default false)
 #   "trainingArgs": {...}               # instructlab-training TrainingArgs kwargs, already
 #                                       # mapped from the spec's camelCase names; includes
 #                                       # ckpt_output_dir, data_path, model_path, num_epochs
@@ -113,6 +118,9 @@ CONFIG_KEY_DATA_WAIT_TIMEOUT = "dataWaitTimeoutSeconds"
 CONFIG_KEY_RDZV_TIMEOUT = "rendezvousTimeoutSeconds"
 CONFIG_KEY_DATA_STALL_TIMEOUT = "dataStallTimeoutSeconds"
 CONFIG_KEY_DATA_ATTEMPTS = "dataProcessingAttempts"
+CONFIG_KEY_JOB_UID = "jobUid"
+CONFIG_KEY_TRAINING_FIELDS = "trainingFields"
+CONFIG_KEY_ADOPT_EXISTING = "adoptExistingCheckpoints"
 
 
 def node_rank_from_pod_name(pod_name: str) -> int:

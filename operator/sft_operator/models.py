@@ -118,7 +118,14 @@ class CheckpointVolume(ApiModel):
     delete_with_job: bool = Field(
         default=False,
         description="Delete the operator-created claim, and so the checkpoints, when the SFTJob is "
-        "deleted. Never applies to an existingClaim.",
+        "deleted. Never applies to an existingClaim, nor to a claim another SFTJob created (a job created again "
+        "under the same name finds its predecessor's claim: kept).",
+    )
+    adopt_existing: bool = Field(
+        default=False,
+        description="Continue from checkpoints another SFTJob with other training fields wrote in this directory "
+        "(its owner record names it). Unset, such a job is refused (Failed, ConfigRejected, naming the directory and "
+        "the other job); a job with the same training fields adopts them without it.",
     )
 
 
@@ -335,6 +342,24 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
 )
 
 
+# Where the checkpoints live and how the pods are placed: immutable, but resuming stays right
+# when they change (the same directory reached through another claim, another queue).
+PLACEMENT_FIELDS: tuple[str, ...] = (
+    "rdzvPort",
+    "rdzvId",
+    "fullStateRetention",
+    "checkpoints.existingClaim",
+    "checkpoints.claim",
+    "checkpoints.path",
+    "scheduling.gang",
+    "scheduling.queueName",
+)
+# The rest decide what training the checkpoints hold (model, data, hyperparameters, world size,
+# device): a checkpoint directory records their hash (ownership.py), and a job whose fields
+# differ does not resume from another job's checkpoints unless it opts in.
+TRAINING_FIELDS: tuple[str, ...] = tuple(path for path in IMMUTABLE_FIELDS if path not in PLACEMENT_FIELDS)
+
+
 def default_sharding_strategy(nnodes: int, nproc_per_node: int) -> str:
     """FSDP sharding when the user names none.
 
@@ -507,14 +532,18 @@ class SFTJobSpec(ApiModel):
         args.update(extra)
         return args
 
-    def training_config(self, job_name: str, namespace: str) -> dict[str, Any]:
+    def training_config(self, job_name: str, namespace: str, job_uid: str = "") -> dict[str, Any]:
         """The launcher's config file (contract.CONFIG_FILE_NAME), as documented in contract.py."""
+        uid = {contract.CONFIG_KEY_JOB_UID: job_uid} if job_uid else {}
         return {
+            **uid,
             contract.CONFIG_KEY_JOB_NAME: job_name,
             contract.CONFIG_KEY_NAMESPACE: namespace,
             contract.CONFIG_KEY_NUM_EPOCHS: self.num_epochs,
             contract.CONFIG_KEY_RETENTION: self.full_state_retention,
             contract.CONFIG_KEY_TRAINING_ARGS: self.training_args(),
+            contract.CONFIG_KEY_TRAINING_FIELDS: self.training_fields_view(),
+            contract.CONFIG_KEY_ADOPT_EXISTING: self.checkpoints.adopt_existing,
         }
 
     def immutable_view(self) -> dict[str, Any]:
@@ -527,6 +556,12 @@ class SFTJobSpec(ApiModel):
                 value = value.get(part) if isinstance(value, dict) else None
             view[path] = value
         return view
+
+    def training_fields_view(self) -> dict[str, Any]:
+        """The TRAINING_FIELDS part of the immutable view: what a checkpoint directory's owner
+        record hashes (defaults included, so leaving a field out equals writing its default)."""
+        view = self.immutable_view()
+        return {path: view[path] for path in TRAINING_FIELDS}
 
 
 def epoch_full_state_warning(spec: dict[str, Any]) -> str | None:

@@ -80,6 +80,18 @@ class FullStateInfo(_Api):
     time: DateTime
 
 
+class CheckpointAdoption(_Api):
+    """This job continues checkpoints another job wrote (the directory's owner record)."""
+
+    previous_uid: str | None = Field(default=None, max_length=128,
+                                     description="The uid of the job that owned them (unset: unrecorded).")
+    previous_job: str | None = Field(default=None, max_length=320, description="That job's namespace/name.")
+    reason: str = Field(max_length=64, description="SameTrainingFields, AdoptExisting (spec.checkpoints.adoptExisting) "
+                        "or Unrecorded (written before owners were recorded).")
+    message: str = Field(max_length=1024)
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was adopted.")
+
+
 class LossPoint(_Api):
     """One point of the loss curve, at ``samples`` samples seen."""
 
@@ -118,6 +130,9 @@ class TrainingProgress(_Api):
     latest_full_state: FullStateInfo | None = None
     resumable: Flag = Field(default=False, description="A complete full_state exists to resume from.")
     last_update_time: DateTime | None = Field(default=None, description="Newest fact on the volume.")
+    adoption: CheckpointAdoption | None = Field(
+        default=None, description="Set when this job adopted another job's checkpoints: whose, and why."
+    )
     loss_history: list[LossPoint] | None = Field(
         default=None,
         max_length=MAX_LOSS_HISTORY,
@@ -150,6 +165,7 @@ def summarize_progress(
     runs: list[RunRecord],
     data_dir_exists: bool,
     loss_history: list[LossPoint] | None = None,
+    adoption: CheckpointAdoption | None = None,
 ) -> TrainingProgress:
     """The progress a job's status shows, from one scan of its checkpoint volume.
 
@@ -161,7 +177,7 @@ def summarize_progress(
     """
     return check_summary(summary_fields(
         tree, num_epochs=num_epochs, last_step=last_step, last_totals=last_totals, runs=runs,
-        data_dir_exists=data_dir_exists, loss_history=loss_history,
+        data_dir_exists=data_dir_exists, loss_history=loss_history, adoption=adoption,
     )).value or TrainingProgress()
 
 
@@ -174,6 +190,7 @@ def summary_fields(
     runs: list[RunRecord],
     data_dir_exists: bool,
     loss_history: list[LossPoint] | None = None,
+    adoption: CheckpointAdoption | None = None,
 ) -> dict[str, Any]:
     """summarize_progress's summary as unchecked fields (snake_case names)."""
     samples_per_epoch = (last_totals.total_samples if last_totals else None) or tree.samples_per_epoch
@@ -262,6 +279,7 @@ def summary_fields(
         "latest_full_state": full_info,
         "resumable": full_info is not None,
         "last_update_time": max(times) if times else None,
+        "adoption": adoption.model_dump() if adoption is not None else None,
         "loss_history": [point.model_dump() for point in loss_history] if loss_history else None,
     }
 

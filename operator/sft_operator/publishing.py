@@ -39,6 +39,8 @@ log = logging.getLogger("sft_operator")
 Key = tuple[str, str]
 # The Event of a spec that saves no full state at epoch ends (models.epoch_full_state_warning).
 NO_EPOCH_FULL_STATE = "NoEpochFullState"
+# The Event of a job that continues another job's checkpoints (status.progress.adoption).
+ADOPTED_CHECKPOINTS = "AdoptedCheckpoints"
 # The Event of a progress value the status schema cannot hold (untrusted.DroppedValue).
 PROGRESS_VALUE_DROPPED = "ProgressValueDropped"
 
@@ -224,6 +226,11 @@ def _post_events(kube: Kube, body: dict[str, Any], current: SFTJobStatus | None,
     warning = epoch_full_state_warning(body.get("spec") or {}) if current is None else None
     if warning is not None:  # valid, but fewer resume points than the user likely thinks: say it once
         kube.post_event(body, "Warning", NO_EPOCH_FULL_STATE, warning)
+    adoption = new.progress.adoption if new.progress is not None else None
+    adopted_before = current.progress.adoption if current is not None and current.progress is not None else None
+    if adoption is not None and adoption != adopted_before:  # said once, when the reporter first shows it
+        kind = "Normal" if adoption.reason == "SameTrainingFields" else "Warning"
+        kube.post_event(body, kind, ADOPTED_CHECKPOINTS, adoption.message)
     if new.phase != old_phase:
         kind = "Warning" if new.phase is Phase.FAILED else "Normal"
         kube.post_event(body, kind, new.phase.value, phase_event_message(new, problem))

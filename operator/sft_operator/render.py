@@ -24,6 +24,9 @@ from sft_operator.models import (
 
 ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
 ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
+# On a checkpoint claim the operator created: the uid of the job it was created for. Only that
+# job may own it (deleteWithJob); a job created again under the same name finds it and keeps it.
+ANNOTATION_CREATED_BY = f"{contract.GROUP}/created-by-uid"
 COMPONENT_TRAINER = "trainer"
 COMPONENT_RENDEZVOUS = "rendezvous"
 COMPONENT_CONFIG = "config"
@@ -187,7 +190,7 @@ def render_networkpolicy(job: SFTJob) -> dict[str, Any]:
 
 
 def render_configmap(job: SFTJob) -> dict[str, Any]:
-    config = job.spec.training_config(job.metadata.name, job.metadata.namespace)
+    config = job.spec.training_config(job.metadata.name, job.metadata.namespace, job.metadata.uid)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -261,14 +264,33 @@ def render_checkpoint_claim(job: SFTJob) -> dict[str, Any] | None:
     }
     if claim.storage_class_name is not None:
         spec["storageClassName"] = claim.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(
-            job, claim_name(job), COMPONENT_CHECKPOINTS, owned=job.spec.checkpoints.delete_with_job
-        ),
-        "spec": spec,
-    }
+    metadata = _metadata(job, claim_name(job), COMPONENT_CHECKPOINTS, owned=job.spec.checkpoints.delete_with_job)
+    metadata["annotations"] = {ANNOTATION_CREATED_BY: job.metadata.uid}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
+
+
+def claim_creator(claim: dict[str, Any]) -> str | None:
+    """The uid of the job an operator-created claim was created for (None: not recorded)."""
+    return ((claim.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CREATED_BY)
+
+
+def created_by(claim: dict[str, Any], job_uid: str) -> bool:
+    """Whether the job of ``job_uid`` created the claim: its annotation says so, or (a claim from
+    before the annotation) it already owns it. Anything else is another job's: never owned."""
+    creator = claim_creator(claim)
+    if creator is not None:
+        return creator == job_uid
+    owners = (claim.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("kind") == contract.KIND and o.get("uid") == job_uid for o in owners)
+
+
+def claim_owner_references(manifest: dict[str, Any], existing: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SFTJob owner references an existing checkpoint claim should carry: the rendered ones
+    (this job's, with deleteWithJob) on a claim this job created; on another job's claim, what it
+    has (a job never takes a claim it did not create, so deleting the job never deletes it)."""
+    if created_by(existing, manifest["metadata"]["annotations"][ANNOTATION_CREATED_BY]):
+        return manifest["metadata"].get("ownerReferences", [])
+    return [o for o in (existing.get("metadata") or {}).get("ownerReferences") or [] if o.get("kind") == contract.KIND]
 
 
 def render_podgroup(job: SFTJob) -> dict[str, Any] | None:

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sft_operator import contract
+from sft_operator import contract, ownership
 from sft_operator.checkpoints import (
+    CheckpointTree,
     MetricsLog,
     StepRecord,
     TotalsRecord,
@@ -66,6 +67,9 @@ class VolumeReader:
     ckpt_dir: Path
     data_dir: Path
     num_epochs: int
+    # With the job's uid, only a directory the job owns is reported (the launcher records it
+    # before it writes anything): a job must never report another job's run as its own.
+    job_uid: str | None = None
     _offset: int = 0
     _last_step: StepRecord | None = None
     _last_totals: TotalsRecord | None = None
@@ -98,6 +102,12 @@ class VolumeReader:
             self._last_totals = chunk.totals[-1]
 
     def read(self) -> TrainingProgress:
+        adopted = None
+        if self.job_uid is not None:
+            record, _ = ownership.read_owner_record(self.ckpt_dir)
+            if not ownership.owned_by(record, self.job_uid):
+                return self._not_yet_owned()
+            adopted = ownership.adoption(record)
         self._read_metrics()
         return summarize_progress(
             scan_checkpoints(self.ckpt_dir),
@@ -107,7 +117,16 @@ class VolumeReader:
             runs=read_run_records(self.ckpt_dir),
             data_dir_exists=self.data_dir.is_dir(),
             loss_history=self._history.points(),
+            adoption=adopted,
         )
+
+    def _not_yet_owned(self) -> TrainingProgress:
+        """Before the launcher recorded this job as the owner (or when it refused the directory):
+        nothing of the volume is this job's yet."""
+        empty = CheckpointTree(root=str(self.ckpt_dir), hf_checkpoints=[], full_states=[], stray_full_state_entries=[],
+                               completion=None, data_ready=None, samples_per_epoch=None)
+        return summarize_progress(empty, num_epochs=self.num_epochs, last_step=None, last_totals=None, runs=[],
+                                  data_dir_exists=False)
 
 
 def milestone_view(progress: TrainingProgress) -> dict[str, Any]:
@@ -265,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_dir=Path(training["ckpt_output_dir"]),
         data_dir=Path(training["data_output_dir"]),
         num_epochs=int(config[contract.CONFIG_KEY_NUM_EPOCHS]),
+        job_uid=config.get(contract.CONFIG_KEY_JOB_UID) or None,
     )
     import kubernetes
 

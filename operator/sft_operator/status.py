@@ -152,7 +152,10 @@ class VolumeCheck:
     message: str
 
 
-def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name: str) -> VolumeCheck:
+def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name: str,
+                           created_by_other: str | None = None) -> VolumeCheck:
+    """``created_by_other``: the uid of the job that created the claim, when the job asks
+    deleteWithJob of a claim it did not create (it keeps the claim: said in the message)."""
     if claim is None:
         return VolumeCheck(False, Reason.CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim_name} does not exist; pods wait for it")
     modes = (claim.get("spec") or {}).get("accessModes") or []
@@ -163,6 +166,11 @@ def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name
             f"PersistentVolumeClaim {claim_name} is {', '.join(modes) or 'without access modes'}; nnodes > 1 "
             "needs ReadWriteMany: every rank reads full_state/ when it resumes",
         )
+    if created_by_other is not None:
+        return VolumeCheck(True, Reason.CLAIM_FOUND,
+                           f"PersistentVolumeClaim {claim_name}, created by another SFTJob (uid {created_by_other}): kept "
+                           "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job "
+                           "created)")
     return VolumeCheck(True, Reason.CLAIM_FOUND, f"PersistentVolumeClaim {claim_name}")
 
 

@@ -102,9 +102,14 @@ def test_training_config_follows_the_contract() -> None:
         contract.CONFIG_KEY_NUM_EPOCHS,
         contract.CONFIG_KEY_RETENTION,
         contract.CONFIG_KEY_TRAINING_ARGS,
+        contract.CONFIG_KEY_TRAINING_FIELDS,
+        contract.CONFIG_KEY_ADOPT_EXISTING,
     }
     assert config[contract.CONFIG_KEY_RETENTION] == 2
     assert config[contract.CONFIG_KEY_NUM_EPOCHS] == 2
+    assert config[contract.CONFIG_KEY_ADOPT_EXISTING] is False
+    # The job's uid only when it has one (an SFTJob from the API always does).
+    assert parse_spec(minimal()).training_config("job", "ns", "uid-1")[contract.CONFIG_KEY_JOB_UID] == "uid-1"
 
 
 @pytest.mark.parametrize(

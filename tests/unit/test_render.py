@@ -139,10 +139,22 @@ def test_configmap() -> None:
     }
     assert list(cm["data"]) == ["training.json"]
     assert json.loads(cm["data"]["training.json"]) == {
+        "jobUid": "uid-1",
         "jobName": "tiny",
         "namespace": "ns",
         "numEpochs": 2,
         "fullStateRetention": None,
+        # What the checkpoint directory's owner record hashes: the training fields, defaults
+        # included; not the placement (checkpoints, rdzvPort, retention, scheduling).
+        "trainingFields": {
+            "modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "dataOutputDir": None, "numEpochs": 2,
+            "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 128, "maxTokensPerGpu": None,
+            "warmupSteps": 0, "saveSamples": 0, "checkpointAtEpoch": True, "accelerateFullStateAtEpoch": True,
+            "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weightDecay": 0.0, "isPretraining": False, "blockSize": None,
+            "documentColumnName": None, "validationSplit": 0.0, "validationFrequency": None, "extraArgs": {},
+            "nnodes": 2, "nprocPerNode": 1, "device": "cpu",
+        },
+        "adoptExistingCheckpoints": False,
         "trainingArgs": {
             "model_path": "/models/tiny",
             "data_path": "/data/train.jsonl",
@@ -174,6 +186,8 @@ def test_claim_is_not_owned_unless_asked() -> None:
             "name": "tiny-checkpoints",
             "namespace": "ns",
             "labels": {**LABELS, "finetune.dev/component": "checkpoints"},
+            # who created it: only that job may ever own it (deleteWithJob)
+            "annotations": {"finetune.dev/created-by-uid": "uid-1"},
         },
         "spec": {
             "accessModes": ["ReadWriteMany"],

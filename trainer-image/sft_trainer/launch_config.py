@@ -42,6 +42,11 @@ class LauncherConfig(BaseModel):
     data_stall_timeout_seconds: float = Field(default=300, gt=0,
                                               alias=contract.CONFIG_KEY_DATA_STALL_TIMEOUT)
     data_processing_attempts: int = Field(default=3, ge=1, alias=contract.CONFIG_KEY_DATA_ATTEMPTS)
+    # Checkpoint ownership (sft_operator.ownership): without a uid nothing is recorded or checked
+    # (a config not rendered by the operator: the launcher's own tests).
+    job_uid: str | None = Field(default=None, min_length=1, alias=contract.CONFIG_KEY_JOB_UID)
+    training_fields: dict[str, Any] = Field(default_factory=dict, alias=contract.CONFIG_KEY_TRAINING_FIELDS)
+    adopt_existing_checkpoints: bool = Field(default=False, alias=contract.CONFIG_KEY_ADOPT_EXISTING)
     training_args: dict[str, Any] = Field(alias=contract.CONFIG_KEY_TRAINING_ARGS)
 
 

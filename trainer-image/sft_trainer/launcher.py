@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sft_operator import checkpoints, contract
 
-from . import collective_timeout, data_once, launch_config, outcome, resume, termination
+from . import (checkpoint_owner, collective_timeout, data_once, launch_config, outcome, resume,
+               termination)
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
 from .pod_state import trainer_started
 from .rendezvous import (announce_rendezvous_id, check_port_free, verify_rendezvous_id,
@@ -103,7 +104,7 @@ def torchrun_env(topology: Topology, rendezvous_timeout: float, env: dict) -> No
 
 
 @contextmanager
-def retention_thread(root: Path, keep: int | None) -> Iterator[None]:
+def retention_thread(root: Path, keep: int | None, may_delete=None) -> Iterator[None]:
     """Node 0 prunes full states while training runs, so long runs do not fill the disk."""
     if keep is None:
         yield
@@ -112,7 +113,7 @@ def retention_thread(root: Path, keep: int | None) -> Iterator[None]:
 
     def loop() -> None:
         while not stop.wait(RETENTION_INTERVAL_SECONDS):
-            prune(root, keep)
+            prune(root, keep, may_delete)
 
     thread = threading.Thread(target=loop, name="full-state-retention", daemon=True)
     thread.start()
@@ -123,11 +124,12 @@ def retention_thread(root: Path, keep: int | None) -> Iterator[None]:
         thread.join(timeout=60)
 
 
-def prune(root: Path, keep: int | None) -> None:
+def prune(root: Path, keep: int | None, may_delete=None) -> None:
+    """Retention; ``may_delete``: checkpoint_owner.retention_filter (only the owners' states)."""
     if keep is None:
         return
     try:
-        deleted = checkpoints.prune_full_states(root, keep)
+        deleted = checkpoints.prune_full_states(root, keep, may_delete)
     except OSError as error:
         log.warning("full-state retention failed (will retry): %s", error)
         return
@@ -156,7 +158,12 @@ def run(env: Mapping[str, str]) -> int:
     log.info("node %d of %d (%s), %s mode, checkpoints in %s", topology.node_rank,
              topology.nnodes, env.get(contract.ENV_POD_NAME), device, root)
 
+    # Before anything is read from the directory or written to it: another job's run there is
+    # neither reported as ours nor resumed from (exit 2 names the directory and that job).
+    ownership = checkpoint_owner.check(root, config)
     if (completed := checkpoints.read_completion_marker(root)) is not None:
+        if topology.node_rank == 0:
+            checkpoint_owner.record(root, config, ownership, now=_now)
         note_exit(finished_note(completed))
         return idle(f"{checkpoints.COMPLETION_MARKER_FILE} exists: training already finished")
 
@@ -168,6 +175,9 @@ def run(env: Mapping[str, str]) -> int:
     timeout_seconds, timeout_source = collective_timeout.collective_timeout_seconds(env)
     log.info("collective (NCCL/gloo) timeout: %gs (%s)", timeout_seconds, timeout_source)
     launch_config.check_inputs_exist(training_args)
+    if topology.node_rank == 0:  # after the input checks: a typo in a path claims nothing
+        checkpoint_owner.record(root, config, ownership, now=_now)
+    may_delete = checkpoint_owner.retention_filter(root, config)
     ensure_torchrun_on_path(os.environ)
     torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
     epoch_full_states = (training_args.checkpoint_at_epoch
@@ -189,7 +199,7 @@ def run(env: Mapping[str, str]) -> int:
             return idle("the last epoch's full state exists: training already finished")
         # Before the run record: a clear reason instead of torchrun's EADDRINUSE traceback.
         check_port_free(topology.rdzv_port)
-        prune(root, config.full_state_retention)
+        prune(root, config.full_state_retention, may_delete)
         record = resume.prepare_resume(root, now=_now)
         log.info("run starts at epoch %d, %d steps in, %d samples seen (from %s)",
                  record.start_epoch, record.steps_into_epoch, record.start_samples_seen,
@@ -214,7 +224,8 @@ def run(env: Mapping[str, str]) -> int:
     announcing = (announce_rendezvous_id(topology.rdzv_port, topology.rdzv_id) if is_node0
                   else nullcontext())
     # run_training installs its own handlers (on-demand checkpointing) and restores ours after.
-    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None), \
+    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None,
+                                         may_delete), \
             announcing as announcer:
         try:
             run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
@@ -226,7 +237,7 @@ def run(env: Mapping[str, str]) -> int:
     tree = checkpoints.scan_checkpoints(root)
     result = outcome.decide_outcome(before, tree, num_epochs, epoch_full_states)
     if is_node0:
-        prune(root, config.full_state_retention)
+        prune(root, config.full_state_retention, may_delete)
     if result is outcome.Outcome.PREEMPTED:
         latest = tree.latest_full_state
         note_exit(f"preempted: saved {checkpoints.FULL_STATE_DIR}/{latest.name} (epoch "
