@@ -108,8 +108,8 @@ each rule exists.
   verbs: ["get", "list", "watch", "create", "update"]
 # Each job's headless Service (never changed once created; watched by label so that a deleted
 # one is re-created) and checkpoint claim (its owner reference follows
-# spec.checkpoints.deleteWithJob). The operator deletes nothing: children go with their SFTJob
-# through owner references.
+# spec.checkpoints.deleteWithJob). Children go with their SFTJob through owner references: the
+# operator deletes only pods (group restarts) and SFTJobs (ttlSecondsAfterFinished).
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create"]
