@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
-from sft_operator.wire import ApiModel, Count, DateTime, Finite, Flag, rfc3339
+from sft_operator.wire import MAX_API_INT, ApiModel, Count, DateTime, Finite, Flag, rfc3339
 from sft_operator.checkpoints import (
     FULL_STATE_DIR,
     HF_FORMAT_DIR,
@@ -89,7 +89,7 @@ class CheckpointAdoption(_Api):
     reason: str = Field(max_length=64, description="SameTrainingFields, AdoptExisting (spec.checkpoints.adoptExisting) "
                         "or Unrecorded (written before owners were recorded).")
     message: str = Field(max_length=1024)
-    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was adopted.")
+    time: DateTime = Field(description="When it was adopted.")
 
 
 class LossPoint(_Api):
@@ -316,6 +316,12 @@ def _rounded(value: float | None) -> float | None:
     return float(f"{value:.6g}")
 
 
+def _on_the_curve(samples: int) -> bool:
+    # A count the status cannot hold (a garbage metrics line) would also push every real point
+    # after it off the curve (points are kept in increasing samples).
+    return 0 <= samples <= MAX_API_INT
+
+
 @dataclass
 class _Entry:
     index: int  # the how-many-th point added to its series (never reused)
@@ -374,14 +380,14 @@ class LossHistory:
 
     def add_step(self, step: StepRecord) -> None:
         loss = _rounded(step.avg_loss)
-        if loss is None:
+        if loss is None or not _on_the_curve(step.samples_seen):
             return
         self._steps.add(step.samples_seen, {"loss": loss, "lr": _rounded(step.lr)})
 
     def add_validation(self, record: ValidationRecord) -> None:
         val_loss = _rounded(record.val_loss)
-        if record.samples_seen is None or val_loss is None:
-            return  # not known at which step: no place on the curve
+        if record.samples_seen is None or val_loss is None or not _on_the_curve(record.samples_seen):
+            return  # not known at which step (or at none a status can hold): no place on the curve
         if self._validations.count == 0:  # the first: validations get their share
             self._steps.capacity = self.max_points - self.max_validation_points
             self._steps.thin()

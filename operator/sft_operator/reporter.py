@@ -43,7 +43,7 @@ from sft_operator.checkpoints import (
     read_run_records,
     scan_checkpoints,
 )
-from sft_operator.progress import LossHistory, TrainingProgress, summarize_progress
+from sft_operator.progress import LossHistory, TrainingProgress, check_summary, summarize_progress, summary_fields
 
 log = logging.getLogger("sft_operator.reporter")
 
@@ -76,6 +76,10 @@ class VolumeReader:
     # Built as the log is read: changes only with step (and validation) lines, so it adds no
     # publish of its own (step metrics are rate limited).
     _history: LossHistory = field(default_factory=LossHistory)
+    # Keys of values the status schema cannot hold (the volume is the job's own: a directory
+    # hf_format/samples_<huge>, a metrics line with 2^70 samples), left out of the summary and
+    # logged once each; the rest is published as usual.
+    _dropped_keys: set[str] = field(default_factory=set)
 
     def _read_metrics(self) -> None:
         path = metrics_log_path(self.ckpt_dir)
@@ -109,7 +113,7 @@ class VolumeReader:
                 return self._not_yet_owned()
             adopted = ownership.adoption(record)
         self._read_metrics()
-        return summarize_progress(
+        checked = check_summary(summary_fields(
             scan_checkpoints(self.ckpt_dir),
             num_epochs=self.num_epochs,
             last_step=self._last_step,
@@ -118,7 +122,12 @@ class VolumeReader:
             data_dir_exists=self.data_dir.is_dir(),
             loss_history=self._history.points(),
             adoption=adopted,
-        )
+        ))
+        for dropped in checked.dropped:
+            if dropped.key not in self._dropped_keys:
+                self._dropped_keys.add(dropped.key)
+                log.warning("left out of the summary: %s", dropped.describe("progress"))
+        return checked.value or TrainingProgress()
 
     def _not_yet_owned(self) -> TrainingProgress:
         """Before the launcher recorded this job as the owner (or when it refused the directory):

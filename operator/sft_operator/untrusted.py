@@ -63,11 +63,12 @@ def validate_dropping(model: type[M], data: Any) -> Checked[M]:
         points = set()
         for error in errors:
             loc = tuple(error["loc"])
-            key = _render(loc, indices=False)
+            named = _named(model, loc)
+            key = _render(named, indices=False)
             seen = dropped.get(key)
             if seen is None:
                 problem = error["msg"].removeprefix("Value error, ")
-                dropped[key] = DroppedValue(key, _render(loc, indices=True), problem, preview(error.get("input")))
+                dropped[key] = DroppedValue(key, _render(named, indices=True), problem, preview(error.get("input")))
             else:
                 dropped[key] = DroppedValue(seen.key, seen.path, seen.problem, seen.value, seen.count + 1)
             point = _removal_point(model, loc)
@@ -98,6 +99,23 @@ def _render(loc: tuple[Any, ...], *, indices: bool) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def _named(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` with each field as the API names it (its alias), whichever name the input used."""
+    out = []
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(part, int):
+            annotation = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and _field(annotation, part):
+            info = _field(annotation, part)
+            part, annotation = info.alias or part, info.annotation
+        else:
+            annotation = None
+        out.append(part)
+    return tuple(out)
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -185,3 +185,26 @@ def test_the_summary_leaves_out_what_the_schema_cannot_hold() -> None:
         "latestCheckpoint": "samples_8", "resumable": False, "lastUpdateTime": "2023-11-14T22:13:20Z",
     }
     assert TrainingProgress.model_validate(progress.to_api()) == progress
+
+
+def test_the_reporter_publishes_the_rest_and_logs_each_dropped_key_once(tmp_path: Path, caplog) -> None:
+    """A metrics log with 2^70 samples and a samples_<2^70> directory (the job's code wrote
+    them): the reporter's summary leaves them out, says so once per key, and keeps publishing."""
+    from sft_operator.reporter import VolumeReader
+
+    directory = tmp_path / "hf_format" / f"samples_{2**70}"
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text("{}")
+    (directory / "model.safetensors").write_bytes(b"x")
+    step = {"epoch": 0, "step": 1, "samples_seen": 2**70, "avg_loss": 0.5, "overall_throughput": 1e300,
+            "timestamp": "2026-01-01T00:00:00"}
+    (tmp_path / ck.METRICS_LOG_FILE).write_text(json.dumps(step) + "\n")
+    reader = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=1)
+    with caplog.at_level("WARNING", logger="sft_operator.reporter"):
+        first, again = reader.read(), reader.read()
+    assert first == again
+    assert first.to_api() == {"stage": "Initializing", "epoch": 1, "numEpochs": 1, "epochDisplay": "1/1",
+                              "samplesSeen": 0, "percent": 0, "percentDisplay": "0%", "lastLoss": "0.5000",
+                              "checkpoints": [], "resumable": False, "lastUpdateTime": "2026-01-01T00:00:00Z"}
+    assert [r.getMessage().split(" = ")[0] for r in caplog.records] == [
+        "left out of the summary: progress.samplesSeen", "left out of the summary: progress.throughput"]
