@@ -259,3 +259,36 @@ def test_an_adoption_is_said_once_as_an_event() -> None:
     publishing._post_events(kube, body, after, after, None)  # unchanged: nothing more
     assert kube.posted == [("Normal", "AdoptedCheckpoints",
                             "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields")]
+
+
+def test_the_launchers_retention_keeps_what_the_lineage_did_not_write(tmp_path: Path) -> None:
+    """launcher.prune with checkpoint_owner.retention_filter on a directory adopted with
+    adoptExisting: the previous job's complete epoch states stay, this job's older one goes."""
+    import torch
+
+    from sft_trainer import checkpoint_owner, launch_config, launcher
+
+    def full_state(epoch: int, written: datetime) -> None:
+        directory = tmp_path / "full_state" / f"epoch_{epoch}"
+        directory.mkdir(parents=True)
+        (directory / "optimizer.bin").write_bytes(b"x")
+        torch.save({"current_epoch": epoch, "samples_seen": 8 * (epoch + 1)}, directory / "training_metadata.json")
+        os.utime(directory / "optimizer.bin", (written.timestamp(), written.timestamp()))
+
+    for epoch in (0, 1):  # the previous job's
+        full_state(epoch, T0.replace(hour=epoch + 1))
+    for epoch in (2, 3, 4):  # this job's, after it adopted them at T1
+        full_state(epoch, T1.replace(hour=epoch))
+    old = OLD.entry(Acquired.NEW, T0)
+    adopted = ownership.recorded(record(old), OTHER, decide(record(old), ["x"], OTHER, adopt_existing=True), T1)
+    ownership.write_owner_record(tmp_path, adopted)
+    config = launch_config.parse_config({
+        "jobName": "tiny", "namespace": "ns", "jobUid": "uid-new", "trainingFields": OTHER.training_fields,
+        "adoptExistingCheckpoints": True, "trainingArgs": {"ckpt_output_dir": str(tmp_path)}})
+    launcher.prune(tmp_path, 1, checkpoint_owner.retention_filter(tmp_path, config))
+    assert sorted(p.name for p in (tmp_path / "full_state").iterdir()) == ["epoch_0", "epoch_1", "epoch_4"]
+    # Without a uid in the config (a config not rendered by the operator): as before, any state.
+    bare = launch_config.parse_config({"trainingArgs": {"ckpt_output_dir": str(tmp_path)}})
+    assert checkpoint_owner.retention_filter(tmp_path, bare) is None
+    launcher.prune(tmp_path, 1, None)
+    assert sorted(p.name for p in (tmp_path / "full_state").iterdir()) == ["epoch_4"]
