@@ -43,6 +43,7 @@ NO_EPOCH_FULL_STATE = "NoEpochFullState"
 ADOPTED_CHECKPOINTS = "AdoptedCheckpoints"
 # The Event of a progress value the status schema cannot hold (untrusted.DroppedValue).
 PROGRESS_VALUE_DROPPED = "ProgressValueDropped"
+PROGRESS_REFUSED = "<refused by the API server>"  # its key among the dropped-value warnings
 
 
 def job_key(body: dict[str, Any]) -> Key:
@@ -180,6 +181,7 @@ def update_status(
     because the job stalled (why)."""
     meta = body["metadata"]
     key = job_key(body)
+    pods = list(pods)
     raw = book.current(body)
     current = SFTJobStatus.model_validate(raw) if raw else None
     spec = body.get("spec") or {}
@@ -211,6 +213,15 @@ def update_status(
     except ApiException as exc:
         if exc.status == 404:  # deleted meanwhile
             return new
+        if exc.status in (400, 422) and progress is not None and new.progress != (current.progress if current else None):
+            # The summary is the job's own (checked, but the API server has the last word): it
+            # goes, not the phase, the conditions and the policies. The last accepted one stays.
+            refused = f"the API server refused the status with the new progress summary (HTTP {exc.status}: " \
+                      f"{(exc.body or exc.reason or '')[:300]}); status.progress keeps the summary last accepted"
+            log.warning("%s/%s: %s", *key, refused)
+            if book.not_warned_yet(body, [PROGRESS_REFUSED]):
+                kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, refused)
+            return update_status(kube, book, body, statefulset, pods, problem, volume, None, stall)
         raise
     book.record(body, new_api)
     metrics.observe_job(body, new, patched=True)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from sft_operator import contract, render
 from sft_operator.handlers import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
 from sft_operator.models import Phase, Reason, parse_job
-from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, warn_dropped_progress
+from sft_operator.progress import TrainingProgress
+from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, update_status, warn_dropped_progress
 from sft_operator.status import derive_status
 
 NS, JOB, JOB_UID, STS_UID = "ns", "j", "uid-job", "uid-sts"
@@ -158,3 +161,36 @@ def test_a_dropped_value_is_warned_about_once_per_job_and_key() -> None:
     recreated = {**JOB_BODY, "metadata": {**JOB_BODY["metadata"], "uid": "uid-job-2"}}
     warn_dropped_progress(kube, book, recreated, dropped)
     assert len(kube.events) == 5  # a job created again under the name is told again
+
+
+class RefusingKube(EventRecorder):
+    """The API server refusing any status whose progress says samplesSeen 7 (as it would refuse
+    a value outside its schema that the operator's check let through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        if (patch.get("progress") or {}).get("samplesSeen") == 7:
+            raise ApiException(status=422, reason="Unprocessable Entity")
+        self.patches.append(patch)
+
+
+def test_a_status_the_api_server_refuses_for_its_progress_is_written_without_it() -> None:
+    """Defence in depth: the phase still moves when the API server refuses the new summary."""
+    kube, book = RefusingKube(), JobStatusBook()
+    view = indexes(statefulsets=[statefulset()], pods=[pod("j-0", STS_UID, RUNNING), pod("j-1", STS_UID, RUNNING)])
+    first = update_status(kube, book, JOB_BODY, view.statefulset(KEY), view.pods(KEY), None, None,
+                          TrainingProgress(samples_seen=4))
+    assert (first.phase, first.progress.samples_seen) == (Phase.RUNNING, 4)
+    crashed = [pod("j-0", STS_UID, CRASHED), pod("j-1", STS_UID, RUNNING)]
+    second = update_status(kube, book, JOB_BODY, view.statefulset(KEY), crashed, None, None,
+                           TrainingProgress(samples_seen=7))
+    assert (second.phase, second.restarts, second.progress.samples_seen) == (Phase.FAILED, 1, 4)
+    assert [(p["phase"], p["progress"]["samplesSeen"]) for p in kube.patches] == [("Running", 4), ("Failed", 4)]
+    refused = [e for e in kube.events if e[1] == PROGRESS_VALUE_DROPPED]
+    assert [m.split(" (HTTP")[0] for _, _, m in refused] == [
+        "the API server refused the status with the new progress summary"]
+    update_status(kube, book, JOB_BODY, view.statefulset(KEY), crashed, None, None, TrainingProgress(samples_seen=7))
+    assert len([e for e in kube.events if e[1] == PROGRESS_VALUE_DROPPED]) == 1  # said once per job
