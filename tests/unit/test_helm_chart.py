@@ -545,3 +545,14 @@ def test_namespaces_mode_webhook_selects_the_watched_namespaces(helm: Helm) -> N
     assert "namespaceSelector" not in webhook
     _, _, webhook = webhook_objects(helm.template("--kube-version", "1.25.0"))
     assert "namespaceSelector" not in webhook
+
+
+def test_notes_say_what_the_webhook_admits(helm: Helm) -> None:
+    proc = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system")
+    assert proc.returncode == 0, proc.stderr
+    assert "only from users who\nmay create pods in the job's namespace" in proc.stdout
+    assert "(hostPath refused; see values `policy`)" in proc.stdout
+    assert "While no operator pod answers, no SFTJob can be created or changed." in proc.stdout
+    off = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system",
+                   "--set", "webhook.enabled=false")
+    assert off.returncode == 0 and "admitted by the operator's webhook" not in off.stdout
