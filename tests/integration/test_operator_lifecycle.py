@@ -355,13 +355,27 @@ def test_recreated_job_adopts_the_kept_claim_and_foreign_objects_are_not_taken(
     second = cluster.create_job(job_body("again", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     cluster.wait_for("a new StatefulSet", lambda: cluster.statefulset("again"))
-    claim = cluster.wait_for(
-        "the kept claim owned by the new job",
-        lambda: (c := cluster.read("PersistentVolumeClaim", "again-checkpoints"))
-        and [o["uid"] for o in c["metadata"].get("ownerReferences") or []] == [second["metadata"]["uid"]]
-        and c,
+    # The same claim (the checkpoints are still there), but not the new job's to delete: the first
+    # job created it, so deleteWithJob does not make the new job its owner, and the status says so.
+    volume = cluster.wait_for(
+        "the CheckpointVolume condition", lambda: (c := cluster.condition("again", "CheckpointVolume")) and c
     )
-    assert claim["metadata"]["uid"] == claim_uid  # the same claim: the checkpoints are still there
+    assert volume["message"] == (
+        f"PersistentVolumeClaim again-checkpoints, created by another SFTJob (uid {first['metadata']['uid']}): kept "
+        "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job created)")
+    claim = cluster.read("PersistentVolumeClaim", "again-checkpoints")
+    assert claim["metadata"]["uid"] == claim_uid
+    assert claim["metadata"]["annotations"]["finetune.dev/created-by-uid"] == first["metadata"]["uid"]
+    assert not claim["metadata"].get("ownerReferences")
+    from sft_operator.api import Deletion, open_job
+
+    assert open_job("again", cluster.ns, api_client=cluster.client).delete() == Deletion(
+        "again-checkpoints", True, "checkpoint claim again-checkpoints is kept (another SFTJob created it: "
+        "checkpoints.deleteWithJob applies only to a claim the job created)")
+    cluster.wait_for("children collected", lambda: cluster.statefulset("again") is None)
+    time.sleep(2)  # the garbage collector acted on the job's children: the claim is not among them
+    claim = cluster.read("PersistentVolumeClaim", "again-checkpoints")
+    assert claim is not None and claim["metadata"].get("deletionTimestamp") is None
 
     # Someone else's ConfigMap where the job's would go: refused, not overwritten.
     cluster.core.create_namespaced_config_map(cluster.ns, {"metadata": {"name": "taken-config"}, "data": {"a": "b"}})

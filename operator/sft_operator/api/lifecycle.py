@@ -16,7 +16,7 @@ from typing import Any
 from sft_operator import contract
 from sft_operator.api.jobs import SFTJobNotFoundError, custom_objects_api, get_job
 from sft_operator.models import InvalidSpecError, parse_job
-from sft_operator.render import claim_name
+from sft_operator.render import claim_name, created_by
 
 # How long delete(keep_checkpoints=True) waits for a running operator to take in
 # deleteWithJob=false (status.observedGeneration) before it deletes the job.
@@ -63,6 +63,21 @@ def _checkpoint_claim(job: dict[str, Any]) -> tuple[str | None, bool]:
         return None, False
     volume = parsed.spec.checkpoints
     return claim_name(parsed), volume.delete_with_job and volume.existing_claim is None
+
+
+def _claim_created_by(api_client: Any, claim: str, namespace: str, job_uid: str) -> bool:
+    """Whether the job created the claim (only then may it own it: render.created_by); a
+    missing claim counts as its own (nothing to keep)."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        pvc = kubernetes.client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(claim, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return created_by(api_client.sanitize_for_serialization(pvc), job_uid)
 
 
 def _disown_claim(api_client: Any, claim: str, namespace: str, job_uid: str) -> bool:
@@ -125,6 +140,9 @@ def delete_job(api_client: Any, name: str, namespace: str, *, keep_checkpoints: 
         why = "an existing claim is never deleted with a job" if claim == job["spec"]["checkpoints"].get(
             "existingClaim") else "checkpoints.deleteWithJob is false"
         deletion = Deletion(claim, True, f"checkpoint claim {claim} is kept ({why})")
+    elif not _claim_created_by(api_client, claim, namespace, uid):
+        deletion = Deletion(claim, True, f"checkpoint claim {claim} is kept (another SFTJob created it: "
+                                         "checkpoints.deleteWithJob applies only to a claim the job created)")
     elif not keep_checkpoints:
         deletion = Deletion(claim, False, f"checkpoint claim {claim} is deleted with the job (checkpoints.deleteWithJob is true)")
     else:
