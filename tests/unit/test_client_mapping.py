@@ -154,6 +154,7 @@ def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
         checkpoint_storage="500Gi",
         storage_class="fast",
         delete_checkpoints_with_job=True,
+        adopt_existing_checkpoints=True,
         env={"HF_TOKEN": "t", "RETRIES": 3},
         volumes=[{"name": "models", "nfs": {"server": "nfs", "path": "/models"}}],
         volume_mounts=[{"name": "models", "mountPath": "/models"}],
@@ -167,7 +168,8 @@ def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
     assert manifest["metadata"] == {"name": "job", "namespace": "ml", "labels": {"team": "ml"}}
     spec = manifest["spec"]
     assert spec["modelPath"] == "/models/qwen"
-    assert spec["checkpoints"] == {"path": "runs/a", "claim": {"size": "500Gi", "storageClassName": "fast"}, "deleteWithJob": True}
+    assert spec["checkpoints"] == {"path": "runs/a", "claim": {"size": "500Gi", "storageClassName": "fast"},
+                                   "deleteWithJob": True, "adoptExisting": True}
     assert spec["pod"] == {
         "image": "trainer:2",
         "resources": {"limits": {"cpu": 8, "memory": "500Gi"}},

@@ -115,6 +115,7 @@ PARAM_OF_SPEC_PATH: dict[str, str] = {
     "spec.checkpoints.claim.accessModes": "checkpoint_storage",
     "spec.checkpoints.claim": "checkpoint_storage",
     "spec.checkpoints.deleteWithJob": "delete_checkpoints_with_job",
+    "spec.checkpoints.adoptExisting": "adopt_existing_checkpoints",
     "spec.checkpoints": "ckpt_output_dir",
     "spec.pod.image": "image",
     "spec.pod.resources": "resources",
@@ -155,6 +156,8 @@ class ClusterOptions:
     checkpoint_storage: str | None = None  # size of a claim the operator creates, e.g. "500Gi"
     storage_class: str | None = None  # its storage class
     delete_checkpoints_with_job: bool | None = None
+    # continue from checkpoints another job with other training fields wrote in ckpt_output_dir
+    adopt_existing_checkpoints: bool | None = None
     env: dict[str, str] | list[dict[str, Any]] | None = None
     volumes: list[dict[str, Any]] | None = None
     volume_mounts: list[dict[str, Any]] | None = None
@@ -334,6 +337,8 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         problems.append(ParameterProblem("storage_class", None, "only applies with checkpoint_storage"))
     if cluster.delete_checkpoints_with_job is not None:
         checkpoints[CHECKPOINTS_ALIAS["delete_with_job"]] = cluster.delete_checkpoints_with_job
+    if cluster.adopt_existing_checkpoints is not None:
+        checkpoints[CHECKPOINTS_ALIAS["adopt_existing"]] = cluster.adopt_existing_checkpoints
 
     # --- training fields and extraArgs --------------------------------------------------------
     extra_args: dict[str, Any] = {}

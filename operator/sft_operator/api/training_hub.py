@@ -199,6 +199,7 @@ def sft(
     checkpoint_storage: str | None = None,
     storage_class: str | None = None,
     delete_checkpoints_with_job: bool | None = None,
+    adopt_existing_checkpoints: bool | None = None,
     env: dict[str, str] | list[dict[str, Any]] | None = None,
     volumes: list[dict[str, Any]] | None = None,
     volume_mounts: list[dict[str, Any]] | None = None,
