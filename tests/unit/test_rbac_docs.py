@@ -221,3 +221,14 @@ def test_the_tables_are_read_whole() -> None:
         "granted, not in the docs: <fullname>: core/secrets ['get']",
         "verbs differ: <fullname>: core/pods: docs ['delete', 'list'], chart ['list']",
     ]
+
+
+def test_what_the_docs_say_of_the_switches(helm: Any) -> None:
+    """rbac.create: false renders no Role and no binding; leaderElection.enabled: false (one
+    replica) leaves out <fullname>-leader-election alone."""
+    assert not [d for d in helm.template("--set", "rbac.create=false")
+                if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+    single = helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    assert sorted(chart_placement(single)) == [PLACEHOLDER]
+    text = RBAC_MD.read_text()
+    assert "`rbac.create: false`" in text and "`leaderElection.enabled: false`" in text
