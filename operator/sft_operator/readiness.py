@@ -37,7 +37,7 @@ CHECK_INTERVAL_S = 5.0
 # A healthy API server answers a one-item listing in milliseconds; a watch is held WATCH_S.
 REQUEST_TIMEOUT_S = 5.0
 WATCH_S = 1
-_OBJECT_ADDRESS = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
+_OBJECT_ADDRESS = re.compile(r"<([^<>]*?)(?: object)? at 0x[0-9a-f]+>")
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -53,7 +53,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"HTTP {exc.status} {exc.reason or ''}".strip() + (f": {message[:200]}" if message else "")
     cause = getattr(exc, "reason", None)  # urllib3's MaxRetryError: the connection error inside
     text = str(cause if isinstance(cause, BaseException) else exc) or type(exc).__name__
-    return f"{type(cause if isinstance(cause, BaseException) else exc).__name__}: {_OBJECT_ADDRESS.sub('', text)[:300]}"
+    stable = _OBJECT_ADDRESS.sub(r"<\1>", text)
+    return f"{type(cause if isinstance(cause, BaseException) else exc).__name__}: {stable[:300]}"
 
 
 class ApiReachability:

@@ -81,7 +81,10 @@ def test_describe_failure_has_no_object_addresses() -> None:
                                          "Failed to establish a new connection: [Errno 111] Connection refused")
     # Older urllib3 names the connection by its address: a new text per failure, unless dropped.
     assert describe_failure(OSError("<urllib3.connection.HTTPSConnection object at 0x7f3a2c>: Failed to connect")) == (
-        "OSError: Failed to connect")
+        "OSError: <urllib3.connection.HTTPSConnection>: Failed to connect")
+    timeout = "(<HTTPSConnection(host='10.0.0.1', port=443) at 0x7fe60385da10>, 'Connection to 10.0.0.1 timed out.')"
+    assert describe_failure(TimeoutError(timeout)) == (
+        "TimeoutError: (<HTTPSConnection(host='10.0.0.1', port=443)>, 'Connection to 10.0.0.1 timed out.')")
     forbidden = ApiException(status=403, reason="Forbidden")
     forbidden.body = json.dumps({"message": 'sftjobs.finetune.dev is forbidden: User "x" cannot list'})
     assert describe_failure(forbidden) == 'HTTP 403 Forbidden: sftjobs.finetune.dev is forbidden: User "x" cannot list'
