@@ -32,15 +32,19 @@ RUN_CONTROL_FIELDS = frozenset({
     "ttlSecondsAfterFinished",
 })
 HTTP_FORBIDDEN, HTTP_UNPROCESSABLE, HTTP_INTERNAL_ERROR = 403, 422, 500
+# Why a request was refused (the admission metric's result label; "admitted" otherwise).
+INVALID, POLICY, FORBIDDEN, UNCHECKED = "invalid", "policy", "forbidden", "unchecked"
 
 
 class Refusal(Exception):
-    """The request is refused; ``message`` is what `kubectl apply` shows, ``code`` its HTTP status."""
+    """The request is refused; ``message`` is what `kubectl apply` shows, ``code`` its HTTP status,
+    ``why`` one of INVALID, POLICY, FORBIDDEN, UNCHECKED (the permission could not be checked)."""
 
-    def __init__(self, message: str, code: int):
+    def __init__(self, message: str, code: int, why: str = UNCHECKED):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def review(
     try:
         job = parse_job(_without_status(body))
     except InvalidSpecError as exc:
-        raise Refusal(str(exc), HTTP_UNPROCESSABLE) from None
+        raise Refusal(str(exc), HTTP_UNPROCESSABLE, INVALID) from None
     if operation == "UPDATE" and old is not None:
         try:
             before = parse_job(_without_status(old)).spec
@@ -147,13 +151,13 @@ def review(
             before = None  # created before this webhook: the operator compares with what runs
         changed = immutable_changes(before, job.spec) if before is not None else []
         if changed:
-            raise Refusal(_join(changed), HTTP_UNPROCESSABLE)
+            raise Refusal(_join(changed), HTTP_UNPROCESSABLE, INVALID)
     problems = policy_problems(job.spec, policy)
     if problems:
-        raise Refusal(_join(problems), HTTP_FORBIDDEN)
+        raise Refusal(_join(problems), HTTP_FORBIDDEN, POLICY)
     if operation == "UPDATE" and not changes_pods(_spec(old), _spec(body)):
         return
     namespace = job.metadata.namespace
     for permission in required_permissions(job.spec):
         if not authorized(access_review(userinfo, namespace, permission)):
-            raise Refusal(refusal_message(userinfo, namespace, permission), HTTP_FORBIDDEN)
+            raise Refusal(refusal_message(userinfo, namespace, permission), HTTP_FORBIDDEN, FORBIDDEN)

@@ -560,9 +560,11 @@ def validate_job(operation: str | None, body: kopf.Body, old: kopf.Body | None, 
     try:
         admission.review(operation, body, old, userinfo, _policy, _authorized)
     except admission.Refusal as refusal:
+        metrics.count_admission(operation, refusal.why)
         log.info("%s/%s: refused the %s by %s: %s", namespace, body.get("metadata", {}).get("name"), operation,
                  userinfo.get("username"), refusal.message)
         raise kopf.AdmissionError(refusal.message, code=refusal.code) from None
+    metrics.count_admission(operation, "admitted")
 
 
 def _authorized(review: dict[str, Any]) -> bool:
@@ -573,7 +575,7 @@ def _authorized(review: dict[str, Any]) -> bool:
             review["metadata"]["namespace"], review, _request_timeout=WEBHOOK_API_TIMEOUT_S)
     except (kubernetes.client.exceptions.ApiException, OSError) as exc:
         raise admission.Refusal(f"could not check the requesting user's permissions: {exc}".strip(),
-                                admission.HTTP_INTERNAL_ERROR) from None
+                                admission.HTTP_INTERNAL_ERROR, admission.UNCHECKED) from None
     return bool(answer.status is not None and answer.status.allowed)
 
 

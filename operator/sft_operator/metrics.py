@@ -193,6 +193,11 @@ class OperatorMetrics:
             "sft_operator_api_errors", "Failed Kubernetes API requests, by method and HTTP status "
             "('error': no answer, e.g. a timeout).", ["method", "code"], registry=self.registry,
         )
+        self.admission_reviews = Counter(
+            "sft_operator_admission_reviews", "SFTJob admission reviews the webhook answered, by operation "
+            "and result (admitted, invalid, policy, forbidden, unchecked).", ["operation", "result"],
+            registry=self.registry,
+        )
         # Registered on their first value: a series only where the check (or the election) runs,
         # so that a 0 always means "cannot" (or "standing by"), never "not measured".
         self.api_reachable = Gauge(
@@ -215,6 +220,9 @@ class OperatorMetrics:
         self.jobs.observe(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), status)
         if patched:
             self.status_patches.inc()
+
+    def count_admission(self, operation: str | None, result: str) -> None:
+        self.admission_reviews.labels(operation or "unknown", result).inc()
 
     def set_api_reachable(self, value: float) -> None:
         self._set_gauge(self.api_reachable, value)
@@ -306,6 +314,7 @@ METRICS = OperatorMetrics()
 observe_job = METRICS.observe_job
 forget_job = METRICS.forget_job
 set_api_reachable = METRICS.set_api_reachable
+count_admission = METRICS.count_admission
 set_leader = METRICS.set_leader
 timed_reconcile = METRICS.timed_reconcile
 instrument_api_client = METRICS.instrument_api_client

@@ -81,8 +81,8 @@ def test_create_asks_for_pods_and_the_claim() -> None:
 
 def test_create_refused_without_pods_naming_the_permission() -> None:
     refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "persistentvolumeclaims")))
-    assert (refused.message, refused.code) == (
-        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
+    assert (refused.message, refused.code, refused.why) == (
+        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403, "forbidden")
     refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "pods")))
     assert (refused.message, refused.code) == (
         "user alice may not create persistentvolumeclaims in namespace team-a: spec.checkpoints.claim makes the "
@@ -93,8 +93,8 @@ def test_invalid_spec_refused_with_the_operators_messages() -> None:
     authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
     refused = refusal("CREATE", job(numEpochs=0, effectiveBatchSize=1, nnodes=2), None, ALICE, AdmissionPolicy(),
                       authorizer)
-    assert (refused.message, refused.code) == (
-        "spec.numEpochs: Input should be greater than or equal to 1", 422)
+    assert (refused.message, refused.code, refused.why) == (
+        "spec.numEpochs: Input should be greater than or equal to 1", 422, "invalid")
     refused = refusal("CREATE", job(effectiveBatchSize=1, nnodes=2, checkpoints={"existingClaim": "c"}), None, ALICE,
                       AdmissionPolicy(), authorizer)
     assert refused.message == "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode = 2 (one sample per GPU per step)"
@@ -105,9 +105,9 @@ def test_policy_refused_before_permissions() -> None:
     authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
     body = job(pod={"volumes": [{"name": "h", "hostPath": {"path": "/"}}]})
     refused = refusal("CREATE", body, None, ALICE, AdmissionPolicy(), authorizer)
-    assert (refused.message, refused.code) == (
+    assert (refused.message, refused.code, refused.why) == (
         "spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator policy "
-        "(policy.allowHostPath)", 403)
+        "(policy.allowHostPath)", 403, "policy")
     review("CREATE", body, None, ALICE, AdmissionPolicy(allow_host_path=True), authorizer)
 
 
@@ -196,12 +196,24 @@ def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(m
 
     from sft_operator import handlers
 
+    from sft_operator import metrics
+
     monkeypatch.setattr(handlers, "_authorized", Authorizer())  # holds nothing
     monkeypatch.setattr(handlers, "_namespaces", frozenset({"team-a"}))
+    counted = metrics.OperatorMetrics(process=False)
+    monkeypatch.setattr(metrics, "count_admission", counted.count_admission)
     with pytest.raises(kopf.AdmissionError) as refused:
         handlers.validate_job("CREATE", job(), None, ALICE)
     assert (str(refused.value), refused.value.code) == (
         "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
+    monkeypatch.setattr(handlers, "_authorized", Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    handlers.validate_job("CREATE", job(), None, ALICE)
+    with pytest.raises(kopf.AdmissionError):
+        handlers.validate_job("UPDATE", job(numEpochs=3), job(), ALICE)
+    samples = {(s.labels["operation"], s.labels["result"]): s.value
+               for family in counted.registry.collect() if family.name == "sft_operator_admission_reviews"
+               for s in family.samples if s.name.endswith("_total")}
+    assert samples == {("CREATE", "forbidden"): 1, ("CREATE", "admitted"): 1, ("UPDATE", "invalid"): 1}
     elsewhere = job()
     elsewhere["metadata"]["namespace"] = "team-b"  # not this operator's: it creates nothing there
     handlers.validate_job("CREATE", elsewhere, None, ALICE)
@@ -238,7 +250,7 @@ def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytes
     monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(None))
     with pytest.raises(Refusal) as refused:
         handlers._authorized(body)
-    assert refused.value.code == 500
+    assert (refused.value.code, refused.value.why) == (500, "unchecked")
     assert refused.value.message.startswith("could not check the requesting user's permissions: (503)")
 
 
