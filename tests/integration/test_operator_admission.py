@@ -244,3 +244,30 @@ def test_host_paths_follow_the_admin_policy(
             "False", "InvalidSpec", HOST_PATH_REFUSAL)
     finally:
         operator.stop()
+
+
+def test_status_writes_never_reach_the_webhook_and_spec_writes_fail_closed(
+    api_client: Any, namespaces: tuple[str, str], webhook: tuple[int, Path],
+) -> None:
+    """With nothing serving the webhook (failurePolicy Fail), a write of the job's spec is refused,
+    while its status (the sftjobs/status subresource, the operator's writes) is not sent there at all."""
+    hooked = namespaces[0]
+    core, custom = kubernetes.client.CoreV1Api(api_client), kubernetes.client.CustomObjectsApi(api_client)
+    label = {"metadata": {"labels": {"sft-admission-test": hooked}}}
+    # The job is made while the namespace is outside the configuration's selector.
+    core.patch_namespace(hooked, {"metadata": {"labels": {"sft-admission-test": None}}})
+    create(api_client, job_body("quiet", hooked))
+    core.patch_namespace(hooked, label)
+
+    def spec_refused() -> bool:
+        try:
+            custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, hooked, contract.PLURAL, "quiet",
+                                                  {"spec": {"maxRestarts": 5}})
+        except ApiException as exc:
+            return 'failed calling webhook "validate.sftjobs.finetune.dev"' in json.loads(exc.body)["message"]
+        return False
+
+    wait_for("the configuration to select the namespace again", spec_refused)
+    patched = custom.patch_namespaced_custom_object_status(contract.GROUP, contract.VERSION, hooked, contract.PLURAL,
+                                                           "quiet", {"status": {"phase": "Pending"}})
+    assert patched["status"]["phase"] == "Pending"
