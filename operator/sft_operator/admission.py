@@ -9,7 +9,8 @@ a user allowed to create SFTJobs but not pods would get pods anyway, made by the
 controller, with any volume, Secret or ServiceAccount of the namespace.
 
 Updates that leave the spec (and the queue label) alone are admitted as they are: kopf's own
-annotations, finalizers, label edits, deletions in progress. Updates that change only how a job
+annotations, finalizers, label edits, a deletion's progress (a spec change of a job being
+deleted is reviewed like any other). Updates that change only how a job
 runs, not what its pods are (RUN_CONTROL_FIELDS: suspend, deadlines, ...), are validated but need
 no pod permission: a queue controller that flips `suspend` creates no pod of its own design.
 """
@@ -135,11 +136,8 @@ def review(
     answers a LocalSubjectAccessReview (access_review's body); it may raise Refusal itself."""
     if operation not in ("CREATE", "UPDATE"):
         return
-    if operation == "UPDATE":
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        if _spec(body) == _spec(old) and _queue_label(body) == _queue_label(old):
-            return
+    if operation == "UPDATE" and _spec(body) == _spec(old) and _queue_label(body) == _queue_label(old):
+        return  # a deletion's finalizers, kopf's annotations, labels: nothing the pods are made from
     try:
         job = parse_job(_without_status(body))
     except InvalidSpecError as exc:

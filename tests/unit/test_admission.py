@@ -124,9 +124,15 @@ def test_update_without_a_spec_change_is_admitted_as_is() -> None:
     review("UPDATE", copy.deepcopy(old), old, ALICE, AdmissionPolicy(), nobody)
     deleting = copy.deepcopy(old)
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    deleting["spec"]["numEpochs"] = 5
+    deleting["metadata"]["finalizers"] = []
     review("UPDATE", deleting, old, ALICE, AdmissionPolicy(), nobody)
     assert nobody.asked == []
+    # A job held by a finalizer of the user's own is still reviewed when its spec changes.
+    valid = job()
+    held = copy.deepcopy(valid)
+    held["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    held["spec"]["pod"] = {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert refusal("UPDATE", held, valid, ALICE, AdmissionPolicy(), nobody).why == "policy"
 
 
 def test_update_of_run_control_fields_needs_no_pod_permission() -> None:
