@@ -133,6 +133,8 @@ def count_node_restarts(ledger: Iterable[NodeRestarts], pods: Iterable[dict[str,
             update: dict[str, Any] = {"last_exit_code": code, "last_exit_time": terminated["finishedAt"]}
             if code == contract.EXIT_OK:  # finished, or an idle pod scaled down: neither
                 pass
+            elif code == contract.EXIT_BAD_CONFIG:  # rejected before training: nothing lost, and
+                pass  # the job fails ConfigRejected instead of restarting: not a restart either
             elif is_preemption(code, deleted):
                 update["preemptions"] = entry.preemptions + 1
             else:

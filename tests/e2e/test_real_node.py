@@ -15,6 +15,8 @@ jobs in sft-trainer:cpu-dev with the reporter sidecar:
 - an image that cannot be pulled: the kubelet's reason in the status, then Failed StartupTimeout;
 - bad data: Failed ConfigRejected naming the file, the checkpoints on the claim untouched; a TTL
   deletes the finished job and its claim stays;
+- a `device: cuda` job on a node that advertises a GPU it lacks: the launcher's GPU preflight ends
+  it Failed ConfigRejected at its first start, naming the cause, 0 restarts;
 - run policy on one long job: a killed rank restarts the group within seconds, a rank frozen with
   SIGSTOP is detected as a stall and the group restarted and resumed, and a deadline ends it
   DeadlineExceeded with a checkpoint on disk.
@@ -547,6 +549,45 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     assert saved is not None and saved.complete and saved.metadata is not None, saved
     print(f"deadline: resumable from {saved.name} at {saved.metadata.samples_seen} samples "
           f"({'the SIGTERM save' if saved.metadata.mid_epoch else 'an epoch-end save'})")
+
+
+FAKE_GPU_PATH = "/status/capacity/nvidia.com~1gpu"  # JSON Pointer: "/" in the name is "~1"
+PREFLIGHT_BOUND_S = 180.0  # measured 5-9 s from creation to Failed on the 2 shared cores
+
+
+def test_a_cuda_job_on_a_node_without_gpus_fails_config_rejected_at_once(stack: RealStack, jobs: Jobs) -> None:
+    """Issue 20: the node advertises a GPU it does not have (an extended resource patched into its
+    status, as the Kubernetes docs advertise one), so a `device: cuda` pod is scheduled there and
+    its trainer finds no usable CUDA (this CPU image's torch has no CUDA build). The launcher's
+    preflight exits 2 before anything runs: Failed ConfigRejected with its line, no restart."""
+    node = jobs.core.list_node().items[0].metadata.name
+    jobs.core.patch_node_status(node, [{"op": "add", "path": FAKE_GPU_PATH, "value": "1"}])
+    try:
+        wait_until("the node's allocatable nvidia.com/gpu",
+                   lambda: (jobs.core.read_node(node).status.allocatable or {}).get("nvidia.com/gpu") == "1",
+                   timeout_s=60, interval_s=0.5)
+        name = "tiny-cuda"
+        manifest = jobs.manifest(name, device="cuda", nnodes=1, nprocPerNode=1,
+                                 checkpoints={"claim": {"size": "1Gi"}})
+        jobs.create(manifest)
+        t = time.monotonic()
+        final = jobs.follow(name, timeout_s=PREFLIGHT_BOUND_S)
+        took = time.monotonic() - t
+        status = final.get("status") or {}
+        print(f"Failed after {took:.0f}s: {json.dumps(status.get('conditions'), indent=1)}")
+        assert status.get("phase") == "Failed", json.dumps(status, indent=1)
+        failed = condition(status, "Failed")
+        assert failed["reason"] == "ConfigRejected", failed
+        assert "spec.device is cuda but this image's torch 2.13.0+cpu has no CUDA build: use a CUDA trainer " \
+               "image (spec.pod.image), or spec.device: cpu" in failed["message"], failed
+        assert status.get("restarts", 0) == 0, status
+        wait_until("the job's pods to be gone", lambda: not jobs.pods(name), timeout_s=120, interval_s=0.5)
+        # The pod asked for the GPU (the operator's default: nprocPerNode) and got this node's one.
+        sts = jobs.apps.read_namespaced_stateful_set(statefulset_name(parse_job(final)), JOB_NS)
+        assert sts.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+        assert took < PREFLIGHT_BOUND_S
+    finally:
+        jobs.core.patch_node_status(node, [{"op": "remove", "path": FAKE_GPU_PATH}])
 
 
 # --- issue 22: the chart's admission webhook (last: it upgrades the release and so restarts the

@@ -329,7 +329,9 @@ def test_exit_code_2_is_config_rejected_at_once() -> None:
         "SpecValid": ("True", "Valid"),
     }
     assert next(c for c in failed.conditions if c.type == "Failed").message == message
-    assert (failed.phase, failed.restarts, failed.completion_time) == (Phase.FAILED, 1, T1)
+    # Rejected before anything ran: no work lost and no restart follows, so none is counted.
+    assert (failed.phase, failed.restarts, failed.completion_time) == (Phase.FAILED, 0, T1)
+    assert [(n.node, n.failures, n.preemptions, n.last_exit_code) for n in failed.node_restarts] == [(0, 0, 0, 2)]
     assert failed.training_over
 
 
