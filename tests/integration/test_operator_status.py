@@ -273,6 +273,7 @@ def test_exit_code_2_is_config_rejected(control_plane: Any, operator: Any, clust
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "ConfigRejected"
     assert failed["message"].endswith("pod badcfg-0: Error (exit code 2): sft-launcher: training.json: max_seq_len must be positive")
+    assert status.get("restarts", 0) == 0  # rejected before training: not a restart
     cluster.wait_for("the StatefulSet at 0", lambda: cluster.statefulset("badcfg")["spec"]["replicas"] == 0)
 
 
