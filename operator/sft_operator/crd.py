@@ -21,11 +21,13 @@ from pydantic_core import core_schema
 
 from sft_operator import contract
 from sft_operator.models import (
+    COLLECTIVE_TIMEOUT_ENV,
     GPU_RESOURCE,
     IMMUTABLE_FIELDS,
     JOB_NAME_PATTERN,
     MAPPED_TRAINING_ARGS,
     MAX_JOB_NAME_LENGTH,
+    POSITIVE_INTEGER_PATTERN,
     RESERVED_ENV,
     RESERVED_MOUNT_PATHS,
     RESERVED_VOLUMES,
@@ -111,6 +113,11 @@ SPEC_RULES: list[tuple[str, str, str]] = [
         "pod.env",
         f"self.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
         "spec.pod.env: these variables are set by the operator: " + ", ".join(sorted(RESERVED_ENV)),
+    ),
+    (
+        "pod.env",
+        f"self.all(e, e.name != '{COLLECTIVE_TIMEOUT_ENV}' || !has(e.value) || e.value.matches('{POSITIVE_INTEGER_PATTERN}'))",
+        f"spec.pod.env: {COLLECTIVE_TIMEOUT_ENV} must be a positive integer (milliseconds)",
     ),
     (
         "pod.volumes",

@@ -45,6 +45,11 @@ RESERVED_ENV = frozenset(
         contract.ENV_DEVICE,
     }
 )
+# instructlab-training's timeout of the training's collectives (NCCL, gloo), in milliseconds; it
+# raises in every worker on a value that is not a positive integer (the launcher refuses it too:
+# sft_trainer/collective_timeout.py).
+COLLECTIVE_TIMEOUT_ENV = "INSTRUCTLAB_NCCL_TIMEOUT_MS"
+POSITIVE_INTEGER_PATTERN = r"^[0-9]*[1-9][0-9]*$"
 RESERVED_VOLUMES = frozenset(
     {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME,
      pod_security.REPORTER_TOKEN_VOLUME}
@@ -621,6 +626,10 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
     for i, var in enumerate(spec.pod.env):
         if var.name in RESERVED_ENV:
             problems.append((f"spec.pod.env[{i}].name", f"{var.name} is set by the operator"))
+        value = (var.model_extra or {}).get("value")
+        if var.name == COLLECTIVE_TIMEOUT_ENV and value is not None and not re.match(POSITIVE_INTEGER_PATTERN, str(value)):
+            problems.append((f"spec.pod.env[{i}].value", f"{COLLECTIVE_TIMEOUT_ENV} must be a positive integer "
+                                                         f"(milliseconds), got {value!r}"))
     for i, volume_def in enumerate(spec.pod.volumes):
         if volume_def.name in RESERVED_VOLUMES:
             problems.append((f"spec.pod.volumes[{i}].name", f"{volume_def.name} is reserved by the operator"))

@@ -111,7 +111,14 @@ INVALID = [
     ({"pod": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}, "spec.pod.resources.limits[nvidia.com/gpu]"),
     ({"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
      "spec.pod.resources.limits[nvidia.com/gpu]"),
+    ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "30m"}]}}, "spec.pod.env"),
+    ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "0"}]}}, "spec.pod.env"),
 ]
+
+
+def test_a_collective_timeout_in_milliseconds_passes() -> None:
+    assert cel_errors(job(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "3600000"},
+                                       {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]})) == []
 
 
 @pytest.mark.parametrize("pod", [

@@ -292,3 +292,17 @@ def test_a_gpu_request_other_than_nproc_per_node_is_refused(overrides: dict[str,
 )
 def test_a_gpu_request_equal_to_nproc_per_node_is_valid(overrides: dict[str, Any]) -> None:
     parse_spec(minimal(**overrides))
+
+
+@pytest.mark.parametrize("value", ["0", "30m", "-5", "1e6", ""])
+def test_a_bad_collective_timeout_is_refused_naming_the_env_entry(value: str) -> None:
+    env = [{"name": "A", "value": "1"}, {"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": value}]
+    assert problems(minimal(pod={"env": env})) == [
+        ("spec.pod.env[1].value", f"INSTRUCTLAB_NCCL_TIMEOUT_MS must be a positive integer (milliseconds), got {value!r}")
+    ]
+
+
+def test_a_collective_timeout_in_milliseconds_or_from_a_source_is_valid() -> None:
+    parse_spec(minimal(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "3600000"}]}))
+    parse_spec(minimal(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS",
+                                     "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}))
