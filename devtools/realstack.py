@@ -32,6 +32,8 @@ from devtools.stack import StackError
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "sft-operator"
 RELEASE, OPERATOR_NS = "sft", "sft-system"
+# The chart's full name for the release: its leader-election Lease (two replicas, one leads).
+OPERATOR_LEASE = f"{RELEASE}-sft-operator"
 OPERATOR_CONTAINER = "operator"  # the chart's Deployment
 OPERATOR_READY_TIMEOUT_S = 180.0
 OPERATOR_SETTLE_S = 5.0
@@ -176,16 +178,43 @@ class RealStack:
                     # Ready and still running 5 s later: the operator got past its start-up.
                     since = ready_since.setdefault(p.metadata.name, time.monotonic())
                     if time.monotonic() - since >= OPERATOR_SETTLE_S:
-                        self.operator_pod = p.metadata.name
+                        # The replica that acts (the other stands by), or this one without election.
+                        self.operator_pod = self.leader_pod() or p.metadata.name
                         return
             time.sleep(1.0)
         described = self.kubectl("-n", OPERATOR_NS, "describe", "pods").stdout[-3000:]
         raise StackError(f"the operator pod was not Ready after {OPERATOR_READY_TIMEOUT_S:.0f}s:\n{described}")
 
+    def leader_pod(self) -> str:
+        """The operator pod holding the leader-election Lease ('' while none does, or without
+        leader election). The holder identity is the pod's name and a random part."""
+        import kubernetes
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            lease = kubernetes.client.CoordinationV1Api(self.api_client()).read_namespaced_lease(
+                OPERATOR_LEASE, OPERATOR_NS)
+        except ApiException as e:
+            if e.status == 404:
+                return ""
+            raise
+        holder = lease.spec.holder_identity or ""
+        return holder.rsplit("_", 1)[0]
+
     def operator_log(self, tail: int = 80) -> str:
-        if not self.operator_pod:
+        """Every operator replica's log (the leader's first), each under its pod's name."""
+        import kubernetes
+
+        if self.cp is None:
             return "(no operator pod)"
-        return self.kubectl("-n", OPERATOR_NS, "logs", self.operator_pod, f"--tail={tail}").stdout
+        pods = sorted(p.metadata.name for p in kubernetes.client.CoreV1Api(self.api_client()).list_namespaced_pod(
+            OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items)
+        if not pods:
+            return "(no operator pod)"
+        leader = self.leader_pod()
+        pods.sort(key=lambda name: name != leader)
+        return "\n".join(f"--- {name}{' (leader)' if name == leader else ''} ---\n"
+                         + self.kubectl("-n", OPERATOR_NS, "logs", name, f"--tail={tail}").stdout for name in pods)
 
     def job_manifest(self, name: str, namespace: str, cpu: str = "500m") -> dict[str, Any]:
         """The demo job (examples/sftjob-tiny-cpu.yaml) for this node: its model and data on the
@@ -254,7 +283,9 @@ class RealStack:
     def kill_operator(self, timeout_s: float = OPERATOR_READY_TIMEOUT_S) -> float:
         """SIGKILL the operator (its container, found by dockershim's labels: no clean-up, as an
         OOM kill does), then wait until the kubelet has restarted it and it is Ready again.
-        Returns the seconds from the kill to Ready."""
+        Returns the seconds from the kill to Ready. The replica killed is the leader (the one
+        acting); the standby takes over meanwhile and is operator_pod afterwards."""
+        self.operator_pod = self.leader_pod() or self.operator_pod
         restarts, _ = self._operator_container()
         ids = docker("ps", "-q", "--filter", f"label=io.kubernetes.pod.namespace={OPERATOR_NS}",
                      "--filter", f"label=io.kubernetes.pod.name={self.operator_pod}",
@@ -268,7 +299,9 @@ class RealStack:
         while time.monotonic() - killed < timeout_s:
             count, running = self._operator_container()
             if count > restarts and running:
-                return time.monotonic() - killed
+                took = time.monotonic() - killed
+                self.operator_pod = self.leader_pod() or self.operator_pod
+                return took
             time.sleep(0.5)
         raise StackError(f"the operator was not restarted and Ready {timeout_s:.0f}s after SIGKILL:\n"
                          + self.kubectl("-n", OPERATOR_NS, "describe", "pod", self.operator_pod).stdout[-3000:])

@@ -110,6 +110,9 @@ def test_operator_pods_cut_off_from_the_api_are_not_ready_within_30_s(tmp_path: 
         core = kubernetes.client.CoreV1Api(stack.api_client())
         pods = wait_until("both operator replicas Ready", lambda: (p := operator_pods(core)) and len(p) == 2
                           and all(ready(x) for x in p) and p, timeout_s=120, interval_s=1)
+        # RealStack follows the replica that acts, and shows both replicas' logs.
+        assert stack.operator_pod == stack.leader_pod() in {p.metadata.name for p in pods}
+        assert stack.operator_log(tail=5).count(" ---\n") == 2 and f"--- {stack.operator_pod} (leader) ---" in stack.operator_log(5)
         port = stack.cp.server.rsplit(":", 1)[1]
         restarts = {p.metadata.name: p.status.container_statuses[0].restart_count for p in pods}
         for pod in pods:  # the pod's packets to the API server (after the Service's DNAT) are refused
