@@ -73,7 +73,7 @@ def submit(
     model_path: Annotated[str | None, typer.Option(help="HF id, pvc://claim/path or an absolute path in the pod.")] = None,
     data_path: Annotated[str | None, typer.Option(help="pvc://claim/path or an absolute path in the pod.")] = None,
     ckpt_output_dir: Annotated[
-        str | None, typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-storage.")
+        str | None, typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-claim-size.")
     ] = None,
     num_epochs: Annotated[int | None, typer.Option()] = None,
     effective_batch_size: Annotated[int | None, typer.Option()] = None,
@@ -90,8 +90,12 @@ def submit(
     namespace: NamespaceOption = None,
     image: Annotated[str | None, typer.Option(help="Trainer image.")] = None,
     device: Annotated[str | None, typer.Option(help="cuda (default) or cpu.")] = None,
-    checkpoint_storage: Annotated[
+    checkpoint_claim_size: Annotated[
         str | None, typer.Option(help="Size of a checkpoint claim for the operator to create, e.g. 500Gi.")
+    ] = None,
+    checkpoint_storage: Annotated[
+        str | None,
+        typer.Option(help="training_hub's remote checkpoint URI (s3://...): not supported yet; 'pvc' or unset."),
     ] = None,
     storage_class: Annotated[str | None, typer.Option(help="Storage class of that claim.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="Container env: NAME=VALUE (repeat).")] = None,
@@ -113,11 +117,12 @@ def submit(
         "max_tokens_per_gpu": max_tokens_per_gpu,
         "nnodes": nnodes,
         "nproc_per_node": nproc_per_node,
+        "checkpoint_storage": checkpoint_storage,
     }
     training = {key: value for key, value in flags.items() if value is not None}
     training.update(_key_values(set_, "--set", parse=True))
     if filename is not None:
-        if training or any(v is not None for v in (image, device, checkpoint_storage, storage_class, env)):
+        if training or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env)):
             raise fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
@@ -127,7 +132,7 @@ def submit(
             namespace=namespace,
             image=image,
             device=device,
-            checkpoint_storage=checkpoint_storage,
+            checkpoint_claim_size=checkpoint_claim_size,
             storage_class=storage_class,
             env=_key_values(env, "--env", parse=False) or None,
         )

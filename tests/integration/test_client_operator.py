@@ -32,7 +32,7 @@ def test_the_operator_runs_what_sft_submits(operator: Any, cluster: Any, api_cli
         max_seq_len=128,
         nnodes=2,
         keep_last_checkpoint_only=True,
-        checkpoint_storage="1Gi",
+        checkpoint_claim_size="1Gi",
         device="cpu",
         name="from-sft",
         namespace=namespace,

@@ -18,7 +18,7 @@ FLAGS = [
     "submit", "--dry-run", "--name", "qwen",
     "--model-path", "Qwen/Qwen2.5-7B-Instruct",
     "--data-path", "pvc://datasets/train.jsonl",
-    "--ckpt-output-dir", "runs/a", "--checkpoint-storage", "100Gi",
+    "--ckpt-output-dir", "runs/a", "--checkpoint-claim-size", "100Gi",
     "--num-epochs", "3", "--effective-batch-size", "16", "--learning-rate", "2e-5", "--max-seq-len", "2048",
     "--nnodes", "2", "--nproc-per-node", "8",
 ]
@@ -66,6 +66,29 @@ def test_submit_with_bad_flags_names_them_and_exits_2() -> None:
         "(one sample per GPU per step)",
     ]
     assert runner.invoke(app, FLAGS + ["--set", "oops"]).exit_code == 2
+
+
+def test_submit_checkpoint_storage_is_training_hubs_uri_and_the_old_size_use_names_the_new_flag() -> None:
+    flags = [*FLAGS[:FLAGS.index("--checkpoint-claim-size")], *FLAGS[FLAGS.index("--checkpoint-claim-size") + 2:]]
+    result = runner.invoke(app, [*flags, "--checkpoint-storage", "100Gi"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "invalid parameters (nothing was created):",
+        "  checkpoint_storage: '100Gi' is a claim size, but checkpoint_storage is training_hub's remote "
+        "checkpoint URI: give the size as checkpoint_claim_size='100Gi' (sft-operator submit --checkpoint-claim-size)",
+        "  ckpt_output_dir (spec.checkpoints): 'runs/a' is a path on this machine, which the pods cannot see: "
+        "write pvc://<claim>/<path> for an existing claim, or pass checkpoint_claim_size (e.g. '100Gi') for the "
+        "operator to create one",
+    ]
+    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "s3://bucket/run"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[1] == (
+        "  checkpoint_storage: 's3://bucket/run': remote checkpoint storage is not supported yet by the kubernetes "
+        "backend (checkpoints stay on the job's claim); leave checkpoint_storage unset or 'pvc'"
+    )
+    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "pvc"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["spec"]["checkpoints"] == {"path": "runs/a", "claim": {"size": "100Gi"}}
 
 
 def test_submit_manifest_is_validated_like_the_operator_does(tmp_path: Path) -> None:

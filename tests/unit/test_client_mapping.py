@@ -3,7 +3,6 @@ operator's messages. Pure: nothing here talks to a cluster."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import warnings
@@ -11,7 +10,6 @@ import warnings
 import pytest
 from sft_operator.api import mapping
 from sft_operator.api.mapping import (
-    TRAINING_HUB_SFT_PARAMS,
     ClusterOptions,
     SFTParameterError,
     build_sftjob,
@@ -26,7 +24,7 @@ from sft_operator.api.paths import (
     place_checkpoints,
     pod_path_to_url,
 )
-from sft_operator.api.training_hub import KubernetesSFTBackend, SFTAlgorithm, sft
+from sft_operator.api.training_hub import KubernetesSFTBackend
 from sft_operator.models import InvalidSpecError, parse_spec
 
 BASE: dict[str, Any] = dict(
@@ -151,7 +149,7 @@ def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
         image="trainer:2",
         resources={"limits": {"cpu": 8, "memory": "500Gi"}},
         device="cpu",
-        checkpoint_storage="500Gi",
+        checkpoint_claim_size="500Gi",
         storage_class="fast",
         delete_checkpoints_with_job=True,
         adopt_existing_checkpoints=True,
@@ -213,16 +211,16 @@ def test_paths_a_pod_cannot_see_are_refused_naming_the_parameter() -> None:
 
 def test_relative_checkpoint_dir_needs_storage_and_pvc_excludes_it() -> None:
     assert problems(ckpt_output_dir="./checkpoints")[0][:2] == ("ckpt_output_dir", "spec.checkpoints")
-    found = problems(ClusterOptions(checkpoint_storage="1Gi"))
+    found = problems(ClusterOptions(checkpoint_claim_size="1Gi"))
     assert found == [
         (
             "ckpt_output_dir",
             "spec.checkpoints",
-            "names an existing claim (pvc://...) and checkpoint_storage asks for a new one: give one of them",
+            "names an existing claim (pvc://...) and checkpoint_claim_size asks for a new one: give one of them",
         )
     ]
     assert problems(ClusterOptions(storage_class="fast")) == [
-        ("storage_class", None, "only applies with checkpoint_storage")
+        ("storage_class", None, "only applies with checkpoint_claim_size")
     ]
 
 
@@ -250,7 +248,9 @@ def test_what_cannot_run_on_the_cluster_is_refused_not_dropped() -> None:
     assert [param for param, _, _ in found] == [
         "backend", "callbacks", "node_rank", "rdzv_endpoint", "master_addr", "nproc_per_node"
     ]
-    assert found[0][2] == "'mini-trainer': the cluster runs 'instructlab-training' only"
+    assert found[0][2] == (
+        "'mini-trainer': the cluster runs 'instructlab-training' only (give backend='instructlab-training' or 'kubernetes')"
+    )
 
 
 def test_cluster_settings_errors_name_the_cluster_parameter() -> None:
@@ -296,7 +296,7 @@ def test_spec_paths_lead_back_to_parameters() -> None:
     assert param_for_spec_path("spec.pod.env[3].name") == "env"
     assert param_for_spec_path("spec.pod.nodeSelector") == "pod"
     assert param_for_spec_path("spec.pod.resources.limits[nvidia.com/gpu]") == "resources"
-    assert param_for_spec_path("spec.checkpoints.claim.size") == "checkpoint_storage"
+    assert param_for_spec_path("spec.checkpoints.claim.size") == "checkpoint_claim_size"
     assert param_for_spec_path("spec.checkpoints.path") == "ckpt_output_dir"
     assert param_for_spec_path("spec.rdzvPort") == "master_port"
     assert param_for_spec_path("metadata.name") == "name"
@@ -361,15 +361,7 @@ def test_checkpoint_paths_become_urls_on_their_claim() -> None:
 # --- signatures -------------------------------------------------------------------------------
 
 
-def test_signatures_mirror_training_hub() -> None:
-    sft_params = list(inspect.signature(sft).parameters)
-    assert sft_params[: len(TRAINING_HUB_SFT_PARAMS)] == list(TRAINING_HUB_SFT_PARAMS)
-    train_params = [p for p in inspect.signature(SFTAlgorithm.train).parameters if p != "self"]
-    assert train_params[:-1] == [p for p in TRAINING_HUB_SFT_PARAMS if p != "backend"]
-    # sft()'s cluster settings are exactly ClusterOptions, keyword-only.
-    signature = inspect.signature(sft)
-    cluster = [n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY and n != "callbacks"]
-    assert cluster == list(ClusterOptions.__dataclass_fields__)
+# (sft() and SFTAlgorithm.train against training-hub 0.11.2's: test_training_hub_conformance.py)
 
 
 def test_backend_takes_cluster_settings_from_algorithm_params_too() -> None:

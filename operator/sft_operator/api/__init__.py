@@ -6,6 +6,9 @@ See docs/python-api.md. Modules: paths (where paths live), mapping (parameters -
 pure), results (status -> view and result, pure), progress_text (the view as text, pure),
 display, jobs (connect, create, get, list, follow), lifecycle (suspend, resume, delete),
 pod_logs, job_events, handle (one job by name), training_hub.
+
+Importing this package with training_hub installed registers the backend "kubernetes" for
+training_hub's ``sft()`` (``register_with_training_hub``); without it nothing is imported.
 """
 
 from sft_operator.api.display import ProgressDisplay
@@ -42,6 +45,7 @@ from sft_operator.api.training_hub import (
     InstructLabTrainingSFTBackend,
     KubernetesSFTBackend,
     SFTAlgorithm,
+    register_with_training_hub,
     sft,
 )
 
@@ -73,9 +77,12 @@ __all__ = [
     "get_job",
     "list_jobs",
     "open_job",
+    "register_with_training_hub",
     "resume_job",
     "sft",
     "suspend_job",
     "view_job",
     "wait_for_job",
 ]
+
+register_with_training_hub()

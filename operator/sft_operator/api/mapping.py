@@ -8,6 +8,9 @@ fields carry the same names in camelCase (models.py), so most map one to one. Th
   rendezvous port; ``node_rank``, ``rdzv_endpoint`` and ``master_addr`` are the operator's to
   choose (one pod per node) and are refused rather than ignored;
 - ``max_batch_len`` (training_hub's other name for ``max_tokens_per_gpu``) is accepted;
+- ``checkpoint_storage`` is training_hub's remote checkpoint URI: only ``None``/``"pvc"`` (the
+  claim alone) runs yet; a URI is refused, not ignored, and a claim size (the old meaning) is
+  refused naming ``checkpoint_claim_size``. ``enable_jit_checkpoint`` is always on here;
 - the run policy has no training_hub names: its spec fields are keyword arguments under their
   own names (``active_deadline_seconds``, ...), and ``gang`` (a provider name, or the
   ``spec.scheduling.gang`` object) and ``queue_name`` (a Kueue LocalQueue) fill ``spec.scheduling``;
@@ -39,6 +42,7 @@ from sft_operator.api.paths import (
 from sft_operator.models import (
     KUEUE_QUEUE_LABEL,
     MAX_JOB_NAME_LENGTH,
+    QUANTITY_PATTERN,
     CheckpointVolume,
     ClaimTemplate,
     InvalidSpecError,
@@ -48,6 +52,8 @@ from sft_operator.models import (
 )
 
 BACKEND_NAME = "instructlab-training"
+# Our backend's name in training_hub's registry: sft(..., backend="kubernetes").
+KUBERNETES_BACKEND_NAME = "kubernetes"
 
 # training_hub sft()'s parameters, in its order (backend and callbacks included).
 TRAINING_HUB_SFT_PARAMS: tuple[str, ...] = (
@@ -87,6 +93,8 @@ TRAINING_HUB_SFT_PARAMS: tuple[str, ...] = (
     "mlflow_experiment_name",
     "mlflow_run_name",
     "callbacks",
+    "enable_jit_checkpoint",
+    "checkpoint_storage",
 )
 
 # torchrun settings that training_hub takes per machine; on the cluster the operator sets them.
@@ -110,10 +118,10 @@ PARAM_OF_ALIAS = {alias: name for name, alias in SPEC_ALIAS.items()}
 
 # Spec paths set from something other than the parameter of the same name.
 PARAM_OF_SPEC_PATH: dict[str, str] = {
-    "spec.checkpoints.claim.size": "checkpoint_storage",
+    "spec.checkpoints.claim.size": "checkpoint_claim_size",
     "spec.checkpoints.claim.storageClassName": "storage_class",
-    "spec.checkpoints.claim.accessModes": "checkpoint_storage",
-    "spec.checkpoints.claim": "checkpoint_storage",
+    "spec.checkpoints.claim.accessModes": "checkpoint_claim_size",
+    "spec.checkpoints.claim": "checkpoint_claim_size",
     "spec.checkpoints.deleteWithJob": "delete_checkpoints_with_job",
     "spec.checkpoints.adoptExisting": "adopt_existing_checkpoints",
     "spec.checkpoints": "ckpt_output_dir",
@@ -153,7 +161,8 @@ class ClusterOptions:
     image: str | None = None  # default: the operator's trainer image
     resources: dict[str, Any] | None = None  # {"limits": {...}, "requests": {...}}
     device: str | None = None  # "cuda" (default) or "cpu" (smoke tests)
-    checkpoint_storage: str | None = None  # size of a claim the operator creates, e.g. "500Gi"
+    # size of a claim the operator creates, e.g. "500Gi" (training_hub's checkpoint_storage is a URI)
+    checkpoint_claim_size: str | None = None
     storage_class: str | None = None  # its storage class
     delete_checkpoints_with_job: bool | None = None
     # continue from checkpoints another job with other training fields wrote in ckpt_output_dir
@@ -255,6 +264,41 @@ def _env_list(env: dict[str, str] | list[dict[str, Any]]) -> list[dict[str, Any]
     return [dict(var) for var in env]
 
 
+def checkpoint_storage_problem(value: Any) -> str | None:
+    """What is wrong with training_hub's ``checkpoint_storage`` on this backend, or None.
+
+    training_hub takes None, "pvc" (checkpoints on the file system only) or a remote URI that it
+    mirrors checkpoints to and restores from. Here checkpoints live on the job's claim; mirroring
+    to object storage is not built yet, so a URI is refused rather than silently ignored. A
+    quantity is this API's old use of the name (the claim's size), now checkpoint_claim_size.
+    """
+    if value in (None, "", "pvc"):
+        return None
+    if isinstance(value, str) and "://" in value:
+        return (
+            f"{value!r}: remote checkpoint storage is not supported yet by the {KUBERNETES_BACKEND_NAME} "
+            "backend (checkpoints stay on the job's claim); leave checkpoint_storage unset or 'pvc'"
+        )
+    if (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and re.match(QUANTITY_PATTERN, value)
+    ):
+        return (
+            f"{value!r} is a claim size, but checkpoint_storage is training_hub's remote checkpoint URI: "
+            f"give the size as checkpoint_claim_size={value!r} (sft-operator submit --checkpoint-claim-size)"
+        )
+    return f"{value!r}: must be None, 'pvc' or a remote URI such as 's3://bucket/prefix'"
+
+
+def jit_checkpoint_warning(params: dict[str, Any]) -> str | None:
+    """The warning for ``enable_jit_checkpoint=False``: this backend's SIGTERM save cannot be turned off."""
+    if params.get("enable_jit_checkpoint") is not False:
+        return None
+    return (
+        "enable_jit_checkpoint=False: on the cluster a pod that is stopped (preemption, suspend, node "
+        "drain) always saves a checkpoint first, so that nothing is lost; this run does too"
+    )
+
+
 def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, namespace: str) -> dict[str, Any]:
     """The SFTJob manifest for ``params`` (training_hub names, kwargs included, None = unset).
 
@@ -265,10 +309,21 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     given = {key: value for key, value in params.items() if value is not None}
 
     backend = given.pop("backend", BACKEND_NAME)
-    if backend != BACKEND_NAME:
+    if backend not in (BACKEND_NAME, KUBERNETES_BACKEND_NAME):
         problems.append(
-            ParameterProblem("backend", None, f"{backend!r}: the cluster runs {BACKEND_NAME!r} only")
+            ParameterProblem(
+                "backend",
+                None,
+                f"{backend!r}: the cluster runs {BACKEND_NAME!r} only "
+                f"(give backend={BACKEND_NAME!r} or {KUBERNETES_BACKEND_NAME!r})",
+            )
         )
+    jit = given.pop("enable_jit_checkpoint", None)
+    if not isinstance(jit, bool | None):
+        problems.append(ParameterProblem("enable_jit_checkpoint", None, f"{jit!r}: must be True, False or None"))
+    storage_problem = checkpoint_storage_problem(given.pop("checkpoint_storage", None))
+    if storage_problem is not None:
+        problems.append(ParameterProblem("checkpoint_storage", None, storage_problem))
     if given.pop("callbacks", None):
         problems.append(
             ParameterProblem(
@@ -311,7 +366,7 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     # --- paths --------------------------------------------------------------------------------
     checkpoints: dict[str, Any] = {}
     try:
-        placement = place_checkpoints(str(given.pop("ckpt_output_dir", "")), cluster.checkpoint_storage is not None)
+        placement = place_checkpoints(str(given.pop("ckpt_output_dir", "")), cluster.checkpoint_claim_size is not None)
     except PathProblem as problem:
         problems.append(ParameterProblem(problem.param, "spec.checkpoints", problem.message))
         placement = CheckpointPlacement(existing_claim=None, path="")  # still check the other paths
@@ -328,13 +383,13 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     else:
         given.update(placed.values)
         extra_volumes, extra_mounts = placed.volumes, placed.volume_mounts
-    if cluster.checkpoint_storage is not None:
-        claim: dict[str, Any] = {CLAIM_ALIAS["size"]: cluster.checkpoint_storage}
+    if cluster.checkpoint_claim_size is not None:
+        claim: dict[str, Any] = {CLAIM_ALIAS["size"]: cluster.checkpoint_claim_size}
         if cluster.storage_class is not None:
             claim[CLAIM_ALIAS["storage_class_name"]] = cluster.storage_class
         checkpoints[CHECKPOINTS_ALIAS["claim"]] = claim
     elif cluster.storage_class is not None:
-        problems.append(ParameterProblem("storage_class", None, "only applies with checkpoint_storage"))
+        problems.append(ParameterProblem("storage_class", None, "only applies with checkpoint_claim_size"))
     if cluster.delete_checkpoints_with_job is not None:
         checkpoints[CHECKPOINTS_ALIAS["delete_with_job"]] = cluster.delete_checkpoints_with_job
     if cluster.adopt_existing_checkpoints is not None:
@@ -417,12 +472,15 @@ def split_params(algorithm_params: dict[str, Any]) -> tuple[dict[str, Any], dict
 __all__ = [
     "BACKEND_NAME",
     "CLUSTER_PARAMS",
+    "KUBERNETES_BACKEND_NAME",
     "TRAINING_HUB_SFT_PARAMS",
     "ClusterOptions",
     "ParameterProblem",
     "SFTParameterError",
     "build_sftjob",
+    "checkpoint_storage_problem",
     "generate_job_name",
+    "jit_checkpoint_warning",
     "param_for_spec_path",
     "split_params",
 ]

@@ -14,7 +14,7 @@ a Hugging Face id (``org/name`` or ``name``), ``model_path`` only
 an absolute path (``/data/train.jsonl``)
     passed as is: it must exist in the pod, on a volume you add with ``volumes`` and
     ``volume_mounts`` or in the image.
-a relative path (``./checkpoints``), ``ckpt_output_dir`` only, with ``checkpoint_storage``
+a relative path (``./checkpoints``), ``ckpt_output_dir`` only, with ``checkpoint_claim_size``
     a directory inside a claim the operator creates for the job (``spec.checkpoints.claim``).
 
 Anything else (a relative path to a file on your machine) is refused with the parameter named:
@@ -125,18 +125,18 @@ def place_checkpoints(ckpt_output_dir: str, creates_claim: bool) -> CheckpointPl
     """Map ckpt_output_dir onto the checkpoint volume.
 
     ``pvc://claim/path`` uses an existing claim. A relative path is a directory inside the claim
-    the operator creates, which needs ``checkpoint_storage`` (``creates_claim``).
+    the operator creates, which needs ``checkpoint_claim_size`` (``creates_claim``).
     """
     param = "ckpt_output_dir"
     if not ckpt_output_dir and not creates_claim:
         raise PathProblem(
-            param, "required: pvc://<claim>/<path>, or a relative path with checkpoint_storage (e.g. '100Gi')"
+            param, "required: pvc://<claim>/<path>, or a relative path with checkpoint_claim_size (e.g. '100Gi')"
         )
     if ckpt_output_dir.startswith(PVC_SCHEME):
         if creates_claim:
             raise PathProblem(
                 param,
-                "names an existing claim (pvc://...) and checkpoint_storage asks for a new one: "
+                "names an existing claim (pvc://...) and checkpoint_claim_size asks for a new one: "
                 "give one of them",
             )
         target = parse_claim_path(ckpt_output_dir, param)
@@ -147,13 +147,13 @@ def place_checkpoints(ckpt_output_dir: str, creates_claim: bool) -> CheckpointPl
         raise PathProblem(
             param,
             f"{ckpt_output_dir!r}: checkpoints live on a volume the job owns, not at an absolute path "
-            "in the pod: write pvc://<claim>/<path>, or a relative path with checkpoint_storage",
+            "in the pod: write pvc://<claim>/<path>, or a relative path with checkpoint_claim_size",
         )
     if not creates_claim:
         raise PathProblem(
             param,
             f"{ckpt_output_dir!r} is a path on this machine, which the pods cannot see: write "
-            "pvc://<claim>/<path> for an existing claim, or pass checkpoint_storage (e.g. '100Gi') "
+            "pvc://<claim>/<path> for an existing claim, or pass checkpoint_claim_size (e.g. '100Gi') "
             "for the operator to create one",
         )
     parts = [p for p in ckpt_output_dir.split("/") if p not in ("", ".")]

@@ -5,13 +5,16 @@ Moving a training_hub script to the cluster is one changed import::
     from sft_operator.api import sft          # was: from training_hub import sft
 
 plus where the paths live (paths.py) and, optionally, cluster settings (namespace, image, ...).
-The signatures mirror training_hub's (same names, order and meanings); this module does not
-import training_hub, which would pull CUDA torch.
+The signatures are training-hub 0.11.2's (same names, order and meanings; checked against its
+wheel by tests/unit/test_training_hub_conformance.py), then our cluster settings, keyword-only.
+This module imports training_hub only in ``register_with_training_hub``, and only if it is
+installed (it pulls torch).
 """
 
 from __future__ import annotations
 
 import abc
+import importlib.util
 import warnings
 from typing import Any, TextIO
 
@@ -19,10 +22,15 @@ from sft_operator.api.display import ProgressDisplay
 from sft_operator.api.jobs import connect, create_job, wait_for_job
 from sft_operator.api.mapping import (
     BACKEND_NAME,
+    KUBERNETES_BACKEND_NAME,
     TRAINING_HUB_SFT_PARAMS,
     ClusterOptions,
+    ParameterProblem,
+    SFTParameterError,
     build_sftjob,
+    checkpoint_storage_problem,
     generate_job_name,
+    jit_checkpoint_warning,
     split_params,
 )
 from sft_operator.api.results import SFTJobResult, result_of
@@ -45,6 +53,12 @@ class KubernetesSFTBackend(Backend):
     """
 
     def __init__(self, *, stream: TextIO | None = None, **cluster_options: Any):
+        if "checkpoint_storage" in cluster_options:  # this class's old claim-size setting
+            value = cluster_options.pop("checkpoint_storage")
+            message = checkpoint_storage_problem(value) or (
+                f"{value!r}: training_hub's remote checkpoint URI is a training parameter: give it to train() or sft()"
+            )
+            raise SFTParameterError([ParameterProblem("checkpoint_storage", None, message)])
         self.options = ClusterOptions(**cluster_options)
         self.stream = stream
 
@@ -61,6 +75,9 @@ class KubernetesSFTBackend(Backend):
         warning = epoch_full_state_warning(manifest["spec"])
         if warning is not None:  # the operator posts it as an Event too; said here before anything runs
             warnings.warn(f"checkpoint_at_epoch=False: {warning}", UserWarning, stacklevel=3)
+        jit_warning = jit_checkpoint_warning(training)
+        if jit_warning is not None:
+            warnings.warn(jit_warning, UserWarning, stacklevel=3)
         return manifest, options
 
     def execute_training(self, algorithm_params: dict[str, Any]) -> SFTJobResult:
@@ -129,12 +146,15 @@ class SFTAlgorithm:
         mlflow_run_name: str | None = None,
         *,
         callbacks: Any = None,
+        enable_jit_checkpoint: bool | None = None,
+        checkpoint_storage: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run SFT with the backend. Parameters as training_hub's ``SFTAlgorithm.train``; None
         means "the default" (the operator's, which are instructlab-training's). ``kwargs``: other
         TrainingArgs fields (checked, never dropped) and, for KubernetesSFTBackend, cluster
-        settings (namespace, name, image, ...)."""
+        settings (namespace, name, image, ...). ``enable_jit_checkpoint`` and ``checkpoint_storage``:
+        see ``sft``."""
         given = dict(locals())
         params = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key in given and given[key] is not None}
         params.update(kwargs)
@@ -190,13 +210,15 @@ def sft(
     mlflow_run_name: str | None = None,
     *,
     callbacks: Any = None,
+    enable_jit_checkpoint: bool | None = None,
+    checkpoint_storage: str | None = None,
     # --- the cluster (see ClusterOptions) ---
     namespace: str | None = None,
     name: str | None = None,
     image: str | None = None,
     resources: dict[str, Any] | None = None,
     device: str | None = None,
-    checkpoint_storage: str | None = None,
+    checkpoint_claim_size: str | None = None,
     storage_class: str | None = None,
     delete_checkpoints_with_job: bool | None = None,
     adopt_existing_checkpoints: bool | None = None,
@@ -223,13 +245,44 @@ def sft(
     instructlab-training TrainingArgs fields go in ``kwargs`` and are checked like
     ``spec.extraArgs``. Cluster settings are keyword-only (ClusterOptions).
 
+    ``enable_jit_checkpoint``: accepted, and always on here: a pod that is stopped (preemption,
+    suspend, node drain) saves a checkpoint on SIGTERM before it exits; False warns and changes
+    nothing. ``checkpoint_storage``: training_hub's remote checkpoint URI (``s3://bucket/prefix``);
+    None or "pvc" (checkpoints on the job's claim) only, for now: a URI is refused with
+    SFTParameterError (not supported yet by this backend), and so is a claim size such as "500Gi"
+    (this API's old use of the name: give it as ``checkpoint_claim_size``).
+
     Raises SFTParameterError (naming each bad parameter) before contacting the cluster;
     with ``wait`` (default) follows the job and returns its SFTJobResult, or raises
     SFTJobFailedError with the job's reason and message. Ctrl-C stops waiting, not the job.
     """
     given = dict(locals())
     cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
-    training = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key not in ("backend", "callbacks")}
-    return SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(
-        **training, callbacks=callbacks, backend=backend, **kwargs
-    )
+    training = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key != "backend"}
+    return SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(**training, backend=backend, **kwargs)
+
+
+def register_with_training_hub() -> bool:
+    """Register KubernetesSFTBackend as training_hub's sft backend "kubernetes", when training_hub
+    is installed (the ``training-hub`` extra), so that ``from training_hub import sft;
+    sft(..., backend="kubernetes")`` runs on the cluster through this same backend.
+
+    Returns whether it registered. training_hub's own ``SFTAlgorithm.train`` then calls
+    ``execute_training``; cluster settings travel in its ``**kwargs``. Nothing is imported when
+    training_hub is not installed; one that is installed but cannot be imported (its import
+    loads torch and instructlab-training) is reported as a warning and leaves this package usable.
+    """
+    if importlib.util.find_spec("training_hub") is None:
+        return False
+    try:
+        from training_hub import AlgorithmRegistry
+    except Exception as exc:  # any failure of a third-party import chain (ImportError, OSError from CUDA libraries, ...)
+        warnings.warn(
+            f"training_hub is installed but cannot be imported ({type(exc).__name__}: {exc}); "
+            f"its backend {KUBERNETES_BACKEND_NAME!r} is not registered",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    AlgorithmRegistry.register_backend("sft", KUBERNETES_BACKEND_NAME, KubernetesSFTBackend)
+    return True
