@@ -45,7 +45,8 @@ def _parameters(function: ast.FunctionDef) -> list[dict[str, Any]]:
     if args.vararg is not None:
         found.append({"name": args.vararg.arg, "kind": "VAR_POSITIONAL", "default": None})
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
-        found.append({"name": arg.arg, "kind": "KEYWORD_ONLY", "default": None if default is None else ast.unparse(default)})
+        text = None if default is None else ast.unparse(default)
+        found.append({"name": arg.arg, "kind": "KEYWORD_ONLY", "default": text})
     if args.kwarg is not None:
         found.append({"name": args.kwarg.arg, "kind": "VAR_KEYWORD", "default": None})
     return found

@@ -242,8 +242,9 @@ def training_hub_path() -> Path:
     for needed in ("torch", "instructlab.training"):
         if importlib.util.find_spec(needed.split(".")[0]) is None:
             pytest.skip(f"training_hub's import needs {needed} (the trainer extra)")
-    marker = TRAINING_HUB_TARGET / ".complete"
-    if not marker.exists():
+    marker = TRAINING_HUB_TARGET / ".complete"  # lists what was installed: a changed pin reinstalls
+    wanted = "\n".join(TRAINING_HUB_IMPORT_REQUIREMENTS) + "\n"
+    if not marker.exists() or marker.read_text() != wanted:
         try:
             subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--upgrade",
@@ -252,7 +253,7 @@ def training_hub_path() -> Path:
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             pytest.skip(f"could not install training_hub for the import test: {exc}")
-        marker.write_text("\n".join(TRAINING_HUB_IMPORT_REQUIREMENTS) + "\n")
+        marker.write_text(wanted)
     return TRAINING_HUB_TARGET
 
 

@@ -276,7 +276,7 @@ def register_with_training_hub() -> bool:
         return False
     try:
         from training_hub import AlgorithmRegistry
-    except Exception as exc:  # any failure of a third-party import chain (ImportError, OSError from CUDA libraries, ...)
+    except Exception as exc:  # any failure of its import chain: ImportError, OSError from CUDA libraries, ...
         warnings.warn(
             f"training_hub is installed but cannot be imported ({type(exc).__name__}: {exc}); "
             f"its backend {KUBERNETES_BACKEND_NAME!r} is not registered",
