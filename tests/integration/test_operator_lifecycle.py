@@ -326,7 +326,16 @@ def test_gpu_job_gets_gpu_resources_and_toleration(operator: Any, cluster: Any) 
     assert phase_is(cluster, "tiny", "Pending")["totalNodes"] == 2
 
 
-def test_examples_get_their_statefulsets(operator: Any, cluster: Any) -> None:
+@pytest.fixture
+def examples_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin policy the examples' comments ask for: the 2x8 Llama job names the priority class
+    training-high, which the default policy refuses (set before the operator starts)."""
+    from sft_operator.policy import ENV_POLICY
+
+    monkeypatch.setenv(ENV_POLICY, '{"allowedPriorityClasses": ["training-high"]}')
+
+
+def test_examples_get_their_statefulsets(examples_policy: None, operator: Any, cluster: Any) -> None:
     import pathlib
 
     import yaml
