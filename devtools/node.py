@@ -72,6 +72,9 @@ NODE_BINARIES = (SCHEDULER, KUBELET, PROXY)
 STOP_ORDER = (DNS, PROVISIONER, PROXY, KUBELET, SCHEDULER)
 
 
+UNIX_SOCKET_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
+
+
 class NodeError(RuntimeError):
     """A one-line reason, plus the log tail of the process to blame when there is one."""
 
@@ -255,6 +258,13 @@ class RealNode:
         for tool in ("iptables", "ip"):
             if not shutil.which(tool):
                 raise NodeError(f"no {tool} in PATH: apt-get install iptables iproute2")
+        # The kubelet binds unix sockets under its root dir (pod-resources/<10 digits>): a path
+        # past the kernel's 107 bytes makes it exit at start with only "bind: invalid argument".
+        socket_path = self.state_dir.resolve() / "kubelet" / "pod-resources" / ("0" * 10)
+        if len(os.fsencode(socket_path)) > UNIX_SOCKET_PATH_MAX:
+            raise NodeError(f"state dir {self.state_dir} is too deep: the kubelet's sockets under it "
+                            f"({socket_path}) would pass the {UNIX_SOCKET_PATH_MAX}-byte limit of a unix "
+                            f"socket path; use a shorter state dir")
         state = _read_state(self.state_dir)
         if state and any(_alive(state, n) for n in STOP_ORDER):
             raise NodeError(f"a real node already runs from {self.state_dir} (stop it: "

@@ -51,10 +51,11 @@ def operator_image() -> str:
     return images["SFT_OPERATOR_IMAGE"]
 
 
-def test_a_pod_reaches_the_api_after_the_control_plane_came_back_on_a_new_port(tmp_path: Path) -> None:
+def test_a_pod_reaches_the_api_after_the_control_plane_came_back_on_a_new_port(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
     image = operator_image()  # any local image with python; this one is built here
     address = host_ip()
-    state = tmp_path / "local"
+    state = tmp_path_factory.mktemp("up2")  # short: the kubelet's unix sockets live under it
     first = ControlPlane(state / "controlplane", advertise_address=address).start()
     try:
         old_port = int(first.server.rsplit(":", 1)[1])
@@ -101,8 +102,9 @@ def ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def test_operator_pods_cut_off_from_the_api_are_not_ready_within_30_s(tmp_path: Path) -> None:
-    stack = RealStack(tmp_path / "realstack", on_step=lambda msg: print(f"realstack: {msg}"))
+def test_operator_pods_cut_off_from_the_api_are_not_ready_within_30_s(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A short state dir: the kubelet's unix sockets live under it (107-byte limit).
+    stack = RealStack(tmp_path_factory.mktemp("rs"), on_step=lambda msg: print(f"realstack: {msg}"))
     rules: list[list[str]] = []
     try:
         stack.start()
