@@ -91,7 +91,10 @@ GPU_PLAN = Plan(
     # bf16 and non-deterministic CUDA kernels (atomics in backward): close, not bit-equal.
     loss_rel_tolerance=2e-2)
 DRY_RUN_PLAN = Plan(
-    device="cpu", nproc=1, sizes={}, num_samples=16, words_per_turn=14, num_epochs=2,
+    # 16 steps an epoch: the SIGTERM (sent once the metrics log shows a quarter of the last
+    # epoch) must land before the epoch ends; with 4 steps a loaded machine's CPU run finished
+    # the epoch first and the run completed instead of saving on demand.
+    device="cpu", nproc=1, sizes={}, num_samples=64, words_per_turn=14, num_epochs=2,
     effective_batch_size=4, max_seq_len=512, max_batch_len=2048, learning_rate=1e-3,
     run_timeout_s=600, loss_rel_tolerance=1e-3)
 
@@ -401,11 +404,13 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
     job_ckpt = work / "preempted"
     job_config = write_config(work / "preempted.json",
                               training_args(plan, model_dir, data_path, job_ckpt))
-    half = max(1, plan.steps_per_epoch // 2)
+    # A quarter in: the metrics log is read every 0.2 s, and the rest of the epoch must outlast
+    # that and the signal's way to the workers.
+    into = max(1, plan.steps_per_epoch // 4)
     run = start_launcher("preempted", plan, job_config, work, free_port())
     try:
-        run.wait_for(lambda: sum(s.epoch == plan.num_epochs - 1 for s in steps_of(job_ckpt)) >= half,
-                     f"{half} steps into epoch {plan.num_epochs}", plan.run_timeout_s)
+        run.wait_for(lambda: sum(s.epoch == plan.num_epochs - 1 for s in steps_of(job_ckpt)) >= into,
+                     f"{into} steps into epoch {plan.num_epochs}", plan.run_timeout_s)
         signalled = time.monotonic()
         run.process.send_signal(signal.SIGTERM)  # the kubelet: PID 1 only
         code = run.wait(plan.run_timeout_s)

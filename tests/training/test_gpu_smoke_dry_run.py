@@ -45,7 +45,7 @@ def test_gpu_smoke_dry_run_passes_on_cpu(tmp_path: Path) -> None:
     assert versions["collective_timeout"] == {"backend": "ProcessGroupGloo", "timeout_s": 1800.0}
     plan = result["plan"]
     runs = result["runs"]
-    assert runs["reference"]["steps"] == runs["bare"]["steps"] == 2 * 4  # 16 samples / 4, 2 epochs
+    assert runs["reference"]["steps"] == runs["bare"]["steps"] == 2 * 16  # 64 samples / 4, 2 epochs
     assert runs["preempted"]["full_state_bytes"] > 0 and runs["preempted"]["save_s"] > 0
     # fp32 weights, saved twice (instructlab-training prepares the model with accelerate twice,
     # and save_state writes each prepared model), and Adam's two fp32 moments: ~16 bytes/param,

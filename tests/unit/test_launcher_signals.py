@@ -4,6 +4,7 @@ raised Preempted instead of dying could hang data processing forever."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,20 @@ def test_sigquit_prints_where_the_launcher_is_and_it_goes_on() -> None:
         proc.kill()
         _, stderr = proc.communicate(timeout=10)
     assert "stuck_in_data_processing" in stderr, stderr[-2000:]
+
+
+def test_a_stop_that_reached_run_training_as_it_ended_is_seen_once_and_cleared(monkeypatch) -> None:
+    from pathlib import Path
+
+    from sft_trainer.launcher import stop_requested_during_training
+
+    trigger = Path("/dev/shm") / f"sft-test-trigger-{os.getpid()}"
+    monkeypatch.setenv("CHECKPOINT_TRIGGER_FILENAME", trigger.name)
+    assert stop_requested_during_training() is False
+    trigger.write_text("1")  # what run_training's handler writes on SIGTERM
+    try:
+        assert stop_requested_during_training() is True
+        assert not trigger.exists()
+        assert stop_requested_during_training() is False
+    finally:
+        trigger.unlink(missing_ok=True)

@@ -254,7 +254,23 @@ def run(env: Mapping[str, str]) -> int:
         note_exit(finished_note(marker))
     else:
         note_exit(f"finished: {num_epochs} epochs (node 0 wrote the completion marker)")
+    if stop_requested_during_training():
+        # The kubelet's SIGTERM reached run_training's handler after the workers' last check
+        # (training ended as the pod was stopped): idling would only hold the pod until SIGKILL.
+        log.info("termination signal as training finished: exiting")
+        return contract.EXIT_OK
     return idle("training finished")
+
+
+def stop_requested_during_training() -> bool:
+    """Whether run_training's signal handler wrote the on-demand trigger that no worker consumed
+    (it clears a stale one when it starts); the trigger is removed."""
+    from instructlab.training import on_demand_checkpoint
+
+    if not on_demand_checkpoint.trigger_file_exists():
+        return False
+    on_demand_checkpoint.remove_trigger_file()
+    return True
 
 
 def training_failure(error: BaseException, root: Path, node_rank: int) -> TrainingFailed:
