@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
 from sft_operator import contract, ownership
 from sft_operator.checkpoints import (
     CheckpointTree,
@@ -111,7 +113,15 @@ class VolumeReader:
             record, _ = ownership.read_owner_record(self.ckpt_dir)
             if not ownership.owned_by(record, self.job_uid):
                 return self._not_yet_owned()
-            adopted = ownership.adoption(record)
+            try:
+                adopted = ownership.adoption(record)
+            except ValidationError as exc:
+                # The owner record is the job's own writing: a value past the status schema's
+                # bounds costs the adoption summary, never the rest of the progress.
+                if "adoption" not in self._dropped_keys:
+                    self._dropped_keys.add("adoption")
+                    log.warning("left out of the summary: progress.adoption: %s",
+                                exc.errors()[0]["msg"] if exc.errors() else exc)
         self._read_metrics()
         checked = check_summary(summary_fields(
             scan_checkpoints(self.ckpt_dir),

@@ -292,3 +292,21 @@ def test_the_launchers_retention_keeps_what_the_lineage_did_not_write(tmp_path: 
     assert checkpoint_owner.retention_filter(tmp_path, bare) is None
     launcher.prune(tmp_path, 1, None)
     assert sorted(p.name for p in (tmp_path / "full_state").iterdir()) == ["epoch_4"]
+
+
+def test_an_owner_record_past_the_status_bounds_costs_only_the_adoption(tmp_path: Path, caplog) -> None:
+    """The owner record is the job's own writing: a previous owner's name past the status
+    schema's bound leaves the adoption out (said once), and the progress is still published."""
+    from sft_operator.reporter import VolumeReader
+
+    long_name = JobIdentity(uid="uid-old", namespace="ns", name="n" * 400, training_fields=FIELDS)
+    old = long_name.entry(Acquired.NEW, T0)
+    adopted = ownership.recorded(record(old), SAME, decide(record(old), ["sft-operator/COMPLETED"], SAME), T1)
+    ownership.write_owner_record(tmp_path, adopted)
+    reader = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=1, job_uid=SAME.uid)
+    with caplog.at_level("WARNING", logger="sft_operator.reporter"):
+        first, again = reader.read(), reader.read()
+    assert first == again and first.adoption is None
+    assert first.to_api()["epochDisplay"] == "1/1"
+    assert [r.getMessage().split(":")[0:2] for r in caplog.records] == [
+        ["left out of the summary", " progress.adoption"]]
