@@ -62,12 +62,33 @@ POD_STATE_MOUNT_PATH = "/run/sft-operator"
 
 # --- Container and volume names ---------------------------------------------------------------
 TRAINER_CONTAINER = "trainer"
+# The transfer sidecar (trainer image, ``python -m sft_trainer.transfer``): fetches the job's
+# remote sources once (pod 0), then exports complete checkpoints. The only container that sees
+# the credentials' Secrets.
+TRANSFER_CONTAINER = "transfer"
 CHECKPOINT_VOLUME = "checkpoints"
 CONFIG_VOLUME = "training-config"
 SHM_VOLUME = "dshm"
 POD_STATE_VOLUME = "pod-state"
 
 DEFAULT_RDZV_PORT = 29500
+
+# --- Remote sources and export (sources.py) --------------------------------------------------
+# The source cache: the checkpoint volume's root, or the claim spec.remote.cacheClaim names
+# (mounted here in the transfer and trainer containers).
+SOURCE_CACHE_DIR = ".sft-sources"
+SOURCE_CACHE_CLAIM_MOUNT_PATH = "/sft-source-cache"
+SOURCE_CACHE_VOLUME = "source-cache"
+# Transfer container only: where the credentials come from, by name, for messages such as
+# "the token in Secret hf-token cannot read org/x" (the values come through envFrom).
+ENV_HF_TOKEN_SECRET = "SFT_HF_TOKEN_SECRET"
+ENV_S3_SECRET = "SFT_S3_SECRET"
+# Hugging Face: huggingface_hub reads HF_TOKEN and HF_ENDPOINT itself.
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_HF_ENDPOINT = "HF_ENDPOINT"
+# S3: boto3 reads these itself (AWS_ENDPOINT_URL since botocore 1.31).
+ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL"
+ENV_S3_REGION = "AWS_REGION"
 
 # --- The progress ConfigMap (reporter -> operator) -------------------------------------------
 # The reporter patches its summary (progress.TrainingProgress as JSON) under this key of the
@@ -121,6 +142,13 @@ CONFIG_KEY_DATA_ATTEMPTS = "dataProcessingAttempts"
 CONFIG_KEY_JOB_UID = "jobUid"
 CONFIG_KEY_TRAINING_FIELDS = "trainingFields"
 CONFIG_KEY_ADOPT_EXISTING = "adoptExistingCheckpoints"
+# Remote sources (optional): [{"field": "spec.modelPath", "uri": <canonical>, "cacheKey": str,
+# "localPath": <where trainingArgs points>}, ...]; "sourceCacheRoot": the cache's path in the pod.
+# The transfer sidecar fetches them (pod 0); every launcher waits for each one's COMPLETE.json.
+CONFIG_KEY_SOURCES = "sources"
+CONFIG_KEY_SOURCE_CACHE_ROOT = "sourceCacheRoot"
+# Export (optional): {"uri": "s3://bucket/prefix", "fullStates": bool, "restore": bool}
+CONFIG_KEY_EXPORT = "export"
 
 
 def node_rank_from_pod_name(pod_name: str) -> int:
