@@ -79,6 +79,8 @@ DEFAULT_RDZV_PORT = 29500
 SOURCE_CACHE_DIR = ".sft-sources"
 SOURCE_CACHE_CLAIM_MOUNT_PATH = "/sft-source-cache"
 SOURCE_CACHE_VOLUME = "source-cache"
+# The transfer sidecar's scratch space (its root filesystem is read-only).
+TRANSFER_TMP_VOLUME = "transfer-tmp"
 # Transfer container only: where the credentials come from, by name, for messages such as
 # "the token in Secret hf-token cannot read org/x" (the values come through envFrom).
 ENV_HF_TOKEN_SECRET = "SFT_HF_TOKEN_SECRET"

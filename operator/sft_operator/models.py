@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
-from sft_operator import contract, pod_security
+from sft_operator import contract, pod_security, sources
 from sft_operator.progress import TrainingProgress
 from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
 from sft_operator.wire import ApiModel
@@ -52,10 +52,11 @@ COLLECTIVE_TIMEOUT_ENV = "INSTRUCTLAB_NCCL_TIMEOUT_MS"
 POSITIVE_INTEGER_PATTERN = r"^[0-9]*[1-9][0-9]*$"
 RESERVED_VOLUMES = frozenset(
     {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME,
-     pod_security.REPORTER_TOKEN_VOLUME}
+     pod_security.REPORTER_TOKEN_VOLUME, contract.SOURCE_CACHE_VOLUME, contract.TRANSFER_TMP_VOLUME}
 )
 RESERVED_MOUNT_PATHS = frozenset(
-    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH}
+    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH,
+     contract.SOURCE_CACHE_CLAIM_MOUNT_PATH}
 )
 
 
@@ -131,6 +132,74 @@ class CheckpointVolume(ApiModel):
         description="Continue from checkpoints another SFTJob with other training fields wrote in this directory "
         "(its owner record names it). Unset, such a job is refused (Failed, ConfigRejected, naming the directory and "
         "the other job); a job with the same training fields adopts them without it.",
+    )
+
+
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+EXPORT_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+
+
+class HuggingFaceAccess(ApiModel):
+    """How the transfer sidecar reaches Hugging Face for hf:// sources."""
+
+    token_secret: str | None = Field(
+        default=None, max_length=253, pattern=SECRET_NAME_PATTERN,
+        description=f"A Secret in the job's namespace whose key {contract.ENV_HF_TOKEN} holds a token (gated or private "
+        "repos). Seen only by the transfer sidecar. Unset: anonymous.",
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$",
+        description="The hub's address (a mirror, or a test server); unset: huggingface_hub's default.",
+    )
+
+
+class S3Access(ApiModel):
+    """How the transfer sidecar reaches S3-compatible storage for s3:// sources and the export."""
+
+    credentials_secret: str | None = Field(
+        default=None, max_length=253, pattern=SECRET_NAME_PATTERN,
+        description="A Secret in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional: "
+        "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION), seen only by the transfer sidecar. Unset: boto3's default "
+        "chain (public buckets, workload identity).",
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$",
+        description="An S3-compatible endpoint (MinIO, Ceph, ...). Unset: the Secret's AWS_ENDPOINT_URL if it has one, "
+        "else AWS.",
+    )
+    region: str | None = Field(
+        default=None, max_length=64, pattern=r"^[a-z0-9-]+$",
+        description="The region. Unset: the Secret's AWS_REGION if it has one, else boto3's default.",
+    )
+
+
+class RemoteAccess(ApiModel):
+    """Access to remote sources and the export target (docs/data.md)."""
+
+    hugging_face: HuggingFaceAccess | None = Field(default=None, description="For hf:// sources.")
+    s3: S3Access | None = Field(default=None, description="For s3:// sources and spec.export.")
+    cache_claim: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN,
+        description="An existing claim that caches fetched sources across jobs (every job naming it reuses what is "
+        "there); unset: the checkpoint volume's root caches them.",
+    )
+
+
+class ExportTarget(ApiModel):
+    """Where complete checkpoints are uploaded, off the training's critical path."""
+
+    uri: str = Field(
+        max_length=2048, pattern=EXPORT_URI_PATTERN,
+        description="s3://<bucket>[/<prefix>]: each complete hf_format checkpoint goes to <prefix>/hf_format/<name>/. "
+        "The job Succeeds once its final checkpoint is there. Deleting the job deletes nothing remote.",
+    )
+    full_states: bool = Field(
+        default=False, description="Also upload each complete full state (resumable training state; large)."
+    )
+    restore: bool = Field(
+        default=False,
+        description="When the checkpoint directory holds no full state, first download the newest exported one "
+        "(training_hub's checkpoint_storage). Needs fullStates.",
     )
 
 
@@ -344,6 +413,10 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "scheduling.gang",
     # Nor two queues: Kueue refuses a change of a running StatefulSet's queue-name label.
     "scheduling.queueName",
+    # Where sources come from and checkpoints go: fixed for the job's life (a fix of a credential
+    # is a change of the Secret's content, which takes effect at the next fetch).
+    "remote",
+    "export",
 )
 
 
@@ -358,6 +431,8 @@ PLACEMENT_FIELDS: tuple[str, ...] = (
     "checkpoints.path",
     "scheduling.gang",
     "scheduling.queueName",
+    "remote",
+    "export",
 )
 # The rest decide what training the checkpoints hold (model, data, hyperparameters, world size,
 # device): a checkpoint directory records their hash (ownership.py), and a job whose fields
@@ -380,8 +455,16 @@ class SFTJobSpec(ApiModel):
     """One supervised fine-tuning run with instructlab-training (training_hub sft() parameters)."""
 
     # --- training_hub sft() parameters --------------------------------------------------------
-    model_path: str = Field(min_length=1, description="Hugging Face model id, or a path on a mounted volume.")
-    data_path: str = Field(min_length=1, description="Training data (JSONL) path inside the pod.")
+    model_path: str = Field(
+        min_length=1, max_length=2048,
+        description="hf://<org>/<repo>[@<revision>] (or a bare Hugging Face id), s3://<bucket>/<prefix>, or an absolute "
+        "path in the pod. Remote models are fetched once per job onto the volume (docs/data.md).",
+    )
+    data_path: str = Field(
+        min_length=1, max_length=2048,
+        description="Training data (JSONL): hf://datasets/<org>/<repo>[@<revision>]/<file>, s3://<bucket>/<key>, "
+        "https://<host>/<path>, or an absolute path in the pod. Remote data is fetched once per job.",
+    )
     data_output_dir: str | None = Field(
         default=None, description="Where processed data goes; defaults to <checkpoint dir>/data."
     )
@@ -439,6 +522,10 @@ class SFTJobSpec(ApiModel):
 
     # --- operation ----------------------------------------------------------------------------
     checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
+    remote: RemoteAccess | None = Field(
+        default=None, description="Credentials and endpoints for hf:// and s3:// sources and the export; the cache."
+    )
+    export: ExportTarget | None = Field(default=None, description="Upload complete checkpoints to object storage.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
     scheduling: Scheduling | None = Field(default=None, description="Gang scheduling and the Kueue queue of the job's pods.")
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
@@ -500,9 +587,10 @@ class SFTJobSpec(ApiModel):
 
     def training_args(self) -> dict[str, Any]:
         """instructlab-training TrainingArgs kwargs, mapped from the spec as training_hub does."""
+        fetched = {field: path for field, _, path in self.fetched_sources()}
         args: dict[str, Any] = {
-            "model_path": self.model_path,
-            "data_path": self.data_path,
+            "model_path": fetched.get("spec.modelPath", self.model_path),
+            "data_path": fetched.get("spec.dataPath", self.data_path),
             "ckpt_output_dir": self.ckpt_output_dir,
             "data_output_dir": self.data_output_dir or posixpath.join(self.ckpt_output_dir, "data"),
             "num_epochs": self.num_epochs,
@@ -537,10 +625,50 @@ class SFTJobSpec(ApiModel):
         args.update(extra)
         return args
 
+    @property
+    def source_cache_root(self) -> str:
+        """Where fetched sources are cached, in the pod: the cache claim, or the checkpoint volume's
+        root (not the job's directory in it: jobs sharing a claim share the cache)."""
+        if self.remote is not None and self.remote.cache_claim is not None:
+            return contract.SOURCE_CACHE_CLAIM_MOUNT_PATH
+        return posixpath.join(contract.CHECKPOINT_MOUNT_PATH, contract.SOURCE_CACHE_DIR)
+
+    def fetched_sources(self) -> list[tuple[str, sources.Source, str]]:
+        """(spec path, source, where the trainer reads it) for modelPath/dataPath values that are
+        remote. Call on a validated spec (cross_field_problems refuses what does not parse)."""
+        fetched = []
+        for field, value, model in (("spec.modelPath", self.model_path, True), ("spec.dataPath", self.data_path, False)):
+            if sources.is_remote(value):
+                source = sources.parse_source(value, model=model)
+                fetched.append((field, source, source.local_path(self.source_cache_root)))
+        return fetched
+
+    @property
+    def needs_transfer(self) -> bool:
+        """Whether the pods carry the transfer sidecar (something to fetch, restore or export)."""
+        return bool(self.fetched_sources()) or self.export is not None
+
+    def transfer_config(self) -> dict[str, Any]:
+        """The training config's keys for the transfer sidecar and the launcher's wait."""
+        config: dict[str, Any] = {}
+        fetched = self.fetched_sources()
+        if fetched:
+            config[contract.CONFIG_KEY_SOURCES] = [
+                {"field": field, "uri": source.uri, "cacheKey": source.cache_key, "localPath": path}
+                for field, source, path in fetched
+            ]
+            config[contract.CONFIG_KEY_SOURCE_CACHE_ROOT] = self.source_cache_root
+        if self.export is not None:
+            config[contract.CONFIG_KEY_EXPORT] = {
+                "uri": self.export.uri, "fullStates": self.export.full_states, "restore": self.export.restore,
+            }
+        return config
+
     def training_config(self, job_name: str, namespace: str, job_uid: str = "") -> dict[str, Any]:
         """The launcher's config file (contract.CONFIG_FILE_NAME), as documented in contract.py."""
         uid = {contract.CONFIG_KEY_JOB_UID: job_uid} if job_uid else {}
         return {
+            **self.transfer_config(),
             **uid,
             contract.CONFIG_KEY_JOB_NAME: job_name,
             contract.CONFIG_KEY_NAMESPACE: namespace,
@@ -621,6 +749,19 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
                 "nnodes > 1 needs ReadWriteMany: every rank reads full_state/ when it resumes",
             )
         )
+    for field, value, model in (("spec.modelPath", spec.model_path, True), ("spec.dataPath", spec.data_path, False)):
+        if sources.is_remote(value):
+            try:
+                sources.parse_source(value, model=model)
+            except sources.SourceProblem as exc:
+                problems.append((field, str(exc)))
+    if spec.export is not None:
+        try:
+            sources.parse_export_uri(spec.export.uri)
+        except sources.SourceProblem as exc:
+            problems.append(("spec.export.uri", str(exc)))
+        if spec.export.restore and not spec.export.full_states:
+            problems.append(("spec.export.restore", "needs spec.export.fullStates: only exported full states can be restored"))
     if volume.path is not None and (volume.path.startswith("/") or ".." in volume.path.split("/")):
         problems.append(("spec.checkpoints.path", "must be a relative path inside the volume, without '..'"))
     for i, var in enumerate(spec.pod.env):

@@ -394,6 +394,82 @@ def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
     }
 
 
+TRANSFER_TMP_MOUNT_PATH = "/tmp"
+
+
+def _transfer_env(job: SFTJob) -> list[dict[str, Any]]:
+    """The transfer sidecar's env: endpoints by value, credentials only by reference to the
+    Secrets the spec names (their values never enter a manifest)."""
+    remote = job.spec.remote
+    hf = remote.hugging_face if remote is not None else None
+    s3 = remote.s3 if remote is not None else None
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
+        {"name": contract.ENV_TERMINATION_GRACE_SECONDS, "value": str(job.spec.pod.termination_grace_period_seconds)},
+        # huggingface_hub's cache and token lookups write under HOME (the root filesystem is read-only).
+        {"name": "HOME", "value": TRANSFER_TMP_MOUNT_PATH},
+    ]
+    if hf is not None and hf.endpoint is not None:
+        env.append({"name": contract.ENV_HF_ENDPOINT, "value": hf.endpoint})
+    if hf is not None and hf.token_secret is not None:
+        env += [
+            {"name": contract.ENV_HF_TOKEN_SECRET, "value": hf.token_secret},
+            {"name": contract.ENV_HF_TOKEN,
+             "valueFrom": {"secretKeyRef": {"name": hf.token_secret, "key": contract.ENV_HF_TOKEN}}},
+        ]
+    if s3 is not None and s3.endpoint is not None:
+        env.append({"name": contract.ENV_S3_ENDPOINT, "value": s3.endpoint})
+    if s3 is not None and s3.region is not None:
+        env.append({"name": contract.ENV_S3_REGION, "value": s3.region})
+    if s3 is not None and s3.credentials_secret is not None:
+        env.append({"name": contract.ENV_S3_SECRET, "value": s3.credentials_secret})
+        keys = [(key, False) for key in S3_SECRET_REQUIRED_KEYS] + [(key, True) for key in S3_SECRET_OPTIONAL_KEYS]
+        for key, optional in keys:
+            if (key == contract.ENV_S3_ENDPOINT and s3.endpoint is not None) or (
+                key == contract.ENV_S3_REGION and s3.region is not None
+            ):
+                continue  # the spec's value is used; one definition per name
+            ref: dict[str, Any] = {"name": s3.credentials_secret, "key": key}
+            if optional:
+                ref["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+S3_SECRET_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_SECRET_OPTIONAL_KEYS = ("AWS_SESSION_TOKEN", contract.ENV_S3_ENDPOINT, contract.ENV_S3_REGION)
+
+
+def _source_cache_mount(job: SFTJob, read_only: bool) -> list[dict[str, Any]]:
+    remote = job.spec.remote
+    if remote is None or remote.cache_claim is None:
+        return []  # the cache is on the checkpoint volume
+    return [{"name": contract.SOURCE_CACHE_VOLUME, "mountPath": contract.SOURCE_CACHE_CLAIM_MOUNT_PATH,
+             "readOnly": read_only}]
+
+
+def _transfer_container(job: SFTJob) -> dict[str, Any]:
+    """The transfer sidecar (trainer image): pod 0's fetches the remote sources once for every
+    rank, restores and exports checkpoints; the only container that sees the credentials."""
+    return {
+        "name": contract.TRANSFER_CONTAINER,
+        "image": job.spec.pod.image,
+        "imagePullPolicy": job.spec.pod.image_pull_policy,
+        "command": ["python", "-m", "sft_trainer.transfer"],
+        "env": _transfer_env(job),
+        "volumeMounts": [
+            {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH},
+            {"name": contract.CONFIG_VOLUME, "mountPath": contract.CONFIG_MOUNT_PATH, "readOnly": True},
+            *_source_cache_mount(job, read_only=False),
+            {"name": contract.TRANSFER_TMP_VOLUME, "mountPath": TRANSFER_TMP_MOUNT_PATH},
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": pod_security.container_security_context(read_only_root=True),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
     spec, pod = job.spec, job.spec.pod
     shm: dict[str, Any] = {"medium": "Memory"}
@@ -412,6 +488,7 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             {"name": contract.SHM_VOLUME, "mountPath": contract.SHM_MOUNT_PATH},
             *(mount.to_api() for mount in pod.volume_mounts),
             {"name": contract.POD_STATE_VOLUME, "mountPath": contract.POD_STATE_MOUNT_PATH},
+            *_source_cache_mount(job, read_only=True),
         ],
         # Not readOnlyRootFilesystem: the trainer's caches (HOME=/tmp) are on the root filesystem.
         "securityContext": pod_security.container_security_context(),
@@ -421,8 +498,15 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
     resources = _resources(job)
     if resources:
         container["resources"] = resources
+    transfer = [_transfer_container(job)] if spec.needs_transfer else []
+    cache_claim = spec.remote.cache_claim if spec.remote is not None else None
+    transfer_volumes: list[dict[str, Any]] = []
+    if transfer:
+        transfer_volumes.append({"name": contract.TRANSFER_TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}})
+    if cache_claim is not None:
+        transfer_volumes.append({"name": contract.SOURCE_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim}})
     pod_spec: dict[str, Any] = {
-        "containers": [container, _reporter_container(job, reporter_image)],
+        "containers": [container, _reporter_container(job, reporter_image), *transfer],
         "volumes": [
             {"name": contract.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim_name(job)}},
             {"name": contract.CONFIG_VOLUME, "configMap": {"name": configmap_name(job)}},
@@ -431,6 +515,7 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
             # Shared by trainer and reporter: the launcher's trainer-exited marker (a few bytes).
             {"name": contract.POD_STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             pod_security.reporter_token_volume(),
+            *transfer_volumes,
         ],
         "securityContext": pod_security.pod_security_context(pod.fs_group),
         "serviceAccountName": pod_service_account(job),

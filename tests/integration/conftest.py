@@ -57,7 +57,7 @@ def garbage_collection(control_plane: Any, api_client: Any, crd: str) -> None:
         contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
         {
             "apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name},
-            "spec": {"modelPath": "m", "dataPath": "d", "numEpochs": 1, "effectiveBatchSize": 1,
+            "spec": {"modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 1,
                      "learningRate": 1e-4, "maxSeqLen": 8, "checkpoints": {"existingClaim": "none"}},
         },
     )

@@ -152,6 +152,8 @@ CHANGES: dict[str, Any] = {
     "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
     "scheduling.gang": {"provider": "coscheduling"},
     "scheduling.queueName": "team-b",
+    "remote": {"s3": {"credentialsSecret": "other"}},
+    "export": {"uri": "s3://other-bucket/p"},
 }
 
 

@@ -184,7 +184,8 @@ def test_manifest_is_what_the_operator_accepts() -> None:
     spec = parse_spec(build(max_tokens_per_gpu=4096, keep_last_checkpoint_only=True)["spec"])
     args = spec.training_args()
     assert (args["model_path"], args["data_path"], args["ckpt_output_dir"]) == (
-        "Qwen/Qwen2.5-7B-Instruct",
+        # A Hugging Face id is fetched once by the transfer sidecar; the trainer reads the copy.
+        "/checkpoints/.sft-sources/Qwen-Qwen2.5-7B-Instruct-58ba5dd6b2cf/files",
         "/mnt/pvc/datasets/train.jsonl",
         "/checkpoints/run1",
     )

@@ -19,7 +19,7 @@ from sft_operator.status import derive_status
 NS, JOB, JOB_UID, STS_UID = "ns", "j", "uid-job", "uid-sts"
 KEY = (NS, JOB)
 T1, T2 = "2026-01-01T00:05:00Z", "2026-01-01T00:06:00Z"
-SPEC = {"modelPath": "m", "dataPath": "d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
+SPEC = {"modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
         "maxSeqLen": 64, "nnodes": 2, "checkpoints": {"existingClaim": "c"}, "maxRestarts": 0}
 JOB_BODY = {"apiVersion": contract.API_VERSION, "kind": contract.KIND,
             "metadata": {"namespace": NS, "name": JOB, "uid": JOB_UID}, "spec": SPEC}

@@ -60,7 +60,8 @@ def test_training_args_map_names_as_training_hub_does() -> None:
         )
     )
     assert spec.training_args() == {
-        "model_path": "Qwen/Qwen2.5-0.5B-Instruct",
+        # The Hugging Face id is fetched once onto the volume (sources.py); the trainer reads the copy.
+        "model_path": "/checkpoints/.sft-sources/Qwen-Qwen2.5-0.5B-Instruct-3e9c25eb1467/files",
         "data_path": "/data/train.jsonl",
         "ckpt_output_dir": "/checkpoints/runs/a",
         "data_output_dir": "/checkpoints/runs/a/data",
@@ -95,7 +96,7 @@ def test_max_batch_len_defaults_to_max_seq_len_and_ckpt_dir_to_the_mount() -> No
 
 
 def test_training_config_follows_the_contract() -> None:
-    config = parse_spec(minimal(fullStateRetention=2)).training_config("job", "ns")
+    config = parse_spec(minimal(fullStateRetention=2, modelPath="/models/m")).training_config("job", "ns")
     assert set(config) == {
         contract.CONFIG_KEY_JOB_NAME,
         contract.CONFIG_KEY_NAMESPACE,

@@ -44,6 +44,12 @@ SPECS: dict[str, dict[str, Any]] = {
     "gang-volcano-queued": {"scheduling": {"gang": {"provider": "volcano"}, "queueName": "team-a"}},
     "user-volumes": {"pod": USER_VOLUMES},
     "suspended": {"suspend": True},
+    "remote-sources-and-export": {
+        "modelPath": "hf://org/model@main", "dataPath": "s3://bkt/train.jsonl",
+        "remote": {"huggingFace": {"tokenSecret": "hf-token"}, "s3": {"credentialsSecret": "s3-creds"},
+                   "cacheClaim": "hub-cache"},
+        "export": {"uri": "s3://out/runs", "fullStates": True, "restore": True},
+    },
 }
 
 
@@ -179,3 +185,19 @@ def test_only_the_reporter_holds_a_token() -> None:
     mounted = {c["name"]: [m["mountPath"] for m in c["volumeMounts"] if m["name"] in token_volumes]
                for c in pod["containers"]}
     assert mounted == {contract.TRAINER_CONTAINER: [], "reporter": ["/var/run/secrets/kubernetes.io/serviceaccount"]}
+
+
+def test_only_the_transfer_sidecar_sees_the_credentials() -> None:
+    pod = pod_templates(job(**SPECS["remote-sources-and-export"]))[0]["spec"]
+    secrets = {c["name"]: sorted({(e["valueFrom"]["secretKeyRef"]["name"], e["name"]) for e in c.get("env", [])
+                                  if "secretKeyRef" in e.get("valueFrom", {})})
+               for c in pod["containers"]}
+    assert secrets == {
+        contract.TRAINER_CONTAINER: [],
+        "reporter": [],
+        contract.TRANSFER_CONTAINER: [
+            ("hf-token", "HF_TOKEN"), ("s3-creds", "AWS_ACCESS_KEY_ID"), ("s3-creds", "AWS_ENDPOINT_URL"),
+            ("s3-creds", "AWS_REGION"), ("s3-creds", "AWS_SECRET_ACCESS_KEY"), ("s3-creds", "AWS_SESSION_TOKEN"),
+        ],
+    }
+    assert not any("envFrom" in c for c in pod["containers"])

@@ -690,3 +690,54 @@ def test_queue_is_immutable_by_field_and_by_label() -> None:
     no_queue = render_statefulset(job())
     assert "kueue.x-k8s.io/queue-name" not in render_statefulset(
         job_as_accepted(job(scheduling={"queueName": "team-a"}), no_queue))["metadata"]["labels"]
+
+
+def test_remote_sources_add_the_transfer_sidecar_with_the_credentials_by_reference() -> None:
+    rendered = job(
+        modelPath="hf://org/model@main", dataPath="s3://bkt/d/train.jsonl",
+        remote={"huggingFace": {"tokenSecret": "hf-token", "endpoint": "http://hub.local:8080"},
+                "s3": {"credentialsSecret": "s3-creds", "endpoint": "http://s3.local:9000"}},
+        export={"uri": "s3://out/runs"},
+    )
+    pod = render_statefulset(rendered)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["trainer", "reporter", "transfer"]
+    transfer = pod["containers"][2]
+    assert transfer["command"] == ["python", "-m", "sft_trainer.transfer"]
+    assert transfer["image"] == pod["containers"][0]["image"]
+    assert transfer["env"][3:] == [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_ENDPOINT", "value": "http://hub.local:8080"},
+        {"name": "SFT_HF_TOKEN_SECRET", "value": "hf-token"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}},
+        {"name": "AWS_ENDPOINT_URL", "value": "http://s3.local:9000"},
+        {"name": "SFT_S3_SECRET", "value": "s3-creds"},
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
+        {"name": "AWS_SESSION_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}}},
+        # The spec names the endpoint: the Secret's AWS_ENDPOINT_URL is not referenced as well.
+        {"name": "AWS_REGION", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_REGION", "optional": True}}},
+    ]
+    assert transfer["volumeMounts"] == [
+        {"name": "checkpoints", "mountPath": "/checkpoints"},
+        {"name": "training-config", "mountPath": "/etc/sft", "readOnly": True},
+        {"name": "transfer-tmp", "mountPath": "/tmp"},
+    ]
+    assert transfer["securityContext"]["readOnlyRootFilesystem"] is True
+    config = json.loads(render_configmap(rendered)["data"]["training.json"])
+    assert config["trainingArgs"]["model_path"] == "/checkpoints/.sft-sources/org-model-main-876d9f0a51cc/files"
+    assert [s["field"] for s in config["sources"]] == ["spec.modelPath", "spec.dataPath"]
+
+
+def test_a_cache_claim_is_mounted_read_only_in_the_trainer() -> None:
+    pod = render_statefulset(job(modelPath="hf://org/model", remote={"cacheClaim": "hub-cache"}))["spec"]["template"]["spec"]
+    trainer, transfer = pod["containers"][0], pod["containers"][2]
+    assert {"name": "source-cache", "mountPath": "/sft-source-cache", "readOnly": True} in trainer["volumeMounts"]
+    assert {"name": "source-cache", "mountPath": "/sft-source-cache", "readOnly": False} in transfer["volumeMounts"]
+    assert {"name": "source-cache", "persistentVolumeClaim": {"claimName": "hub-cache"}} in pod["volumes"]
+
+
+def test_a_job_with_nothing_remote_has_no_transfer_sidecar() -> None:
+    pod = render_statefulset(job())["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["trainer", "reporter"]

@@ -33,7 +33,7 @@ def sts(nnodes: int = 2, suspend: bool = False) -> dict[str, Any]:
         {
             "metadata": {"name": "j", "namespace": "ns", "uid": "u"},
             "spec": {
-                "modelPath": "m", "dataPath": "d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
+                "modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
                 "maxSeqLen": 64, "nnodes": nnodes, "suspend": suspend, "checkpoints": {"existingClaim": "c"},
             },
         }
