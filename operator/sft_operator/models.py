@@ -882,6 +882,7 @@ class ConditionType(str, enum.Enum):
     FAILED = "Failed"
     CHECKPOINT_VOLUME = "CheckpointVolume"  # the checkpoint claim exists and can serve every node
     QUEUED = "Queued"  # a scheduling gate (a queue: Kueue) holds a pod back; present once it happened
+    EXPORTED = "Exported"  # spec.export: True once the final checkpoint is uploaded; False while pending or failing
 
 
 class Reason(str, enum.Enum):
@@ -905,6 +906,11 @@ class Reason(str, enum.Enum):
     CLAIM_NOT_READ_WRITE_MANY = "NotReadWriteMany"  # an existing claim a multi-node job cannot share
     SCHEDULING_GATED = "SchedulingGated"  # Queued True: waiting for the queue; the start-up timeout waits too
     NOT_GATED = "NotGated"  # Queued False: no gate holds a pod back (admitted, or suspended)
+    DOWNLOAD_FAILED = "DownloadFailed"  # a remote source cannot be fetched (missing, refused): a retry cannot help
+    DOWNLOAD_RETRYING = "DownloadRetrying"  # Ready False: a download failed and is retried
+    EXPORTED = "Exported"
+    EXPORT_PENDING = "ExportPending"  # training is over; the final checkpoint's upload is not done
+    EXPORT_FAILING = "ExportFailing"  # an upload failed and is retried with backoff
 
 
 # Failed for one of these is for good (scaled to 0, never restarted); Failed for InvalidSpec is not:
@@ -912,7 +918,7 @@ class Reason(str, enum.Enum):
 TRAINING_OVER_REASONS = frozenset(
     reason.value
     for reason in (Reason.TOO_MANY_RESTARTS, Reason.CONFIG_REJECTED, Reason.RENDEZVOUS_CONFLICT,
-                   Reason.DEADLINE_EXCEEDED, Reason.STARTUP_TIMEOUT)
+                   Reason.DEADLINE_EXCEEDED, Reason.STARTUP_TIMEOUT, Reason.DOWNLOAD_FAILED)
 )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from sft_operator.sources import DownloadState, TransferState
 from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
 from sft_operator.wire import MAX_API_INT, ApiModel, Count, DateTime, Finite, Flag, rfc3339
 from sft_operator.checkpoints import (
@@ -52,6 +53,7 @@ class _Api(ApiModel):
 
 
 class Stage(str, enum.Enum):
+    DOWNLOADING = "Downloading"  # the transfer sidecar fetches the remote sources (sources.py)
     INITIALIZING = "Initializing"  # pods starting, model loading
     PROCESSING_DATA = "ProcessingData"
     TRAINING = "Training"
@@ -90,6 +92,29 @@ class CheckpointAdoption(_Api):
                         "or Unrecorded (written before owners were recorded).")
     message: str = Field(max_length=1024)
     time: DateTime = Field(description="When it was adopted.")
+
+
+class SourceDownload(_Api):
+    """A remote source (spec.modelPath, spec.dataPath) and how far its one download is."""
+
+    field: str = Field(max_length=64, description="The spec field, e.g. spec.modelPath.")
+    source: str = Field(max_length=2048)
+    state: str = Field(max_length=32, description="Pending, Downloading, Done or Failed.")
+    bytes_done: Count = 0
+    bytes_total: Count | None = None
+    files: Count | None = None
+    revision: str | None = Field(default=None, max_length=200, description="The revision fetched (a commit for hf://).")
+    cached: Flag = Field(default=False, description="Found complete in the cache: nothing was fetched.")
+    error: str | None = Field(default=None, max_length=1024, description="The last failure (retried unless Failed).")
+
+
+class CheckpointExport(_Api):
+    """A complete checkpoint uploaded to spec.export.uri."""
+
+    checkpoint: str = Field(max_length=MAX_PATH_LENGTH, description="e.g. hf_format/samples_64")
+    uri: str = Field(max_length=2048)
+    bytes: Count = 0
+    time: DateTime
 
 
 class LossPoint(_Api):
@@ -133,6 +158,15 @@ class TrainingProgress(_Api):
     adoption: CheckpointAdoption | None = Field(
         default=None, description="Set when this job adopted another job's checkpoints: whose, and why."
     )
+    downloads: list[SourceDownload] | None = Field(
+        default=None, max_length=8, description="The job's remote sources: fetched once, before any rank trains."
+    )
+    exports: list[CheckpointExport] | None = Field(
+        default=None, max_length=MAX_CHECKPOINTS, description="Checkpoints uploaded to spec.export.uri, oldest first."
+    )
+    export_error: str | None = Field(
+        default=None, max_length=1024, description="The last export failure while it is retried (cleared on success)."
+    )
     loss_history: list[LossPoint] | None = Field(
         default=None,
         max_length=MAX_LOSS_HISTORY,
@@ -166,6 +200,7 @@ def summarize_progress(
     data_dir_exists: bool,
     loss_history: list[LossPoint] | None = None,
     adoption: CheckpointAdoption | None = None,
+    transfers: TransferState | None = None,
 ) -> TrainingProgress:
     """The progress a job's status shows, from one scan of its checkpoint volume.
 
@@ -177,7 +212,7 @@ def summarize_progress(
     """
     return check_summary(summary_fields(
         tree, num_epochs=num_epochs, last_step=last_step, last_totals=last_totals, runs=runs,
-        data_dir_exists=data_dir_exists, loss_history=loss_history, adoption=adoption,
+        data_dir_exists=data_dir_exists, loss_history=loss_history, adoption=adoption, transfers=transfers,
     )).value or TrainingProgress()
 
 
@@ -191,6 +226,7 @@ def summary_fields(
     data_dir_exists: bool,
     loss_history: list[LossPoint] | None = None,
     adoption: CheckpointAdoption | None = None,
+    transfers: TransferState | None = None,
 ) -> dict[str, Any]:
     """summarize_progress's summary as unchecked fields (snake_case names)."""
     samples_per_epoch = (last_totals.total_samples if last_totals else None) or tree.samples_per_epoch
@@ -232,6 +268,8 @@ def summary_fields(
         stage = Stage.COMPLETED
         epoch = num_epochs
         samples_seen = max(samples_seen, tree.completion.samples_seen)
+    elif transfers is not None and any(d.state is not DownloadState.DONE for d in transfers.downloads):
+        stage = Stage.DOWNLOADING
     elif tree.incomplete_full_states or any(not c.complete for c in tree.hf_checkpoints):
         stage = Stage.SAVING
     elif tree.data_ready is None:
@@ -280,8 +318,23 @@ def summary_fields(
         "resumable": full_info is not None,
         "last_update_time": max(times) if times else None,
         "adoption": adoption.model_dump() if adoption is not None else None,
+        **_transfer_fields(transfers),
         "loss_history": [point.model_dump() for point in loss_history] if loss_history else None,
     }
+
+
+def _transfer_fields(transfers: TransferState | None) -> dict[str, Any]:
+    """The transfer sidecar's report (sources.py) as summary fields."""
+    if transfers is None:
+        return {}
+    downloads = [
+        {"field": d.field, "source": d.source, "state": d.state.value, "bytes_done": d.bytes_done,
+         "bytes_total": d.bytes_total, "files": d.files, "revision": d.revision, "cached": d.cached, "error": d.error}
+        for d in transfers.downloads
+    ]
+    exports = [{"checkpoint": e.checkpoint, "uri": e.uri, "bytes": e.bytes, "time": e.exported_at}
+               for e in transfers.exports[-MAX_CHECKPOINTS:]]
+    return {"downloads": downloads or None, "exports": exports or None, "export_error": transfers.export_error}
 
 
 def check_summary(fields: dict[str, Any]) -> Checked[TrainingProgress]:

@@ -165,6 +165,13 @@ def spec_int(spec: dict[str, Any], field: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else info.default
 
 
+def spec_export_uri(spec: dict[str, Any]) -> str | None:
+    """spec.export.uri as the body has it (None when unset or not a string)."""
+    export = spec.get("export")
+    uri = export.get("uri") if isinstance(export, dict) else None
+    return uri if isinstance(uri, str) else None
+
+
 def update_status(
     kube: Kube,
     book: JobStatusBook,
@@ -200,6 +207,7 @@ def update_status(
         startup_timeout_s=spec_int(spec, "startup_timeout_seconds"),
         stall=stall,
         stall_timeout_s=spec_int(spec, "stall_timeout_seconds"),
+        export_uri=spec_export_uri(spec),
     )
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:

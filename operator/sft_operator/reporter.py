@@ -45,6 +45,7 @@ from sft_operator.checkpoints import (
     read_run_records,
     scan_checkpoints,
 )
+from sft_operator.sources import read_transfer_state
 from sft_operator.progress import LossHistory, TrainingProgress, check_summary, summarize_progress, summary_fields
 
 log = logging.getLogger("sft_operator.reporter")
@@ -59,7 +60,7 @@ SHUTDOWN_MARGIN_S = 5.0
 DRAIN_INTERVAL_S = 1.0
 FINAL_PUBLISH_ATTEMPTS = 3
 # Fields whose change is a milestone a user waits for: published without delay.
-MILESTONE_FIELDS = ("stage", "epoch", "checkpoints", "latest_full_state", "num_epochs")
+MILESTONE_FIELDS = ("stage", "epoch", "checkpoints", "latest_full_state", "num_epochs", "exports", "export_error")
 
 
 @dataclass
@@ -123,6 +124,13 @@ class VolumeReader:
                     log.warning("left out of the summary: progress.adoption: %s",
                                 exc.errors()[0]["msg"] if exc.errors() else exc)
         self._read_metrics()
+        transfers = None
+        try:
+            transfers = read_transfer_state(self.ckpt_dir)
+        except ValueError as exc:
+            if "transfers" not in self._dropped_keys:
+                self._dropped_keys.add("transfers")
+                log.warning("left out of the summary: downloads and exports: %s", exc)
         checked = check_summary(summary_fields(
             scan_checkpoints(self.ckpt_dir),
             num_epochs=self.num_epochs,
@@ -132,6 +140,7 @@ class VolumeReader:
             data_dir_exists=self.data_dir.is_dir(),
             loss_history=self._history.points(),
             adoption=adopted,
+            transfers=transfers,
         ))
         for dropped in checked.dropped:
             if dropped.key not in self._dropped_keys:
@@ -150,7 +159,10 @@ class VolumeReader:
 
 def milestone_view(progress: TrainingProgress) -> dict[str, Any]:
     dumped = progress.model_dump(mode="json")
-    return {name: dumped[name] for name in MILESTONE_FIELDS}
+    view = {name: dumped[name] for name in MILESTONE_FIELDS}
+    # A download's state and error are milestones; its byte count is rate limited like steps.
+    view["downloads"] = [(d["field"], d["state"], d["error"]) for d in dumped["downloads"] or []]
+    return view
 
 
 def should_publish(

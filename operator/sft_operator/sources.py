@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import posixpath
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sft_operator.wire import MAX_API_INT
 
@@ -273,3 +275,24 @@ class TransferState(_Record):
     export_error: str | None = Field(default=None, alias="exportError", max_length=1024)
     export_attempts: int = Field(default=0, alias="exportAttempts", ge=0, le=MAX_API_INT)
     updated_at: str | None = Field(default=None, alias="updatedAt", max_length=64)
+
+
+# A report larger than this is not the sidecar's (8 sources and 1000 exports fit in far less).
+MAX_TRANSFER_STATE_BYTES = 4 << 20
+
+
+def read_transfer_state(ckpt_dir: Path) -> TransferState | None:
+    """TRANSFERS.json under the checkpoint directory, or None when absent. The volume is the
+    job's own: a report that is not valid raises ValueError (the caller says so once)."""
+    path = ckpt_dir / TRANSFER_STATE_FILE
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_TRANSFER_STATE_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if len(raw) > MAX_TRANSFER_STATE_BYTES:
+        raise ValueError(f"{TRANSFER_STATE_FILE} is larger than {MAX_TRANSFER_STATE_BYTES} bytes")
+    try:
+        return TransferState.model_validate(json.loads(raw))
+    except (ValueError, RecursionError, ValidationError) as exc:
+        raise ValueError(f"{TRANSFER_STATE_FILE} is not a transfer report: {str(exc)[:200]}") from None

@@ -26,7 +26,8 @@ from sft_operator.models import (
     RestartBackoff,
     SFTJobStatus,
 )
-from sft_operator.progress import Stage, TrainingProgress
+from sft_operator.checkpoints import HF_FORMAT_DIR
+from sft_operator.progress import CheckpointExport, Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 from sft_operator.wire import parse_rfc3339, rfc3339
 
@@ -94,11 +95,12 @@ def _trainer_down(pod: dict[str, Any]) -> bool:
     return False
 
 
-def _trainer_terminations(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trainer container's terminations the pod still shows (current state, then last)."""
+def _trainer_terminations(pod: dict[str, Any], container: str = contract.TRAINER_CONTAINER) -> list[dict[str, Any]]:
+    """A container's terminations the pod still shows (current state, then last): the trainer's
+    unless told otherwise."""
     found = []
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") != contract.TRAINER_CONTAINER:
+        if status.get("name") != container:
             continue
         for state in (status.get("state"), status.get("lastState")):
             terminated = (state or {}).get("terminated")
@@ -191,14 +193,16 @@ class Termination:
         return f"{text}: {self.message.strip()}" if self.message.strip() else text
 
 
-def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool = False) -> Termination | None:
+def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool = False,
+                             container: str = contract.TRAINER_CONTAINER) -> Termination | None:
     """The newest termination of a trainer container across the pods (current or last state);
-    with ``failures_only``, the newest that lost work (not a preemption, not exit 0)."""
+    with ``failures_only``, the newest that lost work (not a preemption, not exit 0).
+    ``container``: another container's (the transfer sidecar's)."""
     latest: Termination | None = None
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "")
         deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-        for terminated in _trainer_terminations(pod):
+        for terminated in _trainer_terminations(pod, container):
             candidate = Termination(
                 pod=name,
                 exit_code=int(terminated.get("exitCode") or 0),
@@ -270,14 +274,25 @@ def training_verdict(
     pods: list[dict[str, Any]],
     restarts: int,
     max_restarts: int | None,
+    export_uri: str | None = None,
 ) -> tuple[Phase, Reason, str] | None:
     """Whether training is over, from the volume (completion) and the trainer's exits: the
-    phase, reason and message it ends with, or None while it goes on."""
+    phase, reason and message it ends with, or None while it goes on. With ``export_uri`` the
+    job Succeeds only once its final checkpoint is exported there."""
     if progress is not None and progress.stage is Stage.COMPLETED:
         message = f"trained {progress.num_epochs} epochs"
         if progress.latest_checkpoint:
             message += f"; final checkpoint hf_format/{progress.latest_checkpoint}"
+        if export_uri is not None:
+            final = final_export(progress)
+            if final is None:
+                return None  # the transfer sidecar still uploads it (condition Exported says how it goes)
+            message += f", exported to {final.uri}"
         return Phase.SUCCEEDED, Reason.TRAINING_COMPLETED, message
+    fetch = last_trainer_termination(pods, container=contract.TRANSFER_CONTAINER)
+    if fetch is not None and fetch.exit_code == contract.EXIT_BAD_CONFIG:
+        # The transfer sidecar's one line names the field and the source.
+        return Phase.FAILED, Reason.DOWNLOAD_FAILED, fetch.message.strip() or fetch.describe()
     termination = last_trainer_termination(pods)
     if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
         return (Phase.FAILED, Reason.CONFIG_REJECTED,
@@ -289,6 +304,40 @@ def training_verdict(
         if failure is not None and failure.exit_code == contract.EXIT_RENDEZVOUS_CONFLICT:
             return Phase.FAILED, Reason.RENDEZVOUS_CONFLICT, f"{RENDEZVOUS_CONFLICT_MESSAGE}; {counted}; last: {last}"
         return Phase.FAILED, Reason.TOO_MANY_RESTARTS, f"{counted}; last: {last}"
+    return None
+
+
+def final_export(progress: TrainingProgress) -> CheckpointExport | None:
+    """The export of the job's final checkpoint (its newest hf_format one), once uploaded."""
+    if not progress.latest_checkpoint:
+        return None
+    wanted = f"{HF_FORMAT_DIR}/{progress.latest_checkpoint}"
+    return next((e for e in progress.exports or [] if e.checkpoint == wanted), None)
+
+
+def exported_condition(progress: TrainingProgress | None) -> tuple[bool, Reason, str] | None:
+    """Condition Exported (spec.export): None until there is something to say."""
+    if progress is None:
+        return None
+    exports = progress.exports or []
+    if progress.stage is Stage.COMPLETED and final_export(progress) is not None:
+        final = final_export(progress)
+        assert final is not None
+        return True, Reason.EXPORTED, f"{len(exports)} checkpoint(s) exported; final: {final.uri}"
+    if progress.export_error:
+        return False, Reason.EXPORT_FAILING, f"retrying with backoff: {progress.export_error}"
+    if progress.stage is Stage.COMPLETED:
+        return False, Reason.EXPORT_PENDING, f"training is over; uploading the final checkpoint hf_format/{progress.latest_checkpoint}"
+    if exports:
+        return False, Reason.EXPORT_PENDING, f"{len(exports)} checkpoint(s) exported; newest: {exports[-1].uri}"
+    return None
+
+
+def download_retry(progress: TrainingProgress | None) -> str | None:
+    """A remote source whose download failed and is being retried: the Ready message."""
+    for download in (progress.downloads or []) if progress is not None else []:
+        if download.error and download.state not in ("Done", "Failed"):
+            return f"{download.field} ({download.source}): {download.error}; retrying"
     return None
 
 
@@ -348,7 +397,10 @@ def _live(
         generation,
     )
     conflict = rendezvous_conflict(pods) if phase is Phase.PENDING and statefulset is not None else None
-    if phase is Phase.RUNNING:
+    retrying = download_retry(facts["progress"]) if phase is Phase.RUNNING else None
+    if retrying is not None:
+        ready_reason, ready_message = Reason.DOWNLOAD_RETRYING.value, f"{ready}/{nnodes} pods running; {retrying}"
+    elif phase is Phase.RUNNING:
         ready_reason, ready_message = Reason.ALL_NODES_RUNNING.value, f"{ready}/{nnodes} pods running"
     elif suspended:
         ready_reason, ready_message = Reason.SUSPENDED.value, "suspended"
@@ -361,7 +413,8 @@ def _live(
         if blocker is not None:
             ready_message += f"; waiting for {blocker}"
     conditions = set_condition(
-        conditions, ConditionType.READY.value, phase is Phase.RUNNING, ready_reason, ready_message, now, generation
+        conditions, ConditionType.READY.value, phase is Phase.RUNNING and retrying is None, ready_reason, ready_message,
+        now, generation,
     )
     gated = gated_pod(pods, nnodes) if statefulset is not None and not suspended else None
     if gated is not None or any(c.type == ConditionType.QUEUED.value for c in conditions):
@@ -615,6 +668,7 @@ def derive_status(
     startup_timeout_s: int | None = None,
     stall: str | None = None,
     stall_timeout_s: int | None = None,
+    export_uri: str | None = None,
 ) -> SFTJobStatus:
     """The job's status from what exists.
 
@@ -653,8 +707,13 @@ def derive_status(
         # For good: only the facts move. observedGeneration follows the spec (a later change was
         # seen, and refused or changing nothing); GitOps health checks wait for it.
         return current.model_copy(update={**facts, "conditions": conditions})
+    if export_uri is not None:
+        exported = exported_condition(facts["progress"])
+        if exported is not None:
+            conditions = set_condition(conditions, ConditionType.EXPORTED.value, exported[0], exported[1].value,
+                                       exported[2], now, generation)
     verdict = training_verdict(facts["progress"], pods if statefulset is not None else [], facts["restarts"],
-                               max_restarts)
+                               max_restarts, export_uri)
     if verdict is not None:
         phase, reason, message = verdict
         return _finished(current, conditions, facts, phase=phase, reason=reason, message=message, now=now,

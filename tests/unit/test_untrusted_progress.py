@@ -83,7 +83,7 @@ def test_strings_for_numbers_and_other_wrong_types_are_dropped() -> None:
     del expected["lastLoss"], expected["latestFullState"]
     assert value == expected
     assert [(key, problem) for key, _, problem, _, _ in problems] == [
-        ("stage", "Input should be 'Initializing', 'ProcessingData', 'Training', 'Saving' or 'Completed'"),
+        ("stage", "Input should be 'Downloading', 'Initializing', 'ProcessingData', 'Training', 'Saving' or 'Completed'"),
         ("epoch", "Input should be a valid integer"),
         ("percent", "Input should be a valid integer"),
         ("lastLoss", "Input should be a valid string"),
