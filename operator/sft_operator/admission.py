@@ -56,6 +56,7 @@ class Permission:
     resource: str
     why: str
     group: str = ""
+    name: str = ""  # one object (a Secret), or every object of the resource when empty
 
 
 def required_permissions(spec: SFTJobSpec) -> list[Permission]:
@@ -64,6 +65,18 @@ def required_permissions(spec: SFTJobSpec) -> list[Permission]:
     if spec.checkpoints.claim is not None:
         needed.append(Permission("create", "persistentvolumeclaims",
                                  "spec.checkpoints.claim makes the operator create a claim on your behalf"))
+    # A Secret the transfer sidecar uses is read on the user's behalf: a user who may create pods
+    # could mount any Secret anyway, but a permission to read it is asked for explicitly, so that
+    # credentials reach only jobs of the users allowed to read them.
+    remote = spec.remote
+    secrets = [
+        ("spec.remote.huggingFace.tokenSecret", remote.hugging_face.token_secret if remote and remote.hugging_face else None),
+        ("spec.remote.s3.credentialsSecret", remote.s3.credentials_secret if remote and remote.s3 else None),
+    ]
+    for field, name in secrets:
+        if name is not None:
+            needed.append(Permission("get", "secrets", f"{field} makes the job use Secret {name}'s credentials on "
+                                                       "your behalf", name=name))
     return needed
 
 
@@ -73,7 +86,7 @@ def access_review(userinfo: Mapping[str, Any], namespace: str, permission: Permi
     spec: dict[str, Any] = {
         "resourceAttributes": {
             "namespace": namespace, "verb": permission.verb, "group": permission.group,
-            "resource": permission.resource,
+            "resource": permission.resource, **({"name": permission.name} if permission.name else {}),
         },
         "user": userinfo.get("username") or "",
         "groups": list(userinfo.get("groups") or []),
@@ -91,7 +104,8 @@ def access_review(userinfo: Mapping[str, Any], namespace: str, permission: Permi
 
 
 def refusal_message(userinfo: Mapping[str, Any], namespace: str, permission: Permission) -> str:
-    return (f"user {userinfo.get('username') or '(unknown)'} may not {permission.verb} {permission.resource} "
+    what = f"{permission.resource}/{permission.name}" if permission.name else permission.resource
+    return (f"user {userinfo.get('username') or '(unknown)'} may not {permission.verb} {what} "
             f"in namespace {namespace}: {permission.why}")
 
 

@@ -14,7 +14,7 @@ from sft_operator.admission import Permission, Refusal, access_review, review
 from sft_operator.policy import AdmissionPolicy
 
 SPEC: dict[str, Any] = {
-    "modelPath": "m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 8,
+    "modelPath": "/models/m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 8,
     "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"claim": {"size": "1Gi"}},
 }
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"],
@@ -87,6 +87,21 @@ def test_create_refused_without_pods_naming_the_permission() -> None:
     assert (refused.message, refused.code) == (
         "user alice may not create persistentvolumeclaims in namespace team-a: spec.checkpoints.claim makes the "
         "operator create a claim on your behalf", 403)
+
+
+def test_named_secrets_need_the_requesters_read_permission_on_each() -> None:
+    remote = {"huggingFace": {"tokenSecret": "hf-token"}, "s3": {"credentialsSecret": "s3-creds"}}
+    authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"), ("get", "secrets"))
+    review("CREATE", job(modelPath="hf://org/x", remote=remote), None, ALICE, AdmissionPolicy(), authorizer)
+    assert [b["spec"]["resourceAttributes"] for b in authorizer.asked][2:] == [
+        {"namespace": "team-a", "verb": "get", "group": "", "resource": "secrets", "name": "hf-token"},
+        {"namespace": "team-a", "verb": "get", "group": "", "resource": "secrets", "name": "s3-creds"},
+    ]
+    refused = refusal("CREATE", job(modelPath="hf://org/x", remote=remote), None, ALICE, AdmissionPolicy(),
+                      Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    assert (refused.message, refused.code) == (
+        "user alice may not get secrets/hf-token in namespace team-a: spec.remote.huggingFace.tokenSecret makes "
+        "the job use Secret hf-token's credentials on your behalf", 403)
 
 
 def test_invalid_spec_refused_with_the_operators_messages() -> None:
