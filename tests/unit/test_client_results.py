@@ -210,3 +210,22 @@ def test_disabled_display_prints_nothing() -> None:
         display.note("x")
         display.update(job({"phase": "Running"}))
     assert out.getvalue() == ""
+
+
+def test_downloads_and_exports_are_progress_facts() -> None:
+    from sft_operator.api.results import format_bytes
+
+    reported = {
+        "stage": "Downloading", "epoch": 0, "numEpochs": 3, "samplesSeen": 0, "percent": 0,
+        "downloads": [
+            {"field": "spec.modelPath", "source": "hf://org/x", "state": "Downloading", "bytesDone": 1_234_567_890,
+             "bytesTotal": 3_400_000_000},
+            {"field": "spec.dataPath", "source": "s3://b/t.jsonl", "state": "Done", "bytesDone": 10, "bytesTotal": 10},
+        ],
+        "exports": [{"checkpoint": "hf_format/samples_8", "uri": "s3://out/hf_format/samples_8", "bytes": 1, "time": T}],
+    }
+    view = view_job(job({"phase": "Running", "progress": reported}))
+    assert progress_facts(view, percent=False)[:2] == ["Downloading", "spec.modelPath 1.2 GB/3.4 GB"]
+    assert progress_facts(view)[-1] == "exported 1 (latest s3://out/hf_format/samples_8)"
+    assert [format_bytes(n) for n in (0, 999, 1000, 1_500_000, 7 * 10**12, 10**16)] == [
+        "0 B", "999 B", "1.0 kB", "1.5 MB", "7.0 TB", "10000.0 TB"]

@@ -25,6 +25,7 @@ def progress_facts(view: JobView, *, percent: bool = True) -> list[str]:
     facts = []
     if view.stage:
         facts.append(view.stage)
+    facts.extend(view.downloading)
     if view.epoch is not None:
         facts.append(f"epoch {epoch_text(view)}")
     if view.samples is not None:
@@ -39,6 +40,8 @@ def progress_facts(view: JobView, *, percent: bool = True) -> list[str]:
         facts.append(f"eta {view.eta}")
     if view.checkpoints:
         facts.append(f"checkpoints {len(view.checkpoints)} (latest {view.checkpoints[-1].name})")
+    if view.exports:
+        facts.append(f"exported {len(view.exports)} (latest {view.exports[-1]})")
     if view.reason:
         facts.append(f"reason {view.reason}: {view.message or ''}".rstrip(": "))
     return facts

@@ -61,6 +61,10 @@ class JobView:
     resumes_from: str | None = None  # the newest complete full_state, relative to the checkpoint directory
     created: str | None = None
     ready_nodes: int = 0
+    # The remote sources still being fetched: "spec.modelPath 1.2 GB/3.4 GB", one per source.
+    downloading: tuple[str, ...] = ()
+    # The remote URIs of the exported checkpoints, oldest first (spec.export).
+    exports: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -191,7 +195,22 @@ def view_job(job: dict[str, Any]) -> JobView:
         resumes_from=None if full_state is None else full_state.path,
         created=metadata.get("creationTimestamp"),
         ready_nodes=status.ready_nodes,
+        downloading=tuple(
+            f"{d.field} {format_bytes(d.bytes_done)}" + (f"/{format_bytes(d.bytes_total)}" if d.bytes_total else "")
+            for d in (_reported(progress, "downloads") or []) if d.state != "Done"
+        ),
+        exports=tuple(e.uri for e in (_reported(progress, "exports") or [])),
     )
+
+
+def format_bytes(count: int) -> str:
+    """1234567 -> 1.2 MB (decimal units, as object stores and the hub show sizes)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
 
 
 @dataclass(frozen=True)
