@@ -375,11 +375,17 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     extra_volumes: list[dict[str, Any]] = []
     extra_mounts: list[dict[str, Any]] = []
     pod_paths = {param: str(given[param]) for param in POD_PATH_PARAMS if param in given}
+    unplaced_paths: set[str] = set()
     try:
         placed = place_pod_paths(pod_paths, placement)
     except PathProblems as found:
         for problem in found.problems:
             problems.append(ParameterProblem(problem.param, f"spec.{SPEC_ALIAS[problem.param]}", problem.message))
+        # The other paths were not placed either: the operator's validation below would judge them
+        # as written (pvc://...), not as the pods would see them.
+        for param in pod_paths:
+            given.pop(param, None)
+            unplaced_paths.add(param)
     else:
         given.update(placed.values)
         extra_volumes, extra_mounts = placed.volumes, placed.volume_mounts
@@ -449,7 +455,7 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
             param = param_for_spec_path(path)
             if param in ("queue_name", "gang") and param not in scheduling_params:
                 param = "scheduling"  # set through scheduling={...}
-            if param not in refused:
+            if param not in refused and param not in unplaced_paths:
                 problems.append(ParameterProblem(param, path, message))
     if problems:
         raise SFTParameterError(problems)
