@@ -1,0 +1,3 @@
+from sft_trainer.transfer.main import main
+
+raise SystemExit(main())
