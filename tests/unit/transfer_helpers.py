@@ -48,6 +48,7 @@ class Sidecar:
         full_env.update({"PYTHONPATH": PYTHONPATH, contract.ENV_POD_NAME: pod, contract.ENV_CONFIG_PATH: str(config),
                          contract.ENV_TERMINATION_LOG: str(self.termination_log), "HOME": str(tmp / "home")})
         full_env.update(env)
+        self.started_ns = time.time_ns()
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "sft_trainer.transfer"], env=full_env,
                                      stdout=self._stderr, stderr=subprocess.STDOUT)
@@ -65,12 +66,19 @@ class Sidecar:
         while time.monotonic() < deadline:
             state = self.state()
             downloads = state.get("downloads") or []
-            if downloads and all(d["state"] == "Done" for d in downloads):
+            if downloads and all(d["state"] == "Done" for d in downloads) and self._written_since_start():
                 return state
             if self.proc.poll() is not None:
                 raise AssertionError(f"sidecar exited {self.proc.returncode}: {self.output()[-3000:]}")
             time.sleep(0.1)
         raise AssertionError(f"not done in {timeout}s: {self.state()} {self.output()[-3000:]}")
+
+    def _written_since_start(self) -> bool:
+        """An earlier run's report in the same directory does not count."""
+        try:
+            return (self.tmp / "ckpt" / sources.TRANSFER_STATE_FILE).stat().st_mtime_ns >= self.started_ns
+        except OSError:
+            return False
 
     def wait_exit(self, timeout: float = 60) -> int:
         try:
