@@ -48,6 +48,11 @@ class LauncherConfig(BaseModel):
     training_fields: dict[str, Any] = Field(default_factory=dict, alias=contract.CONFIG_KEY_TRAINING_FIELDS)
     adopt_existing_checkpoints: bool = Field(default=False, alias=contract.CONFIG_KEY_ADOPT_EXISTING)
     training_args: dict[str, Any] = Field(alias=contract.CONFIG_KEY_TRAINING_ARGS)
+    # Remote sources and the export: the transfer sidecar's (transfer/config.py checks them); the
+    # launcher only waits for them (transfer_wait).
+    sources: list[Any] = Field(default_factory=list, alias=contract.CONFIG_KEY_SOURCES)
+    source_cache_root: str | None = Field(default=None, alias=contract.CONFIG_KEY_SOURCE_CACHE_ROOT)
+    export: dict[str, Any] | None = Field(default=None, alias=contract.CONFIG_KEY_EXPORT)
 
 
 def _field_name(prefix: str, loc: tuple) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from sft_operator import checkpoints, contract
 
 from . import (checkpoint_owner, collective_timeout, data_once, launch_config, outcome, resume,
-               termination)
+               termination, transfer_wait)
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
 from .pod_state import trainer_started
 from .rendezvous import (announce_rendezvous_id, check_port_free, verify_rendezvous_id,
@@ -144,6 +144,7 @@ def write_completion(root: Path, num_epochs: int) -> checkpoints.CompletionMarke
 
 
 def run(env: Mapping[str, str]) -> int:
+    global _handler_pid
     trainer_started(env)  # the reporter waits for this process's exit before its last publish
     device = env.get(contract.ENV_DEVICE, "cuda") or "cuda"
     if device not in DEVICES:
@@ -152,6 +153,13 @@ def run(env: Mapping[str, str]) -> int:
     topology = topology_from_env(env)
     config = launch_config.load_config(Path(env.get(contract.ENV_CONFIG_PATH)
                                             or contract.CONFIG_PATH))
+    if config.sources or (config.export or {}).get("restore"):
+        # Before anything reads the model, the data or the checkpoint directory: the transfer
+        # sidecar fetches them (pod 0) and restores an exported full state (transfer_wait).
+        _handler_pid = os.getpid()
+        for sig in TERMINATION_SIGNALS:
+            signal.signal(sig, _raise_preempted)
+        transfer_wait.wait_for_transfers(config.model_dump(by_alias=True))
     training_args = launch_config.build_training_args(config, cpu=cpu)
     root = Path(training_args.ckpt_output_dir)
     num_epochs = training_args.num_epochs
@@ -183,7 +191,6 @@ def run(env: Mapping[str, str]) -> int:
     epoch_full_states = (training_args.checkpoint_at_epoch
                          and training_args.accelerate_full_state_at_epoch)
 
-    global _handler_pid
     _handler_pid = os.getpid()
     for sig in TERMINATION_SIGNALS:
         signal.signal(sig, _raise_preempted)
