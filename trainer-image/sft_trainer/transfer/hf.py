@@ -39,7 +39,7 @@ def _hub():
         huggingface_hub.set_client_factory(_bounded_client)
         # http_get writes in chunks of this size: a killed download keeps whole chunks only, and
         # the partial file's size (the reported progress) moves in these steps. 10 MiB upstream.
-        huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE = 1 << 20
+        huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE = 256 << 10
         _client_installed = True
     return huggingface_hub
 
