@@ -36,7 +36,8 @@ def test_queue_name_labels_the_statefulset_and_suspend_still_works(operator: Any
     # Kueue puts the pod-group labels on the pods itself; the template carries none of Kueue's keys.
     assert _kueue_keys(sts["spec"]["template"]["metadata"]) == []
     cluster.wait_for("2 pods", lambda: len(cluster.pods("queued")) == 2)
-    assert cluster.condition("queued", "SpecValid")["status"] == "True"
+    # The status is written after the StatefulSet (whose controller makes the pods): waited for.
+    cluster.wait_for("SpecValid", lambda: (c := cluster.condition("queued", "SpecValid")) and c["status"] == "True")
 
     cluster.patch_job("queued", {"spec": {"suspend": True}})
     cluster.wait_for("scaled to 0", lambda: cluster.statefulset("queued")["spec"]["replicas"] == 0)

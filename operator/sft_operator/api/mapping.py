@@ -382,9 +382,10 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         for problem in found.problems:
             problems.append(ParameterProblem(problem.param, f"spec.{SPEC_ALIAS[problem.param]}", problem.message))
         # The other paths were not placed either: the operator's validation below would judge them
-        # as written (pvc://...), not as the pods would see them.
+        # as written (pvc://...), not as the pods would see them. A stand-in path lets it check
+        # everything else (nothing is created while a problem is reported).
         for param in pod_paths:
-            given.pop(param, None)
+            given[param] = f"/unplaced/{param}"
             unplaced_paths.add(param)
     else:
         given.update(placed.values)
