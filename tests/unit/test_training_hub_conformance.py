@@ -128,13 +128,43 @@ def test_the_reference_reader_reads_kinds_and_defaults() -> None:
 # --- checkpoint_storage: training_hub's remote URI ---------------------------------------------
 
 
-def test_a_remote_checkpoint_storage_is_refused_as_not_supported_yet_not_ignored() -> None:
-    assert build_problems(checkpoint_storage="s3://bucket/prefix") == [
+def test_an_s3_checkpoint_storage_is_the_export_with_full_states_and_restore() -> None:
+    # training_hub mirrors full checkpoints to the URI and restores from it when the local
+    # directory is empty: the transfer sidecar's export with fullStates and restore.
+    manifest = built(checkpoint_storage="s3://bucket/prefix")
+    assert manifest["spec"]["export"] == {"uri": "s3://bucket/prefix", "fullStates": True, "restore": True}
+    assert {k: v for k, v in manifest["spec"].items() if k != "export"} == built()["spec"]
+    # With an endpoint and credentials for an S3-compatible store: spec.remote.s3.
+    manifest = built(KubernetesSFTBackend(name="job", s3_endpoint="http://minio.storage:9000",
+                                          s3_credentials_secret="minio-creds"), checkpoint_storage="s3://bucket/prefix")
+    assert manifest["spec"]["remote"] == {
+        "s3": {"credentialsSecret": "minio-creds", "endpoint": "http://minio.storage:9000"}}
+    # The same target named twice is fine; two targets are not.
+    assert built(KubernetesSFTBackend(name="job", export_uri="s3://bucket/prefix"),
+                 checkpoint_storage="s3://bucket/prefix")["spec"]["export"]["restore"] is True
+    assert build_problems(KubernetesSFTBackend(export_uri="s3://other"), checkpoint_storage="s3://bucket/prefix") == [
+        ("export_uri", "spec.export.uri",
+         "'s3://other': checkpoint_storage='s3://bucket/prefix' is the export target already; set one of them")
+    ]
+    assert build_problems(KubernetesSFTBackend(export_full_states=False), checkpoint_storage="s3://bucket/prefix") == [
+        ("export_full_states", "spec.export.fullStates",
+         "False: checkpoint_storage restores from the exported full states, so they are uploaded; give export_uri "
+         "instead to export the hf_format checkpoints only")
+    ]
+    # A bad bucket: the operator's own rule, under training_hub's parameter name.
+    assert build_problems(checkpoint_storage="s3://Bucket_1/x") == [
+        ("checkpoint_storage", "spec.export.uri",
+         "String should match pattern '^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$'")
+    ]
+
+
+def test_a_remote_checkpoint_storage_this_backend_cannot_write_is_refused_not_ignored() -> None:
+    assert build_problems(checkpoint_storage="gs://bucket/prefix") == [
         (
             "checkpoint_storage",
             None,
-            "'s3://bucket/prefix': remote checkpoint storage is not supported yet by the kubernetes backend "
-            "(checkpoints stay on the job's claim); leave checkpoint_storage unset or 'pvc'",
+            "'gs://bucket/prefix': the kubernetes backend mirrors checkpoints to s3:// (any S3-compatible store, "
+            "s3_endpoint) only; leave checkpoint_storage unset or 'pvc' to keep them on the job's claim",
         )
     ]
 

@@ -8,9 +8,15 @@ fields carry the same names in camelCase (models.py), so most map one to one. Th
   rendezvous port; ``node_rank``, ``rdzv_endpoint`` and ``master_addr`` are the operator's to
   choose (one pod per node) and are refused rather than ignored;
 - ``max_batch_len`` (training_hub's other name for ``max_tokens_per_gpu``) is accepted;
-- ``checkpoint_storage`` is training_hub's remote checkpoint URI: only ``None``/``"pvc"`` (the
-  claim alone) runs yet; a URI is refused, not ignored, and a claim size (the old meaning) is
-  refused naming ``checkpoint_claim_size``. ``enable_jit_checkpoint`` is always on here;
+- ``checkpoint_storage`` is training_hub's remote checkpoint URI: ``s3://bucket/prefix`` becomes
+  ``spec.export`` with full states and restore (the transfer sidecar uploads every complete
+  checkpoint and, when the checkpoint directory is empty, restores the newest exported full
+  state, as training_hub mirrors and restores); ``None``/``"pvc"`` is the claim alone; a claim
+  size (this API's old meaning) is refused naming ``checkpoint_claim_size``.
+  ``enable_jit_checkpoint`` is always on here;
+- remote sources (``hf://``, ``s3://``, ``https://``, a bare Hugging Face id) pass through to
+  ``spec.modelPath``/``spec.dataPath``; their Secrets, endpoints and cache claim are keyword
+  arguments (``hf_token_secret``, ``s3_endpoint``, ...) that fill ``spec.remote``;
 - the run policy has no training_hub names: its spec fields are keyword arguments under their
   own names (``active_deadline_seconds``, ...), and ``gang`` (a provider name, or the
   ``spec.scheduling.gang`` object) and ``queue_name`` (a Kueue LocalQueue) fill ``spec.scheduling``;
@@ -30,7 +36,7 @@ import string
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sft_operator import contract
+from sft_operator import contract, sources
 from sft_operator.api.paths import (
     POD_PATH_PARAMS,
     CheckpointPlacement,
@@ -106,7 +112,8 @@ OPERATOR_CHOSEN_TORCHRUN_PARAMS: dict[str, str] = {
 
 # Spec fields that are not sft() training parameters: set from ClusterOptions or by mapping.
 OPERATION_SPEC_FIELDS = frozenset(
-    {"extra_args", "checkpoints", "pod", "suspend", "max_restarts", "full_state_retention", "device", "rdzv_port"}
+    {"extra_args", "checkpoints", "pod", "suspend", "max_restarts", "full_state_retention", "device", "rdzv_port",
+     "remote", "export"}
 )
 # Spec fields settable as sft() keyword arguments under their own (snake_case) names.
 SPEC_PARAMS: tuple[str, ...] = tuple(name for name in SFTJobSpec.model_fields if name not in OPERATION_SPEC_FIELDS)
@@ -125,6 +132,19 @@ PARAM_OF_SPEC_PATH: dict[str, str] = {
     "spec.checkpoints.deleteWithJob": "delete_checkpoints_with_job",
     "spec.checkpoints.adoptExisting": "adopt_existing_checkpoints",
     "spec.checkpoints": "ckpt_output_dir",
+    "spec.remote.huggingFace.tokenSecret": "hf_token_secret",
+    "spec.remote.huggingFace.endpoint": "hf_endpoint",
+    "spec.remote.huggingFace": "hf_token_secret",
+    "spec.remote.s3.credentialsSecret": "s3_credentials_secret",
+    "spec.remote.s3.endpoint": "s3_endpoint",
+    "spec.remote.s3.region": "s3_region",
+    "spec.remote.s3": "s3_credentials_secret",
+    "spec.remote.cacheClaim": "source_cache_claim",
+    "spec.remote": "source_cache_claim",
+    "spec.export.uri": "export_uri",
+    "spec.export.fullStates": "export_full_states",
+    "spec.export.restore": "checkpoint_storage",
+    "spec.export": "export_uri",
     "spec.pod.image": "image",
     "spec.pod.resources": "resources",
     "spec.pod.env": "env",
@@ -167,6 +187,16 @@ class ClusterOptions:
     delete_checkpoints_with_job: bool | None = None
     # continue from checkpoints another job with other training fields wrote in ckpt_output_dir
     adopt_existing_checkpoints: bool | None = None
+    # Remote sources and the export (spec.remote, spec.export; docs/data.md). Credentials only by
+    # Secret name: the transfer sidecar alone sees them.
+    hf_token_secret: str | None = None  # Secret with key HF_TOKEN, for gated or private hf:// repos
+    hf_endpoint: str | None = None  # a Hugging Face mirror
+    s3_credentials_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    s3_endpoint: str | None = None  # an S3-compatible endpoint (MinIO, Ceph, ...)
+    s3_region: str | None = None
+    source_cache_claim: str | None = None  # a claim caching fetched sources across jobs
+    export_uri: str | None = None  # s3://bucket/prefix: complete checkpoints uploaded there
+    export_full_states: bool | None = None  # full states too (checkpoint_storage implies it)
     env: dict[str, str] | list[dict[str, Any]] | None = None
     volumes: list[dict[str, Any]] | None = None
     volume_mounts: list[dict[str, Any]] | None = None
@@ -268,16 +298,19 @@ def checkpoint_storage_problem(value: Any) -> str | None:
     """What is wrong with training_hub's ``checkpoint_storage`` on this backend, or None.
 
     training_hub takes None, "pvc" (checkpoints on the file system only) or a remote URI that it
-    mirrors checkpoints to and restores from. Here checkpoints live on the job's claim; mirroring
-    to object storage is not built yet, so a URI is refused rather than silently ignored. A
-    quantity is this API's old use of the name (the claim's size), now checkpoint_claim_size.
+    mirrors checkpoints to and restores from. Here the transfer sidecar does both for ``s3://``
+    (spec.export); training_hub's other fsspec schemes have no exporter here, so they are refused
+    rather than silently ignored. A quantity is this API's old use of the name (the claim's size),
+    now checkpoint_claim_size.
     """
     if value in (None, "", "pvc"):
         return None
     if isinstance(value, str) and "://" in value:
+        if value.startswith(sources.S3_SCHEME):
+            return None  # the bucket and prefix are checked as spec.export.uri
         return (
-            f"{value!r}: remote checkpoint storage is not supported yet by the {KUBERNETES_BACKEND_NAME} "
-            "backend (checkpoints stay on the job's claim); leave checkpoint_storage unset or 'pvc'"
+            f"{value!r}: the {KUBERNETES_BACKEND_NAME} backend mirrors checkpoints to s3:// (any S3-compatible "
+            "store, s3_endpoint) only; leave checkpoint_storage unset or 'pvc' to keep them on the job's claim"
         )
     if (isinstance(value, int) and not isinstance(value, bool)) or (
         isinstance(value, str) and re.match(QUANTITY_PATTERN, value)
@@ -287,6 +320,57 @@ def checkpoint_storage_problem(value: Any) -> str | None:
             f"give the size as checkpoint_claim_size={value!r} (sft-operator submit --checkpoint-claim-size)"
         )
     return f"{value!r}: must be None, 'pvc' or a remote URI such as 's3://bucket/prefix'"
+
+
+def export_target(storage_uri: str | None, cluster: ClusterOptions,
+                  problems: list[ParameterProblem]) -> tuple[dict[str, Any], str]:
+    """spec.export from ``checkpoint_storage`` (a remote URI: training_hub mirrors full checkpoints
+    there and restores from it when the local directory is empty, hence fullStates and restore)
+    and ``export_uri``/``export_full_states``; and the parameter that set the URI. Conflicts are
+    appended to ``problems``."""
+    export: dict[str, Any] = {}
+    param = "export_uri"
+    if storage_uri is not None:
+        export = {"uri": storage_uri, "fullStates": True, "restore": True}
+        param = "checkpoint_storage"
+    if cluster.export_uri is not None:
+        if export and export["uri"] != cluster.export_uri:
+            problems.append(ParameterProblem(
+                "export_uri", "spec.export.uri",
+                f"{cluster.export_uri!r}: checkpoint_storage={storage_uri!r} is the export target already; set one of them",
+            ))
+        elif not export:
+            export = {"uri": cluster.export_uri}
+    if cluster.export_full_states is not None:
+        if not export:
+            problems.append(ParameterProblem("export_full_states", "spec.export.fullStates",
+                                             "only applies with export_uri or checkpoint_storage"))
+        elif storage_uri is not None and cluster.export_full_states is False:
+            problems.append(ParameterProblem(
+                "export_full_states", "spec.export.fullStates",
+                "False: checkpoint_storage restores from the exported full states, so they are uploaded; "
+                "give export_uri instead to export the hf_format checkpoints only",
+            ))
+        else:
+            export["fullStates"] = cluster.export_full_states
+    return export, param
+
+
+def remote_access(cluster: ClusterOptions) -> dict[str, Any]:
+    """spec.remote from the Secret, endpoint and cache-claim keyword arguments (only those given)."""
+    remote: dict[str, Any] = {}
+    hugging_face = {key: value for key, value in (("tokenSecret", cluster.hf_token_secret),
+                                                   ("endpoint", cluster.hf_endpoint)) if value is not None}
+    s3 = {key: value for key, value in (("credentialsSecret", cluster.s3_credentials_secret),
+                                         ("endpoint", cluster.s3_endpoint), ("region", cluster.s3_region))
+          if value is not None}
+    if hugging_face:
+        remote["huggingFace"] = hugging_face
+    if s3:
+        remote["s3"] = s3
+    if cluster.source_cache_claim is not None:
+        remote["cacheClaim"] = cluster.source_cache_claim
+    return remote
 
 
 def jit_checkpoint_warning(params: dict[str, Any]) -> str | None:
@@ -321,9 +405,13 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     jit = given.pop("enable_jit_checkpoint", None)
     if not isinstance(jit, bool | None):
         problems.append(ParameterProblem("enable_jit_checkpoint", None, f"{jit!r}: must be True, False or None"))
-    storage_problem = checkpoint_storage_problem(given.pop("checkpoint_storage", None))
+    storage = given.pop("checkpoint_storage", None)
+    storage_problem = checkpoint_storage_problem(storage)
     if storage_problem is not None:
         problems.append(ParameterProblem("checkpoint_storage", None, storage_problem))
+        storage = None
+    export, export_param = export_target(storage if isinstance(storage, str) and "://" in storage else None,
+                                         cluster, problems)
     if given.pop("callbacks", None):
         problems.append(
             ParameterProblem(
@@ -440,6 +528,11 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         value = getattr(cluster, param)
         if value is not None:
             spec[SPEC_ALIAS[param]] = value
+    remote = remote_access(cluster)
+    if remote:
+        spec[SPEC_ALIAS["remote"]] = remote
+    if export:
+        spec[SPEC_ALIAS["export"]] = export
 
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if cluster.labels:
@@ -456,6 +549,8 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
             param = param_for_spec_path(path)
             if param in ("queue_name", "gang") and param not in scheduling_params:
                 param = "scheduling"  # set through scheduling={...}
+            if param == "export_uri":
+                param = export_param  # the export target came from checkpoint_storage or export_uri
             if param not in refused and param not in unplaced_paths:
                 problems.append(ParameterProblem(param, path, message))
     if problems:
@@ -486,8 +581,10 @@ __all__ = [
     "SFTParameterError",
     "build_sftjob",
     "checkpoint_storage_problem",
+    "export_target",
     "generate_job_name",
     "jit_checkpoint_warning",
     "param_for_spec_path",
+    "remote_access",
     "split_params",
 ]

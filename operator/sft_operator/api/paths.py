@@ -9,16 +9,22 @@ place a pod can reach:
     ``ckpt_output_dir`` the claim becomes the job's checkpoint volume (``spec.checkpoints``).
     For the other paths the claim is mounted at ``/mnt/pvc/<claim>`` (read-only when only
     read from), or, when it is the checkpoint claim, found under the checkpoint mount.
-a Hugging Face id (``org/name`` or ``name``), ``model_path`` only
-    passed as is; the pods download it (set ``HF_TOKEN`` through ``env`` for gated models).
+a remote source: ``hf://org/name[@revision]``, a bare Hugging Face id (``org/name``, which
+    means ``hf://``), ``s3://bucket/prefix`` (``model_path``); ``hf://datasets/org/name/file``,
+    ``s3://bucket/key``, ``https://host/file`` (``data_path``)
+    passed as is: the job's transfer sidecar fetches it once onto the job's volume before any
+    rank starts, and the trainer reads that copy (sources.py, docs/data.md). Credentials come
+    from Secrets named by ``hf_token_secret`` / ``s3_credentials_secret`` (mapping.py).
+a file on this machine, ``data_path`` only (a relative path, or ``file:///abs/path``)
+    uploaded by sft() before the job is created (uploads.py); the spec gets its claim path.
 an absolute path (``/data/train.jsonl``)
     passed as is: it must exist in the pod, on a volume you add with ``volumes`` and
     ``volume_mounts`` or in the image.
 a relative path (``./checkpoints``), ``ckpt_output_dir`` only, with ``checkpoint_claim_size``
     a directory inside a claim the operator creates for the job (``spec.checkpoints.claim``).
 
-Anything else (a relative path to a file on your machine) is refused with the parameter named:
-the pods cannot see your disk.
+Anything else (a relative model or output path on your machine) is refused with the parameter
+named: the pods cannot see your disk.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from sft_operator import contract
+from sft_operator import contract, sources
 from sft_operator.models import CheckpointVolume
 
 PVC_SCHEME = "pvc://"
@@ -40,6 +46,11 @@ HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_
 CLAIM_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_CLAIM_NAME_LENGTH = 253
 MAX_VOLUME_NAME_LENGTH = 63
+
+# The parameters that may name a remote source (fetched by the transfer sidecar), and whether
+# the source is a model (sources.parse_source's ``model``).
+SOURCE_PARAMS: dict[str, bool] = {"model_path": True, "data_path": False}
+REMOTE_SCHEMES = (sources.HF_SCHEME, sources.S3_SCHEME, sources.HTTPS_SCHEME)
 
 # The path-valued sft() parameters other than ckpt_output_dir, and whether the pods write there.
 POD_PATH_PARAMS: dict[str, bool] = {
@@ -179,13 +190,18 @@ def resolve_pod_path(value: str, param: str, checkpoints: CheckpointPlacement) -
             # The checkpoint claim is already mounted (its root, at the checkpoint mount path).
             return posixpath.join(contract.CHECKPOINT_MOUNT_PATH, target.path).rstrip("/"), None
         return posixpath.join(claim_mount_path(target.claim), target.path).rstrip("/"), target
+    if param in SOURCE_PARAMS and value.startswith(REMOTE_SCHEMES):
+        # Fetched once by the transfer sidecar; the operator's models check the URI (and the
+        # error then names the parameter with the spec field).
+        return value, None
     if "://" in value:
-        raise PathProblem(param, f"{value!r}: only pvc://<claim>/<path> URLs are understood")
+        schemes = "hf://, s3://, https:// or pvc://<claim>/<path>" if param in SOURCE_PARAMS else "pvc://<claim>/<path>"
+        raise PathProblem(param, f"{value!r}: only {schemes} URLs are understood")
     if value.startswith("/"):
         return value, None
     if param == "model_path" and is_hugging_face_id(value):
-        return value, None
-    hint = "a Hugging Face id, " if param == "model_path" else ""
+        return value, None  # a bare Hugging Face id: hf://<id> (the operator fetches it)
+    hint = "a Hugging Face id or hf://..., s3://..., " if param == "model_path" else ""
     raise PathProblem(
         param,
         f"{value!r} is a path on this machine, which the pods cannot see: use {hint}"

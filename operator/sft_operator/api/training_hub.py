@@ -222,6 +222,14 @@ def sft(
     storage_class: str | None = None,
     delete_checkpoints_with_job: bool | None = None,
     adopt_existing_checkpoints: bool | None = None,
+    hf_token_secret: str | None = None,
+    hf_endpoint: str | None = None,
+    s3_credentials_secret: str | None = None,
+    s3_endpoint: str | None = None,
+    s3_region: str | None = None,
+    source_cache_claim: str | None = None,
+    export_uri: str | None = None,
+    export_full_states: bool | None = None,
     env: dict[str, str] | list[dict[str, Any]] | None = None,
     volumes: list[dict[str, Any]] | None = None,
     volume_mounts: list[dict[str, Any]] | None = None,
@@ -241,16 +249,20 @@ def sft(
     """training_hub's ``sft()``, run as an SFTJob on the cluster.
 
     Training parameters: as training_hub's (docs/python-api.md has the path mapping:
-    ``pvc://claim/path``, a Hugging Face id, an absolute path on a mounted volume). Other
-    instructlab-training TrainingArgs fields go in ``kwargs`` and are checked like
-    ``spec.extraArgs``. Cluster settings are keyword-only (ClusterOptions).
+    ``pvc://claim/path``, ``hf://``/``s3://``/``https://`` sources fetched once by the job, a
+    Hugging Face id, an absolute path on a mounted volume, and for ``data_path`` a file on this
+    machine, uploaded before the job is created). Other instructlab-training TrainingArgs fields
+    go in ``kwargs`` and are checked like ``spec.extraArgs``. Cluster settings are keyword-only
+    (ClusterOptions).
 
     ``enable_jit_checkpoint``: accepted, and always on here: a pod that is stopped (preemption,
     suspend, node drain) saves a checkpoint on SIGTERM before it exits; False warns and changes
-    nothing. ``checkpoint_storage``: training_hub's remote checkpoint URI (``s3://bucket/prefix``);
-    None or "pvc" (checkpoints on the job's claim) only, for now: a URI is refused with
-    SFTParameterError (not supported yet by this backend), and so is a claim size such as "500Gi"
-    (this API's old use of the name: give it as ``checkpoint_claim_size``).
+    nothing. ``checkpoint_storage``: training_hub's remote checkpoint URI: ``s3://bucket/prefix``
+    becomes ``spec.export`` with full states and restore (every complete checkpoint is uploaded
+    there; an empty checkpoint directory restores the newest exported full state first); None or
+    "pvc" keeps checkpoints on the job's claim only. Other schemes are refused with
+    SFTParameterError, and so is a claim size such as "500Gi" (this API's old use of the name:
+    give it as ``checkpoint_claim_size``).
 
     Raises SFTParameterError (naming each bad parameter) before contacting the cluster;
     with ``wait`` (default) follows the job and returns its SFTJobResult, or raises
