@@ -1,4 +1,4 @@
-"""`sft-operator submit / status / wait / list` (also `kubectl sft ...`): SFTJobs from a terminal.
+"""`sft-operator submit / status / wait / list / download` (also `kubectl sft ...`): SFTJobs from a terminal.
 
 cli.py adds ``commands`` to its app. The work is done by sft_operator.api (the same mapping,
 validation and waiting as ``sft()``); this is presentation.
@@ -17,6 +17,7 @@ import yaml
 
 from sft_operator.cli_common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     ContextOption,
     JobNameArgument,
@@ -70,8 +71,17 @@ def submit(
     filename: Annotated[
         Path | None, typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
     ] = None,
-    model_path: Annotated[str | None, typer.Option(help="HF id, pvc://claim/path or an absolute path in the pod.")] = None,
-    data_path: Annotated[str | None, typer.Option(help="pvc://claim/path or an absolute path in the pod.")] = None,
+    model_path: Annotated[
+        str | None, typer.Option(help="hf://org/repo[@rev] (or a bare HF id), s3://bucket/prefix, pvc://claim/path or an "
+                                      "absolute path in the pod.")
+    ] = None,
+    data_path: Annotated[
+        str | None,
+        typer.Option("--data-path", "--data",
+                     help="A JSONL file on this machine (relative path or file://: uploaded first), "
+                          "hf://datasets/org/repo/file, s3://bucket/key, https://host/file, pvc://claim/path, or an "
+                          "absolute path in the pod."),
+    ] = None,
     ckpt_output_dir: Annotated[
         str | None, typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-claim-size.")
     ] = None,
@@ -95,9 +105,19 @@ def submit(
     ] = None,
     checkpoint_storage: Annotated[
         str | None,
-        typer.Option(help="training_hub's remote checkpoint URI (s3://...): not supported yet; 'pvc' or unset."),
+        typer.Option(help="training_hub's remote checkpoint URI: s3://bucket/prefix exports every checkpoint (full "
+                          "states too) and restores from it; 'pvc' or unset: the claim only."),
     ] = None,
-    storage_class: Annotated[str | None, typer.Option(help="Storage class of that claim.")] = None,
+    storage_class: Annotated[str | None, typer.Option(help="Storage class of that claim (and of an upload's).")] = None,
+    hf_token_secret: Annotated[str | None, typer.Option(help="Secret with key HF_TOKEN for hf:// sources.")] = None,
+    hf_endpoint: Annotated[str | None, typer.Option(help="A Hugging Face mirror's address.")] = None,
+    s3_credentials_secret: Annotated[
+        str | None, typer.Option(help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://.")
+    ] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(help="An S3-compatible endpoint (MinIO, Ceph, ...).")] = None,
+    s3_region: Annotated[str | None, typer.Option(help="The S3 region.")] = None,
+    source_cache_claim: Annotated[str | None, typer.Option(help="A claim caching fetched sources across jobs.")] = None,
+    export_uri: Annotated[str | None, typer.Option(help="s3://bucket/prefix: upload each complete checkpoint.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="Container env: NAME=VALUE (repeat).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the validated manifest; create nothing.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the job until it ends.")] = False,
@@ -121,8 +141,15 @@ def submit(
     }
     training = {key: value for key, value in flags.items() if value is not None}
     training.update(_key_values(set_, "--set", parse=True))
+    remote = {
+        "hf_token_secret": hf_token_secret, "hf_endpoint": hf_endpoint, "s3_credentials_secret": s3_credentials_secret,
+        "s3_endpoint": s3_endpoint, "s3_region": s3_region, "source_cache_claim": source_cache_claim,
+        "export_uri": export_uri,
+    }
+    prepared = None
     if filename is not None:
-        if training or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env)):
+        if training or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env,
+                                                    *remote.values())):
             raise fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
@@ -135,12 +162,14 @@ def submit(
             checkpoint_claim_size=checkpoint_claim_size,
             storage_class=storage_class,
             env=_key_values(env, "--env", parse=False) or None,
+            **{key: value for key, value in remote.items() if value is not None},
         )
         try:
-            manifest, _ = backend.build(training)
+            prepared = backend.prepare(training)
         except sft_api.SFTParameterError as exc:
             problems = "\n".join(f"  {problem}" for problem in exc.parameters)
             raise fail(f"invalid parameters (nothing was created):\n{problems}", EXIT_INVALID) from None
+        manifest = prepared.manifest
     if dry_run:
         if namespace is None and filename is None:
             manifest["metadata"].pop("namespace", None)  # the context's, when created
@@ -148,10 +177,20 @@ def submit(
         return
     client, target_namespace = connect(kubeconfig, context, namespace or manifest["metadata"].get("namespace"))
     manifest["metadata"]["namespace"] = target_namespace
+    from sft_operator.api.transfer import TransferError
+
     try:
-        created = api().create_job(client, manifest)
+        if prepared is not None and prepared.upload is not None:  # --data ./train.jsonl: uploaded first
+            created = api().submit(client, prepared)
+        else:
+            created = api().create_job(client, manifest)
     except api().SFTJobRefusedError as exc:  # e.g. the admission webhook: the permission or field named
         raise fail(str(exc), EXIT_INVALID) from None
+    except TransferError as exc:  # the upload: a right missing, a pod that cannot start, ...
+        raise fail(f"{exc} (the job was not created)", EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: the upload was stopped and cleaned up; the job was not created",
+                   EXIT_INTERRUPTED) from None
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:
@@ -321,3 +360,31 @@ def list_command(
         row = list_row(view)
         table.add_row(*([view.namespace] if all_namespaces else []), *row)
     console().print(table)
+
+
+@commands.command()
+def download(
+    name: JobNameArgument,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The directory to create (must not exist or be "
+                                                                 "empty).")],
+    checkpoint: Annotated[
+        str | None, typer.Argument(help="A checkpoint's name (e.g. samples_64); default: the final one.")
+    ] = None,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Copy a complete checkpoint of an SFTJob to this machine, byte for byte (sizes and sha256 checked)."""
+    from sft_operator.api.download import download_checkpoint
+    from sft_operator.api.transfer import TransferError
+
+    client, namespace = connect(kubeconfig, context, namespace)
+    sft_api = api()
+    try:
+        job = sft_api.get_job(client, name, namespace)
+        download_checkpoint(client, job, output, checkpoint)
+    except (sft_api.SFTJobNotFoundError, LookupError, FileExistsError, TransferError) as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted: nothing was kept", EXIT_INTERRUPTED) from None
+    typer.echo(str(output))

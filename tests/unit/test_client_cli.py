@@ -80,11 +80,18 @@ def test_submit_checkpoint_storage_is_training_hubs_uri_and_the_old_size_use_nam
         "write pvc://<claim>/<path> for an existing claim, or pass checkpoint_claim_size (e.g. '100Gi') for the "
         "operator to create one",
     ]
-    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "s3://bucket/run"])
+    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "s3://bucket/run", "--s3-endpoint",
+                                 "http://minio:9000", "--s3-credentials-secret", "minio"])
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(result.stdout)["spec"]
+    assert (spec["export"], spec["remote"]) == (
+        {"uri": "s3://bucket/run", "fullStates": True, "restore": True},
+        {"s3": {"credentialsSecret": "minio", "endpoint": "http://minio:9000"}})
+    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "gs://bucket/run"])
     assert result.exit_code == 2
     assert result.stderr.splitlines()[1] == (
-        "  checkpoint_storage: 's3://bucket/run': remote checkpoint storage is not supported yet by the kubernetes "
-        "backend (checkpoints stay on the job's claim); leave checkpoint_storage unset or 'pvc'"
+        "  checkpoint_storage: 'gs://bucket/run': the kubernetes backend mirrors checkpoints to s3:// (any "
+        "S3-compatible store, s3_endpoint) only; leave checkpoint_storage unset or 'pvc' to keep them on the job's claim"
     )
     result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "pvc"])
     assert result.exit_code == 0, result.output

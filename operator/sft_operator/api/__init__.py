@@ -5,7 +5,8 @@
 See docs/python-api.md. Modules: paths (where paths live), mapping (parameters -> SFTJob,
 pure), results (status -> view and result, pure), progress_text (the view as text, pure),
 display, jobs (connect, create, get, list, follow), lifecycle (suspend, resume, delete),
-pod_logs, job_events, handle (one job by name), training_hub.
+pod_logs, job_events, handle (one job by name), training_hub, uploads (what a file on this
+machine becomes, pure), transfer (uploads and downloads through a short-lived pod), download.
 
 Importing this package with training_hub installed registers the backend "kubernetes" for
 training_hub's ``sft()`` (``register_with_training_hub``); without it nothing is imported.
@@ -44,10 +45,13 @@ from sft_operator.api.training_hub import (
     Backend,
     InstructLabTrainingSFTBackend,
     KubernetesSFTBackend,
+    Prepared,
     SFTAlgorithm,
     register_with_training_hub,
     sft,
+    submit,
 )
+from sft_operator.api.transfer import TransferError, TransferForbiddenError
 
 __all__ = [
     "Backend",
@@ -60,6 +64,7 @@ __all__ = [
     "KubernetesSFTBackend",
     "LogsUnavailableError",
     "ParameterProblem",
+    "Prepared",
     "ProgressDisplay",
     "SFTAlgorithm",
     "SFTJobDeletedError",
@@ -69,6 +74,8 @@ __all__ = [
     "SFTJobRefusedError",
     "SFTJobResult",
     "SFTParameterError",
+    "TransferError",
+    "TransferForbiddenError",
     "build_sftjob",
     "connect",
     "create_job",
@@ -80,6 +87,7 @@ __all__ = [
     "register_with_training_hub",
     "resume_job",
     "sft",
+    "submit",
     "suspend_job",
     "view_job",
     "wait_for_job",

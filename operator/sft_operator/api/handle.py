@@ -43,13 +43,18 @@ class SFTJobHandle:
 
     def result(self) -> SFTJobResult:
         """Its current result (phase, checkpoints, metrics), without waiting."""
-        return result_of(self.get())
+        return result_of(self.get(), api_client=self.api_client)
 
     def wait(self, timeout: float | None = None, show_progress: bool = True) -> SFTJobResult:
         """Follow it to the end with progress; raises SFTJobFailedError with the reason."""
         return jobs.wait_for_job(
             self.api_client, self.name, self.namespace, timeout=timeout, display=ProgressDisplay(enabled=show_progress)
         )
+
+    def download(self, to: str | os.PathLike[str], checkpoint: str | None = None, show_progress: bool = True) -> Any:
+        """Copy its final (or the named) complete checkpoint to ``to``, byte for byte
+        (SFTJobResult.download)."""
+        return self.result().download(to, checkpoint, show_progress=show_progress)
 
     def plot_loss(self, output: str | os.PathLike[str] | None = None) -> Any:
         """Its loss curve as it stands: a PNG at ``output``, else a text chart (SFTJobResult.plot_loss)."""

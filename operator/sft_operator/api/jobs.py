@@ -201,7 +201,7 @@ def wait_for_job(
                 f"Follow it again with: sft-operator wait {name} -n {namespace}"
             )
             raise
-    result = result_of(job, manifest)
+    result = result_of(job, manifest, api_client)
     if result.phase == Phase.FAILED.value:
         reason, message = failure_of(parse_status(job.get("status")))
         raise SFTJobFailedError(result, reason, message)

@@ -224,6 +224,8 @@ class SFTJobResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    # How download() reaches the cluster; None: connect from the kubeconfig when it is called.
+    api_client: Any = field(default=None, repr=False, compare=False)
 
     @property
     def checkpoint_paths(self) -> list[str]:
@@ -255,8 +257,24 @@ class SFTJobResult:
         print(plot.text_chart(self.loss_history, title=title))
         return None
 
+    def download(self, to: str | os.PathLike[str], checkpoint: str | None = None, *, show_progress: bool = True,
+                 api_client: Any = None) -> Path:
+        """Bring a complete hf_format checkpoint to the directory ``to`` on this machine, byte for
+        byte: the final one, or ``checkpoint`` by name (e.g. ``"samples_64"``). Reads the job
+        again (a newer checkpoint counts), copies through a short-lived pod that mounts the
+        checkpoint claim read-only, and checks every file's size and sha256. ``to`` must not
+        exist or be empty; returns it. Raises LookupError when there is no such checkpoint."""
+        from sft_operator.api.download import download_checkpoint
+        from sft_operator.api.jobs import connect, get_job
 
-def result_of(job: dict[str, Any], manifest: dict[str, Any] | None = None) -> SFTJobResult:
+        client = api_client or self.api_client
+        if client is None:
+            client, _ = connect()
+        return download_checkpoint(client, get_job(client, self.name, self.namespace), to, checkpoint,
+                                   show_progress=show_progress)
+
+
+def result_of(job: dict[str, Any], manifest: dict[str, Any] | None = None, api_client: Any = None) -> SFTJobResult:
     view = view_job(job)
     return SFTJobResult(
         name=view.name,
@@ -266,6 +284,7 @@ def result_of(job: dict[str, Any], manifest: dict[str, Any] | None = None) -> SF
         metrics=view.metrics(),
         status=dict(job.get("status") or {}),
         manifest=manifest or {},
+        api_client=api_client,
     )
 
 

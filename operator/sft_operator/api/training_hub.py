@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sft_operator.api.display import ProgressDisplay
-from sft_operator.api.jobs import connect, create_job, wait_for_job
+from sft_operator.api import transfer, uploads
+from sft_operator.api.display import ByteProgress, ProgressDisplay
+from sft_operator.api.jobs import (
+    SFTJobNotFoundError,
+    SFTJobRefusedError,
+    connect,
+    create_job,
+    get_job,
+    wait_for_job,
+)
 from sft_operator.api.mapping import (
     BACKEND_NAME,
     KUBERNETES_BACKEND_NAME,
@@ -34,7 +44,18 @@ from sft_operator.api.mapping import (
     split_params,
 )
 from sft_operator.api.results import SFTJobResult, result_of
-from sft_operator.models import epoch_full_state_warning
+from sft_operator.api.paths import PathProblem
+from sft_operator.models import epoch_full_state_warning, parse_job
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated SFTJob manifest, the effective cluster options, and the upload its data_path
+    needs first (None: the data is in the pods' reach already)."""
+
+    manifest: dict[str, Any]
+    options: ClusterOptions
+    upload: uploads.UploadPlan | None = None
 
 
 class Backend(abc.ABC):
@@ -66,35 +87,122 @@ class KubernetesSFTBackend(Backend):
         """The validated SFTJob manifest and the effective options; contacts nothing.
 
         The namespace is the given one, else "default" (``execute_training`` then uses the
-        kubeconfig context's namespace when none was given).
+        kubeconfig context's namespace when none was given). A data_path on this machine is
+        measured (size, sha256) and appears as the claim path it will be uploaded to.
         """
+        prepared = self.prepare(algorithm_params)
+        return prepared.manifest, prepared.options
+
+    def prepare(self, algorithm_params: dict[str, Any]) -> Prepared:
+        """``build``, and the upload plan of a data_path on this machine (uploads.py)."""
         training, overrides = split_params(algorithm_params)
         options = self.options.replace(**overrides)
         name = options.name or generate_job_name(str(training.get("model_path") or ""))
-        manifest = build_sftjob(training, options, name=name, namespace=options.namespace or "default")
+        namespace = options.namespace or "default"
+        plan = None
+        local = self._local_data_file(training.get("data_path"))
+        if local is not None:
+            # Every other parameter is checked before the file is read (it may be large): with
+            # a stand-in of the same name, then with its real digest.
+            stand_in = uploads.LocalFile(local, 0, "0" * 64)
+            build_sftjob({**training, "data_path": self._plan(stand_in, name, training, options).data_url},
+                         options, name=name, namespace=namespace)
+            progress = (lambda description, total: ByteProgress(description, total, stream=self.stream,
+                                                                enabled=options.show_progress))
+            plan = self._plan(transfer.measure_local_file(local, progress), name, training, options)
+            training = {**training, "data_path": plan.data_url}
+        manifest = build_sftjob(training, options, name=name, namespace=namespace)
         warning = epoch_full_state_warning(manifest["spec"])
         if warning is not None:  # the operator posts it as an Event too; said here before anything runs
             warnings.warn(f"checkpoint_at_epoch=False: {warning}", UserWarning, stacklevel=3)
         jit_warning = jit_checkpoint_warning(training)
         if jit_warning is not None:
-            warnings.warn(jit_warning, UserWarning, stacklevel=3)
-        return manifest, options
+            warnings.warn(jit_warning, UserWarning, stacklevel=4)
+        return Prepared(manifest, options, plan)
+
+    @staticmethod
+    def _local_data_file(data_path: Any) -> str | None:
+        """The file on this machine that data_path names (None: not one), checked to exist."""
+        if not isinstance(data_path, str):
+            return None
+        try:
+            local = uploads.local_data_file(data_path)
+        except PathProblem as problem:
+            raise SFTParameterError([ParameterProblem("data_path", "spec.dataPath", problem.message)]) from None
+        if local is not None and not os.path.isfile(local):
+            why = "is a directory; data_path names one JSONL file" if os.path.isdir(local) else (
+                "no such file on this machine (a relative path or file:// is uploaded from here; a path in the "
+                "pods is absolute, a remote one hf://, s3:// or https://)")
+            raise SFTParameterError([ParameterProblem("data_path", "spec.dataPath", f"{data_path!r}: {why}")])
+        return local
+
+    @staticmethod
+    def _plan(file: uploads.LocalFile, name: str, training: dict[str, Any], options: ClusterOptions) -> uploads.UploadPlan:
+        nnodes = training.get("nnodes")
+        return uploads.plan_upload(file, job_name=name, ckpt_output_dir=str(training.get("ckpt_output_dir") or ""),
+                                   nnodes=nnodes if isinstance(nnodes, int) else None,
+                                   storage_class=options.storage_class)
 
     def execute_training(self, algorithm_params: dict[str, Any]) -> SFTJobResult:
-        manifest, options = self.build(algorithm_params)  # raises SFTParameterError first
+        prepared = self.prepare(algorithm_params)  # raises SFTParameterError first
+        options, manifest = prepared.options, prepared.manifest
         api_client = options.api_client
         namespace = options.namespace
         if api_client is None:
             api_client, context_namespace = connect(options.kubeconfig, options.context)
             namespace = namespace or context_namespace
         manifest["metadata"]["namespace"] = namespace or "default"
-        created = create_job(api_client, manifest)
-        name, namespace = created["metadata"]["name"], created["metadata"]["namespace"]
         display = ProgressDisplay(stream=self.stream, enabled=options.show_progress)
+        created = submit(api_client, prepared, stream=self.stream, show_progress=options.show_progress)
+        name, namespace = created["metadata"]["name"], created["metadata"]["namespace"]
         display.note(f"Created SFTJob {namespace}/{name}")
         if not options.wait:
-            return result_of(created, manifest)
+            return result_of(created, manifest, api_client)
         return wait_for_job(api_client, name, namespace, timeout=options.timeout, display=display, manifest=manifest)
+
+
+def submit(api_client: Any, prepared: Prepared, *, stream: TextIO | None = None, show_progress: bool = True,
+           start_timeout_s: float = transfer.HELPER_START_TIMEOUT_S) -> dict[str, Any]:
+    """Upload the data when the plan says so, then create the job; the upload claim made for it
+    becomes the job's (deleted with it). A job that cannot be created leaves no claim behind;
+    one that exists already is found before anything is uploaded. Returns the created object."""
+    manifest, plan = prepared.manifest, prepared.upload
+    if plan is None:
+        return create_job(api_client, manifest)
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    try:
+        get_job(api_client, name, namespace)
+    except SFTJobNotFoundError:
+        pass
+    else:
+        raise SFTJobRefusedError(f"SFTJob {namespace}/{name} was not created: it exists already; nothing was uploaded")
+    pod = parse_job(manifest).spec.pod
+    display = ProgressDisplay(stream=stream, enabled=show_progress)
+
+    def progress(description: str, total: int | None) -> ByteProgress:
+        return ByteProgress(description, total, stream=stream, enabled=show_progress)
+
+    outcome = transfer.upload(api_client, namespace, plan, job_name=name, image=pod.image,
+                              image_pull_policy=pod.image_pull_policy, fs_group=pod.fs_group,
+                              progress=progress, start_timeout_s=start_timeout_s)
+    where = f"claim {namespace}/{plan.target.claim}, {plan.target.path}"
+    display.note(f"Uploaded {plan.file.path} to {where}" if outcome.sent else
+                 f"{plan.file.path} is on {where} already (same sha256): not sent again")
+    try:
+        created = create_job(api_client, manifest)
+    except BaseException:
+        if outcome.claim_created:
+            import kubernetes.client
+
+            transfer.delete_claim(kubernetes.client.CoreV1Api(api_client), plan.target.claim, namespace)
+        raise
+    if outcome.claim_created:
+        try:
+            transfer.make_owner(api_client, namespace, plan.target.claim, created)
+        except Exception as exc:  # the job runs either way; the claim then outlives it
+            warnings.warn(f"claim {namespace}/{plan.target.claim} could not be given to SFTJob {name} "
+                          f"({exc}); delete it yourself once the job is gone", RuntimeWarning, stacklevel=2)
+    return created
 
 
 # `from sft_operator.api import InstructLabTrainingSFTBackend` keeps class-based code unchanged.
