@@ -33,7 +33,7 @@ def choose_checkpoint(view: JobView, name: str | None) -> Checkpoint:
 
 def download_checkpoint(api_client: Any, job: dict[str, Any], to: str | os.PathLike[str], name: str | None = None, *,
                         show_progress: bool = True, stream: TextIO | None = None,
-                        start_timeout_s: float = transfer.HELPER_START_TIMEOUT_S) -> Path:
+                        start_timeout_s: float | None = None) -> Path:
     """Copy a complete checkpoint of ``job`` (the object as the API returns it) to ``to``."""
     view = view_job(job)
     checkpoint = choose_checkpoint(view, name)

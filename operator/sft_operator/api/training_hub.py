@@ -162,7 +162,7 @@ class KubernetesSFTBackend(Backend):
 
 
 def submit(api_client: Any, prepared: Prepared, *, stream: TextIO | None = None, show_progress: bool = True,
-           start_timeout_s: float = transfer.HELPER_START_TIMEOUT_S) -> dict[str, Any]:
+           start_timeout_s: float | None = None) -> dict[str, Any]:
     """Upload the data when the plan says so, then create the job; the upload claim made for it
     becomes the job's (deleted with it). A job that cannot be created leaves no claim behind;
     one that exists already is found before anything is uploaded. Returns the created object."""

@@ -104,10 +104,11 @@ def _server_message(exc: Any) -> str:
         return f"{exc.status} {exc.reason}"
 
 
-def _refused(exc: Any, action: str, namespace: str, needed: tuple[Permission, ...], why: str) -> TransferError:
+def _refused(exc: Any, action: str, namespace: str, refused: tuple[Permission, ...], why: str) -> TransferError:
+    """An API error as a TransferError; a 403 names the right it refused and why it is needed."""
     if exc.status == 403:
         return TransferForbiddenError(
-            f"{uploads.forbidden_message(action, namespace, needed, why)}: the API server said: {_server_message(exc)}")
+            f"{uploads.forbidden_message(action, namespace, refused, why)}: the API server said: {_server_message(exc)}")
     return TransferError(f"{action}: {_server_message(exc)}")
 
 
@@ -158,7 +159,7 @@ def wait_running(core: Any, name: str, namespace: str, timeout_s: float) -> None
 
 @contextmanager
 def helper_pod(api_client: Any, namespace: str, manifest: dict[str, Any], *, action: str,
-               needed: tuple[Permission, ...], start_timeout_s: float) -> Iterator[str]:
+               start_timeout_s: float) -> Iterator[str]:
     """Create the pod, wait until it runs, yield its name; delete it on the way out, always
     (also on Ctrl-C), and wait (bounded) until it is gone so the claim is free again."""
     import kubernetes.client
@@ -169,7 +170,8 @@ def helper_pod(api_client: Any, namespace: str, manifest: dict[str, Any], *, act
     try:
         core.create_namespaced_pod(namespace, manifest)
     except ApiException as exc:
-        raise _refused(exc, action, namespace, needed, "it runs a short-lived pod that mounts the claim") from None
+        raise _refused(exc, action, namespace, (Permission("create", "pods"),),
+                       "it runs a short-lived pod that mounts the claim") from None
     try:
         wait_running(core, name, namespace, start_timeout_s)
         yield name
@@ -271,8 +273,10 @@ class ExecSession:
         self.ws.close()
 
 
-def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, action: str,
-              needed: tuple[Permission, ...]) -> ExecSession:
+EXEC_PERMISSIONS = (Permission("create", "pods", "exec"), Permission("get", "pods", "exec"))
+
+
+def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, action: str) -> ExecSession:
     import kubernetes.client
     from kubernetes.client.exceptions import ApiException
     from kubernetes.stream import stream
@@ -294,7 +298,7 @@ def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, 
             message = body or str(exc.reason)
         if status == 403:
             raise TransferForbiddenError(
-                f"{uploads.forbidden_message(action, namespace, needed, 'it execs a copy program in the pod')}: "
+                f"{uploads.forbidden_message(action, namespace, EXEC_PERMISSIONS, 'it execs a copy program in the pod')}: "
                 f"the API server said: {message}") from None
         raise TransferError(f"{action}: exec in pod {namespace}/{pod} failed: {message}") from None
     return ExecSession(ws)
@@ -317,13 +321,14 @@ def check_rights(api_client: Any, namespace: str, needed: tuple[Permission, ...]
 def upload(api_client: Any, namespace: str, plan: UploadPlan, *, job_name: str, image: str,
            image_pull_policy: str = "IfNotPresent", fs_group: int = pod_security.RUN_AS_GROUP,
            progress: ProgressFactory = default_progress,
-           start_timeout_s: float = HELPER_START_TIMEOUT_S) -> UploadOutcome:
+           start_timeout_s: float | None = None) -> UploadOutcome:
     """Put plan.file into its claim (created first when plan.new_claim says so) through a helper
     pod; verified by size and sha256 in the pod before it is moved into place. On any failure the
     pod is deleted, and so is a claim made here; the caller's file is untouched."""
     import kubernetes.client
     from kubernetes.client.exceptions import ApiException
 
+    start_timeout_s = HELPER_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
     action = f"uploading {plan.file.path}"
     needed = uploads.needed_permissions(plan)
     check_rights(api_client, namespace, needed, action,
@@ -338,14 +343,15 @@ def upload(api_client: Any, namespace: str, plan: UploadPlan, *, job_name: str, 
             claim_created = True
         except ApiException as exc:
             if exc.status != 409:
-                raise _refused(exc, action, namespace, needed, "it creates a claim for the file") from None
+                raise _refused(exc, action, namespace, (Permission("create", "persistentvolumeclaims"),),
+                               "it creates a claim for the file") from None
             claim_created = _reusable_upload_claim(core, plan.target.claim, namespace, job_name)
     try:
         pod = uploads.helper_pod_manifest(
             helper_pod_name(job_name, "upload"), claim=plan.target.claim, read_only=False, image=image,
             image_pull_policy=image_pull_policy, fs_group=fs_group, purpose="upload", job_name=job_name)
-        with helper_pod(api_client, namespace, pod, action=action, needed=needed, start_timeout_s=start_timeout_s) as name:
-            sent = _send_file(api_client, namespace, name, plan, action, needed, progress)
+        with helper_pod(api_client, namespace, pod, action=action, start_timeout_s=start_timeout_s) as name:
+            sent = _send_file(api_client, namespace, name, plan, action, progress)
     except BaseException:
         if claim_created:
             delete_claim(core, plan.target.claim, namespace)
@@ -375,8 +381,8 @@ def delete_claim(core: Any, claim: str, namespace: str) -> None:
 
 
 def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, action: str,
-               needed: tuple[Permission, ...], progress: ProgressFactory) -> bool:
-    session = open_exec(api_client, namespace, pod, uploads.receive_command(plan), action=action, needed=needed)
+               progress: ProgressFactory) -> bool:
+    session = open_exec(api_client, namespace, pod, uploads.receive_command(plan), action=action)
     try:
         first = _json_line(session.readline(STDOUT))
         if first.get("state") == "present":
@@ -435,12 +441,13 @@ def make_owner(api_client: Any, namespace: str, claim: str, job: dict[str, Any])
 def download_directory(api_client: Any, namespace: str, *, claim: str, directory: str, to: Path, job_name: str,
                        image: str, image_pull_policy: str = "IfNotPresent", fs_group: int = pod_security.RUN_AS_GROUP,
                        progress: ProgressFactory = default_progress,
-                       start_timeout_s: float = HELPER_START_TIMEOUT_S) -> list[str]:
+                       start_timeout_s: float | None = None) -> list[str]:
     """Copy ``directory`` (relative to ``claim``'s root) to ``to`` on this machine, byte for
     byte: a helper pod mounts the claim read-only and sends a tar stream; every file's size is
     checked against the listing made before and its sha256 against the one computed as it was
     read in the pod. Written into a hidden directory next to ``to`` and renamed to ``to`` only
     when complete; ``to`` must not exist or be an empty directory. Returns the files' paths."""
+    start_timeout_s = HELPER_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
     to = Path(to)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise FileExistsError(f"{to}: exists and is not an empty directory; nothing is overwritten")
@@ -455,8 +462,8 @@ def download_directory(api_client: Any, namespace: str, *, claim: str, directory
         pod = uploads.helper_pod_manifest(
             helper_pod_name(job_name, "download"), claim=claim, read_only=True, image=image,
             image_pull_policy=image_pull_policy, fs_group=fs_group, purpose="download", job_name=job_name)
-        with helper_pod(api_client, namespace, pod, action=action, needed=needed, start_timeout_s=start_timeout_s) as name:
-            files = _receive_tree(api_client, namespace, name, directory, partial, action, needed, progress)
+        with helper_pod(api_client, namespace, pod, action=action, start_timeout_s=start_timeout_s) as name:
+            files = _receive_tree(api_client, namespace, name, directory, partial, action, progress)
         if to.exists():
             to.rmdir()
         partial.rename(to)
@@ -467,8 +474,8 @@ def download_directory(api_client: Any, namespace: str, *, claim: str, directory
 
 
 def _receive_tree(api_client: Any, namespace: str, pod: str, directory: str, into: Path, action: str,
-                  needed: tuple[Permission, ...], progress: ProgressFactory) -> list[str]:
-    session = open_exec(api_client, namespace, pod, uploads.send_command(directory), action=action, needed=needed)
+                  progress: ProgressFactory) -> list[str]:
+    session = open_exec(api_client, namespace, pod, uploads.send_command(directory), action=action)
     try:
         header = _json_line(session.readline(STDERR))
         if "files" not in header:
