@@ -335,3 +335,34 @@ def test_with_training_hub_its_sft_routes_backend_kubernetes_to_ours(training_hu
     # which the launcher keeps on anyway.
     ours["spec"]["extraArgs"] = {"on_demand_checkpointing": True}
     assert found["manifest"] == ours
+
+
+def test_through_training_hub_a_local_file_is_planned_for_upload_and_remote_settings_arrive(
+    training_hub_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "train.jsonl").write_bytes(b'{"messages": []}\n')
+    found = run_with_training_hub(training_hub_path, f"""
+        import json, os
+        os.chdir({str(tmp_path)!r})
+        import sft_operator.api as api
+        import training_hub
+
+        class Built(api.KubernetesSFTBackend):  # what our backend prepares, short of the cluster
+            def execute_training(self, algorithm_params):
+                prepared = self.prepare(algorithm_params)
+                return {{"spec": prepared.manifest["spec"], "upload": prepared.upload.data_url}}
+
+        print(json.dumps(training_hub.SFTAlgorithm(backend=Built(show_progress=False)).train(
+            model_path="hf://Qwen/Qwen2.5-7B-Instruct@main", data_path="./train.jsonl",
+            ckpt_output_dir="pvc://ckpts/run1", num_epochs=1, effective_batch_size=8, learning_rate=1e-5,
+            max_seq_len=64, name="via-hub", namespace="ml", hf_token_secret="hf-token",
+            export_uri="s3://models/run1", s3_endpoint="http://minio.storage:9000")))
+    """)
+    digest = "19fc5b26092a5733"  # the first 16 hex digits of the sha256 of the file's 17 bytes
+    assert found["upload"] == f"pvc://ckpts/.sft-uploads/sha256-{digest}/train.jsonl"
+    spec = found["spec"]
+    assert (spec["modelPath"], spec["dataPath"]) == (
+        "hf://Qwen/Qwen2.5-7B-Instruct@main", f"/checkpoints/.sft-uploads/sha256-{digest}/train.jsonl")
+    assert (spec["remote"], spec["export"]) == (
+        {"huggingFace": {"tokenSecret": "hf-token"}, "s3": {"endpoint": "http://minio.storage:9000"}},
+        {"uri": "s3://models/run1"})

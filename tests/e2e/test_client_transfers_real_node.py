@@ -1,0 +1,160 @@
+"""Laptop in, laptop out, on the REAL node (the stack of test_real_node.py: helm-installed
+operator, both images built here, the kubelet running every pod, claims as `local` volumes):
+
+- training_hub's own ``sft()`` example, only the import changed, with its data a JSONL file on
+  this machine (``./train.jsonl``) and the cluster settings this demo stack needs: the file is
+  uploaded through a helper pod of the trainer image over the exec stream to a claim made for it,
+  the job trains to Succeeded reading it, and the claim belongs to the job (the garbage
+  collector deletes it with the job);
+- ``result.download()`` and ``sft-operator download`` bring checkpoints back byte-identical to
+  the claim's files on this machine, and the helper pods are gone afterwards;
+- ``sft-operator submit --data ./train.jsonl`` onto an existing checkpoint claim: uploaded once,
+  a second submit of the same file sends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from devtools.realstack import ASSETS_CLAIM, RealStack
+from devtools.stack import wait_until
+from sft_operator import contract
+from sft_operator.api import uploads
+from test_real_node import JOB_NS, Jobs, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def helper_pods(jobs: Jobs) -> list[str]:
+    return [p.metadata.name for p in jobs.core.list_namespaced_pod(JOB_NS, label_selector=uploads.LABEL_TRANSFER).items]
+
+
+def cli(stack: RealStack, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "sft_operator", *args, "-n", JOB_NS, "--kubeconfig",
+                           str(stack.kubeconfig)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_comes_back_byte_for_byte(
+    stack: RealStack, jobs: Jobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    shutil.copyfile(jobs.assets_dir / "data.jsonl", laptop / "train.jsonl")
+    monkeypatch.chdir(laptop)
+    t = time.monotonic()
+
+    from sft_operator.api import sft  # was: from training_hub import sft
+
+    result = sft(
+        model_path=f"pvc://{ASSETS_CLAIM}/model",  # the Hub cannot be reached here: the tiny model on a claim
+        data_path="./train.jsonl",
+        ckpt_output_dir="./checkpoints",
+        num_epochs=2,
+        effective_batch_size=4,
+        learning_rate=1e-3,
+        max_seq_len=512,
+        max_tokens_per_gpu=2048,
+        nnodes=2,
+        nproc_per_node=1,
+        # The cluster: this demo stack (CPU, the image built here, small pods), as keyword arguments.
+        name="laptop", namespace=JOB_NS, kubeconfig=str(stack.kubeconfig), image=stack.images["SFT_TRAINER_IMAGE"],
+        device="cpu", checkpoint_claim_size="1Gi",
+        resources={"requests": {"cpu": "500m", "memory": "1Gi"}},
+        pod={"antiAffinity": "Disabled", "terminationGracePeriodSeconds": 60},
+        timeout=900,
+    )
+    print(f"sft() with an upload: {result.phase} after {time.monotonic() - t:.0f}s")
+    assert result.phase == "Succeeded", result.status
+    job = jobs.job("laptop")
+    local_sha = hashlib.sha256((laptop / "train.jsonl").read_bytes()).hexdigest()
+    data_path = f"/mnt/pvc/laptop-upload/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
+    assert job["spec"]["dataPath"] == data_path
+    # The uploaded file, on the upload claim's volume, is the local one; the claim is the job's.
+    upload_dir = stack.claim_dir(JOB_NS, "laptop-upload")
+    stored = upload_dir / data_path.removeprefix("/mnt/pvc/laptop-upload/")
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == local_sha
+    claim = jobs.core.read_namespaced_persistent_volume_claim("laptop-upload", JOB_NS)
+    assert [(o.kind, o.name, o.uid) for o in claim.metadata.owner_references] == [
+        (contract.KIND, "laptop", job["metadata"]["uid"])]
+    assert claim.spec.access_modes == ["ReadWriteMany"]
+    assert helper_pods(jobs) == []
+
+    # Laptop out: the final checkpoint, byte for byte as on the claim.
+    final = result.final_checkpoint
+    assert final is not None
+    on_claim = jobs.claim_dir(job) / final.pod_path.removeprefix(f"{contract.CHECKPOINT_MOUNT_PATH}/")
+    t = time.monotonic()
+    out = result.download(to=tmp_path / "out")
+    print(f"result.download(): {time.monotonic() - t:.1f}s")
+    assert out == tmp_path / "out"
+    assert digest(out) == digest(on_claim) and any(p.is_file() for p in out.iterdir())
+    assert (out / "config.json").is_file()
+    # A named one through the CLI.
+    first = result.checkpoints[0]
+    proc = cli(stack, "download", "laptop", first.name, "-o", str(tmp_path / "cli-out"), cwd=laptop)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "cli-out")
+    assert digest(tmp_path / "cli-out") == digest(
+        jobs.claim_dir(job) / first.pod_path.removeprefix(f"{contract.CHECKPOINT_MOUNT_PATH}/"))
+    # Never over an existing directory; nothing created on the way.
+    proc = cli(stack, "download", "laptop", "-o", str(tmp_path / "out"), cwd=laptop)
+    assert proc.returncode == 1 and "exists and is not an empty directory" in proc.stderr, proc.stderr
+    proc = cli(stack, "download", "laptop", "samples_999", "-o", str(tmp_path / "none"), cwd=laptop)
+    assert proc.returncode == 1 and "has no complete checkpoint 'samples_999'" in proc.stderr, proc.stderr
+    assert helper_pods(jobs) == [] and not (tmp_path / "none").exists()
+
+    # The upload claim goes with the job (the garbage collector, through its owner reference).
+    jobs.custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, "laptop")
+
+    def upload_claim_gone() -> bool:
+        try:
+            jobs.core.read_namespaced_persistent_volume_claim("laptop-upload", JOB_NS)
+            return False
+        except ApiException as e:
+            return e.status == 404
+    wait_until("the upload claim deleted with its job", upload_claim_gone, timeout_s=180, interval_s=1)
+
+
+def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
+    stack: RealStack, jobs: Jobs, tmp_path: Path
+) -> None:
+    jobs.core.create_namespaced_persistent_volume_claim(JOB_NS, {
+        "metadata": {"name": "shared-ckpts"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    shutil.copyfile(jobs.assets_dir / "data.jsonl", tmp_path / "train.jsonl")
+    local_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    common = ["submit", "--model-path", f"pvc://{ASSETS_CLAIM}/model", "--data", "./train.jsonl",
+              "--num-epochs", "1", "--effective-batch-size", "2", "--learning-rate", "1e-3", "--max-seq-len", "512",
+              "--max-tokens-per-gpu", "2048", "--device", "cpu", "--image", stack.images["SFT_TRAINER_IMAGE"],
+              "--set", "suspend=true"]  # created, not trained: this test is about the upload
+    try:
+        first = cli(stack, *common, "--name", "cli-a", "--ckpt-output-dir", "pvc://shared-ckpts/a", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "Uploaded ./train.jsonl to claim realnode-e2e/shared-ckpts" in first.stderr, first.stderr
+        stored = stack.claim_dir(JOB_NS, "shared-ckpts") / f".sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == local_sha
+        assert jobs.job("cli-a")["spec"]["dataPath"] == (
+            f"/checkpoints/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl")
+        second = cli(stack, *common, "--name", "cli-b", "--ckpt-output-dir", "pvc://shared-ckpts/b", cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+        assert "is on claim realnode-e2e/shared-ckpts" in second.stderr and "not sent again" in second.stderr, \
+            second.stderr
+        assert helper_pods(jobs) == []
+        # The claim is the user's: no job owns it.
+        assert not jobs.core.read_namespaced_persistent_volume_claim("shared-ckpts", JOB_NS).metadata.owner_references
+    finally:
+        jobs.core.delete_namespaced_persistent_volume_claim("shared-ckpts", JOB_NS)
