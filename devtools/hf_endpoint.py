@@ -33,13 +33,12 @@ import argparse
 import fnmatch
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.parquet", "*.arrow")
 INVALID_TOKEN_MESSAGE = "Invalid credentials in Authorization header"
@@ -99,6 +98,8 @@ class HfEndpoint:
         self.throttle_bps = throttle_bps
         self.log_path = Path(log_path) if log_path else None
         self.requests: list[dict] = []
+        # Files (repo-relative paths) served with their first byte changed: a corrupt transfer.
+        self.corrupt: set[str] = set()
         self._lock = threading.Lock()
         self._hash_cache: dict[tuple, RepoFile] = {}
         self._failures: list[int] = []
@@ -336,12 +337,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         if not head:
-            sent = _send_file(self.wfile, repo_dir / rel, start, length, self.server_endpoint.throttle_bps)
+            sent = _send_file(self.wfile, repo_dir / rel, start, length, self.server_endpoint.throttle_bps,
+                              corrupt=rel in self.server_endpoint.corrupt)
         self._record(status, sent)
 
 
-def _send_file(out, path: Path, start: int, length: int, throttle_bps: int | None) -> int:
-    """Write a byte range of a file; returns the bytes sent (fewer when the client went away)."""
+def _send_file(out, path: Path, start: int, length: int, throttle_bps: int | None, *, corrupt: bool = False) -> int:
+    """Write a byte range of a file; returns the bytes sent (fewer when the client went away).
+    ``corrupt``: the file's first byte is sent changed."""
     sent = 0
     began = time.monotonic()
     try:
@@ -351,13 +354,15 @@ def _send_file(out, path: Path, start: int, length: int, throttle_bps: int | Non
                 chunk = handle.read(min(CHUNK, length - sent))
                 if not chunk:
                     break
+                if corrupt and start == 0 and sent == 0:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 out.write(chunk)
                 sent += len(chunk)
                 if throttle_bps:
                     ahead = sent / throttle_bps - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
-    except (BrokenPipeError, ConnectionResetError):
+    except OSError:  # the client went away (a reset, a broken pipe, a TLS EOF): a killed download
         pass
     return sent
 

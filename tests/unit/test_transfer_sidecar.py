@@ -318,3 +318,48 @@ def test_other_pods_idle_until_sigterm(tmp_path, env):
         assert not (tmp_path / "cache").exists()
     finally:
         sidecar.close()
+
+
+def test_a_file_failing_verification_twice_is_permanent(tmp_path, hf, env):
+    publish(hf.root, "model", "org/corrupt", {"config.json": b"{}", "model.safetensors": b"w" * 5000})
+    sha = hashlib.sha256(b"w" * 5000).hexdigest()
+    bad = hashlib.sha256(b"\x88" + b"w" * 4999).hexdigest()
+    hf.requests.clear()
+    hf.corrupt.add("model.safetensors")
+    try:
+        _fails(tmp_path, [("spec.modelPath", "hf://org/corrupt")], env,
+               f"spec.modelPath (hf://org/corrupt): verification failed twice: model.safetensors: sha256 {bad}, "
+               f"the source says {sha}")
+    finally:
+        hf.corrupt.discard("model.safetensors")
+    assert [g["range"] for g in hf.file_downloads("model.safetensors")] == [None, None]
+    entry = _local(tmp_path, "spec.modelPath", "hf://org/corrupt")
+    assert not (entry / "model.safetensors").exists()  # never moved where the trainer reads
+    assert not (entry.parent / sources.SOURCE_MANIFEST_FILE).exists()
+
+
+def test_sigterm_mid_download_exits_0_and_keeps_the_partial_file(tmp_path, web, env):
+    (web.root / "slow.bin").write_bytes(os.urandom(BIG))
+    entries = [("spec.dataPath", f"{web.url}/slow.bin")]
+    web.requests.clear()
+    web.throttle_bps = 2 * 1024 * 1024
+    try:
+        sidecar = Sidecar(tmp_path, write_config(tmp_path, entries), env)
+        try:
+            partial = _wait_partial(tmp_path / "cache", 1024 * 1024)
+            started = time.monotonic()
+            assert sidecar.terminate(timeout=10) == 0
+            assert time.monotonic() - started < 5
+            assert sidecar.message() == "stopped by SIGTERM; a restart resumes"
+        finally:
+            sidecar.close()
+        kept = partial.stat().st_size
+        state = json.loads((tmp_path / "ckpt" / sources.TRANSFER_STATE_FILE).read_text())
+        assert state["downloads"][0]["state"] == "Downloading" and 0 < state["downloads"][0]["bytesDone"] <= kept
+        web.throttle_bps = None
+        _run_to_done(tmp_path, entries, env)
+    finally:
+        web.throttle_bps = None
+    gets = web.downloads("/slow.bin")
+    assert [g["range"] for g in gets] == [None, f"bytes={kept}-"]
+    assert _local(tmp_path, *entries[0]).read_bytes() == (web.root / "slow.bin").read_bytes()

@@ -176,6 +176,11 @@ class Fetcher:
                     problem = verify(partial, f)
                 except Changed as changed:
                     problem = str(changed)
+                except BaseException:
+                    # Cut short (a failure to retry, SIGTERM): the bytes kept, into the report now.
+                    kept = partial.stat().st_size if partial.exists() else 0
+                    self.state.update_download(index, bytesDone=done + kept)
+                    raise
                 finally:
                     if partial.exists() and partial.stat().st_size > before:
                         self._progressed = True

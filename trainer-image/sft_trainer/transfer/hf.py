@@ -136,6 +136,9 @@ class HfSource:
                              endpoint=self.endpoint)
         headers = hub.utils.build_hf_headers(token=self.token)
         with open(partial, "ab") as out:
+            if out.tell() > f.size:  # not a prefix of this file (another blob once had this name)
+                out.truncate(0)
+                out.seek(0)
             http_get(url, out, resume_size=out.tell(), headers=headers, expected_size=f.size,
                      displayed_filename=f.path)
 
