@@ -14,8 +14,18 @@ SHIPPED = [ROOT / "operator" / "sft_operator", ROOT / "trainer-image" / "sft_tra
 def test_the_wheel_lists_only_the_product_packages() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = config["tool"]["setuptools"]["packages"]
-    assert sorted(packages) == ["sft_operator", "sft_operator.api", "sft_trainer"]
+    assert sorted(packages) == ["sft_operator", "sft_operator.api", "sft_trainer", "sft_trainer.transfer"]
     assert not (ROOT / "operator" / "sft_operator" / "dev").exists()
+
+
+def test_every_shipped_package_is_in_the_wheel() -> None:
+    # setuptools ships only the packages listed: a subpackage left out imports in a checkout and
+    # fails in the images (sft_trainer.transfer did, at the image build's import check).
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(tree.parent).parts)
+             for tree in SHIPPED for init in tree.rglob("__init__.py")}
+    assert found - listed == set()
 
 
 def imported_modules(path: Path) -> set[str]:

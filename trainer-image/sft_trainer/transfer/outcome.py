@@ -8,7 +8,6 @@ restarts). Either carries the one line: ``<field> (<source>): <what happened>``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
 from sft_operator import contract
@@ -81,11 +80,3 @@ def s3_credential(env: Mapping[str, str]) -> str:
     if not env.get("AWS_ACCESS_KEY_ID"):
         return "no credentials were given (spec names no S3 Secret)"
     return f"the credentials in Secret {name}" if name else "the credentials given"
-
-
-def describe_os_error(error: OSError, where: str) -> str:
-    return f"{where}: {error.strerror or error}" if error.errno else f"{where}: {error}"
-
-
-def environment() -> dict[str, str]:
-    return dict(os.environ)

@@ -13,7 +13,6 @@ anonymous (public buckets).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -171,7 +170,3 @@ class S3Source:
     def classify(self, error: BaseException) -> TransferFailure | None:
         key = self.source.path if self.source.kind.value == "s3-object" else None
         return classify(error, self.env, f"read s3://{self.bucket}/{self.source.path}", bucket=self.bucket, key=key)
-
-
-def environment_has_credentials(env: Mapping[str, str] = os.environ) -> bool:
-    return bool(env.get("AWS_ACCESS_KEY_ID"))
