@@ -103,6 +103,7 @@ class HfEndpoint:
         self._lock = threading.Lock()
         self._hash_cache: dict[tuple, RepoFile] = {}
         self._failures: list[int] = []
+        self._inflight = 0
         endpoint = self
 
         class Handler(_Handler):
@@ -146,6 +147,14 @@ class HfEndpoint:
             if self.log_path:
                 with open(self.log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
+
+    def clear_log(self, timeout: float = 10) -> None:
+        """Forget the requests so far, once those in flight are logged."""
+        from devtools.object_store import _settle
+
+        _settle(self, timeout)
+        with self._lock:
+            self.requests.clear()
 
     def file_downloads(self, file_path: str) -> list[dict]:
         """The GETs of a file's resolve URL that sent a body (full or ranged)."""
@@ -193,10 +202,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        self._serve(head=True)
+        from devtools.object_store import _counted
+
+        with _counted(self.server_endpoint):
+            self._serve(head=True)
 
     def do_GET(self) -> None:
-        self._serve(head=False)
+        from devtools.object_store import _counted
+
+        with _counted(self.server_endpoint):
+            self._serve(head=False)
 
     # --- responses ----------------------------------------------------------------------------
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"", *, head: bool = False) -> None:

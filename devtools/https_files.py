@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from devtools import pki
 from devtools.hf_endpoint import _send_file
+from devtools.object_store import _counted, _settle
 
 
 class HttpsFiles:
@@ -36,6 +37,7 @@ class HttpsFiles:
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._failures: list[int] = []
+        self._inflight = 0
         self._etags: dict[tuple, str] = {}
         cert_dir = Path(cert_dir)
         cert_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,12 @@ class HttpsFiles:
                 with open(self.log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
 
+    def clear_log(self, timeout: float = 10) -> None:
+        """Forget the requests so far, once those in flight are logged."""
+        _settle(self, timeout)
+        with self._lock:
+            self.requests.clear()
+
     def downloads(self, path: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == path and r["status"] in (200, 206)]
 
@@ -106,10 +114,12 @@ class _Files(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        self._serve(head=True)
+        with _counted(self.server_files):
+            self._serve(head=True)
 
     def do_GET(self) -> None:
-        self._serve(head=False)
+        with _counted(self.server_files):
+            self._serve(head=False)
 
     def _plain(self, status: int, *, head: bool) -> None:
         body = f"{status}\n".encode()

@@ -84,6 +84,7 @@ class ObjectStore:
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._failures: list[int] = []
+        self._inflight = 0
         self._moto: subprocess.Popen | None = None
         self._moto_port = 0
         store = self
@@ -160,6 +161,13 @@ class ObjectStore:
                 with open(self.log_path, "a") as handle:
                     handle.write(json.dumps(entry) + "\n")
 
+    def clear_log(self, timeout: float = 10) -> None:
+        """Forget the requests so far, once those in flight are logged (a response reaches the
+        client before its log entry is written)."""
+        _settle(self, timeout)
+        with self._lock:
+            self.requests.clear()
+
     def object_downloads(self, bucket: str, key: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == f"/{bucket}/{key}"
                 and r["status"] in (200, 206)]
@@ -177,7 +185,8 @@ class _Proxy(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self._forward()
+        with _counted(self.object_store):
+            self._forward()
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
 
@@ -227,6 +236,30 @@ class _Proxy(BaseHTTPRequestHandler):
             store.log({**entry, "status": -1, "bytes": 0})
         finally:
             upstream.close()
+
+
+class _counted:
+    """Counts a request in flight on a server object (``_inflight`` under ``_lock``)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __enter__(self):
+        with self.server._lock:
+            self.server._inflight += 1
+
+    def __exit__(self, *exc):
+        with self.server._lock:
+            self.server._inflight -= 1
+
+
+def _settle(server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with server._lock:
+            if server._inflight == 0:
+                return
+        time.sleep(0.01)
 
 
 def _pump(response, out, throttle_bps: int | None) -> int:

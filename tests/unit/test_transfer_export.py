@@ -82,7 +82,7 @@ def test_export_complete_checkpoints_only_marker_last_restart_safe(tmp_path, s3)
     _full_state(ckpt, "epoch_1")
     _full_state(ckpt, "epoch_2", complete=False)  # no training_metadata.json yet
     config = write_config(tmp_path, [], export={"uri": "s3://exports/run1", "fullStates": True})
-    s3.requests.clear()
+    s3.clear_log()
     sidecar = Sidecar(tmp_path, config, s3.env())
     try:
         state = _wait_exports(sidecar, {"hf_format/samples_8", "full_state/epoch_1"})
@@ -115,7 +115,7 @@ def test_export_complete_checkpoints_only_marker_last_restart_safe(tmp_path, s3)
     for lose_report in (False, True):
         if lose_report:
             (ckpt / sources.TRANSFER_STATE_FILE).unlink()
-        s3.requests.clear()
+        s3.clear_log()
         sidecar = Sidecar(tmp_path, config, s3.env())
         try:
             state = _wait_exports(sidecar, {"hf_format/samples_8", "full_state/epoch_1"})
@@ -127,7 +127,7 @@ def test_export_complete_checkpoints_only_marker_last_restart_safe(tmp_path, s3)
 
     # The checkpoint being written is exported once it is quiet; the incomplete ones never.
     _old(ckpt / "hf_format/samples_24")
-    s3.requests.clear()
+    s3.clear_log()
     sidecar = Sidecar(tmp_path, config, s3.env())
     try:
         _wait_exports(sidecar, {"hf_format/samples_24"})
@@ -142,7 +142,7 @@ def test_a_file_already_uploaded_is_not_uploaded_again(tmp_path, s3):
     hf = _hf(ckpt, "samples_8")
     data = (hf / "model.safetensors").read_bytes()
     s3.client().put_object("exports", "run2/hf_format/samples_8/model.safetensors", io.BytesIO(data), len(data))
-    s3.requests.clear()
+    s3.clear_log()
     sidecar = Sidecar(tmp_path, write_config(tmp_path, [], export={"uri": "s3://exports/run2"}), s3.env())
     try:
         _wait_exports(sidecar, {"hf_format/samples_8"})

@@ -96,7 +96,7 @@ def test_fetch_every_kind_byte_identical_then_cached(tmp_path, hf, s3, web, env,
     entries = [("spec.modelPath", "hf://org/tiny"), ("spec.dataPath", "hf://datasets/org/data/train.jsonl"),
                ("spec.modelPath", "s3://models/tiny"), ("spec.dataPath", "s3://models/data/train.jsonl"),
                ("spec.dataPath", f"{web.url}/train.jsonl")]
-    hf.requests.clear(), s3.requests.clear(), web.requests.clear()
+    hf.clear_log(), s3.clear_log(), web.clear_log()
     state = _run_to_done(tmp_path, entries, env)
     assert [(d["state"], d["cached"]) for d in state["downloads"]] == [("Done", False)] * 5
     model = _local(tmp_path, *entries[0])
@@ -119,7 +119,7 @@ def test_fetch_every_kind_byte_identical_then_cached(tmp_path, hf, s3, web, env,
     assert len(hf.file_downloads("model.safetensors")) == 1
 
     # A second job on the same cache: nothing downloaded; hf asks once per source for the revision.
-    hf.requests.clear(), s3.requests.clear(), web.requests.clear()
+    hf.clear_log(), s3.clear_log(), web.clear_log()
     second = tmp_path / "second"
     second.mkdir()
     (second / "cache").symlink_to(tmp_path / "cache")
@@ -135,7 +135,7 @@ def test_a_moved_branch_is_fetched_again_only_what_changed(tmp_path, hf, env):
     entries = [("spec.modelPath", "hf://org/moving@main")]
     first = _run_to_done(tmp_path, entries, env)["downloads"][0]["revision"]
     publish(hf.root, "model", "org/moving", {"config.json": b'{"v": 2}'})
-    hf.requests.clear()
+    hf.clear_log()
     state = _run_to_done(tmp_path, entries, env)
     assert state["downloads"][0]["revision"] != first and not state["downloads"][0]["cached"]
     assert [r["path"].rsplit("/", 1)[-1] for r in hf.requests if r["method"] == "GET" and "/resolve/" in r["path"]] \
@@ -155,7 +155,7 @@ def _wait_partial(path_glob_root: Path, at_least: int, timeout: float = 30) -> P
 
 def test_killed_mid_download_resumes_with_range(tmp_path, hf, env):
     entries = [("spec.modelPath", "hf://org/big")]
-    hf.requests.clear()
+    hf.clear_log()
     hf.throttle_bps = 2 * 1024 * 1024
     try:
         sidecar = Sidecar(tmp_path, write_config(tmp_path, entries), env)
@@ -183,7 +183,7 @@ def test_s3_killed_mid_download_resumes_with_range(tmp_path, s3, env):
     data = os.urandom(BIG)
     s3.client().put_object("models", "big/w.bin", io.BytesIO(data), len(data))
     entries = [("spec.dataPath", "s3://models/big/w.bin")]
-    s3.requests.clear()
+    s3.clear_log()
     s3.throttle_bps = 2 * 1024 * 1024
     try:
         sidecar = Sidecar(tmp_path, write_config(tmp_path, entries), env)
@@ -289,7 +289,7 @@ def test_two_jobs_on_one_cache_fetch_once(tmp_path, hf, env):
     cache.mkdir(parents=True)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "cache").symlink_to(cache)
-    hf.requests.clear()
+    hf.clear_log()
     hf.throttle_bps = 8 * 1024 * 1024
     try:
         first = Sidecar(tmp_path / "a", write_config(tmp_path / "a", entries), env)
@@ -324,7 +324,7 @@ def test_a_file_failing_verification_twice_is_permanent(tmp_path, hf, env):
     publish(hf.root, "model", "org/corrupt", {"config.json": b"{}", "model.safetensors": b"w" * 5000})
     sha = hashlib.sha256(b"w" * 5000).hexdigest()
     bad = hashlib.sha256(b"\x88" + b"w" * 4999).hexdigest()
-    hf.requests.clear()
+    hf.clear_log()
     hf.corrupt.add("model.safetensors")
     try:
         _fails(tmp_path, [("spec.modelPath", "hf://org/corrupt")], env,
@@ -341,7 +341,7 @@ def test_a_file_failing_verification_twice_is_permanent(tmp_path, hf, env):
 def test_sigterm_mid_download_exits_0_and_keeps_the_partial_file(tmp_path, web, env):
     (web.root / "slow.bin").write_bytes(os.urandom(BIG))
     entries = [("spec.dataPath", f"{web.url}/slow.bin")]
-    web.requests.clear()
+    web.clear_log()
     web.throttle_bps = 2 * 1024 * 1024
     try:
         sidecar = Sidecar(tmp_path, write_config(tmp_path, entries), env)
