@@ -46,3 +46,14 @@ def test_no_shipped_module_imports_devtools() -> None:
         if any(name == "devtools" or name.startswith("devtools.") for name in imported_modules(path))
     ]
     assert offenders == []
+
+
+def test_the_operator_image_makes_a_placeholder_of_every_listed_package() -> None:
+    # The root Dockerfile installs the dependencies through empty placeholder packages: one
+    # missing from that step fails setuptools (and the operator image build).
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in config["packages"]:
+        top, *rest = package.split(".")
+        init = "/".join([config["package-dir"][top], *rest, "__init__.py"])
+        assert init in dockerfile, init
