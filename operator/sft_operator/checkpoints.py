@@ -13,6 +13,19 @@ What instructlab-training 0.16.2 writes under ``ckpt_output_dir``::
     training_params_and_metrics_global0.jsonl   appended across restarts
     full_logs_global<R>.log           truncated on restart
 
+What rhai-innovation-mini-trainer 0.9.0 (spec.algorithm osft) writes there instead::
+
+    hf_format/samples_<N>.0/          model for serving (N: samples seen, written as a float)
+    full_state_checkpoints/step_<S>/  only on a signal (on-demand): DCP model shards, one
+                                      optimizer and RNG file per rank, training_state.pt (a torch
+                                      pickle {step, epoch, total_samples_accumulated, ...},
+                                      written by rank 0 after its own shards): complete once it
+                                      exists. S = optimizer steps since the start, all epochs
+    training_metrics_<node_rank>.jsonl  one line per step ({step, epoch, steps_per_epoch, loss,
+                                      lr, total_samples_accumulated, samples_per_second, ...}),
+                                      appended across restarts; node 0's is the metrics log
+    training_log_node<R>.log          the workers' output, truncated on restart
+
 What our launcher adds, all under ``sft-operator/``::
 
     data/data.jsonl                   the processed data (trainingArgs.data_output_dir, which
@@ -54,6 +67,9 @@ HF_LAST_EPOCH_NAME = "last_epoch"
 FULL_STATE_DIR = "full_state"
 TRAINING_METADATA_FILE = "training_metadata.json"
 METRICS_LOG_FILE = "training_params_and_metrics_global0.jsonl"
+OSFT_FULL_STATE_DIR = "full_state_checkpoints"
+OSFT_STATE_FILE = "training_state.pt"
+OSFT_METRICS_LOG_FILE = "training_metrics_0.jsonl"
 OPERATOR_DIR = "sft-operator"
 DEFAULT_DATA_DIR = "data"  # the operator's default data_output_dir, relative to the root
 PROCESSED_DATA_FILE = "data.jsonl"
@@ -63,8 +79,10 @@ COMPLETION_MARKER_FILE = f"{OPERATOR_DIR}/COMPLETED"
 OWNER_FILE = f"{OPERATOR_DIR}/OWNER"
 SET_ASIDE_DIR = f"{OPERATOR_DIR}/set-aside"
 
-_SAMPLES_DIR = re.compile(r"^samples_(\d+)$")
+# mini-trainer names a checkpoint after a float sample count: samples_48.0
+_SAMPLES_DIR = re.compile(r"^samples_(\d+)(?:\.0)?$")
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
 _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model.bin.index.json")
 
@@ -113,9 +131,21 @@ class FullStateMetadata(BaseModel):
 class FullState(_Frozen):
     name: str
     epoch: int
-    complete: bool  # training_metadata.json present and readable
+    complete: bool  # training_metadata.json (OSFT: training_state.pt) present and readable
     mtime: float
     metadata: FullStateMetadata | None
+    directory: str = FULL_STATE_DIR  # OSFT_FULL_STATE_DIR for mini-trainer's states
+
+    @property
+    def path(self) -> str:
+        """Relative to the checkpoint root."""
+        return f"{self.directory}/{self.name}"
+
+    @property
+    def kept_in_place(self) -> bool:
+        """Complete and never overwritten: an epoch-end state, or any of mini-trainer's (each
+        save has its own step_<S> directory). What retention counts."""
+        return self.stable or (self.complete and self.directory == OSFT_FULL_STATE_DIR)
 
     @property
     def stable(self) -> bool:
@@ -151,7 +181,7 @@ class RunRecord(_Frozen):
 class CheckpointTree(_Frozen):
     root: str
     hf_checkpoints: list[HfCheckpoint]  # by samples, last_epoch last
-    full_states: list[FullState]  # by epoch
+    full_states: list[FullState]  # by epoch (OSFT: by step)
     stray_full_state_entries: list[str]  # names that would crash upstream's resume
     completion: CompletionMarker | None
     data_ready: DataReadyMarker | None
@@ -273,6 +303,8 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
         try:
             if "epoch" in line and "step" in line and "samples_seen" in line:
                 steps.append(StepRecord.model_validate(line))
+            elif (osft := _osft_step(line)) is not None:
+                steps.append(StepRecord.model_validate(osft))
             elif "num_batches" in line and "total_samples" in line:
                 totals.append(TotalsRecord.model_validate(line))
             elif "model_name_or_path" in line:
@@ -291,7 +323,22 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
 
 
 def metrics_log_path(root: Path) -> Path:
-    return Path(root) / METRICS_LOG_FILE
+    """instructlab-training's metrics log, or mini-trainer's node-0 log once that exists."""
+    osft = Path(root) / OSFT_METRICS_LOG_FILE
+    return osft if osft.exists() else Path(root) / METRICS_LOG_FILE
+
+
+def _osft_step(line: dict) -> dict | None:
+    """A mini-trainer metrics line as a StepRecord's fields (its epoch is 0-based like ours)."""
+    if not ("loss" in line and "step" in line and "epoch" in line and "total_samples_accumulated" in line):
+        return None
+    samples = line["total_samples_accumulated"]
+    if not isinstance(samples, (int, float)) or isinstance(samples, bool) or samples != int(samples):
+        return None
+    return {"epoch": line["epoch"], "step": line["step"], "samples_seen": int(samples), "avg_loss": line["loss"],
+            "lr": line.get("lr"), "overall_throughput": line.get("samples_per_second"),
+            "batch_size": line.get("num_samples"), "num_epoch_steps": line.get("steps_per_epoch"),
+            "timestamp": line.get("timestamp")}
 
 
 def _first_samples_per_epoch(path: Path, max_bytes: int = 1 << 20) -> int | None:
@@ -332,6 +379,24 @@ def read_training_metadata(path: Path) -> FullStateMetadata | None:
         return None
 
 
+def read_osft_state(path: Path) -> FullStateMetadata | None:
+    """mini-trainer's training_state.pt as our metadata (every save is mid-epoch: global_step
+    set), or None when missing, truncated or not plain data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(names) != 1:
+                return None
+            payload = archive.read(names[0])
+        data = _PlainDataUnpickler(io.BytesIO(payload)).load()
+        samples = data["total_samples_accumulated"]
+        return FullStateMetadata(current_epoch=data["epoch"], samples_seen=int(samples),
+                                 global_step=data["step"])
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            KeyError, ValidationError):
+        return None
+
+
 # --- Scan -------------------------------------------------------------------------------------
 def _mtime(path: Path) -> float:
     try:
@@ -353,7 +418,7 @@ def _scan_full_states(root: Path) -> tuple[list[FullState], list[str]]:
     stray: list[str] = []
     base = root / FULL_STATE_DIR
     if not base.is_dir():
-        return states, stray
+        return _scan_osft_full_states(root), stray
     for entry in sorted(base.iterdir()):
         match = _EPOCH_DIR.match(entry.name)
         if not match or not entry.is_dir():
@@ -369,7 +434,27 @@ def _scan_full_states(root: Path) -> tuple[list[FullState], list[str]]:
             metadata=metadata,
         ))
     states.sort(key=lambda state: state.epoch)
-    return states, stray
+    return states + _scan_osft_full_states(root), stray
+
+
+def _scan_osft_full_states(root: Path) -> list[FullState]:
+    base = root / OSFT_FULL_STATE_DIR
+    if not base.is_dir():
+        return []
+    states = []
+    for entry in base.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if not match or not entry.is_dir():
+            continue  # mini-trainer's resume looks only at step_<S> directories
+        state_path = entry / OSFT_STATE_FILE
+        metadata = read_osft_state(state_path) if state_path.exists() else None
+        states.append(FullState(name=entry.name, epoch=metadata.current_epoch if metadata else 0,
+                                complete=metadata is not None,
+                                mtime=_mtime(state_path if metadata is not None else entry),
+                                metadata=metadata, directory=OSFT_FULL_STATE_DIR))
+    # By step, as mini-trainer picks the newest (an incomplete one sorts by its name's step).
+    states.sort(key=lambda state: int(_STEP_DIR.match(state.name).group(1)))
+    return states
 
 
 def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | None
@@ -413,13 +498,17 @@ def scan_checkpoints(path: Path) -> CheckpointTree:
     root = Path(path)
     full_states, stray = _scan_full_states(root)
     samples_per_epoch = _first_samples_per_epoch(root / METRICS_LOG_FILE)
+    data_ready = _read_json_model(root / DATA_READY_FILE, DataReadyMarker)
+    if samples_per_epoch is None and (root / OSFT_METRICS_LOG_FILE).exists() and data_ready is not None:
+        # mini-trainer logs no totals line; each epoch trains every processed sample once.
+        samples_per_epoch = data_ready.num_samples
     return CheckpointTree(
         root=str(root),
         hf_checkpoints=_scan_hf(root, full_states, samples_per_epoch),
         full_states=full_states,
         stray_full_state_entries=stray,
         completion=_read_json_model(root / COMPLETION_MARKER_FILE, CompletionMarker),
-        data_ready=_read_json_model(root / DATA_READY_FILE, DataReadyMarker),
+        data_ready=data_ready,
         samples_per_epoch=samples_per_epoch,
     )
 
@@ -503,19 +592,19 @@ def full_states_to_prune(tree: CheckpointTree, keep: int) -> list[FullState]:
     """
     if keep < 1:
         raise ValueError(f"fullStateRetention must be >= 1, got {keep}")
-    stable = [state for state in tree.full_states if state.stable]
-    if len(stable) <= keep:
+    kept = [index for index, state in enumerate(tree.full_states) if state.kept_in_place]
+    if len(kept) <= keep:
         return []
-    oldest_kept_epoch = stable[-keep].epoch
-    return [state for state in tree.full_states
-            if state.complete and state.epoch < oldest_kept_epoch]
+    # full_states is in save order (epochs; OSFT: steps): everything complete before the oldest kept.
+    oldest_kept = kept[-keep]
+    return [state for state in tree.full_states[:oldest_kept] if state.complete]
 
 
 def full_state_written_at(root: Path, state: FullState) -> float:
     """When upstream last wrote the state: the newest mtime of its top-level entries other than
     training_metadata.json, which our resume rewrites (normalize_mid_epoch) without writing the
     state; the metadata's own mtime when nothing else is there."""
-    base = Path(root) / FULL_STATE_DIR / state.name
+    base = Path(root) / state.path
     try:
         times = [entry.stat().st_mtime for entry in base.iterdir() if entry.name != TRAINING_METADATA_FILE]
     except FileNotFoundError:
@@ -531,17 +620,19 @@ def prune_full_states(root: Path, keep: int, may_delete=None) -> list[str]:
     for state in full_states_to_prune(tree, keep):
         if may_delete is not None and not may_delete(state):
             continue
-        target = Path(root) / FULL_STATE_DIR / state.name
+        target = Path(root) / state.path
         # The metadata goes first: a crash mid-delete leaves an incomplete state, which resume
         # skips (it is set aside), never a "complete" one with missing files.
         (target / TRAINING_METADATA_FILE).unlink(missing_ok=True)
+        (target / OSFT_STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(target, ignore_errors=True)
         deleted.append(state.name)
     return deleted
 
 
-def set_aside(root: Path, names: list[str], *, now: datetime) -> list[str]:
-    """Move full_state entries out of the way of upstream's resume, keeping them on the volume.
+def set_aside(root: Path, names: list[str], *, now: datetime, directory: str = FULL_STATE_DIR) -> list[str]:
+    """Move full_state (or ``directory``'s) entries out of the way of upstream's resume, keeping
+    them on the volume.
 
     Only call this while no training process runs (incomplete states may be being written).
     Returns the new paths relative to ``root``.
@@ -549,7 +640,7 @@ def set_aside(root: Path, names: list[str], *, now: datetime) -> list[str]:
     moved = []
     stamp = now.strftime("%Y%m%dT%H%M%S")
     for name in names:
-        source = Path(root) / FULL_STATE_DIR / name
+        source = Path(root) / directory / name
         target = Path(root) / SET_ASIDE_DIR / f"{name}-{stamp}"
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)

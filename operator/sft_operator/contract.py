@@ -128,9 +128,12 @@ EXIT_RENDEZVOUS_CONFLICT = 5  # the rendezvous port is taken on node 0's pod, or
 #   "trainingFields": {...},            # the spec's training fields (models.TRAINING_FIELDS),
 #                                       # hashed into the owner record
 #   "adoptExistingCheckpoints": bool,   # spec.checkpoints.adoptExisting (default false)
-#   "trainingArgs": {...}               # instructlab-training TrainingArgs kwargs, already
+#   "algorithm": "sft" | "osft",        # optional (sft); written only for osft
+#   "trainingArgs": {...}               # sft: instructlab-training TrainingArgs kwargs, already
 #                                       # mapped from the spec's camelCase names; includes
-#                                       # ckpt_output_dir, data_path, model_path, num_epochs
+#                                       # ckpt_output_dir, data_path, model_path, num_epochs.
+#                                       # osft: training_hub osft()'s parameter names (the
+#                                       # launcher maps them onto mini-trainer's TrainingArgs)
 # }
 CONFIG_KEY_JOB_NAME = "jobName"
 CONFIG_KEY_NAMESPACE = "namespace"
@@ -151,6 +154,7 @@ CONFIG_KEY_SOURCES = "sources"
 CONFIG_KEY_SOURCE_CACHE_ROOT = "sourceCacheRoot"
 # Export (optional): {"uri": "s3://bucket/prefix", "fullStates": bool, "restore": bool}
 CONFIG_KEY_EXPORT = "export"
+CONFIG_KEY_ALGORITHM = "algorithm"
 
 
 def node_rank_from_pod_name(pod_name: str) -> int:

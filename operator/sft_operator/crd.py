@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
-from sft_operator import contract
+from sft_operator import algorithms, contract
 from sft_operator.models import (
     COLLECTIVE_TIMEOUT_ENV,
     GPU_RESOURCE,
@@ -129,7 +129,7 @@ SPEC_RULES: list[tuple[str, str, str]] = [
         f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
         "spec.pod.volumeMounts: these paths are used by the operator: " + ", ".join(sorted(RESERVED_MOUNT_PATHS)),
     ),
-] + [
+] + algorithms.cel_rules() + [
     (
         "",
         f"!has(self.pod) || !has(self.pod.resources) || !has(self.pod.resources.{kind}) || "

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, PlainValidator, ValidationError, WithJso
 from pydantic_core import PydanticCustomError
 
 from sft_operator import contract, pod_security, sources
+from sft_operator.algorithms import OSFT_ONLY_FIELDS, Algorithm, algorithm_problems, osft_training_args
 from sft_operator.progress import TrainingProgress
 from sft_operator.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
 from sft_operator.wire import ApiModel
@@ -373,11 +374,14 @@ MAPPED_TRAINING_ARGS: dict[str, str] = {
 }
 # The experiment loggers' settings: passed to TrainingArgs only when set.
 LOGGER_FIELDS = tuple(key for key in MAPPED_TRAINING_ARGS if key.startswith(("mlflow_", "wandb_", "tensorboard_")))
+# mini-trainer has no TensorBoard logger.
+OSFT_LOGGER_FIELDS = tuple(key for key in LOGGER_FIELDS if not key.startswith("tensorboard_"))
 
 # Spec paths (camelCase) that cannot change once the job exists: changing them would break
 # resuming from the checkpoints already written. Everything else (suspend, pod settings,
 # maxRestarts, checkpoints.deleteWithJob) may change.
 IMMUTABLE_FIELDS: tuple[str, ...] = (
+    "algorithm",
     "modelPath",
     "dataPath",
     "dataOutputDir",
@@ -400,6 +404,7 @@ IMMUTABLE_FIELDS: tuple[str, ...] = (
     "validationSplit",
     "validationFrequency",
     "extraArgs",
+    *OSFT_ONLY_FIELDS,
     "nnodes",
     "nprocPerNode",
     "rdzvPort",
@@ -452,7 +457,15 @@ def default_sharding_strategy(nnodes: int, nproc_per_node: int) -> str:
 
 
 class SFTJobSpec(ApiModel):
-    """One supervised fine-tuning run with instructlab-training (training_hub sft() parameters)."""
+    """One supervised fine-tuning run: training_hub sft() (instructlab-training) or osft()
+    (mini-trainer) parameters."""
+
+    algorithm: Algorithm = Field(
+        default=Algorithm.SFT,
+        description="sft: instructlab-training (training_hub sft()); osft: Orthogonal Subspace Fine-Tuning with "
+        "rhai-innovation-mini-trainer (training_hub osft()), which needs unfreezeRankRatio. Each refuses the "
+        "other's own fields.",
+    )
 
     # --- training_hub sft() parameters --------------------------------------------------------
     model_path: str = Field(
@@ -506,6 +519,28 @@ class SFTJobSpec(ApiModel):
     wandb_entity: str | None = None
     wandb_run_name: str | None = None
     tensorboard_log_dir: str | None = Field(default=None, description="Enables the TensorBoard logger (a path in the pod).")
+    # --- training_hub osft() parameters (algorithm: osft only) --------------------------------
+    unfreeze_rank_ratio: float | None = Field(
+        default=None, gt=0, le=1,
+        description="OSFT: the fraction of each target matrix's rank that trains (the rest is frozen); required "
+        "with algorithm osft. Values above 0.5 are seldom needed.",
+    )
+    target_patterns: list[str] | None = Field(
+        default=None, max_length=64,
+        description="OSFT: module name patterns to apply OSFT to (default: mini-trainer's per-model defaults).",
+    )
+    seed: int | None = Field(default=None, ge=0, description="OSFT: random seed (mini-trainer default 42).")
+    lr_scheduler: str | None = Field(
+        default=None, min_length=1, description="OSFT: a transformers scheduler name (mini-trainer default cosine)."
+    )
+    lr_scheduler_kwargs: dict[str, Any] | None = Field(
+        default=None, max_length=32, description="OSFT: extra arguments of the learning-rate scheduler."
+    )
+    save_final_checkpoint: bool | None = Field(
+        default=None, description="OSFT: save a Hugging Face checkpoint when training ends (mini-trainer default true)."
+    )
+    use_liger: bool | None = Field(default=None, description="OSFT: Liger kernels (GPU only).")
+
     extra_args: dict[str, Any] = Field(
         default_factory=dict,
         max_length=64,
@@ -667,6 +702,15 @@ class SFTJobSpec(ApiModel):
     def training_config(self, job_name: str, namespace: str, job_uid: str = "") -> dict[str, Any]:
         """The launcher's config file (contract.CONFIG_FILE_NAME), as documented in contract.py."""
         uid = {contract.CONFIG_KEY_JOB_UID: job_uid} if job_uid else {}
+        if self.algorithm is Algorithm.OSFT:
+            fetched = {field: path for field, _, path in self.fetched_sources()}
+            training_args = osft_training_args(self, self.ckpt_output_dir, OSFT_LOGGER_FIELDS,
+                                               model_path=fetched.get("spec.modelPath", self.model_path),
+                                               data_path=fetched.get("spec.dataPath", self.data_path))
+            # Written only for OSFT: an SFT job's config (and its hash in the StatefulSet) stays as it was.
+            uid[contract.CONFIG_KEY_ALGORITHM] = Algorithm.OSFT.value
+        else:
+            training_args = self.training_args()
         return {
             **self.transfer_config(),
             **uid,
@@ -674,7 +718,7 @@ class SFTJobSpec(ApiModel):
             contract.CONFIG_KEY_NAMESPACE: namespace,
             contract.CONFIG_KEY_NUM_EPOCHS: self.num_epochs,
             contract.CONFIG_KEY_RETENTION: self.full_state_retention,
-            contract.CONFIG_KEY_TRAINING_ARGS: self.training_args(),
+            contract.CONFIG_KEY_TRAINING_ARGS: training_args,
             contract.CONFIG_KEY_TRAINING_FIELDS: self.training_fields_view(),
             contract.CONFIG_KEY_ADOPT_EXISTING: self.checkpoints.adopt_existing,
         }
@@ -694,7 +738,13 @@ class SFTJobSpec(ApiModel):
         """The TRAINING_FIELDS part of the immutable view: what a checkpoint directory's owner
         record hashes (defaults included, so leaving a field out equals writing its default)."""
         view = self.immutable_view()
-        return {path: view[path] for path in TRAINING_FIELDS}
+        fields = {path: view[path] for path in TRAINING_FIELDS}
+        if self.algorithm is Algorithm.SFT:
+            # An SFT job's hash is what it was before OSFT existed: the directories of jobs created
+            # then keep their owner.
+            for path in ("algorithm", *OSFT_ONLY_FIELDS):
+                del fields[path]
+        return fields
 
 
 def epoch_full_state_warning(spec: dict[str, Any]) -> str | None:
@@ -712,7 +762,7 @@ def epoch_full_state_warning(spec: dict[str, Any]) -> str | None:
 
 def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
     """(spec path, message) for every rule that spans fields; the CRD's CEL rules mirror these."""
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = algorithm_problems(spec)
     for key in spec.extra_args:
         path = f"spec.extraArgs.{key}"
         if key not in TRAINING_ARGS_FIELDS:

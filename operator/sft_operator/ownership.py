@@ -238,7 +238,7 @@ def adoption(record: OwnerRecord) -> CheckpointAdoption | None:
 def training_output(tree: checkpoints.CheckpointTree, runs: int, set_aside: list[str]) -> list[str]:
     """What of a run a directory holds, as paths relative to it (the completion marker first)."""
     found = [checkpoints.COMPLETION_MARKER_FILE] if tree.completion is not None else []
-    found += [f"{checkpoints.FULL_STATE_DIR}/{state.name}" for state in tree.full_states]
+    found += [state.path for state in tree.full_states]
     found += [f"{checkpoints.FULL_STATE_DIR}/{name}" for name in tree.stray_full_state_entries]
     found += [f"{checkpoints.HF_FORMAT_DIR}/{ckpt.name}" for ckpt in tree.hf_checkpoints]
     if runs:

@@ -22,7 +22,6 @@ from sft_operator.sources import DownloadState, TransferState
 from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
 from sft_operator.wire import MAX_API_INT, ApiModel, Count, DateTime, Finite, Flag, rfc3339
 from sft_operator.checkpoints import (
-    FULL_STATE_DIR,
     HF_FORMAT_DIR,
     CheckpointTree,
     RunRecord,
@@ -248,7 +247,7 @@ def summary_fields(
     if full is not None:
         full_info = {
             "name": full.name,
-            "path": f"{FULL_STATE_DIR}/{full.name}",
+            "path": full.path,
             "epoch": full.epoch + 1,
             "samples": full.metadata.samples_seen if full.metadata else None,
             "mid_epoch": bool(full.metadata and full.metadata.mid_epoch),

@@ -85,6 +85,9 @@ def test_valid_job_passes_every_rule() -> None:
     assert cel_errors(job()) == []
     assert cel_errors(job(nnodes=2, nprocPerNode=8, extraArgs={"use_liger": True}, validationSplit=0.1,
                           validationFrequency=5, pod={"env": [{"name": "A", "value": "1"}]})) == []
+    assert cel_errors(job(algorithm="osft", unfreezeRankRatio=1.0, targetPatterns=["q_proj"], seed=3,
+                          lrScheduler="cosine", lrSchedulerKwargs={"num_cycles": 2}, saveFinalCheckpoint=True,
+                          useLiger=False, saveSamples=0, accelerateFullStateAtEpoch=True, extraArgs={})) == []
 
 
 INVALID = [
@@ -113,7 +116,38 @@ INVALID = [
      "spec.pod.resources.limits[nvidia.com/gpu]"),
     ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "30m"}]}}, "spec.pod.env"),
     ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "0"}]}}, "spec.pod.env"),
+    # OSFT (issue 24): its ratio is required and in (0, 1]; each algorithm refuses the other's fields
+    ({"algorithm": "osft"}, "spec.unfreezeRankRatio"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "maxTokensPerGpu": 100}, "spec.maxTokensPerGpu"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "saveSamples": 100}, "spec.saveSamples"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "accelerateFullStateAtEpoch": False},
+     "spec.accelerateFullStateAtEpoch"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "validationFrequency": 2}, "spec.validationFrequency"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "tensorboardLogDir": "/tb"}, "spec.tensorboardLogDir"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "extraArgs": {"use_liger": True}}, "spec.extraArgs"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "blockSize": 8}, "spec.blockSize"),
+    ({"unfreezeRankRatio": 0.3}, "spec.unfreezeRankRatio"),
+    ({"targetPatterns": ["q_proj"]}, "spec.targetPatterns"),
+    ({"seed": 7}, "spec.seed"),
+    ({"lrScheduler": "cosine"}, "spec.lrScheduler"),
+    ({"saveFinalCheckpoint": False}, "spec.saveFinalCheckpoint"),
 ]
+
+
+@pytest.mark.parametrize(("spec", "path"), [
+    ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, "spec.unfreezeRankRatio"),
+    ({"algorithm": "osft", "unfreezeRankRatio": 0.0}, "spec.unfreezeRankRatio"),
+    ({"algorithm": "dpo"}, "spec.algorithm"),
+])
+def test_the_schema_and_the_operator_refuse_out_of_range_osft_values(spec: dict[str, Any], path: str) -> None:
+    # Bounds and enums are the OpenAPI schema's (the apiserver checks them before CEL runs).
+    spec_schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    ratio = spec_schema["properties"]["unfreezeRankRatio"]
+    assert (ratio["minimum"], ratio.get("exclusiveMinimum"), ratio["maximum"]) == (0, True, 1)
+    assert spec_schema["properties"]["algorithm"]["enum"] == ["sft", "osft"]
+    with pytest.raises(InvalidSpecError) as info:
+        parse_job(job(**spec))
+    assert [p for p, _ in info.value.problems] == [path], info.value.problems
 
 
 def test_a_collective_timeout_in_milliseconds_passes() -> None:
@@ -149,6 +183,8 @@ CHANGES: dict[str, Any] = {
     "documentColumnName": "t", "validationSplit": 0.2, "validationFrequency": 7,
     "extraArgs": {"use_liger": True}, "nnodes": 2, "nprocPerNode": 2, "rdzvPort": 1234, "rdzvId": "r",
     "device": "cpu", "fullStateRetention": 1,
+    "algorithm": "osft", "unfreezeRankRatio": 0.5, "targetPatterns": ["v_proj"], "seed": 1,
+    "lrScheduler": "linear", "lrSchedulerKwargs": {"a": 1}, "saveFinalCheckpoint": False, "useLiger": True,
     "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
     "scheduling.gang": {"provider": "coscheduling"},
     "scheduling.queueName": "team-b",

@@ -7,7 +7,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,6 +47,8 @@ class LauncherConfig(BaseModel):
     job_uid: str | None = Field(default=None, min_length=1, alias=contract.CONFIG_KEY_JOB_UID)
     training_fields: dict[str, Any] = Field(default_factory=dict, alias=contract.CONFIG_KEY_TRAINING_FIELDS)
     adopt_existing_checkpoints: bool = Field(default=False, alias=contract.CONFIG_KEY_ADOPT_EXISTING)
+    # sft: instructlab-training; osft: rhai-innovation-mini-trainer (osft_launch)
+    algorithm: Literal["sft", "osft"] = Field(default="sft", alias=contract.CONFIG_KEY_ALGORITHM)
     training_args: dict[str, Any] = Field(alias=contract.CONFIG_KEY_TRAINING_ARGS)
     # Remote sources and the export: the transfer sidecar's (transfer/config.py checks them); the
     # launcher only waits for them (transfer_wait).

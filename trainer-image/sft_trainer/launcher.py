@@ -1,7 +1,8 @@
 """sft-trainer: the process each SFTJob pod runs (PID 1).
 
 env contract (contract.py) + training config -> process data once -> exact resume ->
-instructlab-training run_training -> exit code (contract.EXIT_*), or idle once finished.
+instructlab-training run_training (config algorithm osft: rhai-innovation-mini-trainer's, see
+osft_launch) -> exit code (contract.EXIT_*), or idle once finished.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def torchrun_env(topology: Topology, rendezvous_timeout: float, env: dict) -> No
     """Env for run_training's torchrun: node rank, rendezvous timeout, a per-job trigger file."""
     env[contract.ENV_NODE_RANK] = str(topology.node_rank)
     env.setdefault("PET_RDZV_CONF", f"timeout={int(rendezvous_timeout)}")
+    trigger_env(topology, env)
+
+
+def trigger_env(topology: Topology, env: dict) -> None:
+    """The on-demand checkpoint's trigger file name, per job (both libraries read it)."""
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", topology.rdzv_id)
     env.setdefault("CHECKPOINT_TRIGGER_FILENAME", f"sft-checkpoint-requested-{safe_id}")
 
@@ -160,7 +166,16 @@ def run(env: Mapping[str, str]) -> int:
         for sig in TERMINATION_SIGNALS:
             signal.signal(sig, _raise_preempted)
         transfer_wait.wait_for_transfers(config.model_dump(by_alias=True))
-    training_args = launch_config.build_training_args(config, cpu=cpu)
+    osft = config.algorithm == "osft"
+    if osft:
+        from . import osft_launch
+
+        # Before mini-trainer is imported: it reads the trigger's name once, at import.
+        trigger_env(topology, os.environ)
+        plan = osft_launch.build(config.training_args, cpu=cpu, num_epochs=config.num_epochs)
+        training_args = plan.data_args  # what the data step and the input checks read
+    else:
+        training_args = launch_config.build_training_args(config, cpu=cpu)
     root = Path(training_args.ckpt_output_dir)
     num_epochs = training_args.num_epochs
     log.info("node %d of %d (%s), %s mode, checkpoints in %s", topology.node_rank,
@@ -188,8 +203,9 @@ def run(env: Mapping[str, str]) -> int:
     may_delete = checkpoint_owner.retention_filter(root, config)
     ensure_torchrun_on_path(os.environ)
     torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
-    epoch_full_states = (training_args.checkpoint_at_epoch
-                         and training_args.accelerate_full_state_at_epoch)
+    # mini-trainer saves full states only on a signal.
+    epoch_full_states = not osft and (training_args.checkpoint_at_epoch
+                                      and training_args.accelerate_full_state_at_epoch)
 
     _handler_pid = os.getpid()
     for sig in TERMINATION_SIGNALS:
@@ -221,13 +237,24 @@ def run(env: Mapping[str, str]) -> int:
                              env_name=topology.endpoint_env)
     before = checkpoints.scan_checkpoints(root).latest_full_state
 
-    from instructlab.training import TorchrunArgs, run_training
+    if osft:
+        cpu_context = osft_launch.launcher_side(cpu)
+        worker_log = osft_launch.worker_log(root, topology.node_rank)
 
-    cpu_context = nullcontext()
-    if cpu:
-        from . import cpu_mode
+        def train() -> None:
+            osft_launch.run_training(topology.torchrun_kwargs(), plan)
+    else:
+        from instructlab.training import TorchrunArgs, run_training
 
-        cpu_context = cpu_mode.launcher_side()
+        cpu_context = nullcontext()
+        if cpu:
+            from . import cpu_mode
+
+            cpu_context = cpu_mode.launcher_side()
+        worker_log = root / f"full_logs_global{topology.node_rank}.log"
+
+        def train() -> None:
+            run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
     announcing = (announce_rendezvous_id(topology.rdzv_port, topology.rdzv_id) if is_node0
                   else nullcontext())
     # run_training installs its own handlers (on-demand checkpointing) and restores ours after.
@@ -235,11 +262,11 @@ def run(env: Mapping[str, str]) -> int:
                                          may_delete), \
             announcing as announcer:
         try:
-            run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
+            train()
         except (RuntimeError, OSError, ValueError, ImportError) as error:
             if announcer is not None and announcer.foreign_owner() is not None:
                 raise announcer.conflict() from error
-            raise training_failure(error, root, topology.node_rank) from error
+            raise training_failure(error, worker_log) from error
 
     tree = checkpoints.scan_checkpoints(root)
     result = outcome.decide_outcome(before, tree, num_epochs, epoch_full_states)
@@ -247,7 +274,7 @@ def run(env: Mapping[str, str]) -> int:
         prune(root, config.full_state_retention, may_delete)
     if result is outcome.Outcome.PREEMPTED:
         latest = tree.latest_full_state
-        note_exit(f"preempted: saved {checkpoints.FULL_STATE_DIR}/{latest.name} (epoch "
+        note_exit(f"preempted: saved {latest.path} (epoch "
                   f"{latest.metadata.current_epoch + 1} of {num_epochs}, "
                   f"{latest.metadata.samples_seen} samples seen); a restart resumes")
         log.info("%s", _exit_note)
@@ -255,13 +282,15 @@ def run(env: Mapping[str, str]) -> int:
     if result is outcome.Outcome.UNFINISHED:
         raise TrainingFailed("run_training returned but the last epoch's full state is missing "
                              "and no on-demand checkpoint was saved")
+    if osft:
+        osft_launch.check_finished(root, topology.node_rank, num_epochs)
     if is_node0:
         marker = write_completion(root, num_epochs)
         log.info("finished: %s", marker.model_dump_json())
         note_exit(finished_note(marker))
     else:
         note_exit(f"finished: {num_epochs} epochs (node 0 wrote the completion marker)")
-    if stop_requested_during_training():
+    if osft_launch.signal_received() if osft else stop_requested_during_training():
         # The kubelet's SIGTERM reached run_training's handler after the workers' last check
         # (training ended as the pod was stopped): idling would only hold the pod until SIGKILL.
         log.info("termination signal as training finished: exiting")
@@ -280,10 +309,9 @@ def stop_requested_during_training() -> bool:
     return True
 
 
-def training_failure(error: BaseException, root: Path, node_rank: int) -> TrainingFailed:
+def training_failure(error: BaseException, log_file: Path) -> TrainingFailed:
     """What failed, from this node's worker log (the exception and where it was raised), not
     run_training's "see the training logs"."""
-    log_file = root / f"full_logs_global{node_rank}.log"
     cause = termination.worker_failure(termination.read_tail(log_file))
     if cause is None:
         cause = " ".join(str(error).split("\n\n")[0].split())

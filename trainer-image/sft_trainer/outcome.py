@@ -42,9 +42,9 @@ def completion_marker(tree: CheckpointTree, num_epochs: int, now: datetime) -> C
     """What COMPLETED records: the final servable checkpoint and the samples trained."""
     final = tree.latest_hf_checkpoint
     latest = tree.latest_full_state
-    if latest is not None:
-        samples = latest.metadata.samples_seen
-    else:
-        samples = final.samples if final is not None and final.samples is not None else 0
+    # The furthest either got: a full state saved mid-run (OSFT keeps its on-demand saves, and
+    # so does SFT without epoch full states) is behind the final checkpoint.
+    samples = max(latest.metadata.samples_seen if latest is not None else 0,
+                  final.samples if final is not None and final.samples is not None else 0)
     return CompletionMarker(finished_at=now, num_epochs=num_epochs, samples_seen=samples,
                             final_checkpoint=f"{HF_FORMAT_DIR}/{final.name}" if final else None)

@@ -90,12 +90,19 @@ def normalize_mid_epoch(metadata: FullStateMetadata, run: RunRecord | None,
                                        "step_applied": applied})
 
 
-def resume_point(state: FullState | None) -> ResumePoint:
-    """Where upstream's load_latest_full_state will start from ``state`` (already normalized)."""
+def resume_point(state: FullState | None, steps_per_epoch_hint: int | None = None) -> ResumePoint:
+    """Where upstream's load_latest_full_state will start from ``state`` (already normalized).
+    mini-trainer's states (OSFT) need no rewrite (its worker resumes exactly, osft_worker): the
+    steps into the epoch follow from ``steps_per_epoch_hint`` (its metrics log), 0 unknown."""
     if state is None or state.metadata is None:
         return ResumePoint(start_epoch=0, steps_into_epoch=0, start_samples_seen=0,
                            resumed_from=None)
     metadata = state.metadata
+    if state.directory == checkpoints.OSFT_FULL_STATE_DIR:
+        done = metadata.global_step - metadata.current_epoch * (steps_per_epoch_hint or 0)
+        return ResumePoint(start_epoch=metadata.current_epoch,
+                           steps_into_epoch=done if steps_per_epoch_hint else 0,
+                           start_samples_seen=metadata.samples_seen, resumed_from=state.path)
     if metadata.mid_epoch:
         if not metadata.normalized:
             raise ValueError(f"{state.name}: normalize mid-epoch metadata before resuming")
@@ -119,14 +126,21 @@ def prepare_resume(root: Path, *, now: Callable[[], datetime]) -> RunRecord:
     upstream's resume, make the latest mid-epoch state exact, and append this run's record."""
     root = Path(root)
     tree = checkpoints.scan_checkpoints(root)
-    in_the_way = [state.name for state in tree.incomplete_full_states]
+    in_the_way = [state.name for state in tree.incomplete_full_states
+                  if state.directory == checkpoints.FULL_STATE_DIR]
     in_the_way += tree.stray_full_state_entries
-    if in_the_way:
+    osft_in_the_way = [state.name for state in tree.incomplete_full_states
+                       if state.directory == checkpoints.OSFT_FULL_STATE_DIR]
+    if in_the_way or osft_in_the_way:
         moved = checkpoints.set_aside(root, in_the_way, now=now())
+        # mini-trainer ignores them, but its next save at the same step would write into one
+        moved += checkpoints.set_aside(root, osft_in_the_way, now=now(),
+                                       directory=checkpoints.OSFT_FULL_STATE_DIR)
         log.warning("moved incomplete or foreign full_state entries aside: %s", moved)
         tree = checkpoints.scan_checkpoints(root)
     latest = tree.latest_full_state
-    if latest is not None and latest.metadata.mid_epoch and not latest.metadata.normalized:
+    osft = latest is not None and latest.directory == checkpoints.OSFT_FULL_STATE_DIR
+    if latest is not None and not osft and latest.metadata.mid_epoch and not latest.metadata.normalized:
         runs = checkpoints.read_run_records(root)
         run = runs[-1] if runs else None
         run_log = checkpoints.read_metrics_log(checkpoints.metrics_log_path(root),
@@ -138,8 +152,13 @@ def prepare_resume(root: Path, *, now: Callable[[], datetime]) -> RunRecord:
                  "%d)", latest.name, normalized.current_epoch, normalized.steps_into_epoch,
                  normalized.original_global_step)
         latest = checkpoints.scan_checkpoints(root).latest_full_state
-    point = resume_point(latest)
     metrics_path = checkpoints.metrics_log_path(root)
+    hint = None
+    if osft:
+        counts = [step.num_epoch_steps for step in checkpoints.read_metrics_log(metrics_path).steps
+                  if step.num_epoch_steps]
+        hint = counts[-1] if counts else None
+    point = resume_point(latest, hint)
     record = RunRecord(started_at=now(), start_epoch=point.start_epoch,
                        steps_into_epoch=point.steps_into_epoch,
                        start_samples_seen=point.start_samples_seen,
