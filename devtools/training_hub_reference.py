@@ -1,11 +1,13 @@
-"""training-hub's ``sft()`` signature, read from its wheel with ``ast`` (nothing imported, no CUDA).
+"""training-hub's ``sft()`` and ``osft()`` signatures, read from its wheel with ``ast`` (nothing
+imported, no CUDA).
 
-Our ``sft_operator.api.sft`` takes training_hub's parameters in training_hub's order. The
-reference is a small JSON committed next to the unit tests (tests/unit/training_hub_signatures.json),
-written by this module from the wheel, so the comparison runs offline everywhere; a second test
-reads the wheel again (when pip can fetch it) and checks that the JSON is still what the wheel says.
+Our ``sft_operator.api.sft`` and ``osft`` take training_hub's parameters in training_hub's order.
+The references are small JSONs committed next to the unit tests (tests/unit/training_hub_signatures.json,
+tests/unit/training_hub_osft_signatures.json), written by this module from the wheel, so the
+comparison runs offline everywhere; a second test reads the wheel again (when pip can fetch it)
+and checks that the JSON is still what the wheel says.
 
-    python -m devtools.training_hub_reference [--wheel PATH]   # rewrites the JSON
+    python -m devtools.training_hub_reference [--wheel PATH]   # rewrites both JSONs
 
 Without --wheel, the wheel is fetched with ``pip download --no-deps`` into WHEEL_CACHE.
 """
@@ -30,6 +32,10 @@ SOURCE = "training_hub/algorithms/sft.py"
 FUNCTIONS = ("sft", "SFTAlgorithm.train")
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "unit" / "training_hub_signatures.json"
+# osft(): the same reading of its own module.
+OSFT_SOURCE = "training_hub/algorithms/osft.py"
+OSFT_FUNCTIONS = ("osft", "OSFTAlgorithm.train")
+OSFT_REFERENCE = ROOT / "tests" / "unit" / "training_hub_osft_signatures.json"
 WHEEL_CACHE = Path.home() / ".cache" / "sft-operator" / "wheels"
 
 
@@ -52,8 +58,11 @@ def _parameters(function: ast.FunctionDef) -> list[dict[str, Any]]:
     return found
 
 
-def signatures_from_source(source: str) -> dict[str, list[dict[str, Any]]]:
-    """The parameters of FUNCTIONS in sft.py's source."""
+def signatures_from_source(source: str, functions: tuple[str, ...] = FUNCTIONS,
+                           source_name: str = SOURCE) -> dict[str, list[dict[str, Any]]]:
+    """The parameters of ``functions`` (module level or ``Class.method``) in a module's source."""
+    FUNCTIONS = functions  # noqa: N806 - the body below reads the module's name
+    SOURCE = source_name  # noqa: N806
     tree = ast.parse(source)
     found: dict[str, list[dict[str, Any]]] = {}
     for node in tree.body:
@@ -70,18 +79,19 @@ def signatures_from_source(source: str) -> dict[str, list[dict[str, Any]]]:
     return {name: found[name] for name in FUNCTIONS}
 
 
-def reference_from_wheel(wheel: Path) -> dict[str, Any]:
+def reference_from_wheel(wheel: Path, source_name: str = SOURCE,
+                         functions: tuple[str, ...] = FUNCTIONS) -> dict[str, Any]:
     """The reference document for ``wheel``: which file it came from (sha256) and the signatures."""
     data = wheel.read_bytes()
     with zipfile.ZipFile(wheel) as archive:
-        source = archive.read(SOURCE).decode()
+        source = archive.read(source_name).decode()
     return {
         "distribution": DISTRIBUTION,
         "version": VERSION,
         "wheel": wheel.name,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "source": SOURCE,
-        "signatures": signatures_from_source(source),
+        "source": source_name,
+        "signatures": signatures_from_source(source, functions, source_name),
     }
 
 
@@ -114,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", type=Path, help=f"{WHEEL_NAME} (default: pip download into {WHEEL_CACHE})")
     parser.add_argument("--output", type=Path, default=REFERENCE)
+    parser.add_argument("--osft-output", type=Path, default=OSFT_REFERENCE)
     args = parser.parse_args(argv)
     wheel = args.wheel or download_wheel()
     args.output.write_text(dump(reference_from_wheel(wheel)))
-    print(f"wrote {args.output} from {wheel}")
+    args.osft_output.write_text(dump(reference_from_wheel(wheel, OSFT_SOURCE, OSFT_FUNCTIONS)))
+    print(f"wrote {args.output} and {args.osft_output} from {wheel}")
     return 0
 
 

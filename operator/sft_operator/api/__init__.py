@@ -1,4 +1,5 @@
-"""The seed's Python API on the cluster: training_hub's ``sft()``, ``SFTAlgorithm`` and a backend.
+"""The seed's Python API on the cluster: training_hub's ``sft()``, ``SFTAlgorithm`` and a backend,
+and its ``osft()`` and ``OSFTAlgorithm`` (api/osft.py).
 
     from sft_operator.api import sft    # was: from training_hub import sft
 
@@ -32,6 +33,7 @@ from sft_operator.api.mapping import (
     SFTParameterError,
     build_sftjob,
 )
+from sft_operator.api.osft import KubernetesOSFTBackend, OSFTAlgorithm, osft
 from sft_operator.api.pod_logs import LogsUnavailableError
 from sft_operator.api.results import (
     Checkpoint,
@@ -61,8 +63,10 @@ __all__ = [
     "InstructLabTrainingSFTBackend",
     "JobEvent",
     "JobView",
+    "KubernetesOSFTBackend",
     "KubernetesSFTBackend",
     "LogsUnavailableError",
+    "OSFTAlgorithm",
     "ParameterProblem",
     "Prepared",
     "ProgressDisplay",
@@ -84,6 +88,7 @@ __all__ = [
     "get_job",
     "list_jobs",
     "open_job",
+    "osft",
     "register_with_training_hub",
     "resume_job",
     "sft",

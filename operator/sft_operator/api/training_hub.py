@@ -383,9 +383,10 @@ def sft(
 
 
 def register_with_training_hub() -> bool:
-    """Register KubernetesSFTBackend as training_hub's sft backend "kubernetes", when training_hub
-    is installed (the ``training-hub`` extra), so that ``from training_hub import sft;
-    sft(..., backend="kubernetes")`` runs on the cluster through this same backend.
+    """Register KubernetesSFTBackend as training_hub's sft backend "kubernetes" (and
+    KubernetesOSFTBackend as its osft one), when training_hub is installed (the ``training-hub``
+    extra), so that ``from training_hub import sft; sft(..., backend="kubernetes")`` (or ``osft``)
+    runs on the cluster through this same backend.
 
     Returns whether it registered. training_hub's own ``SFTAlgorithm.train`` then calls
     ``execute_training``; cluster settings travel in its ``**kwargs``. Nothing is imported when
@@ -405,4 +406,7 @@ def register_with_training_hub() -> bool:
         )
         return False
     AlgorithmRegistry.register_backend("sft", KUBERNETES_BACKEND_NAME, KubernetesSFTBackend)
+    from sft_operator.api.osft import KubernetesOSFTBackend  # imports this module: not at the top
+
+    AlgorithmRegistry.register_backend("osft", KUBERNETES_BACKEND_NAME, KubernetesOSFTBackend)
     return True
