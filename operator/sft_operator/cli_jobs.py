@@ -90,11 +90,15 @@ def submit(
     learning_rate: Annotated[float | None, typer.Option()] = None,
     max_seq_len: Annotated[int | None, typer.Option()] = None,
     max_tokens_per_gpu: Annotated[int | None, typer.Option()] = None,
+    algorithm: Annotated[
+        str, typer.Option(help="sft (instructlab-training, training_hub sft()) or osft (mini-trainer, osft()).")
+    ] = "sft",
+    unfreeze_rank_ratio: Annotated[float | None, typer.Option(help="OSFT: required with --algorithm osft.")] = None,
     nnodes: Annotated[int | None, typer.Option()] = None,
     nproc_per_node: Annotated[int | None, typer.Option()] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Any other sft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."),
+        typer.Option("--set", help="Any other sft()/osft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Job name; default: sft-<model>-<random>.")] = None,
     namespace: NamespaceOption = None,
@@ -125,7 +129,8 @@ def submit(
     kubeconfig: KubeconfigOption = None,
     context: ContextOption = None,
 ) -> None:
-    """Create an SFTJob from a manifest (-f) or from sft()'s parameters as flags; validated locally first."""
+    """Create an SFTJob from a manifest (-f) or from sft()'s (--algorithm osft: osft()'s) parameters as
+    flags; validated locally first."""
     flags = {
         "model_path": model_path,
         "data_path": data_path,
@@ -135,6 +140,7 @@ def submit(
         "learning_rate": learning_rate,
         "max_seq_len": max_seq_len,
         "max_tokens_per_gpu": max_tokens_per_gpu,
+        "unfreeze_rank_ratio": unfreeze_rank_ratio,
         "nnodes": nnodes,
         "nproc_per_node": nproc_per_node,
         "checkpoint_storage": checkpoint_storage,
@@ -147,14 +153,17 @@ def submit(
         "export_uri": export_uri,
     }
     prepared = None
+    if algorithm not in ("sft", "osft"):
+        raise fail(f"--algorithm: {algorithm!r}: sft or osft", EXIT_INVALID)
     if filename is not None:
-        if training or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env,
+        if training or algorithm != "sft" or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env,
                                                     *remote.values())):
             raise fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
         sft_api = api()
-        backend = sft_api.KubernetesSFTBackend(
+        backend_class = sft_api.KubernetesOSFTBackend if algorithm == "osft" else sft_api.KubernetesSFTBackend
+        backend = backend_class(
             name=name,
             namespace=namespace,
             image=image,

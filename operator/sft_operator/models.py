@@ -752,6 +752,8 @@ def epoch_full_state_warning(spec: dict[str, Any]) -> str | None:
     instructlab-training saves the epoch's full state only inside its epoch checkpoint, so
     checkpointAtEpoch: false turns accelerateFullStateAtEpoch off too. Said, not refused:
     training_hub's sft() accepts the pair."""
+    if spec.get("algorithm") == Algorithm.OSFT.value:
+        return None  # mini-trainer has no epoch full states: nothing is lost
     if spec.get("checkpointAtEpoch") is False and spec.get("accelerateFullStateAtEpoch", True) is not False:
         return ("spec.checkpointAtEpoch: false also stops the full state saved at each epoch end "
                 "(spec.accelerateFullStateAtEpoch has no effect without it): a restart resumes only from the "

@@ -14,7 +14,8 @@ SHIPPED = [ROOT / "operator" / "sft_operator", ROOT / "trainer-image" / "sft_tra
 def test_the_wheel_lists_only_the_product_packages() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = config["tool"]["setuptools"]["packages"]
-    assert sorted(packages) == ["sft_operator", "sft_operator.api", "sft_trainer", "sft_trainer.transfer"]
+    assert sorted(packages) == ["sft_operator", "sft_operator.api", "sft_trainer", "sft_trainer.osft_entry",
+                                "sft_trainer.transfer"]
     assert not (ROOT / "operator" / "sft_operator" / "dev").exists()
 
 

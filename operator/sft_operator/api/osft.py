@@ -21,9 +21,10 @@ from sft_operator.api.mapping import (
     split_params,
 )
 from sft_operator.api.results import SFTJobResult
-from sft_operator.api.training_hub import Backend, KubernetesSFTBackend
+from sft_operator.api.training_hub import Backend, KubernetesSFTBackend, Prepared
 
 OSFT_BACKEND_NAME = "mini-trainer"
+MINI_TRAINER_DEFAULT_EPOCHS = 1  # TrainingArgs.max_epochs' default in mini-trainer 0.9.0
 
 # training_hub osft()'s parameters, in its order (backend and callbacks included).
 TRAINING_HUB_OSFT_PARAMS: tuple[str, ...] = (
@@ -52,7 +53,8 @@ NOT_RUN_HERE: dict[str, str] = {
 class KubernetesOSFTBackend(KubernetesSFTBackend):
     """Runs OSFT as an SFTJob with ``algorithm: osft``; otherwise KubernetesSFTBackend."""
 
-    def build(self, algorithm_params: dict[str, Any]) -> tuple[dict[str, Any], ClusterOptions]:
+    def prepare(self, algorithm_params: dict[str, Any]) -> Prepared:
+        """KubernetesSFTBackend.prepare (and so build and execute_training) with algorithm osft."""
         training, overrides = split_params(algorithm_params)
         given = {key: value for key, value in training.items() if value is not None}
         problems: list[ParameterProblem] = []
@@ -72,7 +74,9 @@ class KubernetesOSFTBackend(KubernetesSFTBackend):
             problems.append(ParameterProblem("algorithm", "spec.algorithm", "osft() runs algorithm 'osft'"))
         if problems:
             raise SFTParameterError(problems)
-        return super().build({**given, "algorithm": "osft", **overrides})
+        # Optional in osft() (mini-trainer then trains one epoch), required by the spec.
+        given.setdefault("num_epochs", MINI_TRAINER_DEFAULT_EPOCHS)
+        return super().prepare({**given, "algorithm": "osft", **overrides})
 
 
 class OSFTAlgorithm:
