@@ -13,7 +13,7 @@ from sft_operator.models import InvalidSpecError, parse_spec
 
 def minimal(**overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "modelPath": "Qwen/Qwen2.5-0.5B-Instruct",
+        "modelPath": "/models/qwen",
         "dataPath": "/data/train.jsonl",
         "numEpochs": 2,
         "effectiveBatchSize": 16,
@@ -48,7 +48,7 @@ def test_osft_config_uses_training_hub_osft_names() -> None:
         contract.CONFIG_KEY_NUM_EPOCHS: 2,
         contract.CONFIG_KEY_RETENTION: None,
         contract.CONFIG_KEY_TRAINING_ARGS: {
-            "model_path": "Qwen/Qwen2.5-0.5B-Instruct",
+            "model_path": "/models/qwen",
             "data_path": "/data/train.jsonl",
             "ckpt_output_dir": "/checkpoints",
             "data_output_dir": "/data/processed",
@@ -80,6 +80,14 @@ def test_osft_config_uses_training_hub_osft_names() -> None:
         "osft", 0.25, ["q_proj", "v_proj"])
 
 
+def test_a_remote_model_is_read_where_the_transfer_puts_it_as_for_sft() -> None:
+    sft_config = parse_spec(minimal(modelPath="hf://Qwen/Qwen2.5-0.5B-Instruct")).training_config("job", "ns")
+    osft_config = parse_spec(osft(modelPath="hf://Qwen/Qwen2.5-0.5B-Instruct")).training_config("job", "ns")
+    assert osft_config["trainingArgs"]["model_path"] == sft_config["trainingArgs"]["model_path"] != \
+        "hf://Qwen/Qwen2.5-0.5B-Instruct"
+    assert osft_config["sources"] == sft_config["sources"]
+
+
 def test_osft_defaults_max_tokens_per_gpu_to_max_seq_len_and_leaves_unset_fields_out() -> None:
     args = parse_spec(osft()).training_config("job", "ns")[contract.CONFIG_KEY_TRAINING_ARGS]
     assert args["max_tokens_per_gpu"] == 1024 and args["data_output_dir"] == "/checkpoints/data"
@@ -93,7 +101,7 @@ def test_an_sft_job_renders_and_hashes_as_before_osft_existed() -> None:
     fields = spec.training_fields_view()
     assert "algorithm" not in fields and "unfreezeRankRatio" not in fields
     # The hash a directory's owner record holds for this spec, computed by the code before issue 24.
-    before = "sha256:b102d0de9cdb4eef2f90a5c91fc975cc19e6e950fb579b6de80e6dbdf0bc26f7"
+    before = "sha256:e577436002b530c4b513856a59f67283337db2e61612ad855a8420cf0f29ed10"
     assert ownership.training_fields_hash(fields) == before
     assert ownership.training_fields_hash(parse_spec(minimal(algorithm="sft")).training_fields_view()) == before
     assert spec.algorithm.value == "sft"
