@@ -19,9 +19,9 @@ COPY pyproject.toml README.md ./
 # The dependencies in a layer of their own (installed through empty placeholder packages, then
 # the placeholder uninstalled): a change to the sources alone reinstalls only our package.
 # Every package pyproject.toml lists needs its placeholder (tests/unit/test_packaging.py checks).
-RUN mkdir -p operator/sft_operator/api trainer-image/sft_trainer/transfer \
+RUN mkdir -p operator/sft_operator/api trainer-image/sft_trainer/transfer trainer-image/sft_trainer/osft_entry \
  && touch operator/sft_operator/__init__.py operator/sft_operator/api/__init__.py trainer-image/sft_trainer/__init__.py \
-      trainer-image/sft_trainer/transfer/__init__.py \
+      trainer-image/sft_trainer/transfer/__init__.py trainer-image/sft_trainer/osft_entry/__init__.py \
  && /opt/sft-operator/bin/pip install --no-build-isolation ".[operator]" \
  && /opt/sft-operator/bin/pip uninstall --yes sft-operator \
  && rm -rf operator trainer-image build
