@@ -180,3 +180,18 @@ def test_the_operator_cli_does_not_need_the_api_package() -> None:
     code = "import sys, sft_operator.cli; print(sorted(m for m in sys.modules if m.startswith('sft_operator.api')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_submit_data_names_a_file_here_and_the_dry_run_shows_where_it_goes(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("train.jsonl").write_bytes(b'{"messages": []}\n')
+    flags = [*FLAGS[:FLAGS.index("--data-path")], "--data", "./train.jsonl", *FLAGS[FLAGS.index("--data-path") + 2:]]
+    result = runner.invoke(app, flags)
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(result.stdout)["spec"]
+    assert spec["dataPath"] == "/mnt/pvc/qwen-upload/.sft-uploads/sha256-19fc5b26092a5733/train.jsonl"
+    assert spec["pod"]["volumes"] == [{"name": "pvc-qwen-upload", "persistentVolumeClaim": {"claimName": "qwen-upload"}}]
+    result = runner.invoke(app, [*flags[:flags.index("./train.jsonl")], "./missing.jsonl",
+                                 *flags[flags.index("./train.jsonl") + 1:]])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[1].startswith("  data_path (spec.dataPath): './missing.jsonl': no such file on this")

@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sft_operator.api import uploads
+from sft_operator.api import transfer, uploads
 from sft_operator.api.display import ByteProgress, format_bytes
 from sft_operator.api.download import choose_checkpoint
 from sft_operator.api.paths import ClaimPath, PathProblem
@@ -291,3 +292,90 @@ def test_the_checkpoint_to_download() -> None:
     with pytest.raises(LookupError) as none:
         choose_checkpoint(view_job({"metadata": {"name": "t", "namespace": "ml"}, "status": {"phase": "Running"}}), None)
     assert str(none.value) == "SFTJob ml/t has no complete checkpoint yet (Running)"
+
+
+# --- both ends of a transfer, the pod's end run here ------------------------------------------
+def local_session(command: list[str], root: Path) -> tuple[transfer.ExecSession, subprocess.Popen[bytes]]:
+    """An ExecSession to a helper program running here in a subprocess (its /sft-transfer paths at
+    ``root``): stdin is the program's, frames are its stdout, then its stderr and exit status, as
+    the exec stream's channels carry them."""
+    argv = [sys.executable if arg == "python3" else arg.replace(uploads.HELPER_MOUNT, str(root)) for arg in command]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    def frames() -> Iterator[tuple[int, bytes]]:
+        while block := os.read(proc.stdout.fileno(), 65536):
+            yield transfer.STDOUT, block
+        code = proc.wait(timeout=60)
+        yield transfer.STDERR, proc.stderr.read()
+        status = {"status": "Success"} if code == 0 else {
+            "status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        yield transfer.STATUS, json.dumps(status).encode()
+
+    def send(data: bytes) -> None:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+
+    return transfer.ExecSession(frames(), send, lambda: proc.kill()), proc
+
+
+def quiet(description: str, total: int | None) -> ByteProgress:
+    return ByteProgress(description, total, enabled=False)
+
+
+def test_an_upload_end_to_end_against_the_pods_program(tmp_path: Path) -> None:
+    (tmp_path / "here").mkdir()
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    data = os.urandom(700_000)  # several send blocks
+    (tmp_path / "here" / "train.jsonl").write_bytes(data)
+    file = LocalFile(str(tmp_path / "here" / "train.jsonl"), len(data), hashlib.sha256(data).hexdigest())
+    plan = uploads.plan_upload(file, job_name="j", ckpt_output_dir="pvc://c/r", nnodes=1, storage_class=None)
+    session, _ = local_session(uploads.receive_command(plan), claim)
+    assert transfer.send_file(session, plan, "uploading", quiet, "ml/c") is True
+    assert (claim / plan.target.path).read_bytes() == data
+    session, _ = local_session(uploads.receive_command(plan), claim)
+    assert transfer.send_file(session, plan, "uploading", quiet, "ml/c") is False  # there already: not sent
+    # The file changed after it was measured: refused, nothing stored.
+    (claim / plan.target.path).unlink()
+    (tmp_path / "here" / "train.jsonl").write_bytes(data[:-1] + b"x")
+    session, _ = local_session(uploads.receive_command(plan), claim)
+    with pytest.raises(transfer.TransferError) as changed:
+        transfer.send_file(session, plan, "uploading", quiet, "ml/c")
+    assert str(changed.value).startswith(f"{file.path} changed while it was uploaded")
+    assert not any(p.is_file() for p in claim.rglob("*"))
+
+
+def test_a_download_end_to_end_against_the_pods_program_and_what_a_broken_stream_gives(tmp_path: Path) -> None:
+    claim = tmp_path / "claim"
+    checkpoint = claim / "run" / "hf_format" / "samples_8"
+    checkpoint.mkdir(parents=True)
+    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(400_000)}
+    for rel, content in files.items():
+        (checkpoint / rel).write_bytes(content)
+    command = uploads.send_command("run/hf_format/samples_8")
+    session, _ = local_session(command, claim)
+    assert transfer.receive_tree(session, "d", tmp_path / "out", "downloading", quiet) == sorted(files)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
+
+    # The same stream with one byte of the weights changed on the way: caught by the sha256.
+    out = run_script(command, b"", claim)
+    header, trailer = out.stderr.splitlines()
+    at = out.stdout.index(files["model.safetensors"][:64]) + 10
+    tampered = out.stdout[:at] + bytes([out.stdout[at] ^ 1]) + out.stdout[at + 1:]
+
+    def replay(stdout: bytes, stderr_after: bytes = trailer + b"\n") -> transfer.ExecSession:
+        frames = [(transfer.STDERR, header + b"\n"), *((transfer.STDOUT, stdout[i:i + 4096])
+                                                       for i in range(0, len(stdout), 4096)),
+                  (transfer.STDERR, stderr_after), (transfer.STATUS, b'{"status": "Success"}')]
+        return transfer.ExecSession(iter(frames), lambda data: None, lambda: None)
+
+    with pytest.raises(transfer.TransferError) as differs:
+        transfer.receive_tree(replay(tampered), "d", tmp_path / "t1", "downloading", quiet)
+    assert str(differs.value).startswith("downloading: the copy differs from the claim (model.safetensors: sha256 ")
+    # Cut short: the stream broke, and what the pod said is in the error.
+    with pytest.raises(transfer.TransferError) as cut:
+        transfer.receive_tree(replay(out.stdout[:100_000], b"OSError: Input/output error\n"), "d", tmp_path / "t2",
+                              "downloading", quiet)
+    assert str(cut.value).startswith("downloading: the stream broke (")
+    assert str(cut.value).endswith("OSError: Input/output error")

@@ -139,6 +139,8 @@ class KubernetesSFTBackend(Backend):
     @staticmethod
     def _plan(file: uploads.LocalFile, name: str, training: dict[str, Any], options: ClusterOptions) -> uploads.UploadPlan:
         nnodes = training.get("nnodes")
+        if isinstance(nnodes, str) and nnodes.strip().isdigit():
+            nnodes = int(nnodes)
         return uploads.plan_upload(file, job_name=name, ckpt_output_dir=str(training.get("ckpt_output_dir") or ""),
                                    nnodes=nnodes if isinstance(nnodes, int) else None,
                                    storage_class=options.storage_class)

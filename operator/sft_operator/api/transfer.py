@@ -28,6 +28,7 @@ from sft_operator import contract, pod_security
 from sft_operator.api import uploads
 from sft_operator.api.display import ByteProgress
 from sft_operator.api.uploads import LocalFile, Permission, UploadPlan
+from websocket import WebSocketException
 
 # How long a helper pod may take to run (scheduling, pulling the trainer image).
 HELPER_START_TIMEOUT_S = 600.0
@@ -200,39 +201,57 @@ def delete_helper_pod(core: Any, name: str, namespace: str, timeout_s: float = 6
 
 
 # --- the exec stream --------------------------------------------------------------------------
+Frame = tuple[int, bytes]  # (channel, payload)
+
+
 class ExecSession:
     """One exec in a pod over the API server's websocket (v4 channel protocol), read frame by
     frame: stdout and stderr are buffered separately, nothing else is kept (the client's own
-    reader would keep a copy of everything received)."""
+    reader would keep a copy of everything received).
 
-    def __init__(self, ws: Any, idle_timeout_s: float = EXEC_IDLE_TIMEOUT_S):
-        self.ws = ws
-        self.idle_timeout_s = idle_timeout_s
-        ws.sock.settimeout(idle_timeout_s)
+    ``frames`` yields (channel, payload) and stops when the stream closes; ``send`` writes to
+    stdin. ``ExecSession.over(ws)`` makes both from the kubernetes client's websocket."""
+
+    def __init__(self, frames: Iterator[Frame], send: Callable[[bytes], None], close: Callable[[], None]):
+        self._frames = frames
+        self._send = send
+        self._close = close
         self.buffers = {STDOUT: bytearray(), STDERR: bytearray(), STATUS: bytearray()}
         self.closed = False
 
-    def _pump(self) -> None:
+    @classmethod
+    def over(cls, ws: Any, idle_timeout_s: float = EXEC_IDLE_TIMEOUT_S) -> ExecSession:
         from websocket import ABNF, WebSocketConnectionClosedException
 
+        ws.sock.settimeout(idle_timeout_s)
+
+        def frames() -> Iterator[Frame]:
+            while True:
+                try:
+                    opcode, frame = ws.sock.recv_data_frame(True)
+                except WebSocketConnectionClosedException:
+                    return
+                except (socket.timeout, TimeoutError):
+                    raise TransferError(f"the pod sent nothing for {idle_timeout_s:.0f}s") from None
+                if opcode == ABNF.OPCODE_CLOSE:
+                    return
+                data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
+                if opcode in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) and data:
+                    yield data[0], data[1:]
+
+        return cls(frames(), lambda data: ws.write_channel(STDIN, data), ws.close)
+
+    def _pump(self) -> None:
         if self.closed:
             return
-        try:
-            opcode, frame = self.ws.sock.recv_data_frame(True)
-        except WebSocketConnectionClosedException:
+        frame = next(self._frames, None)
+        if frame is None:
             self.closed = True
-            return
-        except (socket.timeout, TimeoutError):
-            raise TransferError(f"the pod sent nothing for {self.idle_timeout_s:.0f}s") from None
-        if opcode == ABNF.OPCODE_CLOSE:
-            self.closed = True
-            return
-        data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
-        if opcode in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) and data and data[0] in self.buffers:
-            self.buffers[data[0]].extend(data[1:])
+        elif frame[0] in self.buffers:
+            self.buffers[frame[0]].extend(frame[1])
 
     def send(self, data: bytes) -> None:
-        self.ws.write_channel(STDIN, data)
+        self._send(data)
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes of stdout, fewer only at its end (a file object for tarfile)."""
@@ -270,7 +289,7 @@ class ExecSession:
         return -1
 
     def close(self) -> None:
-        self.ws.close()
+        self._close()
 
 
 EXEC_PERMISSIONS = (Permission("create", "pods", "exec"), Permission("get", "pods", "exec"))
@@ -301,7 +320,7 @@ def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, 
                 f"{uploads.forbidden_message(action, namespace, EXEC_PERMISSIONS, 'it execs a copy program in the pod')}: "
                 f"the API server said: {message}") from None
         raise TransferError(f"{action}: exec in pod {namespace}/{pod} failed: {message}") from None
-    return ExecSession(ws)
+    return ExecSession.over(ws)
 
 
 # --- upload -----------------------------------------------------------------------------------
@@ -383,6 +402,12 @@ def delete_claim(core: Any, claim: str, namespace: str) -> None:
 def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, action: str,
                progress: ProgressFactory) -> bool:
     session = open_exec(api_client, namespace, pod, uploads.receive_command(plan), action=action)
+    return send_file(session, plan, action, progress, f"{namespace}/{plan.target.claim}")
+
+
+def send_file(session: ExecSession, plan: UploadPlan, action: str, progress: ProgressFactory, target: str) -> bool:
+    """Feed plan.file to RECEIVE_SCRIPT running behind ``session``; True when it was sent, False
+    when the claim held it already. Raises TransferError unless the pod stored it verified."""
     try:
         first = _json_line(session.readline(STDOUT))
         if first.get("state") == "present":
@@ -390,7 +415,6 @@ def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, acti
         if first.get("state") != "send":
             raise TransferError(f"{action}: the pod did not start receiving: {_stderr_tail(session)}")
         digest = hashlib.sha256()
-        target = f"{namespace}/{plan.target.claim}"
         with open(plan.file.path, "rb") as source, progress(f"upload {plan.file.path} -> {target}",
                                                             plan.file.size) as bar:
             left = plan.file.size
@@ -399,13 +423,21 @@ def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, acti
                 if not block:
                     break
                 digest.update(block)
-                session.send(block)
+                try:
+                    session.send(block)
+                except (OSError, WebSocketException):  # the program in the pod stopped reading: it says why
+                    break
                 left -= len(block)
                 bar.advance(len(block))
         result = _json_line(session.readline(STDOUT))
         code = session.finish()
     finally:
         session.close()
+    if result.get("state") == "failed":
+        raise TransferError(f"{action}: the pod could not write the file: {result.get('error')}")
+    if left and result.get("state") in (None, "mismatch"):
+        raise TransferError(f"{action}: the stream broke after {plan.file.size - left} of {plan.file.size} bytes "
+                            f"(exit {code}); nothing was stored: {_stderr_tail(session)}")
     if left or digest.hexdigest() != plan.file.sha256:
         raise TransferError(f"{plan.file.path} changed while it was uploaded (now {plan.file.size - left} bytes, "
                             f"sha256 {digest.hexdigest()}); nothing was stored: upload it again")
@@ -476,6 +508,12 @@ def download_directory(api_client: Any, namespace: str, *, claim: str, directory
 def _receive_tree(api_client: Any, namespace: str, pod: str, directory: str, into: Path, action: str,
                   progress: ProgressFactory) -> list[str]:
     session = open_exec(api_client, namespace, pod, uploads.send_command(directory), action=action)
+    return receive_tree(session, directory, into, action, progress)
+
+
+def receive_tree(session: ExecSession, directory: str, into: Path, action: str, progress: ProgressFactory) -> list[str]:
+    """Write what SEND_SCRIPT sends behind ``session`` under ``into``; the files' paths once
+    every listed file arrived with its size and sha256. Raises TransferError otherwise."""
     try:
         header = _json_line(session.readline(STDERR))
         if "files" not in header:
@@ -484,35 +522,52 @@ def _receive_tree(api_client: Any, namespace: str, pod: str, directory: str, int
         listed = {str(rel): size for rel, size in header["files"]}
         expected_files = {rel: size for rel, size in listed.items() if size is not None}
         received: dict[str, tuple[int, str]] = {}
-        with progress(f"download {directory}", sum(expected_files.values())) as bar:
-            with tarfile.open(fileobj=session, mode="r|") as archive:  # type: ignore[call-overload]
-                for member in archive:
-                    received_path = uploads.safe_member_path(member.name)
-                    if received_path is None or received_path not in listed:
-                        raise TransferError(f"{action}: unexpected entry {member.name!r} in the stream")
-                    target = into / received_path
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    if not member.isfile():
-                        raise TransferError(f"{action}: {member.name!r} is not a regular file")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    digest, size = hashlib.sha256(), 0
-                    source = archive.extractfile(member)
-                    assert source is not None
-                    with open(target, "wb") as sink:
-                        while block := source.read(READ_BLOCK):
-                            sink.write(block)
-                            digest.update(block)
-                            size += len(block)
-                            bar.advance(len(block))
-                    received[received_path] = (size, digest.hexdigest())
-            while session.read(READ_BLOCK):  # the archive's padding
-                pass
+        try:
+            _extract(session, listed, into, received, action, progress(f"download {directory}",
+                                                                        sum(expected_files.values())))
+        except (tarfile.TarError, EOFError) as error:  # the stream ended early: the pod says why
+            session.finish()
+            raise TransferError(f"{action}: the stream broke ({error}): {_stderr_tail(session)}") from None
         trailer = _json_line(session.readline(STDERR))
         code = session.finish()
     finally:
         session.close()
+    return _verified(action, code, trailer, expected_files, received, session)
+
+
+def _extract(session: ExecSession, listed: dict[str, int | None], into: Path, received: dict[str, tuple[int, str]],
+             action: str, bar_context: ByteProgress) -> None:
+    """Write the tar stream's files under ``into``, each hashed as written; only listed entries."""
+    with bar_context as bar:
+        with tarfile.open(fileobj=session, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                received_path = uploads.safe_member_path(member.name)
+                if received_path is None or received_path not in listed:
+                    raise TransferError(f"{action}: unexpected entry {member.name!r} in the stream")
+                target = into / received_path
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
+                    raise TransferError(f"{action}: {member.name!r} is not a regular file")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest, size = hashlib.sha256(), 0
+                source = archive.extractfile(member)
+                assert source is not None
+                with open(target, "wb") as sink:
+                    while block := source.read(READ_BLOCK):
+                        sink.write(block)
+                        digest.update(block)
+                        size += len(block)
+                        bar.advance(len(block))
+                received[received_path] = (size, digest.hexdigest())
+        while session.read(READ_BLOCK):  # the archive's padding
+            pass
+
+
+def _verified(action: str, code: int, trailer: dict[str, Any], expected_files: dict[str, int],
+              received: dict[str, tuple[int, str]], session: ExecSession) -> list[str]:
+    """The files' paths if every listed file arrived with its size and the pod's sha256."""
     sums = trailer.get("sha256") or {}
     if code != 0 or not sums:
         raise TransferError(f"{action}: the pod's copy program failed (exit {code}): {_stderr_tail(session)}")

@@ -243,13 +243,17 @@ if os.path.isfile(dest) and os.path.getsize(dest) == size and digest(dest) == wa
 os.makedirs(os.path.dirname(dest), exist_ok=True)
 say(state="send")
 tmp, h, left, src = dest + ".partial", hashlib.sha256(), size, sys.stdin.buffer
-with open(tmp, "wb") as f:
-    while left:
-        block = src.read1(min(left, 1 << 20))
-        if not block:
-            break
-        f.write(block); h.update(block); left -= len(block)
-    f.flush(); os.fsync(f.fileno())
+try:
+    with open(tmp, "wb") as f:
+        while left:
+            block = src.read1(min(left, 1 << 20))
+            if not block:
+                break
+            f.write(block); h.update(block); left -= len(block)
+        f.flush(); os.fsync(f.fileno())
+except OSError as error:  # no space, an I/O error: nothing half-written stays
+    os.unlink(tmp)
+    say(state="failed", error=str(error)); sys.exit(1)
 if left or h.hexdigest() != want:
     os.unlink(tmp)
     say(state="mismatch", size=size - left, sha256=h.hexdigest()); sys.exit(1)
