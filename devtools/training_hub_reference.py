@@ -108,6 +108,37 @@ def download_wheel(directory: Path = WHEEL_CACHE, timeout: float = 180) -> Path:
     return wheel
 
 
+# What training_hub's import needs besides torch and instructlab-training (the `trainer` extra):
+# its wheel and the pure-Python packages its import reaches, installed --no-deps into a cache
+# directory, never into the environment. No CUDA library is needed for the import.
+IMPORT_REQUIREMENTS = (
+    f"{DISTRIBUTION}=={VERSION}",
+    "rhai-innovation-mini-trainer==0.9.0",
+    "deprecated==1.3.1",
+    "wrapt==2.5.2",
+)
+IMPORT_TARGET = WHEEL_CACHE.parent / f"training-hub-{VERSION}-import"
+
+
+def install_for_import(target: Path = IMPORT_TARGET, timeout: float = 300) -> Path:
+    """``target`` holding training_hub and what its import needs (put it on PYTHONPATH); installed
+    once, again when the pins change (its marker lists them). Raises CalledProcessError,
+    TimeoutExpired or OSError when pip cannot install them."""
+    import subprocess
+    import sys
+
+    marker = target / ".complete"
+    wanted = "\n".join(IMPORT_REQUIREMENTS) + "\n"
+    if not marker.exists() or marker.read_text() != wanted:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--upgrade",
+             "--target", str(target), *IMPORT_REQUIREMENTS],
+            check=True, capture_output=True, timeout=timeout,
+        )
+        marker.write_text(wanted)
+    return target
+
+
 def dump(reference: dict[str, Any]) -> str:
     """The reference as JSON, one parameter a line (a diff shows a parameter added or moved)."""
     head = {key: value for key, value in reference.items() if key != "signatures"}

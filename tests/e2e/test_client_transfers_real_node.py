@@ -9,13 +9,18 @@ operator, both images built here, the kubelet running every pod, claims as `loca
 - ``result.download()`` and ``sft-operator download`` bring checkpoints back byte-identical to
   the claim's files on this machine, and the helper pods are gone afterwards;
 - ``sft-operator submit --data ./train.jsonl`` onto an existing checkpoint claim: uploaded once,
-  a second submit of the same file sends nothing.
+  a second submit of the same file sends nothing;
+- training_hub's own ``sft(..., backend="kubernetes")`` (training-hub 0.11.2 imported from its
+  wheel, devtools.training_hub_reference) uploads a local file and trains to Succeeded through
+  our backend.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import textwrap
 import shutil
 import subprocess
 import sys
@@ -27,6 +32,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from devtools import training_hub_reference
 from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import wait_until
 from sft_operator import contract
@@ -158,3 +164,44 @@ def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
         assert not jobs.core.read_namespaced_persistent_volume_claim("shared-ckpts", JOB_NS).metadata.owner_references
     finally:
         jobs.core.delete_namespaced_persistent_volume_claim("shared-ckpts", JOB_NS)
+
+
+def test_training_hubs_own_sft_with_backend_kubernetes_uploads_and_trains(
+    stack: RealStack, jobs: Jobs, tmp_path: Path
+) -> None:
+    hub = training_hub_reference.install_for_import()  # the e2e fails, not skips, when it cannot
+    shutil.copyfile(jobs.assets_dir / "data.jsonl", tmp_path / "train.jsonl")
+    script = textwrap.dedent(f"""
+        import json
+        import sft_operator.api  # registers the backend "kubernetes"
+        from training_hub import sft
+
+        result = sft(model_path="pvc://{ASSETS_CLAIM}/model", data_path="./train.jsonl",
+                     ckpt_output_dir="./checkpoints", num_epochs=1, effective_batch_size=4, learning_rate=1e-3,
+                     max_seq_len=512, max_tokens_per_gpu=2048, backend="kubernetes",
+                     # cluster settings travel in training_hub's **kwargs
+                     name="via-hub", namespace={JOB_NS!r}, kubeconfig={str(stack.kubeconfig)!r},
+                     image={stack.images["SFT_TRAINER_IMAGE"]!r}, device="cpu", checkpoint_claim_size="1Gi",
+                     resources={{"requests": {{"cpu": "500m", "memory": "1Gi"}}}},
+                     pod={{"terminationGracePeriodSeconds": 60}}, timeout=900)
+        print(json.dumps({{"phase": result.phase, "checkpoints": result.checkpoint_paths,
+                          "module": type(result).__module__}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hub), str(ROOT / "operator"), str(ROOT)])}
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200,
+                          cwd=tmp_path, env=env)
+    print(proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"training_hub's sft(backend='kubernetes'): {found['phase']} after {time.monotonic() - t:.0f}s")
+    assert found["phase"] == "Succeeded" and found["module"] == "sft_operator.api.results", found
+    assert found["checkpoints"] and all(p.startswith("pvc://via-hub-checkpoints/checkpoints/hf_format/")
+                                        for p in found["checkpoints"]), found
+    local_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    assert jobs.job("via-hub")["spec"]["dataPath"] == (
+        f"/mnt/pvc/via-hub-upload/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl")
+    claim = jobs.core.read_namespaced_persistent_volume_claim("via-hub-upload", JOB_NS)
+    assert claim.spec.access_modes == ["ReadWriteOnce"]  # one node
+    assert [o.name for o in claim.metadata.owner_references] == ["via-hub"]
+    assert helper_pods(jobs) == []

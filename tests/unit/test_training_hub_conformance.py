@@ -255,36 +255,17 @@ def test_without_training_hub_importing_the_api_registers_nothing_and_imports_no
     assert out.stdout.split() == ["False", "False", "False"]
 
 
-# What training_hub's import needs besides torch and instructlab-training (the `trainer` extra):
-# its wheel and the pure-Python packages its import reaches, installed --no-deps into a cache
-# directory, never into the environment. No CUDA library is needed for the import.
-TRAINING_HUB_IMPORT_REQUIREMENTS = (
-    f"{reference.DISTRIBUTION}=={reference.VERSION}",
-    "rhai-innovation-mini-trainer==0.9.0",
-    "deprecated==1.3.1",
-    "wrapt==2.5.2",
-)
-TRAINING_HUB_TARGET = reference.WHEEL_CACHE.parent / f"training-hub-{reference.VERSION}-import"
-
-
 @pytest.fixture(scope="module")
 def training_hub_path() -> Path:
+    """training_hub and the pure-Python packages its import needs, in a cache directory
+    (reference.install_for_import), never in the environment."""
     for needed in ("torch", "instructlab.training"):
         if importlib.util.find_spec(needed.split(".")[0]) is None:
             pytest.skip(f"training_hub's import needs {needed} (the trainer extra)")
-    marker = TRAINING_HUB_TARGET / ".complete"  # lists what was installed: a changed pin reinstalls
-    wanted = "\n".join(TRAINING_HUB_IMPORT_REQUIREMENTS) + "\n"
-    if not marker.exists() or marker.read_text() != wanted:
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--upgrade",
-                 "--target", str(TRAINING_HUB_TARGET), *TRAINING_HUB_IMPORT_REQUIREMENTS],
-                check=True, capture_output=True, timeout=300,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            pytest.skip(f"could not install training_hub for the import test: {exc}")
-        marker.write_text(wanted)
-    return TRAINING_HUB_TARGET
+    try:
+        return reference.install_for_import()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        pytest.skip(f"could not install training_hub for the import test: {exc}")
 
 
 def run_with_training_hub(path: Path, script: str) -> dict[str, Any]:

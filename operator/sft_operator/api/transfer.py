@@ -28,7 +28,6 @@ from sft_operator import contract, pod_security
 from sft_operator.api import uploads
 from sft_operator.api.display import ByteProgress
 from sft_operator.api.uploads import LocalFile, Permission, UploadPlan
-from websocket import WebSocketException
 
 # How long a helper pod may take to run (scheduling, pulling the trainer image).
 HELPER_START_TIMEOUT_S = 600.0
@@ -408,6 +407,8 @@ def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, acti
 def send_file(session: ExecSession, plan: UploadPlan, action: str, progress: ProgressFactory, target: str) -> bool:
     """Feed plan.file to RECEIVE_SCRIPT running behind ``session``; True when it was sent, False
     when the claim held it already. Raises TransferError unless the pod stored it verified."""
+    from websocket import WebSocketException
+
     try:
         first = _json_line(session.readline(STDOUT))
         if first.get("state") == "present":
