@@ -117,7 +117,7 @@ class KubernetesSFTBackend(Backend):
             warnings.warn(f"checkpoint_at_epoch=False: {warning}", UserWarning, stacklevel=3)
         jit_warning = jit_checkpoint_warning(training)
         if jit_warning is not None:
-            warnings.warn(jit_warning, UserWarning, stacklevel=4)
+            warnings.warn(jit_warning, UserWarning, stacklevel=3)
         return Prepared(manifest, options, plan)
 
     @staticmethod
