@@ -128,3 +128,36 @@ def test_set_aside_moves_an_incomplete_osft_state(tmp_path: Path) -> None:
 
 def test_sft_metrics_log_is_used_without_the_osft_one(tmp_path: Path) -> None:
     assert ck.metrics_log_path(tmp_path) == tmp_path / "training_params_and_metrics_global0.jsonl"
+
+
+def test_the_status_summary_of_an_osft_volume(tmp_path: Path) -> None:
+    from sft_operator.progress import summarize_progress
+
+    root = osft_tree(tmp_path)
+    tree = ck.scan_checkpoints(root)
+    last = ck.read_metrics_log(ck.metrics_log_path(root)).steps[-1]
+    progress = summarize_progress(tree, num_epochs=3, last_step=last, last_totals=None, runs=[], data_dir_exists=True)
+    assert progress.to_api() == {
+        "stage": "Saving",  # samples_144.0 has no weights yet
+        "epoch": 1,
+        "numEpochs": 3,
+        "epochDisplay": "1/3",
+        "samplesSeen": 8,
+        "totalSamples": 144,  # DATA_READY's 48 samples an epoch, 3 epochs
+        "percent": 5,
+        "percentDisplay": "5%",
+        "lastLoss": "5.2500",
+        "throughput": "17.50",
+        "etaSeconds": 7,
+        "checkpoints": [
+            {"name": "samples_48.0", "path": "hf_format/samples_48.0", "samples": 48, "epoch": 1,
+             "time": "2023-11-14T22:13:30Z"},
+            {"name": "samples_96.0", "path": "hf_format/samples_96.0", "samples": 96, "epoch": 2,
+             "time": "2023-11-14T22:13:40Z"},
+        ],
+        "latestCheckpoint": "samples_96.0",
+        "latestFullState": {"name": "step_30", "path": "full_state_checkpoints/step_30", "epoch": 3, "samples": 120,
+                            "midEpoch": True, "time": "2023-11-14T22:13:45Z"},
+        "resumable": True,
+        "lastUpdateTime": "2026-12-07T12:00:02Z",
+    }

@@ -1,0 +1,64 @@
+"""OSFT (spec.algorithm: osft, rhai-innovation-mini-trainer in the trainer image) on the REAL node
+(the stack of test_real_node.py: helm-installed operator, both images built here, the kubelet
+running the pods): a 2-node OSFT job on the tiny model trains to Succeeded; its status lists
+exactly the complete checkpoints on its claim, in mini-trainer's layout (hf_format/samples_N.0);
+the last one loads as the original model's class with the original's parameter names and shapes
+(OSFT's decomposed weights folded back into dense ones)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sft_operator.checkpoints import HF_FORMAT_DIR, metrics_log_path, read_metrics_log
+from test_real_node import (JOB_NS, Jobs, complete_hf_dirs, condition, jobs,  # noqa: F401
+                            jobs_of_the_test_deleted, stack)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+NAME = "tiny-osft"
+
+
+def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: Jobs) -> None:
+    t = time.monotonic()
+    manifest = jobs.manifest(NAME, algorithm="osft", unfreezeRankRatio=0.5, seed=42,
+                             lrScheduler="constant_with_warmup")
+    assert manifest["spec"]["nnodes"] == 2
+    created = jobs.create(manifest)
+    job = jobs.follow(NAME)
+    status = job.get("status") or {}
+    print(f"{NAME} {status.get('phase')} after {time.monotonic() - t:.0f}s")
+    assert status.get("phase") == "Succeeded", status
+    assert condition(status, "Complete")["status"] == "True"
+
+    root = jobs.claim_dir(created)
+    progress = status.get("progress") or {}
+    assert progress.get("stage") == "Completed" and progress.get("percent") == 100, progress
+    assert progress.get("epoch") == progress.get("numEpochs") == 2, progress
+    listed = progress.get("checkpoints") or []
+    on_claim = complete_hf_dirs(root)
+    # mini-trainer's names, one per epoch end (24 samples an epoch) and the final save
+    assert on_claim == {"samples_24.0", "samples_48.0"}, on_claim
+    assert {c["name"] for c in listed} == on_claim, (listed, root)
+    assert [(c["name"], c["path"], c["samples"], c["epoch"]) for c in listed] == [
+        ("samples_24.0", f"{HF_FORMAT_DIR}/samples_24.0", 24, 1),
+        ("samples_48.0", f"{HF_FORMAT_DIR}/samples_48.0", 48, 2)]
+    assert progress.get("latestCheckpoint") == "samples_48.0"
+    assert progress.get("samplesSeen") == progress.get("totalSamples") == 48, progress
+    steps = read_metrics_log(metrics_log_path(root)).steps
+    assert progress.get("lastLoss") == f"{steps[-1].avg_loss:.4f}", (progress, steps[-1])
+    assert not progress.get("resumable")  # no signal, so no full state: nothing to resume
+
+    # The checkpoint is a plain model of the original class, not OSFT's decomposition.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(jobs.assets_dir / "model")
+    trained = AutoModelForCausalLM.from_pretrained(root / HF_FORMAT_DIR / "samples_48.0")
+    assert type(trained) is type(original), (type(trained), type(original))
+    before, after = original.state_dict(), trained.state_dict()
+    assert {k: tuple(v.shape) for k, v in after.items()} == {k: tuple(v.shape) for k, v in before.items()}
+    # OSFT trained the target matrices (attention and MLP projections) ...
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed), changed
