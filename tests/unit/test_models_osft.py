@@ -128,3 +128,13 @@ def test_bad_osft_specs_are_refused_naming_the_field(overrides: dict[str, Any], 
 def test_sft_fields_at_their_defaults_are_fine_on_an_osft_job() -> None:
     spec = parse_spec(osft(saveSamples=0, accelerateFullStateAtEpoch=True, validationSplit=0.0, extraArgs={}))
     assert spec.algorithm.value == "osft" and spec.unfreeze_rank_ratio == 0.25
+
+
+def test_the_osft_example_is_valid() -> None:
+    import yaml
+
+    from sft_operator.models import parse_job
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    job = parse_job(yaml.safe_load((root / "examples" / "sftjob-osft.yaml").read_text()))
+    assert (job.spec.algorithm.value, job.spec.unfreeze_rank_ratio, job.spec.nnodes) == ("osft", 0.25, 2)
