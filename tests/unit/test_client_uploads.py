@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pss_restricted import restricted_violations
 from sft_operator.api import transfer, uploads
 from sft_operator.api.display import ByteProgress, format_bytes
 from sft_operator.api.download import choose_checkpoint
@@ -129,6 +130,8 @@ def test_helper_pods_run_the_restricted_profile_writing_with_the_jobs_group_read
                                                                                      "readOnly": True}}]
     assert reader["spec"]["containers"][0]["volumeMounts"] == [{"name": "claim", "mountPath": "/sft-transfer",
                                                                 "readOnly": True}]
+    # Both pass the restricted Pod Security Standard, rule by rule (pss_restricted.py).
+    assert restricted_violations(writer) == restricted_violations(reader) == []
 
 
 def test_the_rights_a_transfer_needs_and_the_refusal_naming_them() -> None:
