@@ -94,6 +94,10 @@ def test_s3_endpoint_and_md5_etags():
     assert s3.plain_md5('"9A0364B9E99BB480DD25E1F0284C8555"') == "9a0364b9e99bb480dd25e1f0284c8555"
     assert s3.plain_md5('"9a0364b9e99bb480dd25e1f0284c8555-3"') is None  # multipart: not an md5
     assert s3.plain_md5(None) is None
+    assert s3.etag_is_md5({"ETag": '"9a0364b9e99bb480dd25e1f0284c8555"'})
+    assert s3.etag_is_md5({"x-amz-server-side-encryption": "AES256"})
+    assert not s3.etag_is_md5({"X-Amz-Server-Side-Encryption": "aws:kms"})
+    assert not s3.etag_is_md5({"x-amz-server-side-encryption-customer-algorithm": "AES256"})
 
 
 def _hf(root: Path, name: str, *, weights: bool = True) -> None:

@@ -173,7 +173,7 @@ class Fetcher:
                 before = partial.stat().st_size if partial.exists() else 0
                 try:
                     source.download(f, partial, remote.revision)
-                    problem = verify(partial, f)
+                    problem = verify(partial, getattr(source, "expected", lambda same: same)(f))
                 except Changed as changed:
                     problem = str(changed)
                 except BaseException:

@@ -46,6 +46,14 @@ def plain_md5(etag: str | None) -> str | None:
     return value if len(value) == 32 and all(c in "0123456789abcdef" for c in value) else None
 
 
+def etag_is_md5(headers: Mapping[str, str]) -> bool:
+    """Whether a GET's headers allow reading a 32-hex ETag as the md5 (pure): not for objects
+    encrypted with KMS or a customer key, whose ETag is no digest of the content."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    kms = lower.get("x-amz-server-side-encryption", "").startswith("aws:kms")
+    return not kms and "x-amz-server-side-encryption-customer-algorithm" not in lower
+
+
 def make_client(env: Mapping[str, str]):
     import certifi
     import urllib3
@@ -108,6 +116,8 @@ class S3Source:
         self.env = env
         self.bucket = self.source.repo
         self._client = None
+        # Files whose ETag turned out not to be an md5 (encrypted objects): checked by size only.
+        self._not_md5: set[str] = set()
 
     @property
     def client(self):
@@ -160,12 +170,20 @@ class S3Source:
             etag = (response.headers.get("ETag") or "").strip('"').lower()
             if expected and etag and etag != expected.lower():
                 raise Changed(f"{f.path}: the object changed (ETag {etag}, listed {expected})")
+            if not etag_is_md5(response.headers):
+                self._not_md5.add(f.path)
             with open(partial, "ab") as out:
                 for chunk in response.stream(CHUNK):
                     out.write(chunk)
         finally:
             response.close()
             response.release_conn()
+
+    def expected(self, f: RemoteFile) -> RemoteFile:
+        """What verification checks: the md5 only where the ETag is one."""
+        if f.path in self._not_md5 and (f.checksum or "").startswith("md5:"):
+            return RemoteFile(f.path, f.size, "etag:" + f.checksum.partition(":")[2], f.ref)
+        return f
 
     def classify(self, error: BaseException) -> TransferFailure | None:
         key = self.source.path if self.source.kind.value == "s3-object" else None
