@@ -363,3 +363,25 @@ def test_sigterm_mid_download_exits_0_and_keeps_the_partial_file(tmp_path, web, 
     gets = web.downloads("/slow.bin")
     assert [g["range"] for g in gets] == [None, f"bytes={kept}-"]
     assert _local(tmp_path, *entries[0]).read_bytes() == (web.root / "slow.bin").read_bytes()
+
+
+def test_a_file_that_changed_between_kill_and_restart_is_started_over(tmp_path, web, env):
+    (web.root / "moving.bin").write_bytes(b"a" * BIG)
+    entries = [("spec.dataPath", f"{web.url}/moving.bin")]
+    web.clear_log()
+    web.throttle_bps = 2 * 1024 * 1024
+    try:
+        sidecar = Sidecar(tmp_path, write_config(tmp_path, entries), env)
+        try:
+            _wait_partial(tmp_path / "cache", 1024 * 1024)
+            sidecar.kill()
+        finally:
+            sidecar.close()
+        (web.root / "moving.bin").write_bytes(b"b" * BIG)  # same size, another ETag
+        web.throttle_bps = None
+        _run_to_done(tmp_path, entries, env)
+    finally:
+        web.throttle_bps = None
+    # Not the old start with the new rest (same size: only the ETag tells them apart).
+    assert _local(tmp_path, *entries[0]).read_bytes() == b"b" * BIG
+    assert [g["range"] for g in web.downloads("/moving.bin")] == [None, None]

@@ -2,6 +2,7 @@
 
     <cache>/<key>/files/...        the files as the trainer reads them (moved in once verified)
     <cache>/<key>/partial/...      downloads in progress (kept across a kill: resumed by Range)
+    <cache>/<key>/PARTIAL.json     which version of each file a partial file is the start of
     <cache>/<key>/VERIFIED.json    {path: {"size", "checksum"}}: files checked, never fetched again
     <cache>/<key>/COMPLETE.json    SourceManifest, written last
     <cache>/<key>.lock             flock: one fetch of a source at a time, across jobs
@@ -29,6 +30,8 @@ from .state import now_iso
 
 VERIFIED_FILE = "VERIFIED.json"
 PARTIAL_DIR = "partial"
+# {path: "<size>:<checksum>"}: which version of each file its partial file holds the start of.
+PARTIAL_TAGS_FILE = "PARTIAL.json"
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,26 @@ class Entry:
         checkpoints.atomic_write_bytes(self.verified_path, json.dumps(record, indent=0, sort_keys=True).encode())
 
     def partial_path(self, f: RemoteFile) -> Path:
+        """Where ``f`` is downloaded; a partial file kept from another version of the file (the
+        remote changed between a kill and the restart) is started over: appending the rest of
+        the new version to the start of the old one gives a file of the right size that only a
+        content hash would catch, and https/S3 ETags often are none."""
         path = self.partial / f.path
         path.parent.mkdir(parents=True, exist_ok=True)
+        tags = self._partial_tags()
+        want = f"{f.size}:{f.checksum}"
+        if tags.get(f.path) != want:
+            path.unlink(missing_ok=True)
+            tags[f.path] = want
+            checkpoints.atomic_write_bytes(self.dir / PARTIAL_TAGS_FILE, json.dumps(tags, sort_keys=True).encode())
         return path
+
+    def _partial_tags(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.dir / PARTIAL_TAGS_FILE).read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
 
     def install(self, partial: Path, f: RemoteFile) -> None:
         final = self.files / f.path
@@ -160,6 +180,7 @@ class Entry:
             uri=uri, revision=remote.revision, completedAt=now_iso(),
             files=[SourceFile(path=f.path, size=f.size, checksum=f.checksum) for f in remote.files])
         shutil.rmtree(self.partial, ignore_errors=True)
+        (self.dir / PARTIAL_TAGS_FILE).unlink(missing_ok=True)
         checkpoints.atomic_write_bytes(
             self.manifest_path, manifest.model_dump_json(by_alias=True, indent=1).encode() + b"\n")
         return manifest
