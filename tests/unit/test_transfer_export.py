@@ -137,20 +137,33 @@ def test_export_complete_checkpoints_only_marker_last_restart_safe(tmp_path, s3)
     assert not _objects(s3, "run1/hf_format/samples_16/") and not _objects(s3, "run1/full_state/epoch_2/")
 
 
-def test_a_file_already_uploaded_is_not_uploaded_again(tmp_path, s3):
+def test_an_upload_cut_before_its_marker_resumes_and_another_runs_files_are_replaced(tmp_path, s3):
     ckpt = tmp_path / "ckpt"
     hf = _hf(ckpt, "samples_8")
-    data = (hf / "model.safetensors").read_bytes()
-    s3.client().put_object("exports", "run2/hf_format/samples_8/model.safetensors", io.BytesIO(data), len(data))
-    s3.clear_log()
-    sidecar = Sidecar(tmp_path, write_config(tmp_path, [], export={"uri": "s3://exports/run2"}), s3.env())
-    try:
-        _wait_exports(sidecar, {"hf_format/samples_8"})
-        assert sidecar.terminate() == 0
-    finally:
-        sidecar.close()
-    puts = sorted(r["path"].rsplit("/", 1)[-1] for r in s3.requests if r["method"] == "PUT")
-    assert puts == sorted([sources.EXPORT_COMPLETE_OBJECT, "config.json", "tokenizer.json"])
+    # Another run exported a checkpoint of the same name and sizes into this prefix.
+    other = os.urandom(200_000)
+    s3.client().put_object("exports", "run2/hf_format/samples_8/model.safetensors", io.BytesIO(other), len(other))
+    config = write_config(tmp_path, [], export={"uri": "s3://exports/run2"})
+
+    def export_once() -> list[str]:
+        s3.clear_log()
+        sidecar = Sidecar(tmp_path, config, s3.env())
+        try:
+            _wait_exports(sidecar, {"hf_format/samples_8"})
+            assert sidecar.terminate() == 0
+        finally:
+            sidecar.close()
+        return sorted(r["path"].rsplit("/", 1)[-1] for r in s3.requests if r["method"] == "PUT")
+
+    marker = sources.EXPORT_COMPLETE_OBJECT
+    assert export_once() == sorted([marker, "config.json", "model.safetensors", "tokenizer.json"])
+    response = s3.client().get_object("exports", "run2/hf_format/samples_8/model.safetensors")
+    assert response.read() == (hf / "model.safetensors").read_bytes()
+    response.close(), response.release_conn()
+    # Cut after the files, before the marker: only the marker is uploaded again.
+    s3.client().remove_object("exports", f"run2/hf_format/samples_8/{marker}")
+    (ckpt / sources.TRANSFER_STATE_FILE).unlink()
+    assert export_once() == [marker]
 
 
 def test_export_failure_is_retried_and_visible(tmp_path, s3):

@@ -39,6 +39,9 @@ SCAN_SECONDS = 5.0
 EXPORT_BACKOFF_MAX = 300.0
 PART_SIZE = 64 << 20
 RESTORE_STAGING = f"{checkpoints.OPERATOR_DIR}/restore"
+# User metadata on each exported file: the local mtime it was uploaded from. Size alone cannot
+# tell this checkpoint's file from another run's of the same name (same model: same sizes).
+MTIME_META = "sft-mtime-ns"
 
 
 class Stopping(BaseException):
@@ -87,6 +90,15 @@ def exportable(tree: CheckpointTree, exported: set[str], *, full_states: bool, n
             if state.stable and rel not in exported and now - newest(rel) >= QUIET_SECONDS:
                 wanted.append(rel)
     return wanted
+
+
+def local_files(path: Path) -> list[dict]:
+    """A checkpoint's files as the marker lists them: path, size, mtime (ns)."""
+    files = []
+    for item in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        stat = item.stat()
+        files.append({"path": item.relative_to(path).as_posix(), "size": stat.st_size, "mtimeNs": stat.st_mtime_ns})
+    return files
 
 
 def remote_key(prefix: str, *parts: str) -> str:
@@ -167,44 +179,64 @@ class Exporter:
         uri = sources.export_uri_of(self.export.uri, rel)
         base = remote_key(self.export.prefix, rel)
         local = self.root / rel
-        files = sorted(p for p in local.rglob("*") if p.is_file())
-        total = sum(p.stat().st_size for p in files)
-        if self._remote_size(f"{base}/{sources.EXPORT_COMPLETE_OBJECT}") is not None:
-            log.info("export: %s is already at %s", rel, uri)  # TRANSFERS.json was lost, not the upload
+        files = local_files(local)
+        total = sum(f["size"] for f in files)
+        marker_key = f"{base}/{sources.EXPORT_COMPLETE_OBJECT}"
+        if self._remote_files(marker_key) == files:
+            # This very checkpoint is there (TRANSFERS.json was lost, not the upload). Another
+            # run's checkpoint of the same name (a reused prefix) has other mtimes: replaced.
+            log.info("export: %s is already at %s", rel, uri)
             self.state.add_export(rel, uri, total)
             return uri
         uploaded = 0
-        for path in files:
-            name = path.relative_to(local).as_posix()
-            key = f"{base}/{name}"
-            size = path.stat().st_size
-            if self._remote_size(key) == size:
-                continue
-            reader = _StopAwareReader(path, self.stop)
+        for f in files:
+            key = f"{base}/{f['path']}"
+            if self._remote_version(key) == (f["size"], str(f["mtimeNs"])):
+                continue  # uploaded by an earlier attempt that was cut before the marker
+            reader = _StopAwareReader(local / f["path"], self.stop)
             try:
-                self.client.put_object(self.export.bucket, key, reader, size, part_size=PART_SIZE,
-                                       num_parallel_uploads=1)
+                self.client.put_object(self.export.bucket, key, reader, f["size"], part_size=PART_SIZE,
+                                       num_parallel_uploads=1, metadata={MTIME_META: str(f["mtimeNs"])})
             finally:
                 reader.close()
-            uploaded += size
-        marker = {"checkpoint": rel, "exportedAt": now_iso(),
-                  "files": [{"path": p.relative_to(local).as_posix(), "size": p.stat().st_size} for p in files]}
+            uploaded += f["size"]
+        marker = {"checkpoint": rel, "exportedAt": now_iso(), "files": files}
         data = json.dumps(marker, indent=1).encode()
-        self.client.put_object(self.export.bucket, f"{base}/{sources.EXPORT_COMPLETE_OBJECT}", io.BytesIO(data),
-                               len(data), content_type="application/json")
+        self.client.put_object(self.export.bucket, marker_key, io.BytesIO(data), len(data),
+                               content_type="application/json")
         self.state.add_export(rel, uri, total)
         log.info("export: %s -> %s (%d bytes uploaded, %d in all)", rel, uri, uploaded, total)
         return uri
 
-    def _remote_size(self, key: str) -> int | None:
+    def _stat(self, key: str):
         from minio.error import S3Error
 
         try:
-            return self.client.stat_object(self.export.bucket, key).size
+            return self.client.stat_object(self.export.bucket, key)
         except S3Error as error:
             if error.code in ("NoSuchKey", "ResourceNotFound", "NoSuchObject"):
                 return None
             raise
+
+    def _remote_size(self, key: str) -> int | None:
+        stat = self._stat(key)
+        return None if stat is None else stat.size
+
+    def _remote_version(self, key: str) -> tuple[int, str | None] | None:
+        """(size, the local mtime it was uploaded from) of an exported file, or None."""
+        stat = self._stat(key)
+        if stat is None:
+            return None
+        meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+        return stat.size, meta.get(f"x-amz-meta-{MTIME_META}")
+
+    def _remote_files(self, marker_key: str) -> list[dict] | None:
+        if self._stat(marker_key) is None:
+            return None
+        try:
+            return json.loads(self._get(marker_key)).get("files")
+        except (ValueError, AttributeError):
+            return None
 
     # --- restore -------------------------------------------------------------------------------
     def remote_full_states(self) -> list[tuple[int, str]]:
