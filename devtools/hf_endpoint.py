@@ -20,8 +20,8 @@ the branch ``main`` moves). Files of ``lfs_min_size`` bytes or more, and weights
 LFS files. What it does not do: other branches or tags, old commits, redirects to a CDN, xet
 storage, gated repos, rate limits (see docs/data.md).
 
-Every request is logged (``requests``; with ``log_path`` also as JSON lines) so tests can count
-downloads per file. ``throttle_bps`` slows file bodies; ``fail_next(n, status)`` answers the next
+Every request is logged (``requests``; with ``log_path`` also as JSON lines: ``t0`` and ``t``
+its start and end) so tests can count downloads per file. ``throttle_bps`` slows file bodies; ``fail_next(n, status)`` answers the next
 n requests with an error (transient failures).
 
     python -m devtools.hf_endpoint --root DIR [--port 0] [--token T] [--private org/x] [--log F]
@@ -234,13 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, status: int, sent: int) -> None:
         self.server_endpoint.log({
-            "t": round(time.time(), 3), "method": self.command, "path": urlsplit(self.path).path,
+            "t0": round(self._started, 3), "t": round(time.time(), 3), "method": self.command, "path": urlsplit(self.path).path,
             "range": self.headers.get("Range"), "status": status, "bytes": sent,
             "auth": self.headers.get("Authorization") is not None,
         })
 
     # --- routing ------------------------------------------------------------------------------
     def _serve(self, *, head: bool) -> None:
+        self._started = time.time()
         ep = self.server_endpoint
         failure = ep._take_failure()
         if failure is not None:

@@ -385,3 +385,20 @@ def test_a_file_that_changed_between_kill_and_restart_is_started_over(tmp_path, 
     # Not the old start with the new rest (same size: only the ETag tells them apart).
     assert _local(tmp_path, *entries[0]).read_bytes() == b"b" * BIG
     assert [g["range"] for g in web.downloads("/moving.bin")] == [None, None]
+
+
+def test_the_files_of_a_sharded_model_download_at_once(tmp_path, hf, env):
+    shards = {f"model-0000{n}-of-00004.safetensors": os.urandom(1024 * 1024) for n in range(1, 5)}
+    publish(hf.root, "model", "org/sharded", {"config.json": b"{}", **shards})
+    hf.clear_log()
+    hf.throttle_bps = 1024 * 1024  # per connection: one shard takes a second
+    try:
+        _run_to_done(tmp_path, [("spec.modelPath", "hf://org/sharded")], env)
+    finally:
+        hf.throttle_bps = None
+    gets = [g for name in shards for g in hf.file_downloads(name)]
+    assert len(gets) == 4
+    # Each download started before any other ended: four streams at once, not one after another.
+    assert max(g["t0"] for g in gets) < min(g["t"] for g in gets), gets
+    model = _local(tmp_path, "spec.modelPath", "hf://org/sharded")
+    assert {name: (model / name).read_bytes() for name in shards} == shards

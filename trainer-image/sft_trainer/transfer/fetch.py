@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import queue
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ from sft_operator.sources import DownloadState, SourceKind, SourceManifest
 
 from . import outcome
 from .cache import Entry, Remote, free_bytes, verify
+from .fetch_io import Aborted
 from .config import SourceEntry, TransferConfig
 from .outcome import Permanent, Transient, TransferFailure
 from .s3 import Changed
@@ -21,6 +23,29 @@ log = logging.getLogger("sft_trainer.transfer")
 
 VERIFY_TRIES = 2  # a file that fails verification twice is a permanent failure
 LOCK_POLL_SECONDS = 2.0
+# Files of one source fetched at once (a sharded model): one stream from a hub's CDN or an S3
+# endpoint is often far below the link's capacity. huggingface_hub's snapshot_download uses 8.
+WORKERS = 4
+
+
+class _Progress:
+    """One source's progress while its files download: verified bytes, partial files in flight."""
+
+    def __init__(self, index: int, done: int):
+        self.index = index
+        self.done = done
+        self.partials: set[Path] = set()
+        self.lock = threading.Lock()
+
+    def measure(self) -> int:
+        with self.lock:
+            done, partials = self.done, list(self.partials)
+        for partial in partials:
+            try:
+                done += partial.stat().st_size
+            except OSError:
+                pass
+        return done
 
 
 class FetchFailed(Exception):
@@ -62,25 +87,18 @@ class Fetcher:
         self.state = state
         self.env = env
         self.stop = stop
-        self._progress_lock = threading.Lock()
-        self._current: tuple[int, int, Path] | None = None  # (state index, bytes before, partial)
+        self._progress: _Progress | None = None  # the source being fetched
 
     def run(self, indices: list[int]) -> list[SourceManifest]:
         self.state.before_heartbeat = self._measure
         return [self.fetch_one(index, entry) for index, entry in zip(indices, self.config.sources)]
 
-    def _measure(self) -> None:
-        """Bytes done of the file being downloaded: its partial file's size (every ~2 s)."""
-        with self._progress_lock:
-            current = self._current
-        if current is None:
-            return
-        index, before, partial = current
-        try:
-            size = partial.stat().st_size
-        except OSError:
-            size = 0
-        self.state.update_download(index, force=False, bytesDone=before + size)
+    def _measure(self, *, force: bool = False) -> None:
+        """Bytes done of the source: its verified files, plus the size of each partial file
+        being downloaded (every ~2 s from the heartbeat; at once when a download is cut)."""
+        progress = self._progress
+        if progress is not None:
+            self.state.update_download(progress.index, force=force, bytesDone=progress.measure())
 
     def fetch_one(self, index: int, entry: SourceEntry) -> SourceManifest:
         source = make_source(entry, self.env)
@@ -110,8 +128,7 @@ class Fetcher:
                 log.warning("%s", outcome.retry_note(text, attempt, delay))
                 self.stop.wait(delay)
             finally:
-                with self._progress_lock:
-                    self._current = None
+                self._progress = None
 
     def _cached(self, index: int, entry: SourceEntry, source, cache: Entry) -> SourceManifest | None:
         manifest = cache.manifest()
@@ -163,42 +180,95 @@ class Fetcher:
                                    cached=False)
         log.info("%s: fetching %s (%d files, %d bytes, %d already here)", entry.field, entry.uri,
                  len(remote.files), remote.total_bytes, done)
-        for f in remote.files:
-            if cache.is_verified(record, f):
-                continue
-            for attempt in range(1, VERIFY_TRIES + 1):
-                partial = cache.partial_path(f)
-                with self._progress_lock:
-                    self._current = (index, done, partial)
-                before = partial.stat().st_size if partial.exists() else 0
-                try:
-                    source.download(f, partial, remote.revision)
-                    problem = verify(partial, getattr(source, "expected", lambda same: same)(f))
-                except Changed as changed:
-                    problem = str(changed)
-                except BaseException:
-                    # Cut short (a failure to retry, SIGTERM): the bytes kept, into the report now.
-                    kept = partial.stat().st_size if partial.exists() else 0
-                    self.state.update_download(index, bytesDone=done + kept)
-                    raise
-                finally:
-                    if partial.exists() and partial.stat().st_size > before:
-                        self._progressed = True
-                if problem is None:
-                    cache.install(partial, f)
-                    cache.mark_verified(record, f)
-                    break
-                partial.unlink(missing_ok=True)
-                log.warning("%s: %s (download %d of %d)", entry.field, problem, attempt, VERIFY_TRIES)
-                if attempt == VERIFY_TRIES:
-                    raise Permanent(f"verification failed twice: {problem}")
-            with self._progress_lock:
-                self._current = None
-            done += f.size
-            self.state.update_download(index, force=False, bytesDone=done)
+        todo = [f for f in remote.files if not cache.is_verified(record, f)]
+        progress = self._progress = _Progress(index, done)
+        try:
+            if len(todo) <= 1 or WORKERS == 1:
+                never = threading.Event()
+                for f in todo:
+                    self._fetch_file(entry, source, cache, record, remote, progress, f, never)
+            else:
+                self._fetch_parallel(entry, source, cache, record, remote, progress, todo)
+        except BaseException:
+            self._measure(force=True)  # cut short (a failure to retry, SIGTERM): the bytes kept
+            raise
+        finally:
+            self._progress = None
         for stale in cache.remove_stale(remote):
             log.info("%s: removed %s (not in %s)", entry.field, stale, remote.revision)
         manifest = cache.complete(entry.uri, remote)
         self.state.update_download(index, state=DownloadState.DONE, bytesDone=remote.total_bytes, error=None)
         log.info("%s: %s complete (%d bytes)", entry.field, entry.uri, remote.total_bytes)
         return manifest
+
+    def _fetch_file(self, entry: SourceEntry, source, cache: Entry, record: dict, remote: Remote,
+                    progress: _Progress, f, abort: threading.Event) -> None:
+        """One file: download (resuming), verify (twice at most), move into files/."""
+        for attempt in range(1, VERIFY_TRIES + 1):
+            with progress.lock:
+                partial = cache.partial_path(f)  # PARTIAL.json is shared by the workers
+                progress.partials.add(partial)
+            before = partial.stat().st_size if partial.exists() else 0
+            try:
+                source.download(f, partial, remote.revision, abort)
+                problem = verify(partial, getattr(source, "expected", lambda same: same)(f))
+            except Changed as changed:
+                problem = str(changed)
+            finally:
+                if partial.exists() and partial.stat().st_size > before:
+                    self._progressed = True
+            if problem is None:
+                cache.install(partial, f)
+                with progress.lock:
+                    cache.mark_verified(record, f)  # VERIFIED.json too is shared
+                    progress.partials.discard(partial)
+                    progress.done += f.size
+                self.state.update_download(progress.index, force=False, bytesDone=progress.measure())
+                return
+            with progress.lock:
+                progress.partials.discard(partial)
+            partial.unlink(missing_ok=True)
+            log.warning("%s: %s (download %d of %d)", entry.field, problem, attempt, VERIFY_TRIES)
+            if attempt == VERIFY_TRIES:
+                raise Permanent(f"verification failed twice: {problem}")
+
+    def _fetch_parallel(self, entry: SourceEntry, source, cache: Entry, record: dict, remote: Remote,
+                        progress: _Progress, todo: list) -> None:
+        """WORKERS files at a time. The first failure stops the others at their next chunk and is
+        raised once every worker has stopped (a retry never writes beside a running download);
+        SIGTERM (raised in this thread) leaves at once: the workers are daemons."""
+        pending: queue.Queue = queue.Queue()
+        for f in todo:
+            pending.put(f)
+        abort = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while not abort.is_set():
+                try:
+                    f = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._fetch_file(entry, source, cache, record, remote, progress, f, abort)
+                except Aborted:
+                    return
+                except BaseException as error:  # handed to the fetching thread
+                    errors.append(error)
+                    abort.set()
+                    return
+
+        workers = [threading.Thread(target=work, name=f"fetch-{n}", daemon=True)
+                   for n in range(min(WORKERS, len(todo)))]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(0.5)
+        except BaseException:
+            abort.set()
+            raise
+        if errors:
+            raise errors[0]
+

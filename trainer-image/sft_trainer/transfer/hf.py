@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
+from .fetch_io import AbortableFile
 from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure, hf_credential
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -128,7 +130,7 @@ class HfSource:
                     else f"etag:{meta.etag}" if meta.etag else None)
         return Remote(commit, (RemoteFile(self.source.file_name(), meta.size, checksum, self.source.path),))
 
-    def download(self, f: RemoteFile, partial: Path, revision: str | None) -> None:
+    def download(self, f: RemoteFile, partial: Path, revision: str | None, abort: threading.Event) -> None:
         hub = _hub()
         from huggingface_hub.file_download import http_get
 
@@ -139,7 +141,7 @@ class HfSource:
             if out.tell() > f.size:  # not a prefix of this file (another blob once had this name)
                 out.truncate(0)
                 out.seek(0)
-            http_get(url, out, resume_size=out.tell(), headers=headers, expected_size=f.size,
+            http_get(url, AbortableFile(out, abort), resume_size=out.tell(), headers=headers, expected_size=f.size,
                      displayed_filename=f.path)
 
     def classify(self, error: BaseException) -> TransferFailure | None:

@@ -8,11 +8,13 @@ and a HEAD after the download must still show the same ETag and size.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
+from .fetch_io import AbortableFile
 from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure
 from .s3 import Changed
 
@@ -49,7 +51,7 @@ class HttpsSource:
         size, etag = self._head()
         return Remote(None, (RemoteFile(self.source.file_name(), size, f"etag:{etag}" if etag else None, self.url),))
 
-    def download(self, f: RemoteFile, partial: Path, revision: str | None) -> None:
+    def download(self, f: RemoteFile, partial: Path, revision: str | None, abort: threading.Event) -> None:
         offset = partial.stat().st_size if partial.exists() else 0
         etag = (f.checksum or "").partition(":")[2] or None
         headers = {"Accept-Encoding": "identity"}
@@ -65,7 +67,8 @@ class HttpsSource:
                 mode = "ab" if response.status_code == 206 else "wb"  # 200: the whole file again
                 if etag and response.headers.get("ETag") not in (None, etag):
                     raise Changed(f"{f.path}: the file changed (ETag {response.headers.get('ETag')}, first {etag})")
-                with open(partial, mode) as out:
+                with open(partial, mode) as raw:
+                    out = AbortableFile(raw, abort)
                     for chunk in response.iter_content(CHUNK):
                         out.write(chunk)
         size, now = self._head()

@@ -13,12 +13,14 @@ anonymous (public buckets).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
+from .fetch_io import AbortableFile
 from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure, s3_credential
 
 CHUNK = 1 << 20
@@ -157,7 +159,7 @@ class S3Source:
         checksum = f"md5:{md5}" if md5 else (f"etag:{(etag or '').strip(chr(34))}" if etag else None)
         return RemoteFile(rel, size, checksum, key)
 
-    def download(self, f: RemoteFile, partial: Path, revision: str | None) -> None:
+    def download(self, f: RemoteFile, partial: Path, revision: str | None, abort: threading.Event) -> None:
         offset = partial.stat().st_size if partial.exists() else 0
         if offset >= f.size:
             if offset > f.size:
@@ -172,7 +174,8 @@ class S3Source:
                 raise Changed(f"{f.path}: the object changed (ETag {etag}, listed {expected})")
             if not etag_is_md5(response.headers):
                 self._not_md5.add(f.path)
-            with open(partial, "ab") as out:
+            with open(partial, "ab") as raw:
+                out = AbortableFile(raw, abort)
                 for chunk in response.stream(CHUNK):
                     out.write(chunk)
         finally:
