@@ -160,8 +160,9 @@ class S3Access(ApiModel):
     credentials_secret: str | None = Field(
         default=None, max_length=253, pattern=SECRET_NAME_PATTERN,
         description="A Secret in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional: "
-        "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION), seen only by the transfer sidecar. Unset: boto3's default "
-        "chain (public buckets, workload identity).",
+        "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION), seen only by the transfer sidecar. Unset: web identity "
+        "(AWS_WEB_IDENTITY_TOKEN_FILE) or container credentials where the cluster provides them, else anonymous "
+        "(public buckets).",
     )
     endpoint: str | None = Field(
         default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$",
@@ -170,7 +171,7 @@ class S3Access(ApiModel):
     )
     region: str | None = Field(
         default=None, max_length=64, pattern=r"^[a-z0-9-]+$",
-        description="The region. Unset: the Secret's AWS_REGION if it has one, else boto3's default.",
+        description="The region. Unset: the Secret's AWS_REGION if it has one, else the bucket's location as the endpoint reports it.",
     )
 
 
