@@ -55,8 +55,13 @@ def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: 
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained(jobs.assets_dir / "model")
-    trained = AutoModelForCausalLM.from_pretrained(root / HF_FORMAT_DIR / "samples_48.0")
+    trained, loading = AutoModelForCausalLM.from_pretrained(root / HF_FORMAT_DIR / "samples_48.0",
+                                                            output_loading_info=True)
     assert type(trained) is type(original), (type(trained), type(original))
+    # Every weight of the class is in the file (none left at a random init). mini-trainer also saves
+    # the rotary embedding's original_inv_freq buffer, which the class recomputes: ignored.
+    assert (loading["missing_keys"], loading["mismatched_keys"], loading["error_msgs"]) == (set(), set(), [])
+    assert loading["unexpected_keys"] <= {"model.rotary_emb.original_inv_freq"}, loading
     before, after = original.state_dict(), trained.state_dict()
     assert {k: tuple(v.shape) for k, v in after.items()} == {k: tuple(v.shape) for k, v in before.items()}
     # OSFT trained the target matrices (attention and MLP projections) ...
