@@ -185,3 +185,28 @@ def test_pod_deleted_in_epoch_2_resumes_with_the_same_losses(assets, reference, 
     assert run2 == expected[saved.metadata.global_step:]
     marker = ck.read_completion_marker(job.ckpt)
     assert (marker.samples_seen, marker.final_checkpoint) == (NUM_SAMPLES * NUM_EPOCHS, "hf_format/samples_144.0")
+
+
+def test_finished_run_without_marker_is_completed_not_retrained(reference, tmp_path) -> None:
+    # A crash between the final save and writing COMPLETED: the next start must not train again.
+    import shutil
+
+    ref_job, _ = reference
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ref_job.ckpt, ckpt)
+    (ckpt / ck.COMPLETION_MARKER_FILE).unlink()
+    config = tmp_path / "training.json"
+    config.write_text(ref_job.config.read_text().replace(str(ref_job.ckpt), str(ckpt)))
+    job = Job(ckpt=ckpt, config=config, home=tmp_path, port=free_port(), rdzv_id="osft-crashed")
+    node0 = job.start(0, "after-crash")
+    try:
+        node0.wait_for_log("idling until the job is scaled down", 120)
+        node0.terminate()
+        assert node0.wait(60) == contract.EXIT_OK
+    finally:
+        node0.kill()
+    assert "its model is saved: training already finished" in node0.log()
+    assert "Running training command" not in node0.log()
+    assert "not processing again" in node0.log()
+    marker = ck.read_completion_marker(ckpt)
+    assert (marker.samples_seen, marker.final_checkpoint) == (NUM_SAMPLES * NUM_EPOCHS, "hf_format/samples_144.0")

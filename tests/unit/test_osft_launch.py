@@ -175,3 +175,26 @@ def test_finished_only_when_the_last_epochs_last_step_is_logged(tmp_path: Path) 
         osft_launch.check_finished(tmp_path, 1, num_epochs=3)
     with pytest.raises(TrainingFailed, match="has no step: training did not run"):
         osft_launch.check_finished(tmp_path, 0, num_epochs=3)
+
+
+def _hf(root: Path, name: str, weights: bool = True) -> None:
+    (root / "hf_format" / name).mkdir(parents=True)
+    (root / "hf_format" / name / "config.json").write_text("{}")
+    if weights:
+        (root / "hf_format" / name / "model.safetensors").write_bytes(b"x")
+
+
+def test_a_run_finished_before_without_its_marker(tmp_path: Path) -> None:
+    from sft_operator import checkpoints
+
+    (tmp_path / "training_metrics_0.jsonl").write_text("".join(
+        json.dumps({"step": step, "epoch": (step - 1) // 4, "steps_per_epoch": 4, "loss": 1.0,
+                    "total_samples_accumulated": 2.0 * step}) + "\n" for step in range(1, 9)))
+    _hf(tmp_path, "samples_16.0", weights=False)  # the final save cut short
+    tree = checkpoints.scan_checkpoints(tmp_path)
+    assert not osft_launch.finished_before(tree, tmp_path, num_epochs=2)
+    (tmp_path / "hf_format" / "samples_16.0" / "model.safetensors").write_bytes(b"x")
+    tree = checkpoints.scan_checkpoints(tmp_path)
+    assert osft_launch.finished_before(tree, tmp_path, num_epochs=2)
+    assert not osft_launch.finished_before(tree, tmp_path, num_epochs=3)  # 8 of 12 steps
+    assert not osft_launch.finished_before(checkpoints.scan_checkpoints(tmp_path / "empty"), tmp_path / "empty", 2)

@@ -220,6 +220,10 @@ def run(env: Mapping[str, str]) -> int:
         if epoch_full_states and outcome.already_finished(tree, num_epochs):
             note_exit(finished_note(write_completion(root, num_epochs)))
             return idle("the last epoch's full state exists: training already finished")
+        if osft and osft_launch.finished_before(tree, root, num_epochs):
+            note_exit(finished_note(write_completion(root, num_epochs)))
+            return idle("the metrics log ends at the last step and its model is saved: training "
+                        "already finished")
         # Before the run record: a clear reason instead of torchrun's EADDRINUSE traceback.
         check_port_free(topology.rdzv_port)
         prune(root, config.full_state_retention, may_delete)

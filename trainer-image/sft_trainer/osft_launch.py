@@ -221,3 +221,15 @@ def check_finished(root: Path, node_rank: int, num_epochs: int) -> None:
     if last.step != expected:
         raise TrainingFailed(f"mini-trainer exited 0 after step {last.step} of {expected} (epoch "
                              f"{last.epoch + 1} of {num_epochs}) without saving a full state")
+
+
+def finished_before(tree: checkpoints.CheckpointTree, root: Path, num_epochs: int) -> bool:
+    """A run that ended without the completion marker (a crash between the last save and the
+    marker): node 0's metrics log ends at the last step of the last epoch and the model it reached
+    is saved (a complete hf_format checkpoint at that sample count). mini-trainer has no
+    epoch-end full state to tell it by, and would otherwise train again from its last state."""
+    steps = checkpoints.read_metrics_log(Path(root) / checkpoints.OSFT_METRICS_LOG_FILE).steps
+    last = steps[-1] if steps else None
+    if last is None or not last.num_epoch_steps or last.step != last.num_epoch_steps * num_epochs:
+        return False
+    return any(c.complete and c.samples == last.samples_seen for c in tree.hf_checkpoints)
