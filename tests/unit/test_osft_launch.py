@@ -198,3 +198,24 @@ def test_a_run_finished_before_without_its_marker(tmp_path: Path) -> None:
     assert osft_launch.finished_before(tree, tmp_path, num_epochs=2)
     assert not osft_launch.finished_before(tree, tmp_path, num_epochs=3)  # 8 of 12 steps
     assert not osft_launch.finished_before(checkpoints.scan_checkpoints(tmp_path / "empty"), tmp_path / "empty", 2)
+
+
+def test_without_flash_attn_a_gpu_run_selects_sdpa_through_minitrainers_switch(monkeypatch) -> None:
+    import os
+
+    monkeypatch.delenv("TESTING", raising=False)
+    monkeypatch.setenv("CHECKPOINT_TRIGGER_FILENAME", "checkpoint_requested")  # mini-trainer's import-time default
+    monkeypatch.setattr(osft_launch, "flash_attn_installed", lambda: False)
+    with osft_launch.launcher_side(cpu=False):
+        assert os.environ["TESTING"] == "true"
+    assert "TESTING" not in os.environ
+    monkeypatch.setattr(osft_launch, "flash_attn_installed", lambda: True)
+    with osft_launch.launcher_side(cpu=False):
+        assert "TESTING" not in os.environ
+
+
+def test_a_trigger_file_the_workers_would_not_watch_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("CHECKPOINT_TRIGGER_FILENAME", "sft-checkpoint-requested-other-job")
+    with pytest.raises(RuntimeError, match="mini-trainer's trigger file is .*checkpoint_requested"):
+        with osft_launch.launcher_side(cpu=True):
+            pass

@@ -172,7 +172,7 @@ def launcher_side(cpu: bool) -> Iterator[None]:
         raise RuntimeError(f"mini-trainer's trigger file is {trigger}, the workers' {wanted}")
     saved_file = api_train.__file__
     saved_handler = FullStateCheckpointer._handle_signal
-    saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    saved_env = {key: os.environ.get(key) for key in ("CUDA_VISIBLE_DEVICES", "TESTING")}
     _signals.clear()
 
     def recording_handler(self, signum, frame):
@@ -184,16 +184,28 @@ def launcher_side(cpu: bool) -> Iterator[None]:
     FullStateCheckpointer._handle_signal = recording_handler
     if cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif not flash_attn_installed():
+        # mini-trainer stops at `import flash_attn` unless TESTING=true, its only meaning in
+        # 0.9.0 (setup_model_for_training: SDPA instead). The CUDA image has flash_attn only from
+        # a wheelhouse; SFT falls back the same way (disable_flash_attn).
+        log.info("flash_attn is not installed in this image: OSFT trains with SDPA attention")
+        os.environ["TESTING"] = "true"
     try:
         yield
     finally:
         api_train.__file__ = saved_file
         FullStateCheckpointer._handle_signal = saved_handler
-        if cpu:
-            if saved_env is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
             else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+                os.environ[key] = value
+
+
+def flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def run_training(torchrun_kwargs: dict[str, Any], plan: OsftPlan) -> None:
