@@ -36,6 +36,7 @@ from devtools.tiny_model import build_tiny_assets
 from sft_operator import contract
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
+from sft_operator.sources import TRANSFER_STATE_FILE
 from test_real_node import JOB_NS, Jobs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -192,18 +193,24 @@ def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_f
 def test_the_fetching_pod_deleted_mid_download_resumes_with_only_what_was_missing(
         jobs: Jobs, servers: Servers, tmp_path: Path) -> None:
     # A model of its own (a fresh cache entry) with one big file, served slowly.
-    big = hashlib.sha256(b"seed").digest() * (6 * 1024 * 1024 // 32)  # 6 MiB
+    big = hashlib.sha256(b"seed").digest() * (16 * 1024 * 1024 // 32)  # 16 MiB
     files = {**servers.model_files, "extra.bin": big}
     publish(servers.hub.root, "model", "sft-test/slow-model", files)
-    servers.hub.throttle_bps = 1 << 20  # 1 MiB/s: about 6 s for the big file
+    servers.hub.throttle_bps = 1 << 20  # 1 MiB/s: about 16 s for the big file
     try:
         jobs.create(remote_job(jobs, servers, "fetch-resume", nnodes=1, numEpochs=1,
                                modelPath="hf://sft-test/slow-model"))
 
+        claim_root = jobs.claim_dir(jobs.job("fetch-resume"))
+
         def partly_fetched() -> bool:
-            downloads = jobs.progress("fetch-resume").get("downloads") or []
-            model = next((d for d in downloads if d["field"] == "spec.modelPath"), None)
-            return bool(model and 2 << 20 <= model.get("bytesDone", 0) < model.get("bytesTotal", 1))
+            # The sidecar's own report on the volume (the status publishes bytes at most every 15 s).
+            try:
+                report = json.loads((claim_root / TRANSFER_STATE_FILE).read_text())
+            except (OSError, ValueError):
+                return False
+            model = next((d for d in report.get("downloads", []) if d["field"] == "spec.modelPath"), None)
+            return bool(model and 4 << 20 <= model.get("bytesDone", 0) < (model.get("bytesTotal") or 0) - (4 << 20))
 
         wait_until("the model partly fetched", partly_fetched, timeout_s=300, interval_s=0.5)
         jobs.core.delete_namespaced_pod("fetch-resume-0", JOB_NS, grace_period_seconds=0)
