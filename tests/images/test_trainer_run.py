@@ -31,10 +31,10 @@ RUN_TIMEOUT = 1800  # 2 cores shared with other builds: slow, but one small run
 IDLE_LOG = "idling until the job is scaled down"
 
 
-def tiny_job(image: str) -> Any:
+def tiny_job(image: str, **spec: Any) -> Any:
     manifest = yaml.safe_load(EXAMPLE.read_text())
     manifest["metadata"].update(namespace=NAMESPACE, uid="uid-images")
-    manifest["spec"].update(nnodes=1, numEpochs=1)
+    manifest["spec"].update(nnodes=1, numEpochs=1, **spec)
     manifest["spec"]["pod"]["image"] = image
     return parse_job(manifest)
 
@@ -80,8 +80,10 @@ def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: P
     return args
 
 
+# OSFT: rhai-innovation-mini-trainer in the same image, same read-only root and no network.
+@pytest.mark.parametrize("spec", [{}, {"algorithm": "osft", "unfreezeRankRatio": 0.5}], ids=["sft", "osft"])
 def test_tiny_model_trains_to_completion_in_the_trainer_image(
-        trainer_image: str, tmp_path: Path, container_names: list[str]) -> None:
+        trainer_image: str, tmp_path: Path, container_names: list[str], spec: dict[str, Any]) -> None:
     assets = tmp_path / "assets"
     subprocess.run([sys.executable, "-m", "devtools.tiny_model", "--out", str(assets),
                     "--samples", str(NUM_SAMPLES)], check=True, capture_output=True, timeout=600)
@@ -89,7 +91,7 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
     # saves model.safetensors with mode 0600 (as root: unreadable in the pod), so open it up.
     for path in assets.rglob("*"):
         path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
-    job = tiny_job(trainer_image)
+    job = tiny_job(trainer_image, **spec)
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     os.chown(checkpoints, 65532, 65532) if os.geteuid() == 0 else checkpoints.chmod(0o777)
