@@ -43,10 +43,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract
 from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
+from sft_operator import contract
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
 

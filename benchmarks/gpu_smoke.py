@@ -52,8 +52,7 @@ for _path in (ROOT, ROOT / "operator", ROOT / "trainer-image"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from devtools.tiny_model import (make_messages, write_messages_jsonl,  # noqa: E402
-                                 write_tiny_model)
+from devtools.tiny_model import make_messages, write_messages_jsonl, write_tiny_model  # noqa: E402
 from sft_operator import checkpoints as ck  # noqa: E402
 from sft_operator import contract  # noqa: E402
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import kubernetes
 
-from sft_operator import contract
-from sft_operator.crd import CRD_NAME, build_crd
 from devtools.controlplane import ControlPlane
 from devtools.tiny_model import tiny_job_spec
+from sft_operator import contract
+from sft_operator.crd import CRD_NAME, build_crd
 
 QUIET_S = 3.0
 _LABELS = re.compile(r'(\w+)="([^"]*)"')

@@ -36,10 +36,10 @@ from typing import Any
 import kubernetes
 import yaml
 
-from sft_operator import contract
 from devtools.controlplane import WRITE_VERBS, ControlPlane
 from devtools.stack import free_port, install_crd
 from devtools.tiny_model import tiny_job_spec
+from sft_operator import contract
 
 QUIET_S = 5.0
 LIMIT_S = 900.0
@@ -397,7 +397,7 @@ def summarize_profile(path: Path, top: int = 12) -> str:
     lines = [f"{path.name}: {total} samples (≈1/{PROFILE_RATE} s of CPU each)"]
     for layer, n in layers.most_common():
         lines.append(f"  {100 * n / total:5.1f}%  {layer}")
-        parts = [(kind, m) for (l, kind), m in work.most_common() if l == layer and 100 * m / total >= 0.5]
+        parts = [(kind, m) for (at, kind), m in work.most_common() if at == layer and 100 * m / total >= 0.5]
         lines.append("          " + ", ".join(f"{kind} {100 * m / total:.1f}%" for kind, m in parts))
     lines.append("  inclusive, sft_operator's and kopf's heaviest functions:")
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]

@@ -260,7 +260,7 @@ def resolve_assets(env: Mapping[str, str] = os.environ, script: Path = PROVISION
         last_lines.append(line.rstrip("\n"))
     out = proc.stdout.read().strip().splitlines()
     if proc.wait() != 0 or not out:
-        reason = next((l for l in reversed(last_lines) if l.strip()), "no output")
+        reason = next((line for line in reversed(last_lines) if line.strip()), "no output")
         raise ControlPlaneError(
             f"provisioning failed ({script.name} exit {proc.returncode}): {reason}; "
             f"run {script} to see the whole log, or set {ASSETS_ENV}"

@@ -117,7 +117,10 @@ def real_main(args: argparse.Namespace) -> int:
     from sft_operator.render import claim_name, statefulset_name
 
     console = Console(highlight=False, soft_wrap=True)
-    say: Callable[[str], None] = lambda msg: console.print(f"[bold cyan]demo[/]: {msg}")
+
+    def say(msg: str) -> None:
+        console.print(f"[bold cyan]demo[/]: {msg}")
+
     state_dir = args.state_dir.resolve()
     shutil.rmtree(state_dir, ignore_errors=True)  # each demo starts from nothing
     namespace = "default"
@@ -155,7 +158,7 @@ def real_main(args: argparse.Namespace) -> int:
         job = follow_job(stack.api_client(), namespace, name, args.timeout, on_update)
         phase = (job.get("status") or {}).get("phase")
         console.print()
-        console.print(f"[bold]$ kubectl get sftjobs[/]")
+        console.print("[bold]$ kubectl get sftjobs[/]")
         console.print(sftjobs_table(stack.kubeconfig, namespace), markup=False)
         console.print(f"[bold]$ kubectl logs {pod0} -c {contract.TRAINER_CONTAINER} --tail=15[/]  (last seen)")
         console.print(logs[0] or "(none)", markup=False)

@@ -82,7 +82,7 @@ class NodeError(RuntimeError):
         self.summary = summary
         self.log_file = log_file
         tail = tail_lines(log_file) if log_file else []
-        super().__init__(summary + ("".join(f"\n  | {l}" for l in tail) if tail else ""))
+        super().__init__(summary + ("".join(f"\n  | {line}" for line in tail) if tail else ""))
 
 
 def host_ip() -> str:

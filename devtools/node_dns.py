@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 import yaml
-from dnslib import A, QTYPE, RCODE, RR
+from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 DOMAIN = "cluster.local."

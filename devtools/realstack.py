@@ -46,7 +46,7 @@ def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> 
 
 
 def _last_line(text: str) -> str:
-    lines = [l for l in text.strip().splitlines() if l.strip()]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
 
 

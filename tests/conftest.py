@@ -7,11 +7,10 @@ one clear reason; nothing is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 

@@ -54,8 +54,10 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -83,6 +85,12 @@ SET_ASIDE_DIR = f"{OPERATOR_DIR}/set-aside"
 _SAMPLES_DIR = re.compile(r"^samples_(\d+)(?:\.0)?$")
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _step_number(name: str) -> int:
+    """S of a step_S directory name (the caller matched _STEP_DIR already); -1 otherwise."""
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else -1
 _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model.bin.index.json")
 
@@ -124,7 +132,7 @@ class FullStateMetadata(BaseModel):
         """Our launcher already rewrote it so that upstream resume is exact."""
         return self.steps_into_epoch is not None
 
-    def to_pickle_dict(self) -> dict:
+    def to_pickle_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
@@ -266,7 +274,7 @@ class MetricsLog(_Frozen):
     totals: list[TotalsRecord]
     steps: list[StepRecord]
     validations: list[ValidationRecord]
-    other: list[dict]  # lines of no kind above
+    other: list[dict[str, Any]]  # lines of no kind above
     skipped_lines: int  # torn or non-JSON lines (a crash mid-write)
     end_offset: int  # byte offset after the last complete line: pass it back to read on
 
@@ -277,7 +285,7 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
     totals: list[TotalsRecord] = []
     steps: list[StepRecord] = []
     validations: list[ValidationRecord] = []
-    other: list[dict] = []
+    other: list[dict[str, Any]] = []
     skipped = 0
     try:
         with open(path, "rb") as handle:
@@ -328,7 +336,7 @@ def metrics_log_path(root: Path) -> Path:
     return osft if osft.exists() else Path(root) / METRICS_LOG_FILE
 
 
-def _osft_step(line: dict) -> dict | None:
+def _osft_step(line: dict[str, Any]) -> dict[str, Any] | None:
     """A mini-trainer metrics line as a StepRecord's fields (its epoch is 0-based like ours)."""
     if not ("loss" in line and "step" in line and "epoch" in line and "total_samples_accumulated" in line):
         return None
@@ -360,7 +368,7 @@ def _first_samples_per_epoch(path: Path, max_bytes: int = 1 << 20) -> int | None
 
 # --- training_metadata.json (a torch pickle) without torch ------------------------------------
 class _PlainDataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: ARG002 - refuse every global
+    def find_class(self, module: str, name: str) -> Any:  # refuses every global
         raise pickle.UnpicklingError(f"refusing {module}.{name}: only plain data is expected")
 
 
@@ -453,7 +461,7 @@ def _scan_osft_full_states(root: Path) -> list[FullState]:
                                 mtime=_mtime(state_path if metadata is not None else entry),
                                 metadata=metadata, directory=OSFT_FULL_STATE_DIR))
     # By step, as mini-trainer picks the newest (an incomplete one sorts by its name's step).
-    states.sort(key=lambda state: int(_STEP_DIR.match(state.name).group(1)))
+    states.sort(key=lambda state: _step_number(state.name))
     return states
 
 
@@ -485,7 +493,10 @@ def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | 
     return checkpoints
 
 
-def _read_json_model(path: Path, model: type[BaseModel]):
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _read_json_model(path: Path, model: type[_Model]) -> _Model | None:
     try:
         return model.model_validate_json(path.read_bytes())
     except (FileNotFoundError, ValidationError):
@@ -612,7 +623,7 @@ def full_state_written_at(root: Path, state: FullState) -> float:
     return max(times) if times else state.mtime
 
 
-def prune_full_states(root: Path, keep: int, may_delete=None) -> list[str]:
+def prune_full_states(root: Path, keep: int, may_delete: Callable[[FullState], bool] | None = None) -> list[str]:
     """Delete what ``full_states_to_prune`` allows and ``may_delete(state)`` (None: all) accepts
     (retention's owner check: only states this job's lineage wrote); returns the deleted names."""
     tree = scan_checkpoints(root)

@@ -166,7 +166,6 @@ class Kube:
         }[kind]
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        meta = manifest["metadata"]
         if manifest["kind"] == render.PODGROUP_KIND:
             return self.create_podgroup(manifest)
         return self._write("POST", manifest)

@@ -29,12 +29,10 @@ import kopf
 import kubernetes
 
 from sft_operator import admission, contract, kopf_toggles, kubeclient, leadership, metrics, owner_refs, render
-from sft_operator.children import Kube, KnownChildren, child_summary, converge
+from sft_operator.children import KnownChildren, Kube, child_summary, converge
 from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus
 from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
 from sft_operator.progress import TrainingProgress, parse_progress_summary
-from sft_operator.untrusted import DroppedValue
-from sft_operator.readiness import ApiReachability, ReadinessChecker
 from sft_operator.publishing import (
     JobStatusBook,
     Key,
@@ -45,6 +43,7 @@ from sft_operator.publishing import (
     update_status,
     warn_dropped_progress,
 )
+from sft_operator.readiness import ApiReachability, ReadinessChecker
 from sft_operator.status import (
     SpecProblem,
     group_restart_plan,
@@ -53,6 +52,7 @@ from sft_operator.status import (
     stall_restart_plan,
     stalled,
 )
+from sft_operator.untrusted import DroppedValue
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}

@@ -802,10 +802,10 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
                 "nnodes > 1 needs ReadWriteMany: every rank reads full_state/ when it resumes",
             )
         )
-    for field, value, model in (("spec.modelPath", spec.model_path, True), ("spec.dataPath", spec.data_path, False)):
-        if sources.is_remote(value):
+    for field, location, model in (("spec.modelPath", spec.model_path, True), ("spec.dataPath", spec.data_path, False)):
+        if sources.is_remote(location):
             try:
-                sources.parse_source(value, model=model)
+                sources.parse_source(location, model=model)
             except sources.SourceProblem as exc:
                 problems.append((field, str(exc)))
     if spec.export is not None:

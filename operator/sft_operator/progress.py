@@ -12,15 +12,13 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from sft_operator.sources import DownloadState, TransferState
-from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
-from sft_operator.wire import MAX_API_INT, ApiModel, Count, DateTime, Finite, Flag, rfc3339
 from sft_operator.checkpoints import (
     HF_FORMAT_DIR,
     CheckpointTree,
@@ -29,6 +27,9 @@ from sft_operator.checkpoints import (
     TotalsRecord,
     ValidationRecord,
 )
+from sft_operator.sources import DownloadState, TransferState
+from sft_operator.untrusted import Checked, DroppedValue, preview, validate_dropping
+from sft_operator.wire import MAX_API_INT, ApiModel, Count, DateTime, Finite, Flag, rfc3339
 
 # The loss history's bound, whatever the run's length: at most this many points in the summary
 # (and so in the ConfigMap and the status), of which at most MAX_VALIDATION_POINTS carry only a
@@ -292,11 +293,12 @@ def summary_fields(
     elif total and throughput and math.isfinite(throughput) and throughput > 0:
         eta = int(max(0, total - samples_seen) / throughput)
 
-    times = [c["time"] for c in checkpoints]
+    times: list[str] = [str(c["time"]) for c in checkpoints]
     if full_info is not None:
-        times.append(full_info["time"])
-    if last_step is not None and _step_time(last_step):
-        times.append(_step_time(last_step))
+        times.append(str(full_info["time"]))
+    step_time = _step_time(last_step) if last_step is not None else None
+    if step_time:
+        times.append(step_time)
     if tree.completion is not None:
         times.append(rfc3339(tree.completion.finished_at))
     return {
@@ -454,7 +456,7 @@ class LossHistory:
 
 def loss_history(
     steps: list[StepRecord],
-    validations: list[ValidationRecord] = (),
+    validations: Sequence[ValidationRecord] = (),
     *,
     max_points: int = MAX_LOSS_HISTORY,
     max_validation_points: int = MAX_VALIDATION_POINTS,

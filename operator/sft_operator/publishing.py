@@ -31,8 +31,8 @@ from sft_operator.models import (
 )
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
 from sft_operator.progress import TrainingProgress
-from sft_operator.untrusted import DroppedValue
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
+from sft_operator.untrusted import DroppedValue
 from sft_operator.wire import parse_rfc3339, rfc3339
 
 log = logging.getLogger("sft_operator")

@@ -289,7 +289,8 @@ def claim_owner_references(manifest: dict[str, Any], existing: dict[str, Any]) -
     (this job's, with deleteWithJob) on a claim this job created; on another job's claim, what it
     has (a job never takes a claim it did not create, so deleting the job never deletes it)."""
     if created_by(existing, manifest["metadata"]["annotations"][ANNOTATION_CREATED_BY]):
-        return manifest["metadata"].get("ownerReferences", [])
+        references: list[dict[str, Any]] = manifest["metadata"].get("ownerReferences", [])
+        return references
     return [o for o in (existing.get("metadata") or {}).get("ownerReferences") or [] if o.get("kind") == contract.KIND]
 
 

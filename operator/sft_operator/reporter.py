@@ -45,8 +45,8 @@ from sft_operator.checkpoints import (
     read_run_records,
     scan_checkpoints,
 )
-from sft_operator.sources import read_transfer_state
 from sft_operator.progress import LossHistory, TrainingProgress, check_summary, summarize_progress, summary_fields
+from sft_operator.sources import read_transfer_state
 
 log = logging.getLogger("sft_operator.reporter")
 

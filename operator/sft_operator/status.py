@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sft_operator import contract
+from sft_operator.checkpoints import HF_FORMAT_DIR
 from sft_operator.models import (
     MAPPED_TRAINING_ARGS,
     AccessMode,
@@ -26,10 +27,10 @@ from sft_operator.models import (
     RestartBackoff,
     SFTJobStatus,
 )
-from sft_operator.checkpoints import HF_FORMAT_DIR
 from sft_operator.progress import CheckpointExport, Stage, TrainingProgress
 from sft_operator.render import accepted_spec
 from sft_operator.wire import parse_rfc3339, rfc3339
+
 
 @dataclass(frozen=True)
 class SpecProblem:
@@ -69,6 +70,12 @@ def _pod_ordinal(pod: dict[str, Any]) -> int | None:
         return contract.node_rank_from_pod_name(pod["metadata"]["name"])
     except (KeyError, ValueError):
         return None
+
+
+def _ordinal_or(pod: dict[str, Any], default: int) -> int:
+    """The pod's ordinal, or ``default`` for a pod without one (sorted last)."""
+    ordinal = _pod_ordinal(pod)
+    return default if ordinal is None else ordinal
 
 
 def running_pods(pods: Iterable[dict[str, Any]], total: int) -> int:
@@ -468,7 +475,7 @@ def pod_blocker(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
     """Why the first pod that does not run waits, in the kubelet's or the scheduler's words:
     a container's waiting reason (ImagePullBackOff, CreateContainerConfigError, ...), else the
     pod's PodScheduled=False reason (Unschedulable: 0/12 nodes are available: ...)."""
-    for pod in sorted(pods, key=lambda p: _pod_ordinal(p) if _pod_ordinal(p) is not None else nnodes):
+    for pod in sorted(pods, key=lambda p: _ordinal_or(p, nnodes)):
         ordinal = _pod_ordinal(pod)
         if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
@@ -503,7 +510,7 @@ def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> s
 def gated_pod(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
     """The first pod of the job a scheduling gate holds back (Kueue gates the pods of a queued
     workload until it admits them all), in the scheduler's words, or None."""
-    for pod in sorted(pods, key=lambda p: _pod_ordinal(p) if _pod_ordinal(p) is not None else nnodes):
+    for pod in sorted(pods, key=lambda p: _ordinal_or(p, nnodes)):
         ordinal = _pod_ordinal(pod)
         if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
@@ -595,7 +602,8 @@ def restart_backoff_s(restart: int) -> int:
     if restart <= 1:
         return 0
     doublings = min(restart - 2, 5)  # 10 * 2**5 = 320 is past the cap already
-    return min(RESTART_BACKOFF_INITIAL_S * 2**doublings, RESTART_BACKOFF_CAP_S)
+    delay: int = min(RESTART_BACKOFF_INITIAL_S * 2**doublings, RESTART_BACKOFF_CAP_S)
+    return delay
 
 
 def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> RestartBackoff | None:

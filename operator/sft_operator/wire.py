@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
@@ -33,6 +33,10 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+@overload
+def rfc3339(moment: float | datetime) -> str: ...
+@overload
+def rfc3339(moment: None) -> None: ...
 def rfc3339(moment: float | datetime | None) -> str | None:
     """A time as the API writes it (UTC, whole seconds); a POSIX timestamp or a naive datetime
     is taken as UTC."""

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from test_real_node import JOB_NS, Jobs, condition, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools.stack import wait_until
 from sft_operator import contract, ownership
 from sft_operator.checkpoints import OWNER_FILE
-from test_real_node import JOB_NS, Jobs, condition, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 

@@ -20,24 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import textwrap
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
-import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
+from test_real_node import JOB_NS, Jobs, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools import training_hub_reference
 from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import wait_until
 from sft_operator import contract
 from sft_operator.api import uploads
-from test_real_node import JOB_NS, Jobs, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 

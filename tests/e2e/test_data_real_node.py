@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
+from test_real_node import JOB_NS, Jobs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools.hf_endpoint import HfEndpoint, publish
 from devtools.node import host_ip
@@ -37,7 +37,6 @@ from sft_operator import contract
 from sft_operator.models import parse_job
 from sft_operator.render import claim_name
 from sft_operator.sources import TRANSFER_STATE_FILE
-from test_real_node import JOB_NS, Jobs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 

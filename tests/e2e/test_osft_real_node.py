@@ -12,14 +12,19 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_real_node import JOB_NS, Jobs, complete_hf_dirs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools.stack import wait_until
-from sft_operator.checkpoints import (HF_FORMAT_DIR, metrics_log_path, read_completion_marker, read_metrics_log,
-                                      read_run_records, scan_checkpoints)
+from sft_operator.checkpoints import (
+    HF_FORMAT_DIR,
+    metrics_log_path,
+    read_completion_marker,
+    read_metrics_log,
+    read_run_records,
+    scan_checkpoints,
+)
 from sft_operator.models import parse_job
 from sft_operator.render import statefulset_name
-from test_real_node import (JOB_NS, Jobs, complete_hf_dirs, condition, jobs,  # noqa: F401
-                            jobs_of_the_test_deleted, stack)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 

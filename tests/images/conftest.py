@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-
 from images_harness import CUDA_OPT_IN, CUDA_OPT_IN_REASON, docker, run_build
 
 

@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 
 import pytest
-from packaging.utils import canonicalize_name
-
 import test_trainer_run
 from images_harness import ROOT, docker
+from packaging.utils import canonicalize_name
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 

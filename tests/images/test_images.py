@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
-
 from images_harness import ROOT, docker, run_build
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from images_harness import ROOT, docker
+
 from sft_operator import checkpoints as ck
 from sft_operator import contract
 from sft_operator.models import parse_job

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from images_harness import ROOT, docker
 
 sys.path.insert(0, str(ROOT / "tests" / "unit"))

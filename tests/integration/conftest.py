@@ -16,9 +16,9 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from devtools import stack
 from sft_operator import contract
 from sft_operator.crd import CRD_NAME
-from devtools import stack
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_operator import contract
 from devtools.tiny_model import tiny_job_spec
+from sft_operator import contract
 
 
 def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:

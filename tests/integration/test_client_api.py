@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+
 from sft_operator import contract
 from sft_operator.api import (
     InstructLabTrainingSFTBackend,

@@ -12,10 +12,11 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from sft_operator import contract
 from sft_operator.cli import app
 from sft_operator.models import SFTJobStatus
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
 

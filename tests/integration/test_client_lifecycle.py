@@ -11,13 +11,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kubernetes
 import pytest
+from sftjobs import job_body
+from typer.testing import CliRunner
+
 from sft_operator import contract
 from sft_operator.api import Deletion, JobEvent, open_job
 from sft_operator.cli import app
-from sftjobs import job_body
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
 

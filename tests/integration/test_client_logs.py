@@ -21,11 +21,12 @@ from urllib.parse import parse_qs, urlparse
 
 import kubernetes
 import pytest
+from typer.testing import CliRunner
+
+from devtools.pki import make_ca, make_serving_cert
 from sft_operator import contract
 from sft_operator.api import LogsUnavailableError, open_job
 from sft_operator.cli import app
-from devtools.pki import make_ca, make_serving_cert
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
 

@@ -20,17 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import admission_webhook
 import kubernetes.client
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from operator_logs import refusals
 
-from sft_operator import contract
 from devtools.controlplane import free_port, request_service_account_token, service_account_kubeconfig
 from devtools.stack import wait_until
-
-from operator_logs import refusals
-import admission_webhook
+from sft_operator import contract
 
 pytestmark = pytest.mark.integration
 

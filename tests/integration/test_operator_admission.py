@@ -20,17 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import admission_webhook
 import kubernetes.client
 import pytest
 from kubernetes.client.exceptions import ApiException
+from operator_logs import refusals
 
 from devtools.controlplane import free_port, fresh_namespace_name
 from devtools.stack import OperatorProcess, wait_until
 from sft_operator import contract
 from sft_operator.policy import ENV_POLICY
-
-import admission_webhook
-from operator_logs import refusals
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,10 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
-
-from devtools.controlplane import service_account_kubeconfig
-
 from operator_logs import refusals
 from sftjobs import job_body
+
+from devtools.controlplane import service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
 

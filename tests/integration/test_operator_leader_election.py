@@ -16,12 +16,12 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from sftjobs import job_body
 
 from devtools import stack
 from devtools.controlplane import WRITE_VERBS, service_account_kubeconfig
 from sft_operator import contract
 from sft_operator.progress import Stage, TrainingProgress
-from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-
 from sftjobs import job_body
 
 pytestmark = pytest.mark.integration

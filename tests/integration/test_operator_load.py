@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sftjobs import job_body
 
 from devtools import stack
 from devtools.controlplane import ADMIN_USER, free_port
-from sftjobs import job_body
 
 pytestmark = pytest.mark.integration
 JOBS = 100

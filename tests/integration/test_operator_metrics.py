@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_operator_status import started_job, summary
 
 from devtools import stack
 from sft_operator.progress import LossPoint, Stage
-from test_operator_status import started_job, summary
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-
 from sftjobs import job_body
 
 pytestmark = pytest.mark.integration

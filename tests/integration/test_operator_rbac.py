@@ -10,11 +10,10 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-
-from devtools.controlplane import service_account_kubeconfig
-
 from operator_logs import refusals
 from sftjobs import job_body
+
+from devtools.controlplane import service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

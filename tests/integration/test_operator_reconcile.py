@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from sftjobs import job_body
 
 from sft_operator.models import parse_job
 from sft_operator.render import render_configmap, render_service, render_statefulset
-from sftjobs import job_body
-
 
 pytestmark = pytest.mark.integration
 

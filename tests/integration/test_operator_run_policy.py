@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-
 from test_operator_status import T0, Stage, started_job, summary
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,11 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
-
-from sft_operator import contract
-from devtools.controlplane import request_service_account_token
-from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 from sftjobs import job_body
+
+from devtools.controlplane import request_service_account_token
+from sft_operator import contract
+from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-
 from sftjobs import job_body
 from test_operator_lifecycle import phase_is
 
@@ -62,8 +61,7 @@ def test_a_valid_osft_job_gets_the_launcher_config(operator: Any, cluster: Any) 
     assert cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("osft"))
 
 
-from test_operator_admission import (as_user, create, denied, namespaces, refusal, start_operator,  # noqa: E402,F401
-                                     users, webhook)
+from test_operator_admission import as_user, create, denied, namespaces, refusal, start_operator, users, webhook  # noqa: E402,F401
 from test_operator_admission import job_body as namespaced_job  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest, write_config
+
 from devtools.tiny_model import TinyAssets, build_tiny_assets
 from sft_operator import checkpoints as ck
 from sft_operator import contract, ownership

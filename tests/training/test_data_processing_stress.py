@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from data_stress import stress
+
 from devtools.tiny_model import build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(600)]

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sft_launch_harness import free_port, pod_env, start_launcher, write_config
+
+from devtools.tiny_model import TinyAssets, build_tiny_assets
 from sft_operator import checkpoints as ck
 from sft_operator import contract
-from devtools.tiny_model import TinyAssets, build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(600)]
 

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest, write_config
 
-from sft_launch_harness import (free_port, pod_env, start_launcher, tree_digest,
-                                write_config)
+from devtools.tiny_model import TinyAssets, build_tiny_assets
 from sft_operator import checkpoints as ck
 from sft_operator import contract
-from devtools.tiny_model import TinyAssets, build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(900)]
 
@@ -133,11 +132,11 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
                       ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps):
             assert all(launcher.process.poll() is None for launcher in launchers), "".join(
                 launcher.tail() for launcher in launchers)
-            assert time.monotonic() < deadline, "".join(l.tail() for l in launchers)
+            assert time.monotonic() < deadline, "".join(launcher.tail() for launcher in launchers)
             time.sleep(0.1)
         launchers[1].terminate()
         codes = [launcher.wait(300) for launcher in launchers]
-        assert codes == [contract.EXIT_PREEMPTED] * 2, "".join(l.tail() for l in launchers)
+        assert codes == [contract.EXIT_PREEMPTED] * 2, "".join(launcher.tail() for launcher in launchers)
     finally:
         for launcher in launchers:
             launcher.kill()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest
+
+from devtools.tiny_model import TinyAssets, build_tiny_assets
 from sft_operator import checkpoints as ck
 from sft_operator import contract
-from devtools.tiny_model import TinyAssets, build_tiny_assets
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(900)]
 
@@ -89,7 +89,7 @@ def run_to_idle(job: Job, tag: str) -> list:
         for launcher in launchers:
             launcher.terminate()
         codes = [launcher.wait(60) for launcher in launchers]
-        assert codes == [contract.EXIT_OK, contract.EXIT_OK], "".join(l.tail() for l in launchers)
+        assert codes == [contract.EXIT_OK, contract.EXIT_OK], "".join(launcher.tail() for launcher in launchers)
         return launchers
     finally:
         for launcher in launchers:
@@ -155,11 +155,11 @@ def test_pod_deleted_in_epoch_2_resumes_with_the_same_losses(assets, reference, 
         while not any(step >= 16 for step, _, _ in losses(job.ckpt)):
             assert all(launcher.process.poll() is None for launcher in launchers), "".join(
                 launcher.tail() for launcher in launchers)
-            assert time.monotonic() < deadline, "".join(l.tail() for l in launchers)
+            assert time.monotonic() < deadline, "".join(launcher.tail() for launcher in launchers)
             time.sleep(0.1)
         launchers[1].terminate()
         codes = [launcher.wait(300) for launcher in launchers]
-        assert codes == [contract.EXIT_PREEMPTED] * 2, "".join(l.tail() for l in launchers)
+        assert codes == [contract.EXIT_PREEMPTED] * 2, "".join(launcher.tail() for launcher in launchers)
     finally:
         for launcher in launchers:
             launcher.kill()

@@ -215,9 +215,7 @@ def test_an_authorizer_failure_refuses() -> None:
 def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from sft_operator import handlers
-
-    from sft_operator import metrics
+    from sft_operator import handlers, metrics
 
     monkeypatch.setattr(handlers, "_authorized", Authorizer())  # holds nothing
     monkeypatch.setattr(handlers, "_namespaces", frozenset({"team-a"}))

@@ -13,7 +13,7 @@ import kubernetes
 
 from devtools.tiny_model import tiny_job_spec
 from sft_operator import contract, render
-from sft_operator.children import Kube, KnownChildren, child_summary, converge
+from sft_operator.children import KnownChildren, Kube, child_summary, converge
 from sft_operator.models import parse_job
 
 WATCHED = frozenset({"StatefulSet", "ConfigMap"})

@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from test_children_resume import RecordingKube, cluster_with
+
 from devtools.tiny_model import tiny_job_spec
 from sft_operator import render
 from sft_operator.children import converge, ensure_child
 from sft_operator.models import Reason, parse_job
 from sft_operator.status import check_checkpoint_claim
-from test_children_resume import RecordingKube, cluster_with
 
 CREATED_BY = "finetune.dev/created-by-uid"
 

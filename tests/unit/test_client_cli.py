@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from typer.testing import CliRunner
+
 from sft_operator.api.results import view_job
 from sft_operator.cli import app
 from sft_operator.cli_jobs import LIST_COLUMNS, list_row, parse_value, status_rows
 from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

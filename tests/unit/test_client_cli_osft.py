@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import yaml
-from sft_operator.cli import app
 from typer.testing import CliRunner
+
+from sft_operator.cli import app
 
 runner = CliRunner()
 

@@ -3,11 +3,11 @@ operator's messages. Pure: nothing here talks to a cluster."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-import warnings
-
 import pytest
+
 from sft_operator.api import mapping
 from sft_operator.api.mapping import (
     ClusterOptions,

@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 from pss_restricted import restricted_violations
+
 from sft_operator.api import transfer, uploads
 from sft_operator.api.display import ByteProgress, format_bytes
 from sft_operator.api.download import choose_checkpoint
+from sft_operator.api.mapping import SFTParameterError
 from sft_operator.api.paths import ClaimPath, PathProblem
 from sft_operator.api.results import view_job
 from sft_operator.api.training_hub import KubernetesSFTBackend
-from sft_operator.api.mapping import SFTParameterError
 from sft_operator.api.uploads import LocalFile, NewClaim, UploadPlan
 
 SHA = hashlib.sha256(b'{"messages": []}\n').hexdigest()

@@ -14,9 +14,9 @@ from devtools import pki
 from devtools.controlplane import (
     ASSETS_ENV,
     ControlPlaneError,
+    WriteRequest,
     diagnose_exit,
     fresh_namespace_name,
-    WriteRequest,
     kubeconfig_dict,
     kubernetes_service_problem,
     parse_audit_writes,

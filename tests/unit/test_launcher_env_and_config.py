@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sft_operator import contract
-from sft_trainer.errors import ConfigError
 from sft_trainer.cpus import cgroup_cpu_limit, usable_cpus
+from sft_trainer.errors import ConfigError
 from sft_trainer.launch_config import parse_config, training_args_kwargs
 from sft_trainer.topology import Topology, topology_from_env
 

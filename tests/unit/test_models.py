@@ -9,11 +9,11 @@ import yaml
 
 from sft_operator import contract
 from sft_operator.models import (
-    epoch_full_state_warning,
     IMMUTABLE_FIELDS,
     InvalidSpecError,
     SFTJobSpec,
     default_sharding_strategy,
+    epoch_full_state_warning,
     parse_job,
     parse_spec,
 )

@@ -8,9 +8,9 @@ import copy
 from typing import Any
 
 import pytest
+from pss_restricted import restricted_violations
 
 from devtools.tiny_model import tiny_job_spec
-from pss_restricted import restricted_violations
 from sft_operator import contract, pod_security
 from sft_operator.models import parse_job
 from sft_operator.render import render_children

@@ -15,7 +15,6 @@ from devtools.controlplane import ControlPlane
 from devtools.realstack import copy_as_root_writes
 
 
-
 def test_kubelet_config_is_the_dev_node_contract(tmp_path: Path) -> None:
     cfg = node.kubelet_config(tmp_path, "cgroupfs")
     assert cfg["address"] == "127.0.0.1" and cfg["authorization"] == {"mode": "AlwaysAllow"}

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sft_operator.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
 from devtools.tiny_model import tiny_job_spec
+from sft_operator.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,

@@ -13,16 +13,16 @@ from sft_operator.status import (
     VolumeCheck,
     check_checkpoint_claim,
     derive_status,
+    group_restart_plan,
+    held_back,
     last_trainer_termination,
     phase_event_message,
     pod_blocker,
-    group_restart_plan,
-    held_back,
     ranks_left_behind,
     restart_backoff_s,
+    set_condition,
     stall_restart_plan,
     stalled,
-    set_condition,
 )
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"

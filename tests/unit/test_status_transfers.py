@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from test_status import T1, T2, conditions, derive, pod, progress, terminated
+
 from sft_operator.models import Phase
 from sft_operator.progress import CheckpointExport, SourceDownload, Stage
-
-from test_status import T1, T2, conditions, derive, pod, progress, terminated
 
 URI = "s3://out/runs"
 

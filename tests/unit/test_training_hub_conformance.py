@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from devtools import training_hub_reference as reference
 from sft_operator.api import KubernetesSFTBackend, SFTAlgorithm, SFTParameterError, sft
 from sft_operator.api.mapping import TRAINING_HUB_SFT_PARAMS, ClusterOptions

@@ -11,11 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from transfer_helpers import Sidecar, write_config
 
 from devtools.object_store import ObjectStore
 from sft_operator import checkpoints, sources
-
-from transfer_helpers import Sidecar, write_config
 
 OLD = time.time() - 3600
 

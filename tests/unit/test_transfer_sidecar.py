@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from transfer_helpers import Sidecar, source_entry, write_config
 
 from devtools.hf_endpoint import HfEndpoint, publish
 from devtools.https_files import HttpsFiles
 from devtools.object_store import ObjectStore
 from sft_operator import contract, sources
-
-from transfer_helpers import Sidecar, source_entry, write_config
 
 HF_TOKEN = "hf_test_token_9f8e7d6c5b4a"
 BIG = 6 * 1024 * 1024

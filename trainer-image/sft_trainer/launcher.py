@@ -22,12 +22,19 @@ from pathlib import Path
 
 from sft_operator import checkpoints, contract
 
-from . import (checkpoint_owner, collective_timeout, data_once, launch_config, outcome, resume,
-               termination, transfer_wait)
+from . import (
+    checkpoint_owner,
+    collective_timeout,
+    data_once,
+    launch_config,
+    outcome,
+    resume,
+    termination,
+    transfer_wait,
+)
 from .errors import ConfigError, LauncherError, Preempted, TrainingFailed
 from .pod_state import trainer_started
-from .rendezvous import (announce_rendezvous_id, check_port_free, verify_rendezvous_id,
-                         wait_reachable)
+from .rendezvous import announce_rendezvous_id, check_port_free, verify_rendezvous_id, wait_reachable
 from .topology import Topology, topology_from_env
 
 log = logging.getLogger("sft_trainer")

@@ -209,7 +209,8 @@ def flash_attn_installed() -> bool:
 
 
 def run_training(torchrun_kwargs: dict[str, Any], plan: OsftPlan) -> None:
-    from mini_trainer import TorchrunArgs, TrainingArgs, TrainingMode, run_training as mini_trainer_run
+    from mini_trainer import TorchrunArgs, TrainingArgs, TrainingMode
+    from mini_trainer import run_training as mini_trainer_run
 
     kwargs = dict(plan.trainer_kwargs)
     kwargs["training_mode"] = TrainingMode(kwargs["training_mode"])

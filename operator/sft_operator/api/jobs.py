@@ -12,10 +12,10 @@ from typing import Any
 from sft_operator import contract
 from sft_operator.api.display import ProgressDisplay
 from sft_operator.api.results import (
+    JobView,
     SFTJobDeletedError,
     SFTJobFailedError,
     SFTJobResult,
-    JobView,
     failure_of,
     parse_status,
     result_of,

@@ -43,8 +43,8 @@ from sft_operator.api.mapping import (
     jit_checkpoint_warning,
     split_params,
 )
-from sft_operator.api.results import SFTJobResult, result_of
 from sft_operator.api.paths import PathProblem
+from sft_operator.api.results import SFTJobResult, result_of
 from sft_operator.models import epoch_full_state_warning, parse_job
 
 
@@ -107,8 +107,9 @@ class KubernetesSFTBackend(Backend):
             stand_in = uploads.LocalFile(local, 0, "0" * 64)
             build_sftjob({**training, "data_path": self._plan(stand_in, name, training, options).data_url},
                          options, name=name, namespace=namespace)
-            progress = (lambda description, total: ByteProgress(description, total, stream=self.stream,
-                                                                enabled=options.show_progress))
+            def progress(description: str, total: int) -> ByteProgress:
+                return ByteProgress(description, total, stream=self.stream, enabled=options.show_progress)
+
             plan = self._plan(transfer.measure_local_file(local, progress), name, training, options)
             training = {**training, "data_path": plan.data_url}
         manifest = build_sftjob(training, options, name=name, namespace=namespace)

@@ -13,9 +13,9 @@ from sft_operator.sources import DownloadState, SourceKind, SourceManifest
 
 from . import outcome
 from .cache import Entry, Remote, free_bytes, verify
-from .fetch_io import Aborted
 from .config import SourceEntry, TransferConfig
-from .outcome import Permanent, Transient, TransferFailure
+from .fetch_io import Aborted
+from .outcome import Permanent, TransferFailure, Transient
 from .s3 import Changed
 from .state import StateWriter
 

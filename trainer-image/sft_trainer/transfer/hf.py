@@ -21,7 +21,7 @@ from pathlib import Path
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
 from .fetch_io import AbortableFile
-from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure, hf_credential
+from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, TransferFailure, Transient, hf_credential
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -145,8 +145,8 @@ class HfSource:
                      displayed_filename=f.path)
 
     def classify(self, error: BaseException) -> TransferFailure | None:
-        from huggingface_hub import errors as hub_errors
         import httpx2
+        from huggingface_hub import errors as hub_errors
 
         repo, what = self.source.repo, f"{self.repo_type} repo"
         who = hf_credential(self.env)

@@ -15,7 +15,7 @@ from pathlib import Path
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
 from .fetch_io import AbortableFile
-from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure
+from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, TransferFailure, Transient
 from .s3 import Changed
 
 CHUNK = 1 << 20

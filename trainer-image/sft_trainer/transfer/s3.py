@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from .cache import Remote, RemoteFile
 from .config import SourceEntry
 from .fetch_io import AbortableFile
-from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, Transient, TransferFailure, s3_credential
+from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, TransferFailure, Transient, s3_credential
 
 CHUNK = 1 << 20
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
