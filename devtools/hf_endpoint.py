@@ -40,6 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from devtools.request_log import RequestLog
+
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.parquet", "*.arrow")
 INVALID_TOKEN_MESSAGE = "Invalid credentials in Authorization header"
 REPO_TYPES = {"models": "model", "datasets": "dataset"}
@@ -85,25 +87,21 @@ def publish(root: Path, repo_type: str, repo_id: str, files: dict[str, bytes | P
     return repo_dir
 
 
-class HfEndpoint:
+class HfEndpoint(RequestLog):
     def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0,
                  tokens: dict[str, set[str] | None] | None = None, private: set[str] = frozenset(),
                  lfs_min_size: int = 1 << 20, throttle_bps: int | None = None,
                  log_path: Path | None = None):
+        super().__init__(log_path)
         self.root = Path(root)
         # token -> the private repos it may read (None: all of them)
         self.tokens = dict(tokens or {})
         self.private = set(private)
         self.lfs_min_size = lfs_min_size
         self.throttle_bps = throttle_bps
-        self.log_path = Path(log_path) if log_path else None
-        self.requests: list[dict] = []
         # Files (repo-relative paths) served with their first byte changed: a corrupt transfer.
         self.corrupt: set[str] = set()
-        self._lock = threading.Lock()
         self._hash_cache: dict[tuple, RepoFile] = {}
-        self._failures: list[int] = []
-        self._inflight = 0
         endpoint = self
 
         class Handler(_Handler):
@@ -132,29 +130,6 @@ class HfEndpoint:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def fail_next(self, count: int, status: int = 503) -> None:
-        with self._lock:
-            self._failures.extend([status] * count)
-
-    def _take_failure(self) -> int | None:
-        with self._lock:
-            return self._failures.pop(0) if self._failures else None
-
-    def log(self, entry: dict) -> None:
-        with self._lock:
-            self.requests.append(entry)
-            if self.log_path:
-                with open(self.log_path, "a") as handle:
-                    handle.write(json.dumps(entry) + "\n")
-
-    def clear_log(self, timeout: float = 10) -> None:
-        """Forget the requests so far, once those in flight are logged."""
-        from devtools.object_store import _settle
-
-        _settle(self, timeout)
-        with self._lock:
-            self.requests.clear()
 
     def file_downloads(self, file_path: str) -> list[dict]:
         """The GETs of a file's resolve URL that sent a body (full or ranged)."""
@@ -202,15 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        from devtools.object_store import _counted
-
-        with _counted(self.server_endpoint):
+        with self.server_endpoint.in_flight():
             self._serve(head=True)
 
     def do_GET(self) -> None:
-        from devtools.object_store import _counted
-
-        with _counted(self.server_endpoint):
+        with self.server_endpoint.in_flight():
             self._serve(head=False)
 
     # --- responses ----------------------------------------------------------------------------
@@ -243,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, *, head: bool) -> None:
         self._started = time.time()
         ep = self.server_endpoint
-        failure = ep._take_failure()
+        failure = ep.take_failure()
         if failure is not None:
             return self._error(failure, None, f"injected failure {failure}", head=head)
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]

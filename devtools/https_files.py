@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import ssl
 import threading
 import time
@@ -23,21 +22,17 @@ from urllib.parse import unquote, urlsplit
 
 from devtools import pki
 from devtools.hf_endpoint import _send_file
-from devtools.object_store import _counted, _settle
+from devtools.request_log import RequestLog
 
 
-class HttpsFiles:
+class HttpsFiles(RequestLog):
     def __init__(self, root: Path, cert_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
                  log_path: Path | None = None, throttle_bps: int | None = None,
                  forbidden: tuple[str, ...] = ()):
+        super().__init__(log_path)
         self.root = Path(root)
-        self.log_path = Path(log_path) if log_path else None
         self.throttle_bps = throttle_bps
         self.forbidden = set(forbidden)
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        self._failures: list[int] = []
-        self._inflight = 0
         self._etags: dict[tuple, str] = {}
         cert_dir = Path(cert_dir)
         cert_dir.mkdir(parents=True, exist_ok=True)
@@ -77,23 +72,6 @@ class HttpsFiles:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        with self._lock:
-            self._failures.extend([status] * count)
-
-    def log(self, entry: dict) -> None:
-        with self._lock:
-            self.requests.append(entry)
-            if self.log_path:
-                with open(self.log_path, "a") as handle:
-                    handle.write(json.dumps(entry) + "\n")
-
-    def clear_log(self, timeout: float = 10) -> None:
-        """Forget the requests so far, once those in flight are logged."""
-        _settle(self, timeout)
-        with self._lock:
-            self.requests.clear()
-
     def downloads(self, path: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == path and r["status"] in (200, 206)]
 
@@ -114,11 +92,11 @@ class _Files(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        with _counted(self.server_files):
+        with self.server_files.in_flight():
             self._serve(head=True)
 
     def do_GET(self) -> None:
-        with _counted(self.server_files):
+        with self.server_files.in_flight():
             self._serve(head=False)
 
     def _plain(self, status: int, *, head: bool) -> None:
@@ -136,8 +114,7 @@ class _Files(BaseHTTPRequestHandler):
 
     def _serve(self, *, head: bool) -> None:
         files = self.server_files
-        with files._lock:
-            failure = files._failures.pop(0) if files._failures else None
+        failure = files.take_failure()
         if failure is not None:
             return self._plain(failure, head=head)
         rel = unquote(urlsplit(self.path).path).lstrip("/")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import json
 import os
 import socket
 import subprocess
@@ -30,6 +29,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from devtools.request_log import RequestLog
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "devtools" / "object-store-constraints.txt"
@@ -75,16 +76,12 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-class ObjectStore:
+class ObjectStore(RequestLog):
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
                  throttle_bps: int | None = None):
+        super().__init__(log_path)
         self.host = host
-        self.log_path = Path(log_path) if log_path else None
         self.throttle_bps = throttle_bps
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        self._failures: list[int] = []
-        self._inflight = 0
         self._moto: subprocess.Popen | None = None
         self._moto_port = 0
         store = self
@@ -146,28 +143,6 @@ class ObjectStore:
         host = urlsplit(self.url).netloc
         return Minio(host, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1")
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        with self._lock:
-            self._failures.extend([status] * count)
-
-    def _take_failure(self) -> int | None:
-        with self._lock:
-            return self._failures.pop(0) if self._failures else None
-
-    def log(self, entry: dict) -> None:
-        with self._lock:
-            self.requests.append(entry)
-            if self.log_path:
-                with open(self.log_path, "a") as handle:
-                    handle.write(json.dumps(entry) + "\n")
-
-    def clear_log(self, timeout: float = 10) -> None:
-        """Forget the requests so far, once those in flight are logged (a response reaches the
-        client before its log entry is written)."""
-        _settle(self, timeout)
-        with self._lock:
-            self.requests.clear()
-
     def object_downloads(self, bucket: str, key: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET" and r["path"] == f"/{bucket}/{key}"
                 and r["status"] in (200, 206)]
@@ -185,7 +160,7 @@ class _Proxy(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        with _counted(self.object_store):
+        with self.object_store.in_flight():
             self._forward()
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
@@ -197,7 +172,7 @@ class _Proxy(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         entry = {"t": round(time.time(), 3), "method": self.command, "path": path,
                  "query": urlsplit(self.path).query, "range": self.headers.get("Range")}
-        failure = store._take_failure()
+        failure = store.take_failure()
         if failure is not None:
             payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
                        b"<Message>injected</Message></Error>")
@@ -236,30 +211,6 @@ class _Proxy(BaseHTTPRequestHandler):
             store.log({**entry, "status": -1, "bytes": 0})
         finally:
             upstream.close()
-
-
-class _counted:
-    """Counts a request in flight on a server object (``_inflight`` under ``_lock``)."""
-
-    def __init__(self, server):
-        self.server = server
-
-    def __enter__(self):
-        with self.server._lock:
-            self.server._inflight += 1
-
-    def __exit__(self, *exc):
-        with self.server._lock:
-            self.server._inflight -= 1
-
-
-def _settle(server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with server._lock:
-            if server._inflight == 0:
-                return
-        time.sleep(0.01)
 
 
 def _pump(response, out, throttle_bps: int | None) -> int:
