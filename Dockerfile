@@ -2,7 +2,7 @@
 # trainer-image/). Build from the repository root:  docker build -t sft-operator:0.1.0 .
 #
 # Pinned: the base image tag here, the build tools below, the operator's dependencies in
-# pyproject.toml's `operator` extra. For fully reproducible builds pin the base by digest too:
+# operator/pyproject.toml and core/pyproject.toml. For fully reproducible builds pin the base by digest too:
 #   docker build --build-arg PYTHON_IMAGE=python:3.12.8-slim-bookworm@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
@@ -15,22 +15,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/sft-operator \
  && /opt/sft-operator/bin/pip install pip==24.3.1 setuptools==75.6.0 wheel==0.45.1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Two distributions: the shared core (core/) and the operator with its reporter (operator/); the
+# client and the launcher are not in this image.
+COPY core/pyproject.toml core/
+COPY operator/pyproject.toml operator/
 # The dependencies in a layer of their own (installed through empty placeholder packages, then
-# the placeholder uninstalled): a change to the sources alone reinstalls only our package.
-# Every package pyproject.toml lists needs its placeholder (tests/unit/test_packaging.py checks).
-RUN mkdir -p operator/sft_operator/api trainer-image/sft_trainer/transfer trainer-image/sft_trainer/osft_entry \
- && touch operator/sft_operator/__init__.py operator/sft_operator/api/__init__.py trainer-image/sft_trainer/__init__.py \
-      trainer-image/sft_trainer/transfer/__init__.py trainer-image/sft_trainer/osft_entry/__init__.py \
- && /opt/sft-operator/bin/pip install --no-build-isolation ".[operator]" \
- && /opt/sft-operator/bin/pip uninstall --yes sft-operator \
- && rm -rf operator trainer-image build
+# the placeholders uninstalled): a change to the sources alone reinstalls only our packages.
+# Every package the two pyproject.toml list needs its placeholder (tests/unit/test_packaging.py checks).
+RUN mkdir -p core/sft_core core/sft_models operator/sft_operator operator/sft_reporter \
+ && touch core/sft_core/__init__.py core/sft_models/__init__.py operator/sft_operator/__init__.py \
+      operator/sft_reporter/__init__.py \
+ && /opt/sft-operator/bin/pip install --no-build-isolation ./core ./operator \
+ && /opt/sft-operator/bin/pip uninstall --yes sft-operator-core sft-operator-controller \
+ && rm -rf core operator
+COPY core/ core/
 COPY operator/ operator/
-# pyproject maps this package too; the operator image never imports it (a few KiB).
-COPY trainer-image/sft_trainer/ trainer-image/sft_trainer/
-RUN /opt/sft-operator/bin/pip install --no-build-isolation --no-deps . \
+RUN /opt/sft-operator/bin/pip install --no-build-isolation --no-deps ./core ./operator \
  && /opt/sft-operator/bin/pip check \
- && /opt/sft-operator/bin/sft-operator --help >/dev/null \
+ && /opt/sft-operator/bin/sft-operator-controller --help >/dev/null \
+ && /opt/sft-operator/bin/python -m sft_reporter --help >/dev/null \
  && /opt/sft-operator/bin/pip uninstall --yes setuptools wheel pip
 
 FROM ${PYTHON_IMAGE}
@@ -47,4 +50,4 @@ USER 65532:65532
 WORKDIR /tmp
 # kopf's liveness endpoint (the chart passes --liveness=http://0.0.0.0:8080/healthz).
 EXPOSE 8080
-ENTRYPOINT ["sft-operator", "run"]
+ENTRYPOINT ["sft-operator-controller", "run"]

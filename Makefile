@@ -57,12 +57,14 @@ images-test: venv docker
 images-test-cuda: venv docker
 	SFT_TEST_CUDA_IMAGE=1 $(PY) -m pytest -q -rs -m images tests/images/test_cuda_image.py
 
-$(STAMP): pyproject.toml constraints.txt
+# Every role's distribution, editable (core/, operator/, client/, trainer-image/), and the root's extras.
+PROJECTS := core/pyproject.toml operator/pyproject.toml client/pyproject.toml trainer-image/pyproject.toml
+$(STAMP): pyproject.toml $(PROJECTS) constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 first, alone: pip takes the CPU build that lies on this disk.
 	$(PY) -m pip install -q 'torch==2.13.0'
-	$(PY) -m pip install -q -c constraints.txt -e '.[operator,trainer,dev,plot]'
+	$(PY) -m pip install -q -c constraints.txt -e ./core -e ./operator -e ./client -e ./trainer-image -e '.[operator,client,trainer,dev,plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -103,7 +105,7 @@ run: venv
 
 ## crd: regenerate crds/ and the chart's copy from the pydantic models
 crd: venv
-	$(VENV)/bin/sft-operator crd --write
+	$(PY) -m devtools.crd --write
 
 ## bench: every benchmark; chaos and status freshness train on the real node (root, docker)
 bench: venv provision docker

@@ -30,7 +30,8 @@ from kubernetes.client.exceptions import ApiException
 from devtools.controlplane import ControlPlane, free_port
 from devtools.pki import make_ca, make_serving_cert
 from devtools.stack import OperatorProcess, install_crd, wait_until
-from sft_operator import admission, contract
+from sft_core import contract
+from sft_operator import admission
 
 NAMESPACE = "bench-admission"
 CONFIGURATION = "sft-admission-benchmark"

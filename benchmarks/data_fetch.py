@@ -32,7 +32,7 @@ from devtools.object_store import ACCESS_KEY, SECRET_KEY, ObjectStore
 from devtools.realstack import RealStack
 from devtools.stack import wait_until
 from devtools.tiny_model import build_tiny_assets
-from sft_operator import contract
+from sft_core import contract
 
 NAMESPACE = "data-fetch"
 REPO = "bench/tiny-llama"

@@ -53,8 +53,8 @@ for _path in (ROOT, ROOT / "operator", ROOT / "trainer-image"):
         sys.path.insert(0, str(_path))
 
 from devtools.tiny_model import make_messages, write_messages_jsonl, write_tiny_model  # noqa: E402
-from sft_operator import checkpoints as ck  # noqa: E402
-from sft_operator import contract  # noqa: E402
+from sft_core import checkpoints as ck  # noqa: E402
+from sft_core import contract  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from sft_operator.progress import MAX_CHECKPOINTS, MAX_LOSS_HISTORY, TrainingProgress, parse_progress_summary
+from sft_core.progress import MAX_CHECKPOINTS, MAX_LOSS_HISTORY, TrainingProgress, parse_progress_summary
 
 T = "2026-01-01T00:00:00Z"
 

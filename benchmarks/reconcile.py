@@ -29,9 +29,9 @@ from typing import Any
 import kubernetes
 
 from devtools.controlplane import ControlPlane
+from devtools.crd import CRD_NAME, build_crd
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import contract
-from sft_operator.crd import CRD_NAME, build_crd
+from sft_core import contract
 
 QUIET_S = 3.0
 _LABELS = re.compile(r'(\w+)="([^"]*)"')

@@ -41,8 +41,8 @@ from devtools.node import docker
 from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
-from sft_operator import contract
-from sft_operator.models import parse_job
+from sft_core import contract
+from sft_models.models import parse_job
 from sft_operator.render import statefulset_name
 
 NAMESPACE = "run-policy"

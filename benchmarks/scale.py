@@ -39,7 +39,7 @@ import yaml
 from devtools.controlplane import WRITE_VERBS, ControlPlane
 from devtools.stack import free_port, install_crd
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import contract
+from sft_core import contract
 
 QUIET_S = 5.0
 LIMIT_S = 900.0

@@ -35,10 +35,10 @@ from devtools.demo import describe, follow_job
 from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import StackError
 from devtools.tiny_model import build_tiny_assets
-from sft_operator import contract
-from sft_operator.checkpoints import HF_FORMAT_DIR
-from sft_operator.contract import progress_configmap_name
-from sft_operator.models import parse_job
+from sft_core import contract
+from sft_core.checkpoints import HF_FORMAT_DIR
+from sft_core.contract import progress_configmap_name
+from sft_models.models import parse_job
 from sft_operator.render import claim_name
 
 TARGET_S = 30.0

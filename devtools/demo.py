@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sft_operator import contract
+from sft_core import contract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "sftjob-tiny-cpu.yaml"
@@ -38,8 +38,8 @@ def demo_manifest(example: Path = EXAMPLE) -> dict[str, Any]:
 def describe(job: dict[str, Any]) -> str:
     """One line on where a job stands: the Python API's plain progress line, so the demo and
     `sft-operator wait` read the status the same way."""
-    from sft_operator.api.progress_text import progress_line
-    from sft_operator.api.results import view_job
+    from sft_client.api.progress_text import progress_line
+    from sft_client.api.results import view_job
 
     return progress_line(view_job(job))
 
@@ -113,7 +113,7 @@ def real_main(args: argparse.Namespace) -> int:
     from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RealStack
     from devtools.stack import StackError
     from devtools.tiny_model import build_tiny_assets
-    from sft_operator.models import parse_job
+    from sft_models.models import parse_job
     from sft_operator.render import claim_name, statefulset_name
 
     console = Console(highlight=False, soft_wrap=True)

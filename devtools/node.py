@@ -338,7 +338,7 @@ class RealNode:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT / "operator"), str(ROOT), env.get("PYTHONPATH", "")] if p)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in [*(str(ROOT / d) for d in ("core", "operator", "client", "trainer-image")), str(ROOT), env.get("PYTHONPATH", "")] if p)
             try:
                 popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=self.state_dir, env=env)

@@ -41,7 +41,7 @@ def install_crd(api_client: Any, timeout_s: float = 30.0) -> str:
     import kubernetes
     from kubernetes.client.exceptions import ApiException
 
-    from sft_operator.crd import CRD_NAME, build_crd
+    from devtools.crd import CRD_NAME, build_crd
 
     ext = kubernetes.client.ApiextensionsV1Api(api_client)
     crd = build_crd()

@@ -1,7 +1,7 @@
 """training-hub's ``sft()`` and ``osft()`` signatures, read from its wheel with ``ast`` (nothing
 imported, no CUDA).
 
-Our ``sft_operator.api.sft`` and ``osft`` take training_hub's parameters in training_hub's order.
+Our ``sft_client.api.sft`` and ``osft`` take training_hub's parameters in training_hub's order.
 The references are small JSONs committed next to the unit tests (tests/unit/training_hub_signatures.json,
 tests/unit/training_hub_osft_signatures.json), written by this module from the wheel, so the
 comparison runs offline everywhere; a second test reads the wheel again (when pip can fetch it)

@@ -116,9 +116,10 @@ if [[ ( -z "$ONLY" || "$ONLY" == trainer ) && "$FLAVOR" == cpu ]]; then
   # The staged context: what trainer-image/Dockerfile copies, constraints.txt, the wheel.
   rm -rf "$CONTEXT"
   mkdir -p "$CONTEXT/trainer-image" "$CONTEXT/wheels"
-  cp -p "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/constraints.txt" "$CONTEXT/"
-  cp -pR "$ROOT/operator" "$CONTEXT/operator"
-  cp -pR "$ROOT/trainer-image/sft_trainer" "$ROOT/trainer-image/Dockerfile" "$CONTEXT/trainer-image/"
+  cp -p "$ROOT/constraints.txt" "$CONTEXT/"
+  cp -pR "$ROOT/core" "$CONTEXT/core"
+  cp -pR "$ROOT/trainer-image/sft_trainer" "$ROOT/trainer-image/pyproject.toml" "$ROOT/trainer-image/Dockerfile" \
+    "$CONTEXT/trainer-image/"
   ln "$wheel" "$CONTEXT/wheels/" 2>/dev/null || cp -p "$wheel" "$CONTEXT/wheels/"
   printf '%s\n' '**/__pycache__' '**/*.pyc' '**/*.egg-info' >"$CONTEXT/.dockerignore"
 

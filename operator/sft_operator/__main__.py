@@ -1,4 +1,4 @@
-"""`python -m sft_operator` is the `sft-operator` CLI."""
+"""`python -m sft_operator` is `sft-operator-controller`."""
 
 from sft_operator.cli import app
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sft_operator.models import KUEUE_QUEUE_LABEL, InvalidSpecError, SFTJobSpec, parse_job
+from sft_models.models import KUEUE_QUEUE_LABEL, InvalidSpecError, SFTJobSpec, parse_job
 from sft_operator.policy import AdmissionPolicy, policy_problems
 
 # The webhook's kopf handler id, and so the path of its URL (kopf serves /<handler id>); the

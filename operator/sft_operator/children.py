@@ -24,9 +24,11 @@ import kubernetes
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract, render
-from sft_operator.events import fit_message
-from sft_operator.models import InvalidSpecError, Reason, SFTJob
+from sft_core import contract
+from sft_core.events import fit_message
+from sft_models import naming
+from sft_models.models import InvalidSpecError, Reason, SFTJob
+from sft_operator import render
 from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
 
 log = logging.getLogger("sft_operator")
@@ -470,7 +472,7 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
     on as it was created: its mutable fields (suspend, pod settings) still apply and a finished
     job still scales to 0, so a pending refusal never holds pods."""
     namespace = job.metadata.namespace
-    sts_name = render.statefulset_name(job)
+    sts_name = naming.statefulset_name(job)
     if known is not None:
         statefulset = known.objects.get(("StatefulSet", sts_name))
     elif statefulset is None and not fresh:
@@ -504,10 +506,10 @@ def converge(kube: Kube, job: SFTJob, statefulset: dict[str, Any] | None, *, fre
         claim = kube.read_claim(namespace, job.spec.checkpoints.existing_claim)
     kept_for = None
     if job.spec.checkpoints.claim is not None and job.spec.checkpoints.delete_with_job and claim is not None \
-            and not render.created_by(claim, job.metadata.uid):
-        kept_for = render.claim_creator(claim) or "unrecorded"
+            and not naming.created_by(claim, job.metadata.uid):
+        kept_for = naming.claim_creator(claim) or "unrecorded"
     return Converged(statefulset, problem,
-                     check_checkpoint_claim(job.spec.nnodes, claim, render.claim_name(job), created_by_other=kept_for))
+                     check_checkpoint_claim(job.spec.nnodes, claim, naming.claim_name(job), created_by_other=kept_for))
 
 
 def _ensure_one(kube: Kube, manifest: dict[str, Any], fresh: bool, known: KnownChildren | None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""`sft-operator`: run the operator, print the CRD; the job commands (submit, status, wait, list,
-suspend, resume, delete, logs, events, plot) come from the cli_* modules, one group each."""
+"""`sft-operator-controller run` (the operator image's entrypoint; also `python -m sft_operator run`):
+the operator's own command line, apart from the client's `sft-operator`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sft_operator import cli_jobs, cli_lifecycle, cli_logs, cli_plot
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kubernetes operator for SFTJobs.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The SFTJob operator.")
 
 
 @app.command()
@@ -66,22 +64,6 @@ def run(
                  if leader_elect else None, readiness=readiness)
 
 
-@app.command()
-def crd(
-    write: Annotated[
-        bool, typer.Option("--write", help="Write crds/ (and charts/sft-operator/crds/ if the chart exists).")
-    ] = False,
-    root: Annotated[Path, typer.Option(help="Repository root for --write.")] = Path("."),
-) -> None:
-    """Print the SFTJob CustomResourceDefinition generated from the models."""
-    from sft_operator import crd as crd_module
-
-    if write:
-        for path in crd_module.write(root):
-            typer.echo(f"wrote {path}")
-    else:
-        typer.echo(crd_module.render_yaml(), nl=False)
-
-
-for command_group in (cli_jobs.commands, cli_lifecycle.commands, cli_logs.commands, cli_plot.commands):
-    app.add_typer(command_group)
+@app.callback()
+def main() -> None:
+    """The SFTJob operator (the client commands are `sft-operator`'s)."""

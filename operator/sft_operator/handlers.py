@@ -28,11 +28,13 @@ from typing import Any
 import kopf
 import kubernetes
 
-from sft_operator import admission, contract, kopf_toggles, kubeclient, leadership, metrics, owner_refs, render
+from sft_core import contract
+from sft_core.progress import TrainingProgress, parse_progress_summary
+from sft_core.untrusted import DroppedValue
+from sft_models.models import InvalidSpecError, Phase, Reason, SFTJobStatus
+from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, owner_refs, render
 from sft_operator.children import KnownChildren, Kube, child_summary, converge
-from sft_operator.models import InvalidSpecError, Phase, Reason, SFTJobStatus
 from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
-from sft_operator.progress import TrainingProgress, parse_progress_summary
 from sft_operator.publishing import (
     JobStatusBook,
     Key,
@@ -52,7 +54,6 @@ from sft_operator.status import (
     stall_restart_plan,
     stalled,
 )
-from sft_operator.untrusted import DroppedValue
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}

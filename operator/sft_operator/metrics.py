@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sft_operator.models import ConditionType, Phase, SFTJobStatus
+from sft_models.models import ConditionType, Phase, SFTJobStatus
 
 log = logging.getLogger("sft_operator")
 

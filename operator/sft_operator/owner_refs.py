@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sft_operator import contract
+from sft_core import contract
 
 
 def controller_uid(meta: Mapping[str, Any]) -> str | None:

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from sft_operator.models import InvalidSpecError, SFTJob, SFTJobSpec, describe_validation_error, parse_job
-from sft_operator.wire import ApiModel
+from sft_core.wire import ApiModel
+from sft_models.models import InvalidSpecError, SFTJob, SFTJobSpec, describe_validation_error, parse_job
 
 ENV_POLICY = "SFT_ADMISSION_POLICY"
 HOST_PATH = "hostPath"

@@ -16,9 +16,11 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract, metrics, render
-from sft_operator.children import Kube, join_problems
-from sft_operator.models import (
+from sft_core import contract
+from sft_core.progress import TrainingProgress
+from sft_core.untrusted import DroppedValue
+from sft_core.wire import parse_rfc3339, rfc3339
+from sft_models.models import (
     ConditionType,
     InvalidSpecError,
     Phase,
@@ -29,11 +31,10 @@ from sft_operator.models import (
     epoch_full_state_warning,
     parse_job,
 )
+from sft_operator import metrics, render
+from sft_operator.children import Kube, join_problems
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
-from sft_operator.progress import TrainingProgress
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
-from sft_operator.untrusted import DroppedValue
-from sft_operator.wire import parse_rfc3339, rfc3339
 
 log = logging.getLogger("sft_operator")
 Key = tuple[str, str]

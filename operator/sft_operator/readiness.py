@@ -29,7 +29,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sft_operator import contract
+from sft_core import contract
 
 log = logging.getLogger("sft_operator")
 

@@ -10,8 +10,9 @@ import hashlib
 import json
 from typing import Any
 
-from sft_operator import contract, pod_security
-from sft_operator.models import (
+from sft_core import contract
+from sft_models import pod_security
+from sft_models.models import (
     GPU_RESOURCE,
     KUEUE_QUEUE_LABEL,
     AntiAffinity,
@@ -21,12 +22,21 @@ from sft_operator.models import (
     SFTJob,
     parse_spec,
 )
+from sft_models.naming import (
+    ANNOTATION_CREATED_BY,
+    claim_name,
+    configmap_name,
+    created_by,
+    networkpolicy_name,
+    pod_service_account,
+    podgroup_name,
+    reporter_role_name,
+    service_name,
+    statefulset_name,
+)
 
 ANNOTATION_ACCEPTED_SPEC = f"{contract.GROUP}/accepted-spec"
 ANNOTATION_DESIRED_HASH = f"{contract.GROUP}/desired-hash"
-# On a checkpoint claim the operator created: the uid of the job it was created for. Only that
-# job may own it (deleteWithJob); a job created again under the same name finds it and keeps it.
-ANNOTATION_CREATED_BY = f"{contract.GROUP}/created-by-uid"
 COMPONENT_TRAINER = "trainer"
 COMPONENT_RENDEZVOUS = "rendezvous"
 COMPONENT_CONFIG = "config"
@@ -53,42 +63,6 @@ PODGROUP_API_VERSION: dict[GangProvider, str] = {
 COSCHEDULING_POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 VOLCANO_GROUP_NAME_ANNOTATION = "scheduling.k8s.io/group-name"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
-
-
-# --- names ------------------------------------------------------------------------------------
-
-
-def statefulset_name(job: SFTJob) -> str:
-    return job.metadata.name
-
-
-def service_name(job: SFTJob) -> str:
-    return job.metadata.name
-
-
-def configmap_name(job: SFTJob) -> str:
-    return f"{job.metadata.name}-config"
-
-
-def reporter_role_name(job: SFTJob) -> str:
-    return f"{job.metadata.name}-reporter"
-
-
-def pod_service_account(job: SFTJob) -> str:
-    """The user's ServiceAccount, else one per job (so the reporter's grant reaches no other pod)."""
-    return job.spec.pod.service_account_name or job.metadata.name
-
-
-def claim_name(job: SFTJob) -> str:
-    return job.spec.checkpoints.existing_claim or f"{job.metadata.name}-checkpoints"
-
-
-def podgroup_name(job: SFTJob) -> str:
-    return job.metadata.name
-
-
-def networkpolicy_name(job: SFTJob) -> str:
-    return job.metadata.name
 
 
 # The API's resource names of the kinds rendered here: the lowercase kind and "s", but for these.
@@ -269,21 +243,6 @@ def render_checkpoint_claim(job: SFTJob) -> dict[str, Any] | None:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
 
-def claim_creator(claim: dict[str, Any]) -> str | None:
-    """The uid of the job an operator-created claim was created for (None: not recorded)."""
-    return ((claim.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CREATED_BY)
-
-
-def created_by(claim: dict[str, Any], job_uid: str) -> bool:
-    """Whether the job of ``job_uid`` created the claim: its annotation says so, or (a claim from
-    before the annotation) it already owns it. Anything else is another job's: never owned."""
-    creator = claim_creator(claim)
-    if creator is not None:
-        return creator == job_uid
-    owners = (claim.get("metadata") or {}).get("ownerReferences") or []
-    return any(o.get("kind") == contract.KIND and o.get("uid") == job_uid for o in owners)
-
-
 def claim_owner_references(manifest: dict[str, Any], existing: dict[str, Any]) -> list[dict[str, Any]]:
     """The SFTJob owner references an existing checkpoint claim should carry: the rendered ones
     (this job's, with deleteWithJob) on a claim this job created; on another job's claim, what it
@@ -375,7 +334,7 @@ def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
         "name": REPORTER_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "sft_operator.reporter"],
+        "command": ["python", "-m", "sft_reporter"],
         "env": [
             {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},

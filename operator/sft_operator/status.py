@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sft_operator import contract
-from sft_operator.checkpoints import HF_FORMAT_DIR
-from sft_operator.models import (
+from sft_core import contract
+from sft_core.checkpoints import HF_FORMAT_DIR
+from sft_core.progress import CheckpointExport, Stage, TrainingProgress
+from sft_core.wire import parse_rfc3339, rfc3339
+from sft_models.models import (
     MAPPED_TRAINING_ARGS,
     AccessMode,
     Condition,
@@ -27,9 +29,7 @@ from sft_operator.models import (
     RestartBackoff,
     SFTJobStatus,
 )
-from sft_operator.progress import CheckpointExport, Stage, TrainingProgress
 from sft_operator.render import accepted_spec
-from sft_operator.wire import parse_rfc3339, rfc3339
 
 
 @dataclass(frozen=True)

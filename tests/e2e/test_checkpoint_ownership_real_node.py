@@ -18,8 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from test_real_node import JOB_NS, Jobs, condition, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools.stack import wait_until
-from sft_operator import contract, ownership
-from sft_operator.checkpoints import OWNER_FILE
+from sft_core import contract, ownership
+from sft_core.checkpoints import OWNER_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 

@@ -34,8 +34,8 @@ from test_real_node import JOB_NS, Jobs, digest, jobs, jobs_of_the_test_deleted,
 from devtools import training_hub_reference
 from devtools.realstack import ASSETS_CLAIM, RealStack
 from devtools.stack import wait_until
-from sft_operator import contract
-from sft_operator.api import uploads
+from sft_client.api import uploads
+from sft_core import contract
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -61,7 +61,7 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
     monkeypatch.chdir(laptop)
     t = time.monotonic()
 
-    from sft_operator.api import sft  # was: from training_hub import sft
+    from sft_client.api import sft  # was: from training_hub import sft
 
     result = sft(
         model_path=f"pvc://{ASSETS_CLAIM}/model",  # the Hub cannot be reached here: the tiny model on a claim
@@ -171,7 +171,7 @@ def test_training_hubs_own_sft_with_backend_kubernetes_uploads_and_trains(
     shutil.copyfile(jobs.assets_dir / "data.jsonl", tmp_path / "train.jsonl")
     script = textwrap.dedent(f"""
         import json
-        import sft_operator.api  # registers the backend "kubernetes"
+        import sft_client.api  # registers the backend "kubernetes"
         from training_hub import sft
 
         result = sft(model_path="pvc://{ASSETS_CLAIM}/model", data_path="./train.jsonl",
@@ -193,7 +193,7 @@ def test_training_hubs_own_sft_with_backend_kubernetes_uploads_and_trains(
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"training_hub's sft(backend='kubernetes'): {found['phase']} after {time.monotonic() - t:.0f}s")
-    assert found["phase"] == "Succeeded" and found["module"] == "sft_operator.api.results", found
+    assert found["phase"] == "Succeeded" and found["module"] == "sft_client.api.results", found
     assert found["checkpoints"] and all(p.startswith("pvc://via-hub-checkpoints/checkpoints/hf_format/")
                                         for p in found["checkpoints"]), found
     local_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()

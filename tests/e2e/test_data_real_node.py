@@ -33,10 +33,10 @@ from devtools.node import host_ip
 from devtools.object_store import ACCESS_KEY, SECRET_KEY, ObjectStore
 from devtools.stack import wait_until
 from devtools.tiny_model import build_tiny_assets
-from sft_operator import contract
-from sft_operator.models import parse_job
+from sft_core import contract
+from sft_core.sources import TRANSFER_STATE_FILE
+from sft_models.models import parse_job
 from sft_operator.render import claim_name
-from sft_operator.sources import TRANSFER_STATE_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 

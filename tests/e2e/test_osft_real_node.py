@@ -15,7 +15,7 @@ import pytest
 from test_real_node import JOB_NS, Jobs, complete_hf_dirs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
 
 from devtools.stack import wait_until
-from sft_operator.checkpoints import (
+from sft_core.checkpoints import (
     HF_FORMAT_DIR,
     metrics_log_path,
     read_completion_marker,
@@ -23,7 +23,7 @@ from sft_operator.checkpoints import (
     read_run_records,
     scan_checkpoints,
 )
-from sft_operator.models import parse_job
+from sft_models.models import parse_job
 from sft_operator.render import statefulset_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]

@@ -51,15 +51,15 @@ from devtools.node import docker as node_docker
 from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RELEASE, RealStack
 from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
-from sft_operator import contract
-from sft_operator.checkpoints import (
+from sft_core import contract
+from sft_core.checkpoints import (
     HF_FORMAT_DIR,
     metrics_log_path,
     read_metrics_log,
     read_run_records,
     scan_checkpoints,
 )
-from sft_operator.models import parse_job
+from sft_models.models import parse_job
 from sft_operator.render import REPORTER_CONTAINER, claim_name, statefulset_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]

@@ -35,9 +35,9 @@ def image_id(image: str) -> str:
 def sources_digest() -> str:
     """What the builds read from the tree (to tell a cache miss from a concurrent edit)."""
     digest = hashlib.sha256()
-    paths = [ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "constraints.txt",
-             ROOT / "Dockerfile", ROOT / "trainer-image" / "Dockerfile"]
-    for tree in (ROOT / "operator", ROOT / "trainer-image" / "sft_trainer"):
+    paths = [ROOT / "constraints.txt", ROOT / "Dockerfile", ROOT / "trainer-image" / "Dockerfile",
+             ROOT / "trainer-image" / "pyproject.toml"]
+    for tree in (ROOT / "core", ROOT / "operator", ROOT / "trainer-image" / "sft_trainer"):
         paths += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in paths:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
@@ -50,15 +50,14 @@ def sources_digest() -> str:
 def test_operator_image_runs_as_numeric_non_root(operator_image: str) -> None:
     cfg = config(operator_image)
     assert cfg["User"] == NON_ROOT
-    assert cfg["Entrypoint"] == ["sft-operator", "run"]
+    assert cfg["Entrypoint"] == ["sft-operator-controller", "run"]
     assert run(operator_image, "-u", entrypoint="id").strip() == "65532"
 
 
 def test_operator_cli_and_reporter_run_on_a_read_only_root(operator_image: str) -> None:
     assert "Run the operator" in run(operator_image, "--help")
-    assert "submit" in run(operator_image, "--help", entrypoint="sft-operator")
-    # The reporter sidecar runs from this image: `python -m sft_operator.reporter`.
-    assert "--config" in run(operator_image, "-m", "sft_operator.reporter", "--help", entrypoint="python")
+    # The reporter sidecar runs from this image: `python -m sft_reporter`.
+    assert "--config" in run(operator_image, "-m", "sft_reporter", "--help", entrypoint="python")
     # Read-only really is read-only, and the image has no pip to install anything at run time.
     probe = docker("run", "--rm", "--network", "none", *READ_ONLY, "--entrypoint", "sh", operator_image, "-c",
                    "touch /opt/sft-operator/x 2>/dev/null && echo writable; "
@@ -92,13 +91,31 @@ def test_trainer_imports_and_torchrun_on_a_read_only_root(trainer_image: str) ->
 # --- the build ---------------------------------------------------------------------------------
 
 
+# Each image installs only what runs in it: the packages importable there, and our distributions.
+IMAGE_PACKAGES = {
+    "operator": {"sft_core", "sft_models", "sft_operator", "sft_reporter"},
+    "trainer": {"sft_core", "sft_models", "sft_trainer"},
+}
+IMAGE_DISTRIBUTIONS = {
+    "operator": ["sft-operator-controller", "sft-operator-core"],
+    "trainer": ["sft-operator-core", "sft-trainer"],
+}
+ALL_OURS = ["devtools", "sft_client", "sft_core", "sft_models", "sft_operator", "sft_reporter", "sft_trainer"]
+
+
 @pytest.mark.parametrize("which", ["operator", "trainer"])
-def test_no_dev_tooling_in_either_image(which: str, operator_image: str, trainer_image: str) -> None:
+def test_each_image_holds_only_its_roles_packages(which: str, operator_image: str, trainer_image: str) -> None:
     image = operator_image if which == "operator" else trainer_image
-    probe = ("import importlib.util, sys, sft_operator, pathlib; "
-             "print(importlib.util.find_spec('devtools') is None, "
-             "(pathlib.Path(sft_operator.__file__).parent / 'dev').exists())")
-    assert run(image, "-c", probe, entrypoint="python").split() == ["True", "False"]
+    probe = ("import importlib.util, importlib.metadata as m; "
+             f"print(sorted(n for n in {ALL_OURS!r} if importlib.util.find_spec(n))); "
+             "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('sft-')))")
+    packages, distributions = run(image, "-c", probe, entrypoint="python").strip().splitlines()
+    assert packages == str(sorted(IMAGE_PACKAGES[which])), packages
+    assert distributions == str(IMAGE_DISTRIBUTIONS[which]), distributions
+    # Neither image carries the client's command line; only the operator image has kopf.
+    shell = "command -v sft-operator kubectl-sft; python -c 'import kopf' 2>/dev/null && echo kopf; echo done"
+    expected = ["kopf", "done"] if which == "operator" else ["done"]
+    assert run(image, "-c", shell, entrypoint="sh").split() == expected
 
 
 def test_a_second_build_of_unchanged_sources_is_all_cache(built_images: dict[str, str]) -> None:

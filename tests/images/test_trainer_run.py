@@ -17,9 +17,9 @@ import pytest
 import yaml
 from images_harness import ROOT, docker
 
-from sft_operator import checkpoints as ck
-from sft_operator import contract
-from sft_operator.models import parse_job
+from sft_core import checkpoints as ck
+from sft_core import contract
+from sft_models.models import parse_job
 from sft_operator.render import claim_name, master_addr, render_configmap, render_statefulset
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]

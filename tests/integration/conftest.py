@@ -17,8 +17,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from devtools import stack
-from sft_operator import contract
-from sft_operator.crd import CRD_NAME
+from devtools.crd import CRD_NAME
+from sft_core import contract
 
 T = TypeVar("T")
 

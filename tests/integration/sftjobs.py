@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import contract
+from sft_core import contract
 
 
 def job_body(name: str = "tiny", **spec: Any) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from sft_operator import contract
-from sft_operator.api import (
+from sft_client.api import (
     InstructLabTrainingSFTBackend,
     SFTAlgorithm,
     SFTJobFailedError,
@@ -22,8 +21,9 @@ from sft_operator.api import (
     sft,
     wait_for_job,
 )
-from sft_operator.api.display import ProgressDisplay
-from sft_operator.models import SFTJobStatus, parse_spec
+from sft_client.api.display import ProgressDisplay
+from sft_core import contract
+from sft_models.models import SFTJobStatus, parse_spec
 
 pytestmark = pytest.mark.integration
 
@@ -280,14 +280,14 @@ def test_wait_times_out_and_leaves_the_job_running(in_namespace: Any, api_client
     assert [j["metadata"]["name"] for j in jobs_in(api_client, namespace)] == ["slow"]
 
 
-# The status reporter's facts live in status.progress (sft_operator.progress). Until that field
+# The status reporter's facts live in status.progress (sft_core.progress). Until that field
 # is in SFTJobStatus, the CRD's status schema prunes it and a result has no checkpoints; the
 # test below checks whichever is true, so it turns strict by itself when the field lands.
 PROGRESS_IN_STATUS = "progress" in SFTJobStatus.model_fields
 
 
 def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace: Any, api_client: Any, namespace: str) -> None:
-    from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+    from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 
     def progress(**values: Any) -> dict[str, Any]:
         return TrainingProgress(num_epochs=3, total_samples=300, **values).to_api()

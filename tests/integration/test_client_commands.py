@@ -14,9 +14,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sft_operator import contract
-from sft_operator.cli import app
-from sft_operator.models import SFTJobStatus
+from sft_client.cli import app
+from sft_core import contract
+from sft_models.models import SFTJobStatus
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import pytest
 from sftjobs import job_body
 from typer.testing import CliRunner
 
-from sft_operator import contract
-from sft_operator.api import Deletion, JobEvent, open_job
-from sft_operator.cli import app
+from sft_client.api import Deletion, JobEvent, open_job
+from sft_client.cli import app
+from sft_core import contract
 
 pytestmark = pytest.mark.integration
 

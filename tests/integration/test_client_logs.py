@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from devtools.pki import make_ca, make_serving_cert
-from sft_operator import contract
-from sft_operator.api import LogsUnavailableError, open_job
-from sft_operator.cli import app
+from sft_client.api import LogsUnavailableError, open_job
+from sft_client.cli import app
+from sft_core import contract
 
 pytestmark = pytest.mark.integration
 

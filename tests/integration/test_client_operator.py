@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from sft_operator import contract
-from sft_operator.api import follow_job, sft
-from sft_operator.models import parse_job
+from sft_client.api import follow_job, sft
+from sft_core import contract
+from sft_models.models import parse_job
 from sft_operator.render import configmap_name, statefulset_name
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import kubernetes.client
 import pytest
 
 from devtools.controlplane import request_service_account_token
-from sft_operator import contract
-from sft_operator.api import TransferError, TransferForbiddenError, sft, transfer, uploads
-from sft_operator.api.download import download_checkpoint
+from sft_client.api import TransferError, TransferForbiddenError, sft, transfer, uploads
+from sft_client.api.download import download_checkpoint
+from sft_core import contract
 
 TRAINING: dict[str, Any] = dict(model_path="pvc://models/tiny", num_epochs=1, effective_batch_size=2,
                                 learning_rate=1e-4, max_seq_len=64, max_tokens_per_gpu=128, nnodes=2)

@@ -29,7 +29,7 @@ from operator_logs import refusals
 
 from devtools.controlplane import free_port, request_service_account_token, service_account_kubeconfig
 from devtools.stack import wait_until
-from sft_operator import contract
+from sft_core import contract
 
 pytestmark = pytest.mark.integration
 

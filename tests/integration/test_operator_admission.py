@@ -28,7 +28,7 @@ from operator_logs import refusals
 
 from devtools.controlplane import free_port, fresh_namespace_name
 from devtools.stack import OperatorProcess, wait_until
-from sft_operator import contract
+from sft_core import contract
 from sft_operator.policy import ENV_POLICY
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from sftjobs import job_body
 
 from devtools import stack
 from devtools.controlplane import WRITE_VERBS, service_account_kubeconfig
-from sft_operator import contract
-from sft_operator.progress import Stage, TrainingProgress
+from sft_core import contract
+from sft_core.progress import Stage, TrainingProgress
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -375,7 +375,7 @@ def test_recreated_job_adopts_the_kept_claim_and_foreign_objects_are_not_taken(
     assert claim["metadata"]["uid"] == claim_uid
     assert claim["metadata"]["annotations"]["finetune.dev/created-by-uid"] == first["metadata"]["uid"]
     assert not claim["metadata"].get("ownerReferences")
-    from sft_operator.api import Deletion, open_job
+    from sft_client.api import Deletion, open_job
 
     assert open_job("again", cluster.ns, api_client=cluster.client).delete() == Deletion(
         "again-checkpoints", True, "checkpoint claim again-checkpoints is kept (another SFTJob created it: "

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_operator_status import started_job, summary
 
 from devtools import stack
-from sft_operator.progress import LossPoint, Stage
+from sft_core.progress import LossPoint, Stage
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sftjobs import job_body
 
-from sft_operator.models import parse_job
+from sft_models.models import parse_job
 from sft_operator.render import render_configmap, render_service, render_statefulset
 
 pytestmark = pytest.mark.integration

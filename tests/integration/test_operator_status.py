@@ -19,8 +19,8 @@ from kubernetes.client.exceptions import ApiException
 from sftjobs import job_body
 
 from devtools.controlplane import request_service_account_token
-from sft_operator import contract
-from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
+from sft_core import contract
+from sft_core.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 3.0  # long enough for the operator to have acted on every event so far

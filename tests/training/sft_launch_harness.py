@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_operator import contract
+from sft_core import contract
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -14,9 +14,9 @@ import pytest
 from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest, write_config
 
 from devtools.tiny_model import TinyAssets, build_tiny_assets
-from sft_operator import checkpoints as ck
-from sft_operator import contract, ownership
-from sft_operator.ownership import Acquired, JobIdentity, OwnerRecord
+from sft_core import checkpoints as ck
+from sft_core import contract, ownership
+from sft_core.ownership import Acquired, JobIdentity, OwnerRecord
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(600)]
 

@@ -10,8 +10,8 @@ import pytest
 from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest, write_config
 
 from devtools.tiny_model import TinyAssets, build_tiny_assets
-from sft_operator import checkpoints as ck
-from sft_operator import contract
+from sft_core import checkpoints as ck
+from sft_core import contract
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(900)]
 

@@ -15,8 +15,8 @@ import pytest
 from sft_launch_harness import free_port, pod_env, start_launcher, tree_digest
 
 from devtools.tiny_model import TinyAssets, build_tiny_assets
-from sft_operator import checkpoints as ck
-from sft_operator import contract
+from sft_core import checkpoints as ck
+from sft_core import contract
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(900)]
 

@@ -6,7 +6,7 @@ import importlib.metadata
 
 import pytest
 
-from sft_operator.training_args import INSTRUCTLAB_TRAINING_VERSION, TRAINING_ARGS_FIELDS
+from sft_models.training_args import INSTRUCTLAB_TRAINING_VERSION, TRAINING_ARGS_FIELDS
 
 pytestmark = pytest.mark.training
 
@@ -22,7 +22,7 @@ def test_spec_training_args_are_accepted_by_the_library() -> None:
     """What the operator renders constructs a real TrainingArgs (no field lost, none unknown)."""
     from instructlab.training.config import TrainingArgs
 
-    from sft_operator.models import parse_spec
+    from sft_models.models import parse_spec
 
     spec = parse_spec(
         {

@@ -278,8 +278,8 @@ def test_the_client_says_why_the_server_refused_a_job(monkeypatch: pytest.Monkey
     SFTJobRefusedError with the server's message, not a raw HTTP error."""
     import kubernetes
 
-    from sft_operator.api import SFTJobRefusedError, create_job
-    from sft_operator.api import jobs as api_jobs
+    from sft_client.api import SFTJobRefusedError, create_job
+    from sft_client.api import jobs as api_jobs
 
     message = ('admission webhook "validate.sftjobs.finetune.dev" denied the request: user alice may not create '
                "pods in namespace team-a: an SFTJob creates pods on your behalf")

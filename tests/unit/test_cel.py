@@ -10,8 +10,8 @@ from typing import Any
 import celpy
 import pytest
 
-from sft_operator.crd import build_crd
-from sft_operator.models import IMMUTABLE_FIELDS, InvalidSpecError, parse_job
+from devtools.crd import build_crd
+from sft_models.models import IMMUTABLE_FIELDS, InvalidSpecError, parse_job
 
 _ENV = celpy.Environment()
 _PROGRAMS: dict[str, Any] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import checkpoints as ck
+from sft_core import checkpoints as ck
 
 torch = pytest.importorskip("torch")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sft_operator import checkpoints as ck
+from sft_core import checkpoints as ck
 
 T0 = 1_700_000_000.0
 
@@ -131,7 +131,7 @@ def test_sft_metrics_log_is_used_without_the_osft_one(tmp_path: Path) -> None:
 
 
 def test_the_status_summary_of_an_osft_volume(tmp_path: Path) -> None:
-    from sft_operator.progress import summarize_progress
+    from sft_core.progress import summarize_progress
 
     root = osft_tree(tmp_path)
     tree = ck.scan_checkpoints(root)

@@ -12,8 +12,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from devtools.tiny_model import tiny_job_spec
+from sft_models.models import parse_job
 from sft_operator.children import Refused, _refusal_message, ensure_child
-from sft_operator.models import parse_job
 from sft_operator.render import render_statefulset
 
 

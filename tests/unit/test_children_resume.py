@@ -12,9 +12,10 @@ from typing import Any
 import kubernetes
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import contract, render
+from sft_core import contract
+from sft_models.models import parse_job
+from sft_operator import render
 from sft_operator.children import KnownChildren, Kube, child_summary, converge
-from sft_operator.models import parse_job
 
 WATCHED = frozenset({"StatefulSet", "ConfigMap"})
 

@@ -10,9 +10,10 @@ from typing import Any
 from test_children_resume import RecordingKube, cluster_with
 
 from devtools.tiny_model import tiny_job_spec
+from sft_models import naming
+from sft_models.models import Reason, parse_job
 from sft_operator import render
 from sft_operator.children import converge, ensure_child
-from sft_operator.models import Reason, parse_job
 from sft_operator.status import check_checkpoint_claim
 
 CREATED_BY = "finetune.dev/created-by-uid"
@@ -45,16 +46,16 @@ def converged_claim(existing: dict[str, Any], sft_job: Any) -> tuple[dict[str, A
 
 def test_the_creator_is_recorded_on_the_claim() -> None:
     assert render.render_checkpoint_claim(job("uid-new", True))["metadata"]["annotations"] == {CREATED_BY: "uid-new"}
-    assert render.claim_creator(stored_claim("uid-old", [])) == "uid-old"
-    assert render.claim_creator(stored_claim(None, [])) is None
+    assert naming.claim_creator(stored_claim("uid-old", [])) == "uid-old"
+    assert naming.claim_creator(stored_claim(None, [])) is None
 
 
 def test_created_by() -> None:
-    assert render.created_by(stored_claim("uid-new", []), "uid-new") is True
-    assert render.created_by(stored_claim("uid-old", ["uid-new"]), "uid-new") is False  # the annotation decides
+    assert naming.created_by(stored_claim("uid-new", []), "uid-new") is True
+    assert naming.created_by(stored_claim("uid-old", ["uid-new"]), "uid-new") is False  # the annotation decides
     # Before the annotation: the job that already owns it created it; else nobody we know.
-    assert render.created_by(stored_claim(None, ["uid-new"]), "uid-new") is True
-    assert render.created_by(stored_claim(None, []), "uid-new") is False
+    assert naming.created_by(stored_claim(None, ["uid-new"]), "uid-new") is True
+    assert naming.created_by(stored_claim(None, []), "uid-new") is False
 
 
 def test_a_recreated_job_never_takes_its_predecessors_claim() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from sft_operator.api.results import view_job
-from sft_operator.cli import app
-from sft_operator.cli_jobs import LIST_COLUMNS, list_row, parse_value, status_rows
-from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+from sft_client.api.results import view_job
+from sft_client.cli import app
+from sft_client.cli.jobs import LIST_COLUMNS, list_row, parse_value, status_rows
+from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 
 runner = CliRunner()
 
@@ -166,7 +166,7 @@ def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
 
 
 def test_list_has_kubectl_get_sfts_columns_plus_the_eta() -> None:
-    from sft_operator.crd import PRINTER_COLUMNS
+    from devtools.crd import PRINTER_COLUMNS
 
     printed = [column["name"].upper() for column in PRINTER_COLUMNS]
     assert [c for c in LIST_COLUMNS if c != "ETA"] == ["NAME", *printed]
@@ -178,7 +178,7 @@ def test_the_operator_cli_does_not_need_the_api_package() -> None:
     import subprocess
     import sys
 
-    code = "import sys, sft_operator.cli; print(sorted(m for m in sys.modules if m.startswith('sft_operator.api')))"
+    code = "import sys, sft_client.cli; print(sorted(m for m in sys.modules if m.startswith('sft_client.api')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from typer.testing import CliRunner
 
-from sft_operator.cli import app
+from sft_client.cli import app
 
 runner = CliRunner()
 

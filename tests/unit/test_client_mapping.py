@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from sft_operator.api import mapping
-from sft_operator.api.mapping import (
+from sft_client.api import mapping
+from sft_client.api.mapping import (
     ClusterOptions,
     SFTParameterError,
     build_sftjob,
     generate_job_name,
     param_for_spec_path,
 )
-from sft_operator.api.paths import (
+from sft_client.api.paths import (
     ClaimPath,
     PathProblem,
     claim_volume_name,
@@ -24,8 +24,8 @@ from sft_operator.api.paths import (
     place_checkpoints,
     pod_path_to_url,
 )
-from sft_operator.api.training_hub import KubernetesSFTBackend
-from sft_operator.models import InvalidSpecError, parse_spec
+from sft_client.api.training_hub import KubernetesSFTBackend
+from sft_models.models import InvalidSpecError, parse_spec
 
 BASE: dict[str, Any] = dict(
     model_path="Qwen/Qwen2.5-7B-Instruct",

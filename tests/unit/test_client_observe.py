@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_operator.api.job_events import JobEvent, event_time, is_pod_of, oldest_first
-from sft_operator.api.lifecycle import _checkpoint_claim
-from sft_operator.api.pod_logs import lines_of, pod_name
-from sft_operator.cli_logs import event_row
+from sft_client.api.job_events import JobEvent, event_time, is_pod_of, oldest_first
+from sft_client.api.lifecycle import _checkpoint_claim
+from sft_client.api.pod_logs import lines_of, pod_name
+from sft_client.cli.logs import event_row
 
 
 def test_log_lines_from_chunks_cut_anywhere() -> None:

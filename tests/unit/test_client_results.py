@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from sft_operator.api.display import ProgressDisplay
-from sft_operator.api.progress_text import progress_facts, progress_line
-from sft_operator.api.results import (
+from sft_client.api.display import ProgressDisplay
+from sft_client.api.progress_text import progress_facts, progress_line
+from sft_client.api.results import (
     Checkpoint,
     failure_of,
     format_duration,
@@ -17,7 +17,7 @@ from sft_operator.api.results import (
     result_of,
     view_job,
 )
-from sft_operator.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
+from sft_core.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 
 SPEC = {
     "modelPath": "Qwen/Qwen2.5-7B-Instruct", "dataPath": "/data/train.jsonl", "numEpochs": 3,
@@ -83,7 +83,7 @@ def test_the_reporters_progress_is_read_field_by_field() -> None:
 def test_checkpoints_on_an_operator_created_claim_use_its_name() -> None:
     spec = {**SPEC, "checkpoints": {"claim": {"size": "1Gi"}}}
     view = view_job(job({"phase": "Succeeded", "progress": REPORTED}, spec=spec))
-    assert view.checkpoints[0].path == "pvc://qwen-checkpoints/hf_format/samples_100"  # render.claim_name
+    assert view.checkpoints[0].path == "pvc://qwen-checkpoints/hf_format/samples_100"  # naming.claim_name
     assert view.checkpoints[0].pod_path == "/checkpoints/hf_format/samples_100"
 
 
@@ -213,7 +213,7 @@ def test_disabled_display_prints_nothing() -> None:
 
 
 def test_downloads_and_exports_are_progress_facts() -> None:
-    from sft_operator.api.results import format_bytes
+    from sft_client.api.results import format_bytes
 
     reported = {
         "stage": "Downloading", "epoch": 0, "numEpochs": 3, "samplesSeen": 0, "percent": 0,

@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from pss_restricted import restricted_violations
 
-from sft_operator.api import transfer, uploads
-from sft_operator.api.display import ByteProgress, format_bytes
-from sft_operator.api.download import choose_checkpoint
-from sft_operator.api.mapping import SFTParameterError
-from sft_operator.api.paths import ClaimPath, PathProblem
-from sft_operator.api.results import view_job
-from sft_operator.api.training_hub import KubernetesSFTBackend
-from sft_operator.api.uploads import LocalFile, NewClaim, UploadPlan
+from sft_client.api import transfer, uploads
+from sft_client.api.display import ByteProgress, format_bytes
+from sft_client.api.download import choose_checkpoint
+from sft_client.api.mapping import SFTParameterError
+from sft_client.api.paths import ClaimPath, PathProblem
+from sft_client.api.results import view_job
+from sft_client.api.training_hub import KubernetesSFTBackend
+from sft_client.api.uploads import LocalFile, NewClaim, UploadPlan
 
 SHA = hashlib.sha256(b'{"messages": []}\n').hexdigest()
 FILE = LocalFile("./data/train set.jsonl", 17, SHA)
@@ -256,7 +256,7 @@ def test_a_missing_local_file_or_other_bad_parameters_are_named_before_the_file_
 
     Path("train.jsonl").write_bytes(b"{}\n")
     read: list[str] = []
-    import sft_operator.api.transfer as transfer
+    import sft_client.api.transfer as transfer
 
     monkeypatch.setattr(transfer, "measure_local_file", lambda path, progress: read.append(path))
     with pytest.raises(SFTParameterError) as raised:

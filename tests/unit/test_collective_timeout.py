@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from sft_operator import contract
+from sft_core import contract
 from sft_trainer.collective_timeout import DEFAULT_SECONDS, ENV_TIMEOUT_MS, collective_timeout_seconds
 from sft_trainer.errors import ConfigError
 

@@ -9,7 +9,7 @@ import json
 import kopf
 import pytest
 
-from sft_operator import contract
+from sft_core import contract
 from sft_operator.handlers import LeanDiffBaseStorage, LeanProgressStorage
 
 IGNORED = ["metadata.labels", "metadata.annotations"]

@@ -81,7 +81,7 @@ def test_runs_as_the_numeric_non_root_user_the_chart_expects() -> None:
 
 def test_exec_form_entrypoint_runs_the_operator() -> None:
     (entrypoint,) = [rest for keyword, rest in final_stage(OPERATOR_DOCKERFILE) if keyword == "ENTRYPOINT"]
-    assert json.loads(entrypoint) == ["sft-operator", "run"]
+    assert json.loads(entrypoint) == ["sft-operator-controller", "run"]
     assert not [rest for keyword, rest in final_stage(OPERATOR_DOCKERFILE) if keyword == "CMD"]
 
 
@@ -90,11 +90,11 @@ def test_exposes_the_chart_health_port() -> None:
     assert int(exposed) == yaml.safe_load(CHART_VALUES.read_text())["health"]["port"]
 
 
-def test_installs_the_operator_extra_only() -> None:
-    """The operator image needs no torch: only the `operator` extra is installed."""
+def test_installs_the_core_and_the_operator_only() -> None:
+    """The operator image needs no torch, no client, no launcher: it installs two distributions."""
     installs = [rest for keyword, rest in instructions(OPERATOR_DOCKERFILE) if keyword == "RUN" and "pip install" in rest]
-    extras = re.findall(r"\.\[([\w,]+)\]", " ".join(installs))
-    assert extras == ["operator"]
+    targets = {word for rest in installs for word in shlex.split(rest) if word.startswith("./") or word.startswith(".[")}
+    assert targets == {"./core", "./operator"}
 
 
 def test_build_context_holds_what_the_dockerfile_copies() -> None:
@@ -108,7 +108,8 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
             continue
         *sources, _ = shlex.split(rest)
         for source in sources:
-            assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+            path = Path(source.rstrip("/"))
+            assert {str(path), *map(str, path.parents)} & allowed, f"COPY {source} is excluded by .dockerignore"
             assert (ROOT / source).exists(), f"COPY {source}: no such path"
 
 
@@ -127,20 +128,19 @@ def docker_context(target: Path) -> Path:
     return target
 
 
-def test_the_image_install_ships_every_package(tmp_path: Path) -> None:
-    """The image installs the project non-editably (`pip install .[operator]`) from its build
-    context, unlike the dev venv (`pip install -e`): every package of the sources must be in the
-    wheel, or the image's `sft-operator` fails on import. Built offline, no build isolation."""
+def test_the_operator_image_context_holds_the_core_and_the_operator_only(tmp_path: Path) -> None:
+    """The image installs core/ and operator/ non-editably from its build context, unlike the dev
+    venv (`pip install -e`): both must build from what .dockerignore lets through, and neither the
+    client nor the launcher is sent. Built offline, no build isolation."""
     context = docker_context(tmp_path / "context")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(tmp_path / "dist"), str(context)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
-    shipped = {str(Path(name).parent) for name in zipfile.ZipFile(wheel).namelist() if name.endswith("/__init__.py")}
-    package_root = ROOT / "operator" / "sft_operator"
-    sources = {str("sft_operator" / p.parent.relative_to(package_root)) for p in package_root.rglob("__init__.py")}
-    missing = sorted((sources | {"sft_trainer"}) - shipped)
-    assert missing == [], f"pyproject's [tool.setuptools] packages misses {missing}"
+    assert sorted(p.name for p in context.iterdir()) == ["core", "operator"]
+    for folder in ("core", "operator"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+             "-w", str(tmp_path / "dist"), str(context / folder)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    shipped = {name.split("/")[0] for wheel in (tmp_path / "dist").glob("*.whl")
+               for name in zipfile.ZipFile(wheel).namelist() if name.endswith("/__init__.py")}
+    assert shipped == {"sft_core", "sft_models", "sft_operator", "sft_reporter"}

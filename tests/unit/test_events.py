@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sft_operator.events import ELLIPSIS, MAX_MESSAGE_BYTES, fit_message
+from sft_core.events import ELLIPSIS, MAX_MESSAGE_BYTES, fit_message
 
 
 def test_short_messages_are_kept() -> None:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sft_operator import contract
+from sft_core import contract
 from sft_trainer import gpu_preflight
 from sft_trainer.gpu_preflight import GpuFacts, GpuUnavailable, driver_note, gpu_problem
 

@@ -12,7 +12,7 @@ import lupa.lua51 as lua51
 import pytest
 import yaml
 
-from sft_operator.models import Phase
+from sft_models.models import Phase
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "helm.md"

@@ -418,7 +418,7 @@ def doc_sftjobs() -> list[dict[str, Any]]:
 def test_doc_sftjobs_pass_the_chart_crd_schema_and_the_operator() -> None:
     """Custom resources are validated against the CRD the chart installs (jsonschema; OpenAPI's
     boolean exclusiveMinimum is draft 4's) and by the operator's own parser."""
-    from sft_operator.models import parse_job
+    from sft_models.models import parse_job
 
     crd = yaml.safe_load((CHART / "crds" / "sftjobs.finetune.dev.yaml").read_text())
     validator = jsonschema.Draft4Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])

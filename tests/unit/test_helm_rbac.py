@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sft_operator import contract, render
-from sft_operator.models import parse_job
+from sft_core import contract
+from sft_models.models import parse_job
+from sft_operator import render
 
 
 def _chart_tests() -> Any:

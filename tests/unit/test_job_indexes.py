@@ -9,10 +9,11 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from sft_operator import contract, render
+from sft_core import contract
+from sft_core.progress import TrainingProgress
+from sft_models.models import Phase, Reason, parse_job
+from sft_operator import render
 from sft_operator.handlers import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
-from sft_operator.models import Phase, Reason, parse_job
-from sft_operator.progress import TrainingProgress
 from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, update_status, warn_dropped_progress
 from sft_operator.status import derive_status
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_operator import contract
+from sft_core import contract
 from sft_trainer.cpus import cgroup_cpu_limit, usable_cpus
 from sft_trainer.errors import ConfigError
 from sft_trainer.launch_config import parse_config, training_args_kwargs
@@ -192,7 +192,7 @@ def test_cpu_mode_launcher_side_restores_main_ds() -> None:
 def test_the_operators_rendered_config_is_accepted() -> None:
     """The contract end to end: models.training_config (what render.py mounts) -> TrainingArgs."""
     pytest.importorskip("instructlab.training")
-    from sft_operator.models import parse_spec
+    from sft_models.models import parse_spec
     from sft_trainer.launch_config import build_training_args
 
     spec = parse_spec({

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import contract
+from sft_core import contract
 from sft_trainer import pod_state
 from sft_trainer.errors import PeerUnavailable
 from sft_trainer.rendezvous import (

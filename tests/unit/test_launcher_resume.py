@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import checkpoints as ck
+from sft_core import checkpoints as ck
 from sft_trainer import data_once, outcome, resume
 from sft_trainer.errors import PeerUnavailable, TrainingFailed
 from sft_trainer.rendezvous import wait_reachable

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import checkpoints as ck
-from sft_operator import progress as progress_module
-from sft_operator.progress import MAX_LOSS_HISTORY, LossHistory, LossPoint, TrainingProgress, loss_history
-from sft_operator.reporter import VolumeReader, run_loop
+from sft_core import checkpoints as ck
+from sft_core import progress as progress_module
+from sft_core.progress import MAX_LOSS_HISTORY, LossHistory, LossPoint, TrainingProgress, loss_history
+from sft_reporter.sidecar import VolumeReader, run_loop
 
 
 def _steps(count: int, *, per_step: int = 4, first: int = 1) -> list[ck.StepRecord]:

@@ -11,9 +11,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
+from sft_core.progress import CheckpointInfo, LossPoint, Stage, TrainingProgress
+from sft_models.models import SFTJobStatus
 from sft_operator.metrics import JOB_GAUGES, OperatorMetrics, failure_reason, job_gauges, metric_names
-from sft_operator.models import SFTJobStatus
-from sft_operator.progress import CheckpointInfo, LossPoint, Stage, TrainingProgress
 
 T = "2026-01-01T00:00:00Z"
 PROGRESS = TrainingProgress(

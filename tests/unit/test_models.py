@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sft_operator import contract
-from sft_operator.models import (
+from sft_core import contract
+from sft_models.models import (
     IMMUTABLE_FIELDS,
     InvalidSpecError,
     SFTJobSpec,
@@ -226,7 +226,7 @@ def test_the_readme_status_table_lists_every_reason() -> None:
     the README's status table."""
     from pathlib import Path
 
-    from sft_operator.models import Reason
+    from sft_models.models import Reason
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme[readme.index("## Status"):readme.index("### How the facts get from the volume")]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sft_operator import contract, ownership
-from sft_operator.models import InvalidSpecError, parse_spec
+from sft_core import contract, ownership
+from sft_models.models import InvalidSpecError, parse_spec
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def test_sft_fields_at_their_defaults_are_fine_on_an_osft_job() -> None:
 def test_the_osft_example_is_valid() -> None:
     import yaml
 
-    from sft_operator.models import parse_job
+    from sft_models.models import parse_job
 
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     job = parse_job(yaml.safe_load((root / "examples" / "sftjob-osft.yaml").read_text()))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import models
+from sft_models import models
 from sft_trainer import osft_launch, osft_worker
 from sft_trainer.errors import ConfigError, TrainingFailed
 
@@ -185,7 +185,7 @@ def _hf(root: Path, name: str, weights: bool = True) -> None:
 
 
 def test_a_run_finished_before_without_its_marker(tmp_path: Path) -> None:
-    from sft_operator import checkpoints
+    from sft_core import checkpoints
 
     (tmp_path / "training_metrics_0.jsonl").write_text("".join(
         json.dumps({"step": step, "epoch": (step - 1) // 4, "steps_per_epoch": 4, "loss": 1.0,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import checkpoints as ck
-from sft_operator import ownership
-from sft_operator.models import IMMUTABLE_FIELDS, PLACEMENT_FIELDS, TRAINING_FIELDS, parse_spec
-from sft_operator.ownership import Acquired, Action, JobIdentity, OwnerEntry, OwnerRecord
+from sft_core import checkpoints as ck
+from sft_core import ownership
+from sft_core.ownership import Acquired, Action, JobIdentity, OwnerEntry, OwnerRecord
+from sft_models.models import IMMUTABLE_FIELDS, PLACEMENT_FIELDS, TRAINING_FIELDS, parse_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T1 = datetime(2026, 1, 2, tzinfo=timezone.utc)
@@ -217,7 +217,7 @@ def test_full_state_written_at_ignores_the_metadata_our_resume_rewrites(tmp_path
 
 # --- what the job reports -----------------------------------------------------------------------
 def test_the_reporter_reports_only_a_directory_its_job_owns(tmp_path: Path) -> None:
-    from sft_operator.reporter import VolumeReader
+    from sft_reporter.sidecar import VolumeReader
 
     ck.write_completion_marker(tmp_path, ck.CompletionMarker(finished_at=T0, num_epochs=2, samples_seen=8,
                                                              final_checkpoint=None))
@@ -238,9 +238,9 @@ def test_the_reporter_reports_only_a_directory_its_job_owns(tmp_path: Path) -> N
 
 
 def test_an_adoption_is_said_once_as_an_event() -> None:
+    from sft_core.progress import TrainingProgress
+    from sft_models.models import SFTJobStatus
     from sft_operator import publishing
-    from sft_operator.models import SFTJobStatus
-    from sft_operator.progress import TrainingProgress
 
     class Events:
         def __init__(self) -> None:
@@ -297,14 +297,14 @@ def test_the_launchers_retention_keeps_what_the_lineage_did_not_write(tmp_path: 
 def test_an_owner_record_past_the_status_bounds_costs_only_the_adoption(tmp_path: Path, caplog) -> None:
     """The owner record is the job's own writing: a previous owner's name past the status
     schema's bound leaves the adoption out (said once), and the progress is still published."""
-    from sft_operator.reporter import VolumeReader
+    from sft_reporter.sidecar import VolumeReader
 
     long_name = JobIdentity(uid="uid-old", namespace="ns", name="n" * 400, training_fields=FIELDS)
     old = long_name.entry(Acquired.NEW, T0)
     adopted = ownership.recorded(record(old), SAME, decide(record(old), ["sft-operator/COMPLETED"], SAME), T1)
     ownership.write_owner_record(tmp_path, adopted)
     reader = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=1, job_uid=SAME.uid)
-    with caplog.at_level("WARNING", logger="sft_operator.reporter"):
+    with caplog.at_level("WARNING", logger="sft_reporter.sidecar"):
         first, again = reader.read(), reader.read()
     assert first == again and first.adoption is None
     assert first.to_api()["epochDisplay"] == "1/1"

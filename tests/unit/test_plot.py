@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import sft_operator.api
-from sft_operator import checkpoints as ck
-from sft_operator.api.plot import loss_points, save_png, text_chart
-from sft_operator.api.results import result_of
-from sft_operator.cli import app
-from sft_operator.progress import LossHistory, LossPoint, Stage, TrainingProgress
+import sft_client.api
+from sft_client.api.plot import loss_points, save_png, text_chart
+from sft_client.api.results import result_of
+from sft_client.cli import app
+from sft_core import checkpoints as ck
+from sft_core.progress import LossHistory, LossPoint, Stage, TrainingProgress
 
 POINTS = [LossPoint(samples=0, loss=3.0, lr=1e-4), LossPoint(samples=10, loss=2.0, val_loss=2.5),
           LossPoint(samples=20, loss=1.5), LossPoint(samples=30, loss=1.0, val_loss=1.0)]
@@ -90,14 +90,14 @@ def test_result_plot_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.fixture
 def one_job(monkeypatch: pytest.MonkeyPatch):
     jobs = {}
-    monkeypatch.setattr(sft_operator.api, "connect", lambda kubeconfig, context: (object(), "ml"))
+    monkeypatch.setattr(sft_client.api, "connect", lambda kubeconfig, context: (object(), "ml"))
 
     def get_job(client, name, namespace):
         if name not in jobs:
-            raise sft_operator.api.SFTJobNotFoundError(f"sftjob {namespace}/{name} not found")
+            raise sft_client.api.SFTJobNotFoundError(f"sftjob {namespace}/{name} not found")
         return jobs[name]
 
-    monkeypatch.setattr(sft_operator.api, "get_job", get_job)
+    monkeypatch.setattr(sft_client.api, "get_job", get_job)
     return jobs
 
 

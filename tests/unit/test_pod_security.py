@@ -11,8 +11,9 @@ import pytest
 from pss_restricted import restricted_violations
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator import contract, pod_security
-from sft_operator.models import parse_job
+from sft_core import contract
+from sft_models import pod_security
+from sft_models.models import parse_job
 from sft_operator.render import render_children
 
 USER_VOLUMES = {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sft_operator.models import InvalidSpecError, parse_spec
+from sft_models.models import InvalidSpecError, parse_spec
 from sft_operator.policy import (
     AdmissionPolicy,
     PolicyError,

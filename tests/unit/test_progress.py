@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sft_operator import checkpoints as ck
-from sft_operator.progress import Stage, summarize_progress
+from sft_core import checkpoints as ck
+from sft_core.progress import Stage, summarize_progress
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from devtools.tiny_model import tiny_job_spec
-from sft_operator.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
+from sft_models.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
@@ -260,7 +260,7 @@ def test_statefulset_cpu() -> None:
                             "name": "reporter",
                             "image": "sft-operator:0.1.0",
                             "imagePullPolicy": "IfNotPresent",
-                            "command": ["python", "-m", "sft_operator.reporter"],
+                            "command": ["python", "-m", "sft_reporter"],
                             "env": [
                                 {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from sft_operator import checkpoints as ck
-from sft_operator import contract
-from sft_operator.progress import FullStateInfo, Stage, TrainingProgress
-from sft_operator.reporter import (
+from sft_core import checkpoints as ck
+from sft_core import contract
+from sft_core.progress import FullStateInfo, Stage, TrainingProgress
+from sft_reporter.sidecar import (
     VolumeReader,
     run_loop,
     should_publish,

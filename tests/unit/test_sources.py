@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from sft_operator import contract
-from sft_operator.models import InvalidSpecError, parse_spec
-from sft_operator.sources import (
+from sft_core import contract
+from sft_core.sources import (
     Source,
     SourceKind,
     SourceProblem,
@@ -19,6 +18,7 @@ from sft_operator.sources import (
     parse_export_uri,
     parse_source,
 )
+from sft_models.models import InvalidSpecError, parse_spec
 
 CACHE = "/checkpoints/.sft-sources"
 

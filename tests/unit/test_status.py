@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_operator.models import Phase, Reason, SFTJobStatus, parse_job
-from sft_operator.progress import CheckpointInfo, Stage, TrainingProgress
+from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
+from sft_models.models import Phase, Reason, SFTJobStatus, parse_job
 from sft_operator.render import render_statefulset
 from sft_operator.status import (
     SpecProblem,

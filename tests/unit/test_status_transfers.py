@@ -7,8 +7,8 @@ from typing import Any
 
 from test_status import T1, T2, conditions, derive, pod, progress, terminated
 
-from sft_operator.models import Phase
-from sft_operator.progress import CheckpointExport, SourceDownload, Stage
+from sft_core.progress import CheckpointExport, SourceDownload, Stage
+from sft_models.models import Phase
 
 URI = "s3://out/runs"
 
@@ -75,9 +75,9 @@ def test_a_retried_download_makes_ready_false_with_the_reason() -> None:
 
 
 def test_the_summary_shows_downloads_then_exports() -> None:
-    from sft_operator.checkpoints import CheckpointTree
-    from sft_operator.progress import summarize_progress
-    from sft_operator.sources import DownloadState, TransferState
+    from sft_core.checkpoints import CheckpointTree
+    from sft_core.progress import summarize_progress
+    from sft_core.sources import DownloadState, TransferState
 
     empty = CheckpointTree(root="/c", hf_checkpoints=[], full_states=[], stray_full_state_entries=[], completion=None,
                            data_ready=None, samples_per_epoch=None)

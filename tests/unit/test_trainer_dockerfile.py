@@ -60,9 +60,9 @@ def test_base_images_are_pinned() -> None:
         assert re.search(r"\d+\.\d+\.\d+", tag), f"unpinned base image {image}"
 
 
-def test_versions_match_the_trainer_extra() -> None:
+def test_versions_match_the_trainer_distribution() -> None:
     args = build_args()
-    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = (ROOT / "trainer-image" / "pyproject.toml").read_text()
     assert f'"torch=={args["TORCH_VERSION"]}"' in pyproject
     assert f'"instructlab-training=={args["INSTRUCTLAB_TRAINING_VERSION"]}"' in pyproject
     assert args["INSTRUCTLAB_TRAINING_VERSION"] == "0.16.2"

@@ -1,6 +1,6 @@
 """training-hub 0.11.2 conformance: ``sft()`` and ``SFTAlgorithm.train`` take its parameters in its
 order (then our cluster settings, keyword-only); ``checkpoint_storage`` and ``enable_jit_checkpoint``
-mean what they mean there; importing ``sft_operator.api`` registers the backend "kubernetes".
+mean what they mean there; importing ``sft_client.api`` registers the backend "kubernetes".
 
 The reference is tests/unit/training_hub_signatures.json, written from the wheel by
 devtools/training_hub_reference.py with ``ast`` (nothing of training_hub is imported or vendored).
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from devtools import training_hub_reference as reference
-from sft_operator.api import KubernetesSFTBackend, SFTAlgorithm, SFTParameterError, sft
-from sft_operator.api.mapping import TRAINING_HUB_SFT_PARAMS, ClusterOptions
+from sft_client.api import KubernetesSFTBackend, SFTAlgorithm, SFTParameterError, sft
+from sft_client.api.mapping import TRAINING_HUB_SFT_PARAMS, ClusterOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = json.loads(reference.REFERENCE.read_text())
@@ -249,7 +249,7 @@ def test_without_training_hub_importing_the_api_registers_nothing_and_imports_no
     if importlib.util.find_spec("training_hub") is not None:
         pytest.skip("training_hub is installed in this environment")
     script = (
-        "import sys, sft_operator.api as api; "
+        "import sys, sft_client.api as api; "
         "print(api.register_with_training_hub(), 'training_hub' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
@@ -280,7 +280,7 @@ def run_with_training_hub(path: Path, script: str) -> dict[str, Any]:
 def test_with_training_hub_its_sft_routes_backend_kubernetes_to_ours(training_hub_path: Path) -> None:
     found = run_with_training_hub(training_hub_path, """
         import json
-        import sft_operator.api as api
+        import sft_client.api as api
         import training_hub
         from training_hub import AlgorithmRegistry, sft
 
@@ -326,7 +326,7 @@ def test_through_training_hub_a_local_file_is_planned_for_upload_and_remote_sett
     found = run_with_training_hub(training_hub_path, f"""
         import json, os
         os.chdir({str(tmp_path)!r})
-        import sft_operator.api as api
+        import sft_client.api as api
         import training_hub
 
         class Built(api.KubernetesSFTBackend):  # what our backend prepares, short of the cluster

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from devtools import training_hub_reference as reference
-from sft_operator.api import KubernetesOSFTBackend, OSFTAlgorithm, SFTParameterError, osft
-from sft_operator.api.mapping import ClusterOptions
-from sft_operator.api.osft import TRAINING_HUB_OSFT_PARAMS
+from sft_client.api import KubernetesOSFTBackend, OSFTAlgorithm, SFTParameterError, osft
+from sft_client.api.mapping import ClusterOptions
+from sft_client.api.osft import TRAINING_HUB_OSFT_PARAMS
 
 REFERENCE = json.loads(reference.OSFT_REFERENCE.read_text())
 
@@ -129,7 +129,7 @@ from test_training_hub_conformance import run_with_training_hub, training_hub_pa
 def test_with_training_hub_its_osft_routes_backend_kubernetes_to_ours(training_hub_path) -> None:
     found = run_with_training_hub(training_hub_path, """
         import json
-        import sft_operator.api as api
+        import sft_client.api as api
         import training_hub
         from training_hub import AlgorithmRegistry, osft
 

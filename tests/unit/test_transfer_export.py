@@ -14,7 +14,7 @@ import pytest
 from transfer_helpers import Sidecar, write_config
 
 from devtools.object_store import ObjectStore
-from sft_operator import checkpoints, sources
+from sft_core import checkpoints, sources
 
 OLD = time.time() - 3600
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import checkpoints, contract, sources
+from sft_core import checkpoints, contract, sources
 from sft_trainer.transfer import cache, config, export, outcome, s3
 
 

@@ -17,7 +17,7 @@ from transfer_helpers import Sidecar, source_entry, write_config
 from devtools.hf_endpoint import HfEndpoint, publish
 from devtools.https_files import HttpsFiles
 from devtools.object_store import ObjectStore
-from sft_operator import contract, sources
+from sft_core import contract, sources
 
 HF_TOKEN = "hf_test_token_9f8e7d6c5b4a"
 BIG = 6 * 1024 * 1024

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_operator import contract, sources
+from sft_core import contract, sources
 from sft_trainer import transfer_wait
 from sft_trainer.errors import PeerUnavailable
 

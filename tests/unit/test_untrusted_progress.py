@@ -8,17 +8,17 @@ import json
 import os
 from pathlib import Path
 
-from sft_operator import checkpoints as ck
-from sft_operator.crd import status_schema
-from sft_operator.progress import (
+from devtools.crd import status_schema
+from sft_core import checkpoints as ck
+from sft_core.progress import (
     MAX_CHECKPOINTS,
     MAX_LOSS_HISTORY,
     TrainingProgress,
     parse_progress_summary,
     summarize_progress,
 )
-from sft_operator.untrusted import DroppedValue
-from sft_operator.wire import MAX_API_INT
+from sft_core.untrusted import DroppedValue
+from sft_core.wire import MAX_API_INT
 
 T1 = "2026-01-01T00:05:00Z"
 CHECKPOINT = {"name": "samples_40", "path": "hf_format/samples_40", "samples": 40, "epoch": 1, "time": T1}
@@ -190,7 +190,7 @@ def test_the_summary_leaves_out_what_the_schema_cannot_hold() -> None:
 def test_the_reporter_publishes_the_rest_and_logs_each_dropped_key_once(tmp_path: Path, caplog) -> None:
     """A metrics log with 2^70 samples and a samples_<2^70> directory (the job's code wrote
     them): the reporter's summary leaves them out, says so once per key, and keeps publishing."""
-    from sft_operator.reporter import VolumeReader
+    from sft_reporter.sidecar import VolumeReader
 
     directory = tmp_path / "hf_format" / f"samples_{2**70}"
     directory.mkdir(parents=True)
@@ -200,7 +200,7 @@ def test_the_reporter_publishes_the_rest_and_logs_each_dropped_key_once(tmp_path
             "timestamp": "2026-01-01T00:00:00"}
     (tmp_path / ck.METRICS_LOG_FILE).write_text(json.dumps(step) + "\n")
     reader = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=1)
-    with caplog.at_level("WARNING", logger="sft_operator.reporter"):
+    with caplog.at_level("WARNING", logger="sft_reporter.sidecar"):
         first, again = reader.read(), reader.read()
     assert first == again
     assert first.to_api() == {"stage": "Initializing", "epoch": 1, "numEpochs": 1, "epochDisplay": "1/1",

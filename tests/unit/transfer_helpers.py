@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from sft_operator import contract, sources
+from sft_core import contract, sources
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in ("", "operator", "trainer-image"))

@@ -1,4 +1,4 @@
-"""The launcher's side of checkpoint ownership (sft_operator.ownership decides).
+"""The launcher's side of checkpoint ownership (sft_core.ownership decides).
 
 Every node checks the directory before it reads or writes anything there, and refuses one that
 holds another job's training (exit 2: the job is Failed, ConfigRejected, with the message);
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from sft_operator import checkpoints, ownership
-from sft_operator.ownership import Action, Decision, JobIdentity
+from sft_core import checkpoints, ownership
+from sft_core.ownership import Action, Decision, JobIdentity
 
 from .errors import ConfigError
 from .launch_config import LauncherConfig

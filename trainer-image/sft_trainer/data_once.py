@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sft_operator import checkpoints, contract
+from sft_core import checkpoints, contract
 
 from . import data_check, data_watchdog
 from .errors import ConfigError, PeerUnavailable

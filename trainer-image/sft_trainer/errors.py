@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sft_operator import contract
+from sft_core import contract
 
 
 class LauncherError(Exception):

@@ -13,7 +13,7 @@ import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sft_operator import contract
+from sft_core import contract
 
 from .errors import LauncherError
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_operator import checkpoints, contract
+from sft_core import checkpoints, contract
 
 from . import cpus
 from .errors import ConfigError
@@ -42,7 +42,7 @@ class LauncherConfig(BaseModel):
     data_stall_timeout_seconds: float = Field(default=300, gt=0,
                                               alias=contract.CONFIG_KEY_DATA_STALL_TIMEOUT)
     data_processing_attempts: int = Field(default=3, ge=1, alias=contract.CONFIG_KEY_DATA_ATTEMPTS)
-    # Checkpoint ownership (sft_operator.ownership): without a uid nothing is recorded or checked
+    # Checkpoint ownership (sft_core.ownership): without a uid nothing is recorded or checked
     # (a config not rendered by the operator: the launcher's own tests).
     job_uid: str | None = Field(default=None, min_length=1, alias=contract.CONFIG_KEY_JOB_UID)
     training_fields: dict[str, Any] = Field(default_factory=dict, alias=contract.CONFIG_KEY_TRAINING_FIELDS)

@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sft_operator import checkpoints, contract
+from sft_core import checkpoints, contract
 
 from . import (
     checkpoint_owner,

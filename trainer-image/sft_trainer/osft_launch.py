@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sft_operator import checkpoints, contract
+from sft_core import checkpoints, contract
 
 from . import cpus
 from .errors import ConfigError, TrainingFailed

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from sft_operator import contract
+from sft_core import contract
 
 
 class ResumeError(RuntimeError):

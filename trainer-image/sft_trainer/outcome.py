@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 
-from sft_operator.checkpoints import HF_FORMAT_DIR, CheckpointTree, CompletionMarker, FullState
+from sft_core.checkpoints import HF_FORMAT_DIR, CheckpointTree, CompletionMarker, FullState
 
 
 class Outcome(str, Enum):

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from sft_operator import contract
+from sft_core import contract
 
 log = logging.getLogger("sft_trainer")
 

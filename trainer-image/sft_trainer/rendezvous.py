@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sft_operator import contract
+from sft_core import contract
 
 from .errors import LauncherError, PeerUnavailable
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from sft_operator import checkpoints
-from sft_operator.checkpoints import FullState, FullStateMetadata, MetricsLog, RunRecord
+from sft_core import checkpoints
+from sft_core.checkpoints import FullState, FullStateMetadata, MetricsLog, RunRecord
 
 from .errors import TrainingFailed
 

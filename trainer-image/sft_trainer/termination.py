@@ -20,7 +20,7 @@ import signal
 import traceback
 from pathlib import Path
 
-from sft_operator import contract
+from sft_core import contract
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from sft_operator import contract
+from sft_core import contract
 
 from .errors import ConfigError
 

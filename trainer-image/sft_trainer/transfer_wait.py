@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sft_operator import sources
-from sft_operator.sources import DownloadState, SourceManifest
+from sft_core import sources
+from sft_core.sources import DownloadState, SourceManifest
 
 from .errors import ConfigError, LauncherError, PeerUnavailable
 from .transfer import config as transfer_config

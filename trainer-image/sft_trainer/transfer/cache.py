@@ -23,8 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_operator import checkpoints, sources
-from sft_operator.sources import SourceFile, SourceManifest
+from sft_core import checkpoints, sources
+from sft_core.sources import SourceFile, SourceManifest
 
 from .state import now_iso
 

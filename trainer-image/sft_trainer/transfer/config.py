@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sft_operator import contract, sources
-from sft_operator.sources import Source, SourceProblem
+from sft_core import contract, sources
+from sft_core.sources import Source, SourceProblem
 
 
 class ConfigProblem(ValueError):

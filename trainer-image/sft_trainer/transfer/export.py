@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sft_operator import checkpoints, sources
-from sft_operator.checkpoints import CheckpointTree
+from sft_core import checkpoints, sources
+from sft_core.checkpoints import CheckpointTree
 
 from . import outcome
 from .config import ExportConfig

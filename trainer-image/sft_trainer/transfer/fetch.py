@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from sft_operator.sources import DownloadState, SourceKind, SourceManifest
+from sft_core.sources import DownloadState, SourceKind, SourceManifest
 
 from . import outcome
 from .cache import Entry, Remote, free_bytes, verify

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sft_operator import contract
+from sft_core import contract
 
 from .. import termination
 from . import outcome
@@ -101,7 +101,7 @@ def run(env: dict[str, str], stop: threading.Event) -> tuple[int, str]:
 
 
 def _restore(exporter, state: StateWriter, index: int, env, stop: threading.Event) -> tuple[int, str]:
-    from sft_operator.sources import DownloadState
+    from sft_core.sources import DownloadState
 
     uri = exporter.export.uri
     attempt = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sft_operator import contract
+from sft_core import contract
 
 # Bounded retries of a transient failure (each one re-resolves and resumes where it was).
 MAX_ATTEMPTS = 5

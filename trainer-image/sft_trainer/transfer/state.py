@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sft_operator import checkpoints, sources
-from sft_operator.sources import DownloadProgress, DownloadState, ExportRecord, TransferState
+from sft_core import checkpoints, sources
+from sft_core.sources import DownloadProgress, DownloadState, ExportRecord, TransferState
 
 log = logging.getLogger("sft_trainer.transfer")
 
