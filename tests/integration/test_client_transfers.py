@@ -55,10 +55,17 @@ class Recorder:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def left(self) -> tuple[list[str], list[str]]:
-        pods = [p.metadata.name for p in self.core.list_namespaced_pod(self.namespace).items]
-        claims = [c.metadata.name for c in self.core.list_namespaced_persistent_volume_claim(self.namespace).items]
-        return pods, claims
+    def left(self, expected: tuple[list[str], list[str]] = ([], []), within_s: float = 20.0) -> tuple[list[str], list[str]]:
+        """The pods and claims still in the namespace, once they are ``expected`` or after ``within_s``:
+        a deleted claim goes only when kube-controller-manager's pvc-protection lets it (after its pod
+        is gone), a moment later on a loaded machine."""
+        deadline = time.monotonic() + within_s
+        while True:
+            pods = [p.metadata.name for p in self.core.list_namespaced_pod(self.namespace).items]
+            claims = [c.metadata.name for c in self.core.list_namespaced_persistent_volume_claim(self.namespace).items]
+            if (pods, claims) == expected or time.monotonic() > deadline:
+                return pods, claims
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -127,7 +134,7 @@ def test_an_upload_to_an_existing_checkpoint_claim_creates_no_claim_and_leaves_i
     assert seen.claims == {}
     (pod,) = seen.pods.values()
     assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes] == ["ckpts"]
-    assert seen.left() == ([], ["ckpts"])
+    assert seen.left(([], ["ckpts"])) == ([], ["ckpts"])
     assert jobs_in(api_client, namespace) == []
 
 
