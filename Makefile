@@ -8,17 +8,22 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # devtools/ (dev-only: control plane, nodes, demo, tiny model) runs from the checkout, never installed.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: lint docker demo test unit integration training e2e images images-test images-test-cuda cuda-constraints venv provision cluster-up cluster-down run crd bench tiny clean
+.PHONY: lint docker demo prepare test unit integration training e2e images images-test images-test-cuda cuda-constraints venv provision cluster-up cluster-down run crd bench tiny clean
 
 ## demo: local control plane + a real node (kubelet + docker), the images built, `helm install` of the
 ## chart (the operator as a pod), then a tiny 2-node job in the trainer image to Succeeded
 demo: venv provision docker
 	$(PY) -m devtools.demo
 
+## prepare: what the tiers need, the two slow ones side by side (on a fresh machine Kubernetes' build is
+## CPU-bound, the images mostly downloads and unpacking), seconds warm
+prepare: venv docker
+	$(MAKE) --no-print-directory -j2 provision images
+
 ## test: every test tier (unit, integration on the real control plane, training, e2e);
 ## PYTEST_ARGS="-n 2": on two pytest-xdist workers (the real node's tiers on one; tests/conftest.py)
 PYTEST_ARGS ?=
-test: venv provision docker lint
+test: prepare lint
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
 
 ## lint: ruff (pyflakes, import order; pyproject [tool.ruff]) and mypy (strict on the shared core and the
