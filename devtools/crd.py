@@ -184,7 +184,7 @@ class _WithFactoryDefaults(GenerateJsonSchema):
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
-            value = factory()  # type: ignore[call-arg]
+            value = factory()  # type: ignore[call-arg]  # takes no data: checked above
             return {} if isinstance(value, BaseModel) else value
         return super().get_default_value(schema)
 

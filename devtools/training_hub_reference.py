@@ -72,7 +72,7 @@ def signatures_from_source(source: str, functions: tuple[str, ...] = FUNCTIONS,
             for item in node.body:
                 qualified = f"{node.name}.{item.name}" if isinstance(item, ast.FunctionDef) else None
                 if qualified in FUNCTIONS:
-                    found[qualified] = _parameters(item)  # type: ignore[arg-type]
+                    found[qualified] = _parameters(item)  # type: ignore[arg-type]  # a FunctionDef: qualified is set
     missing = [name for name in FUNCTIONS if name not in found]
     if missing:
         raise ValueError(f"{SOURCE} defines no {', '.join(missing)}")

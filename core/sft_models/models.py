@@ -1087,8 +1087,10 @@ class ObjectMeta(ApiModel):
 class SFTJob(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["finetune.dev/v1alpha1"] = contract.API_VERSION  # type: ignore[assignment]
-    kind: Literal["SFTJob"] = contract.KIND  # type: ignore[assignment]
+    # contract's constants are plain str (API_VERSION is built from GROUP and VERSION); the Literal
+    # is what the schema pins.
+    api_version: Literal["finetune.dev/v1alpha1"] = contract.API_VERSION  # type: ignore[assignment]  # see above
+    kind: Literal["SFTJob"] = contract.KIND  # type: ignore[assignment]  # see above
     metadata: ObjectMeta
     spec: SFTJobSpec
     status: SFTJobStatus | None = None

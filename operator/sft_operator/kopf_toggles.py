@@ -44,4 +44,4 @@ class QuietToggleSet(KopfToggleSet):
 def install() -> None:
     """Make kopf build its start-up gate (orchestration's ``aiotoggles.ToggleSet(all)``) as a
     QuietToggleSet. Idempotent; before kopf.run."""
-    aiotoggles.ToggleSet = QuietToggleSet  # type: ignore[misc]
+    aiotoggles.ToggleSet = QuietToggleSet  # type: ignore[misc]  # replacing kopf's class is the point

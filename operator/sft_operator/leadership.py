@@ -125,7 +125,7 @@ def lease_spec(identity: str, duration_s: float, now: datetime.datetime, record:
     return {
         "holderIdentity": identity,
         "leaseDurationSeconds": max(1, round(duration_s)),
-        "acquireTime": record.acquire_time if renewing else micro_time(now),  # type: ignore[union-attr]
+        "acquireTime": record.acquire_time if renewing and record is not None else micro_time(now),
         "renewTime": micro_time(now),
         "leaseTransitions": (record.transitions if renewing else record.transitions + 1) if record else 0,
     }
@@ -282,7 +282,8 @@ class LeaderElector:
             return None
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason)
-        return json.loads(response.data)
+        answer: dict[str, Any] = json.loads(response.data)
+        return answer
 
     def _step_down(self, why: str) -> None:
         self._leading.clear()
@@ -384,8 +385,8 @@ class KopfPause:
             await pause.attach(operator_paused)
             await original(operator_paused=operator_paused, **kwargs)
 
-        orchestrator.__wrapped_by_sft__ = original  # type: ignore[attr-defined]
-        orchestration.orchestrator = orchestrator  # type: ignore[assignment]
+        orchestrator.__wrapped_by_sft__ = original  # type: ignore[attr-defined]  # the marker read back above
+        orchestration.orchestrator = orchestrator
 
 
 def exit_now() -> None:

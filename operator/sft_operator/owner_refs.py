@@ -20,7 +20,8 @@ def controller_uid(meta: Mapping[str, Any]) -> str | None:
     """The uid of the object's controller (the owner reference with controller: true), or None."""
     for owner in meta.get("ownerReferences") or []:
         if owner.get("controller"):
-            return owner.get("uid")
+            uid: str | None = owner.get("uid")
+            return uid
     return None
 
 

@@ -139,7 +139,8 @@ def sftjobs_path(namespace: str | None) -> str:
 def check_sftjobs(api_client: Any, namespaces: Sequence[str]) -> str | None:
     """List (one item) and watch (WATCH_S) SFTJobs in each namespace, or cluster-wide: None when
     every call worked, else why not (the first failure)."""
-    for namespace in namespaces or [None]:
+    targets: Sequence[str | None] = namespaces or [None]  # [None]: cluster-wide
+    for namespace in targets:
         path = sftjobs_path(namespace)
         doing = "listing"
         try:
@@ -163,10 +164,10 @@ def _get(api_client: Any, path: str, query: dict[str, str]) -> bytes:
     request = api_client.param_serialize(method="GET", resource_path=path, query_params=list(query.items()),
                                          auth_settings=["BearerToken"], header_params={"Accept": "application/json"})
     response = api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT_S + WATCH_S)
-    data = response.read()
+    data: bytes = response.read()
     if not 200 <= response.status <= 299:
         exc = ApiException(status=response.status, reason=response.reason)
-        exc.body = data
+        exc.body = data.decode("utf-8", "replace")  # str, as the client's own ApiException(http_resp=...)
         raise exc
     return data
 

@@ -112,7 +112,7 @@ class VolumeReader:
         adopted = None
         if self.job_uid is not None:
             record, _ = ownership.read_owner_record(self.ckpt_dir)
-            if not ownership.owned_by(record, self.job_uid):
+            if record is None or not ownership.owned_by(record, self.job_uid):
                 return self._not_yet_owned()
             try:
                 adopted = ownership.adoption(record)
@@ -281,7 +281,8 @@ def trainer_exited_check(env: Any) -> Callable[[], bool]:
 
 def _load_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        config: dict[str, Any] = json.loads(path.read_text())
+        return config
     except (OSError, ValueError) as exc:
         raise SystemExit(f"reporter: cannot read the training config {path}: {exc}") from None
 

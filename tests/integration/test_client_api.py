@@ -260,7 +260,7 @@ def test_ctrl_c_stops_waiting_not_the_job(in_namespace: Any, api_client: Any, na
 
     notes: list[str] = []
     display = InterruptedDisplay(rich_output=False)
-    display.note = notes.append  # type: ignore[method-assign]
+    display.note = notes.append  # type: ignore[method-assign, assignment]  # records the notes instead
     with StatusDriver(api_client, namespace, "keeps-going", [{"phase": "Running"}]):
         with pytest.raises(KeyboardInterrupt):
             wait_for_job(api_client, "keeps-going", namespace, timeout=30, display=display)

@@ -134,7 +134,7 @@ def test_gang_job_gets_its_podgroup(podgroup_crds: None, operator: Any, cluster:
         "the refusal", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c)
     assert refused["reason"] == "ImmutableFieldChanged"
     assert refused["message"].startswith("spec.scheduling.gang: immutable once the job is created")
-    assert podgroup(cluster, api_version, "tiny")["spec"] == spec  # type: ignore[index]
+    assert podgroup(cluster, api_version, "tiny")["spec"] == spec  # type: ignore[index]  # created above
 
 
 def test_gang_job_without_the_podgroup_crd_says_so(no_coscheduling_crd: None, operator: Any, cluster: Any) -> None:

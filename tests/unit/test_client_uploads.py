@@ -205,7 +205,7 @@ def test_send_streams_a_tar_with_the_listing_first_and_the_digests_after(tmp_pat
                                  ["sub/empty", 0]]}
     assert sums == {"sha256": {rel: hashlib.sha256(content).hexdigest() for rel, content in files.items()}}
     with tarfile.open(fileobj=io.BytesIO(out.stdout), mode="r|") as archive:
-        got = {m.name: archive.extractfile(m).read() if m.isfile() else None for m in archive}  # type: ignore[union-attr]
+        got = {m.name: archive.extractfile(m).read() if m.isfile() else None for m in archive}  # type: ignore[union-attr]  # a file
     assert got == {"sub": None, **files}
     # Anything but files and directories is refused, not followed.
     (checkpoint / "link").symlink_to("/etc/hostname")

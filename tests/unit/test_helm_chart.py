@@ -502,7 +502,7 @@ def test_generated_certificate_serves_the_service_name(helm: Helm) -> None:
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "rel-sft-operator-webhook.sft-system.svc" in names
     key = serialization.load_pem_private_key(data["tls.key"], password=None)
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]  # RSA keys
 
 
 def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from devtools.tiny_model import tiny_job_spec
-from sft_models.models import InvalidSpecError, Phase, SFTJobStatus, parse_job
+from sft_models.models import InvalidSpecError, Phase, SFTJob, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
     ANNOTATION_DESIRED_HASH,
@@ -38,7 +38,7 @@ OWNER = {
 }
 
 
-def job(**spec_overrides: Any):  # type: ignore[no-untyped-def]
+def job(**spec_overrides: Any) -> SFTJob:
     spec = tiny_job_spec(**{"checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}}, **spec_overrides})
     return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1"}, "spec": spec})
 
@@ -615,7 +615,7 @@ def test_gang_is_immutable() -> None:
 # --- queues (spec.scheduling.queueName, Kueue) ---------------------------------------------------
 
 
-def queued_job(labels: dict[str, str] | None = None, **spec_overrides: Any):  # type: ignore[no-untyped-def]
+def queued_job(labels: dict[str, str] | None = None, **spec_overrides: Any) -> SFTJob:
     spec = tiny_job_spec(**{"checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}}, **spec_overrides})
     return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1", "labels": labels or {}}, "spec": spec})
 

@@ -25,6 +25,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CPU_ENV = {
     "ACCELERATE_USE_CPU": "1",
@@ -45,7 +46,7 @@ def training_args_overrides() -> dict:
 UNSUPPORTED_ARGS = {"validation_split": 0.0}
 
 
-def _require(owner: object, name: str) -> object:
+def _require(owner: object, name: str) -> Any:
     # An upstream rename must fail loudly here, not turn into a silent CUDA call later.
     if not hasattr(owner, name):
         raise RuntimeError(

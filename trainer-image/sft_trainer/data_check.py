@@ -29,6 +29,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Roles instructlab-training and the chat templates of common models know. "pretraining" is
 # instructlab-training's legacy pretraining role. A role outside this set is almost always a
@@ -74,7 +75,7 @@ class _Types:
 
     first: dict[str, tuple[str, int]] = field(default_factory=dict)
 
-    def check(self, value: object, path: str, line: int, problem) -> None:
+    def check(self, value: Any, path: str, line: int, problem) -> None:
         kind = _kind(value)
         if kind == "null":
             return

@@ -65,7 +65,7 @@ def _data_field() -> str:
 def _library_message(error: BaseException) -> str:
     """instructlab-training's error and its root cause on one line, without pyarrow's "in row
     N" (0-based and counted within a read block: not a line number)."""
-    messages = []
+    messages: list[str] = []
     current: BaseException | None = error
     while current is not None and len(messages) < 8:
         if type(current).__name__ != "RemoteTraceback":

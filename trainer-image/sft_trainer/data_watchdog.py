@@ -205,7 +205,7 @@ def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mappin
 
 
 def _drain(fd: int, events: _Events) -> list[dict]:
-    found = []
+    found: list[dict] = []
     while True:
         ready, _, _ = select.select([fd], [], [], 5.0)
         if not ready:
@@ -234,9 +234,9 @@ def run_supervised(target: str, payload: dict, *, stall_timeout: float, attempts
         log.info("data processing attempt %d/%d (pid %d): %s in %.1fs, longest gap without "
                  "progress %.1fs", number, attempts, attempt.pid, attempt.outcome,
                  attempt.seconds, attempt.max_gap)
-        if attempt.outcome == "done":
+        if final is not None and attempt.outcome == "done":  # done and error: a final event
             return Supervised(result=final.get("result"), attempts=history)
-        if attempt.outcome == "error":
+        if final is not None and attempt.outcome == "error":
             if final.get("kind") == "config":
                 raise ConfigError(final.get("field") or "trainingArgs.data_path",
                                   final.get("problem") or "data processing failed")

@@ -15,8 +15,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def idle(reason: str) -> int:
     return contract.EXIT_OK
 
 
-def ensure_torchrun_on_path(env: dict) -> None:
+def ensure_torchrun_on_path(env: MutableMapping[str, str]) -> None:
     # run_training starts `torchrun` by name, and returns normally if it cannot be started.
     if shutil.which("torchrun", path=env.get("PATH")):
         return
@@ -103,14 +103,14 @@ def ensure_torchrun_on_path(env: dict) -> None:
     raise ConfigError("PATH", "torchrun is not on PATH (install torch in this environment)")
 
 
-def torchrun_env(topology: Topology, rendezvous_timeout: float, env: dict) -> None:
+def torchrun_env(topology: Topology, rendezvous_timeout: float, env: MutableMapping[str, str]) -> None:
     """Env for run_training's torchrun: node rank, rendezvous timeout, a per-job trigger file."""
     env[contract.ENV_NODE_RANK] = str(topology.node_rank)
     env.setdefault("PET_RDZV_CONF", f"timeout={int(rendezvous_timeout)}")
     trigger_env(topology, env)
 
 
-def trigger_env(topology: Topology, env: dict) -> None:
+def trigger_env(topology: Topology, env: MutableMapping[str, str]) -> None:
     """The on-demand checkpoint's trigger file name, per job (both libraries read it)."""
     safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", topology.rdzv_id)
     env.setdefault("CHECKPOINT_TRIGGER_FILENAME", f"sft-checkpoint-requested-{safe_id}")
@@ -248,6 +248,7 @@ def run(env: Mapping[str, str]) -> int:
                              env_name=topology.endpoint_env)
     before = checkpoints.scan_checkpoints(root).latest_full_state
 
+    cpu_context: AbstractContextManager[None]
     if osft:
         cpu_context = osft_launch.launcher_side(cpu)
         worker_log = osft_launch.worker_log(root, topology.node_rank)
@@ -285,6 +286,8 @@ def run(env: Mapping[str, str]) -> int:
         prune(root, config.full_state_retention, may_delete)
     if result is outcome.Outcome.PREEMPTED:
         latest = tree.latest_full_state
+        if latest is None or latest.metadata is None:  # never: decide_outcome found this state
+            raise TrainingFailed("preempted, yet no complete full state")
         note_exit(f"preempted: saved {latest.path} (epoch "
                   f"{latest.metadata.current_epoch + 1} of {num_epochs}, "
                   f"{latest.metadata.samples_seen} samples seen); a restart resumes")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import types
 from datetime import timedelta
+from typing import Any
 
 CPU_ENV = {
     "CUDA_VISIBLE_DEVICES": "",
@@ -27,7 +28,7 @@ CPU_ENV = {
 }
 
 
-def _require(owner: object, name: str) -> object:
+def _require(owner: object, name: str) -> Any:
     # An upstream rename must fail loudly here, not turn into a silent CUDA call later.
     if not hasattr(owner, name):
         raise RuntimeError(f"OSFT CPU mode: mini-trainer changed, {owner!r} has no attribute "
@@ -70,7 +71,7 @@ def apply_worker_side(train_module: types.ModuleType) -> None:
         log_rank_0("CPU mode: gloo process group")
         dist.barrier()
 
-    train_module.init_distributed_environment = cpu_init_distributed_environment
+    setattr(train_module, "init_distributed_environment", cpu_init_distributed_environment)  # a ModuleType
 
     init_device_mesh = _require(setup_model_for_training, "init_device_mesh")
 

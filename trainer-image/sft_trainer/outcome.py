@@ -21,7 +21,7 @@ class Outcome(str, Enum):
 def already_finished(tree: CheckpointTree, num_epochs: int) -> bool:
     """The epoch-end full state of the last epoch exists (only knowable with epoch full states)."""
     latest = tree.latest_full_state
-    return (latest is not None and latest.stable
+    return (latest is not None and latest.stable and latest.metadata is not None
             and latest.metadata.current_epoch >= num_epochs - 1)
 
 
@@ -31,7 +31,7 @@ def decide_outcome(before: FullState | None, after: CheckpointTree, num_epochs: 
     whether full states are saved at each epoch end (checkpoint_at_epoch and
     accelerate_full_state_at_epoch), which makes "finished" checkable."""
     latest = after.latest_full_state
-    if latest is not None and latest.metadata.mid_epoch and latest != before:
+    if latest is not None and latest.metadata is not None and latest.metadata.mid_epoch and latest != before:
         return Outcome.PREEMPTED
     if not epoch_full_states:
         return Outcome.FINISHED
@@ -44,7 +44,7 @@ def completion_marker(tree: CheckpointTree, num_epochs: int, now: datetime) -> C
     latest = tree.latest_full_state
     # The furthest either got: a full state saved mid-run (OSFT keeps its on-demand saves, and
     # so does SFT without epoch full states) is behind the final checkpoint.
-    samples = max(latest.metadata.samples_seen if latest is not None else 0,
+    samples = max(latest.metadata.samples_seen if latest is not None and latest.metadata is not None else 0,
                   final.samples if final is not None and final.samples is not None else 0)
     return CompletionMarker(finished_at=now, num_epochs=num_epochs, samples_seen=samples,
                             final_checkpoint=f"{HF_FORMAT_DIR}/{final.name}" if final else None)

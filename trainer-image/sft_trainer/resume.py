@@ -56,7 +56,7 @@ def normalize_mid_epoch(metadata: FullStateMetadata, run: RunRecord | None,
     ``run`` is the record of the run that saved it (None: assume a run from epoch 0, which is
     upstream's own assumption), ``run_log`` that run's metrics-log lines.
     """
-    if not metadata.mid_epoch or metadata.normalized:
+    if metadata.global_step is None or metadata.normalized:  # global_step None: not mid_epoch
         return metadata
     epoch, global_step, samples = (metadata.current_epoch, metadata.global_step,
                                    metadata.samples_seen)
@@ -99,6 +99,8 @@ def resume_point(state: FullState | None, steps_per_epoch_hint: int | None = Non
                            resumed_from=None)
     metadata = state.metadata
     if state.directory == checkpoints.OSFT_FULL_STATE_DIR:
+        if metadata.global_step is None:  # read_osft_state sets it from every save's "step"
+            raise ValueError(f"{state.name}: mini-trainer's state has no step")
         done = metadata.global_step - metadata.current_epoch * (steps_per_epoch_hint or 0)
         return ResumePoint(start_epoch=metadata.current_epoch,
                            steps_into_epoch=done if steps_per_epoch_hint else 0,
@@ -140,7 +142,8 @@ def prepare_resume(root: Path, *, now: Callable[[], datetime]) -> RunRecord:
         tree = checkpoints.scan_checkpoints(root)
     latest = tree.latest_full_state
     osft = latest is not None and latest.directory == checkpoints.OSFT_FULL_STATE_DIR
-    if latest is not None and not osft and latest.metadata.mid_epoch and not latest.metadata.normalized:
+    if (latest is not None and not osft and latest.metadata is not None and latest.metadata.mid_epoch
+            and not latest.metadata.normalized):
         runs = checkpoints.read_run_records(root)
         run = runs[-1] if runs else None
         run_log = checkpoints.read_metrics_log(checkpoints.metrics_log_path(root),

@@ -48,7 +48,7 @@ def pending(config: transfer_config.TransferConfig, state) -> list[str]:
     done = {d.source for d in (state.downloads if state else []) if d.state == DownloadState.DONE}
     missing = [entry.uri for entry in config.sources
                if entry.uri not in done or not manifest_matches(
-                   config.cache_root / entry.cache_key / sources.SOURCE_MANIFEST_FILE, entry.uri)]
+                   config.source_cache_root / entry.cache_key / sources.SOURCE_MANIFEST_FILE, entry.uri)]
     if config.export is not None and config.export.restore and \
             not (config.ckpt_dir / sources.RESTORE_DONE_FILE).exists():
         missing.append("restore")

@@ -75,9 +75,10 @@ def create_job(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
 
     namespace = manifest["metadata"]["namespace"]
     try:
-        return custom_objects_api(api_client).create_namespaced_custom_object(
+        created: dict[str, Any] = custom_objects_api(api_client).create_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest
         )
+        return created
     except ApiException as exc:
         if exc.status not in REFUSED_STATUSES:
             raise
@@ -98,9 +99,10 @@ def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return custom_objects_api(api_client).get_namespaced_custom_object(
+        job: dict[str, Any] = custom_objects_api(api_client).get_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
         )
+        return job
     except ApiException as exc:
         if exc.status == 404:
             raise SFTJobNotFoundError(f"SFTJob {namespace}/{name} not found") from None
@@ -156,7 +158,8 @@ def follow_job(
                 resource_version=job["metadata"]["resourceVersion"],
                 timeout_seconds=request_seconds,
             ):
-                kind, obj = event["type"], event["object"]
+                kind = event["type"]
+                obj: dict[str, Any] = event["object"]
                 if kind == "ERROR":  # e.g. 410 Gone: our resourceVersion is too old
                     break
                 if kind == "DELETED":

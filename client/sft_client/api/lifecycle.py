@@ -27,9 +27,10 @@ def _patch_spec(api_client: Any, name: str, namespace: str, spec: dict[str, Any]
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return custom_objects_api(api_client).patch_namespaced_custom_object(
+        patched: dict[str, Any] = custom_objects_api(api_client).patch_namespaced_custom_object(
             contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name, {"spec": spec}
         )
+        return patched
     except ApiException as exc:
         if exc.status == 404:
             raise SFTJobNotFoundError(f"SFTJob {namespace}/{name} not found") from None
@@ -95,7 +96,7 @@ def _disown_claim(api_client: Any, claim: str, namespace: str, job_uid: str) -> 
             if exc.status == 404:
                 return False
             raise
-        owners = pvc.metadata.owner_references or []
+        owners = (pvc.metadata.owner_references if pvc.metadata is not None else None) or []
         index = next((i for i, owner in enumerate(owners) if owner.uid == job_uid), None)
         if index is None:
             return False

@@ -285,7 +285,8 @@ def _nproc(value: Any) -> int | str:
             f"{value!r}: on the cluster give the number of processes (GPUs) per pod; the pod's GPU "
             "request is made from it"
         )
-    return value
+    nproc: int | str = value  # not a string: as given (the job's schema checks it)
+    return nproc
 
 
 def _env_list(env: dict[str, str] | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -467,8 +468,9 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     try:
         placed = place_pod_paths(pod_paths, placement)
     except PathProblems as found:
-        for problem in found.problems:
-            problems.append(ParameterProblem(problem.param, f"spec.{SPEC_ALIAS[problem.param]}", problem.message))
+        for path_problem in found.problems:
+            problems.append(ParameterProblem(path_problem.param, f"spec.{SPEC_ALIAS[path_problem.param]}",
+                                             path_problem.message))
         # The other paths were not placed either: the operator's validation below would judge them
         # as written (pvc://...), not as the pods would see them. A stand-in path lets it check
         # everything else (nothing is created while a problem is reported).

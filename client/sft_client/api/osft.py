@@ -250,4 +250,6 @@ def osft(
     given = dict(locals())
     cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
     training = {key: given[key] for key in TRAINING_HUB_OSFT_PARAMS if key != "backend"}
-    return OSFTAlgorithm(backend=KubernetesOSFTBackend(**cluster)).train(**training, backend=backend, **kwargs)
+    result: SFTJobResult = OSFTAlgorithm(backend=KubernetesOSFTBackend(**cluster)).train(**training, backend=backend,
+                                                                                        **kwargs)
+    return result

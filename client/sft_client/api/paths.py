@@ -226,10 +226,10 @@ def place_pod_paths(paths: dict[str, str], checkpoints: CheckpointPlacement) -> 
             claims[claim.claim] = claims.get(claim.claim, False) or POD_PATH_PARAMS[param]
     if problems:
         raise PathProblems(problems)
-    for claim, written in claims.items():
-        name = claim_volume_name(claim)
-        placed.volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
-        mount: dict[str, object] = {"name": name, "mountPath": claim_mount_path(claim)}
+    for claim_name, written in claims.items():
+        name = claim_volume_name(claim_name)
+        placed.volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim_name}})
+        mount: dict[str, object] = {"name": name, "mountPath": claim_mount_path(claim_name)}
         if not written:
             mount["readOnly"] = True
         placed.volume_mounts.append(mount)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def text_chart(points: Sequence[LossPoint], *, width: int = 60, height: int = 12
     return "\n".join(lines)
 
 
-def save_png(points: Sequence[LossPoint], output: str | Path, *, title: str | None = None) -> Path:
+def save_png(points: Sequence[LossPoint], output: str | os.PathLike[str], *, title: str | None = None) -> Path:
     """The loss curve (and validation loss, and the learning rate on a second axis) as a PNG."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg

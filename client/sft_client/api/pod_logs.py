@@ -90,6 +90,7 @@ def _api_message(exc: Any) -> str:
     import json
 
     try:
-        return json.loads(exc.body)["message"]
+        message: str = json.loads(exc.body)["message"]
+        return message
     except (TypeError, ValueError, KeyError):
         return str(exc.reason)

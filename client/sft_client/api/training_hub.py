@@ -107,7 +107,7 @@ class KubernetesSFTBackend(Backend):
             stand_in = uploads.LocalFile(local, 0, "0" * 64)
             build_sftjob({**training, "data_path": self._plan(stand_in, name, training, options).data_url},
                          options, name=name, namespace=namespace)
-            def progress(description: str, total: int) -> ByteProgress:
+            def progress(description: str, total: int | None) -> ByteProgress:
                 return ByteProgress(description, total, stream=self.stream, enabled=options.show_progress)
 
             plan = self._plan(transfer.measure_local_file(local, progress), name, training, options)
@@ -382,7 +382,9 @@ def sft(
     given = dict(locals())
     cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
     training = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key != "backend"}
-    return SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(**training, backend=backend, **kwargs)
+    result: SFTJobResult = SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(**training, backend=backend,
+                                                                                      **kwargs)
+    return result
 
 
 def register_with_training_hub() -> bool:

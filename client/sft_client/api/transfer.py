@@ -90,10 +90,11 @@ def missing_permissions(api_client: Any, namespace: str, wanted: tuple[Permissio
         if permission.subresource:
             attributes["subresource"] = permission.subresource
         try:
-            review = authz.create_self_subject_access_review({"spec": {"resourceAttributes": attributes}})
+            review = authz.create_self_subject_access_review(
+                {"spec": {"resourceAttributes": attributes}})  # type: ignore[arg-type]  # dicts are sent as is
         except ApiException:
             return []
-        if not review.status.allowed:
+        if not (review.status is not None and review.status.allowed):  # the server always sets status
             missing.append(permission)
     return missing
 
@@ -169,7 +170,7 @@ def helper_pod(api_client: Any, namespace: str, manifest: dict[str, Any], *, act
     core = kubernetes.client.CoreV1Api(api_client)
     name = manifest["metadata"]["name"]
     try:
-        core.create_namespaced_pod(namespace, manifest)
+        core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]  # dicts are sent as is
     except ApiException as exc:
         raise _refused(exc, action, namespace, (Permission("create", "pods"),),
                        "it runs a short-lived pod that mounts the claim") from None
@@ -358,7 +359,8 @@ def upload(api_client: Any, namespace: str, plan: UploadPlan, *, job_name: str, 
     if plan.new_claim is not None:
         manifest = uploads.claim_manifest(plan, job_name)
         try:
-            core.create_namespaced_persistent_volume_claim(namespace, manifest)
+            core.create_namespaced_persistent_volume_claim(
+                namespace, manifest)  # type: ignore[arg-type]  # dicts are sent as is
             claim_created = True
         except ApiException as exc:
             if exc.status != 409:
@@ -541,7 +543,8 @@ def _extract(session: ExecSession, listed: dict[str, int | None], into: Path, re
              action: str, bar_context: ByteProgress) -> None:
     """Write the tar stream's files under ``into``, each hashed as written; only listed entries."""
     with bar_context as bar:
-        with tarfile.open(fileobj=session, mode="r|") as archive:  # type: ignore[call-overload]
+        # ExecSession has read() and close(), all a stream ("r|") uses; typeshed's _Fileobj wants more.
+        with tarfile.open(fileobj=session, mode="r|") as archive:  # type: ignore[call-overload]  # see above
             for member in archive:
                 received_path = uploads.safe_member_path(member.name)
                 if received_path is None or received_path not in listed:

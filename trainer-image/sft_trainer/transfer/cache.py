@@ -177,7 +177,7 @@ class Entry:
 
     def complete(self, uri: str, remote: Remote) -> SourceManifest:
         manifest = SourceManifest(
-            uri=uri, revision=remote.revision, completedAt=now_iso(),
+            uri=uri, revision=remote.revision, completed_at=now_iso(),
             files=[SourceFile(path=f.path, size=f.size, checksum=f.checksum) for f in remote.files])
         shutil.rmtree(self.partial, ignore_errors=True)
         (self.dir / PARTIAL_TAGS_FILE).unlink(missing_ok=True)

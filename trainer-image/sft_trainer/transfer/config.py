@@ -46,6 +46,13 @@ class TransferConfig:
     sources: tuple[SourceEntry, ...]
     export: ExportConfig | None
 
+    @property
+    def source_cache_root(self) -> Path:
+        """cache_root, which parse requires whenever there are sources."""
+        if self.cache_root is None:
+            raise ConfigProblem(f"{contract.CONFIG_KEY_SOURCE_CACHE_ROOT}: not set")
+        return self.cache_root
+
 
 def parse(raw: object) -> TransferConfig:
     if not isinstance(raw, dict):

@@ -102,7 +102,7 @@ class Fetcher:
 
     def fetch_one(self, index: int, entry: SourceEntry) -> SourceManifest:
         source = make_source(entry, self.env)
-        cache = Entry(self.config.cache_root, entry.cache_key)
+        cache = Entry(self.config.source_cache_root, entry.cache_key)
         attempt = 0
         while True:
             attempt += 1

@@ -59,9 +59,7 @@ class HttpsSource:
             headers["Range"] = f"bytes={offset}-"
             if etag and not etag.startswith("W/"):
                 headers["If-Range"] = etag
-        elif offset >= f.size:
-            headers = None
-        if headers is not None:
+        if offset < f.size:  # else the whole file is there: only the check below
             with self.session.get(self.url, headers=headers, stream=True, timeout=TIMEOUT) as response:
                 response.raise_for_status()
                 mode = "ab" if response.status_code == 206 else "wb"  # 200: the whole file again

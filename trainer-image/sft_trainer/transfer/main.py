@@ -70,8 +70,8 @@ def run(env: dict[str, str], stop: threading.Event) -> tuple[int, str]:
     state = StateWriter(config.ckpt_dir)
     # First, before any network: every source Pending, so nobody reads an earlier run's Done.
     indices = [state.add_download(entry.field, entry.uri) for entry in config.sources]
-    restore = config.export is not None and config.export.restore
-    restore_index = state.add_download("spec.export.uri", config.export.uri) if restore else None
+    restore_index = (state.add_download("spec.export.uri", config.export.uri)
+                     if config.export is not None and config.export.restore else None)
     state.write()
     state.start_heartbeat()
     try:
@@ -82,7 +82,7 @@ def run(env: dict[str, str], stop: threading.Event) -> tuple[int, str]:
             from .export import Exporter
 
             exporter = Exporter(config.export, config.ckpt_dir, state, env, stop)
-        if restore:
+        if restore_index is not None:
             code, message = _restore(exporter, state, restore_index, env, stop)
             if code != contract.EXIT_OK:
                 return code, message
@@ -91,7 +91,7 @@ def run(env: dict[str, str], stop: threading.Event) -> tuple[int, str]:
     finally:
         state.stop_heartbeat()
     state.write()
-    if exporter is not None:
+    if exporter is not None and config.export is not None:  # an exporter: there is an export
         log.info("exporting complete checkpoints of %s to %s", config.ckpt_dir, config.export.uri)
         exporter.run()
         return contract.EXIT_OK, "stopped: exports up to date or redone next time"

@@ -60,7 +60,7 @@ def make_client(env: Mapping[str, str]):
     import certifi
     import urllib3
     from minio import Minio
-    from minio.credentials import IamAwsProvider
+    from minio.credentials.providers import IamAwsProvider
 
     host, secure, region = endpoint_of(env)
     bundle = env.get("AWS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE") or certifi.where()
@@ -185,7 +185,7 @@ class S3Source:
     def expected(self, f: RemoteFile) -> RemoteFile:
         """What verification checks: the md5 only where the ETag is one."""
         if f.path in self._not_md5 and (f.checksum or "").startswith("md5:"):
-            return RemoteFile(f.path, f.size, "etag:" + f.checksum.partition(":")[2], f.ref)
+            return RemoteFile(f.path, f.size, "etag:" + (f.checksum or "").partition(":")[2], f.ref)
         return f
 
     def classify(self, error: BaseException) -> TransferFailure | None:

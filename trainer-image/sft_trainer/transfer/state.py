@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class StateWriter:
         self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
         # Called before each heartbeat write (the fetcher measures partial files there).
-        self.before_heartbeat = None
+        self.before_heartbeat: Callable[..., None] | None = None
 
     # --- downloads ---------------------------------------------------------------------------
     def add_download(self, field: str, uri: str) -> int:
