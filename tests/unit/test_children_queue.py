@@ -28,7 +28,7 @@ class RefusingKube:
 
 
 def _resume() -> tuple[dict[str, Any], dict[str, Any]]:
-    def job(suspend: bool):  # type: ignore[no-untyped-def]
+    def job(suspend: bool):  # type: ignore[no-untyped-def]  # a local helper
         spec = tiny_job_spec(checkpoints={"existingClaim": "c"}, suspend=suspend, scheduling={"queueName": "team-a"})
         return parse_job({"metadata": {"name": "q", "namespace": "ns", "uid": "u"}, "spec": spec})
 
@@ -42,7 +42,7 @@ def _resume() -> tuple[dict[str, Any], dict[str, Any]]:
 def test_a_resume_refused_while_kueue_scales_down_is_retried(message: str) -> None:
     wanted, existing = _resume()
     with pytest.raises(kopf.TemporaryError) as exc:
-        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]
+        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]  # a fake Kube
     assert (exc.value.delay, str(exc.value)) == (5, f"StatefulSet q: {message}; retrying")
 
 
@@ -50,7 +50,7 @@ def test_another_refusal_of_the_statefulset_stays_a_spec_problem() -> None:
     wanted, existing = _resume()
     message = 'StatefulSet.apps "q" is invalid: metadata.labels[kueue.x-k8s.io/queue-name]: field is immutable'
     with pytest.raises(Refused) as exc:
-        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]
+        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]  # a fake Kube
     assert str(exc.value) == f"StatefulSet q: {message}"
 
 

@@ -75,7 +75,7 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     sft_job = job()
     stored, known = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
                     known=known)
     assert done.problem is None
     assert done.statefulset is not None and done.statefulset["spec"] == {"replicas": sft_job.spec.nnodes}
@@ -89,7 +89,7 @@ def test_a_resume_without_known_children_reads_each() -> None:
     sft_job = job()
     stored, _ = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)  # type: ignore[arg-type]
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)  # type: ignore[arg-type]  # a fake Kube
     # What a restart cost before: a read per child (two ConfigMaps), nothing written.
     assert kube.calls == Counter({("get", kind): 1 for kind in ("Role", "RoleBinding", "Service", "NetworkPolicy",
                                                                 "ServiceAccount", "StatefulSet", "claim")}
@@ -105,9 +105,9 @@ def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced
     # API server's now (a later version): the replace must carry the latest.
     stored[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}
     stored[("ConfigMap", config_name)]["metadata"]["resourceVersion"] = "9"
-    known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}  # type: ignore[index]
+    known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}  # type: ignore[index]  # a fake Kube's objects
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
              known=known)
     assert kube.calls[("create", "Service")] == 1 and kube.calls[("create", "Role")] == 1
     assert kube.calls[("get", "ConfigMap")] == 1 and kube.calls[("replace", "ConfigMap")] == 1
@@ -126,14 +126,14 @@ def test_a_network_policy_someone_widened_is_restored_and_a_deleted_one_re_creat
     widened = stored[("NetworkPolicy", policy["metadata"]["name"])]
     widened["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
              known=known)
     (replaced,) = kube.replaced
     assert (replaced["kind"], replaced["spec"]) == ("NetworkPolicy", policy["spec"])
     assert replaced["metadata"]["resourceVersion"] == "7"  # the object read, updated
     del stored[("NetworkPolicy", policy["metadata"]["name"])]
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
              known=known)
     assert kube.calls[("create", "NetworkPolicy")] == 1 and not kube.replaced
 
@@ -143,7 +143,7 @@ def test_a_network_policy_is_written_to_its_plural() -> None:
     paths: list[tuple[str, str]] = []
 
     class Client(kubernetes.client.ApiClient):
-        def param_serialize(self, method: str, resource_path: str, **_: Any) -> Any:  # type: ignore[override]
+        def param_serialize(self, method: str, resource_path: str, **_: Any) -> Any:  # type: ignore[override]  # records, sends nothing
             paths.append((method, resource_path))
             raise RuntimeError("not sent")
 
