@@ -1,2 +1,2 @@
 """The SFTJob operator: kopf handlers (handlers.py), the pure renderers and status derivation, the
-Kubernetes adapter and the admission webhook. `python -m sft_operator run` / `sft-operator-controller run`."""
+Kubernetes adapter (kube.py) and the admission webhook (webhook.py). `python -m sft_operator run` / `sft-operator-controller run`."""

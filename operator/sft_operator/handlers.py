@@ -2,7 +2,9 @@
 
 Decisions live in pure modules (models: validation; render: manifests and immutability; status:
 phase and conditions); the API work in children.py (converge the children) and publishing.py
-(patch the status, post Events). Here:
+(patch the status, post Events), both through the adapter (kube.py). Beside it: what kopf's
+indexes keep (indexes.py), kopf's lean annotation storages (kopf_storage.py), the run-policy
+clock (policy_clock.py) and the webhook (webhook.py). Here:
 
 - create/resume/update of an SFTJob: converge its children, then publish its status;
 - an event of a child (pods, StatefulSets, progress ConfigMaps; kopf indexes by label): re-derive
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,13 @@ import kopf
 import kubernetes
 
 from sft_core import contract
-from sft_core.progress import TrainingProgress, parse_progress_summary
-from sft_core.untrusted import DroppedValue
 from sft_models.models import InvalidSpecError, Phase, Reason, SFTJobStatus
-from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, owner_refs, render
-from sft_operator.children import KnownChildren, Kube, child_summary, converge
+from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, policy_clock, render
+from sft_operator import indexes as projections  # `indexes`: each handler's view of them (Indexes)
+from sft_operator.children import converge
+from sft_operator.indexes import Indexes, index_entry
+from sft_operator.kopf_storage import LeanDiffBaseStorage, LeanProgressStorage
+from sft_operator.kube import Kube
 from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
 from sft_operator.publishing import (
     JobStatusBook,
@@ -54,6 +58,7 @@ from sft_operator.status import (
     stall_restart_plan,
     stalled,
 )
+from sft_operator.webhook import JobValidator, authorized, webhook_server
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
@@ -61,54 +66,21 @@ PROGRESS = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
 HANDLER_THREADS = 24
-# How often the clock-driven policies (deadline, start-up timeout, stall, time to live) are
-# checked per job: their precision, and a few milliseconds of CPU per live job each time.
-POLICY_INTERVAL_S = float(os.environ.get("SFT_POLICY_INTERVAL_S") or 30.0)  # tests shorten it
 # Ranks restarted with a failed or stalled peer cannot save (a collective save needs every rank):
 # no point waiting the pods' full grace period.
 GROUP_RESTART_GRACE_S = 30
 
+# What `run` was told, set once before kopf starts: kopf calls the handlers below as plain
+# functions with its own arguments, so this is how they reach it (the webhook's handler is an
+# object of its own, JobValidator).
 _api_client: kubernetes.client.ApiClient | None = None
 # The reporter sidecar's image: the operator's own (set by `run`, from SFT_REPORTER_IMAGE).
 _reporter_image: str = render.DEFAULT_REPORTER_IMAGE
 # The admin policy (chart values `policy`, SFT_ADMISSION_POLICY): set by `run`, enforced by the
 # webhook and again at every reconcile.
 _policy: AdmissionPolicy = AdmissionPolicy()
-# The validating webhook's HTTPS server (`run --webhook-port`), and the namespaces it speaks for.
+# The validating webhook's HTTPS server (`run --webhook-port`), for kopf's settings.
 _webhook_server: kopf.WebhookServer | None = None
-_namespaces: frozenset[str] = frozenset()
-WEBHOOK_API_TIMEOUT_S = 5  # a LocalSubjectAccessReview; the chart gives the webhook 10 s
-
-
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base (a job's "essence", compared on every event of the job), built without
-    deep-copying what the essence drops anyway: kopf copies the whole body first, status and
-    managedFields included (the largest single CPU cost of a job's event in the profile).
-    Same essence: status and metadata are removed from it, kubectl's last-applied annotation too."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        if extra_fields:  # a handler asks for fields kept from the whole body: kopf's way
-            return super().build(body=body, extra_fields=extra_fields)
-        meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-        annotations = meta.get("annotations")
-        if annotations and _LAST_APPLIED in annotations:
-            meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
-        lean = {k: v for k, v in body.items() if k not in ("metadata", "status")}
-        lean["metadata"] = meta
-        return super().build(body=kopf.Body(lean), extra_fields=None)
-
-
-class LeanProgressStorage(kopf.AnnotationsProgressStorage):
-    """kopf's progress annotations, cleared from an essence without a deep copy of it first. kopf
-    clears only the two essences it has just built (the diff base: a copy already) or decoded
-    (the stored one: parsed from its annotation) for one comparison, each its own. At an operator
-    restart kopf's copy here was 8 % of the operator's CPU (py-spy, 200 jobs)."""
-
-    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
-        annotations = essence.get("metadata", {}).get("annotations", {})
-        self.remove_annotations(essence, {key for key in annotations if key.startswith(f"{self.prefix}/")})
-        self.remove_empty_stanzas(essence)
-        return essence
 
 
 @kopf.on.startup()
@@ -169,156 +141,13 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
-# Not worth keeping per job in the index: managedFields, and two copies of the spec (kubectl's
-# last-applied annotation, kopf's own annotations under our group's prefix).
-_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-
-
-@kopf.index(*JOB)
-def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each job as the handlers read it: spec, status and metadata, less what nothing reads."""
-    meta = {k: v for k, v in body["metadata"].items() if k not in ("managedFields", "annotations")}
-    annotations = {k: v for k, v in (body["metadata"].get("annotations") or {}).items()
-                   if k != _LAST_APPLIED and not k.startswith(f"{contract.GROUP}/")}
-    if annotations:
-        meta["annotations"] = annotations
-    slim = {k: v for k, v in body.items() if k != "metadata"}
-    slim["metadata"] = meta
-    return {(namespace, name): copy.deepcopy(slim)}
-
-
-@kopf.index("pods", labels=OUR_CHILDREN)
-def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    restarts = [
-        {
-            "name": c.get("name"),
-            "restartCount": c.get("restartCount", 0),
-            # How the container last ended (why a job Failed), and whether it waits to restart now
-            # (a crash-looping trainer in a Running pod): only the few fields status reads.
-            "state": _state_summary(c.get("state")),
-            "lastState": _state_summary(c.get("lastState")),
-        }
-        for c in status.get("containerStatuses") or []
-    ]
-    # Why a pod is not scheduled (the scheduler's words), for a pending job's status.
-    unscheduled = [
-        {k: c.get(k) for k in ("type", "status", "reason", "message")}
-        for c in status.get("conditions") or []
-        if c.get("type") == "PodScheduled" and c.get("status") == "False"
-    ]
-    return {
-        (namespace, labels[contract.LABEL_JOB_NAME]): {
-            # controller: whose pod it is (Indexes.pods keeps the job's StatefulSet's only).
-            "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp"),
-                         "controller": owner_refs.controller_uid(meta)},
-            "status": {"phase": status.get("phase"), "containerStatuses": restarts, "conditions": unscheduled},
-        }
-    }
-
-
-def _state_summary(state: Any) -> dict[str, Any]:
-    state = state or {}
-    if state.get("waiting"):
-        waiting = state["waiting"]
-        return {"waiting": {"reason": waiting.get("reason"), "message": (waiting.get("message") or "")[-512:]}}
-    if state.get("running"):  # since when: which ranks a failure elsewhere left behind
-        return {"running": {"startedAt": state["running"].get("startedAt")}}
-    terminated = state.get("terminated")
-    if not terminated:
-        return {}
-    keep = ("exitCode", "reason", "finishedAt")
-    return {"terminated": {**{k: terminated.get(k) for k in keep}, "message": (terminated.get("message") or "")[-1024:]}}
-
-
-@kopf.index("configmaps", labels=PROGRESS)
-def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """The reporter's latest summary per job, checked value by value against the status schema
-    (the job's own pods write it): progress None until it published one, or if unusable;
-    dropped, what the check left out (a Warning each, publishing.warn_dropped_progress)."""
-    raw = (body.get("data") or {}).get(contract.PROGRESS_KEY)
-    checked = parse_progress_summary(raw) if raw else None
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): {
-        "name": body["metadata"]["name"],
-        "controller": owner_refs.controller_uid(body["metadata"]),
-        "progress": checked.value.to_api() if checked is not None and checked.value is not None else None,
-        "dropped": checked.dropped if checked is not None else (),
-    }}
-
-
-@kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)
-def statefulsets_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each job's StatefulSet: what the status reads (replicas, the accepted spec) and what a
-    resume compares (ownership, the desired hash)."""
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}
-
-
-# The kinds of children a resume finds in the indexes (statefulsets_by_job, children_by_job); the
-# others it lists (children.LISTED_KINDS).
-WATCHED_KINDS = frozenset({"StatefulSet", "ConfigMap"})
-
-
-@kopf.index("configmaps", labels=OUR_CHILDREN)
-def children_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each job's ConfigMaps, as a resume compares them: an operator restart finds them here
-    instead of reading each (kopf fills every index before any handler runs)."""
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}
-
-
-def index_entry(index: kopf.Index[Any, Any], key: Key) -> Any:
-    """A job's one entry in an index (each index keeps one value per job), or None."""
-    store = index.get(key)
-    return next(iter(store), None) if store else None
-
-
-@dataclass(frozen=True)
-class Indexes:
-    """The operator's view of every job and its children, kept by kopf from the watches."""
-
-    jobs_by_name: kopf.Index[Any, Any]
-    pods_by_job: kopf.Index[Any, Any]
-    statefulsets_by_job: kopf.Index[Any, Any]
-    progress_by_job: kopf.Index[Any, Any]
-    children_by_job: kopf.Index[Any, Any]
-
-    @classmethod
-    def of(cls, kwargs: dict[str, Any]) -> Indexes:
-        """kopf hands every handler every index, by name."""
-        return cls(**{name: kwargs[name] for name in cls.__dataclass_fields__})
-
-    # The indexes are keyed by the job-name label, which anyone may set: what is the job's is
-    # told by owner reference (owner_refs), so a foreign pod labelled like the job's pod 0 can
-    # neither fail the job nor be deleted by a group restart.
-
-    def job_uid(self, key: Key) -> str | None:
-        job = index_entry(self.jobs_by_name, key)
-        return job["metadata"].get("uid") if job is not None else None
-
-    def statefulset(self, key: Key) -> dict[str, Any] | None:
-        """The job's StatefulSet: named as the job and controlled by it."""
-        return owner_refs.jobs_statefulset(self.statefulsets_by_job.get(key, []), key[1], self.job_uid(key))
-
-    def pods(self, key: Key) -> list[dict[str, Any]]:
-        """The pods the job's StatefulSet controls."""
-        return owner_refs.statefulsets_pods(self.pods_by_job.get(key, []), self.statefulset(key))
-
-    def children(self, key: Key) -> KnownChildren:
-        """The job's children of the watched kinds, as the watches show them now, by name (the
-        names the job's children take: converge compares their owners, and adopts or refuses)."""
-        objects = {(child["kind"], child["metadata"]["name"]): child for child in self.children_by_job.get(key, [])}
-        for statefulset in self.statefulsets_by_job.get(key, []):
-            if statefulset["metadata"]["name"] == key[1]:
-                objects[("StatefulSet", key[1])] = statefulset
-        return KnownChildren(WATCHED_KINDS, objects)
-
-    def progress(self, key: Key) -> TrainingProgress | None:
-        """The summary in the job's own progress ConfigMap, as checked (progress_by_job)."""
-        entry = owner_refs.jobs_progress(self.progress_by_job.get(key, []), key[1], self.job_uid(key))
-        return TrainingProgress.model_validate(entry["progress"]) if entry and entry["progress"] else None
-
-    def progress_dropped(self, key: Key) -> tuple[DroppedValue, ...]:
-        """What the check of that summary left out."""
-        entry = owner_refs.jobs_progress(self.progress_by_job.get(key, []), key[1], self.job_uid(key))
-        return tuple(entry["dropped"]) if entry else ()
+# kopf's indexes: what each keeps per job is indexes.py's; a handler finds each among its
+# arguments by the projection's name (Indexes.of).
+kopf.index(*JOB)(projections.jobs_by_name)
+kopf.index("pods", labels=OUR_CHILDREN)(projections.pods_by_job)
+kopf.index("configmaps", labels=PROGRESS)(projections.progress_by_job)
+kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)(projections.statefulsets_by_job)
+kopf.index("configmaps", labels=OUR_CHILDREN)(projections.children_by_job)
 
 
 def scale_down_if_over(memo: kopf.Memo, body: dict[str, Any], status: SFTJobStatus,
@@ -474,37 +303,12 @@ def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[
     memo.kube.post_event(body, "Warning", "RestartingGroup", message)
 
 
-def _needs_the_clock(body: dict[str, Any]) -> bool:
-    """Jobs the clock must look at: every live one (start-up timeout, deadline, stall), and a
-    finished one only when it has a time to live."""
-    phase = (body.get("status") or {}).get("phase")
-    return phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value) or (
-        (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
-    )
-
-
 @kopf.on.startup()
 async def start_policy_clock(memo: kopf.Memo, **kwargs: Any) -> None:
-    """One clock for the whole operator, not a kopf timer per job: kopf puts a finalizer on every
-    object with a timer (a write per job, and deleting a job would wait for the operator). It runs
-    in kopf's event loop, the checks in threads (they call the API), with kopf's context (Events)."""
-    indexes = Indexes.of(kwargs)
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(POLICY_INTERVAL_S)
-            if not leadership.leading():  # a standby's indexes are empty; a deposed leader exits
-                continue
-            for key in list(indexes.jobs_by_name):
-                body = index_entry(indexes.jobs_by_name, key)
-                if body is None or body["metadata"].get("deletionTimestamp") or not _needs_the_clock(body):
-                    continue
-                try:
-                    await asyncio.to_thread(apply_time_policies, memo, copy.deepcopy(body), indexes)
-                except Exception:  # noqa: BLE001 - one job's trouble must not stop the clock
-                    log.exception("%s/%s: the run-policy check failed; retried in %.0f s", *key, POLICY_INTERVAL_S)
-
-    memo.policy_clock = asyncio.get_running_loop().create_task(tick(), name="run-policy-clock")
+    """The run-policy clock (policy_clock.py), in kopf's event loop with kopf's context (Events)."""
+    view = Indexes.of(kwargs)
+    clock = policy_clock.tick(view.jobs_by_name, lambda body: apply_time_policies(memo, body, view))
+    memo.policy_clock = asyncio.get_running_loop().create_task(clock, name="run-policy-clock")
 
 
 @kopf.on.cleanup()
@@ -548,55 +352,13 @@ def job_event(type: str, namespace: str, name: str, meta: kopf.Meta, memo: kopf.
         metrics.forget_job(namespace, name, meta.get("uid", ""))
 
 
-# --- the validating admission webhook (registered by `run` when it serves one) -----------------
-
-
-def validate_job(operation: str | None, body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any],
-                 **_: Any) -> None:
-    """A CREATE or UPDATE of an SFTJob: admission.review decides; a refusal reaches the user's
-    `kubectl apply` with its message and code."""
-    namespace = body.get("metadata", {}).get("namespace", "")
-    if _namespaces and namespace not in _namespaces:
-        return  # not a namespace of this operator's: it creates nothing there, and may not ask
-    try:
-        admission.review(operation, body, old, userinfo, _policy, _authorized)
-    except admission.Refusal as refusal:
-        metrics.count_admission(operation, refusal.why)
-        log.info("%s/%s: refused the %s by %s: %s", namespace, body.get("metadata", {}).get("name"), operation,
-                 userinfo.get("username"), refusal.message)
-        raise kopf.AdmissionError(refusal.message, code=refusal.code) from None
-    metrics.count_admission(operation, "admitted")
-
-
-def _authorized(review: dict[str, Any]) -> bool:
-    """The API server's answer to a LocalSubjectAccessReview; no answer is a refusal (fail closed)."""
-    api = kubernetes.client.AuthorizationV1Api(_api_client)
-    try:
-        answer = api.create_namespaced_local_subject_access_review(
-            review["metadata"]["namespace"], review, _request_timeout=WEBHOOK_API_TIMEOUT_S)
-    except (kubernetes.client.exceptions.ApiException, OSError) as exc:
-        raise admission.Refusal(f"could not check the requesting user's permissions: {exc}".strip(),
-                                admission.HTTP_INTERNAL_ERROR, admission.UNCHECKED) from None
-    return bool(answer.status is not None and answer.status.allowed)
-
-
-def webhook_server(port: int, cert_dir: Path) -> kopf.WebhookServer:
-    """HTTPS on every interface with the serving certificate from ``cert_dir`` (tls.crt, tls.key:
-    a kubernetes.io/tls Secret mounted there); kopf reloads it when the files change."""
-    for name in ("tls.crt", "tls.key"):
-        if not (cert_dir / name).is_file():
-            raise SystemExit(f"--webhook-cert-dir {cert_dir}: no {name} (the webhook's serving certificate)")
-    return kopf.WebhookServer(addr="0.0.0.0", port=port, certfile=str(cert_dir / "tls.crt"),
-                              pkeyfile=str(cert_dir / "tls.key"))
-
-
 # --- entry point ------------------------------------------------------------------------------
 
 
 def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
         metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None,
         election: leadership.Election | None = None, readiness: str | None = None) -> None:
-    global _api_client, _reporter_image, _policy, _webhook_server, _namespaces
+    global _api_client, _reporter_image, _policy, _webhook_server
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -610,10 +372,10 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
         _policy = policy_from_env()
     except PolicyError as exc:  # a bad policy stops the start, naming the field
         raise SystemExit(f"sft-operator: {exc}") from None
-    _namespaces = frozenset(namespaces)
     if webhook_port:
         _webhook_server = webhook_server(webhook_port, webhook_cert_dir or Path("."))
-        kopf.on.validate(*JOB, id=admission.WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validate_job)
+        validator = JobValidator(_policy, frozenset(namespaces), functools.partial(authorized, _api_client))
+        kopf.on.validate(*JOB, id=admission.WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validator.validate)
     kopf_toggles.install()  # a restart over many jobs: no quadratic start-up gate
     # One active operator: kopf's watches stay paused and writes are refused until this replica
     # holds the Lease (leadership.py); the webhook and the probes answer either way.

@@ -32,7 +32,8 @@ from sft_models.models import (
     parse_job,
 )
 from sft_operator import metrics, render
-from sft_operator.children import Kube, join_problems
+from sft_operator.children import join_problems
+from sft_operator.kube import KubeApi
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
 
@@ -108,7 +109,7 @@ def now() -> str:
     return rfc3339(datetime.now(timezone.utc))
 
 
-def warn_dropped_progress(kube: Kube, book: JobStatusBook, body: dict[str, Any],
+def warn_dropped_progress(kube: KubeApi, book: JobStatusBook, body: dict[str, Any],
                           dropped: Iterable[DroppedValue]) -> None:
     """One Warning Event per job and key for a value of its progress summary that the status
     schema cannot hold (dropped; the rest of the summary is used), not one per summary the
@@ -174,7 +175,7 @@ def spec_export_uri(spec: dict[str, Any]) -> str | None:
 
 
 def update_status(
-    kube: Kube,
+    kube: KubeApi,
     book: JobStatusBook,
     body: dict[str, Any],
     statefulset: dict[str, Any] | None,
@@ -240,7 +241,7 @@ def update_status(
     return new
 
 
-def _post_events(kube: Kube, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
+def _post_events(kube: KubeApi, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
                  problem: SpecProblem | None) -> None:
     old_phase = current.phase if current is not None else None
     warning = epoch_full_state_warning(body.get("spec") or {}) if current is None else None

@@ -54,7 +54,7 @@ def test_every_job_is_created_once_under_load(control_plane: Any, operator: Any,
 
 
 RESTART_JOBS = 40
-# claims, ServiceAccounts, Roles, RoleBindings, Services, NetworkPolicies: children.LISTED_KINDS
+# claims, ServiceAccounts, Roles, RoleBindings, Services, NetworkPolicies: kube.LISTED_KINDS
 UNINDEXED_LISTINGS = 6
 
 

@@ -209,39 +209,40 @@ def test_an_authorizer_failure_refuses() -> None:
     assert (refused.message, refused.code) == ("could not check the requesting user's permissions: timeout", 500)
 
 
-# --- the kopf handler around it (handlers.validate_job) -------------------------------------------
+# --- the kopf handler around it (webhook.JobValidator) --------------------------------------------
 
 
 def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from sft_operator import handlers, metrics
+    from sft_operator import metrics
+    from sft_operator.webhook import JobValidator
 
-    monkeypatch.setattr(handlers, "_authorized", Authorizer())  # holds nothing
-    monkeypatch.setattr(handlers, "_namespaces", frozenset({"team-a"}))
+    holds_nothing = JobValidator(AdmissionPolicy(), frozenset({"team-a"}), Authorizer())
     counted = metrics.OperatorMetrics(process=False)
     monkeypatch.setattr(metrics, "count_admission", counted.count_admission)
     with pytest.raises(kopf.AdmissionError) as refused:
-        handlers.validate_job("CREATE", job(), None, ALICE)
+        holds_nothing.validate("CREATE", job(), None, ALICE)
     assert (str(refused.value), refused.value.code) == (
         "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
-    monkeypatch.setattr(handlers, "_authorized", Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
-    handlers.validate_job("CREATE", job(), None, ALICE)
+    validator = JobValidator(AdmissionPolicy(), frozenset({"team-a"}),
+                             Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    validator.validate("CREATE", job(), None, ALICE)
     with pytest.raises(kopf.AdmissionError):
-        handlers.validate_job("UPDATE", job(numEpochs=3), job(), ALICE)
+        validator.validate("UPDATE", job(numEpochs=3), job(), ALICE)
     samples = {(s.labels["operation"], s.labels["result"]): s.value
                for family in counted.registry.collect() if family.name == "sft_operator_admission_reviews"
                for s in family.samples if s.name.endswith("_total")}
     assert samples == {("CREATE", "forbidden"): 1, ("CREATE", "admitted"): 1, ("UPDATE", "invalid"): 1}
     elsewhere = job()
     elsewhere["metadata"]["namespace"] = "team-b"  # not this operator's: it creates nothing there
-    handlers.validate_job("CREATE", elsewhere, None, ALICE)
+    validator.validate("CREATE", elsewhere, None, ALICE)
 
 
 def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     import kubernetes
 
-    from sft_operator import handlers
+    from sft_operator.webhook import authorized
 
     asked: list[tuple[str, dict[str, Any]]] = []
 
@@ -262,13 +263,13 @@ def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytes
 
     body = access_review(ALICE, "team-a", Permission("create", "pods", "why"))
     monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(True))
-    assert handlers._authorized(body) is True
+    assert authorized(None, body) is True
     assert asked == [("team-a", body)]
     monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(False))
-    assert handlers._authorized(body) is False
+    assert authorized(None, body) is False
     monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(None))
     with pytest.raises(Refusal) as refused:
-        handlers._authorized(body)
+        authorized(None, body)
     assert (refused.value.code, refused.value.why) == (500, "unchecked")
     assert refused.value.message.startswith("could not check the requesting user's permissions: (503)")
 

@@ -9,15 +9,16 @@ from typing import Any
 
 import kopf
 import pytest
+from fake_kube import FakeKube
 from kubernetes.client.exceptions import ApiException
 
 from devtools.tiny_model import tiny_job_spec
-from sft_models.models import parse_job
+from sft_models.models import SFTJob, parse_job
 from sft_operator.children import Refused, _refusal_message, ensure_child
 from sft_operator.render import render_statefulset
 
 
-class RefusingKube:
+class RefusingKube(FakeKube):
     def __init__(self, message: str):
         self.message = message
 
@@ -28,7 +29,7 @@ class RefusingKube:
 
 
 def _resume() -> tuple[dict[str, Any], dict[str, Any]]:
-    def job(suspend: bool):  # type: ignore[no-untyped-def]  # a local helper
+    def job(suspend: bool) -> SFTJob:
         spec = tiny_job_spec(checkpoints={"existingClaim": "c"}, suspend=suspend, scheduling={"queueName": "team-a"})
         return parse_job({"metadata": {"name": "q", "namespace": "ns", "uid": "u"}, "spec": spec})
 
@@ -42,7 +43,7 @@ def _resume() -> tuple[dict[str, Any], dict[str, Any]]:
 def test_a_resume_refused_while_kueue_scales_down_is_retried(message: str) -> None:
     wanted, existing = _resume()
     with pytest.raises(kopf.TemporaryError) as exc:
-        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]  # a fake Kube
+        ensure_child(RefusingKube(message), wanted, existing)
     assert (exc.value.delay, str(exc.value)) == (5, f"StatefulSet q: {message}; retrying")
 
 
@@ -50,7 +51,7 @@ def test_another_refusal_of_the_statefulset_stays_a_spec_problem() -> None:
     wanted, existing = _resume()
     message = 'StatefulSet.apps "q" is invalid: metadata.labels[kueue.x-k8s.io/queue-name]: field is immutable'
     with pytest.raises(Refused) as exc:
-        ensure_child(RefusingKube(message), wanted, existing)  # type: ignore[arg-type]  # a fake Kube
+        ensure_child(RefusingKube(message), wanted, existing)
     assert str(exc.value) == f"StatefulSet q: {message}"
 
 

@@ -10,12 +10,14 @@ from collections import Counter
 from typing import Any
 
 import kubernetes
+from fake_kube import FakeKube
 
 from devtools.tiny_model import tiny_job_spec
 from sft_core import contract
 from sft_models.models import parse_job
 from sft_operator import render
-from sft_operator.children import KnownChildren, Kube, child_summary, converge
+from sft_operator.children import KnownChildren, child_summary, converge
+from sft_operator.kube import Kube
 
 WATCHED = frozenset({"StatefulSet", "ConfigMap"})
 
@@ -35,7 +37,7 @@ def as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
-class RecordingKube:
+class RecordingKube(FakeKube):
     """The calls converge makes, by (verb, kind); reads answer from ``stored``."""
 
     def __init__(self, stored: dict[tuple[str, str], dict[str, Any]]):
@@ -75,7 +77,7 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     sft_job = job()
     stored, known = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
+    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
                     known=known)
     assert done.problem is None
     assert done.statefulset is not None and done.statefulset["spec"] == {"replicas": sft_job.spec.nnodes}
@@ -89,7 +91,7 @@ def test_a_resume_without_known_children_reads_each() -> None:
     sft_job = job()
     stored, _ = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)  # type: ignore[arg-type]  # a fake Kube
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)
     # What a restart cost before: a read per child (two ConfigMaps), nothing written.
     assert kube.calls == Counter({("get", kind): 1 for kind in ("Role", "RoleBinding", "Service", "NetworkPolicy",
                                                                 "ServiceAccount", "StatefulSet", "claim")}
@@ -105,9 +107,9 @@ def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced
     # API server's now (a later version): the replace must carry the latest.
     stored[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}
     stored[("ConfigMap", config_name)]["metadata"]["resourceVersion"] = "9"
-    known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}  # type: ignore[index]  # a fake Kube's objects
+    known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
              known=known)
     assert kube.calls[("create", "Service")] == 1 and kube.calls[("create", "Role")] == 1
     assert kube.calls[("get", "ConfigMap")] == 1 and kube.calls[("replace", "ConfigMap")] == 1
@@ -126,14 +128,14 @@ def test_a_network_policy_someone_widened_is_restored_and_a_deleted_one_re_creat
     widened = stored[("NetworkPolicy", policy["metadata"]["name"])]
     widened["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
              known=known)
     (replaced,) = kube.replaced
     assert (replaced["kind"], replaced["spec"]) == ("NetworkPolicy", policy["spec"])
     assert replaced["metadata"]["resourceVersion"] == "7"  # the object read, updated
     del stored[("NetworkPolicy", policy["metadata"]["name"])]
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
              known=known)
     assert kube.calls[("create", "NetworkPolicy")] == 1 and not kube.replaced
 
@@ -143,7 +145,7 @@ def test_a_network_policy_is_written_to_its_plural() -> None:
     paths: list[tuple[str, str]] = []
 
     class Client(kubernetes.client.ApiClient):
-        def param_serialize(self, method: str, resource_path: str, **_: Any) -> Any:  # type: ignore[override]  # records, sends nothing
+        def param_serialize(self, method: str, resource_path: str, **_: Any) -> Any:  # type: ignore[override]  # records only the path
             paths.append((method, resource_path))
             raise RuntimeError("not sent")
 
@@ -195,7 +197,7 @@ class ListingKube(Kube):
 def test_a_listing_serves_every_job_of_the_namespace_for_a_while(monkeypatch: Any) -> None:
     kube = ListingKube()
     clock = [100.0]
-    monkeypatch.setattr("sft_operator.children.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("sft_operator.kube.time.monotonic", lambda: clock[0])
     first = kube.listed("ServiceAccount", "ns")
     assert first["job-1"] == {"apiVersion": "v1", "kind": "ServiceAccount",
                               "metadata": {"name": "job-1", "namespace": "ns"}}

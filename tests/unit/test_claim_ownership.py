@@ -39,8 +39,9 @@ def stored_claim(creator: str | None, owners: list[str]) -> dict[str, Any]:
 
 
 def converged_claim(existing: dict[str, Any], sft_job: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    kube = RecordingKube({})
-    result = ensure_child(kube, render.render_checkpoint_claim(sft_job), copy.deepcopy(existing))  # type: ignore[arg-type]  # a fake Kube
+    kube, manifest = RecordingKube({}), render.render_checkpoint_claim(sft_job)
+    assert manifest is not None
+    result = ensure_child(kube, manifest, copy.deepcopy(existing))
     return result, kube.replaced
 
 
@@ -98,7 +99,7 @@ def test_converge_reports_the_kept_claim() -> None:
     children = [stored_claim("uid-old", []) if m["kind"] == "PersistentVolumeClaim" else m for m in children]
     stored, known = cluster_with(children)
     kube = RecordingKube(stored)
-    done = converge(kube, recreated, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,  # type: ignore[arg-type]  # a fake Kube
+    done = converge(kube, recreated, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
                     known=known)
     assert (done.volume.ok, done.volume.reason) == (True, Reason.CLAIM_FOUND)
     assert "created by another SFTJob (uid uid-old)" in done.volume.message
@@ -106,6 +107,6 @@ def test_converge_reports_the_kept_claim() -> None:
     # its own claim: nothing said
     own = job("uid-new", True)
     stored, known = cluster_with(render.render_children(own))
-    done = converge(RecordingKube(stored), own, None, fresh=False,  # type: ignore[arg-type]  # a fake Kube
+    done = converge(RecordingKube(stored), own, None, fresh=False,
                     reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     assert done.volume.message == "PersistentVolumeClaim tiny-checkpoints"

@@ -10,7 +10,7 @@ import kopf
 import pytest
 
 from sft_core import contract
-from sft_operator.handlers import LeanDiffBaseStorage, LeanProgressStorage
+from sft_operator.kopf_storage import LeanDiffBaseStorage, LeanProgressStorage
 
 IGNORED = ["metadata.labels", "metadata.annotations"]
 SPEC = {"modelPath": "/models/tiny", "nnodes": 2, "checkpoints": {"existingClaim": "shared"}}

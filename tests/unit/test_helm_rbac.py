@@ -223,7 +223,7 @@ NEVER_CALLED = {
     # existing Service's spec alone (only StatefulSet, ConfigMap and our claim are ever replaced).
     ("", "services"): {"update"},
 }
-# children.Kube._write: a POST (create) or PUT (update) of a manifest by the path its apiVersion
+# kube.Kube._write: a POST (create) or PUT (update) of a manifest by the path its apiVersion
 # and kind name: every child the operator renders (a gang's PodGroup goes through custom_object
 # calls) and, for POST, the Events it posts.
 RAW_WRITE = re.compile(r'\._write\(\s*"(POST|PUT)"')

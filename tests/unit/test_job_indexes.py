@@ -1,4 +1,4 @@
-"""The job indexes (handlers' projections and Indexes): a job's children are told by owner
+"""The job indexes (indexes.py's projections and Indexes): a job's children are told by owner
 reference, not by label; its progress summary arrives checked, and what was dropped is said once
 per job and key (publishing.warn_dropped_progress)."""
 
@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fake_kube import FakeKube
 from kubernetes.client.exceptions import ApiException
 
 from sft_core import contract
 from sft_core.progress import TrainingProgress
 from sft_models.models import Phase, Reason, parse_job
 from sft_operator import render
-from sft_operator.handlers import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
+from sft_operator.indexes import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
 from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, update_status, warn_dropped_progress
 from sft_operator.status import derive_status
 
@@ -133,7 +134,7 @@ def test_the_progress_projection_checks_the_summary() -> None:
     assert [d.key for d in view.progress_dropped(KEY)] == ["samplesSeen", "lastUpdateTime"]
 
 
-class EventRecorder:
+class EventRecorder(FakeKube):
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
 

@@ -109,7 +109,7 @@ def test_in_cluster_client_follows_the_rotated_token(tmp_path, monkeypatch: pyte
     client = load_api_client()
 
     def sent_authorization() -> str:
-        # The headers every generated call and children.Kube._write send (param_serialize).
+        # The headers every generated call and kube.Kube._write send (param_serialize).
         _, url, headers, _, _ = client.param_serialize("GET", "/api", auth_settings=["BearerToken"])
         assert url == "https://10.0.0.1:443/api"
         return headers["authorization"]

@@ -7,6 +7,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,15 +239,17 @@ def test_the_reporter_reports_only_a_directory_its_job_owns(tmp_path: Path) -> N
 
 
 def test_an_adoption_is_said_once_as_an_event() -> None:
+    from fake_kube import FakeKube
+
     from sft_core.progress import TrainingProgress
     from sft_models.models import SFTJobStatus
     from sft_operator import publishing
 
-    class Events:
+    class Events(FakeKube):
         def __init__(self) -> None:
             self.posted: list[tuple[str, str, str]] = []
 
-        def post_event(self, body, type_, reason, message) -> None:  # noqa: ANN001
+        def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
             self.posted.append((type_, reason, message))
 
     adopted = ownership.adoption(ownership.recorded(
