@@ -38,26 +38,26 @@ from sft_operator.children import converge
 from sft_operator.indexes import Indexes, index_entry
 from sft_operator.kopf_storage import LeanDiffBaseStorage, LeanProgressStorage
 from sft_operator.kube import Kube
+from sft_operator.pod_facts import last_trainer_termination
 from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
 from sft_operator.publishing import (
     JobStatusBook,
     Key,
     check_spec,
-    finished_for_longer_than,
     now,
-    spec_int,
     update_status,
     warn_dropped_progress,
 )
 from sft_operator.readiness import ApiReachability, ReadinessChecker
-from sft_operator.status import (
-    SpecProblem,
+from sft_operator.run_policies import (
+    RunPolicy,
+    finished_for_longer_than,
     group_restart_plan,
     held_back,
-    last_trainer_termination,
     stall_restart_plan,
     stalled,
 )
+from sft_operator.status import SpecProblem
 from sft_operator.webhook import JobValidator, authorized, webhook_server
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
@@ -324,14 +324,14 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
     key = (raw["metadata"]["namespace"], raw["metadata"]["name"])
     current = memo.jobs.current(raw)
     status = SFTJobStatus.model_validate(current) if current else None
-    spec = raw.get("spec") or {}
+    policy = RunPolicy.from_spec(raw.get("spec") or {})
     if status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED):
-        expired = finished_for_longer_than(status, now(), spec_int(spec, "ttl_seconds_after_finished"))
+        expired = finished_for_longer_than(status, now(), policy.ttl_s)
         if expired:
             log.info("%s/%s: %s; deleting the job", key[0], key[1], expired)
             memo.kube.delete_job(key[0], key[1], raw["metadata"]["uid"])
         return
-    stall_s, startup_s = spec_int(spec, "stall_timeout_seconds"), spec_int(spec, "startup_timeout_seconds")
+    stall_s, startup_s = policy.stall_timeout_s, policy.startup_timeout_s
     why = stalled(status, now(), stall_s, startup_s) if status is not None else None
     if why is None or held_back(stall_restart_plan(status, now(), stall_s, startup_s), now()):
         refresh_status(memo, key, indexes)  # a stall restart held back by the backoff shows in the status

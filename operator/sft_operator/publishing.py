@@ -19,14 +19,13 @@ from kubernetes.client.exceptions import ApiException
 from sft_core import contract
 from sft_core.progress import TrainingProgress
 from sft_core.untrusted import DroppedValue
-from sft_core.wire import parse_rfc3339, rfc3339
+from sft_core.wire import rfc3339
 from sft_models.models import (
     ConditionType,
     InvalidSpecError,
     Phase,
     Reason,
     SFTJob,
-    SFTJobSpec,
     SFTJobStatus,
     epoch_full_state_warning,
     parse_job,
@@ -34,7 +33,9 @@ from sft_models.models import (
 from sft_operator import metrics, render
 from sft_operator.children import join_problems
 from sft_operator.kube import KubeApi
+from sft_operator.pod_facts import Blocker
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
+from sft_operator.run_policies import RunPolicy
 from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
 
 log = logging.getLogger("sft_operator")
@@ -59,7 +60,8 @@ class JobStatusBook:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[Key, threading.Lock] = {}
-        self._written: dict[Key, tuple[str, dict[str, Any]]] = {}
+        # Per job: its uid, the status last written, and the pod that status says it waits for.
+        self._written: dict[Key, tuple[str, dict[str, Any], Blocker | None]] = {}
         self._warned: dict[Key, tuple[str, set[str]]] = {}
 
     def lock(self, key: Key) -> threading.Lock:
@@ -83,15 +85,23 @@ class JobStatusBook:
             warned[1].update(new)
             return new
 
-    def record(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        self._written[job_key(body)] = (body["metadata"].get("uid", ""), status)
+    def record(self, body: dict[str, Any], status: dict[str, Any], blocker: Blocker | None = None) -> None:
+        self._written[job_key(body)] = (body["metadata"].get("uid", ""), status, blocker)
+
+    def _mine(self, body: dict[str, Any]) -> tuple[str, dict[str, Any], Blocker | None] | None:
+        written = self._written.get(job_key(body))
+        return written if written is not None and written[0] == body["metadata"].get("uid", "") else None
 
     def current(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The job's status as last written by us (same uid), else as the body has it."""
-        written = self._written.get(job_key(body))
-        if written is not None and written[0] == body["metadata"].get("uid", ""):
-            return written[1]
-        return body.get("status")
+        written = self._mine(body)
+        return written[1] if written is not None else body.get("status")
+
+    def blocker(self, body: dict[str, Any]) -> Blocker | None:
+        """The pod the status last written by us (same uid) says the job waits for. None when we
+        wrote none yet: after an operator restart a cause still in force is said once more."""
+        written = self._mine(body)
+        return written[2] if written is not None else None
 
     def standing_refusal(self, body: dict[str, Any]) -> SpecProblem | None:
         """The API's refusal of a child (e.g. a pod setting the StatefulSet cannot hold) as the
@@ -129,21 +139,6 @@ def warn_dropped_progress(kube: KubeApi, book: JobStatusBook, body: dict[str, An
         kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, message)
 
 
-def finished_for_longer_than(status: SFTJobStatus, at: str, ttl_s: Any) -> str | None:
-    """Why a Succeeded or Failed job has outlived spec.ttlSecondsAfterFinished, or None."""
-    if not isinstance(ttl_s, int) or status.phase not in (Phase.SUCCEEDED, Phase.FAILED):
-        return None
-    failed = next((c for c in status.conditions if c.type == ConditionType.FAILED.value), None)
-    finished = status.completion_time or (failed.last_transition_time if failed is not None else None)
-    if finished is None:
-        return None
-    age = (parse_rfc3339(at) - parse_rfc3339(finished)).total_seconds()
-    if age < ttl_s:
-        return None
-    return f"{status.phase.value} at {finished}, {int(age)} s ago (spec.ttlSecondsAfterFinished: {ttl_s})"
-
-
-
 def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None,
                policy: AdmissionPolicy | None = None) -> tuple[SFTJob | None, SpecProblem | None]:
     """The parsed job, and the operator's objection to its spec (invalid, refused by the admin
@@ -157,21 +152,6 @@ def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None,
         if changes:
             return job, SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, join_problems(changes))
     return job, None
-
-
-def spec_int(spec: dict[str, Any], field: str) -> int | None:
-    """An integer spec field as the body has it, else the model's default (a CRD installed
-    without defaulting, or an invalid spec the status must still be derived for)."""
-    info = SFTJobSpec.model_fields[field]
-    value = spec.get(info.alias or field)
-    return value if isinstance(value, int) and not isinstance(value, bool) else info.default
-
-
-def spec_export_uri(spec: dict[str, Any]) -> str | None:
-    """spec.export.uri as the body has it (None when unset or not a string)."""
-    export = spec.get("export")
-    uri = export.get("uri") if isinstance(export, dict) else None
-    return uri if isinstance(uri, str) else None
 
 
 def update_status(
@@ -193,24 +173,19 @@ def update_status(
     pods = list(pods)
     raw = book.current(body)
     current = SFTJobStatus.model_validate(raw) if raw else None
-    spec = body.get("spec") or {}
-    new = derive_status(
+    derived = derive_status(
         current,
         generation=meta.get("generation"),
-        nnodes=spec.get("nnodes") if isinstance(spec.get("nnodes"), int) else 1,
+        policy=RunPolicy.from_spec(body.get("spec") or {}),
         statefulset=statefulset,
         pods=pods,
         problem=problem,
         volume=volume,
         now=now(),
         progress=progress,
-        max_restarts=spec_int(spec, "max_restarts"),
-        active_deadline_s=spec_int(spec, "active_deadline_seconds"),
-        startup_timeout_s=spec_int(spec, "startup_timeout_seconds"),
         stall=stall,
-        stall_timeout_s=spec_int(spec, "stall_timeout_seconds"),
-        export_uri=spec_export_uri(spec),
     )
+    new = derived.status
     new_api = new.to_api()
     if current is not None and current.to_api() == new_api:
         metrics.observe_job(body, current)
@@ -233,16 +208,20 @@ def update_status(
                 kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, refused)
             return update_status(kube, book, body, statefulset, pods, problem, volume, None, stall)
         raise
-    book.record(body, new_api)
+    blocker_before = book.blocker(body)
+    book.record(body, new_api, derived.blocker)
     metrics.observe_job(body, new, patched=True)
-    _post_events(kube, body, current, new, problem)
+    _post_events(kube, body, current, new, problem, derived.blocker, blocker_before)
     if stall is not None:
         kube.post_event(body, "Warning", Reason.STALLED.value, stall)
     return new
 
 
 def _post_events(kube: KubeApi, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
-                 problem: SpecProblem | None) -> None:
+                 problem: SpecProblem | None, blocker: Blocker | None = None,
+                 blocker_before: Blocker | None = None) -> None:
+    """The Events of a status change; ``blocker``: the pod the new status says the job waits for,
+    ``blocker_before`` the one the status before said (posted once per cause)."""
     old_phase = current.phase if current is not None else None
     warning = epoch_full_state_warning(body.get("spec") or {}) if current is None else None
     if warning is not None:  # valid, but fewer resume points than the user likely thinks: say it once
@@ -262,20 +241,10 @@ def _post_events(kube: KubeApi, body: dict[str, Any], current: SFTJobStatus | No
         before is None or before.message != ready.message
     ):  # a rank cannot join its own rendezvous: say so while it retries
         kube.post_event(body, "Warning", ready.reason, ready.message or "")
-    blocker = _blocker(ready)
-    if blocker is not None and blocker[0] != (_blocker(before) or ("",))[0]:  # why pods wait: once per cause
-        kube.post_event(body, "Warning", blocker[0].split(": ")[-1], blocker[1])
+    if blocker is not None and (blocker_before is None or blocker.cause != blocker_before.cause):
+        kube.post_event(body, "Warning", blocker.reason, blocker.describe())  # why pods wait: once per cause
     if problem is not None:  # a new refusal (InvalidSpec, ImmutableFieldChanged): say why, once
         conditions = current.conditions if current is not None else []
         previous = next((c for c in conditions if c.type == ConditionType.SPEC_VALID.value), None)
         if previous is None or previous.message != problem.message:
             kube.post_event(body, "Warning", problem.reason.value, problem.message)
-
-
-def _blocker(ready: Any) -> tuple[str, str] | None:
-    """("pod j-1: ImagePullBackOff", the whole blocker) from a Ready message that names one."""
-    message = (ready.message or "") if ready is not None else ""
-    if "; waiting for " not in message:
-        return None
-    blocker = message.split("; waiting for ", 1)[1]
-    return ": ".join(blocker.split(": ")[:2]), blocker

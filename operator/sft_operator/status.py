@@ -3,33 +3,46 @@
 Everything here is a function of its arguments (``now`` included), so the handlers can call it
 on every change and patch only when the result differs. Progress comes from the checkpoint
 volume (the reporter's summary); Succeeded comes from the launcher's completion marker, Failed
-from the trainer's restarts (past spec.maxRestarts) or a configuration it rejected.
+from the trainer's restarts (past spec.maxRestarts) or a configuration it rejected. What the pods
+say is read by pod_facts, whether training is over by training_outcome, the clock-driven policies
+are judged by run_policies; this module assembles the status from their answers.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sft_core import contract
-from sft_core.checkpoints import HF_FORMAT_DIR
-from sft_core.progress import CheckpointExport, Stage, TrainingProgress
-from sft_core.wire import parse_rfc3339, rfc3339
+from sft_core.progress import TrainingProgress
 from sft_models.models import (
-    MAPPED_TRAINING_ARGS,
     AccessMode,
     Condition,
     ConditionType,
-    NodeRestarts,
     Phase,
     Reason,
     RestartBackoff,
     SFTJobStatus,
 )
+from sft_operator.pod_facts import (
+    Blocker,
+    count_node_restarts,
+    gated_pod,
+    pod_blocker,
+    rendezvous_conflict,
+    running_pods,
+)
 from sft_operator.render import accepted_spec
+from sft_operator.run_policies import (
+    RunPolicy,
+    deadline_exceeded,
+    describe_backoff,
+    group_restart_plan,
+    held_back,
+    stall_restart_plan,
+    startup_timed_out,
+)
+from sft_operator.training_outcome import RENDEZVOUS_CONFLICT_MESSAGE, exported_condition, training_verdict
 
 
 @dataclass(frozen=True)
@@ -65,94 +78,6 @@ def set_condition(
     return sorted([*others, updated], key=lambda c: c.type)
 
 
-def _pod_ordinal(pod: dict[str, Any]) -> int | None:
-    try:
-        return contract.node_rank_from_pod_name(pod["metadata"]["name"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _ordinal_or(pod: dict[str, Any], default: int) -> int:
-    """The pod's ordinal, or ``default`` for a pod without one (sorted last)."""
-    ordinal = _pod_ordinal(pod)
-    return default if ordinal is None else ordinal
-
-
-def running_pods(pods: Iterable[dict[str, Any]], total: int) -> int:
-    """Pods of the current topology (ordinal < total) that run and are not being deleted."""
-    count = 0
-    for pod in pods:
-        ordinal = _pod_ordinal(pod)
-        if ordinal is None or ordinal >= total:
-            continue
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        if (pod.get("status") or {}).get("phase") == "Running" and not _trainer_down(pod):
-            count += 1
-    return count
-
-
-def _trainer_down(pod: dict[str, Any]) -> bool:
-    """The trainer container has ended or waits to restart (CrashLoopBackOff) while the pod
-    itself runs on (its reporter sidecar keeps the pod phase Running)."""
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == contract.TRAINER_CONTAINER:
-            state = status.get("state") or {}
-            return bool(state.get("terminated") or state.get("waiting"))
-    return False
-
-
-def _trainer_terminations(pod: dict[str, Any], container: str = contract.TRAINER_CONTAINER) -> list[dict[str, Any]]:
-    """A container's terminations the pod still shows (current state, then last): the trainer's
-    unless told otherwise."""
-    found = []
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") != container:
-            continue
-        for state in (status.get("state"), status.get("lastState")):
-            terminated = (state or {}).get("terminated")
-            if terminated and terminated.get("finishedAt"):
-                found.append(terminated)
-    return found
-
-
-def is_preemption(exit_code: int, pod_deleted: bool) -> bool:
-    """A clean stop that loses no work: the launcher saved and exited 3, or someone deleted the
-    pod (drain, preemption, suspend), whatever the exit code its shutdown ended with."""
-    return exit_code == contract.EXIT_PREEMPTED or pod_deleted
-
-
-def count_node_restarts(ledger: Iterable[NodeRestarts], pods: Iterable[dict[str, Any]]) -> list[NodeRestarts]:
-    """The per-node ledger with every termination the pods show that it has not counted yet.
-
-    A termination is identified by its node and finishedAt: pods are recreated (restartCount
-    starts at 0 again) and show only their newest two terminations, so the ledger remembers the
-    newest one counted per node. Exit 0 (an idle pod scaled down) counts as neither."""
-    by_node = {entry.node: entry for entry in ledger}
-    for pod in pods:
-        node = _pod_ordinal(pod)
-        if node is None:
-            continue
-        deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-        entry = by_node.get(node) or NodeRestarts(node=node)
-        for terminated in sorted(_trainer_terminations(pod), key=lambda t: t["finishedAt"]):
-            if entry.last_exit_time is not None and terminated["finishedAt"] <= entry.last_exit_time:
-                continue
-            code = int(terminated.get("exitCode") or 0)
-            update: dict[str, Any] = {"last_exit_code": code, "last_exit_time": terminated["finishedAt"]}
-            if code == contract.EXIT_OK:  # finished, or an idle pod scaled down: neither
-                pass
-            elif code == contract.EXIT_BAD_CONFIG:  # rejected before training: nothing lost, and
-                pass  # the job fails ConfigRejected instead of restarting: not a restart either
-            elif is_preemption(code, deleted):
-                update["preemptions"] = entry.preemptions + 1
-            else:
-                update["failures"] = entry.failures + 1
-            entry = entry.model_copy(update=update)
-        if entry.last_exit_time is not None:  # nodes that never ended stay out of the status
-            by_node[node] = entry
-    return [by_node[node] for node in sorted(by_node)]
-
 
 @dataclass(frozen=True)
 class VolumeCheck:
@@ -185,59 +110,6 @@ def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name
     return VolumeCheck(True, Reason.CLAIM_FOUND, f"PersistentVolumeClaim {claim_name}")
 
 
-@dataclass(frozen=True)
-class Termination:
-    """How a trainer container last ended."""
-
-    pod: str
-    exit_code: int
-    reason: str
-    message: str
-    finished_at: str
-
-    def describe(self) -> str:
-        text = f"pod {self.pod}: {self.reason or 'Error'} (exit code {self.exit_code})"
-        return f"{text}: {self.message.strip()}" if self.message.strip() else text
-
-
-def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool = False,
-                             container: str = contract.TRAINER_CONTAINER) -> Termination | None:
-    """The newest termination of a trainer container across the pods (current or last state);
-    with ``failures_only``, the newest that lost work (not a preemption, not exit 0).
-    ``container``: another container's (the transfer sidecar's)."""
-    latest: Termination | None = None
-    for pod in pods:
-        name = (pod.get("metadata") or {}).get("name", "")
-        deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-        for terminated in _trainer_terminations(pod, container):
-            candidate = Termination(
-                pod=name,
-                exit_code=int(terminated.get("exitCode") or 0),
-                reason=terminated.get("reason") or "",
-                message=terminated.get("message") or "",
-                finished_at=terminated.get("finishedAt") or "",
-            )
-            if failures_only and (candidate.exit_code == contract.EXIT_OK or is_preemption(candidate.exit_code, deleted)):
-                continue
-            if latest is None or candidate.finished_at > latest.finished_at:
-                latest = candidate
-    return latest
-
-
-_TRAINING_ARG = re.compile(r"\btrainingArgs\.([a-z_]+)")
-
-
-def name_spec_fields(message: str) -> str:
-    """The launcher names TrainingArgs keys (``trainingArgs.data_path``); users wrote the spec:
-    add the spec field each key comes from (``spec.dataPath (trainingArgs.data_path)``)."""
-
-    def spec_name(match: re.Match[str]) -> str:
-        key = match.group(1)
-        source = MAPPED_TRAINING_ARGS.get(key)
-        field = f"spec.{source}" if source else f"spec.extraArgs.{key}"
-        return f"{field} ({match.group(0)})"
-
-    return _TRAINING_ARG.sub(spec_name, message)
 
 
 def spec_condition(
@@ -276,89 +148,12 @@ def _finished(
     )
 
 
-def training_verdict(
-    progress: TrainingProgress | None,
-    pods: list[dict[str, Any]],
-    restarts: int,
-    max_restarts: int | None,
-    export_uri: str | None = None,
-) -> tuple[Phase, Reason, str] | None:
-    """Whether training is over, from the volume (completion) and the trainer's exits: the
-    phase, reason and message it ends with, or None while it goes on. With ``export_uri`` the
-    job Succeeds only once its final checkpoint is exported there."""
-    if progress is not None and progress.stage is Stage.COMPLETED:
-        message = f"trained {progress.num_epochs} epochs"
-        if progress.latest_checkpoint:
-            message += f"; final checkpoint hf_format/{progress.latest_checkpoint}"
-        if export_uri is not None:
-            final = final_export(progress)
-            if final is None:
-                return None  # the transfer sidecar still uploads it (condition Exported says how it goes)
-            message += f", exported to {final.uri}"
-        return Phase.SUCCEEDED, Reason.TRAINING_COMPLETED, message
-    fetch = last_trainer_termination(pods, container=contract.TRANSFER_CONTAINER)
-    if fetch is not None and fetch.exit_code == contract.EXIT_BAD_CONFIG:
-        # The transfer sidecar's one line names the field and the source.
-        return Phase.FAILED, Reason.DOWNLOAD_FAILED, fetch.message.strip() or fetch.describe()
-    termination = last_trainer_termination(pods)
-    if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
-        return (Phase.FAILED, Reason.CONFIG_REJECTED,
-                "the launcher rejected its configuration, a retry cannot help: " + name_spec_fields(termination.describe()))
-    if max_restarts is not None and restarts > max_restarts:
-        failure = last_trainer_termination(pods, failures_only=True)
-        last = failure.describe() if failure is not None else "no termination recorded"
-        counted = f"the trainer failed {restarts} times (spec.maxRestarts: {max_restarts}; preemptions do not count)"
-        if failure is not None and failure.exit_code == contract.EXIT_RENDEZVOUS_CONFLICT:
-            return Phase.FAILED, Reason.RENDEZVOUS_CONFLICT, f"{RENDEZVOUS_CONFLICT_MESSAGE}; {counted}; last: {last}"
-        return Phase.FAILED, Reason.TOO_MANY_RESTARTS, f"{counted}; last: {last}"
-    return None
-
-
-def final_export(progress: TrainingProgress) -> CheckpointExport | None:
-    """The export of the job's final checkpoint (its newest hf_format one), once uploaded."""
-    if not progress.latest_checkpoint:
-        return None
-    wanted = f"{HF_FORMAT_DIR}/{progress.latest_checkpoint}"
-    return next((e for e in progress.exports or [] if e.checkpoint == wanted), None)
-
-
-def exported_condition(progress: TrainingProgress | None) -> tuple[bool, Reason, str] | None:
-    """Condition Exported (spec.export): None until there is something to say."""
-    if progress is None:
-        return None
-    exports = progress.exports or []
-    if progress.stage is Stage.COMPLETED and final_export(progress) is not None:
-        final = final_export(progress)
-        assert final is not None
-        return True, Reason.EXPORTED, f"{len(exports)} checkpoint(s) exported; final: {final.uri}"
-    if progress.export_error:
-        return False, Reason.EXPORT_FAILING, f"retrying with backoff: {progress.export_error}"
-    if progress.stage is Stage.COMPLETED:
-        return False, Reason.EXPORT_PENDING, f"training is over; uploading the final checkpoint hf_format/{progress.latest_checkpoint}"
-    if exports:
-        return False, Reason.EXPORT_PENDING, f"{len(exports)} checkpoint(s) exported; newest: {exports[-1].uri}"
-    return None
-
-
 def download_retry(progress: TrainingProgress | None) -> str | None:
     """A remote source whose download failed and is being retried: the Ready message."""
     for download in (progress.downloads or []) if progress is not None else []:
         if download.error and download.state not in ("Done", "Failed"):
             return f"{download.field} ({download.source}): {download.error}; retrying"
     return None
-
-
-RENDEZVOUS_CONFLICT_MESSAGE = "another job holds this job's rendezvous (spec.rdzvPort)"
-
-
-def rendezvous_conflict(pods: list[dict[str, Any]]) -> Termination | None:
-    """The trainer's newest termination when it is a rendezvous conflict (exit 5) and the
-    trainer has not run since: why a job that retries waits."""
-    newest = last_trainer_termination(pods)
-    if newest is None or newest.exit_code != contract.EXIT_RENDEZVOUS_CONFLICT:
-        return None
-    pod = next((p for p in pods if (p.get("metadata") or {}).get("name") == newest.pod), None)
-    return newest if pod is not None and _trainer_down(pod) else None
 
 
 def _invalid_spec(
@@ -379,10 +174,32 @@ def _invalid_spec(
     )
 
 
+@dataclass(frozen=True)
+class LiveReady:
+    """The Ready condition of a live job before its message is written: ``head`` says what runs
+    (with a download retry or a rendezvous conflict), ``blocker`` the pod a pending job waits for."""
+
+    status: bool
+    reason: str
+    head: str
+    blocker: Blocker | None
+
+
+def ready_message(ready: LiveReady, backoff: RestartBackoff | None) -> str:
+    """The Ready message of a live job, the only place it is written: what runs, then the
+    restart a backoff holds back, then the pod the job waits for (last: it may be long)."""
+    message = ready.head
+    if backoff is not None:
+        message += f"; {describe_backoff(backoff)}"
+    if ready.blocker is not None:
+        message += f"; waiting for {ready.blocker.describe()}"
+    return message
+
+
 def _live(
     current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], statefulset: dict[str, Any] | None,
     pods: list[dict[str, Any]], volume: VolumeCheck | None, now: str, generation: int | None,
-) -> SFTJobStatus:
+) -> tuple[SFTJobStatus, LiveReady]:
     """Pending, Running or Suspended: what the StatefulSet and its pods say."""
     ready, nnodes = facts["ready_nodes"], facts["total_nodes"]
     if any(c.type == ConditionType.FAILED.value for c in conditions):
@@ -405,22 +222,23 @@ def _live(
     )
     conflict = rendezvous_conflict(pods) if phase is Phase.PENDING and statefulset is not None else None
     retrying = download_retry(facts["progress"]) if phase is Phase.RUNNING else None
+    running = f"{ready}/{nnodes} pods running"
+    blocker = None
     if retrying is not None:
-        ready_reason, ready_message = Reason.DOWNLOAD_RETRYING.value, f"{ready}/{nnodes} pods running; {retrying}"
+        ready_reason, head = Reason.DOWNLOAD_RETRYING.value, f"{running}; {retrying}"
     elif phase is Phase.RUNNING:
-        ready_reason, ready_message = Reason.ALL_NODES_RUNNING.value, f"{ready}/{nnodes} pods running"
+        ready_reason, head = Reason.ALL_NODES_RUNNING.value, running
     elif suspended:
-        ready_reason, ready_message = Reason.SUSPENDED.value, "suspended"
+        ready_reason, head = Reason.SUSPENDED.value, "suspended"
     elif conflict is not None:
         ready_reason = Reason.RENDEZVOUS_CONFLICT.value
-        ready_message = f"{ready}/{nnodes} pods running; {RENDEZVOUS_CONFLICT_MESSAGE}: {conflict.describe()}"
+        head = f"{running}; {RENDEZVOUS_CONFLICT_MESSAGE}: {conflict.describe()}"
     else:
-        ready_reason, ready_message = Reason.NODES_PENDING.value, f"{ready}/{nnodes} pods running"
+        ready_reason, head = Reason.NODES_PENDING.value, running
         blocker = pod_blocker(pods, nnodes) if statefulset is not None else None
-        if blocker is not None:
-            ready_message += f"; waiting for {blocker}"
+    live_ready = LiveReady(phase is Phase.RUNNING and retrying is None, ready_reason, head, blocker)
     conditions = set_condition(
-        conditions, ConditionType.READY.value, phase is Phase.RUNNING and retrying is None, ready_reason, ready_message,
+        conditions, ConditionType.READY.value, live_ready.status, ready_reason, ready_message(live_ready, None),
         now, generation,
     )
     gated = gated_pod(pods, nnodes) if statefulset is not None and not suspended else None
@@ -439,252 +257,48 @@ def _live(
     start_time = current.start_time
     if phase is Phase.RUNNING and start_time is None:
         start_time = now
-    return current.model_copy(update={**facts, "phase": phase, "conditions": conditions, "start_time": start_time})
+    status = current.model_copy(update={**facts, "phase": phase, "conditions": conditions, "start_time": start_time})
+    return status, live_ready
 
 
-def ranks_left_behind(pods: Iterable[dict[str, Any]]) -> list[str]:
-    """Pods whose trainer still runs from before another rank's newest failure: they wait in a
-    collective for a peer that is gone, until NCCL's timeout. Restarting them at once restarts
-    the whole group (they resume from the latest full state together)."""
-    pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    failure = last_trainer_termination(pods, failures_only=True)
-    if failure is None or failure.exit_code == contract.EXIT_BAD_CONFIG:
-        return []
-    behind = []
-    for pod in pods:
-        name = (pod.get("metadata") or {}).get("name", "")
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            started = ((status.get("state") or {}).get("running") or {}).get("startedAt")
-            if status.get("name") == contract.TRAINER_CONTAINER and name != failure.pod and started \
-                    and started < failure.finished_at:
-                behind.append(name)
-    return sorted(behind)
-
-
-def _condition(status: SFTJobStatus, type_: ConditionType) -> Condition | None:
-    return next((c for c in status.conditions if c.type == type_.value), None)
-
-
-def _since(status: SFTJobStatus, type_: ConditionType, value: str) -> datetime | None:
-    """When the condition last became ``value`` (None if it is not ``value`` now)."""
-    condition = _condition(status, type_)
-    return parse_rfc3339(condition.last_transition_time) if condition is not None and condition.status == value else None
-
-
-def pod_blocker(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
-    """Why the first pod that does not run waits, in the kubelet's or the scheduler's words:
-    a container's waiting reason (ImagePullBackOff, CreateContainerConfigError, ...), else the
-    pod's PodScheduled=False reason (Unschedulable: 0/12 nodes are available: ...)."""
-    for pod in sorted(pods, key=lambda p: _ordinal_or(p, nnodes)):
-        ordinal = _pod_ordinal(pod)
-        if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        name = (pod.get("metadata") or {}).get("name", "")
-        status = pod.get("status") or {}
-        for container in status.get("containerStatuses") or []:
-            waiting = (container.get("state") or {}).get("waiting")
-            if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
-                text = f"pod {name}: {waiting['reason']}"
-                return f"{text}: {waiting['message']}" if waiting.get("message") else text
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                text = f"pod {name}: {condition.get('reason') or 'Unschedulable'}"
-                return f"{text}: {condition['message']}" if condition.get("message") else text
-    return None
-
-
-def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> str | None:
-    """The message of a job past spec.activeDeadlineSeconds, counted from when it first ran or
-    was last resumed (as a Kubernetes Job's), or None."""
-    if deadline_s is None or live.start_time is None or live.phase not in (Phase.RUNNING, Phase.PENDING):
-        return None
-    since = max(parse_rfc3339(live.start_time), _since(live, ConditionType.SUSPENDED, "False") or parse_rfc3339(live.start_time))
-    elapsed = (parse_rfc3339(now) - since).total_seconds()
-    if elapsed <= deadline_s:
-        return None
-    return (f"ran {int(elapsed)} s since {rfc3339(since)}, past spec.activeDeadlineSeconds ({deadline_s} s); "
-            "the pods were stopped with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: "
-            "a job created again with the same checkpoints resumes from them")
-
-
-def gated_pod(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
-    """The first pod of the job a scheduling gate holds back (Kueue gates the pods of a queued
-    workload until it admits them all), in the scheduler's words, or None."""
-    for pod in sorted(pods, key=lambda p: _ordinal_or(p, nnodes)):
-        ordinal = _pod_ordinal(pod)
-        if ordinal is None or ordinal >= nnodes or (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        for condition in (pod.get("status") or {}).get("conditions") or []:
-            if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                "PodScheduled", "False", "SchedulingGated"
-            ):
-                text = f"pod {(pod.get('metadata') or {}).get('name', '')}: SchedulingGated"
-                return f"{text}: {condition['message']}" if condition.get("message") else text
-    return None
-
-
-def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods: list[dict[str, Any]]) -> str | None:
-    """The message of a job whose pods did not all run within spec.startupTimeoutSeconds of its
-    creation, its resume, the loss of a pod or the lifting of a queue's scheduling gates, or None.
-    While a gate holds a pod back (the job waits in a queue) it does not run."""
-    if timeout_s is None or live.phase is not Phase.PENDING or _since(live, ConditionType.QUEUED, "True") is not None:
-        return None
-    starts = [_since(live, ConditionType.READY, "False"), _since(live, ConditionType.SUSPENDED, "False"),
-              _since(live, ConditionType.QUEUED, "False")]
-    since = max((start for start in starts if start is not None), default=None)
-    if since is None or (parse_rfc3339(now) - since).total_seconds() <= timeout_s:
-        return None
-    blocker = pod_blocker(pods, live.total_nodes) or f"{live.nodes} pods running"
-    return f"not every pod ran within spec.startupTimeoutSeconds ({timeout_s} s): {blocker}"
-
-
-def stall_limit_s(status: SFTJobStatus, stall_timeout_s: int | None, startup_timeout_s: int | None) -> int | None:
-    """How long a running job may go without a new fact on the volume before it counts as
-    stalled, or None when nothing bounds its current stage. Training: spec.stallTimeoutSeconds.
-    Initializing (pods up, no step of this run yet: model loading, rendezvous, the first step):
-    spec.startupTimeoutSeconds if longer, since loading a large model from network storage may
-    take far longer than a step; a real-node run on a loaded machine was restarted in a loop
-    before its first step with the stall timeout alone. Saving: the same longer bound. Data
-    processing: exempt (the launcher's own watchdog bounds it)."""
-    progress = status.progress
-    if stall_timeout_s is None or status.phase is not Phase.RUNNING or progress is None:
-        return None
-    if progress.stage is Stage.TRAINING:
-        return stall_timeout_s
-    if progress.stage in (Stage.INITIALIZING, Stage.SAVING) and startup_timeout_s is not None:
-        # A save of a large model to network storage may take many minutes too; a rank frozen in a
-        # save must not hold the GPUs forever.
-        return max(stall_timeout_s, startup_timeout_s)
-    return None
-
-
-def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
-            startup_timeout_s: int | None = None) -> str | None:
-    """Why a running job counts as stalled: no new step in the metrics log (nothing newer on the
-    volume) for stall_limit_s since the step or since every pod ran. None otherwise."""
-    limit = stall_limit_s(status, stall_timeout_s, startup_timeout_s)
-    last = _last_training_fact(status)
-    if limit is None or last is None or status.progress is None:
-        return None
-    idle = (parse_rfc3339(now) - last).total_seconds()
-    if idle <= limit:
-        return None
-    progress = status.progress
-    at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
-    bound = (f"spec.stallTimeoutSeconds: {stall_timeout_s}" if progress.stage is Stage.TRAINING
-             else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}"
-             if progress.stage is Stage.INITIALIZING
-             else f"while saving spec.startupTimeoutSeconds bounds it: {limit}")
-    return (f"no training step for {int(idle)} s ({bound}); last fact on the volume at {rfc3339(last)} "
-            f"({progress.stage.value}, {at}); restarting every rank from the latest full state")
-
-
-def _last_training_fact(status: SFTJobStatus) -> datetime | None:
-    """What a stall is counted from: the newest fact on the volume, or when every pod ran."""
-    progress = status.progress
-    running_since = _since(status, ConditionType.READY, "True")
-    updated = parse_rfc3339(progress.last_update_time) if progress is not None and progress.last_update_time else None
-    facts = [t for t in (running_since, updated) if t]
-    return max(facts) if facts else None
-
-
-# --- backoff between the operator's group restarts -------------------------------------------
-
-RESTART_BACKOFF_INITIAL_S = 10
-RESTART_BACKOFF_CAP_S = 300
-RANKS_LEFT_BEHIND = "RanksLeftBehind"
-
-
-def restart_backoff_s(restart: int) -> int:
-    """How long the operator holds back its ``restart``-th group restart (counted as
-    status.restarts counts: restarts that lost work) after its cause: none for the first, then
-    10 s doubling to 5 minutes (the kubelet's CrashLoopBackOff curve)."""
-    if restart <= 1:
-        return 0
-    doublings = min(restart - 2, 5)  # 10 * 2**5 = 320 is past the cap already
-    delay: int = min(RESTART_BACKOFF_INITIAL_S * 2**doublings, RESTART_BACKOFF_CAP_S)
-    return delay
-
-
-def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> RestartBackoff | None:
-    """The restart of the ranks a failure left behind (ranks_left_behind), due the backoff after
-    the failure ended; ``restarts`` already counts that failure. None when no rank is behind."""
-    pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    behind = ranks_left_behind(pods)
-    failure = last_trainer_termination(pods, failures_only=True)
-    if not behind or failure is None:
-        return None
-    restart = max(restarts, 1)
-    delay = restart_backoff_s(restart)
-    due = parse_rfc3339(failure.finished_at) + timedelta(seconds=delay)
-    return RestartBackoff(reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay,
-                          next_restart_at=rfc3339(due), ranks=behind)
-
-
-def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
-                       startup_timeout_s: int | None = None) -> RestartBackoff | None:
-    """The restart of every rank of a stalled job (stalled), due the backoff after the job counted
-    as stalled (its last fact + stall_limit_s). None when it is not stalled."""
-    last = _last_training_fact(status)
-    limit = stall_limit_s(status, stall_timeout_s, startup_timeout_s)
-    if limit is None or last is None or stalled(status, now, stall_timeout_s, startup_timeout_s) is None:
-        return None
-    restart = status.restarts + 1
-    delay = restart_backoff_s(restart)
-    due = last + timedelta(seconds=limit + delay)
-    return RestartBackoff(reason=Reason.STALLED.value, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due))
-
-
-def held_back(plan: RestartBackoff | None, now: str) -> bool:
-    """Whether the backoff still holds the planned restart back."""
-    return plan is not None and parse_rfc3339(now) < parse_rfc3339(plan.next_restart_at)
-
-
-def describe_backoff(plan: RestartBackoff) -> str:
-    what = (f"restarting {', '.join(plan.ranks)} with the failed rank" if plan.reason == RANKS_LEFT_BEHIND
-            else "restarting every rank (stalled)")
-    return (f"{what} at {plan.next_restart_at}: backoff {plan.delay_seconds} s before restart {plan.restart} "
-            f"({RESTART_BACKOFF_INITIAL_S} s doubling to {RESTART_BACKOFF_CAP_S} s)")
-
-
-def _with_backoff(live: SFTJobStatus, plan: RestartBackoff, now: str, generation: int | None) -> SFTJobStatus:
-    """The status with the held-back restart in status.restartBackoff and the Ready message (before
-    any "waiting for ...", which names the blocking pod)."""
-    ready = _condition(live, ConditionType.READY)
-    if ready is None:
-        return live.model_copy(update={"restart_backoff": plan})
-    head, sep, tail = (ready.message or "").partition("; waiting for ")
-    message = f"{head}; {describe_backoff(plan)}{sep}{tail}"
-    conditions = set_condition(live.conditions, ConditionType.READY.value, ready.status == "True", ready.reason,
-                               message, now, generation)
+def _with_backoff(live: SFTJobStatus, ready: LiveReady, plan: RestartBackoff, now: str,
+                  generation: int | None) -> SFTJobStatus:
+    """The status with the held-back restart in status.restartBackoff and the Ready message."""
+    conditions = set_condition(live.conditions, ConditionType.READY.value, ready.status, ready.reason,
+                               ready_message(ready, plan), now, generation)
     return live.model_copy(update={"restart_backoff": plan, "conditions": conditions})
+
+
+@dataclass(frozen=True)
+class DerivedStatus:
+    """The derived status, and the pod its Ready message says the job waits for (structured:
+    the blocker Event is posted once per cause, and the message is never read back)."""
+
+    status: SFTJobStatus
+    blocker: Blocker | None = None
 
 
 def derive_status(
     current: SFTJobStatus | None,
     *,
     generation: int | None,
-    nnodes: int,
+    policy: RunPolicy,
     statefulset: dict[str, Any] | None,
     pods: Iterable[dict[str, Any]],
     problem: SpecProblem | None,
     volume: VolumeCheck | None,
     now: str,
     progress: TrainingProgress | None = None,
-    max_restarts: int | None = None,
-    active_deadline_s: int | None = None,
-    startup_timeout_s: int | None = None,
     stall: str | None = None,
-    stall_timeout_s: int | None = None,
-    export_uri: str | None = None,
-) -> SFTJobStatus:
+) -> DerivedStatus:
     """The job's status from what exists.
 
     ``stall``: the operator restarts every rank of a stalled job now (why); it counts as a
     failure. Deadline and start-up timeout are judged against ``now``, and so is the backoff
-    that holds back a group restart (status.restartBackoff; ``stall_timeout_s`` for a stall's).
+    that holds back a group restart (status.restartBackoff; the policy's stall timeout for a
+    stall's).
 
-    ``nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
+    ``policy.nnodes`` is the spec's; once the StatefulSet exists, the topology it was created with
     wins (a refused change to nnodes does not change what runs). Suspension is read from the
     StatefulSet too: replicas 0 means suspended, whatever the spec says right now.
     ``volume`` None keeps the CheckpointVolume condition as it is (pod events do not re-read the
@@ -692,6 +306,7 @@ def derive_status(
     """
     current = current or SFTJobStatus()
     pods = list(pods)
+    nnodes = policy.nnodes
     if statefulset is not None:
         accepted = accepted_spec(statefulset) or {}
         nnodes = int(accepted.get("nnodes") or nnodes)
@@ -714,34 +329,35 @@ def derive_status(
     if current.training_over:
         # For good: only the facts move. observedGeneration follows the spec (a later change was
         # seen, and refused or changing nothing); GitOps health checks wait for it.
-        return current.model_copy(update={**facts, "conditions": conditions})
-    if export_uri is not None:
+        return DerivedStatus(current.model_copy(update={**facts, "conditions": conditions}))
+    if policy.export_uri is not None:
         exported = exported_condition(facts["progress"])
         if exported is not None:
             conditions = set_condition(conditions, ConditionType.EXPORTED.value, exported[0], exported[1].value,
                                        exported[2], now, generation)
     verdict = training_verdict(facts["progress"], pods if statefulset is not None else [], facts["restarts"],
-                               max_restarts, export_uri)
+                               policy.max_restarts, policy.export_uri)
     if verdict is not None:
         phase, reason, message = verdict
-        return _finished(current, conditions, facts, phase=phase, reason=reason, message=message, now=now,
-                         generation=generation)
+        return DerivedStatus(_finished(current, conditions, facts, phase=phase, reason=reason, message=message,
+                                       now=now, generation=generation))
     if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
-        return _invalid_spec(current, conditions, facts, problem, now, generation)
-    live = _live(current, conditions, facts, statefulset, pods, volume, now, generation)
-    timed_out = deadline_exceeded(live, now, active_deadline_s)
+        return DerivedStatus(_invalid_spec(current, conditions, facts, problem, now, generation))
+    live, live_ready = _live(current, conditions, facts, statefulset, pods, volume, now, generation)
+    timed_out = deadline_exceeded(live, now, policy.active_deadline_s)
     reason = Reason.DEADLINE_EXCEEDED
     if timed_out is None and problem is None:
-        timed_out, reason = startup_timed_out(live, now, startup_timeout_s, pods), Reason.STARTUP_TIMEOUT
+        timed_out, reason = startup_timed_out(live, now, policy.startup_timeout_s, pods), Reason.STARTUP_TIMEOUT
     if timed_out is not None:
-        return _finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason, message=timed_out, now=now,
-                         generation=generation)
+        return DerivedStatus(_finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason,
+                                       message=timed_out, now=now, generation=generation))
     if stall is None and statefulset is not None and live.phase is not Phase.SUSPENDED:
-        plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(live, now, stall_timeout_s, startup_timeout_s)
+        plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(
+            live, now, policy.stall_timeout_s, policy.startup_timeout_s)
         if held_back(plan, now):
             assert plan is not None
-            return _with_backoff(live, plan, now, generation)
-    return live
+            return DerivedStatus(_with_backoff(live, live_ready, plan, now, generation), live_ready.blocker)
+    return DerivedStatus(live, live_ready.blocker)
 
 
 def phase_event_message(status: SFTJobStatus, problem: SpecProblem | None) -> str:

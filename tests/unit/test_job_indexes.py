@@ -16,6 +16,7 @@ from sft_models.models import Phase, Reason, parse_job
 from sft_operator import render
 from sft_operator.indexes import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
 from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, update_status, warn_dropped_progress
+from sft_operator.run_policies import RunPolicy
 from sft_operator.status import derive_status
 
 NS, JOB, JOB_UID, STS_UID = "ns", "j", "uid-job", "uid-sts"
@@ -71,9 +72,13 @@ def indexes(*, statefulsets: list[dict[str, Any]], pods: list[dict[str, Any]],
                    progress_by_job={KEY: list(progress)}, children_by_job={})
 
 
+POLICY = RunPolicy(nnodes=2, max_restarts=0, active_deadline_s=None, startup_timeout_s=None, stall_timeout_s=None,
+                   ttl_s=None, export_uri=None)
+
+
 def status_of(view: Indexes) -> Any:
-    return derive_status(None, generation=1, nnodes=2, statefulset=view.statefulset(KEY), pods=view.pods(KEY),
-                         problem=None, volume=None, now=T2, progress=view.progress(KEY), max_restarts=0)
+    return derive_status(None, generation=1, policy=POLICY, statefulset=view.statefulset(KEY), pods=view.pods(KEY),
+                         problem=None, volume=None, now=T2, progress=view.progress(KEY)).status
 
 
 def test_the_pod_projection_records_its_controller() -> None:
@@ -90,8 +95,8 @@ def test_a_foreign_pod_labelled_like_pod_0_does_not_fail_the_job() -> None:
     status = status_of(view)
     assert (status.phase, status.restarts, status.ready_nodes) == (Phase.RUNNING, 0, 2)
     # The same pods matched by label alone (what the indexes did before) fail it: the test can fail.
-    by_label = derive_status(None, generation=1, nnodes=2, statefulset=view.statefulset(KEY), pods=[*foreign, *mine],
-                             problem=None, volume=None, now=T2, max_restarts=0)
+    by_label = derive_status(None, generation=1, policy=POLICY, statefulset=view.statefulset(KEY),
+                             pods=[*foreign, *mine], problem=None, volume=None, now=T2).status
     failed = next(c for c in by_label.conditions if c.type == "Failed")
     assert (by_label.phase, failed.reason) == (Phase.FAILED, Reason.TOO_MANY_RESTARTS.value)
 

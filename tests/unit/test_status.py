@@ -6,23 +6,23 @@ from typing import Any
 
 from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 from sft_models.models import Phase, Reason, SFTJobStatus, parse_job
+from sft_operator.pod_facts import Blocker, Termination, last_trainer_termination, pod_blocker, ranks_left_behind
 from sft_operator.render import render_statefulset
+from sft_operator.run_policies import (
+    RunPolicy,
+    group_restart_plan,
+    held_back,
+    restart_backoff_s,
+    stall_restart_plan,
+    stalled,
+)
 from sft_operator.status import (
     SpecProblem,
-    Termination,
     VolumeCheck,
     check_checkpoint_claim,
     derive_status,
-    group_restart_plan,
-    held_back,
-    last_trainer_termination,
     phase_event_message,
-    pod_blocker,
-    ranks_left_behind,
-    restart_backoff_s,
     set_condition,
-    stall_restart_plan,
-    stalled,
 )
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -51,10 +51,22 @@ def pod(ordinal: int, phase: str = "Running", restarts: int = 0, deleting: bool 
     }
 
 
+POLICY_FIELDS = ("nnodes", "max_restarts", "active_deadline_s", "startup_timeout_s", "stall_timeout_s", "ttl_s",
+                 "export_uri")
+
+
+def run_policy(**fields: Any) -> RunPolicy:
+    """A RunPolicy for 2 nodes with every bound off, but those given."""
+    return RunPolicy(**{"nnodes": 2, **{name: None for name in POLICY_FIELDS[1:]}, **fields})
+
+
 def derive(current: SFTJobStatus | None = None, **kwargs: Any) -> SFTJobStatus:
-    args: dict[str, Any] = dict(generation=1, nnodes=2, statefulset=sts(), pods=[], problem=None, volume=None, now=T0)
+    """derive_status's status; the RunPolicy's fields may be given as keywords too."""
+    policy = run_policy(**{name: kwargs.pop(name) for name in POLICY_FIELDS if name in kwargs})
+    args: dict[str, Any] = dict(generation=1, policy=policy, statefulset=sts(), pods=[], problem=None, volume=None,
+                                now=T0)
     args.update(kwargs)
-    return derive_status(current, **args)
+    return derive_status(current, **args).status
 
 
 def conditions(status: SFTJobStatus) -> dict[str, tuple[str, str]]:
@@ -451,8 +463,22 @@ def test_a_pending_job_says_which_pod_waits_and_why() -> None:
     unschedulable = {"metadata": {"name": "j-0"}, "status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
          "message": "0/12 nodes are available: 12 Insufficient nvidia.com/gpu."}]}}
-    assert pod_blocker([unschedulable, pulling], 2) == (
-        "pod j-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
+    blocker = pod_blocker([unschedulable, pulling], 2)
+    assert blocker == Blocker("j-0", "Unschedulable", "0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
+    assert (blocker.cause, blocker.describe()) == (
+        "pod j-0: Unschedulable", "pod j-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
+    assert Blocker("j-1", "ErrImagePull", "").describe() == "pod j-1: ErrImagePull"
+
+
+def test_the_derived_status_carries_the_blocker_its_ready_message_names() -> None:
+    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "m"}}}]}}
+    args: dict[str, Any] = dict(generation=1, policy=run_policy(), statefulset=sts(), problem=None, volume=None,
+                                now=T0)
+    assert derive_status(None, pods=[pod(0), pulling], **args).blocker == Blocker("j-1", "ImagePullBackOff", "m")
+    assert derive_status(None, pods=[pod(0), pod(1)], **args).blocker is None  # running: nothing to wait for
+    no_sts = {**args, "statefulset": None}
+    assert derive_status(None, pods=[pod(0), pulling], **no_sts).blocker is None  # the message names none either
 
 
 def test_startup_timeout_fails_with_the_blocking_pods_reason() -> None:
