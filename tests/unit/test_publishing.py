@@ -1,11 +1,13 @@
-"""publishing: what status patch and which Events a derivation produces, against a fake of the
-API adapter's two calls it makes (patch_job_status, post_event); the book; the spec's RunPolicy."""
+"""publishing: what status patch and which Events a derivation produces, against the adapter's
+fake answering the two calls publishing makes (patch_job_status, post_event); the book; the
+spec's RunPolicy."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from fake_kube import FakeKube
 from kubernetes.client.exceptions import ApiException
 from test_status import T0, pod, progress, sts
 
@@ -22,9 +24,9 @@ SPEC = {"modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize
 PULL_BACKOFF = 'Back-off pulling image "sft:x"'
 
 
-class FakeKube:
-    """The adapter's calls publishing makes, recorded; ``refuse`` raises instead of patching while
-    it returns an exception for the patch."""
+class RecordingKube(FakeKube):
+    """The adapter's calls publishing makes, recorded (any other fails the test); ``refuse``
+    returns the exception a patch raises instead, or None."""
 
     def __init__(self, refuse: Any = None) -> None:
         self.patches: list[dict[str, Any]] = []
@@ -75,7 +77,7 @@ def counts(phase: str, ready: int, total: int = 2) -> dict[str, Any]:
 
 
 def test_the_first_status_of_a_pending_job_is_patched_with_its_phase_and_blocker_events() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     new = update_status(kube, book, job(), sts(), [pod(0), waiting("ImagePullBackOff", PULL_BACKOFF)], None, None)
     assert kube.patches == [{
         **counts("Pending", 1),
@@ -94,7 +96,7 @@ def test_the_first_status_of_a_pending_job_is_patched_with_its_phase_and_blocker
 
 
 def test_an_unchanged_status_is_neither_patched_nor_said_again() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     pods = [pod(0), waiting("ImagePullBackOff", PULL_BACKOFF)]
     update_status(kube, book, job(), sts(), pods, None, None)
     update_status(kube, book, job(), sts(), pods, None, None)
@@ -102,7 +104,7 @@ def test_an_unchanged_status_is_neither_patched_nor_said_again() -> None:
 
 
 def test_the_blocker_event_is_said_once_per_cause_not_per_detail() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     update_status(kube, book, job(), sts(), [pod(0), waiting("ErrImagePull", "rpc error 1")], None, None)
     update_status(kube, book, job(), sts(), [pod(0), waiting("ErrImagePull", "rpc error 2")], None, None)
     update_status(kube, book, job(), sts(), [pod(0), waiting("ImagePullBackOff", PULL_BACKOFF)], None, None)
@@ -123,7 +125,7 @@ def test_the_blocker_event_is_said_once_per_cause_not_per_detail() -> None:
 
 
 def test_after_an_operator_restart_a_blocker_still_in_force_is_said_once_more() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     update_status(kube, book, job(), sts(), [pod(0), waiting("ErrImagePull", "rpc error 1")], None, None)
     restarted = JobStatusBook()  # remembers nothing; the job's body has the status written before
     update_status(kube, restarted, job(kube.patches[-1]), sts(), [pod(0), waiting("ErrImagePull", "rpc error 2")],
@@ -135,14 +137,14 @@ def test_after_an_operator_restart_a_blocker_still_in_force_is_said_once_more() 
 def test_a_restart_backoff_that_ended_is_removed_by_name() -> None:
     held = RestartBackoff(reason=Reason.STALLED.value, restart=2, delay_seconds=10, next_restart_at=T0)
     before = SFTJobStatus(restart_backoff=held).to_api()
-    kube = FakeKube()
+    kube = RecordingKube()
     update_status(kube, JobStatusBook(), job(before), sts(), [pod(0), pod(1)], None, None)
     assert kube.patches[0]["restartBackoff"] is None  # a merge patch removes a field only when told to
     assert "restartBackoff" not in SFTJobStatus().to_api()
 
 
 def test_a_job_deleted_meanwhile_is_not_recorded() -> None:
-    kube, book = FakeKube(refuse=lambda patch: ApiException(status=404, reason="Not Found")), JobStatusBook()
+    kube, book = RecordingKube(refuse=lambda patch: ApiException(status=404, reason="Not Found")), JobStatusBook()
     new = update_status(kube, book, job(), sts(), [pod(0), pod(1)], None, None)
     assert (new.phase.value, kube.patches, kube.events, book.current(job())) == ("Running", [], [], None)
 
@@ -151,7 +153,7 @@ def test_a_progress_summary_the_api_server_refuses_goes_and_the_rest_is_patched(
     def refuse_progress(patch: dict[str, Any]) -> ApiException | None:
         return ApiException(status=422, reason="Unprocessable Entity") if "progress" in patch else None
 
-    kube, book = FakeKube(refuse=refuse_progress), JobStatusBook()
+    kube, book = RecordingKube(refuse=refuse_progress), JobStatusBook()
     new = update_status(kube, book, job(), sts(), [pod(0), pod(1)], None, None, progress())
     assert kube.patches == [{**counts("Running", 2), "startTime": T0, "conditions": [
         condition("Ready", "True", "AllNodesRunning", "2/2 pods running"),
@@ -167,14 +169,14 @@ def test_a_progress_summary_the_api_server_refuses_goes_and_the_rest_is_patched(
 
 
 def test_a_stall_restart_is_said_as_a_warning() -> None:
-    kube = FakeKube()
+    kube = RecordingKube()
     new = update_status(kube, JobStatusBook(), job(), sts(), [pod(0), pod(1)], None, None, stall="no step for 900 s")
     assert (new.stall_restarts, new.restarts) == (1, 1)
     assert kube.events[-1] == ("Warning", "Stalled", "no step for 900 s")
 
 
 def test_an_invalid_spec_fails_the_job_and_says_why_once() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     problem = SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: Input should be a valid integer")
     body = job(nnodes="two")
     update_status(kube, book, body, None, [], problem, None)
@@ -190,7 +192,7 @@ def test_an_invalid_spec_fails_the_job_and_says_why_once() -> None:
 
 
 def test_a_dropped_progress_value_is_warned_about_once_per_key() -> None:
-    kube, book = FakeKube(), JobStatusBook()
+    kube, book = RecordingKube(), JobStatusBook()
     big = DroppedValue(key="checkpoints[].samples", path="checkpoints[3].samples", problem="too large", value="10**30")
     warn_dropped_progress(kube, book, job(), [big])
     warn_dropped_progress(kube, book, job(), [big, DroppedValue(key="", path="", problem="not a mapping", value="[]")])
