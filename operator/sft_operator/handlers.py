@@ -61,8 +61,9 @@ from sft_operator.status import SpecProblem
 from sft_operator.webhook import JobValidator, authorized, webhook_server
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
-OUR_CHILDREN = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
-PROGRESS = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
+OUR_CHILDREN: dict[str, Any] = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+                                                     contract.LABEL_JOB_NAME: kopf.PRESENT}
+PROGRESS: dict[str, Any] = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
 HANDLER_THREADS = 24
@@ -127,7 +128,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     # The client keeps the token as "BearerToken" (newer) or "authorization" (older); the
     # getter also runs the in-cluster token refresh hook.
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
-    scheme, _, token = header.partition(" ") if " " in header else ("Bearer" if header else "", "", header)
+    scheme, _sep, token = header.partition(" ") if " " in header else ("Bearer" if header else "", "", header)
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
@@ -216,10 +217,12 @@ def _deleted_or_progress(type: str, labels: kopf.Labels, body: kopf.Body, **_: A
 @kopf.on.event("services", labels=OUR_CHILDREN, when=_deleted)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OUR_CHILDREN, when=_deleted)
 @kopf.on.event("configmaps", labels=OUR_CHILDREN, when=_deleted_or_progress)
-def child_changed(type: str, namespace: str, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo,
+def child_changed(type: str, namespace: str | None, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo,
                   **kwargs: Any) -> None:
     """A child changed: re-derive its job's status. A deleted child (other than a pod, which its
     StatefulSet replaces) is re-created: the pods resume from the checkpoints."""
+    if namespace is None:  # kopf's type allows it for cluster-scoped kinds; all of these are namespaced
+        return
     key = (namespace, labels[contract.LABEL_JOB_NAME])
     indexes = Indexes.of(kwargs)
     if type == "DELETED" and resource.plural != "pods":
@@ -333,7 +336,7 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
         return
     stall_s, startup_s = policy.stall_timeout_s, policy.startup_timeout_s
     why = stalled(status, now(), stall_s, startup_s) if status is not None else None
-    if why is None or held_back(stall_restart_plan(status, now(), stall_s, startup_s), now()):
+    if status is None or why is None or held_back(stall_restart_plan(status, now(), stall_s, startup_s), now()):
         refresh_status(memo, key, indexes)  # a stall restart held back by the backoff shows in the status
         return
     with memo.jobs.lock(key):
@@ -346,8 +349,8 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
 
 
 @kopf.on.event(*JOB, when=_deleted)  # the filter: no handler thread for every other event of a job
-def job_event(type: str, namespace: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
+def job_event(type: str, namespace: str | None, name: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED" and namespace is not None:  # SFTJobs are namespaced: never None
         memo.jobs.forget((namespace, name))
         metrics.forget_job(namespace, name, meta.get("uid", ""))
 

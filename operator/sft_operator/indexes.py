@@ -22,7 +22,7 @@ from sft_operator.kopf_storage import LAST_APPLIED
 from sft_operator.publishing import Key
 
 
-def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def jobs_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each job as the handlers read it: spec, status and metadata, less what nothing reads
     (managedFields, and two copies of the spec: kubectl's last-applied annotation, kopf's own
     annotations under our group's prefix)."""
@@ -36,7 +36,7 @@ def jobs_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[A
     return {(namespace, name): copy.deepcopy(slim)}
 
 
-def pods_by_job(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+def pods_by_job(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
     restarts = [
         {
             "name": c.get("name"),
@@ -78,7 +78,7 @@ def _state_summary(state: Any) -> dict[str, Any]:
     return {"terminated": {**{k: terminated.get(k) for k in keep}, "message": (terminated.get("message") or "")[-1024:]}}
 
 
-def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def progress_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """The reporter's latest summary per job, checked value by value against the status schema
     (the job's own pods write it): progress None until it published one, or if unusable;
     dropped, what the check left out (a Warning each, publishing.warn_dropped_progress)."""
@@ -92,7 +92,7 @@ def progress_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: A
     }}
 
 
-def statefulsets_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def statefulsets_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each job's StatefulSet: what the status reads (replicas, the accepted spec) and what a
     resume compares (ownership, the desired hash)."""
     return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}
@@ -103,7 +103,7 @@ def statefulsets_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **
 WATCHED_KINDS = frozenset({"StatefulSet", "ConfigMap"})
 
 
-def children_by_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def children_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each job's ConfigMaps, as a resume compares them: an operator restart finds them here
     instead of reading each (kopf fills every index before any handler runs)."""
     return {(namespace, labels[contract.LABEL_JOB_NAME]): child_summary(body)}

@@ -29,7 +29,7 @@ class JobValidator:
     namespaces: frozenset[str]
     authorized: Callable[[dict[str, Any]], bool]
 
-    def validate(self, operation: str | None, body: kopf.Body, old: kopf.Body | None, userinfo: dict[str, Any],
+    def validate(self, body: kopf.Body, userinfo: kopf.UserInfo, old: kopf.Body | None = None, operation: str | None = None,
                  **_: Any) -> None:
         """A CREATE or UPDATE of an SFTJob: admission.review decides; a refusal reaches the user's
         `kubectl apply` with its message and code."""

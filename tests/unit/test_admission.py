@@ -222,21 +222,21 @@ def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(m
     counted = metrics.OperatorMetrics(process=False)
     monkeypatch.setattr(metrics, "count_admission", counted.count_admission)
     with pytest.raises(kopf.AdmissionError) as refused:
-        holds_nothing.validate("CREATE", job(), None, ALICE)
+        holds_nothing.validate(job(), ALICE, operation="CREATE")
     assert (str(refused.value), refused.value.code) == (
         "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
     validator = JobValidator(AdmissionPolicy(), frozenset({"team-a"}),
                              Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
-    validator.validate("CREATE", job(), None, ALICE)
+    validator.validate(job(), ALICE, operation="CREATE")
     with pytest.raises(kopf.AdmissionError):
-        validator.validate("UPDATE", job(numEpochs=3), job(), ALICE)
+        validator.validate(job(numEpochs=3), ALICE, old=job(), operation="UPDATE")
     samples = {(s.labels["operation"], s.labels["result"]): s.value
                for family in counted.registry.collect() if family.name == "sft_operator_admission_reviews"
                for s in family.samples if s.name.endswith("_total")}
     assert samples == {("CREATE", "forbidden"): 1, ("CREATE", "admitted"): 1, ("UPDATE", "invalid"): 1}
     elsewhere = job()
     elsewhere["metadata"]["namespace"] = "team-b"  # not this operator's: it creates nothing there
-    validator.validate("CREATE", elsewhere, None, ALICE)
+    validator.validate(elsewhere, ALICE, operation="CREATE")
 
 
 def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
