@@ -1,4 +1,5 @@
-"""One active operator: leader election on a coordination.k8s.io Lease, gating kopf and writes.
+"""One active operator: leader election on a coordination.k8s.io Lease (leader_gates.py gates kopf and
+writes by it).
 
 Every replica runs kopf (so its admission webhook and liveness endpoint answer), but only the
 holder of the Lease processes events: the others' watch streams stay paused through kopf's own
@@ -20,7 +21,6 @@ The rules are client-go's (a Lease's holder renews it every ``retry_period_s``):
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import enum
 import json
@@ -45,9 +45,6 @@ DEFAULT_RETRY_PERIOD_S = 1.0
 NAMESPACE_ENV = "POD_NAMESPACE"
 POD_NAME_ENV = "POD_ID"  # the chart's downward-API pod name (kopf's peering identity too)
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PAUSE_TOGGLE = "not the leader (leader election)"
-REVIEW_GROUPS = ("authorization.k8s.io", "authentication.k8s.io")
 
 
 class LeadershipError(ValueError):
@@ -313,82 +310,6 @@ class LeaderElector:
                 log.warning("leader election: could not release Lease %s/%s: %s", self.namespace, self.name, exc)
 
 
-# --- the gates ----------------------------------------------------------------------------------
-
-_elector: LeaderElector | None = None
-
-
-def leading() -> bool:
-    """Whether this process may act: always, without leader election."""
-    return _elector is None or _elector.leading
-
-
-def gate_writes(api_client: Any, elector: LeaderElector) -> Any:
-    """Refuse every write of ``api_client`` while ``elector`` does not lead (a handler still
-    running when leadership goes fails at its next write instead of racing the new leader)."""
-    from sft_operator.metrics import _http_method
-
-    original = api_client.call_api
-
-    def call_api(*args: Any, **kwargs: Any) -> Any:
-        method = _http_method(args, kwargs)
-        if method not in READ_METHODS and not elector.leading and not _is_review(args, kwargs):
-            raise NotLeading(f"{method} refused: this operator ({elector.identity}) does not hold "
-                             f"Lease {elector.namespace}/{elector.name}")
-        return original(*args, **kwargs)
-
-    api_client.call_api = call_api
-    return api_client
-
-
-def _is_review(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """A SubjectAccessReview or TokenReview: a question (the webhook's, on every replica), not
-    a write, though POSTed."""
-    url = next((a for a in (*args[:2], kwargs.get("url"), kwargs.get("resource_path")) if isinstance(a, str)
-                and "/" in a), "")
-    return any(f"/apis/{group}/" in url for group in REVIEW_GROUPS)
-
-
-class KopfPause:
-    """kopf's watch streams paused while this replica does not lead: a toggle of our own in the
-    set kopf pauses its streams by (its peering's), added when kopf's orchestrator starts."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._toggle: Any = None
-        self._paused = True
-
-    def set_paused(self, paused: bool) -> None:
-        with self._lock:
-            self._paused = paused
-            if self._loop is not None and self._toggle is not None:
-                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._toggle.turn_to(paused)))
-
-    async def attach(self, operator_paused: Any) -> None:
-        with self._lock:
-            self._toggle = await operator_paused.make_toggle(self._paused, name=PAUSE_TOGGLE)
-            self._loop = asyncio.get_running_loop()
-            paused = self._paused
-        await self._toggle.turn_to(paused)  # a change while the toggle was being made
-
-    def install(self) -> None:
-        """Wrap kopf's orchestrator (which starts every watch stream, given the pause set):
-        our toggle joins the set before the first stream starts. kopf is pinned; a unit test
-        checks the call this relies on."""
-        from kopf._core.reactor import orchestration
-
-        original = getattr(orchestration.orchestrator, "__wrapped_by_sft__", orchestration.orchestrator)
-        pause = self
-
-        async def orchestrator(*, operator_paused: Any, **kwargs: Any) -> None:
-            await pause.attach(operator_paused)
-            await original(operator_paused=operator_paused, **kwargs)
-
-        orchestrator.__wrapped_by_sft__ = original  # type: ignore[attr-defined]  # the marker read back above
-        orchestration.orchestrator = orchestrator
-
-
 def exit_now() -> None:
     """Stop at once (no clean-up: a clean kopf shutdown may still write): the kubelet restarts
     the container, as a standby."""
@@ -410,14 +331,13 @@ def start(api_client: Any, operator_client: Any, election: Election,
           on_lost: Callable[[], None] = exit_now) -> LeaderElector:
     """Set up the gates and start electing (before kopf.run). ``api_client``: the elector's own
     (not gated, not sharing the handlers' connection pool); ``operator_client``: the handlers'."""
-    global _elector
     namespace = election.namespace or default_namespace()
     if not namespace:
         raise LeadershipError("--leader-election-namespace is required outside a pod (no $POD_NAMESPACE, "
                               f"no {IN_CLUSTER_NAMESPACE})")
-    from sft_operator import metrics
+    from sft_operator import leader_gates, metrics
 
-    pause = KopfPause()
+    pause = leader_gates.KopfPause()
     pause.install()
     metrics.set_leader(0)
 
@@ -432,6 +352,6 @@ def start(api_client: Any, operator_client: Any, election: Election,
 
     elector = LeaderElector(api_client, namespace, election.lease, election.identity, election.timings,
                             on_started=started, on_stopped=lost)
-    gate_writes(operator_client, elector)
-    _elector = elector
+    leader_gates.gate_writes(operator_client, elector)
+    leader_gates.elector = elector
     return elector.start()

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from sft_models.models import Phase
-from sft_operator import leadership
+from sft_operator import leader_gates
 from sft_operator.indexes import index_entry
 
 log = logging.getLogger("sft_operator")
@@ -41,7 +41,7 @@ async def tick(jobs_by_name: kopf.Index[Any, Any], check: Callable[[dict[str, An
     the clock. A check that fails is logged; the job is checked again at the next tick."""
     while True:
         await asyncio.sleep(POLICY_INTERVAL_S)
-        if not leadership.leading():  # a standby's indexes are empty; a deposed leader exits
+        if not leader_gates.leading():  # a standby's indexes are empty; a deposed leader exits
             continue
         for key in list(jobs_by_name):
             body = index_entry(jobs_by_name, key)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sft_operator import leadership
+from sft_operator import leader_gates, leadership
 from sft_operator.leadership import LeaseRecord, Step, Timings, lease_spec, next_step
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)
@@ -200,7 +200,7 @@ class RecordingClient:
 def test_writes_are_refused_unless_leading_reads_and_reviews_pass() -> None:
     store, clock = LeaseStore(), Clock()
     a = elector(store, clock, "a", [])
-    client = leadership.gate_writes(RecordingClient(), a)
+    client = leader_gates.gate_writes(RecordingClient(), a)
     assert client.call_api("GET", "https://api/api/v1/namespaces/n/pods") == "answered"
     review = "https://api/apis/authorization.k8s.io/v1/namespaces/n/localsubjectaccessreviews"
     assert client.call_api("POST", review) == "answered"
@@ -229,7 +229,7 @@ def test_pause_toggle_follows_leadership_from_another_thread() -> None:
 
     async def scenario() -> list[bool]:
         paused_set = aiotoggles.ToggleSet(any)
-        pause = leadership.KopfPause()
+        pause = leader_gates.KopfPause()
         await pause.attach(paused_set)
         seen = [paused_set.is_on()]
         thread = threading.Thread(target=pause.set_paused, args=(False,))
