@@ -38,10 +38,21 @@ CONFIGURATION = "sft-admission-benchmark"
 
 
 def job_body(name: str) -> dict[str, Any]:
-    return {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"modelPath": "m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 2,
-                     "learningRate": 1e-5, "maxSeqLen": 64, "device": "cpu",
-                     "checkpoints": {"existingClaim": "checkpoints"}}}
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "modelPath": "m",
+            "dataPath": "/data/train.jsonl",
+            "numEpochs": 1,
+            "effectiveBatchSize": 2,
+            "learningRate": 1e-5,
+            "maxSeqLen": 64,
+            "device": "cpu",
+            "checkpoints": {"existingClaim": "checkpoints"},
+        },
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,16 +63,22 @@ def cpu_seconds(pid: int) -> float:
 
 def grant(api: Any) -> None:
     rbac = kubernetes.client.RbacAuthorizationV1Api(api)
-    rules = {"sftjobs": [{"apiGroups": [contract.GROUP], "resources": [contract.PLURAL], "verbs": ["create"]}],
-             "pods": [{"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"], "verbs": ["create"]}]}
+    rules = {
+        "sftjobs": [{"apiGroups": [contract.GROUP], "resources": [contract.PLURAL], "verbs": ["create"]}],
+        "pods": [{"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"], "verbs": ["create"]}],
+    }
     for name, role_rules in rules.items():
         rbac.create_namespaced_role(NAMESPACE, {"metadata": {"name": name}, "rules": role_rules})
     for user, roles in (("alice", ["sftjobs"]), ("bob", ["sftjobs", "pods"])):
         for role in roles:
-            rbac.create_namespaced_role_binding(NAMESPACE, {
-                "metadata": {"name": f"{user}-{role}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+            rbac.create_namespaced_role_binding(
+                NAMESPACE,
+                {
+                    "metadata": {"name": f"{user}-{role}"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+                },
+            )
 
 
 def timed_creates(client: Any, prefix: str, jobs: int, dry_run: bool = False, refused: bool = False) -> list[float]:
@@ -70,8 +87,14 @@ def timed_creates(client: Any, prefix: str, jobs: int, dry_run: bool = False, re
     for i in range(jobs):
         t = time.perf_counter()
         try:
-            custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL,
-                                                   job_body(f"{prefix}-{i}"), dry_run="All" if dry_run else None)
+            custom.create_namespaced_custom_object(
+                contract.GROUP,
+                contract.VERSION,
+                NAMESPACE,
+                contract.PLURAL,
+                job_body(f"{prefix}-{i}"),
+                dry_run="All" if dry_run else None,
+            )
             assert not refused, "admitted where it should have been refused"
         except ApiException as exc:
             if not refused or exc.status != 403:
@@ -102,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         (cert_dir / "tls.crt").write_bytes(pair.cert_pem)
         (cert_dir / "tls.key").write_bytes(pair.key_pem)
         port = free_port()
-        operator = OperatorProcess(cp.kubeconfig, [NAMESPACE], Path(tmp) / "operator.log",
-                                   ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir), "--metrics-port", "0"])
+        operator = OperatorProcess(
+            cp.kubeconfig,
+            [NAMESPACE],
+            Path(tmp) / "operator.log",
+            ["--webhook-port", str(port), "--webhook-cert-dir", str(cert_dir), "--metrics-port", "0"],
+        )
         operator.start()
         assert operator.proc is not None
         bob, alice = cp.api_client(), cp.api_client()
@@ -113,16 +140,32 @@ def main(argv: list[str] | None = None) -> int:
             cpu = cpu_seconds(operator.proc.pid)
             without = timed_creates(bob, "plain", args.jobs)
             cpu_without = cpu_seconds(operator.proc.pid) - cpu
-            kubernetes.client.AdmissionregistrationV1Api(api).create_validating_webhook_configuration({
-                "metadata": {"name": CONFIGURATION},
-                "webhooks": [{
-                    "name": "validate.sftjobs.finetune.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-                    "failurePolicy": "Fail", "timeoutSeconds": 10,
-                    "clientConfig": {"url": f"https://127.0.0.1:{port}/{admission.WEBHOOK_ID}",
-                                     "caBundle": base64.b64encode(ca.cert_pem).decode()},
-                    "rules": [{"apiGroups": [contract.GROUP], "apiVersions": [contract.VERSION],
-                               "operations": ["CREATE", "UPDATE"], "resources": [contract.PLURAL]}],
-                }]})
+            kubernetes.client.AdmissionregistrationV1Api(api).create_validating_webhook_configuration(
+                {
+                    "metadata": {"name": CONFIGURATION},
+                    "webhooks": [
+                        {
+                            "name": "validate.sftjobs.finetune.dev",
+                            "admissionReviewVersions": ["v1"],
+                            "sideEffects": "None",
+                            "failurePolicy": "Fail",
+                            "timeoutSeconds": 10,
+                            "clientConfig": {
+                                "url": f"https://127.0.0.1:{port}/{admission.WEBHOOK_ID}",
+                                "caBundle": base64.b64encode(ca.cert_pem).decode(),
+                            },
+                            "rules": [
+                                {
+                                    "apiGroups": [contract.GROUP],
+                                    "apiVersions": [contract.VERSION],
+                                    "operations": ["CREATE", "UPDATE"],
+                                    "resources": [contract.PLURAL],
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
             # The configuration takes effect once the API server's informer has it: a refusal says so.
             wait_until("the webhook in effect", lambda: _refused(alice), timeout_s=30, interval_s=0.2)
             cpu = cpu_seconds(operator.proc.pid)
@@ -136,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             print(summary("create, webhook admits (1 review per create)", admitted))
             print(summary("create admitted, dry run (nothing reconciled)", admitted_dry))
             print(summary("create refused by the webhook (dry run)", refused))
-            print(f"added p50: {1000 * (statistics.median(admitted) - statistics.median(without)):.1f} ms per create; "
-                  f"operator CPU per admitted create: {1000 * (cpu_with - cpu_without) / args.jobs:.1f} ms "
-                  f"({cpu_with:.2f} s with the webhook, {cpu_without:.2f} s without, both reconciling the jobs); "
-                  f"operator CPU per review alone (the dry runs): {1000 * cpu_review / args.jobs:.1f} ms")
+            print(
+                f"added p50: {1000 * (statistics.median(admitted) - statistics.median(without)):.1f} ms per create; "
+                f"operator CPU per admitted create: {1000 * (cpu_with - cpu_without) / args.jobs:.1f} ms "
+                f"({cpu_with:.2f} s with the webhook, {cpu_without:.2f} s without, both reconciling the jobs); "
+                f"operator CPU per review alone (the dry runs): {1000 * cpu_review / args.jobs:.1f} ms"
+            )
         finally:
             operator.stop()
     return 0

@@ -79,30 +79,39 @@ class Chaos:
         self.custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, body)
 
     def job(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name)
+        return self.custom.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return self.job(name).get("status") or {}
 
     def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name,
-                                                   {"spec": spec})
+        self.custom.patch_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name, {"spec": spec}
+        )
 
     def stage(self, name: str) -> str:
         return ((self.status(name).get("progress") or {}).get("stage")) or ""
 
     def wait_training(self, name: str) -> bool:
         """Until the job trains (True) or has finished (False)."""
+
         def probe() -> str | None:
             status = self.status(name)
             if status.get("phase") in ("Succeeded", "Failed"):
                 return "finished"
             return "training" if (status.get("progress") or {}).get("stage") == "Training" else None
+
         return wait_until(f"{name} training", probe, timeout_s=JOB_TIMEOUT_S, interval_s=1.0) == "training"
 
     def wait_finished(self, name: str) -> dict[str, Any]:
-        return wait_until(f"{name} finished", lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed")
-                          and s, timeout_s=JOB_TIMEOUT_S, interval_s=2.0)
+        return wait_until(
+            f"{name} finished",
+            lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Failed") and s,
+            timeout_s=JOB_TIMEOUT_S,
+            interval_s=2.0,
+        )
 
     def claim_dir(self, name: str) -> Path:
         return self.stack.claim_dir(NAMESPACE, claim_name(parse_job(self.job(name))))
@@ -136,9 +145,17 @@ class Chaos:
             return
         self.patch(name, {"suspend": True})
         self.note(name, "suspended")
-        wait_until(f"{name} Suspended without pods", lambda: self.status(name).get("phase") == "Suspended"
-                   and not self.core.list_namespaced_pod(NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}")
-                   .items, timeout_s=300, interval_s=1.0)
+        wait_until(
+            f"{name} Suspended without pods",
+            lambda: (
+                self.status(name).get("phase") == "Suspended"
+                and not self.core.list_namespaced_pod(
+                    NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}"
+                ).items
+            ),
+            timeout_s=300,
+            interval_s=1.0,
+        )
         time.sleep(5)
         full = ((self.status(name).get("progress") or {}).get("latestFullState") or {}).get("name")
         on_disk = sorted(p.name for p in (self.claim_dir(name) / "full_state").glob("*") if p.is_dir())
@@ -161,8 +178,10 @@ class Chaos:
         conditions = {c["type"]: c for c in status.get("conditions") or []}
         reason = (conditions.get("Complete" if want_phase == "Succeeded" else "Failed") or {}).get("reason")
         ok = (status.get("phase"), reason) == (want_phase, want_reason)
-        facts = (f"phase {status.get('phase')} ({reason}), restarts {status.get('restarts')}, preemptions "
-                 f"{status.get('preemptions')}")
+        facts = (
+            f"phase {status.get('phase')} ({reason}), restarts {status.get('restarts')}, preemptions "
+            f"{status.get('preemptions')}"
+        )
         if want_phase == "Succeeded":
             progress = status.get("progress") or {}
             listed = [c["path"] for c in progress.get("checkpoints") or []]
@@ -198,19 +217,28 @@ def run_round(chaos: Chaos, round_no: int) -> bool:
     prefix = f"r{round_no}"
     bad = bad_dataset(chaos.assets)
     jobs = {
-        f"{prefix}-preempt": (chaos.manifest(f"{prefix}-preempt", maxRestarts=0), chaos.preempt,
-                              "Succeeded", "TrainingCompleted"),
-        f"{prefix}-suspend": (chaos.manifest(f"{prefix}-suspend"), chaos.suspend,
-                              "Succeeded", "TrainingCompleted"),
-        f"{prefix}-immutable": (chaos.manifest(f"{prefix}-immutable"), chaos.immutable,
-                                "Succeeded", "TrainingCompleted"),
-        f"{prefix}-baddata": (chaos.manifest(f"{prefix}-baddata", data=bad), None,
-                              "Failed", "ConfigRejected"),
+        f"{prefix}-preempt": (
+            chaos.manifest(f"{prefix}-preempt", maxRestarts=0),
+            chaos.preempt,
+            "Succeeded",
+            "TrainingCompleted",
+        ),
+        f"{prefix}-suspend": (chaos.manifest(f"{prefix}-suspend"), chaos.suspend, "Succeeded", "TrainingCompleted"),
+        f"{prefix}-immutable": (
+            chaos.manifest(f"{prefix}-immutable"),
+            chaos.immutable,
+            "Succeeded",
+            "TrainingCompleted",
+        ),
+        f"{prefix}-baddata": (chaos.manifest(f"{prefix}-baddata", data=bad), None, "Failed", "ConfigRejected"),
     }
     for body, *_ in jobs.values():
         chaos.create(body)
-    threads = [threading.Thread(target=action, args=(name,), daemon=True)
-               for name, (_, action, *_) in jobs.items() if action is not None]
+    threads = [
+        threading.Thread(target=action, args=(name,), daemon=True)
+        for name, (_, action, *_) in jobs.items()
+        if action is not None
+    ]
     for thread in threads:
         thread.start()
     for name in jobs:
@@ -253,9 +281,11 @@ def main() -> int:
         stack.stop(remove_claim_dirs=not args.keep)
         if not args.keep:
             shutil.rmtree(state, ignore_errors=True)
-    print(f"chaos: {sum(results)}/{len(results)} rounds with every job in its documented state, "
-          f"{(rounds_done or time.monotonic()) - stack_up:.0f} s "
-          f"(the real-node stack's start-up before: {stack_up - started:.0f} s)")
+    print(
+        f"chaos: {sum(results)}/{len(results)} rounds with every job in its documented state, "
+        f"{(rounds_done or time.monotonic()) - stack_up:.0f} s "
+        f"(the real-node stack's start-up before: {stack_up - started:.0f} s)"
+    )
     return 0 if all(results) else 1
 
 

@@ -41,8 +41,11 @@ POD_CPU = "200m"
 
 
 def served_bytes(requests: list[dict[str, Any]], marker: str) -> int:
-    return sum(int(r.get("bytes") or 0) for r in requests if r["method"] == "GET" and marker in r["path"]
-               and r["status"] in (200, 206))
+    return sum(
+        int(r.get("bytes") or 0)
+        for r in requests
+        if r["method"] == "GET" and marker in r["path"] and r["status"] in (200, 206)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,28 +80,43 @@ def main(argv: list[str] | None = None) -> int:
         core.create_namespace({"metadata": {"name": NAMESPACE}})
         assert stack.cp is not None
         stack.cp.wait_for_default_service_account(NAMESPACE)
-        core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "s3-creds"}, "stringData": {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}})
+        core.create_namespaced_secret(
+            NAMESPACE,
+            {
+                "metadata": {"name": "s3-creds"},
+                "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+            },
+        )
         remote = {
             "huggingFace": {"endpoint": f"http://{ip}:{hub._server.server_address[1]}"},
-            "s3": {"credentialsSecret": "s3-creds", "endpoint": f"http://{ip}:{store._server.server_address[1]}",
-                   "region": "us-east-1"},
+            "s3": {
+                "credentialsSecret": "s3-creds",
+                "endpoint": f"http://{ip}:{store._server.server_address[1]}",
+                "region": "us-east-1",
+            },
         }
 
         def run(name: str, nnodes: int, checkpoints: dict[str, Any]) -> tuple[int, int, float]:
             hub_before, store_before = len(hub.requests), len(store.requests)
             body = stack.job_manifest(name, NAMESPACE, cpu=POD_CPU)
-            body["spec"].update(modelPath=f"hf://{REPO}", dataPath=f"s3://{BUCKET}/{KEY}", remote=remote,
-                                nnodes=nnodes, numEpochs=1, effectiveBatchSize=max(4, nnodes),
-                                checkpoints=checkpoints)
+            body["spec"].update(
+                modelPath=f"hf://{REPO}",
+                dataPath=f"s3://{BUCKET}/{KEY}",
+                remote=remote,
+                nnodes=nnodes,
+                numEpochs=1,
+                effectiveBatchSize=max(4, nnodes),
+                checkpoints=checkpoints,
+            )
             body["spec"]["pod"].pop("volumes", None)
             body["spec"]["pod"].pop("volumeMounts", None)
             applied = time.monotonic()
             custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, body)
 
             def first_step() -> bool:
-                job = custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE,
-                                                          contract.PLURAL, name)
+                job = custom.get_namespaced_custom_object(
+                    contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name
+                )
                 progress = (job.get("status") or {}).get("progress") or {}
                 if (job.get("status") or {}).get("phase") == "Failed":
                     raise RuntimeError(f"{name} failed: {job['status']}")
@@ -109,20 +127,33 @@ def main(argv: list[str] | None = None) -> int:
             fetched = served_bytes(hub.requests[hub_before:], "/resolve/")
             fetched_data = served_bytes(store.requests[store_before:], f"/{BUCKET}/{KEY}")
             custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name)
-            print(f"{name}: nnodes {nnodes}: {fetched} model bytes + {fetched_data} data bytes from the sources, "
-                  f"first step {took:.1f}s after apply", flush=True)
+            print(
+                f"{name}: nnodes {nnodes}: {fetched} model bytes + {fetched_data} data bytes from the sources, "
+                f"first step {took:.1f}s after apply",
+                flush=True,
+            )
             return fetched, fetched_data, took
 
         for nnodes in args.nnodes:
             claim = f"cache-{nnodes}"
-            core.create_namespaced_persistent_volume_claim(NAMESPACE, {"metadata": {"name": claim}, "spec": {
-                "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "4Gi"}}}})
+            core.create_namespaced_persistent_volume_claim(
+                NAMESPACE,
+                {
+                    "metadata": {"name": claim},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "4Gi"}}},
+                },
+            )
             for temperature in ("cold", "warm"):
-                fetched, fetched_data, took = run(f"fetch-{nnodes}-{temperature}", nnodes,
-                                                  {"existingClaim": claim, "path": temperature})
+                fetched, fetched_data, took = run(
+                    f"fetch-{nnodes}-{temperature}", nnodes, {"existingClaim": claim, "path": temperature}
+                )
                 rows.append((nnodes, temperature, fetched, fetched_data, took))
-            wait_until("the jobs' pods gone", lambda: not core.list_namespaced_pod(NAMESPACE).items,
-                       timeout_s=300, interval_s=2)
+            wait_until(
+                "the jobs' pods gone",
+                lambda: not core.list_namespaced_pod(NAMESPACE).items,
+                timeout_s=300,
+                interval_s=2,
+            )
             try:
                 core.delete_namespaced_persistent_volume_claim(claim, NAMESPACE)
             except ApiException:
@@ -132,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         store.stop()
         stack.stop()
     print(f"\nmodel: {model_bytes} bytes ({args.weights_mb} MiB of extra weights); data: {len(data)} bytes")
-    print(f"{'nnodes':>6}  {'cache':<5}  {'model bytes fetched':>20}  {'x model':>7}  {'data bytes':>10}  "
-          f"{'apply -> first step':>19}")
+    print(
+        f"{'nnodes':>6}  {'cache':<5}  {'model bytes fetched':>20}  {'x model':>7}  {'data bytes':>10}  "
+        f"{'apply -> first step':>19}"
+    )
     for nnodes, temperature, fetched, fetched_data, took in rows:
-        print(f"{nnodes:>6}  {temperature:<5}  {fetched:>20}  {fetched / model_bytes:>7.2f}  {fetched_data:>10}  "
-              f"{took:>18.1f}s")
+        print(
+            f"{nnodes:>6}  {temperature:<5}  {fetched:>20}  {fetched / model_bytes:>7.2f}  {fetched_data:>10}  "
+            f"{took:>18.1f}s"
+        )
     return 0
 
 

@@ -42,26 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="data-stress-") as tmp:
         work = Path(tmp)
         assets = build_tiny_assets(work / "assets", num_samples=args.samples)
-        result = stress(assets.model_dir, assets.data_path, work, runs=args.runs,
-                        inject_every=args.inject_every, stall_timeout=args.stall_timeout,
-                        burners=args.burners, num_cpu_procs=args.procs,
-                        log=lambda line: print(line, flush=True))
+        result = stress(
+            assets.model_dir,
+            assets.data_path,
+            work,
+            runs=args.runs,
+            inject_every=args.inject_every,
+            stall_timeout=args.stall_timeout,
+            burners=args.burners,
+            num_cpu_procs=args.procs,
+            log=lambda line: print(line, flush=True),
+        )
     clean = [run.seconds for run in result.runs if not run.injected]
     hung = [run.seconds for run in result.runs if run.injected]
     wrong = [run.number for run in result.runs if run.samples != args.samples]
     print()
-    print(f"runs:                         {len(result.runs)} ({args.burners} CPU burners, "
-          f"{args.procs} pool processes, stall timeout {args.stall_timeout:g}s)")
+    print(
+        f"runs:                         {len(result.runs)} ({args.burners} CPU burners, "
+        f"{args.procs} pool processes, stall timeout {args.stall_timeout:g}s)"
+    )
     print(f"hangs injected:               {result.injected}")
-    print(f"stalled attempts recovered:   {result.recovered} "
-          f"({result.unexpected_stalls} in runs without an injected hang)")
+    print(
+        f"stalled attempts recovered:   {result.recovered} "
+        f"({result.unexpected_stalls} in runs without an injected hang)"
+    )
     print(f"runs with wrong output:       {len(wrong)} {wrong or ''}")
     if clean:
-        print(f"run time, no hang:            median {statistics.median(clean):.1f}s, "
-              f"max {max(clean):.1f}s")
+        print(f"run time, no hang:            median {statistics.median(clean):.1f}s, max {max(clean):.1f}s")
     if hung:
-        print(f"run time, hang recovered:     median {statistics.median(hung):.1f}s, "
-              f"max {max(hung):.1f}s")
+        print(f"run time, hang recovered:     median {statistics.median(hung):.1f}s, max {max(hung):.1f}s")
     print(f"longest gap without progress: {result.max_gap:.1f}s (in a finished attempt)")
     print(f"total:                        {result.seconds:.0f}s")
     return 0

@@ -80,22 +80,46 @@ class Plan:
 
 
 GPU_PLAN = Plan(
-    device="cuda", nproc=1,
+    device="cuda",
+    nproc=1,
     # ~100 M parameters (vocab 256): big enough that a step and a save are GPU work, small
     # enough for the whole smoke run to stay in minutes.
-    sizes={"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
-           "num_attention_heads": 16, "num_key_value_heads": 8, "max_position_embeddings": 2048},
-    num_samples=4096, words_per_turn=60, num_epochs=2, effective_batch_size=64, max_seq_len=1024,
-    max_batch_len=16384, learning_rate=1e-4, run_timeout_s=240,
+    sizes={
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 2048,
+    },
+    num_samples=4096,
+    words_per_turn=60,
+    num_epochs=2,
+    effective_batch_size=64,
+    max_seq_len=1024,
+    max_batch_len=16384,
+    learning_rate=1e-4,
+    run_timeout_s=240,
     # bf16 and non-deterministic CUDA kernels (atomics in backward): close, not bit-equal.
-    loss_rel_tolerance=2e-2)
+    loss_rel_tolerance=2e-2,
+)
 DRY_RUN_PLAN = Plan(
     # 16 steps an epoch: the SIGTERM (sent once the metrics log shows a quarter of the last
     # epoch) must land before the epoch ends; with 4 steps a loaded machine's CPU run finished
     # the epoch first and the run completed instead of saving on demand.
-    device="cpu", nproc=1, sizes={}, num_samples=64, words_per_turn=14, num_epochs=2,
-    effective_batch_size=4, max_seq_len=512, max_batch_len=2048, learning_rate=1e-3,
-    run_timeout_s=600, loss_rel_tolerance=1e-3)
+    device="cpu",
+    nproc=1,
+    sizes={},
+    num_samples=64,
+    words_per_turn=14,
+    num_epochs=2,
+    effective_batch_size=4,
+    max_seq_len=512,
+    max_batch_len=2048,
+    learning_rate=1e-3,
+    run_timeout_s=600,
+    loss_rel_tolerance=1e-3,
+)
 
 
 def free_port() -> int:
@@ -106,14 +130,20 @@ def free_port() -> int:
 
 def source_env(device: str) -> dict[str, str]:
     """This checkout on the path (launcher and operator from source), offline, quiet."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PET_", "SFT_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PET_", "SFT_"))}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "trainer-image"), str(ROOT / "operator"), str(ROOT)]
-        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"
     return env
@@ -138,12 +168,14 @@ def collective_timeout(device: str) -> dict[str, Any]:
     """The timeout of a 1-rank group made as main_ds makes it (INSTRUCTLAB_NCCL_TIMEOUT_MS unset)."""
     env = source_env(device)
     env.pop("INSTRUCTLAB_NCCL_TIMEOUT_MS", None)
-    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    env.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    )
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run([sys.executable, "-c", _GROUP_TIMEOUT_PROBE, device], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _GROUP_TIMEOUT_PROBE, device], env=env, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -154,10 +186,15 @@ def versions(device: str) -> dict[str, Any]:
 
     from sft_trainer import gpu_preflight
 
-    found: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                             "torch_cuda": torch.version.cuda, "device": device}
+    found: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device": device,
+    }
     try:
         from importlib.metadata import version
+
         found["instructlab_training"] = version("instructlab-training")
     except Exception as error:  # noqa: BLE001 - reported, not fatal
         found["instructlab_training"] = f"unknown ({error})"
@@ -165,8 +202,11 @@ def versions(device: str) -> dict[str, Any]:
     found["driver_cuda"] = gpu_preflight.cuda_version_text(driver) if driver else None
     found["driver_error"] = driver_error
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         found["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     if device == "cuda":
         found["nccl"] = ".".join(str(part) for part in torch.cuda.nccl.version())
@@ -177,6 +217,7 @@ def versions(device: str) -> dict[str, Any]:
 
 
 # --- assets and config ------------------------------------------------------------------------
+
 
 def build_assets(work: Path, plan: Plan) -> tuple[Path, Path, int]:
     samples = make_messages(plan.num_samples, words_per_turn=plan.words_per_turn)
@@ -197,14 +238,20 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
-def training_args(plan: Plan, model_dir: Path, data_path: Path, ckpt: Path,
-                  data_dir: Path | None = None) -> dict[str, Any]:
+def training_args(
+    plan: Plan, model_dir: Path, data_path: Path, ckpt: Path, data_dir: Path | None = None
+) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "model_path": str(model_dir), "data_path": str(data_path),
-        "ckpt_output_dir": str(ckpt), "data_output_dir": str(data_dir or ckpt / "data"),
-        "num_epochs": plan.num_epochs, "max_seq_len": plan.max_seq_len,
-        "max_batch_len": plan.max_batch_len, "effective_batch_size": plan.effective_batch_size,
-        "learning_rate": plan.learning_rate, "data_process_num_cpu_procs": 1,
+        "model_path": str(model_dir),
+        "data_path": str(data_path),
+        "ckpt_output_dir": str(ckpt),
+        "data_output_dir": str(data_dir or ckpt / "data"),
+        "num_epochs": plan.num_epochs,
+        "max_seq_len": plan.max_seq_len,
+        "max_batch_len": plan.max_batch_len,
+        "effective_batch_size": plan.effective_batch_size,
+        "learning_rate": plan.learning_rate,
+        "data_process_num_cpu_procs": 1,
         "fsdp_options": {"sharding_strategy": "FULL_SHARD"},
     }
     if plan.device == "cuda" and importlib.util.find_spec("flash_attn") is None:
@@ -214,14 +261,22 @@ def training_args(plan: Plan, model_dir: Path, data_path: Path, ckpt: Path,
 
 
 def write_config(path: Path, args: dict[str, Any]) -> Path:
-    path.write_text(json.dumps({
-        contract.CONFIG_KEY_JOB_NAME: "gpu-smoke", contract.CONFIG_KEY_NAMESPACE: "bench",
-        contract.CONFIG_KEY_NUM_EPOCHS: args["num_epochs"], contract.CONFIG_KEY_RETENTION: None,
-        contract.CONFIG_KEY_TRAINING_ARGS: args}))
+    path.write_text(
+        json.dumps(
+            {
+                contract.CONFIG_KEY_JOB_NAME: "gpu-smoke",
+                contract.CONFIG_KEY_NAMESPACE: "bench",
+                contract.CONFIG_KEY_NUM_EPOCHS: args["num_epochs"],
+                contract.CONFIG_KEY_RETENTION: None,
+                contract.CONFIG_KEY_TRAINING_ARGS: args,
+            }
+        )
+    )
     return path
 
 
 # --- runs -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -242,8 +297,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while not probe():
             if self.process.poll() is not None:
-                raise SmokeFailure(f"{self.name} exited {self.process.returncode} before {what}\n"
-                                   f"{self.tail()}")
+                raise SmokeFailure(f"{self.name} exited {self.process.returncode} before {what}\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise SmokeFailure(f"{self.name}: no {what} within {timeout:.0f}s\n{self.tail()}")
             time.sleep(0.2)
@@ -252,8 +306,7 @@ class Run:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise SmokeFailure(f"{self.name} still running after {timeout:.0f}s\n"
-                               f"{self.tail()}") from None
+            raise SmokeFailure(f"{self.name} still running after {timeout:.0f}s\n{self.tail()}") from None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -269,24 +322,37 @@ class SmokeFailure(Exception):
 def start(name: str, argv: list[str], env: dict[str, str], work: Path) -> Run:
     log_path = work / f"{name}.log"
     handle = open(log_path, "ab")
-    process = subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, cwd=work)
-    return Run(name=name, process=process, log_path=log_path, started=time.time(),
-               started_monotonic=time.monotonic(), handle=handle)
+    process = subprocess.Popen(
+        argv, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work
+    )
+    return Run(
+        name=name,
+        process=process,
+        log_path=log_path,
+        started=time.time(),
+        started_monotonic=time.monotonic(),
+        handle=handle,
+    )
 
 
 def start_launcher(name: str, plan: Plan, config: Path, work: Path, port: int) -> Run:
     """The launcher as PID 1 of a pod sees it: the StatefulSet's env (contract names)."""
     env = source_env(plan.device)
-    env.update({
-        contract.ENV_NNODES: "1", contract.ENV_NPROC_PER_NODE: str(plan.nproc),
-        contract.ENV_MASTER_ADDR: "127.0.0.1", contract.ENV_MASTER_PORT: str(port),
-        contract.ENV_RDZV_ENDPOINT: f"127.0.0.1:{port}", contract.ENV_RDZV_ID: name,
-        contract.ENV_POD_NAME: "gpu-smoke-0", contract.ENV_CONFIG_PATH: str(config),
-        contract.ENV_DEVICE: plan.device,
-        contract.ENV_TERMINATION_LOG: str(work / f"{name}.termination-log"),
-        "HF_HOME": str(work / "hf"),
-    })
+    env.update(
+        {
+            contract.ENV_NNODES: "1",
+            contract.ENV_NPROC_PER_NODE: str(plan.nproc),
+            contract.ENV_MASTER_ADDR: "127.0.0.1",
+            contract.ENV_MASTER_PORT: str(port),
+            contract.ENV_RDZV_ENDPOINT: f"127.0.0.1:{port}",
+            contract.ENV_RDZV_ID: name,
+            contract.ENV_POD_NAME: "gpu-smoke-0",
+            contract.ENV_CONFIG_PATH: str(config),
+            contract.ENV_DEVICE: plan.device,
+            contract.ENV_TERMINATION_LOG: str(work / f"{name}.termination-log"),
+            "HF_HOME": str(work / "hf"),
+        }
+    )
     return start(name, [sys.executable, "-m", "sft_trainer.launcher"], env, work)
 
 
@@ -311,8 +377,12 @@ with context:
 
 def start_bare(plan: Plan, config: Path, work: Path) -> Run:
     """instructlab-training's own run_training (torchrun + main_ds) with the same TrainingArgs."""
-    return start("bare", [sys.executable, "-c", _BARE, str(config), plan.device, str(plan.nproc),
-                          str(free_port())], source_env(plan.device), work)
+    return start(
+        "bare",
+        [sys.executable, "-c", _BARE, str(config), plan.device, str(plan.nproc), str(free_port())],
+        source_env(plan.device),
+        work,
+    )
 
 
 def steps_of(root: Path, offset: int = 0) -> list[ck.StepRecord]:
@@ -339,11 +409,11 @@ def throughput(steps: list[ck.StepRecord], started: float) -> dict[str, Any]:
     the first step left out: compilation and warm-up), and from the step timestamps."""
     rates = [s.overall_throughput for s in steps[1:] if s.overall_throughput]
     stamps = [timestamp(s) for s in steps]
-    figures: dict[str, Any] = {"steps": len(steps),
-                               "samples_per_s_logged": statistics.median(rates) if rates else None}
+    figures: dict[str, Any] = {"steps": len(steps), "samples_per_s_logged": statistics.median(rates) if rates else None}
     if len(steps) > 1 and None not in stamps and stamps[-1] > stamps[0]:
-        figures["samples_per_s_timestamps"] = (
-            (steps[-1].samples_seen - steps[0].samples_seen) / (stamps[-1] - stamps[0]))
+        figures["samples_per_s_timestamps"] = (steps[-1].samples_seen - steps[0].samples_seen) / (
+            stamps[-1] - stamps[0]
+        )
     if stamps and stamps[0] is not None:
         figures["first_step_after_s"] = stamps[0] - started
     return figures
@@ -354,9 +424,12 @@ def dir_bytes(path: Path) -> int:
 
 
 def smoke(plan: Plan, work: Path) -> dict[str, Any]:
-    result: dict[str, Any] = {"mode": "dry-run" if plan.device == "cpu" else "gpu",
-                              "plan": plan.__dict__, "checks": {},
-                              "fsdp_state_dict_type": os.environ.get("FSDP_STATE_DICT_TYPE")}
+    result: dict[str, Any] = {
+        "mode": "dry-run" if plan.device == "cpu" else "gpu",
+        "plan": plan.__dict__,
+        "checks": {},
+        "fsdp_state_dict_type": os.environ.get("FSDP_STATE_DICT_TYPE"),
+    }
     checks = result["checks"]
     t0 = time.monotonic()
     result["versions"] = versions(plan.device)
@@ -365,16 +438,19 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
         raise SmokeFailure(f"needs {plan.nproc} GPU(s), sees {result['versions'].get('gpus_visible')}")
 
     model_dir, data_path, params = build_assets(work, plan)
-    result["model"] = {"parameters": params, "samples": plan.num_samples,
-                       "epochs": plan.num_epochs, "steps_per_epoch": plan.steps_per_epoch}
+    result["model"] = {
+        "parameters": params,
+        "samples": plan.num_samples,
+        "epochs": plan.num_epochs,
+        "steps_per_epoch": plan.steps_per_epoch,
+    }
     print(f"model: {json.dumps(result['model'])}", flush=True)
     runs: dict[str, Any] = {}
     result["runs"] = runs
 
     # 1. Uninterrupted, to completion.
     ref_ckpt = work / "reference"
-    ref_config = write_config(work / "reference.json",
-                              training_args(plan, model_dir, data_path, ref_ckpt))
+    ref_config = write_config(work / "reference.json", training_args(plan, model_dir, data_path, ref_ckpt))
     run = start_launcher("reference", plan, ref_config, work, free_port())
     try:
         run.wait_for(lambda: idle(run), "training to finish", plan.run_timeout_s)
@@ -386,30 +462,37 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
     runs["reference"].update(throughput(ref_steps, run.started))
     marker = ck.read_completion_marker(ref_ckpt)
     tree = ck.scan_checkpoints(ref_ckpt)
-    checks["completion marker"] = (marker is not None and marker.num_epochs == plan.num_epochs
-                                   and marker.samples_seen == plan.num_samples * plan.num_epochs)
+    checks["completion marker"] = (
+        marker is not None
+        and marker.num_epochs == plan.num_epochs
+        and marker.samples_seen == plan.num_samples * plan.num_epochs
+    )
     final = tree.hf_checkpoints[-1] if tree.hf_checkpoints else None
     checks["final hf checkpoint complete"] = (
-        final is not None and marker is not None and marker.final_checkpoint is not None
+        final is not None
+        and marker is not None
+        and marker.final_checkpoint is not None
         and marker.final_checkpoint.endswith(final.name)
-        and (ref_ckpt / ck.HF_FORMAT_DIR / final.name / "config.json").is_file())
-    checks["metrics log: every step of every epoch"] = (
-        [(s.epoch, s.samples_seen) for s in ref_steps][-1:] == [
-            (plan.num_epochs - 1, plan.num_samples * plan.num_epochs)]
-        and len(ref_steps) == plan.steps_per_epoch * plan.num_epochs)
+        and (ref_ckpt / ck.HF_FORMAT_DIR / final.name / "config.json").is_file()
+    )
+    checks["metrics log: every step of every epoch"] = [(s.epoch, s.samples_seen) for s in ref_steps][-1:] == [
+        (plan.num_epochs - 1, plan.num_samples * plan.num_epochs)
+    ] and len(ref_steps) == plan.steps_per_epoch * plan.num_epochs
     runs["reference"]["final_loss"] = ref_steps[-1].avg_loss if ref_steps else None
 
     # 2. SIGTERM in the middle of the last epoch, then resume.
     job_ckpt = work / "preempted"
-    job_config = write_config(work / "preempted.json",
-                              training_args(plan, model_dir, data_path, job_ckpt))
+    job_config = write_config(work / "preempted.json", training_args(plan, model_dir, data_path, job_ckpt))
     # A quarter in: the metrics log is read every 0.2 s, and the rest of the epoch must outlast
     # that and the signal's way to the workers.
     into = max(1, plan.steps_per_epoch // 4)
     run = start_launcher("preempted", plan, job_config, work, free_port())
     try:
-        run.wait_for(lambda: sum(s.epoch == plan.num_epochs - 1 for s in steps_of(job_ckpt)) >= into,
-                     f"{into} steps into epoch {plan.num_epochs}", plan.run_timeout_s)
+        run.wait_for(
+            lambda: sum(s.epoch == plan.num_epochs - 1 for s in steps_of(job_ckpt)) >= into,
+            f"{into} steps into epoch {plan.num_epochs}",
+            plan.run_timeout_s,
+        )
         signalled = time.monotonic()
         run.process.send_signal(signal.SIGTERM)  # the kubelet: PID 1 only
         code = run.wait(plan.run_timeout_s)
@@ -419,13 +502,16 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
     checks["SIGTERM: exit 3 after an on-demand save"] = code == contract.EXIT_PREEMPTED
     saved = ck.scan_checkpoints(job_ckpt).latest_full_state
     checks["SIGTERM: a complete mid-epoch full state"] = bool(
-        saved is not None and saved.complete and saved.metadata is not None
-        and saved.metadata.mid_epoch)
+        saved is not None and saved.complete and saved.metadata is not None and saved.metadata.mid_epoch
+    )
     size = dir_bytes(job_ckpt / ck.FULL_STATE_DIR / saved.name) if saved else 0
-    runs["preempted"] = {"save_s": save_s, "full_state_bytes": size,
-                         "full_state_bytes_per_param": size / params,
-                         "write_mb_per_s": size / 1e6 / save_s if save_s else None,
-                         "saved_samples_seen": saved.metadata.samples_seen if saved and saved.metadata else None}
+    runs["preempted"] = {
+        "save_s": save_s,
+        "full_state_bytes": size,
+        "full_state_bytes_per_param": size / params,
+        "write_mb_per_s": size / 1e6 / save_s if save_s else None,
+        "saved_samples_seen": saved.metadata.samples_seen if saved and saved.metadata else None,
+    }
     run1 = [(s.epoch, s.samples_seen) for s in steps_of(job_ckpt)]
 
     run = start_launcher("resumed", plan, job_config, work, free_port())
@@ -440,24 +526,34 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
     runs["resumed"].update(throughput(resumed_steps, run.started))
     runs["resumed"]["resumed_from"] = record.resumed_from
     reference = [(s.epoch, s.samples_seen) for s in ref_steps]
-    checks["interrupted run: the reference's steps"] = run1 == reference[:len(run1)]
+    checks["interrupted run: the reference's steps"] = run1 == reference[: len(run1)]
     samples = [seen for _, seen in reference]
-    after = (samples.index(saved.metadata.samples_seen) + 1
-             if saved and saved.metadata and saved.metadata.samples_seen in samples else None)
+    after = (
+        samples.index(saved.metadata.samples_seen) + 1
+        if saved and saved.metadata and saved.metadata.samples_seen in samples
+        else None
+    )
     checks["resume: exactly the reference's steps after the save"] = (
-        after is not None and record.resumed_from == (saved.name if saved else None)
-        and [(s.epoch, s.samples_seen) for s in resumed_steps] == reference[after:])
+        after is not None
+        and record.resumed_from == (saved.name if saved else None)
+        and [(s.epoch, s.samples_seen) for s in resumed_steps] == reference[after:]
+    )
     ref_losses = [s.avg_loss for s in ref_steps[after:]] if after is not None else []
-    diffs = [abs(a.avg_loss - b) / max(abs(b), 1e-12)
-             for a, b in zip(resumed_steps, ref_losses) if a.avg_loss is not None and b is not None]
+    diffs = [
+        abs(a.avg_loss - b) / max(abs(b), 1e-12)
+        for a, b in zip(resumed_steps, ref_losses)
+        if a.avg_loss is not None and b is not None
+    ]
     runs["resumed"]["max_loss_rel_diff"] = max(diffs) if diffs else None
-    checks["resume: the reference's losses"] = bool(diffs) and len(diffs) == len(ref_losses) and \
-        max(diffs) <= plan.loss_rel_tolerance
+    checks["resume: the reference's losses"] = (
+        bool(diffs) and len(diffs) == len(ref_losses) and max(diffs) <= plan.loss_rel_tolerance
+    )
 
     # 3. The same TrainingArgs and processed data, without the launcher.
     bare_ckpt = work / "bare"
-    bare_config = write_config(work / "bare.json", training_args(
-        plan, model_dir, data_path, bare_ckpt, data_dir=ref_ckpt / "data"))
+    bare_config = write_config(
+        work / "bare.json", training_args(plan, model_dir, data_path, bare_ckpt, data_dir=ref_ckpt / "data")
+    )
     run = start_bare(plan, bare_config, work)
     try:
         code = run.wait(plan.run_timeout_s)
@@ -466,8 +562,9 @@ def smoke(plan: Plan, work: Path) -> dict[str, Any]:
         run.stop()
     bare_steps = steps_of(bare_ckpt)
     runs["bare"].update(throughput(bare_steps, run.started))
-    checks["bare run: exit 0, the same steps"] = code == 0 and [
-        (s.epoch, s.samples_seen) for s in bare_steps] == reference
+    checks["bare run: exit 0, the same steps"] = (
+        code == 0 and [(s.epoch, s.samples_seen) for s in bare_steps] == reference
+    )
     ours, theirs = runs["reference"].get("samples_per_s_logged"), runs["bare"].get("samples_per_s_logged")
     result["launcher_overhead_pct"] = (100 * (theirs - ours) / theirs) if ours and theirs else None
     result["total_s"] = time.monotonic() - t0
@@ -483,19 +580,27 @@ def figures(result: dict[str, Any]) -> list[tuple[str, str]]:
 
     timeout = v.get("collective_timeout", {})
     rows = [
-        ("mode", result["mode"] + (" (CPU, a few steps on a shared machine: the checks count, the "
-                                   "timings are no measurement)" if result["mode"] == "dry-run" else "")),
+        (
+            "mode",
+            result["mode"]
+            + (
+                " (CPU, a few steps on a shared machine: the checks count, the timings are no measurement)"
+                if result["mode"] == "dry-run"
+                else ""
+            ),
+        ),
         ("FSDP_STATE_DICT_TYPE", result.get("fsdp_state_dict_type") or "unset (accelerate: FULL_STATE_DICT)"),
         ("driver (nvidia-smi)", v.get("nvidia_smi", "-")),
         ("driver CUDA (cuDriverGetVersion)", v.get("driver_cuda") or f"none ({v.get('driver_error')})"),
         ("torch / its CUDA / NCCL", f"{v['torch']} / {v.get('torch_cuda') or '-'} / {v.get('nccl', '-')}"),
         ("instructlab-training", v.get("instructlab_training", "-")),
         ("GPU", v.get("gpu", "-")),
-        ("collective timeout as main_ds gets it",
-         f"{num(timeout.get('timeout_s'), '.0f')} s ({timeout.get('backend', timeout.get('error'))})"),
+        (
+            "collective timeout as main_ds gets it",
+            f"{num(timeout.get('timeout_s'), '.0f')} s ({timeout.get('backend', timeout.get('error'))})",
+        ),
         ("model parameters", f"{model['parameters'] / 1e6:.1f} M"),
-        ("samples x epochs (steps/epoch)",
-         f"{model['samples']} x {model['epochs']} ({model['steps_per_epoch']})"),
+        ("samples x epochs (steps/epoch)", f"{model['samples']} x {model['epochs']} ({model['steps_per_epoch']})"),
         ("launcher run: wall to idle", f"{num(runs['reference'].get('wall_s'))} s"),
         ("launcher run: first step after", f"{num(runs['reference'].get('first_step_after_s'))} s"),
         ("launcher run: samples/s (logged, median)", num(runs["reference"].get("samples_per_s_logged"))),
@@ -504,28 +609,33 @@ def figures(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("bare run_training: samples/s (logged, median)", num(runs["bare"].get("samples_per_s_logged"))),
         ("launcher overhead in samples/s", f"{num(result.get('launcher_overhead_pct'))} %"),
         ("SIGTERM: save to exit 3", f"{num(runs['preempted'].get('save_s'))} s"),
-        ("SIGTERM: full state written",
-         f"{runs['preempted'].get('full_state_bytes', 0) / 1e6:.1f} MB "
-         f"({num(runs['preempted'].get('write_mb_per_s'))} MB/s incl. the step it waited for)"),
+        (
+            "SIGTERM: full state written",
+            f"{runs['preempted'].get('full_state_bytes', 0) / 1e6:.1f} MB "
+            f"({num(runs['preempted'].get('write_mb_per_s'))} MB/s incl. the step it waited for)",
+        ),
         ("SIGTERM: full state bytes per parameter", num(runs["preempted"].get("full_state_bytes_per_param"))),
         ("resume: first step after", f"{num(runs['resumed'].get('first_step_after_s'))} s"),
         ("resume: max loss rel. difference", num(runs["resumed"].get("max_loss_rel_diff"), ".2e")),
         ("total", f"{num(result.get('total_s'))} s"),
     ]
-    rows += [(f"check: {name}", "ok" if passed else "FAILED")
-             for name, passed in result["checks"].items()]
+    rows += [(f"check: {name}", "ok" if passed else "FAILED") for name, passed in result["checks"].items()]
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true",
-                        help="the same steps on CPU (SFT_DEVICE=cpu, the tiny model, few steps)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same steps on CPU (SFT_DEVICE=cpu, the tiny model, few steps)"
+    )
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--work", type=Path, help="working directory (default: a temporary one, removed)")
-    parser.add_argument("--fsdp-state-dict-type", choices=["FULL_STATE_DICT", "SHARDED_STATE_DICT"],
-                        help="accelerate's FSDP_STATE_DICT_TYPE for every run (full states written by "
-                        "every rank instead of gathered on rank 0; docs/trainer.md, big models)")
+    parser.add_argument(
+        "--fsdp-state-dict-type",
+        choices=["FULL_STATE_DICT", "SHARDED_STATE_DICT"],
+        help="accelerate's FSDP_STATE_DICT_TYPE for every run (full states written by "
+        "every rank instead of gathered on rank 0; docs/trainer.md, big models)",
+    )
     args = parser.parse_args(argv)
     if args.fsdp_state_dict_type:
         os.environ["FSDP_STATE_DICT_TYPE"] = args.fsdp_state_dict_type

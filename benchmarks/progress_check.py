@@ -20,29 +20,64 @@ T = "2026-01-01T00:00:00Z"
 
 
 def honest() -> str:
-    return json.dumps({
-        "stage": "Training", "epoch": 3, "numEpochs": 10, "epochDisplay": "3/10", "samplesSeen": 123456,
-        "totalSamples": 1000000, "percent": 12, "percentDisplay": "12%", "lastLoss": "0.4321", "throughput": "812.50",
-        "etaSeconds": 1077, "latestCheckpoint": f"samples_{MAX_CHECKPOINTS * 100}", "resumable": True,
-        "lastUpdateTime": T,
-        "checkpoints": [{"name": f"samples_{i * 100}", "path": f"hf_format/samples_{i * 100}", "samples": i * 100,
-                         "epoch": 1 + i // 100, "time": T} for i in range(1, MAX_CHECKPOINTS + 1)],
-        "latestFullState": {"name": "epoch_2", "path": "full_state/epoch_2", "epoch": 3, "samples": 120000,
-                            "midEpoch": False, "time": T},
-        "lossHistory": [{"samples": i * 10, "loss": 1.0 / (i + 1), "lr": 1e-5} for i in range(MAX_LOSS_HISTORY)],
-    })
+    return json.dumps(
+        {
+            "stage": "Training",
+            "epoch": 3,
+            "numEpochs": 10,
+            "epochDisplay": "3/10",
+            "samplesSeen": 123456,
+            "totalSamples": 1000000,
+            "percent": 12,
+            "percentDisplay": "12%",
+            "lastLoss": "0.4321",
+            "throughput": "812.50",
+            "etaSeconds": 1077,
+            "latestCheckpoint": f"samples_{MAX_CHECKPOINTS * 100}",
+            "resumable": True,
+            "lastUpdateTime": T,
+            "checkpoints": [
+                {
+                    "name": f"samples_{i * 100}",
+                    "path": f"hf_format/samples_{i * 100}",
+                    "samples": i * 100,
+                    "epoch": 1 + i // 100,
+                    "time": T,
+                }
+                for i in range(1, MAX_CHECKPOINTS + 1)
+            ],
+            "latestFullState": {
+                "name": "epoch_2",
+                "path": "full_state/epoch_2",
+                "epoch": 3,
+                "samples": 120000,
+                "midEpoch": False,
+                "time": T,
+            },
+            "lossHistory": [{"samples": i * 10, "loss": 1.0 / (i + 1), "lr": 1e-5} for i in range(MAX_LOSS_HISTORY)],
+        }
+    )
 
 
 def garbage() -> str:
     """Every value of a full-size summary wrong (the most errors the bounds allow), and a list
     past its bound that fills the rest of a ConfigMap (1 MiB)."""
     points = [{"samples": str(i), "loss": float("nan"), "lr": "x"} for i in range(MAX_LOSS_HISTORY)]
-    checkpoints = [{"name": "n" * 300, "path": 7, "samples": 2**70, "epoch": "1", "time": "yesterday"}
-                   for _ in range(MAX_CHECKPOINTS)]
-    return json.dumps({"stage": "Training", "samplesSeen": 2**70, "lastUpdateTime": "yesterday",
-                       "lossHistory": points, "checkpoints": checkpoints,
-                       "latestFullState": {"name": "e", "path": "p", "epoch": -1, "time": T},
-                       "unknown": list(range(100000))})
+    checkpoints = [
+        {"name": "n" * 300, "path": 7, "samples": 2**70, "epoch": "1", "time": "yesterday"}
+        for _ in range(MAX_CHECKPOINTS)
+    ]
+    return json.dumps(
+        {
+            "stage": "Training",
+            "samplesSeen": 2**70,
+            "lastUpdateTime": "yesterday",
+            "lossHistory": points,
+            "checkpoints": checkpoints,
+            "latestFullState": {"name": "e", "path": "p", "epoch": -1, "time": T},
+            "unknown": list(range(100000)),
+        }
+    )
 
 
 def per_call_ms(call, raw: str, rounds: int) -> float:
@@ -57,11 +92,15 @@ def main() -> None:
     good, bad = honest(), garbage()
     checked = parse_progress_summary(good)
     assert checked.value is not None and not checked.dropped, checked.dropped
-    print(f"honest summary, {len(good) / 1024:.0f} KiB: checked {per_call_ms(parse_progress_summary, good, rounds):.2f} ms,"
-          f" plain parse {per_call_ms(TrainingProgress.model_validate_json, good, rounds):.2f} ms")
+    print(
+        f"honest summary, {len(good) / 1024:.0f} KiB: checked {per_call_ms(parse_progress_summary, good, rounds):.2f} ms,"
+        f" plain parse {per_call_ms(TrainingProgress.model_validate_json, good, rounds):.2f} ms"
+    )
     dropped = parse_progress_summary(bad).dropped
-    print(f"garbage summary, {len(bad) / 1024:.0f} KiB: checked {per_call_ms(parse_progress_summary, bad, max(1, rounds // 10)):.1f} ms;"
-          f" dropped {[(d.key, d.count) for d in dropped]}")
+    print(
+        f"garbage summary, {len(bad) / 1024:.0f} KiB: checked {per_call_ms(parse_progress_summary, bad, max(1, rounds // 10)):.1f} ms;"
+        f" dropped {[(d.key, d.count) for d in dropped]}"
+    )
 
 
 if __name__ == "__main__":

@@ -74,9 +74,19 @@ def install_crd(api: kubernetes.client.ApiClient) -> None:
 def start_operator(cp: ControlPlane, log: Path) -> subprocess.Popen[bytes]:
     port = 18080 + (int(time.time()) % 1000)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(cp.kubeconfig),
-         "--liveness", f"http://127.0.0.1:{port}/healthz"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "sft_operator",
+            "run",
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--liveness",
+            f"http://127.0.0.1:{port}/healthz",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,7 +99,9 @@ def start_operator(cp: ControlPlane, log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"operator did not start; see {log}")
 
 
-def watch_statefulsets(api: kubernetes.client.ApiClient, namespace: str, seen: dict[str, float], stop: threading.Event) -> None:
+def watch_statefulsets(
+    api: kubernetes.client.ApiClient, namespace: str, seen: dict[str, float], stop: threading.Event
+) -> None:
     apps = kubernetes.client.AppsV1Api(api)
     while not stop.is_set():
         stream = kubernetes.watch.Watch()
@@ -117,14 +129,18 @@ def run_batch(cp: ControlPlane, api: kubernetes.client.ApiClient, count: int, nn
     started = time.monotonic()
     for i in range(count):
         name = f"job-{i:03d}"
-        custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, job_body(name, nnodes))
+        custom.create_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, job_body(name, nnodes)
+        )
         created[name] = time.monotonic()
     while len(seen) < count and time.monotonic() - started < 300:
         time.sleep(0.05)
     all_created_s = time.monotonic() - started
 
     def statuses_written() -> int:
-        items = custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL)["items"]
+        items = custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL)[
+            "items"
+        ]
         return sum(1 for item in items if (item.get("status") or {}).get("phase"))
 
     while statuses_written() < count and time.monotonic() - started < 300:
@@ -174,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"apply -> StatefulSet created (nnodes={args.nnodes}; local 1.20 control plane, one operator process)")
     print(f"{'jobs':>5} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'all s':>8} {'requests/job':>13}")
     for r in results:
-        print(f"{r['jobs']:>5} {r['p50_s']:>8.3f} {r['p95_s']:>8.3f} {r['max_s']:>8.3f} "
-              f"{r['all_statefulsets_s']:>8.2f} {r['requests_per_job']:>13.1f}")
+        print(
+            f"{r['jobs']:>5} {r['p50_s']:>8.3f} {r['p95_s']:>8.3f} {r['max_s']:>8.3f} "
+            f"{r['all_statefulsets_s']:>8.2f} {r['requests_per_job']:>13.1f}"
+        )
     for r in results:
         calls = ", ".join(f"{v} {k[0]} {k[1]}{'/' + k[2] if k[2] else ''}" for k, v in r["by_call"].items())
         print(f"{r['jobs']} job(s): {calls}")

@@ -66,13 +66,18 @@ class Bench:
         if image:
             manifest["spec"]["pod"]["image"] = image
         manifest["spec"].update(spec)
-        return self.custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE,
-                                                           contract.PLURAL, manifest)
+        return self.custom.create_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, manifest
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         try:
-            return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE,
-                                                            contract.PLURAL, name).get("status") or {}
+            return (
+                self.custom.get_namespaced_custom_object(
+                    contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name
+                ).get("status")
+                or {}
+            )
         except ApiException as e:
             if e.status == 404:
                 return {"gone": True}
@@ -82,8 +87,12 @@ class Bench:
         def probe() -> bool:
             status = self.status(name)
             progress = status.get("progress") or {}
-            return status.get("phase") == "Running" and progress.get("stage") == "Training" \
+            return (
+                status.get("phase") == "Running"
+                and progress.get("stage") == "Training"
                 and progress.get("samplesSeen", 0) > more_than
+            )
+
         return probe
 
     def trainer_started_at(self, pod: str) -> Any:
@@ -98,25 +107,42 @@ class Bench:
 
     def delete(self, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE,
-                                                        contract.PLURAL, name)
+            self.custom.delete_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
-        wait_until(f"{name}'s pods gone", lambda: not self.core.list_namespaced_pod(
-            NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}").items, timeout_s=180, interval_s=1)
+        wait_until(
+            f"{name}'s pods gone",
+            lambda: (
+                not self.core.list_namespaced_pod(NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}").items
+            ),
+            timeout_s=180,
+            interval_s=1,
+        )
 
     def scale_operator(self, replicas: int) -> None:
         deployments = self.apps.list_namespaced_deployment(OPERATOR_NS).items
         for d in deployments:
             self.apps.patch_namespaced_deployment_scale(d.metadata.name, OPERATOR_NS, {"spec": {"replicas": replicas}})
         if replicas == 0:
-            wait_until("the operator pod gone", lambda: not self.core.list_namespaced_pod(OPERATOR_NS).items,
-                       timeout_s=120, interval_s=1)
+            wait_until(
+                "the operator pod gone",
+                lambda: not self.core.list_namespaced_pod(OPERATOR_NS).items,
+                timeout_s=120,
+                interval_s=1,
+            )
         else:
-            wait_until("the operator pod Ready", lambda: any(
-                p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
-                for p in self.core.list_namespaced_pod(OPERATOR_NS).items), timeout_s=180, interval_s=1)
+            wait_until(
+                "the operator pod Ready",
+                lambda: any(
+                    p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
+                    for p in self.core.list_namespaced_pod(OPERATOR_NS).items
+                ),
+                timeout_s=180,
+                interval_s=1,
+            )
             self.stack.operator_pod = self.core.list_namespaced_pod(OPERATOR_NS).items[0].metadata.name
 
     # -- measuring --
@@ -124,8 +150,11 @@ class Bench:
     def operator_writes(self, since: int) -> str:
         assert self.stack.cp is not None
         # The operator's ServiceAccount (the chart's, in OPERATOR_NS), not the reporters' or kubelet's.
-        writes = [w for w in self.stack.cp.write_requests(since=since, namespace=NAMESPACE)
-                  if w.user.startswith(f"system:serviceaccount:{OPERATOR_NS}:")]
+        writes = [
+            w
+            for w in self.stack.cp.write_requests(since=since, namespace=NAMESPACE)
+            if w.user.startswith(f"system:serviceaccount:{OPERATOR_NS}:")
+        ]
         counts = Counter(f"{w.verb} {w.resource}{'/' + w.subresource if w.subresource else ''}" for w in writes)
         return f"{len(writes)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'})"
 
@@ -154,8 +183,12 @@ def rank_failure(b: Bench, with_operator: bool) -> None:
             pod = b.core.read_namespaced_pod(f"{sts}-0", NAMESPACE)
         except ApiException:
             return True
-        return pod.metadata.uid != survivor_uid or pod.metadata.deletion_timestamp is not None \
+        return (
+            pod.metadata.uid != survivor_uid
+            or pod.metadata.deletion_timestamp is not None
             or b.trainer_started_at(f"{sts}-0") != survivor
+        )
+
     try:
         wait_until("rank 0 stopping", survivor_stopping, timeout_s=300, interval_s=0.2)
         figure = f"rank 0's run ended or being ended {time.monotonic() - killed:.1f}s after rank 1 was killed"
@@ -170,8 +203,14 @@ def rank_failure(b: Bench, with_operator: bool) -> None:
 
 def stall(b: Bench, stall_timeout: int, saving_bound: int) -> None:
     name = "stall"
-    job = b.create(name, numEpochs=2000, fullStateRetention=2, maxRestarts=5,
-                   stallTimeoutSeconds=stall_timeout, startupTimeoutSeconds=saving_bound)
+    job = b.create(
+        name,
+        numEpochs=2000,
+        fullStateRetention=2,
+        maxRestarts=5,
+        stallTimeoutSeconds=stall_timeout,
+        startupTimeoutSeconds=saving_bound,
+    )
     sts = statefulset_name(parse_job(job))
     wait_until("stall job training", b.training(name), timeout_s=600, interval_s=0.5)
     # A loaded machine may take longer than the bound to a run's first step: a stall restart then
@@ -181,16 +220,30 @@ def stall(b: Bench, stall_timeout: int, saving_bound: int) -> None:
     frozen = time.monotonic()
     for pid in RealStack.container_pids(b.stack.pod_container(NAMESPACE, f"{sts}-1", contract.TRAINER_CONTAINER)):
         os.kill(pid, signal.SIGSTOP)
-    wait_until("the stall restart", lambda: b.status(name).get("stallRestarts", 0) > before,
-               timeout_s=saving_bound + 240, interval_s=0.2)
+    wait_until(
+        "the stall restart",
+        lambda: b.status(name).get("stallRestarts", 0) > before,
+        timeout_s=saving_bound + 240,
+        interval_s=0.2,
+    )
     detected = time.monotonic() - frozen
     # The event names the bound that applied: the stage the status showed when it counted as
     # stalled (rank 0 runs on into its next collective: a save when the freeze came near an epoch end).
-    event = next((e.message for e in reversed(b.core.list_namespaced_event(NAMESPACE).items)
-                  if e.reason == "Stalled" and e.involved_object.name == name), "")
+    event = next(
+        (
+            e.message
+            for e in reversed(b.core.list_namespaced_event(NAMESPACE).items)
+            if e.reason == "Stalled" and e.involved_object.name == name
+        ),
+        "",
+    )
     false = f"; {before} stall restart(s) before the freeze (first step slower than the bound)" if before else ""
-    b.row("stall (SIGSTOP of rank 1)", f"every rank restarted {detected:.1f}s after the freeze{false}; the Stalled "
-          f"event: {event.split('; restarting')[0] or 'none'}", b.operator_writes(mark))
+    b.row(
+        "stall (SIGSTOP of rank 1)",
+        f"every rank restarted {detected:.1f}s after the freeze{false}; the Stalled "
+        f"event: {event.split('; restarting')[0] or 'none'}",
+        b.operator_writes(mark),
+    )
     b.delete(name)
 
 
@@ -203,13 +256,21 @@ def startup(b: Bench, timeout: int) -> None:
     def named() -> bool:
         ready = next((c for c in b.status(name).get("conditions", []) if c["type"] == "Ready"), {})
         return "ImagePull" in (ready.get("message") or "") or "ErrImage" in (ready.get("message") or "")
+
     wait_until("the pull error in the status", named, timeout_s=timeout + 120, interval_s=0.2)
     shown = time.monotonic() - created
-    wait_until("Failed StartupTimeout", lambda: b.status(name).get("phase") == "Failed",
-               timeout_s=timeout + 180, interval_s=0.2)
+    wait_until(
+        "Failed StartupTimeout",
+        lambda: b.status(name).get("phase") == "Failed",
+        timeout_s=timeout + 180,
+        interval_s=0.2,
+    )
     late = time.monotonic() - created - timeout
-    b.row("start-up (image cannot be pulled)", f"reason in status {shown:.1f}s after create; Failed {late:.1f}s "
-          f"after startupTimeoutSeconds ({timeout} s)", "the job's whole life: " + b.operator_writes(mark))
+    b.row(
+        "start-up (image cannot be pulled)",
+        f"reason in status {shown:.1f}s after create; Failed {late:.1f}s after startupTimeoutSeconds ({timeout} s)",
+        "the job's whole life: " + b.operator_writes(mark),
+    )
     b.delete(name)
 
 
@@ -219,14 +280,25 @@ def deadline(b: Bench) -> None:
     wait_until("deadline job training", b.training(name), timeout_s=600, interval_s=0.5)
     mark = b.stack.cp.audit_position()
     patched = time.monotonic()
-    b.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name,
-                                            {"spec": {"activeDeadlineSeconds": 1}})
-    wait_until("Failed DeadlineExceeded", lambda: b.status(name).get("phase") == "Failed", timeout_s=180, interval_s=0.2)
+    b.custom.patch_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, NAMESPACE, contract.PLURAL, name, {"spec": {"activeDeadlineSeconds": 1}}
+    )
+    wait_until(
+        "Failed DeadlineExceeded", lambda: b.status(name).get("phase") == "Failed", timeout_s=180, interval_s=0.2
+    )
     failed = time.monotonic() - patched
-    wait_until("the pods gone", lambda: not b.core.list_namespaced_pod(
-        NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}").items, timeout_s=180, interval_s=0.5)
-    b.row("deadline (already past when set)", f"Failed {failed:.1f}s after the deadline was set, pods gone "
-          f"{time.monotonic() - patched:.1f}s after (SIGTERM checkpoint within the grace period)", b.operator_writes(mark))
+    wait_until(
+        "the pods gone",
+        lambda: not b.core.list_namespaced_pod(NAMESPACE, label_selector=f"{contract.LABEL_JOB_NAME}={name}").items,
+        timeout_s=180,
+        interval_s=0.5,
+    )
+    b.row(
+        "deadline (already past when set)",
+        f"Failed {failed:.1f}s after the deadline was set, pods gone "
+        f"{time.monotonic() - patched:.1f}s after (SIGTERM checkpoint within the grace period)",
+        b.operator_writes(mark),
+    )
     b.delete(name)
 
 
@@ -237,8 +309,11 @@ def ttl(b: Bench) -> None:
     wait_until("ttl job Failed", lambda: b.status(name).get("phase") == "Failed", timeout_s=600, interval_s=0.2)
     failed = time.monotonic()
     wait_until("ttl job gone", lambda: b.status(name).get("gone"), timeout_s=120, interval_s=0.2)
-    b.row("TTL (ttlSecondsAfterFinished 5)", f"deleted {time.monotonic() - failed - 5:.1f}s after the TTL ran out",
-          "the job's whole life: " + b.operator_writes(mark))
+    b.row(
+        "TTL (ttlSecondsAfterFinished 5)",
+        f"deleted {time.monotonic() - failed - 5:.1f}s after the TTL ran out",
+        "the job's whole life: " + b.operator_writes(mark),
+    )
 
 
 def main() -> int:
@@ -246,8 +321,12 @@ def main() -> int:
     parser.add_argument("--stall-timeout", type=int, default=60)
     parser.add_argument("--startup-timeout", type=int, default=30)
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=SCENARIOS, help="scenarios to run")
-    parser.add_argument("--saving-bound", type=int, default=300,
-                        help="the stall job's startupTimeoutSeconds, which also bounds its Saving stage")
+    parser.add_argument(
+        "--saving-bound",
+        type=int,
+        default=300,
+        help="the stall job's startupTimeoutSeconds, which also bounds its Saving stage",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run_policy: needs root (the real node)", file=sys.stderr)
@@ -255,9 +334,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sft-bench-policy-") as tmp:
         state = Path(tmp)
         assets = build_tiny_assets(state / "assets").model_dir.parent
-        stack = RealStack(state / "stack", on_step=lambda m: print(f"realstack: {m}", flush=True),
-                          helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
-                          helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"])
+        stack = RealStack(
+            state / "stack",
+            on_step=lambda m: print(f"realstack: {m}", flush=True),
+            helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
+            helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"],
+        )
         try:
             stack.start()
             kubernetes.client.CoreV1Api(stack.api_client()).create_namespace({"metadata": {"name": NAMESPACE}})

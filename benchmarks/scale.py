@@ -56,10 +56,12 @@ class AuditedControlPlane(ControlPlane):
 
     def _write_pki_and_tokens(self) -> dict[str, str]:
         tokens = super()._write_pki_and_tokens()
-        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-                  "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
-                  "rules": [{"level": "Metadata", "verbs": [*WRITE_VERBS, "get", "list", "watch"]},
-                            {"level": "None"}]}
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+            "rules": [{"level": "Metadata", "verbs": [*WRITE_VERBS, "get", "list", "watch"]}, {"level": "None"}],
+        }
         (self.state_dir / "pki" / "audit-policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         return tokens
 
@@ -89,7 +91,8 @@ class Requests:
             self.verbs[event["verb"].upper()] += 1
         return Counter(self.verbs)
 
-NAIVE_OPERATOR = '''
+
+NAIVE_OPERATOR = """
 import kopf, kubernetes
 
 kubernetes.config.load_kube_config()
@@ -112,12 +115,13 @@ def create(name, namespace, spec, body, patch, **_):
     core.create_namespaced_service(namespace, service)
     apps.create_namespaced_stateful_set(namespace, sts)
     patch.status["phase"] = "Pending"
-'''
+"""
 
 
 def job_manifest(name: str, namespace: str) -> dict[str, Any]:
     return {
-        "apiVersion": contract.API_VERSION, "kind": contract.KIND,
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
         "metadata": {"name": name, "namespace": namespace},
         # No claim per job: 1000 Pending claims keep the volume controller busy writing Events.
         "spec": tiny_job_spec(checkpoints={"existingClaim": SHARED_CLAIM}),
@@ -141,11 +145,31 @@ class Operator:
         if self.kind == "naive":
             script = self.workdir / "naive_operator.py"
             script.write_text(NAIVE_OPERATOR)
-            args = [sys.executable, "-m", "kopf", "run", "--standalone", "-n", self.namespace,
-                    "--liveness", f"http://127.0.0.1:{port}/healthz", str(script)]
+            args = [
+                sys.executable,
+                "-m",
+                "kopf",
+                "run",
+                "--standalone",
+                "-n",
+                self.namespace,
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+                str(script),
+            ]
         else:
-            args = [sys.executable, "-m", "sft_operator", "run", "--kubeconfig", str(self.cp.kubeconfig),
-                    "-n", self.namespace, "--liveness", f"http://127.0.0.1:{port}/healthz"]
+            args = [
+                sys.executable,
+                "-m",
+                "sft_operator",
+                "run",
+                "--kubeconfig",
+                str(self.cp.kubeconfig),
+                "-n",
+                self.namespace,
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ]
         log = (self.workdir / f"{self.kind}-{self.namespace}.log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = self.proc.pid
@@ -156,8 +180,23 @@ class Operator:
             # blocked in I/O (epoll, an SSL read, the pool's queue) or waiting for the GIL counted
             # as busy too: 57 % of a 200-job run's samples were such waits.
             self.spy = subprocess.Popen(
-                [str(py_spy), "record", "--nonblocking", "--gil", "-r", str(PROFILE_RATE), "-f", "raw",
-                 "-o", str(self.profile), "--pid", str(self.pid)], stdout=log, stderr=subprocess.STDOUT)
+                [
+                    str(py_spy),
+                    "record",
+                    "--nonblocking",
+                    "--gil",
+                    "-r",
+                    str(PROFILE_RATE),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(self.profile),
+                    "--pid",
+                    str(self.pid),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -204,10 +243,15 @@ def wait(what: str, probe: Any, timeout_s: float, interval_s: float = 0.2) -> No
 
 def apply(cp: ControlPlane, namespace: str, names: list[str], workdir: Path) -> None:
     manifest = workdir / f"{namespace}.json"
-    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
-                                    "items": [job_manifest(n, namespace) for n in names]}))
-    subprocess.run(["kubectl", "--kubeconfig", str(cp.kubeconfig), "apply", "-f", str(manifest)],
-                   check=True, capture_output=True, timeout=LIMIT_S)
+    manifest.write_text(
+        json.dumps({"apiVersion": "v1", "kind": "List", "items": [job_manifest(n, namespace) for n in names]})
+    )
+    subprocess.run(
+        ["kubectl", "--kubeconfig", str(cp.kubeconfig), "apply", "-f", str(manifest)],
+        check=True,
+        capture_output=True,
+        timeout=LIMIT_S,
+    )
 
 
 def namespace_for(cp: ControlPlane, api: Any, name: str) -> str:
@@ -216,9 +260,13 @@ def namespace_for(cp: ControlPlane, api: Any, name: str) -> str:
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
     cp.wait_for_default_service_account(name)
-    core.create_namespaced_persistent_volume_claim(name, {
-        "metadata": {"name": SHARED_CLAIM},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    core.create_namespaced_persistent_volume_claim(
+        name,
+        {
+            "metadata": {"name": SHARED_CLAIM},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     return name
 
 
@@ -226,7 +274,8 @@ def count_ready(api: Any, namespace: str) -> tuple[int, int]:
     """(StatefulSets, jobs with a status phase) in the namespace."""
     sts = kubernetes.client.AppsV1Api(api).list_namespaced_stateful_set(namespace, _preload_content=False)
     jobs = kubernetes.client.CustomObjectsApi(api).list_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, _preload_content=False)
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, _preload_content=False
+    )
     items = json.loads(jobs.data)["items"]
     return len(json.loads(sts.data)["items"]), sum(1 for job in items if (job.get("status") or {}).get("phase"))
 
@@ -246,8 +295,9 @@ def until_quiet(requests: Requests, operator: Operator) -> Counter[str]:
     return last
 
 
-def apply_and_measure(cp: ControlPlane, api: Any, operator: Operator, names: list[str], workdir: Path,
-                      expected: int) -> dict[str, Any]:
+def apply_and_measure(
+    cp: ControlPlane, api: Any, operator: Operator, names: list[str], workdir: Path, expected: int
+) -> dict[str, Any]:
     """Apply ``names``, wait until ``expected`` StatefulSets and statuses exist in the namespace
     and the operator went quiet."""
     namespace = operator.namespace
@@ -268,17 +318,22 @@ def apply_and_measure(cp: ControlPlane, api: Any, operator: Operator, names: lis
     verbs = until_quiet(requests, operator)
     count = len(names)
     return {
-        "operator": operator.kind, "jobs": count, "apply_s": applied - started,
+        "operator": operator.kind,
+        "jobs": count,
+        "apply_s": applied - started,
         "statefulsets_after_apply_s": (sts_at - applied) if sts_at else None,
         "statuses_after_apply_s": (status_at - applied) if status_at else None,
-        "requests": dict(sorted(verbs.items())), "requests_per_job": sum(verbs.values()) / count,
+        "requests": dict(sorted(verbs.items())),
+        "requests_per_job": sum(verbs.values()) / count,
         "writes_per_job": sum(n for verb, n in verbs.items() if verb.lower() in WRITE_VERBS) / count,
-        "cpu_ms_per_job": 1000 * (operator.cpu_s() - cpu0) / count, "rss_mb": operator.rss_mb(),
+        "cpu_ms_per_job": 1000 * (operator.cpu_s() - cpu0) / count,
+        "rss_mb": operator.rss_mb(),
     }
 
 
-def run_apply(cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path, again: bool,
-              profile: Path | None) -> list[dict[str, Any]]:
+def run_apply(
+    cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path, again: bool, profile: Path | None
+) -> list[dict[str, Any]]:
     """One apply of ``count`` jobs; with ``again``, a second batch of as many into the same
     operator (RSS: flat?) and a restart of the operator over all of them (requests by verb)."""
     namespace = namespace_for(cp, api, f"{kind}-{count}")
@@ -287,8 +342,9 @@ def run_apply(cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path, 
     try:
         results = [apply_and_measure(cp, api, operator, [f"job-{i:04d}" for i in range(count)], workdir, count)]
         if again:
-            second = apply_and_measure(cp, api, operator, [f"job-{i:04d}" for i in range(count, 2 * count)],
-                                       workdir, 2 * count)
+            second = apply_and_measure(
+                cp, api, operator, [f"job-{i:04d}" for i in range(count, 2 * count)], workdir, 2 * count
+            )
             results.append({**second, "batch": "second"})
     finally:
         operator.stop()
@@ -300,20 +356,27 @@ def run_apply(cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path, 
         try:
             cpu0 = operator.cpu_s()
             verbs = until_quiet(requests, operator)
-            results.append({
-                "operator": kind, "jobs": 2 * count, "batch": "restart",
-                "quiet_after_s": time.monotonic() - started - QUIET_S,
-                "requests": dict(sorted(verbs.items())), "requests_per_job": sum(verbs.values()) / (2 * count),
-                "writes_per_job": sum(n for verb, n in verbs.items() if verb.lower() in WRITE_VERBS) / (2 * count),
-                "cpu_s": operator.cpu_s() - cpu0, "rss_mb": operator.rss_mb(),
-            })
+            results.append(
+                {
+                    "operator": kind,
+                    "jobs": 2 * count,
+                    "batch": "restart",
+                    "quiet_after_s": time.monotonic() - started - QUIET_S,
+                    "requests": dict(sorted(verbs.items())),
+                    "requests_per_job": sum(verbs.values()) / (2 * count),
+                    "writes_per_job": sum(n for verb, n in verbs.items() if verb.lower() in WRITE_VERBS) / (2 * count),
+                    "cpu_s": operator.cpu_s() - cpu0,
+                    "rss_mb": operator.rss_mb(),
+                }
+            )
         finally:
             operator.stop()
     return results
 
 
-def run_backlog(cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path,
-                profile: Path | None) -> dict[str, Any]:
+def run_backlog(
+    cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path, profile: Path | None
+) -> dict[str, Any]:
     namespace = namespace_for(cp, api, f"{kind}-backlog-{count}")
     apply(cp, namespace, [f"job-{i:04d}" for i in range(count)], workdir)
     requests = Requests(cp, namespace)
@@ -325,9 +388,16 @@ def run_backlog(cp: ControlPlane, api: Any, kind: str, count: int, workdir: Path
         took = time.monotonic() - started
         cpu_s, rss_mb = operator.cpu_s(), operator.rss_mb()
         verbs = until_quiet(requests, operator)
-        return {"operator": kind, "jobs": count, "jobs_per_s": count / took, "cpu_s": cpu_s,
-                "cpu_ms_per_job": 1000 * cpu_s / count, "rss_mb": rss_mb,
-                "requests": dict(sorted(verbs.items())), "requests_per_job": sum(verbs.values()) / count}
+        return {
+            "operator": kind,
+            "jobs": count,
+            "jobs_per_s": count / took,
+            "cpu_s": cpu_s,
+            "cpu_ms_per_job": 1000 * cpu_s / count,
+            "rss_mb": rss_mb,
+            "requests": dict(sorted(verbs.items())),
+            "requests_per_job": sum(verbs.values()) / count,
+        }
     finally:
         operator.stop()
 
@@ -383,8 +453,10 @@ def summarize_profile(path: Path, top: int = 12) -> str:
         total += samples
         frames = stack.split(";")
         inner = [f for f in frames if not f.startswith(PROFILE_ENTRY)]  # kopf.run is called by ours
-        layer = next((name for name, needle in PROFILE_LAYERS if any(needle in f for f in inner)),
-                     "other (imports, start-up, idle threads)")
+        layer = next(
+            (name for name, needle in PROFILE_LAYERS if any(needle in f for f in inner)),
+            "other (imports, start-up, idle threads)",
+        )
         kind = "other"
         for frame in reversed(frames):
             kind = next((name for name, needle in PROFILE_WORK if needle in frame), "")
@@ -440,26 +512,36 @@ def main(argv: list[str] | None = None) -> int:
     def secs(value: float | None) -> str:
         return f"{value:.1f}" if value is not None else "timeout"
 
-    print("\none kubectl apply of N jobs (local control plane; seconds after the apply ended; requests: the "
-          "operator's, from the apply until it was quiet 5 s, by verb)")
-    print(f"{'operator':>13} {'jobs':>5} {'batch':>7} {'apply s':>8} {'all sts s':>10} {'all status s':>13} "
-          f"{'req/job':>8} {'writes/job':>11} {'CPU ms/job':>11} {'RSS MB':>7}  requests by verb")
+    print(
+        "\none kubectl apply of N jobs (local control plane; seconds after the apply ended; requests: the "
+        "operator's, from the apply until it was quiet 5 s, by verb)"
+    )
+    print(
+        f"{'operator':>13} {'jobs':>5} {'batch':>7} {'apply s':>8} {'all sts s':>10} {'all status s':>13} "
+        f"{'req/job':>8} {'writes/job':>11} {'CPU ms/job':>11} {'RSS MB':>7}  requests by verb"
+    )
     for r in results:
         if r.get("batch") == "restart":
             continue
-        print(f"{r['operator']:>13} {r['jobs']:>5} {r.get('batch', 'first'):>7} {r['apply_s']:>8.1f} "
-              f"{secs(r['statefulsets_after_apply_s']):>10} {secs(r['statuses_after_apply_s']):>13} "
-              f"{r['requests_per_job']:>8.1f} {r['writes_per_job']:>11.1f} {r['cpu_ms_per_job']:>11.1f} "
-              f"{r['rss_mb']:>7.0f}  {r['requests']}")
+        print(
+            f"{r['operator']:>13} {r['jobs']:>5} {r.get('batch', 'first'):>7} {r['apply_s']:>8.1f} "
+            f"{secs(r['statefulsets_after_apply_s']):>10} {secs(r['statuses_after_apply_s']):>13} "
+            f"{r['requests_per_job']:>8.1f} {r['writes_per_job']:>11.1f} {r['cpu_ms_per_job']:>11.1f} "
+            f"{r['rss_mb']:>7.0f}  {r['requests']}"
+        )
     for r in results:
         if r.get("batch") == "restart":
-            print(f"restart: {r['operator']} over {r['jobs']} existing jobs: quiet after {r['quiet_after_s']:.1f} s, "
-                  f"{r['requests_per_job']:.2f} requests/job ({r['writes_per_job']:.2f} writes/job) "
-                  f"{r['requests']}, CPU {r['cpu_s']:.1f} s, RSS {r['rss_mb']:.0f} MB")
+            print(
+                f"restart: {r['operator']} over {r['jobs']} existing jobs: quiet after {r['quiet_after_s']:.1f} s, "
+                f"{r['requests_per_job']:.2f} requests/job ({r['writes_per_job']:.2f} writes/job) "
+                f"{r['requests']}, CPU {r['cpu_s']:.1f} s, RSS {r['rss_mb']:.0f} MB"
+            )
     for b in backlogs:
-        print(f"backlog: {b['operator']} over {b['jobs']} existing jobs: {b['jobs_per_s']:.1f} jobs/s, "
-              f"CPU {b['cpu_s']:.1f} s ({b['cpu_ms_per_job']:.0f} ms/job), RSS {b['rss_mb']:.0f} MB, "
-              f"{b['requests_per_job']:.1f} requests/job {b['requests']}")
+        print(
+            f"backlog: {b['operator']} over {b['jobs']} existing jobs: {b['jobs_per_s']:.1f} jobs/s, "
+            f"CPU {b['cpu_s']:.1f} s ({b['cpu_ms_per_job']:.0f} ms/job), RSS {b['rss_mb']:.0f} MB, "
+            f"{b['requests_per_job']:.1f} requests/job {b['requests']}"
+        )
     if args.profile:
         for path in sorted(args.profile.glob("*.txt")):
             print()

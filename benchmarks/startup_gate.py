@@ -23,6 +23,7 @@ async def gate_run(cls: type, objects: int) -> tuple[float, int]:
         nonlocal checks
         checks += 1
         return is_on()
+
     gate.is_on = counted
     toggles = [await gate.make_toggle(name=str(i)) for i in range(objects)]
     waiters = [asyncio.create_task(gate.wait_for(True)) for _ in range(objects)]

@@ -44,8 +44,12 @@ from sft_operator.render import claim_name
 TARGET_S = 30.0
 POD_CPU = "500m"  # two pods and their reporters on a 2-core node
 POLL_S = 0.1
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class DiskWatcher(threading.Thread):
@@ -88,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     namespace = "default"
     assets = build_tiny_assets(state_dir / "assets", num_samples=args.samples)
 
-    print(f"tiny job: {args.samples} samples x {args.epochs} epochs, saveSamples {args.save_samples}, "
-          f"2 pods x 1 process, CPU, {POD_CPU} CPU requested per pod; state in {state_dir}")
+    print(
+        f"tiny job: {args.samples} samples x {args.epochs} epochs, saveSamples {args.save_samples}, "
+        f"2 pods x 1 process, CPU, {POD_CPU} CPU requested per pod; state in {state_dir}"
+    )
     stack = RealStack(state_dir / "stack", on_step=lambda msg: print(f"realstack: {msg}", flush=True))
     try:
         stack.start()
@@ -135,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
 
     phase = (job.get("status") or {}).get("phase")
-    print(f"\njob {phase} after {finished - created:.1f}s "
-          f"(Running -> {phase}: {finished - running_at[0]:.1f}s)" if running_at else f"\njob {phase}")
+    print(
+        f"\njob {phase} after {finished - created:.1f}s (Running -> {phase}: {finished - running_at[0]:.1f}s)"
+        if running_at
+        else f"\njob {phase}"
+    )
 
     print("\n(a) checkpoint-to-status latency (complete on disk -> listed in status.progress.checkpoints)")
     order = sorted(set(disk.seen) | set(in_status), key=lambda n: disk.seen.get(n, in_status.get(n, 0.0)))
@@ -148,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         if latency is not None:
             latencies.append(latency)
         fmt = lambda t: f"{t - created:8.1f}s" if t is not None else "   never"  # noqa: E731
-        print(f"  {ckpt:<14} {fmt(on_disk):>9} {fmt(listed):>10} "
-              f"{f'{latency:7.1f}s' if latency is not None else '      -'}")
+        print(
+            f"  {ckpt:<14} {fmt(on_disk):>9} {fmt(listed):>10} "
+            f"{f'{latency:7.1f}s' if latency is not None else '      -'}"
+        )
     if latencies:
-        print(f"  {len(latencies)} checkpoints: median {statistics.median(latencies):.1f}s, "
-              f"max {max(latencies):.1f}s (target < {TARGET_S:.0f}s: "
-              f"{'met' if max(latencies) < TARGET_S else 'MISSED'})")
+        print(
+            f"  {len(latencies)} checkpoints: median {statistics.median(latencies):.1f}s, "
+            f"max {max(latencies):.1f}s (target < {TARGET_S:.0f}s: "
+            f"{'met' if max(latencies) < TARGET_S else 'MISSED'})"
+        )
     missing = sorted(set(disk.seen) - set(in_status))
     if missing:
         print(f"  on disk but never listed: {', '.join(missing)}")
@@ -166,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if reporter:
         start = running_at[0] if running_at else created
         minutes = (finished - start) / 60.0
-        print(f"  {len(reporter)} writes over {finished - start:.1f}s of running job: "
-              f"{len(reporter) / minutes:.1f} writes/min ({', '.join(f'{u}: {n}' for u, n in by_user.items())})")
+        print(
+            f"  {len(reporter)} writes over {finished - start:.1f}s of running job: "
+            f"{len(reporter) / minutes:.1f} writes/min ({', '.join(f'{u}: {n}' for u, n in by_user.items())})"
+        )
         print(f"  failed writes: {sum(1 for w in reporter if w.code >= 400)}")
     else:
         print("  none recorded")

@@ -102,15 +102,19 @@ def kubeconfig_dict(server: str, ca_pem: bytes, token: str, user: str, namespace
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{
-            "name": "sft-local",
-            "cluster": {
-                "server": server,
-                "certificate-authority-data": base64.b64encode(ca_pem).decode(),
-            },
-        }],
+        "clusters": [
+            {
+                "name": "sft-local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": f"{user}@sft-local", "context": {"cluster": "sft-local", "user": user, "namespace": namespace}}],
+        "contexts": [
+            {"name": f"{user}@sft-local", "context": {"cluster": "sft-local", "user": user, "namespace": namespace}}
+        ],
         "current-context": f"{user}@sft-local",
     }
 
@@ -169,12 +173,18 @@ def parse_audit_writes(lines: Iterable[str]) -> list[WriteRequest]:
         if event.get("verb") not in WRITE_VERBS or event.get("stage") != "ResponseComplete":
             continue
         ref = event.get("objectRef") or {}
-        writes.append(WriteRequest(
-            verb=event["verb"], resource=ref.get("resource", ""), subresource=ref.get("subresource", ""),
-            namespace=ref.get("namespace", ""), name=ref.get("name", ""),
-            user=(event.get("user") or {}).get("username", ""), user_agent=event.get("userAgent", ""),
-            code=(event.get("responseStatus") or {}).get("code", 0),
-        ))
+        writes.append(
+            WriteRequest(
+                verb=event["verb"],
+                resource=ref.get("resource", ""),
+                subresource=ref.get("subresource", ""),
+                namespace=ref.get("namespace", ""),
+                name=ref.get("name", ""),
+                user=(event.get("user") or {}).get("username", ""),
+                user_agent=event.get("userAgent", ""),
+                code=(event.get("responseStatus") or {}).get("code", 0),
+            )
+        )
     return writes
 
 
@@ -198,8 +208,9 @@ def slice_endpoints(endpoint_slice: Mapping[str, Any] | None) -> list[tuple[str,
     return sorted(pairs)
 
 
-def kubernetes_service_problem(endpoints: Mapping[str, Any] | None, endpoint_slice: Mapping[str, Any] | None,
-                               address: str, port: int) -> str | None:
+def kubernetes_service_problem(
+    endpoints: Mapping[str, Any] | None, endpoint_slice: Mapping[str, Any] | None, address: str, port: int
+) -> str | None:
     """Why pods would not reach this API server through the `kubernetes` Service, or None: its
     Endpoints and EndpointSlice must both say exactly ``address``:``port``."""
     want = [(address, port)]
@@ -226,7 +237,8 @@ def check_assets(assets: Path, source: str) -> Path:
         if not (path.is_file() and os.access(path, os.X_OK)):
             hint = (
                 " (envtest's asset bundles have no kube-controller-manager; add one there)"
-                if name == CONTROLLER_MANAGER else ""
+                if name == CONTROLLER_MANAGER
+                else ""
             )
             raise ControlPlaneError(
                 f"{source}: no executable '{name}' in {assets}{hint}; "
@@ -251,7 +263,10 @@ def resolve_assets(env: Mapping[str, str] = os.environ, script: Path = PROVISION
     last_lines: collections.deque[str] = collections.deque(maxlen=5)
     # The first run builds for ~10 minutes: pass its progress through, keep the tail for errors.
     proc = subprocess.Popen(
-        ["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ["bash", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={k: v for k, v in env.items() if k != ASSETS_ENV},
     )
     assert proc.stderr is not None and proc.stdout is not None
@@ -425,8 +440,10 @@ class ControlPlane:
         ca_pem = self.ca_file.read_bytes()
         self._write_yaml(self.kubeconfig, kubeconfig_dict(self.server, ca_pem, self.admin_token, ADMIN_USER))
         cm_kubeconfig = self.state_dir / "controller-manager.kubeconfig"
-        self._write_yaml(cm_kubeconfig, kubeconfig_dict(
-            self.server, ca_pem, tokens[CONTROLLER_MANAGER_USER], CONTROLLER_MANAGER_USER))
+        self._write_yaml(
+            cm_kubeconfig,
+            kubeconfig_dict(self.server, ca_pem, tokens[CONTROLLER_MANAGER_USER], CONTROLLER_MANAGER_USER),
+        )
         if not self.detached:
             atexit.register(self.stop)
             self._start_reaper()
@@ -492,13 +509,16 @@ class ControlPlane:
                 raise ControlPlaneCrashed(
                     f"{name} (pid {proc.popen.pid}) exited with code {proc.popen.returncode}: "
                     f"{diagnose_exit(name, tail)}",
-                    tail, proc.log_file,
+                    tail,
+                    proc.log_file,
                 )
 
     def get(self, path: str, token: str | None = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
         """GET a raw API path as the admin (or with ``token``): (HTTP status, body)."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        req = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {token or self.admin_token}"})
+        req = urllib.request.Request(
+            self.server + path, headers={"Authorization": f"Bearer {token or self.admin_token}"}
+        )
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout_s) as resp:
                 return resp.status, resp.read()
@@ -529,7 +549,9 @@ class ControlPlane:
         except FileNotFoundError:
             return 0
 
-    def write_requests(self, since: int = 0, namespace: str | None = None, user: str | None = None) -> list[WriteRequest]:
+    def write_requests(
+        self, since: int = 0, namespace: str | None = None, user: str | None = None
+    ) -> list[WriteRequest]:
         """Writes the API server served after ``since`` (an audit_position()), optionally only
         those in ``namespace`` and/or by ``user`` (e.g. "system:serviceaccount:ns:sa")."""
         with self.audit_log.open("rb") as f:
@@ -538,18 +560,22 @@ class ControlPlane:
         # Only whole lines: the mark may fall inside a line, and the API server may be writing
         # the last one.
         if since > 0:
-            data = data[data.find(b"\n") + 1:]
+            data = data[data.find(b"\n") + 1 :]
         lines = data[: data.rfind(b"\n") + 1].decode(errors="replace").splitlines()
         return [
-            w for w in parse_audit_writes(lines)
+            w
+            for w in parse_audit_writes(lines)
             if (namespace is None or w.namespace == namespace) and (user is None or w.user == user)
         ]
 
     def wait_for_default_service_account(self, namespace: str) -> None:
         """Wait (bounded) until pods can be admitted in ``namespace``: on 1.20 that needs the
         namespace's default ServiceAccount and its token secret (tens of milliseconds)."""
-        self._wait(f"namespace {namespace} has its default ServiceAccount token",
-                   lambda: self._default_sa_ready(namespace), CONTROLLER_MANAGER)
+        self._wait(
+            f"namespace {namespace} has its default ServiceAccount token",
+            lambda: self._default_sa_ready(namespace),
+            CONTROLLER_MANAGER,
+        )
 
     # -- internals --
 
@@ -558,12 +584,17 @@ class ControlPlane:
         d.mkdir(exist_ok=True)
         if not (d / "ca.crt").exists():
             ca = pki.make_ca()
-            serving = pki.make_serving_cert(ca, ip_addresses=(
-                "127.0.0.1", "10.0.0.1", *((self.advertise_address,) if self.advertise_address else ())))
+            serving = pki.make_serving_cert(
+                ca,
+                ip_addresses=("127.0.0.1", "10.0.0.1", *((self.advertise_address,) if self.advertise_address else ())),
+            )
             sa_key, sa_pub = pki.make_service_account_key()
             for name, data in (
-                ("ca.key", ca.key_pem), ("apiserver.crt", serving.cert_pem), ("apiserver.key", serving.key_pem),
-                ("sa.key", sa_key), ("sa.pub", sa_pub),
+                ("ca.key", ca.key_pem),
+                ("apiserver.crt", serving.cert_pem),
+                ("apiserver.key", serving.key_pem),
+                ("sa.key", sa_key),
+                ("sa.pub", sa_pub),
             ):
                 _write_private(d / name, data)
             # The CA certificate last: its presence marks a complete PKI.
@@ -586,47 +617,73 @@ class ControlPlane:
     def _etcd_args(self, port: int, peer_port: int) -> list[str]:
         client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
         return [
-            f"--data-dir={self.state_dir / 'etcd'}", "--name=default",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=default={peer}", "--log-level=warn", "--logger=zap",
+            f"--data-dir={self.state_dir / 'etcd'}",
+            "--name=default",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--log-level=warn",
+            "--logger=zap",
         ]
 
     def _apiserver_args(self, port: int, etcd_port: int) -> list[str]:
         p = self.state_dir / "pki"
         return [
-            *(("--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}") if self.advertise_address
-              else ("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1")),
+            *(
+                ("--bind-address=0.0.0.0", f"--advertise-address={self.advertise_address}")
+                if self.advertise_address
+                else ("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1")
+            ),
             f"--secure-port={port}",
-            "--insecure-port=0", f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            f"--cert-dir={p}", f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
-            f"--client-ca-file={p / 'ca.crt'}", f"--token-auth-file={p / 'tokens.csv'}",
+            "--insecure-port=0",
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--cert-dir={p}",
+            f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            f"--token-auth-file={p / 'tokens.csv'}",
             "--authorization-mode=RBAC",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={p / 'sa.pub'}", f"--service-account-signing-key-file={p / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--allow-privileged=true",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
             "--profiling=false",
-            f"--audit-policy-file={p / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
-            "--audit-log-format=json", "--audit-log-mode=blocking",
+            f"--audit-policy-file={p / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
         ]
 
     def _controller_manager_args(self, kubeconfig: Path) -> list[str]:
         p = self.state_dir / "pki"
         return [
-            f"--kubeconfig={kubeconfig}", "--controllers=*,-nodeipam,-nodelifecycle", "--leader-elect=false",
-            f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
+            f"--kubeconfig={kubeconfig}",
+            "--controllers=*,-nodeipam,-nodelifecycle",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={p / 'sa.key'}",
+            f"--root-ca-file={p / 'ca.crt'}",
             "--use-service-account-credentials=true",
-            f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
+            f"--cluster-signing-cert-file={p / 'ca.crt'}",
+            f"--cluster-signing-key-file={p / 'ca.key'}",
             # No health endpoints: a second control plane would fight over their fixed ports.
-            "--secure-port=0", "--port=0", "--profiling=false",
+            "--secure-port=0",
+            "--port=0",
+            "--profiling=false",
             # The default client rate limit (20 QPS) spends seconds starting the controllers.
-            "--kube-api-qps=200", "--kube-api-burst=400",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
         ]
 
     def _start_reaper(self) -> None:
         self._reaper = subprocess.Popen(
-            [sys.executable, "-c", _REAPER_SOURCE], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "-c", _REAPER_SOURCE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         if self._owns_state_dir:
             assert self._reaper.stdin is not None
@@ -640,8 +697,12 @@ class ControlPlane:
         log.flush()
         try:
             popen = subprocess.Popen(
-                [str(assets / name), *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.state_dir,
+                [str(assets / name), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.state_dir,
             )
         except OSError as e:
             log.close()
@@ -667,7 +728,8 @@ class ControlPlane:
                 raise ControlPlaneError(
                     f"timed out after {self.timeout_s:.0f}s waiting until {what} (last: {last}); "
                     f"set {TIMEOUT_ENV} to wait longer",
-                    tail_lines(proc.log_file), proc.log_file,
+                    tail_lines(proc.log_file),
+                    proc.log_file,
                 )
             time.sleep(0.05)
 
@@ -690,7 +752,9 @@ class ControlPlane:
 
         def correct() -> tuple[bool, str]:
             nonlocal deleted
-            problem = kubernetes_service_problem(*self._kubernetes_service_objects(), self.advertise_address or "", port)
+            problem = kubernetes_service_problem(
+                *self._kubernetes_service_objects(), self.advertise_address or "", port
+            )
             if problem is None:
                 return True, ""
             stale = service_endpoints(self._kubernetes_service_objects()[0])
@@ -706,8 +770,10 @@ class ControlPlane:
     def _kubernetes_service_objects(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The `kubernetes` Endpoints and EndpointSlice (None where missing)."""
         objects: list[dict[str, Any] | None] = []
-        for path in ("/api/v1/namespaces/default/endpoints/kubernetes",
-                     "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"):
+        for path in (
+            "/api/v1/namespaces/default/endpoints/kubernetes",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes",
+        ):
             status, body = self.get(path, timeout_s=5)
             if status == 404 and "endpointslices" in path:  # 1.20 serves the slices as v1beta1 only
                 status, body = self.get(path.replace("/v1/", "/v1beta1/"), timeout_s=5)
@@ -717,8 +783,9 @@ class ControlPlane:
     def request(self, method: str, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         """A bodiless request (e.g. DELETE) as the admin: (HTTP status, body)."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        req = urllib.request.Request(self.server + path, method=method,
-                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        req = urllib.request.Request(
+            self.server + path, method=method, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout_s) as resp:
                 return resp.status, resp.read()
@@ -752,7 +819,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def request_service_account_token(
-    api_client: Any, namespace: str, service_account: str, expiration_seconds: int = 3600,
+    api_client: Any,
+    namespace: str,
+    service_account: str,
+    expiration_seconds: int = 3600,
     audiences: list[str] | None = None,
 ) -> str:
     """A bound token for a ServiceAccount from the TokenRequest API."""
@@ -760,24 +830,34 @@ def request_service_account_token(
 
     body = kubernetes.client.AuthenticationV1TokenRequest(
         spec=kubernetes.client.V1TokenRequestSpec(
-            audiences=audiences or [SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds,
+            audiences=audiences or [SERVICE_ACCOUNT_ISSUER],
+            expiration_seconds=expiration_seconds,
         )
     )
     resp = kubernetes.client.CoreV1Api(api_client).create_namespaced_service_account_token(
-        service_account, namespace, body)
+        service_account, namespace, body
+    )
     return resp.status.token
 
 
 def service_account_kubeconfig(
-    cp: ControlPlane, namespace: str, service_account: str, path: Path | str, expiration_seconds: int = 3600,
+    cp: ControlPlane,
+    namespace: str,
+    service_account: str,
+    path: Path | str,
+    expiration_seconds: int = 3600,
 ) -> Path:
     """Write a kubeconfig that acts with exactly ``service_account``'s permissions."""
     with cp.api_client() as admin:
         token = request_service_account_token(admin, namespace, service_account, expiration_seconds)
     path = Path(path)
     user = f"system:serviceaccount:{namespace}:{service_account}"
-    _write_private(path, yaml.safe_dump(
-        kubeconfig_dict(cp.server, cp.ca_file.read_bytes(), token, user, namespace), sort_keys=False).encode())
+    _write_private(
+        path,
+        yaml.safe_dump(
+            kubeconfig_dict(cp.server, cp.ca_file.read_bytes(), token, user, namespace), sort_keys=False
+        ).encode(),
+    )
     return path
 
 
@@ -803,9 +883,17 @@ def cli_up(state_dir: Path, advertise_address: str | None = None) -> int:
         return 0
     cp = ControlPlane(state_dir=state_dir, detached=True, advertise_address=advertise_address)
     cp.start()
-    _write_private(state_dir / STATE_FILE, json.dumps({
-        "pids": cp.pids, "server": cp.server, "kubeconfig": str(cp.kubeconfig),
-    }, indent=2).encode())
+    _write_private(
+        state_dir / STATE_FILE,
+        json.dumps(
+            {
+                "pids": cp.pids,
+                "server": cp.server,
+                "kubeconfig": str(cp.kubeconfig),
+            },
+            indent=2,
+        ).encode(),
+    )
     print(f"control plane up in {cp.startup_s:.1f}s: {cp.server} (logs in {cp.log_dir})")
     print(f"  export KUBECONFIG={cp.kubeconfig}; kubectl get --raw /readyz")
     print(f"  stop it: python -m devtools.controlplane down --state-dir {state_dir}")
@@ -827,9 +915,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.controlplane", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local"), help="default: .local")
-    parser.add_argument("--for-real-node", action="store_true",
-                        help="up: advertise this machine's IP, so pods reach the API (for devtools.node, "
-                             "whose provisioner then serves claims)")
+    parser.add_argument(
+        "--for-real-node",
+        action="store_true",
+        help="up: advertise this machine's IP, so pods reach the API (for devtools.node, "
+        "whose provisioner then serves claims)",
+    )
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     try:
@@ -837,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise = None
             if args.for_real_node:
                 from devtools.node import host_ip
+
                 advertise = host_ip()
             return cli_up(state_dir, advertise)
         return cli_down(state_dir)

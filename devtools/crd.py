@@ -40,20 +40,26 @@ from sft_models.training_args import TRAINING_ARGS_FIELDS, UNSERIALIZABLE_FIELDS
 CRD_NAME = f"{contract.PLURAL}.{contract.GROUP}"
 CRD_FILE = Path("crds") / f"{CRD_NAME}.yaml"
 CHART_CRD_DIR = Path("charts") / "sft-operator" / "crds"
-HEADER = (
-    "# Generated from core/sft_models/models.py by `make crd`; do not edit.\n"
-)
+HEADER = "# Generated from core/sft_models/models.py by `make crd`; do not edit.\n"
 
 # kubectl get sftjobs: where the job is, how far training is, the newest checkpoint.
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodes", "description": "ready/total pods"},
     {"name": "Epoch", "type": "string", "jsonPath": ".status.progress.epochDisplay", "description": "epoch/numEpochs"},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percentDisplay",
-     "description": "samples seen / total"},
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress.percentDisplay",
+        "description": "samples seen / total",
+    },
     {"name": "Loss", "type": "string", "jsonPath": ".status.progress.lastLoss", "description": "last step's loss"},
-    {"name": "Latest checkpoint", "type": "string", "jsonPath": ".status.progress.latestCheckpoint",
-     "description": "newest complete hf_format checkpoint"},
+    {
+        "name": "Latest checkpoint",
+        "type": "string",
+        "jsonPath": ".status.progress.latestCheckpoint",
+        "description": "newest complete hf_format checkpoint",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -65,83 +71,86 @@ def _cel_list(values: Any) -> str:
 
 
 # (schema path below spec, rule, message). "" is spec itself. Messages name the field.
-SPEC_RULES: list[tuple[str, str, str]] = [
-    (
-        "",
-        "!has(self.validationSplit) || self.validationSplit == 0.0 || has(self.validationFrequency)",
-        "spec.validationFrequency: required when spec.validationSplit > 0",
-    ),
-    (
-        "",
-        "!has(self.isPretraining) || !self.isPretraining || has(self.blockSize)",
-        "spec.blockSize: required when spec.isPretraining is true",
-    ),
-    (
-        "",
-        "self.effectiveBatchSize >= (has(self.nnodes) ? self.nnodes : 1) * "
-        "(has(self.nprocPerNode) ? self.nprocPerNode : 1)",
-        "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode (one sample per GPU per step)",
-    ),
-    (
-        "",
-        "!has(self.maxTokensPerGpu) || self.maxTokensPerGpu >= self.maxSeqLen",
-        "spec.maxTokensPerGpu: must be at least spec.maxSeqLen (one full sequence per GPU)",
-    ),
-    (
-        "",
-        "!has(self.nnodes) || self.nnodes <= 1 || !has(self.checkpoints.claim) || "
-        "!has(self.checkpoints.claim.accessModes) || 'ReadWriteMany' in self.checkpoints.claim.accessModes",
-        "spec.checkpoints.claim.accessModes: nnodes > 1 needs ReadWriteMany: every rank reads full_state/ "
-        "when it resumes",
-    ),
-    (
-        "extraArgs",
-        f"self.all(k, k in {_cel_list(EXTRA_ARGS_ALLOWED)})",
-        "spec.extraArgs: unknown instructlab-training argument, or one set from a spec field "
-        "(see docs/api.md)",
-    ),
-    (
-        "checkpoints",
-        "has(self.existingClaim) != has(self.claim)",
-        "spec.checkpoints: set exactly one of existingClaim or claim",
-    ),
-    (
-        "checkpoints",
-        "!has(self.path) || (!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)'))",
-        "spec.checkpoints.path: must be a relative path inside the volume, without '..'",
-    ),
-    (
-        "pod.env",
-        f"self.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
-        "spec.pod.env: these variables are set by the operator: " + ", ".join(sorted(RESERVED_ENV)),
-    ),
-    (
-        "pod.env",
-        f"self.all(e, e.name != '{COLLECTIVE_TIMEOUT_ENV}' || !has(e.value) || e.value.matches('{POSITIVE_INTEGER_PATTERN}'))",
-        f"spec.pod.env: {COLLECTIVE_TIMEOUT_ENV} must be a positive integer (milliseconds)",
-    ),
-    (
-        "pod.volumes",
-        f"self.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))",
-        "spec.pod.volumes: these names are reserved: " + ", ".join(sorted(RESERVED_VOLUMES)),
-    ),
-    (
-        "pod.volumeMounts",
-        f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
-        "spec.pod.volumeMounts: these paths are used by the operator: " + ", ".join(sorted(RESERVED_MOUNT_PATHS)),
-    ),
-] + algorithms.cel_rules() + [
-    (
-        "",
-        f"!has(self.pod) || !has(self.pod.resources) || !has(self.pod.resources.{kind}) || "
-        f"!('{GPU_RESOURCE}' in self.pod.resources.{kind}) || "
-        f"string(self.pod.resources.{kind}['{GPU_RESOURCE}']) == "
-        "((has(self.device) && self.device == 'cpu') ? '0' : string(has(self.nprocPerNode) ? self.nprocPerNode : 1))",
-        f"spec.pod.resources.{kind}[{GPU_RESOURCE}]: must equal spec.nprocPerNode with device cuda (leave it out: "
-        "the operator requests nprocPerNode GPUs), and be 0 or unset with device cpu (CPU mode uses no GPU)",
-    )
-    for kind in ("limits", "requests")
-]
+SPEC_RULES: list[tuple[str, str, str]] = (
+    [
+        (
+            "",
+            "!has(self.validationSplit) || self.validationSplit == 0.0 || has(self.validationFrequency)",
+            "spec.validationFrequency: required when spec.validationSplit > 0",
+        ),
+        (
+            "",
+            "!has(self.isPretraining) || !self.isPretraining || has(self.blockSize)",
+            "spec.blockSize: required when spec.isPretraining is true",
+        ),
+        (
+            "",
+            "self.effectiveBatchSize >= (has(self.nnodes) ? self.nnodes : 1) * "
+            "(has(self.nprocPerNode) ? self.nprocPerNode : 1)",
+            "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode (one sample per GPU per step)",
+        ),
+        (
+            "",
+            "!has(self.maxTokensPerGpu) || self.maxTokensPerGpu >= self.maxSeqLen",
+            "spec.maxTokensPerGpu: must be at least spec.maxSeqLen (one full sequence per GPU)",
+        ),
+        (
+            "",
+            "!has(self.nnodes) || self.nnodes <= 1 || !has(self.checkpoints.claim) || "
+            "!has(self.checkpoints.claim.accessModes) || 'ReadWriteMany' in self.checkpoints.claim.accessModes",
+            "spec.checkpoints.claim.accessModes: nnodes > 1 needs ReadWriteMany: every rank reads full_state/ "
+            "when it resumes",
+        ),
+        (
+            "extraArgs",
+            f"self.all(k, k in {_cel_list(EXTRA_ARGS_ALLOWED)})",
+            "spec.extraArgs: unknown instructlab-training argument, or one set from a spec field (see docs/api.md)",
+        ),
+        (
+            "checkpoints",
+            "has(self.existingClaim) != has(self.claim)",
+            "spec.checkpoints: set exactly one of existingClaim or claim",
+        ),
+        (
+            "checkpoints",
+            "!has(self.path) || (!self.path.startsWith('/') && !self.path.matches('(^|/)[.][.](/|$)'))",
+            "spec.checkpoints.path: must be a relative path inside the volume, without '..'",
+        ),
+        (
+            "pod.env",
+            f"self.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
+            "spec.pod.env: these variables are set by the operator: " + ", ".join(sorted(RESERVED_ENV)),
+        ),
+        (
+            "pod.env",
+            f"self.all(e, e.name != '{COLLECTIVE_TIMEOUT_ENV}' || !has(e.value) || e.value.matches('{POSITIVE_INTEGER_PATTERN}'))",
+            f"spec.pod.env: {COLLECTIVE_TIMEOUT_ENV} must be a positive integer (milliseconds)",
+        ),
+        (
+            "pod.volumes",
+            f"self.all(v, !(v.name in {_cel_list(RESERVED_VOLUMES)}))",
+            "spec.pod.volumes: these names are reserved: " + ", ".join(sorted(RESERVED_VOLUMES)),
+        ),
+        (
+            "pod.volumeMounts",
+            f"self.all(m, !(m.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)}))",
+            "spec.pod.volumeMounts: these paths are used by the operator: " + ", ".join(sorted(RESERVED_MOUNT_PATHS)),
+        ),
+    ]
+    + algorithms.cel_rules()
+    + [
+        (
+            "",
+            f"!has(self.pod) || !has(self.pod.resources) || !has(self.pod.resources.{kind}) || "
+            f"!('{GPU_RESOURCE}' in self.pod.resources.{kind}) || "
+            f"string(self.pod.resources.{kind}['{GPU_RESOURCE}']) == "
+            "((has(self.device) && self.device == 'cpu') ? '0' : string(has(self.nprocPerNode) ? self.nprocPerNode : 1))",
+            f"spec.pod.resources.{kind}[{GPU_RESOURCE}]: must equal spec.nprocPerNode with device cuda (leave it out: "
+            "the operator requests nprocPerNode GPUs), and be 0 or unset with device cpu (CPU mode uses no GPU)",
+        )
+        for kind in ("limits", "requests")
+    ]
+)
 
 # A job's name also names its StatefulSet and headless Service. The apiserver allows a CRD to
 # restrict metadata.name, and enforces it on every version (no CEL needed).

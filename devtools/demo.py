@@ -44,8 +44,9 @@ def describe(job: dict[str, Any]) -> str:
     return progress_line(view_job(job))
 
 
-def follow_job(api_client: Any, namespace: str, name: str, timeout_s: float,
-               on_update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def follow_job(
+    api_client: Any, namespace: str, name: str, timeout_s: float, on_update: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     """Watch the SFTJob until Succeeded or Failed (or timeout); returns the last object seen."""
     import kubernetes
 
@@ -59,8 +60,13 @@ def follow_job(api_client: Any, namespace: str, name: str, timeout_s: float,
             raise TimeoutError(f"SFTJob {namespace}/{name} not finished after {timeout_s:.0f}s: {describe(job)}")
         watch = kubernetes.watch.Watch()
         for event in watch.stream(
-            custom.list_namespaced_custom_object, contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
-            field_selector=f"metadata.name={name}", timeout_seconds=max(1, int(min(remaining, 30))),
+            custom.list_namespaced_custom_object,
+            contract.GROUP,
+            contract.VERSION,
+            namespace,
+            contract.PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=max(1, int(min(remaining, 30))),
         ):
             job = event["object"]
             on_update(job)
@@ -75,8 +81,12 @@ def sftjobs_table(kubeconfig: Path, namespace: str) -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return "(kubectl not found; `sft-operator status` shows the same)"
-    result = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "get", "sftjobs"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace, "get", "sftjobs"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return result.stdout or result.stderr
 
 
@@ -100,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the job")
-    parser.add_argument("--helm-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra --set for the chart (repeatable)")
+    parser.add_argument(
+        "--helm-set", action="append", default=[], metavar="KEY=VALUE", help="an extra --set for the chart (repeatable)"
+    )
     args = parser.parse_args(argv)
     return real_main(args)
 
@@ -141,8 +152,10 @@ def real_main(args: argparse.Namespace) -> int:
         name = manifest["metadata"]["name"]
         pod0 = f"{statefulset_name(parse_job(manifest))}-0"
         custom = kubernetes.client.CustomObjectsApi(stack.api_client())
-        say(f"kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}   (2 nodes x 1 process, CPU, "
-            f"image {stack.images['SFT_TRAINER_IMAGE']})")
+        say(
+            f"kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)}   (2 nodes x 1 process, CPU, "
+            f"image {stack.images['SFT_TRAINER_IMAGE']})"
+        )
         custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, manifest)
         last, logs = [""], [""]
 
@@ -151,7 +164,9 @@ def real_main(args: argparse.Namespace) -> int:
             if line != last[0]:
                 last[0] = line
                 console.print(f"  [dim]{time.strftime('%H:%M:%S')}[/] {line}")
-            out = stack.kubectl("-n", namespace, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=15", timeout=30)
+            out = stack.kubectl(
+                "-n", namespace, "logs", pod0, "-c", contract.TRAINER_CONTAINER, "--tail=15", timeout=30
+            )
             if out.returncode == 0 and out.stdout.strip():
                 logs[0] = out.stdout
 
@@ -164,15 +179,19 @@ def real_main(args: argparse.Namespace) -> int:
         console.print(logs[0] or "(none)", markup=False)
         root = stack.claim_dir(namespace, claim_name(parse_job(manifest)))
         owner = root.stat()
-        console.print(f"[bold]checkpoints[/] (the claim's directory on this machine; made root's 0755, now "
-                      f"{owner.st_uid}:{owner.st_gid} {stat.filemode(owner.st_mode)} through the pod's fsGroup):")
+        console.print(
+            f"[bold]checkpoints[/] (the claim's directory on this machine; made root's 0755, now "
+            f"{owner.st_uid}:{owner.st_gid} {stat.filemode(owner.st_mode)} through the pod's fsGroup):"
+        )
         console.print(tree(root), markup=False)
         if phase != "Succeeded":
             console.print(f"[bold red]job {phase}[/]: {describe(job)}")
             console.print(stack.operator_log(), markup=False)
             return 1
-        say(f"[bold green]Succeeded[/] in {time.monotonic() - started:.0f}s: a tiny model was fine-tuned in "
-            f"2 pods of the trainer image on a real kubelet; the operator ran as a pod in {OPERATOR_NS}")
+        say(
+            f"[bold green]Succeeded[/] in {time.monotonic() - started:.0f}s: a tiny model was fine-tuned in "
+            f"2 pods of the trainer image on a real kubelet; the operator ran as a pod in {OPERATOR_NS}"
+        )
         return 0
     except (StackError, TimeoutError) as exc:
         console.print(f"[bold red]demo failed[/]: {exc}")

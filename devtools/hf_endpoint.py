@@ -88,10 +88,18 @@ def publish(root: Path, repo_type: str, repo_id: str, files: dict[str, bytes | P
 
 
 class HfEndpoint(RequestLog):
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0,
-                 tokens: dict[str, set[str] | None] | None = None, private: set[str] = frozenset(),
-                 lfs_min_size: int = 1 << 20, throttle_bps: int | None = None,
-                 log_path: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: dict[str, set[str] | None] | None = None,
+        private: set[str] = frozenset(),
+        lfs_min_size: int = 1 << 20,
+        throttle_bps: int | None = None,
+        log_path: Path | None = None,
+    ):
         super().__init__(log_path)
         self.root = Path(root)
         # token -> the private repos it may read (None: all of them)
@@ -133,8 +141,14 @@ class HfEndpoint(RequestLog):
 
     def file_downloads(self, file_path: str) -> list[dict]:
         """The GETs of a file's resolve URL that sent a body (full or ranged)."""
-        return [r for r in self.requests if r["method"] == "GET" and "/resolve/" in r["path"]
-                and unquote(r["path"]).endswith("/" + file_path) and r["status"] in (200, 206)]
+        return [
+            r
+            for r in self.requests
+            if r["method"] == "GET"
+            and "/resolve/" in r["path"]
+            and unquote(r["path"]).endswith("/" + file_path)
+            and r["status"] in (200, 206)
+        ]
 
     # --- the repos ------------------------------------------------------------------------
     def repo_dir(self, kind: str, repo_id: str) -> Path | None:
@@ -204,11 +218,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, headers, json.dumps({"error": message}).encode(), head=head)
 
     def _record(self, status: int, sent: int) -> None:
-        self.server_endpoint.log({
-            "t0": round(self._started, 3), "t": round(time.time(), 3), "method": self.command, "path": urlsplit(self.path).path,
-            "range": self.headers.get("Range"), "status": status, "bytes": sent,
-            "auth": self.headers.get("Authorization") is not None,
-        })
+        self.server_endpoint.log(
+            {
+                "t0": round(self._started, 3),
+                "t": round(time.time(), 3),
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "range": self.headers.get("Range"),
+                "status": status,
+                "bytes": sent,
+                "auth": self.headers.get("Authorization") is not None,
+            }
+        )
 
     # --- routing ------------------------------------------------------------------------------
     def _serve(self, *, head: bool) -> None:
@@ -227,7 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
                     kind, parts = "datasets", parts[1:]
                 at = parts.index("resolve")
                 if at in (1, 2) and len(parts) > at + 2:
-                    return self._resolve(kind, "/".join(parts[:at]), parts[at + 1], "/".join(parts[at + 2:]), head=head)
+                    return self._resolve(
+                        kind, "/".join(parts[:at]), parts[at + 1], "/".join(parts[at + 2 :]), head=head
+                    )
         except (BrokenPipeError, ConnectionResetError):
             return
         self._error(404, None, "Not Found", head=head)
@@ -236,15 +259,18 @@ class _Handler(BaseHTTPRequestHandler):
         """The repo's directory, or None after answering as the Hub does."""
         ep = self.server_endpoint
         header = self.headers.get("Authorization", "")
-        token = header[len("Bearer "):] if header.startswith("Bearer ") else None
+        token = header[len("Bearer ") :] if header.startswith("Bearer ") else None
         if token is not None and token not in ep.tokens:
             self._error(401, None, INVALID_TOKEN_MESSAGE, head=head)
             return None
         repo_dir = ep.repo_dir(kind, repo_id)
         key = f"{REPO_TYPES[kind]}:{repo_id}"
         readable = repo_dir is not None and (
-            key not in ep.private and repo_id not in ep.private
-            or token is not None and (ep.tokens[token] is None or repo_id in ep.tokens[token]))
+            key not in ep.private
+            and repo_id not in ep.private
+            or token is not None
+            and (ep.tokens[token] is None or repo_id in ep.tokens[token])
+        )
         if not readable:
             # The Hub hides a private repo: without a token 401, with one 404 (as if missing).
             status = 404 if token is not None else 401
@@ -261,7 +287,11 @@ class _Handler(BaseHTTPRequestHandler):
         for marker in ("revision", "tree"):
             if marker in rest[1:3]:
                 at = rest.index(marker)
-                repo_id, revision, sub = "/".join(rest[:at]), rest[at + 1] if len(rest) > at + 1 else "main", rest[at + 2:]
+                repo_id, revision, sub = (
+                    "/".join(rest[:at]),
+                    rest[at + 1] if len(rest) > at + 1 else "main",
+                    rest[at + 2 :],
+                )
                 break
         else:
             marker, repo_id, revision, sub = "revision", "/".join(rest), "main", []
@@ -272,16 +302,22 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
         if marker == "revision":
-            body = {"id": repo_id, "sha": commit, "private": repo_id in self.server_endpoint.private,
-                    "lastModified": "2026-01-01T00:00:00.000Z",
-                    "siblings": [{"rfilename": f.path} for f in files]}
+            body = {
+                "id": repo_id,
+                "sha": commit,
+                "private": repo_id in self.server_endpoint.private,
+                "lastModified": "2026-01-01T00:00:00.000Z",
+                "siblings": [{"rfilename": f.path} for f in files],
+            }
         else:
             prefix = "/".join(sub)
             body = []
             dirs = sorted({str(Path(f.path).parent) for f in files} - {"."})
             for d in dirs:
                 if d.startswith(prefix):
-                    body.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d})
+                    body.append(
+                        {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+                    )
             for f in files:
                 if f.path.startswith(prefix):
                     entry = {"type": "file", "oid": f.git_sha1, "size": f.size, "path": f.path}
@@ -300,15 +336,19 @@ class _Handler(BaseHTTPRequestHandler):
         entry = next((f for f in files if f.path == rel), None)
         if entry is None:
             return self._error(404, "EntryNotFound", f"{rel} does not exist on {revision}", head=head, commit=commit)
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{entry.etag}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit,
+            "ETag": f'"{entry.etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if entry.sha256:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
             headers["X-Linked-Size"] = str(entry.size)
         start, end, status = 0, entry.size - 1, 200
         wanted = self.headers.get("Range")
         if wanted and wanted.startswith("bytes="):
-            first, _, last = wanted[len("bytes="):].partition("-")
+            first, _, last = wanted[len("bytes=") :].partition("-")
             start = int(first or 0)
             end = min(int(last), entry.size - 1) if last else entry.size - 1
             if start >= entry.size:
@@ -324,8 +364,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         if not head:
-            sent = _send_file(self.wfile, repo_dir / rel, start, length, self.server_endpoint.throttle_bps,
-                              corrupt=rel in self.server_endpoint.corrupt)
+            sent = _send_file(
+                self.wfile,
+                repo_dir / rel,
+                start,
+                length,
+                self.server_endpoint.throttle_bps,
+                corrupt=rel in self.server_endpoint.corrupt,
+            )
         self._record(status, sent)
 
 
@@ -364,8 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="append every request as a JSON line")
     parser.add_argument("--throttle-bps", type=int)
     args = parser.parse_args(argv)
-    endpoint = HfEndpoint(args.root, host=args.host, port=args.port, tokens={t: None for t in args.token},
-                          private=set(args.private), throttle_bps=args.throttle_bps, log_path=args.log)
+    endpoint = HfEndpoint(
+        args.root,
+        host=args.host,
+        port=args.port,
+        tokens={t: None for t in args.token},
+        private=set(args.private),
+        throttle_bps=args.throttle_bps,
+        log_path=args.log,
+    )
     print(endpoint.url, flush=True)
     try:
         endpoint._server.serve_forever()

@@ -26,9 +26,17 @@ from devtools.request_log import RequestLog
 
 
 class HttpsFiles(RequestLog):
-    def __init__(self, root: Path, cert_dir: Path, *, host: str = "127.0.0.1", port: int = 0,
-                 log_path: Path | None = None, throttle_bps: int | None = None,
-                 forbidden: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        root: Path,
+        cert_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+        throttle_bps: int | None = None,
+        forbidden: tuple[str, ...] = (),
+    ):
         super().__init__(log_path)
         self.root = Path(root)
         self.throttle_bps = throttle_bps
@@ -109,8 +117,16 @@ class _Files(BaseHTTPRequestHandler):
         self._record(status, 0)
 
     def _record(self, status: int, sent: int) -> None:
-        self.server_files.log({"t": round(time.time(), 3), "method": self.command, "path": urlsplit(self.path).path,
-                               "range": self.headers.get("Range"), "status": status, "bytes": sent})
+        self.server_files.log(
+            {
+                "t": round(time.time(), 3),
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "range": self.headers.get("Range"),
+                "status": status,
+                "bytes": sent,
+            }
+        )
 
     def _serve(self, *, head: bool) -> None:
         files = self.server_files
@@ -128,7 +144,7 @@ class _Files(BaseHTTPRequestHandler):
         start, end, status = 0, size - 1, 200
         wanted = self.headers.get("Range")
         if wanted and wanted.startswith("bytes=") and self.headers.get("If-Range") in (None, etag):
-            first, _, last = wanted[len("bytes="):].partition("-")
+            first, _, last = wanted[len("bytes=") :].partition("-")
             start = int(first or 0)
             end = min(int(last), size - 1) if last else size - 1
             status = 206

@@ -81,9 +81,11 @@ def root_umask() -> Iterator[None]:
 def storage_class() -> dict[str, Any]:
     """The default StorageClass this provisioner serves."""
     return {
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
         "metadata": {"name": STORAGE_CLASS, "annotations": {ANN_DEFAULT_CLASS: "true"}},
-        "provisioner": PROVISIONER, "reclaimPolicy": "Delete",
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
         # Immediate: one node, and a claim can be filled before any pod uses it (the demo's assets).
         "volumeBindingMode": "Immediate",
     }
@@ -105,7 +107,8 @@ def local_volume(claim: dict[str, Any], root: Path, node_name: str) -> dict[str,
     on this node only, deleted with the claim."""
     meta, spec = claim["metadata"], claim["spec"]
     return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
         "metadata": {"name": volume_name(claim), "annotations": {ANN_PROVISIONED_BY: PROVISIONER}},
         "spec": {
             "capacity": {"storage": spec["resources"]["requests"]["storage"]},
@@ -113,11 +116,21 @@ def local_volume(claim: dict[str, Any], root: Path, node_name: str) -> dict[str,
             "volumeMode": "Filesystem",
             "persistentVolumeReclaimPolicy": "Delete",
             "storageClassName": STORAGE_CLASS,
-            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
-                         "name": meta["name"], "uid": meta["uid"]},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
             "local": {"path": str(volume_dir(root, claim))},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": HOSTNAME_LABEL, "operator": "In", "values": [node_name]}]}]}},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node_name]}]}
+                    ]
+                }
+            },
         },
     }
 
@@ -142,9 +155,13 @@ def wants_us(claim: dict[str, Any]) -> bool:
     """A pending claim of our class that the PV controller handed to us (its annotation)."""
     meta, spec = claim["metadata"], claim["spec"]
     annotations = meta.get("annotations") or {}
-    return (spec.get("storageClassName") == STORAGE_CLASS and not spec.get("volumeName")
-            and not meta.get("deletionTimestamp") and (claim.get("status") or {}).get("phase", "Pending") == "Pending"
-            and any(annotations.get(a) == PROVISIONER for a in ANN_STORAGE_PROVISIONER))
+    return (
+        spec.get("storageClassName") == STORAGE_CLASS
+        and not spec.get("volumeName")
+        and not meta.get("deletionTimestamp")
+        and (claim.get("status") or {}).get("phase", "Pending") == "Pending"
+        and any(annotations.get(a) == PROVISIONER for a in ANN_STORAGE_PROVISIONER)
+    )
 
 
 def ours(volume: dict[str, Any]) -> bool:
@@ -153,9 +170,9 @@ def ours(volume: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    provision: list[dict[str, Any]] = field(default_factory=list)   # claims
+    provision: list[dict[str, Any]] = field(default_factory=list)  # claims
     refuse: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (claim, why)
-    delete: list[dict[str, Any]] = field(default_factory=list)      # volumes
+    delete: list[dict[str, Any]] = field(default_factory=list)  # volumes
 
 
 def plan(claims: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> Plan:
@@ -173,9 +190,12 @@ def plan(claims: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> Plan:
         else:
             result.provision.append(claim)
     for volume in volumes:
-        if (ours(volume) and (volume.get("status") or {}).get("phase") == "Released"
-                and volume["spec"].get("persistentVolumeReclaimPolicy") == "Delete"
-                and not volume["metadata"].get("deletionTimestamp")):
+        if (
+            ours(volume)
+            and (volume.get("status") or {}).get("phase") == "Released"
+            and volume["spec"].get("persistentVolumeReclaimPolicy") == "Delete"
+            and not volume["metadata"].get("deletionTimestamp")
+        ):
             result.delete.append(volume)
     return result
 
@@ -242,23 +262,37 @@ class Provisioner:
                 raise
             found = json.loads(self.storage.read_storage_class(STORAGE_CLASS, _preload_content=False).data)
             if found.get("provisioner") != PROVISIONER:
-                raise RuntimeError(f"StorageClass {STORAGE_CLASS} exists with provisioner "
-                                   f"{found.get('provisioner')!r}, not {PROVISIONER}") from None
+                raise RuntimeError(
+                    f"StorageClass {STORAGE_CLASS} exists with provisioner "
+                    f"{found.get('provisioner')!r}, not {PROVISIONER}"
+                ) from None
         for sc in self._list(self.storage.list_storage_class):
             name = sc["metadata"]["name"]
             if name != STORAGE_CLASS and (sc["metadata"].get("annotations") or {}).get(ANN_DEFAULT_CLASS) == "true":
-                log(f"warning: StorageClass {name} is a default class too: claims without a class are refused "
-                    f"until one of them is not (a control plane kept from before this provisioner?)")
+                log(
+                    f"warning: StorageClass {name} is a default class too: claims without a class are refused "
+                    f"until one of them is not (a control plane kept from before this provisioner?)"
+                )
 
     def event(self, claim: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = claim["metadata"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
-                               "name": meta["name"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024], "source": {"component": PROVISIONER},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": PROVISIONER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
@@ -294,8 +328,7 @@ class Provisioner:
             gave_up = failures >= MAX_ATTEMPTS
             log(f"{what}: {'gave up after attempt' if gave_up else 'failed, attempt'} {failures}/{MAX_ATTEMPTS}: {e}")
             if claim is not None and (gave_up or failures == 1):
-                self.event(claim, "Warning", "ProvisioningFailed",
-                           f"{e}{' (given up)' if gave_up else ' (retrying)'}")
+                self.event(claim, "Warning", "ProvisioningFailed", f"{e}{' (given up)' if gave_up else ' (retrying)'}")
 
     def provision(self, claim: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -88,8 +88,9 @@ class NodeError(RuntimeError):
 def host_ip() -> str:
     """This machine's primary non-loopback IPv4 (the source address of its default route)."""
     try:
-        out = subprocess.run(["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True,
-                             timeout=5).stdout.split()
+        out = subprocess.run(
+            ["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True, timeout=5
+        ).stdout.split()
         if "src" in out:
             return out[out.index("src") + 1]
     except (OSError, subprocess.TimeoutExpired):
@@ -120,29 +121,56 @@ def kubelet_config(state: Path, cgroup_driver: str) -> dict[str, Any]:
     """The kubelet's config: anonymous + AlwaysAllow on loopback only (the local apiserver calls
     kubelets without a client certificate), relaxed eviction, no swap check."""
     return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": "127.0.0.1", "port": KUBELET_PORT, "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": KUBELET_PORT - 2,
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": "127.0.0.1",
+        "port": KUBELET_PORT,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": KUBELET_PORT - 2,
         "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
         "authorization": {"mode": "AlwaysAllow"},
-        "cgroupDriver": cgroup_driver, "cgroupsPerQOS": True, "enforceNodeAllocatable": ["pods"],
-        "failSwapOn": False, "clusterDomain": "cluster.local", "clusterDNS": [GATEWAY],
+        "cgroupDriver": cgroup_driver,
+        "cgroupsPerQOS": True,
+        "enforceNodeAllocatable": ["pods"],
+        "failSwapOn": False,
+        "clusterDomain": "cluster.local",
+        "clusterDNS": [GATEWAY],
         "resolvConf": str(state / "resolv.conf"),
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
-                         "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "serializeImagePulls": False, "maxPods": 60, "syncFrequency": "10s", "fileCheckFrequency": "5s",
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+            "imagefs.available": "1%",
+        },
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "serializeImagePulls": False,
+        "maxPods": 60,
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "5s",
         "nodeStatusUpdateFrequency": "5s",
     }
 
 
 def cni_config(state: Path) -> dict[str, Any]:
     return {
-        "cniVersion": "0.4.0", "name": "sft-pods",
+        "cniVersion": "0.4.0",
+        "name": "sft-pods",
         "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": str(state / "cni-ipam")}},
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(state / "cni-ipam"),
+                },
+            },
             {"type": "portmap", "capabilities": {"portMappings": True}},
             {"type": "firewall", "backend": "iptables"},
         ],
@@ -152,10 +180,18 @@ def cni_config(state: Path) -> dict[str, Any]:
 class RealNode:
     """See the module docstring. ``state_dir`` None: a temp dir, removed on stop."""
 
-    def __init__(self, kubeconfig: Path | str, state_dir: Path | str | None = None, *,
-                 node_name: str | None = None, bin_dir: Path | str | None = None,
-                 timeout_s: float | None = None, dns: bool = True, keep_dockerd: bool = False,
-                 detached: bool = False):
+    def __init__(
+        self,
+        kubeconfig: Path | str,
+        state_dir: Path | str | None = None,
+        *,
+        node_name: str | None = None,
+        bin_dir: Path | str | None = None,
+        timeout_s: float | None = None,
+        dns: bool = True,
+        keep_dockerd: bool = False,
+        detached: bool = False,
+    ):
         self.kubeconfig = Path(kubeconfig).resolve()
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="sft-realnode-")).resolve()
@@ -198,40 +234,95 @@ class RealNode:
             self.log_dir.mkdir(exist_ok=True)
             if not self.detached:
                 atexit.register(self.stop)
-                self._reaper = subprocess.Popen([sys.executable, "-c", _REAPER_SOURCE], stdin=subprocess.PIPE,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                start_new_session=True)
+                self._reaper = subprocess.Popen(
+                    [sys.executable, "-c", _REAPER_SOURCE],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             cgroup_driver = self._ensure_dockerd()
             self.timings["dockerd"] = time.monotonic() - started
             if docker("image", "inspect", PAUSE_IMAGE).returncode != 0:
-                proc = subprocess.run(["bash", str(PAUSE_SCRIPT), PAUSE_IMAGE], capture_output=True, text=True,
-                                      timeout=300, env={**os.environ, "DOCKER": DOCKER})
+                proc = subprocess.run(
+                    ["bash", str(PAUSE_SCRIPT), PAUSE_IMAGE],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    env={**os.environ, "DOCKER": DOCKER},
+                )
                 if proc.returncode != 0:
-                    raise NodeError(f"no docker image {PAUSE_IMAGE} (the pod sandbox) and {PAUSE_SCRIPT.name} "
-                                    f"failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+                    raise NodeError(
+                        f"no docker image {PAUSE_IMAGE} (the pod sandbox) and {PAUSE_SCRIPT.name} "
+                        f"failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
+                    )
             self._write_configs(cgroup_driver)
             if self.dns:
-                self._spawn(DNS, [sys.executable, "-m", "devtools.node_dns",
-                                  "--kubeconfig", str(self.kubeconfig), "--port", "53"])
+                self._spawn(
+                    DNS,
+                    [sys.executable, "-m", "devtools.node_dns", "--kubeconfig", str(self.kubeconfig), "--port", "53"],
+                )
             # Before any claim can be made through this node: the default StorageClass is its.
-            self._spawn(PROVISIONER, [sys.executable, "-m", "devtools.local_provisioner",
-                                      "--kubeconfig", str(self.kubeconfig), "--node-name", self.node_name,
-                                      "--root", str(self.volumes_dir)])
-            self._spawn(SCHEDULER, [str(self.bin_dir / SCHEDULER), f"--kubeconfig={self.kubeconfig}",
-                                    "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1"])
+            self._spawn(
+                PROVISIONER,
+                [
+                    sys.executable,
+                    "-m",
+                    "devtools.local_provisioner",
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--node-name",
+                    self.node_name,
+                    "--root",
+                    str(self.volumes_dir),
+                ],
+            )
+            self._spawn(
+                SCHEDULER,
+                [
+                    str(self.bin_dir / SCHEDULER),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    "--port=0",
+                    "--secure-port=0",
+                    "--v=1",
+                ],
+            )
             s = self.state_dir
-            self._spawn(KUBELET, [
-                str(self.bin_dir / KUBELET), f"--kubeconfig={self.kubeconfig}", f"--config={s / 'kubelet-config.yaml'}",
-                f"--hostname-override={self.node_name}", "--container-runtime=docker",
-                f"--pod-infra-container-image={PAUSE_IMAGE}", "--network-plugin=cni",
-                f"--cni-conf-dir={s / 'cni' / 'net.d'}", f"--cni-bin-dir={CNI_BIN_DIR}",
-                f"--root-dir={s / 'kubelet'}", f"--experimental-dockershim-root-directory={s / 'dockershim'}",
-                f"--volume-plugin-dir={s / 'volume-plugins'}", f"--cert-dir={s / 'kubelet' / 'pki'}",
-                "--register-node=true", "--v=1"])
-            self._spawn(PROXY, [
-                str(self.bin_dir / PROXY), f"--kubeconfig={self.kubeconfig}", f"--hostname-override={self.node_name}",
-                "--proxy-mode=iptables", f"--cluster-cidr={POD_CIDR}", "--conntrack-max-per-core=0",
-                "--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=1"])
+            self._spawn(
+                KUBELET,
+                [
+                    str(self.bin_dir / KUBELET),
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--config={s / 'kubelet-config.yaml'}",
+                    f"--hostname-override={self.node_name}",
+                    "--container-runtime=docker",
+                    f"--pod-infra-container-image={PAUSE_IMAGE}",
+                    "--network-plugin=cni",
+                    f"--cni-conf-dir={s / 'cni' / 'net.d'}",
+                    f"--cni-bin-dir={CNI_BIN_DIR}",
+                    f"--root-dir={s / 'kubelet'}",
+                    f"--experimental-dockershim-root-directory={s / 'dockershim'}",
+                    f"--volume-plugin-dir={s / 'volume-plugins'}",
+                    f"--cert-dir={s / 'kubelet' / 'pki'}",
+                    "--register-node=true",
+                    "--v=1",
+                ],
+            )
+            self._spawn(
+                PROXY,
+                [
+                    str(self.bin_dir / PROXY),
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--hostname-override={self.node_name}",
+                    "--proxy-mode=iptables",
+                    f"--cluster-cidr={POD_CIDR}",
+                    "--conntrack-max-per-core=0",
+                    "--metrics-bind-address=127.0.0.1:10249",
+                    "--healthz-bind-address=127.0.0.1:10256",
+                    "--v=1",
+                ],
+            )
             self._write_state()
             self._wait_ready()
             self.timings["ready"] = time.monotonic() - started
@@ -247,9 +338,11 @@ class RealNode:
             raise NodeError("the real node needs root (dockerd, kubelet, iptables, the CNI bridge)")
         for name in NODE_BINARIES:
             if not os.access(self.bin_dir / name, os.X_OK):
-                raise NodeError(f"no executable {name} in {self.bin_dir}: build kubelet, kube-scheduler and "
-                                f"kube-proxy v1.20.2 (make WHAT='cmd/kubelet cmd/kube-scheduler cmd/kube-proxy' in "
-                                f"the Kubernetes source) into it, or set {NODE_BIN_ENV} (docs/realnode.md)")
+                raise NodeError(
+                    f"no executable {name} in {self.bin_dir}: build kubelet, kube-scheduler and "
+                    f"kube-proxy v1.20.2 (make WHAT='cmd/kubelet cmd/kube-scheduler cmd/kube-proxy' in "
+                    f"the Kubernetes source) into it, or set {NODE_BIN_ENV} (docs/realnode.md)"
+                )
         if not Path(DOCKER).is_file():
             raise NodeError(f"no {DOCKER}: install Debian's docker.io (apt-get install docker.io)")
         for plugin in ("bridge", "host-local", "portmap", "firewall"):
@@ -262,13 +355,17 @@ class RealNode:
         # past the kernel's 107 bytes makes it exit at start with only "bind: invalid argument".
         socket_path = self.state_dir.resolve() / "kubelet" / "pod-resources" / ("0" * 10)
         if len(os.fsencode(socket_path)) > UNIX_SOCKET_PATH_MAX:
-            raise NodeError(f"state dir {self.state_dir} is too deep: the kubelet's sockets under it "
-                            f"({socket_path}) would pass the {UNIX_SOCKET_PATH_MAX}-byte limit of a unix "
-                            f"socket path; use a shorter state dir")
+            raise NodeError(
+                f"state dir {self.state_dir} is too deep: the kubelet's sockets under it "
+                f"({socket_path}) would pass the {UNIX_SOCKET_PATH_MAX}-byte limit of a unix "
+                f"socket path; use a shorter state dir"
+            )
         state = _read_state(self.state_dir)
         if state and any(_alive(state, n) for n in STOP_ORDER):
-            raise NodeError(f"a real node already runs from {self.state_dir} (stop it: "
-                            f"python -m devtools.node down --state-dir {self.state_dir})")
+            raise NodeError(
+                f"a real node already runs from {self.state_dir} (stop it: "
+                f"python -m devtools.node down --state-dir {self.state_dir})"
+            )
 
     def _lock_machine(self) -> None:
         """Hold MACHINE_LOCK while this node runs (released by stop, or by the kernel when the
@@ -286,11 +383,17 @@ class RealNode:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise NodeError(f"another real node runs on this machine (pid {holder}, {MACHINE_LOCK}) "
-                                    f"and did not stop within {wait_s:.0f}s ({LOCK_WAIT_ENV})") from None
+                    raise NodeError(
+                        f"another real node runs on this machine (pid {holder}, {MACHINE_LOCK}) "
+                        f"and did not stop within {wait_s:.0f}s ({LOCK_WAIT_ENV})"
+                    ) from None
                 if not said:
-                    print(f"realnode: another real node runs on this machine (pid {holder}); waiting for it "
-                          f"to stop (up to {wait_s:.0f}s)", file=sys.stderr, flush=True)
+                    print(
+                        f"realnode: another real node runs on this machine (pid {holder}); waiting for it "
+                        f"to stop (up to {wait_s:.0f}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     said = True
                 time.sleep(2.0)
         os.ftruncate(fd, 0)
@@ -312,12 +415,20 @@ class RealNode:
                 raise NodeError(
                     f"a dockerd runs with default runtime {runtime!r}, not {RUNTIME_NAME}: pod sandboxes would fail "
                     f"here (negative oom_score_adj); stop it, or start it with --add-runtime={RUNTIME_NAME}="
-                    f"{RUNC_WRAPPER} --default-runtime={RUNTIME_NAME}")
+                    f"{RUNC_WRAPPER} --default-runtime={RUNTIME_NAME}"
+                )
         else:
             if not shutil.which(DOCKERD):
                 raise NodeError("no dockerd: apt-get install docker.io")
-            self._spawn(DOCKERD, [DOCKERD, "--storage-driver=overlay2",
-                                  f"--add-runtime={RUNTIME_NAME}={RUNC_WRAPPER}", f"--default-runtime={RUNTIME_NAME}"])
+            self._spawn(
+                DOCKERD,
+                [
+                    DOCKERD,
+                    "--storage-driver=overlay2",
+                    f"--add-runtime={RUNTIME_NAME}={RUNC_WRAPPER}",
+                    f"--default-runtime={RUNTIME_NAME}",
+                ],
+            )
             self.started_dockerd = True
             self._write_state()
             self._wait("dockerd answers", lambda: (docker_running(), "docker info fails"), DOCKERD)
@@ -338,10 +449,25 @@ class RealNode:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [*(str(ROOT / d) for d in ("core", "operator", "client", "trainer-image")), str(ROOT), env.get("PYTHONPATH", "")] if p)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p
+                for p in [
+                    *(str(ROOT / d) for d in ("core", "operator", "client", "trainer-image")),
+                    str(ROOT),
+                    env.get("PYTHONPATH", ""),
+                ]
+                if p
+            )
             try:
-                popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, cwd=self.state_dir, env=env)
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=self.state_dir,
+                    env=env,
+                )
             except OSError as e:
                 raise NodeError(f"cannot start {name}: {e}") from None
         self.pids[name] = popen.pid
@@ -356,8 +482,9 @@ class RealNode:
             popen = getattr(self, "_popens", {}).get(name)
             dead = popen.poll() is not None if popen is not None else not pid_alive(pid)
             if dead:
-                raise NodeError(f"{name} (pid {pid}) exited (log: {self.log_dir / (name + '.log')})",
-                                self.log_dir / f"{name}.log")
+                raise NodeError(
+                    f"{name} (pid {pid}) exited (log: {self.log_dir / (name + '.log')})", self.log_dir / f"{name}.log"
+                )
 
     def _wait(self, what: str, ready: Callable[[], tuple[bool, str]], blame: str) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -368,8 +495,11 @@ class RealNode:
             if ok:
                 return
             if time.monotonic() > deadline:
-                raise NodeError(f"timed out after {self.timeout_s:.0f}s waiting until {what} (last: {last}); "
-                                f"set {TIMEOUT_ENV} to wait longer", self.log_dir / f"{blame}.log")
+                raise NodeError(
+                    f"timed out after {self.timeout_s:.0f}s waiting until {what} (last: {last}); "
+                    f"set {TIMEOUT_ENV} to wait longer",
+                    self.log_dir / f"{blame}.log",
+                )
             time.sleep(0.25)
 
     def _core(self) -> Any:
@@ -399,7 +529,10 @@ class RealNode:
             for c in node.status.conditions or []:
                 if c.type == "Ready":
                     fresh = c.last_heartbeat_time is not None and c.last_heartbeat_time >= since
-                    return c.status == "True" and fresh, f"Ready={c.status} (heartbeat {c.last_heartbeat_time}): {c.message}"
+                    return (
+                        c.status == "True" and fresh,
+                        f"Ready={c.status} (heartbeat {c.last_heartbeat_time}): {c.message}",
+                    )
             return False, "no Ready condition yet"
 
         self._wait(f"node {self.node_name} is Ready", ready, KUBELET)
@@ -410,14 +543,24 @@ class RealNode:
         node = self.node()
         taints = [t.to_dict() for t in node.spec.taints or [] if t.key != "node.kubernetes.io/not-ready"]
         taints = [{k: v for k, v in t.items() if v is not None} for t in taints]
-        self._core().patch_node(self.node_name, [{"op": "replace", "path": "/spec/taints", "value": taints}]
-                                if node.spec.taints else {"spec": {}})
+        self._core().patch_node(
+            self.node_name,
+            [{"op": "replace", "path": "/spec/taints", "value": taints}] if node.spec.taints else {"spec": {}},
+        )
 
     def _write_state(self) -> None:
-        (self.state_dir / STATE_FILE).write_text(json.dumps({
-            "pids": self.pids, "started_dockerd": self.started_dockerd, "node": self.node_name,
-            "kubeconfig": str(self.kubeconfig), "bin_dir": str(self.bin_dir),
-        }, indent=2))
+        (self.state_dir / STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "pids": self.pids,
+                    "started_dockerd": self.started_dockerd,
+                    "node": self.node_name,
+                    "kubeconfig": str(self.kubeconfig),
+                    "bin_dir": str(self.bin_dir),
+                },
+                indent=2,
+            )
+        )
 
     # -- stop --
 
@@ -511,8 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         if not state:
             print(f"no real node running from {state_dir}")
             return 0
-        stop_node(state_dir, {n: p for n, p in state["pids"].items() if _alive(state, n)},
-                  Path(state.get("bin_dir", DEFAULT_NODE_BIN)), state.get("started_dockerd", False) and args.stop_dockerd)
+        stop_node(
+            state_dir,
+            {n: p for n, p in state["pids"].items() if _alive(state, n)},
+            Path(state.get("bin_dir", DEFAULT_NODE_BIN)),
+            state.get("started_dockerd", False) and args.stop_dockerd,
+        )
         print(f"real node from {state_dir} stopped")
         return 0
     except NodeError as e:

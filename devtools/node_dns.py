@@ -8,6 +8,7 @@ It exists because Debian has no CoreDNS/kube-dns package and no registry of imag
 Anything else: NXDOMAIN (there is no upstream resolver in the sandbox). UDP and TCP.
 It polls services and endpoints every --interval seconds (a watch would be the real thing).
 """
+
 import argparse
 import base64
 import json
@@ -60,7 +61,9 @@ class Resolver(BaseResolver):
 
     def refresh(self) -> None:
         recs: dict[str, list[str]] = {}
-        svcs = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in self.api.get("/api/v1/services")["items"]}
+        svcs = {
+            (s["metadata"]["namespace"], s["metadata"]["name"]): s for s in self.api.get("/api/v1/services")["items"]
+        }
         for ep in self.api.get("/api/v1/endpoints")["items"]:
             ns, name = ep["metadata"]["namespace"], ep["metadata"]["name"]
             svc = svcs.get((ns, name))
@@ -108,8 +111,13 @@ def main() -> None:
     a = p.parse_args()
     resolver = Resolver(Api(a.kubeconfig), a.interval)
     for tcp in (False, True):
-        DNSServer(resolver, address=a.address, port=a.port, tcp=tcp,
-                  logger=DNSLogger(log="-request,-reply,-truncated,-data", prefix=False)).start_thread()
+        DNSServer(
+            resolver,
+            address=a.address,
+            port=a.port,
+            tcp=tcp,
+            logger=DNSLogger(log="-request,-reply,-truncated,-data", prefix=False),
+        ).start_thread()
     print(f"dns: serving {DOMAIN} on {a.address}:{a.port}", flush=True)
     while True:
         time.sleep(3600)

@@ -57,8 +57,11 @@ def ensure_venv() -> Path:
     venv.parent.mkdir(parents=True, exist_ok=True)
     tmp = venv.with_name(venv.name + f".tmp{os.getpid()}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True)
-    result = subprocess.run([str(tmp / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                             "-c", str(CONSTRAINTS), *PACKAGES], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(tmp / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-c", str(CONSTRAINTS), *PACKAGES],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"cannot install the local S3 server ({' '.join(PACKAGES)}): {result.stderr[-2000:]}")
     # A venv's scripts name their own path: rename by re-creating is not needed, the python
@@ -77,8 +80,9 @@ def _free_port(host: str) -> int:
 
 
 class ObjectStore(RequestLog):
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 throttle_bps: int | None = None):
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None, throttle_bps: int | None = None
+    ):
         super().__init__(log_path)
         self.host = host
         self.throttle_bps = throttle_bps
@@ -99,14 +103,21 @@ class ObjectStore(RequestLog):
 
     def env(self) -> dict[str, str]:
         """What a client needs (the sidecar reads these as boto3 does)."""
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
 
     def start(self, timeout: float = 60) -> "ObjectStore":
         python = ensure_venv()
         self._moto_port = _free_port("127.0.0.1")
-        self._moto = subprocess.Popen([str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self._moto_port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._moto = subprocess.Popen(
+            [str(python), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self._moto_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -144,12 +155,18 @@ class ObjectStore(RequestLog):
         return Minio(host, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1")
 
     def object_downloads(self, bucket: str, key: str) -> list[dict]:
-        return [r for r in self.requests if r["method"] == "GET" and r["path"] == f"/{bucket}/{key}"
-                and r["status"] in (200, 206)]
+        return [
+            r
+            for r in self.requests
+            if r["method"] == "GET" and r["path"] == f"/{bucket}/{key}" and r["status"] in (200, 206)
+        ]
 
     def uploads(self, bucket: str, key: str) -> list[dict]:
-        return [r for r in self.requests if r["method"] in ("PUT", "POST") and r["path"] == f"/{bucket}/{key}"
-                and r["status"] == 200]
+        return [
+            r
+            for r in self.requests
+            if r["method"] in ("PUT", "POST") and r["path"] == f"/{bucket}/{key}" and r["status"] == 200
+        ]
 
 
 class _Proxy(BaseHTTPRequestHandler):
@@ -170,12 +187,19 @@ class _Proxy(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        entry = {"t": round(time.time(), 3), "method": self.command, "path": path,
-                 "query": urlsplit(self.path).query, "range": self.headers.get("Range")}
+        entry = {
+            "t": round(time.time(), 3),
+            "method": self.command,
+            "path": path,
+            "query": urlsplit(self.path).query,
+            "range": self.headers.get("Range"),
+        }
         failure = store.take_failure()
         if failure is not None:
-            payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
-                       b"<Message>injected</Message></Error>")
+            payload = (
+                b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+                b"<Message>injected</Message></Error>"
+            )
             self.send_response(failure)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))

@@ -64,8 +64,13 @@ def copy_as_root_writes(source: Path, target: Path) -> None:
 
 
 class RealStack:
-    def __init__(self, state_dir: Path | str, on_step: Callable[[str], None] = lambda _msg: None,
-                 helm_set: Sequence[str] = (), helm_set_string: Sequence[str] = ()):
+    def __init__(
+        self,
+        state_dir: Path | str,
+        on_step: Callable[[str], None] = lambda _msg: None,
+        helm_set: Sequence[str] = (),
+        helm_set_string: Sequence[str] = (),
+    ):
         """``helm_set``: extra ``--set KEY=VALUE`` for the chart; ``helm_set_string``: extra
         ``--set-string KEY=VALUE`` (e.g. an env value that looks like a number)."""
         self.state_dir = Path(state_dir).resolve()
@@ -125,7 +130,9 @@ class RealStack:
         self._timed("node Ready", t)
         t = time.monotonic()
         self.on_step("building the images (scripts/build-images.sh; docker's cache makes a rebuild quick)")
-        proc = _run(["bash", str(ROOT / "scripts" / "build-images.sh")], timeout=3600, env={**os.environ, "DOCKER": DOCKER})
+        proc = _run(
+            ["bash", str(ROOT / "scripts" / "build-images.sh")], timeout=3600, env={**os.environ, "DOCKER": DOCKER}
+        )
         if proc.returncode != 0:
             raise StackError(f"scripts/build-images.sh failed: {_last_line(proc.stderr)}")
         self.images = dict(line.split("=", 1) for line in proc.stdout.split() if "=" in line)
@@ -144,17 +151,37 @@ class RealStack:
             raise StackError(f"scripts/provision-helm.sh failed: {_last_line(proc.stderr)}")
         helm = proc.stdout.strip().splitlines()[-1]
         home = self.state_dir / "helm"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
-               "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
         repo, _, tag = self.images["SFT_OPERATOR_IMAGE"].rpartition(":")
         sets = [f"image.repository={repo}", f"image.tag={tag}", *self.helm_set]
-        self.on_step(f"helm install {RELEASE} charts/sft-operator -n {OPERATOR_NS} " + " ".join(f"--set {v}" for v in sets)
-                     + "".join(f" --set-string {v}" for v in self.helm_set_string))
+        self.on_step(
+            f"helm install {RELEASE} charts/sft-operator -n {OPERATOR_NS} "
+            + " ".join(f"--set {v}" for v in sets)
+            + "".join(f" --set-string {v}" for v in self.helm_set_string)
+        )
         # --server-side=false: a 1.20 apiserver's OpenAPI does not know the CRD's CEL rules.
-        proc = _run([helm, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace",
-                     "--server-side=false", *(a for v in sets for a in ("--set", v)),
-                     *(a for v in self.helm_set_string for a in ("--set-string", v))],
-                    timeout=180, env=env)
+        proc = _run(
+            [
+                helm,
+                "install",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                OPERATOR_NS,
+                "--create-namespace",
+                "--server-side=false",
+                *(a for v in sets for a in ("--set", v)),
+                *(a for v in self.helm_set_string for a in ("--set-string", v)),
+            ],
+            timeout=180,
+            env=env,
+        )
         if proc.returncode != 0:
             raise StackError(f"helm install failed: {_last_line(proc.stderr)}")
 
@@ -170,10 +197,20 @@ class RealStack:
                 crashed = [c for c in statuses if c.restart_count > 0 or (c.state.terminated is not None)]
                 if crashed:
                     c = crashed[0]
-                    last = self.kubectl("-n", OPERATOR_NS, "logs", p.metadata.name, "-c", c.name,
-                                        *(("--previous",) if c.restart_count else ()), "--tail=5").stdout.strip()
-                    raise StackError(f"the operator container {p.metadata.name}/{c.name} exited "
-                                     f"(restarts {c.restart_count}): {_last_line(last)}")
+                    last = self.kubectl(
+                        "-n",
+                        OPERATOR_NS,
+                        "logs",
+                        p.metadata.name,
+                        "-c",
+                        c.name,
+                        *(("--previous",) if c.restart_count else ()),
+                        "--tail=5",
+                    ).stdout.strip()
+                    raise StackError(
+                        f"the operator container {p.metadata.name}/{c.name} exited "
+                        f"(restarts {c.restart_count}): {_last_line(last)}"
+                    )
                 if p.status.phase == "Running" and statuses and all(c.ready for c in statuses):
                     # Ready and still running 5 s later: the operator got past its start-up.
                     since = ready_since.setdefault(p.metadata.name, time.monotonic())
@@ -193,7 +230,8 @@ class RealStack:
 
         try:
             lease = kubernetes.client.CoordinationV1Api(self.api_client()).read_namespaced_lease(
-                OPERATOR_LEASE, OPERATOR_NS)
+                OPERATOR_LEASE, OPERATOR_NS
+            )
         except ApiException as e:
             if e.status == 404:
                 return ""
@@ -207,14 +245,21 @@ class RealStack:
 
         if self.cp is None:
             return "(no operator pod)"
-        pods = sorted(p.metadata.name for p in kubernetes.client.CoreV1Api(self.api_client()).list_namespaced_pod(
-            OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items)
+        pods = sorted(
+            p.metadata.name
+            for p in kubernetes.client.CoreV1Api(self.api_client())
+            .list_namespaced_pod(OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+            .items
+        )
         if not pods:
             return "(no operator pod)"
         leader = self.leader_pod()
         pods.sort(key=lambda name: name != leader)
-        return "\n".join(f"--- {name}{' (leader)' if name == leader else ''} ---\n"
-                         + self.kubectl("-n", OPERATOR_NS, "logs", name, f"--tail={tail}").stdout for name in pods)
+        return "\n".join(
+            f"--- {name}{' (leader)' if name == leader else ''} ---\n"
+            + self.kubectl("-n", OPERATOR_NS, "logs", name, f"--tail={tail}").stdout
+            for name in pods
+        )
 
     def job_manifest(self, name: str, namespace: str, cpu: str = "500m") -> dict[str, Any]:
         """The demo job (examples/sftjob-tiny-cpu.yaml) for this node: its model and data on the
@@ -228,8 +273,14 @@ class RealStack:
         manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": cpu, "memory": "1Gi"}}
         return manifest
 
-    def fill_claim(self, namespace: str, claim: str, source: Path, size: str = "1Gi",
-                   access_modes: Sequence[str] = ("ReadOnlyMany",)) -> Path:
+    def fill_claim(
+        self,
+        namespace: str,
+        claim: str,
+        source: Path,
+        size: str = "1Gi",
+        access_modes: Sequence[str] = ("ReadOnlyMany",),
+    ) -> Path:
         """A new claim holding the files below ``source``, as a cluster user loads a model and data
         onto a fresh volume before the jobs that read it: created, bound to a `local` volume of the
         node's provisioner (a root-owned 0755 directory), then filled as root writes files
@@ -237,9 +288,13 @@ class RealStack:
         changes no ownership). Returns the claim's host directory."""
         import kubernetes
 
-        kubernetes.client.CoreV1Api(self.api_client()).create_namespaced_persistent_volume_claim(namespace, {
-            "metadata": {"name": claim},
-            "spec": {"accessModes": list(access_modes), "resources": {"requests": {"storage": size}}}})
+        kubernetes.client.CoreV1Api(self.api_client()).create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": claim},
+                "spec": {"accessModes": list(access_modes), "resources": {"requests": {"storage": size}}},
+            },
+        )
         target = self.claim_dir(namespace, claim)
         copy_as_root_writes(source, target)
         self.on_step(f"claim {namespace}/{claim} filled from {source} ({target})")
@@ -287,9 +342,16 @@ class RealStack:
         acting); the standby takes over meanwhile and is operator_pod afterwards."""
         self.operator_pod = self.leader_pod() or self.operator_pod
         restarts, _ = self._operator_container()
-        ids = docker("ps", "-q", "--filter", f"label=io.kubernetes.pod.namespace={OPERATOR_NS}",
-                     "--filter", f"label=io.kubernetes.pod.name={self.operator_pod}",
-                     "--filter", f"label=io.kubernetes.container.name={OPERATOR_CONTAINER}").stdout.split()
+        ids = docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=io.kubernetes.pod.namespace={OPERATOR_NS}",
+            "--filter",
+            f"label=io.kubernetes.pod.name={self.operator_pod}",
+            "--filter",
+            f"label=io.kubernetes.container.name={OPERATOR_CONTAINER}",
+        ).stdout.split()
         if len(ids) != 1:
             raise StackError(f"expected one running operator container in {self.operator_pod}, docker ps says {ids}")
         killed = time.monotonic()
@@ -303,14 +365,23 @@ class RealStack:
                 self.operator_pod = self.leader_pod() or self.operator_pod
                 return took
             time.sleep(0.5)
-        raise StackError(f"the operator was not restarted and Ready {timeout_s:.0f}s after SIGKILL:\n"
-                         + self.kubectl("-n", OPERATOR_NS, "describe", "pod", self.operator_pod).stdout[-3000:])
+        raise StackError(
+            f"the operator was not restarted and Ready {timeout_s:.0f}s after SIGKILL:\n"
+            + self.kubectl("-n", OPERATOR_NS, "describe", "pod", self.operator_pod).stdout[-3000:]
+        )
 
     def pod_container(self, namespace: str, pod: str, container: str) -> str:
         """The docker id of a pod's running container (dockershim's labels)."""
-        ids = docker("ps", "-q", "--filter", f"label=io.kubernetes.pod.namespace={namespace}",
-                     "--filter", f"label=io.kubernetes.pod.name={pod}",
-                     "--filter", f"label=io.kubernetes.container.name={container}").stdout.split()
+        ids = docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=io.kubernetes.pod.namespace={namespace}",
+            "--filter",
+            f"label=io.kubernetes.pod.name={pod}",
+            "--filter",
+            f"label=io.kubernetes.container.name={container}",
+        ).stdout.split()
         if len(ids) != 1:
             raise StackError(f"expected one running container {container} in {namespace}/{pod}, docker ps says {ids}")
         return ids[0]
@@ -334,8 +405,11 @@ class RealStack:
             pvs = kubernetes.client.CoreV1Api(self.api_client()).list_persistent_volume().items
         except Exception:  # the control plane is gone: nothing to list
             return []
-        return [Path(pv.spec.local.path) for pv in pvs
-                if pv.spec.local and (pv.metadata.annotations or {}).get(ANN_PROVISIONED_BY) == PROVISIONER]
+        return [
+            Path(pv.spec.local.path)
+            for pv in pvs
+            if pv.spec.local and (pv.metadata.annotations or {}).get(ANN_PROVISIONED_BY) == PROVISIONER
+        ]
 
     def stop(self, remove_claim_dirs: bool = True) -> None:
         dirs = self.claim_dirs() if remove_claim_dirs else []

@@ -72,8 +72,9 @@ class OperatorProcess:
     """`sft-operator run --kubeconfig ... [--namespace ...]` in its own process group, so a test
     can kill it (SIGKILL: no clean-up) and start it again."""
 
-    def __init__(self, kubeconfig: Path | str, namespaces: list[str], log_file: Path | str,
-                 extra_args: list[str] | None = None):
+    def __init__(
+        self, kubeconfig: Path | str, namespaces: list[str], log_file: Path | str, extra_args: list[str] | None = None
+    ):
         self.kubeconfig = Path(kubeconfig)
         self.namespaces = list(namespaces)
         self.log_file = Path(log_file)
@@ -128,4 +129,3 @@ class OperatorProcess:
             return self.log_file.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-

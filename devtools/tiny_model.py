@@ -101,8 +101,14 @@ def build_tokenizer(corpus: list[str], *, vocab_size: int = 256):
     return wrapped
 
 
-TINY_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+TINY_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 
 def write_tiny_model(model_dir: Path, corpus: list[str], *, seed: int = 0, **sizes: int) -> Path:

@@ -58,8 +58,9 @@ def _parameters(function: ast.FunctionDef) -> list[dict[str, Any]]:
     return found
 
 
-def signatures_from_source(source: str, functions: tuple[str, ...] = FUNCTIONS,
-                           source_name: str = SOURCE) -> dict[str, list[dict[str, Any]]]:
+def signatures_from_source(
+    source: str, functions: tuple[str, ...] = FUNCTIONS, source_name: str = SOURCE
+) -> dict[str, list[dict[str, Any]]]:
     """The parameters of ``functions`` (module level or ``Class.method``) in a module's source."""
     FUNCTIONS = functions  # noqa: N806 - the body below reads the module's name
     SOURCE = source_name  # noqa: N806
@@ -79,8 +80,9 @@ def signatures_from_source(source: str, functions: tuple[str, ...] = FUNCTIONS,
     return {name: found[name] for name in FUNCTIONS}
 
 
-def reference_from_wheel(wheel: Path, source_name: str = SOURCE,
-                         functions: tuple[str, ...] = FUNCTIONS) -> dict[str, Any]:
+def reference_from_wheel(
+    wheel: Path, source_name: str = SOURCE, functions: tuple[str, ...] = FUNCTIONS
+) -> dict[str, Any]:
     """The reference document for ``wheel``: which file it came from (sha256) and the signatures."""
     data = wheel.read_bytes()
     with zipfile.ZipFile(wheel) as archive:
@@ -101,9 +103,20 @@ def download_wheel(directory: Path = WHEEL_CACHE, timeout: float = 180) -> Path:
     if not wheel.exists():
         directory.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             f"{DISTRIBUTION}=={VERSION}", "-d", str(directory)],
-            check=True, capture_output=True, timeout=timeout,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                f"{DISTRIBUTION}=={VERSION}",
+                "-d",
+                str(directory),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
         )
     return wheel
 
@@ -131,9 +144,21 @@ def install_for_import(target: Path = IMPORT_TARGET, timeout: float = 300) -> Pa
     wanted = "\n".join(IMPORT_REQUIREMENTS) + "\n"
     if not marker.exists() or marker.read_text() != wanted:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--upgrade",
-             "--target", str(target), *IMPORT_REQUIREMENTS],
-            check=True, capture_output=True, timeout=timeout,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--upgrade",
+                "--target",
+                str(target),
+                *IMPORT_REQUIREMENTS,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
         )
         marker.write_text(wanted)
     return target

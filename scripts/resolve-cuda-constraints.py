@@ -52,10 +52,14 @@ def dockerfile_arg(name: str) -> str:
 
 
 def requirements() -> list[str]:
-    return [f"torch=={dockerfile_arg('TORCH_VERSION')}",
-            f"instructlab-training=={dockerfile_arg('INSTRUCTLAB_TRAINING_VERSION')}",
-            f"accelerate=={dockerfile_arg('ACCELERATE_VERSION')}",
-            *CUDA_EXTRA_PACKAGES, *WHEELHOUSE_DEPENDENCIES, f"{ROOT}[trainer]"]
+    return [
+        f"torch=={dockerfile_arg('TORCH_VERSION')}",
+        f"instructlab-training=={dockerfile_arg('INSTRUCTLAB_TRAINING_VERSION')}",
+        f"accelerate=={dockerfile_arg('ACCELERATE_VERSION')}",
+        *CUDA_EXTRA_PACKAGES,
+        *WHEELHOUSE_DEPENDENCIES,
+        f"{ROOT}[trainer]",
+    ]
 
 
 def resolve(reqs: list[str]) -> list[tuple[str, str]]:
@@ -68,23 +72,37 @@ def resolve(reqs: list[str]) -> list[tuple[str, str]]:
             env[key] = os.environ[key]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-               "--quiet", "--report", str(report), "--constraint", str(CPU_CONSTRAINTS), *reqs]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "--constraint",
+            str(CPU_CONSTRAINTS),
+            *reqs,
+        ]
         proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"resolve-cuda-constraints: pip failed:\n{proc.stdout}{proc.stderr}")
         installs = json.loads(report.read_text())["install"]
-    pins = [(i["metadata"]["name"], i["metadata"]["version"]) for i in installs
-            if i["metadata"]["name"] != "sft-operator"]
+    pins = [
+        (i["metadata"]["name"], i["metadata"]["version"]) for i in installs if i["metadata"]["name"] != "sft-operator"
+    ]
     return sorted(pins, key=lambda pin: pin[0].lower())
 
 
 def main() -> None:
-    if sys.version_info[:2] != (3, 11) or platform.system() != "Linux" \
-            or platform.machine() != "x86_64":
-        sys.exit("resolve-cuda-constraints: run with CPython 3.11 on Linux x86_64 (the image's "
-                 f"platform), not {platform.python_version()} on {platform.system()} "
-                 f"{platform.machine()}")
+    if sys.version_info[:2] != (3, 11) or platform.system() != "Linux" or platform.machine() != "x86_64":
+        sys.exit(
+            "resolve-cuda-constraints: run with CPython 3.11 on Linux x86_64 (the image's "
+            f"platform), not {platform.python_version()} on {platform.system()} "
+            f"{platform.machine()}"
+        )
     reqs = requirements()
     pins = resolve(reqs)
     shown = " ".join(r if not r.startswith(str(ROOT)) else ".[trainer]" for r in reqs)
@@ -93,8 +111,7 @@ def main() -> None:
         "# scripts/resolve-cuda-constraints.py; do not edit by hand. Resolved for CPython 3.11 on",
         "# Linux x86_64 against the package index, under constraints.txt (the versions the CPU",
         f"# tier tests), from: {shown}",
-        f"# {', '.join(WHEELHOUSE_DEPENDENCIES)}: installed only with a wheelhouse of the "
-        "compiled extras.",
+        f"# {', '.join(WHEELHOUSE_DEPENDENCIES)}: installed only with a wheelhouse of the compiled extras.",
         *(f"{name}=={version}" for name, version in pins),
     ]
     OUTPUT.write_text("\n".join(lines) + "\n")

@@ -91,8 +91,14 @@ def _step_number(name: str) -> int:
     """S of a step_S directory name (the caller matched _STEP_DIR already); -1 otherwise."""
     match = _STEP_DIR.match(name)
     return int(match.group(1)) if match else -1
-_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                    "pytorch_model.bin.index.json")
+
+
+_HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 # Keys our launcher adds to a mid-epoch training_metadata.json when it makes resume exact.
 META_STEPS_INTO_EPOCH = "sft_steps_into_epoch"
@@ -326,8 +332,15 @@ def read_metrics_log(path: Path, offset: int = 0) -> MetricsLog:
                 other.append(line)
         except ValidationError:
             skipped += 1
-    return MetricsLog(hparams=hparams, totals=totals, steps=steps, validations=validations, other=other,
-                      skipped_lines=skipped, end_offset=end_offset)
+    return MetricsLog(
+        hparams=hparams,
+        totals=totals,
+        steps=steps,
+        validations=validations,
+        other=other,
+        skipped_lines=skipped,
+        end_offset=end_offset,
+    )
 
 
 def metrics_log_path(root: Path) -> Path:
@@ -343,10 +356,17 @@ def _osft_step(line: dict[str, Any]) -> dict[str, Any] | None:
     samples = line["total_samples_accumulated"]
     if not isinstance(samples, (int, float)) or isinstance(samples, bool) or samples != int(samples):
         return None
-    return {"epoch": line["epoch"], "step": line["step"], "samples_seen": int(samples), "avg_loss": line["loss"],
-            "lr": line.get("lr"), "overall_throughput": line.get("samples_per_second"),
-            "batch_size": line.get("num_samples"), "num_epoch_steps": line.get("steps_per_epoch"),
-            "timestamp": line.get("timestamp")}
+    return {
+        "epoch": line["epoch"],
+        "step": line["step"],
+        "samples_seen": int(samples),
+        "avg_loss": line["loss"],
+        "lr": line.get("lr"),
+        "overall_throughput": line.get("samples_per_second"),
+        "batch_size": line.get("num_samples"),
+        "num_epoch_steps": line.get("steps_per_epoch"),
+        "timestamp": line.get("timestamp"),
+    }
 
 
 def _first_samples_per_epoch(path: Path, max_bytes: int = 1 << 20) -> int | None:
@@ -382,8 +402,7 @@ def read_training_metadata(path: Path) -> FullStateMetadata | None:
             payload = archive.read(names[0])
         data = _PlainDataUnpickler(io.BytesIO(payload)).load()
         return FullStateMetadata.model_validate(data)
-    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError,
-            ValidationError):
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, ValidationError):
         return None
 
 
@@ -398,10 +417,17 @@ def read_osft_state(path: Path) -> FullStateMetadata | None:
             payload = archive.read(names[0])
         data = _PlainDataUnpickler(io.BytesIO(payload)).load()
         samples = data["total_samples_accumulated"]
-        return FullStateMetadata(current_epoch=data["epoch"], samples_seen=int(samples),
-                                 global_step=data["step"])
-    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
-            KeyError, ValidationError):
+        return FullStateMetadata(current_epoch=data["epoch"], samples_seen=int(samples), global_step=data["step"])
+    except (
+        OSError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        ValidationError,
+    ):
         return None
 
 
@@ -434,13 +460,15 @@ def _scan_full_states(root: Path) -> tuple[list[FullState], list[str]]:
             continue
         metadata_path = entry / TRAINING_METADATA_FILE
         metadata = read_training_metadata(metadata_path) if metadata_path.exists() else None
-        states.append(FullState(
-            name=entry.name,
-            epoch=int(match.group(1)),
-            complete=metadata is not None,
-            mtime=_mtime(metadata_path if metadata is not None else entry),
-            metadata=metadata,
-        ))
+        states.append(
+            FullState(
+                name=entry.name,
+                epoch=int(match.group(1)),
+                complete=metadata is not None,
+                mtime=_mtime(metadata_path if metadata is not None else entry),
+                metadata=metadata,
+            )
+        )
     states.sort(key=lambda state: state.epoch)
     return states + _scan_osft_full_states(root), stray
 
@@ -456,22 +484,28 @@ def _scan_osft_full_states(root: Path) -> list[FullState]:
             continue  # mini-trainer's resume looks only at step_<S> directories
         state_path = entry / OSFT_STATE_FILE
         metadata = read_osft_state(state_path) if state_path.exists() else None
-        states.append(FullState(name=entry.name, epoch=metadata.current_epoch if metadata else 0,
-                                complete=metadata is not None,
-                                mtime=_mtime(state_path if metadata is not None else entry),
-                                metadata=metadata, directory=OSFT_FULL_STATE_DIR))
+        states.append(
+            FullState(
+                name=entry.name,
+                epoch=metadata.current_epoch if metadata else 0,
+                complete=metadata is not None,
+                mtime=_mtime(state_path if metadata is not None else entry),
+                metadata=metadata,
+                directory=OSFT_FULL_STATE_DIR,
+            )
+        )
     # By step, as mini-trainer picks the newest (an incomplete one sorts by its name's step).
     states.sort(key=lambda state: _step_number(state.name))
     return states
 
 
-def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | None
-             ) -> list[HfCheckpoint]:
+def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | None) -> list[HfCheckpoint]:
     base = root / HF_FORMAT_DIR
     if not base.is_dir():
         return []
-    epoch_by_samples = {state.metadata.samples_seen: state.metadata.current_epoch
-                        for state in full_states if state.metadata is not None}
+    epoch_by_samples = {
+        state.metadata.samples_seen: state.metadata.current_epoch for state in full_states if state.metadata is not None
+    }
     checkpoints = []
     for entry in base.iterdir():
         if not entry.is_dir():
@@ -485,10 +519,10 @@ def _scan_hf(root: Path, full_states: list[FullState], samples_per_epoch: int | 
         epoch = None
         if samples is not None:
             epoch = epoch_by_samples.get(samples, epoch_of_samples(samples, samples_per_epoch))
-        complete = (entry / "config.json").exists() and any(
-            (entry / name).exists() for name in _HF_WEIGHT_FILES)
-        checkpoints.append(HfCheckpoint(name=entry.name, samples=samples, epoch=epoch,
-                                        mtime=_mtime(entry), complete=complete))
+        complete = (entry / "config.json").exists() and any((entry / name).exists() for name in _HF_WEIGHT_FILES)
+        checkpoints.append(
+            HfCheckpoint(name=entry.name, samples=samples, epoch=epoch, mtime=_mtime(entry), complete=complete)
+        )
     checkpoints.sort(key=lambda ckpt: (ckpt.samples is None, ckpt.samples or 0, ckpt.name))
     return checkpoints
 

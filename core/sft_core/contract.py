@@ -103,10 +103,10 @@ def progress_configmap_name(job_name: str) -> str:
 
 
 # --- Launcher exit codes ----------------------------------------------------------------------
-EXIT_OK = 0              # finished (completion marker written) or idling after completion
+EXIT_OK = 0  # finished (completion marker written) or idling after completion
 EXIT_TRAINING_FAILED = 1  # instructlab-training / torchrun failed
-EXIT_BAD_CONFIG = 2      # config or environment invalid: retrying will not help
-EXIT_PREEMPTED = 3       # saved an on-demand checkpoint and stopped; a restart resumes
+EXIT_BAD_CONFIG = 2  # config or environment invalid: retrying will not help
+EXIT_PREEMPTED = 3  # saved an on-demand checkpoint and stopped; a restart resumes
 EXIT_PEER_UNAVAILABLE = 4  # node 0's data-ready marker or rendezvous endpoint never came; a
 #                            restart may help
 EXIT_RENDEZVOUS_CONFLICT = 5  # the rendezvous port is taken on node 0's pod, or the endpoint a

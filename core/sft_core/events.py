@@ -18,7 +18,7 @@ def _head(text: str, size: int) -> str:
 
 def _tail(text: str, size: int) -> str:
     data = text.encode("utf-8")
-    return data[len(data) - size:].decode("utf-8", errors="ignore") if size > 0 else ""
+    return data[len(data) - size :].decode("utf-8", errors="ignore") if size > 0 else ""
 
 
 def fit_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:

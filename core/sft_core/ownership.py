@@ -108,9 +108,16 @@ class JobIdentity:
         return training_fields_hash(self.training_fields)
 
     def entry(self, acquired: Acquired, since: datetime, note: str | None = None) -> OwnerEntry:
-        return OwnerEntry(uid=self.uid, namespace=self.namespace, name=self.name,
-                          training_fields_hash=self.hash, training_fields=self.training_fields,
-                          acquired=acquired, since=since, note=note)
+        return OwnerEntry(
+            uid=self.uid,
+            namespace=self.namespace,
+            name=self.name,
+            training_fields_hash=self.hash,
+            training_fields=self.training_fields,
+            acquired=acquired,
+            since=since,
+            note=note,
+        )
 
 
 class Action(str, enum.Enum):
@@ -136,47 +143,72 @@ def _listed(items: list[str]) -> str:
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> str:
     """``learningRate 0.001 -> 0.002; numEpochs 2 -> 3`` (keys in order, at most a few)."""
     keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-    parts = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
-             for key in keys[:MAX_LISTED_FIELDS]]
+    parts = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}" for key in keys[:MAX_LISTED_FIELDS]]
     if len(keys) > MAX_LISTED_FIELDS:
         parts.append(f"and {len(keys) - MAX_LISTED_FIELDS} more")
     return "; ".join(parts) if parts else "not recorded"
 
 
-def decide(record: OwnerRecord | None, unreadable: str | None, output: list[str], me: JobIdentity, *,
-           adopt_existing: bool, directory: str) -> Decision:
+def decide(
+    record: OwnerRecord | None,
+    unreadable: str | None,
+    output: list[str],
+    me: JobIdentity,
+    *,
+    adopt_existing: bool,
+    directory: str,
+) -> Decision:
     """What a job starting on ``directory`` does. ``record``: its owner record (None: absent or
     ``unreadable``, then why); ``output``: what of a run is there (``training_output``)."""
     opt_in = "set spec.checkpoints.adoptExisting: true to continue from them, or use another spec.checkpoints.path"
     if unreadable is not None:
         if adopt_existing:
-            return Decision(Action.ADOPT, Acquired.ADOPT_EXISTING,
-                            f"adopted {directory} (its owner record could not be read: {unreadable}): "
-                            "spec.checkpoints.adoptExisting")
-        return Decision(Action.REFUSE, None,
-                        f"{directory} has an owner record {OWNER_FILE} that cannot be read ({unreadable}); "
-                        f"{opt_in}")
+            return Decision(
+                Action.ADOPT,
+                Acquired.ADOPT_EXISTING,
+                f"adopted {directory} (its owner record could not be read: {unreadable}): "
+                "spec.checkpoints.adoptExisting",
+            )
+        return Decision(
+            Action.REFUSE,
+            None,
+            f"{directory} has an owner record {OWNER_FILE} that cannot be read ({unreadable}); {opt_in}",
+        )
     if record is None:
         if not output:
             return Decision(Action.CLAIM, Acquired.NEW, "")
-        return Decision(Action.ADOPT, Acquired.UNRECORDED,
-                        f"adopted checkpoints without an owner record in {directory} (written before owners "
-                        f"were recorded): {_listed(output)}")
+        return Decision(
+            Action.ADOPT,
+            Acquired.UNRECORDED,
+            f"adopted checkpoints without an owner record in {directory} (written before owners "
+            f"were recorded): {_listed(output)}",
+        )
     previous = record.current
     if previous.uid == me.uid:
         return Decision(Action.OWNED, None, "", previous)
     if previous.training_fields_hash == me.hash:
-        return Decision(Action.ADOPT, Acquired.SAME_TRAINING_FIELDS,
-                        f"adopted checkpoints of {previous.job}: same training fields", previous)
+        return Decision(
+            Action.ADOPT,
+            Acquired.SAME_TRAINING_FIELDS,
+            f"adopted checkpoints of {previous.job}: same training fields",
+            previous,
+        )
     differ = differing_fields(previous.training_fields, me.training_fields)
     if adopt_existing:
-        return Decision(Action.ADOPT, Acquired.ADOPT_EXISTING,
-                        f"adopted checkpoints of {previous.job}: spec.checkpoints.adoptExisting (training "
-                        f"fields differ: {differ})", previous)
+        return Decision(
+            Action.ADOPT,
+            Acquired.ADOPT_EXISTING,
+            f"adopted checkpoints of {previous.job}: spec.checkpoints.adoptExisting (training fields differ: {differ})",
+            previous,
+        )
     held = f" ({_listed(output)})" if output else ""
-    return Decision(Action.REFUSE, None,
-                    f"{directory} holds the checkpoints of {previous.job}{held}, trained with other training "
-                    f"fields ({differ}); {opt_in}", previous)
+    return Decision(
+        Action.REFUSE,
+        None,
+        f"{directory} holds the checkpoints of {previous.job}{held}, trained with other training "
+        f"fields ({differ}); {opt_in}",
+        previous,
+    )
 
 
 def recorded(record: OwnerRecord | None, me: JobIdentity, decision: Decision, since: datetime) -> OwnerRecord:
@@ -206,8 +238,9 @@ def writer(record: OwnerRecord, written_at: float) -> int | None:
     return found
 
 
-def retention_may_delete(record: OwnerRecord | None, written_at: Callable[[FullState], float]
-                         ) -> Callable[[FullState], bool]:
+def retention_may_delete(
+    record: OwnerRecord | None, written_at: Callable[[FullState], float]
+) -> Callable[[FullState], bool]:
     """Retention's filter: a full state written by an owner of the current lineage. No record:
     nothing may go (the record is written before any run)."""
     if record is None:

@@ -85,11 +85,15 @@ class FullStateInfo(_Api):
 class CheckpointAdoption(_Api):
     """This job continues checkpoints another job wrote (the directory's owner record)."""
 
-    previous_uid: str | None = Field(default=None, max_length=128,
-                                     description="The uid of the job that owned them (unset: unrecorded).")
+    previous_uid: str | None = Field(
+        default=None, max_length=128, description="The uid of the job that owned them (unset: unrecorded)."
+    )
     previous_job: str | None = Field(default=None, max_length=320, description="That job's namespace/name.")
-    reason: str = Field(max_length=64, description="SameTrainingFields, AdoptExisting (spec.checkpoints.adoptExisting) "
-                        "or Unrecorded (written before owners were recorded).")
+    reason: str = Field(
+        max_length=64,
+        description="SameTrainingFields, AdoptExisting (spec.checkpoints.adoptExisting) "
+        "or Unrecorded (written before owners were recorded).",
+    )
     message: str = Field(max_length=1024)
     time: DateTime = Field(description="When it was adopted.")
 
@@ -133,25 +137,31 @@ class TrainingProgress(_Api):
     epoch: Count = Field(default=0, description="1-based epoch in progress (numEpochs once completed).")
     num_epochs: Count = 0
     # None, not "": the API server (1.20 at least) refuses an empty string in a CRD string field.
-    epoch_display: str | None = Field(default=None, max_length=MAX_DISPLAY_LENGTH,
-                                      description="epoch/numEpochs, for kubectl get")
+    epoch_display: str | None = Field(
+        default=None, max_length=MAX_DISPLAY_LENGTH, description="epoch/numEpochs, for kubectl get"
+    )
     samples_seen: Count = 0
     total_samples: Count | None = Field(default=None, description="Samples per epoch * numEpochs.")
     percent: int = Field(default=0, ge=0, le=100, strict=True)
-    percent_display: str | None = Field(default=None, max_length=MAX_DISPLAY_LENGTH,
-                                        description="percent with a % sign, for kubectl get")
-    last_loss: str | None = Field(default=None, max_length=MAX_DECIMAL_LENGTH,
-                                  description="Average loss of the last step (a decimal string).")
-    throughput: str | None = Field(default=None, max_length=MAX_DECIMAL_LENGTH,
-                                   description="Samples per second over the last step.")
+    percent_display: str | None = Field(
+        default=None, max_length=MAX_DISPLAY_LENGTH, description="percent with a % sign, for kubectl get"
+    )
+    last_loss: str | None = Field(
+        default=None, max_length=MAX_DECIMAL_LENGTH, description="Average loss of the last step (a decimal string)."
+    )
+    throughput: str | None = Field(
+        default=None, max_length=MAX_DECIMAL_LENGTH, description="Samples per second over the last step."
+    )
     eta_seconds: Count | None = Field(default=None, description="Remaining samples / throughput.")
     checkpoints: list[CheckpointInfo] = Field(
-        default_factory=list, max_length=MAX_CHECKPOINTS,
+        default_factory=list,
+        max_length=MAX_CHECKPOINTS,
         description=f"The complete hf_format checkpoints, oldest first: the newest {MAX_CHECKPOINTS} when there "
         "are more.",
     )
-    latest_checkpoint: str | None = Field(default=None, max_length=MAX_NAME_LENGTH,
-                                          description="Name of the newest complete checkpoint.")
+    latest_checkpoint: str | None = Field(
+        default=None, max_length=MAX_NAME_LENGTH, description="Name of the newest complete checkpoint."
+    )
     latest_full_state: FullStateInfo | None = None
     resumable: Flag = Field(default=False, description="A complete full_state exists to resume from.")
     last_update_time: DateTime | None = Field(default=None, description="Newest fact on the volume.")
@@ -210,10 +220,22 @@ def summarize_progress(
     cannot hold (the volume is the job's own: anything may be there) is left out
     (summary_fields and check_summary tell which).
     """
-    return check_summary(summary_fields(
-        tree, num_epochs=num_epochs, last_step=last_step, last_totals=last_totals, runs=runs,
-        data_dir_exists=data_dir_exists, loss_history=loss_history, adoption=adoption, transfers=transfers,
-    )).value or TrainingProgress()
+    return (
+        check_summary(
+            summary_fields(
+                tree,
+                num_epochs=num_epochs,
+                last_step=last_step,
+                last_totals=last_totals,
+                runs=runs,
+                data_dir_exists=data_dir_exists,
+                loss_history=loss_history,
+                adoption=adoption,
+                transfers=transfers,
+            )
+        ).value
+        or TrainingProgress()
+    )
 
 
 def summary_fields(
@@ -329,12 +351,23 @@ def _transfer_fields(transfers: TransferState | None) -> dict[str, Any]:
     if transfers is None:
         return {}
     downloads = [
-        {"field": d.field, "source": d.source, "state": d.state.value, "bytes_done": d.bytes_done,
-         "bytes_total": d.bytes_total, "files": d.files, "revision": d.revision, "cached": d.cached, "error": d.error}
+        {
+            "field": d.field,
+            "source": d.source,
+            "state": d.state.value,
+            "bytes_done": d.bytes_done,
+            "bytes_total": d.bytes_total,
+            "files": d.files,
+            "revision": d.revision,
+            "cached": d.cached,
+            "error": d.error,
+        }
         for d in transfers.downloads
     ]
-    exports = [{"checkpoint": e.checkpoint, "uri": e.uri, "bytes": e.bytes, "time": e.exported_at}
-               for e in transfers.exports[-MAX_CHECKPOINTS:]]
+    exports = [
+        {"checkpoint": e.checkpoint, "uri": e.uri, "bytes": e.bytes, "time": e.exported_at}
+        for e in transfers.exports[-MAX_CHECKPOINTS:]
+    ]
     return {"downloads": downloads or None, "exports": exports or None, "export_error": transfers.export_error}
 
 

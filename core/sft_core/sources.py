@@ -122,14 +122,16 @@ def parse_source(value: str, *, model: bool) -> Source:
     """A modelPath (``model=True``) or dataPath value as a Source; raises SourceProblem saying
     what is wrong. Absolute paths are not sources: check ``is_remote`` first."""
     if value.startswith(HF_SCHEME):
-        return _parse_hf(value[len(HF_SCHEME):], value, model=model)
+        return _parse_hf(value[len(HF_SCHEME) :], value, model=model)
     if value.startswith(S3_SCHEME):
         return _parse_s3(value, model=model)
     if value.startswith(HTTPS_SCHEME):
         return _parse_https(value, model=model)
     if "://" in value:
         scheme = value.split("://", 1)[0]
-        raise SourceProblem(f"{value!r}: scheme {scheme}:// is not supported (hf://, s3://, https:// or an absolute path)")
+        raise SourceProblem(
+            f"{value!r}: scheme {scheme}:// is not supported (hf://, s3://, https:// or an absolute path)"
+        )
     if not model:
         raise SourceProblem(
             f"{value!r} is neither an absolute path in the pod nor a URI (hf://datasets/..., s3://..., https://...)"
@@ -152,7 +154,9 @@ def _parse_hf(rest: str, original: str, *, model: bool, bare: bool = False) -> S
         uri = f"{HF_SCHEME}{HF_DATASETS_PREFIX}{match['repo']}{'@' + revision if revision else ''}/{file}"
         return Source(SourceKind.HF_DATASET_FILE, uri, match["repo"], revision, file)
     if not model:
-        raise SourceProblem(f"{original!r}: data from Hugging Face is one file of a dataset: hf://datasets/<org>/<repo>/<file>")
+        raise SourceProblem(
+            f"{original!r}: data from Hugging Face is one file of a dataset: hf://datasets/<org>/<repo>/<file>"
+        )
     match = _HF_REPO.match(rest)
     if not match or ".." in rest:
         what = "a Hugging Face id (<org>/<repo>) or an absolute path" if bare else "hf://<org>/<repo>[@<revision>]"
@@ -165,7 +169,7 @@ def _parse_hf(rest: str, original: str, *, model: bool, bare: bool = False) -> S
 
 
 def _parse_s3(value: str, *, model: bool) -> Source:
-    bucket, _, key = value[len(S3_SCHEME):].partition("/")
+    bucket, _, key = value[len(S3_SCHEME) :].partition("/")
     if not _S3_BUCKET.match(bucket) or ".." in bucket:
         raise SourceProblem(f"{value!r}: {bucket!r} is not an S3 bucket name")
     parts = [p for p in key.split("/") if p]
@@ -191,8 +195,10 @@ def _parse_https(value: str, *, model: bool) -> Source:
     if parts.query or parts.fragment:
         # A query string is where presigned URLs carry their signature: a credential that would
         # then sit in the manifest and the status.
-        raise SourceProblem(f"https://{parts.hostname}{parts.path}?...: a query string may carry a credential and is "
-                            "not accepted; use s3:// with a Secret for signed access")
+        raise SourceProblem(
+            f"https://{parts.hostname}{parts.path}?...: a query string may carry a credential and is "
+            "not accepted; use s3:// with a Secret for signed access"
+        )
     return Source(SourceKind.HTTPS_FILE, value, parts.hostname, None, parts.path)
 
 
@@ -200,7 +206,7 @@ def parse_export_uri(value: str) -> tuple[str, str]:
     """``s3://bucket[/prefix]`` as (bucket, prefix without a trailing '/'); raises SourceProblem."""
     if not value.startswith(S3_SCHEME):
         raise SourceProblem(f"{value!r}: the export target is s3://<bucket>[/<prefix>]")
-    bucket, _, prefix = value[len(S3_SCHEME):].partition("/")
+    bucket, _, prefix = value[len(S3_SCHEME) :].partition("/")
     if not _S3_BUCKET.match(bucket):
         raise SourceProblem(f"{value!r}: {bucket!r} is not an S3 bucket name")
     parts = [p for p in prefix.split("/") if p]

@@ -24,9 +24,7 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors, not ignored."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False)
 
     def to_api(self) -> dict[str, Any]:
         """The object as the Kubernetes API spells it (camelCase, unset optionals left out)."""

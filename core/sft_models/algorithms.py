@@ -76,8 +76,12 @@ def algorithm_problems(spec: Any) -> list[tuple[str, str]]:
         for field, unset in SFT_ONLY_FIELDS.items():
             value = getattr(spec, _ATTRIBUTES[field])
             if value != unset:
-                problems.append((f"spec.{field}", "an instructlab-training (sft) parameter: not allowed "
-                                 "when spec.algorithm is osft"))
+                problems.append(
+                    (
+                        f"spec.{field}",
+                        "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft",
+                    )
+                )
     else:
         for field in OSFT_ONLY_FIELDS:
             if getattr(spec, _ATTRIBUTES[field]) is not None:
@@ -88,8 +92,13 @@ def algorithm_problems(spec: Any) -> list[tuple[str, str]]:
 def cel_rules() -> list[tuple[str, str, str]]:
     """The CRD's rules (on spec itself) that mirror algorithm_problems."""
     osft = "has(self.algorithm) && self.algorithm == 'osft'"
-    rules = [("", f"!({osft}) || has(self.unfreezeRankRatio)",
-              "spec.unfreezeRankRatio: required when spec.algorithm is osft")]
+    rules = [
+        (
+            "",
+            f"!({osft}) || has(self.unfreezeRankRatio)",
+            "spec.unfreezeRankRatio: required when spec.algorithm is osft",
+        )
+    ]
     for field, unset in SFT_ONLY_FIELDS.items():
         if unset is None:
             allowed = f"!has(self.{field})"
@@ -99,17 +108,23 @@ def cel_rules() -> list[tuple[str, str, str]]:
             allowed = f"!has(self.{field}) || self.{field} == {str(unset).lower()}"
         else:
             allowed = f"!has(self.{field}) || self.{field} == {unset!r}"
-        rules.append(("", f"!({osft}) || {allowed}",
-                      f"spec.{field}: an instructlab-training (sft) parameter: not allowed when "
-                      "spec.algorithm is osft"))
+        rules.append(
+            (
+                "",
+                f"!({osft}) || {allowed}",
+                f"spec.{field}: an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft",
+            )
+        )
     for field in OSFT_ONLY_FIELDS:
-        rules.append(("", f"{osft} || !has(self.{field})",
-                      f"spec.{field}: an OSFT parameter: only when spec.algorithm is osft"))
+        rules.append(
+            ("", f"{osft} || !has(self.{field})", f"spec.{field}: an OSFT parameter: only when spec.algorithm is osft")
+        )
     return rules
 
 
-def osft_training_args(spec: Any, ckpt_output_dir: str, logger_fields: tuple[str, ...], *, model_path: str,
-                       data_path: str) -> dict[str, Any]:
+def osft_training_args(
+    spec: Any, ckpt_output_dir: str, logger_fields: tuple[str, ...], *, model_path: str, data_path: str
+) -> dict[str, Any]:
     """The launcher's trainingArgs for an OSFT job: training_hub osft()'s parameter names (the
     launcher maps them onto mini-trainer's as training_hub's backend does). ``model_path`` and
     ``data_path``: where the pod reads them (a remote source's local copy, as for SFT)."""
@@ -131,8 +146,15 @@ def osft_training_args(spec: Any, ckpt_output_dir: str, logger_fields: tuple[str
         "eps": spec.eps,
         "weight_decay": spec.weight_decay,
     }
-    for name in ("target_patterns", "seed", "lr_scheduler", "lr_scheduler_kwargs", "save_final_checkpoint",
-                 "use_liger", *logger_fields):
+    for name in (
+        "target_patterns",
+        "seed",
+        "lr_scheduler",
+        "lr_scheduler_kwargs",
+        "save_final_checkpoint",
+        "use_liger",
+        *logger_fields,
+    ):
         value = getattr(spec, name)
         if value is not None:
             args[name] = value

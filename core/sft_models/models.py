@@ -53,12 +53,24 @@ RESERVED_ENV = frozenset(
 COLLECTIVE_TIMEOUT_ENV = "INSTRUCTLAB_NCCL_TIMEOUT_MS"
 POSITIVE_INTEGER_PATTERN = r"^[0-9]*[1-9][0-9]*$"
 RESERVED_VOLUMES = frozenset(
-    {contract.CHECKPOINT_VOLUME, contract.CONFIG_VOLUME, contract.SHM_VOLUME, contract.POD_STATE_VOLUME,
-     pod_security.REPORTER_TOKEN_VOLUME, contract.SOURCE_CACHE_VOLUME, contract.TRANSFER_TMP_VOLUME}
+    {
+        contract.CHECKPOINT_VOLUME,
+        contract.CONFIG_VOLUME,
+        contract.SHM_VOLUME,
+        contract.POD_STATE_VOLUME,
+        pod_security.REPORTER_TOKEN_VOLUME,
+        contract.SOURCE_CACHE_VOLUME,
+        contract.TRANSFER_TMP_VOLUME,
+    }
 )
 RESERVED_MOUNT_PATHS = frozenset(
-    {contract.CHECKPOINT_MOUNT_PATH, contract.CONFIG_MOUNT_PATH, contract.SHM_MOUNT_PATH, contract.POD_STATE_MOUNT_PATH,
-     contract.SOURCE_CACHE_CLAIM_MOUNT_PATH}
+    {
+        contract.CHECKPOINT_MOUNT_PATH,
+        contract.CONFIG_MOUNT_PATH,
+        contract.SHM_MOUNT_PATH,
+        contract.POD_STATE_MOUNT_PATH,
+        contract.SOURCE_CACHE_CLAIM_MOUNT_PATH,
+    }
 )
 
 
@@ -116,7 +128,9 @@ class ClaimTemplate(ApiModel):
 class CheckpointVolume(ApiModel):
     """Where checkpoints live: an existing claim, or a claim the operator creates."""
 
-    existing_claim: str | None = Field(default=None, min_length=1, max_length=253, description="Name of an existing PersistentVolumeClaim.")
+    existing_claim: str | None = Field(
+        default=None, min_length=1, max_length=253, description="Name of an existing PersistentVolumeClaim."
+    )
     claim: ClaimTemplate | None = Field(default=None, description="A claim for the operator to create.")
     path: str | None = Field(
         default=None,
@@ -145,12 +159,16 @@ class HuggingFaceAccess(ApiModel):
     """How the transfer sidecar reaches Hugging Face for hf:// sources."""
 
     token_secret: str | None = Field(
-        default=None, max_length=253, pattern=SECRET_NAME_PATTERN,
+        default=None,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
         description=f"A Secret in the job's namespace whose key {contract.ENV_HF_TOKEN} holds a token (gated or private "
         "repos). Seen only by the transfer sidecar. Unset: anonymous.",
     )
     endpoint: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$",
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s?#]+$",
         description="The hub's address (a mirror, or a test server); unset: huggingface_hub's default.",
     )
 
@@ -159,19 +177,25 @@ class S3Access(ApiModel):
     """How the transfer sidecar reaches S3-compatible storage for s3:// sources and the export."""
 
     credentials_secret: str | None = Field(
-        default=None, max_length=253, pattern=SECRET_NAME_PATTERN,
+        default=None,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
         description="A Secret in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional: "
         "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION), seen only by the transfer sidecar. Unset: web identity "
         "(AWS_WEB_IDENTITY_TOKEN_FILE) or container credentials where the cluster provides them, else anonymous "
         "(public buckets).",
     )
     endpoint: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://[^\s?#]+$",
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s?#]+$",
         description="An S3-compatible endpoint (MinIO, Ceph, ...). Unset: the Secret's AWS_ENDPOINT_URL if it has one, "
         "else AWS.",
     )
     region: str | None = Field(
-        default=None, max_length=64, pattern=r"^[a-z0-9-]+$",
+        default=None,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
         description="The region. Unset: the Secret's AWS_REGION if it has one, else the bucket's location as the endpoint reports it.",
     )
 
@@ -182,7 +206,10 @@ class RemoteAccess(ApiModel):
     hugging_face: HuggingFaceAccess | None = Field(default=None, description="For hf:// sources.")
     s3: S3Access | None = Field(default=None, description="For s3:// sources and spec.export.")
     cache_claim: str | None = Field(
-        default=None, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN,
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
         description="An existing claim that caches fetched sources across jobs (every job naming it reuses what is "
         "there); unset: the checkpoint volume's root caches them.",
     )
@@ -192,7 +219,8 @@ class ExportTarget(ApiModel):
     """Where complete checkpoints are uploaded, off the training's critical path."""
 
     uri: str = Field(
-        max_length=2048, pattern=EXPORT_URI_PATTERN,
+        max_length=2048,
+        pattern=EXPORT_URI_PATTERN,
         description="s3://<bucket>[/<prefix>]: each complete hf_format checkpoint goes to <prefix>/hf_format/<name>/. "
         "The job Succeeds once its final checkpoint is there. Deleting the job deletes nothing remote.",
     )
@@ -270,7 +298,9 @@ class PodSettings(ApiModel):
         default=1800, ge=0, description="Long enough for an on-demand checkpoint to be written."
     )
     fs_group: int = Field(
-        default=pod_security.RUN_AS_GROUP, ge=1, le=2147483647,
+        default=pod_security.RUN_AS_GROUP,
+        ge=1,
+        le=2147483647,
         description="The group that owns the pods' volumes: where a volume's root is not already owned by it, "
         "the kubelet makes the volume group-writable by it (fsGroupChangePolicy OnRootMismatch), so a claim a "
         f"storage driver creates root-owned is writable by the containers (they run as uid and gid "
@@ -303,17 +333,22 @@ class GangScheduling(ApiModel):
         "scheduling.x-k8s.io/v1alpha1) or volcano (PodGroup scheduling.volcano.sh/v1beta1)."
     )
     scheduler_name: str | None = Field(
-        default=None, min_length=1, max_length=253,
+        default=None,
+        min_length=1,
+        max_length=253,
         description="The pods' schedulerName; defaults to scheduler-plugins-scheduler (coscheduling) or "
         "volcano. spec.pod.schedulerName, when set, must equal it.",
     )
     schedule_timeout_seconds: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="coscheduling only: the PodGroup's scheduleTimeoutSeconds, how long pods of a "
         "partly placeable group wait before the group is rejected; unset: the plugin's own default.",
     )
     queue: str | None = Field(
-        default=None, min_length=1, max_length=253,
+        default=None,
+        min_length=1,
+        max_length=253,
         description="volcano only: the Volcano Queue of the PodGroup; unset: Volcano's default queue.",
     )
 
@@ -338,7 +373,10 @@ class Scheduling(ApiModel):
         description="Gang scheduling through a PodGroup (immutable: set it when the job is created).",
     )
     queue_name: str | None = Field(
-        default=None, min_length=1, max_length=QUEUE_NAME_MAX_LENGTH, pattern=QUEUE_NAME_PATTERN,
+        default=None,
+        min_length=1,
+        max_length=QUEUE_NAME_MAX_LENGTH,
+        pattern=QUEUE_NAME_PATTERN,
         description=f"The Kueue LocalQueue that admits the job's pods as one group: the StatefulSet gets the "
         f"{KUEUE_QUEUE_LABEL} label (Kueue's StatefulSet integration). The same label on the SFTJob "
         "does the same; both set must agree. Immutable.",
@@ -471,12 +509,14 @@ class SFTJobSpec(ApiModel):
 
     # --- training_hub sft() parameters --------------------------------------------------------
     model_path: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="hf://<org>/<repo>[@<revision>] (or a bare Hugging Face id), s3://<bucket>/<prefix>, or an absolute "
         "path in the pod. Remote models are fetched once per job onto the volume (docs/data.md).",
     )
     data_path: str = Field(
-        min_length=1, max_length=2048,
+        min_length=1,
+        max_length=2048,
         description="Training data (JSONL): hf://datasets/<org>/<repo>[@<revision>]/<file>, s3://<bucket>/<key>, "
         "https://<host>/<path>, or an absolute path in the pod. Remote data is fetched once per job.",
     )
@@ -508,9 +548,13 @@ class SFTJobSpec(ApiModel):
     is_pretraining: bool = Field(default=False, description="Document-style continual pretraining.")
     block_size: int | None = Field(default=None, ge=1, description="Token block size; required when isPretraining.")
     document_column_name: str | None = Field(
-        default=None, min_length=1, description="Column with the raw documents when isPretraining (library default: document)."
+        default=None,
+        min_length=1,
+        description="Column with the raw documents when isPretraining (library default: document).",
     )
-    validation_split: float = Field(default=0.0, ge=0, lt=1, description="Fraction of the data held out for validation.")
+    validation_split: float = Field(
+        default=0.0, ge=0, lt=1, description="Fraction of the data held out for validation."
+    )
     validation_frequency: int | None = Field(
         default=None, ge=1, description="Validate every N steps; required when validationSplit > 0."
     )
@@ -520,15 +564,20 @@ class SFTJobSpec(ApiModel):
     wandb_project: str | None = Field(default=None, description="Weights & Biases project; enables the W&B logger.")
     wandb_entity: str | None = None
     wandb_run_name: str | None = None
-    tensorboard_log_dir: str | None = Field(default=None, description="Enables the TensorBoard logger (a path in the pod).")
+    tensorboard_log_dir: str | None = Field(
+        default=None, description="Enables the TensorBoard logger (a path in the pod)."
+    )
     # --- training_hub osft() parameters (algorithm: osft only) --------------------------------
     unfreeze_rank_ratio: float | None = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="OSFT: the fraction of each target matrix's rank that trains (the rest is frozen); required "
         "with algorithm osft. Values above 0.5 are seldom needed.",
     )
     target_patterns: list[str] | None = Field(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="OSFT: module name patterns to apply OSFT to (default: mini-trainer's per-model defaults).",
     )
     seed: int | None = Field(default=None, ge=0, description="OSFT: random seed (mini-trainer default 42).")
@@ -558,16 +607,21 @@ class SFTJobSpec(ApiModel):
     device: Device = Field(default=Device.CUDA, description="cuda for real training; cpu for tests and smoke runs.")
 
     # --- operation ----------------------------------------------------------------------------
-    checkpoints: CheckpointVolume = Field(description="The volume the checkpoints live on; outlives the job by default.")
+    checkpoints: CheckpointVolume = Field(
+        description="The volume the checkpoints live on; outlives the job by default."
+    )
     remote: RemoteAccess | None = Field(
         default=None, description="Credentials and endpoints for hf:// and s3:// sources and the export; the cache."
     )
     export: ExportTarget | None = Field(default=None, description="Upload complete checkpoints to object storage.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Settings of the training pods.")
-    scheduling: Scheduling | None = Field(default=None, description="Gang scheduling and the Kueue queue of the job's pods.")
+    scheduling: Scheduling | None = Field(
+        default=None, description="Gang scheduling and the Kueue queue of the job's pods."
+    )
     suspend: bool = Field(default=False, description="true scales the job to zero pods; false resumes it.")
     max_restarts: int = Field(
-        default=3, ge=0,
+        default=3,
+        ge=0,
         description="Failures (restarts that lost work) allowed before the job is Failed; preemptions never count.",
     )
     full_state_retention: int | None = Field(
@@ -576,24 +630,28 @@ class SFTJobSpec(ApiModel):
 
     # --- run policy (mutable) -----------------------------------------------------------------
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Fail the job (DeadlineExceeded) once it has run this long since it started or was last "
         "resumed; the pods get SIGTERM first, so an on-demand checkpoint is saved. Unset: no deadline.",
     )
     startup_timeout_seconds: int = Field(
-        default=1800, ge=1,
+        default=1800,
+        ge=1,
         description="Fail the job (StartupTimeout, with the blocking pod's reason) when not every pod runs this "
         "long after the job was created, resumed or lost a pod.",
     )
     stall_timeout_seconds: int | None = Field(
-        default=None, ge=60,
+        default=None,
+        ge=60,
         description="Restart every rank (reason Stalled; counts against maxRestarts) when the job trains but no "
         "new step reached the metrics log for this long (before a run's first step and while saving: the longer "
         "of this and startupTimeoutSeconds). Data processing is exempt (the launcher's watchdog bounds it). "
         "Unset: off.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="Delete the SFTJob this long after it Succeeded or Failed; the checkpoints follow "
         "checkpoints.deleteWithJob. Unset: kept.",
     )
@@ -674,7 +732,10 @@ class SFTJobSpec(ApiModel):
         """(spec path, source, where the trainer reads it) for modelPath/dataPath values that are
         remote. Call on a validated spec (cross_field_problems refuses what does not parse)."""
         fetched = []
-        for field, value, model in (("spec.modelPath", self.model_path, True), ("spec.dataPath", self.data_path, False)):
+        for field, value, model in (
+            ("spec.modelPath", self.model_path, True),
+            ("spec.dataPath", self.data_path, False),
+        ):
             if sources.is_remote(value):
                 source = sources.parse_source(value, model=model)
                 fetched.append((field, source, source.local_path(self.source_cache_root)))
@@ -697,7 +758,9 @@ class SFTJobSpec(ApiModel):
             config[contract.CONFIG_KEY_SOURCE_CACHE_ROOT] = self.source_cache_root
         if self.export is not None:
             config[contract.CONFIG_KEY_EXPORT] = {
-                "uri": self.export.uri, "fullStates": self.export.full_states, "restore": self.export.restore,
+                "uri": self.export.uri,
+                "fullStates": self.export.full_states,
+                "restore": self.export.restore,
             }
         return config
 
@@ -706,9 +769,13 @@ class SFTJobSpec(ApiModel):
         uid = {contract.CONFIG_KEY_JOB_UID: job_uid} if job_uid else {}
         if self.algorithm is Algorithm.OSFT:
             fetched = {field: path for field, _, path in self.fetched_sources()}
-            training_args = osft_training_args(self, self.ckpt_output_dir, OSFT_LOGGER_FIELDS,
-                                               model_path=fetched.get("spec.modelPath", self.model_path),
-                                               data_path=fetched.get("spec.dataPath", self.data_path))
+            training_args = osft_training_args(
+                self,
+                self.ckpt_output_dir,
+                OSFT_LOGGER_FIELDS,
+                model_path=fetched.get("spec.modelPath", self.model_path),
+                data_path=fetched.get("spec.dataPath", self.data_path),
+            )
             # Written only for OSFT: an SFT job's config (and its hash in the StatefulSet) stays as it was.
             uid[contract.CONFIG_KEY_ALGORITHM] = Algorithm.OSFT.value
         else:
@@ -757,10 +824,12 @@ def epoch_full_state_warning(spec: dict[str, Any]) -> str | None:
     if spec.get("algorithm") == Algorithm.OSFT.value:
         return None  # mini-trainer has no epoch full states: nothing is lost
     if spec.get("checkpointAtEpoch") is False and spec.get("accelerateFullStateAtEpoch", True) is not False:
-        return ("spec.checkpointAtEpoch: false also stops the full state saved at each epoch end "
-                "(spec.accelerateFullStateAtEpoch has no effect without it): a restart resumes only from the "
-                "full state saved on SIGTERM, else starts over. Set spec.accelerateFullStateAtEpoch: false to "
-                "say so, or leave spec.checkpointAtEpoch on")
+        return (
+            "spec.checkpointAtEpoch: false also stops the full state saved at each epoch end "
+            "(spec.accelerateFullStateAtEpoch has no effect without it): a restart resumes only from the "
+            "full state saved on SIGTERM, else starts over. Set spec.accelerateFullStateAtEpoch: false to "
+            "say so, or leave spec.checkpointAtEpoch on"
+        )
     return None
 
 
@@ -815,16 +884,26 @@ def cross_field_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
         except sources.SourceProblem as exc:
             problems.append(("spec.export.uri", str(exc)))
         if spec.export.restore and not spec.export.full_states:
-            problems.append(("spec.export.restore", "needs spec.export.fullStates: only exported full states can be restored"))
+            problems.append(
+                ("spec.export.restore", "needs spec.export.fullStates: only exported full states can be restored")
+            )
     if volume.path is not None and (volume.path.startswith("/") or ".." in volume.path.split("/")):
         problems.append(("spec.checkpoints.path", "must be a relative path inside the volume, without '..'"))
     for i, var in enumerate(spec.pod.env):
         if var.name in RESERVED_ENV:
             problems.append((f"spec.pod.env[{i}].name", f"{var.name} is set by the operator"))
         value = (var.model_extra or {}).get("value")
-        if var.name == COLLECTIVE_TIMEOUT_ENV and value is not None and not re.match(POSITIVE_INTEGER_PATTERN, str(value)):
-            problems.append((f"spec.pod.env[{i}].value", f"{COLLECTIVE_TIMEOUT_ENV} must be a positive integer "
-                                                         f"(milliseconds), got {value!r}"))
+        if (
+            var.name == COLLECTIVE_TIMEOUT_ENV
+            and value is not None
+            and not re.match(POSITIVE_INTEGER_PATTERN, str(value))
+        ):
+            problems.append(
+                (
+                    f"spec.pod.env[{i}].value",
+                    f"{COLLECTIVE_TIMEOUT_ENV} must be a positive integer (milliseconds), got {value!r}",
+                )
+            )
     for i, volume_def in enumerate(spec.pod.volumes):
         if volume_def.name in RESERVED_VOLUMES:
             problems.append((f"spec.pod.volumes[{i}].name", f"{volume_def.name} is reserved by the operator"))
@@ -866,13 +945,23 @@ def gpu_request_problems(spec: SFTJobSpec) -> list[tuple[str, str]]:
         path = f"spec.pod.resources.{kind}[{GPU_RESOURCE}]"
         if spec.device is Device.CPU:
             if str(value) != "0":
-                problems.append((path, f"{value} with spec.device cpu: CPU mode uses no GPU (it empties "
-                                       "CUDA_VISIBLE_DEVICES), the GPUs would be held unused; remove it, or set "
-                                       "spec.device: cuda"))
+                problems.append(
+                    (
+                        path,
+                        f"{value} with spec.device cpu: CPU mode uses no GPU (it empties "
+                        "CUDA_VISIBLE_DEVICES), the GPUs would be held unused; remove it, or set "
+                        "spec.device: cuda",
+                    )
+                )
         elif str(value) != str(spec.nproc_per_node):
-            problems.append((path, f"{value} differs from spec.nprocPerNode ({spec.nproc_per_node}): each process "
-                                   "uses one GPU; leave it out (the operator requests nprocPerNode GPUs) or change "
-                                   "spec.nprocPerNode"))
+            problems.append(
+                (
+                    path,
+                    f"{value} differs from spec.nprocPerNode ({spec.nproc_per_node}): each process "
+                    "uses one GPU; leave it out (the operator requests nprocPerNode GPUs) or change "
+                    "spec.nprocPerNode",
+                )
+            )
     return problems
 
 
@@ -886,13 +975,22 @@ def queue_label_problems(labels: dict[str, str], spec: SFTJobSpec | None) -> lis
     if label is None:
         return []
     if not re.match(QUEUE_NAME_PATTERN, label) or len(label) > QUEUE_NAME_MAX_LENGTH:
-        return [(QUEUE_LABEL_PATH, f"{label!r} is not a queue name (lowercase letters, digits, '-', '.'; "
-                                   f"at most {QUEUE_NAME_MAX_LENGTH} characters)")]
+        return [
+            (
+                QUEUE_LABEL_PATH,
+                f"{label!r} is not a queue name (lowercase letters, digits, '-', '.'; "
+                f"at most {QUEUE_NAME_MAX_LENGTH} characters)",
+            )
+        ]
     in_spec = spec.scheduling.queue_name if spec is not None and spec.scheduling is not None else None
     if in_spec is not None and in_spec != label:
-        return [("spec.scheduling.queueName",
-                 f"{in_spec!r} differs from the {KUEUE_QUEUE_LABEL} label on the SFTJob ({label!r}): set one of "
-                 "them, or the same queue in both")]
+        return [
+            (
+                "spec.scheduling.queueName",
+                f"{in_spec!r} differs from the {KUEUE_QUEUE_LABEL} label on the SFTJob ({label!r}): set one of "
+                "them, or the same queue in both",
+            )
+        ]
     return []
 
 
@@ -913,7 +1011,9 @@ def job_name_problems(name: str) -> list[tuple[str, str]]:
             ("metadata.name", f"at most {MAX_JOB_NAME_LENGTH} characters (the StatefulSet's pods need the rest)")
         )
     if not re.match(JOB_NAME_PATTERN, name):
-        problems.append(("metadata.name", "must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)"))
+        problems.append(
+            ("metadata.name", "must be a DNS-1035 label (lowercase letters, digits, '-'; starts with a letter)")
+        )
     return problems
 
 
@@ -971,8 +1071,14 @@ class Reason(str, enum.Enum):
 # fixing the spec starts the job.
 TRAINING_OVER_REASONS = frozenset(
     reason.value
-    for reason in (Reason.TOO_MANY_RESTARTS, Reason.CONFIG_REJECTED, Reason.RENDEZVOUS_CONFLICT,
-                   Reason.DEADLINE_EXCEEDED, Reason.STARTUP_TIMEOUT, Reason.DOWNLOAD_FAILED)
+    for reason in (
+        Reason.TOO_MANY_RESTARTS,
+        Reason.CONFIG_REJECTED,
+        Reason.RENDEZVOUS_CONFLICT,
+        Reason.DEADLINE_EXCEEDED,
+        Reason.STARTUP_TIMEOUT,
+        Reason.DOWNLOAD_FAILED,
+    )
 )
 
 
@@ -1000,7 +1106,8 @@ class NodeRestarts(ApiModel):
     )
     last_exit_code: int | None = None
     last_exit_time: str | None = Field(
-        default=None, json_schema_extra={"format": "date-time"},
+        default=None,
+        json_schema_extra={"format": "date-time"},
         description="finishedAt of the newest termination counted (older ones are never counted again).",
     )
 
@@ -1013,8 +1120,10 @@ class RestartBackoff(ApiModel):
 
     reason: str = Field(description="RanksLeftBehind (a rank failed; the others still run) or Stalled.")
     restart: int = Field(ge=1, description="Which restart it will be, counted as status.restarts counts.")
-    delay_seconds: int = Field(ge=0, description="The backoff: from the failure's end, or from when the job "
-                                                 "counted as stalled, to the restart.")
+    delay_seconds: int = Field(
+        ge=0,
+        description="The backoff: from the failure's end, or from when the job counted as stalled, to the restart.",
+    )
     next_restart_at: str = Field(json_schema_extra={"format": "date-time"})
     ranks: list[str] = Field(default_factory=list, description="The pods to be restarted (RanksLeftBehind).")
 
@@ -1042,7 +1151,8 @@ class SFTJobStatus(ApiModel):
     )
     node_restarts: list[NodeRestarts] = Field(default_factory=list, description="Per node: how its trainer ended.")
     stall_restarts: int = Field(
-        default=0, description="Times every rank was restarted because no training step came (spec.stallTimeoutSeconds)."
+        default=0,
+        description="Times every rank was restarted because no training step came (spec.stallTimeoutSeconds).",
     )
     restart_backoff: RestartBackoff | None = Field(
         default=None, description="A group restart held back by the backoff between restarts; unset otherwise."
@@ -1064,8 +1174,7 @@ class SFTJobStatus(ApiModel):
             self.phase is Phase.FAILED
             and failed is not None
             and failed.status == "True"
-            and failed.reason
-            in TRAINING_OVER_REASONS
+            and failed.reason in TRAINING_OVER_REASONS
         )
 
 

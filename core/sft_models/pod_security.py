@@ -71,9 +71,13 @@ def reporter_token_volume() -> dict[str, Any]:
             "sources": [
                 {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
                 {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [
-                    {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-                ]}},
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+                        ]
+                    }
+                },
             ]
         },
     }
@@ -93,6 +97,11 @@ def annotation_problems(annotations: dict[str, str], path: str) -> list[tuple[st
     for key, value in annotations.items():
         legacy = key == SECCOMP_POD_ANNOTATION or key.startswith(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
         if (legacy or key.startswith(APPARMOR_ANNOTATION_PREFIX)) and not _confined(value):
-            problems.append((f"{path}[{key}]", f"{value!r} would lift the pods' confinement: only runtime/default "
-                                               "or a localhost/ profile (the pods run the restricted profile)"))
+            problems.append(
+                (
+                    f"{path}[{key}]",
+                    f"{value!r} would lift the pods' confinement: only runtime/default "
+                    "or a localhost/ profile (the pods run the restricted profile)",
+                )
+            )
     return problems

@@ -28,10 +28,16 @@ from sft_operator.policy import AdmissionPolicy, policy_problems
 # chart's ValidatingWebhookConfiguration calls exactly this path (tests/unit/test_helm_chart.py).
 WEBHOOK_ID = "validate-sftjobs"
 # Spec fields whose change alters when or how long a job runs, not what its pods are.
-RUN_CONTROL_FIELDS = frozenset({
-    "suspend", "maxRestarts", "activeDeadlineSeconds", "startupTimeoutSeconds", "stallTimeoutSeconds",
-    "ttlSecondsAfterFinished",
-})
+RUN_CONTROL_FIELDS = frozenset(
+    {
+        "suspend",
+        "maxRestarts",
+        "activeDeadlineSeconds",
+        "startupTimeoutSeconds",
+        "stallTimeoutSeconds",
+        "ttlSecondsAfterFinished",
+    }
+)
 HTTP_FORBIDDEN, HTTP_UNPROCESSABLE, HTTP_INTERNAL_ERROR = 403, 422, 500
 # Why a request was refused (the admission metric's result label; "admitted" otherwise).
 INVALID, POLICY, FORBIDDEN, UNCHECKED = "invalid", "policy", "forbidden", "unchecked"
@@ -63,20 +69,31 @@ def required_permissions(spec: SFTJobSpec) -> list[Permission]:
     """What the operator will create in the job's namespace on the user's behalf, as RBAC asks it."""
     needed = [Permission("create", "pods", "an SFTJob creates pods on your behalf")]
     if spec.checkpoints.claim is not None:
-        needed.append(Permission("create", "persistentvolumeclaims",
-                                 "spec.checkpoints.claim makes the operator create a claim on your behalf"))
+        needed.append(
+            Permission(
+                "create",
+                "persistentvolumeclaims",
+                "spec.checkpoints.claim makes the operator create a claim on your behalf",
+            )
+        )
     # A Secret the transfer sidecar uses is read on the user's behalf: a user who may create pods
     # could mount any Secret anyway, but a permission to read it is asked for explicitly, so that
     # credentials reach only jobs of the users allowed to read them.
     remote = spec.remote
     secrets = [
-        ("spec.remote.huggingFace.tokenSecret", remote.hugging_face.token_secret if remote and remote.hugging_face else None),
+        (
+            "spec.remote.huggingFace.tokenSecret",
+            remote.hugging_face.token_secret if remote and remote.hugging_face else None,
+        ),
         ("spec.remote.s3.credentialsSecret", remote.s3.credentials_secret if remote and remote.s3 else None),
     ]
     for field, name in secrets:
         if name is not None:
-            needed.append(Permission("get", "secrets", f"{field} makes the job use Secret {name}'s credentials on "
-                                                       "your behalf", name=name))
+            needed.append(
+                Permission(
+                    "get", "secrets", f"{field} makes the job use Secret {name}'s credentials on your behalf", name=name
+                )
+            )
     return needed
 
 
@@ -85,8 +102,11 @@ def access_review(userinfo: Mapping[str, Any], namespace: str, permission: Permi
     user exactly as the API server authenticated them (name, uid, groups, extra)."""
     spec: dict[str, Any] = {
         "resourceAttributes": {
-            "namespace": namespace, "verb": permission.verb, "group": permission.group,
-            "resource": permission.resource, **({"name": permission.name} if permission.name else {}),
+            "namespace": namespace,
+            "verb": permission.verb,
+            "group": permission.group,
+            "resource": permission.resource,
+            **({"name": permission.name} if permission.name else {}),
         },
         "user": userinfo.get("username") or "",
         "groups": list(userinfo.get("groups") or []),
@@ -105,8 +125,10 @@ def access_review(userinfo: Mapping[str, Any], namespace: str, permission: Permi
 
 def refusal_message(userinfo: Mapping[str, Any], namespace: str, permission: Permission) -> str:
     what = f"{permission.resource}/{permission.name}" if permission.name else permission.resource
-    return (f"user {userinfo.get('username') or '(unknown)'} may not {permission.verb} {what} "
-            f"in namespace {namespace}: {permission.why}")
+    return (
+        f"user {userinfo.get('username') or '(unknown)'} may not {permission.verb} {what} "
+        f"in namespace {namespace}: {permission.why}"
+    )
 
 
 def _spec(body: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -99,8 +99,9 @@ def _refusal_message(manifest: dict[str, Any], exc: ApiException) -> str:
 
 def _client_message(exc: pydantic.ValidationError) -> str:
     """The client's complaint about a body, by path inside the object (e.g. spec.template...)."""
-    return "; ".join(f"{'.'.join(str(item) for item in error['loc'])}: {error['msg']}"
-                     for error in exc.errors(include_url=False))
+    return "; ".join(
+        f"{'.'.join(str(item) for item in error['loc'])}: {error['msg']}" for error in exc.errors(include_url=False)
+    )
 
 
 def _api_message(exc: ApiException) -> str:
@@ -110,8 +111,9 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-def ensure_child(kube: KubeApi, manifest: dict[str, Any], existing: dict[str, Any] | None, *,
-                 observed: bool = False) -> dict[str, Any]:
+def ensure_child(
+    kube: KubeApi, manifest: dict[str, Any], existing: dict[str, Any] | None, *, observed: bool = False
+) -> dict[str, Any]:
     """Create a missing child; bring an existing one to what the job asks, touching it only when
     something differs (so re-applying a job writes nothing). An object of the same name that
     is not this job's is never taken over. ``observed``: ``existing`` comes from a watch or a
@@ -127,7 +129,11 @@ def ensure_child(kube: KubeApi, manifest: dict[str, Any], existing: dict[str, An
     labels = meta.get("labels") or {}
     job_name = want_meta["labels"][contract.LABEL_JOB_NAME]
     if labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGED_BY or labels.get(contract.LABEL_JOB_NAME) != job_name:
-        hint = " (to use it for checkpoints, set spec.checkpoints.existingClaim)" if kind == "PersistentVolumeClaim" else ""
+        hint = (
+            " (to use it for checkpoints, set spec.checkpoints.existingClaim)"
+            if kind == "PersistentVolumeClaim"
+            else ""
+        )
         raise Refused(f"{kind} {meta['name']} already exists and does not belong to this job{hint}")
     # A job deleted and created again under the same name adopts what the old one left behind
     # (the kept checkpoint claim above all), so owner references follow the job's uid.
@@ -202,7 +208,8 @@ def child_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     kopf's indexes keep per child instead of whole bodies."""
     meta = body.get("metadata") or {}
     summary: dict[str, Any] = {
-        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
         "metadata": {k: copy.deepcopy(meta[k]) for k in _SUMMARY_METADATA if meta.get(k) is not None},
     }
     progress = (meta.get("labels") or {}).get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
@@ -242,8 +249,15 @@ class Converged:
     volume: VolumeCheck | None  # whether the checkpoint claim serves the job (None: not checked)
 
 
-def converge(kube: KubeApi, job: SFTJob, statefulset: dict[str, Any] | None, *, fresh: bool,
-             reporter_image: str, known: KnownChildren | None = None) -> Converged:
+def converge(
+    kube: KubeApi,
+    job: SFTJob,
+    statefulset: dict[str, Any] | None,
+    *,
+    fresh: bool,
+    reporter_image: str,
+    known: KnownChildren | None = None,
+) -> Converged:
     """Create/update the children. ``fresh``: the job was just created, so try creating first
     instead of reading (one request per child instead of two). ``known``: the children as the
     watches and listings show them (an operator restart resuming every job): nothing is read
@@ -266,8 +280,10 @@ def converge(kube: KubeApi, job: SFTJob, statefulset: dict[str, Any] | None, *, 
     # Everything before the StatefulSet concurrently, in two waves: a RoleBinding after its Role
     # (the API server refuses to bind a Role it cannot find, unless the binder may `bind`); then
     # the StatefulSet, so its pods never come before their claim, config, identity or gang.
-    waves = [[m for m in children if m["kind"] not in ("StatefulSet", "RoleBinding")],
-             [m for m in children if m["kind"] == "RoleBinding"]]
+    waves = [
+        [m for m in children if m["kind"] not in ("StatefulSet", "RoleBinding")],
+        [m for m in children if m["kind"] == "RoleBinding"],
+    ]
     try:
         for wave in waves:
             for manifest, obj in zip(wave, _ensure_concurrently(kube, wave, fresh, known)):
@@ -286,11 +302,18 @@ def converge(kube: KubeApi, job: SFTJob, statefulset: dict[str, Any] | None, *, 
     if job.spec.checkpoints.existing_claim is not None:
         claim = kube.read_claim(namespace, job.spec.checkpoints.existing_claim)
     kept_for = None
-    if job.spec.checkpoints.claim is not None and job.spec.checkpoints.delete_with_job and claim is not None \
-            and not naming.created_by(claim, job.metadata.uid):
+    if (
+        job.spec.checkpoints.claim is not None
+        and job.spec.checkpoints.delete_with_job
+        and claim is not None
+        and not naming.created_by(claim, job.metadata.uid)
+    ):
         kept_for = naming.claim_creator(claim) or "unrecorded"
-    return Converged(statefulset, problem,
-                     check_checkpoint_claim(job.spec.nnodes, claim, naming.claim_name(job), created_by_other=kept_for))
+    return Converged(
+        statefulset,
+        problem,
+        check_checkpoint_claim(job.spec.nnodes, claim, naming.claim_name(job), created_by_other=kept_for),
+    )
 
 
 def _ensure_one(kube: KubeApi, manifest: dict[str, Any], fresh: bool, known: KnownChildren | None) -> dict[str, Any]:
@@ -305,8 +328,9 @@ def _ensure_one(kube: KubeApi, manifest: dict[str, Any], fresh: bool, known: Kno
     return ensure_child(kube, manifest, existing)
 
 
-def _ensure_concurrently(kube: KubeApi, manifests: list[dict[str, Any]], fresh: bool,
-                         known: KnownChildren | None) -> list[dict[str, Any]]:
+def _ensure_concurrently(
+    kube: KubeApi, manifests: list[dict[str, Any]], fresh: bool, known: KnownChildren | None
+) -> list[dict[str, Any]]:
     """ensure_child for each manifest, concurrently; every call finishes before this returns.
     A failure is raised once all are done, the first in the manifests' order (a refusal names the
     same child as one at a time would; the others are created all the same, owned by the job)."""

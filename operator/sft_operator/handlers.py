@@ -61,8 +61,7 @@ from sft_operator.status import SpecProblem
 from sft_operator.webhook import JobValidator, authorized, webhook_server
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
-OUR_CHILDREN: dict[str, Any] = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
-                                                     contract.LABEL_JOB_NAME: kopf.PRESENT}
+OUR_CHILDREN: dict[str, Any] = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
 PROGRESS: dict[str, Any] = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
@@ -151,8 +150,9 @@ kopf.index("apps", "v1", "statefulsets", labels=OUR_CHILDREN)(projections.statef
 kopf.index("configmaps", labels=OUR_CHILDREN)(projections.children_by_job)
 
 
-def scale_down_if_over(memo: kopf.Memo, body: dict[str, Any], status: SFTJobStatus,
-                       statefulset: dict[str, Any] | None) -> None:
+def scale_down_if_over(
+    memo: kopf.Memo, body: dict[str, Any], status: SFTJobStatus, statefulset: dict[str, Any] | None
+) -> None:
     """Training is over (Succeeded, or Failed by training): scale the StatefulSet to 0 for good.
     The checkpoints stay; the status, now persisted, keeps it at 0 across operator restarts."""
     if not status.training_over or statefulset is None or (statefulset.get("spec") or {}).get("replicas") == 0:
@@ -192,8 +192,16 @@ def reconcile(body: kopf.Body, reason: kopf.Reason, memo: kopf.Memo, **kwargs: A
         # its children were there when kopf filled the indexes. A spec change reads them.
         known = indexes.children(key) if reason == kopf.Reason.RESUME else None
         done = converge(memo.kube, job, None, fresh=fresh, reporter_image=_reporter_image, known=known)
-        status = update_status(memo.kube, memo.jobs, raw, done.statefulset, indexes.pods(key), done.problem,
-                               done.volume, indexes.progress(key))
+        status = update_status(
+            memo.kube,
+            memo.jobs,
+            raw,
+            done.statefulset,
+            indexes.pods(key),
+            done.problem,
+            done.volume,
+            indexes.progress(key),
+        )
         scale_down_if_over(memo, raw, status, done.statefulset)
 
 
@@ -217,8 +225,9 @@ def _deleted_or_progress(type: str, labels: kopf.Labels, body: kopf.Body, **_: A
 @kopf.on.event("services", labels=OUR_CHILDREN, when=_deleted)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OUR_CHILDREN, when=_deleted)
 @kopf.on.event("configmaps", labels=OUR_CHILDREN, when=_deleted_or_progress)
-def child_changed(type: str, namespace: str | None, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo,
-                  **kwargs: Any) -> None:
+def child_changed(
+    type: str, namespace: str | None, labels: kopf.Labels, resource: kopf.Resource, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """A child changed: re-derive its job's status. A deleted child (other than a pod, which its
     StatefulSet replaces) is re-created: the pods resume from the checkpoints."""
     if namespace is None:  # kopf's type allows it for cluster-scoped kinds; all of these are namespaced
@@ -227,7 +236,9 @@ def child_changed(type: str, namespace: str | None, labels: kopf.Labels, resourc
     indexes = Indexes.of(kwargs)
     if type == "DELETED" and resource.plural != "pods":
         restore_children(memo, key, indexes)
-    elif resource.plural in ("pods", "statefulsets") or labels.get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS:
+    elif (
+        resource.plural in ("pods", "statefulsets") or labels.get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+    ):
         refresh_status(memo, key, indexes)
 
 
@@ -254,7 +265,11 @@ def restore_children(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         return
     with memo.jobs.lock(key):
         live = memo.kube.read_job(key[0], key[1])
-        if live is None or live["metadata"]["uid"] != body["metadata"]["uid"] or live["metadata"].get("deletionTimestamp"):
+        if (
+            live is None
+            or live["metadata"]["uid"] != body["metadata"]["uid"]
+            or live["metadata"].get("deletionTimestamp")
+        ):
             return
         job, problem = check_spec(live, None, _policy)
         if job is None or problem is not None:
@@ -264,8 +279,16 @@ def restore_children(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
         except kopf.PermanentError as exc:
             log.info("%s/%s: not restoring children: %s", key[0], key[1], exc)
             return
-        update_status(memo.kube, memo.jobs, live, done.statefulset, indexes.pods(key), done.problem, done.volume,
-                      indexes.progress(key))
+        update_status(
+            memo.kube,
+            memo.jobs,
+            live,
+            done.statefulset,
+            indexes.pods(key),
+            done.problem,
+            done.volume,
+            indexes.progress(key),
+        )
 
 
 def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
@@ -287,8 +310,9 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
             restart_ranks_left_behind(memo, body, pods, status)
 
 
-def restart_ranks_left_behind(memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]],
-                              status: SFTJobStatus) -> None:
+def restart_ranks_left_behind(
+    memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]], status: SFTJobStatus
+) -> None:
     """One rank failed: restart the ranks still in the old group, instead of letting them wait in
     a collective until NCCL's timeout (they cannot save without the failed peer): at once after
     the first failure, after the backoff (status.restartBackoff) after later ones; the policy
@@ -344,8 +368,9 @@ def apply_time_policies(memo: kopf.Memo, raw: dict[str, Any], indexes: Indexes) 
         for pod in indexes.pods(key):
             memo.kube.delete_pod(key[0], pod["metadata"]["name"], GROUP_RESTART_GRACE_S)
         statefulset = indexes.statefulset(key)
-        update_status(memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), None, None, indexes.progress(key),
-                      stall=why)
+        update_status(
+            memo.kube, memo.jobs, raw, statefulset, indexes.pods(key), None, None, indexes.progress(key), stall=why
+        )
 
 
 @kopf.on.event(*JOB, when=_deleted)  # the filter: no handler thread for every other event of a job
@@ -358,9 +383,17 @@ def job_event(type: str, namespace: str | None, name: str, meta: kopf.Meta, memo
 # --- entry point ------------------------------------------------------------------------------
 
 
-def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, verbose: bool,
-        metrics_port: int = 0, webhook_port: int = 0, webhook_cert_dir: Path | None = None,
-        election: leadership.Election | None = None, readiness: str | None = None) -> None:
+def run(
+    namespaces: list[str],
+    kubeconfig: Path | None,
+    liveness: str | None,
+    verbose: bool,
+    metrics_port: int = 0,
+    webhook_port: int = 0,
+    webhook_cert_dir: Path | None = None,
+    election: leadership.Election | None = None,
+    readiness: str | None = None,
+) -> None:
     global _api_client, _reporter_image, _policy, _webhook_server
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -384,9 +417,12 @@ def run(namespaces: list[str], kubeconfig: Path | None, liveness: str | None, ve
     # holds the Lease (leadership.py); the webhook and the probes answer either way.
     elector = leadership.start(kubeclient.load_api_client(kubeconfig), _api_client, election) if election else None
     if readiness:  # Ready only while SFTJobs can be listed and watched (kopf's liveness is not that)
-        ReadinessChecker(kubeclient.load_api_client(kubeconfig, retries=False), namespaces,
-                         ApiReachability(metrics.set_api_reachable),
-                         webhook_port=webhook_port).start(readiness, logging.getLogger().handlers)
+        ReadinessChecker(
+            kubeclient.load_api_client(kubeconfig, retries=False),
+            namespaces,
+            ApiReachability(metrics.set_api_reachable),
+            webhook_port=webhook_port,
+        ).start(readiness, logging.getLogger().handlers)
     try:
         kopf.run(
             standalone=True,

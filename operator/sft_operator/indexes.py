@@ -27,8 +27,11 @@ def jobs_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
     (managedFields, and two copies of the spec: kubectl's last-applied annotation, kopf's own
     annotations under our group's prefix)."""
     meta = {k: v for k, v in body["metadata"].items() if k not in ("managedFields", "annotations")}
-    annotations = {k: v for k, v in (body["metadata"].get("annotations") or {}).items()
-                   if k != LAST_APPLIED and not k.startswith(f"{contract.GROUP}/")}
+    annotations = {
+        k: v
+        for k, v in (body["metadata"].get("annotations") or {}).items()
+        if k != LAST_APPLIED and not k.startswith(f"{contract.GROUP}/")
+    }
     if annotations:
         meta["annotations"] = annotations
     slim = {k: v for k, v in body.items() if k != "metadata"}
@@ -36,7 +39,9 @@ def jobs_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
     return {(namespace, name): copy.deepcopy(slim)}
 
 
-def pods_by_job(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+def pods_by_job(
+    namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any
+) -> dict[Any, Any]:
     restarts = [
         {
             "name": c.get("name"),
@@ -57,8 +62,11 @@ def pods_by_job(namespace: str | None, name: str, labels: kopf.Labels, meta: kop
     return {
         (namespace, labels[contract.LABEL_JOB_NAME]): {
             # controller: whose pod it is (Indexes.pods keeps the job's StatefulSet's only).
-            "metadata": {"name": name, "deletionTimestamp": meta.get("deletionTimestamp"),
-                         "controller": owner_refs.controller_uid(meta)},
+            "metadata": {
+                "name": name,
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+                "controller": owner_refs.controller_uid(meta),
+            },
             "status": {"phase": status.get("phase"), "containerStatuses": restarts, "conditions": unscheduled},
         }
     }
@@ -75,7 +83,9 @@ def _state_summary(state: Any) -> dict[str, Any]:
     if not terminated:
         return {}
     keep = ("exitCode", "reason", "finishedAt")
-    return {"terminated": {**{k: terminated.get(k) for k in keep}, "message": (terminated.get("message") or "")[-1024:]}}
+    return {
+        "terminated": {**{k: terminated.get(k) for k in keep}, "message": (terminated.get("message") or "")[-1024:]}
+    }
 
 
 def progress_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
@@ -84,12 +94,14 @@ def progress_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     dropped, what the check left out (a Warning each, publishing.warn_dropped_progress)."""
     raw = (body.get("data") or {}).get(contract.PROGRESS_KEY)
     checked = parse_progress_summary(raw) if raw else None
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): {
-        "name": body["metadata"]["name"],
-        "controller": owner_refs.controller_uid(body["metadata"]),
-        "progress": checked.value.to_api() if checked is not None and checked.value is not None else None,
-        "dropped": checked.dropped if checked is not None else (),
-    }}
+    return {
+        (namespace, labels[contract.LABEL_JOB_NAME]): {
+            "name": body["metadata"]["name"],
+            "controller": owner_refs.controller_uid(body["metadata"]),
+            "progress": checked.value.to_api() if checked is not None and checked.value is not None else None,
+            "dropped": checked.dropped if checked is not None else (),
+        }
+    }
 
 
 def statefulsets_by_job(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:

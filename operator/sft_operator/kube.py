@@ -45,14 +45,11 @@ class KubeApi(Protocol):
         seconds ago."""
         ...
 
-    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        ...
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
 
-    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        ...
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
 
-    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        ...
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def delete_pod(self, namespace: str, name: str, grace_period_seconds: int) -> None:
         """Gone already is fine."""
@@ -66,8 +63,7 @@ class KubeApi(Protocol):
         """An Event about the SFTJob; one that cannot be posted is logged, never raised."""
         ...
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        ...
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
 
 # An existing checkpoint claim (spec.checkpoints.existingClaim) found by a read is trusted this
@@ -126,9 +122,13 @@ class Kube(KubeApi):
         group_version, meta = manifest["apiVersion"], manifest["metadata"]
         root = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
         path = f"{root}/namespaces/{meta['namespace']}/{render.resource_plural(manifest['kind'])}" + (
-            f"/{name}" if name else "")
+            f"/{name}" if name else ""
+        )
         request = self.client.param_serialize(
-            method=method, resource_path=path, body=manifest, auth_settings=["BearerToken"],
+            method=method,
+            resource_path=path,
+            body=manifest,
+            auth_settings=["BearerToken"],
             header_params={"Accept": "application/json", "Content-Type": "application/json"},
         )
         response: Any = self.client.call_api(*request)  # its read() is untyped, its data None until read
@@ -186,8 +186,10 @@ class Kube(KubeApi):
             answer = self._list_call(kind)(namespace, label_selector=OUR_CHILDREN_SELECTOR, _preload_content=False)
             listing = self._plain(answer)
             # A LIST's items carry no kind: ensure_child and a replace need it.
-            by_name = {item["metadata"]["name"]: {"apiVersion": listing.get("apiVersion"), "kind": kind, **item}
-                       for item in listing.get("items") or []}
+            by_name = {
+                item["metadata"]["name"]: {"apiVersion": listing.get("apiVersion"), "kind": kind, **item}
+                for item in listing.get("items") or []
+            }
             self._listings[key] = (at, by_name)
             return by_name
 
@@ -216,25 +218,32 @@ class Kube(KubeApi):
     def _read_podgroup(self, api_version: str, namespace: str, name: str) -> dict[str, Any]:
         group, version = api_version.split("/")
         return _custom_object(
-            self.custom.get_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, name))
+            self.custom.get_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, name)
+        )
 
     def _create_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
         group, version = manifest["apiVersion"].split("/")
         namespace = manifest["metadata"]["namespace"]
         return _custom_object(
-            self.custom.create_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, manifest))
+            self.custom.create_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, manifest)
+        )
 
     def _replace_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
         group, version = manifest["apiVersion"].split("/")
         meta = manifest["metadata"]
-        return _custom_object(self.custom.replace_namespaced_custom_object(
-            group, version, meta["namespace"], render.PODGROUP_PLURAL, meta["name"], manifest
-        ))
+        return _custom_object(
+            self.custom.replace_namespaced_custom_object(
+                group, version, meta["namespace"], render.PODGROUP_PLURAL, meta["name"], manifest
+            )
+        )
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return _custom_object(self.custom.get_namespaced_custom_object(
-                contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name))
+            return _custom_object(
+                self.custom.get_namespaced_custom_object(
+                    contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
+                )
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -266,12 +275,23 @@ class Kube(KubeApi):
         meta = job["metadata"]
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": fit_message(message),
-            "source": {"component": "sft-operator"}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+            "involvedObject": {
+                "apiVersion": contract.API_VERSION,
+                "kind": contract.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": fit_message(message),
+            "source": {"component": "sft-operator"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
         }
         try:
             self._write("POST", event)

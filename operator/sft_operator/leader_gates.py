@@ -33,8 +33,9 @@ def gate_writes(api_client: Any, by: LeaderElector) -> Any:
     def call_api(*args: Any, **kwargs: Any) -> Any:
         method = _http_method(args, kwargs)
         if method not in READ_METHODS and not by.leading and not _is_review(args, kwargs):
-            raise NotLeading(f"{method} refused: this operator ({by.identity}) does not hold "
-                             f"Lease {by.namespace}/{by.name}")
+            raise NotLeading(
+                f"{method} refused: this operator ({by.identity}) does not hold Lease {by.namespace}/{by.name}"
+            )
         return original(*args, **kwargs)
 
     api_client.call_api = call_api
@@ -44,8 +45,9 @@ def gate_writes(api_client: Any, by: LeaderElector) -> Any:
 def _is_review(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """A SubjectAccessReview or TokenReview: a question (the webhook's, on every replica), not
     a write, though POSTed."""
-    url = next((a for a in (*args[:2], kwargs.get("url"), kwargs.get("resource_path")) if isinstance(a, str)
-                and "/" in a), "")
+    url = next(
+        (a for a in (*args[:2], kwargs.get("url"), kwargs.get("resource_path")) if isinstance(a, str) and "/" in a), ""
+    )
     return any(f"/apis/{group}/" in url for group in REVIEW_GROUPS)
 
 

@@ -66,7 +66,8 @@ class Timings:
             raise LeadershipError(
                 "leader election needs 0 < retry period < renew deadline < lease duration "
                 f"(got {self.retry_period_s}, {self.renew_deadline_s}, {self.duration_s}): a leader must "
-                "stop before a standby may take over")
+                "stop before a standby may take over"
+            )
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ def micro_time(at: datetime.datetime) -> str:
     return at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def lease_spec(identity: str, duration_s: float, now: datetime.datetime, record: LeaseRecord | None,
-               step: Step) -> dict[str, Any]:
+def lease_spec(
+    identity: str, duration_s: float, now: datetime.datetime, record: LeaseRecord | None, step: Step
+) -> dict[str, Any]:
     """The Lease's spec this replica writes for ``step`` (pure)."""
     renewing = step is Step.RENEW and record is not None
     return {
@@ -149,10 +151,17 @@ class LeaderElector:
     2-core node: renewals must not wait for it). ``on_started`` / ``on_stopped`` run in that
     thread when this replica starts or stops leading."""
 
-    def __init__(self, api_client: Any, namespace: str, name: str = DEFAULT_LEASE_NAME,
-                 identity: str | None = None, timings: Timings = Timings(),
-                 on_started: Callable[[], None] | None = None, on_stopped: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        api_client: Any,
+        namespace: str,
+        name: str = DEFAULT_LEASE_NAME,
+        identity: str | None = None,
+        timings: Timings = Timings(),
+        on_started: Callable[[], None] | None = None,
+        on_stopped: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.client = api_client
         self.namespace = namespace
         self.name = name
@@ -183,8 +192,14 @@ class LeaderElector:
     # -- the loop --
 
     def start(self) -> LeaderElector:
-        log.info("leader election: candidate %s for Lease %s/%s (duration %.0f s, renew deadline %.0f s)",
-                 self.identity, self.namespace, self.name, self.timings.duration_s, self.timings.renew_deadline_s)
+        log.info(
+            "leader election: candidate %s for Lease %s/%s (duration %.0f s, renew deadline %.0f s)",
+            self.identity,
+            self.namespace,
+            self.name,
+            self.timings.duration_s,
+            self.timings.renew_deadline_s,
+        )
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
         self._thread.start()
         return self
@@ -216,11 +231,15 @@ class LeaderElector:
                 log.info("leader election: %s leads (Lease %s/%s)", self.identity, self.namespace, self.name)
                 if self.on_started:
                     self.on_started()
-        elif self.leading and (self._clock() - self._renewed_at >= self.timings.renew_deadline_s
-                               or (self._record is not None and self._record.holder != self.identity)):
-            self._step_down("the Lease was not renewed within the renew deadline"
-                            if self._record is None or self._record.holder == self.identity
-                            else f"the Lease is held by {self._record.holder}")
+        elif self.leading and (
+            self._clock() - self._renewed_at >= self.timings.renew_deadline_s
+            or (self._record is not None and self._record.holder != self.identity)
+        ):
+            self._step_down(
+                "the Lease was not renewed within the renew deadline"
+                if self._record is None or self._record.holder == self.identity
+                else f"the Lease is held by {self._record.holder}"
+            )
         return held
 
     def _try(self, began: float) -> bool:
@@ -235,18 +254,31 @@ class LeaderElector:
         if step is Step.WAIT:
             return False
         body = {
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": self.name, "namespace": self.namespace,
-                         **({"resourceVersion": record.resource_version} if record else {})},
-            "spec": lease_spec(self.identity, self.timings.duration_s, datetime.datetime.now(datetime.timezone.utc),
-                               record, step),
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                **({"resourceVersion": record.resource_version} if record else {}),
+            },
+            "spec": lease_spec(
+                self.identity, self.timings.duration_s, datetime.datetime.now(datetime.timezone.utc), record, step
+            ),
         }
         if step is Step.TAKE_OVER:
-            log.info("leader election: taking Lease %s/%s over from %s", self.namespace, self.name,
-                     (record.holder if record else "") or "nobody (released)")
-        written = self._request("POST" if record is None else "PUT",
-                                self.path if record is None else f"{self.path}/{self.name}",
-                                body=body, timeout_s=self._timeout(began), conflict_ok=True)
+            log.info(
+                "leader election: taking Lease %s/%s over from %s",
+                self.namespace,
+                self.name,
+                (record.holder if record else "") or "nobody (released)",
+            )
+        written = self._request(
+            "POST" if record is None else "PUT",
+            self.path if record is None else f"{self.path}/{self.name}",
+            body=body,
+            timeout_s=self._timeout(began),
+            conflict_ok=True,
+        )
         if written is None:  # 409: another replica wrote first; read again next round
             return False
         self._record = LeaseRecord.of(written)
@@ -260,12 +292,22 @@ class LeaderElector:
             return max(0.5, self.timings.retry_period_s * 2)
         return max(0.2, self.timings.renew_deadline_s - (began - self._renewed_at) - (self._clock() - began))
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 2.0,
-                 missing_ok: bool = False, conflict_ok: bool = False) -> dict[str, Any] | None:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout_s: float = 2.0,
+        missing_ok: bool = False,
+        conflict_ok: bool = False,
+    ) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         request = self.client.param_serialize(
-            method=method, resource_path=path, body=body, auth_settings=["BearerToken"],
+            method=method,
+            resource_path=path,
+            body=body,
+            auth_settings=["BearerToken"],
             header_params={"Accept": "application/json", "Content-Type": "application/json"},
         )
         try:
@@ -301,8 +343,11 @@ class LeaderElector:
             try:
                 lease = self._request("GET", f"{self.path}/{self.name}", missing_ok=True)
                 if lease and LeaseRecord.of(lease).holder == self.identity:
-                    lease["spec"] = {**lease["spec"], "holderIdentity": None,
-                                     "renewTime": micro_time(datetime.datetime.now(datetime.timezone.utc))}
+                    lease["spec"] = {
+                        **lease["spec"],
+                        "holderIdentity": None,
+                        "renewTime": micro_time(datetime.datetime.now(datetime.timezone.utc)),
+                    }
                     lease.get("metadata", {}).pop("managedFields", None)
                     self._request("PUT", f"{self.path}/{self.name}", body=lease, conflict_ok=True)
                     log.info("leader election: released Lease %s/%s", self.namespace, self.name)
@@ -327,14 +372,16 @@ class Election:
     timings: Timings = Timings()
 
 
-def start(api_client: Any, operator_client: Any, election: Election,
-          on_lost: Callable[[], None] = exit_now) -> LeaderElector:
+def start(
+    api_client: Any, operator_client: Any, election: Election, on_lost: Callable[[], None] = exit_now
+) -> LeaderElector:
     """Set up the gates and start electing (before kopf.run). ``api_client``: the elector's own
     (not gated, not sharing the handlers' connection pool); ``operator_client``: the handlers'."""
     namespace = election.namespace or default_namespace()
     if not namespace:
-        raise LeadershipError("--leader-election-namespace is required outside a pod (no $POD_NAMESPACE, "
-                              f"no {IN_CLUSTER_NAMESPACE})")
+        raise LeadershipError(
+            f"--leader-election-namespace is required outside a pod (no $POD_NAMESPACE, no {IN_CLUSTER_NAMESPACE})"
+        )
     from sft_operator import leader_gates, metrics
 
     pause = leader_gates.KopfPause()
@@ -350,8 +397,9 @@ def start(api_client: Any, operator_client: Any, election: Election,
         metrics.set_leader(0)
         on_lost()
 
-    elector = LeaderElector(api_client, namespace, election.lease, election.identity, election.timings,
-                            on_started=started, on_stopped=lost)
+    elector = LeaderElector(
+        api_client, namespace, election.lease, election.identity, election.timings, on_started=started, on_stopped=lost
+    )
     leader_gates.gate_writes(operator_client, elector)
     leader_gates.elector = elector
     return elector.start()

@@ -144,8 +144,12 @@ class JobsCollector(Collector):
     @staticmethod
     def _families(jobs: dict[tuple[str, str], _Job]) -> list[GaugeMetricFamily]:
         by_phase = GaugeMetricFamily(JOBS, "SFTJobs by namespace and phase.", labels=["namespace", "phase"])
-        failed = GaugeMetricFamily(FAILED_JOBS, "Failed SFTJobs by namespace and reason.", labels=["namespace", "reason"])
-        per_job = {name: GaugeMetricFamily(name, text, labels=["namespace", "sftjob"]) for name, text in JOB_GAUGES.items()}
+        failed = GaugeMetricFamily(
+            FAILED_JOBS, "Failed SFTJobs by namespace and reason.", labels=["namespace", "reason"]
+        )
+        per_job = {
+            name: GaugeMetricFamily(name, text, labels=["namespace", "sftjob"]) for name, text in JOB_GAUGES.items()
+        }
         counts: dict[str, dict[Phase, int]] = {}
         reasons: dict[tuple[str, str], int] = {}
         for (namespace, name), job in sorted(jobs.items()):
@@ -170,43 +174,59 @@ class OperatorMetrics:
         self.jobs = JobsCollector()
         self.registry.register(self.jobs)
         self.reconciles = Counter(
-            "sft_operator_reconciles", "Spec reconciles (create, update, resume) by trigger and result.",
-            ["reason", "result"], registry=self.registry,
+            "sft_operator_reconciles",
+            "Spec reconciles (create, update, resume) by trigger and result.",
+            ["reason", "result"],
+            registry=self.registry,
         )
         self.reconcile_duration = Histogram(
-            "sft_operator_reconcile_duration_seconds", "Time one spec reconcile took (converge + status).",
-            buckets=RECONCILE_BUCKETS, registry=self.registry,
+            "sft_operator_reconcile_duration_seconds",
+            "Time one spec reconcile took (converge + status).",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
         )
         self.handler_retries = Counter(
-            "sft_operator_handler_retries", "Handler calls that were kopf's retries of a failed one.",
-            ["handler"], registry=self.registry,
+            "sft_operator_handler_retries",
+            "Handler calls that were kopf's retries of a failed one.",
+            ["handler"],
+            registry=self.registry,
         )
         self.status_patches = Counter(
-            "sft_operator_status_patches", "Status patches written (a derived status that changed).",
+            "sft_operator_status_patches",
+            "Status patches written (a derived status that changed).",
             registry=self.registry,
         )
         self.api_requests = Counter(
-            "sft_operator_api_requests", "Kubernetes API requests of the operator's client, by method.",
-            ["method"], registry=self.registry,
+            "sft_operator_api_requests",
+            "Kubernetes API requests of the operator's client, by method.",
+            ["method"],
+            registry=self.registry,
         )
         self.api_errors = Counter(
-            "sft_operator_api_errors", "Failed Kubernetes API requests, by method and HTTP status "
-            "('error': no answer, e.g. a timeout).", ["method", "code"], registry=self.registry,
+            "sft_operator_api_errors",
+            "Failed Kubernetes API requests, by method and HTTP status ('error': no answer, e.g. a timeout).",
+            ["method", "code"],
+            registry=self.registry,
         )
         self.admission_reviews = Counter(
-            "sft_operator_admission_reviews", "SFTJob admission reviews the webhook answered, by operation "
-            "and result (admitted, invalid, policy, forbidden, unchecked).", ["operation", "result"],
+            "sft_operator_admission_reviews",
+            "SFTJob admission reviews the webhook answered, by operation "
+            "and result (admitted, invalid, policy, forbidden, unchecked).",
+            ["operation", "result"],
             registry=self.registry,
         )
         # Registered on their first value: a series only where the check (or the election) runs,
         # so that a 0 always means "cannot" (or "standing by"), never "not measured".
         self.api_reachable = Gauge(
-            "sft_operator_api_reachable", "1 while the operator can list and watch SFTJobs (its readiness "
-            "check, `run --readiness`), 0 while it cannot.", registry=None,
+            "sft_operator_api_reachable",
+            "1 while the operator can list and watch SFTJobs (its readiness "
+            "check, `run --readiness`), 0 while it cannot.",
+            registry=None,
         )
         self.leader = Gauge(
-            "sft_operator_leader", "1 while this replica holds the leader-election Lease (it alone acts), 0 "
-            "while it stands by.", registry=None,
+            "sft_operator_leader",
+            "1 while this replica holds the leader-election Lease (it alone acts), 0 while it stands by.",
+            registry=None,
         )
         self._registered: set[int] = set()
         self._register_lock = threading.Lock()
@@ -324,8 +344,13 @@ serve = METRICS.serve
 def metric_names(registry: CollectorRegistry) -> set[str]:
     """Every series name a registry can expose (counters' _total, histograms' _bucket/_sum/_count,
     ...): what a PromQL query may name."""
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }
     names: set[str] = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))

@@ -30,8 +30,14 @@ def jobs_statefulset(entries: Iterable[dict[str, Any]], job_name: str, job_uid: 
     controlled by it (child summaries: metadata with name, uid and ownerReferences)."""
     if not job_uid:
         return None
-    return next((entry for entry in entries if entry["metadata"].get("name") == job_name
-                 and controller_uid(entry["metadata"]) == job_uid), None)
+    return next(
+        (
+            entry
+            for entry in entries
+            if entry["metadata"].get("name") == job_name and controller_uid(entry["metadata"]) == job_uid
+        ),
+        None,
+    )
 
 
 def statefulsets_pods(entries: Iterable[dict[str, Any]], statefulset: dict[str, Any] | None) -> list[dict[str, Any]]:

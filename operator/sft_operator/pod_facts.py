@@ -103,7 +103,6 @@ def count_node_restarts(ledger: Iterable[NodeRestarts], pods: Iterable[dict[str,
     return [by_node[node] for node in sorted(by_node)]
 
 
-
 @dataclass(frozen=True)
 class Termination:
     """How a trainer container last ended."""
@@ -119,8 +118,9 @@ class Termination:
         return f"{text}: {self.message.strip()}" if self.message.strip() else text
 
 
-def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool = False,
-                             container: str = contract.TRAINER_CONTAINER) -> Termination | None:
+def last_trainer_termination(
+    pods: Iterable[dict[str, Any]], failures_only: bool = False, container: str = contract.TRAINER_CONTAINER
+) -> Termination | None:
     """The newest termination of a trainer container across the pods (current or last state);
     with ``failures_only``, the newest that lost work (not a preemption, not exit 0).
     ``container``: another container's (the transfer sidecar's)."""
@@ -136,7 +136,9 @@ def last_trainer_termination(pods: Iterable[dict[str, Any]], failures_only: bool
                 message=terminated.get("message") or "",
                 finished_at=terminated.get("finishedAt") or "",
             )
-            if failures_only and (candidate.exit_code == contract.EXIT_OK or is_preemption(candidate.exit_code, deleted)):
+            if failures_only and (
+                candidate.exit_code == contract.EXIT_OK or is_preemption(candidate.exit_code, deleted)
+            ):
                 continue
             if latest is None or candidate.finished_at > latest.finished_at:
                 latest = candidate
@@ -166,8 +168,12 @@ def ranks_left_behind(pods: Iterable[dict[str, Any]]) -> list[str]:
         name = (pod.get("metadata") or {}).get("name", "")
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             started = ((status.get("state") or {}).get("running") or {}).get("startedAt")
-            if status.get("name") == contract.TRAINER_CONTAINER and name != failure.pod and started \
-                    and started < failure.finished_at:
+            if (
+                status.get("name") == contract.TRAINER_CONTAINER
+                and name != failure.pod
+                and started
+                and started < failure.finished_at
+            ):
                 behind.append(name)
     return sorted(behind)
 
@@ -221,7 +227,9 @@ def gated_pod(pods: Iterable[dict[str, Any]], nnodes: int) -> str | None:
             continue
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                "PodScheduled", "False", "SchedulingGated"
+                "PodScheduled",
+                "False",
+                "SchedulingGated",
             ):
                 text = f"pod {(pod.get('metadata') or {}).get('name', '')}: SchedulingGated"
                 return f"{text}: {condition['message']}" if condition.get("message") else text

@@ -30,7 +30,14 @@ HOST_PATH = "hostPath"
 # The Pod Security Standards' restricted profile: the volume types it allows
 # (https://kubernetes.io/docs/concepts/security/pod-security-standards/, "Volume Types").
 RESTRICTED_VOLUME_TYPES = (
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 )
 # Taints only the control plane's nodes carry: a job's pods have no business there.
 CONTROL_PLANE_TAINTS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
@@ -104,32 +111,53 @@ def policy_problems(spec: SFTJobSpec, policy: AdmissionPolicy) -> list[tuple[str
                     problems.append((path, f"host paths are not allowed {WHERE} (policy.allowHostPath)"))
             elif source not in policy.allowed_volume_types:
                 allowed = ", ".join(policy.allowed_volume_types) or "none"
-                problems.append((path, f"{source} volumes are not allowed {WHERE} "
-                                       f"(policy.allowedVolumeTypes: {allowed})"))
+                problems.append(
+                    (path, f"{source} volumes are not allowed {WHERE} (policy.allowedVolumeTypes: {allowed})")
+                )
     if pod.service_account_name is not None and not policy.allow_service_account_name:
-        problems.append(("spec.pod.serviceAccountName",
-                         f"naming the pods' ServiceAccount is not allowed {WHERE} (policy.allowServiceAccountName); "
-                         "leave it unset: the job's pods run as a ServiceAccount of their own"))
+        problems.append(
+            (
+                "spec.pod.serviceAccountName",
+                f"naming the pods' ServiceAccount is not allowed {WHERE} (policy.allowServiceAccountName); "
+                "leave it unset: the job's pods run as a ServiceAccount of their own",
+            )
+        )
     if pod.priority_class_name is not None and pod.priority_class_name not in policy.allowed_priority_classes:
         allowed = ", ".join(policy.allowed_priority_classes) or "none"
-        problems.append(("spec.pod.priorityClassName",
-                         f"{pod.priority_class_name!r} is not allowed {WHERE} (policy.allowedPriorityClasses: {allowed})"))
+        problems.append(
+            (
+                "spec.pod.priorityClassName",
+                f"{pod.priority_class_name!r} is not allowed {WHERE} (policy.allowedPriorityClasses: {allowed})",
+            )
+        )
     if not policy.allow_secret_env:
         for i, var in enumerate(pod.env):
             value_from = (var.model_extra or {}).get("valueFrom")
             if isinstance(value_from, dict) and "secretKeyRef" in value_from:
-                problems.append((f"spec.pod.env[{i}].valueFrom.secretKeyRef",
-                                 f"Secrets in env are not allowed {WHERE} (policy.allowSecretEnv)"))
+                problems.append(
+                    (
+                        f"spec.pod.env[{i}].valueFrom.secretKeyRef",
+                        f"Secrets in env are not allowed {WHERE} (policy.allowSecretEnv)",
+                    )
+                )
     if policy.denied_toleration_keys:
         for i, toleration in enumerate(pod.tolerations or []):
             key = toleration.get("key")
             if not key and toleration.get("operator") == "Exists":
-                problems.append((f"spec.pod.tolerations[{i}]",
-                                 f"a toleration without a key tolerates every taint, the control plane's too; not "
-                                 f"allowed {WHERE} (policy.deniedTolerationKeys)"))
+                problems.append(
+                    (
+                        f"spec.pod.tolerations[{i}]",
+                        f"a toleration without a key tolerates every taint, the control plane's too; not "
+                        f"allowed {WHERE} (policy.deniedTolerationKeys)",
+                    )
+                )
             elif key in policy.denied_toleration_keys:
-                problems.append((f"spec.pod.tolerations[{i}].key",
-                                 f"tolerating {key} is not allowed {WHERE} (policy.deniedTolerationKeys)"))
+                problems.append(
+                    (
+                        f"spec.pod.tolerations[{i}].key",
+                        f"tolerating {key} is not allowed {WHERE} (policy.deniedTolerationKeys)",
+                    )
+                )
     return problems
 
 

@@ -109,7 +109,9 @@ class JobStatusBook:
         spec may clear it: a child's event must not turn Failed to Pending."""
         for condition in (self.current(body) or {}).get("conditions") or []:
             if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                ConditionType.SPEC_VALID.value, "False", Reason.INVALID_SPEC.value,
+                ConditionType.SPEC_VALID.value,
+                "False",
+                Reason.INVALID_SPEC.value,
             ):
                 return SpecProblem(Reason.INVALID_SPEC, condition.get("message") or "")
         return None
@@ -119,8 +121,9 @@ def now() -> str:
     return rfc3339(datetime.now(timezone.utc))
 
 
-def warn_dropped_progress(kube: KubeApi, book: JobStatusBook, body: dict[str, Any],
-                          dropped: Iterable[DroppedValue]) -> None:
+def warn_dropped_progress(
+    kube: KubeApi, book: JobStatusBook, body: dict[str, Any], dropped: Iterable[DroppedValue]
+) -> None:
     """One Warning Event per job and key for a value of its progress summary that the status
     schema cannot hold (dropped; the rest of the summary is used), not one per summary the
     reporter publishes. An operator restart says it once more."""
@@ -133,14 +136,16 @@ def warn_dropped_progress(kube: KubeApi, book: JobStatusBook, body: dict[str, An
         if value.key:
             message = f"{where}: dropped {value.describe('status.progress')}; the rest of the summary is used"
         else:
-            message = (f"{where}: ignored: {value.describe('status.progress')}; status.progress keeps the "
-                       "summary last read")
+            message = (
+                f"{where}: ignored: {value.describe('status.progress')}; status.progress keeps the summary last read"
+            )
         log.warning("%s/%s: %s", *job_key(body), message)
         kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, message)
 
 
-def check_spec(body: dict[str, Any], statefulset: dict[str, Any] | None,
-               policy: AdmissionPolicy | None = None) -> tuple[SFTJob | None, SpecProblem | None]:
+def check_spec(
+    body: dict[str, Any], statefulset: dict[str, Any] | None, policy: AdmissionPolicy | None = None
+) -> tuple[SFTJob | None, SpecProblem | None]:
     """The parsed job, and the operator's objection to its spec (invalid, refused by the admin
     policy, or an immutable field changed since the StatefulSet was created), if any."""
     try:
@@ -198,11 +203,17 @@ def update_status(
     except ApiException as exc:
         if exc.status == 404:  # deleted meanwhile
             return new
-        if exc.status in (400, 422) and progress is not None and new.progress != (current.progress if current else None):
+        if (
+            exc.status in (400, 422)
+            and progress is not None
+            and new.progress != (current.progress if current else None)
+        ):
             # The summary is the job's own (checked, but the API server has the last word): it
             # goes, not the phase, the conditions and the policies. The last accepted one stays.
-            refused = f"the API server refused the status with the new progress summary (HTTP {exc.status}: " \
-                      f"{(exc.body or exc.reason or '')[:300]}); status.progress keeps the summary last accepted"
+            refused = (
+                f"the API server refused the status with the new progress summary (HTTP {exc.status}: "
+                f"{(exc.body or exc.reason or '')[:300]}); status.progress keeps the summary last accepted"
+            )
             log.warning("%s/%s: %s", *key, refused)
             if book.not_warned_yet(body, [PROGRESS_REFUSED]):
                 kube.post_event(body, "Warning", PROGRESS_VALUE_DROPPED, refused)
@@ -217,9 +228,15 @@ def update_status(
     return new
 
 
-def _post_events(kube: KubeApi, body: dict[str, Any], current: SFTJobStatus | None, new: SFTJobStatus,
-                 problem: SpecProblem | None, blocker: Blocker | None = None,
-                 blocker_before: Blocker | None = None) -> None:
+def _post_events(
+    kube: KubeApi,
+    body: dict[str, Any],
+    current: SFTJobStatus | None,
+    new: SFTJobStatus,
+    problem: SpecProblem | None,
+    blocker: Blocker | None = None,
+    blocker_before: Blocker | None = None,
+) -> None:
     """The Events of a status change; ``blocker``: the pod the new status says the job waits for,
     ``blocker_before`` the one the status before said (posted once per cause)."""
     old_phase = current.phase if current is not None else None
@@ -237,8 +254,10 @@ def _post_events(kube: KubeApi, body: dict[str, Any], current: SFTJobStatus | No
         log.info("%s/%s: phase %s -> %s", *job_key(body), old_phase.value if old_phase else None, new.phase.value)
     ready = next((c for c in new.conditions if c.type == ConditionType.READY.value), None)
     before = next((c for c in (current.conditions if current else []) if c.type == ConditionType.READY.value), None)
-    if ready is not None and ready.reason == Reason.RENDEZVOUS_CONFLICT.value and (
-        before is None or before.message != ready.message
+    if (
+        ready is not None
+        and ready.reason == Reason.RENDEZVOUS_CONFLICT.value
+        and (before is None or before.message != ready.message)
     ):  # a rank cannot join its own rendezvous: say so while it retries
         kube.post_event(body, "Warning", ready.reason, ready.message or "")
     if blocker is not None and (blocker_before is None or blocker.cause != blocker_before.cause):

@@ -88,13 +88,15 @@ class ApiReachability:
             if changed:
                 now = self._clock()
                 if ready and self._ready is False:
-                    log.info("readiness: Ready again after %.0f s (SFTJobs can be listed and watched)",
-                             now - self._since)
+                    log.info(
+                        "readiness: Ready again after %.0f s (SFTJobs can be listed and watched)", now - self._since
+                    )
                 elif ready:
                     log.info("readiness: Ready (SFTJobs can be listed and watched)")
                 else:
-                    log.warning("readiness: not Ready: %s (said once; kopf's request retries are not logged "
-                                "meanwhile)", problem)
+                    log.warning(
+                        "readiness: not Ready: %s (said once; kopf's request retries are not logged meanwhile)", problem
+                    )
                 self._since = now
             self._ready = ready
             self._reason = problem or "ok"
@@ -127,8 +129,10 @@ class QuietWhileUnreachable(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.state.ready or self.state.reason == "not checked yet":
             return True
-        return not (record.name.startswith(self.REPEATERS) and (
-            record.name.startswith("urllib3") or "Request attempt" in str(record.msg)))
+        return not (
+            record.name.startswith(self.REPEATERS)
+            and (record.name.startswith("urllib3") or "Request attempt" in str(record.msg))
+        )
 
 
 def sftjobs_path(namespace: str | None) -> str:
@@ -147,8 +151,16 @@ def check_sftjobs(api_client: Any, namespaces: Sequence[str]) -> str | None:
             listed = _get(api_client, path, {"limit": "1"})
             version = json.loads(listed).get("metadata", {}).get("resourceVersion", "")
             doing = "watching"
-            streamed = _get(api_client, path, {"watch": "1", "resourceVersion": version,
-                                               "timeoutSeconds": str(WATCH_S), "allowWatchBookmarks": "true"})
+            streamed = _get(
+                api_client,
+                path,
+                {
+                    "watch": "1",
+                    "resourceVersion": version,
+                    "timeoutSeconds": str(WATCH_S),
+                    "allowWatchBookmarks": "true",
+                },
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is a reason not to be Ready
             return f"{doing} {path}: {describe_failure(exc)}"
         for line in streamed.splitlines():
@@ -161,8 +173,13 @@ def check_sftjobs(api_client: Any, namespaces: Sequence[str]) -> str | None:
 def _get(api_client: Any, path: str, query: dict[str, str]) -> bytes:
     from kubernetes.client.exceptions import ApiException
 
-    request = api_client.param_serialize(method="GET", resource_path=path, query_params=list(query.items()),
-                                         auth_settings=["BearerToken"], header_params={"Accept": "application/json"})
+    request = api_client.param_serialize(
+        method="GET",
+        resource_path=path,
+        query_params=list(query.items()),
+        auth_settings=["BearerToken"],
+        header_params={"Accept": "application/json"},
+    )
     response = api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT_S + WATCH_S)
     data: bytes = response.read()
     if not 200 <= response.status <= 299:
@@ -176,8 +193,14 @@ class ReadinessChecker:
     """Checks every ``interval_s`` in a daemon thread (its own client: never queued behind the
     handlers') and serves the state on ``url``'s path."""
 
-    def __init__(self, api_client: Any, namespaces: Sequence[str], state: ApiReachability,
-                 interval_s: float = CHECK_INTERVAL_S, webhook_port: int = 0):
+    def __init__(
+        self,
+        api_client: Any,
+        namespaces: Sequence[str],
+        state: ApiReachability,
+        interval_s: float = CHECK_INTERVAL_S,
+        webhook_port: int = 0,
+    ):
         self.client = api_client
         self.namespaces = list(namespaces)
         self.webhook_port = webhook_port
@@ -201,8 +224,10 @@ class ReadinessChecker:
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
-            self.state.record(check_sftjobs(self.client, self.namespaces),
-                              check_listening(self.webhook_port) if self.webhook_port else None)
+            self.state.record(
+                check_sftjobs(self.client, self.namespaces),
+                check_listening(self.webhook_port) if self.webhook_port else None,
+            )
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
 
     def stop(self) -> None:

@@ -218,9 +218,7 @@ def render_reporter_role_binding(job: SFTJob) -> dict[str, Any]:
         "kind": "RoleBinding",
         "metadata": _metadata(job, reporter_role_name(job), COMPONENT_REPORTER),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reporter_role_name(job)},
-        "subjects": [
-            {"kind": "ServiceAccount", "name": pod_service_account(job), "namespace": job.metadata.namespace}
-        ],
+        "subjects": [{"kind": "ServiceAccount", "name": pod_service_account(job), "namespace": job.metadata.namespace}],
     }
 
 
@@ -336,10 +334,16 @@ def _reporter_container(job: SFTJob, image: str) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "sft_reporter"],
         "env": [
-            {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {
+                "name": contract.ENV_POD_NAME,
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+            },
             {"name": contract.ENV_CONFIG_PATH, "value": contract.CONFIG_PATH},
             {"name": contract.ENV_POD_STATE_DIR, "value": contract.POD_STATE_MOUNT_PATH},
-            {"name": contract.ENV_TERMINATION_GRACE_SECONDS, "value": str(job.spec.pod.termination_grace_period_seconds)},
+            {
+                "name": contract.ENV_TERMINATION_GRACE_SECONDS,
+                "value": str(job.spec.pod.termination_grace_period_seconds),
+            },
         ],
         "volumeMounts": [
             {"name": contract.CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_MOUNT_PATH, "readOnly": True},
@@ -375,8 +379,10 @@ def _transfer_env(job: SFTJob) -> list[dict[str, Any]]:
     if hf is not None and hf.token_secret is not None:
         env += [
             {"name": contract.ENV_HF_TOKEN_SECRET, "value": hf.token_secret},
-            {"name": contract.ENV_HF_TOKEN,
-             "valueFrom": {"secretKeyRef": {"name": hf.token_secret, "key": contract.ENV_HF_TOKEN}}},
+            {
+                "name": contract.ENV_HF_TOKEN,
+                "valueFrom": {"secretKeyRef": {"name": hf.token_secret, "key": contract.ENV_HF_TOKEN}},
+            },
         ]
     if s3 is not None and s3.endpoint is not None:
         env.append({"name": contract.ENV_S3_ENDPOINT, "value": s3.endpoint})
@@ -405,8 +411,13 @@ def _source_cache_mount(job: SFTJob, read_only: bool) -> list[dict[str, Any]]:
     remote = job.spec.remote
     if remote is None or remote.cache_claim is None:
         return []  # the cache is on the checkpoint volume
-    return [{"name": contract.SOURCE_CACHE_VOLUME, "mountPath": contract.SOURCE_CACHE_CLAIM_MOUNT_PATH,
-             "readOnly": read_only}]
+    return [
+        {
+            "name": contract.SOURCE_CACHE_VOLUME,
+            "mountPath": contract.SOURCE_CACHE_CLAIM_MOUNT_PATH,
+            "readOnly": read_only,
+        }
+    ]
 
 
 def _transfer_container(job: SFTJob) -> dict[str, Any]:
@@ -464,7 +475,9 @@ def _pod_template(job: SFTJob, reporter_image: str) -> dict[str, Any]:
     if transfer:
         transfer_volumes.append({"name": contract.TRANSFER_TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}})
     if cache_claim is not None:
-        transfer_volumes.append({"name": contract.SOURCE_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim}})
+        transfer_volumes.append(
+            {"name": contract.SOURCE_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim}}
+        )
     pod_spec: dict[str, Any] = {
         "containers": [container, _reporter_container(job, reporter_image), *transfer],
         "volumes": [

@@ -67,7 +67,9 @@ def _condition(status: SFTJobStatus, type_: ConditionType) -> Condition | None:
 def _since(status: SFTJobStatus, type_: ConditionType, value: str) -> datetime | None:
     """When the condition last became ``value`` (None if it is not ``value`` now)."""
     condition = _condition(status, type_)
-    return parse_rfc3339(condition.last_transition_time) if condition is not None and condition.status == value else None
+    return (
+        parse_rfc3339(condition.last_transition_time) if condition is not None and condition.status == value else None
+    )
 
 
 def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> str | None:
@@ -75,13 +77,17 @@ def deadline_exceeded(live: SFTJobStatus, now: str, deadline_s: int | None) -> s
     was last resumed (as a Kubernetes Job's), or None."""
     if deadline_s is None or live.start_time is None or live.phase not in (Phase.RUNNING, Phase.PENDING):
         return None
-    since = max(parse_rfc3339(live.start_time), _since(live, ConditionType.SUSPENDED, "False") or parse_rfc3339(live.start_time))
+    since = max(
+        parse_rfc3339(live.start_time), _since(live, ConditionType.SUSPENDED, "False") or parse_rfc3339(live.start_time)
+    )
     elapsed = (parse_rfc3339(now) - since).total_seconds()
     if elapsed <= deadline_s:
         return None
-    return (f"ran {int(elapsed)} s since {rfc3339(since)}, past spec.activeDeadlineSeconds ({deadline_s} s); "
-            "the pods were stopped with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: "
-            "a job created again with the same checkpoints resumes from them")
+    return (
+        f"ran {int(elapsed)} s since {rfc3339(since)}, past spec.activeDeadlineSeconds ({deadline_s} s); "
+        "the pods were stopped with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: "
+        "a job created again with the same checkpoints resumes from them"
+    )
 
 
 def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods: list[dict[str, Any]]) -> str | None:
@@ -90,8 +96,11 @@ def startup_timed_out(live: SFTJobStatus, now: str, timeout_s: int | None, pods:
     While a gate holds a pod back (the job waits in a queue) it does not run."""
     if timeout_s is None or live.phase is not Phase.PENDING or _since(live, ConditionType.QUEUED, "True") is not None:
         return None
-    starts = [_since(live, ConditionType.READY, "False"), _since(live, ConditionType.SUSPENDED, "False"),
-              _since(live, ConditionType.QUEUED, "False")]
+    starts = [
+        _since(live, ConditionType.READY, "False"),
+        _since(live, ConditionType.SUSPENDED, "False"),
+        _since(live, ConditionType.QUEUED, "False"),
+    ]
     since = max((start for start in starts if start is not None), default=None)
     if since is None or (parse_rfc3339(now) - since).total_seconds() <= timeout_s:
         return None
@@ -120,8 +129,9 @@ def stall_limit_s(status: SFTJobStatus, stall_timeout_s: int | None, startup_tim
     return None
 
 
-def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
-            startup_timeout_s: int | None = None) -> str | None:
+def stalled(
+    status: SFTJobStatus, now: str, stall_timeout_s: int | None, startup_timeout_s: int | None = None
+) -> str | None:
     """Why a running job counts as stalled: no new step in the metrics log (nothing newer on the
     volume) for stall_limit_s since the step or since every pod ran. None otherwise."""
     limit = stall_limit_s(status, stall_timeout_s, startup_timeout_s)
@@ -133,12 +143,17 @@ def stalled(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
         return None
     progress = status.progress
     at = f"{progress.samples_seen} samples, epoch {progress.epoch}"
-    bound = (f"spec.stallTimeoutSeconds: {stall_timeout_s}" if progress.stage is Stage.TRAINING
-             else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}"
-             if progress.stage is Stage.INITIALIZING
-             else f"while saving spec.startupTimeoutSeconds bounds it: {limit}")
-    return (f"no training step for {int(idle)} s ({bound}); last fact on the volume at {rfc3339(last)} "
-            f"({progress.stage.value}, {at}); restarting every rank from the latest full state")
+    bound = (
+        f"spec.stallTimeoutSeconds: {stall_timeout_s}"
+        if progress.stage is Stage.TRAINING
+        else f"before the first step spec.startupTimeoutSeconds bounds it: {limit}"
+        if progress.stage is Stage.INITIALIZING
+        else f"while saving spec.startupTimeoutSeconds bounds it: {limit}"
+    )
+    return (
+        f"no training step for {int(idle)} s ({bound}); last fact on the volume at {rfc3339(last)} "
+        f"({progress.stage.value}, {at}); restarting every rank from the latest full state"
+    )
 
 
 def _last_training_fact(status: SFTJobStatus) -> datetime | None:
@@ -148,9 +163,6 @@ def _last_training_fact(status: SFTJobStatus) -> datetime | None:
     updated = parse_rfc3339(progress.last_update_time) if progress is not None and progress.last_update_time else None
     facts = [t for t in (running_since, updated) if t]
     return max(facts) if facts else None
-
-
-
 
 
 RESTART_BACKOFF_INITIAL_S = 10
@@ -180,12 +192,14 @@ def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> Restart
     restart = max(restarts, 1)
     delay = restart_backoff_s(restart)
     due = parse_rfc3339(failure.finished_at) + timedelta(seconds=delay)
-    return RestartBackoff(reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay,
-                          next_restart_at=rfc3339(due), ranks=behind)
+    return RestartBackoff(
+        reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due), ranks=behind
+    )
 
 
-def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | None,
-                       startup_timeout_s: int | None = None) -> RestartBackoff | None:
+def stall_restart_plan(
+    status: SFTJobStatus, now: str, stall_timeout_s: int | None, startup_timeout_s: int | None = None
+) -> RestartBackoff | None:
     """The restart of every rank of a stalled job (stalled), due the backoff after the job counted
     as stalled (its last fact + stall_limit_s). None when it is not stalled."""
     last = _last_training_fact(status)
@@ -195,7 +209,9 @@ def stall_restart_plan(status: SFTJobStatus, now: str, stall_timeout_s: int | No
     restart = status.restarts + 1
     delay = restart_backoff_s(restart)
     due = last + timedelta(seconds=limit + delay)
-    return RestartBackoff(reason=Reason.STALLED.value, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due))
+    return RestartBackoff(
+        reason=Reason.STALLED.value, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due)
+    )
 
 
 def held_back(plan: RestartBackoff | None, now: str) -> bool:
@@ -204,10 +220,15 @@ def held_back(plan: RestartBackoff | None, now: str) -> bool:
 
 
 def describe_backoff(plan: RestartBackoff) -> str:
-    what = (f"restarting {', '.join(plan.ranks)} with the failed rank" if plan.reason == RANKS_LEFT_BEHIND
-            else "restarting every rank (stalled)")
-    return (f"{what} at {plan.next_restart_at}: backoff {plan.delay_seconds} s before restart {plan.restart} "
-            f"({RESTART_BACKOFF_INITIAL_S} s doubling to {RESTART_BACKOFF_CAP_S} s)")
+    what = (
+        f"restarting {', '.join(plan.ranks)} with the failed rank"
+        if plan.reason == RANKS_LEFT_BEHIND
+        else "restarting every rank (stalled)"
+    )
+    return (
+        f"{what} at {plan.next_restart_at}: backoff {plan.delay_seconds} s before restart {plan.restart} "
+        f"({RESTART_BACKOFF_INITIAL_S} s doubling to {RESTART_BACKOFF_CAP_S} s)"
+    )
 
 
 # --- time to live of a finished job -----------------------------------------------------------

@@ -78,7 +78,6 @@ def set_condition(
     return sorted([*others, updated], key=lambda c: c.type)
 
 
-
 @dataclass(frozen=True)
 class VolumeCheck:
     """Whether the checkpoint claim can serve this job (the CheckpointVolume condition)."""
@@ -88,12 +87,15 @@ class VolumeCheck:
     message: str
 
 
-def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name: str,
-                           created_by_other: str | None = None) -> VolumeCheck:
+def check_checkpoint_claim(
+    nnodes: int, claim: dict[str, Any] | None, claim_name: str, created_by_other: str | None = None
+) -> VolumeCheck:
     """``created_by_other``: the uid of the job that created the claim, when the job asks
     deleteWithJob of a claim it did not create (it keeps the claim: said in the message)."""
     if claim is None:
-        return VolumeCheck(False, Reason.CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim_name} does not exist; pods wait for it")
+        return VolumeCheck(
+            False, Reason.CLAIM_NOT_FOUND, f"PersistentVolumeClaim {claim_name} does not exist; pods wait for it"
+        )
     modes = (claim.get("spec") or {}).get("accessModes") or []
     if nnodes > 1 and AccessMode.READ_WRITE_MANY.value not in modes:
         return VolumeCheck(
@@ -103,13 +105,14 @@ def check_checkpoint_claim(nnodes: int, claim: dict[str, Any] | None, claim_name
             "needs ReadWriteMany: every rank reads full_state/ when it resumes",
         )
     if created_by_other is not None:
-        return VolumeCheck(True, Reason.CLAIM_FOUND,
-                           f"PersistentVolumeClaim {claim_name}, created by another SFTJob (uid {created_by_other}): kept "
-                           "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job "
-                           "created)")
+        return VolumeCheck(
+            True,
+            Reason.CLAIM_FOUND,
+            f"PersistentVolumeClaim {claim_name}, created by another SFTJob (uid {created_by_other}): kept "
+            "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job "
+            "created)",
+        )
     return VolumeCheck(True, Reason.CLAIM_FOUND, f"PersistentVolumeClaim {claim_name}")
-
-
 
 
 def spec_condition(
@@ -137,11 +140,20 @@ def _finished(
 ) -> SFTJobStatus:
     """The status of a job whose training is over (Succeeded or Failed by training)."""
     succeeded = phase is Phase.SUCCEEDED
-    conditions = set_condition(conditions, ConditionType.COMPLETE.value, succeeded, reason.value, message, now, generation)
-    conditions = set_condition(conditions, ConditionType.FAILED.value, not succeeded, reason.value, message, now, generation)
     conditions = set_condition(
-        conditions, ConditionType.READY.value, False, Reason.FINISHED.value, "training is over; pods scaled to 0",
-        now, generation,
+        conditions, ConditionType.COMPLETE.value, succeeded, reason.value, message, now, generation
+    )
+    conditions = set_condition(
+        conditions, ConditionType.FAILED.value, not succeeded, reason.value, message, now, generation
+    )
+    conditions = set_condition(
+        conditions,
+        ConditionType.READY.value,
+        False,
+        Reason.FINISHED.value,
+        "training is over; pods scaled to 0",
+        now,
+        generation,
     )
     return current.model_copy(
         update={**facts, "phase": phase, "conditions": conditions, "completion_time": current.completion_time or now}
@@ -157,7 +169,11 @@ def download_retry(progress: TrainingProgress | None) -> str | None:
 
 
 def _invalid_spec(
-    current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], problem: SpecProblem, now: str,
+    current: SFTJobStatus,
+    conditions: list[Condition],
+    facts: dict[str, Any],
+    problem: SpecProblem,
+    now: str,
     generation: int | None,
 ) -> SFTJobStatus:
     """A spec the operator refused before creating any pod: Failed until the spec is fixed."""
@@ -165,12 +181,22 @@ def _invalid_spec(
         conditions, ConditionType.FAILED.value, True, problem.reason.value, problem.message, now, generation
     )
     conditions = set_condition(
-        conditions, ConditionType.READY.value, False, problem.reason.value, "no pods: the spec is invalid", now,
+        conditions,
+        ConditionType.READY.value,
+        False,
+        problem.reason.value,
+        "no pods: the spec is invalid",
+        now,
         generation,
     )
     return current.model_copy(
-        update={**facts, "phase": Phase.FAILED, "conditions": conditions, "ready_nodes": 0,
-                "nodes": f"0/{facts['total_nodes']}"}
+        update={
+            **facts,
+            "phase": Phase.FAILED,
+            "conditions": conditions,
+            "ready_nodes": 0,
+            "nodes": f"0/{facts['total_nodes']}",
+        }
     )
 
 
@@ -197,13 +223,21 @@ def ready_message(ready: LiveReady, backoff: RestartBackoff | None) -> str:
 
 
 def _live(
-    current: SFTJobStatus, conditions: list[Condition], facts: dict[str, Any], statefulset: dict[str, Any] | None,
-    pods: list[dict[str, Any]], volume: VolumeCheck | None, now: str, generation: int | None,
+    current: SFTJobStatus,
+    conditions: list[Condition],
+    facts: dict[str, Any],
+    statefulset: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    volume: VolumeCheck | None,
+    now: str,
+    generation: int | None,
 ) -> tuple[SFTJobStatus, LiveReady]:
     """Pending, Running or Suspended: what the StatefulSet and its pods say."""
     ready, nnodes = facts["ready_nodes"], facts["total_nodes"]
     if any(c.type == ConditionType.FAILED.value for c in conditions):
-        conditions = set_condition(conditions, ConditionType.FAILED.value, False, Reason.VALID.value, "", now, generation)
+        conditions = set_condition(
+            conditions, ConditionType.FAILED.value, False, Reason.VALID.value, "", now, generation
+        )
     suspended = statefulset is not None and ((statefulset.get("spec") or {}).get("replicas") == 0)
     if suspended:
         phase = Phase.SUSPENDED
@@ -238,20 +272,33 @@ def _live(
         blocker = pod_blocker(pods, nnodes) if statefulset is not None else None
     live_ready = LiveReady(phase is Phase.RUNNING and retrying is None, ready_reason, head, blocker)
     conditions = set_condition(
-        conditions, ConditionType.READY.value, live_ready.status, ready_reason, ready_message(live_ready, None),
-        now, generation,
+        conditions,
+        ConditionType.READY.value,
+        live_ready.status,
+        ready_reason,
+        ready_message(live_ready, None),
+        now,
+        generation,
     )
     gated = gated_pod(pods, nnodes) if statefulset is not None and not suspended else None
     if gated is not None or any(c.type == ConditionType.QUEUED.value for c in conditions):
         conditions = set_condition(
-            conditions, ConditionType.QUEUED.value, gated is not None,
+            conditions,
+            ConditionType.QUEUED.value,
+            gated is not None,
             Reason.SCHEDULING_GATED.value if gated is not None else Reason.NOT_GATED.value,
             f"held back by a scheduling gate (a queue such as Kueue admits the pods): {gated}" if gated else "",
-            now, generation,
+            now,
+            generation,
         )
     if volume is not None:
         conditions = set_condition(
-            conditions, ConditionType.CHECKPOINT_VOLUME.value, volume.ok, volume.reason.value, volume.message, now,
+            conditions,
+            ConditionType.CHECKPOINT_VOLUME.value,
+            volume.ok,
+            volume.reason.value,
+            volume.message,
+            now,
             generation,
         )
     start_time = current.start_time
@@ -261,11 +308,19 @@ def _live(
     return status, live_ready
 
 
-def _with_backoff(live: SFTJobStatus, ready: LiveReady, plan: RestartBackoff, now: str,
-                  generation: int | None) -> SFTJobStatus:
+def _with_backoff(
+    live: SFTJobStatus, ready: LiveReady, plan: RestartBackoff, now: str, generation: int | None
+) -> SFTJobStatus:
     """The status with the held-back restart in status.restartBackoff and the Ready message."""
-    conditions = set_condition(live.conditions, ConditionType.READY.value, ready.status, ready.reason,
-                               ready_message(ready, plan), now, generation)
+    conditions = set_condition(
+        live.conditions,
+        ConditionType.READY.value,
+        ready.status,
+        ready.reason,
+        ready_message(ready, plan),
+        now,
+        generation,
+    )
     return live.model_copy(update={"restart_backoff": plan, "conditions": conditions})
 
 
@@ -323,8 +378,9 @@ def derive_status(
         "node_restarts": ledger,
         "progress": progress if progress is not None else current.progress,
     }
-    facts["restarts"] = max([current.restarts, *(entry.failures + facts["stall_restarts"] for entry in ledger),
-                             facts["stall_restarts"]])
+    facts["restarts"] = max(
+        [current.restarts, *(entry.failures + facts["stall_restarts"] for entry in ledger), facts["stall_restarts"]]
+    )
     conditions = spec_condition(list(current.conditions), problem, now, generation)
     if current.training_over:
         # For good: only the facts move. observedGeneration follows the spec (a later change was
@@ -333,14 +389,23 @@ def derive_status(
     if policy.export_uri is not None:
         exported = exported_condition(facts["progress"])
         if exported is not None:
-            conditions = set_condition(conditions, ConditionType.EXPORTED.value, exported[0], exported[1].value,
-                                       exported[2], now, generation)
-    verdict = training_verdict(facts["progress"], pods if statefulset is not None else [], facts["restarts"],
-                               policy.max_restarts, policy.export_uri)
+            conditions = set_condition(
+                conditions, ConditionType.EXPORTED.value, exported[0], exported[1].value, exported[2], now, generation
+            )
+    verdict = training_verdict(
+        facts["progress"],
+        pods if statefulset is not None else [],
+        facts["restarts"],
+        policy.max_restarts,
+        policy.export_uri,
+    )
     if verdict is not None:
         phase, reason, message = verdict
-        return DerivedStatus(_finished(current, conditions, facts, phase=phase, reason=reason, message=message,
-                                       now=now, generation=generation))
+        return DerivedStatus(
+            _finished(
+                current, conditions, facts, phase=phase, reason=reason, message=message, now=now, generation=generation
+            )
+        )
     if problem is not None and problem.reason is Reason.INVALID_SPEC and statefulset is None:
         return DerivedStatus(_invalid_spec(current, conditions, facts, problem, now, generation))
     live, live_ready = _live(current, conditions, facts, statefulset, pods, volume, now, generation)
@@ -349,11 +414,22 @@ def derive_status(
     if timed_out is None and problem is None:
         timed_out, reason = startup_timed_out(live, now, policy.startup_timeout_s, pods), Reason.STARTUP_TIMEOUT
     if timed_out is not None:
-        return DerivedStatus(_finished(live, live.conditions, facts, phase=Phase.FAILED, reason=reason,
-                                       message=timed_out, now=now, generation=generation))
+        return DerivedStatus(
+            _finished(
+                live,
+                live.conditions,
+                facts,
+                phase=Phase.FAILED,
+                reason=reason,
+                message=timed_out,
+                now=now,
+                generation=generation,
+            )
+        )
     if stall is None and statefulset is not None and live.phase is not Phase.SUSPENDED:
         plan = group_restart_plan(pods, live.restarts) or stall_restart_plan(
-            live, now, policy.stall_timeout_s, policy.startup_timeout_s)
+            live, now, policy.stall_timeout_s, policy.startup_timeout_s
+        )
         if held_back(plan, now):
             assert plan is not None
             return DerivedStatus(_with_backoff(live, live_ready, plan, now, generation), live_ready.blocker)

@@ -32,7 +32,6 @@ def name_spec_fields(message: str) -> str:
     return _TRAINING_ARG.sub(spec_name, message)
 
 
-
 def training_verdict(
     progress: TrainingProgress | None,
     pods: list[dict[str, Any]],
@@ -59,8 +58,11 @@ def training_verdict(
         return Phase.FAILED, Reason.DOWNLOAD_FAILED, fetch.message.strip() or fetch.describe()
     termination = last_trainer_termination(pods)
     if termination is not None and termination.exit_code == contract.EXIT_BAD_CONFIG:
-        return (Phase.FAILED, Reason.CONFIG_REJECTED,
-                "the launcher rejected its configuration, a retry cannot help: " + name_spec_fields(termination.describe()))
+        return (
+            Phase.FAILED,
+            Reason.CONFIG_REJECTED,
+            "the launcher rejected its configuration, a retry cannot help: " + name_spec_fields(termination.describe()),
+        )
     if max_restarts is not None and restarts > max_restarts:
         failure = last_trainer_termination(pods, failures_only=True)
         last = failure.describe() if failure is not None else "no termination recorded"
@@ -91,7 +93,11 @@ def exported_condition(progress: TrainingProgress | None) -> tuple[bool, Reason,
     if progress.export_error:
         return False, Reason.EXPORT_FAILING, f"retrying with backoff: {progress.export_error}"
     if progress.stage is Stage.COMPLETED:
-        return False, Reason.EXPORT_PENDING, f"training is over; uploading the final checkpoint hf_format/{progress.latest_checkpoint}"
+        return (
+            False,
+            Reason.EXPORT_PENDING,
+            f"training is over; uploading the final checkpoint hf_format/{progress.latest_checkpoint}",
+        )
     if exports:
         return False, Reason.EXPORT_PENDING, f"{len(exports)} checkpoint(s) exported; newest: {exports[-1].uri}"
     return None

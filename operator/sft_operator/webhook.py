@@ -29,8 +29,14 @@ class JobValidator:
     namespaces: frozenset[str]
     authorized: Callable[[dict[str, Any]], bool]
 
-    def validate(self, body: kopf.Body, userinfo: kopf.UserInfo, old: kopf.Body | None = None, operation: str | None = None,
-                 **_: Any) -> None:
+    def validate(
+        self,
+        body: kopf.Body,
+        userinfo: kopf.UserInfo,
+        old: kopf.Body | None = None,
+        operation: str | None = None,
+        **_: Any,
+    ) -> None:
         """A CREATE or UPDATE of an SFTJob: admission.review decides; a refusal reaches the user's
         `kubectl apply` with its message and code."""
         namespace = body.get("metadata", {}).get("namespace", "")
@@ -40,8 +46,14 @@ class JobValidator:
             admission.review(operation, body, old, userinfo, self.policy, self.authorized)
         except admission.Refusal as refusal:
             metrics.count_admission(operation, refusal.why)
-            log.info("%s/%s: refused the %s by %s: %s", namespace, body.get("metadata", {}).get("name"), operation,
-                     userinfo.get("username"), refusal.message)
+            log.info(
+                "%s/%s: refused the %s by %s: %s",
+                namespace,
+                body.get("metadata", {}).get("name"),
+                operation,
+                userinfo.get("username"),
+                refusal.message,
+            )
             raise kopf.AdmissionError(refusal.message, code=refusal.code) from None
         metrics.count_admission(operation, "admitted")
 
@@ -53,10 +65,14 @@ def authorized(api_client: kubernetes.client.ApiClient | None, review: dict[str,
         answer = api.create_namespaced_local_subject_access_review(
             review["metadata"]["namespace"],
             review,  # type: ignore[arg-type]  # the client sends a dict body as it is, no model needed
-            _request_timeout=WEBHOOK_API_TIMEOUT_S)
+            _request_timeout=WEBHOOK_API_TIMEOUT_S,
+        )
     except (kubernetes.client.exceptions.ApiException, OSError) as exc:
-        raise admission.Refusal(f"could not check the requesting user's permissions: {exc}".strip(),
-                                admission.HTTP_INTERNAL_ERROR, admission.UNCHECKED) from None
+        raise admission.Refusal(
+            f"could not check the requesting user's permissions: {exc}".strip(),
+            admission.HTTP_INTERNAL_ERROR,
+            admission.UNCHECKED,
+        ) from None
     return bool(answer.status is not None and answer.status.allowed)
 
 
@@ -66,5 +82,6 @@ def webhook_server(port: int, cert_dir: Path) -> kopf.WebhookServer:
     for name in ("tls.crt", "tls.key"):
         if not (cert_dir / name).is_file():
             raise SystemExit(f"--webhook-cert-dir {cert_dir}: no {name} (the webhook's serving certificate)")
-    return kopf.WebhookServer(addr="0.0.0.0", port=port, certfile=str(cert_dir / "tls.crt"),
-                              pkeyfile=str(cert_dir / "tls.key"))
+    return kopf.WebhookServer(
+        addr="0.0.0.0", port=port, certfile=str(cert_dir / "tls.crt"), pkeyfile=str(cert_dir / "tls.key")
+    )

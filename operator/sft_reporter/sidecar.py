@@ -121,8 +121,10 @@ class VolumeReader:
                 # bounds costs the adoption summary, never the rest of the progress.
                 if "adoption" not in self._dropped_keys:
                     self._dropped_keys.add("adoption")
-                    log.warning("left out of the summary: progress.adoption: %s",
-                                exc.errors()[0]["msg"] if exc.errors() else exc)
+                    log.warning(
+                        "left out of the summary: progress.adoption: %s",
+                        exc.errors()[0]["msg"] if exc.errors() else exc,
+                    )
         self._read_metrics()
         transfers = None
         try:
@@ -131,17 +133,19 @@ class VolumeReader:
             if "transfers" not in self._dropped_keys:
                 self._dropped_keys.add("transfers")
                 log.warning("left out of the summary: downloads and exports: %s", exc)
-        checked = check_summary(summary_fields(
-            scan_checkpoints(self.ckpt_dir),
-            num_epochs=self.num_epochs,
-            last_step=self._last_step,
-            last_totals=self._last_totals,
-            runs=read_run_records(self.ckpt_dir),
-            data_dir_exists=self.data_dir.is_dir(),
-            loss_history=self._history.points(),
-            adoption=adopted,
-            transfers=transfers,
-        ))
+        checked = check_summary(
+            summary_fields(
+                scan_checkpoints(self.ckpt_dir),
+                num_epochs=self.num_epochs,
+                last_step=self._last_step,
+                last_totals=self._last_totals,
+                runs=read_run_records(self.ckpt_dir),
+                data_dir_exists=self.data_dir.is_dir(),
+                loss_history=self._history.points(),
+                adoption=adopted,
+                transfers=transfers,
+            )
+        )
         for dropped in checked.dropped:
             if dropped.key not in self._dropped_keys:
                 self._dropped_keys.add(dropped.key)
@@ -151,10 +155,18 @@ class VolumeReader:
     def _not_yet_owned(self) -> TrainingProgress:
         """Before the launcher recorded this job as the owner (or when it refused the directory):
         nothing of the volume is this job's yet."""
-        empty = CheckpointTree(root=str(self.ckpt_dir), hf_checkpoints=[], full_states=[], stray_full_state_entries=[],
-                               completion=None, data_ready=None, samples_per_epoch=None)
-        return summarize_progress(empty, num_epochs=self.num_epochs, last_step=None, last_totals=None, runs=[],
-                                  data_dir_exists=False)
+        empty = CheckpointTree(
+            root=str(self.ckpt_dir),
+            hf_checkpoints=[],
+            full_states=[],
+            stray_full_state_entries=[],
+            completion=None,
+            data_ready=None,
+            samples_per_epoch=None,
+        )
+        return summarize_progress(
+            empty, num_epochs=self.num_epochs, last_step=None, last_totals=None, runs=[], data_dir_exists=False
+        )
 
 
 def milestone_view(progress: TrainingProgress) -> dict[str, Any]:
@@ -224,19 +236,24 @@ def run_loop(
             if give_up_at is None:
                 give_up_at = clock() + shutdown_wait_s
                 if not trainer_exited():
-                    log.info("stopping: publishing until the trainer has exited (at most %.0fs)",
-                             shutdown_wait_s)
+                    log.info("stopping: publishing until the trainer has exited (at most %.0fs)", shutdown_wait_s)
             if trainer_exited():
                 final = True
             elif clock() >= give_up_at:
-                log.warning("the trainer has not exited %.0fs after the stop signal: publishing "
-                            "what the volume says now", shutdown_wait_s)
+                log.warning(
+                    "the trainer has not exited %.0fs after the stop signal: publishing what the volume says now",
+                    shutdown_wait_s,
+                )
                 final = True
         try:
             current = reader.read()
             now = clock()
-            if should_publish(published, current, seconds_since_publish=now - published_at,
-                              min_interval_s=0.0 if final else min_interval_s):
+            if should_publish(
+                published,
+                current,
+                seconds_since_publish=now - published_at,
+                min_interval_s=0.0 if final else min_interval_s,
+            ):
                 publish(current)
                 published, published_at = current, now
         except Exception as exc:  # noqa: BLE001 - a hiccup (API, torn file) must not kill the sidecar
@@ -260,8 +277,12 @@ def shutdown_wait_from_env(env: Any) -> float:
     try:
         grace = float(raw) if raw else DEFAULT_TERMINATION_GRACE_S
     except ValueError:
-        log.warning("%s=%r is not a number: assuming %.0fs", contract.ENV_TERMINATION_GRACE_SECONDS,
-                    raw, DEFAULT_TERMINATION_GRACE_S)
+        log.warning(
+            "%s=%r is not a number: assuming %.0fs",
+            contract.ENV_TERMINATION_GRACE_SECONDS,
+            raw,
+            DEFAULT_TERMINATION_GRACE_S,
+        )
         grace = DEFAULT_TERMINATION_GRACE_S
     return max(0.0, grace - SHUTDOWN_MARGIN_S)
 
@@ -328,8 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         core_api=kubernetes.client.CoreV1Api(kubeclient.load_api_client()),
     )
     log.info("reporting %s to ConfigMap %s", reader.ckpt_dir, contract.progress_configmap_name(publisher.job_name))
-    run_loop(reader, publisher.publish, stop, scan_interval_s=args.scan_interval, min_interval_s=args.min_interval,
-             trainer_exited=trainer_exited_check(os.environ), shutdown_wait_s=shutdown_wait_from_env(os.environ))
+    run_loop(
+        reader,
+        publisher.publish,
+        stop,
+        scan_interval_s=args.scan_interval,
+        min_interval_s=args.min_interval,
+        trainer_exited=trainer_exited_check(os.environ),
+        shutdown_wait_s=shutdown_wait_from_env(os.environ),
+    )
     log.info("stopped after %d writes", publisher.writes)
     return 0
 

@@ -26,9 +26,11 @@ BUILD_TIMEOUT = 45 * 60
 CUDA_OPT_IN = "SFT_TEST_CUDA_IMAGE"
 # Measured here (docs/images.md): the image is 6.3 GB, its cold build 195-287 s with ≈3 GB of
 # wheels downloaded; too large for every run of the tier.
-CUDA_OPT_IN_REASON = (f"the CUDA trainer image (6.3 GB, a cold build ≈3-5 min downloading ≈3 GB "
-                      f"from the package index) is built and tested only with {CUDA_OPT_IN}=1 "
-                      "(make images-test-cuda; docs/images.md)")
+CUDA_OPT_IN_REASON = (
+    f"the CUDA trainer image (6.3 GB, a cold build ≈3-5 min downloading ≈3 GB "
+    f"from the package index) is built and tested only with {CUDA_OPT_IN}=1 "
+    "(make images-test-cuda; docs/images.md)"
+)
 
 
 def docker_cli() -> str:
@@ -41,8 +43,9 @@ def docker_cli() -> str:
 def docker(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([docker_cli(), *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"docker {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -50,11 +53,16 @@ def run_build(env: dict[str, str] | None = None) -> tuple[dict[str, str], str, f
     """scripts/build-images.sh with `env` added to ours: (the KEY=VALUE names it prints last, its
     stderr, seconds)."""
     start = time.monotonic()
-    proc = subprocess.run([str(BUILD_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=BUILD_TIMEOUT, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [str(BUILD_SCRIPT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        env={**os.environ, **(env or {})},
+    )
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        pytest.fail(f"scripts/build-images.sh exited {proc.returncode}:\n{proc.stderr[-6000:]}",
-                    pytrace=False)
+        pytest.fail(f"scripts/build-images.sh exited {proc.returncode}:\n{proc.stderr[-6000:]}", pytrace=False)
     names = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return names, proc.stderr, elapsed

@@ -35,8 +35,12 @@ def image_id(image: str) -> str:
 def sources_digest() -> str:
     """What the builds read from the tree (to tell a cache miss from a concurrent edit)."""
     digest = hashlib.sha256()
-    paths = [ROOT / "constraints.txt", ROOT / "Dockerfile", ROOT / "trainer-image" / "Dockerfile",
-             ROOT / "trainer-image" / "pyproject.toml"]
+    paths = [
+        ROOT / "constraints.txt",
+        ROOT / "Dockerfile",
+        ROOT / "trainer-image" / "Dockerfile",
+        ROOT / "trainer-image" / "pyproject.toml",
+    ]
     for tree in (ROOT / "core", ROOT / "operator", ROOT / "trainer-image" / "sft_trainer"):
         paths += sorted(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in paths:
@@ -59,9 +63,19 @@ def test_operator_cli_and_reporter_run_on_a_read_only_root(operator_image: str) 
     # The reporter sidecar runs from this image: `python -m sft_reporter`.
     assert "--config" in run(operator_image, "-m", "sft_reporter", "--help", entrypoint="python")
     # Read-only really is read-only, and the image has no pip to install anything at run time.
-    probe = docker("run", "--rm", "--network", "none", *READ_ONLY, "--entrypoint", "sh", operator_image, "-c",
-                   "touch /opt/sft-operator/x 2>/dev/null && echo writable; "
-                   "python -c 'import pip' 2>/dev/null && echo pip; echo done").stdout
+    probe = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        *READ_ONLY,
+        "--entrypoint",
+        "sh",
+        operator_image,
+        "-c",
+        "touch /opt/sft-operator/x 2>/dev/null && echo writable; "
+        "python -c 'import pip' 2>/dev/null && echo pip; echo done",
+    ).stdout
     assert probe.split() == ["done"], probe
 
 
@@ -78,11 +92,14 @@ def test_trainer_image_runs_as_numeric_non_root_with_the_launcher_as_entrypoint(
 
 
 def test_trainer_imports_and_torchrun_on_a_read_only_root(trainer_image: str) -> None:
-    out = run(trainer_image, "-c",
-              "import sft_trainer.launcher, instructlab.training.main_ds, torch, importlib.metadata as m; "
-              "print(torch.__version__, torch.version.cuda, m.version('instructlab-training'), "
-              "any(d.metadata['Name'].lower().startswith('nvidia-') for d in m.distributions()))",
-              entrypoint="python")
+    out = run(
+        trainer_image,
+        "-c",
+        "import sft_trainer.launcher, instructlab.training.main_ds, torch, importlib.metadata as m; "
+        "print(torch.__version__, torch.version.cuda, m.version('instructlab-training'), "
+        "any(d.metadata['Name'].lower().startswith('nvidia-') for d in m.distributions()))",
+        entrypoint="python",
+    )
     assert out.split() == ["2.13.0+cpu", "None", "0.16.2", "False"], out
     assert "--nproc-per-node" in run(trainer_image, "--help", entrypoint="torchrun")
     assert "sft-trainer" in run(trainer_image, "-c", "command -v sft-trainer", entrypoint="sh")
@@ -106,9 +123,11 @@ ALL_OURS = ["devtools", "sft_client", "sft_core", "sft_models", "sft_operator", 
 @pytest.mark.parametrize("which", ["operator", "trainer"])
 def test_each_image_holds_only_its_roles_packages(which: str, operator_image: str, trainer_image: str) -> None:
     image = operator_image if which == "operator" else trainer_image
-    probe = ("import importlib.util, importlib.metadata as m; "
-             f"print(sorted(n for n in {ALL_OURS!r} if importlib.util.find_spec(n))); "
-             "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('sft-')))")
+    probe = (
+        "import importlib.util, importlib.metadata as m; "
+        f"print(sorted(n for n in {ALL_OURS!r} if importlib.util.find_spec(n))); "
+        "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('sft-')))"
+    )
     packages, distributions = run(image, "-c", probe, entrypoint="python").strip().splitlines()
     assert packages == str(sorted(IMAGE_PACKAGES[which])), packages
     assert distributions == str(IMAGE_DISTRIBUTIONS[which]), distributions
@@ -126,7 +145,6 @@ def test_a_second_build_of_unchanged_sources_is_all_cache(built_images: dict[str
     print(f"warm build: {elapsed:.0f} s\n{log}")
     assert names == built_images
     if sources_digest() != digest:
-        pytest.fail("the sources changed while this test ran (someone edited the tree); rerun it",
-                    pytrace=False)
+        pytest.fail("the sources changed while this test ran (someone edited the tree); rerun it", pytrace=False)
     assert {image: image_id(image) for image in images} == before, log
     assert "is up to date" in log, log

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 
 EXAMPLE = ROOT / "examples" / "sftjob-tiny-cpu.yaml"
 NAMESPACE = "images"
-NUM_SAMPLES = 8     # effective batch 4: 2 steps
+NUM_SAMPLES = 8  # effective batch 4: 2 steps
 RUN_TIMEOUT = 1800  # 2 cores shared with other builds: slow, but one small run
 IDLE_LOG = "idling until the job is scaled down"
 
@@ -83,10 +83,15 @@ def docker_run_args(job: Any, *, pod_name: str, checkpoints: Path, config_dir: P
 # OSFT: rhai-innovation-mini-trainer in the same image, same read-only root and no network.
 @pytest.mark.parametrize("spec", [{}, {"algorithm": "osft", "unfreezeRankRatio": 0.5}], ids=["sft", "osft"])
 def test_tiny_model_trains_to_completion_in_the_trainer_image(
-        trainer_image: str, tmp_path: Path, container_names: list[str], spec: dict[str, Any]) -> None:
+    trainer_image: str, tmp_path: Path, container_names: list[str], spec: dict[str, Any]
+) -> None:
     assets = tmp_path / "assets"
-    subprocess.run([sys.executable, "-m", "devtools.tiny_model", "--out", str(assets),
-                    "--samples", str(NUM_SAMPLES)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "devtools.tiny_model", "--out", str(assets), "--samples", str(NUM_SAMPLES)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     # The pod runs as uid 65532: the hostPath model must be readable by others. tiny_model
     # saves model.safetensors with mode 0600 (as root: unreadable in the pod), so open it up.
     for path in assets.rglob("*"):
@@ -111,13 +116,33 @@ def test_tiny_model_trains_to_completion_in_the_trainer_image(
     pod_name = f"{job.metadata.name}-0"
     name = f"sft-images-{os.getpid()}"
     container_names.append(name)
-    docker("run", "--detach", "--name", name, "--user", "65532:65532",
-           "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--security-opt", "no-new-privileges",
-           # No network at all: pod 0's rendezvous name resolves to its own loopback.
-           "--network", "none", "--hostname", pod_name, "--add-host", f"{master_addr(job)}:127.0.0.1",
-           "--mount", f"type=bind,source={termination_log},target=/dev/termination-log",
-           *docker_run_args(job, pod_name=pod_name, checkpoints=checkpoints, config_dir=config_dir, assets=assets),
-           *entrypoint, trainer_image, *command[1:], *trainer.get("args", []))
+    docker(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--user",
+        "65532:65532",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,mode=1777",
+        "--security-opt",
+        "no-new-privileges",
+        # No network at all: pod 0's rendezvous name resolves to its own loopback.
+        "--network",
+        "none",
+        "--hostname",
+        pod_name,
+        "--add-host",
+        f"{master_addr(job)}:127.0.0.1",
+        "--mount",
+        f"type=bind,source={termination_log},target=/dev/termination-log",
+        *docker_run_args(job, pod_name=pod_name, checkpoints=checkpoints, config_dir=config_dir, assets=assets),
+        *entrypoint,
+        trainer_image,
+        *command[1:],
+        *trainer.get("args", []),
+    )
 
     start = time.monotonic()
     while True:

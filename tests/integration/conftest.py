@@ -54,11 +54,23 @@ def garbage_collection(control_plane: Any, api_client: Any, crd: str) -> None:
     namespace = "default"
     name = "gc-probe"
     job = custom.create_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
+        contract.GROUP,
+        contract.VERSION,
+        namespace,
+        contract.PLURAL,
         {
-            "apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name},
-            "spec": {"modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 1,
-                     "learningRate": 1e-4, "maxSeqLen": 8, "checkpoints": {"existingClaim": "none"}},
+            "apiVersion": contract.API_VERSION,
+            "kind": contract.KIND,
+            "metadata": {"name": name},
+            "spec": {
+                "modelPath": "/m",
+                "dataPath": "/d",
+                "numEpochs": 1,
+                "effectiveBatchSize": 1,
+                "learningRate": 1e-4,
+                "maxSeqLen": 8,
+                "checkpoints": {"existingClaim": "none"},
+            },
         },
     )
     owner = {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "name": name, "uid": job["metadata"]["uid"]}
@@ -99,7 +111,9 @@ def operator(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> It
 
 
 @pytest.fixture
-def operator_as(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> Iterator[Callable[[Path], OperatorProcess]]:
+def operator_as(
+    control_plane: Any, crd: str, namespace: str, tmp_path: Path
+) -> Iterator[Callable[[Path], OperatorProcess]]:
     """Start the operator with another kubeconfig (e.g. a ServiceAccount's): ``operator_as(path)``;
     ``operator_as(path, [])`` watches all namespaces."""
     started: list[OperatorProcess] = []
@@ -139,10 +153,14 @@ class Cluster:
         return self.client.sanitize_for_serialization(obj)
 
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, body)
+        return self.custom.create_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, body
+        )
 
     def job(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name)
+        return self.custom.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name
+        )
 
     def patch_job(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self.custom.patch_namespaced_custom_object(
@@ -156,7 +174,11 @@ class Cluster:
 
     def delete_job(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(
-            contract.GROUP, contract.VERSION, self.ns, contract.PLURAL, name,
+            contract.GROUP,
+            contract.VERSION,
+            self.ns,
+            contract.PLURAL,
+            name,
             body=kubernetes.client.V1DeleteOptions(propagation_policy="Background"),
         )
 

@@ -15,7 +15,8 @@ def refusals(log: str) -> list[str]:
     starts = [m.start() for m in _RECORD_START.finditer(log)] + [len(log)]
     records = [_RECORD_START.sub("", log[a:b], count=1) for a, b in zip(starts, starts[1:])]
     return [
-        record.splitlines()[0] for record in records
+        record.splitlines()[0]
+        for record in records
         if ("403" in record or "orbidden" in record or "Not enough permissions" in record)
         and "NamespaceTerminating" not in record
     ]

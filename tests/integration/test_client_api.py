@@ -167,24 +167,36 @@ def test_sft_creates_exactly_the_expected_sftjob(in_namespace: Any, api_client: 
     assert parse_spec(job["spec"]) == parse_spec(EXPECTED_SPEC)
 
 
-def test_class_form_with_the_seed_backend_name_creates_the_job(in_namespace: Any, api_client: Any, namespace: str) -> None:
+def test_class_form_with_the_seed_backend_name_creates_the_job(
+    in_namespace: Any, api_client: Any, namespace: str
+) -> None:
     backend = InstructLabTrainingSFTBackend(api_client=api_client, namespace=namespace, wait=False, show_progress=False)
     params = {k: v for k, v in SEED_CALL.items() if k != "backend"}
     result = SFTAlgorithm(backend=backend).train(**params, name="class-form")
     (job,) = jobs_in(api_client, namespace)
     assert job["metadata"]["name"] == "class-form" == result.name
-    assert parse_spec(job["spec"]) == parse_spec({**EXPECTED_SPEC, "pod": {k: v for k, v in EXPECTED_SPEC["pod"].items() if k != "image"}})
+    assert parse_spec(job["spec"]) == parse_spec(
+        {**EXPECTED_SPEC, "pod": {k: v for k, v in EXPECTED_SPEC["pod"].items() if k != "image"}}
+    )
 
 
-def test_generated_name_and_kubeconfig_connection(crd: str, control_plane: Any, api_client: Any, namespace: str) -> None:
-    params = dict(SEED_CALL, kubeconfig=str(control_plane.kubeconfig), namespace=namespace, wait=False, show_progress=False)
+def test_generated_name_and_kubeconfig_connection(
+    crd: str, control_plane: Any, api_client: Any, namespace: str
+) -> None:
+    params = dict(
+        SEED_CALL, kubeconfig=str(control_plane.kubeconfig), namespace=namespace, wait=False, show_progress=False
+    )
     result = sft(**params)
     (job,) = jobs_in(api_client, namespace)
     assert job["metadata"]["name"] == result.name
-    assert result.name.startswith("sft-qwen2-5-7b-instruct-") and len(result.name) == len("sft-qwen2-5-7b-instruct-") + 5
+    assert (
+        result.name.startswith("sft-qwen2-5-7b-instruct-") and len(result.name) == len("sft-qwen2-5-7b-instruct-") + 5
+    )
 
 
-def test_bad_parameters_fail_locally_naming_each_and_create_nothing(in_namespace: Any, api_client: Any, namespace: str) -> None:
+def test_bad_parameters_fail_locally_naming_each_and_create_nothing(
+    in_namespace: Any, api_client: Any, namespace: str
+) -> None:
     # A kubeconfig that does not exist: reaching the cluster would fail differently.
     bad = in_namespace(
         api_client=None,
@@ -213,11 +225,16 @@ def test_wait_follows_running_to_succeeded_with_a_watch(
     in_namespace: Any, api_client: Any, namespace: str, control_plane: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     statuses = [
-        {"phase": "Running", "nodes": "2/2", "readyNodes": 2, "totalNodes": 2, "startTime": now(),
-         "conditions": [condition("Ready", "True", "AllNodesRunning")]},
+        {
+            "phase": "Running",
+            "nodes": "2/2",
+            "readyNodes": 2,
+            "totalNodes": 2,
+            "startTime": now(),
+            "conditions": [condition("Ready", "True", "AllNodesRunning")],
+        },
         {"phase": "Running", "restarts": 1},
-        {"phase": "Succeeded", "completionTime": now(),
-         "conditions": [condition("Ready", "False", "Completed")]},
+        {"phase": "Succeeded", "completionTime": now(), "conditions": [condition("Ready", "False", "Completed")]},
     ]
     before = sftjob_reads(control_plane)
     with StatusDriver(api_client, namespace, "follow-me", statuses):
@@ -237,10 +254,14 @@ def test_wait_follows_running_to_succeeded_with_a_watch(
 def test_a_failed_job_raises_with_its_reason_and_message(in_namespace: Any, api_client: Any, namespace: str) -> None:
     statuses = [
         {"phase": "Running", "conditions": [condition("Ready", "True", "AllNodesRunning")]},
-        {"phase": "Failed", "completionTime": now(), "conditions": [
-            condition("Ready", "False", "NodesPending"),
-            condition("Failed", "True", "RestartLimitExceeded", "trainer exited 1: CUDA out of memory"),
-        ]},
+        {
+            "phase": "Failed",
+            "completionTime": now(),
+            "conditions": [
+                condition("Ready", "False", "NodesPending"),
+                condition("Failed", "True", "RestartLimitExceeded", "trainer exited 1: CUDA out of memory"),
+            ],
+        },
     ]
     with StatusDriver(api_client, namespace, "doomed", statuses), pytest.raises(SFTJobFailedError) as info:
         sft(**in_namespace(name="doomed", timeout=60))
@@ -286,7 +307,9 @@ def test_wait_times_out_and_leaves_the_job_running(in_namespace: Any, api_client
 PROGRESS_IN_STATUS = "progress" in SFTJobStatus.model_fields
 
 
-def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace: Any, api_client: Any, namespace: str) -> None:
+def test_wait_returns_the_checkpoints_and_last_metrics_from_status(
+    in_namespace: Any, api_client: Any, namespace: str
+) -> None:
     from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 
     def progress(**values: Any) -> dict[str, Any]:
@@ -297,12 +320,41 @@ def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace:
         for n, e in ((100, 1), (200, 2), (300, 3))
     ]
     statuses = [
-        {"phase": "Running", "progress": progress(stage=Stage.TRAINING, epoch=1, samples_seen=50, percent=16,
-                                                    last_loss="1.2500", throughput="12.5", eta_seconds=20)},
-        {"phase": "Running", "progress": progress(stage=Stage.TRAINING, epoch=2, samples_seen=150, percent=50,
-                                                    last_loss="0.9000", checkpoints=checkpoints[:1])},
-        {"phase": "Succeeded", "progress": progress(stage=Stage.COMPLETED, epoch=3, samples_seen=300, percent=100,
-                                                      last_loss="0.5000", throughput="13.0", checkpoints=checkpoints)},
+        {
+            "phase": "Running",
+            "progress": progress(
+                stage=Stage.TRAINING,
+                epoch=1,
+                samples_seen=50,
+                percent=16,
+                last_loss="1.2500",
+                throughput="12.5",
+                eta_seconds=20,
+            ),
+        },
+        {
+            "phase": "Running",
+            "progress": progress(
+                stage=Stage.TRAINING,
+                epoch=2,
+                samples_seen=150,
+                percent=50,
+                last_loss="0.9000",
+                checkpoints=checkpoints[:1],
+            ),
+        },
+        {
+            "phase": "Succeeded",
+            "progress": progress(
+                stage=Stage.COMPLETED,
+                epoch=3,
+                samples_seen=300,
+                percent=100,
+                last_loss="0.5000",
+                throughput="13.0",
+                checkpoints=checkpoints,
+            ),
+        },
     ]
     with StatusDriver(api_client, namespace, "with-ckpts", statuses):
         result = sft(**in_namespace(name="with-ckpts", timeout=60))
@@ -318,8 +370,14 @@ def test_wait_returns_the_checkpoints_and_last_metrics_from_status(in_namespace:
     ]
     assert [c.pod_path for c in result.checkpoints][-1] == "/checkpoints/qwen-run/hf_format/samples_300"
     assert result.metrics == {
-        "stage": "Completed", "epoch": 3, "num_epochs": 3, "samples_seen": 300, "total_samples": 300,
-        "percent": 100.0, "loss": 0.5, "throughput": 13.0,
+        "stage": "Completed",
+        "epoch": 3,
+        "num_epochs": 3,
+        "samples_seen": 300,
+        "total_samples": 300,
+        "percent": 100.0,
+        "loss": 0.5,
+        "throughput": 13.0,
     }
 
 
@@ -329,5 +387,8 @@ def _no_leftover_threads() -> Iterator[None]:
     # unit test's HTTP server) errored every test here when that module ran first.
     before = set(threading.enumerate())
     yield
-    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("Thread-")
-                and t.is_alive() and t.daemon], "a status driver thread is still running"
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.name.startswith("Thread-") and t.is_alive() and t.daemon
+    ], "a status driver thread is still running"

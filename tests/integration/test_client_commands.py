@@ -27,9 +27,22 @@ PROGRESS_IN_STATUS = "progress" in SFTJobStatus.model_fields
 runner = CliRunner()
 
 FLAGS = [
-    "--model-path", "/models/tiny", "--data-path", "/data/train.jsonl",
-    "--ckpt-output-dir", "pvc://ckpts/tiny", "--num-epochs", "2", "--effective-batch-size", "4",
-    "--learning-rate", "1e-4", "--max-seq-len", "128", "--device", "cpu",
+    "--model-path",
+    "/models/tiny",
+    "--data-path",
+    "/data/train.jsonl",
+    "--ckpt-output-dir",
+    "pvc://ckpts/tiny",
+    "--num-epochs",
+    "2",
+    "--effective-batch-size",
+    "4",
+    "--learning-rate",
+    "1e-4",
+    "--max-seq-len",
+    "128",
+    "--device",
+    "cpu",
 ]
 
 
@@ -52,7 +65,9 @@ def test_submit_status_list(crd: str, control_plane: Any, api_client: Any, names
     assert created.exit_code == 0, created.output
     assert created.stdout == "tiny\n"
     assert created.stderr == f"sftjob.finetune.dev/tiny created in {namespace}\n"
-    job = custom(api_client).get_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL, "tiny")
+    job = custom(api_client).get_namespaced_custom_object(
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, "tiny"
+    )
     assert job["spec"]["checkpoints"]["existingClaim"] == "ckpts" and job["spec"]["device"] == "cpu"
 
     status = cli(control_plane, "status", "tiny", "-n", namespace)
@@ -60,17 +75,39 @@ def test_submit_status_list(crd: str, control_plane: Any, api_client: Any, names
     assert status.stdout.split() == ["Job", f"{namespace}/tiny", "Phase", "Pending", "No", "checkpoints", "yet."]
 
     progress = {
-        "stage": "Training", "epoch": 2, "numEpochs": 2, "samplesSeen": 12, "totalSamples": 16, "percent": 75,
-        "lastLoss": "0.5000", "etaSeconds": 30,
-        "checkpoints": [{"name": "samples_8", "path": "hf_format/samples_8", "samples": 8, "epoch": 1,
-                         "time": "2026-11-27T10:00:00Z"}],
+        "stage": "Training",
+        "epoch": 2,
+        "numEpochs": 2,
+        "samplesSeen": 12,
+        "totalSamples": 16,
+        "percent": 75,
+        "lastLoss": "0.5000",
+        "etaSeconds": 30,
+        "checkpoints": [
+            {
+                "name": "samples_8",
+                "path": "hf_format/samples_8",
+                "samples": 8,
+                "epoch": 1,
+                "time": "2026-11-27T10:00:00Z",
+            }
+        ],
     }
     patch_status(api_client, namespace, "tiny", {"phase": "Running", "nodes": "1/1", "progress": progress})
     status = cli(control_plane, "status", "tiny", "-n", namespace)
     assert status.exit_code == 0, status.output
     assert "Running" in status.stdout
     if PROGRESS_IN_STATUS:
-        for fact in ("Training", "2/2", "12/16", "75%", "0.5", "30s", "samples_8", "pvc://ckpts/tiny/hf_format/samples_8"):
+        for fact in (
+            "Training",
+            "2/2",
+            "12/16",
+            "75%",
+            "0.5",
+            "30s",
+            "samples_8",
+            "pvc://ckpts/tiny/hf_format/samples_8",
+        ):
             assert fact in status.stdout, (fact, status.stdout)
     as_yaml = cli(control_plane, "status", "tiny", "-n", namespace, "-o", "yaml")
     assert yaml.safe_load(as_yaml.stdout)["phase"] == "Running"
@@ -78,7 +115,18 @@ def test_submit_status_list(crd: str, control_plane: Any, api_client: Any, names
     listed = cli(control_plane, "list", "-n", namespace)
     assert listed.exit_code == 0, listed.output
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "NODES", "EPOCH", "PROGRESS", "LOSS", "ETA", "LATEST", "CHECKPOINT", "AGE"]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "NODES",
+        "EPOCH",
+        "PROGRESS",
+        "LOSS",
+        "ETA",
+        "LATEST",
+        "CHECKPOINT",
+        "AGE",
+    ]
     assert row.split()[:3] == ["tiny", "Running", "1/1"]
 
     missing = cli(control_plane, "status", "nope", "-n", namespace)
@@ -94,8 +142,13 @@ def test_submit_a_manifest_file_and_list_an_empty_namespace(
         "kind": "SFTJob",
         "metadata": {"name": "from-file"},
         "spec": {
-            "modelPath": "/models/m", "dataPath": "/data/d.jsonl", "numEpochs": 1, "effectiveBatchSize": 1,
-            "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"existingClaim": "c"},
+            "modelPath": "/models/m",
+            "dataPath": "/data/d.jsonl",
+            "numEpochs": 1,
+            "effectiveBatchSize": 1,
+            "learningRate": 1e-5,
+            "maxSeqLen": 64,
+            "checkpoints": {"existingClaim": "c"},
         },
     }
     path = tmp_path / "job.yaml"
@@ -109,34 +162,81 @@ def test_submit_a_manifest_file_and_list_an_empty_namespace(
 
     bad = cli(control_plane, "submit", *FLAGS, "--name", "Bad", "-n", namespace)
     assert bad.exit_code == 2 and "name (metadata.name)" in bad.stderr
-    assert len(custom(api_client).list_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL
-    )["items"]) == 1
+    assert (
+        len(
+            custom(api_client).list_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL
+            )["items"]
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
     ("final", "exit_code", "stream", "expected"),
     [
-        ({"phase": "Succeeded", "progress": {"checkpoints": [
-            {"name": "samples_16", "path": "hf_format/samples_16", "time": "2026-11-27T10:00:00Z"}]}},
-         0, "stdout", "pvc://ckpts/tiny/hf_format/samples_16\n"),
-        ({"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "RestartLimitExceeded",
-                                             "message": "exit 1", "lastTransitionTime": "2026-11-27T10:00:00Z"}]},
-         1, "stderr", "SFTJob {ns}/tiny failed: RestartLimitExceeded: exit 1\n"),
+        (
+            {
+                "phase": "Succeeded",
+                "progress": {
+                    "checkpoints": [
+                        {"name": "samples_16", "path": "hf_format/samples_16", "time": "2026-11-27T10:00:00Z"}
+                    ]
+                },
+            },
+            0,
+            "stdout",
+            "pvc://ckpts/tiny/hf_format/samples_16\n",
+        ),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "RestartLimitExceeded",
+                        "message": "exit 1",
+                        "lastTransitionTime": "2026-11-27T10:00:00Z",
+                    }
+                ],
+            },
+            1,
+            "stderr",
+            "SFTJob {ns}/tiny failed: RestartLimitExceeded: exit 1\n",
+        ),
     ],
     ids=["succeeded", "failed"],
 )
 def test_wait_exits_with_the_jobs_outcome(
-    crd: str, control_plane: Any, api_client: Any, namespace: str,
-    final: dict[str, Any], exit_code: int, stream: str, expected: str,
+    crd: str,
+    control_plane: Any,
+    api_client: Any,
+    namespace: str,
+    final: dict[str, Any],
+    exit_code: int,
+    stream: str,
+    expected: str,
 ) -> None:
     assert cli(control_plane, "submit", *FLAGS, "--name", "tiny", "-n", namespace).exit_code == 0
     # `wait` as a user runs it (its own process); each status change is made once `wait` has
     # printed the previous one, so every phase is seen however slow the machine is.
     waiting = subprocess.Popen(
-        [str(Path(sys.executable).with_name("sft-operator")), "wait", "tiny", "-n", namespace, "--timeout", "60",
-         "--kubeconfig", str(control_plane.kubeconfig)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            str(Path(sys.executable).with_name("sft-operator")),
+            "wait",
+            "tiny",
+            "-n",
+            namespace,
+            "--timeout",
+            "60",
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert waiting.stderr is not None and waiting.stdout is not None
         progress_lines = [waiting.stderr.readline().rstrip("\n")]

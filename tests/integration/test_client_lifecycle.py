@@ -56,11 +56,28 @@ def test_suspend_and_resume_from_the_cli_and_python(crd: str, control_plane: Any
 def test_suspend_wait_shows_progress_until_the_pods_stop(crd: str, control_plane: Any, cluster: Any) -> None:
     cluster.create_job(job_body("tiny", checkpoints={"existingClaim": "ckpts"}))
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    training = {"stage": "Training", "epoch": 1, "numEpochs": 2, "samplesSeen": 6, "totalSamples": 16,
-                "percent": 37, "lastLoss": "1.2500", "etaSeconds": 40}
-    saved = {**training, "stage": "Saving",
-             "latestFullState": {"name": "samples_8", "path": "full_state/samples_8", "epoch": 1,
-                                 "midEpoch": True, "time": now}, "resumable": True}
+    training = {
+        "stage": "Training",
+        "epoch": 1,
+        "numEpochs": 2,
+        "samplesSeen": 6,
+        "totalSamples": 16,
+        "percent": 37,
+        "lastLoss": "1.2500",
+        "etaSeconds": 40,
+    }
+    saved = {
+        **training,
+        "stage": "Saving",
+        "latestFullState": {
+            "name": "samples_8",
+            "path": "full_state/samples_8",
+            "epoch": 1,
+            "midEpoch": True,
+            "time": now,
+        },
+        "resumable": True,
+    }
 
     def operate() -> None:
         time.sleep(0.5)
@@ -82,9 +99,18 @@ def test_suspend_wait_shows_progress_until_the_pods_stop(crd: str, control_plane
 
 def test_resume_wait_ends_with_the_reason_of_a_failure(crd: str, control_plane: Any, cluster: Any) -> None:
     cluster.create_job(job_body("tiny", checkpoints={"existingClaim": "ckpts"}, suspend=True))
-    failed = {"phase": "Failed", "conditions": [{
-        "type": "Failed", "status": "True", "reason": "TooManyRestarts", "message": "node 0: exit 1",
-        "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+    failed = {
+        "phase": "Failed",
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "TooManyRestarts",
+                "message": "node 0: exit 1",
+                "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        ],
+    }
     driver = threading.Timer(0.8, lambda: patch_status(cluster, "tiny", failed))
     driver.start()
     waited = cli(control_plane, "resume", "tiny", "--wait", "--timeout", "60", "-n", cluster.ns)
@@ -100,9 +126,13 @@ def test_delete_keep_checkpoints_keeps_a_claim_the_job_owns(
     for name in ("keep", "drop"):
         cluster.create_job(job_body(name, checkpoints=owned))
     for name in ("keep", "drop"):
-        cluster.wait_for(f"{name}'s claim, owned by the job", lambda name=name: (
-            (claim := cluster.read("PersistentVolumeClaim", f"{name}-checkpoints"))
-            and claim["metadata"].get("ownerReferences")))
+        cluster.wait_for(
+            f"{name}'s claim, owned by the job",
+            lambda name=name: (
+                (claim := cluster.read("PersistentVolumeClaim", f"{name}-checkpoints"))
+                and claim["metadata"].get("ownerReferences")
+            ),
+        )
 
     kept = cli(control_plane, "delete", "keep", "--keep-checkpoints", "-n", cluster.ns)
     assert kept.exit_code == 0, kept.output
@@ -111,12 +141,19 @@ def test_delete_keep_checkpoints_keeps_a_claim_the_job_owns(
         "checkpoints.deleteWithJob to false and removed the claim's owner reference to the job before deleting it\n"
     )
     assert open_job("drop", cluster.ns, api_client=cluster.client).delete() == Deletion(
-        "drop-checkpoints", False, "checkpoint claim drop-checkpoints is deleted with the job (checkpoints.deleteWithJob is true)"
+        "drop-checkpoints",
+        False,
+        "checkpoint claim drop-checkpoints is deleted with the job (checkpoints.deleteWithJob is true)",
     )
     # The garbage collector has acted on both deletions once drop's claim and keep's StatefulSet are gone.
-    cluster.wait_for("drop's claim collected", lambda: (
-        (claim := cluster.read("PersistentVolumeClaim", "drop-checkpoints")) is None
-        or claim["metadata"].get("deletionTimestamp")), timeout_s=60)
+    cluster.wait_for(
+        "drop's claim collected",
+        lambda: (
+            (claim := cluster.read("PersistentVolumeClaim", "drop-checkpoints")) is None
+            or claim["metadata"].get("deletionTimestamp")
+        ),
+        timeout_s=60,
+    )
     cluster.wait_for("keep's StatefulSet collected", lambda: cluster.statefulset("keep") is None, timeout_s=60)
     claim = cluster.read("PersistentVolumeClaim", "keep-checkpoints")
     assert claim is not None and claim["metadata"].get("deletionTimestamp") is None
@@ -134,12 +171,20 @@ def test_events_of_the_job_its_pods_statefulset_and_claim_oldest_first(
 
     def event(kind: str, name: str, reason: str, minute: int, type_: str = "Normal", count: int = 1) -> None:
         at = (start + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cluster.core.create_namespaced_event(cluster.ns, {
-            "metadata": {"name": f"{name}.{reason.lower()}.{minute}"},
-            "involvedObject": {"kind": kind, "name": name, "namespace": cluster.ns},
-            "reason": reason, "message": f"{reason} of {name} [{minute}]", "type": type_, "count": count,
-            "firstTimestamp": at, "lastTimestamp": at, "source": {"component": "test"},
-        })
+        cluster.core.create_namespaced_event(
+            cluster.ns,
+            {
+                "metadata": {"name": f"{name}.{reason.lower()}.{minute}"},
+                "involvedObject": {"kind": kind, "name": name, "namespace": cluster.ns},
+                "reason": reason,
+                "message": f"{reason} of {name} [{minute}]",
+                "type": type_,
+                "count": count,
+                "firstTimestamp": at,
+                "lastTimestamp": at,
+                "source": {"component": "test"},
+            },
+        )
 
     event("Pod", "tiny-0", "Started", 3)
     event(contract.KIND, "tiny", "Created", 0)
@@ -152,8 +197,14 @@ def test_events_of_the_job_its_pods_statefulset_and_claim_oldest_first(
     expected = [
         JobEvent(at[0], "Normal", "Created", "SFTJob/tiny", "Created of tiny [0]"),
         JobEvent(at[1], "Normal", "SuccessfulCreate", "StatefulSet/tiny", "SuccessfulCreate of tiny [1]"),
-        JobEvent(at[2], "Warning", "ProvisioningFailed", "PersistentVolumeClaim/tiny-checkpoints",
-                 "ProvisioningFailed of tiny-checkpoints [2]", 4),
+        JobEvent(
+            at[2],
+            "Warning",
+            "ProvisioningFailed",
+            "PersistentVolumeClaim/tiny-checkpoints",
+            "ProvisioningFailed of tiny-checkpoints [2]",
+            4,
+        ),
         JobEvent(at[3], "Normal", "Started", "Pod/tiny-0", "Started of tiny-0 [3]"),
     ]
     assert open_job("tiny", cluster.ns, api_client=cluster.client).events() == expected
@@ -164,8 +215,13 @@ def test_events_of_the_job_its_pods_statefulset_and_claim_oldest_first(
         ["TIME", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         [at[0], "Normal", "Created", "SFTJob/tiny", "Created of tiny [0]"],
         [at[1], "Normal", "SuccessfulCreate", "StatefulSet/tiny", "SuccessfulCreate of tiny [1]"],
-        [at[2], "Warning", "ProvisioningFailed", "PersistentVolumeClaim/tiny-checkpoints",
-         "ProvisioningFailed of tiny-checkpoints [2] (x4)"],
+        [
+            at[2],
+            "Warning",
+            "ProvisioningFailed",
+            "PersistentVolumeClaim/tiny-checkpoints",
+            "ProvisioningFailed of tiny-checkpoints [2] (x4)",
+        ],
         [at[3], "Normal", "Started", "Pod/tiny-0", "Started of tiny-0 [3]"],
     ]
     assert cli(control_plane, "events", "nope", "-n", cluster.ns).exit_code == 1

@@ -85,10 +85,15 @@ def stub_node(api_client: Any, namespace: str, tmp_path: Path) -> Iterator[tuple
     core = kubernetes.client.CoreV1Api(api_client)
     name = f"stub-{namespace}"[:63]
     core.create_node({"metadata": {"name": name}})
-    core.patch_node_status(name, {"status": {
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}},
-    }})
+    core.patch_node_status(
+        name,
+        {
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}},
+            }
+        },
+    )
     try:
         yield name, kubelet
     finally:
@@ -99,19 +104,40 @@ def stub_node(api_client: Any, namespace: str, tmp_path: Path) -> Iterator[tuple
 def create_job_and_pod(api_client: Any, namespace: str, node_name: str) -> None:
     """The job (as submitted; no operator) and its pod 0 bound to the stub node."""
     kubernetes.client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL,
-        {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": "tiny"},
-         "spec": {"modelPath": "/m", "dataPath": "/d.jsonl", "numEpochs": 1, "effectiveBatchSize": 2,
-                  "learningRate": 1e-4, "maxSeqLen": 8, "nnodes": 2, "device": "cpu",
-                  "checkpoints": {"existingClaim": "c"}}},
+        contract.GROUP,
+        contract.VERSION,
+        namespace,
+        contract.PLURAL,
+        {
+            "apiVersion": contract.API_VERSION,
+            "kind": contract.KIND,
+            "metadata": {"name": "tiny"},
+            "spec": {
+                "modelPath": "/m",
+                "dataPath": "/d.jsonl",
+                "numEpochs": 1,
+                "effectiveBatchSize": 2,
+                "learningRate": 1e-4,
+                "maxSeqLen": 8,
+                "nnodes": 2,
+                "device": "cpu",
+                "checkpoints": {"existingClaim": "c"},
+            },
+        },
     )
-    kubernetes.client.CoreV1Api(api_client).create_namespaced_pod(namespace, {
-        "metadata": {"name": "tiny-0", "labels": {contract.LABEL_JOB_NAME: "tiny"}},
-        "spec": {"nodeName": node_name, "containers": [
-            {"name": "reporter", "image": "sft-operator:test"},
-            {"name": contract.TRAINER_CONTAINER, "image": "sft-trainer:test"},
-        ]},
-    })
+    kubernetes.client.CoreV1Api(api_client).create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "tiny-0", "labels": {contract.LABEL_JOB_NAME: "tiny"}},
+            "spec": {
+                "nodeName": node_name,
+                "containers": [
+                    {"name": "reporter", "image": "sft-operator:test"},
+                    {"name": contract.TRAINER_CONTAINER, "image": "sft-trainer:test"},
+                ],
+            },
+        },
+    )
 
 
 def cli(control_plane: Any, *args: str) -> Any:
@@ -156,7 +182,10 @@ def test_logs_say_why_there_are_none(
         f"pod {namespace}/tiny-1 does not exist (SFTJob tiny is Pending; its pods run only while it trains)"
     )
     beyond = cli(control_plane, "logs", "tiny", "--node", "2", "-n", namespace)
-    assert (beyond.exit_code, beyond.stderr.strip()) == (1, f"SFTJob {namespace}/tiny has nodes 0..1; there is no node 2")
+    assert (beyond.exit_code, beyond.stderr.strip()) == (
+        1,
+        f"SFTJob {namespace}/tiny has nodes 0..1; there is no node 2",
+    )
     with pytest.raises(LogsUnavailableError, match="does not exist"):
         open_job("tiny", namespace, api_client=api_client).logs(node=1)
     gone = cli(control_plane, "logs", "nope", "-n", namespace)

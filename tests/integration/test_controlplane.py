@@ -41,7 +41,9 @@ def test_readyz_answers_ok_through_the_written_kubeconfig(control_plane):
     # The kubeconfig file is what kubectl, kopf and a newcomer use.
     out = subprocess.run(
         ["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "get", "--raw", "/readyz"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
     assert control_plane.get("/version")[0] == 200
@@ -60,20 +62,29 @@ CRD = {
         "group": "cptest.finetune.dev",
         "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "spec": {"type": "object", "properties": {
-                        "size": {"type": "integer", "minimum": 1},
-                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                    }},
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "size": {"type": "integer", "minimum": 1},
+                                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                },
+                            },
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
                 },
-            }},
-        }],
+            }
+        ],
     },
 }
 
@@ -87,26 +98,44 @@ def test_a_crd_and_100_custom_resources_with_maps_do_not_crash_the_apiserver(con
     except ApiException as e:
         if e.status != 409:
             raise
-    wait_for("the CRD to be established", lambda: any(
-        c.type == "Established" and c.status == "True"
-        for c in (ext.read_custom_resource_definition(CRD["metadata"]["name"]).status.conditions or [])
-    ))
+    wait_for(
+        "the CRD to be established",
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in (ext.read_custom_resource_definition(CRD["metadata"]["name"]).status.conditions or [])
+        ),
+    )
     custom = kubernetes.client.CustomObjectsApi(api_client)
     for i in range(100):
-        custom.create_namespaced_custom_object("cptest.finetune.dev", "v1", namespace, "widgets", {
-            "apiVersion": "cptest.finetune.dev/v1", "kind": "Widget",
-            "metadata": {"name": f"w-{i}", "labels": {"index": str(i)}},
-            "spec": {"size": i + 1, "labels": {"a": "b", "index": str(i)}},
-        })
+        custom.create_namespaced_custom_object(
+            "cptest.finetune.dev",
+            "v1",
+            namespace,
+            "widgets",
+            {
+                "apiVersion": "cptest.finetune.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": f"w-{i}", "labels": {"index": str(i)}},
+                "spec": {"size": i + 1, "labels": {"a": "b", "index": str(i)}},
+            },
+        )
     items = custom.list_namespaced_custom_object("cptest.finetune.dev", "v1", namespace, "widgets")["items"]
     assert sorted(int(o["metadata"]["name"][2:]) for o in items) == list(range(100))
     assert items[0]["spec"]["labels"]["a"] == "b"
     # Schema validation is real.
     with pytest.raises(ApiException) as bad:
-        custom.create_namespaced_custom_object("cptest.finetune.dev", "v1", namespace, "widgets", {
-            "apiVersion": "cptest.finetune.dev/v1", "kind": "Widget",
-            "metadata": {"name": "bad"}, "spec": {"size": 0},
-        })
+        custom.create_namespaced_custom_object(
+            "cptest.finetune.dev",
+            "v1",
+            namespace,
+            "widgets",
+            {
+                "apiVersion": "cptest.finetune.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": "bad"},
+                "spec": {"size": 0},
+            },
+        )
     assert bad.value.status == 422 and "spec.size" in bad.value.body
     control_plane.check()
 
@@ -115,20 +144,32 @@ def test_the_statefulset_controller_creates_pods(control_plane, api_client, name
     apps = kubernetes.client.AppsV1Api(api_client)
     core = kubernetes.client.CoreV1Api(api_client)
     labels = {"app": "cp-test"}
-    apps.create_namespaced_stateful_set(namespace, {
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "web"},
-        "spec": {
-            "serviceName": "web", "replicas": 2, "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "containers": [{"name": "c", "image": "busybox"}],
-            }},
+    apps.create_namespaced_stateful_set(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "web"},
+            "spec": {
+                "serviceName": "web",
+                "replicas": 2,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    },
+                },
+            },
         },
-    })
-    pods = wait_for("2 pods of the StatefulSet", lambda: (
-        lambda ps: ps if len(ps) == 2 else None
-    )(core.list_namespaced_pod(namespace, label_selector="app=cp-test").items))
+    )
+    pods = wait_for(
+        "2 pods of the StatefulSet",
+        lambda: (lambda ps: ps if len(ps) == 2 else None)(
+            core.list_namespaced_pod(namespace, label_selector="app=cp-test").items
+        ),
+    )
     assert sorted(p.metadata.name for p in pods) == ["web-0", "web-1"]
     # No kubelet, no scheduler: the pods exist and stay Pending.
     assert {p.status.phase for p in pods} == {"Pending"}
@@ -139,15 +180,21 @@ def test_a_service_account_kubeconfig_has_exactly_its_rbac_permissions(control_p
     core = kubernetes.client.CoreV1Api(api_client)
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "cm-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-    })
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "cm-reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-    })
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "cm-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "cm-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
     path = service_account_kubeconfig(control_plane, namespace, "reader", tmp_path / "reader.kubeconfig")
     config = yaml.safe_load(path.read_text())
     assert config["contexts"][0]["context"]["namespace"] == namespace
@@ -162,9 +209,11 @@ def test_a_service_account_kubeconfig_has_exactly_its_rbac_permissions(control_p
     # The audit log attributes every write to its user and namespace, refused ones included.
     reader = f"system:serviceaccount:{namespace}:reader"
     assert [(w.verb, w.resource, w.name, w.code) for w in control_plane.write_requests(mark, namespace, reader)] == [
-        ("create", "configmaps", "", 403)]
-    assert [(w.verb, w.name, w.user) for w in control_plane.write_requests(mark, namespace) if w.resource == "configmaps"] == [
-        ("create", "", reader), ("create", "by-admin", "sft-admin")]
+        ("create", "configmaps", "", 403)
+    ]
+    assert [
+        (w.verb, w.name, w.user) for w in control_plane.write_requests(mark, namespace) if w.resource == "configmaps"
+    ] == [("create", "", reader), ("create", "by-admin", "sft-admin")]
 
     allowed = kubectl("get", "configmaps")
     assert allowed.returncode == 0, allowed.stderr
@@ -189,7 +238,10 @@ def test_a_bad_kubebuilder_assets_gives_one_clear_error(tmp_path):
     # The CLI says the same in one line, without a stack trace, and exits 1.
     out = subprocess.run(
         [sys.executable, "-m", "devtools.controlplane", "up", "--state-dir", str(tmp_path / "state")],
-        capture_output=True, text=True, timeout=60, env={**os.environ, ASSETS_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, ASSETS_ENV: str(tmp_path)},
     )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [f"controlplane up: error: {err.value}"]
@@ -206,7 +258,10 @@ def test_a_binary_that_exits_at_start_is_reported_with_its_log(tmp_path):
     with pytest.raises(ControlPlaneCrashed) as err:
         ControlPlane(assets=assets, timeout_s=30).start()
     assert err.value.summary.startswith("kube-apiserver (pid ")
-    assert "exited with code 3: kube-apiserver: E: cannot open the foo file (before /readyz answers ok)" in err.value.summary
+    assert (
+        "exited with code 3: kube-apiserver: E: cannot open the foo file (before /readyz answers ok)"
+        in err.value.summary
+    )
     assert err.value.log_tail[-1] == "E: cannot open the foo file"
 
 
@@ -297,7 +352,9 @@ def test_cli_up_is_detached_idempotent_and_down_leaves_nothing(tmp_path):
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "devtools.controlplane", *args, "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     up = cli("up")
@@ -306,8 +363,12 @@ def test_cli_up_is_detached_idempotent_and_down_leaves_nothing(tmp_path):
         assert f"export KUBECONFIG={state / 'kubeconfig'}; kubectl get --raw /readyz" in up.stdout
         pids = json.loads((state / "controlplane.json").read_text())["pids"]
         assert all(pid_alive(p) for p in pids.values())  # they outlived the `up` command
-        ready = subprocess.run(["kubectl", "--kubeconfig", str(state / "kubeconfig"), "get", "--raw", "/readyz"],
-                               capture_output=True, text=True, timeout=30)
+        ready = subprocess.run(
+            ["kubectl", "--kubeconfig", str(state / "kubeconfig"), "get", "--raw", "/readyz"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert ready.stdout.strip() == "ok", ready.stderr
         again = cli("up")
         assert again.returncode == 0 and again.stdout.startswith(f"control plane already running in {state}")

@@ -27,14 +27,19 @@ def test_a_claim_gets_a_root_owned_local_volume_and_loses_it_when_deleted(tmp_pa
         prov = lp.Provisioner(api, tmp_path / "volumes", "node-a")
         prov.ensure_storage_class()
         prov.ensure_storage_class()  # again (a restarted node): kept
-        core.create_namespaced_persistent_volume_claim("default", {
-            "metadata": {"name": "ckpt"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+        core.create_namespaced_persistent_volume_claim(
+            "default",
+            {
+                "metadata": {"name": "ckpt"},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            },
+        )
 
         def bound() -> object:
             prov.run_once()
             claim = core.read_namespaced_persistent_volume_claim("ckpt", "default")
             return claim if claim.status.phase == "Bound" else None
+
         claim = wait_until("the claim bound", bound, timeout_s=60, interval_s=0.5)
         assert claim.spec.storage_class_name == lp.STORAGE_CLASS  # the default class, set on admission
         pv = core.read_persistent_volume(claim.spec.volume_name)
@@ -60,6 +65,7 @@ def test_a_claim_gets_a_root_owned_local_volume_and_loses_it_when_deleted(tmp_pa
                 return False
             except ApiException as e:
                 return e.status == 404
+
         wait_until("the released volume deleted", deleted, timeout_s=60, interval_s=0.5)
         assert not path.exists()
 
@@ -70,15 +76,23 @@ def test_a_claim_it_cannot_serve_stays_pending_with_the_reason(tmp_path: Path) -
         core = kubernetes.client.CoreV1Api(api)
         prov = lp.Provisioner(api, tmp_path / "volumes", "node-a")
         prov.ensure_storage_class()
-        core.create_namespaced_persistent_volume_claim("default", {
-            "metadata": {"name": "picky"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                     "selector": {"matchLabels": {"disk": "fast"}}}})
+        core.create_namespaced_persistent_volume_claim(
+            "default",
+            {
+                "metadata": {"name": "picky"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "selector": {"matchLabels": {"disk": "fast"}},
+                },
+            },
+        )
 
         def refused() -> bool:
             prov.run_once()
             events = core.list_namespaced_event("default", field_selector="involvedObject.name=picky").items
             return any(e.reason == "ProvisioningFailed" and "spec.selector" in e.message for e in events)
+
         wait_until("the refusal as an Event", refused, timeout_s=60, interval_s=0.5)
         prov.run_once()  # said once, not on every pass
         events = core.list_namespaced_event("default", field_selector="involvedObject.name=picky").items

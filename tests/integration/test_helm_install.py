@@ -78,7 +78,9 @@ def job_namespace(control_plane: Any, api_client: Any) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = WAIT_S, log: Callable[[], str] | None = None) -> Any:
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout_s: float = WAIT_S, log: Callable[[], str] | None = None
+) -> Any:
     """stack.wait_until, with the operator's log in the failure."""
     try:
         return wait_until(what, probe, timeout_s, interval_s=0.3)
@@ -109,18 +111,25 @@ def crd_established(api_client: Any) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
 
-def operator_args(api_client: Any, namespace: str, release: str, liveness_port: int, webhook_port: int,
-                  cert_dir: Path) -> list[str]:
+def operator_args(
+    api_client: Any, namespace: str, release: str, liveness_port: int, webhook_port: int, cert_dir: Path
+) -> list[str]:
     """The installed Deployment's container args, each endpoint moved to loopback on a free port
     (several operators share this machine): liveness on ``liveness_port``, the webhook on
     ``webhook_port`` with a certificate for 127.0.0.1 (admission_webhook), /metrics off."""
-    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(
+        f"{release}-sft-operator", namespace
+    )
     (container,) = deployment.spec.template.spec.containers
     args = list(container.args)
     assert "--liveness=http://0.0.0.0:8080/healthz" in args and "--metrics-port=8000" in args, args
     assert "--webhook-port=9443" in args and "--webhook-cert-dir=/etc/sft-operator/webhook" in args, args
-    local = {"--liveness": f"http://127.0.0.1:{liveness_port}/healthz", "--metrics-port": "0",
-             "--webhook-port": str(webhook_port), "--webhook-cert-dir": str(cert_dir)}
+    local = {
+        "--liveness": f"http://127.0.0.1:{liveness_port}/healthz",
+        "--metrics-port": "0",
+        "--webhook-port": str(webhook_port),
+        "--webhook-cert-dir": str(cert_dir),
+    }
     moved = []
     for arg in args:
         flag, _, value = arg.partition("=")
@@ -137,7 +146,9 @@ def operator_args(api_client: Any, namespace: str, release: str, liveness_port: 
 def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str]:
     """The installed Deployment's container environment: plain values, and the downward API's
     pod name and namespace as the kubelet would fill them in."""
-    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(
+        f"{release}-sft-operator", namespace
+    )
     (container,) = deployment.spec.template.spec.containers
     downward = {"metadata.namespace": namespace, "metadata.name": f"{release}-local-{secrets.token_hex(3)}"}
     env = {}
@@ -150,7 +161,9 @@ def operator_env(api_client: Any, namespace: str, release: str) -> dict[str, str
 
 
 def deployment_image(api_client: Any, namespace: str, release: str) -> str:
-    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(f"{release}-sft-operator", namespace)
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(
+        f"{release}-sft-operator", namespace
+    )
     (container,) = deployment.spec.template.spec.containers
     return container.image
 
@@ -158,8 +171,14 @@ def deployment_image(api_client: Any, namespace: str, release: str) -> str:
 class Operator:
     """`sft-operator run ARGS` as a subprocess with only the given kubeconfig's identity."""
 
-    def __init__(self, args: list[str], kubeconfig: Path, log_path: Path, liveness_port: int,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        kubeconfig: Path,
+        log_path: Path,
+        liveness_port: int,
+        extra_env: dict[str, str] | None = None,
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         env.update(extra_env or {})
         env["KUBECONFIG"] = str(kubeconfig)
@@ -167,8 +186,11 @@ class Operator:
         self.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sft_operator", "run", *args], stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            [sys.executable, "-m", "sft_operator", "run", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -218,13 +240,15 @@ def create_job(api_client: Any, namespace: str) -> str:
     # No GPU nodes here; the permissions a job needs do not depend on its device.
     body["spec"]["device"] = "cpu"
     kubernetes.client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, body)
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, body
+    )
     return body["metadata"]["name"]
 
 
 def get_job(api_client: Any, namespace: str, name: str) -> dict[str, Any]:
     return kubernetes.client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name)
+        contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name
+    )
 
 
 def reconciled(api_client: Any, namespace: str, name: str) -> bool:
@@ -246,14 +270,16 @@ def check_reporter_identity(control_plane: Any, api_client: Any, namespace: str,
     assert core.read_namespaced_service_account(job, namespace).metadata.name == job
     role = rbac.read_namespaced_role(f"{job}-reporter", namespace)
     assert [(r.resources, r.resource_names, r.verbs) for r in role.rules] == [
-        (["configmaps"], [f"{job}-progress"], ["get", "patch"])]
+        (["configmaps"], [f"{job}-progress"], ["get", "patch"])
+    ]
     binding = rbac.read_namespaced_role_binding(f"{job}-reporter", namespace)
     assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", job, namespace)]
     assert not core.read_namespaced_config_map(f"{job}-progress", namespace).data
     token = request_service_account_token(api_client, namespace, job)
     with control_plane.api_client(token) as reporter:
         kubernetes.client.CoreV1Api(reporter).patch_namespaced_config_map(
-            f"{job}-progress", namespace, {"data": {"progress.json": '{"stage": "Initializing"}'}})
+            f"{job}-progress", namespace, {"data": {"progress.json": '{"stage": "Initializing"}'}}
+        )
 
 
 def release_objects(api_client: Any, namespace: str, release: str) -> list[str]:
@@ -272,14 +298,18 @@ def release_objects(api_client: Any, namespace: str, release: str) -> list[str]:
         "Secret": core.list_namespaced_secret(namespace, label_selector=selector),
         # A configuration left behind would refuse every SFTJob in the cluster (failurePolicy Fail).
         "ValidatingWebhookConfiguration": kubernetes.client.AdmissionregistrationV1Api(
-            api_client).list_validating_webhook_configuration(label_selector=selector),
+            api_client
+        ).list_validating_webhook_configuration(label_selector=selector),
         "ClusterRole": rbac.list_cluster_role(label_selector=selector),
         "ClusterRoleBinding": rbac.list_cluster_role_binding(label_selector=selector),
         "Role": rbac.list_role_for_all_namespaces(label_selector=selector),
         "RoleBinding": rbac.list_role_binding_for_all_namespaces(label_selector=selector),
     }
-    return [f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}"
-            for kind, listing in listings.items() for item in listing.items]
+    return [
+        f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}"
+        for kind, listing in listings.items()
+        for item in listing.items
+    ]
 
 
 def check_uninstall(api_client: Any, helm: Helm, namespace: str, release: str, job_ns: str, job: str) -> None:
@@ -288,12 +318,15 @@ def check_uninstall(api_client: Any, helm: Helm, namespace: str, release: str, j
     wait_for("no object of the release left", lambda: not release_objects(api_client, namespace, release))
     assert crd_established(api_client), "helm uninstall must keep the CRD"
     assert get_job(api_client, job_ns, job)["metadata"]["name"] == job, "SFTJobs must survive the uninstall"
-    claim = kubernetes.client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(f"{job}-checkpoints", job_ns)
+    claim = kubernetes.client.CoreV1Api(api_client).read_namespaced_persistent_volume_claim(
+        f"{job}-checkpoints", job_ns
+    )
     assert claim.metadata.deletion_timestamp is None, "checkpoint claims must survive the uninstall"
 
 
-def check_operator_reconciles(control_plane: Any, api_client: Any, operator: Operator, job_namespace: str,
-                              image: str) -> str:
+def check_operator_reconciles(
+    control_plane: Any, api_client: Any, operator: Operator, job_namespace: str, image: str
+) -> str:
     """The operator, holding only the chart's permissions, reconciles a job: its pods run the
     reporter from the chart's image, the reporter's identity works, and its summary reaches the
     status, with no permission refused on the way. Returns the job's name."""
@@ -306,15 +339,26 @@ def check_operator_reconciles(control_plane: Any, api_client: Any, operator: Ope
     assert images["reporter"] == image, images
 
     check_reporter_identity(control_plane, api_client, job_namespace, job)
-    wait_for("status.progress from the reporter's summary", lambda: (get_job(api_client, job_namespace, job).get(
-        "status") or {}).get("progress", {}).get("stage") == "Initializing", log=operator.log)
+    wait_for(
+        "status.progress from the reporter's summary",
+        lambda: (
+            (get_job(api_client, job_namespace, job).get("status") or {}).get("progress", {}).get("stage")
+            == "Initializing"
+        ),
+        log=operator.log,
+    )
     assert operator.unexpected_forbidden() == []
     return job
 
 
 def test_cluster_mode_install_reconcile_uninstall(
-    control_plane: Any, api_client: Any, helm: Helm, namespace: str, job_namespace: str,
-    run_operator: Callable[..., Operator], tmp_path: Path,
+    control_plane: Any,
+    api_client: Any,
+    helm: Helm,
+    namespace: str,
+    job_namespace: str,
+    run_operator: Callable[..., Operator],
+    tmp_path: Path,
 ) -> None:
     release = f"sft-{secrets.token_hex(3)}"
     # A tag of its own: the reporter sidecar must come from the operator's image, not a default.
@@ -325,8 +369,10 @@ def test_cluster_mode_install_reconcile_uninstall(
     assert rbac.read_cluster_role_binding(f"{release}-sft-operator").subjects[0].namespace == namespace
     # Accepted: the Deployment controller made a ReplicaSet whose pod passed admission.
     core = kubernetes.client.CoreV1Api(api_client)
-    pod, *_ = wait_for("the operator pods to be created", lambda: core.list_namespaced_pod(
-        namespace, label_selector=f"app.kubernetes.io/instance={release}").items)
+    pod, *_ = wait_for(
+        "the operator pods to be created",
+        lambda: core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}").items,
+    )
     # The API server kept the restricted settings (an old server drops fields it does not know).
     (container,) = pod.spec.containers
     assert container.security_context.read_only_root_filesystem is True
@@ -342,9 +388,15 @@ def test_cluster_mode_install_reconcile_uninstall(
     port, webhook_port = free_port(), free_port()
     cert_dir, ca_pem = admission_webhook.serving_cert(tmp_path / "webhook")
     webhook = admission_webhook.point_at(api_client, f"{release}-sft-operator", webhook_port, ca_pem)
-    assert webhook["clientConfig"]["service"] == {"name": f"{release}-sft-operator-webhook", "namespace": namespace,
-                                                  "path": "/validate-sftjobs", "port": 443}
-    kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
+    assert webhook["clientConfig"]["service"] == {
+        "name": f"{release}-sft-operator-webhook",
+        "namespace": namespace,
+        "path": "/validate-sftjobs",
+        "port": 443,
+    }
+    kubeconfig = service_account_kubeconfig(
+        control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig"
+    )
     env = operator_env(api_client, namespace, release)
     image = deployment_image(api_client, namespace, release)
     assert (image, env["SFT_REPORTER_IMAGE"]) == ("sft-operator:9.9.9", "sft-operator:9.9.9")
@@ -357,23 +409,33 @@ def test_cluster_mode_install_reconcile_uninstall(
 
 
 def test_namespaces_mode_install_reconcile_uninstall(
-    control_plane: Any, api_client: Any, helm: Helm, namespace: str, job_namespace: str,
-    run_operator: Callable[..., Operator], tmp_path: Path,
+    control_plane: Any,
+    api_client: Any,
+    helm: Helm,
+    namespace: str,
+    job_namespace: str,
+    run_operator: Callable[..., Operator],
+    tmp_path: Path,
 ) -> None:
     release = f"sft-{secrets.token_hex(3)}"
-    install(helm, release, namespace, "--set", "watch.mode=namespaces", "--set", f"watch.namespaces={{{job_namespace}}}")
+    install(
+        helm, release, namespace, "--set", "watch.mode=namespaces", "--set", f"watch.namespaces={{{job_namespace}}}"
+    )
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     selector = f"app.kubernetes.io/instance={release}"
     assert rbac.list_cluster_role(label_selector=selector).items == []
     # The operator's rules in the watched namespace only; its own namespace holds just the Lease's Role.
     roles = rbac.list_role_for_all_namespaces(label_selector=selector).items
     assert sorted((r.metadata.namespace, r.metadata.name) for r in roles) == sorted(
-        [(job_namespace, f"{release}-sft-operator"), (namespace, f"{release}-sft-operator-leader-election")])
+        [(job_namespace, f"{release}-sft-operator"), (namespace, f"{release}-sft-operator-leader-election")]
+    )
 
     port, webhook_port = free_port(), free_port()
     cert_dir, ca_pem = admission_webhook.serving_cert(tmp_path / "webhook")
     admission_webhook.point_at(api_client, f"{release}-sft-operator", webhook_port, ca_pem)
-    kubeconfig = service_account_kubeconfig(control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig")
+    kubeconfig = service_account_kubeconfig(
+        control_plane, namespace, f"{release}-sft-operator", tmp_path / "sa.kubeconfig"
+    )
     args = operator_args(api_client, namespace, release, port, webhook_port, cert_dir)
     assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={job_namespace}"]
     image = deployment_image(api_client, namespace, release)
@@ -384,7 +446,8 @@ def test_namespaces_mode_install_reconcile_uninstall(
         # Confined: nothing in the operator's own namespace, let alone elsewhere.
         with pytest.raises(ApiException) as refused:
             kubernetes.client.CustomObjectsApi(sa_client).list_namespaced_custom_object(
-                contract.GROUP, contract.VERSION, namespace, contract.PLURAL)
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL
+            )
         assert refused.value.status == 403
     operator.stop()
     check_uninstall(api_client, helm, namespace, release, job_namespace, job)

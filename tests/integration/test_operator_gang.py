@@ -97,14 +97,25 @@ def podgroup(cluster: Any, api_version: str, name: str) -> dict[str, Any] | None
     ],
     ids=["coscheduling", "volcano"],
 )
-def test_gang_job_gets_its_podgroup(podgroup_crds: None, operator: Any, cluster: Any, gang: dict[str, Any],
-                                    api_version: str, spec: dict[str, Any], scheduler: str) -> None:
+def test_gang_job_gets_its_podgroup(
+    podgroup_crds: None,
+    operator: Any,
+    cluster: Any,
+    gang: dict[str, Any],
+    api_version: str,
+    spec: dict[str, Any],
+    scheduler: str,
+) -> None:
     created = cluster.create_job(job_body(scheduling={"gang": gang}))
     group = cluster.wait_for("the PodGroup", lambda: podgroup(cluster, api_version, "tiny"))
     assert group["spec"] == spec
     (owner,) = group["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
-        "SFTJob", "tiny", created["metadata"]["uid"], True)
+        "SFTJob",
+        "tiny",
+        created["metadata"]["uid"],
+        True,
+    )
     assert group["metadata"]["labels"]["finetune.dev/component"] == "gang"
 
     sts = cluster.wait_for("the StatefulSet", lambda: cluster.statefulset("tiny"))
@@ -131,7 +142,8 @@ def test_gang_job_gets_its_podgroup(podgroup_crds: None, operator: Any, cluster:
     # Immutable: a change is refused by name, the PodGroup stays as created.
     cluster.patch_job("tiny", {"spec": {"scheduling": None}})
     refused = cluster.wait_for(
-        "the refusal", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c)
+        "the refusal", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c
+    )
     assert refused["reason"] == "ImmutableFieldChanged"
     assert refused["message"].startswith("spec.scheduling.gang: immutable once the job is created")
     assert podgroup(cluster, api_version, "tiny")["spec"] == spec  # type: ignore[index]  # created above
@@ -140,7 +152,8 @@ def test_gang_job_gets_its_podgroup(podgroup_crds: None, operator: Any, cluster:
 def test_gang_job_without_the_podgroup_crd_says_so(no_coscheduling_crd: None, operator: Any, cluster: Any) -> None:
     cluster.create_job(job_body(scheduling={"gang": {"provider": "coscheduling"}}))
     valid = cluster.wait_for(
-        "SpecValid False", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c)
+        "SpecValid False", lambda: (c := cluster.condition("tiny", "SpecValid")) and c["status"] == "False" and c
+    )
     assert valid["reason"] == "InvalidSpec"
     assert valid["message"] == (
         "spec.scheduling.gang: the cluster has no PodGroup API scheduling.x-k8s.io/v1alpha1 (CRD "
@@ -153,8 +166,9 @@ def test_gang_job_without_the_podgroup_crd_says_so(no_coscheduling_crd: None, op
     assert "Traceback" not in operator.logs()
 
 
-def test_documented_permissions_cover_podgroups(podgroup_crds: None, operator_as: Any, control_plane: Any,
-                                                 api_client: Any, cluster: Any, tmp_path: Path) -> None:
+def test_documented_permissions_cover_podgroups(
+    podgroup_crds: None, operator_as: Any, control_plane: Any, api_client: Any, cluster: Any, tmp_path: Path
+) -> None:
     """The operator as a ServiceAccount holding exactly docs/rbac.md's rules (a Role in the
     namespace) creates both PodGroups, and adopts (updates) one left behind without an owner."""
     import re
@@ -164,28 +178,48 @@ def test_documented_permissions_cover_podgroups(podgroup_crds: None, operator_as
     assert block is not None
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": "sft-operator"}})
-    rbac.create_namespaced_role(cluster.ns, {"metadata": {"name": "op"}, "rules": yaml.safe_load(block.group(1))["rules"]})
-    rbac.create_namespaced_role_binding(cluster.ns, {
-        "metadata": {"name": "op"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
-        "subjects": [{"kind": "ServiceAccount", "name": "sft-operator", "namespace": cluster.ns}],
-    })
+    rbac.create_namespaced_role(
+        cluster.ns, {"metadata": {"name": "op"}, "rules": yaml.safe_load(block.group(1))["rules"]}
+    )
+    rbac.create_namespaced_role_binding(
+        cluster.ns,
+        {
+            "metadata": {"name": "op"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sft-operator", "namespace": cluster.ns}],
+        },
+    )
     kubeconfig = service_account_kubeconfig(control_plane, cluster.ns, "sft-operator", tmp_path / "op.kubeconfig")
     # Left behind by an earlier job of the same name (no owner now), with another minMember.
-    cluster.custom.create_namespaced_custom_object("scheduling.volcano.sh", "v1beta1", cluster.ns, "podgroups", {
-        "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
-        "metadata": {"name": "vc", "labels": {"finetune.dev/job-name": "vc", "app.kubernetes.io/managed-by": "sft-operator"}},
-        "spec": {"minMember": 5, "queue": "default"},
-    })
+    cluster.custom.create_namespaced_custom_object(
+        "scheduling.volcano.sh",
+        "v1beta1",
+        cluster.ns,
+        "podgroups",
+        {
+            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "kind": "PodGroup",
+            "metadata": {
+                "name": "vc",
+                "labels": {"finetune.dev/job-name": "vc", "app.kubernetes.io/managed-by": "sft-operator"},
+            },
+            "spec": {"minMember": 5, "queue": "default"},
+        },
+    )
     op = operator_as(kubeconfig)
     co = cluster.create_job(job_body("co", scheduling={"gang": {"provider": "coscheduling"}}))
     vc = cluster.create_job(job_body("vc", scheduling={"gang": {"provider": "volcano"}}))
-    group = cluster.wait_for("the coscheduling PodGroup", lambda: podgroup(cluster, "scheduling.x-k8s.io/v1alpha1", "co"))
+    group = cluster.wait_for(
+        "the coscheduling PodGroup", lambda: podgroup(cluster, "scheduling.x-k8s.io/v1alpha1", "co")
+    )
     assert group["metadata"]["ownerReferences"][0]["uid"] == co["metadata"]["uid"]
     adopted = cluster.wait_for(
         "the Volcano PodGroup adopted",
-        lambda: (g := podgroup(cluster, "scheduling.volcano.sh/v1beta1", "vc"))
-        and [o["uid"] for o in g["metadata"].get("ownerReferences") or []] == [vc["metadata"]["uid"]] and g,
+        lambda: (
+            (g := podgroup(cluster, "scheduling.volcano.sh/v1beta1", "vc"))
+            and [o["uid"] for o in g["metadata"].get("ownerReferences") or []] == [vc["metadata"]["uid"]]
+            and g
+        ),
     )
     assert adopted["spec"] == {"minMember": 2, "queue": "default"}  # ours restored, a defaulted field kept
     cluster.wait_for("both StatefulSets", lambda: cluster.statefulset("co") and cluster.statefulset("vc"))

@@ -45,14 +45,18 @@ def replica_kubeconfig(control_plane: Any, api_client: Any, namespace: str, name
     core = kubernetes.client.CoreV1Api(api_client)
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    rules = operator_rules() + [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                 "verbs": ["get", "create", "update"]}]
+    rules = operator_rules() + [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
     rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-    })
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
     return service_account_kubeconfig(control_plane, namespace, name, path)
 
 
@@ -68,9 +72,21 @@ def holder(api_client: Any, namespace: str) -> str:
 
 def completed(samples: int = 200) -> TrainingProgress:
     return TrainingProgress(
-        stage=Stage.COMPLETED, epoch=2, num_epochs=2, epoch_display="2/2", samples_seen=samples,
-        total_samples=samples, percent=100, percent_display="100%", last_loss="0.4321", throughput="12.50",
-        eta_seconds=0, checkpoints=[], latest_checkpoint=None, latest_full_state=None, resumable=False,
+        stage=Stage.COMPLETED,
+        epoch=2,
+        num_epochs=2,
+        epoch_display="2/2",
+        samples_seen=samples,
+        total_samples=samples,
+        percent=100,
+        percent_display="100%",
+        last_loss="0.4321",
+        throughput="12.50",
+        eta_seconds=0,
+        checkpoints=[],
+        latest_checkpoint=None,
+        latest_full_state=None,
+        resumable=False,
         last_update_time=T1,
     )
 
@@ -83,18 +99,36 @@ def succeed(cluster: Any, name: str) -> None:
 
 def reject_config(cluster: Any, name: str) -> None:
     """What a kubelet reports when the launcher refused the config (exit code 2): Failed, ConfigRejected."""
-    def container(cname: str, last: dict[str, Any] | None) -> dict[str, Any]:
-        return {"name": cname, "image": "img", "imageID": "", "ready": last is None, "started": last is None,
-                "restartCount": 1 if last else 0,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}} if last else {"running": {"startedAt": T0}},
-                "lastState": {"terminated": last} if last else {}}
 
-    rejected = {"exitCode": contract.EXIT_BAD_CONFIG, "reason": "Error", "startedAt": T0, "finishedAt": T1,
-                "message": "sft-launcher: training.json: max_seq_len must be positive"}
-    cluster.core.patch_namespaced_pod_status(f"{name}-0", cluster.ns, {"status": {
-        "phase": "Running",
-        "containerStatuses": [container(contract.TRAINER_CONTAINER, rejected), container("reporter", None)],
-    }})
+    def container(cname: str, last: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "name": cname,
+            "image": "img",
+            "imageID": "",
+            "ready": last is None,
+            "started": last is None,
+            "restartCount": 1 if last else 0,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}} if last else {"running": {"startedAt": T0}},
+            "lastState": {"terminated": last} if last else {},
+        }
+
+    rejected = {
+        "exitCode": contract.EXIT_BAD_CONFIG,
+        "reason": "Error",
+        "startedAt": T0,
+        "finishedAt": T1,
+        "message": "sft-launcher: training.json: max_seq_len must be positive",
+    }
+    cluster.core.patch_namespaced_pod_status(
+        f"{name}-0",
+        cluster.ns,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [container(contract.TRAINER_CONTAINER, rejected), container("reporter", None)],
+            }
+        },
+    )
 
 
 def writes_by_user(control_plane: Any, since: int, users: set[str]) -> list[tuple[datetime.datetime, str, str]]:
@@ -115,20 +149,30 @@ def writes_by_user(control_plane: Any, since: int, users: set[str]) -> list[tupl
 
 
 def phases(cluster: Any) -> dict[str, str]:
-    items = cluster.custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, cluster.ns,
-                                                          contract.PLURAL)["items"]
+    items = cluster.custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, cluster.ns, contract.PLURAL)[
+        "items"
+    ]
     return {job["metadata"]["name"]: (job.get("status") or {}).get("phase", "") for job in items}
 
 
 def test_standby_takes_over_within_15_s_and_never_writes_beside_the_leader(
-    control_plane: Any, api_client: Any, crd: str, namespace: str, cluster: Any, tmp_path: Path,
+    control_plane: Any,
+    api_client: Any,
+    crd: str,
+    namespace: str,
+    cluster: Any,
+    tmp_path: Path,
 ) -> None:
     users = {name: f"system:serviceaccount:{namespace}:{name}" for name in ("operator-a", "operator-b")}
-    replicas = {name: stack.OperatorProcess(
-        replica_kubeconfig(control_plane, api_client, namespace, name, tmp_path / f"{name}.kubeconfig"), [namespace],
-        tmp_path / f"{name}.log",
-        ["--leader-elect", "--leader-election-namespace", namespace, "--leader-election-id", name],
-    ) for name in users}
+    replicas = {
+        name: stack.OperatorProcess(
+            replica_kubeconfig(control_plane, api_client, namespace, name, tmp_path / f"{name}.kubeconfig"),
+            [namespace],
+            tmp_path / f"{name}.log",
+            ["--leader-elect", "--leader-election-namespace", namespace, "--leader-election-id", name],
+        )
+        for name in users
+    }
     try:
         run_through_a_failover(control_plane, api_client, namespace, cluster, replicas, users)
     finally:
@@ -137,8 +181,14 @@ def test_standby_takes_over_within_15_s_and_never_writes_beside_the_leader(
             print(f"--- {name} log ---\n{replica.logs()[-5000:]}")
 
 
-def run_through_a_failover(control_plane: Any, api_client: Any, namespace: str, cluster: Any,
-                           replicas: dict[str, stack.OperatorProcess], users: dict[str, str]) -> None:
+def run_through_a_failover(
+    control_plane: Any,
+    api_client: Any,
+    namespace: str,
+    cluster: Any,
+    replicas: dict[str, stack.OperatorProcess],
+    users: dict[str, str],
+) -> None:
     first, second = replicas["operator-a"], replicas["operator-b"]
     first.start()
     cluster.wait_for("operator-a to lead", lambda: holder(api_client, namespace) == "operator-a")
@@ -165,23 +215,32 @@ def run_through_a_failover(control_plane: Any, api_client: Any, namespace: str, 
         reject_config(cluster, name)
     for name in SUSPEND_AFTER:
         cluster.patch_job(name, {"spec": {"suspend": True}})
-    cluster.wait_for("operator-b to lead", lambda: holder(api_client, namespace) == "operator-b",
-                     timeout_s=FAILOVER_BOUND_S + 5, interval_s=0.05)
+    cluster.wait_for(
+        "operator-b to lead",
+        lambda: holder(api_client, namespace) == "operator-b",
+        timeout_s=FAILOVER_BOUND_S + 5,
+        interval_s=0.05,
+    )
     failover_s = time.monotonic() - killed_at
     print(f"failover: operator-b holds the Lease {failover_s:.1f} s after operator-a was killed")
     assert failover_s <= FAILOVER_BOUND_S
 
-    expected = {**dict.fromkeys(SUCCEED_BEFORE + SUCCEED_AFTER, "Succeeded"),
-                **dict.fromkeys(FAIL_BEFORE + FAIL_AFTER, "Failed"),
-                **dict.fromkeys(SUSPEND_AFTER, "Suspended"), **dict.fromkeys(KEEP_RUNNING, "Running")}
+    expected = {
+        **dict.fromkeys(SUCCEED_BEFORE + SUCCEED_AFTER, "Succeeded"),
+        **dict.fromkeys(FAIL_BEFORE + FAIL_AFTER, "Failed"),
+        **dict.fromkeys(SUSPEND_AFTER, "Suspended"),
+        **dict.fromkeys(KEEP_RUNNING, "Running"),
+    }
     try:
         cluster.wait_for("every job in its state", lambda: phases(cluster) == expected, timeout_s=60)
     finally:
         print("phases:", {name: phase for name, phase in phases(cluster).items() if phase != expected[name]})
     for name in JOBS:
         replicas = 1 if name in KEEP_RUNNING else 0
-        cluster.wait_for(f"{name}'s StatefulSet at {replicas}",
-                         lambda name=name, replicas=replicas: cluster.statefulset(name)["spec"]["replicas"] == replicas)
+        cluster.wait_for(
+            f"{name}'s StatefulSet at {replicas}",
+            lambda name=name, replicas=replicas: cluster.statefulset(name)["spec"]["replicas"] == replicas,
+        )
     for name in FAIL_BEFORE + FAIL_AFTER:
         failed = cluster.condition(name, "Failed")
         assert failed and failed["reason"] == "ConfigRejected", failed
@@ -192,9 +251,11 @@ def run_through_a_failover(control_plane: Any, api_client: Any, namespace: str, 
     assert by["operator-a"] and by["operator-b"], writes  # both wrote: the check below can fail
     first_of_b = by["operator-b"][0][0]
     last_of_a = by["operator-a"][-1][0]
-    print(f"writes: operator-a {len(by['operator-a'])} (last {last_of_a.time()}), "
-          f"operator-b {len(by['operator-b'])} (first {first_of_b.time()}: {by['operator-b'][0][2]}); "
-          f"first job write by operator-b {next(w[0] for w in by['operator-b'] if 'leases' not in w[2]).time()}")
+    print(
+        f"writes: operator-a {len(by['operator-a'])} (last {last_of_a.time()}), "
+        f"operator-b {len(by['operator-b'])} (first {first_of_b.time()}: {by['operator-b'][0][2]}); "
+        f"first job write by operator-b {next(w[0] for w in by['operator-b'] if 'leases' not in w[2]).time()}"
+    )
     assert by["operator-b"][0][2].startswith("update leases/"), by["operator-b"][:3]  # its first write: the take-over
     assert last_of_a < first_of_b
     seconds = {name: {w[0].replace(microsecond=0) for w in ws} for name, ws in by.items()}

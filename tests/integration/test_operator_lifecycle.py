@@ -53,7 +53,9 @@ INVALID_FOR_THE_APISERVER = [
 
 
 @pytest.mark.parametrize(("spec", "field"), INVALID_FOR_THE_APISERVER)
-def test_apiserver_rejects_schema_violations_naming_the_field(crd: str, cluster: Any, spec: dict[str, Any], field: str) -> None:
+def test_apiserver_rejects_schema_violations_naming_the_field(
+    crd: str, cluster: Any, spec: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ApiException) as info:
         cluster.create_job(job_body(**spec))
     assert info.value.status == 422
@@ -79,7 +81,11 @@ def test_missing_required_field_is_rejected(crd: str, cluster: Any) -> None:
 INVALID_FOR_THE_OPERATOR = [
     ("bad-extra", {"extraArgs": {"foo_bar": 1}}, "spec.extraArgs.foo_bar: unknown instructlab-training argument"),
     ("bad-validation", {"validationSplit": 0.1}, "spec.validationFrequency: required when spec.validationSplit > 0"),
-    ("bad-claims", {"checkpoints": {"existingClaim": "a", "claim": {"size": "1Gi"}}}, "spec.checkpoints: set exactly one"),
+    (
+        "bad-claims",
+        {"checkpoints": {"existingClaim": "a", "claim": {"size": "1Gi"}}},
+        "spec.checkpoints: set exactly one",
+    ),
     ("bad-env", {"pod": {"env": [{"name": "PET_NNODES", "value": "7"}]}}, "spec.pod.env[0].name: PET_NNODES"),
     ("bad-batch", {"nnodes": 4, "nprocPerNode": 2}, "spec.effectiveBatchSize: must be at least"),
 ]
@@ -101,8 +107,12 @@ def test_invalid_specs_are_failed_with_the_field_named_and_get_no_children(opera
             assert events[0]["type"] == "Warning" and message in events[0]["message"]
     time.sleep(SETTLE_S)
     for name, _, _ in INVALID_FOR_THE_OPERATOR:
-        for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config"),
-                            ("PersistentVolumeClaim", f"{name}-checkpoints")]:
+        for kind, child in [
+            ("StatefulSet", name),
+            ("Service", name),
+            ("ConfigMap", f"{name}-config"),
+            ("PersistentVolumeClaim", f"{name}-checkpoints"),
+        ]:
             assert cluster.read(kind, child) is None, (kind, child)
 
 
@@ -115,7 +125,9 @@ def test_fixing_an_invalid_spec_starts_the_job(operator: Any, cluster: Any) -> N
     assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "False"
 
 
-def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster: Any, garbage_collection: None) -> None:
+def test_deletion_collects_children_and_keeps_checkpoints(
+    operator: Any, cluster: Any, garbage_collection: None
+) -> None:
     cluster.create_job(job_body("keep"))
     cluster.create_job(job_body("drop", checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}))
     for name in ("keep", "drop"):
@@ -125,8 +137,12 @@ def test_deletion_collects_children_and_keeps_checkpoints(operator: Any, cluster
     cluster.delete_job("drop")
     for name in ("keep", "drop"):
         for kind, child in [("StatefulSet", name), ("Service", name), ("ConfigMap", f"{name}-config")]:
-            cluster.wait_for(f"{kind} {child} garbage-collected", lambda kind=kind, child=child: cluster.read(kind, child) is None)
-    cluster.wait_for("drop's claim deleted (opted in)", lambda: cluster.read("PersistentVolumeClaim", "drop-checkpoints") is None)
+            cluster.wait_for(
+                f"{kind} {child} garbage-collected", lambda kind=kind, child=child: cluster.read(kind, child) is None
+            )
+    cluster.wait_for(
+        "drop's claim deleted (opted in)", lambda: cluster.read("PersistentVolumeClaim", "drop-checkpoints") is None
+    )
     time.sleep(SETTLE_S)
     kept = cluster.read("PersistentVolumeClaim", "keep-checkpoints")
     assert kept is not None and kept["metadata"].get("deletionTimestamp") is None
@@ -140,19 +156,26 @@ def test_network_policy_admits_only_the_jobs_pods_and_goes_with_the_job(
     cluster.create_job(job_body("net"))
     policy = cluster.wait_for("net's NetworkPolicy", lambda: cluster.read("NetworkPolicy", "net"))
     job_labels = {"finetune.dev/job-name": "net", "app.kubernetes.io/managed-by": "sft-operator"}
-    assert policy["spec"] == {"podSelector": {"matchLabels": job_labels}, "policyTypes": ["Ingress"],
-                              "ingress": [{"from": [{"podSelector": {"matchLabels": job_labels}}]}]}
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": job_labels},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": job_labels}}]}],
+    }
     owner = cluster.job("net")["metadata"]["uid"]
     assert [(o["kind"], o["name"], o["uid"], o["controller"]) for o in policy["metadata"]["ownerReferences"]] == [
-        ("SFTJob", "net", owner, True)]
+        ("SFTJob", "net", owner, True)
+    ]
     pods = cluster.wait_for("net's pods", lambda: (p := cluster.pods("net")) and len(p) == 2 and p)
     assert all(job_labels.items() <= pod["metadata"]["labels"].items() for pod in pods)  # selected by it
     # The reporter's projected token volume reads the CA from here (the controller-manager's
     # root-ca-cert-publisher) and the pods mount no automatic token.
     assert cluster.read("ConfigMap", "kube-root-ca.crt")["data"]["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
     assert all(pod["spec"]["automountServiceAccountToken"] is False for pod in pods)
-    assert not any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
-                   for pod in pods for m in pod["spec"]["containers"][0].get("volumeMounts") or [])
+    assert not any(
+        m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+        for pod in pods
+        for m in pod["spec"]["containers"][0].get("volumeMounts") or []
+    )
     cluster.delete_job("net")
     cluster.wait_for("the NetworkPolicy garbage-collected", lambda: cluster.read("NetworkPolicy", "net") is None)
 
@@ -186,8 +209,7 @@ def test_operator_killed_and_restarted_creates_no_duplicates_and_keeps_status(
     assert status["nodes"] == "1/2"
 
 
-OPERATOR_RESOURCES = ("statefulsets", "services", "networkpolicies", "configmaps", "persistentvolumeclaims",
-                      "sftjobs")
+OPERATOR_RESOURCES = ("statefulsets", "services", "networkpolicies", "configmaps", "persistentvolumeclaims", "sftjobs")
 
 
 def operator_writes(before: Any, after: Any) -> dict[tuple[str, str, str], int]:
@@ -235,8 +257,10 @@ def test_suspend_scales_to_zero_and_resume_brings_it_back(operator: Any, cluster
     assert "Suspended" in reasons
 
 
-REFUSED_EPOCHS = ("spec.numEpochs: immutable once the job is created: it runs with 2, the spec asks for 5 "
-                  "(revert the field, or create a new job)")
+REFUSED_EPOCHS = (
+    "spec.numEpochs: immutable once the job is created: it runs with 2, the spec asks for 5 "
+    "(revert the field, or create a new job)"
+)
 
 
 def refused(cluster: Any, name: str = "tiny") -> dict[str, Any]:
@@ -274,15 +298,19 @@ def test_mutable_pod_change_updates_the_template_only(operator: Any, cluster: An
     cluster.patch_job("tiny", {"spec": {"pod": {"image": "sft-trainer:0.2.0"}}})
     cluster.wait_for(
         "the new image in the template",
-        lambda: cluster.statefulset("tiny")["spec"]["template"]["spec"]["containers"][0]["image"] == "sft-trainer:0.2.0",
+        lambda: (
+            cluster.statefulset("tiny")["spec"]["template"]["spec"]["containers"][0]["image"] == "sft-trainer:0.2.0"
+        ),
     )
     time.sleep(SETTLE_S)
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("tiny")} == pods_before  # OnDelete
     assert cluster.status("tiny")["phase"] == "Running"
 
 
-@pytest.mark.parametrize(("kind", "child"), [("StatefulSet", "tiny"), ("Service", "tiny"), ("ConfigMap", "tiny-config"),
-                                            ("NetworkPolicy", "tiny")])
+@pytest.mark.parametrize(
+    ("kind", "child"),
+    [("StatefulSet", "tiny"), ("Service", "tiny"), ("ConfigMap", "tiny-config"), ("NetworkPolicy", "tiny")],
+)
 def test_deleted_child_is_recreated(operator: Any, cluster: Any, kind: str, child: str) -> None:
     running_job(cluster)
     old_uid = cluster.read(kind, child)["metadata"]["uid"]
@@ -370,7 +398,8 @@ def test_recreated_job_adopts_the_kept_claim_and_foreign_objects_are_not_taken(
     )
     assert volume["message"] == (
         f"PersistentVolumeClaim again-checkpoints, created by another SFTJob (uid {first['metadata']['uid']}): kept "
-        "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job created)")
+        "when this job is deleted (spec.checkpoints.deleteWithJob applies only to a claim the job created)"
+    )
     claim = cluster.read("PersistentVolumeClaim", "again-checkpoints")
     assert claim["metadata"]["uid"] == claim_uid
     assert claim["metadata"]["annotations"]["finetune.dev/created-by-uid"] == first["metadata"]["uid"]
@@ -378,8 +407,11 @@ def test_recreated_job_adopts_the_kept_claim_and_foreign_objects_are_not_taken(
     from sft_client.api import Deletion, open_job
 
     assert open_job("again", cluster.ns, api_client=cluster.client).delete() == Deletion(
-        "again-checkpoints", True, "checkpoint claim again-checkpoints is kept (another SFTJob created it: "
-        "checkpoints.deleteWithJob applies only to a claim the job created)")
+        "again-checkpoints",
+        True,
+        "checkpoint claim again-checkpoints is kept (another SFTJob created it: "
+        "checkpoints.deleteWithJob applies only to a claim the job created)",
+    )
     cluster.wait_for("children collected", lambda: cluster.statefulset("again") is None)
     time.sleep(2)  # the garbage collector acted on the job's children: the claim is not among them
     claim = cluster.read("PersistentVolumeClaim", "again-checkpoints")

@@ -44,15 +44,19 @@ class Scraper:
         return {name: value for (name, labels), value in self.samples().items() if labels == wanted}
 
     def phases(self, namespace: str) -> dict[str, float]:
-        return {dict(labels)["phase"]: value for (name, labels), value in self.samples().items()
-                if name == "sft_operator_jobs" and ("namespace", namespace) in labels}
+        return {
+            dict(labels)["phase"]: value
+            for (name, labels), value in self.samples().items()
+            if name == "sft_operator_jobs" and ("namespace", namespace) in labels
+        }
 
 
 @pytest.fixture
 def metered_operator(control_plane: Any, crd: str, namespace: str, tmp_path: Path) -> Any:
     port = free_port()
-    op = stack.OperatorProcess(Path(control_plane.kubeconfig), [namespace], tmp_path / "operator.log",
-                               extra_args=["--metrics-port", str(port)])
+    op = stack.OperatorProcess(
+        Path(control_plane.kubeconfig), [namespace], tmp_path / "operator.log", extra_args=["--metrics-port", str(port)]
+    )
     try:
         op.start()
     except stack.StackError as exc:
@@ -64,35 +68,54 @@ def metered_operator(control_plane: Any, crd: str, namespace: str, tmp_path: Pat
         print(f"--- operator log ({op.log_file}) ---\n{op.logs()[-6000:]}")
 
 
-def test_gauges_follow_the_status_and_go_with_the_job(control_plane: Any, cluster: Any, namespace: str,
-                                                      metered_operator: Scraper) -> None:
+def test_gauges_follow_the_status_and_go_with_the_job(
+    control_plane: Any, cluster: Any, namespace: str, metered_operator: Scraper
+) -> None:
     scrape = metered_operator
     reporter = started_job(control_plane, cluster, "metered")
     try:
         assert cluster.wait_for("the job Running on /metrics", lambda: scrape.phases(namespace).get("Running") == 1)
         assert scrape.job(namespace, "metered") == {
-            "sft_operator_job_restarts": 0.0, "sft_operator_job_preemptions": 0.0, "sft_operator_job_ready_nodes": 2.0,
+            "sft_operator_job_restarts": 0.0,
+            "sft_operator_job_preemptions": 0.0,
+            "sft_operator_job_ready_nodes": 2.0,
         }
 
         first = summary(Stage.TRAINING, 40, [], loss="1.5000")
-        first.loss_history = [LossPoint(samples=20, loss=2.0, lr=1e-4),
-                              LossPoint(samples=40, loss=1.5, val_loss=1.75, lr=1e-4)]
+        first.loss_history = [
+            LossPoint(samples=20, loss=2.0, lr=1e-4),
+            LossPoint(samples=40, loss=1.5, val_loss=1.75, lr=1e-4),
+        ]
         reporter.publish(first)
-        gauges = cluster.wait_for("the first progress on /metrics", lambda: (
-            g := scrape.job(namespace, "metered")).get("sft_operator_job_loss") == 1.5 and g)
+        gauges = cluster.wait_for(
+            "the first progress on /metrics",
+            lambda: (g := scrape.job(namespace, "metered")).get("sft_operator_job_loss") == 1.5 and g,
+        )
         assert gauges == {
-            "sft_operator_job_restarts": 0.0, "sft_operator_job_preemptions": 0.0, "sft_operator_job_ready_nodes": 2.0,
-            "sft_operator_job_progress_percent": 20.0, "sft_operator_job_samples_seen": 40.0,
-            "sft_operator_job_epoch": 1.0, "sft_operator_job_checkpoints": 0.0, "sft_operator_job_loss": 1.5,
-            "sft_operator_job_validation_loss": 1.75, "sft_operator_job_throughput_samples_per_second": 12.5,
+            "sft_operator_job_restarts": 0.0,
+            "sft_operator_job_preemptions": 0.0,
+            "sft_operator_job_ready_nodes": 2.0,
+            "sft_operator_job_progress_percent": 20.0,
+            "sft_operator_job_samples_seen": 40.0,
+            "sft_operator_job_epoch": 1.0,
+            "sft_operator_job_checkpoints": 0.0,
+            "sft_operator_job_loss": 1.5,
+            "sft_operator_job_validation_loss": 1.75,
+            "sft_operator_job_throughput_samples_per_second": 12.5,
             "sft_operator_job_eta_seconds": 12.0,
         }
 
         reporter.publish(summary(Stage.TRAINING, 120, ["samples_100"], loss="0.9000"))
-        gauges = cluster.wait_for("the next progress on /metrics", lambda: (
-            g := scrape.job(namespace, "metered")).get("sft_operator_job_loss") == 0.9 and g)
-        assert (gauges["sft_operator_job_progress_percent"], gauges["sft_operator_job_samples_seen"],
-                gauges["sft_operator_job_epoch"], gauges["sft_operator_job_checkpoints"]) == (60.0, 120.0, 2.0, 1.0)
+        gauges = cluster.wait_for(
+            "the next progress on /metrics",
+            lambda: (g := scrape.job(namespace, "metered")).get("sft_operator_job_loss") == 0.9 and g,
+        )
+        assert (
+            gauges["sft_operator_job_progress_percent"],
+            gauges["sft_operator_job_samples_seen"],
+            gauges["sft_operator_job_epoch"],
+            gauges["sft_operator_job_checkpoints"],
+        ) == (60.0, 120.0, 2.0, 1.0)
         assert "sft_operator_job_validation_loss" not in gauges  # that summary has no history
 
         samples = scrape.samples()
@@ -104,6 +127,11 @@ def test_gauges_follow_the_status_and_go_with_the_job(control_plane: Any, cluste
         reporter.close()
 
     cluster.delete_job("metered")
-    cluster.wait_for("the job's series to go", lambda: not scrape.job(namespace, "metered")
-                     and not scrape.phases(namespace), timeout_s=30)
-    assert not [key for key in scrape.samples() if ("sftjob", "metered") in key[1] or ("namespace", namespace) in key[1]]
+    cluster.wait_for(
+        "the job's series to go",
+        lambda: not scrape.job(namespace, "metered") and not scrape.phases(namespace),
+        timeout_s=30,
+    )
+    assert not [
+        key for key in scrape.samples() if ("sftjob", "metered") in key[1] or ("namespace", namespace) in key[1]
+    ]

@@ -25,7 +25,9 @@ def fast_policy_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _kueue_keys(meta: dict[str, Any]) -> list[str]:
-    return sorted(k for k in {**(meta.get("labels") or {}), **(meta.get("annotations") or {})} if k.startswith("kueue."))
+    return sorted(
+        k for k in {**(meta.get("labels") or {}), **(meta.get("annotations") or {})} if k.startswith("kueue.")
+    )
 
 
 def test_queue_name_labels_the_statefulset_and_suspend_still_works(operator: Any, cluster: Any) -> None:
@@ -57,10 +59,13 @@ def test_queue_label_on_the_sftjob_and_a_refused_move(operator: Any, cluster: An
     # StatefulSet), the suspend still applies, the StatefulSet stays in team-a.
     cluster.patch_job("labelled", {"metadata": {"labels": {QUEUE_LABEL: "team-b"}}, "spec": {"suspend": True}})
     refused = cluster.wait_for(
-        "the refusal", lambda: (c := cluster.condition("labelled", "SpecValid")) and c["status"] == "False" and c)
+        "the refusal", lambda: (c := cluster.condition("labelled", "SpecValid")) and c["status"] == "False" and c
+    )
     assert refused["reason"] == "ImmutableFieldChanged"
-    assert refused["message"].startswith('spec.scheduling.queueName: immutable once the job is created: it runs with '
-                                         '"team-a", the spec asks for "team-b"'), refused["message"]
+    assert refused["message"].startswith(
+        "spec.scheduling.queueName: immutable once the job is created: it runs with "
+        '"team-a", the spec asks for "team-b"'
+    ), refused["message"]
     cluster.wait_for("scaled to 0", lambda: cluster.statefulset("labelled")["spec"]["replicas"] == 0)
     assert cluster.statefulset("labelled")["metadata"]["labels"][QUEUE_LABEL] == "team-a"
 
@@ -70,10 +75,13 @@ def test_queue_label_and_field_that_differ_are_an_invalid_spec(operator: Any, cl
     body["metadata"]["labels"] = {QUEUE_LABEL: "team-b"}
     cluster.create_job(body)
     failed = cluster.wait_for(
-        "Failed", lambda: (c := cluster.condition("torn", "Failed")) and c["status"] == "True" and c)
+        "Failed", lambda: (c := cluster.condition("torn", "Failed")) and c["status"] == "True" and c
+    )
     assert failed["reason"] == "InvalidSpec"
-    assert failed["message"] == ("spec.scheduling.queueName: 'team-a' differs from the kueue.x-k8s.io/queue-name "
-                                 "label on the SFTJob ('team-b'): set one of them, or the same queue in both")
+    assert failed["message"] == (
+        "spec.scheduling.queueName: 'team-a' differs from the kueue.x-k8s.io/queue-name "
+        "label on the SFTJob ('team-b'): set one of them, or the same queue in both"
+    )
     assert cluster.statefulset("torn") is None
 
 
@@ -82,14 +90,23 @@ def test_pods_held_by_a_queues_gates_are_not_timed_out(operator: Any, cluster: A
     False, SchedulingGated) until admission. The start-up timeout waits, then counts from the lift."""
     cluster.create_job(job_body("waits", startupTimeoutSeconds=4, scheduling={"queueName": "team-a"}))
     cluster.wait_for("2 pods", lambda: len(cluster.pods("waits")) == 2)
-    gate = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
-            "message": "Scheduling is blocked due to non-empty scheduling gates"}
+    gate = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "SchedulingGated",
+        "message": "Scheduling is blocked due to non-empty scheduling gates",
+    }
     for pod in ("waits-0", "waits-1"):
-        cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {"phase": "Pending", "conditions": [gate]}})
-    queued = cluster.wait_for("Queued", lambda: (c := cluster.condition("waits", "Queued")) and c["status"] == "True"
-                              and c)
+        cluster.core.patch_namespaced_pod_status(
+            pod, cluster.ns, {"status": {"phase": "Pending", "conditions": [gate]}}
+        )
+    queued = cluster.wait_for(
+        "Queued", lambda: (c := cluster.condition("waits", "Queued")) and c["status"] == "True" and c
+    )
     assert queued["reason"] == "SchedulingGated"
-    assert queued["message"].endswith("pod waits-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates")
+    assert queued["message"].endswith(
+        "pod waits-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates"
+    )
     time.sleep(8)  # twice the start-up timeout, in the queue
     assert cluster.status("waits")["phase"] == "Pending"
     lifted = {"type": "PodScheduled", "status": "True", "reason": None, "message": None}
@@ -97,7 +114,10 @@ def test_pods_held_by_a_queues_gates_are_not_timed_out(operator: Any, cluster: A
         cluster.core.patch_namespaced_pod_status(pod, cluster.ns, {"status": {"conditions": [lifted]}})
     lift = time.monotonic()
     cluster.wait_for("Queued False", lambda: (c := cluster.condition("waits", "Queued")) and c["status"] == "False")
-    failed = cluster.wait_for("StartupTimeout after the lift", lambda: (c := cluster.condition("waits", "Failed"))
-                              and c["status"] == "True" and c, timeout_s=30)
+    failed = cluster.wait_for(
+        "StartupTimeout after the lift",
+        lambda: (c := cluster.condition("waits", "Failed")) and c["status"] == "True" and c,
+        timeout_s=30,
+    )
     assert failed["reason"] == "StartupTimeout"
     assert 3 <= time.monotonic() - lift <= 15  # counted from the lift, not from the job's creation

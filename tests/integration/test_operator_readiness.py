@@ -105,7 +105,10 @@ def readyz(port: int) -> tuple[int, str]:
 
 
 def test_readiness_fails_within_30_s_of_an_api_outage_with_one_log_line(
-    control_plane: Any, crd: str, namespace: str, tmp_path: Path,
+    control_plane: Any,
+    crd: str,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     host, _, port = control_plane.server.removeprefix("https://").rpartition(":")
     proxy = TcpProxy((host, int(port))).start()
@@ -113,26 +116,35 @@ def test_readiness_fails_within_30_s_of_an_api_outage_with_one_log_line(
     kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
     ready_port = stack.free_port()
-    operator = stack.OperatorProcess(tmp_path / "kubeconfig", [namespace], tmp_path / "operator.log",
-                                     ["--readiness", f"http://127.0.0.1:{ready_port}/readyz"])
+    operator = stack.OperatorProcess(
+        tmp_path / "kubeconfig",
+        [namespace],
+        tmp_path / "operator.log",
+        ["--readiness", f"http://127.0.0.1:{ready_port}/readyz"],
+    )
     try:
         operator.start()
         stack.wait_until("Ready", lambda: readyz(ready_port)[0] == 200, timeout_s=30)
 
         proxy.stop()
         cut_at = time.monotonic()
-        status, body = stack.wait_until("not Ready", lambda: (a := readyz(ready_port))[0] == 503 and a,
-                                        timeout_s=NOT_READY_BOUND_S, interval_s=0.2)
+        status, body = stack.wait_until(
+            "not Ready", lambda: (a := readyz(ready_port))[0] == 503 and a, timeout_s=NOT_READY_BOUND_S, interval_s=0.2
+        )
         took = time.monotonic() - cut_at
         print(f"not Ready {took:.1f} s after the outage began: {body.strip()}")
         assert took <= NOT_READY_BOUND_S
         # Cut while listing or in the middle of the check's watch: either is said.
-        assert re.match(rf"not ready: cannot list and watch SFTJobs: (listing|watching) "
-                        rf"/apis/finetune.dev/v1alpha1/namespaces/{namespace}/sftjobs: \w+", body), body
+        assert re.match(
+            rf"not ready: cannot list and watch SFTJobs: (listing|watching) "
+            rf"/apis/finetune.dev/v1alpha1/namespaces/{namespace}/sftjobs: \w+",
+            body,
+        ), body
         time.sleep(12)  # more failed checks (every 5 s): none logs again
         log = operator.logs()
-        assert [line for line in log.splitlines() if DOWN_LINE in line] and \
-            len([line for line in log.splitlines() if DOWN_LINE in line]) == 1, log[-3000:]
+        assert [line for line in log.splitlines() if DOWN_LINE in line] and len(
+            [line for line in log.splitlines() if DOWN_LINE in line]
+        ) == 1, log[-3000:]
         assert readyz(ready_port)[0] == 503 and operator.alive()  # not Ready, and not restarted
 
         proxy.start()  # the same port: the API server is back
@@ -140,7 +152,7 @@ def test_readiness_fails_within_30_s_of_an_api_outage_with_one_log_line(
         log = operator.logs()
         assert len([line for line in log.splitlines() if DOWN_LINE in line]) == 1
         assert len([line for line in log.splitlines() if UP_AGAIN_LINE in line]) == 1
-        outage = log[log.index(DOWN_LINE):log.index(UP_AGAIN_LINE)]
+        outage = log[log.index(DOWN_LINE) : log.index(UP_AGAIN_LINE)]
         repeats = [line for line in outage.splitlines() if "Request attempt" in line or "urllib3" in line]
         assert repeats == [], repeats[:5]  # not one line per failed request
         print(f"log lines while not Ready: {len(outage.splitlines()) - 1}")

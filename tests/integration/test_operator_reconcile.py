@@ -22,8 +22,16 @@ def test_valid_job_gets_children_with_the_exact_env(operator: Any, cluster: Any)
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["env"] == expected["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in container["env"]] == [
-        "PET_NNODES", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_RDZV_ENDPOINT",
-        "PET_RDZV_ID", "SFT_POD_NAME", "SFT_CONFIG", "SFT_DEVICE", "SFT_POD_STATE_DIR",
+        "PET_NNODES",
+        "PET_NPROC_PER_NODE",
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
+        "PET_RDZV_ENDPOINT",
+        "PET_RDZV_ID",
+        "SFT_POD_NAME",
+        "SFT_CONFIG",
+        "SFT_DEVICE",
+        "SFT_POD_STATE_DIR",
     ]
     ns = cluster.ns
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -100,7 +108,15 @@ def test_printer_columns(operator: Any, cluster: Any, control_plane: Any) -> Non
     with urllib.request.urlopen(request, context=context) as response:
         table = json.loads(response.read())
     assert [c["name"] for c in table["columnDefinitions"]] == [
-        "Name", "Phase", "Nodes", "Epoch", "Progress", "Loss", "Latest checkpoint", "Age"]
+        "Name",
+        "Phase",
+        "Nodes",
+        "Epoch",
+        "Progress",
+        "Loss",
+        "Latest checkpoint",
+        "Age",
+    ]
     assert table["rows"][0]["cells"][:3] == ["tiny", "Pending", "0/2"]
 
 

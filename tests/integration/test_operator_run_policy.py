@@ -23,16 +23,31 @@ def now_rfc3339(offset_s: float = 0.0) -> str:
 
 
 def trainer_status(restarts: int, state: dict[str, Any], last: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    trainer = {"name": "trainer", "image": "img", "imageID": "", "ready": "running" in state, "restartCount": restarts,
-               "state": state, "lastState": {"terminated": last} if last else {}}
-    reporter = {"name": "reporter", "image": "img", "imageID": "", "ready": True, "restartCount": 0,
-                "state": {"running": {"startedAt": T0}}, "lastState": {}}
+    trainer = {
+        "name": "trainer",
+        "image": "img",
+        "imageID": "",
+        "ready": "running" in state,
+        "restartCount": restarts,
+        "state": state,
+        "lastState": {"terminated": last} if last else {},
+    }
+    reporter = {
+        "name": "reporter",
+        "image": "img",
+        "imageID": "",
+        "ready": True,
+        "restartCount": 0,
+        "state": {"running": {"startedAt": T0}},
+        "lastState": {},
+    }
     return [trainer, reporter]
 
 
 def failed_message(cluster: Any, name: str, reason: str, timeout_s: float = 30.0) -> str:
-    status = cluster.wait_for(f"{name} Failed ({reason})", lambda: (s := cluster.status(name)).get("phase") == "Failed"
-                              and s, timeout_s)
+    status = cluster.wait_for(
+        f"{name} Failed ({reason})", lambda: (s := cluster.status(name)).get("phase") == "Failed" and s, timeout_s
+    )
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", reason), failed
     return failed["message"]
@@ -42,16 +57,35 @@ def test_startup_timeout_fails_with_the_kubelets_reason(control_plane: Any, oper
     cluster.create_job(__import__("sftjobs").job_body("pull", startupTimeoutSeconds=6))
     cluster.wait_for("2 pods", lambda: len(cluster.pods("pull")) == 2)
     cluster.set_pod_phase("pull-0", "Running")
-    cluster.core.patch_namespaced_pod_status("pull-1", cluster.ns, {"status": {"phase": "Pending", "containerStatuses":
-        trainer_status(0, {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "sft:nope"'}})}})
-    ready = cluster.wait_for("the reason in Ready", lambda: (c := cluster.condition("pull", "Ready"))
-                             and "waiting for" in (c.get("message") or "") and c)
-    assert ready["message"] == '1/2 pods running; waiting for pod pull-1: ImagePullBackOff: Back-off pulling image "sft:nope"'
-    cluster.wait_for("a Warning Event with the reason", lambda: [e for e in cluster.events("pull")
-                                                                 if e["reason"] == "ImagePullBackOff"])
+    cluster.core.patch_namespaced_pod_status(
+        "pull-1",
+        cluster.ns,
+        {
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": trainer_status(
+                    0, {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "sft:nope"'}}
+                ),
+            }
+        },
+    )
+    ready = cluster.wait_for(
+        "the reason in Ready",
+        lambda: (c := cluster.condition("pull", "Ready")) and "waiting for" in (c.get("message") or "") and c,
+    )
+    assert (
+        ready["message"]
+        == '1/2 pods running; waiting for pod pull-1: ImagePullBackOff: Back-off pulling image "sft:nope"'
+    )
+    cluster.wait_for(
+        "a Warning Event with the reason",
+        lambda: [e for e in cluster.events("pull") if e["reason"] == "ImagePullBackOff"],
+    )
     message = failed_message(cluster, "pull", "StartupTimeout")
-    assert message == ('not every pod ran within spec.startupTimeoutSeconds (6 s): pod pull-1: ImagePullBackOff: '
-                       'Back-off pulling image "sft:nope"')
+    assert message == (
+        "not every pod ran within spec.startupTimeoutSeconds (6 s): pod pull-1: ImagePullBackOff: "
+        'Back-off pulling image "sft:nope"'
+    )
     cluster.wait_for("scaled to 0", lambda: cluster.statefulset("pull")["spec"]["replicas"] == 0)
 
 
@@ -90,20 +124,49 @@ def _exists(cluster: Any, name: str) -> bool:
 def test_a_failed_rank_restarts_the_ranks_it_left_behind(control_plane: Any, operator: Any, cluster: Any) -> None:
     started_job(control_plane, cluster, "group").close()
     behind_uid = next(p["metadata"]["uid"] for p in cluster.pods("group") if p["metadata"]["name"] == "group-1")
-    cluster.core.patch_namespaced_pod_status("group-1", cluster.ns, {"status": {"phase": "Running", "containerStatuses":
-        trainer_status(0, {"running": {"startedAt": now_rfc3339(-60)}})}})
-    crash = {"exitCode": 1, "reason": "Error", "message": "training failed: NCCL error", "startedAt": now_rfc3339(-60),
-             "finishedAt": now_rfc3339(-1)}
+    cluster.core.patch_namespaced_pod_status(
+        "group-1",
+        cluster.ns,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": trainer_status(0, {"running": {"startedAt": now_rfc3339(-60)}}),
+            }
+        },
+    )
+    crash = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": "training failed: NCCL error",
+        "startedAt": now_rfc3339(-60),
+        "finishedAt": now_rfc3339(-1),
+    }
     started = time.monotonic()
-    cluster.core.patch_namespaced_pod_status("group-0", cluster.ns, {"status": {"phase": "Running", "containerStatuses":
-        trainer_status(1, {"running": {"startedAt": now_rfc3339()}}, last=crash)}})
-    cluster.wait_for("group-1 restarted", lambda: all(
-        p["metadata"]["uid"] != behind_uid or p["metadata"].get("deletionTimestamp")
-        for p in cluster.pods("group") if p["metadata"]["name"] == "group-1"))
+    cluster.core.patch_namespaced_pod_status(
+        "group-0",
+        cluster.ns,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": trainer_status(1, {"running": {"startedAt": now_rfc3339()}}, last=crash),
+            }
+        },
+    )
+    cluster.wait_for(
+        "group-1 restarted",
+        lambda: all(
+            p["metadata"]["uid"] != behind_uid or p["metadata"].get("deletionTimestamp")
+            for p in cluster.pods("group")
+            if p["metadata"]["name"] == "group-1"
+        ),
+    )
     noticed_s = time.monotonic() - started
-    events = cluster.wait_for("the Event", lambda: [e for e in cluster.events("group") if e["reason"] == "RestartingGroup"])
-    assert events[0]["message"] == ("pod group-0: Error (exit code 1): training failed: NCCL error; "
-                                    "restarting group-1 with it")
+    events = cluster.wait_for(
+        "the Event", lambda: [e for e in cluster.events("group") if e["reason"] == "RestartingGroup"]
+    )
+    assert events[0]["message"] == (
+        "pod group-0: Error (exit code 1): training failed: NCCL error; restarting group-1 with it"
+    )
     print(f"the rank left behind was restarted {noticed_s:.1f} s after its peer's failure was reported")
     assert cluster.status("group")["restarts"] == 1
 
@@ -113,15 +176,22 @@ def test_a_stalled_job_restarts_every_rank(control_plane: Any, operator: Any, cl
     try:
         uids = {p["metadata"]["uid"] for p in cluster.pods("stuck")}
         reporter.publish(summary(Stage.TRAINING, 40, ["samples_40"]))  # its last step long ago
-        cluster.wait_for("every rank restarted", lambda: all(
-            p["metadata"]["uid"] not in uids or p["metadata"].get("deletionTimestamp") for p in cluster.pods("stuck")),
-            timeout_s=120)
+        cluster.wait_for(
+            "every rank restarted",
+            lambda: all(
+                p["metadata"]["uid"] not in uids or p["metadata"].get("deletionTimestamp")
+                for p in cluster.pods("stuck")
+            ),
+            timeout_s=120,
+        )
     finally:
         reporter.close()
     status = cluster.wait_for("counted", lambda: (s := cluster.status("stuck")).get("stallRestarts") == 1 and s)
     assert status["restarts"] == 1 and status["phase"] != "Failed"
     # The Event is posted right after the status patch: wait for it.
-    events = cluster.wait_for("the Stalled Event", lambda: [e for e in cluster.events("stuck") if e["reason"] == "Stalled"])
+    events = cluster.wait_for(
+        "the Stalled Event", lambda: [e for e in cluster.events("stuck") if e["reason"] == "Stalled"]
+    )
     assert events[0]["message"].startswith("no training step for ")
     assert "(spec.stallTimeoutSeconds: 60); last fact on the volume at" in events[0]["message"]
 
@@ -134,35 +204,73 @@ def test_a_second_group_restart_waits_the_backoff(control_plane: Any, operator: 
     def fail_rank_0(crashes: int, behind_since_s: float) -> tuple[str, str]:
         """backoff-1's trainer runs since ``behind_since_s`` ago; backoff-0's crashes a ``crashes``-th time now."""
         behind = next(p for p in cluster.pods("backoff") if p["metadata"]["name"] == "backoff-1")
-        cluster.core.patch_namespaced_pod_status("backoff-1", cluster.ns, {"status": {"phase": "Running",
-            "containerStatuses": trainer_status(0, {"running": {"startedAt": now_rfc3339(-behind_since_s)}})}})
+        cluster.core.patch_namespaced_pod_status(
+            "backoff-1",
+            cluster.ns,
+            {
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": trainer_status(0, {"running": {"startedAt": now_rfc3339(-behind_since_s)}}),
+                }
+            },
+        )
         finished = now_rfc3339()
-        crash = {"exitCode": 1, "reason": "Error", "message": f"crash {crashes}", "startedAt": now_rfc3339(-30),
-                 "finishedAt": finished}
-        cluster.core.patch_namespaced_pod_status("backoff-0", cluster.ns, {"status": {"phase": "Running",
-            "containerStatuses": trainer_status(crashes, {"running": {"startedAt": finished}}, last=crash)}})
+        crash = {
+            "exitCode": 1,
+            "reason": "Error",
+            "message": f"crash {crashes}",
+            "startedAt": now_rfc3339(-30),
+            "finishedAt": finished,
+        }
+        cluster.core.patch_namespaced_pod_status(
+            "backoff-0",
+            cluster.ns,
+            {
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": trainer_status(crashes, {"running": {"startedAt": finished}}, last=crash),
+                }
+            },
+        )
         return behind["metadata"]["uid"], finished
 
     def restarted(uid: str) -> bool:
-        return all(p["metadata"]["uid"] != uid or p["metadata"].get("deletionTimestamp")
-                   for p in cluster.pods("backoff") if p["metadata"]["name"] == "backoff-1")
+        return all(
+            p["metadata"]["uid"] != uid or p["metadata"].get("deletionTimestamp")
+            for p in cluster.pods("backoff")
+            if p["metadata"]["name"] == "backoff-1"
+        )
 
     uid, _ = fail_rank_0(1, 60)
     cluster.wait_for("the first restart, at once", lambda: restarted(uid), timeout_s=10)
-    cluster.wait_for("backoff-1 again", lambda: any(p["metadata"]["name"] == "backoff-1" and p["metadata"]["uid"] != uid
-                                                    and not p["metadata"].get("deletionTimestamp")
-                                                    for p in cluster.pods("backoff")))
+    cluster.wait_for(
+        "backoff-1 again",
+        lambda: any(
+            p["metadata"]["name"] == "backoff-1"
+            and p["metadata"]["uid"] != uid
+            and not p["metadata"].get("deletionTimestamp")
+            for p in cluster.pods("backoff")
+        ),
+    )
     # The new backoff-1 started after the first failure (times are whole seconds), before the second.
     time.sleep(2.5)
     uid, finished = fail_rank_0(2, 1)
     failed_at = time.time()
-    status = cluster.wait_for("the backoff in the status", lambda: (s := cluster.status("backoff")).get("restartBackoff")
-                              and s)
+    status = cluster.wait_for(
+        "the backoff in the status", lambda: (s := cluster.status("backoff")).get("restartBackoff") and s
+    )
     backoff = status["restartBackoff"]
-    due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.mktime(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ"))
-                                                           - time.timezone + 10))
-    assert backoff == {"reason": "RanksLeftBehind", "restart": 2, "delaySeconds": 10, "nextRestartAt": due,
-                       "ranks": ["backoff-1"]}, backoff
+    due = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ",
+        time.gmtime(time.mktime(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone + 10),
+    )
+    assert backoff == {
+        "reason": "RanksLeftBehind",
+        "restart": 2,
+        "delaySeconds": 10,
+        "nextRestartAt": due,
+        "ranks": ["backoff-1"],
+    }, backoff
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert f"restarting backoff-1 with the failed rank at {due}: backoff 10 s before restart 2" in ready["message"]
     while time.time() < failed_at + 7:  # held back: not restarted before the backoff is over
@@ -170,11 +278,19 @@ def test_a_second_group_restart_waits_the_backoff(control_plane: Any, operator: 
         time.sleep(0.5)
     cluster.wait_for("the second restart, after the backoff", lambda: restarted(uid), timeout_s=15)
     waited = time.time() - failed_at
-    events = cluster.wait_for("the Event", lambda: [e for e in cluster.events("backoff") if e["reason"] == "RestartingGroup"
-                                                    and "after a backoff" in e["message"]])
-    assert events[0]["message"] == ("pod backoff-0: Error (exit code 1): crash 2; restarting backoff-1 with it "
-                                    "(restart 2, after a backoff of 10 s)")
+    events = cluster.wait_for(
+        "the Event",
+        lambda: [
+            e
+            for e in cluster.events("backoff")
+            if e["reason"] == "RestartingGroup" and "after a backoff" in e["message"]
+        ],
+    )
+    assert events[0]["message"] == (
+        "pod backoff-0: Error (exit code 1): crash 2; restarting backoff-1 with it (restart 2, after a backoff of 10 s)"
+    )
     print(f"the second restart came {waited:.1f} s after its failure (backoff 10 s, policy clock 1 s)")
     assert 9 <= waited <= 15
-    assert "restartBackoff" not in cluster.wait_for("the backoff cleared",
-                                                    lambda: "restartBackoff" not in (s := cluster.status("backoff")) and s)
+    assert "restartBackoff" not in cluster.wait_for(
+        "the backoff cleared", lambda: "restartBackoff" not in (s := cluster.status("backoff")) and s
+    )

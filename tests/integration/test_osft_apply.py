@@ -17,13 +17,17 @@ from test_operator_lifecycle import phase_is
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(("spec", "field"), [
-    ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, "spec.unfreezeRankRatio"),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0}, "spec.unfreezeRankRatio"),
-    ({"algorithm": "dpo"}, "spec.algorithm"),
-])
-def test_apiserver_refuses_out_of_range_osft_values_naming_the_field(crd: str, cluster: Any,
-                                                                     spec: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, "spec.unfreezeRankRatio"),
+        ({"algorithm": "osft", "unfreezeRankRatio": 0}, "spec.unfreezeRankRatio"),
+        ({"algorithm": "dpo"}, "spec.algorithm"),
+    ],
+)
+def test_apiserver_refuses_out_of_range_osft_values_naming_the_field(
+    crd: str, cluster: Any, spec: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ApiException) as info:
         cluster.create_job(job_body(**spec))
     assert info.value.status == 422 and field in info.value.body, info.value.body
@@ -31,10 +35,16 @@ def test_apiserver_refuses_out_of_range_osft_values_naming_the_field(crd: str, c
 
 INVALID_OSFT = [
     ("osft-no-ratio", {"algorithm": "osft"}, "spec.unfreezeRankRatio: required when spec.algorithm is osft"),
-    ("osft-tokens", {"algorithm": "osft", "unfreezeRankRatio": 0.5, "maxSeqLen": 512, "maxTokensPerGpu": 256},
-     "spec.maxTokensPerGpu: must be at least spec.maxSeqLen"),
-    ("osft-sft-field", {"algorithm": "osft", "unfreezeRankRatio": 0.5, "saveSamples": 8},
-     "spec.saveSamples: an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft"),
+    (
+        "osft-tokens",
+        {"algorithm": "osft", "unfreezeRankRatio": 0.5, "maxSeqLen": 512, "maxTokensPerGpu": 256},
+        "spec.maxTokensPerGpu: must be at least spec.maxSeqLen",
+    ),
+    (
+        "osft-sft-field",
+        {"algorithm": "osft", "unfreezeRankRatio": 0.5, "saveSamples": 8},
+        "spec.saveSamples: an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft",
+    ),
     ("sft-osft-field", {"seed": 3}, "spec.seed: an OSFT parameter: only when spec.algorithm is osft"),
 ]
 
@@ -66,18 +76,30 @@ from test_operator_admission import job_body as namespaced_job  # noqa: E402
 
 
 def test_the_webhook_refuses_bad_osft_jobs_at_apply_naming_the_field(
-    control_plane: Any, api_client: Any, namespaces: tuple[str, str], webhook: Any, users: None,
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    control_plane: Any,
+    api_client: Any,
+    namespaces: tuple[str, str],
+    webhook: Any,
+    users: None,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ns = namespaces[0]
     operator = start_operator(control_plane, namespaces, webhook, tmp_path, monkeypatch)
     try:
         with as_user(control_plane, "bob") as bob:
             assert refusal(lambda: create(bob, namespaced_job("no-ratio", ns, algorithm="osft"))) == (
-                422, denied("spec.unfreezeRankRatio: required when spec.algorithm is osft"))
-            assert refusal(lambda: create(bob, namespaced_job(
-                "tokens", ns, algorithm="osft", unfreezeRankRatio=0.5, maxSeqLen=512, maxTokensPerGpu=256))) == (
-                422, denied("spec.maxTokensPerGpu: must be at least spec.maxSeqLen (one full sequence per GPU)"))
+                422,
+                denied("spec.unfreezeRankRatio: required when spec.algorithm is osft"),
+            )
+            assert refusal(
+                lambda: create(
+                    bob,
+                    namespaced_job(
+                        "tokens", ns, algorithm="osft", unfreezeRankRatio=0.5, maxSeqLen=512, maxTokensPerGpu=256
+                    ),
+                )
+            ) == (422, denied("spec.maxTokensPerGpu: must be at least spec.maxSeqLen (one full sequence per GPU)"))
             created = create(bob, namespaced_job("osft-ok", ns, algorithm="osft", unfreezeRankRatio=0.5))
             assert created["spec"]["algorithm"] == "osft"
     finally:

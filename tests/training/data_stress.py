@@ -40,8 +40,7 @@ def pool_workers() -> list[int]:
             info = _ppid_and_cmdline(int(entry))
             if info:
                 table[int(entry)] = info
-    children = {pid for pid, (ppid, cmd) in table.items()
-                if ppid == os.getpid() and "sft_trainer.data_child" in cmd}
+    children = {pid for pid, (ppid, cmd) in table.items() if ppid == os.getpid() and "sft_trainer.data_child" in cmd}
     return sorted(pid for pid, (ppid, _) in table.items() if ppid in children)
 
 
@@ -102,21 +101,21 @@ class StressResult:
     @property
     def unexpected_stalls(self) -> int:
         """Stalls in runs where nothing was injected: real hangs, or a timeout too short."""
-        return sum(sum(a.outcome == "stalled" for a in run.attempts)
-                   for run in self.runs if not run.injected)
+        return sum(sum(a.outcome == "stalled" for a in run.attempts) for run in self.runs if not run.injected)
 
     @property
     def max_gap(self) -> float:
         """Longest time without progress in an attempt that finished: what the timeout must
         stay above."""
-        return max((a.max_gap for run in self.runs for a in run.attempts if a.outcome == "done"),
-                   default=0.0)
+        return max((a.max_gap for run in self.runs for a in run.attempts if a.outcome == "done"), default=0.0)
 
     def summary(self) -> str:
-        return (f"{len(self.runs)} runs in {self.seconds:.0f}s, {self.injected} with a stuck "
-                f"pool worker, {self.recovered} stalled attempts killed and retried "
-                f"({self.unexpected_stalls} not injected), longest gap without progress in a "
-                f"finished attempt {self.max_gap:.1f}s")
+        return (
+            f"{len(self.runs)} runs in {self.seconds:.0f}s, {self.injected} with a stuck "
+            f"pool worker, {self.recovered} stalled attempts killed and retried "
+            f"({self.unexpected_stalls} not injected), longest gap without progress in a "
+            f"finished attempt {self.max_gap:.1f}s"
+        )
 
 
 def count_lines(path: Path) -> int:
@@ -124,14 +123,28 @@ def count_lines(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def stress(model_dir: Path, data_path: Path, work: Path, *, runs: int, inject_every: int,
-           stall_timeout: float, burners: int, num_cpu_procs: int = 2,
-           log=print) -> StressResult:
+def stress(
+    model_dir: Path,
+    data_path: Path,
+    work: Path,
+    *,
+    runs: int,
+    inject_every: int,
+    stall_timeout: float,
+    burners: int,
+    num_cpu_procs: int = 2,
+    log=print,
+) -> StressResult:
     """``runs`` real processing runs, one after the other, with ``burners`` busy processes
     alongside; every ``inject_every``-th run (0: none) gets a stuck pool worker."""
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               HF_HOME=str(work / "hf"))
+    env = dict(
+        os.environ,
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HOME=str(work / "hf"),
+    )
     burning = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(burners)]
     injector = Injector()
     injector.start()
@@ -140,26 +153,38 @@ def stress(model_dir: Path, data_path: Path, work: Path, *, runs: int, inject_ev
     try:
         for number in range(1, runs + 1):
             out = work / f"run-{number}"
-            payload = {"data_path": str(data_path), "data_output_dir": str(out),
-                       "model_path": str(model_dir), "max_seq_len": 512,
-                       "chat_tmpl_path": None, "num_cpu_procs": num_cpu_procs,
-                       "document_column_name": None}
+            payload = {
+                "data_path": str(data_path),
+                "data_output_dir": str(out),
+                "model_path": str(model_dir),
+                "max_seq_len": 512,
+                "chat_tmpl_path": None,
+                "num_cpu_procs": num_cpu_procs,
+                "document_column_name": None,
+            }
             inject = bool(inject_every) and number % inject_every == 0
             if inject:
                 injector.arm()
             begin = time.monotonic()
             with open(work / f"run-{number}.log", "wb") as output:  # the library's chatter
                 supervised = data_watchdog.run_supervised(
-                    data_once.PROCESS_TARGET, payload, stall_timeout=stall_timeout,
-                    attempts=3, env=env, output=output)
+                    data_once.PROCESS_TARGET, payload, stall_timeout=stall_timeout, attempts=3, env=env, output=output
+                )
             injected = inject and injector.stopped_pid is not None
             injector.armed.clear()
-            run = Run(number=number, injected=injected, seconds=time.monotonic() - begin,
-                      attempts=supervised.attempts, samples=count_lines(out / "data.jsonl"))
+            run = Run(
+                number=number,
+                injected=injected,
+                seconds=time.monotonic() - begin,
+                attempts=supervised.attempts,
+                samples=count_lines(out / "data.jsonl"),
+            )
             result.runs.append(run)
-            log(f"run {number}: {run.samples} samples in {run.seconds:.1f}s, attempts "
+            log(
+                f"run {number}: {run.samples} samples in {run.seconds:.1f}s, attempts "
                 f"{[a.outcome for a in run.attempts]}"
-                + (f" (stopped pool worker {injector.stopped_pid})" if injected else ""))
+                + (f" (stopped pool worker {injector.stopped_pid})" if injected else "")
+            )
     finally:
         injector.finish.set()
         for process in burning:

@@ -24,9 +24,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(path: Path, *, model_dir: Path, data_path: Path, ckpt_dir: Path,
-                 num_epochs: int, retention: int | None = None, extra_args: dict | None = None,
-                 extra_top: dict | None = None) -> Path:
+def write_config(
+    path: Path,
+    *,
+    model_dir: Path,
+    data_path: Path,
+    ckpt_dir: Path,
+    num_epochs: int,
+    retention: int | None = None,
+    extra_args: dict | None = None,
+    extra_top: dict | None = None,
+) -> Path:
     config = {
         contract.CONFIG_KEY_JOB_NAME: "job",
         contract.CONFIG_KEY_NAMESPACE: "tests",
@@ -52,31 +60,31 @@ def write_config(path: Path, *, model_dir: Path, data_path: Path, ckpt_dir: Path
     return path
 
 
-def pod_env(*, config: Path, node_rank: int, nnodes: int, port: int, rdzv_id: str,
-            home: Path) -> dict[str, str]:
+def pod_env(*, config: Path, node_rank: int, nnodes: int, port: int, rdzv_id: str, home: Path) -> dict[str, str]:
     """The StatefulSet's env (contract names) plus offline/quiet settings for the test box."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PET_", "SFT_"))}
-    env.update({
-        contract.ENV_NNODES: str(nnodes),
-        contract.ENV_NPROC_PER_NODE: "1",
-        contract.ENV_MASTER_ADDR: "127.0.0.1",
-        contract.ENV_MASTER_PORT: str(port),
-        contract.ENV_RDZV_ENDPOINT: f"127.0.0.1:{port}",
-        contract.ENV_RDZV_ID: rdzv_id,
-        contract.ENV_POD_NAME: f"job-{node_rank}",
-        contract.ENV_CONFIG_PATH: str(config),
-        contract.ENV_DEVICE: "cpu",
-        # the pod's terminationMessagePath (/dev/termination-log in a real pod)
-        contract.ENV_TERMINATION_LOG: str(home / f"termination-log-{node_rank}"),
-        "HF_HOME": str(home / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PET_", "SFT_"))}
+    env.update(
+        {
+            contract.ENV_NNODES: str(nnodes),
+            contract.ENV_NPROC_PER_NODE: "1",
+            contract.ENV_MASTER_ADDR: "127.0.0.1",
+            contract.ENV_MASTER_PORT: str(port),
+            contract.ENV_RDZV_ENDPOINT: f"127.0.0.1:{port}",
+            contract.ENV_RDZV_ID: rdzv_id,
+            contract.ENV_POD_NAME: f"job-{node_rank}",
+            contract.ENV_CONFIG_PATH: str(config),
+            contract.ENV_DEVICE: "cpu",
+            # the pod's terminationMessagePath (/dev/termination-log in a real pod)
+            contract.ENV_TERMINATION_LOG: str(home / f"termination-log-{node_rank}"),
+            "HF_HOME": str(home / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -104,11 +112,11 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while text not in self.log():
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.process.returncode} before "
-                                     f"logging {text!r}\n{self.tail()}")
+                raise AssertionError(
+                    f"{self.name} exited {self.process.returncode} before logging {text!r}\n{self.tail()}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not log {text!r} in {timeout}s\n"
-                                     f"{self.tail()}")
+                raise AssertionError(f"{self.name} did not log {text!r} in {timeout}s\n{self.tail()}")
             time.sleep(0.2)
 
     def terminate(self) -> None:
@@ -120,8 +128,7 @@ class Launcher:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout}s\n"
-                                 f"{self.tail()}") from None
+            raise AssertionError(f"{self.name} still running after {timeout}s\n{self.tail()}") from None
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -133,19 +140,24 @@ class Launcher:
 def start_launcher(name: str, env: dict[str, str], log_dir: Path) -> Launcher:
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "ab")
-    process = subprocess.Popen([str(VENV_BIN / "sft-trainer")], env=env, stdout=handle,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "sft-trainer")], env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     message_path = env.get(contract.ENV_TERMINATION_LOG)
     if message_path:
         Path(message_path).write_text("")  # a new container starts with an empty file
-    return Launcher(name=name, process=process, log_path=log_path, _log_handle=handle,
-                    message_path=Path(message_path) if message_path else None)
+    return Launcher(
+        name=name,
+        process=process,
+        log_path=log_path,
+        _log_handle=handle,
+        message_path=Path(message_path) if message_path else None,
+    )
 
 
 def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
     """Every file under root with its mtime_ns and content hash: proves nothing was touched."""
     digest = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest[str(path.relative_to(root))] = (path.stat().st_mtime_ns,
-                                               hashlib.sha256(path.read_bytes()).hexdigest())
+        digest[str(path.relative_to(root))] = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
     return digest

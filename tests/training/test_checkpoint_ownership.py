@@ -42,10 +42,21 @@ def finished_run(ckpt: Path, *, owner: bool = True) -> Path:
     state.mkdir(parents=True)
     (state / "optimizer.bin").write_bytes(b"optimizer")
     torch.save({"current_epoch": 0, "samples_seen": 8}, state / "training_metadata.json")
-    ck.append_run_record(ckpt, ck.RunRecord(started_at=FINISHED, start_epoch=0, steps_into_epoch=0,
-                                            start_samples_seen=0, metrics_log_offset=0, resumed_from=None))
-    ck.write_completion_marker(ckpt, ck.CompletionMarker(finished_at=FINISHED, num_epochs=1, samples_seen=8,
-                                                         final_checkpoint="hf_format/samples_8"))
+    ck.append_run_record(
+        ckpt,
+        ck.RunRecord(
+            started_at=FINISHED,
+            start_epoch=0,
+            steps_into_epoch=0,
+            start_samples_seen=0,
+            metrics_log_offset=0,
+            resumed_from=None,
+        ),
+    )
+    ck.write_completion_marker(
+        ckpt,
+        ck.CompletionMarker(finished_at=FINISHED, num_epochs=1, samples_seen=8, final_checkpoint="hf_format/samples_8"),
+    )
     if owner:
         old = JobIdentity(uid="uid-old", namespace="tests", name="job", training_fields=OLD_FIELDS)
         ownership.write_owner_record(ckpt, OwnerRecord(owners=[old.entry(Acquired.NEW, FINISHED)]))
@@ -53,16 +64,22 @@ def finished_run(ckpt: Path, *, owner: bool = True) -> Path:
 
 
 def config_for(tmp_path: Path, assets: TinyAssets, ckpt: Path, fields: dict, *, adopt: bool = False) -> Path:
-    return write_config(tmp_path / "c.json", model_dir=assets.model_dir, data_path=assets.data_path,
-                        ckpt_dir=ckpt, num_epochs=1,
-                        extra_top={contract.CONFIG_KEY_JOB_UID: "uid-new",
-                                   contract.CONFIG_KEY_TRAINING_FIELDS: fields,
-                                   contract.CONFIG_KEY_ADOPT_EXISTING: adopt})
+    return write_config(
+        tmp_path / "c.json",
+        model_dir=assets.model_dir,
+        data_path=assets.data_path,
+        ckpt_dir=ckpt,
+        num_epochs=1,
+        extra_top={
+            contract.CONFIG_KEY_JOB_UID: "uid-new",
+            contract.CONFIG_KEY_TRAINING_FIELDS: fields,
+            contract.CONFIG_KEY_ADOPT_EXISTING: adopt,
+        },
+    )
 
 
 def run_until_exit(tmp_path: Path, config: Path, *, node_rank: int = 0, nnodes: int = 1):
-    env = pod_env(config=config, node_rank=node_rank, nnodes=nnodes, port=free_port(), rdzv_id="own",
-                  home=tmp_path)
+    env = pod_env(config=config, node_rank=node_rank, nnodes=nnodes, port=free_port(), rdzv_id="own", home=tmp_path)
     launcher = start_launcher(f"own-{node_rank}", env, tmp_path)
     try:
         return launcher.wait(240), launcher.log(), launcher.termination_message()
@@ -93,7 +110,8 @@ def test_other_training_fields_are_refused_and_nothing_is_touched(assets, tmp_pa
         f"spec.checkpoints: {ckpt} holds the checkpoints of SFTJob tests/job (uid uid-old) (sft-operator/COMPLETED, "
         "full_state/epoch_0, hf_format/samples_8, sft-operator/runs.jsonl (1 runs)), trained with other training "
         "fields (learningRate 0.001 -> 0.002); set spec.checkpoints.adoptExisting: true to continue from them, or "
-        "use another spec.checkpoints.path\n")
+        "use another spec.checkpoints.path\n"
+    )
     assert tree_digest(ckpt) == before  # byte-identical, mtimes too
 
 
@@ -106,11 +124,14 @@ def test_same_training_fields_adopt_the_finished_run(assets, tmp_path) -> None:
     assert "adopted checkpoints of SFTJob tests/job (uid uid-old): same training fields" in log
     record, _ = ownership.read_owner_record(ckpt)
     assert [(o.uid, o.acquired) for o in record.owners] == [
-        ("uid-old", Acquired.NEW), ("uid-new", Acquired.SAME_TRAINING_FIELDS)]
+        ("uid-old", Acquired.NEW),
+        ("uid-new", Acquired.SAME_TRAINING_FIELDS),
+    ]
     after = tree_digest(ckpt)
     # Only the owner record changed: the run's own files are byte-identical.
-    assert {k: v for k, v in after.items() if k != ck.OWNER_FILE} == \
-        {k: v for k, v in before.items() if k != ck.OWNER_FILE}
+    assert {k: v for k, v in after.items() if k != ck.OWNER_FILE} == {
+        k: v for k, v in before.items() if k != ck.OWNER_FILE
+    }
 
 
 def test_opt_in_adopts_other_training_fields(assets, tmp_path) -> None:
@@ -118,8 +139,10 @@ def test_opt_in_adopts_other_training_fields(assets, tmp_path) -> None:
     config = config_for(tmp_path, assets, ckpt, {**OLD_FIELDS, "learningRate": 0.002}, adopt=True)
     code, log, _ = run_until_idle(tmp_path, config)
     assert code == contract.EXIT_OK, log
-    assert ("WARNING adopted checkpoints of SFTJob tests/job (uid uid-old): spec.checkpoints.adoptExisting "
-            "(training fields differ: learningRate 0.001 -> 0.002)") in log
+    assert (
+        "WARNING adopted checkpoints of SFTJob tests/job (uid uid-old): spec.checkpoints.adoptExisting "
+        "(training fields differ: learningRate 0.001 -> 0.002)"
+    ) in log
     record, _ = ownership.read_owner_record(ckpt)
     assert record.current.acquired is Acquired.ADOPT_EXISTING
     assert json.loads((ckpt / ck.OWNER_FILE).read_text())["owners"][0]["uid"] == "uid-old"
@@ -129,8 +152,10 @@ def test_an_unrecorded_run_is_adopted_with_a_warning(assets, tmp_path) -> None:
     ckpt = finished_run(tmp_path / "ckpt", owner=False)
     code, log, _ = run_until_idle(tmp_path, config_for(tmp_path, assets, ckpt, dict(OLD_FIELDS)))
     assert code == contract.EXIT_OK, log
-    assert (f"WARNING adopted checkpoints without an owner record in {ckpt} (written before owners were "
-            "recorded): sft-operator/COMPLETED, full_state/epoch_0, hf_format/samples_8, sft-operator/runs.jsonl "
-            "(1 runs)") in log
+    assert (
+        f"WARNING adopted checkpoints without an owner record in {ckpt} (written before owners were "
+        "recorded): sft-operator/COMPLETED, full_state/epoch_0, hf_format/samples_8, sft-operator/runs.jsonl "
+        "(1 runs)"
+    ) in log
     record, _ = ownership.read_owner_record(ckpt)
     assert [(o.uid, o.acquired) for o in record.owners] == [("uid-new", Acquired.UNRECORDED)]

@@ -21,8 +21,9 @@ STALL_TIMEOUT = 10.0  # the longest legitimate gap measured under load is ~3-4 s
 
 def test_a_run_under_load_with_a_stuck_pool_worker_recovers(tmp_path: Path) -> None:
     assets = build_tiny_assets(tmp_path / "assets", num_samples=24)
-    result = stress(assets.model_dir, assets.data_path, tmp_path, runs=1, inject_every=1,
-                    stall_timeout=STALL_TIMEOUT, burners=1)
+    result = stress(
+        assets.model_dir, assets.data_path, tmp_path, runs=1, inject_every=1, stall_timeout=STALL_TIMEOUT, burners=1
+    )
     print(result.summary())
     [run] = result.runs
     assert run.injected, result.summary()  # a pool worker was stopped while the pool was in use

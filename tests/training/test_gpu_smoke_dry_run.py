@@ -30,9 +30,21 @@ CHECKS = [
 
 def test_gpu_smoke_dry_run_passes_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--dry-run",
-                           "--json", str(out), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=1400, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_smoke.py"),
+            "--dry-run",
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        cwd=ROOT,
+    )
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout[-6000:]
     result = json.loads(out.read_text())
@@ -55,7 +67,12 @@ def test_gpu_smoke_dry_run_passes_on_cpu(tmp_path: Path) -> None:
     assert runs["resumed"]["max_loss_rel_diff"] <= plan["loss_rel_tolerance"]
     assert result["launcher_overhead_pct"] is not None
     # The figures table: one row per figure and per check, in the output.
-    for row in ("driver CUDA (cuDriverGetVersion)", "torch / its CUDA / NCCL",
-                "launcher overhead in samples/s", "SIGTERM: save to exit 3",
-                "resume: max loss rel. difference", *(f"check: {name}" for name in CHECKS)):
+    for row in (
+        "driver CUDA (cuDriverGetVersion)",
+        "torch / its CUDA / NCCL",
+        "launcher overhead in samples/s",
+        "SIGTERM: save to exit 3",
+        "resume: max loss rel. difference",
+        *(f"check: {name}" for name in CHECKS),
+    ):
         assert row in proc.stdout, row

@@ -22,8 +22,12 @@ from sft_core import contract
 
 pytestmark = [pytest.mark.training, pytest.mark.timeout(600)]
 
-GOOD = {"messages": [{"role": "user", "content": "question one two three four five six"},
-                     {"role": "assistant", "content": "answer one two three four five six"}]}
+GOOD = {
+    "messages": [
+        {"role": "user", "content": "question one two three four five six"},
+        {"role": "assistant", "content": "answer one two three four five six"},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +36,16 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
 
 
 def jsonl(path: Path, *lines: object) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n"
-                            for line in lines))
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
 
 
-def run_launcher(tmp_path: Path, config: Path, *, node_rank: int = 0, nnodes: int = 1,
-                 timeout: float = 240) -> tuple[int, str, str]:
-    env = pod_env(config=config, node_rank=node_rank, nnodes=nnodes, port=free_port(),
-                  rdzv_id="messages", home=tmp_path)
+def run_launcher(
+    tmp_path: Path, config: Path, *, node_rank: int = 0, nnodes: int = 1, timeout: float = 240
+) -> tuple[int, str, str]:
+    env = pod_env(
+        config=config, node_rank=node_rank, nnodes=nnodes, port=free_port(), rdzv_id="messages", home=tmp_path
+    )
     launcher = start_launcher(f"messages-{node_rank}", env, tmp_path)
     try:
         code = launcher.wait(timeout)
@@ -50,8 +55,14 @@ def run_launcher(tmp_path: Path, config: Path, *, node_rank: int = 0, nnodes: in
 
 
 def config_for(assets: TinyAssets, tmp_path: Path, data: Path, **extra_top) -> Path:
-    return write_config(tmp_path / "c.json", model_dir=assets.model_dir, data_path=data,
-                        ckpt_dir=tmp_path / "ckpt", num_epochs=1, extra_top=extra_top)
+    return write_config(
+        tmp_path / "c.json",
+        model_dir=assets.model_dir,
+        data_path=data,
+        ckpt_dir=tmp_path / "ckpt",
+        num_epochs=1,
+        extra_top=extra_top,
+    )
 
 
 def test_a_line_without_messages(assets, tmp_path) -> None:
@@ -66,19 +77,18 @@ def test_malformed_json_names_the_1_based_line(assets, tmp_path) -> None:
     data = jsonl(tmp_path / "train.jsonl", GOOD, '{"messages": [}')
     code, message, log = run_launcher(tmp_path, config_for(assets, tmp_path, data))
     assert code == contract.EXIT_BAD_CONFIG, log
-    assert message == (f"trainingArgs.data_path: {data} line 2: not valid JSON (Expecting "
-                       "value at column 15)\n")
+    assert message == (f"trainingArgs.data_path: {data} line 2: not valid JSON (Expecting value at column 15)\n")
 
 
 def test_every_sample_too_long(assets, tmp_path) -> None:
     # Processed for real (in the watched child): only tokenizing can tell.
-    long = {"messages": [{"role": "user", "content": "word " * 3000},
-                         {"role": "assistant", "content": "answer"}]}
+    long = {"messages": [{"role": "user", "content": "word " * 3000}, {"role": "assistant", "content": "answer"}]}
     data = jsonl(tmp_path / "train.jsonl", long, long)
     code, message, log = run_launcher(tmp_path, config_for(assets, tmp_path, data))
     assert code == contract.EXIT_BAD_CONFIG, log
-    assert message == (f"trainingArgs.max_seq_len: every sample of {data} is 512 tokens or "
-                       "longer: nothing to train on\n")
+    assert message == (
+        f"trainingArgs.max_seq_len: every sample of {data} is 512 tokens or longer: nothing to train on\n"
+    )
 
 
 def process_state(pid: int) -> str | None:
@@ -95,10 +105,8 @@ def test_a_stuck_data_child_is_killed_and_processing_retried(assets, tmp_path) -
     # Imports count as progress (data_child), so start-up is no gap: the longest legitimate one
     # measured under load is ~3 s (test_data_processing_stress asserts the same bound).
     stall = 10
-    config = config_for(assets, tmp_path, assets.data_path,
-                        **{contract.CONFIG_KEY_DATA_STALL_TIMEOUT: stall})
-    env = pod_env(config=config, node_rank=0, nnodes=1, port=free_port(), rdzv_id="stall",
-                  home=tmp_path)
+    config = config_for(assets, tmp_path, assets.data_path, **{contract.CONFIG_KEY_DATA_STALL_TIMEOUT: stall})
+    env = pod_env(config=config, node_rank=0, nnodes=1, port=free_port(), rdzv_id="stall", home=tmp_path)
     launcher = start_launcher("stall", env, tmp_path)
     ckpt = tmp_path / "ckpt"
     try:

@@ -35,16 +35,22 @@ class Job:
     rdzv_id: str
 
     def start(self, node_rank: int, tag: str):
-        env = pod_env(config=self.config, node_rank=node_rank, nnodes=2, port=self.port,
-                      rdzv_id=self.rdzv_id, home=self.home)
+        env = pod_env(
+            config=self.config, node_rank=node_rank, nnodes=2, port=self.port, rdzv_id=self.rdzv_id, home=self.home
+        )
         return start_launcher(f"{tag}-node{node_rank}", env, self.home)
 
 
 def make_job(assets: TinyAssets, home: Path, name: str) -> Job:
     ckpt = home / "ckpt"
-    config = write_config(home / "training.json", model_dir=assets.model_dir,
-                          data_path=assets.data_path, ckpt_dir=ckpt, num_epochs=NUM_EPOCHS,
-                          retention=RETENTION)
+    config = write_config(
+        home / "training.json",
+        model_dir=assets.model_dir,
+        data_path=assets.data_path,
+        ckpt_dir=ckpt,
+        num_epochs=NUM_EPOCHS,
+        retention=RETENTION,
+    )
     return Job(ckpt=ckpt, config=config, home=home, port=free_port(), rdzv_id=name)
 
 
@@ -56,8 +62,7 @@ def run_to_idle(job: Job, tag: str) -> list:
         for launcher in launchers:
             launcher.terminate()
         codes = [launcher.wait(60) for launcher in launchers]
-        assert codes == [contract.EXIT_OK, contract.EXIT_OK], "".join(
-            launcher.tail() for launcher in launchers)
+        assert codes == [contract.EXIT_OK, contract.EXIT_OK], "".join(launcher.tail() for launcher in launchers)
         return launchers
     finally:
         for launcher in launchers:
@@ -81,21 +86,28 @@ def test_two_nodes_train_to_completion(reference) -> None:
     total = NUM_SAMPLES * NUM_EPOCHS
     # terminated.message of each pod (exit 0 after idling): what finished, one line
     assert [launcher.termination_message() for launcher in launchers] == [
-        f"finished: {NUM_EPOCHS} epochs, {total} samples, final checkpoint "
-        f"hf_format/samples_{total}\n",
-        f"finished: {NUM_EPOCHS} epochs (node 0 wrote the completion marker)\n"]
+        f"finished: {NUM_EPOCHS} epochs, {total} samples, final checkpoint hf_format/samples_{total}\n",
+        f"finished: {NUM_EPOCHS} epochs (node 0 wrote the completion marker)\n",
+    ]
     assert tree.completion is not None
-    assert (tree.completion.num_epochs, tree.completion.samples_seen,
-            tree.completion.final_checkpoint) == (NUM_EPOCHS, total, f"hf_format/samples_{total}")
+    assert (tree.completion.num_epochs, tree.completion.samples_seen, tree.completion.final_checkpoint) == (
+        NUM_EPOCHS,
+        total,
+        f"hf_format/samples_{total}",
+    )
     assert [(c.name, c.epoch, c.complete) for c in tree.hf_checkpoints] == [
-        ("samples_48", 0, True), ("samples_96", 1, True), ("samples_144", 2, True)]
+        ("samples_48", 0, True),
+        ("samples_96", 1, True),
+        ("samples_144", 2, True),
+    ]
     # Retention kept the last RETENTION complete full states.
-    assert [(s.name, s.metadata.current_epoch, s.metadata.samples_seen)
-            for s in tree.full_states] == [("epoch_1", 1, 96), ("epoch_2", 2, 144)]
+    assert [(s.name, s.metadata.current_epoch, s.metadata.samples_seen) for s in tree.full_states] == [
+        ("epoch_1", 1, 96),
+        ("epoch_2", 2, 144),
+    ]
     log = ck.read_metrics_log(ck.metrics_log_path(job.ckpt))
     assert log.totals[0].num_gpus == 2 and log.totals[0].num_batches == 12
-    assert step_sequence(log) == [(epoch, 4 * step) for step in range(1, 37)
-                                  for epoch in [(step - 1) // 12]]
+    assert step_sequence(log) == [(epoch, 4 * step) for step in range(1, 37) for epoch in [(step - 1) // 12]]
 
 
 def test_data_processed_once(assets, reference) -> None:
@@ -128,10 +140,10 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
         import time
 
         deadline = time.monotonic() + RUN_TIMEOUT
-        while not any(step.epoch >= 1 for step in
-                      ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps):
+        while not any(step.epoch >= 1 for step in ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps):
             assert all(launcher.process.poll() is None for launcher in launchers), "".join(
-                launcher.tail() for launcher in launchers)
+                launcher.tail() for launcher in launchers
+            )
             assert time.monotonic() < deadline, "".join(launcher.tail() for launcher in launchers)
             time.sleep(0.1)
         launchers[1].terminate()
@@ -145,9 +157,11 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
     assert saved.metadata.mid_epoch, saved
     assert 1 <= saved.metadata.current_epoch < NUM_EPOCHS
     # terminated.message: what was saved (1-based epoch) and that a restart resumes
-    preempted = (f"preempted: saved full_state/{saved.name} (epoch "
-                 f"{saved.metadata.current_epoch + 1} of {NUM_EPOCHS}, "
-                 f"{saved.metadata.samples_seen} samples seen); a restart resumes\n")
+    preempted = (
+        f"preempted: saved full_state/{saved.name} (epoch "
+        f"{saved.metadata.current_epoch + 1} of {NUM_EPOCHS}, "
+        f"{saved.metadata.samples_seen} samples seen); a restart resumes\n"
+    )
     assert [launcher.termination_message() for launcher in launchers] == [preempted] * 2
     assert ck.read_completion_marker(job.ckpt) is None
     run1_steps = ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps
@@ -158,21 +172,22 @@ def test_sigterm_saves_and_resume_continues_exactly(assets, reference, tmp_path)
     assert len(records) == 2
     resumed = records[1]
     assert (resumed.start_epoch, resumed.start_samples_seen, resumed.resumed_from) == (
-        saved.metadata.current_epoch, saved.metadata.samples_seen, saved.name)
+        saved.metadata.current_epoch,
+        saved.metadata.samples_seen,
+        saved.name,
+    )
     # Upstream would skip `global_step` batches from the start of the saved epoch: epochs' worth.
     assert saved.metadata.global_step > 12
     assert resumed.steps_into_epoch <= 12
 
-    run2_steps = ck.read_metrics_log(ck.metrics_log_path(job.ckpt),
-                                     offset=resumed.metrics_log_offset).steps
+    run2_steps = ck.read_metrics_log(ck.metrics_log_path(job.ckpt), offset=resumed.metrics_log_offset).steps
     reference_sequence = [(s.epoch, s.samples_seen) for s in ref_steps]
     run1 = [(s.epoch, s.samples_seen) for s in run1_steps]
     run2 = [(s.epoch, s.samples_seen) for s in run2_steps]
-    assert run1 == reference_sequence[:len(run1)]
+    assert run1 == reference_sequence[: len(run1)]
     # The resumed run starts with the step right after the saved samples_seen, and goes on
     # exactly as the uninterrupted run did.
-    next_index = [samples for _, samples in reference_sequence].index(
-        saved.metadata.samples_seen) + 1
+    next_index = [samples for _, samples in reference_sequence].index(saved.metadata.samples_seen) + 1
     assert run2 == reference_sequence[next_index:]
     # Same batches, same optimizer and RNG state: the same losses as the uninterrupted run.
     ref_losses = [s.avg_loss for s in ref_steps[next_index:]]

@@ -70,8 +70,9 @@ class Job:
     rdzv_id: str
 
     def start(self, node_rank: int, tag: str):
-        env = pod_env(config=self.config, node_rank=node_rank, nnodes=2, port=self.port,
-                      rdzv_id=self.rdzv_id, home=self.home)
+        env = pod_env(
+            config=self.config, node_rank=node_rank, nnodes=2, port=self.port, rdzv_id=self.rdzv_id, home=self.home
+        )
         return start_launcher(f"{tag}-node{node_rank}", env, self.home)
 
 
@@ -115,16 +116,24 @@ def test_two_nodes_train_osft_to_completion(assets, reference) -> None:
     total = NUM_SAMPLES * NUM_EPOCHS
     assert [launcher.termination_message() for launcher in launchers] == [
         f"finished: {NUM_EPOCHS} epochs, {total} samples, final checkpoint hf_format/samples_{total}.0\n",
-        f"finished: {NUM_EPOCHS} epochs (node 0 wrote the completion marker)\n"]
+        f"finished: {NUM_EPOCHS} epochs (node 0 wrote the completion marker)\n",
+    ]
     tree = ck.scan_checkpoints(job.ckpt)
     assert (tree.completion.num_epochs, tree.completion.samples_seen, tree.completion.final_checkpoint) == (
-        NUM_EPOCHS, total, f"hf_format/samples_{total}.0")
+        NUM_EPOCHS,
+        total,
+        f"hf_format/samples_{total}.0",
+    )
     assert [(c.name, c.samples, c.epoch, c.complete) for c in tree.hf_checkpoints] == [
-        ("samples_48.0", 48, 0, True), ("samples_96.0", 96, 1, True), ("samples_144.0", 144, 2, True)]
+        ("samples_48.0", 48, 0, True),
+        ("samples_96.0", 96, 1, True),
+        ("samples_144.0", 144, 2, True),
+    ]
     assert tree.full_states == []  # mini-trainer saves full states only on a signal
     steps = ck.read_metrics_log(ck.metrics_log_path(job.ckpt)).steps
     assert [(s.step, s.epoch, s.samples_seen) for s in steps] == [
-        (step, (step - 1) // 12, 4 * step) for step in range(1, STEPS + 1)]
+        (step, (step - 1) // 12, 4 * step) for step in range(1, STEPS + 1)
+    ]
     # The data step is SFT's: processed once, by node 0, into the data dir mini-trainer reads.
     node0, node1 = (launcher.log() for launcher in launchers)
     processing = f"processing {assets.data_path} into {job.ckpt / 'data'}"
@@ -154,7 +163,8 @@ def test_pod_deleted_in_epoch_2_resumes_with_the_same_losses(assets, reference, 
         # Delete pod 1 a few steps into epoch 2 of 3 (the kubelet's SIGTERM to PID 1).
         while not any(step >= 16 for step, _, _ in losses(job.ckpt)):
             assert all(launcher.process.poll() is None for launcher in launchers), "".join(
-                launcher.tail() for launcher in launchers)
+                launcher.tail() for launcher in launchers
+            )
             assert time.monotonic() < deadline, "".join(launcher.tail() for launcher in launchers)
             time.sleep(0.1)
         launchers[1].terminate()
@@ -167,8 +177,10 @@ def test_pod_deleted_in_epoch_2_resumes_with_the_same_losses(assets, reference, 
     saved = ck.scan_checkpoints(job.ckpt).latest_full_state
     assert saved.directory == "full_state_checkpoints" and saved.metadata.current_epoch == 1, saved
     assert 12 < saved.metadata.global_step < 24
-    preempted = (f"preempted: saved full_state_checkpoints/{saved.name} (epoch 2 of {NUM_EPOCHS}, "
-                 f"{saved.metadata.samples_seen} samples seen); a restart resumes\n")
+    preempted = (
+        f"preempted: saved full_state_checkpoints/{saved.name} (epoch 2 of {NUM_EPOCHS}, "
+        f"{saved.metadata.samples_seen} samples seen); a restart resumes\n"
+    )
     assert [launcher.termination_message() for launcher in launchers] == [preempted] * 2
     assert ck.read_completion_marker(job.ckpt) is None
     run1 = losses(job.ckpt)
@@ -177,12 +189,13 @@ def test_pod_deleted_in_epoch_2_resumes_with_the_same_losses(assets, reference, 
     records = ck.read_run_records(job.ckpt)
     assert [(r.start_epoch, r.steps_into_epoch, r.start_samples_seen, r.resumed_from) for r in records] == [
         (0, 0, 0, None),
-        (1, saved.metadata.global_step - 12, saved.metadata.samples_seen, f"full_state_checkpoints/{saved.name}")]
+        (1, saved.metadata.global_step - 12, saved.metadata.samples_seen, f"full_state_checkpoints/{saved.name}"),
+    ]
     assert "exact resume from" in (job.ckpt / "training_log_node0.log").read_text()
     run2 = losses(job.ckpt, records[1].metrics_log_offset)
     # Exactly the uninterrupted run's steps and losses: run 1 up to the save, run 2 from there.
-    assert run1[:saved.metadata.global_step] == expected[:saved.metadata.global_step]
-    assert run2 == expected[saved.metadata.global_step:]
+    assert run1[: saved.metadata.global_step] == expected[: saved.metadata.global_step]
+    assert run2 == expected[saved.metadata.global_step :]
     marker = ck.read_completion_marker(job.ckpt)
     assert (marker.samples_seen, marker.final_checkpoint) == (NUM_SAMPLES * NUM_EPOCHS, "hf_format/samples_144.0")
 

@@ -27,8 +27,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
 
 def _job(assets: TinyAssets, home: Path) -> Path:
     home.mkdir()
-    return write_config(home / "training.json", model_dir=assets.model_dir,
-                        data_path=assets.data_path, ckpt_dir=home / "ckpt", num_epochs=1)
+    return write_config(
+        home / "training.json",
+        model_dir=assets.model_dir,
+        data_path=assets.data_path,
+        ckpt_dir=home / "ckpt",
+        num_epochs=1,
+    )
 
 
 def test_a_job_on_another_jobs_rendezvous_port_says_so(assets: TinyAssets, tmp_path: Path) -> None:
@@ -37,8 +42,7 @@ def test_a_job_on_another_jobs_rendezvous_port_says_so(assets: TinyAssets, tmp_p
     configs = {name: _job(assets, home) for name, home in homes.items()}
 
     def start(job: str, rank: int):
-        env = pod_env(config=configs[job], node_rank=rank, nnodes=2, port=port,
-                      rdzv_id=f"uid-{job}", home=homes[job])
+        env = pod_env(config=configs[job], node_rank=rank, nnodes=2, port=port, rdzv_id=f"uid-{job}", home=homes[job])
         env[getattr(contract, "ENV_TERMINATION_LOG", "SFT_TERMINATION_LOG")] = str(homes[job] / f"termination-{rank}")
         return start_launcher(f"{job}-node{rank}", env, homes[job])
 
@@ -51,12 +55,16 @@ def test_a_job_on_another_jobs_rendezvous_port_says_so(assets: TinyAssets, tmp_p
         launchers += [a0, a1]
         codes = (a0.wait(RUN_TIMEOUT), a1.wait(RUN_TIMEOUT))
         assert codes == (contract.EXIT_RENDEZVOUS_CONFLICT,) * 2, a0.tail() + a1.tail()
-        node0 = (f"spec.rdzvPort: rendezvous port {port} cannot be bound on this pod (Address "
-                 "already in use): another process listens on it, e.g. another job's rendezvous on "
-                 "a shared host network; give one of the jobs a different spec.rdzvPort")
-        node1 = (f"spec.rdzvPort: the rendezvous at 127.0.0.1:{port} belongs to another job (rdzv "
-                 "id uid-b, ours uid-a): two jobs with the same spec.rdzvPort on one network; give "
-                 "one of them a different spec.rdzvPort")
+        node0 = (
+            f"spec.rdzvPort: rendezvous port {port} cannot be bound on this pod (Address "
+            "already in use): another process listens on it, e.g. another job's rendezvous on "
+            "a shared host network; give one of the jobs a different spec.rdzvPort"
+        )
+        node1 = (
+            f"spec.rdzvPort: the rendezvous at 127.0.0.1:{port} belongs to another job (rdzv "
+            "id uid-b, ours uid-a): two jobs with the same spec.rdzvPort on one network; give "
+            "one of them a different spec.rdzvPort"
+        )
         assert f"{node0} (exit 5)" in a0.log(), a0.tail()
         assert f"{node1} (exit 5)" in a1.log(), a1.tail()
         assert "Traceback" not in a0.log() + a1.log()
@@ -69,8 +77,7 @@ def test_a_job_on_another_jobs_rendezvous_port_says_so(assets: TinyAssets, tmp_p
 
         b1 = start("b", 1)
         launchers.append(b1)
-        b1.wait_for_log(f"the rendezvous at 127.0.0.1:{port} is this job's (rdzv id uid-b)",
-                        RUN_TIMEOUT)
+        b1.wait_for_log(f"the rendezvous at 127.0.0.1:{port} is this job's (rdzv id uid-b)", RUN_TIMEOUT)
         for launcher in (b0, b1):
             launcher.wait_for_log("idling until the job is scaled down", RUN_TIMEOUT)
         assert ck.read_completion_marker(homes["b"] / "ckpt") is not None

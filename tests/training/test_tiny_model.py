@@ -19,8 +19,7 @@ def test_tiny_assets_are_usable(tmp_path) -> None:
     samples = [json.loads(line) for line in assets.data_path.read_text().splitlines()]
     assert len(samples) == 5
     tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
-    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>",
-                                                                               "<pad>")
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
     messages = samples[0]["messages"]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     assert text == f"<s>{messages[0]['content']}{messages[1]['content']}</s>"

@@ -84,7 +84,7 @@ def bad_data(payload: dict) -> dict:
     from sft_trainer.errors import ConfigError
 
     _attempt(payload)
-    raise ConfigError("trainingArgs.data_path", "/data/x.jsonl line 3: no \"messages\" field")
+    raise ConfigError("trainingArgs.data_path", '/data/x.jsonl line 3: no "messages" field')
 
 
 def bug(payload: dict) -> dict:

@@ -18,9 +18,15 @@ VOLUME_FIELDS_NOT_SOURCES = frozenset({"name"})
 # Baseline: "Sysctls" (the safe set).
 SAFE_SYSCTLS = frozenset(
     {
-        "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-        "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-        "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
         "net.ipv4.tcp_keepalive_probes",
     }
 )
@@ -64,7 +70,11 @@ def restricted_violations(template: dict[str, Any]) -> list[str]:
             bad(f"spec.securityContext.sysctls[{i}].name", f"{sysctl.get('name')} is not a safe sysctl")
     # Baseline: AppArmor (annotations and fields).
     for key, value in ((template.get("metadata") or {}).get("annotations") or {}).items():
-        if key.startswith(APPARMOR_ANNOTATION_PREFIX) and value != "runtime/default" and not value.startswith("localhost/"):
+        if (
+            key.startswith(APPARMOR_ANNOTATION_PREFIX)
+            and value != "runtime/default"
+            and not value.startswith("localhost/")
+        ):
             bad(f"metadata.annotations[{key}]", f"AppArmor profile {value!r} is not allowed")
     # Restricted: Running as Non-root, Running as Non-root user, Seccomp (pod level; a container
     # may instead set runAsNonRoot and seccompProfile itself).
@@ -106,7 +116,9 @@ def restricted_violations(template: dict[str, Any]) -> list[str]:
         if seccomp is not None and seccomp not in CONFINED_SECCOMP:
             bad(f"{p}.seccompProfile.type", f"{seccomp} is not allowed")
         if seccomp is None and pod_seccomp is None:
-            bad(f"{p}.seccompProfile.type", "must be RuntimeDefault or Localhost (here or in the pod's securityContext)")
+            bad(
+                f"{p}.seccompProfile.type", "must be RuntimeDefault or Localhost (here or in the pod's securityContext)"
+            )
         # Restricted: Capabilities.
         capabilities = ctx.get("capabilities") or {}
         if "ALL" not in (capabilities.get("drop") or []):

@@ -14,16 +14,29 @@ from sft_operator.admission import Permission, Refusal, access_review, review
 from sft_operator.policy import AdmissionPolicy
 
 SPEC: dict[str, Any] = {
-    "modelPath": "/models/m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 8,
-    "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"claim": {"size": "1Gi"}},
+    "modelPath": "/models/m",
+    "dataPath": "/data/train.jsonl",
+    "numEpochs": 1,
+    "effectiveBatchSize": 8,
+    "learningRate": 1e-5,
+    "maxSeqLen": 64,
+    "checkpoints": {"claim": {"size": "1Gi"}},
 }
-ALICE = {"username": "alice", "uid": "u-1", "groups": ["team-a", "system:authenticated"],
-         "extra": {"scopes.example/tier": ["gold"]}}
+ALICE = {
+    "username": "alice",
+    "uid": "u-1",
+    "groups": ["team-a", "system:authenticated"],
+    "extra": {"scopes.example/tier": ["gold"]},
+}
 
 
 def job(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "SFTJob",
-            "metadata": {"name": "j", "namespace": "team-a", "uid": "1"}, "spec": {**copy.deepcopy(SPEC), **spec}}
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "metadata": {"name": "j", "namespace": "team-a", "uid": "1"},
+        "spec": {**copy.deepcopy(SPEC), **spec},
+    }
 
 
 class Authorizer:
@@ -40,7 +53,9 @@ class Authorizer:
 
 
 def asked(authorizer: Authorizer) -> list[tuple[str, str]]:
-    return [(b["spec"]["resourceAttributes"]["verb"], b["spec"]["resourceAttributes"]["resource"]) for b in authorizer.asked]
+    return [
+        (b["spec"]["resourceAttributes"]["verb"], b["spec"]["resourceAttributes"]["resource"]) for b in authorizer.asked
+    ]
 
 
 def refusal(*args: Any) -> Refusal:
@@ -66,7 +81,9 @@ def test_access_review_carries_the_requesting_user() -> None:
     # A user without uid and extra (a token file's, a certificate's): those keys are left out.
     assert access_review({"username": "bob", "groups": []}, "ns", permission)["spec"] == {
         "resourceAttributes": {"namespace": "ns", "verb": "create", "group": "", "resource": "pods"},
-        "user": "bob", "groups": []}
+        "user": "bob",
+        "groups": [],
+    }
 
 
 def test_create_asks_for_pods_and_the_claim() -> None:
@@ -82,11 +99,16 @@ def test_create_asks_for_pods_and_the_claim() -> None:
 def test_create_refused_without_pods_naming_the_permission() -> None:
     refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "persistentvolumeclaims")))
     assert (refused.message, refused.code, refused.why) == (
-        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403, "forbidden")
+        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf",
+        403,
+        "forbidden",
+    )
     refused = refusal("CREATE", job(), None, ALICE, AdmissionPolicy(), Authorizer(("create", "pods")))
     assert (refused.message, refused.code) == (
         "user alice may not create persistentvolumeclaims in namespace team-a: spec.checkpoints.claim makes the "
-        "operator create a claim on your behalf", 403)
+        "operator create a claim on your behalf",
+        403,
+    )
 
 
 def test_named_secrets_need_the_requesters_read_permission_on_each() -> None:
@@ -97,22 +119,43 @@ def test_named_secrets_need_the_requesters_read_permission_on_each() -> None:
         {"namespace": "team-a", "verb": "get", "group": "", "resource": "secrets", "name": "hf-token"},
         {"namespace": "team-a", "verb": "get", "group": "", "resource": "secrets", "name": "s3-creds"},
     ]
-    refused = refusal("CREATE", job(modelPath="hf://org/x", remote=remote), None, ALICE, AdmissionPolicy(),
-                      Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    refused = refusal(
+        "CREATE",
+        job(modelPath="hf://org/x", remote=remote),
+        None,
+        ALICE,
+        AdmissionPolicy(),
+        Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")),
+    )
     assert (refused.message, refused.code) == (
         "user alice may not get secrets/hf-token in namespace team-a: spec.remote.huggingFace.tokenSecret makes "
-        "the job use Secret hf-token's credentials on your behalf", 403)
+        "the job use Secret hf-token's credentials on your behalf",
+        403,
+    )
 
 
 def test_invalid_spec_refused_with_the_operators_messages() -> None:
     authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
-    refused = refusal("CREATE", job(numEpochs=0, effectiveBatchSize=1, nnodes=2), None, ALICE, AdmissionPolicy(),
-                      authorizer)
+    refused = refusal(
+        "CREATE", job(numEpochs=0, effectiveBatchSize=1, nnodes=2), None, ALICE, AdmissionPolicy(), authorizer
+    )
     assert (refused.message, refused.code, refused.why) == (
-        "spec.numEpochs: Input should be greater than or equal to 1", 422, "invalid")
-    refused = refusal("CREATE", job(effectiveBatchSize=1, nnodes=2, checkpoints={"existingClaim": "c"}), None, ALICE,
-                      AdmissionPolicy(), authorizer)
-    assert refused.message == "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode = 2 (one sample per GPU per step)"
+        "spec.numEpochs: Input should be greater than or equal to 1",
+        422,
+        "invalid",
+    )
+    refused = refusal(
+        "CREATE",
+        job(effectiveBatchSize=1, nnodes=2, checkpoints={"existingClaim": "c"}),
+        None,
+        ALICE,
+        AdmissionPolicy(),
+        authorizer,
+    )
+    assert (
+        refused.message
+        == "spec.effectiveBatchSize: must be at least nnodes * nprocPerNode = 2 (one sample per GPU per step)"
+    )
     assert authorizer.asked == []  # nothing asked for a job that cannot run
 
 
@@ -122,7 +165,10 @@ def test_policy_refused_before_permissions() -> None:
     refused = refusal("CREATE", body, None, ALICE, AdmissionPolicy(), authorizer)
     assert (refused.message, refused.code, refused.why) == (
         "spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator policy "
-        "(policy.allowHostPath)", 403, "policy")
+        "(policy.allowHostPath)",
+        403,
+        "policy",
+    )
     review("CREATE", body, None, ALICE, AdmissionPolicy(allow_host_path=True), authorizer)
 
 
@@ -165,17 +211,27 @@ def test_update_of_the_pods_asks_again() -> None:
     old = job()
     new = job(pod={"image": "elsewhere/trainer:1"})
     refused = refusal("UPDATE", new, old, ALICE, AdmissionPolicy(), Authorizer())
-    assert refused.message == "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf"
+    assert (
+        refused.message == "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf"
+    )
     authorizer = Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
     review("UPDATE", new, old, ALICE, AdmissionPolicy(), authorizer)
     assert asked(authorizer) == [("create", "pods"), ("create", "persistentvolumeclaims")]
 
 
 def test_update_of_an_immutable_field_refused_as_cel_would() -> None:
-    refused = refusal("UPDATE", job(numEpochs=2, learningRate=1e-4), job(), ALICE, AdmissionPolicy(),
-                      Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+    refused = refusal(
+        "UPDATE",
+        job(numEpochs=2, learningRate=1e-4),
+        job(),
+        ALICE,
+        AdmissionPolicy(),
+        Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")),
+    )
     assert (refused.message, refused.code) == (
-        "spec.numEpochs: immutable once the job is created; spec.learningRate: immutable once the job is created", 422)
+        "spec.numEpochs: immutable once the job is created; spec.learningRate: immutable once the job is created",
+        422,
+    )
 
 
 def test_a_status_the_models_cannot_read_does_not_block_the_user() -> None:
@@ -224,15 +280,22 @@ def test_handler_refuses_with_kopfs_admission_error_and_skips_other_namespaces(m
     with pytest.raises(kopf.AdmissionError) as refused:
         holds_nothing.validate(job(), ALICE, operation="CREATE")
     assert (str(refused.value), refused.value.code) == (
-        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf", 403)
-    validator = JobValidator(AdmissionPolicy(), frozenset({"team-a"}),
-                             Authorizer(("create", "pods"), ("create", "persistentvolumeclaims")))
+        "user alice may not create pods in namespace team-a: an SFTJob creates pods on your behalf",
+        403,
+    )
+    validator = JobValidator(
+        AdmissionPolicy(), frozenset({"team-a"}), Authorizer(("create", "pods"), ("create", "persistentvolumeclaims"))
+    )
     validator.validate(job(), ALICE, operation="CREATE")
     with pytest.raises(kopf.AdmissionError):
         validator.validate(job(numEpochs=3), ALICE, old=job(), operation="UPDATE")
-    samples = {(s.labels["operation"], s.labels["result"]): s.value
-               for family in counted.registry.collect() if family.name == "sft_operator_admission_reviews"
-               for s in family.samples if s.name.endswith("_total")}
+    samples = {
+        (s.labels["operation"], s.labels["result"]): s.value
+        for family in counted.registry.collect()
+        if family.name == "sft_operator_admission_reviews"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
     assert samples == {("CREATE", "forbidden"): 1, ("CREATE", "admitted"): 1, ("UPDATE", "invalid"): 1}
     elsewhere = job()
     elsewhere["metadata"]["namespace"] = "team-b"  # not this operator's: it creates nothing there
@@ -258,8 +321,9 @@ def test_authorized_reads_the_reviews_answer_and_fails_closed(monkeypatch: pytes
             if self.allowed is None:
                 raise kubernetes.client.exceptions.ApiException(status=503, reason="Service Unavailable")
             status = kubernetes.client.V1SubjectAccessReviewStatus(allowed=self.allowed)
-            return kubernetes.client.V1LocalSubjectAccessReview(spec=kubernetes.client.V1SubjectAccessReviewSpec(),
-                                                                 status=status)
+            return kubernetes.client.V1LocalSubjectAccessReview(
+                spec=kubernetes.client.V1SubjectAccessReviewSpec(), status=status
+            )
 
     body = access_review(ALICE, "team-a", Permission("create", "pods", "why"))
     monkeypatch.setattr(kubernetes.client, "AuthorizationV1Api", Answering(True))
@@ -282,8 +346,10 @@ def test_the_client_says_why_the_server_refused_a_job(monkeypatch: pytest.Monkey
     from sft_client.api import SFTJobRefusedError, create_job
     from sft_client.api import jobs as api_jobs
 
-    message = ('admission webhook "validate.sftjobs.finetune.dev" denied the request: user alice may not create '
-               "pods in namespace team-a: an SFTJob creates pods on your behalf")
+    message = (
+        'admission webhook "validate.sftjobs.finetune.dev" denied the request: user alice may not create '
+        "pods in namespace team-a: an SFTJob creates pods on your behalf"
+    )
 
     class Refusing:
         def __init__(self, status: int, body: str | None):

@@ -83,11 +83,37 @@ def job(**spec: Any) -> dict[str, Any]:
 
 def test_valid_job_passes_every_rule() -> None:
     assert cel_errors(job()) == []
-    assert cel_errors(job(nnodes=2, nprocPerNode=8, extraArgs={"use_liger": True}, validationSplit=0.1,
-                          validationFrequency=5, pod={"env": [{"name": "A", "value": "1"}]})) == []
-    assert cel_errors(job(algorithm="osft", unfreezeRankRatio=1.0, targetPatterns=["q_proj"], seed=3,
-                          lrScheduler="cosine", lrSchedulerKwargs={"num_cycles": 2}, saveFinalCheckpoint=True,
-                          useLiger=False, saveSamples=0, accelerateFullStateAtEpoch=True, extraArgs={})) == []
+    assert (
+        cel_errors(
+            job(
+                nnodes=2,
+                nprocPerNode=8,
+                extraArgs={"use_liger": True},
+                validationSplit=0.1,
+                validationFrequency=5,
+                pod={"env": [{"name": "A", "value": "1"}]},
+            )
+        )
+        == []
+    )
+    assert (
+        cel_errors(
+            job(
+                algorithm="osft",
+                unfreezeRankRatio=1.0,
+                targetPatterns=["q_proj"],
+                seed=3,
+                lrScheduler="cosine",
+                lrSchedulerKwargs={"num_cycles": 2},
+                saveFinalCheckpoint=True,
+                useLiger=False,
+                saveSamples=0,
+                accelerateFullStateAtEpoch=True,
+                extraArgs={},
+            )
+        )
+        == []
+    )
 
 
 INVALID = [
@@ -97,8 +123,10 @@ INVALID = [
     ({"maxTokensPerGpu": 100}, "spec.maxTokensPerGpu"),
     ({"checkpoints": {}}, "spec.checkpoints"),
     ({"checkpoints": {"existingClaim": "a", "claim": {"size": "1Gi"}}}, "spec.checkpoints"),
-    ({"nnodes": 2, "checkpoints": {"claim": {"size": "1Gi", "accessModes": ["ReadWriteOnce"]}}},
-     "spec.checkpoints.claim.accessModes"),
+    (
+        {"nnodes": 2, "checkpoints": {"claim": {"size": "1Gi", "accessModes": ["ReadWriteOnce"]}}},
+        "spec.checkpoints.claim.accessModes",
+    ),
     ({"checkpoints": {"existingClaim": "a", "path": "a/../../b"}}, "spec.checkpoints.path"),
     ({"checkpoints": {"existingClaim": "a", "path": "/abs"}}, "spec.checkpoints.path"),
     ({"extraArgs": {"foo_bar": 1}}, "spec.extraArgs"),
@@ -107,21 +135,29 @@ INVALID = [
     ({"pod": {"env": [{"name": "PET_NNODES", "value": "3"}]}}, "spec.pod.env"),
     ({"pod": {"volumes": [{"name": "checkpoints", "emptyDir": {}}]}}, "spec.pod.volumes"),
     ({"pod": {"volumeMounts": [{"name": "x", "mountPath": "/checkpoints"}]}}, "spec.pod.volumeMounts"),
-    ({"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
-     "spec.pod.resources.limits[nvidia.com/gpu]"),
-    ({"nprocPerNode": 2, "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}}}},
-     "spec.pod.resources.requests[nvidia.com/gpu]"),
+    (
+        {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+        "spec.pod.resources.limits[nvidia.com/gpu]",
+    ),
+    (
+        {"nprocPerNode": 2, "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}}}},
+        "spec.pod.resources.requests[nvidia.com/gpu]",
+    ),
     ({"pod": {"resources": {"limits": {"nvidia.com/gpu": "2"}}}}, "spec.pod.resources.limits[nvidia.com/gpu]"),
-    ({"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
-     "spec.pod.resources.limits[nvidia.com/gpu]"),
+    (
+        {"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+        "spec.pod.resources.limits[nvidia.com/gpu]",
+    ),
     ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "30m"}]}}, "spec.pod.env"),
     ({"pod": {"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "0"}]}}, "spec.pod.env"),
     # OSFT (issue 24): its ratio is required and in (0, 1]; each algorithm refuses the other's fields
     ({"algorithm": "osft"}, "spec.unfreezeRankRatio"),
     ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "maxTokensPerGpu": 100}, "spec.maxTokensPerGpu"),
     ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "saveSamples": 100}, "spec.saveSamples"),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "accelerateFullStateAtEpoch": False},
-     "spec.accelerateFullStateAtEpoch"),
+    (
+        {"algorithm": "osft", "unfreezeRankRatio": 0.3, "accelerateFullStateAtEpoch": False},
+        "spec.accelerateFullStateAtEpoch",
+    ),
     ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "validationFrequency": 2}, "spec.validationFrequency"),
     ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "tensorboardLogDir": "/tb"}, "spec.tensorboardLogDir"),
     ({"algorithm": "osft", "unfreezeRankRatio": 0.3, "extraArgs": {"use_liger": True}}, "spec.extraArgs"),
@@ -134,11 +170,14 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("spec", "path"), [
-    ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, "spec.unfreezeRankRatio"),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0.0}, "spec.unfreezeRankRatio"),
-    ({"algorithm": "dpo"}, "spec.algorithm"),
-])
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, "spec.unfreezeRankRatio"),
+        ({"algorithm": "osft", "unfreezeRankRatio": 0.0}, "spec.unfreezeRankRatio"),
+        ({"algorithm": "dpo"}, "spec.algorithm"),
+    ],
+)
 def test_the_schema_and_the_operator_refuse_out_of_range_osft_values(spec: dict[str, Any], path: str) -> None:
     # Bounds and enums are the OpenAPI schema's (the apiserver checks them before CEL runs).
     spec_schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -151,15 +190,29 @@ def test_the_schema_and_the_operator_refuse_out_of_range_osft_values(spec: dict[
 
 
 def test_a_collective_timeout_in_milliseconds_passes() -> None:
-    assert cel_errors(job(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "3600000"},
-                                       {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]})) == []
+    assert (
+        cel_errors(
+            job(
+                pod={
+                    "env": [
+                        {"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "3600000"},
+                        {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}},
+                    ]
+                }
+            )
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize("pod", [
-    {"resources": {"limits": {"nvidia.com/gpu": 8}, "requests": {"nvidia.com/gpu": "8"}}},
-    {"resources": {"limits": {"memory": "1Gi"}}},
-    {"resources": {}},
-])
+@pytest.mark.parametrize(
+    "pod",
+    [
+        {"resources": {"limits": {"nvidia.com/gpu": 8}, "requests": {"nvidia.com/gpu": "8"}}},
+        {"resources": {"limits": {"memory": "1Gi"}}},
+        {"resources": {}},
+    ],
+)
 def test_a_gpu_request_equal_to_nproc_per_node_passes(pod: dict[str, Any]) -> None:
     assert cel_errors(job(nnodes=2, nprocPerNode=8, pod=pod)) == []
     assert cel_errors(job(device="cpu", pod={"resources": {"limits": {"nvidia.com/gpu": "0"}}})) == []
@@ -176,16 +229,45 @@ def test_cel_and_the_operator_refuse_the_same_specs(spec: dict[str, Any], path: 
 
 
 CHANGES: dict[str, Any] = {
-    "modelPath": "other", "dataPath": "/other", "dataOutputDir": "/x", "numEpochs": 3,
-    "effectiveBatchSize": 32, "learningRate": 2e-5, "maxSeqLen": 1024, "maxTokensPerGpu": 4096,
-    "warmupSteps": 5, "saveSamples": 100, "checkpointAtEpoch": False, "accelerateFullStateAtEpoch": False,
-    "beta1": 0.8, "beta2": 0.9, "eps": 1e-6, "weightDecay": 0.1, "isPretraining": True, "blockSize": 64,
-    "documentColumnName": "t", "validationSplit": 0.2, "validationFrequency": 7,
-    "extraArgs": {"use_liger": True}, "nnodes": 2, "nprocPerNode": 2, "rdzvPort": 1234, "rdzvId": "r",
-    "device": "cpu", "fullStateRetention": 1,
-    "algorithm": "osft", "unfreezeRankRatio": 0.5, "targetPatterns": ["v_proj"], "seed": 1,
-    "lrScheduler": "linear", "lrSchedulerKwargs": {"a": 1}, "saveFinalCheckpoint": False, "useLiger": True,
-    "checkpoints.existingClaim": "other", "checkpoints.claim": {"size": "2Gi"}, "checkpoints.path": "p",
+    "modelPath": "other",
+    "dataPath": "/other",
+    "dataOutputDir": "/x",
+    "numEpochs": 3,
+    "effectiveBatchSize": 32,
+    "learningRate": 2e-5,
+    "maxSeqLen": 1024,
+    "maxTokensPerGpu": 4096,
+    "warmupSteps": 5,
+    "saveSamples": 100,
+    "checkpointAtEpoch": False,
+    "accelerateFullStateAtEpoch": False,
+    "beta1": 0.8,
+    "beta2": 0.9,
+    "eps": 1e-6,
+    "weightDecay": 0.1,
+    "isPretraining": True,
+    "blockSize": 64,
+    "documentColumnName": "t",
+    "validationSplit": 0.2,
+    "validationFrequency": 7,
+    "extraArgs": {"use_liger": True},
+    "nnodes": 2,
+    "nprocPerNode": 2,
+    "rdzvPort": 1234,
+    "rdzvId": "r",
+    "device": "cpu",
+    "fullStateRetention": 1,
+    "algorithm": "osft",
+    "unfreezeRankRatio": 0.5,
+    "targetPatterns": ["v_proj"],
+    "seed": 1,
+    "lrScheduler": "linear",
+    "lrSchedulerKwargs": {"a": 1},
+    "saveFinalCheckpoint": False,
+    "useLiger": True,
+    "checkpoints.existingClaim": "other",
+    "checkpoints.claim": {"size": "2Gi"},
+    "checkpoints.path": "p",
     "scheduling.gang": {"provider": "coscheduling"},
     "scheduling.queueName": "team-b",
     "remote": {"s3": {"credentialsSecret": "other"}},
@@ -220,6 +302,7 @@ def test_immutable_fields_cannot_change(path: str) -> None:
 
 def test_mutable_fields_can_change() -> None:
     old = job()
-    new = job(suspend=True, maxRestarts=9, pod={"image": "new"},
-              checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True})
+    new = job(
+        suspend=True, maxRestarts=9, pod={"image": "new"}, checkpoints={"claim": {"size": "1Gi"}, "deleteWithJob": True}
+    )
     assert cel_errors(new, old) == []

@@ -26,11 +26,19 @@ def _state(root: Path, step: int, epoch: int, samples: float | None, mtime: floa
     _touch(directory / "optimizer_rank_0.pt", mtime)
     if samples is not None:
         # What mini-trainer's FullStateCheckpointer._save_metadata writes (lr scheduler state trimmed).
-        torch.save({"step": step, "epoch": epoch, "total_samples_accumulated": samples,
-                    "total_tokens_processed": 100 * step, "last_validation_loss": None,
-                    "checkpointer_state": {"last_saved_samples": 48.0, "best_val_loss": None},
-                    "lr_scheduler_state": {"base_lrs": [0.001], "last_epoch": step, "lr_lambdas": [{}]},
-                    "sampler_epoch": epoch}, directory / "training_state.pt")
+        torch.save(
+            {
+                "step": step,
+                "epoch": epoch,
+                "total_samples_accumulated": samples,
+                "total_tokens_processed": 100 * step,
+                "last_validation_loss": None,
+                "checkpointer_state": {"last_saved_samples": 48.0, "best_val_loss": None},
+                "lr_scheduler_state": {"base_lrs": [0.001], "last_epoch": step, "lr_lambdas": [{}]},
+                "sampler_epoch": epoch,
+            },
+            directory / "training_state.pt",
+        )
         os.utime(directory / "training_state.pt", (mtime, mtime))
 
 
@@ -42,10 +50,22 @@ def _hf(root: Path, name: str, mtime: float) -> None:
 
 
 def _metrics_line(step: int, epoch: int, samples: float, loss: float) -> str:
-    return json.dumps({"step": step, "epoch": epoch, "steps_per_epoch": 12, "lr": 0.001, "grad_norm": 1.5,
-                       "loss": loss, "num_samples": 4.0, "total_samples_accumulated": samples,
-                       "samples_per_second": 17.5, "peak_memory_usage_GB": 0.0, "val_loss": None,
-                       "timestamp": f"2026-12-07T12:00:{step:02d}.000001"})
+    return json.dumps(
+        {
+            "step": step,
+            "epoch": epoch,
+            "steps_per_epoch": 12,
+            "lr": 0.001,
+            "grad_norm": 1.5,
+            "loss": loss,
+            "num_samples": 4.0,
+            "total_samples_accumulated": samples,
+            "samples_per_second": 17.5,
+            "peak_memory_usage_GB": 0.0,
+            "val_loss": None,
+            "timestamp": f"2026-12-07T12:00:{step:02d}.000001",
+        }
+    )
 
 
 def osft_tree(root: Path) -> Path:
@@ -58,8 +78,15 @@ def osft_tree(root: Path) -> Path:
     (root / "full_state_checkpoints" / "notes.txt").write_text("not a state")
     lines = [_metrics_line(1, 0, 4.0, 5.5), _metrics_line(2, 0, 8.0, 5.25)]
     (root / "training_metrics_0.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 3, "ep')
-    ck.write_data_ready(root, ck.DataReadyMarker(fingerprint="f", data_dir=str(root / "data"), num_samples=48,
-                                                 created_at=datetime(2026, 1, 1, tzinfo=timezone.utc)))
+    ck.write_data_ready(
+        root,
+        ck.DataReadyMarker(
+            fingerprint="f",
+            data_dir=str(root / "data"),
+            num_samples=48,
+            created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        ),
+    )
     return root
 
 
@@ -68,18 +95,53 @@ def test_scan_reads_the_osft_layout_exactly(tmp_path: Path) -> None:
     assert [c.model_dump() for c in tree.hf_checkpoints] == [
         {"name": "samples_48.0", "samples": 48, "epoch": 0, "mtime": T0 + 10, "complete": True},
         {"name": "samples_96.0", "samples": 96, "epoch": 1, "mtime": T0 + 20, "complete": True},
-        {"name": "samples_144.0", "samples": 144, "epoch": 2,
-         "mtime": (tmp_path / "hf_format" / "samples_144.0").stat().st_mtime, "complete": False},
+        {
+            "name": "samples_144.0",
+            "samples": 144,
+            "epoch": 2,
+            "mtime": (tmp_path / "hf_format" / "samples_144.0").stat().st_mtime,
+            "complete": False,
+        },
     ]
     assert [s.model_dump() for s in tree.full_states] == [
-        {"name": "step_17", "epoch": 1, "complete": True, "mtime": T0 + 15, "directory": "full_state_checkpoints",
-         "metadata": {"current_epoch": 1, "samples_seen": 68, "global_step": 17, "steps_into_epoch": None,
-                      "original_global_step": None, "step_applied": None}},
-        {"name": "step_30", "epoch": 2, "complete": True, "mtime": T0 + 25, "directory": "full_state_checkpoints",
-         "metadata": {"current_epoch": 2, "samples_seen": 120, "global_step": 30, "steps_into_epoch": None,
-                      "original_global_step": None, "step_applied": None}},
-        {"name": "step_33", "epoch": 0, "complete": False, "directory": "full_state_checkpoints",
-         "mtime": (tmp_path / "full_state_checkpoints" / "step_33").stat().st_mtime, "metadata": None},
+        {
+            "name": "step_17",
+            "epoch": 1,
+            "complete": True,
+            "mtime": T0 + 15,
+            "directory": "full_state_checkpoints",
+            "metadata": {
+                "current_epoch": 1,
+                "samples_seen": 68,
+                "global_step": 17,
+                "steps_into_epoch": None,
+                "original_global_step": None,
+                "step_applied": None,
+            },
+        },
+        {
+            "name": "step_30",
+            "epoch": 2,
+            "complete": True,
+            "mtime": T0 + 25,
+            "directory": "full_state_checkpoints",
+            "metadata": {
+                "current_epoch": 2,
+                "samples_seen": 120,
+                "global_step": 30,
+                "steps_into_epoch": None,
+                "original_global_step": None,
+                "step_applied": None,
+            },
+        },
+        {
+            "name": "step_33",
+            "epoch": 0,
+            "complete": False,
+            "directory": "full_state_checkpoints",
+            "mtime": (tmp_path / "full_state_checkpoints" / "step_33").stat().st_mtime,
+            "metadata": None,
+        },
     ]
     assert tree.latest_full_state.path == "full_state_checkpoints/step_30"
     assert tree.latest_full_state.metadata.mid_epoch
@@ -95,14 +157,37 @@ def test_metrics_log_reads_mini_trainer_lines(tmp_path: Path) -> None:
     assert ck.metrics_log_path(root) == root / "training_metrics_0.jsonl"
     log = ck.read_metrics_log(ck.metrics_log_path(root))
     assert [s.model_dump() for s in log.steps] == [
-        {"timestamp": "2026-12-07T12:00:01.000001", "epoch": 0, "step": 1, "samples_seen": 4, "avg_loss": 5.5,
-         "lr": 0.001, "overall_throughput": 17.5, "batch_size": 4, "num_epoch_steps": 12, "total_samples": None},
-        {"timestamp": "2026-12-07T12:00:02.000001", "epoch": 0, "step": 2, "samples_seen": 8, "avg_loss": 5.25,
-         "lr": 0.001, "overall_throughput": 17.5, "batch_size": 4, "num_epoch_steps": 12, "total_samples": None},
+        {
+            "timestamp": "2026-12-07T12:00:01.000001",
+            "epoch": 0,
+            "step": 1,
+            "samples_seen": 4,
+            "avg_loss": 5.5,
+            "lr": 0.001,
+            "overall_throughput": 17.5,
+            "batch_size": 4,
+            "num_epoch_steps": 12,
+            "total_samples": None,
+        },
+        {
+            "timestamp": "2026-12-07T12:00:02.000001",
+            "epoch": 0,
+            "step": 2,
+            "samples_seen": 8,
+            "avg_loss": 5.25,
+            "lr": 0.001,
+            "overall_throughput": 17.5,
+            "batch_size": 4,
+            "num_epoch_steps": 12,
+            "total_samples": None,
+        },
     ]
     # the torn last line is left for the next read
     assert (log.skipped_lines, log.other, log.end_offset) == (
-        0, [], len((root / "training_metrics_0.jsonl").read_bytes()) - len('{"step": 3, "ep'))
+        0,
+        [],
+        len((root / "training_metrics_0.jsonl").read_bytes()) - len('{"step": 3, "ep'),
+    )
 
 
 def test_retention_keeps_the_newest_complete_osft_states(tmp_path: Path) -> None:
@@ -114,14 +199,14 @@ def test_retention_keeps_the_newest_complete_osft_states(tmp_path: Path) -> None
     assert [s.name for s in ck.full_states_to_prune(tree, 1)] == ["step_5", "step_17"]
     assert ck.full_states_to_prune(tree, 3) == []
     assert ck.prune_full_states(root, 1) == ["step_5", "step_17"]
-    assert sorted(p.name for p in (root / "full_state_checkpoints").iterdir()) == [
-        "notes.txt", "step_30", "step_33"]
+    assert sorted(p.name for p in (root / "full_state_checkpoints").iterdir()) == ["notes.txt", "step_30", "step_33"]
 
 
 def test_set_aside_moves_an_incomplete_osft_state(tmp_path: Path) -> None:
     root = osft_tree(tmp_path)
-    moved = ck.set_aside(root, ["step_33"], now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
-                         directory=ck.OSFT_FULL_STATE_DIR)
+    moved = ck.set_aside(
+        root, ["step_33"], now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), directory=ck.OSFT_FULL_STATE_DIR
+    )
     assert moved == ["sft-operator/set-aside/step_33-20260102T030405"]
     assert [s.name for s in ck.scan_checkpoints(root).full_states] == ["step_17", "step_30"]
 
@@ -150,14 +235,30 @@ def test_the_status_summary_of_an_osft_volume(tmp_path: Path) -> None:
         "throughput": "17.50",
         "etaSeconds": 7,
         "checkpoints": [
-            {"name": "samples_48.0", "path": "hf_format/samples_48.0", "samples": 48, "epoch": 1,
-             "time": "2023-11-14T22:13:30Z"},
-            {"name": "samples_96.0", "path": "hf_format/samples_96.0", "samples": 96, "epoch": 2,
-             "time": "2023-11-14T22:13:40Z"},
+            {
+                "name": "samples_48.0",
+                "path": "hf_format/samples_48.0",
+                "samples": 48,
+                "epoch": 1,
+                "time": "2023-11-14T22:13:30Z",
+            },
+            {
+                "name": "samples_96.0",
+                "path": "hf_format/samples_96.0",
+                "samples": 96,
+                "epoch": 2,
+                "time": "2023-11-14T22:13:40Z",
+            },
         ],
         "latestCheckpoint": "samples_96.0",
-        "latestFullState": {"name": "step_30", "path": "full_state_checkpoints/step_30", "epoch": 3, "samples": 120,
-                            "midEpoch": True, "time": "2023-11-14T22:13:45Z"},
+        "latestFullState": {
+            "name": "step_30",
+            "path": "full_state_checkpoints/step_30",
+            "epoch": 3,
+            "samples": 120,
+            "midEpoch": True,
+            "time": "2023-11-14T22:13:45Z",
+        },
         "resumable": True,
         "lastUpdateTime": "2026-12-07T12:00:02Z",
     }

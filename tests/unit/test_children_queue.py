@@ -36,10 +36,13 @@ def _resume() -> tuple[dict[str, Any], dict[str, Any]]:
     return render_statefulset(job(False)), render_statefulset(job(True))
 
 
-@pytest.mark.parametrize("message", [
-    'StatefulSet.apps "q" is invalid: spec.replicas: Forbidden: scaling down is still in progress',
-    'StatefulSet.apps "q" is invalid: spec.replicas: Forbidden: workload from previous scale-down is still being deleted',
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        'StatefulSet.apps "q" is invalid: spec.replicas: Forbidden: scaling down is still in progress',
+        'StatefulSet.apps "q" is invalid: spec.replicas: Forbidden: workload from previous scale-down is still being deleted',
+    ],
+)
 def test_a_resume_refused_while_kueue_scales_down_is_retried(message: str) -> None:
     wanted, existing = _resume()
     with pytest.raises(kopf.TemporaryError) as exc:
@@ -70,5 +73,6 @@ def test_a_body_the_api_server_cannot_decode_is_refused_naming_the_field_by_its_
     index = next(i for i, var in enumerate(env) if var["name"] == "LEVEL")
     go_types = 'StatefulSet in version "v1" cannot be handled as a StatefulSet: v1.EnvVar.Value: ReadString'
     assert _refusal_message(manifest, _refused(400, go_types)) == (
-        f"spec.template.spec.containers.0.env.{index}.value: Input should be a valid string")
+        f"spec.template.spec.containers.0.env.{index}.value: Input should be a valid string"
+    )
     assert _refusal_message(manifest, _refused(422, "spec.replicas: Invalid value")) == "spec.replicas: Invalid value"

@@ -30,8 +30,11 @@ def job(name: str = "r") -> Any:
 def as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
     """A child as the API server returns it: what we sent, plus server-set fields."""
     stored = copy.deepcopy(manifest)
-    stored["metadata"].update(resourceVersion="7", uid=f"uid-{manifest['kind']}-{manifest['metadata']['name']}",
-                              managedFields=[{"manager": "sft-operator"}])
+    stored["metadata"].update(
+        resourceVersion="7",
+        uid=f"uid-{manifest['kind']}-{manifest['metadata']['name']}",
+        managedFields=[{"manager": "sft-operator"}],
+    )
     if manifest["kind"] == "StatefulSet":
         stored["status"] = {"replicas": 1}
     return stored
@@ -77,14 +80,21 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     sft_job = job()
     stored, known = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
-                    known=known)
+    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     assert done.problem is None
     assert done.statefulset is not None and done.statefulset["spec"] == {"replicas": sft_job.spec.nnodes}
     # One listing per unwatched kind (the Kube caches it for every job of the namespace), the
     # shared claim's cached read; nothing else.
-    assert kube.calls == Counter({("list", "ServiceAccount"): 1, ("list", "Role"): 1, ("list", "RoleBinding"): 1,
-                                  ("list", "Service"): 1, ("list", "NetworkPolicy"): 1, ("get", "claim"): 1})
+    assert kube.calls == Counter(
+        {
+            ("list", "ServiceAccount"): 1,
+            ("list", "Role"): 1,
+            ("list", "RoleBinding"): 1,
+            ("list", "Service"): 1,
+            ("list", "NetworkPolicy"): 1,
+            ("get", "claim"): 1,
+        }
+    )
 
 
 def test_a_resume_without_known_children_reads_each() -> None:
@@ -93,9 +103,13 @@ def test_a_resume_without_known_children_reads_each() -> None:
     kube = RecordingKube(stored)
     converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)
     # What a restart cost before: a read per child (two ConfigMaps), nothing written.
-    assert kube.calls == Counter({("get", kind): 1 for kind in ("Role", "RoleBinding", "Service", "NetworkPolicy",
-                                                                "ServiceAccount", "StatefulSet", "claim")}
-                                 | {("get", "ConfigMap"): 2})
+    assert kube.calls == Counter(
+        {
+            ("get", kind): 1
+            for kind in ("Role", "RoleBinding", "Service", "NetworkPolicy", "ServiceAccount", "StatefulSet", "claim")
+        }
+        | {("get", "ConfigMap"): 2}
+    )
 
 
 def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced() -> None:
@@ -109,8 +123,7 @@ def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced
     stored[("ConfigMap", config_name)]["metadata"]["resourceVersion"] = "9"
     known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
-             known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     assert kube.calls[("create", "Service")] == 1 and kube.calls[("create", "Role")] == 1
     assert kube.calls[("get", "ConfigMap")] == 1 and kube.calls[("replace", "ConfigMap")] == 1
     (replaced,) = kube.replaced
@@ -128,15 +141,13 @@ def test_a_network_policy_someone_widened_is_restored_and_a_deleted_one_re_creat
     widened = stored[("NetworkPolicy", policy["metadata"]["name"])]
     widened["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
-             known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     (replaced,) = kube.replaced
     assert (replaced["kind"], replaced["spec"]) == ("NetworkPolicy", policy["spec"])
     assert replaced["metadata"]["resourceVersion"] == "7"  # the object read, updated
     del stored[("NetworkPolicy", policy["metadata"]["name"])]
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
-             known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     assert kube.calls[("create", "NetworkPolicy")] == 1 and not kube.replaced
 
 
@@ -156,8 +167,10 @@ def test_a_network_policy_is_written_to_its_plural() -> None:
             call(policy)
         except RuntimeError:
             pass
-    assert paths == [("POST", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies"),
-                     ("PUT", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/r")]
+    assert paths == [
+        ("POST", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies"),
+        ("PUT", "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/r"),
+    ]
 
 
 def test_child_summary_keeps_what_converging_and_the_status_compare() -> None:
@@ -199,8 +212,11 @@ def test_a_listing_serves_every_job_of_the_namespace_for_a_while(monkeypatch: An
     clock = [100.0]
     monkeypatch.setattr("sft_operator.kube.time.monotonic", lambda: clock[0])
     first = kube.listed("ServiceAccount", "ns")
-    assert first["job-1"] == {"apiVersion": "v1", "kind": "ServiceAccount",
-                              "metadata": {"name": "job-1", "namespace": "ns"}}
+    assert first["job-1"] == {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "job-1", "namespace": "ns"},
+    }
     clock[0] += 5.0
     assert kube.listed("ServiceAccount", "ns") is first
     kube.listed("ServiceAccount", "other")
@@ -208,5 +224,9 @@ def test_a_listing_serves_every_job_of_the_namespace_for_a_while(monkeypatch: An
     clock[0] += 6.0  # past LISTING_TTL_S since the first listing
     kube.listed("ServiceAccount", "ns")
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
-    assert kube.lists == [("ServiceAccount", "ns", selector), ("ServiceAccount", "other", selector),
-                          ("Role", "ns", selector), ("ServiceAccount", "ns", selector)]
+    assert kube.lists == [
+        ("ServiceAccount", "ns", selector),
+        ("ServiceAccount", "other", selector),
+        ("Role", "ns", selector),
+        ("ServiceAccount", "ns", selector),
+    ]

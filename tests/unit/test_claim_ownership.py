@@ -25,8 +25,14 @@ def job(uid: str, delete_with_job: bool) -> Any:
 
 
 def owner(uid: str) -> dict[str, Any]:
-    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "SFTJob", "name": "tiny", "uid": uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "name": "tiny",
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def stored_claim(creator: str | None, owners: list[str]) -> dict[str, Any]:
@@ -82,14 +88,16 @@ def test_the_creator_may_own_it_and_let_it_go() -> None:
     other["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"}]
     _, replaced = converged_claim(other, job("uid-new", True))
     assert [c["metadata"]["ownerReferences"] for c in replaced] == [
-        [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"}, owner("uid-new")]]
+        [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"}, owner("uid-new")]
+    ]
 
 
 def test_the_volume_condition_says_the_claim_is_kept() -> None:
     claim = stored_claim("uid-old", [])
     assert check_checkpoint_claim(1, claim, "tiny-checkpoints", created_by_other="uid-old").message == (
         "PersistentVolumeClaim tiny-checkpoints, created by another SFTJob (uid uid-old): kept when this job is "
-        "deleted (spec.checkpoints.deleteWithJob applies only to a claim the job created)")
+        "deleted (spec.checkpoints.deleteWithJob applies only to a claim the job created)"
+    )
     assert check_checkpoint_claim(1, claim, "tiny-checkpoints").message == "PersistentVolumeClaim tiny-checkpoints"
 
 
@@ -99,14 +107,14 @@ def test_converge_reports_the_kept_claim() -> None:
     children = [stored_claim("uid-old", []) if m["kind"] == "PersistentVolumeClaim" else m for m in children]
     stored, known = cluster_with(children)
     kube = RecordingKube(stored)
-    done = converge(kube, recreated, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE,
-                    known=known)
+    done = converge(kube, recreated, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
     assert (done.volume.ok, done.volume.reason) == (True, Reason.CLAIM_FOUND)
     assert "created by another SFTJob (uid uid-old)" in done.volume.message
     assert not [m for m in kube.replaced if m["kind"] == "PersistentVolumeClaim"]
     # its own claim: nothing said
     own = job("uid-new", True)
     stored, known = cluster_with(render.render_children(own))
-    done = converge(RecordingKube(stored), own, None, fresh=False,
-                    reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    done = converge(
+        RecordingKube(stored), own, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known
+    )
     assert done.volume.message == "PersistentVolumeClaim tiny-checkpoints"

@@ -16,19 +16,47 @@ from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 runner = CliRunner()
 
 FLAGS = [
-    "submit", "--dry-run", "--name", "qwen",
-    "--model-path", "Qwen/Qwen2.5-7B-Instruct",
-    "--data-path", "pvc://datasets/train.jsonl",
-    "--ckpt-output-dir", "runs/a", "--checkpoint-claim-size", "100Gi",
-    "--num-epochs", "3", "--effective-batch-size", "16", "--learning-rate", "2e-5", "--max-seq-len", "2048",
-    "--nnodes", "2", "--nproc-per-node", "8",
+    "submit",
+    "--dry-run",
+    "--name",
+    "qwen",
+    "--model-path",
+    "Qwen/Qwen2.5-7B-Instruct",
+    "--data-path",
+    "pvc://datasets/train.jsonl",
+    "--ckpt-output-dir",
+    "runs/a",
+    "--checkpoint-claim-size",
+    "100Gi",
+    "--num-epochs",
+    "3",
+    "--effective-batch-size",
+    "16",
+    "--learning-rate",
+    "2e-5",
+    "--max-seq-len",
+    "2048",
+    "--nnodes",
+    "2",
+    "--nproc-per-node",
+    "8",
 ]
 
 
 def test_submit_flags_dry_run_prints_the_validated_manifest() -> None:
     result = runner.invoke(
-        app, FLAGS + ["--set", "keep_last_checkpoint_only=true", "--set", "warmup_steps=10", "--env", "HF_TOKEN=a=b",
-                      "--image", "trainer:2"]
+        app,
+        FLAGS
+        + [
+            "--set",
+            "keep_last_checkpoint_only=true",
+            "--set",
+            "warmup_steps=10",
+            "--env",
+            "HF_TOKEN=a=b",
+            "--image",
+            "trainer:2",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout) == {
@@ -70,7 +98,7 @@ def test_submit_with_bad_flags_names_them_and_exits_2() -> None:
 
 
 def test_submit_checkpoint_storage_is_training_hubs_uri_and_the_old_size_use_names_the_new_flag() -> None:
-    flags = [*FLAGS[:FLAGS.index("--checkpoint-claim-size")], *FLAGS[FLAGS.index("--checkpoint-claim-size") + 2:]]
+    flags = [*FLAGS[: FLAGS.index("--checkpoint-claim-size")], *FLAGS[FLAGS.index("--checkpoint-claim-size") + 2 :]]
     result = runner.invoke(app, [*flags, "--checkpoint-storage", "100Gi"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
@@ -81,13 +109,24 @@ def test_submit_checkpoint_storage_is_training_hubs_uri_and_the_old_size_use_nam
         "write pvc://<claim>/<path> for an existing claim, or pass checkpoint_claim_size (e.g. '100Gi') for the "
         "operator to create one",
     ]
-    result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "s3://bucket/run", "--s3-endpoint",
-                                 "http://minio:9000", "--s3-credentials-secret", "minio"])
+    result = runner.invoke(
+        app,
+        [
+            *FLAGS,
+            "--checkpoint-storage",
+            "s3://bucket/run",
+            "--s3-endpoint",
+            "http://minio:9000",
+            "--s3-credentials-secret",
+            "minio",
+        ],
+    )
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load(result.stdout)["spec"]
     assert (spec["export"], spec["remote"]) == (
         {"uri": "s3://bucket/run", "fullStates": True, "restore": True},
-        {"s3": {"credentialsSecret": "minio", "endpoint": "http://minio:9000"}})
+        {"s3": {"credentialsSecret": "minio", "endpoint": "http://minio:9000"}},
+    )
     result = runner.invoke(app, [*FLAGS, "--checkpoint-storage", "gs://bucket/run"])
     assert result.exit_code == 2
     assert result.stderr.splitlines()[1] == (
@@ -105,8 +144,13 @@ def test_submit_manifest_is_validated_like_the_operator_does(tmp_path: Path) -> 
         "kind": "SFTJob",
         "metadata": {"name": "from-file"},
         "spec": {
-            "modelPath": "/models/m", "dataPath": "/data/d.jsonl", "numEpochs": 1, "effectiveBatchSize": 1,
-            "learningRate": 1e-5, "maxSeqLen": 64, "checkpoints": {"existingClaim": "c"},
+            "modelPath": "/models/m",
+            "dataPath": "/data/d.jsonl",
+            "numEpochs": 1,
+            "effectiveBatchSize": 1,
+            "learningRate": 1e-5,
+            "maxSeqLen": 64,
+            "checkpoints": {"existingClaim": "c"},
         },
     }
     path = tmp_path / "job.yaml"
@@ -129,16 +173,32 @@ def test_submit_manifest_is_validated_like_the_operator_does(tmp_path: Path) -> 
 
 def test_set_values_parse_as_json_then_yaml() -> None:
     assert [parse_value(v) for v in ("2e-5", "true", "10", "abc", "{a: 1}", "[1, 2]", "null")] == [
-        2e-5, True, 10, "abc", {"a": 1}, [1, 2], None
+        2e-5,
+        True,
+        10,
+        "abc",
+        {"a": 1},
+        [1, 2],
+        None,
     ]
 
 
 def test_status_and_list_rows_show_progress_and_the_latest_checkpoint() -> None:
     progress = TrainingProgress(
-        stage=Stage.TRAINING, epoch=2, num_epochs=3, samples_seen=150, total_samples=300, percent=50,
-        last_loss="0.9123", throughput="12.50", eta_seconds=65,
-        checkpoints=[CheckpointInfo(name="samples_100", path="hf_format/samples_100", samples=100, epoch=1,
-                                    time="2026-11-27T10:00:00Z")],
+        stage=Stage.TRAINING,
+        epoch=2,
+        num_epochs=3,
+        samples_seen=150,
+        total_samples=300,
+        percent=50,
+        last_loss="0.9123",
+        throughput="12.50",
+        eta_seconds=65,
+        checkpoints=[
+            CheckpointInfo(
+                name="samples_100", path="hf_format/samples_100", samples=100, epoch=1, time="2026-11-27T10:00:00Z"
+            )
+        ],
     ).to_api()
     job = {
         "metadata": {"name": "qwen", "namespace": "ml", "creationTimestamp": "2026-11-27T10:00:00Z"},
@@ -186,13 +246,18 @@ def test_the_operator_cli_does_not_need_the_api_package() -> None:
 def test_submit_data_names_a_file_here_and_the_dry_run_shows_where_it_goes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("train.jsonl").write_bytes(b'{"messages": []}\n')
-    flags = [*FLAGS[:FLAGS.index("--data-path")], "--data", "./train.jsonl", *FLAGS[FLAGS.index("--data-path") + 2:]]
+    flags = [*FLAGS[: FLAGS.index("--data-path")], "--data", "./train.jsonl", *FLAGS[FLAGS.index("--data-path") + 2 :]]
     result = runner.invoke(app, flags)
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load(result.stdout)["spec"]
     assert spec["dataPath"] == "/mnt/pvc/qwen-upload/.sft-uploads/sha256-19fc5b26092a5733/train.jsonl"
-    assert spec["pod"]["volumes"] == [{"name": "pvc-qwen-upload", "persistentVolumeClaim": {"claimName": "qwen-upload"}}]
-    result = runner.invoke(app, [*flags[:flags.index("./train.jsonl")], "./missing.jsonl",
-                                 *flags[flags.index("./train.jsonl") + 1:]])
+    assert spec["pod"]["volumes"] == [
+        {"name": "pvc-qwen-upload", "persistentVolumeClaim": {"claimName": "qwen-upload"}}
+    ]
+    result = runner.invoke(
+        app, [*flags[: flags.index("./train.jsonl")], "./missing.jsonl", *flags[flags.index("./train.jsonl") + 1 :]]
+    )
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[1].startswith("  data_path (spec.dataPath): './missing.jsonl': no such file on this")
+    assert result.stderr.splitlines()[1].startswith(
+        "  data_path (spec.dataPath): './missing.jsonl': no such file on this"
+    )

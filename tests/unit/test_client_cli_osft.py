@@ -10,18 +10,39 @@ from sft_client.cli import app
 runner = CliRunner()
 
 FLAGS = [
-    "submit", "--dry-run", "--name", "qwen-osft", "--algorithm", "osft",
-    "--model-path", "Qwen/Qwen2.5-7B-Instruct",
-    "--data-path", "pvc://datasets/train.jsonl",
-    "--ckpt-output-dir", "runs/a", "--checkpoint-claim-size", "100Gi",
-    "--num-epochs", "3", "--effective-batch-size", "16", "--learning-rate", "2e-5", "--max-seq-len", "2048",
-    "--max-tokens-per-gpu", "8192", "--nnodes", "2",
+    "submit",
+    "--dry-run",
+    "--name",
+    "qwen-osft",
+    "--algorithm",
+    "osft",
+    "--model-path",
+    "Qwen/Qwen2.5-7B-Instruct",
+    "--data-path",
+    "pvc://datasets/train.jsonl",
+    "--ckpt-output-dir",
+    "runs/a",
+    "--checkpoint-claim-size",
+    "100Gi",
+    "--num-epochs",
+    "3",
+    "--effective-batch-size",
+    "16",
+    "--learning-rate",
+    "2e-5",
+    "--max-seq-len",
+    "2048",
+    "--max-tokens-per-gpu",
+    "8192",
+    "--nnodes",
+    "2",
 ]
 
 
 def test_submit_osft_dry_run_prints_the_validated_manifest() -> None:
-    result = runner.invoke(app, FLAGS + ["--unfreeze-rank-ratio", "0.3", "--set", "target_patterns=[q_proj, v_proj]",
-                                         "--set", "seed=7"])
+    result = runner.invoke(
+        app, FLAGS + ["--unfreeze-rank-ratio", "0.3", "--set", "target_patterns=[q_proj, v_proj]", "--set", "seed=7"]
+    )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout) == {
         "apiVersion": "finetune.dev/v1alpha1",

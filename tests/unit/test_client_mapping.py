@@ -166,8 +166,12 @@ def test_cluster_settings_map_onto_the_pod_and_the_checkpoint_claim() -> None:
     assert manifest["metadata"] == {"name": "job", "namespace": "ml", "labels": {"team": "ml"}}
     spec = manifest["spec"]
     assert spec["modelPath"] == "/models/qwen"
-    assert spec["checkpoints"] == {"path": "runs/a", "claim": {"size": "500Gi", "storageClassName": "fast"},
-                                   "deleteWithJob": True, "adoptExisting": True}
+    assert spec["checkpoints"] == {
+        "path": "runs/a",
+        "claim": {"size": "500Gi", "storageClassName": "fast"},
+        "deleteWithJob": True,
+        "adoptExisting": True,
+    }
     assert spec["pod"] == {
         "image": "trainer:2",
         "resources": {"limits": {"cpu": 8, "memory": "500Gi"}},
@@ -206,7 +210,9 @@ def test_paths_a_pod_cannot_see_are_refused_naming_the_parameter() -> None:
         ("data_path", "spec.dataPath"),
     ]
     assert "checkpoints live on a volume the job owns" in found[0][2]
-    assert found[1][2].startswith("'./my-model' is a path on this machine, which the pods cannot see: use a Hugging Face id")
+    assert found[1][2].startswith(
+        "'./my-model' is a path on this machine, which the pods cannot see: use a Hugging Face id"
+    )
     assert "Hugging Face" not in found[2][2]  # data is never a Hub id
 
 
@@ -233,8 +239,11 @@ def test_the_operators_messages_name_the_parameter_and_the_field() -> None:
     assert problems(max_tokens_per_gpu=100, nnodes=4, nproc_per_node=16, not_an_arg=1, adamw_eps=1e-6) == [
         ("not_an_arg", "spec.extraArgs.not_an_arg", "unknown instructlab-training argument"),
         ("adamw_eps", "spec.extraArgs.adamw_eps", "set by the operator from spec.eps; use that field"),
-        ("effective_batch_size", "spec.effectiveBatchSize",
-         "must be at least nnodes * nprocPerNode = 64 (one sample per GPU per step)"),
+        (
+            "effective_batch_size",
+            "spec.effectiveBatchSize",
+            "must be at least nnodes * nprocPerNode = 64 (one sample per GPU per step)",
+        ),
         ("max_tokens_per_gpu", "spec.maxTokensPerGpu", "must be at least spec.maxSeqLen (one full sequence per GPU)"),
     ]
     assert problems(validation_split=0.2) == [
@@ -244,10 +253,20 @@ def test_the_operators_messages_name_the_parameter_and_the_field() -> None:
 
 def test_what_cannot_run_on_the_cluster_is_refused_not_dropped() -> None:
     found = problems(
-        backend="mini-trainer", callbacks=[object()], node_rank=0, rdzv_endpoint="h:1", master_addr="h", nproc_per_node="auto"
+        backend="mini-trainer",
+        callbacks=[object()],
+        node_rank=0,
+        rdzv_endpoint="h:1",
+        master_addr="h",
+        nproc_per_node="auto",
     )
     assert [param for param, _, _ in found] == [
-        "backend", "callbacks", "node_rank", "rdzv_endpoint", "master_addr", "nproc_per_node"
+        "backend",
+        "callbacks",
+        "node_rank",
+        "rdzv_endpoint",
+        "master_addr",
+        "nproc_per_node",
     ]
     assert found[0][2] == (
         "'mini-trainer': the cluster runs 'instructlab-training' only (give backend='instructlab-training' or 'kubernetes')"
@@ -275,7 +294,10 @@ def test_the_error_is_the_operators_error_type_and_reads_well() -> None:
         "the operator starts one pod per node; num_epochs (spec.numEpochs): Input should be greater than or equal to 1"
     )
     assert info.value.problems == [
-        ("node_rank", "set by the operator: each pod's rank comes from its ordinal; the operator starts one pod per node"),
+        (
+            "node_rank",
+            "set by the operator: each pod's rank comes from its ordinal; the operator starts one pod per node",
+        ),
         ("spec.numEpochs", "Input should be greater than or equal to 1"),
     ]
 
@@ -321,7 +343,10 @@ def test_claim_paths() -> None:
 
 
 def test_checkpoint_placement() -> None:
-    assert place_checkpoints("pvc://c/runs/a/", creates_claim=False).as_spec() == {"existingClaim": "c", "path": "runs/a"}
+    assert place_checkpoints("pvc://c/runs/a/", creates_claim=False).as_spec() == {
+        "existingClaim": "c",
+        "path": "runs/a",
+    }
     assert place_checkpoints("./checkpoints", creates_claim=True).as_spec() == {"path": "checkpoints"}
     assert place_checkpoints(".", creates_claim=True).as_spec() == {}
     with pytest.raises(PathProblem, match="only pvc://"):
@@ -329,10 +354,15 @@ def test_checkpoint_placement() -> None:
 
 
 def test_claims_are_mounted_once_and_writable_only_when_written() -> None:
-    spec = build(model_path="pvc://store/models/qwen", data_path="pvc://store/data/train.jsonl",
-                 tensorboard_log_dir="pvc://logs/tb")["spec"]
+    spec = build(
+        model_path="pvc://store/models/qwen",
+        data_path="pvc://store/data/train.jsonl",
+        tensorboard_log_dir="pvc://logs/tb",
+    )["spec"]
     assert (spec["modelPath"], spec["dataPath"], spec["tensorboardLogDir"]) == (
-        "/mnt/pvc/store/models/qwen", "/mnt/pvc/store/data/train.jsonl", "/mnt/pvc/logs/tb"
+        "/mnt/pvc/store/models/qwen",
+        "/mnt/pvc/store/data/train.jsonl",
+        "/mnt/pvc/logs/tb",
     )
     assert spec["pod"] == {
         "volumes": [
@@ -378,27 +408,50 @@ def test_module_exports() -> None:
 
 def test_run_policy_fields_are_sft_keyword_arguments() -> None:
     """training_hub has no name for them: sft(..., active_deadline_seconds=...) under the spec's own."""
-    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
-                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64, active_deadline_seconds=3600,
-                  startup_timeout_seconds=600, stall_timeout_seconds=900, ttl_seconds_after_finished=60)
+    params = dict(
+        model_path="m",
+        data_path="/d.jsonl",
+        ckpt_output_dir="pvc://c/x",
+        num_epochs=1,
+        effective_batch_size=8,
+        learning_rate=1e-5,
+        max_seq_len=64,
+        active_deadline_seconds=3600,
+        startup_timeout_seconds=600,
+        stall_timeout_seconds=900,
+        ttl_seconds_after_finished=60,
+    )
     spec = build_sftjob(params, ClusterOptions(), name="x", namespace="ns")["spec"]
     assert {k: v for k, v in spec.items() if "Seconds" in k} == {
-        "activeDeadlineSeconds": 3600, "startupTimeoutSeconds": 600, "stallTimeoutSeconds": 900,
-        "ttlSecondsAfterFinished": 60}
+        "activeDeadlineSeconds": 3600,
+        "startupTimeoutSeconds": 600,
+        "stallTimeoutSeconds": 900,
+        "ttlSecondsAfterFinished": 60,
+    }
 
 
 def test_gang_and_queue_are_sft_keyword_arguments() -> None:
     """training_hub has no names for them: gang= (a provider, or the spec's gang object) and
     queue_name= (a Kueue LocalQueue) fill spec.scheduling; scheduling= passes the object as is."""
-    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
-                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64)
-    spec = build_sftjob({**params, "gang": "volcano", "queue_name": "team-a"}, ClusterOptions(), name="x",
-                        namespace="ns")["spec"]
+    params = dict(
+        model_path="m",
+        data_path="/d.jsonl",
+        ckpt_output_dir="pvc://c/x",
+        num_epochs=1,
+        effective_batch_size=8,
+        learning_rate=1e-5,
+        max_seq_len=64,
+    )
+    spec = build_sftjob(
+        {**params, "gang": "volcano", "queue_name": "team-a"}, ClusterOptions(), name="x", namespace="ns"
+    )["spec"]
     assert spec["scheduling"] == {"queueName": "team-a", "gang": {"provider": "volcano"}}
     gang = {"provider": "coscheduling", "scheduleTimeoutSeconds": 300}
     spec = build_sftjob({**params, "gang": gang}, ClusterOptions(), name="x", namespace="ns")["spec"]
     assert spec["scheduling"] == {"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 300}}
-    spec = build_sftjob({**params, "scheduling": {"queueName": "q"}}, ClusterOptions(), name="x", namespace="ns")["spec"]
+    spec = build_sftjob({**params, "scheduling": {"queueName": "q"}}, ClusterOptions(), name="x", namespace="ns")[
+        "spec"
+    ]
     assert spec["scheduling"] == {"queueName": "q"}
     assert "scheduling" not in build_sftjob(params, ClusterOptions(), name="x", namespace="ns")["spec"]
     manifest, _ = KubernetesSFTBackend().build({**params, "queue_name": "team-a", "active_deadline_seconds": 60})
@@ -416,18 +469,34 @@ def test_gang_and_queue_are_sft_keyword_arguments() -> None:
         ({}, {"kueue.x-k8s.io/queue-name": "B!"}, "labels", "metadata.labels[kueue.x-k8s.io/queue-name]"),
     ],
 )
-def test_gang_and_queue_problems_name_the_parameter(extra: dict[str, Any], labels: dict[str, str] | None,
-                                                    param: str, path: str) -> None:
-    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
-                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64, **extra)
+def test_gang_and_queue_problems_name_the_parameter(
+    extra: dict[str, Any], labels: dict[str, str] | None, param: str, path: str
+) -> None:
+    params = dict(
+        model_path="m",
+        data_path="/d.jsonl",
+        ckpt_output_dir="pvc://c/x",
+        num_epochs=1,
+        effective_batch_size=8,
+        learning_rate=1e-5,
+        max_seq_len=64,
+        **extra,
+    )
     with pytest.raises(SFTParameterError) as exc:
         build_sftjob(params, ClusterOptions(labels=labels), name="x", namespace="ns")
     assert [(p.param, p.spec_path) for p in exc.value.parameters] == [(param, path)], exc.value.parameters
 
 
 def test_checkpoint_at_epoch_off_warns_before_anything_is_sent() -> None:
-    params = dict(model_path="m", data_path="/d.jsonl", ckpt_output_dir="pvc://c/x", num_epochs=1,
-                  effective_batch_size=8, learning_rate=1e-5, max_seq_len=64)
+    params = dict(
+        model_path="m",
+        data_path="/d.jsonl",
+        ckpt_output_dir="pvc://c/x",
+        num_epochs=1,
+        effective_batch_size=8,
+        learning_rate=1e-5,
+        max_seq_len=64,
+    )
     with pytest.warns(UserWarning, match=r"^checkpoint_at_epoch=False: spec.checkpointAtEpoch: false also stops"):
         KubernetesSFTBackend().build({**params, "checkpoint_at_epoch": False})
     with warnings.catch_warnings():
@@ -438,8 +507,14 @@ def test_checkpoint_at_epoch_off_warns_before_anything_is_sent() -> None:
 
 def test_a_gpu_request_other_than_nproc_per_node_is_refused_before_anything_is_sent() -> None:
     """The client validates with the operator's own models: the rule names the parameter."""
-    found = problems(ClusterOptions(resources={"limits": {"nvidia.com/gpu": 4}}), nproc_per_node=8,
-                     effective_batch_size=8)
-    assert found == [("resources", "spec.pod.resources.limits[nvidia.com/gpu]",
-                      "4 differs from spec.nprocPerNode (8): each process uses one GPU; leave it out (the "
-                      "operator requests nprocPerNode GPUs) or change spec.nprocPerNode")]
+    found = problems(
+        ClusterOptions(resources={"limits": {"nvidia.com/gpu": 4}}), nproc_per_node=8, effective_batch_size=8
+    )
+    assert found == [
+        (
+            "resources",
+            "spec.pod.resources.limits[nvidia.com/gpu]",
+            "4 differs from spec.nprocPerNode (8): each process uses one GPU; leave it out (the "
+            "operator requests nprocPerNode GPUs) or change spec.nprocPerNode",
+        )
+    ]

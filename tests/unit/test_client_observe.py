@@ -20,13 +20,24 @@ def test_log_lines_from_chunks_cut_anywhere() -> None:
 def test_node_n_is_pod_job_n_and_only_its_pods_are_the_jobs() -> None:
     assert pod_name("tiny", 3) == "tiny-3"
     assert [is_pod_of("tiny", p) for p in ("tiny-0", "tiny-12", "tiny-extra-0", "tiny-", "tinyx-0", "tiny-0x")] == [
-        True, True, False, False, False, False
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
     ]
 
 
 def _event(name: str, **times: str) -> dict[str, Any]:
-    return {"involvedObject": {"kind": "Pod", "name": name}, "type": "Normal", "reason": "R", "message": " m \n",
-            "count": None, **times}
+    return {
+        "involvedObject": {"kind": "Pod", "name": name},
+        "type": "Normal",
+        "reason": "R",
+        "message": " m \n",
+        "count": None,
+        **times,
+    }
 
 
 def test_events_oldest_first_by_whichever_time_the_writer_set() -> None:
@@ -49,8 +60,14 @@ def test_event_rows_say_how_often_an_event_repeated() -> None:
     assert event_row(again)[-1] == "restarting [trainer] (x5)"
 
 
-SPEC = {"modelPath": "/m", "dataPath": "/d.jsonl", "numEpochs": 1, "effectiveBatchSize": 1, "learningRate": 1e-4,
-        "maxSeqLen": 8}
+SPEC = {
+    "modelPath": "/m",
+    "dataPath": "/d.jsonl",
+    "numEpochs": 1,
+    "effectiveBatchSize": 1,
+    "learningRate": 1e-4,
+    "maxSeqLen": 8,
+}
 
 
 def _job(checkpoints: dict[str, Any], **spec: Any) -> dict[str, Any]:

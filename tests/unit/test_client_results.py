@@ -20,8 +20,12 @@ from sft_client.api.results import (
 from sft_core.progress import CheckpointInfo, FullStateInfo, Stage, TrainingProgress
 
 SPEC = {
-    "modelPath": "Qwen/Qwen2.5-7B-Instruct", "dataPath": "/data/train.jsonl", "numEpochs": 3,
-    "effectiveBatchSize": 8, "learningRate": 2e-5, "maxSeqLen": 2048,
+    "modelPath": "Qwen/Qwen2.5-7B-Instruct",
+    "dataPath": "/data/train.jsonl",
+    "numEpochs": 3,
+    "effectiveBatchSize": 8,
+    "learningRate": 2e-5,
+    "maxSeqLen": 2048,
     "checkpoints": {"existingClaim": "ckpts", "path": "run1"},
 }
 T = "2026-11-27T10:00:00Z"
@@ -104,8 +108,13 @@ def test_a_partial_progress_shows_what_it_carries_not_the_models_defaults() -> N
 
 
 def test_names_the_status_schema_does_not_have_are_not_read() -> None:
-    guessed = {"phase": "Running", "samplesSeen": 30, "totalSamples": 120, "percentComplete": 25,
-               "progress": {"currentEpoch": 2, "progressPercent": 40, "loss": 1.5, "savedAt": T}}
+    guessed = {
+        "phase": "Running",
+        "samplesSeen": 30,
+        "totalSamples": 120,
+        "percentComplete": 25,
+        "progress": {"currentEpoch": 2, "progressPercent": 40, "loss": 1.5, "savedAt": T},
+    }
     assert progress_line(view_job(job(guessed))) == "ml/qwen Running"
 
 
@@ -118,7 +127,8 @@ def test_a_progress_this_client_cannot_read_is_left_out_and_the_rest_kept() -> N
 
 def test_the_full_state_a_resume_starts_from() -> None:
     progress = TrainingProgress(
-        epoch=1, num_epochs=3,
+        epoch=1,
+        num_epochs=3,
         latest_full_state=FullStateInfo(name="epoch_0", path="full_state/epoch_0", epoch=1, samples=100, time=T),
     ).to_api()
     view = view_job(job({"phase": "Suspended", "readyNodes": 0, "progress": progress}))
@@ -131,8 +141,14 @@ def test_result_carries_phase_checkpoints_and_last_metrics() -> None:
     assert result.checkpoint_paths == ["pvc://ckpts/run1/hf_format/samples_100"]
     assert result.final_checkpoint is not None and result.final_checkpoint.name == "samples_100"
     assert result.metrics == {
-        "stage": "Training", "epoch": 2, "num_epochs": 3, "samples_seen": 150, "total_samples": 300,
-        "percent": 50.0, "loss": 0.9123, "throughput": 12.5,
+        "stage": "Training",
+        "epoch": 2,
+        "num_epochs": 3,
+        "samples_seen": 150,
+        "total_samples": 300,
+        "percent": 50.0,
+        "loss": 0.9123,
+        "throughput": 12.5,
     }
     assert result.manifest == {"kind": "SFTJob"}
 
@@ -142,18 +158,31 @@ def test_failure_reason_comes_from_the_failed_condition() -> None:
         "phase": "Failed",
         "conditions": [
             {"type": "Ready", "status": "False", "reason": "NodesPending", "message": "0/2", "lastTransitionTime": T},
-            {"type": "Failed", "status": "True", "reason": "TooManyRestarts", "message": "exit 1: OOM",
-             "lastTransitionTime": T},
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "TooManyRestarts",
+                "message": "exit 1: OOM",
+                "lastTransitionTime": T,
+            },
         ],
     }
     assert failure_of(parse_status(status)) == ("TooManyRestarts", "exit 1: OOM")
     view = view_job(job(status))
     assert (view.reason, view.message) == ("TooManyRestarts", "exit 1: OOM")
     assert progress_line(view) == "ml/qwen Failed reason TooManyRestarts: exit 1: OOM"
-    invalid = {"phase": "Failed", "conditions": [
-        {"type": "SpecValid", "status": "False", "reason": "InvalidSpec", "message": "spec.numEpochs: bad",
-         "lastTransitionTime": T},
-    ]}
+    invalid = {
+        "phase": "Failed",
+        "conditions": [
+            {
+                "type": "SpecValid",
+                "status": "False",
+                "reason": "InvalidSpec",
+                "message": "spec.numEpochs: bad",
+                "lastTransitionTime": T,
+            },
+        ],
+    }
     assert failure_of(parse_status(invalid)) == ("InvalidSpec", "spec.numEpochs: bad")
     assert failure_of(parse_status({"phase": "Failed"})) == (None, None)
 
@@ -189,7 +218,12 @@ def test_rich_progress_on_a_terminal_shows_the_facts() -> None:
 def test_the_bar_and_the_line_show_the_same_facts() -> None:
     view = view_job(job({"phase": "Running", "progress": REPORTED}))
     assert progress_facts(view, percent=False) == [
-        "Training", "epoch 2/3", "samples 150/300", "loss 0.9123", "12.5 samples/s", "eta 12m05s",
+        "Training",
+        "epoch 2/3",
+        "samples 150/300",
+        "loss 0.9123",
+        "12.5 samples/s",
+        "eta 12m05s",
         "checkpoints 1 (latest samples_100)",
     ]
     assert progress_line(view) == " ".join(["ml/qwen", "Running", *progress_facts(view)])
@@ -216,16 +250,33 @@ def test_downloads_and_exports_are_progress_facts() -> None:
     from sft_client.api.results import format_bytes
 
     reported = {
-        "stage": "Downloading", "epoch": 0, "numEpochs": 3, "samplesSeen": 0, "percent": 0,
+        "stage": "Downloading",
+        "epoch": 0,
+        "numEpochs": 3,
+        "samplesSeen": 0,
+        "percent": 0,
         "downloads": [
-            {"field": "spec.modelPath", "source": "hf://org/x", "state": "Downloading", "bytesDone": 1_234_567_890,
-             "bytesTotal": 3_400_000_000},
+            {
+                "field": "spec.modelPath",
+                "source": "hf://org/x",
+                "state": "Downloading",
+                "bytesDone": 1_234_567_890,
+                "bytesTotal": 3_400_000_000,
+            },
             {"field": "spec.dataPath", "source": "s3://b/t.jsonl", "state": "Done", "bytesDone": 10, "bytesTotal": 10},
         ],
-        "exports": [{"checkpoint": "hf_format/samples_8", "uri": "s3://out/hf_format/samples_8", "bytes": 1, "time": T}],
+        "exports": [
+            {"checkpoint": "hf_format/samples_8", "uri": "s3://out/hf_format/samples_8", "bytes": 1, "time": T}
+        ],
     }
     view = view_job(job({"phase": "Running", "progress": reported}))
     assert progress_facts(view, percent=False)[:2] == ["Downloading", "spec.modelPath 1.2 GB/3.4 GB"]
     assert progress_facts(view)[-1] == "exported 1 (latest s3://out/hf_format/samples_8)"
     assert [format_bytes(n) for n in (0, 999, 1000, 1_500_000, 7 * 10**12, 10**16)] == [
-        "0 B", "999 B", "1.0 kB", "1.5 MB", "7.0 TB", "10000.0 TB"]
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "1.5 MB",
+        "7.0 TB",
+        "10000.0 TB",
+    ]

@@ -29,8 +29,15 @@ from sft_client.api.uploads import LocalFile, NewClaim, UploadPlan
 
 SHA = hashlib.sha256(b'{"messages": []}\n').hexdigest()
 FILE = LocalFile("./data/train set.jsonl", 17, SHA)
-TRAINING: dict[str, Any] = dict(model_path="pvc://models/tiny", ckpt_output_dir="./runs/a", num_epochs=1,
-                                effective_batch_size=2, learning_rate=1e-4, max_seq_len=64, max_tokens_per_gpu=128)
+TRAINING: dict[str, Any] = dict(
+    model_path="pvc://models/tiny",
+    ckpt_output_dir="./runs/a",
+    num_epochs=1,
+    effective_batch_size=2,
+    learning_rate=1e-4,
+    max_seq_len=64,
+    max_tokens_per_gpu=128,
+)
 
 
 def test_which_data_paths_are_files_on_this_machine() -> None:
@@ -39,8 +46,13 @@ def test_which_data_paths_are_files_on_this_machine() -> None:
     assert uploads.local_data_file("../train.jsonl") == "../train.jsonl"
     assert uploads.local_data_file("file:///home/me/my%20data.jsonl") == "/home/me/my data.jsonl"
     assert uploads.local_data_file("file://localhost/tmp/d.jsonl") == "/tmp/d.jsonl"
-    for elsewhere in ("/data/train.jsonl", "pvc://c/d.jsonl", "s3://b/k.jsonl", "https://h/d.jsonl",
-                      "hf://datasets/o/r/f.jsonl"):
+    for elsewhere in (
+        "/data/train.jsonl",
+        "pvc://c/d.jsonl",
+        "s3://b/k.jsonl",
+        "https://h/d.jsonl",
+        "hf://datasets/o/r/f.jsonl",
+    ):
         assert uploads.local_data_file(elsewhere) is None, elsewhere
     with pytest.raises(PathProblem) as problem:
         uploads.local_data_file("file://laptop/tmp/d.jsonl")
@@ -60,8 +72,9 @@ def test_claim_size_fits_the_file_with_room_and_at_least_a_gibibyte() -> None:
 
 
 def test_plan_uses_the_existing_checkpoint_claim_else_a_claim_for_the_job() -> None:
-    on_checkpoints = uploads.plan_upload(FILE, job_name="j", ckpt_output_dir="pvc://ckpts/run1", nnodes=4,
-                                         storage_class="fast")
+    on_checkpoints = uploads.plan_upload(
+        FILE, job_name="j", ckpt_output_dir="pvc://ckpts/run1", nnodes=4, storage_class="fast"
+    )
     assert on_checkpoints == UploadPlan(FILE, ClaimPath("ckpts", uploads.upload_path(FILE)), None)
     assert on_checkpoints.data_url == f"pvc://ckpts/.sft-uploads/sha256-{SHA[:16]}/train-set.jsonl"
     single = uploads.plan_upload(FILE, job_name="j", ckpt_output_dir="./runs/a", nnodes=None, storage_class=None)
@@ -81,56 +94,97 @@ def test_claim_manifest_and_owner_reference() -> None:
             "labels": {"finetune.dev/transfer": "upload", "finetune.dev/transfer-for": "tiny"},
             "annotations": {"finetune.dev/upload-sha256": SHA, "finetune.dev/upload-source": "train-set.jsonl"},
         },
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1024Mi"}},
-                 "storageClassName": "nfs"},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": "1024Mi"}},
+            "storageClassName": "nfs",
+        },
     }
     job = {"metadata": {"name": "tiny", "uid": "u-1"}}
-    assert uploads.owner_reference(job) == {"apiVersion": "finetune.dev/v1alpha1", "kind": "SFTJob",
-                                            "name": "tiny", "uid": "u-1"}
+    assert uploads.owner_reference(job) == {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
+        "name": "tiny",
+        "uid": "u-1",
+    }
 
 
 def test_helper_pods_run_the_restricted_profile_writing_with_the_jobs_group_reading_read_only() -> None:
-    writer = uploads.helper_pod_manifest("tiny-upload-abcde", claim="tiny-upload", read_only=False,
-                                         image="sft-trainer:1", image_pull_policy="IfNotPresent", fs_group=3000,
-                                         purpose="upload", job_name="tiny")
+    writer = uploads.helper_pod_manifest(
+        "tiny-upload-abcde",
+        claim="tiny-upload",
+        read_only=False,
+        image="sft-trainer:1",
+        image_pull_policy="IfNotPresent",
+        fs_group=3000,
+        purpose="upload",
+        job_name="tiny",
+    )
     assert writer == {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "tiny-upload-abcde",
-                     "labels": {"finetune.dev/transfer": "upload", "finetune.dev/transfer-for": "tiny"}},
+        "metadata": {
+            "name": "tiny-upload-abcde",
+            "labels": {"finetune.dev/transfer": "upload", "finetune.dev/transfer-for": "tiny"},
+        },
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 5,
             "activeDeadlineSeconds": 21600,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 3000,
-                                "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "transfer",
-                "image": "sft-trainer:1",
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", "-c", uploads.IDLE_SCRIPT],
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
-                                    "readOnlyRootFilesystem": True},
-                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-                "volumeMounts": [{"name": "claim", "mountPath": "/sft-transfer"}],
-            }],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "fsGroup": 3000,
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "transfer",
+                    "image": "sft-trainer:1",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python3", "-c", uploads.IDLE_SCRIPT],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        "readOnlyRootFilesystem": True,
+                    },
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                    "volumeMounts": [{"name": "claim", "mountPath": "/sft-transfer"}],
+                }
+            ],
             "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": "tiny-upload"}}],
         },
     }
-    reader = uploads.helper_pod_manifest("tiny-download-abcde", claim="tiny-checkpoints", read_only=True,
-                                         image="sft-trainer:1", image_pull_policy="Never", fs_group=3000,
-                                         purpose="download", job_name="tiny")
+    reader = uploads.helper_pod_manifest(
+        "tiny-download-abcde",
+        claim="tiny-checkpoints",
+        read_only=True,
+        image="sft-trainer:1",
+        image_pull_policy="Never",
+        fs_group=3000,
+        purpose="download",
+        job_name="tiny",
+    )
     # No fsGroup: the kubelet changes nothing on a claim it mounts for reading.
-    assert reader["spec"]["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                                 "seccompProfile": {"type": "RuntimeDefault"},
-                                                 "supplementalGroups": [3000]}
-    assert reader["spec"]["volumes"] == [{"name": "claim", "persistentVolumeClaim": {"claimName": "tiny-checkpoints",
-                                                                                     "readOnly": True}}]
-    assert reader["spec"]["containers"][0]["volumeMounts"] == [{"name": "claim", "mountPath": "/sft-transfer",
-                                                                "readOnly": True}]
+    assert reader["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "supplementalGroups": [3000],
+    }
+    assert reader["spec"]["volumes"] == [
+        {"name": "claim", "persistentVolumeClaim": {"claimName": "tiny-checkpoints", "readOnly": True}}
+    ]
+    assert reader["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "claim", "mountPath": "/sft-transfer", "readOnly": True}
+    ]
     # Both pass the restricted Pod Security Standard, rule by rule (pss_restricted.py).
     assert restricted_violations(writer) == restricted_violations(reader) == []
 
@@ -138,12 +192,25 @@ def test_helper_pods_run_the_restricted_profile_writing_with_the_jobs_group_read
 def test_the_rights_a_transfer_needs_and_the_refusal_naming_them() -> None:
     plan = uploads.plan_upload(FILE, job_name="j", ckpt_output_dir="./runs/a", nnodes=1, storage_class=None)
     assert [str(p) for p in uploads.needed_permissions(plan)] == [
-        "create pods", "get pods", "delete pods", "create pods/exec", "get pods/exec",
-        "create persistentvolumeclaims", "patch persistentvolumeclaims", "delete persistentvolumeclaims"]
+        "create pods",
+        "get pods",
+        "delete pods",
+        "create pods/exec",
+        "get pods/exec",
+        "create persistentvolumeclaims",
+        "patch persistentvolumeclaims",
+        "delete persistentvolumeclaims",
+    ]
     assert [str(p) for p in uploads.needed_permissions(None)] == [
-        "create pods", "get pods", "delete pods", "create pods/exec", "get pods/exec"]
+        "create pods",
+        "get pods",
+        "delete pods",
+        "create pods/exec",
+        "get pods/exec",
+    ]
     assert uploads.forbidden_message("uploading ./d.jsonl", "ml", uploads.needed_permissions(None)[3:], "why") == (
-        "uploading ./d.jsonl needs these rights in namespace ml, which you lack: create pods/exec, get pods/exec (why)")
+        "uploading ./d.jsonl needs these rights in namespace ml, which you lack: create pods/exec, get pods/exec (why)"
+    )
 
 
 def test_checkpoint_directories_and_tar_member_paths() -> None:
@@ -173,18 +240,24 @@ def test_receive_stores_exactly_the_announced_bytes_after_checking_them(tmp_path
     out = run_script(uploads.receive_command(plan), data + b"trailing", tmp_path)
     assert out.returncode == 0, out.stderr
     assert [json.loads(line) for line in out.stdout.splitlines()] == [
-        {"state": "send"}, {"state": "stored", "size": len(data), "sha256": file.sha256}]
+        {"state": "send"},
+        {"state": "stored", "size": len(data), "sha256": file.sha256},
+    ]
     assert stored.read_bytes() == data and not Path(f"{stored}.partial").exists()
     # The same file again: found, nothing read.
     out = run_script(uploads.receive_command(plan), b"", tmp_path)
     assert [json.loads(line) for line in out.stdout.splitlines()] == [
-        {"state": "present", "size": len(data), "sha256": file.sha256}]
+        {"state": "present", "size": len(data), "sha256": file.sha256}
+    ]
     # Cut short (the client went away): nothing kept, not even the partial file.
     stored.unlink()
     out = run_script(uploads.receive_command(plan), data[:100], tmp_path)
     assert out.returncode == 1
-    assert json.loads(out.stdout.splitlines()[-1]) == {"state": "mismatch", "size": 100,
-                                                       "sha256": hashlib.sha256(data[:100]).hexdigest()}
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "state": "mismatch",
+        "size": 100,
+        "sha256": hashlib.sha256(data[:100]).hexdigest(),
+    }
     assert not stored.exists() and not Path(f"{stored}.partial").exists()
     # Other bytes of the same size: refused by the sha256.
     out = run_script(uploads.receive_command(plan), data.upper(), tmp_path)
@@ -201,8 +274,7 @@ def test_send_streams_a_tar_with_the_listing_first_and_the_digests_after(tmp_pat
     out = run_script(uploads.send_command("runs/hf_format/samples_8"), b"", tmp_path)
     assert out.returncode == 0, out.stderr
     listing, sums = [json.loads(line) for line in out.stderr.splitlines()]
-    assert listing == {"files": [["sub", None], ["config.json", 2], ["model.safetensors", 300_000],
-                                 ["sub/empty", 0]]}
+    assert listing == {"files": [["sub", None], ["config.json", 2], ["model.safetensors", 300_000], ["sub/empty", 0]]}
     assert sums == {"sha256": {rel: hashlib.sha256(content).hexdigest() for rel, content in files.items()}}
     with tarfile.open(fileobj=io.BytesIO(out.stdout), mode="r|") as archive:
         got = {m.name: archive.extractfile(m).read() if m.isfile() else None for m in archive}  # type: ignore[union-attr]  # a file
@@ -216,31 +288,47 @@ def test_send_streams_a_tar_with_the_listing_first_and_the_digests_after(tmp_pat
 
 
 # --- sft() with a file on this machine ----------------------------------------------------------
-def test_a_local_data_file_becomes_its_upload_path_in_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_data_file_becomes_its_upload_path_in_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("train.jsonl").write_bytes(b'{"messages": []}\n')
     backend = KubernetesSFTBackend(name="tiny", namespace="ml", checkpoint_claim_size="1Gi", show_progress=False)
     prepared = backend.prepare({**TRAINING, "data_path": "./train.jsonl", "nnodes": 2})
-    assert prepared.upload == UploadPlan(LocalFile("./train.jsonl", 17, SHA),
-                                         ClaimPath("tiny-upload", f".sft-uploads/sha256-{SHA[:16]}/train.jsonl"),
-                                         NewClaim("1024Mi", ("ReadWriteMany",), None))
+    assert prepared.upload == UploadPlan(
+        LocalFile("./train.jsonl", 17, SHA),
+        ClaimPath("tiny-upload", f".sft-uploads/sha256-{SHA[:16]}/train.jsonl"),
+        NewClaim("1024Mi", ("ReadWriteMany",), None),
+    )
     spec = prepared.manifest["spec"]
     assert spec["dataPath"] == f"/mnt/pvc/tiny-upload/.sft-uploads/sha256-{SHA[:16]}/train.jsonl"
-    assert spec["pod"]["volumes"][-1] == {"name": "pvc-tiny-upload", "persistentVolumeClaim": {"claimName": "tiny-upload"}}
-    assert spec["pod"]["volumeMounts"][-1] == {"name": "pvc-tiny-upload", "mountPath": "/mnt/pvc/tiny-upload",
-                                               "readOnly": True}
+    assert spec["pod"]["volumes"][-1] == {
+        "name": "pvc-tiny-upload",
+        "persistentVolumeClaim": {"claimName": "tiny-upload"},
+    }
+    assert spec["pod"]["volumeMounts"][-1] == {
+        "name": "pvc-tiny-upload",
+        "mountPath": "/mnt/pvc/tiny-upload",
+        "readOnly": True,
+    }
     # On an existing checkpoint claim: under its mount, no claim of its own; file:// the same.
     prepared = KubernetesSFTBackend(name="tiny", show_progress=False).prepare(
-        {**TRAINING, "data_path": f"file://{tmp_path}/train.jsonl", "ckpt_output_dir": "pvc://ckpts/run1"})
+        {**TRAINING, "data_path": f"file://{tmp_path}/train.jsonl", "ckpt_output_dir": "pvc://ckpts/run1"}
+    )
     assert prepared.upload is not None and prepared.upload.new_claim is None
     assert prepared.manifest["spec"]["dataPath"] == f"/checkpoints/.sft-uploads/sha256-{SHA[:16]}/train.jsonl"
     # Nothing local: no upload.
-    assert KubernetesSFTBackend(name="t").prepare(
-        {**TRAINING, "data_path": "/data/d.jsonl", "ckpt_output_dir": "pvc://ckpts/run1"}).upload is None
+    assert (
+        KubernetesSFTBackend(name="t")
+        .prepare({**TRAINING, "data_path": "/data/d.jsonl", "ckpt_output_dir": "pvc://ckpts/run1"})
+        .upload
+        is None
+    )
 
 
 def test_a_missing_local_file_or_other_bad_parameters_are_named_before_the_file_is_read(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     backend = KubernetesSFTBackend(name="tiny", checkpoint_claim_size="1Gi", show_progress=False)
     with pytest.raises(SFTParameterError) as raised:
@@ -248,7 +336,8 @@ def test_a_missing_local_file_or_other_bad_parameters_are_named_before_the_file_
     assert str(raised.value) == (
         "invalid sft() parameters: data_path (spec.dataPath): './nope.jsonl': no such file on this machine (a "
         "relative path or file:// is uploaded from here; a path in the pods is absolute, a remote one hf://, s3:// "
-        "or https://)")
+        "or https://)"
+    )
     Path("d").mkdir()
     with pytest.raises(SFTParameterError) as raised:
         backend.prepare({**TRAINING, "data_path": "d"})
@@ -282,11 +371,19 @@ T = "2026-12-07T12:00:00Z"
 
 
 def test_the_checkpoint_to_download() -> None:
-    job = {"metadata": {"name": "tiny", "namespace": "ml"},
-           "spec": {"checkpoints": {"existingClaim": "c", "path": "runs/a"}},
-           "status": {"phase": "Succeeded", "progress": {"checkpoints": [
-               {"name": "samples_8", "path": "hf_format/samples_8", "samples": 8, "time": T},
-               {"name": "samples_16", "path": "hf_format/samples_16", "samples": 16, "time": T}]}}}
+    job = {
+        "metadata": {"name": "tiny", "namespace": "ml"},
+        "spec": {"checkpoints": {"existingClaim": "c", "path": "runs/a"}},
+        "status": {
+            "phase": "Succeeded",
+            "progress": {
+                "checkpoints": [
+                    {"name": "samples_8", "path": "hf_format/samples_8", "samples": 8, "time": T},
+                    {"name": "samples_16", "path": "hf_format/samples_16", "samples": 16, "time": T},
+                ]
+            },
+        },
+    }
     view = view_job(job)
     assert choose_checkpoint(view, None).name == "samples_16"
     assert choose_checkpoint(view, "samples_8").pod_path == "/checkpoints/runs/a/hf_format/samples_8"
@@ -294,7 +391,9 @@ def test_the_checkpoint_to_download() -> None:
         choose_checkpoint(view, "samples_9")
     assert str(missing.value) == "SFTJob ml/tiny has no complete checkpoint 'samples_9' (it has: samples_8, samples_16)"
     with pytest.raises(LookupError) as none:
-        choose_checkpoint(view_job({"metadata": {"name": "t", "namespace": "ml"}, "status": {"phase": "Running"}}), None)
+        choose_checkpoint(
+            view_job({"metadata": {"name": "t", "namespace": "ml"}, "status": {"phase": "Running"}}), None
+        )
     assert str(none.value) == "SFTJob ml/t has no complete checkpoint yet (Running)"
 
 
@@ -312,8 +411,11 @@ def local_session(command: list[str], root: Path) -> tuple[transfer.ExecSession,
             yield transfer.STDOUT, block
         code = proc.wait(timeout=60)
         yield transfer.STDERR, proc.stderr.read()
-        status = {"status": "Success"} if code == 0 else {
-            "status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        status = (
+            {"status": "Success"}
+            if code == 0
+            else {"status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        )
         yield transfer.STATUS, json.dumps(status).encode()
 
     def send(data: bytes) -> None:
@@ -366,12 +468,15 @@ def test_a_download_end_to_end_against_the_pods_program_and_what_a_broken_stream
     out = run_script(command, b"", claim)
     header, trailer = out.stderr.splitlines()
     at = out.stdout.index(files["model.safetensors"][:64]) + 10
-    tampered = out.stdout[:at] + bytes([out.stdout[at] ^ 1]) + out.stdout[at + 1:]
+    tampered = out.stdout[:at] + bytes([out.stdout[at] ^ 1]) + out.stdout[at + 1 :]
 
     def replay(stdout: bytes, stderr_after: bytes = trailer + b"\n") -> transfer.ExecSession:
-        frames = [(transfer.STDERR, header + b"\n"), *((transfer.STDOUT, stdout[i:i + 4096])
-                                                       for i in range(0, len(stdout), 4096)),
-                  (transfer.STDERR, stderr_after), (transfer.STATUS, b'{"status": "Success"}')]
+        frames = [
+            (transfer.STDERR, header + b"\n"),
+            *((transfer.STDOUT, stdout[i : i + 4096]) for i in range(0, len(stdout), 4096)),
+            (transfer.STDERR, stderr_after),
+            (transfer.STATUS, b'{"status": "Success"}'),
+        ]
         return transfer.ExecSession(iter(frames), lambda data: None, lambda: None)
 
     with pytest.raises(transfer.TransferError) as differs:
@@ -379,7 +484,8 @@ def test_a_download_end_to_end_against_the_pods_program_and_what_a_broken_stream
     assert str(differs.value).startswith("downloading: the copy differs from the claim (model.safetensors: sha256 ")
     # Cut short: the stream broke, and what the pod said is in the error.
     with pytest.raises(transfer.TransferError) as cut:
-        transfer.receive_tree(replay(out.stdout[:100_000], b"OSError: Input/output error\n"), "d", tmp_path / "t2",
-                              "downloading", quiet)
+        transfer.receive_tree(
+            replay(out.stdout[:100_000], b"OSError: Input/output error\n"), "d", tmp_path / "t2", "downloading", quiet
+        )
     assert str(cut.value).startswith("downloading: the stream broke (")
     assert str(cut.value).endswith("OSError: Input/output error")

@@ -14,8 +14,7 @@ from sft_trainer.errors import ConfigError
 
 
 def test_unset_is_torchs_default_without_a_backend() -> None:
-    assert collective_timeout_seconds({}) == (
-        1800, "torch's default for init_process_group() without a backend")
+    assert collective_timeout_seconds({}) == (1800, "torch's default for init_process_group() without a backend")
 
 
 def test_set_in_milliseconds() -> None:
@@ -27,7 +26,8 @@ def test_bad_value_is_refused_with_exit_2(raw: str) -> None:
     with pytest.raises(ConfigError) as refused:
         collective_timeout_seconds({ENV_TIMEOUT_MS: raw})
     assert refused.value.message == (
-        f"INSTRUCTLAB_NCCL_TIMEOUT_MS: must be a positive integer (milliseconds), got {raw!r}")
+        f"INSTRUCTLAB_NCCL_TIMEOUT_MS: must be a positive integer (milliseconds), got {raw!r}"
+    )
     assert refused.value.exit_code == contract.EXIT_BAD_CONFIG
 
 
@@ -49,5 +49,4 @@ def test_torchs_default_for_a_group_without_a_backend_is_30_minutes() -> None:
     from torch.distributed import distributed_c10d
     from torch.distributed.distributed_c10d import Backend
 
-    assert distributed_c10d._get_default_timeout(Backend("undefined")) == timedelta(
-        seconds=DEFAULT_SECONDS)
+    assert distributed_c10d._get_default_timeout(Backend("undefined")) == timedelta(seconds=DEFAULT_SECONDS)

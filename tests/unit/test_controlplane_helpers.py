@@ -30,12 +30,19 @@ def test_kubeconfig_embeds_the_ca_and_the_token():
     assert kubeconfig_dict("https://127.0.0.1:6443", b"PEM", "tok", "alice", "ns1") == {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "sft-local", "cluster": {
-            "server": "https://127.0.0.1:6443",
-            "certificate-authority-data": base64.b64encode(b"PEM").decode(),
-        }}],
+        "clusters": [
+            {
+                "name": "sft-local",
+                "cluster": {
+                    "server": "https://127.0.0.1:6443",
+                    "certificate-authority-data": base64.b64encode(b"PEM").decode(),
+                },
+            }
+        ],
         "users": [{"name": "alice", "user": {"token": "tok"}}],
-        "contexts": [{"name": "alice@sft-local", "context": {"cluster": "sft-local", "user": "alice", "namespace": "ns1"}}],
+        "contexts": [
+            {"name": "alice@sft-local", "context": {"cluster": "sft-local", "user": "alice", "namespace": "ns1"}}
+        ],
         "current-context": "alice@sft-local",
     }
 
@@ -45,12 +52,17 @@ def test_token_file_line_quotes_the_groups():
     assert token_file_line("t", "cm", "2", ()) == 't,cm,2,""'
 
 
-@pytest.mark.parametrize(("tail", "expected"), [
-    (["x", "listen tcp 127.0.0.1:2379: bind: address already in use"],
-     "etcd could not bind its port (port in use); retry, or free the port"),
-    (["starting", "Error: unknown flag: --nope", ""], "etcd: Error: unknown flag: --nope"),
-    ([], "etcd wrote no log"),
-])
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (
+            ["x", "listen tcp 127.0.0.1:2379: bind: address already in use"],
+            "etcd could not bind its port (port in use); retry, or free the port",
+        ),
+        (["starting", "Error: unknown flag: --nope", ""], "etcd: Error: unknown flag: --nope"),
+        ([], "etcd wrote no log"),
+    ],
+)
 def test_diagnose_exit(tail, expected):
     assert diagnose_exit("etcd", tail) == expected
 
@@ -62,11 +74,14 @@ def test_tail_lines_keeps_the_last_lines(tmp_path):
     assert tail_lines(tmp_path / "missing.log") == []
 
 
-@pytest.mark.parametrize(("test_name", "stem"), [
-    ("test_a[param-1]", "test-a-param-1"),
-    ("test_" + "x" * 80, "test-" + "x" * 43),
-    ("___", "test"),
-])
+@pytest.mark.parametrize(
+    ("test_name", "stem"),
+    [
+        ("test_a[param-1]", "test-a-param-1"),
+        ("test_" + "x" * 80, "test-" + "x" * 43),
+        ("___", "test"),
+    ],
+)
 def test_namespace_name_is_a_dns_label(test_name, stem):
     name = fresh_namespace_name(test_name)
     assert name.rsplit("-", 1)[0] == stem
@@ -83,7 +98,8 @@ def test_serving_cert_is_signed_by_the_ca_for_loopback_and_service_names():
     assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert sans.get_values_for_type(x509.DNSName) == list(pki.API_SERVER_DNS_NAMES)
     assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
-        [ExtendedKeyUsageOID.SERVER_AUTH])
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
     assert ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
 
 
@@ -134,10 +150,26 @@ def test_parse_audit_writes_keeps_completed_writes_only():
         '"objectRef":{"resource":"namespaces","name":"ns"},"responseStatus":{"code":409}}',
     ]
     assert parse_audit_writes(lines) == [
-        WriteRequest(verb="patch", resource="sftjobs", subresource="status", namespace="ns", name="a",
-                     user="system:serviceaccount:ns:op", user_agent="kopf/1", code=200),
-        WriteRequest(verb="create", resource="namespaces", subresource="", namespace="", name="ns",
-                     user="admin", user_agent="", code=409),
+        WriteRequest(
+            verb="patch",
+            resource="sftjobs",
+            subresource="status",
+            namespace="ns",
+            name="a",
+            user="system:serviceaccount:ns:op",
+            user_agent="kopf/1",
+            code=200,
+        ),
+        WriteRequest(
+            verb="create",
+            resource="namespaces",
+            subresource="",
+            namespace="",
+            name="ns",
+            user="admin",
+            user_agent="",
+            code=409,
+        ),
     ]
 
 
@@ -146,20 +178,30 @@ def _endpoints(ip: str, port: int) -> dict:
 
 
 def _slice(ip: str, port: int) -> dict:
-    return {"addressType": "IPv4", "endpoints": [{"addresses": [ip]}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
+    return {
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip]}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
 
 
 def test_kubernetes_service_endpoints_must_be_this_apiserver():
     """After `make realnode-up` twice the Endpoints kept the first start's port (kube-apiserver
     1.20 reconciles the address, not the port): pods connected to a dead port."""
-    assert kubernetes_service_problem(_endpoints("192.0.2.2", 6443), _slice("192.0.2.2", 6443), "192.0.2.2", 6443) is None
-    assert kubernetes_service_problem(_endpoints("192.0.2.2", 41000), _slice("192.0.2.2", 41000), "192.0.2.2", 6443) == (
+    assert (
+        kubernetes_service_problem(_endpoints("192.0.2.2", 6443), _slice("192.0.2.2", 6443), "192.0.2.2", 6443) is None
+    )
+    assert kubernetes_service_problem(
+        _endpoints("192.0.2.2", 41000), _slice("192.0.2.2", 41000), "192.0.2.2", 6443
+    ) == (
         "the `kubernetes` Service sends pods to its Endpoints 192.0.2.2:41000; its EndpointSlice 192.0.2.2:41000, "
-        "but the API server serves 192.0.2.2:6443")
+        "but the API server serves 192.0.2.2:6443"
+    )
     assert kubernetes_service_problem(_endpoints("192.0.2.2", 6443), None, "192.0.2.2", 6443) == (
-        "the `kubernetes` Service sends pods to its EndpointSlice none, but the API server serves 192.0.2.2:6443")
+        "the `kubernetes` Service sends pods to its EndpointSlice none, but the API server serves 192.0.2.2:6443"
+    )
     both = {"subsets": [{"addresses": [{"ip": "192.0.2.2"}, {"ip": "192.0.2.9"}], "ports": [{"port": 6443}]}]}
     assert kubernetes_service_problem(both, _slice("192.0.2.2", 6443), "192.0.2.2", 6443) == (
         "the `kubernetes` Service sends pods to its Endpoints 192.0.2.2:6443, 192.0.2.9:6443, "
-        "but the API server serves 192.0.2.2:6443")
+        "but the API server serves 192.0.2.2:6443"
+    )

@@ -58,7 +58,14 @@ def test_identity_printer_columns_and_status_subresource() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Nodes", "Epoch", "Progress", "Loss", "Latest checkpoint", "Age"]
+        "Phase",
+        "Nodes",
+        "Epoch",
+        "Progress",
+        "Loss",
+        "Latest checkpoint",
+        "Age",
+    ]
 
 
 def test_defaults_live_in_the_schema() -> None:
@@ -117,7 +124,9 @@ def test_the_generator_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out == render_yaml()
 
 
-@pytest.mark.parametrize(("name", "ok"), [("a" * 52, True), ("a" * 53, False), ("Job", False), ("9job", False), ("a.b", False)])
+@pytest.mark.parametrize(
+    ("name", "ok"), [("a" * 52, True), ("a" * 53, False), ("Job", False), ("9job", False), ("a.b", False)]
+)
 def test_job_name_is_limited_by_the_schema(name: str, ok: bool) -> None:
     """metadata.name restrictions are plain OpenAPI: enforced on every cluster, 1.20 included."""
     body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())

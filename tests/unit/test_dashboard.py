@@ -13,8 +13,21 @@ import pytest
 from sft_operator.metrics import JOB_GAUGES, OperatorMetrics, metric_names
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "sft-operator" / "dashboards" / "sft-operator.json"
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
-                "unless", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -26,7 +39,7 @@ def promql_metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     names = set()
     for match in re.finditer(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*", expr):  # not in 5m or 1e3
-        following = expr[match.end():].lstrip()
+        following = expr[match.end() :].lstrip()
         if following.startswith("(") or match.group() in PROMQL_WORDS:
             continue
         names.add(match.group())
@@ -62,7 +75,7 @@ def queried_metrics() -> dict[str, set[str]]:
 
 def test_the_parser_finds_metric_names_only() -> None:
     assert promql_metric_names(
-        'histogram_quantile(0.95, sum by (le, phase) (rate(sft_operator_reconcile_duration_seconds_bucket'
+        "histogram_quantile(0.95, sum by (le, phase) (rate(sft_operator_reconcile_duration_seconds_bucket"
         '{namespace=~"$namespace", job!="x"}[5m]))) / on (le) group_left sum(up) or vector(0)'
     ) == {"sft_operator_reconcile_duration_seconds_bucket", "up"}
     assert promql_metric_names('sft_operator_jobs{phase="Running"} offset 5m > bool 0') == {"sft_operator_jobs"}
@@ -78,9 +91,17 @@ def test_every_queried_metric_exists_in_the_registry() -> None:
 
 def test_every_operator_metric_is_on_a_panel() -> None:
     shown = set().union(*queried_metrics().values())
-    ours = {"sft_operator_jobs", "sft_operator_failed_jobs", *JOB_GAUGES, "sft_operator_reconciles_total",
-            "sft_operator_reconcile_duration_seconds_bucket", "sft_operator_handler_retries_total",
-            "sft_operator_api_requests_total", "sft_operator_api_errors_total", "sft_operator_status_patches_total"}
+    ours = {
+        "sft_operator_jobs",
+        "sft_operator_failed_jobs",
+        *JOB_GAUGES,
+        "sft_operator_reconciles_total",
+        "sft_operator_reconcile_duration_seconds_bucket",
+        "sft_operator_handler_retries_total",
+        "sft_operator_api_requests_total",
+        "sft_operator_api_errors_total",
+        "sft_operator_status_patches_total",
+    }
     assert ours - shown == set()
 
 

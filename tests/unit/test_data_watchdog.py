@@ -33,8 +33,9 @@ def child_env() -> dict[str, str]:
 
 
 def supervise(name: str, state: Path, *, stall: float = STALL, attempts: int = 3, **payload):
-    return data_watchdog.run_supervised(f"{TARGETS}:{name}", {"state": str(state), **payload},
-                                        stall_timeout=stall, attempts=attempts, env=child_env())
+    return data_watchdog.run_supervised(
+        f"{TARGETS}:{name}", {"state": str(state), **payload}, stall_timeout=stall, attempts=attempts, env=child_env()
+    )
 
 
 def gone(pid: int, timeout: float = 5.0) -> bool:
@@ -78,7 +79,8 @@ def test_every_attempt_stalls_then_a_clear_failure(tmp_path: Path) -> None:
     assert failure.value.message == (
         'data processing did not finish in 2 attempts (attempt 1 stalled at "Converting '
         'samples" 3/10; attempt 2 stalled at "Converting samples" 3/10; a stall is 3s without '
-        "progress)")
+        "progress)"
+    )
     assert len(list(tmp_path.glob("attempt-*"))) == 2
 
 
@@ -122,9 +124,13 @@ except launcher.Preempted as error:
 
 
 def test_sigterm_while_the_child_runs_kills_it_and_exits_preempted(tmp_path: Path) -> None:
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_LIKE, str(tmp_path)],
-                                env=child_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_LIKE, str(tmp_path)],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "attempt-1").exists():

@@ -18,9 +18,14 @@ SPEC = {"modelPath": "/models/tiny", "nnodes": 2, "checkpoints": {"existingClaim
 
 def body(**metadata: object) -> dict:
     return {
-        "apiVersion": contract.API_VERSION, "kind": contract.KIND,
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
         "metadata": {
-            "name": "j", "namespace": "ns", "uid": "u-1", "generation": 3, "resourceVersion": "42",
+            "name": "j",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 3,
+            "resourceVersion": "42",
             "labels": {"team": "a"},
             "annotations": {
                 "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"spec": SPEC}),
@@ -36,8 +41,15 @@ def body(**metadata: object) -> dict:
 
 
 @pytest.mark.parametrize("ignored", [IGNORED, []])
-@pytest.mark.parametrize("raw", [body(), body(labels={}, annotations={}),
-                                 {**body(), "status": None}, {k: v for k, v in body().items() if k != "status"}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        body(),
+        body(labels={}, annotations={}),
+        {**body(), "status": None},
+        {k: v for k, v in body().items() if k != "status"},
+    ],
+)
 def test_the_same_essence_as_kopfs(raw: dict, ignored: list[str]) -> None:
     ours = LeanDiffBaseStorage(prefix=contract.GROUP, ignored_fields=ignored)
     kopfs = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP, ignored_fields=ignored)
@@ -52,7 +64,9 @@ def test_extra_fields_are_kopfs_way() -> None:
     assert ours.build(body=raw, extra_fields=["status.phase"])["status"] == {"phase": "Running"}
 
 
-@pytest.mark.parametrize("raw", [body(), body(labels={}, annotations={f"{contract.GROUP}/x": "1"}), body(annotations={})])
+@pytest.mark.parametrize(
+    "raw", [body(), body(labels={}, annotations={f"{contract.GROUP}/x": "1"}), body(annotations={})]
+)
 def test_progress_annotations_cleared_as_kopf_does(raw: dict) -> None:
     """What kopf compares: the essence less our prefix's annotations, as kopf's own storage
     leaves it; ours works on the essence kopf hands it (a private copy) instead of copying it."""

@@ -92,15 +92,22 @@ def test_exposes_the_chart_health_port() -> None:
 
 def test_installs_the_core_and_the_operator_only() -> None:
     """The operator image needs no torch, no client, no launcher: it installs two distributions."""
-    installs = [rest for keyword, rest in instructions(OPERATOR_DOCKERFILE) if keyword == "RUN" and "pip install" in rest]
-    targets = {word for rest in installs for word in shlex.split(rest) if word.startswith("./") or word.startswith(".[")}
+    installs = [
+        rest for keyword, rest in instructions(OPERATOR_DOCKERFILE) if keyword == "RUN" and "pip install" in rest
+    ]
+    targets = {
+        word for rest in installs for word in shlex.split(rest) if word.startswith("./") or word.startswith(".[")
+    }
     assert targets == {"./core", "./operator"}
 
 
 def test_build_context_holds_what_the_dockerfile_copies() -> None:
     """.dockerignore excludes everything but an allow-list, and the allow-list covers each COPY."""
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", ".dockerignore should start by excluding everything"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     for keyword, rest in instructions(OPERATOR_DOCKERFILE):
@@ -115,8 +122,11 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
 
 def docker_context(target: Path) -> Path:
     """A copy of what `docker build .` sends: the .dockerignore allow-list, without caches."""
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for allowed in (p[1:].rstrip("/") for p in patterns if p.startswith("!")):
         source = ROOT / allowed
@@ -136,11 +146,28 @@ def test_the_operator_image_context_holds_the_core_and_the_operator_only(tmp_pat
     assert sorted(p.name for p in context.iterdir()) == ["core", "operator"]
     for folder in ("core", "operator"):
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-             "-w", str(tmp_path / "dist"), str(context / folder)],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "-q",
+                "-w",
+                str(tmp_path / "dist"),
+                str(context / folder),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-    shipped = {name.split("/")[0] for wheel in (tmp_path / "dist").glob("*.whl")
-               for name in zipfile.ZipFile(wheel).namelist() if name.endswith("/__init__.py")}
+    shipped = {
+        name.split("/")[0]
+        for wheel in (tmp_path / "dist").glob("*.whl")
+        for name in zipfile.ZipFile(wheel).namelist()
+        if name.endswith("/__init__.py")
+    }
     assert shipped == {"sft_core", "sft_models", "sft_operator", "sft_reporter"}

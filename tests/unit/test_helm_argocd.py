@@ -48,7 +48,8 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
 
 def job(phase: str | None = None, generation: int = 1, observed: int | None = 1, **status: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1", "kind": "SFTJob",
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "SFTJob",
         "metadata": {"name": "j", "namespace": "ns", "generation": generation},
         "spec": {"nnodes": 2},
     }
@@ -80,7 +81,12 @@ def test_failed_carries_the_failure_message() -> None:
 
 
 def test_failed_for_an_invalid_spec_names_the_field() -> None:
-    spec_valid = {"type": "SpecValid", "status": "False", "reason": "InvalidSpec", "message": "spec.maxSeqLen: required"}
+    spec_valid = {
+        "type": "SpecValid",
+        "status": "False",
+        "reason": "InvalidSpec",
+        "message": "spec.maxSeqLen: required",
+    }
     assert health(job("Failed", conditions=[spec_valid])) == ("Degraded", "spec.maxSeqLen: required")
 
 

@@ -85,11 +85,21 @@ def test_provisioned_helm_is_the_pinned_version(helm: Helm) -> None:
 def test_provision_script_answers_from_its_cache_or_sft_helm(helm: Helm, tmp_path: Path) -> None:
     again = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.strip() == helm.binary
-    chosen = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "SFT_HELM": helm.binary})
+    chosen = subprocess.run(
+        ["bash", str(PROVISION_HELM)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SFT_HELM": helm.binary},
+    )
     assert chosen.stdout.strip() == helm.binary
-    bad = subprocess.run(["bash", str(PROVISION_HELM)], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "SFT_HELM": str(tmp_path / "no-helm")})
+    bad = subprocess.run(
+        ["bash", str(PROVISION_HELM)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SFT_HELM": str(tmp_path / "no-helm")},
+    )
     assert bad.returncode == 1 and "is not an executable" in bad.stderr and not bad.stdout
 
 
@@ -110,23 +120,42 @@ def test_every_rendered_object_is_strictly_valid(helm: Helm, mode: str, version:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as e:
-            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
+            pytest.fail(
+                f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {e.message} at {list(e.path)}"
+            )
 
 
 def test_what_each_mode_renders(helm: Helm) -> None:
     cluster = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template())
     assert cluster == [
-        ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", "sft-system"),
-        ("Deployment", "sft-system"), ("PodDisruptionBudget", "sft-system"), ("Role", "sft-system"),
-        ("RoleBinding", "sft-system"), ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"),
-        ("ServiceAccount", "sft-system"), ("ValidatingWebhookConfiguration", None),
+        ("ClusterRole", None),
+        ("ClusterRoleBinding", None),
+        ("ConfigMap", "sft-system"),
+        ("Deployment", "sft-system"),
+        ("PodDisruptionBudget", "sft-system"),
+        ("Role", "sft-system"),
+        ("RoleBinding", "sft-system"),
+        ("Secret", "sft-system"),
+        ("Service", "sft-system"),
+        ("Service", "sft-system"),
+        ("ServiceAccount", "sft-system"),
+        ("ValidatingWebhookConfiguration", None),
     ]
     namespaced = sorted((d["kind"], d["metadata"].get("namespace")) for d in helm.template(*NAMESPACES_MODE))
     assert namespaced == [
-        ("ConfigMap", "sft-system"), ("Deployment", "sft-system"), ("PodDisruptionBudget", "sft-system"),
-        ("Role", "sft-system"), ("Role", "team-a"), ("Role", "team-b"),
-        ("RoleBinding", "sft-system"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
-        ("Secret", "sft-system"), ("Service", "sft-system"), ("Service", "sft-system"), ("ServiceAccount", "sft-system"),
+        ("ConfigMap", "sft-system"),
+        ("Deployment", "sft-system"),
+        ("PodDisruptionBudget", "sft-system"),
+        ("Role", "sft-system"),
+        ("Role", "team-a"),
+        ("Role", "team-b"),
+        ("RoleBinding", "sft-system"),
+        ("RoleBinding", "team-a"),
+        ("RoleBinding", "team-b"),
+        ("Secret", "sft-system"),
+        ("Service", "sft-system"),
+        ("Service", "sft-system"),
+        ("ServiceAccount", "sft-system"),
         ("ValidatingWebhookConfiguration", None),
     ]
 
@@ -145,7 +174,9 @@ def test_bindings_name_the_operator_service_account(helm: Helm, mode: str) -> No
         ]
         role_kind = "ClusterRole" if binding["kind"] == "ClusterRoleBinding" else "Role"
         assert binding["roleRef"] == {
-            "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": binding["metadata"]["name"],
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": binding["metadata"]["name"],
         }
 
 
@@ -156,21 +187,34 @@ def test_deployment_runs_two_replicas_one_leading_with_a_liveness_probe(helm: He
     assert spec["replicas"] == 2
     assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (container,) = spec["template"]["spec"]["containers"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--readiness=http://0.0.0.0:8081/readyz",
-                                 "--metrics-port=8000", "--webhook-port=9443", "--webhook-cert-dir=/etc/sft-operator/webhook",
-                                 "--leader-elect", "--leader-election-lease=rel-sft-operator"]
+    assert container["args"] == [
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--readiness=http://0.0.0.0:8081/readyz",
+        "--metrics-port=8000",
+        "--webhook-port=9443",
+        "--webhook-cert-dir=/etc/sft-operator/webhook",
+        "--leader-elect",
+        "--leader-election-lease=rel-sft-operator",
+    ]
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
     anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     (budget,) = by_kind(docs, "PodDisruptionBudget")
     assert budget["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
-                                  {"name": "ready", "containerPort": 8081, "protocol": "TCP"},
-                                  {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
-                                  {"name": "webhook", "containerPort": 9443, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "ready", "containerPort": 8081, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "webhook", "containerPort": 9443, "protocol": "TCP"},
+    ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": "ready"}, "initialDelaySeconds": 2,
-                                           "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 1}
+    assert container["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", "port": "ready"},
+        "initialDelaySeconds": 2,
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 1,
+    }
     assert container["image"] == "sft-operator:0.1.0"
 
 
@@ -193,10 +237,14 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     ("args", "image"),
     [
         ((), "sft-operator:0.1.0"),
-        (("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.tag=1.2.3"),
-         "example.test/ml/sft-operator:1.2.3"),
-        (("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.digest=sha256:" + "b" * 64),
-         "example.test/ml/sft-operator@sha256:" + "b" * 64),
+        (
+            ("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.tag=1.2.3"),
+            "example.test/ml/sft-operator:1.2.3",
+        ),
+        (
+            ("--set", "image.repository=example.test/ml/sft-operator", "--set", "image.digest=sha256:" + "b" * 64),
+            "example.test/ml/sft-operator@sha256:" + "b" * 64,
+        ),
     ],
 )
 def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], image: str) -> None:
@@ -207,8 +255,15 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
     assert env_of(container)[render.ENV_REPORTER_IMAGE] == image
     extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
     (container,) = extra["spec"]["template"]["spec"]["containers"]
-    assert env_of(container) == {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "POD_ID": None,
-                                 "POD_NAMESPACE": None, render.ENV_REPORTER_IMAGE: image, ENV_POLICY: DEFAULT_POLICY_JSON, "X": "1"}
+    assert env_of(container) == {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "POD_ID": None,
+        "POD_NAMESPACE": None,
+        render.ENV_REPORTER_IMAGE: image,
+        ENV_POLICY: DEFAULT_POLICY_JSON,
+        "X": "1",
+    }
     # kopf's peering identity from the pod's name: without it kopf calls getpass.getuser(), which
     # fails for the image's uid 65532 (no passwd entry) and the operator pod crash-loops.
     (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
@@ -218,10 +273,15 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
 def test_namespaces_mode_passes_each_namespace(helm: Helm) -> None:
     (container,) = the_deployment(helm.template(*NAMESPACES_MODE))["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
-        "--liveness=http://0.0.0.0:8080/healthz", "--readiness=http://0.0.0.0:8081/readyz", "--metrics-port=8000",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--readiness=http://0.0.0.0:8081/readyz",
+        "--metrics-port=8000",
         "--webhook-port=9443",
-        "--webhook-cert-dir=/etc/sft-operator/webhook", "--leader-elect", "--leader-election-lease=rel-sft-operator",
-        "--namespace=team-a", "--namespace=team-b",
+        "--webhook-cert-dir=/etc/sft-operator/webhook",
+        "--leader-elect",
+        "--leader-election-lease=rel-sft-operator",
+        "--namespace=team-a",
+        "--namespace=team-b",
     ]
 
 
@@ -229,7 +289,9 @@ def test_operator_container_is_restricted(helm: Helm) -> None:
     """What Pod Security Standards' "restricted" profile demands, and a read-only root."""
     pod = the_deployment(helm.template())["spec"]["template"]["spec"]
     assert pod["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     (container,) = pod["containers"]
@@ -247,18 +309,26 @@ def test_operator_container_is_restricted(helm: Helm) -> None:
 
 def test_platform_assigned_user_ids(helm: Helm) -> None:
     """runAsUser/runAsGroup null (OpenShift assigns them): omitted, runAsNonRoot stays."""
-    pod = the_deployment(helm.template("--set", "runAsUser=null", "--set", "runAsGroup=null"))["spec"]["template"]["spec"]
+    pod = the_deployment(helm.template("--set", "runAsUser=null", "--set", "runAsGroup=null"))["spec"]["template"][
+        "spec"
+    ]
     assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def test_values_are_passed_through(helm: Helm) -> None:
     docs = helm.template(
-        "--set", "image.repository=example.test/ml/sft-operator",
-        "--set", "image.digest=sha256:" + "a" * 64,
-        "--set", "extraArgs={--verbose}",
-        "--set", "nodeSelector.pool=system",
-        "--set", "serviceAccount.annotations.team=ml",
-        "--set", "fullnameOverride=sft",
+        "--set",
+        "image.repository=example.test/ml/sft-operator",
+        "--set",
+        "image.digest=sha256:" + "a" * 64,
+        "--set",
+        "extraArgs={--verbose}",
+        "--set",
+        "nodeSelector.pool=system",
+        "--set",
+        "serviceAccount.annotations.team=ml",
+        "--set",
+        "fullnameOverride=sft",
     )
     deployment = the_deployment(docs)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -271,8 +341,18 @@ def test_values_are_passed_through(helm: Helm) -> None:
 
 
 def test_existing_service_account_without_rbac(helm: Helm) -> None:
-    docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops-sa",
-                         "--set", "rbac.create=false", "--set", "metrics.enabled=false", "--set", "webhook.enabled=false")
+    docs = helm.template(
+        "--set",
+        "serviceAccount.create=false",
+        "--set",
+        "serviceAccount.name=ops-sa",
+        "--set",
+        "rbac.create=false",
+        "--set",
+        "metrics.enabled=false",
+        "--set",
+        "webhook.enabled=false",
+    )
     assert [d["kind"] for d in docs] == ["PodDisruptionBudget", "Deployment"]
     assert the_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
 
@@ -327,21 +407,36 @@ def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
     (dashboard,) = by_kind(docs, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard["metadata"]["namespace"] == "sft-system"
-    assert json.loads(dashboard["data"]["sft-operator.json"]) == json.loads((CHART / "dashboards" / "sft-operator.json").read_text())
+    assert json.loads(dashboard["data"]["sft-operator.json"]) == json.loads(
+        (CHART / "dashboards" / "sft-operator.json").read_text()
+    )
     assert not by_kind(docs, "ServiceMonitor")
 
-    docs = helm.template("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps",
-                         "--set", "metrics.port=9100", "--set", "metrics.dashboard.labels.grafana_dashboard=null",
-                         "--set-string", "metrics.dashboard.labels.dashboards=sft", "--set", "metrics.dashboard.namespace=monitoring",
-                         "--set", "webhook.enabled=false")
+    docs = helm.template(
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=kps",
+        "--set",
+        "metrics.port=9100",
+        "--set",
+        "metrics.dashboard.labels.grafana_dashboard=null",
+        "--set-string",
+        "metrics.dashboard.labels.dashboards=sft",
+        "--set",
+        "metrics.dashboard.namespace=monitoring",
+        "--set",
+        "webhook.enabled=false",
+    )
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kps"
     (service,) = by_kind(docs, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["sft-system"]}
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
-                                             "scrapeTimeout": "10s", "honorLabels": True}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
+    ]
     (container,) = the_deployment(docs)["spec"]["template"]["spec"]["containers"]
     assert "--metrics-port=9100" in container["args"]
     (dashboard,) = by_kind(docs, "ConfigMap")
@@ -356,11 +451,16 @@ def test_metrics_service_dashboard_and_service_monitor(helm: Helm) -> None:
     assert [p["name"] for p in container["ports"]] == ["health", "ready"]
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--set", "metrics.port=8080"], "metrics.port must differ from health.port"),
-    (["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
-     "metrics.serviceMonitor.enabled needs metrics.enabled"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "metrics.port=8080"], "metrics.port must differ from health.port"),
+        (
+            ["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
+            "metrics.serviceMonitor.enabled needs metrics.enabled",
+        ),
+    ],
+)
 def test_metrics_values_that_cannot_work_fail(helm: Helm, args: list[str], expected: str) -> None:
     proc = helm.run("template", "rel", str(CHART), *args)
     assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
@@ -464,9 +564,20 @@ def test_webhook_is_wired_to_the_operator(helm: Helm) -> None:
     configuration, service, webhook = webhook_objects(docs)
     assert configuration["metadata"]["name"] == "rel-sft-operator"
     assert webhook["clientConfig"]["service"] == {
-        "name": "rel-sft-operator-webhook", "namespace": "sft-system", "path": f"/{admission.WEBHOOK_ID}", "port": 443}
-    assert webhook["rules"] == [{"apiGroups": ["finetune.dev"], "apiVersions": ["v1alpha1"],
-                                 "operations": ["CREATE", "UPDATE"], "resources": ["sftjobs"], "scope": "Namespaced"}]
+        "name": "rel-sft-operator-webhook",
+        "namespace": "sft-system",
+        "path": f"/{admission.WEBHOOK_ID}",
+        "port": 443,
+    }
+    assert webhook["rules"] == [
+        {
+            "apiGroups": ["finetune.dev"],
+            "apiVersions": ["v1alpha1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["sftjobs"],
+            "scope": "Namespaced",
+        }
+    ]
     assert (webhook["failurePolicy"], webhook["sideEffects"], webhook["timeoutSeconds"]) == ("Fail", "None", 10)
     assert webhook["admissionReviewVersions"] == ["v1"]
     deployment = the_deployment(docs)
@@ -475,7 +586,9 @@ def test_webhook_is_wired_to_the_operator(helm: Helm) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
-    assert {"name": "webhook-tls", "mountPath": "/etc/sft-operator/webhook", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "webhook-tls", "mountPath": "/etc/sft-operator/webhook", "readOnly": True} in container[
+        "volumeMounts"
+    ]
     # Ready waits for the webhook to listen: /readyz checks the port it is told (readiness.py).
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ready"}
     assert "--webhook-port=9443" in container["args"] and "--readiness=http://0.0.0.0:8081/readyz" in container["args"]
@@ -506,9 +619,16 @@ def test_generated_certificate_serves_the_service_name(helm: Helm) -> None:
 
 
 def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:
-    docs = helm.template("--set", "webhook.tls.existingSecret=my-tls", "--set", "webhook.tls.caBundle=Q0E=",
-                         "--set", "webhook.failurePolicy=Ignore",
-                         "--set", "webhook.annotations.cert-manager\\.io/inject-ca-from=sft-system/my-cert")
+    docs = helm.template(
+        "--set",
+        "webhook.tls.existingSecret=my-tls",
+        "--set",
+        "webhook.tls.caBundle=Q0E=",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+        "--set",
+        "webhook.annotations.cert-manager\\.io/inject-ca-from=sft-system/my-cert",
+    )
     configuration, _, webhook = webhook_objects(docs)
     assert not by_kind(docs, "Secret")
     assert (webhook["clientConfig"]["caBundle"], webhook["failurePolicy"]) == ("Q0E=", "Ignore")
@@ -526,9 +646,14 @@ def test_webhook_with_a_certificate_of_yours_or_off(helm: Helm) -> None:
 
 def test_policy_values_reach_the_operator(helm: Helm) -> None:
     """SFT_ADMISSION_POLICY is the values' policy, in the form the operator loads."""
-    (container,) = the_deployment(helm.template(
-        "--set", "policy.allowHostPath=true", "--set", "policy.allowedPriorityClasses={training-high}",
-    ))["spec"]["template"]["spec"]["containers"]
+    (container,) = the_deployment(
+        helm.template(
+            "--set",
+            "policy.allowHostPath=true",
+            "--set",
+            "policy.allowedPriorityClasses={training-high}",
+        )
+    )["spec"]["template"]["spec"]["containers"]
     policy = load_policy(env_of(container)[ENV_POLICY])
     assert policy == AdmissionPolicy(allow_host_path=True, allowed_priority_classes=["training-high"])
 
@@ -539,8 +664,9 @@ def test_namespaces_mode_webhook_selects_the_watched_namespaces(helm: Helm) -> N
     admits jobs outside its namespaces unchecked)."""
     configuration, _, webhook = webhook_objects(helm.template(*NAMESPACES_MODE, "--kube-version", "1.25.0"))
     kubernetes_validate.validate(configuration, "1.25.0", strict=True)
-    assert webhook["namespaceSelector"] == {"matchExpressions": [
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]}
+    assert webhook["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    }
     _, _, webhook = webhook_objects(helm.template(*NAMESPACES_MODE, "--kube-version", "1.20.2"))
     assert "namespaceSelector" not in webhook
     _, _, webhook = webhook_objects(helm.template("--kube-version", "1.25.0"))
@@ -553,6 +679,7 @@ def test_notes_say_what_the_webhook_admits(helm: Helm) -> None:
     assert "only from users who\nmay create pods in the job's namespace" in proc.stdout
     assert "(hostPath refused; see values `policy`)" in proc.stdout
     assert "While no operator pod answers, no SFTJob can be created or changed." in proc.stdout
-    off = helm.run("install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system",
-                   "--set", "webhook.enabled=false")
+    off = helm.run(
+        "install", "rel", str(CHART), "--dry-run=client", "--namespace", "sft-system", "--set", "webhook.enabled=false"
+    )
     assert off.returncode == 0 and "admitted by the operator's webhook" not in off.stdout

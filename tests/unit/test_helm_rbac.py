@@ -31,7 +31,12 @@ def _chart_tests() -> Any:
 
 _chart = _chart_tests()
 MODES, NAMESPACES_MODE, ROOT, Helm, by_kind = (
-    _chart.MODES, _chart.NAMESPACES_MODE, _chart.ROOT, _chart.Helm, _chart.by_kind)
+    _chart.MODES,
+    _chart.NAMESPACES_MODE,
+    _chart.ROOT,
+    _chart.Helm,
+    _chart.by_kind,
+)
 
 PACKAGE = ROOT / "operator" / "sft_operator"
 OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
@@ -85,8 +90,11 @@ LEADER_ELECTION_ROLE = "rel-sft-operator-leader-election"
 
 def rules_of(docs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The rules of the operator's job (every Role and ClusterRole but leader election's)."""
-    return [role["rules"] for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
-            if role["metadata"]["name"] != LEADER_ELECTION_ROLE]
+    return [
+        role["rules"]
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        if role["metadata"]["name"] != LEADER_ELECTION_ROLE
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -97,13 +105,20 @@ def test_leader_election_gets_its_one_lease_in_the_release_namespace(helm: Any, 
     assert role["metadata"]["namespace"] == "sft-system"
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rel-sft-operator"],
-         "verbs": ["get", "update"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["rel-sft-operator"],
+            "verbs": ["get", "update"],
+        },
     ]
     (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == LEADER_ELECTION_ROLE]
     assert binding["roleRef"]["name"] == LEADER_ELECTION_ROLE and binding["metadata"]["namespace"] == "sft-system"
-    assert not [r for r in by_kind(helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1"),
-                                   "Role") if r["metadata"]["name"] == LEADER_ELECTION_ROLE]
+    assert not [
+        r
+        for r in by_kind(helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1"), "Role")
+        if r["metadata"]["name"] == LEADER_ELECTION_ROLE
+    ]
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -191,8 +206,13 @@ def test_operator_may_create_every_child(helm: Any) -> None:
 # --- what the operator's code calls -------------------------------------------------------------
 
 VERB_OF_METHOD = {
-    "read": "get", "get": "get",  # get_namespaced_custom_object: CustomObjectsApi's read
-    "create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list",
+    "read": "get",
+    "get": "get",  # get_namespaced_custom_object: CustomObjectsApi's read
+    "create": "create",
+    "replace": "update",
+    "patch": "patch",
+    "delete": "delete",
+    "list": "list",
 }
 CLIENT_CALL = re.compile(r"\.(read|get|create|replace|patch|delete|list)_namespaced_([a-z_]+)\b")
 # kubernetes-client method names -> (apiGroup, resource); custom objects are only ever ours.
@@ -271,13 +291,18 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
             target = target.removesuffix("_status")
             if target == "custom_object":
                 continue  # by the AST below: the plural argument names the resource
-            assert target in RESOURCE_OF_METHOD, f"{path.name}: {method}_namespaced_{target}: add it to RESOURCE_OF_METHOD"
+            assert target in RESOURCE_OF_METHOD, (
+                f"{path.name}: {method}_namespaced_{target}: add it to RESOURCE_OF_METHOD"
+            )
             group, resource = RESOURCE_OF_METHOD[target]
             used.setdefault((group, resource + ("/status" if status else "")), set()).add(VERB_OF_METHOD[method])
         for method in RAW_WRITE.findall(source):
-            written = {(child["apiVersion"].rpartition("/")[0], render.resource_plural(child["kind"]))
-                       for job in [sample_job(), *gang_jobs()] for child in render.render_children(job)
-                       if child["kind"] != render.PODGROUP_KIND}
+            written = {
+                (child["apiVersion"].rpartition("/")[0], render.resource_plural(child["kind"]))
+                for job in [sample_job(), *gang_jobs()]
+                for child in render.render_children(job)
+                if child["kind"] != render.PODGROUP_KIND
+            }
             for key in written | ({("", "events")} if method == "POST" else set()):
                 used.setdefault(key, set()).add(VERB_OF_RAW_WRITE[method])
         for node in ast.walk(ast.parse(source)):
@@ -289,8 +314,10 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
             if custom:
                 args = [ast.unparse(arg) for arg in node.args]
                 plurals = [arg for arg in args if arg in CUSTOM_OBJECT_PLURALS]
-                assert len(plurals) == 1, f"{path.name}:{node.lineno}: {chain}({', '.join(args)}): " \
+                assert len(plurals) == 1, (
+                    f"{path.name}:{node.lineno}: {chain}({', '.join(args)}): "
                     "name the plural as contract.PLURAL or render.PODGROUP_PLURAL, or add it to CUSTOM_OBJECT_PLURALS"
+                )
                 for group, resource in CUSTOM_OBJECT_PLURALS[plurals[0]]:
                     key = (group, resource + ("/status" if custom.group(2) else ""))
                     used.setdefault(key, set()).add(VERB_OF_METHOD[custom.group(1)])
@@ -309,7 +336,9 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
 def test_code_scan_sees_the_operator() -> None:
     """Guards the scan itself: it must find the calls we know exist."""
     used = used_by_code()
-    assert used[("apps", "statefulsets")] == {"get", "list", "watch", "create", "update"} and "watch" in used[("", "pods")]
+    assert (
+        used[("apps", "statefulsets")] == {"get", "list", "watch", "create", "update"} and "watch" in used[("", "pods")]
+    )
     assert used[("", "events")] == {"create"}
     assert used[("rbac.authorization.k8s.io", "roles")] == {"get", "list", "create", "update"}
     assert used[(contract.GROUP, f"{contract.PLURAL}/status")] == {"patch"}
@@ -326,6 +355,7 @@ def test_chart_grants_everything_the_operator_calls(helm: Any) -> None:
 
 
 # --- docs/rbac.md ---------------------------------------------------------------------------------
+
 
 def documented_grants() -> dict[tuple[str, str], set[str]]:
     text = (ROOT / "docs" / "rbac.md").read_text()

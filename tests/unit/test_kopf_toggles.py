@@ -36,6 +36,7 @@ async def _gate(cls: type, objects: int) -> tuple[int, list[bool]]:
         nonlocal evaluations
         evaluations += 1
         return is_on()
+
     gate.is_on = counted
     toggles = [await gate.make_toggle(name=f"object {i}") for i in range(objects)]
     released: list[bool] = []
@@ -43,6 +44,7 @@ async def _gate(cls: type, objects: int) -> tuple[int, list[bool]]:
     async def worker() -> None:
         await gate.wait_for(True)
         released.append(not toggles_left)
+
     toggles_left = list(toggles)
     waiters = [asyncio.create_task(worker()) for _ in range(objects)]
     await asyncio.sleep(0)
@@ -76,6 +78,7 @@ def test_a_toggle_turned_on_or_added_still_wakes_the_waiters() -> None:
         async def off() -> None:
             await gate.wait_for(False)
             seen.append("off")
+
         waiter = asyncio.create_task(on())
         await asyncio.sleep(0)
         await blocker.turn_to(True)  # a toggle's own change: kopf's notify
@@ -85,4 +88,5 @@ def test_a_toggle_turned_on_or_added_still_wakes_the_waiters() -> None:
         await gate.make_toggle(False, name="late")  # on -> off by adding
         await asyncio.wait_for(waiter, timeout=5)
         return seen
+
     assert asyncio.run(scenario()) == ["on", "off"]

@@ -72,14 +72,16 @@ def test_load_api_client_reads_the_kubeconfig(tmp_path) -> None:
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
         "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', insecure-skip-tls-verify: true}}]\n"
         "users: [{name: u, user: {token: t0ken}}]\n"
-        "contexts: [{name: c, context: {cluster: k, user: u}}]\n")
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
     client = load_api_client(kubeconfig)
     assert isinstance(client, BoundedApiClient)
     assert client.configuration.host == "https://127.0.0.1:6443"
     cfg = client.configuration
     # Newer clients keep the token as "BearerToken", older ones as "authorization".
-    assert (cfg.get_api_key_with_prefix("BearerToken")
-            or cfg.get_api_key_with_prefix("authorization")) == "Bearer t0ken"
+    assert (
+        cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    ) == "Bearer t0ken"
 
 
 def test_in_cluster_client_follows_the_rotated_token(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +103,9 @@ def test_in_cluster_client_follows_the_rotated_token(tmp_path, monkeypatch: pyte
         def now(cls, tz=None):  # type: ignore[no-untyped-def]  # a stand-in clock, as loose as the caller
             return now[0]
 
-    monkeypatch.setattr(incluster_config, "datetime", SimpleNamespace(datetime=Clock, timedelta=real_datetime.timedelta))
+    monkeypatch.setattr(
+        incluster_config, "datetime", SimpleNamespace(datetime=Clock, timedelta=real_datetime.timedelta)
+    )
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
     monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")

@@ -9,23 +9,33 @@ import pytest
 from sft_trainer.errors import ConfigError
 from sft_trainer.launch_config import parse_config, training_args_kwargs
 
-CONFIG = {"trainingArgs": {"model_path": "/m", "data_path": "/d.jsonl",
-                           "ckpt_output_dir": "/checkpoints/run"}}
-FIELDS = {"model_path", "data_path", "ckpt_output_dir", "data_output_dir", "process_data",
-          "on_demand_checkpointing", "disable_flash_attn"}
+CONFIG = {"trainingArgs": {"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/checkpoints/run"}}
+FIELDS = {
+    "model_path",
+    "data_path",
+    "ckpt_output_dir",
+    "data_output_dir",
+    "process_data",
+    "on_demand_checkpointing",
+    "disable_flash_attn",
+}
 
 
 def kwargs(*, flash_attn_installed: bool, cpu: bool = False, **training_args) -> dict:
     config = parse_config({"trainingArgs": {**CONFIG["trainingArgs"], **training_args}})
-    return training_args_kwargs(config, FIELDS, cpu=cpu, usable_cpus=2,
-                                flash_attn_installed=flash_attn_installed)
+    return training_args_kwargs(config, FIELDS, cpu=cpu, usable_cpus=2, flash_attn_installed=flash_attn_installed)
 
 
 def test_without_flash_attn_the_launcher_disables_it() -> None:
     assert kwargs(flash_attn_installed=False) == {
-        "model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/checkpoints/run",
-        "data_output_dir": "/checkpoints/run/data", "process_data": False,
-        "on_demand_checkpointing": True, "disable_flash_attn": True}
+        "model_path": "/m",
+        "data_path": "/d.jsonl",
+        "ckpt_output_dir": "/checkpoints/run",
+        "data_output_dir": "/checkpoints/run/data",
+        "process_data": False,
+        "on_demand_checkpointing": True,
+        "disable_flash_attn": True,
+    }
     assert kwargs(flash_attn_installed=False, disable_flash_attn=True)["disable_flash_attn"] is True
 
 
@@ -39,7 +49,8 @@ def test_asking_for_flash_attention_without_flash_attn_names_the_field() -> None
         kwargs(flash_attn_installed=False, disable_flash_attn=False)
     assert str(raised.value) == (
         "trainingArgs.disable_flash_attn: is false but this image has no flash_attn (the trainer "
-        "image's CUDA flavour installs it only from a wheelhouse): leave it out")
+        "image's CUDA flavour installs it only from a wheelhouse): leave it out"
+    )
 
 
 def test_cpu_mode_disables_it_whatever_is_installed() -> None:

@@ -67,24 +67,39 @@ def test_port_with_a_listener_is_a_conflict_naming_port_and_field() -> None:
     assert raised.value.message == (
         f"spec.rdzvPort: rendezvous port {port} cannot be bound on this pod (Address already in "
         "use): another process listens on it, e.g. another job's rendezvous on a shared host "
-        "network; give one of the jobs a different spec.rdzvPort")
+        "network; give one of the jobs a different spec.rdzvPort"
+    )
 
 
 def test_own_rendezvous_passes() -> None:
-    verify_rendezvous_id("job-0.job.ns.svc", 29500, "uid-a", timeout=5, env_name="PET_RDZV_ENDPOINT",
-                         connect=_connect({RDZV_ID_KEY: b"uid-a"}), sleep=lambda _: None)
+    verify_rendezvous_id(
+        "job-0.job.ns.svc",
+        29500,
+        "uid-a",
+        timeout=5,
+        env_name="PET_RDZV_ENDPOINT",
+        connect=_connect({RDZV_ID_KEY: b"uid-a"}),
+        sleep=lambda _: None,
+    )
 
 
 def test_foreign_rendezvous_is_a_conflict_naming_both_ids() -> None:
     with pytest.raises(RendezvousConflict) as raised:
-        verify_rendezvous_id("job-0.job.ns.svc", 29500, "uid-a", timeout=5,
-                             env_name="PET_RDZV_ENDPOINT",
-                             connect=_connect({RDZV_ID_KEY: b"uid-b"}), sleep=lambda _: None)
+        verify_rendezvous_id(
+            "job-0.job.ns.svc",
+            29500,
+            "uid-a",
+            timeout=5,
+            env_name="PET_RDZV_ENDPOINT",
+            connect=_connect({RDZV_ID_KEY: b"uid-b"}),
+            sleep=lambda _: None,
+        )
     assert raised.value.exit_code == contract.EXIT_RENDEZVOUS_CONFLICT
     assert raised.value.message == (
         "spec.rdzvPort: the rendezvous at job-0.job.ns.svc:29500 belongs to another job (rdzv id "
         "uid-b, ours uid-a): two jobs with the same spec.rdzvPort on one network; give one of them "
-        "a different spec.rdzvPort")
+        "a different spec.rdzvPort"
+    )
 
 
 def test_id_announced_late_is_waited_for() -> None:
@@ -97,20 +112,36 @@ def test_id_announced_late_is_waited_for() -> None:
             data[RDZV_ID_KEY] = b"uid-a"  # node 0's launcher announces after its torchrun is up
 
     clock = iter(range(100))
-    verify_rendezvous_id("h", 1, "uid-a", timeout=30, env_name="PET_RDZV_ENDPOINT",
-                         connect=_connect(data), sleep=sleep, monotonic=lambda: next(clock))
+    verify_rendezvous_id(
+        "h",
+        1,
+        "uid-a",
+        timeout=30,
+        env_name="PET_RDZV_ENDPOINT",
+        connect=_connect(data),
+        sleep=sleep,
+        monotonic=lambda: next(clock),
+    )
     assert polls == [0.5, 0.5, 0.5]
 
 
 def test_no_id_announced_is_bounded_and_says_so() -> None:
     clock = iter(range(100))
     with pytest.raises(PeerUnavailable) as raised:
-        verify_rendezvous_id("h", 1, "uid-a", timeout=3, env_name="PET_RDZV_ENDPOINT",
-                             connect=_connect({}), sleep=lambda _: None,
-                             monotonic=lambda: next(clock))
+        verify_rendezvous_id(
+            "h",
+            1,
+            "uid-a",
+            timeout=3,
+            env_name="PET_RDZV_ENDPOINT",
+            connect=_connect({}),
+            sleep=lambda _: None,
+            monotonic=lambda: next(clock),
+        )
     assert raised.value.message == (
         "PET_RDZV_ENDPOINT: the rendezvous at h:1 named no job within 3s (node 0's launcher sets "
-        "sft-operator/rdzv-id once its torchrun is up); is the endpoint node 0's?")
+        "sft-operator/rdzv-id once its torchrun is up); is the endpoint node 0's?"
+    )
 
 
 def test_endpoint_that_is_no_store_is_peer_unavailable() -> None:
@@ -118,12 +149,14 @@ def test_endpoint_that_is_no_store_is_peer_unavailable() -> None:
         raise RuntimeError("The client socket has timed out\n while trying to connect")
 
     with pytest.raises(PeerUnavailable) as raised:
-        verify_rendezvous_id("h", 1, "uid-a", timeout=3, env_name="PET_RDZV_ENDPOINT",
-                             connect=refuse, sleep=lambda _: None)
+        verify_rendezvous_id(
+            "h", 1, "uid-a", timeout=3, env_name="PET_RDZV_ENDPOINT", connect=refuse, sleep=lambda _: None
+        )
     assert raised.value.message == (
         "PET_RDZV_ENDPOINT: the rendezvous endpoint h:1 accepts connections but does not answer "
         "as torchrun's store (The client socket has timed out while trying to connect); is the "
-        "endpoint node 0's?")
+        "endpoint node 0's?"
+    )
 
 
 def test_announcer_sets_the_id_once_the_store_is_up() -> None:
@@ -140,8 +173,7 @@ def test_announcer_sets_the_id_once_the_store_is_up() -> None:
     stop = threading.Event()
     stop.wait = lambda timeout=None: False  # no real sleeping between attempts
     announcer.run(stop)
-    assert (announcer.announced, announcer.foreign_id, data, len(attempts)) == (
-        True, None, {RDZV_ID_KEY: b"uid-a"}, 3)
+    assert (announcer.announced, announcer.foreign_id, data, len(attempts)) == (True, None, {RDZV_ID_KEY: b"uid-a"}, 3)
     assert announcer.foreign_owner() is None
 
 
@@ -152,10 +184,14 @@ def test_announcer_never_overwrites_a_foreign_id_and_reports_it() -> None:
     assert data == {RDZV_ID_KEY: b"uid-b"}
     assert announcer.foreign_owner() == "uid-b"
     conflict = announcer.conflict()
-    assert (conflict.exit_code, conflict.message) == (contract.EXIT_RENDEZVOUS_CONFLICT, (
-        "spec.rdzvPort: rendezvous port 29500 on this pod is another job's rendezvous (rdzv id "
-        "uid-b, ours uid-a): two jobs with the same spec.rdzvPort on one network; give one of them "
-        "a different spec.rdzvPort"))
+    assert (conflict.exit_code, conflict.message) == (
+        contract.EXIT_RENDEZVOUS_CONFLICT,
+        (
+            "spec.rdzvPort: rendezvous port 29500 on this pod is another job's rendezvous (rdzv id "
+            "uid-b, ours uid-a): two jobs with the same spec.rdzvPort on one network; give one of them "
+            "a different spec.rdzvPort"
+        ),
+    )
 
 
 def test_announcer_looks_once_more_when_torchrun_failed_first() -> None:
@@ -166,8 +202,8 @@ def test_announcer_looks_once_more_when_torchrun_failed_first() -> None:
 
 # --- the trainer-exited marker the reporter waits for (finding 7) -----------------------------
 
-def test_trainer_started_removes_a_previous_marker_and_exit_writes_it(tmp_path: Path,
-                                                                       monkeypatch) -> None:
+
+def test_trainer_started_removes_a_previous_marker_and_exit_writes_it(tmp_path: Path, monkeypatch) -> None:
     registered = []
     monkeypatch.setattr(pod_state.atexit, "register", lambda *call: registered.append(call))
     marker = tmp_path / contract.TRAINER_EXITED_FILE

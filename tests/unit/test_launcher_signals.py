@@ -35,7 +35,10 @@ except launcher.Preempted:
 
 def test_pool_workers_die_by_sigterm_and_the_launcher_is_preempted() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,  # a hang guard; the run takes seconds
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang guard; the run takes seconds
         env={"PYTHONPATH": f"{REPO / 'trainer-image'}:{REPO / 'operator'}", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -61,9 +64,11 @@ def test_sigquit_prints_where_the_launcher_is_and_it_goes_on() -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", STUCK_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={"PYTHONPATH": f"{REPO / 'trainer-image'}:{REPO / 'operator'}",
-                        "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", STUCK_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": f"{REPO / 'trainer-image'}:{REPO / 'operator'}", "PATH": "/usr/bin:/bin"},
     )
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -22,29 +22,44 @@ def record(holder: str = "a", duration_s: float = 8, transitions: int = 2, versi
     return LeaseRecord(holder, duration_s, transitions, "2026-01-01T00:00:00.000000Z", version)
 
 
-@pytest.mark.parametrize(("lease", "seen_for", "step"), [
-    (None, 0.0, Step.CREATE),
-    (record("me"), 100.0, Step.RENEW),
-    (record("other"), 0.0, Step.WAIT),
-    (record("other"), 7.99, Step.WAIT),
-    (record("other"), 8.0, Step.TAKE_OVER),
-    (record(""), 0.0, Step.TAKE_OVER),  # released
-    (record("other", duration_s=15), 10.0, Step.WAIT),  # the record's duration, not ours
-])
+@pytest.mark.parametrize(
+    ("lease", "seen_for", "step"),
+    [
+        (None, 0.0, Step.CREATE),
+        (record("me"), 100.0, Step.RENEW),
+        (record("other"), 0.0, Step.WAIT),
+        (record("other"), 7.99, Step.WAIT),
+        (record("other"), 8.0, Step.TAKE_OVER),
+        (record(""), 0.0, Step.TAKE_OVER),  # released
+        (record("other", duration_s=15), 10.0, Step.WAIT),  # the record's duration, not ours
+    ],
+)
 def test_next_step(lease: LeaseRecord | None, seen_for: float, step: Step) -> None:
     assert next_step(lease, "me", seen_for) is step
 
 
 def test_lease_spec_for_each_step() -> None:
     assert lease_spec("me", 8, NOW, None, Step.CREATE) == {
-        "holderIdentity": "me", "leaseDurationSeconds": 8, "acquireTime": "2026-01-02T03:04:05.678901Z",
-        "renewTime": "2026-01-02T03:04:05.678901Z", "leaseTransitions": 0}
+        "holderIdentity": "me",
+        "leaseDurationSeconds": 8,
+        "acquireTime": "2026-01-02T03:04:05.678901Z",
+        "renewTime": "2026-01-02T03:04:05.678901Z",
+        "leaseTransitions": 0,
+    }
     assert lease_spec("me", 8, NOW, record("me"), Step.RENEW) == {
-        "holderIdentity": "me", "leaseDurationSeconds": 8, "acquireTime": "2026-01-01T00:00:00.000000Z",
-        "renewTime": "2026-01-02T03:04:05.678901Z", "leaseTransitions": 2}
+        "holderIdentity": "me",
+        "leaseDurationSeconds": 8,
+        "acquireTime": "2026-01-01T00:00:00.000000Z",
+        "renewTime": "2026-01-02T03:04:05.678901Z",
+        "leaseTransitions": 2,
+    }
     assert lease_spec("me", 8, NOW, record("other"), Step.TAKE_OVER) == {
-        "holderIdentity": "me", "leaseDurationSeconds": 8, "acquireTime": "2026-01-02T03:04:05.678901Z",
-        "renewTime": "2026-01-02T03:04:05.678901Z", "leaseTransitions": 3}
+        "holderIdentity": "me",
+        "leaseDurationSeconds": 8,
+        "acquireTime": "2026-01-02T03:04:05.678901Z",
+        "renewTime": "2026-01-02T03:04:05.678901Z",
+        "leaseTransitions": 3,
+    }
 
 
 def test_timings_must_let_a_leader_stop_before_a_standby_takes_over() -> None:
@@ -96,8 +111,9 @@ class StoreClient:
             hook()
         if method == "POST" and store.lease is not None:
             return Response(409)
-        if method == "PUT" and (store.lease is None or
-                                body["metadata"]["resourceVersion"] != store.lease["metadata"]["resourceVersion"]):
+        if method == "PUT" and (
+            store.lease is None or body["metadata"]["resourceVersion"] != store.lease["metadata"]["resourceVersion"]
+        ):
             return Response(409)
         store.version += 1
         body["metadata"]["resourceVersion"] = str(store.version)
@@ -116,8 +132,14 @@ class Clock:
 
 def elector(store: LeaseStore, clock: Clock, name: str, events: list[str]) -> leadership.LeaderElector:
     return leadership.LeaderElector(
-        StoreClient(store, name), "ns", identity=name, timings=Timings(8, 5, 1), clock=clock,
-        on_started=lambda: events.append(f"{name} leads"), on_stopped=lambda: events.append(f"{name} stops"))
+        StoreClient(store, name),
+        "ns",
+        identity=name,
+        timings=Timings(8, 5, 1),
+        clock=clock,
+        on_started=lambda: events.append(f"{name} leads"),
+        on_stopped=lambda: events.append(f"{name} stops"),
+    )
 
 
 def test_one_leads_the_other_waits_a_whole_duration_after_the_last_renewal() -> None:
@@ -204,7 +226,9 @@ def test_writes_are_refused_unless_leading_reads_and_reviews_pass() -> None:
     assert client.call_api("GET", "https://api/api/v1/namespaces/n/pods") == "answered"
     review = "https://api/apis/authorization.k8s.io/v1/namespaces/n/localsubjectaccessreviews"
     assert client.call_api("POST", review) == "answered"
-    with pytest.raises(leadership.NotLeading, match="PATCH refused: this operator \\(a\\) does not hold Lease ns/sft-operator"):
+    with pytest.raises(
+        leadership.NotLeading, match="PATCH refused: this operator \\(a\\) does not hold Lease ns/sft-operator"
+    ):
         client.call_api("PATCH", "https://api/apis/finetune.dev/v1alpha1/namespaces/n/sftjobs/j/status")
     assert a.attempt()
     assert client.call_api("DELETE", "https://api/api/v1/namespaces/n/pods/p") == "answered"

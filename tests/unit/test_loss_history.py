@@ -35,8 +35,10 @@ def test_small_run_exact_points() -> None:
 def test_validation_losses_join_their_step_or_stand_alone() -> None:
     """The first validation takes its share (2 of 6): the steps are thinned to 4; the validation
     at 8 samples lost its step to thinning and is a point of its own."""
-    validations = [ck.ValidationRecord(val_loss=2.5, step=2, samples_seen=8),
-                   ck.ValidationRecord(val_loss=2.4, step=5, samples_seen=20)]
+    validations = [
+        ck.ValidationRecord(val_loss=2.5, step=2, samples_seen=8),
+        ck.ValidationRecord(val_loss=2.4, step=5, samples_seen=20),
+    ]
     points = loss_history(_steps(6), validations, max_points=6, max_validation_points=2)
     assert [p.to_api() for p in points] == [
         {"samples": 4, "loss": 2.9, "lr": 0.0001},
@@ -49,16 +51,20 @@ def test_validation_losses_join_their_step_or_stand_alone() -> None:
 
 def test_steps_trained_again_after_a_crash_replace_the_later_points() -> None:
     """A resume from an older state logs samples again: the later lines count."""
-    again = [ck.StepRecord(epoch=0, step=1, samples_seen=12, avg_loss=9.0),
-             ck.StepRecord(epoch=0, step=2, samples_seen=16, avg_loss=8.0)]
+    again = [
+        ck.StepRecord(epoch=0, step=1, samples_seen=12, avg_loss=9.0),
+        ck.StepRecord(epoch=0, step=2, samples_seen=16, avg_loss=8.0),
+    ]
     points = loss_history(_steps(5) + again)
     assert [(p.samples, p.loss) for p in points] == [(4, 2.9), (8, 2.8), (12, 9.0), (16, 8.0)]
 
 
 def test_values_that_cannot_be_written_are_left_out() -> None:
-    steps = [ck.StepRecord(epoch=0, step=1, samples_seen=4, avg_loss=float("nan")),
-             ck.StepRecord(epoch=0, step=2, samples_seen=8, avg_loss=1.23456789, lr=float("inf")),
-             ck.StepRecord(epoch=0, step=3, samples_seen=12, avg_loss=None)]
+    steps = [
+        ck.StepRecord(epoch=0, step=1, samples_seen=4, avg_loss=float("nan")),
+        ck.StepRecord(epoch=0, step=2, samples_seen=8, avg_loss=1.23456789, lr=float("inf")),
+        ck.StepRecord(epoch=0, step=3, samples_seen=12, avg_loss=None),
+    ]
     assert [p.to_api() for p in loss_history(steps)] == [{"samples": 8, "loss": 1.23457}]
 
 
@@ -118,7 +124,7 @@ def test_reporter_builds_the_history_incrementally_as_a_full_read_would(tmp_path
         if i % 25 == 0:
             lines.append({"val_loss": 6 / i, "val_num_tokens": 10, "step": i})
     for start in range(0, len(lines), 7):
-        _append(log, *lines[start:start + 7])
+        _append(log, *lines[start : start + 7])
         reader.read()
     incremental = reader.read().loss_history
     fresh = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=1).read().loss_history

@@ -17,17 +17,28 @@ from sft_operator.metrics import JOB_GAUGES, OperatorMetrics, failure_reason, jo
 
 T = "2026-01-01T00:00:00Z"
 PROGRESS = TrainingProgress(
-    stage=Stage.TRAINING, epoch=2, num_epochs=3, samples_seen=120, total_samples=300, percent=40,
-    last_loss="1.2345", throughput="12.50", eta_seconds=14,
+    stage=Stage.TRAINING,
+    epoch=2,
+    num_epochs=3,
+    samples_seen=120,
+    total_samples=300,
+    percent=40,
+    last_loss="1.2345",
+    throughput="12.50",
+    eta_seconds=14,
     checkpoints=[CheckpointInfo(name="samples_100", path="hf_format/samples_100", samples=100, epoch=1, time=T)],
-    loss_history=[LossPoint(samples=40, loss=2.0, val_loss=2.5), LossPoint(samples=80, loss=1.5, val_loss=1.75),
-                  LossPoint(samples=120, loss=1.2345)],
+    loss_history=[
+        LossPoint(samples=40, loss=2.0, val_loss=2.5),
+        LossPoint(samples=80, loss=1.5, val_loss=1.75),
+        LossPoint(samples=120, loss=1.2345),
+    ],
 )
 
 
 def _status(phase: str, progress: TrainingProgress | None = PROGRESS, **fields) -> SFTJobStatus:
-    return SFTJobStatus(phase=phase, progress=progress, restarts=1, preemptions=2, ready_nodes=2, total_nodes=2,
-                        **fields)
+    return SFTJobStatus(
+        phase=phase, progress=progress, restarts=1, preemptions=2, ready_nodes=2, total_nodes=2, **fields
+    )
 
 
 def _condition(type_: str, status: str, reason: str) -> dict:
@@ -57,7 +68,9 @@ def test_suspended_job_has_no_rate_nor_eta_and_a_job_without_progress_only_count
     assert "sft_operator_job_eta_seconds" not in suspended
     assert suspended["sft_operator_job_loss"] == 1.2345
     assert job_gauges(_status("Pending", progress=None)) == {
-        "sft_operator_job_restarts": 1.0, "sft_operator_job_preemptions": 2.0, "sft_operator_job_ready_nodes": 2.0,
+        "sft_operator_job_restarts": 1.0,
+        "sft_operator_job_preemptions": 2.0,
+        "sft_operator_job_ready_nodes": 2.0,
     }
     no_validation = PROGRESS.model_copy(update={"loss_history": None, "last_loss": None})
     gauges = job_gauges(_status("Running", progress=no_validation))
@@ -70,9 +83,18 @@ def test_finished_job_has_no_per_job_series(phase: str) -> None:
 
 
 def test_failure_reason() -> None:
-    assert failure_reason(_status("Failed", conditions=[
-        _condition("SpecValid", "True", "Valid"), _condition("Failed", "True", "TooManyRestarts")])) == "TooManyRestarts"
-    assert failure_reason(_status("Failed", conditions=[_condition("SpecValid", "False", "InvalidSpec")])) == "InvalidSpec"
+    assert (
+        failure_reason(
+            _status(
+                "Failed",
+                conditions=[_condition("SpecValid", "True", "Valid"), _condition("Failed", "True", "TooManyRestarts")],
+            )
+        )
+        == "TooManyRestarts"
+    )
+    assert (
+        failure_reason(_status("Failed", conditions=[_condition("SpecValid", "False", "InvalidSpec")])) == "InvalidSpec"
+    )
     assert failure_reason(_status("Failed")) == "Unknown"
 
 
@@ -88,7 +110,9 @@ def _lines(metrics: OperatorMetrics, prefix: str) -> list[str]:
 def test_exposition_by_phase_reason_and_job_then_gone_on_finish_and_delete() -> None:
     metrics = OperatorMetrics(process=False)
     metrics.observe_job(_body("a", "u1"), _status("Running"), patched=True)
-    metrics.observe_job(_body("b", "u2"), _status("Failed", conditions=[_condition("Failed", "True", "ConfigRejected")]))
+    metrics.observe_job(
+        _body("b", "u2"), _status("Failed", conditions=[_condition("Failed", "True", "ConfigRejected")])
+    )
     metrics.observe_job(_body("c", "u3", "team-b"), _status("Pending", progress=None))
     assert _lines(metrics, "sft_operator_jobs{") == [
         'sft_operator_jobs{namespace="team-a",phase="Pending"} 0.0',
@@ -103,7 +127,8 @@ def test_exposition_by_phase_reason_and_job_then_gone_on_finish_and_delete() -> 
         'sft_operator_jobs{namespace="team-b",phase="Failed"} 0.0',
     ]
     assert _lines(metrics, "sft_operator_failed_jobs{") == [
-        'sft_operator_failed_jobs{namespace="team-a",reason="ConfigRejected"} 1.0']
+        'sft_operator_failed_jobs{namespace="team-a",reason="ConfigRejected"} 1.0'
+    ]
     assert _lines(metrics, "sft_operator_job_loss{") == ['sft_operator_job_loss{namespace="team-a",sftjob="a"} 1.2345']
     assert _lines(metrics, "sft_operator_job_restarts{") == [
         'sft_operator_job_restarts{namespace="team-a",sftjob="a"} 1.0',
@@ -147,9 +172,11 @@ def test_reconcile_is_counted_and_timed_and_retries_counted() -> None:
         'sft_operator_reconciles_total{reason="update",result="success"} 1.0',
     ]
     assert _lines(metrics, "sft_operator_reconcile_duration_seconds_count") == [
-        "sft_operator_reconcile_duration_seconds_count 3.0"]
+        "sft_operator_reconcile_duration_seconds_count 3.0"
+    ]
     assert _lines(metrics, "sft_operator_handler_retries_total") == [
-        'sft_operator_handler_retries_total{handler="reconcile"} 1.0']
+        'sft_operator_handler_retries_total{handler="reconcile"} 1.0'
+    ]
 
 
 def test_api_requests_and_errors_are_counted() -> None:
@@ -169,7 +196,9 @@ def test_api_requests_and_errors_are_counted() -> None:
         with pytest.raises((ApiException, TimeoutError)):
             client.call_api("/api/v1/x", "PATCH", **failure)
     assert _lines(metrics, "sft_operator_api_requests_total") == [
-        'sft_operator_api_requests_total{method="GET"} 1.0', 'sft_operator_api_requests_total{method="PATCH"} 3.0']
+        'sft_operator_api_requests_total{method="GET"} 1.0',
+        'sft_operator_api_requests_total{method="PATCH"} 3.0',
+    ]
     assert _lines(metrics, "sft_operator_api_errors_total") == [
         'sft_operator_api_errors_total{code="409",method="PATCH"} 2.0',
         'sft_operator_api_errors_total{code="error",method="PATCH"} 1.0',
@@ -190,13 +219,21 @@ def test_api_requests_are_labelled_by_method_with_the_current_client_signature()
         client.call_api("GET", f"https://127.0.0.1:6443/api/v1/namespaces/ns/configmaps/{name}")
     client.call_api("POST", "https://127.0.0.1:6443/api/v1/namespaces/ns/configmaps", body={})
     assert _lines(metrics, "sft_operator_api_requests_total") == [
-        'sft_operator_api_requests_total{method="GET"} 3.0', 'sft_operator_api_requests_total{method="POST"} 1.0']
+        'sft_operator_api_requests_total{method="GET"} 3.0',
+        'sft_operator_api_requests_total{method="POST"} 1.0',
+    ]
 
 
 def test_metric_names_include_every_series_suffix() -> None:
     names = metric_names(OperatorMetrics().registry)
-    assert {"sft_operator_jobs", "sft_operator_reconciles_total", "sft_operator_reconcile_duration_seconds_bucket",
-            "sft_operator_api_errors_total", "process_resident_memory_bytes", *JOB_GAUGES} <= names
+    assert {
+        "sft_operator_jobs",
+        "sft_operator_reconciles_total",
+        "sft_operator_reconcile_duration_seconds_bucket",
+        "sft_operator_api_errors_total",
+        "process_resident_memory_bytes",
+        *JOB_GAUGES,
+    } <= names
 
 
 def _free_port() -> int:

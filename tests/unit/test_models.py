@@ -229,9 +229,12 @@ def test_the_readme_status_table_lists_every_reason() -> None:
     from sft_models.models import Reason
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    table = readme[readme.index("## Status"):readme.index("### How the facts get from the volume")]
-    missing = [r for r in [*(reason.value for reason in Reason), "Stalled", "RestartingGroup", "RanksLeftBehind"]
-               if f"`{r}`" not in table]
+    table = readme[readme.index("## Status") : readme.index("### How the facts get from the volume")]
+    missing = [
+        r
+        for r in [*(reason.value for reason in Reason), "Stalled", "RestartingGroup", "RanksLeftBehind"]
+        if f"`{r}`" not in table
+    ]
     assert missing == []
 
 
@@ -258,24 +261,41 @@ def test_checkpoint_at_epoch_off_warns_that_epoch_full_states_go_too(spec: dict[
         )
 
 
-GPU_DIFFERS = ("differs from spec.nprocPerNode ({n}): each process uses one GPU; leave it out (the operator "
-               "requests nprocPerNode GPUs) or change spec.nprocPerNode")
-GPU_ON_CPU = ("with spec.device cpu: CPU mode uses no GPU (it empties CUDA_VISIBLE_DEVICES), the GPUs would "
-              "be held unused; remove it, or set spec.device: cuda")
+GPU_DIFFERS = (
+    "differs from spec.nprocPerNode ({n}): each process uses one GPU; leave it out (the operator "
+    "requests nprocPerNode GPUs) or change spec.nprocPerNode"
+)
+GPU_ON_CPU = (
+    "with spec.device cpu: CPU mode uses no GPU (it empties CUDA_VISIBLE_DEVICES), the GPUs would "
+    "be held unused; remove it, or set spec.device: cuda"
+)
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
-         [("spec.pod.resources.limits[nvidia.com/gpu]", "4 " + GPU_DIFFERS.format(n=8))]),
-        ({"nprocPerNode": 2, "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}},
-         [("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2)),
-          ("spec.pod.resources.requests[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2))]),
-        ({"pod": {"resources": {"requests": {"nvidia.com/gpu": 0}}}},
-         [("spec.pod.resources.requests[nvidia.com/gpu]", "0 " + GPU_DIFFERS.format(n=1))]),
-        ({"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
-         [("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_ON_CPU)]),
+        (
+            {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+            [("spec.pod.resources.limits[nvidia.com/gpu]", "4 " + GPU_DIFFERS.format(n=8))],
+        ),
+        (
+            {
+                "nprocPerNode": 2,
+                "pod": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+            },
+            [
+                ("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2)),
+                ("spec.pod.resources.requests[nvidia.com/gpu]", "1 " + GPU_DIFFERS.format(n=2)),
+            ],
+        ),
+        (
+            {"pod": {"resources": {"requests": {"nvidia.com/gpu": 0}}}},
+            [("spec.pod.resources.requests[nvidia.com/gpu]", "0 " + GPU_DIFFERS.format(n=1))],
+        ),
+        (
+            {"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+            [("spec.pod.resources.limits[nvidia.com/gpu]", "1 " + GPU_ON_CPU)],
+        ),
     ],
 )
 def test_a_gpu_request_other_than_nproc_per_node_is_refused(overrides: dict[str, Any], expected) -> None:
@@ -286,7 +306,10 @@ def test_a_gpu_request_other_than_nproc_per_node_is_refused(overrides: dict[str,
     "overrides",
     [
         {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": 8}}}},
-        {"nprocPerNode": 8, "pod": {"resources": {"limits": {"nvidia.com/gpu": "8"}, "requests": {"nvidia.com/gpu": 8}}}},
+        {
+            "nprocPerNode": 8,
+            "pod": {"resources": {"limits": {"nvidia.com/gpu": "8"}, "requests": {"nvidia.com/gpu": 8}}},
+        },
         {"device": "cpu", "pod": {"resources": {"limits": {"nvidia.com/gpu": "0", "cpu": 2}}}},
         {"pod": {"resources": {"limits": {"memory": "1Gi"}}}},
     ],
@@ -299,11 +322,21 @@ def test_a_gpu_request_equal_to_nproc_per_node_is_valid(overrides: dict[str, Any
 def test_a_bad_collective_timeout_is_refused_naming_the_env_entry(value: str) -> None:
     env = [{"name": "A", "value": "1"}, {"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": value}]
     assert problems(minimal(pod={"env": env})) == [
-        ("spec.pod.env[1].value", f"INSTRUCTLAB_NCCL_TIMEOUT_MS must be a positive integer (milliseconds), got {value!r}")
+        (
+            "spec.pod.env[1].value",
+            f"INSTRUCTLAB_NCCL_TIMEOUT_MS must be a positive integer (milliseconds), got {value!r}",
+        )
     ]
 
 
 def test_a_collective_timeout_in_milliseconds_or_from_a_source_is_valid() -> None:
     parse_spec(minimal(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "value": "3600000"}]}))
-    parse_spec(minimal(pod={"env": [{"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS",
-                                     "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}))
+    parse_spec(
+        minimal(
+            pod={
+                "env": [
+                    {"name": "INSTRUCTLAB_NCCL_TIMEOUT_MS", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}
+                ]
+            }
+        )
+    )

@@ -36,9 +36,21 @@ def problems(spec: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_osft_config_uses_training_hub_osft_names() -> None:
-    spec = parse_spec(osft(maxTokensPerGpu=4096, warmupSteps=10, targetPatterns=["q_proj", "v_proj"], seed=7,
-                           lrScheduler="cosine", lrSchedulerKwargs={"num_cycles": 1}, saveFinalCheckpoint=False,
-                           useLiger=True, beta2=0.99, wandbProject="p", dataOutputDir="/data/processed"))
+    spec = parse_spec(
+        osft(
+            maxTokensPerGpu=4096,
+            warmupSteps=10,
+            targetPatterns=["q_proj", "v_proj"],
+            seed=7,
+            lrScheduler="cosine",
+            lrSchedulerKwargs={"num_cycles": 1},
+            saveFinalCheckpoint=False,
+            useLiger=True,
+            beta2=0.99,
+            wandbProject="p",
+            dataOutputDir="/data/processed",
+        )
+    )
     config = spec.training_config("job", "ns", "uid-1")
     assert config == {
         contract.CONFIG_KEY_JOB_UID: "uid-1",
@@ -77,14 +89,20 @@ def test_osft_config_uses_training_hub_osft_names() -> None:
     }
     fields = config[contract.CONFIG_KEY_TRAINING_FIELDS]
     assert (fields["algorithm"], fields["unfreezeRankRatio"], fields["targetPatterns"]) == (
-        "osft", 0.25, ["q_proj", "v_proj"])
+        "osft",
+        0.25,
+        ["q_proj", "v_proj"],
+    )
 
 
 def test_a_remote_model_is_read_where_the_transfer_puts_it_as_for_sft() -> None:
     sft_config = parse_spec(minimal(modelPath="hf://Qwen/Qwen2.5-0.5B-Instruct")).training_config("job", "ns")
     osft_config = parse_spec(osft(modelPath="hf://Qwen/Qwen2.5-0.5B-Instruct")).training_config("job", "ns")
-    assert osft_config["trainingArgs"]["model_path"] == sft_config["trainingArgs"]["model_path"] != \
-        "hf://Qwen/Qwen2.5-0.5B-Instruct"
+    assert (
+        osft_config["trainingArgs"]["model_path"]
+        == sft_config["trainingArgs"]["model_path"]
+        != "hf://Qwen/Qwen2.5-0.5B-Instruct"
+    )
     assert osft_config["sources"] == sft_config["sources"]
 
 
@@ -107,20 +125,40 @@ def test_an_sft_job_renders_and_hashes_as_before_osft_existed() -> None:
     assert spec.algorithm.value == "sft"
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ({"algorithm": "osft"}, [("spec.unfreezeRankRatio", "required when spec.algorithm is osft")]),
-    ({"algorithm": "osft", "unfreezeRankRatio": 1.5}, [("spec.unfreezeRankRatio", "Input should be less than or equal to 1")]),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0}, [("spec.unfreezeRankRatio", "Input should be greater than 0")]),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0.5, "maxTokensPerGpu": 512},
-     [("spec.maxTokensPerGpu", "must be at least spec.maxSeqLen (one full sequence per GPU)")]),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0.5, "saveSamples": 1000},
-     [("spec.saveSamples", "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft")]),
-    ({"algorithm": "osft", "unfreezeRankRatio": 0.5, "extraArgs": {"use_liger": True}},
-     [("spec.extraArgs", "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft")]),
-    ({"unfreezeRankRatio": 0.5}, [("spec.unfreezeRankRatio", "an OSFT parameter: only when spec.algorithm is osft")]),
-    ({"seed": 1, "lrScheduler": "cosine"}, [("spec.seed", "an OSFT parameter: only when spec.algorithm is osft"),
-                                            ("spec.lrScheduler", "an OSFT parameter: only when spec.algorithm is osft")]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"algorithm": "osft"}, [("spec.unfreezeRankRatio", "required when spec.algorithm is osft")]),
+        (
+            {"algorithm": "osft", "unfreezeRankRatio": 1.5},
+            [("spec.unfreezeRankRatio", "Input should be less than or equal to 1")],
+        ),
+        ({"algorithm": "osft", "unfreezeRankRatio": 0}, [("spec.unfreezeRankRatio", "Input should be greater than 0")]),
+        (
+            {"algorithm": "osft", "unfreezeRankRatio": 0.5, "maxTokensPerGpu": 512},
+            [("spec.maxTokensPerGpu", "must be at least spec.maxSeqLen (one full sequence per GPU)")],
+        ),
+        (
+            {"algorithm": "osft", "unfreezeRankRatio": 0.5, "saveSamples": 1000},
+            [("spec.saveSamples", "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft")],
+        ),
+        (
+            {"algorithm": "osft", "unfreezeRankRatio": 0.5, "extraArgs": {"use_liger": True}},
+            [("spec.extraArgs", "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft")],
+        ),
+        (
+            {"unfreezeRankRatio": 0.5},
+            [("spec.unfreezeRankRatio", "an OSFT parameter: only when spec.algorithm is osft")],
+        ),
+        (
+            {"seed": 1, "lrScheduler": "cosine"},
+            [
+                ("spec.seed", "an OSFT parameter: only when spec.algorithm is osft"),
+                ("spec.lrScheduler", "an OSFT parameter: only when spec.algorithm is osft"),
+            ],
+        ),
+    ],
+)
 def test_bad_osft_specs_are_refused_naming_the_field(overrides: dict[str, Any], expected) -> None:
     assert problems(minimal(**overrides)) == expected
 

@@ -66,23 +66,52 @@ def test_trainer_kwargs_rename_as_training_hub_does() -> None:
 
 
 def test_the_operator_renders_what_the_launcher_accepts() -> None:
-    spec = models.parse_spec({"algorithm": "osft", "unfreezeRankRatio": 0.5, "modelPath": "m", "dataPath": "/d",
-                              "numEpochs": 1, "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 64,
-                              "targetPatterns": ["q"], "seed": 1, "lrScheduler": "linear",
-                              "lrSchedulerKwargs": {"a": 1}, "saveFinalCheckpoint": True, "useLiger": False,
-                              "mlflowTrackingUri": "http://m", "checkpoints": {"claim": {"size": "1Gi"}}})
+    spec = models.parse_spec(
+        {
+            "algorithm": "osft",
+            "unfreezeRankRatio": 0.5,
+            "modelPath": "m",
+            "dataPath": "/d",
+            "numEpochs": 1,
+            "effectiveBatchSize": 4,
+            "learningRate": 1e-4,
+            "maxSeqLen": 64,
+            "targetPatterns": ["q"],
+            "seed": 1,
+            "lrScheduler": "linear",
+            "lrSchedulerKwargs": {"a": 1},
+            "saveFinalCheckpoint": True,
+            "useLiger": False,
+            "mlflowTrackingUri": "http://m",
+            "checkpoints": {"claim": {"size": "1Gi"}},
+        }
+    )
     raw = spec.training_config("job", "ns")["trainingArgs"]
     assert osft_launch.parse_args(raw, cpu=True).model_dump(exclude_none=True) == raw
 
 
-@pytest.mark.parametrize(("change", "cpu", "message"), [
-    ({"unfreeze_rank_ratio": 1.5}, False, "trainingArgs.unfreeze_rank_ratio: Input should be less than or equal to 1"),
-    ({"unfreeze_rank_ratio": None}, False, "trainingArgs.unfreeze_rank_ratio: Input should be a valid number"),
-    ({"save_samples": 10}, False, "trainingArgs.save_samples: unknown OSFT (training_hub osft()) parameter"),
-    ({"max_tokens_per_gpu": 512}, False,
-     "trainingArgs.max_tokens_per_gpu: 512 is below max_seq_len 1024: one full sequence must fit on a GPU"),
-    ({"use_liger": True}, True, "trainingArgs.use_liger: Liger kernels need CUDA: not in CPU mode (SFT_DEVICE=cpu)"),
-])
+@pytest.mark.parametrize(
+    ("change", "cpu", "message"),
+    [
+        (
+            {"unfreeze_rank_ratio": 1.5},
+            False,
+            "trainingArgs.unfreeze_rank_ratio: Input should be less than or equal to 1",
+        ),
+        ({"unfreeze_rank_ratio": None}, False, "trainingArgs.unfreeze_rank_ratio: Input should be a valid number"),
+        ({"save_samples": 10}, False, "trainingArgs.save_samples: unknown OSFT (training_hub osft()) parameter"),
+        (
+            {"max_tokens_per_gpu": 512},
+            False,
+            "trainingArgs.max_tokens_per_gpu: 512 is below max_seq_len 1024: one full sequence must fit on a GPU",
+        ),
+        (
+            {"use_liger": True},
+            True,
+            "trainingArgs.use_liger: Liger kernels need CUDA: not in CPU mode (SFT_DEVICE=cpu)",
+        ),
+    ],
+)
 def test_bad_osft_config_names_the_field(change: dict, cpu: bool, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         osft_launch.parse_args({**RAW, **change}, cpu=cpu)
@@ -162,16 +191,31 @@ def test_a_state_that_does_not_fit_its_epoch_is_refused() -> None:
 
 def _metrics(root: Path, steps: list[tuple[int, int]]) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "training_metrics_1.jsonl").write_text("".join(
-        json.dumps({"step": step, "epoch": epoch, "steps_per_epoch": 4, "loss": 1.0,
-                    "total_samples_accumulated": 2.0 * step}) + "\n" for step, epoch in steps))
+    (root / "training_metrics_1.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "steps_per_epoch": 4,
+                    "loss": 1.0,
+                    "total_samples_accumulated": 2.0 * step,
+                }
+            )
+            + "\n"
+            for step, epoch in steps
+        )
+    )
 
 
 def test_finished_only_when_the_last_epochs_last_step_is_logged(tmp_path: Path) -> None:
     _metrics(tmp_path, [(7, 1), (8, 1)])
     osft_launch.check_finished(tmp_path, 1, num_epochs=2)
-    with pytest.raises(TrainingFailed, match=r"^mini-trainer exited 0 after step 8 of 12 \(epoch 2 of 3\) "
-                                             "without saving a full state$"):
+    with pytest.raises(
+        TrainingFailed,
+        match=r"^mini-trainer exited 0 after step 8 of 12 \(epoch 2 of 3\) "
+        "without saving a full state$",
+    ):
         osft_launch.check_finished(tmp_path, 1, num_epochs=3)
     with pytest.raises(TrainingFailed, match="has no step: training did not run"):
         osft_launch.check_finished(tmp_path, 0, num_epochs=3)
@@ -187,9 +231,21 @@ def _hf(root: Path, name: str, weights: bool = True) -> None:
 def test_a_run_finished_before_without_its_marker(tmp_path: Path) -> None:
     from sft_core import checkpoints
 
-    (tmp_path / "training_metrics_0.jsonl").write_text("".join(
-        json.dumps({"step": step, "epoch": (step - 1) // 4, "steps_per_epoch": 4, "loss": 1.0,
-                    "total_samples_accumulated": 2.0 * step}) + "\n" for step in range(1, 9)))
+    (tmp_path / "training_metrics_0.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": (step - 1) // 4,
+                    "steps_per_epoch": 4,
+                    "loss": 1.0,
+                    "total_samples_accumulated": 2.0 * step,
+                }
+            )
+            + "\n"
+            for step in range(1, 9)
+        )
+    )
     _hf(tmp_path, "samples_16.0", weights=False)  # the final save cut short
     tree = checkpoints.scan_checkpoints(tmp_path)
     assert not osft_launch.finished_before(tree, tmp_path, num_epochs=2)

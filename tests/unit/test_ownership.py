@@ -23,8 +23,9 @@ T2 = datetime(2026, 1, 3, tzinfo=timezone.utc)
 FIELDS = parse_spec(tiny_job_spec()).training_fields_view()
 OLD = JobIdentity(uid="uid-old", namespace="ns", name="tiny", training_fields=FIELDS)
 SAME = JobIdentity(uid="uid-new", namespace="ns", name="tiny", training_fields=FIELDS)
-OTHER = JobIdentity(uid="uid-new", namespace="ns", name="tiny",
-                    training_fields={**FIELDS, "learningRate": 0.0002, "numEpochs": 3})
+OTHER = JobIdentity(
+    uid="uid-new", namespace="ns", name="tiny", training_fields={**FIELDS, "learningRate": 0.0002, "numEpochs": 3}
+)
 DIR = "/checkpoints/run"
 OPT_IN = "set spec.checkpoints.adoptExisting: true to continue from them, or use another spec.checkpoints.path"
 
@@ -47,14 +48,23 @@ def test_training_fields_are_the_immutable_fields_but_placement() -> None:
 
 def test_hash_is_canonical_json_sha256() -> None:
     assert ownership.training_fields_hash({"b": 1, "a": [1.5, None]}) == (
-        "sha256:" + __import__("hashlib").sha256(b'{"a":[1.5,null],"b":1}').hexdigest())
+        "sha256:" + __import__("hashlib").sha256(b'{"a":[1.5,null],"b":1}').hexdigest()
+    )
     # The same manifest, written with or without its defaults, or moved to another claim, path,
     # port or queue: the same training.
-    explicit = parse_spec(tiny_job_spec(warmupSteps=0, beta1=0.9, rdzvPort=29600, fullStateRetention=2,
-                                        checkpoints={"existingClaim": "shared", "path": "a/b"}))
+    explicit = parse_spec(
+        tiny_job_spec(
+            warmupSteps=0,
+            beta1=0.9,
+            rdzvPort=29600,
+            fullStateRetention=2,
+            checkpoints={"existingClaim": "shared", "path": "a/b"},
+        )
+    )
     assert ownership.training_fields_hash(explicit.training_fields_view()) == SAME.hash
-    assert ownership.training_fields_hash(parse_spec(tiny_job_spec(learningRate=2e-4)).training_fields_view()) \
-        != SAME.hash
+    assert (
+        ownership.training_fields_hash(parse_spec(tiny_job_spec(learningRate=2e-4)).training_fields_view()) != SAME.hash
+    )
 
 
 # --- decisions --------------------------------------------------------------------------------
@@ -70,51 +80,68 @@ def test_own_directory_needs_nothing() -> None:
 def test_same_training_fields_adopt() -> None:
     old = OLD.entry(Acquired.NEW, T0)
     assert decide(record(old), ["sft-operator/COMPLETED"], SAME) == ownership.Decision(
-        Action.ADOPT, Acquired.SAME_TRAINING_FIELDS,
-        "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields", old)
+        Action.ADOPT,
+        Acquired.SAME_TRAINING_FIELDS,
+        "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields",
+        old,
+    )
 
 
 def test_other_training_fields_are_refused_naming_directory_job_and_fields() -> None:
     old = OLD.entry(Acquired.NEW, T0)
-    output = ["sft-operator/COMPLETED", "full_state/epoch_0", "full_state/epoch_1", "hf_format/samples_8",
-              "hf_format/samples_16"]
+    output = [
+        "sft-operator/COMPLETED",
+        "full_state/epoch_0",
+        "full_state/epoch_1",
+        "hf_format/samples_8",
+        "hf_format/samples_16",
+    ]
     decision = decide(record(old), output, OTHER)
     assert decision.action is Action.REFUSE
     assert decision.message == (
         "/checkpoints/run holds the checkpoints of SFTJob ns/tiny (uid uid-old) (sft-operator/COMPLETED, "
         "full_state/epoch_0, full_state/epoch_1, hf_format/samples_8 and 1 more), trained with other training "
-        f"fields (learningRate 0.0001 -> 0.0002; numEpochs 2 -> 3); {OPT_IN}")
+        f"fields (learningRate 0.0001 -> 0.0002; numEpochs 2 -> 3); {OPT_IN}"
+    )
 
 
 def test_an_owner_record_alone_is_another_jobs_directory() -> None:
     # A job that recorded itself and has not trained yet may still be running: refused all the same.
     decision = decide(record(OLD.entry(Acquired.NEW, T0)), [], OTHER)
     assert decision.action is Action.REFUSE
-    assert decision.message.startswith("/checkpoints/run holds the checkpoints of SFTJob ns/tiny (uid uid-old), "
-                                       "trained with other training fields (")
+    assert decision.message.startswith(
+        "/checkpoints/run holds the checkpoints of SFTJob ns/tiny (uid uid-old), trained with other training fields ("
+    )
 
 
 def test_opt_in_adopts_other_training_fields() -> None:
     old = OLD.entry(Acquired.NEW, T0)
     assert decide(record(old), ["full_state/epoch_0"], OTHER, adopt_existing=True) == ownership.Decision(
-        Action.ADOPT, Acquired.ADOPT_EXISTING,
+        Action.ADOPT,
+        Acquired.ADOPT_EXISTING,
         "adopted checkpoints of SFTJob ns/tiny (uid uid-old): spec.checkpoints.adoptExisting (training fields "
-        "differ: learningRate 0.0001 -> 0.0002; numEpochs 2 -> 3)", old)
+        "differ: learningRate 0.0001 -> 0.0002; numEpochs 2 -> 3)",
+        old,
+    )
 
 
 def test_checkpoints_without_a_record_are_adopted_as_unrecorded() -> None:
     assert decide(None, ["full_state/epoch_0"], OTHER) == ownership.Decision(
-        Action.ADOPT, Acquired.UNRECORDED,
+        Action.ADOPT,
+        Acquired.UNRECORDED,
         "adopted checkpoints without an owner record in /checkpoints/run (written before owners were "
-        "recorded): full_state/epoch_0")
+        "recorded): full_state/epoch_0",
+    )
 
 
 def test_unreadable_record_is_refused_unless_opted_in() -> None:
     refused = decide(None, ["full_state/epoch_0"], SAME, unreadable="owners: Field required")
     assert refused == ownership.Decision(
-        Action.REFUSE, None,
+        Action.REFUSE,
+        None,
         "/checkpoints/run has an owner record sft-operator/OWNER that cannot be read (owners: Field required); "
-        + OPT_IN)
+        + OPT_IN,
+    )
     adopted = decide(None, [], SAME, adopt_existing=True, unreadable="owners: Field required")
     assert (adopted.action, adopted.acquired) == (Action.ADOPT, Acquired.ADOPT_EXISTING)
 
@@ -131,12 +158,17 @@ def test_adoption_appends_and_keeps_previous_owners() -> None:
     decision = decide(record(old), ["sft-operator/COMPLETED"], SAME)
     after = ownership.recorded(record(old), SAME, decision, T1)
     assert [(o.uid, o.acquired, o.since) for o in after.owners] == [
-        ("uid-old", Acquired.NEW, T0), ("uid-new", Acquired.SAME_TRAINING_FIELDS, T1)]
+        ("uid-old", Acquired.NEW, T0),
+        ("uid-new", Acquired.SAME_TRAINING_FIELDS, T1),
+    ]
     assert after.current.note == "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields"
     assert ownership.adoption(after).to_api() == {
-        "previousUid": "uid-old", "previousJob": "ns/tiny", "reason": "SameTrainingFields",
+        "previousUid": "uid-old",
+        "previousJob": "ns/tiny",
+        "reason": "SameTrainingFields",
         "message": "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields",
-        "time": "2026-01-02T00:00:00Z"}
+        "time": "2026-01-02T00:00:00Z",
+    }
     assert ownership.adoption(record(old)) is None  # it started the directory: nothing adopted
     with pytest.raises(ValueError):
         ownership.recorded(None, SAME, ownership.Decision(Action.OWNED, None, ""), T1)
@@ -163,8 +195,9 @@ def test_retention_deletes_only_what_the_lineage_wrote() -> None:
     may_delete = ownership.retention_may_delete(record(a, b), lambda state: written[state.name])
     # before any owner (unrecorded), the opted-in predecessor's, and this job's own
     assert [may_delete(_state(name)) for name in written] == [False, False, True]
-    same = ownership.retention_may_delete(record(a, SAME.entry(Acquired.SAME_TRAINING_FIELDS, T1)),
-                                          lambda state: written[state.name])
+    same = ownership.retention_may_delete(
+        record(a, SAME.entry(Acquired.SAME_TRAINING_FIELDS, T1)), lambda state: written[state.name]
+    )
     assert [same(_state(name)) for name in written] == [False, True, True]
     assert ownership.retention_may_delete(None, lambda state: 0.0)(_state("epoch_1")) is False
 
@@ -177,8 +210,10 @@ def test_record_round_trip_and_unreadable(tmp_path: Path) -> None:
     assert ownership.read_owner_record(tmp_path) == (rec, None)
     assert json.loads((tmp_path / "sft-operator/OWNER").read_text())["owners"][0]["uid"] == "uid-old"
     (tmp_path / "sft-operator/OWNER").write_text('{"owners": []}')
-    assert ownership.read_owner_record(tmp_path) == (None, "owners: List should have at least 1 item after "
-                                                           "validation, not 0")
+    assert ownership.read_owner_record(tmp_path) == (
+        None,
+        "owners: List should have at least 1 item after validation, not 0",
+    )
     moved = ownership.set_aside_unreadable_record(tmp_path, T1)
     assert moved == "sft-operator/set-aside/OWNER-20260102T000000"
     assert (tmp_path / moved).read_text() == '{"owners": []}'
@@ -195,12 +230,26 @@ def test_training_output_lists_what_a_run_left(tmp_path: Path) -> None:
     assert ownership.scan_output(tmp_path) == []
     (tmp_path / "full_state/epoch_0").mkdir(parents=True)
     (tmp_path / "hf_format/samples_8").mkdir(parents=True)
-    ck.write_completion_marker(tmp_path, ck.CompletionMarker(finished_at=T0, num_epochs=1, samples_seen=8,
-                                                             final_checkpoint=None))
-    ck.append_run_record(tmp_path, ck.RunRecord(started_at=T0, start_epoch=0, steps_into_epoch=0,
-                                                 start_samples_seen=0, metrics_log_offset=0, resumed_from=None))
+    ck.write_completion_marker(
+        tmp_path, ck.CompletionMarker(finished_at=T0, num_epochs=1, samples_seen=8, final_checkpoint=None)
+    )
+    ck.append_run_record(
+        tmp_path,
+        ck.RunRecord(
+            started_at=T0,
+            start_epoch=0,
+            steps_into_epoch=0,
+            start_samples_seen=0,
+            metrics_log_offset=0,
+            resumed_from=None,
+        ),
+    )
     assert ownership.scan_output(tmp_path) == [
-        "sft-operator/COMPLETED", "full_state/epoch_0", "hf_format/samples_8", "sft-operator/runs.jsonl (1 runs)"]
+        "sft-operator/COMPLETED",
+        "full_state/epoch_0",
+        "hf_format/samples_8",
+        "sft-operator/runs.jsonl (1 runs)",
+    ]
 
 
 def test_full_state_written_at_ignores_the_metadata_our_resume_rewrites(tmp_path: Path) -> None:
@@ -220,8 +269,9 @@ def test_full_state_written_at_ignores_the_metadata_our_resume_rewrites(tmp_path
 def test_the_reporter_reports_only_a_directory_its_job_owns(tmp_path: Path) -> None:
     from sft_reporter.sidecar import VolumeReader
 
-    ck.write_completion_marker(tmp_path, ck.CompletionMarker(finished_at=T0, num_epochs=2, samples_seen=8,
-                                                             final_checkpoint=None))
+    ck.write_completion_marker(
+        tmp_path, ck.CompletionMarker(finished_at=T0, num_epochs=2, samples_seen=8, final_checkpoint=None)
+    )
     old = OLD.entry(Acquired.NEW, T0)
     ownership.write_owner_record(tmp_path, record(old))
     reader = VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=2, job_uid="uid-new")
@@ -233,7 +283,8 @@ def test_the_reporter_reports_only_a_directory_its_job_owns(tmp_path: Path) -> N
     progress = reader.read()
     assert (progress.stage.value, progress.percent) == ("Completed", 100)
     assert progress.adoption is not None and progress.adoption.message == (
-        "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields")
+        "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields"
+    )
     # a config without a uid (not rendered by the operator): everything is reported, as before
     assert VolumeReader(ckpt_dir=tmp_path, data_dir=tmp_path / "data", num_epochs=2).read().adoption is None
 
@@ -252,16 +303,20 @@ def test_an_adoption_is_said_once_as_an_event() -> None:
         def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
             self.posted.append((type_, reason, message))
 
-    adopted = ownership.adoption(ownership.recorded(
-        record(OLD.entry(Acquired.NEW, T0)), SAME, decide(record(OLD.entry(Acquired.NEW, T0)), [], SAME), T1))
+    adopted = ownership.adoption(
+        ownership.recorded(
+            record(OLD.entry(Acquired.NEW, T0)), SAME, decide(record(OLD.entry(Acquired.NEW, T0)), [], SAME), T1
+        )
+    )
     before = SFTJobStatus(progress=TrainingProgress())
     after = SFTJobStatus(progress=TrainingProgress(adoption=adopted))
     body = {"metadata": {"name": "tiny", "namespace": "ns"}, "spec": {}}
     kube = Events()
     publishing._post_events(kube, body, before, after, None)
     publishing._post_events(kube, body, after, after, None)  # unchanged: nothing more
-    assert kube.posted == [("Normal", "AdoptedCheckpoints",
-                            "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields")]
+    assert kube.posted == [
+        ("Normal", "AdoptedCheckpoints", "adopted checkpoints of SFTJob ns/tiny (uid uid-old): same training fields")
+    ]
 
 
 def test_the_launchers_retention_keeps_what_the_lineage_did_not_write(tmp_path: Path) -> None:
@@ -285,9 +340,16 @@ def test_the_launchers_retention_keeps_what_the_lineage_did_not_write(tmp_path: 
     old = OLD.entry(Acquired.NEW, T0)
     adopted = ownership.recorded(record(old), OTHER, decide(record(old), ["x"], OTHER, adopt_existing=True), T1)
     ownership.write_owner_record(tmp_path, adopted)
-    config = launch_config.parse_config({
-        "jobName": "tiny", "namespace": "ns", "jobUid": "uid-new", "trainingFields": OTHER.training_fields,
-        "adoptExistingCheckpoints": True, "trainingArgs": {"ckpt_output_dir": str(tmp_path)}})
+    config = launch_config.parse_config(
+        {
+            "jobName": "tiny",
+            "namespace": "ns",
+            "jobUid": "uid-new",
+            "trainingFields": OTHER.training_fields,
+            "adoptExistingCheckpoints": True,
+            "trainingArgs": {"ckpt_output_dir": str(tmp_path)},
+        }
+    )
     launcher.prune(tmp_path, 1, checkpoint_owner.retention_filter(tmp_path, config))
     assert sorted(p.name for p in (tmp_path / "full_state").iterdir()) == ["epoch_0", "epoch_1", "epoch_4"]
     # Without a uid in the config (a config not rendered by the operator): as before, any state.
@@ -312,4 +374,5 @@ def test_an_owner_record_past_the_status_bounds_costs_only_the_adoption(tmp_path
     assert first == again and first.adoption is None
     assert first.to_api()["epochDisplay"] == "1/1"
     assert [r.getMessage().split(":")[0:2] for r in caplog.records] == [
-        ["left out of the summary", " progress.adoption"]]
+        ["left out of the summary", " progress.adoption"]
+    ]

@@ -74,10 +74,13 @@ def test_each_distribution_lists_exactly_its_packages_at_one_version(folder: str
     assert {p.split(".")[0] for p in listed} == tops
     # setuptools ships only the packages listed: a subpackage left out imports in a checkout and
     # fails in the images (sft_trainer.transfer did, at the image build's import check).
-    found = {".".join(init.parent.relative_to(ROOT / folder).parts)
-             for top in tops for init in (ROOT / folder / top).rglob("__init__.py")}
+    found = {
+        ".".join(init.parent.relative_to(ROOT / folder).parts)
+        for top in tops
+        for init in (ROOT / folder / top).rglob("__init__.py")
+    }
     assert found - listed == set()
-    assert all((ROOT / folder / Path(*p.split('.'))).is_dir() for p in listed)
+    assert all((ROOT / folder / Path(*p.split("."))).is_dir() for p in listed)
     assert set(package_dirs(folder)) == tops
     # Every other role's distribution is required at the same version.
     ours = [r for r in config["project"]["dependencies"] if r.startswith("sft-")]
@@ -115,7 +118,9 @@ def test_the_import_rules_catch_an_offender(tmp_path: Path) -> None:
     # The check above is only worth something if it sees imports in every form.
     module = tmp_path / "sft_trainer" / "bad.py"
     module.parent.mkdir()
-    module.write_text("import sft_client.api\nfrom sft_operator import render\nif True:\n    from devtools import crd\n")
+    module.write_text(
+        "import sft_client.api\nfrom sft_operator import render\nif True:\n    from devtools import crd\n"
+    )
     assert {n.split(".")[0] for n in imported_modules(module)} == {"sft_client", "sft_operator", "devtools"}
 
 
@@ -131,9 +136,22 @@ def build_wheel(folder: Path, out: Path) -> Path:
         shutil.copytree(folder, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     folder = source
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(out / "dist"), str(folder)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out / "dist"),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = (out / "dist").glob("*.whl")
@@ -148,8 +166,12 @@ def test_each_wheel_holds_its_roles_packages_and_nothing_else(folder: str, tmp_p
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert shipped == tops
-    sources = {str(p.relative_to(ROOT / folder)) for top in tops for p in (ROOT / folder / top).rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
+    sources = {
+        str(p.relative_to(ROOT / folder))
+        for top in tops
+        for p in (ROOT / folder / top).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert {n for n in names if not n.split("/")[0].endswith(".dist-info")} == sources
 
 
@@ -159,8 +181,13 @@ def test_the_root_wheel_holds_no_package(tmp_path: Path) -> None:
 
 
 def test_no_shipped_module_imports_devtools() -> None:
-    offenders = [module for folder in DISTRIBUTIONS for package in package_dirs(folder).values()
-                 for module, tops in our_imports(package).items() if "devtools" in tops]
+    offenders = [
+        module
+        for folder in DISTRIBUTIONS
+        for package in package_dirs(folder).values()
+        for module, tops in our_imports(package).items()
+        if "devtools" in tops
+    ]
     assert offenders == []
 
 

@@ -18,22 +18,28 @@ from sft_client.cli import app
 from sft_core import checkpoints as ck
 from sft_core.progress import LossHistory, LossPoint, Stage, TrainingProgress
 
-POINTS = [LossPoint(samples=0, loss=3.0, lr=1e-4), LossPoint(samples=10, loss=2.0, val_loss=2.5),
-          LossPoint(samples=20, loss=1.5), LossPoint(samples=30, loss=1.0, val_loss=1.0)]
+POINTS = [
+    LossPoint(samples=0, loss=3.0, lr=1e-4),
+    LossPoint(samples=10, loss=2.0, val_loss=2.5),
+    LossPoint(samples=20, loss=1.5),
+    LossPoint(samples=30, loss=1.0, val_loss=1.0),
+]
 
 
 def test_text_chart_exact() -> None:
-    assert text_chart(POINTS, width=16, height=5, title="t") == "\n".join([
-        "t",
-        "3 |*",
-        "  |     o",
-        "  |     *",
-        "  |          *",
-        "1 |               @",
-        "  +----------------",
-        "   0             30",
-        "   samples seen; * loss   o validation loss",
-    ])
+    assert text_chart(POINTS, width=16, height=5, title="t") == "\n".join(
+        [
+            "t",
+            "3 |*",
+            "  |     o",
+            "  |     *",
+            "  |          *",
+            "1 |               @",
+            "  +----------------",
+            "   0             30",
+            "   samples seen; * loss   o validation loss",
+        ]
+    )
     assert text_chart([], title="x") == "x\nno loss history yet"
     flat = text_chart([LossPoint(samples=5, loss=2.0)], width=4, height=2)
     assert flat.splitlines()[:2] == ["2 |*", "2 |"]
@@ -47,10 +53,13 @@ def realistic_history(steps: int = 3000) -> list[LossPoint]:
         noise = 0.08 * math.sin(step * 1.7) + 0.05 * math.sin(step * 0.31)
         loss = 0.6 + 2.2 * math.exp(-step / 600) + noise
         lr = 2e-5 * min(1.0, step / 200) * (0.5 + 0.5 * math.cos(math.pi * step / steps))
-        history.add_step(ck.StepRecord(epoch=step * 3 // steps, step=step, samples_seen=16 * step, avg_loss=loss, lr=lr))
+        history.add_step(
+            ck.StepRecord(epoch=step * 3 // steps, step=step, samples_seen=16 * step, avg_loss=loss, lr=lr)
+        )
         if step % 50 == 0:
-            history.add_validation(ck.ValidationRecord(val_loss=0.7 + 2.0 * math.exp(-step / 700), step=step,
-                                                       samples_seen=16 * step))
+            history.add_validation(
+                ck.ValidationRecord(val_loss=0.7 + 2.0 * math.exp(-step / 700), step=step, samples_seen=16 * step)
+            )
     return history.points()
 
 
@@ -72,8 +81,10 @@ def test_png_of_a_realistic_run(tmp_path: Path) -> None:
 
 def _job(points: list[LossPoint] | None) -> dict:
     progress = TrainingProgress(stage=Stage.TRAINING, epoch=1, num_epochs=2, samples_seen=30, loss_history=points)
-    return {"metadata": {"name": "qwen", "namespace": "ml"},
-            "status": {"phase": "Running", "progress": progress.to_api()}}
+    return {
+        "metadata": {"name": "qwen", "namespace": "ml"},
+        "status": {"phase": "Running", "progress": progress.to_api()},
+    }
 
 
 def test_result_plot_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,8 +21,14 @@ USER_VOLUMES = {
         {"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}},
         {"name": "hf", "secret": {"secretName": "hf-token"}},
         {"name": "extra-config", "configMap": {"name": "extra"}},
-        {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
-            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}}},
+        {
+            "name": "scratch",
+            "ephemeral": {
+                "volumeClaimTemplate": {
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}
+                }
+            },
+        },
         {"name": "model", "csi": {"driver": "s3.csi.example", "readOnly": True}},
     ],
     "volumeMounts": [
@@ -39,16 +45,19 @@ USER_VOLUMES = {
 }
 SPECS: dict[str, dict[str, Any]] = {
     "cpu": {},
-    "cuda": {"device": "cuda", "nprocPerNode": 8, "effectiveBatchSize": 64,
-             "checkpoints": {"existingClaim": "shared"}},
+    "cuda": {"device": "cuda", "nprocPerNode": 8, "effectiveBatchSize": 64, "checkpoints": {"existingClaim": "shared"}},
     "gang-coscheduling": {"scheduling": {"gang": {"provider": "coscheduling"}}},
     "gang-volcano-queued": {"scheduling": {"gang": {"provider": "volcano"}, "queueName": "team-a"}},
     "user-volumes": {"pod": USER_VOLUMES},
     "suspended": {"suspend": True},
     "remote-sources-and-export": {
-        "modelPath": "hf://org/model@main", "dataPath": "s3://bkt/train.jsonl",
-        "remote": {"huggingFace": {"tokenSecret": "hf-token"}, "s3": {"credentialsSecret": "s3-creds"},
-                   "cacheClaim": "hub-cache"},
+        "modelPath": "hf://org/model@main",
+        "dataPath": "s3://bkt/train.jsonl",
+        "remote": {
+            "huggingFace": {"tokenSecret": "hf-token"},
+            "s3": {"credentialsSecret": "s3-creds"},
+            "cacheClaim": "hub-cache",
+        },
         "export": {"uri": "s3://out/runs", "fullStates": True, "restore": True},
     },
 }
@@ -61,8 +70,9 @@ def job(**spec: Any) -> Any:
 
 def pod_templates(rendered_job: Any) -> list[dict[str, Any]]:
     """Every pod template among the job's children (any kind that has one)."""
-    return [child["spec"]["template"] for child in render_children(rendered_job)
-            if "template" in (child.get("spec") or {})]
+    return [
+        child["spec"]["template"] for child in render_children(rendered_job) if "template" in (child.get("spec") or {})
+    ]
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -91,8 +101,11 @@ BREAKS: dict[str, tuple[Any, list[str]]] = {
     ),
     "host namespaces": (
         lambda p: p["spec"].update(hostNetwork=True, hostPID=True, hostIPC=True),
-        ["spec.hostNetwork: host namespaces are not allowed", "spec.hostPID: host namespaces are not allowed",
-         "spec.hostIPC: host namespaces are not allowed"],
+        [
+            "spec.hostNetwork: host namespaces are not allowed",
+            "spec.hostPID: host namespaces are not allowed",
+            "spec.hostIPC: host namespaces are not allowed",
+        ],
     ),
     "host port": (
         lambda p: trainer(p)["ports"][0].update(hostPort=29500),
@@ -108,18 +121,27 @@ BREAKS: dict[str, tuple[Any, list[str]]] = {
     ),
     "capabilities": (
         lambda p: trainer(p)["securityContext"].update(capabilities={"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]}),
-        ["spec.containers[0].securityContext.capabilities.drop: must include ALL",
-         "spec.containers[0].securityContext.capabilities.add[1]: SYS_ADMIN may not be added"],
+        [
+            "spec.containers[0].securityContext.capabilities.drop: must include ALL",
+            "spec.containers[0].securityContext.capabilities.add[1]: SYS_ADMIN may not be added",
+        ],
     ),
     "root user": (
         lambda p: (p["spec"]["securityContext"].update(runAsUser=0), trainer(p)["securityContext"].update(runAsUser=0)),
-        ["spec.securityContext.runAsUser: must not be 0", "spec.containers[0].securityContext.runAsUser: must not be 0"],
+        [
+            "spec.securityContext.runAsUser: must not be 0",
+            "spec.containers[0].securityContext.runAsUser: must not be 0",
+        ],
     ),
     "runAsNonRoot unset": (
-        lambda p: (p["spec"]["securityContext"].pop("runAsNonRoot"),
-                   [c["securityContext"].pop("runAsNonRoot") for c in p["spec"]["containers"]]),
-        ["spec.containers[0].securityContext.runAsNonRoot: must be true (here or in the pod's securityContext)",
-         "spec.containers[1].securityContext.runAsNonRoot: must be true (here or in the pod's securityContext)"],
+        lambda p: (
+            p["spec"]["securityContext"].pop("runAsNonRoot"),
+            [c["securityContext"].pop("runAsNonRoot") for c in p["spec"]["containers"]],
+        ),
+        [
+            "spec.containers[0].securityContext.runAsNonRoot: must be true (here or in the pod's securityContext)",
+            "spec.containers[1].securityContext.runAsNonRoot: must be true (here or in the pod's securityContext)",
+        ],
     ),
     "container runs as root though the pod says non-root": (
         lambda p: trainer(p)["securityContext"].update(runAsNonRoot=False),
@@ -130,32 +152,44 @@ BREAKS: dict[str, tuple[Any, list[str]]] = {
         ["spec.containers[0].securityContext.seccompProfile.type: Unconfined is not allowed"],
     ),
     "seccomp unset": (
-        lambda p: (p["spec"]["securityContext"].pop("seccompProfile"),
-                   trainer(p)["securityContext"].pop("seccompProfile")),
-        ["spec.containers[0].securityContext.seccompProfile.type: must be RuntimeDefault or Localhost "
-         "(here or in the pod's securityContext)"],
+        lambda p: (
+            p["spec"]["securityContext"].pop("seccompProfile"),
+            trainer(p)["securityContext"].pop("seccompProfile"),
+        ),
+        [
+            "spec.containers[0].securityContext.seccompProfile.type: must be RuntimeDefault or Localhost "
+            "(here or in the pod's securityContext)"
+        ],
     ),
     "procMount": (
         lambda p: trainer(p)["securityContext"].update(procMount="Unmasked"),
         ["spec.containers[0].securityContext.procMount: must be unset or Default"],
     ),
     "unsafe sysctl": (
-        lambda p: p["spec"]["securityContext"].update(sysctls=[{"name": "net.ipv4.tcp_syncookies", "value": "1"},
-                                                               {"name": "kernel.msgmax", "value": "1"}]),
+        lambda p: p["spec"]["securityContext"].update(
+            sysctls=[{"name": "net.ipv4.tcp_syncookies", "value": "1"}, {"name": "kernel.msgmax", "value": "1"}]
+        ),
         ["spec.securityContext.sysctls[1].name: kernel.msgmax is not a safe sysctl"],
     ),
     "AppArmor": (
-        lambda p: (p["metadata"]["annotations"].update(
-            {"container.apparmor.security.beta.kubernetes.io/reporter": "unconfined"}),
-            trainer(p)["securityContext"].update(appArmorProfile={"type": "Unconfined"})),
-        ["metadata.annotations[container.apparmor.security.beta.kubernetes.io/reporter]: AppArmor profile "
-         "'unconfined' is not allowed",
-         "spec.containers[0].securityContext.appArmorProfile.type: Unconfined is not allowed"],
+        lambda p: (
+            p["metadata"]["annotations"].update(
+                {"container.apparmor.security.beta.kubernetes.io/reporter": "unconfined"}
+            ),
+            trainer(p)["securityContext"].update(appArmorProfile={"type": "Unconfined"}),
+        ),
+        [
+            "metadata.annotations[container.apparmor.security.beta.kubernetes.io/reporter]: AppArmor profile "
+            "'unconfined' is not allowed",
+            "spec.containers[0].securityContext.appArmorProfile.type: Unconfined is not allowed",
+        ],
     ),
     "SELinux": (
         lambda p: p["spec"]["securityContext"].update(seLinuxOptions={"type": "spc_t", "user": "root"}),
-        ["spec.securityContext.seLinuxOptions.type: spc_t is not allowed",
-         "spec.securityContext.seLinuxOptions.user: must be unset"],
+        [
+            "spec.securityContext.seLinuxOptions.type: spc_t is not allowed",
+            "spec.securityContext.seLinuxOptions.user: must be unset",
+        ],
     ),
     "hostProcess": (
         lambda p: p["spec"]["securityContext"].update(windowsOptions={"hostProcess": True}),
@@ -163,8 +197,10 @@ BREAKS: dict[str, tuple[Any, list[str]]] = {
     ),
     "init container without a securityContext": (
         lambda p: p["spec"].update(initContainers=[{"name": "init", "image": "x"}]),
-        ["spec.initContainers[0].securityContext.allowPrivilegeEscalation: must be false",
-         "spec.initContainers[0].securityContext.capabilities.drop: must include ALL"],
+        [
+            "spec.initContainers[0].securityContext.allowPrivilegeEscalation: must be false",
+            "spec.initContainers[0].securityContext.capabilities.drop: must include ALL",
+        ],
     ),
 }
 
@@ -180,25 +216,40 @@ def test_checker_reports_each_broken_rule_by_path(name: str) -> None:
 def test_only_the_reporter_holds_a_token() -> None:
     pod = pod_templates(job())[0]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    token_volumes = [v["name"] for v in pod["volumes"] if any(
-        "serviceAccountToken" in source for source in (v.get("projected") or {}).get("sources", []))]
+    token_volumes = [
+        v["name"]
+        for v in pod["volumes"]
+        if any("serviceAccountToken" in source for source in (v.get("projected") or {}).get("sources", []))
+    ]
     assert token_volumes == [pod_security.REPORTER_TOKEN_VOLUME]
-    mounted = {c["name"]: [m["mountPath"] for m in c["volumeMounts"] if m["name"] in token_volumes]
-               for c in pod["containers"]}
+    mounted = {
+        c["name"]: [m["mountPath"] for m in c["volumeMounts"] if m["name"] in token_volumes] for c in pod["containers"]
+    }
     assert mounted == {contract.TRAINER_CONTAINER: [], "reporter": ["/var/run/secrets/kubernetes.io/serviceaccount"]}
 
 
 def test_only_the_transfer_sidecar_sees_the_credentials() -> None:
     pod = pod_templates(job(**SPECS["remote-sources-and-export"]))[0]["spec"]
-    secrets = {c["name"]: sorted({(e["valueFrom"]["secretKeyRef"]["name"], e["name"]) for e in c.get("env", [])
-                                  if "secretKeyRef" in e.get("valueFrom", {})})
-               for c in pod["containers"]}
+    secrets = {
+        c["name"]: sorted(
+            {
+                (e["valueFrom"]["secretKeyRef"]["name"], e["name"])
+                for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+        )
+        for c in pod["containers"]
+    }
     assert secrets == {
         contract.TRAINER_CONTAINER: [],
         "reporter": [],
         contract.TRANSFER_CONTAINER: [
-            ("hf-token", "HF_TOKEN"), ("s3-creds", "AWS_ACCESS_KEY_ID"), ("s3-creds", "AWS_ENDPOINT_URL"),
-            ("s3-creds", "AWS_REGION"), ("s3-creds", "AWS_SECRET_ACCESS_KEY"), ("s3-creds", "AWS_SESSION_TOKEN"),
+            ("hf-token", "HF_TOKEN"),
+            ("s3-creds", "AWS_ACCESS_KEY_ID"),
+            ("s3-creds", "AWS_ENDPOINT_URL"),
+            ("s3-creds", "AWS_REGION"),
+            ("s3-creds", "AWS_SECRET_ACCESS_KEY"),
+            ("s3-creds", "AWS_SESSION_TOKEN"),
         ],
     }
     assert not any("envFrom" in c for c in pod["containers"])

@@ -39,13 +39,15 @@ TOTALS = ck.TotalsRecord(total_samples=8, num_batches=2)
 
 
 def _step(epoch: int, samples: int, ts: str = "2023-11-14T22:20:00") -> ck.StepRecord:
-    return ck.StepRecord(epoch=epoch, step=1, samples_seen=samples, avg_loss=2.123456, overall_throughput=4.0,
-                         timestamp=ts)
+    return ck.StepRecord(
+        epoch=epoch, step=1, samples_seen=samples, avg_loss=2.123456, overall_throughput=4.0, timestamp=ts
+    )
 
 
 def test_fresh_volume_is_initializing() -> None:
-    progress = summarize_progress(_tree(), num_epochs=3, last_step=None, last_totals=None, runs=[],
-                                  data_dir_exists=False)
+    progress = summarize_progress(
+        _tree(), num_epochs=3, last_step=None, last_totals=None, runs=[], data_dir_exists=False
+    )
     assert progress.to_api() == {
         "stage": "Initializing",
         "epoch": 1,
@@ -61,29 +63,49 @@ def test_fresh_volume_is_initializing() -> None:
 
 def test_epoch_is_one_based_before_the_first_step() -> None:
     # Processing data, then the first run loading: epoch 1 of N, never 0/N.
-    processing = summarize_progress(_tree(), num_epochs=3, last_step=None, last_totals=None, runs=[],
-                                    data_dir_exists=True)
-    loading = summarize_progress(_tree(data_ready=DATA_READY), num_epochs=3, last_step=None,
-                                 last_totals=TOTALS, runs=[RUN], data_dir_exists=True)
+    processing = summarize_progress(
+        _tree(), num_epochs=3, last_step=None, last_totals=None, runs=[], data_dir_exists=True
+    )
+    loading = summarize_progress(
+        _tree(data_ready=DATA_READY), num_epochs=3, last_step=None, last_totals=TOTALS, runs=[RUN], data_dir_exists=True
+    )
     assert [(p.stage, p.epoch, p.epoch_display) for p in (processing, loading)] == [
-        (Stage.PROCESSING_DATA, 1, "1/3"), (Stage.INITIALIZING, 1, "1/3")]
+        (Stage.PROCESSING_DATA, 1, "1/3"),
+        (Stage.INITIALIZING, 1, "1/3"),
+    ]
 
 
 def test_resumed_run_shows_the_epoch_it_starts_in_until_it_logs() -> None:
     # Epoch 1 (0-based 0) ended with its last step logged and its full state saved; the restart's
     # run starts in 0-based epoch 1, i.e. epoch 2 of 3, before its first step.
-    resumed = RUN.model_copy(update={"started_at": datetime(2023, 11, 14, 22, 30, tzinfo=timezone.utc),
-                                     "start_epoch": 1, "start_samples_seen": 8, "resumed_from": "epoch_0"})
-    progress = summarize_progress(_tree(data_ready=DATA_READY), num_epochs=3,
-                                  last_step=_step(0, 8, ts="2023-11-14T22:20:00"), last_totals=TOTALS,
-                                  runs=[RUN, resumed], data_dir_exists=True)
+    resumed = RUN.model_copy(
+        update={
+            "started_at": datetime(2023, 11, 14, 22, 30, tzinfo=timezone.utc),
+            "start_epoch": 1,
+            "start_samples_seen": 8,
+            "resumed_from": "epoch_0",
+        }
+    )
+    progress = summarize_progress(
+        _tree(data_ready=DATA_READY),
+        num_epochs=3,
+        last_step=_step(0, 8, ts="2023-11-14T22:20:00"),
+        last_totals=TOTALS,
+        runs=[RUN, resumed],
+        data_dir_exists=True,
+    )
     assert (progress.stage, progress.epoch, progress.epoch_display, progress.samples_seen) == (
-        Stage.INITIALIZING, 2, "2/3", 8)
+        Stage.INITIALIZING,
+        2,
+        "2/3",
+        8,
+    )
 
 
 def test_data_dir_without_marker_is_processing_data() -> None:
-    progress = summarize_progress(_tree(), num_epochs=3, last_step=None, last_totals=None, runs=[],
-                                  data_dir_exists=True)
+    progress = summarize_progress(
+        _tree(), num_epochs=3, last_step=None, last_totals=None, runs=[], data_dir_exists=True
+    )
     assert progress.stage is Stage.PROCESSING_DATA
 
 
@@ -96,12 +118,18 @@ def test_training_mid_run_with_checkpoints() -> None:
             ck.HfCheckpoint(name="samples_12", samples=12, epoch=1, mtime=T0 + 5, complete=True),
         ],
         full_states=[
-            ck.FullState(name="epoch_0", epoch=0, complete=True, mtime=T0 + 1,
-                         metadata=ck.FullStateMetadata(current_epoch=0, samples_seen=8)),
+            ck.FullState(
+                name="epoch_0",
+                epoch=0,
+                complete=True,
+                mtime=T0 + 1,
+                metadata=ck.FullStateMetadata(current_epoch=0, samples_seen=8),
+            ),
         ],
     )
-    progress = summarize_progress(tree, num_epochs=3, last_step=_step(1, 12), last_totals=TOTALS, runs=[RUN],
-                                  data_dir_exists=True)
+    progress = summarize_progress(
+        tree, num_epochs=3, last_step=_step(1, 12), last_totals=TOTALS, runs=[RUN], data_dir_exists=True
+    )
     assert progress.to_api() == {
         "stage": "Training",
         "epoch": 2,
@@ -115,14 +143,30 @@ def test_training_mid_run_with_checkpoints() -> None:
         "throughput": "4.00",
         "etaSeconds": 3,
         "checkpoints": [
-            {"name": "samples_8", "path": "hf_format/samples_8", "samples": 8, "epoch": 1,
-             "time": "2023-11-14T22:13:20Z"},
-            {"name": "samples_12", "path": "hf_format/samples_12", "samples": 12, "epoch": 2,
-             "time": "2023-11-14T22:13:25Z"},
+            {
+                "name": "samples_8",
+                "path": "hf_format/samples_8",
+                "samples": 8,
+                "epoch": 1,
+                "time": "2023-11-14T22:13:20Z",
+            },
+            {
+                "name": "samples_12",
+                "path": "hf_format/samples_12",
+                "samples": 12,
+                "epoch": 2,
+                "time": "2023-11-14T22:13:25Z",
+            },
         ],
         "latestCheckpoint": "samples_12",
-        "latestFullState": {"name": "epoch_0", "path": "full_state/epoch_0", "epoch": 1, "samples": 8,
-                            "midEpoch": False, "time": "2023-11-14T22:13:21Z"},
+        "latestFullState": {
+            "name": "epoch_0",
+            "path": "full_state/epoch_0",
+            "epoch": 1,
+            "samples": 8,
+            "midEpoch": False,
+            "time": "2023-11-14T22:13:21Z",
+        },
         "resumable": True,
         "lastUpdateTime": "2023-11-14T22:20:00Z",
     }
@@ -134,31 +178,52 @@ def test_incomplete_checkpoint_means_saving_and_is_not_listed() -> None:
         hf_checkpoints=[ck.HfCheckpoint(name="samples_8", samples=8, epoch=0, mtime=T0, complete=False)],
         full_states=[ck.FullState(name="epoch_0", epoch=0, complete=False, mtime=T0, metadata=None)],
     )
-    progress = summarize_progress(tree, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN],
-                                  data_dir_exists=True)
+    progress = summarize_progress(
+        tree, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN], data_dir_exists=True
+    )
     assert (progress.stage, progress.checkpoints, progress.resumable) == (Stage.SAVING, [], False)
 
 
 def test_percent_stays_below_100_until_the_completion_marker() -> None:
     tree = _tree(data_ready=DATA_READY)
-    progress = summarize_progress(tree, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN],
-                                  data_dir_exists=True)
+    progress = summarize_progress(
+        tree, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN], data_dir_exists=True
+    )
     assert (progress.percent, progress.stage) == (99, Stage.TRAINING)
 
-    done = tree.model_copy(update={"completion": ck.CompletionMarker(
-        finished_at=datetime(2023, 11, 14, 22, 30, tzinfo=timezone.utc), num_epochs=1, samples_seen=8,
-        final_checkpoint="hf_format/samples_8")})
-    progress = summarize_progress(done, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN],
-                                  data_dir_exists=True)
+    done = tree.model_copy(
+        update={
+            "completion": ck.CompletionMarker(
+                finished_at=datetime(2023, 11, 14, 22, 30, tzinfo=timezone.utc),
+                num_epochs=1,
+                samples_seen=8,
+                final_checkpoint="hf_format/samples_8",
+            )
+        }
+    )
+    progress = summarize_progress(
+        done, num_epochs=1, last_step=_step(0, 8), last_totals=TOTALS, runs=[RUN], data_dir_exists=True
+    )
     assert (progress.stage, progress.percent, progress.epoch, progress.eta_seconds, progress.last_update_time) == (
-        Stage.COMPLETED, 100, 1, 0, "2023-11-14T22:30:00Z")
+        Stage.COMPLETED,
+        100,
+        1,
+        0,
+        "2023-11-14T22:30:00Z",
+    )
 
 
 def test_step_from_an_earlier_run_keeps_position_but_not_stage() -> None:
     # A restart: the last logged step predates the newest run, which is still loading.
     tree = _tree(data_ready=DATA_READY)
-    progress = summarize_progress(tree, num_epochs=2, last_step=_step(0, 4, ts="2023-11-14T22:05:00"),
-                                  last_totals=TOTALS, runs=[RUN], data_dir_exists=True)
+    progress = summarize_progress(
+        tree,
+        num_epochs=2,
+        last_step=_step(0, 4, ts="2023-11-14T22:05:00"),
+        last_totals=TOTALS,
+        runs=[RUN],
+        data_dir_exists=True,
+    )
     assert (progress.stage, progress.samples_seen, progress.epoch) == (Stage.INITIALIZING, 4, 1)
 
 

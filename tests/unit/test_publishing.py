@@ -19,8 +19,16 @@ from sft_operator.publishing import JobStatusBook, check_spec, update_status, wa
 from sft_operator.run_policies import RunPolicy
 from sft_operator.status import SpecProblem
 
-SPEC = {"modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
-        "maxSeqLen": 64, "nnodes": 2, "checkpoints": {"existingClaim": "c"}}
+SPEC = {
+    "modelPath": "/m",
+    "dataPath": "/d",
+    "numEpochs": 1,
+    "effectiveBatchSize": 8,
+    "learningRate": 1e-5,
+    "maxSeqLen": 64,
+    "nnodes": 2,
+    "checkpoints": {"existingClaim": "c"},
+}
 PULL_BACKOFF = 'Back-off pulling image "sft:x"'
 
 
@@ -50,8 +58,10 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def job(status: dict[str, Any] | None = None, uid: str = "u", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"metadata": {"name": "j", "namespace": "ns", "uid": uid, "generation": 1},
-                            "spec": {**SPEC, **spec}}
+    body: dict[str, Any] = {
+        "metadata": {"name": "j", "namespace": "ns", "uid": uid, "generation": 1},
+        "spec": {**SPEC, **spec},
+    }
     if status is not None:
         body["status"] = status
     return body
@@ -60,8 +70,10 @@ def job(status: dict[str, Any] | None = None, uid: str = "u", **spec: Any) -> di
 def waiting(reason: str, message: str = "", ordinal: int = 1) -> dict[str, Any]:
     """A pod whose trainer waits (``reason``: ImagePullBackOff, ...)."""
     state = {"waiting": {"reason": reason, "message": message}}
-    return {"metadata": {"name": f"j-{ordinal}"},
-            "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": state}]}}
+    return {
+        "metadata": {"name": f"j-{ordinal}"},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
 
 
 def condition(type_: str, status: str, reason: str, message: str | None = None) -> dict[str, Any]:
@@ -72,24 +84,41 @@ def condition(type_: str, status: str, reason: str, message: str | None = None) 
 
 
 def counts(phase: str, ready: int, total: int = 2) -> dict[str, Any]:
-    return {"phase": phase, "observedGeneration": 1, "readyNodes": ready, "totalNodes": total,
-            "nodes": f"{ready}/{total}", "restarts": 0, "preemptions": 0, "nodeRestarts": [], "stallRestarts": 0}
+    return {
+        "phase": phase,
+        "observedGeneration": 1,
+        "readyNodes": ready,
+        "totalNodes": total,
+        "nodes": f"{ready}/{total}",
+        "restarts": 0,
+        "preemptions": 0,
+        "nodeRestarts": [],
+        "stallRestarts": 0,
+    }
 
 
 def test_the_first_status_of_a_pending_job_is_patched_with_its_phase_and_blocker_events() -> None:
     kube, book = RecordingKube(), JobStatusBook()
     new = update_status(kube, book, job(), sts(), [pod(0), waiting("ImagePullBackOff", PULL_BACKOFF)], None, None)
-    assert kube.patches == [{
-        **counts("Pending", 1),
-        "conditions": [
-            condition("Ready", "False", "NodesPending", f"1/2 pods running; waiting for pod j-1: ImagePullBackOff: "
-                      f"{PULL_BACKOFF}"),
-            condition("SpecValid", "True", "Valid"),
-            condition("Suspended", "False", "NotSuspended"),
-        ],
-    }]
-    assert kube.events == [("Normal", "Pending", "1/2 pods running"),
-                           ("Warning", "ImagePullBackOff", f"pod j-1: ImagePullBackOff: {PULL_BACKOFF}")]
+    assert kube.patches == [
+        {
+            **counts("Pending", 1),
+            "conditions": [
+                condition(
+                    "Ready",
+                    "False",
+                    "NodesPending",
+                    f"1/2 pods running; waiting for pod j-1: ImagePullBackOff: {PULL_BACKOFF}",
+                ),
+                condition("SpecValid", "True", "Valid"),
+                condition("Suspended", "False", "NotSuspended"),
+            ],
+        }
+    ]
+    assert kube.events == [
+        ("Normal", "Pending", "1/2 pods running"),
+        ("Warning", "ImagePullBackOff", f"pod j-1: ImagePullBackOff: {PULL_BACKOFF}"),
+    ]
     assert new.to_api() == kube.patches[0]
     assert book.current(job()) == kube.patches[0]  # fresher than the watch until it catches up
     assert book.blocker(job()) == Blocker("j-1", "ImagePullBackOff", PULL_BACKOFF)
@@ -128,8 +157,9 @@ def test_after_an_operator_restart_a_blocker_still_in_force_is_said_once_more() 
     kube, book = RecordingKube(), JobStatusBook()
     update_status(kube, book, job(), sts(), [pod(0), waiting("ErrImagePull", "rpc error 1")], None, None)
     restarted = JobStatusBook()  # remembers nothing; the job's body has the status written before
-    update_status(kube, restarted, job(kube.patches[-1]), sts(), [pod(0), waiting("ErrImagePull", "rpc error 2")],
-                  None, None)
+    update_status(
+        kube, restarted, job(kube.patches[-1]), sts(), [pod(0), waiting("ErrImagePull", "rpc error 2")], None, None
+    )
     assert kube.events[-1] == ("Warning", "ErrImagePull", "pod j-1: ErrImagePull: rpc error 2")
     assert len(kube.events) == 3
 
@@ -155,13 +185,21 @@ def test_a_progress_summary_the_api_server_refuses_goes_and_the_rest_is_patched(
 
     kube, book = RecordingKube(refuse=refuse_progress), JobStatusBook()
     new = update_status(kube, book, job(), sts(), [pod(0), pod(1)], None, None, progress())
-    assert kube.patches == [{**counts("Running", 2), "startTime": T0, "conditions": [
-        condition("Ready", "True", "AllNodesRunning", "2/2 pods running"),
-        condition("SpecValid", "True", "Valid"),
-        condition("Suspended", "False", "NotSuspended"),
-    ]}]
-    refused = ("the API server refused the status with the new progress summary (HTTP 422: Unprocessable Entity); "
-               "status.progress keeps the summary last accepted")
+    assert kube.patches == [
+        {
+            **counts("Running", 2),
+            "startTime": T0,
+            "conditions": [
+                condition("Ready", "True", "AllNodesRunning", "2/2 pods running"),
+                condition("SpecValid", "True", "Valid"),
+                condition("Suspended", "False", "NotSuspended"),
+            ],
+        }
+    ]
+    refused = (
+        "the API server refused the status with the new progress summary (HTTP 422: Unprocessable Entity); "
+        "status.progress keeps the summary last accepted"
+    )
     assert kube.events == [("Warning", "ProgressValueDropped", refused), ("Normal", "Running", "2/2 pods running")]
     assert new.progress is None
     update_status(kube, book, job(), sts(), [pod(0), pod(1)], None, None, progress())  # refused again: said once
@@ -180,11 +218,16 @@ def test_an_invalid_spec_fails_the_job_and_says_why_once() -> None:
     problem = SpecProblem(Reason.INVALID_SPEC, "spec.nnodes: Input should be a valid integer")
     body = job(nnodes="two")
     update_status(kube, book, body, None, [], problem, None)
-    assert kube.patches == [{**counts("Failed", 0, total=1), "conditions": [
-        condition("Failed", "True", "InvalidSpec", problem.message),
-        condition("Ready", "False", "InvalidSpec", "no pods: the spec is invalid"),
-        condition("SpecValid", "False", "InvalidSpec", problem.message),
-    ]}]
+    assert kube.patches == [
+        {
+            **counts("Failed", 0, total=1),
+            "conditions": [
+                condition("Failed", "True", "InvalidSpec", problem.message),
+                condition("Ready", "False", "InvalidSpec", "no pods: the spec is invalid"),
+                condition("SpecValid", "False", "InvalidSpec", problem.message),
+            ],
+        }
+    ]
     assert kube.events == [("Warning", "Failed", problem.message), ("Warning", "InvalidSpec", problem.message)]
     assert book.standing_refusal(body) == problem
     update_status(kube, book, body, None, [], problem, None)
@@ -198,10 +241,16 @@ def test_a_dropped_progress_value_is_warned_about_once_per_key() -> None:
     warn_dropped_progress(kube, book, job(), [big, DroppedValue(key="", path="", problem="not a mapping", value="[]")])
     where = "ConfigMap j-progress (progress.json)"
     assert kube.events == [
-        ("Warning", "ProgressValueDropped",
-         f"{where}: dropped status.progress.checkpoints[3].samples = 10**30: too large; the rest of the summary is used"),
-        ("Warning", "ProgressValueDropped",
-         f"{where}: ignored: status.progress = []: not a mapping; status.progress keeps the summary last read"),
+        (
+            "Warning",
+            "ProgressValueDropped",
+            f"{where}: dropped status.progress.checkpoints[3].samples = 10**30: too large; the rest of the summary is used",
+        ),
+        (
+            "Warning",
+            "ProgressValueDropped",
+            f"{where}: ignored: status.progress = []: not a mapping; status.progress keeps the summary last read",
+        ),
     ]
     warn_dropped_progress(kube, book, job(uid="u2"), [big])  # a new job of the same name: said again
     assert len(kube.events) == 3
@@ -228,17 +277,42 @@ def test_check_spec_names_an_invalid_spec_and_an_immutable_change() -> None:
 
 
 def test_the_run_policy_is_read_once_from_the_spec_with_the_models_defaults() -> None:
-    assert RunPolicy.from_spec({}) == RunPolicy(nnodes=1, max_restarts=3, active_deadline_s=None,
-                                                startup_timeout_s=1800, stall_timeout_s=None, ttl_s=None,
-                                                export_uri=None)
-    spec = {"nnodes": 4, "maxRestarts": 0, "activeDeadlineSeconds": 3600, "startupTimeoutSeconds": 60,
-            "stallTimeoutSeconds": 300, "ttlSecondsAfterFinished": 0, "export": {"uri": "s3://b/p"}}
-    assert RunPolicy.from_spec(spec) == RunPolicy(nnodes=4, max_restarts=0, active_deadline_s=3600,
-                                                  startup_timeout_s=60, stall_timeout_s=300, ttl_s=0,
-                                                  export_uri="s3://b/p")
+    assert RunPolicy.from_spec({}) == RunPolicy(
+        nnodes=1,
+        max_restarts=3,
+        active_deadline_s=None,
+        startup_timeout_s=1800,
+        stall_timeout_s=None,
+        ttl_s=None,
+        export_uri=None,
+    )
+    spec = {
+        "nnodes": 4,
+        "maxRestarts": 0,
+        "activeDeadlineSeconds": 3600,
+        "startupTimeoutSeconds": 60,
+        "stallTimeoutSeconds": 300,
+        "ttlSecondsAfterFinished": 0,
+        "export": {"uri": "s3://b/p"},
+    }
+    assert RunPolicy.from_spec(spec) == RunPolicy(
+        nnodes=4,
+        max_restarts=0,
+        active_deadline_s=3600,
+        startup_timeout_s=60,
+        stall_timeout_s=300,
+        ttl_s=0,
+        export_uri="s3://b/p",
+    )
     # An invalid spec still gets a status: a field of the wrong type falls back to its default alone.
     bad = {"nnodes": "2", "maxRestarts": True, "startupTimeoutSeconds": 60, "export": {"uri": 5}}
-    assert RunPolicy.from_spec(bad) == RunPolicy(nnodes=1, max_restarts=3, active_deadline_s=None,
-                                                 startup_timeout_s=60, stall_timeout_s=None, ttl_s=None,
-                                                 export_uri=None)
+    assert RunPolicy.from_spec(bad) == RunPolicy(
+        nnodes=1,
+        max_restarts=3,
+        active_deadline_s=None,
+        startup_timeout_s=60,
+        stall_timeout_s=None,
+        ttl_s=None,
+        export_uri=None,
+    )
     assert RunPolicy.from_spec({"nnodes": 0}).nnodes == 0  # as the body has it: the spec check refuses it

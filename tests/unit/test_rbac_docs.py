@@ -18,8 +18,9 @@ import yaml
 
 def _chart_tests() -> Any:
     """test_helm_chart.py's Helm runner, loaded by path (works in any pytest import mode)."""
-    spec = importlib.util.spec_from_file_location("_helm_chart_tests_rbac_docs",
-                                                  Path(__file__).with_name("test_helm_chart.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_helm_chart_tests_rbac_docs", Path(__file__).with_name("test_helm_chart.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -104,7 +105,7 @@ def table_after(path: Path, marker: str) -> list[dict[str, str]]:
     start = next((i for i, line in enumerate(lines) if marker in line), None)
     assert start is not None, f"{path.name} lost its {marker!r} table"
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("|"):
             if rows:
                 break
@@ -155,13 +156,25 @@ def differences(documented: dict[Grant, set[str]], granted: dict[Grant, set[str]
         role, group, resource, names = grant
         return f"{role}: {group or 'core'}/{resource}" + (f" {list(names)}" if names else "")
 
-    return ([f"granted, not in the docs: {show(g)} {sorted(granted[g])}" for g in sorted(granted.keys() - documented.keys())]
-            + [f"in the docs, not granted: {show(g)} {sorted(documented[g])}" for g in sorted(documented.keys() - granted.keys())]
-            + [f"verbs differ: {show(g)}: docs {sorted(documented[g])}, chart {sorted(granted[g])}"
-               for g in sorted(granted.keys() & documented.keys()) if granted[g] != documented[g]])
+    return (
+        [
+            f"granted, not in the docs: {show(g)} {sorted(granted[g])}"
+            for g in sorted(granted.keys() - documented.keys())
+        ]
+        + [
+            f"in the docs, not granted: {show(g)} {sorted(documented[g])}"
+            for g in sorted(documented.keys() - granted.keys())
+        ]
+        + [
+            f"verbs differ: {show(g)}: docs {sorted(documented[g])}, chart {sorted(granted[g])}"
+            for g in sorted(granted.keys() & documented.keys())
+            if granted[g] != documented[g]
+        ]
+    )
 
 
 # --- the tests ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("doc", [RBAC_MD, HELM_MD], ids=lambda p: p.name)
 @pytest.mark.parametrize("mode", MODES)
@@ -181,16 +194,21 @@ def test_every_role_is_bound_to_the_operators_service_account_alone(rendered: di
     ServiceAccount its only subject; no binding of anything else."""
     docs = rendered[mode]
     binding_kind = {"ClusterRole": "ClusterRoleBinding", "Role": "RoleBinding"}
-    bindings = {(b["kind"], b["metadata"]["name"], b["metadata"].get("namespace")): b
-                for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")}
+    bindings = {
+        (b["kind"], b["metadata"]["name"], b["metadata"].get("namespace")): b
+        for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
+    }
     expected = set()
     for role in roles(docs):
         key = (binding_kind[role["kind"]], role["metadata"]["name"], role["metadata"].get("namespace"))
         expected.add(key)
         assert key in bindings, f"no binding for {role['kind']} {key[1]} in {key[2]}"
         binding = bindings[key]
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"],
-                                      "name": role["metadata"]["name"]}
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role["kind"],
+            "name": role["metadata"]["name"],
+        }
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}]
     assert set(bindings) == expected
 
@@ -211,8 +229,9 @@ def test_the_tables_are_read_whole() -> None:
     table = [line for line in after[: next(i for i, line in enumerate(after) if not line.startswith("|"))]]
     assert len(documented_grants(RBAC_MD)) == len(table) - 2 > 10
     assert documented_grants(RBAC_MD)[(PLACEHOLDER, "", "pods", ())] == {"list", "watch", "delete"}
-    assert documented_grants(RBAC_MD)[(f"{PLACEHOLDER}-leader-election", "coordination.k8s.io", "leases",
-                                       (PLACEHOLDER,))] == {"get", "update"}
+    assert documented_grants(RBAC_MD)[
+        (f"{PLACEHOLDER}-leader-election", "coordination.k8s.io", "leases", (PLACEHOLDER,))
+    ] == {"get", "update"}
     assert documented_placement(RBAC_MD, "namespaces")[PLACEHOLDER] == EACH_WATCHED
     assert documented_placement(RBAC_MD, "cluster")[PLACEHOLDER] == CLUSTER_WIDE
     # A grant the docs leave out is reported, and so are different verbs.
@@ -226,8 +245,11 @@ def test_the_tables_are_read_whole() -> None:
 def test_what_the_docs_say_of_the_switches(helm: Any) -> None:
     """rbac.create: false renders no Role and no binding; leaderElection.enabled: false (one
     replica) leaves out <fullname>-leader-election alone."""
-    assert not [d for d in helm.template("--set", "rbac.create=false")
-                if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+    assert not [
+        d
+        for d in helm.template("--set", "rbac.create=false")
+        if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ]
     single = helm.template("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
     assert sorted(chart_placement(single)) == [PLACEHOLDER]
     text = RBAC_MD.read_text()

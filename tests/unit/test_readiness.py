@@ -43,8 +43,11 @@ def test_one_log_line_per_change_of_state_and_the_gauge_each_check(caplog: pytes
     assert gauge == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "readiness: Ready (SFTJobs can be listed and watched)"),
-        ("WARNING", f"readiness: not Ready: cannot list and watch SFTJobs: {REFUSED} (said once; kopf's request "
-                    "retries are not logged meanwhile)"),
+        (
+            "WARNING",
+            f"readiness: not Ready: cannot list and watch SFTJobs: {REFUSED} (said once; kopf's request "
+            "retries are not logged meanwhile)",
+        ),
         ("INFO", "readiness: Ready again after 20 s (SFTJobs can be listed and watched)"),
     ]
     assert (state.ready, state.reason) == (True, "ok")
@@ -75,16 +78,21 @@ def test_the_webhook_not_listening_is_not_ready_but_the_api_is_reachable() -> No
 def test_describe_failure_has_no_object_addresses() -> None:
     connection = urllib3.connection.HTTPSConnection("10.0.0.1", 443)
     refused = urllib3.exceptions.NewConnectionError(
-        connection, "Failed to establish a new connection: [Errno 111] Connection refused")
+        connection, "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
     wrapped = urllib3.exceptions.MaxRetryError(None, "/apis/x", refused)
-    assert describe_failure(wrapped) == ("NewConnectionError: HTTPSConnection(host='10.0.0.1', port=443): "
-                                         "Failed to establish a new connection: [Errno 111] Connection refused")
+    assert describe_failure(wrapped) == (
+        "NewConnectionError: HTTPSConnection(host='10.0.0.1', port=443): "
+        "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
     # Older urllib3 names the connection by its address: a new text per failure, unless dropped.
     assert describe_failure(OSError("<urllib3.connection.HTTPSConnection object at 0x7f3a2c>: Failed to connect")) == (
-        "OSError: <urllib3.connection.HTTPSConnection>: Failed to connect")
+        "OSError: <urllib3.connection.HTTPSConnection>: Failed to connect"
+    )
     timeout = "(<HTTPSConnection(host='10.0.0.1', port=443) at 0x7fe60385da10>, 'Connection to 10.0.0.1 timed out.')"
     assert describe_failure(TimeoutError(timeout)) == (
-        "TimeoutError: (<HTTPSConnection(host='10.0.0.1', port=443)>, 'Connection to 10.0.0.1 timed out.')")
+        "TimeoutError: (<HTTPSConnection(host='10.0.0.1', port=443)>, 'Connection to 10.0.0.1 timed out.')"
+    )
     forbidden = ApiException(status=403, reason="Forbidden")
     forbidden.body = json.dumps({"message": 'sftjobs.finetune.dev is forbidden: User "x" cannot list'})
     assert describe_failure(forbidden) == 'HTTP 403 Forbidden: sftjobs.finetune.dev is forbidden: User "x" cannot list'
@@ -107,7 +115,9 @@ class Transport:
     def __init__(self, answers: dict[tuple[str, bool], Any]):
         self.answers, self.calls = answers, []
 
-    def param_serialize(self, method: str, resource_path: str, query_params: list[tuple[str, str]], **_: Any) -> tuple[Any, ...]:
+    def param_serialize(
+        self, method: str, resource_path: str, query_params: list[tuple[str, str]], **_: Any
+    ) -> tuple[Any, ...]:
         return (method, resource_path, dict(query_params))
 
     def call_api(self, method: str, path: str, query: dict[str, str], _request_timeout: float) -> Answer:
@@ -124,14 +134,21 @@ NS_PATH = "/apis/finetune.dev/v1alpha1/namespaces/{}/sftjobs"
 def test_check_lists_then_watches_each_namespace_from_the_listed_version() -> None:
     listed = Answer(200, json.dumps({"metadata": {"resourceVersion": "42"}, "items": []}).encode())
     bookmark = Answer(200, b'{"type":"BOOKMARK","object":{}}\n')
-    transport = Transport({(NS_PATH.format(ns), watch): listed if not watch else bookmark
-                           for ns in ("a", "b") for watch in (False, True)})
+    transport = Transport(
+        {(NS_PATH.format(ns), watch): listed if not watch else bookmark for ns in ("a", "b") for watch in (False, True)}
+    )
     assert check_sftjobs(transport, ["a", "b"]) is None
     assert transport.calls == [
         (NS_PATH.format("a"), {"limit": "1"}),
-        (NS_PATH.format("a"), {"watch": "1", "resourceVersion": "42", "timeoutSeconds": "1", "allowWatchBookmarks": "true"}),
+        (
+            NS_PATH.format("a"),
+            {"watch": "1", "resourceVersion": "42", "timeoutSeconds": "1", "allowWatchBookmarks": "true"},
+        ),
         (NS_PATH.format("b"), {"limit": "1"}),
-        (NS_PATH.format("b"), {"watch": "1", "resourceVersion": "42", "timeoutSeconds": "1", "allowWatchBookmarks": "true"}),
+        (
+            NS_PATH.format("b"),
+            {"watch": "1", "resourceVersion": "42", "timeoutSeconds": "1", "allowWatchBookmarks": "true"},
+        ),
     ]
 
 
@@ -141,12 +158,15 @@ def test_check_says_which_call_failed_and_why() -> None:
     assert check_sftjobs(Transport({(path, False): Answer(403, b"{}")}), ["a"]) == f"listing {path}: HTTP 403 r"
     gone = Answer(200, b'{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}\n')
     assert check_sftjobs(Transport({(path, False): listed, (path, True): gone}), ["a"]) == (
-        f"watching {path}: 410 too old resource version")
+        f"watching {path}: 410 too old resource version"
+    )
     assert check_sftjobs(Transport({(path, False): listed, (path, True): OSError("reset")}), ["a"]) == (
-        f"watching {path}: OSError: reset")
+        f"watching {path}: OSError: reset"
+    )
     cluster = "/apis/finetune.dev/v1alpha1/sftjobs"
     assert check_sftjobs(Transport({(cluster, False): TimeoutError("timed out")}), []) == (
-        f"listing {cluster}: TimeoutError: timed out")
+        f"listing {cluster}: TimeoutError: timed out"
+    )
 
 
 def test_readyz_answers_the_state() -> None:
@@ -154,6 +174,7 @@ def test_readyz_answers_the_state() -> None:
     server = readiness.serve("127.0.0.1", 0, "/readyz", state)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+
         def get(path: str) -> tuple[int, str]:
             try:
                 with urllib.request.urlopen(url + path, timeout=5) as resp:

@@ -42,15 +42,23 @@ def test_control_plane_defaults_stay_loopback(tmp_path: Path) -> None:
 class FakeApi:
     def get(self, path: str) -> dict[str, Any]:
         return {
-            "/api/v1/services": {"items": [
-                {"metadata": {"namespace": "ns", "name": "web"}, "spec": {"clusterIP": "10.0.0.9"}},
-                {"metadata": {"namespace": "ns", "name": "job"}, "spec": {"clusterIP": "None",
-                                                                         "publishNotReadyAddresses": True}},
-            ]},
-            "/api/v1/endpoints": {"items": [
-                {"metadata": {"namespace": "ns", "name": "job"}, "subsets": [
-                    {"notReadyAddresses": [{"ip": "10.244.0.5", "hostname": "job-0"}]}]},
-            ]},
+            "/api/v1/services": {
+                "items": [
+                    {"metadata": {"namespace": "ns", "name": "web"}, "spec": {"clusterIP": "10.0.0.9"}},
+                    {
+                        "metadata": {"namespace": "ns", "name": "job"},
+                        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True},
+                    },
+                ]
+            },
+            "/api/v1/endpoints": {
+                "items": [
+                    {
+                        "metadata": {"namespace": "ns", "name": "job"},
+                        "subsets": [{"notReadyAddresses": [{"ip": "10.244.0.5", "hostname": "job-0"}]}],
+                    },
+                ]
+            },
         }[path]
 
 
@@ -76,7 +84,9 @@ def test_host_ip_is_not_loopback() -> None:
     assert not node.host_ip().startswith("127.")
 
 
-def test_a_second_real_node_on_the_machine_waits_then_names_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_real_node_on_the_machine_waits_then_names_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(node, "MACHINE_LOCK", tmp_path / "realnode.lock")
     first = node.RealNode(tmp_path / "kubeconfig", tmp_path / "first")
     first._lock_machine()

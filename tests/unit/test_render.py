@@ -105,8 +105,11 @@ def test_pod_annotations_cannot_lift_the_confinement(key: str, value: str) -> No
     with pytest.raises(InvalidSpecError) as refused:
         job(pod={"annotations": {key: value, "note": "x"}})
     assert refused.value.problems == [
-        (f"spec.pod.annotations[{key}]", "'unconfined' would lift the pods' confinement: only runtime/default "
-                                         "or a localhost/ profile (the pods run the restricted profile)")
+        (
+            f"spec.pod.annotations[{key}]",
+            "'unconfined' would lift the pods' confinement: only runtime/default "
+            "or a localhost/ profile (the pods run the restricted profile)",
+        )
     ]
     # A profile that confines is passed on as given.
     for confined in ("runtime/default", "localhost/trainer-profile"):
@@ -147,12 +150,31 @@ def test_configmap() -> None:
         # What the checkpoint directory's owner record hashes: the training fields, defaults
         # included; not the placement (checkpoints, rdzvPort, retention, scheduling).
         "trainingFields": {
-            "modelPath": "/models/tiny", "dataPath": "/data/train.jsonl", "dataOutputDir": None, "numEpochs": 2,
-            "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 128, "maxTokensPerGpu": None,
-            "warmupSteps": 0, "saveSamples": 0, "checkpointAtEpoch": True, "accelerateFullStateAtEpoch": True,
-            "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weightDecay": 0.0, "isPretraining": False, "blockSize": None,
-            "documentColumnName": None, "validationSplit": 0.0, "validationFrequency": None, "extraArgs": {},
-            "nnodes": 2, "nprocPerNode": 1, "device": "cpu",
+            "modelPath": "/models/tiny",
+            "dataPath": "/data/train.jsonl",
+            "dataOutputDir": None,
+            "numEpochs": 2,
+            "effectiveBatchSize": 4,
+            "learningRate": 1e-4,
+            "maxSeqLen": 128,
+            "maxTokensPerGpu": None,
+            "warmupSteps": 0,
+            "saveSamples": 0,
+            "checkpointAtEpoch": True,
+            "accelerateFullStateAtEpoch": True,
+            "beta1": 0.9,
+            "beta2": 0.95,
+            "eps": 1e-8,
+            "weightDecay": 0.0,
+            "isPretraining": False,
+            "blockSize": None,
+            "documentColumnName": None,
+            "validationSplit": 0.0,
+            "validationFrequency": None,
+            "extraArgs": {},
+            "nnodes": 2,
+            "nprocPerNode": 1,
+            "device": "cpu",
         },
         "adoptExistingCheckpoints": False,
         "trainingArgs": {
@@ -236,7 +258,10 @@ def test_statefulset_cpu() -> None:
                                 {"name": "PET_MASTER_PORT", "value": "29500"},
                                 {"name": "PET_RDZV_ENDPOINT", "value": "tiny-0.tiny.ns.svc:29500"},
                                 {"name": "PET_RDZV_ID", "value": "uid-1"},
-                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                                {
+                                    "name": "SFT_POD_NAME",
+                                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+                                },
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
                                 {"name": "SFT_DEVICE", "value": "cpu"},
                                 {"name": "SFT_POD_STATE_DIR", "value": "/run/sft-operator"},
@@ -262,7 +287,10 @@ def test_statefulset_cpu() -> None:
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["python", "-m", "sft_reporter"],
                             "env": [
-                                {"name": "SFT_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                                {
+                                    "name": "SFT_POD_NAME",
+                                    "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+                                },
                                 {"name": "SFT_CONFIG", "value": "/etc/sft/training.json"},
                                 {"name": "SFT_POD_STATE_DIR", "value": "/run/sft-operator"},
                                 {"name": "SFT_TERMINATION_GRACE_SECONDS", "value": "1800"},
@@ -298,7 +326,12 @@ def test_statefulset_cpu() -> None:
                             "projected": {
                                 "sources": [
                                     {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-                                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                                    {
+                                        "configMap": {
+                                            "name": "kube-root-ca.crt",
+                                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                                        }
+                                    },
                                     {
                                         "downwardAPI": {
                                             "items": [
@@ -418,8 +451,12 @@ def test_statefulset_gpu_defaults_and_user_pod_settings() -> None:
 def test_user_gpu_limit_and_affinity_win() -> None:
     user_affinity = {"podAntiAffinity": {"x": 1}, "nodeAffinity": {"y": 2}}
     sts = render_statefulset(
-        job(device="cuda", nprocPerNode=4, effectiveBatchSize=8,
-            pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []})
+        job(
+            device="cuda",
+            nprocPerNode=4,
+            effectiveBatchSize=8,
+            pod={"resources": {"limits": {"nvidia.com/gpu": 4}}, "affinity": user_affinity, "tolerations": []},
+        )
     )
     pod = sts["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "4"}}
@@ -452,8 +489,9 @@ def test_children_in_creation_order() -> None:
         ("NetworkPolicy", "tiny"),
         ("StatefulSet", "tiny"),
     ]
-    assert [(c["kind"], c["metadata"]["name"]) for c in render_children(job(checkpoints={"existingClaim": "c"}))] \
-        == names[1:]
+    assert [
+        (c["kind"], c["metadata"]["name"]) for c in render_children(job(checkpoints={"existingClaim": "c"}))
+    ] == names[1:]
 
 
 def test_reporter_may_patch_only_its_own_progress_configmap() -> None:
@@ -467,7 +505,9 @@ def test_reporter_may_patch_only_its_own_progress_configmap() -> None:
     # A user's own ServiceAccount: bound to the same narrow Role, and no ServiceAccount of ours.
     own = job(pod={"serviceAccountName": "trainers"})
     assert render_service_account(own) is None
-    assert render_reporter_role_binding(own)["subjects"] == [{"kind": "ServiceAccount", "name": "trainers", "namespace": "ns"}]
+    assert render_reporter_role_binding(own)["subjects"] == [
+        {"kind": "ServiceAccount", "name": "trainers", "namespace": "ns"}
+    ]
     assert render_statefulset(own)["spec"]["template"]["spec"]["serviceAccountName"] == "trainers"
 
 
@@ -499,10 +539,14 @@ def test_immutable_changes_name_the_fields() -> None:
     assert immutable_changes(job(suspend=True, pod={"image": "other"}), sts) == []
     changes = immutable_changes(job(numEpochs=3, nnodes=1), sts)
     assert changes == [
-        ("spec.numEpochs",
-         "immutable once the job is created: it runs with 2, the spec asks for 3 (revert the field, or create a new job)"),
-        ("spec.nnodes",
-         "immutable once the job is created: it runs with 2, the spec asks for 1 (revert the field, or create a new job)"),
+        (
+            "spec.numEpochs",
+            "immutable once the job is created: it runs with 2, the spec asks for 3 (revert the field, or create a new job)",
+        ),
+        (
+            "spec.nnodes",
+            "immutable once the job is created: it runs with 2, the spec asks for 1 (revert the field, or create a new job)",
+        ),
     ]
 
 
@@ -517,8 +561,10 @@ def test_a_job_with_a_refused_change_runs_as_accepted() -> None:
     assert immutable_changes(runs, sts) == []
     rendered = render_statefulset(runs)
     assert rendered["spec"]["replicas"] == 0  # suspended with the change still pending
-    assert rendered["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC] == sts["metadata"]["annotations"][
-        ANNOTATION_ACCEPTED_SPEC]
+    assert (
+        rendered["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC]
+        == sts["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC]
+    )
     assert job_as_accepted(job(), sts) == job()
 
 
@@ -585,11 +631,19 @@ def test_podgroup_is_created_before_the_statefulset() -> None:
 @pytest.mark.parametrize(
     ("scheduling", "pod", "path"),
     [
-        ({"gang": {"provider": "volcano", "scheduleTimeoutSeconds": 60}}, {}, "spec.scheduling.gang.scheduleTimeoutSeconds"),
+        (
+            {"gang": {"provider": "volcano", "scheduleTimeoutSeconds": 60}},
+            {},
+            "spec.scheduling.gang.scheduleTimeoutSeconds",
+        ),
         ({"gang": {"provider": "coscheduling", "queue": "q"}}, {}, "spec.scheduling.gang.queue"),
         ({"gang": {"provider": "kueue"}}, {}, "spec.scheduling.gang.provider"),
         ({"gang": {}}, {}, "spec.scheduling.gang.provider"),
-        ({"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 0}}, {}, "spec.scheduling.gang.scheduleTimeoutSeconds"),
+        (
+            {"gang": {"provider": "coscheduling", "scheduleTimeoutSeconds": 0}},
+            {},
+            "spec.scheduling.gang.scheduleTimeoutSeconds",
+        ),
         ({"gang": {"provider": "volcano"}}, {"schedulerName": "default-scheduler"}, "spec.pod.schedulerName"),
     ],
 )
@@ -603,8 +657,9 @@ def test_gang_is_immutable() -> None:
     sts = render_statefulset(job(scheduling={"gang": {"provider": "volcano"}}))
     assert immutable_changes(job(scheduling={"gang": {"provider": "volcano"}}, suspend=True), sts) == []
     assert [path for path, _ in immutable_changes(job(), sts)] == ["spec.scheduling.gang"]
-    assert [path for path, _ in immutable_changes(job(scheduling={"gang": {"provider": "coscheduling"}}), sts)] \
-        == ["spec.scheduling.gang"]
+    assert [path for path, _ in immutable_changes(job(scheduling={"gang": {"provider": "coscheduling"}}), sts)] == [
+        "spec.scheduling.gang"
+    ]
     # A refused change runs as accepted: still the Volcano gang.
     runs = job_as_accepted(job(), sts)
     assert render_podgroup(runs)["apiVersion"] == "scheduling.volcano.sh/v1beta1"
@@ -617,14 +672,18 @@ def test_gang_is_immutable() -> None:
 
 def queued_job(labels: dict[str, str] | None = None, **spec_overrides: Any) -> SFTJob:
     spec = tiny_job_spec(**{"checkpoints": {"claim": {"size": "1Gi", "storageClassName": "local"}}, **spec_overrides})
-    return parse_job({"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1", "labels": labels or {}}, "spec": spec})
+    return parse_job(
+        {"metadata": {"name": "tiny", "namespace": "ns", "uid": "uid-1", "labels": labels or {}}, "spec": spec}
+    )
 
 
 def test_queue_name_labels_the_statefulset_for_kueue() -> None:
     plain = render_statefulset(job())
     queued = render_statefulset(job(scheduling={"queueName": "team-a"}))
     assert queued["metadata"]["labels"] == {
-        **LABELS, "finetune.dev/component": "trainer", "kueue.x-k8s.io/queue-name": "team-a"
+        **LABELS,
+        "finetune.dev/component": "trainer",
+        "kueue.x-k8s.io/queue-name": "team-a",
     }
     # Kueue labels the pods itself (group name, total count): the template stays as without a queue,
     # and so does the selector.
@@ -632,7 +691,10 @@ def test_queue_name_labels_the_statefulset_for_kueue() -> None:
     assert queued["spec"]["selector"] == plain["spec"]["selector"]
     assert queued["spec"]["replicas"] == 2
     assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
-    assert queued["metadata"]["annotations"][ANNOTATION_DESIRED_HASH] != plain["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+    assert (
+        queued["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+        != plain["metadata"]["annotations"][ANNOTATION_DESIRED_HASH]
+    )
     assert json.loads(queued["metadata"]["annotations"][ANNOTATION_ACCEPTED_SPEC])["scheduling.queueName"] == "team-a"
     # No other child carries it: Kueue's StatefulSet integration reads the StatefulSet only.
     for child in render_children(job(scheduling={"queueName": "team-a"})):
@@ -656,11 +718,13 @@ def test_suspended_queued_job_keeps_its_queue_at_zero_pods() -> None:
 def test_queue_label_and_field_that_differ_are_refused_naming_the_field() -> None:
     with pytest.raises(InvalidSpecError) as exc:
         queued_job({"kueue.x-k8s.io/queue-name": "team-b"}, scheduling={"queueName": "team-a"})
-    assert exc.value.problems == [(
-        "spec.scheduling.queueName",
-        "'team-a' differs from the kueue.x-k8s.io/queue-name label on the SFTJob ('team-b'): set one of them, "
-        "or the same queue in both",
-    )]
+    assert exc.value.problems == [
+        (
+            "spec.scheduling.queueName",
+            "'team-a' differs from the kueue.x-k8s.io/queue-name label on the SFTJob ('team-b'): set one of them, "
+            "or the same queue in both",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -688,15 +752,22 @@ def test_queue_is_immutable_by_field_and_by_label() -> None:
     runs = job_as_accepted(queued_job({"kueue.x-k8s.io/queue-name": "team-b"}), sts)
     assert render_statefulset(runs)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     no_queue = render_statefulset(job())
-    assert "kueue.x-k8s.io/queue-name" not in render_statefulset(
-        job_as_accepted(job(scheduling={"queueName": "team-a"}), no_queue))["metadata"]["labels"]
+    assert (
+        "kueue.x-k8s.io/queue-name"
+        not in render_statefulset(job_as_accepted(job(scheduling={"queueName": "team-a"}), no_queue))["metadata"][
+            "labels"
+        ]
+    )
 
 
 def test_remote_sources_add_the_transfer_sidecar_with_the_credentials_by_reference() -> None:
     rendered = job(
-        modelPath="hf://org/model@main", dataPath="s3://bkt/d/train.jsonl",
-        remote={"huggingFace": {"tokenSecret": "hf-token", "endpoint": "http://hub.local:8080"},
-                "s3": {"credentialsSecret": "s3-creds", "endpoint": "http://s3.local:9000"}},
+        modelPath="hf://org/model@main",
+        dataPath="s3://bkt/d/train.jsonl",
+        remote={
+            "huggingFace": {"tokenSecret": "hf-token", "endpoint": "http://hub.local:8080"},
+            "s3": {"credentialsSecret": "s3-creds", "endpoint": "http://s3.local:9000"},
+        },
         export={"uri": "s3://out/runs"},
     )
     pod = render_statefulset(rendered)["spec"]["template"]["spec"]
@@ -712,12 +783,19 @@ def test_remote_sources_add_the_transfer_sidecar_with_the_credentials_by_referen
         {"name": "AWS_ENDPOINT_URL", "value": "http://s3.local:9000"},
         {"name": "SFT_S3_SECRET", "value": "s3-creds"},
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
-        {"name": "AWS_SECRET_ACCESS_KEY",
-         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
-        {"name": "AWS_SESSION_TOKEN",
-         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}}},
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}},
+        },
+        {
+            "name": "AWS_SESSION_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}},
+        },
         # The spec names the endpoint: the Secret's AWS_ENDPOINT_URL is not referenced as well.
-        {"name": "AWS_REGION", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_REGION", "optional": True}}},
+        {
+            "name": "AWS_REGION",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_REGION", "optional": True}},
+        },
     ]
     assert transfer["volumeMounts"] == [
         {"name": "checkpoints", "mountPath": "/checkpoints"},
@@ -731,7 +809,9 @@ def test_remote_sources_add_the_transfer_sidecar_with_the_credentials_by_referen
 
 
 def test_a_cache_claim_is_mounted_read_only_in_the_trainer() -> None:
-    pod = render_statefulset(job(modelPath="hf://org/model", remote={"cacheClaim": "hub-cache"}))["spec"]["template"]["spec"]
+    pod = render_statefulset(job(modelPath="hf://org/model", remote={"cacheClaim": "hub-cache"}))["spec"]["template"][
+        "spec"
+    ]
     trainer, transfer = pod["containers"][0], pod["containers"][2]
     assert {"name": "source-cache", "mountPath": "/sft-source-cache", "readOnly": True} in trainer["volumeMounts"]
     assert {"name": "source-cache", "mountPath": "/sft-source-cache", "readOnly": False} in transfer["volumeMounts"]

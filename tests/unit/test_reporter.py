@@ -41,8 +41,7 @@ def test_step_metrics_are_rate_limited() -> None:
 def test_milestones_are_published_at_once() -> None:
     old = _progress(stage=Stage.TRAINING)
     assert should_publish(old, _progress(stage=Stage.COMPLETED), seconds_since_publish=0, min_interval_s=15)
-    assert should_publish(old, _progress(stage=Stage.TRAINING, epoch=2), seconds_since_publish=0,
-                          min_interval_s=15)
+    assert should_publish(old, _progress(stage=Stage.TRAINING, epoch=2), seconds_since_publish=0, min_interval_s=15)
 
 
 def _append(path: Path, *lines: dict) -> None:
@@ -59,13 +58,26 @@ def test_volume_reader_follows_the_metrics_log(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     assert reader.read().stage is Stage.PROCESSING_DATA
 
-    ck.write_data_ready(tmp_path, ck.DataReadyMarker(fingerprint="f", data_dir=str(tmp_path / "data"),
-                                                     num_samples=8, created_at="2023-11-14T22:00:00Z"))
-    _append(log, {"model_name_or_path": "/m"}, {"total_samples": 8, "num_batches": 2},
-            {"epoch": 0, "step": 1, "samples_seen": 4, "avg_loss": 3.0, "overall_throughput": 2.0})
+    ck.write_data_ready(
+        tmp_path,
+        ck.DataReadyMarker(
+            fingerprint="f", data_dir=str(tmp_path / "data"), num_samples=8, created_at="2023-11-14T22:00:00Z"
+        ),
+    )
+    _append(
+        log,
+        {"model_name_or_path": "/m"},
+        {"total_samples": 8, "num_batches": 2},
+        {"epoch": 0, "step": 1, "samples_seen": 4, "avg_loss": 3.0, "overall_throughput": 2.0},
+    )
     first = reader.read()
     assert (first.stage, first.samples_seen, first.total_samples, first.percent, first.last_loss) == (
-        Stage.TRAINING, 4, 16, 25, "3.0000")
+        Stage.TRAINING,
+        4,
+        16,
+        25,
+        "3.0000",
+    )
 
     with open(log, "a") as handle:  # a line still being written is not read yet
         handle.write('{"epoch": 1, "step": 2, "samples_seen": 12')
@@ -109,6 +121,7 @@ def test_run_loop_survives_a_failing_publish(tmp_path: Path) -> None:
 
 # --- Shutdown (issue 15, finding 7): the trainer's last save reaches the status ---------------
 
+
 class FakeClock:
     """Monotonic time that advances only when the loop sleeps; events fire at given times."""
 
@@ -137,15 +150,14 @@ class ScriptedVolume:
         return self.progress
 
 
-OLD_STATE = FullStateInfo(name="epoch_0", path="full_state/epoch_0", epoch=1, samples=8,
-                          time="2023-11-14T22:13:21Z")
-ON_DEMAND = FullStateInfo(name="epoch_1", path="full_state/epoch_1", epoch=2, samples=14,
-                          mid_epoch=True, time="2023-11-14T22:20:07Z")
+OLD_STATE = FullStateInfo(name="epoch_0", path="full_state/epoch_0", epoch=1, samples=8, time="2023-11-14T22:13:21Z")
+ON_DEMAND = FullStateInfo(
+    name="epoch_1", path="full_state/epoch_1", epoch=2, samples=14, mid_epoch=True, time="2023-11-14T22:20:07Z"
+)
 
 
 def _training(samples: int, full_state: FullStateInfo) -> TrainingProgress:
-    return _progress(stage=Stage.TRAINING, epoch=2, samples_seen=samples, latest_full_state=full_state,
-                     resumable=True)
+    return _progress(stage=Stage.TRAINING, epoch=2, samples_seen=samples, latest_full_state=full_state, resumable=True)
 
 
 def test_stop_waits_for_the_trainer_and_publishes_its_on_demand_checkpoint() -> None:
@@ -166,8 +178,17 @@ def test_stop_waits_for_the_trainer_and_publishes_its_on_demand_checkpoint() -> 
 
     clock = FakeClock({2.0: one_more_step, 10.0: saved_and_exited})
     published: list[TrainingProgress] = []
-    run_loop(volume, published.append, stop, scan_interval_s=3, min_interval_s=15, clock=clock,
-             trainer_exited=exited.is_set, shutdown_wait_s=1795, sleep=clock.sleep)
+    run_loop(
+        volume,
+        published.append,
+        stop,
+        scan_interval_s=3,
+        min_interval_s=15,
+        clock=clock,
+        trainer_exited=exited.is_set,
+        shutdown_wait_s=1795,
+        sleep=clock.sleep,
+    )
     assert published == [_training(12, OLD_STATE), _training(14, ON_DEMAND)]
     assert clock.now == 10.0  # returned as soon as the trainer had exited, long before the bound
 
@@ -185,8 +206,17 @@ def test_final_publish_ignores_the_step_metrics_rate_limit() -> None:
 
     clock = FakeClock({1.0: last_step_and_exit})
     published: list[TrainingProgress] = []
-    run_loop(volume, published.append, stop, scan_interval_s=3, min_interval_s=15, clock=clock,
-             trainer_exited=exited.is_set, shutdown_wait_s=1795, sleep=clock.sleep)
+    run_loop(
+        volume,
+        published.append,
+        stop,
+        scan_interval_s=3,
+        min_interval_s=15,
+        clock=clock,
+        trainer_exited=exited.is_set,
+        shutdown_wait_s=1795,
+        sleep=clock.sleep,
+    )
     assert [p.samples_seen for p in published] == [12, 16]
 
 
@@ -200,8 +230,17 @@ def test_a_trainer_that_never_exits_is_waited_for_only_until_the_bound() -> None
 
     clock = FakeClock({20.0: saved_late})
     published: list[TrainingProgress] = []
-    run_loop(volume, published.append, stop, scan_interval_s=3, min_interval_s=15, clock=clock,
-             trainer_exited=lambda: False, shutdown_wait_s=25, sleep=clock.sleep)
+    run_loop(
+        volume,
+        published.append,
+        stop,
+        scan_interval_s=3,
+        min_interval_s=15,
+        clock=clock,
+        trainer_exited=lambda: False,
+        shutdown_wait_s=25,
+        sleep=clock.sleep,
+    )
     assert clock.now == 25.0  # the grace period (30 s) less the margin, not a second more
     assert published == [_training(12, OLD_STATE), _training(14, ON_DEMAND)]
 
@@ -251,7 +290,16 @@ def test_stop_signal_arriving_mid_run_starts_the_wait(tmp_path: Path) -> None:
     stop.wait = wait
     published: list[TrainingProgress] = []
     assert not exited()
-    run_loop(volume, published.append, stop, scan_interval_s=1, min_interval_s=15, clock=clock,
-             trainer_exited=exited, shutdown_wait_s=shutdown_wait_from_env(env), sleep=sleep)
+    run_loop(
+        volume,
+        published.append,
+        stop,
+        scan_interval_s=1,
+        min_interval_s=15,
+        clock=clock,
+        trainer_exited=exited,
+        shutdown_wait_s=shutdown_wait_from_env(env),
+        sleep=sleep,
+    )
     assert [p.latest_full_state for p in published] == [OLD_STATE, ON_DEMAND]
     assert clock.now == 3.0

@@ -23,44 +23,96 @@ from sft_models.models import InvalidSpecError, parse_spec
 CACHE = "/checkpoints/.sft-sources"
 
 
-@pytest.mark.parametrize(("value", "model", "expected"), [
-    ("Qwen/Qwen2.5-7B-Instruct", True,
-     Source(SourceKind.HF_MODEL, "hf://Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct")),
-    ("gpt2", True, Source(SourceKind.HF_MODEL, "hf://gpt2", "gpt2")),
-    ("hf://org/x@main", True, Source(SourceKind.HF_MODEL, "hf://org/x@main", "org/x", "main")),
-    ("hf://org/x@refs/pr/1", True, Source(SourceKind.HF_MODEL, "hf://org/x@refs/pr/1", "org/x", "refs/pr/1")),
-    ("hf://datasets/org/d@v1/train/a.jsonl", False,
-     Source(SourceKind.HF_DATASET_FILE, "hf://datasets/org/d@v1/train/a.jsonl", "org/d", "v1", "train/a.jsonl")),
-    ("hf://datasets/org/d/a.jsonl", False,
-     Source(SourceKind.HF_DATASET_FILE, "hf://datasets/org/d/a.jsonl", "org/d", None, "a.jsonl")),
-    ("s3://bkt/models/llama", True, Source(SourceKind.S3_PREFIX, "s3://bkt/models/llama/", "bkt", None, "models/llama/")),
-    ("s3://bkt//models/llama/", True, Source(SourceKind.S3_PREFIX, "s3://bkt/models/llama/", "bkt", None, "models/llama/")),
-    ("s3://bkt", True, Source(SourceKind.S3_PREFIX, "s3://bkt/", "bkt", None, "")),
-    ("s3://bkt/d/train.jsonl", False, Source(SourceKind.S3_OBJECT, "s3://bkt/d/train.jsonl", "bkt", None, "d/train.jsonl")),
-    ("https://h.example/x/train.jsonl", False,
-     Source(SourceKind.HTTPS_FILE, "https://h.example/x/train.jsonl", "h.example", None, "/x/train.jsonl")),
-])
+@pytest.mark.parametrize(
+    ("value", "model", "expected"),
+    [
+        (
+            "Qwen/Qwen2.5-7B-Instruct",
+            True,
+            Source(SourceKind.HF_MODEL, "hf://Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct"),
+        ),
+        ("gpt2", True, Source(SourceKind.HF_MODEL, "hf://gpt2", "gpt2")),
+        ("hf://org/x@main", True, Source(SourceKind.HF_MODEL, "hf://org/x@main", "org/x", "main")),
+        ("hf://org/x@refs/pr/1", True, Source(SourceKind.HF_MODEL, "hf://org/x@refs/pr/1", "org/x", "refs/pr/1")),
+        (
+            "hf://datasets/org/d@v1/train/a.jsonl",
+            False,
+            Source(SourceKind.HF_DATASET_FILE, "hf://datasets/org/d@v1/train/a.jsonl", "org/d", "v1", "train/a.jsonl"),
+        ),
+        (
+            "hf://datasets/org/d/a.jsonl",
+            False,
+            Source(SourceKind.HF_DATASET_FILE, "hf://datasets/org/d/a.jsonl", "org/d", None, "a.jsonl"),
+        ),
+        (
+            "s3://bkt/models/llama",
+            True,
+            Source(SourceKind.S3_PREFIX, "s3://bkt/models/llama/", "bkt", None, "models/llama/"),
+        ),
+        (
+            "s3://bkt//models/llama/",
+            True,
+            Source(SourceKind.S3_PREFIX, "s3://bkt/models/llama/", "bkt", None, "models/llama/"),
+        ),
+        ("s3://bkt", True, Source(SourceKind.S3_PREFIX, "s3://bkt/", "bkt", None, "")),
+        (
+            "s3://bkt/d/train.jsonl",
+            False,
+            Source(SourceKind.S3_OBJECT, "s3://bkt/d/train.jsonl", "bkt", None, "d/train.jsonl"),
+        ),
+        (
+            "https://h.example/x/train.jsonl",
+            False,
+            Source(SourceKind.HTTPS_FILE, "https://h.example/x/train.jsonl", "h.example", None, "/x/train.jsonl"),
+        ),
+    ],
+)
 def test_a_source_parses_to_its_canonical_form(value: str, model: bool, expected: Source) -> None:
     assert parse_source(value, model=model) == expected
 
 
-@pytest.mark.parametrize(("value", "model", "message"), [
-    ("ftp://h/x", True, "'ftp://h/x': scheme ftp:// is not supported (hf://, s3://, https:// or an absolute path)"),
-    ("hf://datasets/org/d/a.jsonl", True, "'hf://datasets/org/d/a.jsonl' is a dataset; a model is hf://<org>/<repo>[@<revision>]"),
-    ("hf://org/x", False, "'hf://org/x': data from Hugging Face is one file of a dataset: hf://datasets/<org>/<repo>/<file>"),
-    ("hf://org/../x", True, "'hf://org/../x': expected hf://<org>/<repo>[@<revision>]"),
-    ("./model", True, "'./model': expected a Hugging Face id (<org>/<repo>) or an absolute path"),
-    ("train.jsonl", False, "'train.jsonl' is neither an absolute path in the pod nor a URI (hf://datasets/..., s3://..., https://...)"),
-    ("s3://B/x", True, "'s3://B/x': 'B' is not an S3 bucket name"),
-    ("s3://bkt/d/", False, "'s3://bkt/d/': data is one object: s3://<bucket>/<key>"),
-    ("s3://bkt/a/../b", False, "'s3://bkt/a/../b': the key may not contain '.' or '..' parts"),
-    ("https://h.example/m", True, "'https://h.example/m': a model comes from hf:// or s3:// (an https:// source is one data file)"),
-    ("https://u:p@h.example/x.jsonl", False,
-     "'https://u:p@h.example/x.jsonl': credentials may not be written into the URI (use a Secret)"),
-    ("https://h.example/x.jsonl?X-Amz-Signature=abc", False,
-     "https://h.example/x.jsonl?...: a query string may carry a credential and is not accepted; use s3:// with a "
-     "Secret for signed access"),
-])
+@pytest.mark.parametrize(
+    ("value", "model", "message"),
+    [
+        ("ftp://h/x", True, "'ftp://h/x': scheme ftp:// is not supported (hf://, s3://, https:// or an absolute path)"),
+        (
+            "hf://datasets/org/d/a.jsonl",
+            True,
+            "'hf://datasets/org/d/a.jsonl' is a dataset; a model is hf://<org>/<repo>[@<revision>]",
+        ),
+        (
+            "hf://org/x",
+            False,
+            "'hf://org/x': data from Hugging Face is one file of a dataset: hf://datasets/<org>/<repo>/<file>",
+        ),
+        ("hf://org/../x", True, "'hf://org/../x': expected hf://<org>/<repo>[@<revision>]"),
+        ("./model", True, "'./model': expected a Hugging Face id (<org>/<repo>) or an absolute path"),
+        (
+            "train.jsonl",
+            False,
+            "'train.jsonl' is neither an absolute path in the pod nor a URI (hf://datasets/..., s3://..., https://...)",
+        ),
+        ("s3://B/x", True, "'s3://B/x': 'B' is not an S3 bucket name"),
+        ("s3://bkt/d/", False, "'s3://bkt/d/': data is one object: s3://<bucket>/<key>"),
+        ("s3://bkt/a/../b", False, "'s3://bkt/a/../b': the key may not contain '.' or '..' parts"),
+        (
+            "https://h.example/m",
+            True,
+            "'https://h.example/m': a model comes from hf:// or s3:// (an https:// source is one data file)",
+        ),
+        (
+            "https://u:p@h.example/x.jsonl",
+            False,
+            "'https://u:p@h.example/x.jsonl': credentials may not be written into the URI (use a Secret)",
+        ),
+        (
+            "https://h.example/x.jsonl?X-Amz-Signature=abc",
+            False,
+            "https://h.example/x.jsonl?...: a query string may carry a credential and is not accepted; use s3:// with a "
+            "Secret for signed access",
+        ),
+    ],
+)
 def test_a_source_that_cannot_be_fetched_says_why(value: str, model: bool, message: str) -> None:
     with pytest.raises(SourceProblem) as info:
         parse_source(value, model=model)
@@ -99,8 +151,13 @@ def test_export_uris() -> None:
 
 def spec(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "modelPath": "hf://org/x@main", "dataPath": "s3://bkt/d/train.jsonl", "numEpochs": 1,
-        "effectiveBatchSize": 4, "learningRate": 1e-4, "maxSeqLen": 64, "checkpoints": {"existingClaim": "ckpt"},
+        "modelPath": "hf://org/x@main",
+        "dataPath": "s3://bkt/d/train.jsonl",
+        "numEpochs": 1,
+        "effectiveBatchSize": 4,
+        "learningRate": 1e-4,
+        "maxSeqLen": 64,
+        "checkpoints": {"existingClaim": "ckpt"},
     }
     body.update(overrides)
     return body
@@ -113,10 +170,18 @@ def test_remote_sources_become_local_paths_in_the_training_args_and_entries_in_t
     assert args["data_path"] == "/checkpoints/.sft-sources/bkt-d-train.jsonl-91d611cac7ba/files/train.jsonl"
     config = parsed.training_config("j", "ns")
     assert config[contract.CONFIG_KEY_SOURCES] == [
-        {"field": "spec.modelPath", "uri": "hf://org/x@main", "cacheKey": "org-x-main-d4cb57a5b7cf",
-         "localPath": "/checkpoints/.sft-sources/org-x-main-d4cb57a5b7cf/files"},
-        {"field": "spec.dataPath", "uri": "s3://bkt/d/train.jsonl", "cacheKey": "bkt-d-train.jsonl-91d611cac7ba",
-         "localPath": "/checkpoints/.sft-sources/bkt-d-train.jsonl-91d611cac7ba/files/train.jsonl"},
+        {
+            "field": "spec.modelPath",
+            "uri": "hf://org/x@main",
+            "cacheKey": "org-x-main-d4cb57a5b7cf",
+            "localPath": "/checkpoints/.sft-sources/org-x-main-d4cb57a5b7cf/files",
+        },
+        {
+            "field": "spec.dataPath",
+            "uri": "s3://bkt/d/train.jsonl",
+            "cacheKey": "bkt-d-train.jsonl-91d611cac7ba",
+            "localPath": "/checkpoints/.sft-sources/bkt-d-train.jsonl-91d611cac7ba/files/train.jsonl",
+        },
     ]
     assert config[contract.CONFIG_KEY_SOURCE_CACHE_ROOT] == "/checkpoints/.sft-sources"
     assert config[contract.CONFIG_KEY_EXPORT] == {"uri": "s3://out/runs", "fullStates": False, "restore": False}
@@ -135,15 +200,18 @@ def test_paths_in_the_pod_need_no_transfer() -> None:
     assert parsed.training_args()["model_path"] == "/models/tiny"
 
 
-@pytest.mark.parametrize(("overrides", "path"), [
-    ({"modelPath": "s3://B/m"}, "spec.modelPath"),
-    ({"dataPath": "hf://org/x"}, "spec.dataPath"),
-    ({"dataPath": "train.jsonl"}, "spec.dataPath"),
-    ({"export": {"uri": "gs://bkt/x"}}, "spec.export.uri"),
-    ({"export": {"uri": "s3://bkt/x", "restore": True}}, "spec.export.restore"),
-    ({"remote": {"huggingFace": {"tokenSecret": "Not_A_Name"}}}, "spec.remote.huggingFace.tokenSecret"),
-    ({"remote": {"s3": {"endpoint": "ftp://x"}}}, "spec.remote.s3.endpoint"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"modelPath": "s3://B/m"}, "spec.modelPath"),
+        ({"dataPath": "hf://org/x"}, "spec.dataPath"),
+        ({"dataPath": "train.jsonl"}, "spec.dataPath"),
+        ({"export": {"uri": "gs://bkt/x"}}, "spec.export.uri"),
+        ({"export": {"uri": "s3://bkt/x", "restore": True}}, "spec.export.restore"),
+        ({"remote": {"huggingFace": {"tokenSecret": "Not_A_Name"}}}, "spec.remote.huggingFace.tokenSecret"),
+        ({"remote": {"s3": {"endpoint": "ftp://x"}}}, "spec.remote.s3.endpoint"),
+    ],
+)
 def test_bad_sources_and_targets_are_refused_naming_the_field(overrides: dict[str, Any], path: str) -> None:
     with pytest.raises(InvalidSpecError) as info:
         parse_spec(spec(**overrides))
@@ -151,8 +219,19 @@ def test_bad_sources_and_targets_are_refused_naming_the_field(overrides: dict[st
 
 
 def test_the_transfer_report_is_bounded() -> None:
-    state = TransferState.model_validate({"downloads": [{"field": "spec.modelPath", "source": "hf://o/x",
-                                                         "state": "Downloading", "bytesDone": 5, "bytesTotal": 10}]})
+    state = TransferState.model_validate(
+        {
+            "downloads": [
+                {
+                    "field": "spec.modelPath",
+                    "source": "hf://o/x",
+                    "state": "Downloading",
+                    "bytesDone": 5,
+                    "bytesTotal": 10,
+                }
+            ]
+        }
+    )
     assert state.downloads[0].bytes_done == 5
     with pytest.raises(ValueError):
         TransferState.model_validate({"downloads": [{"field": "f", "source": "s", "state": "Done", "bytesDone": -1}]})

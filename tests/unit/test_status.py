@@ -33,8 +33,15 @@ def sts(nnodes: int = 2, suspend: bool = False) -> dict[str, Any]:
         {
             "metadata": {"name": "j", "namespace": "ns", "uid": "u"},
             "spec": {
-                "modelPath": "/m", "dataPath": "/d", "numEpochs": 1, "effectiveBatchSize": 8, "learningRate": 1e-5,
-                "maxSeqLen": 64, "nnodes": nnodes, "suspend": suspend, "checkpoints": {"existingClaim": "c"},
+                "modelPath": "/m",
+                "dataPath": "/d",
+                "numEpochs": 1,
+                "effectiveBatchSize": 8,
+                "learningRate": 1e-5,
+                "maxSeqLen": 64,
+                "nnodes": nnodes,
+                "suspend": suspend,
+                "checkpoints": {"existingClaim": "c"},
             },
         }
     )
@@ -51,8 +58,15 @@ def pod(ordinal: int, phase: str = "Running", restarts: int = 0, deleting: bool 
     }
 
 
-POLICY_FIELDS = ("nnodes", "max_restarts", "active_deadline_s", "startup_timeout_s", "stall_timeout_s", "ttl_s",
-                 "export_uri")
+POLICY_FIELDS = (
+    "nnodes",
+    "max_restarts",
+    "active_deadline_s",
+    "startup_timeout_s",
+    "stall_timeout_s",
+    "ttl_s",
+    "export_uri",
+)
 
 
 def run_policy(**fields: Any) -> RunPolicy:
@@ -63,8 +77,9 @@ def run_policy(**fields: Any) -> RunPolicy:
 def derive(current: SFTJobStatus | None = None, **kwargs: Any) -> SFTJobStatus:
     """derive_status's status; the RunPolicy's fields may be given as keywords too."""
     policy = run_policy(**{name: kwargs.pop(name) for name in POLICY_FIELDS if name in kwargs})
-    args: dict[str, Any] = dict(generation=1, policy=policy, statefulset=sts(), pods=[], problem=None, volume=None,
-                                now=T0)
+    args: dict[str, Any] = dict(
+        generation=1, policy=policy, statefulset=sts(), pods=[], problem=None, volume=None, now=T0
+    )
     args.update(kwargs)
     return derive_status(current, **args).status
 
@@ -168,19 +183,36 @@ T2, T3 = "2026-01-01T00:10:00Z", "2026-01-01T00:15:00Z"
 
 
 def progress(stage: Stage = Stage.TRAINING, samples: int = 40, latest: str | None = "samples_40") -> TrainingProgress:
-    checkpoints = [] if latest is None else [
-        CheckpointInfo(name=latest, path=f"hf_format/{latest}", samples=samples, epoch=1, time=T1)
-    ]
+    checkpoints = (
+        []
+        if latest is None
+        else [CheckpointInfo(name=latest, path=f"hf_format/{latest}", samples=samples, epoch=1, time=T1)]
+    )
     percent = 100 if stage is Stage.COMPLETED else 50
     return TrainingProgress(
-        stage=stage, epoch=1, num_epochs=1, epoch_display="1/1", samples_seen=samples, total_samples=80,
-        percent=percent, percent_display=f"{percent}%", last_loss="0.1234", checkpoints=checkpoints,
-        latest_checkpoint=latest, last_update_time=T1,
+        stage=stage,
+        epoch=1,
+        num_epochs=1,
+        epoch_display="1/1",
+        samples_seen=samples,
+        total_samples=80,
+        percent=percent,
+        percent_display=f"{percent}%",
+        last_loss="0.1234",
+        checkpoints=checkpoints,
+        latest_checkpoint=latest,
+        last_update_time=T1,
     )
 
 
-def trainer_pod(ordinal: int, restarts: int = 0, *, phase: str = "Running", state: dict[str, Any] | None = None,
-                last: dict[str, Any] | None = None) -> dict[str, Any]:
+def trainer_pod(
+    ordinal: int,
+    restarts: int = 0,
+    *,
+    phase: str = "Running",
+    state: dict[str, Any] | None = None,
+    last: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A pod whose trainer container ended as ``state``/``last`` say (the reporter never counts)."""
     trainer: dict[str, Any] = {"name": "trainer", "restartCount": restarts, "state": state or {"running": {}}}
     if last is not None:
@@ -196,24 +228,57 @@ def terminated(exit_code: int, finished_at: str, reason: str = "Error", message:
 def test_completed_progress_is_succeeded() -> None:
     running = derive(pods=[pod(0), pod(1)], progress=progress(), max_restarts=3)
     assert running.phase is Phase.RUNNING and running.progress == progress()
-    done = derive(running, pods=[pod(0), pod(1)], progress=progress(Stage.COMPLETED, 80, "samples_80"), now=T1,
-                  max_restarts=3)
+    done = derive(
+        running, pods=[pod(0), pod(1)], progress=progress(Stage.COMPLETED, 80, "samples_80"), now=T1, max_restarts=3
+    )
     message = "trained 1 epochs; final checkpoint hf_format/samples_80"
     api = done.to_api()
     assert api["conditions"] == [
-        {"type": "Complete", "status": "True", "reason": "TrainingCompleted", "message": message,
-         "lastTransitionTime": T1, "observedGeneration": 1},
-        {"type": "Failed", "status": "False", "reason": "TrainingCompleted", "message": message,
-         "lastTransitionTime": T1, "observedGeneration": 1},
-        {"type": "Ready", "status": "False", "reason": "Finished", "message": "training is over; pods scaled to 0",
-         "lastTransitionTime": T1, "observedGeneration": 1},
+        {
+            "type": "Complete",
+            "status": "True",
+            "reason": "TrainingCompleted",
+            "message": message,
+            "lastTransitionTime": T1,
+            "observedGeneration": 1,
+        },
+        {
+            "type": "Failed",
+            "status": "False",
+            "reason": "TrainingCompleted",
+            "message": message,
+            "lastTransitionTime": T1,
+            "observedGeneration": 1,
+        },
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "Finished",
+            "message": "training is over; pods scaled to 0",
+            "lastTransitionTime": T1,
+            "observedGeneration": 1,
+        },
         {"type": "SpecValid", "status": "True", "reason": "Valid", "lastTransitionTime": T0, "observedGeneration": 1},
-        {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T0,
-         "observedGeneration": 1},
+        {
+            "type": "Suspended",
+            "status": "False",
+            "reason": "NotSuspended",
+            "lastTransitionTime": T0,
+            "observedGeneration": 1,
+        },
     ]
     assert {k: v for k, v in api.items() if k not in ("conditions", "progress")} == {
-        "phase": "Succeeded", "observedGeneration": 1, "readyNodes": 2, "totalNodes": 2, "nodes": "2/2",
-        "startTime": T0, "completionTime": T1, "restarts": 0, "preemptions": 0, "nodeRestarts": [], "stallRestarts": 0,
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "readyNodes": 2,
+        "totalNodes": 2,
+        "nodes": "2/2",
+        "startTime": T0,
+        "completionTime": T1,
+        "restarts": 0,
+        "preemptions": 0,
+        "nodeRestarts": [],
+        "stallRestarts": 0,
     }
     assert api["progress"]["stage"] == "Completed" and api["progress"]["latestCheckpoint"] == "samples_80"
     assert done.training_over
@@ -235,27 +300,52 @@ def test_training_over_is_sticky_only_facts_move() -> None:
     # publishes an older summary: the phase, conditions and completion time stay.
     later_progress = progress(Stage.TRAINING, 60, "samples_60")
     crashed = trainer_pod(0, 9, phase="Pending", last=terminated(1, T2))
-    later = derive(done, statefulset=sts(suspend=True), pods=[crashed], progress=later_progress,
-                   now=T2, max_restarts=0, generation=2,
-                   problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
-    refused = {"type": "SpecValid", "status": "False", "reason": "ImmutableFieldChanged",
-               "message": "spec.nnodes: immutable", "lastTransitionTime": T2, "observedGeneration": 2}
+    later = derive(
+        done,
+        statefulset=sts(suspend=True),
+        pods=[crashed],
+        progress=later_progress,
+        now=T2,
+        max_restarts=0,
+        generation=2,
+        problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"),
+    )
+    refused = {
+        "type": "SpecValid",
+        "status": "False",
+        "reason": "ImmutableFieldChanged",
+        "message": "spec.nnodes: immutable",
+        "lastTransitionTime": T2,
+        "observedGeneration": 2,
+    }
     assert later.to_api() == {
-        **done.to_api(), "progress": later_progress.to_api(), "readyNodes": 0, "nodes": "0/2", "restarts": 1,
+        **done.to_api(),
+        "progress": later_progress.to_api(),
+        "readyNodes": 0,
+        "nodes": "0/2",
+        "restarts": 1,
         "nodeRestarts": [{"node": 0, "failures": 1, "preemptions": 0, "lastExitCode": 1, "lastExitTime": T2}],
         "observedGeneration": 2,  # the spec change was seen (and changes nothing): GitOps health checks wait for it
         # ... and refused: the status says so, also once training is over
         "conditions": [c if c["type"] != "SpecValid" else refused for c in done.to_api()["conditions"]],
     }
     assert later.phase is Phase.SUCCEEDED and later.completion_time == T1
-    same = derive(later, statefulset=None, pods=[], now=T3, generation=2, problem=SpecProblem(
-        Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"))
+    same = derive(
+        later,
+        statefulset=None,
+        pods=[],
+        now=T3,
+        generation=2,
+        problem=SpecProblem(Reason.IMMUTABLE_FIELD_CHANGED, "spec.nnodes: immutable"),
+    )
     assert same.to_api() == later.to_api()
 
 
 def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
-    pods = [trainer_pod(0, 1, last=terminated(1, "2026-01-01T00:01:00Z")),
-            trainer_pod(1, 1, last=terminated(1, "2026-01-01T00:01:01Z", message="older"))]
+    pods = [
+        trainer_pod(0, 1, last=terminated(1, "2026-01-01T00:01:00Z")),
+        trainer_pod(1, 1, last=terminated(1, "2026-01-01T00:01:01Z", message="older")),
+    ]
     at_limit = derive(pods=pods, max_restarts=1, now=T1)
     assert (at_limit.phase, at_limit.restarts) == (Phase.RUNNING, 1)  # the most of any node, not the sum
     # A preemption in between (the newest termination) is not the failure the message names.
@@ -263,21 +353,51 @@ def test_too_many_restarts_is_failed_with_the_containers_last_words() -> None:
     pods[0] = trainer_pod(0, 2, last=oom)
     pods[1] = trainer_pod(1, 2, last=terminated(3, "2026-01-01T00:02:30Z", message="preempted: saved"))
     failed = derive(at_limit, pods=pods, max_restarts=1, now=T2)
-    message = ("the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); "
-               "last: pod j-0: OOMKilled (exit code 137): killed")
+    message = (
+        "the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); "
+        "last: pod j-0: OOMKilled (exit code 137): killed"
+    )
     assert failed.to_api()["conditions"] == [
-        {"type": "Complete", "status": "False", "reason": "TooManyRestarts", "message": message,
-         "lastTransitionTime": T2, "observedGeneration": 1},
-        {"type": "Failed", "status": "True", "reason": "TooManyRestarts", "message": message,
-         "lastTransitionTime": T2, "observedGeneration": 1},
-        {"type": "Ready", "status": "False", "reason": "Finished", "message": "training is over; pods scaled to 0",
-         "lastTransitionTime": T2, "observedGeneration": 1},
+        {
+            "type": "Complete",
+            "status": "False",
+            "reason": "TooManyRestarts",
+            "message": message,
+            "lastTransitionTime": T2,
+            "observedGeneration": 1,
+        },
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "TooManyRestarts",
+            "message": message,
+            "lastTransitionTime": T2,
+            "observedGeneration": 1,
+        },
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "Finished",
+            "message": "training is over; pods scaled to 0",
+            "lastTransitionTime": T2,
+            "observedGeneration": 1,
+        },
         {"type": "SpecValid", "status": "True", "reason": "Valid", "lastTransitionTime": T1, "observedGeneration": 1},
-        {"type": "Suspended", "status": "False", "reason": "NotSuspended", "lastTransitionTime": T1,
-         "observedGeneration": 1},
+        {
+            "type": "Suspended",
+            "status": "False",
+            "reason": "NotSuspended",
+            "lastTransitionTime": T1,
+            "observedGeneration": 1,
+        },
     ]
     assert (failed.phase, failed.restarts, failed.preemptions, failed.completion_time, failed.start_time) == (
-        Phase.FAILED, 2, 1, T2, T1)
+        Phase.FAILED,
+        2,
+        1,
+        T2,
+        T1,
+    )
     assert failed.training_over
 
 
@@ -286,8 +406,9 @@ def test_too_many_restarts_counted_before_the_pods_went_away() -> None:
     failed = derive(SFTJobStatus(restarts=2), pods=[pod(0), pod(1)], max_restarts=1)
     condition = next(c for c in failed.conditions if c.type == "Failed")
     assert (failed.phase, condition.reason) == (Phase.FAILED, "TooManyRestarts")
-    assert condition.message == ("the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); "
-                                 "last: no termination recorded")
+    assert condition.message == (
+        "the trainer failed 2 times (spec.maxRestarts: 1; preemptions do not count); last: no termination recorded"
+    )
 
 
 def test_no_max_restarts_never_fails_on_restarts() -> None:
@@ -332,8 +453,10 @@ def test_each_termination_is_counted_once() -> None:
 def test_exit_code_2_is_config_rejected_at_once() -> None:
     rejected = terminated(2, T1, message="sft-launcher: spec.maxSeqLen 64 < the model's minimum 128")
     failed = derive(pods=[trainer_pod(0, 0, phase="Running", state=rejected), pod(1)], max_restarts=3, now=T1)
-    message = ("the launcher rejected its configuration, a retry cannot help: "
-               "pod j-0: Error (exit code 2): sft-launcher: spec.maxSeqLen 64 < the model's minimum 128")
+    message = (
+        "the launcher rejected its configuration, a retry cannot help: "
+        "pod j-0: Error (exit code 2): sft-launcher: spec.maxSeqLen 64 < the model's minimum 128"
+    )
     assert conditions(failed) == {
         "Complete": ("False", "ConfigRejected"),
         "Failed": ("True", "ConfigRejected"),
@@ -353,7 +476,8 @@ def test_config_rejection_names_the_spec_field() -> None:
     assert next(c for c in failed.conditions if c.type == "Failed").message == (
         "the launcher rejected its configuration, a retry cannot help: pod j-0: Error (exit code 2): "
         "spec.dataPath (trainingArgs.data_path): /d.jsonl does not exist; "
-        "spec.extraArgs.use_liger (trainingArgs.use_liger): bad")
+        "spec.extraArgs.use_liger (trainingArgs.use_liger): bad"
+    )
 
 
 def test_only_the_newest_termination_decides_config_rejected() -> None:
@@ -373,7 +497,10 @@ def test_spec_failure_is_not_training_over() -> None:
 
 
 def test_restarts_never_go_down_when_pods_are_recreated() -> None:
-    pods = [trainer_pod(0, 1, last=terminated(1, T0)), trainer_pod(1, 2, state=terminated(1, T1), last=terminated(1, T0))]
+    pods = [
+        trainer_pod(0, 1, last=terminated(1, T0)),
+        trainer_pod(1, 2, state=terminated(1, T1), last=terminated(1, T0)),
+    ]
     restarted = derive(pods=pods, max_restarts=10)
     assert restarted.restarts == 2
     recreated = derive(restarted, pods=[pod(0), pod(1)], max_restarts=10, now=T1)
@@ -401,17 +528,27 @@ def test_last_trainer_termination_picks_the_newest() -> None:
 
 def test_phase_event_messages_say_why() -> None:
     """The Suspended Event says it is suspended and what it resumes from, not "2/2 pods running"."""
-    full = {"name": "epoch_1_samples_40", "path": "full_state/epoch_1_samples_40", "epoch": 1, "samples": 40,
-            "midEpoch": True, "time": T1}
-    suspended = derive(pods=[pod(0), pod(1)], statefulset=sts(suspend=True),
-                       progress=TrainingProgress.model_validate({**progress().to_api(), "latestFullState": full}))
+    full = {
+        "name": "epoch_1_samples_40",
+        "path": "full_state/epoch_1_samples_40",
+        "epoch": 1,
+        "samples": 40,
+        "midEpoch": True,
+        "time": T1,
+    }
+    suspended = derive(
+        pods=[pod(0), pod(1)],
+        statefulset=sts(suspend=True),
+        progress=TrainingProgress.model_validate({**progress().to_api(), "latestFullState": full}),
+    )
     assert suspended.phase is Phase.SUSPENDED
     assert phase_event_message(suspended, None) == (
-        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from full_state/epoch_1_samples_40")
+        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from full_state/epoch_1_samples_40"
+    )
     fresh = derive(statefulset=sts(suspend=True))
     assert phase_event_message(fresh, None) == (
-        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from the latest full state, if one "
-        "was saved")
+        "suspended by spec.suspend: pods scaled to 0; unsuspending resumes from the latest full state, if one was saved"
+    )
     assert phase_event_message(derive(pods=[pod(0), pod(1)]), None) == "2/2 pods running"
     done = derive(progress=progress(Stage.COMPLETED, 80, "samples_80"))
     assert phase_event_message(done, None) == "trained 1 epochs; final checkpoint hf_format/samples_80"
@@ -429,13 +566,16 @@ def test_a_crash_looping_trainer_is_not_a_running_node() -> None:
 
 def test_a_rendezvous_conflict_says_so_while_it_retries_and_fails_past_max_restarts() -> None:
     clash = "spec.rdzvPort: the rendezvous at j-0.j.ns.svc:29500 belongs to another job (rdzv id other, ours u)"
-    looping = trainer_pod(1, 1, state={"waiting": {"reason": "CrashLoopBackOff"}},
-                          last=terminated(5, T1, message=clash))
+    looping = trainer_pod(
+        1, 1, state={"waiting": {"reason": "CrashLoopBackOff"}}, last=terminated(5, T1, message=clash)
+    )
     waiting = derive(pods=[pod(0), looping], max_restarts=1, now=T1)
     ready = next(c for c in waiting.conditions if c.type == "Ready")
     assert (waiting.phase, ready.reason) == (Phase.PENDING, "RendezvousConflict")
-    assert ready.message == (f"1/2 pods running; another job holds this job's rendezvous (spec.rdzvPort): "
-                             f"pod j-1: Error (exit code 5): {clash}")
+    assert ready.message == (
+        f"1/2 pods running; another job holds this job's rendezvous (spec.rdzvPort): "
+        f"pod j-1: Error (exit code 5): {clash}"
+    )
     # Once the trainer runs again, the old exit 5 no longer explains anything.
     recovered = derive(waiting, pods=[pod(0), trainer_pod(1, 1, last=terminated(5, T1, message=clash))], now=T2)
     assert conditions(recovered)["Ready"] == ("True", "AllNodesRunning")
@@ -445,7 +585,8 @@ def test_a_rendezvous_conflict_says_so_while_it_retries_and_fails_past_max_resta
     assert (failed.phase, condition.reason, failed.training_over) == (Phase.FAILED, "RendezvousConflict", True)
     assert condition.message == (
         "another job holds this job's rendezvous (spec.rdzvPort); the trainer failed 2 times (spec.maxRestarts: 1; "
-        f"preemptions do not count); last: pod j-1: Error (exit code 5): {clash}")
+        f"preemptions do not count); last: pod j-1: Error (exit code 5): {clash}"
+    )
 
 
 def at(minutes: int, seconds: int = 0) -> str:
@@ -453,28 +594,59 @@ def at(minutes: int, seconds: int = 0) -> str:
 
 
 def test_a_pending_job_says_which_pod_waits_and_why() -> None:
-    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "trainer", "restartCount": 0,
-         "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "sft:x"'}}}]}}
+    pulling = {
+        "metadata": {"name": "j-1"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "sft:x"'}},
+                }
+            ],
+        },
+    }
     status = derive(pods=[pod(0), pulling], startup_timeout_s=600)
     ready = next(c for c in status.conditions if c.type == "Ready")
     assert (status.phase, ready.message) == (
-        Phase.PENDING, '1/2 pods running; waiting for pod j-1: ImagePullBackOff: Back-off pulling image "sft:x"')
-    unschedulable = {"metadata": {"name": "j-0"}, "status": {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/12 nodes are available: 12 Insufficient nvidia.com/gpu."}]}}
+        Phase.PENDING,
+        '1/2 pods running; waiting for pod j-1: ImagePullBackOff: Back-off pulling image "sft:x"',
+    )
+    unschedulable = {
+        "metadata": {"name": "j-0"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/12 nodes are available: 12 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    }
     blocker = pod_blocker([unschedulable, pulling], 2)
     assert blocker == Blocker("j-0", "Unschedulable", "0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
     assert (blocker.cause, blocker.describe()) == (
-        "pod j-0: Unschedulable", "pod j-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu.")
+        "pod j-0: Unschedulable",
+        "pod j-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu.",
+    )
     assert Blocker("j-1", "ErrImagePull", "").describe() == "pod j-1: ErrImagePull"
 
 
 def test_the_derived_status_carries_the_blocker_its_ready_message_names() -> None:
-    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "m"}}}]}}
-    args: dict[str, Any] = dict(generation=1, policy=run_policy(), statefulset=sts(), problem=None, volume=None,
-                                now=T0)
+    pulling = {
+        "metadata": {"name": "j-1"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {"name": "trainer", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "m"}}}
+            ],
+        },
+    }
+    args: dict[str, Any] = dict(generation=1, policy=run_policy(), statefulset=sts(), problem=None, volume=None, now=T0)
     assert derive_status(None, pods=[pod(0), pulling], **args).blocker == Blocker("j-1", "ImagePullBackOff", "m")
     assert derive_status(None, pods=[pod(0), pod(1)], **args).blocker is None  # running: nothing to wait for
     no_sts = {**args, "statefulset": None}
@@ -482,15 +654,27 @@ def test_the_derived_status_carries_the_blocker_its_ready_message_names() -> Non
 
 
 def test_startup_timeout_fails_with_the_blocking_pods_reason() -> None:
-    pulling = {"metadata": {"name": "j-1"}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "trainer", "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}}
+    pulling = {
+        "metadata": {"name": "j-1"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ],
+        },
+    }
     first = derive(pods=[pod(0), pulling], now=at(0), startup_timeout_s=600)
     assert derive(first, pods=[pod(0), pulling], now=at(10), startup_timeout_s=600).phase is Phase.PENDING
     failed = derive(first, pods=[pod(0), pulling], now=at(10, 1), startup_timeout_s=600)
     condition = next(c for c in failed.conditions if c.type == "Failed")
     assert (failed.phase, condition.reason, failed.training_over) == (Phase.FAILED, "StartupTimeout", True)
-    assert condition.message == ("not every pod ran within spec.startupTimeoutSeconds (600 s): "
-                                 "pod j-1: ErrImagePull: not found")
+    assert condition.message == (
+        "not every pod ran within spec.startupTimeoutSeconds (600 s): pod j-1: ErrImagePull: not found"
+    )
     # Counted again from a resume: a job suspended for long is not timed out when it comes back.
     suspended = derive(first, statefulset=sts(suspend=True), now=at(5))
     resumed = derive(suspended, pods=[pod(0), pulling], now=at(60), startup_timeout_s=600)
@@ -506,7 +690,8 @@ def test_deadline_counts_from_the_first_run_or_the_last_resume() -> None:
     assert condition.message == (
         "ran 3601 s since 2026-01-01T00:00:00Z, past spec.activeDeadlineSeconds (3600 s); the pods were stopped "
         "with SIGTERM (an on-demand checkpoint is saved) and the checkpoints stay: a job created again with the "
-        "same checkpoints resumes from them")
+        "same checkpoints resumes from them"
+    )
     suspended = derive(running, statefulset=sts(suspend=True), pods=[], now=at(30))
     resumed = derive(suspended, pods=[pod(0), pod(1)], now=at(100), active_deadline_s=3600)
     assert derive(resumed, pods=[pod(0), pod(1)], now=at(159), active_deadline_s=3600).phase is Phase.RUNNING
@@ -519,7 +704,8 @@ def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -
     assert stalled(running, at(15), 600) is None
     assert stalled(running, at(15, 1), 600) == (
         "no training step for 601 s (spec.stallTimeoutSeconds: 600); last fact on the volume at "
-        "2026-01-01T00:05:00Z (Training, 40 samples, epoch 1); restarting every rank from the latest full state")
+        "2026-01-01T00:05:00Z (Training, 40 samples, epoch 1); restarting every rank from the latest full state"
+    )
     assert stalled(running, at(15, 1), None) is None
     saving = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.SAVING))
     assert stalled(saving, at(60), 600) is None  # no start-up bound given: exempt
@@ -527,7 +713,8 @@ def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -
     assert stalled(saving, at(35, 1), 600, 1800) == (
         "no training step for 1801 s (while saving spec.startupTimeoutSeconds bounds it: 1800); last fact on "
         "the volume at 2026-01-01T00:05:00Z (Saving, 40 samples, epoch 1); restarting every rank from the "
-        "latest full state")
+        "latest full state"
+    )
     processing = derive(pods=[pod(0), pod(1)], now=at(0), progress=progress(Stage.PROCESSING_DATA))
     assert stalled(processing, at(59), 600, 1800) is None  # the launcher's data watchdog bounds it
     # Before the first step of a run (model loading, rendezvous) the start-up timeout bounds it if
@@ -538,7 +725,8 @@ def test_stalled_counts_from_the_last_step_and_exempts_processing_and_saving() -
     assert stalled(starting, at(35, 1), 600, 1800) == (
         "no training step for 1801 s (before the first step spec.startupTimeoutSeconds bounds it: 1800); last "
         "fact on the volume at 2026-01-01T00:05:00Z (Initializing, 40 samples, epoch 1); restarting every rank "
-        "from the latest full state")
+        "from the latest full state"
+    )
     assert stalled(starting, at(59), 600, None) is None  # no start-up bound: exempt like data processing
     assert stalled(starting, at(15, 1), 600, 60) is not None  # the longer of the two
     # A stall restart counts as a failure against maxRestarts.
@@ -576,11 +764,21 @@ def _left_behind(failure_at: str, crashes: int) -> list[dict[str, Any]]:
 def test_the_first_group_restart_is_at_once_later_ones_wait_the_backoff() -> None:
     first = group_restart_plan(_left_behind(at(5), 1), restarts=1)
     assert first is not None and first.to_api() == {
-        "reason": "RanksLeftBehind", "restart": 1, "delaySeconds": 0, "nextRestartAt": at(5), "ranks": ["j-1"]}
+        "reason": "RanksLeftBehind",
+        "restart": 1,
+        "delaySeconds": 0,
+        "nextRestartAt": at(5),
+        "ranks": ["j-1"],
+    }
     assert not held_back(first, at(5))
     third = group_restart_plan(_left_behind(at(5), 3), restarts=3)
     assert third is not None and third.to_api() == {
-        "reason": "RanksLeftBehind", "restart": 3, "delaySeconds": 20, "nextRestartAt": at(5, 20), "ranks": ["j-1"]}
+        "reason": "RanksLeftBehind",
+        "restart": 3,
+        "delaySeconds": 20,
+        "nextRestartAt": at(5, 20),
+        "ranks": ["j-1"],
+    }
     assert held_back(third, at(5, 19)) and not held_back(third, at(5, 20))
     assert group_restart_plan([trainer_pod(0, state={"running": {"startedAt": at(0)}})], restarts=3) is None
 
@@ -591,27 +789,43 @@ def test_a_held_back_group_restart_shows_in_status_and_the_ready_message() -> No
     held = derive(current, pods=pods, now=at(5, 3))
     assert held.restarts == 1  # one failure counted by this derive: the first restart, at once
     assert held.restart_backoff is None
-    twice = SFTJobStatus.model_validate({**current.to_api(), "restarts": 1, "nodeRestarts": [
-        {"node": 0, "failures": 1, "lastExitCode": 1, "lastExitTime": at(2)}]})  # j-0 failed once before
+    twice = SFTJobStatus.model_validate(
+        {
+            **current.to_api(),
+            "restarts": 1,
+            "nodeRestarts": [{"node": 0, "failures": 1, "lastExitCode": 1, "lastExitTime": at(2)}],
+        }
+    )  # j-0 failed once before
     held = derive(twice, pods=pods, now=at(5, 3))
     assert held.restarts == 2
     assert held.restart_backoff is not None and held.restart_backoff.to_api() == {
-        "reason": "RanksLeftBehind", "restart": 2, "delaySeconds": 10, "nextRestartAt": at(5, 10), "ranks": ["j-1"]}
+        "reason": "RanksLeftBehind",
+        "restart": 2,
+        "delaySeconds": 10,
+        "nextRestartAt": at(5, 10),
+        "ranks": ["j-1"],
+    }
     ready = next(c for c in held.conditions if c.type == "Ready")
-    assert (ready.status, ready.message) == ("True", (
-        "2/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
-        "(10 s doubling to 300 s)"))
+    assert (ready.status, ready.message) == (
+        "True",
+        (
+            "2/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
+            "(10 s doubling to 300 s)"
+        ),
+    )
     assert held.to_api()["restartBackoff"]["nextRestartAt"] == "2026-01-01T00:05:10Z"
     # Due: no longer held back, the field goes (the handler restarts the ranks).
     assert derive(held, pods=pods, now=at(5, 10)).restart_backoff is None
     # The message keeps "waiting for <pod>" last (the blocker Events are made from it).
-    crashlooping = trainer_pod(0, 2, state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
-                               last=terminated(1, at(5)))
+    crashlooping = trainer_pod(
+        0, 2, state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}, last=terminated(1, at(5))
+    )
     waiting = derive(twice, pods=[crashlooping, pods[1]], now=at(5, 3))
     ready = next(c for c in waiting.conditions if c.type == "Ready")
     assert ready.message == (
         "1/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
-        "(10 s doubling to 300 s); waiting for pod j-0: CrashLoopBackOff: back-off 20s")
+        "(10 s doubling to 300 s); waiting for pod j-0: CrashLoopBackOff: back-off 20s"
+    )
 
 
 def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
@@ -619,7 +833,12 @@ def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
     assert stall_restart_plan(running, at(15), 600) is None  # not stalled yet
     first = stall_restart_plan(running, at(15, 1), 600)
     assert first is not None and first.to_api() == {
-        "reason": "Stalled", "restart": 1, "delaySeconds": 0, "nextRestartAt": at(15), "ranks": []}
+        "reason": "Stalled",
+        "restart": 1,
+        "delaySeconds": 0,
+        "nextRestartAt": at(15),
+        "ranks": [],
+    }
     assert not held_back(first, at(15, 1))
     failed_once = SFTJobStatus.model_validate({**running.to_api(), "restarts": 1})
     second = stall_restart_plan(failed_once, at(15, 1), 600)
@@ -627,8 +846,10 @@ def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
     held = derive(failed_once, pods=[pod(0), pod(1)], now=at(15, 5), stall_timeout_s=600)
     assert held.restart_backoff == second
     ready = next(c for c in held.conditions if c.type == "Ready")
-    assert ready.message == ("2/2 pods running; restarting every rank (stalled) at 2026-01-01T00:15:10Z: backoff 10 s "
-                             "before restart 2 (10 s doubling to 300 s)")
+    assert ready.message == (
+        "2/2 pods running; restarting every rank (stalled) at 2026-01-01T00:15:10Z: backoff 10 s "
+        "before restart 2 (10 s doubling to 300 s)"
+    )
     assert derive(failed_once, pods=[pod(0), pod(1)], now=at(15, 5)).restart_backoff is None  # no stall timeout
     # The restart itself (stall given) leaves no backoff behind.
     assert derive(held, pods=[pod(0), pod(1)], now=at(15, 10), stall="why", stall_timeout_s=600).restart_backoff is None
@@ -636,9 +857,20 @@ def test_a_stall_restart_after_a_failure_waits_the_backoff() -> None:
 
 def test_a_job_held_by_a_queues_gates_is_not_timed_out_and_its_start_up_counts_from_admission() -> None:
     def gated(ordinal: int) -> dict[str, Any]:
-        return {"metadata": {"name": f"j-{ordinal}"}, "status": {"phase": "Pending", "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
-             "message": "Scheduling is blocked due to non-empty scheduling gates"}]}}
+        return {
+            "metadata": {"name": f"j-{ordinal}"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "SchedulingGated",
+                        "message": "Scheduling is blocked due to non-empty scheduling gates",
+                    }
+                ],
+            },
+        }
 
     def creating(ordinal: int) -> dict[str, Any]:
         return {"metadata": {"name": f"j-{ordinal}"}, "status": {"phase": "Pending"}}
@@ -646,8 +878,11 @@ def test_a_job_held_by_a_queues_gates_is_not_timed_out_and_its_start_up_counts_f
     first = derive(pods=[gated(0), gated(1)], now=at(0), startup_timeout_s=600)
     queued = next(c for c in first.conditions if c.type == "Queued")
     assert (queued.status, queued.reason, queued.message) == (
-        "True", "SchedulingGated", "held back by a scheduling gate (a queue such as Kueue admits the pods): "
-        "pod j-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates")
+        "True",
+        "SchedulingGated",
+        "held back by a scheduling gate (a queue such as Kueue admits the pods): "
+        "pod j-0: SchedulingGated: Scheduling is blocked due to non-empty scheduling gates",
+    )
     waiting = derive(first, pods=[gated(0), gated(1)], now=at(120), startup_timeout_s=600)  # 2 hours in the queue
     assert waiting.phase is Phase.PENDING
     admitted = derive(waiting, pods=[creating(0), creating(1)], now=at(121), startup_timeout_s=600)

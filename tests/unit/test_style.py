@@ -39,10 +39,12 @@ def bare_ignores(source: str) -> list[tuple[int, str]]:
 def test_the_rule_itself() -> None:
     ok = "x = f()  # type: ignore[attr-defined]  # kopf has no stubs\ny = g()  # type: ignore[arg-type, misc]  # why\n"
     assert bare_ignores(ok) == []
-    bad = ("a = 1  # type: ignore\n"
-           "b = 2  # type: ignore[assignment]\n"
-           "c = 3  # type:ignore[assignment]  #\n"
-           "d = 4  # type: ignore  # a reason, but no code\n")
+    bad = (
+        "a = 1  # type: ignore\n"
+        "b = 2  # type: ignore[assignment]\n"
+        "c = 3  # type:ignore[assignment]  #\n"
+        "d = 4  # type: ignore  # a reason, but no code\n"
+    )
     assert [line for line, _ in bare_ignores(bad)] == [1, 2, 3, 4]
     # In a string it is not a comment.
     assert bare_ignores('s = "# type: ignore"\n') == []
@@ -51,7 +53,12 @@ def test_the_rule_itself() -> None:
 def test_every_type_ignore_has_a_code_and_a_reason() -> None:
     files = our_python_files()
     assert len(files) > 100, "the scan found too few files: is ROOT right?"
-    problems = [f"{path.relative_to(ROOT)}:{line}: {comment}"
-                for path in files for line, comment in bare_ignores(path.read_text(encoding="utf-8"))]
-    assert not problems, ("a type: ignore needs its error code and a reason on the same line, "
-                          "e.g. '# type: ignore[attr-defined]  # kopf has no stubs for ...':\n" + "\n".join(problems))
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: {comment}"
+        for path in files
+        for line, comment in bare_ignores(path.read_text(encoding="utf-8"))
+    ]
+    assert not problems, (
+        "a type: ignore needs its error code and a reason on the same line, "
+        "e.g. '# type: ignore[attr-defined]  # kopf has no stubs for ...':\n" + "\n".join(problems)
+    )

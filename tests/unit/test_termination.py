@@ -9,9 +9,11 @@ from pathlib import Path
 
 from sft_trainer import termination
 
-TQDM_TAIL = ("Map (num_proc=2):  50%|\u2588\u2588\u2588\u2588\u2588     | 12/24 [00:00<00:00, "
-             "49.99 examples/s]\rMap (num_proc=2): 100%|\u2588\u2588\u2588\u2588\u2588\u2588"
-             "\u2588\u2588\u2588\u2588| 24/24\n\x1b[33mdone\x1b[0m\n")
+TQDM_TAIL = (
+    "Map (num_proc=2):  50%|\u2588\u2588\u2588\u2588\u2588     | 12/24 [00:00<00:00, "
+    "49.99 examples/s]\rMap (num_proc=2): 100%|\u2588\u2588\u2588\u2588\u2588\u2588"
+    "\u2588\u2588\u2588\u2588| 24/24\n\x1b[33mdone\x1b[0m\n"
+)
 
 
 def test_one_line_strips_ansi_carriage_returns_and_newlines() -> None:
@@ -28,8 +30,7 @@ def test_one_line_caps_bytes_on_a_character_boundary() -> None:
 def test_write_replaces_the_file_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "termination-log"
     path.write_text("old message\n")
-    assert termination.write("trainingArgs.data_path: x\nmore", path) == \
-        "trainingArgs.data_path: x more"
+    assert termination.write("trainingArgs.data_path: x\nmore", path) == "trainingArgs.data_path: x more"
     assert path.read_text() == "trainingArgs.data_path: x more\n"
 
 
@@ -56,7 +57,9 @@ def test_describe_crash_says_type_message_file_and_line() -> None:
     assert text == f"launcher crashed: KeyError: 'messages' (test_termination.py:{line})"
 
 
-WORKER_LOG = TQDM_TAIL + """\
+WORKER_LOG = (
+    TQDM_TAIL
+    + """\
 [rank0]: Traceback (most recent call last):
 [rank0]:   File "/opt/venv/lib/python3.11/site-packages/instructlab/training/main_ds.py", line 1214, in <module>
 [rank0]:     main(args)
@@ -82,15 +85,19 @@ Root Cause (first observed failure):
   error_file: <N/A>
 ============================================================
 """
+)
 
 
 def test_worker_failure_is_the_workers_exception_not_torchruns_wrapper() -> None:
     assert termination.worker_failure(WORKER_LOG) == (
-        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (model.py:470)")
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (model.py:470)"
+    )
 
 
 def test_worker_failure_killed_by_a_signal() -> None:
-    log = TQDM_TAIL + """\
+    log = (
+        TQDM_TAIL
+        + """\
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 Root Cause (first observed failure):
 [0]:
@@ -98,8 +105,8 @@ Root Cause (first observed failure):
   rank      : 1 (local_rank: 0)
   exitcode  : -9 (pid: 42)
 """
-    assert termination.worker_failure(log) == \
-        "rank 1 was killed by SIGKILL (the out-of-memory killer?)"
+    )
+    assert termination.worker_failure(log) == "rank 1 was killed by SIGKILL (the out-of-memory killer?)"
 
 
 def test_worker_failure_unknown() -> None:

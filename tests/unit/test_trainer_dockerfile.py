@@ -42,14 +42,12 @@ def final_stage() -> list[tuple[str, str]]:
 
 
 def build_args() -> dict[str, str]:
-    return dict(rest.split("=", 1) for keyword, rest in instructions()
-                if keyword == "ARG" and "=" in rest)
+    return dict(rest.split("=", 1) for keyword, rest in instructions() if keyword == "ARG" and "=" in rest)
 
 
 def test_base_images_are_pinned() -> None:
     args = build_args()
-    stages = {rest.split()[-1] for keyword, rest in instructions()
-              if keyword == "FROM" and " AS " in rest.upper()}
+    stages = {rest.split()[-1] for keyword, rest in instructions() if keyword == "FROM" and " AS " in rest.upper()}
     for keyword, rest in instructions():
         if keyword != "FROM":
             continue
@@ -86,19 +84,28 @@ def test_launcher_is_pid_1_in_exec_form() -> None:
 
 
 def bind_sources(stage: str) -> list[str]:
-    return [m for keyword, rest in stages()[stage] if keyword == "RUN"
-            for m in re.findall(r"--mount=type=bind,source=([^,\s]+)", rest)]
+    return [
+        m
+        for keyword, rest in stages()[stage]
+        if keyword == "RUN"
+        for m in re.findall(r"--mount=type=bind,source=([^,\s]+)", rest)
+    ]
 
 
 def test_build_context_holds_what_it_copies() -> None:
     """The repository root as context (a production build), filtered by the trainer's own
     Dockerfile.dockerignore, holds every COPY source and the CUDA stages' bind mounts."""
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "Dockerfile.dockerignore should start by excluding everything"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    sources = [source for keyword, rest in instructions() if keyword == "COPY" and "--from=" not in rest
-               for source in shlex.split(rest)[:-1]]
+    sources = [
+        source
+        for keyword, rest in instructions()
+        if keyword == "COPY" and "--from=" not in rest
+        for source in shlex.split(rest)[:-1]
+    ]
     sources += bind_sources("deps-cuda") + bind_sources("build-cuda")
     assert "trainer-image/wheelhouse" in sources and "trainer-image/constraints-cuda.txt" in sources
     for source in sources:
@@ -164,7 +171,7 @@ def cuda_install() -> tuple[str, list[str]]:
     options, named, i = [], [], 0
     while i < len(words):
         if words[i] in ("--only-binary", "--report", "--constraint"):
-            options += words[i:i + 2]
+            options += words[i : i + 2]
             i += 2
         else:
             (options if words[i].startswith(("-", "$")) else named).append(words[i])
@@ -179,9 +186,11 @@ def test_cuda_flavour_installs_wheels_only_every_one_pinned() -> None:
     assert options == "--only-binary :all: --report /tmp/install-report.json --constraint /tmp/constraints.txt $@"
     cuda_pins = pins(CUDA_CONSTRAINTS)
     args = build_args()
-    assert named[:3] == [f"torch=={args['TORCH_VERSION']}",
-                         f"instructlab-training=={args['INSTRUCTLAB_TRAINING_VERSION']}",
-                         f"accelerate=={args['ACCELERATE_VERSION']}"], named
+    assert named[:3] == [
+        f"torch=={args['TORCH_VERSION']}",
+        f"instructlab-training=={args['INSTRUCTLAB_TRAINING_VERSION']}",
+        f"accelerate=={args['ACCELERATE_VERSION']}",
+    ], named
     for word in named:
         name, _, version = word.partition("==")
         assert canonicalize_name(name) in cuda_pins, f"{name} is not pinned in constraints-cuda.txt"
@@ -195,16 +204,28 @@ def test_cuda_flavour_installs_wheels_only_every_one_pinned() -> None:
 def test_cuda_pins_are_the_cpu_tiers_where_both_have_a_package() -> None:
     cpu_pins, cuda_pins = pins(ROOT / "constraints.txt"), pins(CUDA_CONSTRAINTS)
     shared = set(cpu_pins) & set(cuda_pins)
-    assert {"torch", "instructlab-training", "transformers", "accelerate", "datasets", "peft",
-            "trl", "pydantic", "numpy"} <= shared
+    assert {
+        "torch",
+        "instructlab-training",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "peft",
+        "trl",
+        "pydantic",
+        "numpy",
+    } <= shared
     assert {name: cuda_pins[name] for name in shared if cuda_pins[name] != cpu_pins[name]} == {}
 
 
 def test_the_cuda_extra_is_installed_or_left_to_the_wheelhouse() -> None:
     """Every package of instructlab-training's cuda extra is installed by deps-cuda, or is one of
     the compiled extras taken only from a wheelhouse (flash-attn, mamba-ssm)."""
-    extra = {canonicalize_name(Requirement(r).name) for r in importlib.metadata.requires("instructlab-training")
-             if Requirement(r).marker and Requirement(r).marker.evaluate({"extra": "cuda"})}
+    extra = {
+        canonicalize_name(Requirement(r).name)
+        for r in importlib.metadata.requires("instructlab-training")
+        if Requirement(r).marker and Requirement(r).marker.evaluate({"extra": "cuda"})
+    }
     _, named = cuda_install()
     installed = {canonicalize_name(word.split("==")[0]) for word in named}
     assert extra - installed == WHEELHOUSE_ONLY, extra - installed

@@ -136,26 +136,42 @@ def test_an_s3_checkpoint_storage_is_the_export_with_full_states_and_restore() -
     assert manifest["spec"]["export"] == {"uri": "s3://bucket/prefix", "fullStates": True, "restore": True}
     assert {k: v for k, v in manifest["spec"].items() if k != "export"} == built()["spec"]
     # With an endpoint and credentials for an S3-compatible store: spec.remote.s3.
-    manifest = built(KubernetesSFTBackend(name="job", s3_endpoint="http://minio.storage:9000",
-                                          s3_credentials_secret="minio-creds"), checkpoint_storage="s3://bucket/prefix")
+    manifest = built(
+        KubernetesSFTBackend(name="job", s3_endpoint="http://minio.storage:9000", s3_credentials_secret="minio-creds"),
+        checkpoint_storage="s3://bucket/prefix",
+    )
     assert manifest["spec"]["remote"] == {
-        "s3": {"credentialsSecret": "minio-creds", "endpoint": "http://minio.storage:9000"}}
+        "s3": {"credentialsSecret": "minio-creds", "endpoint": "http://minio.storage:9000"}
+    }
     # The same target named twice is fine; two targets are not.
-    assert built(KubernetesSFTBackend(name="job", export_uri="s3://bucket/prefix"),
-                 checkpoint_storage="s3://bucket/prefix")["spec"]["export"]["restore"] is True
+    assert (
+        built(
+            KubernetesSFTBackend(name="job", export_uri="s3://bucket/prefix"), checkpoint_storage="s3://bucket/prefix"
+        )["spec"]["export"]["restore"]
+        is True
+    )
     assert build_problems(KubernetesSFTBackend(export_uri="s3://other"), checkpoint_storage="s3://bucket/prefix") == [
-        ("export_uri", "spec.export.uri",
-         "'s3://other': checkpoint_storage='s3://bucket/prefix' is the export target already; set one of them")
+        (
+            "export_uri",
+            "spec.export.uri",
+            "'s3://other': checkpoint_storage='s3://bucket/prefix' is the export target already; set one of them",
+        )
     ]
     assert build_problems(KubernetesSFTBackend(export_full_states=False), checkpoint_storage="s3://bucket/prefix") == [
-        ("export_full_states", "spec.export.fullStates",
-         "False: checkpoint_storage restores from the exported full states, so they are uploaded; give export_uri "
-         "instead to export the hf_format checkpoints only")
+        (
+            "export_full_states",
+            "spec.export.fullStates",
+            "False: checkpoint_storage restores from the exported full states, so they are uploaded; give export_uri "
+            "instead to export the hf_format checkpoints only",
+        )
     ]
     # A bad bucket: the operator's own rule, under training_hub's parameter name.
     assert build_problems(checkpoint_storage="s3://Bucket_1/x") == [
-        ("checkpoint_storage", "spec.export.uri",
-         "String should match pattern '^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$'")
+        (
+            "checkpoint_storage",
+            "spec.export.uri",
+            "String should match pattern '^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$'",
+        )
     ]
 
 
@@ -213,8 +229,11 @@ def test_pvc_or_unset_checkpoint_storage_is_the_claim_and_the_claim_size_has_its
     manifest = built(KubernetesSFTBackend(checkpoint_claim_size="500Gi"), ckpt_output_dir="./runs/a")
     assert manifest["spec"]["checkpoints"] == {"path": "runs/a", "claim": {"size": "500Gi"}}
     assert build_problems(KubernetesSFTBackend(checkpoint_claim_size="lots"), ckpt_output_dir="./runs/a") == [
-        ("checkpoint_claim_size", "spec.checkpoints.claim.size",
-         "String should match pattern '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+        (
+            "checkpoint_claim_size",
+            "spec.checkpoints.claim.size",
+            "String should match pattern '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+        )
     ]
 
 
@@ -271,14 +290,17 @@ def training_hub_path() -> Path:
 
 def run_with_training_hub(path: Path, script: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), *sys.path])}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_with_training_hub_its_sft_routes_backend_kubernetes_to_ours(training_hub_path: Path) -> None:
-    found = run_with_training_hub(training_hub_path, """
+    found = run_with_training_hub(
+        training_hub_path,
+        """
         import json
         import sft_client.api as api
         import training_hub
@@ -305,7 +327,8 @@ def test_with_training_hub_its_sft_routes_backend_kubernetes_to_ours(training_hu
             max_seq_len=64, enable_jit_checkpoint=True, checkpoint_storage="pvc", name="via-hub", namespace="ml")
         print(json.dumps({"registered": registered, "refused": refused, "manifest": manifest,
                           "file": training_hub.__file__}))
-    """)
+    """,
+    )
     assert found["file"].startswith(str(training_hub_path))
     assert found["registered"] is True
     assert found["refused"] == (
@@ -323,7 +346,9 @@ def test_through_training_hub_a_local_file_is_planned_for_upload_and_remote_sett
     training_hub_path: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "train.jsonl").write_bytes(b'{"messages": []}\n')
-    found = run_with_training_hub(training_hub_path, f"""
+    found = run_with_training_hub(
+        training_hub_path,
+        f"""
         import json, os
         os.chdir({str(tmp_path)!r})
         import sft_client.api as api
@@ -339,12 +364,16 @@ def test_through_training_hub_a_local_file_is_planned_for_upload_and_remote_sett
             ckpt_output_dir="pvc://ckpts/run1", num_epochs=1, effective_batch_size=8, learning_rate=1e-5,
             max_seq_len=64, name="via-hub", namespace="ml", hf_token_secret="hf-token",
             export_uri="s3://models/run1", s3_endpoint="http://minio.storage:9000")))
-    """)
+    """,
+    )
     digest = "19fc5b26092a5733"  # the first 16 hex digits of the sha256 of the file's 17 bytes
     assert found["upload"] == f"pvc://ckpts/.sft-uploads/sha256-{digest}/train.jsonl"
     spec = found["spec"]
     assert (spec["modelPath"], spec["dataPath"]) == (
-        "hf://Qwen/Qwen2.5-7B-Instruct@main", f"/checkpoints/.sft-uploads/sha256-{digest}/train.jsonl")
+        "hf://Qwen/Qwen2.5-7B-Instruct@main",
+        f"/checkpoints/.sft-uploads/sha256-{digest}/train.jsonl",
+    )
     assert (spec["remote"], spec["export"]) == (
         {"huggingFace": {"tokenSecret": "hf-token"}, "s3": {"endpoint": "http://minio.storage:9000"}},
-        {"uri": "s3://models/run1"})
+        {"uri": "s3://models/run1"},
+    )

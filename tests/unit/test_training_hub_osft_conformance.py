@@ -35,8 +35,11 @@ BASE: dict[str, Any] = dict(
 
 def described(function: Any) -> list[dict[str, Any]]:
     return [
-        {"name": name, "kind": param.kind.name,
-         "default": None if param.default is inspect.Parameter.empty else repr(param.default)}
+        {
+            "name": name,
+            "kind": param.kind.name,
+            "default": None if param.default is inspect.Parameter.empty else repr(param.default),
+        }
         for name, param in inspect.signature(function).parameters.items()
     ]
 
@@ -53,8 +56,9 @@ def test_osft_takes_training_hubs_parameters_in_its_order_then_the_cluster_setti
     assert theirs[-1] == {"name": "kwargs", "kind": "VAR_KEYWORD", "default": None}
     assert ours[: len(theirs) - 1] == theirs[:-1]
     assert ours[-1] == theirs[-1]
-    assert [(p["name"], p["kind"], p["default"]) for p in ours[len(theirs) - 1:-1]] == [
-        (f.name, "KEYWORD_ONLY", repr(f.default)) for f in fields(ClusterOptions)]
+    assert [(p["name"], p["kind"], p["default"]) for p in ours[len(theirs) - 1 : -1]] == [
+        (f.name, "KEYWORD_ONLY", repr(f.default)) for f in fields(ClusterOptions)
+    ]
 
 
 def test_train_takes_training_hubs_parameters_exactly() -> None:
@@ -76,8 +80,18 @@ def test_the_reference_is_what_the_wheel_says() -> None:
 
 def test_an_osft_job_is_built_with_typed_osft_fields() -> None:
     manifest, _ = KubernetesOSFTBackend(name="job", namespace="ml").build(
-        {**BASE, "target_patterns": ["q_proj"], "seed": 3, "lr_scheduler": "cosine", "num_epochs": 2,
-         "nnodes": 2, "backend": "mini-trainer", "enable_jit_checkpoint": True, "on_demand_checkpointing": True})
+        {
+            **BASE,
+            "target_patterns": ["q_proj"],
+            "seed": 3,
+            "lr_scheduler": "cosine",
+            "num_epochs": 2,
+            "nnodes": 2,
+            "backend": "mini-trainer",
+            "enable_jit_checkpoint": True,
+            "on_demand_checkpointing": True,
+        }
+    )
     assert manifest["spec"] == {
         "algorithm": "osft",
         "modelPath": "Qwen/Qwen2.5-7B-Instruct",
@@ -97,22 +111,54 @@ def test_an_osft_job_is_built_with_typed_osft_fields() -> None:
     }
 
 
-@pytest.mark.parametrize(("params", "expected"), [
-    ({"unfreeze_rank_ratio": 1.5},
-     [("unfreeze_rank_ratio", "spec.unfreezeRankRatio", "Input should be less than or equal to 1")]),
-    ({"unfreeze_rank_ratio": None},
-     [("unfreeze_rank_ratio", "spec.unfreezeRankRatio", "required when spec.algorithm is osft")]),
-    ({"max_tokens_per_gpu": 1024},
-     [("max_tokens_per_gpu", "spec.maxTokensPerGpu", "must be at least spec.maxSeqLen (one full sequence per GPU)")]),
-    ({"save_samples": 100},
-     [("save_samples", "spec.saveSamples",
-       "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft")]),
-    ({"use_processed_dataset": True},
-     [("use_processed_dataset", None, "the operator processes the data once itself (messages JSONL)")]),
-    ({"backend": "instructlab-training"},
-     [("backend", None, "'instructlab-training': the cluster runs 'mini-trainer' for osft "
-                        "(give backend='mini-trainer' or 'kubernetes')")]),
-])
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {"unfreeze_rank_ratio": 1.5},
+            [("unfreeze_rank_ratio", "spec.unfreezeRankRatio", "Input should be less than or equal to 1")],
+        ),
+        (
+            {"unfreeze_rank_ratio": None},
+            [("unfreeze_rank_ratio", "spec.unfreezeRankRatio", "required when spec.algorithm is osft")],
+        ),
+        (
+            {"max_tokens_per_gpu": 1024},
+            [
+                (
+                    "max_tokens_per_gpu",
+                    "spec.maxTokensPerGpu",
+                    "must be at least spec.maxSeqLen (one full sequence per GPU)",
+                )
+            ],
+        ),
+        (
+            {"save_samples": 100},
+            [
+                (
+                    "save_samples",
+                    "spec.saveSamples",
+                    "an instructlab-training (sft) parameter: not allowed when spec.algorithm is osft",
+                )
+            ],
+        ),
+        (
+            {"use_processed_dataset": True},
+            [("use_processed_dataset", None, "the operator processes the data once itself (messages JSONL)")],
+        ),
+        (
+            {"backend": "instructlab-training"},
+            [
+                (
+                    "backend",
+                    None,
+                    "'instructlab-training': the cluster runs 'mini-trainer' for osft "
+                    "(give backend='mini-trainer' or 'kubernetes')",
+                )
+            ],
+        ),
+    ],
+)
 def test_bad_osft_parameters_are_refused_naming_them(params: dict[str, Any], expected) -> None:
     assert problems(**params) == expected
 
@@ -127,7 +173,9 @@ from test_training_hub_conformance import run_with_training_hub, training_hub_pa
 
 
 def test_with_training_hub_its_osft_routes_backend_kubernetes_to_ours(training_hub_path) -> None:
-    found = run_with_training_hub(training_hub_path, """
+    found = run_with_training_hub(
+        training_hub_path,
+        """
         import json
         import sft_client.api as api
         import training_hub
@@ -152,10 +200,14 @@ def test_with_training_hub_its_osft_routes_backend_kubernetes_to_ours(training_h
             ckpt_output_dir="pvc://ckpts/run1", target_patterns=["q_proj"], seed=3, lr_scheduler="cosine",
             num_epochs=2, nnodes=2, enable_jit_checkpoint=True, name="job", namespace="ml")
         print(json.dumps({"registered": registered, "refused": refused, "manifest": manifest}))
-    """)
+    """,
+    )
     assert found["registered"] is True
-    assert found["refused"] == ("invalid sft() parameters: max_tokens_per_gpu (spec.maxTokensPerGpu): must be at "
-                                "least spec.maxSeqLen (one full sequence per GPU)")
+    assert found["refused"] == (
+        "invalid sft() parameters: max_tokens_per_gpu (spec.maxTokensPerGpu): must be at "
+        "least spec.maxSeqLen (one full sequence per GPU)"
+    )
     ours, _ = KubernetesOSFTBackend(name="job", namespace="ml").build(
-        {**BASE, "target_patterns": ["q_proj"], "seed": 3, "lr_scheduler": "cosine", "num_epochs": 2, "nnodes": 2})
+        {**BASE, "target_patterns": ["q_proj"], "seed": 3, "lr_scheduler": "cosine", "num_epochs": 2, "nnodes": 2}
+    )
     assert found["manifest"] == ours

@@ -91,20 +91,33 @@ def test_export_complete_checkpoints_only_marker_last_restart_safe(tmp_path, s3)
         sidecar.close()
     assert {(e["checkpoint"], e["uri"]) for e in state["exports"]} == {
         ("hf_format/samples_8", "s3://exports/run1/hf_format/samples_8"),
-        ("full_state/epoch_1", "s3://exports/run1/full_state/epoch_1")}
+        ("full_state/epoch_1", "s3://exports/run1/full_state/epoch_1"),
+    }
     marker = sources.EXPORT_COMPLETE_OBJECT
     assert _objects(s3, "run1/") == {
-        "run1/hf_format/samples_8/config.json": 23, "run1/hf_format/samples_8/tokenizer.json": 3000,
+        "run1/hf_format/samples_8/config.json": 23,
+        "run1/hf_format/samples_8/tokenizer.json": 3000,
         "run1/hf_format/samples_8/model.safetensors": 200_000,
         f"run1/hf_format/samples_8/{marker}": _objects(s3, f"run1/hf_format/samples_8/{marker}")[
-            f"run1/hf_format/samples_8/{marker}"],
-        "run1/full_state/epoch_1/pytorch_model.bin": 100_000, "run1/full_state/epoch_1/optimizer.bin": 50_000,
-        f"run1/full_state/epoch_1/{checkpoints.TRAINING_METADATA_FILE}":
-            (ckpt / "full_state/epoch_1" / checkpoints.TRAINING_METADATA_FILE).stat().st_size,
+            f"run1/hf_format/samples_8/{marker}"
+        ],
+        "run1/full_state/epoch_1/pytorch_model.bin": 100_000,
+        "run1/full_state/epoch_1/optimizer.bin": 50_000,
+        f"run1/full_state/epoch_1/{checkpoints.TRAINING_METADATA_FILE}": (
+            ckpt / "full_state/epoch_1" / checkpoints.TRAINING_METADATA_FILE
+        )
+        .stat()
+        .st_size,
         f"run1/full_state/epoch_1/{marker}": _objects(s3, f"run1/full_state/epoch_1/{marker}")[
-            f"run1/full_state/epoch_1/{marker}"]}
+            f"run1/full_state/epoch_1/{marker}"
+        ],
+    }
     for ckpt_name in ("hf_format/samples_8", "full_state/epoch_1"):
-        puts = [r["path"] for r in s3.requests if r["method"] == "PUT" and r["path"].startswith(f"/exports/run1/{ckpt_name}/")]
+        puts = [
+            r["path"]
+            for r in s3.requests
+            if r["method"] == "PUT" and r["path"].startswith(f"/exports/run1/{ckpt_name}/")
+        ]
         assert puts[-1] == f"/exports/run1/{ckpt_name}/{marker}" and len(puts) == len(set(puts))
     response = s3.client().get_object("exports", "run1/hf_format/samples_8/model.safetensors")
     assert response.read() == (ckpt / "hf_format/samples_8/model.safetensors").read_bytes()
@@ -179,8 +192,10 @@ def test_export_failure_is_retried_and_visible(tmp_path, s3):
         sidecar.close()
     host = s3.url.split("//", 1)[1]
     assert state["exportAttempts"] >= 2 and state["exports"] == []
-    assert state["exportError"] == (f"spec.export.uri (s3://no-such-export-bucket/run): 404 NoSuchBucket: bucket "
-                                    f"no-such-export-bucket does not exist at {host}")
+    assert state["exportError"] == (
+        f"spec.export.uri (s3://no-such-export-bucket/run): 404 NoSuchBucket: bucket "
+        f"no-such-export-bucket does not exist at {host}"
+    )
 
 
 def test_restore_the_newest_complete_exported_full_state(tmp_path, s3):
@@ -190,8 +205,9 @@ def test_restore_the_newest_complete_exported_full_state(tmp_path, s3):
         base = f"run3/full_state/{name}"
         client.put_object("exports", f"{base}/pytorch_model.bin", io.BytesIO(payload), len(payload))
         if name != "epoch_3":  # epoch_3's upload was cut short: no marker
-            marker = json.dumps({"checkpoint": f"full_state/{name}",
-                                 "files": [{"path": "pytorch_model.bin", "size": len(payload)}]}).encode()
+            marker = json.dumps(
+                {"checkpoint": f"full_state/{name}", "files": [{"path": "pytorch_model.bin", "size": len(payload)}]}
+            ).encode()
             client.put_object("exports", f"{base}/{sources.EXPORT_COMPLETE_OBJECT}", io.BytesIO(marker), len(marker))
     config = write_config(tmp_path, [], export={"uri": "s3://exports/run3", "restore": True})
     sidecar = Sidecar(tmp_path, config, s3.env())
@@ -201,8 +217,16 @@ def test_restore_the_newest_complete_exported_full_state(tmp_path, s3):
     finally:
         sidecar.close()
     ckpt = tmp_path / "ckpt"
-    assert state["downloads"] == [{"field": "spec.export.uri", "source": "s3://exports/run3", "state": "Done",
-                                   "bytesDone": 0, "revision": "full_state/epoch_2", "cached": False}]
+    assert state["downloads"] == [
+        {
+            "field": "spec.export.uri",
+            "source": "s3://exports/run3",
+            "state": "Done",
+            "bytesDone": 0,
+            "revision": "full_state/epoch_2",
+            "cached": False,
+        }
+    ]
     assert (ckpt / "full_state/epoch_2/pytorch_model.bin").read_bytes() == remote["epoch_2"]
     assert not (ckpt / "full_state/epoch_1").exists() and not (ckpt / "full_state/epoch_3").exists()
     assert json.loads((ckpt / sources.RESTORE_DONE_FILE).read_text())["restored"] == "full_state/epoch_2"

@@ -16,8 +16,14 @@ def _config(**overrides) -> dict:
     uri = "hf://org/x@main"
     raw = {
         "trainingArgs": {"ckpt_output_dir": "/checkpoints"},
-        "sources": [{"field": "spec.modelPath", "uri": uri, "cacheKey": sources.parse_source(uri, model=True).cache_key,
-                     "localPath": "/checkpoints/.sft-sources/x/files"}],
+        "sources": [
+            {
+                "field": "spec.modelPath",
+                "uri": uri,
+                "cacheKey": sources.parse_source(uri, model=True).cache_key,
+                "localPath": "/checkpoints/.sft-sources/x/files",
+            }
+        ],
         "sourceCacheRoot": "/checkpoints/.sft-sources",
     }
     raw.update(overrides)
@@ -32,17 +38,29 @@ def test_config_parses_sources_and_export():
     assert parsed.export == config.ExportConfig("s3://bucket/runs/a", "bucket", "runs/a", True, True)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"trainingArgs": {}}, "trainingArgs.ckpt_output_dir: an absolute path is required"),
-    ({"sourceCacheRoot": None}, "sourceCacheRoot: an absolute path is required with sources"),
-    ({"sources": {"a": 1}}, "sources: must be a list"),
-    ({"sources": [{"field": "spec.modelPath", "uri": "hf://org/x", "cacheKey": "other", "localPath": "/x"}]},
-     "sources[0].cacheKey: 'other' is not hf://org/x's (org-x-" + hashlib.sha256(b"hf://org/x").hexdigest()[:12] + ")"),
-    ({"sources": [{"field": "spec.dataPath", "uri": "ftp://h/x", "cacheKey": "k", "localPath": "/x"}]},
-     "spec.dataPath: 'ftp://h/x': scheme ftp:// is not supported (hf://, s3://, https:// or an absolute path)"),
-    ({"sources": [{"field": "spec.dataPath", "uri": "s3://b/k"}]}, "sources[0].cacheKey: a non-empty string is required"),
-    ({"export": {"uri": "gs://b"}}, "export.uri: 'gs://b': the export target is s3://<bucket>[/<prefix>]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"trainingArgs": {}}, "trainingArgs.ckpt_output_dir: an absolute path is required"),
+        ({"sourceCacheRoot": None}, "sourceCacheRoot: an absolute path is required with sources"),
+        ({"sources": {"a": 1}}, "sources: must be a list"),
+        (
+            {"sources": [{"field": "spec.modelPath", "uri": "hf://org/x", "cacheKey": "other", "localPath": "/x"}]},
+            "sources[0].cacheKey: 'other' is not hf://org/x's (org-x-"
+            + hashlib.sha256(b"hf://org/x").hexdigest()[:12]
+            + ")",
+        ),
+        (
+            {"sources": [{"field": "spec.dataPath", "uri": "ftp://h/x", "cacheKey": "k", "localPath": "/x"}]},
+            "spec.dataPath: 'ftp://h/x': scheme ftp:// is not supported (hf://, s3://, https:// or an absolute path)",
+        ),
+        (
+            {"sources": [{"field": "spec.dataPath", "uri": "s3://b/k"}]},
+            "sources[0].cacheKey: a non-empty string is required",
+        ),
+        ({"export": {"uri": "gs://b"}}, "export.uri: 'gs://b': the export target is s3://<bucket>[/<prefix>]"),
+    ],
+)
 def test_config_problems_name_the_key(overrides, message):
     with pytest.raises(config.ConfigProblem) as raised:
         config.parse(_config(**overrides))
@@ -50,20 +68,24 @@ def test_config_problems_name_the_key(overrides, message):
 
 
 def test_one_line_and_retry_schedule():
-    assert outcome.line("spec.modelPath", "hf://org/x@main", "401 Unauthorized: the token in Secret hf-token cannot "
-                        "read org/x") == ("spec.modelPath (hf://org/x@main): 401 Unauthorized: the token in Secret "
-                                          "hf-token cannot read org/x")
+    assert outcome.line(
+        "spec.modelPath", "hf://org/x@main", "401 Unauthorized: the token in Secret hf-token cannot read org/x"
+    ) == ("spec.modelPath (hf://org/x@main): 401 Unauthorized: the token in Secret hf-token cannot read org/x")
     assert [outcome.backoff_seconds(n) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
     assert outcome.retry_note("x: 503 from h", 2, 4.0) == "x: 503 from h (attempt 2 of 5; retrying in 4s)"
 
 
 def test_credentials_are_named_never_shown():
     assert outcome.hf_credential({}) == "no token was given (spec names no Hugging Face token Secret)"
-    assert outcome.hf_credential({"HF_TOKEN": "hf_abcdefgh", contract.ENV_HF_TOKEN_SECRET: "hf-token"}) == \
-        "the token in Secret hf-token"
+    assert (
+        outcome.hf_credential({"HF_TOKEN": "hf_abcdefgh", contract.ENV_HF_TOKEN_SECRET: "hf-token"})
+        == "the token in Secret hf-token"
+    )
     assert outcome.hf_credential({"HF_TOKEN": "hf_abcdefgh"}) == "the token given"
-    assert outcome.s3_credential({"AWS_ACCESS_KEY_ID": "AKIA1234", contract.ENV_S3_SECRET: "s3"}) == \
-        "the credentials in Secret s3"
+    assert (
+        outcome.s3_credential({"AWS_ACCESS_KEY_ID": "AKIA1234", contract.ENV_S3_SECRET: "s3"})
+        == "the credentials in Secret s3"
+    )
     assert outcome.s3_credential({}) == "no credentials were given (spec names no S3 Secret)"
     env = {"HF_TOKEN": "hf_secret_token_1", "AWS_SECRET_ACCESS_KEY": "abc", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE12"}
     secrets = outcome.secret_values(env)
@@ -80,10 +102,14 @@ def test_verify_size_sha256_git_sha1_md5(tmp_path):
     for checksum in (f"sha256:{sha256}", f"git-sha1:{git}", f"md5:{md5}", "etag:opaque", None):
         assert cache.verify(path, cache.RemoteFile("f", 6, checksum)) is None
     assert cache.verify(path, cache.RemoteFile("f", 7, None)) == "f: 6 bytes, the source says 7"
-    assert cache.verify(path, cache.RemoteFile("f", 6, "sha256:" + "0" * 64)) == \
-        f"f: sha256 {sha256}, the source says {'0' * 64}"
-    assert cache.verify(path, cache.RemoteFile("f", 6, "git-sha1:" + "1" * 40)) == \
-        f"f: git-sha1 {git}, the source says {'1' * 40}"
+    assert (
+        cache.verify(path, cache.RemoteFile("f", 6, "sha256:" + "0" * 64))
+        == f"f: sha256 {sha256}, the source says {'0' * 64}"
+    )
+    assert (
+        cache.verify(path, cache.RemoteFile("f", 6, "git-sha1:" + "1" * 40))
+        == f"f: git-sha1 {git}, the source says {'1' * 40}"
+    )
 
 
 def test_s3_endpoint_and_md5_etags():
@@ -116,16 +142,29 @@ def test_exportable_only_complete_quiet_checkpoints(tmp_path):
     _hf(tmp_path, "last_epoch")  # rewritten every epoch: only once training completed
     tree = checkpoints.scan_checkpoints(tmp_path)
     newest = {"hf_format/samples_32": 995.0}
-    todo = export.exportable(tree, {"hf_format/samples_8"}, full_states=False, now=1000.0,
-                             newest=lambda rel: newest.get(rel, 900.0), ready=lambda rel: True)
+    todo = export.exportable(
+        tree,
+        {"hf_format/samples_8"},
+        full_states=False,
+        now=1000.0,
+        newest=lambda rel: newest.get(rel, 900.0),
+        ready=lambda rel: True,
+    )
     assert todo == ["hf_format/samples_16"]
-    assert export.exportable(tree, set(), full_states=False, now=1000.0, newest=lambda rel: 900.0,
-                             ready=lambda rel: rel != "hf_format/samples_16") == ["hf_format/samples_8", "hf_format/samples_32"]
+    assert export.exportable(
+        tree,
+        set(),
+        full_states=False,
+        now=1000.0,
+        newest=lambda rel: 900.0,
+        ready=lambda rel: rel != "hf_format/samples_16",
+    ) == ["hf_format/samples_8", "hf_format/samples_32"]
 
 
 def test_shards_present(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(
-        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}'
+    )
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"1")
     assert not export.shards_present(tmp_path)
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"2")

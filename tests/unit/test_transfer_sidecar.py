@@ -34,8 +34,12 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("hf")
-    publish(root, "model", "org/tiny", {p.relative_to(tiny_model).as_posix(): p
-                                        for p in tiny_model.rglob("*") if p.is_file()})
+    publish(
+        root,
+        "model",
+        "org/tiny",
+        {p.relative_to(tiny_model).as_posix(): p for p in tiny_model.rglob("*") if p.is_file()},
+    )
     publish(root, "model", "org/private", {"config.json": b"{}"})
     publish(root, "dataset", "org/data", {"train.jsonl": b'{"messages": [{"role": "user", "content": "hi"}]}\n'})
     publish(root, "model", "org/big", {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(BIG)})
@@ -64,8 +68,14 @@ def web(tmp_path_factory):
 
 @pytest.fixture
 def env(hf, s3, web) -> dict[str, str]:
-    return {"HF_ENDPOINT": hf.url, "HF_TOKEN": HF_TOKEN, contract.ENV_HF_TOKEN_SECRET: "hf-token",
-            contract.ENV_S3_SECRET: "s3-creds", "REQUESTS_CA_BUNDLE": str(web.ca_path), **s3.env()}
+    return {
+        "HF_ENDPOINT": hf.url,
+        "HF_TOKEN": HF_TOKEN,
+        contract.ENV_HF_TOKEN_SECRET: "hf-token",
+        contract.ENV_S3_SECRET: "s3-creds",
+        "REQUESTS_CA_BUNDLE": str(web.ca_path),
+        **s3.env(),
+    }
 
 
 def _read_object(store: ObjectStore, key: str) -> bytes:
@@ -92,9 +102,13 @@ def _run_to_done(tmp: Path, entries, env) -> dict:
 
 
 def test_fetch_every_kind_byte_identical_then_cached(tmp_path, hf, s3, web, env, tiny_model):
-    entries = [("spec.modelPath", "hf://org/tiny"), ("spec.dataPath", "hf://datasets/org/data/train.jsonl"),
-               ("spec.modelPath", "s3://models/tiny"), ("spec.dataPath", "s3://models/data/train.jsonl"),
-               ("spec.dataPath", f"{web.url}/train.jsonl")]
+    entries = [
+        ("spec.modelPath", "hf://org/tiny"),
+        ("spec.dataPath", "hf://datasets/org/data/train.jsonl"),
+        ("spec.modelPath", "s3://models/tiny"),
+        ("spec.dataPath", "s3://models/data/train.jsonl"),
+        ("spec.dataPath", f"{web.url}/train.jsonl"),
+    ]
     hf.clear_log(), s3.clear_log(), web.clear_log()
     state = _run_to_done(tmp_path, entries, env)
     assert [(d["state"], d["cached"]) for d in state["downloads"]] == [("Done", False)] * 5
@@ -110,11 +124,13 @@ def test_fetch_every_kind_byte_identical_then_cached(tmp_path, hf, s3, web, env,
     assert _local(tmp_path, *entries[3]).read_bytes() == _read_object(s3, "data/train.jsonl")
     assert _local(tmp_path, *entries[4]).read_bytes() == (web.root / "train.jsonl").read_bytes()
     manifest = sources.SourceManifest.model_validate_json(
-        (_local(tmp_path, *entries[0]).parent / sources.SOURCE_MANIFEST_FILE).read_bytes())
+        (_local(tmp_path, *entries[0]).parent / sources.SOURCE_MANIFEST_FILE).read_bytes()
+    )
     assert manifest.uri == "hf://org/tiny" and manifest.revision == state["downloads"][0]["revision"]
     assert all(f.checksum.startswith(("sha256:", "git-sha1:")) for f in manifest.files)
-    assert {f.path: f.checksum for f in manifest.files}["model.safetensors"] == \
-        "sha256:" + hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest()
+    assert {f.path: f.checksum for f in manifest.files}["model.safetensors"] == "sha256:" + hashlib.sha256(
+        (tiny_model / "model.safetensors").read_bytes()
+    ).hexdigest()
     assert len(hf.file_downloads("model.safetensors")) == 1
 
     # A second job on the same cache: nothing downloaded; hf asks once per source for the revision.
@@ -125,7 +141,9 @@ def test_fetch_every_kind_byte_identical_then_cached(tmp_path, hf, s3, web, env,
     state = _run_to_done(second, entries, env)
     assert [(d["state"], d["cached"]) for d in state["downloads"]] == [("Done", True)] * 5
     assert [(r["method"], r["path"]) for r in hf.requests if not r["path"].startswith("/api/agent")] == [
-        ("GET", "/api/models/org/tiny"), ("GET", "/api/datasets/org/data")]  # no revision: the default branch
+        ("GET", "/api/models/org/tiny"),
+        ("GET", "/api/datasets/org/data"),
+    ]  # no revision: the default branch
     assert s3.requests == [] and web.requests == []
 
 
@@ -137,8 +155,9 @@ def test_a_moved_branch_is_fetched_again_only_what_changed(tmp_path, hf, env):
     hf.clear_log()
     state = _run_to_done(tmp_path, entries, env)
     assert state["downloads"][0]["revision"] != first and not state["downloads"][0]["cached"]
-    assert [r["path"].rsplit("/", 1)[-1] for r in hf.requests if r["method"] == "GET" and "/resolve/" in r["path"]] \
-        == ["config.json"]  # a.bin is the same blob: verified before, not fetched again
+    assert [r["path"].rsplit("/", 1)[-1] for r in hf.requests if r["method"] == "GET" and "/resolve/" in r["path"]] == [
+        "config.json"
+    ]  # a.bin is the same blob: verified before, not fetched again
     assert _local(tmp_path, *entries[0]).joinpath("config.json").read_bytes() == b'{"v": 2}'
 
 
@@ -174,8 +193,10 @@ def test_killed_mid_download_resumes_with_range(tmp_path, hf, env):
     assert [g["range"] for g in gets] == [None, f"bytes={kept}-"]
     assert gets[1]["bytes"] == BIG - kept
     assert len(hf.file_downloads("config.json")) == 1  # finished before the kill: not fetched again
-    assert _local(tmp_path, *entries[0]).joinpath("model.safetensors").read_bytes() == \
-        hf.root.joinpath("models/org/big/model.safetensors").read_bytes()
+    assert (
+        _local(tmp_path, *entries[0]).joinpath("model.safetensors").read_bytes()
+        == hf.root.joinpath("models/org/big/model.safetensors").read_bytes()
+    )
 
 
 def test_s3_killed_mid_download_resumes_with_range(tmp_path, s3, env):
@@ -213,57 +234,102 @@ def _fails(tmp_path: Path, entries, env, expected: str) -> None:
 
 
 def test_wrong_token_is_one_line_and_exit_2(tmp_path, env):
-    _fails(tmp_path, [("spec.modelPath", "hf://org/private@main")], {**env, "HF_TOKEN": "hf_wrong_token_123"},
-           "spec.modelPath (hf://org/private@main): 401 Unauthorized: the token in Secret hf-token cannot read "
-           "org/private")
+    _fails(
+        tmp_path,
+        [("spec.modelPath", "hf://org/private@main")],
+        {**env, "HF_TOKEN": "hf_wrong_token_123"},
+        "spec.modelPath (hf://org/private@main): 401 Unauthorized: the token in Secret hf-token cannot read "
+        "org/private",
+    )
 
 
 def test_private_repo_without_a_token(tmp_path, env):
     env = {k: v for k, v in env.items() if k not in ("HF_TOKEN", contract.ENV_HF_TOKEN_SECRET)}
-    _fails(tmp_path, [("spec.modelPath", "hf://org/private")], env,
-           "spec.modelPath (hf://org/private): 401 Unauthorized: org/private does not exist or is private, and no "
-           "token was given (spec names no Hugging Face token Secret)")
+    _fails(
+        tmp_path,
+        [("spec.modelPath", "hf://org/private")],
+        env,
+        "spec.modelPath (hf://org/private): 401 Unauthorized: org/private does not exist or is private, and no "
+        "token was given (spec names no Hugging Face token Secret)",
+    )
 
 
 def test_missing_repo_and_revision(tmp_path, env):
-    _fails(tmp_path, [("spec.modelPath", "hf://org/nothing")], env,
-           "spec.modelPath (hf://org/nothing): 404 Not Found: no model repo org/nothing, or the token in Secret "
-           "hf-token cannot read it")
-    _fails(tmp_path / "rev", [("spec.modelPath", "hf://org/tiny@v9")], env,
-           "spec.modelPath (hf://org/tiny@v9): 404 Not Found: org/tiny has no revision v9")
+    _fails(
+        tmp_path,
+        [("spec.modelPath", "hf://org/nothing")],
+        env,
+        "spec.modelPath (hf://org/nothing): 404 Not Found: no model repo org/nothing, or the token in Secret "
+        "hf-token cannot read it",
+    )
+    _fails(
+        tmp_path / "rev",
+        [("spec.modelPath", "hf://org/tiny@v9")],
+        env,
+        "spec.modelPath (hf://org/tiny@v9): 404 Not Found: org/tiny has no revision v9",
+    )
 
 
 def test_missing_key_bucket_and_file(tmp_path, env, web, s3):
     host = s3.url.split("//", 1)[1]
-    _fails(tmp_path / "k", [("spec.dataPath", "s3://models/data/nope.jsonl")], env,
-           "spec.dataPath (s3://models/data/nope.jsonl): 404 NoSuchKey: bucket models has no object data/nope.jsonl")
-    _fails(tmp_path / "b", [("spec.dataPath", "s3://no-such-bucket/train.jsonl")], env,
-           f"spec.dataPath (s3://no-such-bucket/train.jsonl): 404 NoSuchBucket: bucket no-such-bucket does not "
-           f"exist at {host}")
-    _fails(tmp_path / "p", [("spec.modelPath", "s3://no-such-bucket/m")], env,
-           f"spec.modelPath (s3://no-such-bucket/m/): 404 NoSuchBucket: bucket no-such-bucket does not exist at {host}")
-    _fails(tmp_path / "e", [("spec.modelPath", "s3://models/empty")], env,
-           "spec.modelPath (s3://models/empty/): 404 no objects under s3://models/empty/")
-    _fails(tmp_path / "h", [("spec.dataPath", f"{web.url}/missing.jsonl")], env,
-           f"spec.dataPath ({web.url}/missing.jsonl): 404 Not Found: 127.0.0.1 has no /missing.jsonl")
+    _fails(
+        tmp_path / "k",
+        [("spec.dataPath", "s3://models/data/nope.jsonl")],
+        env,
+        "spec.dataPath (s3://models/data/nope.jsonl): 404 NoSuchKey: bucket models has no object data/nope.jsonl",
+    )
+    _fails(
+        tmp_path / "b",
+        [("spec.dataPath", "s3://no-such-bucket/train.jsonl")],
+        env,
+        f"spec.dataPath (s3://no-such-bucket/train.jsonl): 404 NoSuchBucket: bucket no-such-bucket does not "
+        f"exist at {host}",
+    )
+    _fails(
+        tmp_path / "p",
+        [("spec.modelPath", "s3://no-such-bucket/m")],
+        env,
+        f"spec.modelPath (s3://no-such-bucket/m/): 404 NoSuchBucket: bucket no-such-bucket does not exist at {host}",
+    )
+    _fails(
+        tmp_path / "e",
+        [("spec.modelPath", "s3://models/empty")],
+        env,
+        "spec.modelPath (s3://models/empty/): 404 no objects under s3://models/empty/",
+    )
+    _fails(
+        tmp_path / "h",
+        [("spec.dataPath", f"{web.url}/missing.jsonl")],
+        env,
+        f"spec.dataPath ({web.url}/missing.jsonl): 404 Not Found: 127.0.0.1 has no /missing.jsonl",
+    )
 
 
 def test_transient_failures_are_retried(tmp_path, hf, s3, env):
     hf.fail_next(2, 503)
     s3.fail_next(1, 503)
-    state = _run_to_done(tmp_path, [("spec.dataPath", "hf://datasets/org/data/train.jsonl"),
-                                    ("spec.dataPath", "s3://models/data/train.jsonl")], env)
+    state = _run_to_done(
+        tmp_path,
+        [("spec.dataPath", "hf://datasets/org/data/train.jsonl"), ("spec.dataPath", "s3://models/data/train.jsonl")],
+        env,
+    )
     assert [d["state"] for d in state["downloads"]] == ["Done", "Done"]
 
 
 def test_credentials_never_written_or_printed(tmp_path, hf, s3, env):
-    secret_env = {**env, "HF_TOKEN": "hf_very_secret_token_abc", "AWS_SECRET_ACCESS_KEY": "s3-very-secret-key-xyz",
-                  "AWS_SESSION_TOKEN": "s3-session-token-secret-123"}
+    secret_env = {
+        **env,
+        "HF_TOKEN": "hf_very_secret_token_abc",
+        "AWS_SECRET_ACCESS_KEY": "s3-very-secret-key-xyz",
+        "AWS_SESSION_TOKEN": "s3-session-token-secret-123",
+    }
     hf.tokens["hf_very_secret_token_abc"] = None
     outputs = []
-    for name, entries in (("ok", [("spec.modelPath", "hf://org/private"), ("spec.dataPath", "s3://models/data/train.jsonl")]),
-                          ("bad", [("spec.dataPath", "s3://nobucket-x/k")]),
-                          ("denied", [("spec.modelPath", "hf://org/nothing-here")])):
+    for name, entries in (
+        ("ok", [("spec.modelPath", "hf://org/private"), ("spec.dataPath", "s3://models/data/train.jsonl")]),
+        ("bad", [("spec.dataPath", "s3://nobucket-x/k")]),
+        ("denied", [("spec.modelPath", "hf://org/nothing-here")]),
+    ):
         run_dir = tmp_path / name
         sidecar = Sidecar(run_dir, write_config(run_dir, entries), secret_env)
         try:
@@ -277,8 +343,12 @@ def test_credentials_never_written_or_printed(tmp_path, hf, s3, env):
             sidecar.close()
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size < 10 << 20]
     texts = outputs + [p.read_bytes().decode(errors="replace") for p in files]
-    for secret in ("hf_very_secret_token_abc", "s3-very-secret-key-xyz", "s3-session-token-secret-123",
-                   secret_env["AWS_ACCESS_KEY_ID"]):
+    for secret in (
+        "hf_very_secret_token_abc",
+        "s3-very-secret-key-xyz",
+        "s3-session-token-secret-123",
+        secret_env["AWS_ACCESS_KEY_ID"],
+    ):
         assert not [t[:200] for t in texts if secret in t], secret
 
 
@@ -326,9 +396,13 @@ def test_a_file_failing_verification_twice_is_permanent(tmp_path, hf, env):
     hf.clear_log()
     hf.corrupt.add("model.safetensors")
     try:
-        _fails(tmp_path, [("spec.modelPath", "hf://org/corrupt")], env,
-               f"spec.modelPath (hf://org/corrupt): verification failed twice: model.safetensors: sha256 {bad}, "
-               f"the source says {sha}")
+        _fails(
+            tmp_path,
+            [("spec.modelPath", "hf://org/corrupt")],
+            env,
+            f"spec.modelPath (hf://org/corrupt): verification failed twice: model.safetensors: sha256 {bad}, "
+            f"the source says {sha}",
+        )
     finally:
         hf.corrupt.discard("model.safetensors")
     assert [g["range"] for g in hf.file_downloads("model.safetensors")] == [None, None]

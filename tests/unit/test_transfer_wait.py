@@ -16,10 +16,18 @@ URI = "hf://org/x@main"
 
 def _setup(tmp_path: Path, *, restore: bool = False) -> dict:
     key = sources.parse_source(URI, model=True).cache_key
-    raw = {contract.CONFIG_KEY_TRAINING_ARGS: {"ckpt_output_dir": str(tmp_path / "ckpt")},
-           contract.CONFIG_KEY_SOURCES: [{"field": "spec.modelPath", "uri": URI, "cacheKey": key,
-                                          "localPath": str(tmp_path / "cache" / key / "files")}],
-           contract.CONFIG_KEY_SOURCE_CACHE_ROOT: str(tmp_path / "cache")}
+    raw = {
+        contract.CONFIG_KEY_TRAINING_ARGS: {"ckpt_output_dir": str(tmp_path / "ckpt")},
+        contract.CONFIG_KEY_SOURCES: [
+            {
+                "field": "spec.modelPath",
+                "uri": URI,
+                "cacheKey": key,
+                "localPath": str(tmp_path / "cache" / key / "files"),
+            }
+        ],
+        contract.CONFIG_KEY_SOURCE_CACHE_ROOT: str(tmp_path / "cache"),
+    }
     if restore:
         raw[contract.CONFIG_KEY_EXPORT] = {"uri": "s3://bucket/run", "restore": True}
     return raw
@@ -56,8 +64,9 @@ class FakeTime:
 
 
 def test_no_sources_no_wait(tmp_path):
-    transfer_wait.wait_for_transfers({contract.CONFIG_KEY_TRAINING_ARGS: {"ckpt_output_dir": "/x"}},
-                                     sleep=lambda s: pytest.fail("waited"))
+    transfer_wait.wait_for_transfers(
+        {contract.CONFIG_KEY_TRAINING_ARGS: {"ckpt_output_dir": "/x"}}, sleep=lambda s: pytest.fail("waited")
+    )
 
 
 def test_ready_when_complete_and_reported_done(tmp_path):
@@ -99,7 +108,8 @@ def test_no_report_for_the_stall_timeout_is_exit_4(tmp_path):
     assert raised.value.exit_code == contract.EXIT_PEER_UNAVAILABLE
     assert raised.value.message == (
         f"{URI}: the transfer sidecar (container transfer of pod 0) has not reported for 30s; no complete "
-        f"download under {tmp_path / 'cache'} (sft-operator/TRANSFERS.json under {tmp_path / 'ckpt'})")
+        f"download under {tmp_path / 'cache'} (sft-operator/TRANSFERS.json under {tmp_path / 'ckpt'})"
+    )
 
 
 def test_a_failed_source_is_exit_2_with_its_line(tmp_path):
@@ -137,15 +147,30 @@ def test_the_launcher_exits_2_with_the_sidecars_line_before_touching_anything(tm
 
     line = "spec.modelPath (hf://org/x@main): 404 Not Found: no model repo org/x, or the token in Secret hf-token cannot read it"
     raw = _setup(tmp_path)
-    raw[contract.CONFIG_KEY_TRAINING_ARGS].update({
-        "model_path": raw[contract.CONFIG_KEY_SOURCES][0]["localPath"], "data_path": str(tmp_path / "d.jsonl"),
-        "num_epochs": 1, "max_seq_len": 64, "max_batch_len": 64, "effective_batch_size": 1, "learning_rate": 1e-5})
+    raw[contract.CONFIG_KEY_TRAINING_ARGS].update(
+        {
+            "model_path": raw[contract.CONFIG_KEY_SOURCES][0]["localPath"],
+            "data_path": str(tmp_path / "d.jsonl"),
+            "num_epochs": 1,
+            "max_seq_len": 64,
+            "max_batch_len": 64,
+            "effective_batch_size": 1,
+            "learning_rate": 1e-5,
+        }
+    )
     config = tmp_path / "training.json"
     config.write_text(json.dumps(raw))
     _state(tmp_path, "Failed", "t", error=line)
-    for key, value in {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_RDZV_ENDPOINT": "127.0.0.1:29500",
-                       "PET_RDZV_ID": "uid", "SFT_POD_NAME": "job-1", "SFT_CONFIG": str(config), "SFT_DEVICE": "cpu",
-                       "SFT_TERMINATION_LOG": str(tmp_path / "termination-log")}.items():
+    for key, value in {
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "1",
+        "PET_RDZV_ENDPOINT": "127.0.0.1:29500",
+        "PET_RDZV_ID": "uid",
+        "SFT_POD_NAME": "job-1",
+        "SFT_CONFIG": str(config),
+        "SFT_DEVICE": "cpu",
+        "SFT_TERMINATION_LOG": str(tmp_path / "termination-log"),
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("SFT_POD_STATE_DIR", raising=False)
     assert launcher.main() == contract.EXIT_BAD_CONFIG

@@ -18,8 +18,12 @@ PYTHONPATH = os.pathsep.join(str(ROOT / p) for p in ("", "operator", "trainer-im
 
 def source_entry(field: str, uri: str, cache_root: Path) -> dict:
     source = sources.parse_source(uri, model=field == "spec.modelPath")
-    return {"field": field, "uri": source.uri, "cacheKey": source.cache_key,
-            "localPath": source.local_path(str(cache_root))}
+    return {
+        "field": field,
+        "uri": source.uri,
+        "cacheKey": source.cache_key,
+        "localPath": source.local_path(str(cache_root)),
+    }
 
 
 def write_config(tmp: Path, entries: list[tuple[str, str]], *, export: dict | None = None) -> Path:
@@ -43,15 +47,26 @@ class Sidecar:
         self.tmp = tmp
         self.termination_log = tmp / f"termination-{time.monotonic_ns()}.log"
         self.stderr_path = tmp / f"sidecar-{time.monotonic_ns()}.err"
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("AWS_", "HF_")) and k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
-        full_env.update({"PYTHONPATH": PYTHONPATH, contract.ENV_POD_NAME: pod, contract.ENV_CONFIG_PATH: str(config),
-                         contract.ENV_TERMINATION_LOG: str(self.termination_log), "HOME": str(tmp / "home")})
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "HF_")) and k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+        }
+        full_env.update(
+            {
+                "PYTHONPATH": PYTHONPATH,
+                contract.ENV_POD_NAME: pod,
+                contract.ENV_CONFIG_PATH: str(config),
+                contract.ENV_TERMINATION_LOG: str(self.termination_log),
+                "HOME": str(tmp / "home"),
+            }
+        )
         full_env.update(env)
         self.started_ns = time.time_ns()
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sft_trainer.transfer"], env=full_env,
-                                     stdout=self._stderr, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sft_trainer.transfer"], env=full_env, stdout=self._stderr, stderr=subprocess.STDOUT
+        )
 
     def state(self) -> dict:
         path = self.tmp / "ckpt" / sources.TRANSFER_STATE_FILE

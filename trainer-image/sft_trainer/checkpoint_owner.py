@@ -27,8 +27,12 @@ REFUSAL_FIELD = "spec.checkpoints"
 def identity(config: LauncherConfig) -> JobIdentity | None:
     if config.job_uid is None:
         return None
-    return JobIdentity(uid=config.job_uid, namespace=config.namespace, name=config.job_name,
-                       training_fields=dict(config.training_fields))
+    return JobIdentity(
+        uid=config.job_uid,
+        namespace=config.namespace,
+        name=config.job_name,
+        training_fields=dict(config.training_fields),
+    )
 
 
 def check(root: Path, config: LauncherConfig) -> Decision | None:
@@ -36,20 +40,19 @@ def check(root: Path, config: LauncherConfig) -> Decision | None:
     None: the config names no job uid, nothing is checked."""
     me = identity(config)
     if me is None:
-        log.warning("the config has no %s: checkpoint ownership is neither checked nor recorded",
-                    "jobUid")
+        log.warning("the config has no %s: checkpoint ownership is neither checked nor recorded", "jobUid")
         return None
     record, unreadable = ownership.read_owner_record(root)
     output = ownership.scan_output(root) if Path(root).is_dir() else []
-    decision = ownership.decide(record, unreadable, output, me,
-                                adopt_existing=config.adopt_existing_checkpoints, directory=str(root))
+    decision = ownership.decide(
+        record, unreadable, output, me, adopt_existing=config.adopt_existing_checkpoints, directory=str(root)
+    )
     if decision.action is Action.REFUSE:
         raise ConfigError(REFUSAL_FIELD, decision.message)
     return decision
 
 
-def record(root: Path, config: LauncherConfig, decision: Decision | None, *,
-           now: Callable[[], datetime]) -> None:
+def record(root: Path, config: LauncherConfig, decision: Decision | None, *, now: Callable[[], datetime]) -> None:
     """Node 0: write the owner record a CLAIM or ADOPT decision calls for (atomically; the
     previous owners kept, an unreadable record moved to set-aside/)."""
     me = identity(config)
@@ -74,5 +77,4 @@ def retention_filter(root: Path, config: LauncherConfig) -> Callable[[checkpoint
     if config.job_uid is None:
         return None
     owner_record, _ = ownership.read_owner_record(root)
-    return ownership.retention_may_delete(
-        owner_record, lambda state: checkpoints.full_state_written_at(root, state))
+    return ownership.retention_may_delete(owner_record, lambda state: checkpoints.full_state_written_at(root, state))

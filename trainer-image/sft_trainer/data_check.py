@@ -34,8 +34,19 @@ from typing import Any
 # Roles instructlab-training and the chat templates of common models know. "pretraining" is
 # instructlab-training's legacy pretraining role. A role outside this set is almost always a
 # typo ("asistant"), and a sample whose assistant turn is misnamed trains on nothing.
-ROLES = ("system", "developer", "user", "assistant", "tool", "tool_response", "ipython",
-         "function", "documents", "available_tools", "pretraining")
+ROLES = (
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "tool_response",
+    "ipython",
+    "function",
+    "documents",
+    "available_tools",
+    "pretraining",
+)
 # A message may leave out content when it carries one of these instead.
 CONTENT_ALTERNATIVES = ("reasoning_content", "thinking", "tool_calls")
 
@@ -82,8 +93,10 @@ class _Types:
         seen = self.first.setdefault(path, (kind, line))
         if seen[0] != kind:
             where = "on this line" if seen[1] == line else f"on line {seen[1]}"
-            raise problem(f"{path} is {_article(kind)} here but {_article(seen[0])} {where} "
-                          "(a field must have one JSON type in every line)")
+            raise problem(
+                f"{path} is {_article(kind)} here but {_article(seen[0])} {where} "
+                "(a field must have one JSON type in every line)"
+            )
         if kind == "array":
             for item in value:
                 self.check(item, f"{path}[]", line, problem)
@@ -128,13 +141,13 @@ def _check_document(sample: dict, column: str, problem) -> None:
         raise problem(f'"{column}" is {_article(_kind(sample[column]))}, not a string')
 
 
-def check_lines(lines: Iterable[bytes], source: str, *, document_column: str | None = None
-                ) -> int:
+def check_lines(lines: Iterable[bytes], source: str, *, document_column: str | None = None) -> int:
     """Check JSON Lines; returns the number of samples, or raises DataProblem at the first
     problem. ``document_column``: pretraining data (one document per line) instead of chat."""
     types = _Types()
     samples = 0
     for number, raw in enumerate(lines, start=1):
+
         def problem(text: str, _number: int = number) -> DataProblem:
             return DataProblem(source, _number, text)
 
@@ -149,11 +162,11 @@ def check_lines(lines: Iterable[bytes], source: str, *, document_column: str | N
         except ValueError as error:
             detail = getattr(error, "msg", str(error))
             column = getattr(error, "colno", None)
-            raise problem(f"not valid JSON ({detail}"
-                          + (f" at column {column})" if column else ")")) from None
+            raise problem(f"not valid JSON ({detail}" + (f" at column {column})" if column else ")")) from None
         if not isinstance(sample, dict):
-            raise problem(f"is {_article(_kind(sample))}, not a JSON object (the data must be "
-                          "JSON Lines: one object per line)")
+            raise problem(
+                f"is {_article(_kind(sample))}, not a JSON object (the data must be JSON Lines: one object per line)"
+            )
         if document_column is not None:
             _check_document(sample, document_column, problem)
         else:

@@ -71,11 +71,13 @@ class Channel:
                 pass
 
     def progress(self, bar, *, force: bool = False) -> None:
-        self.progress_event(str(getattr(bar, "desc", "") or ""), getattr(bar, "n", None),
-                            getattr(bar, "total", None), force=force)
+        self.progress_event(
+            str(getattr(bar, "desc", "") or ""), getattr(bar, "n", None), getattr(bar, "total", None), force=force
+        )
 
-    def progress_event(self, desc: str, n: int | None, total: int | None, *,
-                       force: bool = False, key: str | None = None) -> None:
+    def progress_event(
+        self, desc: str, n: int | None, total: int | None, *, force: bool = False, key: str | None = None
+    ) -> None:
         """``key``: updates with the same key within PROGRESS_INTERVAL are rate-limited (a
         bar's description, by default)."""
         now = time.monotonic()
@@ -135,8 +137,7 @@ class _ImportProgress:
         self.channel = channel
 
     def find_spec(self, name, path=None, target=None):  # noqa: ARG002 - the finder protocol
-        self.channel.progress_event(f"importing {name.partition('.')[0]}", None, None,
-                                    key="import")
+        self.channel.progress_event(f"importing {name.partition('.')[0]}", None, None, key="import")
         return None
 
 
@@ -156,8 +157,7 @@ def run(request: dict, channel: Channel) -> int:
         install_progress_hook(channel)
         result = resolve(request["target"])(request.get("payload") or {})
     except ConfigError as error:
-        channel.send(event="error", kind="config", field=error.field,
-                     problem=error.message[len(error.field) + 2:])
+        channel.send(event="error", kind="config", field=error.field, problem=error.message[len(error.field) + 2 :])
         return EXIT_CONFIG
     except LauncherError as error:
         channel.send(event="error", kind="failed", message=error.message)

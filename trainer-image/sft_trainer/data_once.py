@@ -28,8 +28,7 @@ from .errors import ConfigError, PeerUnavailable
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_ARGS = ("data_path", "model_path", "max_seq_len", "chat_tmpl_path",
-                    "use_legacy_tmpl", "pretraining_config")
+FINGERPRINT_ARGS = ("data_path", "model_path", "max_seq_len", "chat_tmpl_path", "use_legacy_tmpl", "pretraining_config")
 
 
 def data_fingerprint(args: dict, data_size: int, data_mtime_ns: int, library_version: str) -> str:
@@ -43,8 +42,7 @@ def fingerprint_for(training_args) -> str:
     from instructlab.training import _version
 
     stat = Path(training_args.data_path).stat()
-    return data_fingerprint(training_args.model_dump(mode="json"), stat.st_size,
-                            stat.st_mtime_ns, _version.version)
+    return data_fingerprint(training_args.model_dump(mode="json"), stat.st_size, stat.st_mtime_ns, _version.version)
 
 
 def count_samples(data_file: Path) -> int:
@@ -105,15 +103,14 @@ def process_request(payload: dict) -> dict:
             )
     except RuntimeError as error:
         if "does not contain any samples containing less than" in str(error):
-            raise ConfigError(f"{contract.CONFIG_KEY_TRAINING_ARGS}.max_seq_len",
-                              f"every sample of {data_path} is {max_seq_len} tokens or longer: "
-                              "nothing to train on") from error
-        raise ConfigError(_data_field(), f"{data_path}: data processing failed: "
-                          f"{_library_message(error)}") from error
+            raise ConfigError(
+                f"{contract.CONFIG_KEY_TRAINING_ARGS}.max_seq_len",
+                f"every sample of {data_path} is {max_seq_len} tokens or longer: nothing to train on",
+            ) from error
+        raise ConfigError(_data_field(), f"{data_path}: data processing failed: {_library_message(error)}") from error
     except (ValueError, KeyError, TypeError) as error:
         # Upstream raises these for data that data_check could not judge.
-        raise ConfigError(_data_field(), f"{data_path}: data processing failed: "
-                          f"{_library_message(error)}") from error
+        raise ConfigError(_data_field(), f"{data_path}: data processing failed: {_library_message(error)}") from error
     return {}
 
 
@@ -122,13 +119,12 @@ def check_data(training_args) -> int:
     pretraining = training_args.pretraining_config
     try:
         return data_check.check_file(
-            Path(training_args.data_path),
-            document_column=pretraining.document_column_name if pretraining else None)
+            Path(training_args.data_path), document_column=pretraining.document_column_name if pretraining else None
+        )
     except data_check.DataProblem as problem:
         raise ConfigError(_data_field(), str(problem)) from None
     except OSError as error:
-        raise ConfigError(_data_field(), f"cannot read {training_args.data_path}: "
-                          f"{error.strerror or error}") from None
+        raise ConfigError(_data_field(), f"cannot read {training_args.data_path}: {error.strerror or error}") from None
 
 
 def _process(training_args, *, stall_timeout: float, attempts: int) -> data_watchdog.Supervised:
@@ -142,19 +138,22 @@ def _process(training_args, *, stall_timeout: float, attempts: int) -> data_watc
         "num_cpu_procs": training_args.data_process_num_cpu_procs,
         "document_column_name": pretraining.document_column_name if pretraining else None,
     }
-    return data_watchdog.run_supervised(PROCESS_TARGET, payload, stall_timeout=stall_timeout,
-                                        attempts=attempts)
+    return data_watchdog.run_supervised(PROCESS_TARGET, payload, stall_timeout=stall_timeout, attempts=attempts)
 
 
-def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime],
-                     stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-                     attempts: int = DEFAULT_ATTEMPTS) -> checkpoints.DataReadyMarker:
+def prepare_on_node0(
+    root: Path,
+    training_args,
+    *,
+    now: Callable[[], datetime],
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> checkpoints.DataReadyMarker:
     fingerprint = fingerprint_for(training_args)
     data_file = Path(training_args.data_output_dir) / checkpoints.PROCESSED_DATA_FILE
     existing = checkpoints.read_data_ready(root)
     if existing and existing.fingerprint == fingerprint and data_file.is_file():
-        log.info("processed data is ready (%d samples), not processing again",
-                 existing.num_samples)
+        log.info("processed data is ready (%d samples), not processing again", existing.num_samples)
         return existing
     # Nodes > 0 must not take the old marker for the new data.
     checkpoints.clear_data_ready(root)
@@ -165,21 +164,27 @@ def prepare_on_node0(root: Path, training_args, *, now: Callable[[], datetime],
     _process(training_args, stall_timeout=stall_timeout, attempts=attempts)
     num_samples = count_samples(data_file) if data_file.is_file() else 0
     if num_samples == 0:
-        raise ConfigError(f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path",
-                          f"no usable sample in {training_args.data_path} after processing "
-                          f"(samples need 20 to max_seq_len={training_args.max_seq_len} tokens)")
-    marker = checkpoints.DataReadyMarker(fingerprint=fingerprint,
-                                         data_dir=str(training_args.data_output_dir),
-                                         num_samples=num_samples, created_at=now())
+        raise ConfigError(
+            f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_path",
+            f"no usable sample in {training_args.data_path} after processing "
+            f"(samples need 20 to max_seq_len={training_args.max_seq_len} tokens)",
+        )
+    marker = checkpoints.DataReadyMarker(
+        fingerprint=fingerprint, data_dir=str(training_args.data_output_dir), num_samples=num_samples, created_at=now()
+    )
     checkpoints.write_data_ready(root, marker)
     log.info("processed data ready: %d samples", num_samples)
     return marker
 
 
-def wait_on_other_node(root: Path, training_args, *, timeout: float,
-                       sleep: Callable[[float], None] = time.sleep,
-                       monotonic: Callable[[], float] = time.monotonic
-                       ) -> checkpoints.DataReadyMarker:
+def wait_on_other_node(
+    root: Path,
+    training_args,
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> checkpoints.DataReadyMarker:
     fingerprint = fingerprint_for(training_args)
     deadline = monotonic() + timeout
     log.info("waiting up to %.0fs for node 0 to process the data", timeout)
@@ -188,23 +193,31 @@ def wait_on_other_node(root: Path, training_args, *, timeout: float,
         if marker is not None and marker.fingerprint == fingerprint:
             data_file = Path(training_args.data_output_dir) / checkpoints.PROCESSED_DATA_FILE
             if not data_file.is_file():
-                raise ConfigError(f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_output_dir",
-                                  f"node 0 processed the data but {data_file} is not visible "
-                                  "here: it must be on the volume all nodes share")
+                raise ConfigError(
+                    f"{contract.CONFIG_KEY_TRAINING_ARGS}.data_output_dir",
+                    f"node 0 processed the data but {data_file} is not visible "
+                    "here: it must be on the volume all nodes share",
+                )
             return marker
         if monotonic() >= deadline:
             raise PeerUnavailable(
                 f"node 0 did not finish processing the data within {timeout:.0f}s "
                 f"({contract.CONFIG_KEY_DATA_WAIT_TIMEOUT}); no matching "
-                f"{checkpoints.DATA_READY_FILE} under {root}")
+                f"{checkpoints.DATA_READY_FILE} under {root}"
+            )
         sleep(1.0)
 
 
-def prepare_data(root: Path, training_args, node_rank: int, *, timeout: float,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-                 attempts: int = DEFAULT_ATTEMPTS) -> checkpoints.DataReadyMarker:
+def prepare_data(
+    root: Path,
+    training_args,
+    node_rank: int,
+    *,
+    timeout: float,
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> checkpoints.DataReadyMarker:
     if node_rank == 0:
-        return prepare_on_node0(root, training_args, now=now, stall_timeout=stall_timeout,
-                                attempts=attempts)
+        return prepare_on_node0(root, training_args, now=now, stall_timeout=stall_timeout, attempts=attempts)
     return wait_on_other_node(root, training_args, timeout=timeout)

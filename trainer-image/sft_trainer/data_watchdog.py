@@ -34,8 +34,8 @@ from .errors import ConfigError, TrainingFailed
 
 log = logging.getLogger(__name__)
 
-STACK_DUMP_WAIT = 2.0   # after SIGQUIT, before SIGKILL: time for the stacks to reach the log
-EXIT_GRACE = 10.0       # a child that reported "done" but does not exit is killed after this
+STACK_DUMP_WAIT = 2.0  # after SIGQUIT, before SIGKILL: time for the stacks to reach the log
+EXIT_GRACE = 10.0  # a child that reported "done" but does not exit is killed after this
 POLL_INTERVAL = 1.0
 PROGRESS_DISABLING_ENV = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
 
@@ -44,10 +44,10 @@ PROGRESS_DISABLING_ENV = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
 class Attempt:
     number: int
     pid: int = 0
-    outcome: str = "running"      # done | stalled | died | error
+    outcome: str = "running"  # done | stalled | died | error
     seconds: float = 0.0
-    max_gap: float = 0.0          # longest time without progress (legitimate ones size the timeout)
-    last_progress: str = ""       # the bar that moved last: where it stalled
+    max_gap: float = 0.0  # longest time without progress (legitimate ones size the timeout)
+    last_progress: str = ""  # the bar that moved last: where it stalled
     exit_code: int | None = None
 
     def describe(self) -> str:
@@ -117,9 +117,16 @@ class _Events:
         return events
 
 
-def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mapping[str, str],
-                python: str, output=None, monotonic: Callable[[], float] = time.monotonic
-                ) -> tuple[Attempt, dict | None]:
+def run_attempt(
+    number: int,
+    request: dict,
+    *,
+    stall_timeout: float,
+    env: Mapping[str, str],
+    python: str,
+    output=None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> tuple[Attempt, dict | None]:
     """One child, to its end. Returns the attempt and its final event (done or error), or None
     for a stall or a silent death. The child's process group is gone when this returns or
     raises."""
@@ -129,13 +136,22 @@ def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mappin
     try:
         process = subprocess.Popen(
             [python, "-m", "sft_trainer.data_child", json.dumps(request), str(write_fd)],
-            pass_fds=(write_fd,), start_new_session=True, env=dict(env),
-            stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+        )
     finally:
         os.close(write_fd)
     attempt.pid = process.pid
-    log.info("data processing attempt %d: pid %d (its own process group; killed after %.0fs "
-             "without progress)", number, process.pid, stall_timeout)
+    log.info(
+        "data processing attempt %d: pid %d (its own process group; killed after %.0fs without progress)",
+        number,
+        process.pid,
+        stall_timeout,
+    )
     final: dict | None = None
     events = _Events()
     last = started
@@ -154,14 +170,21 @@ def run_attempt(number: int, request: dict, *, stall_timeout: float, env: Mappin
                             final = event
                 break
             if final is not None and now - last > EXIT_GRACE:
-                log.warning("data processing child %d reported its end but did not exit in "
-                            "%.0fs; killing it", process.pid, EXIT_GRACE)
+                log.warning(
+                    "data processing child %d reported its end but did not exit in %.0fs; killing it",
+                    process.pid,
+                    EXIT_GRACE,
+                )
                 break
             if final is None and now - last >= stall_timeout:
                 attempt.outcome = "stalled"
-                log.error("data processing made no progress for %.0fs (last: %s): printing "
-                          "its stacks and killing process group %d", now - last,
-                          attempt.last_progress or "nothing yet", process.pid)
+                log.error(
+                    "data processing made no progress for %.0fs (last: %s): printing "
+                    "its stacks and killing process group %d",
+                    now - last,
+                    attempt.last_progress or "nothing yet",
+                    process.pid,
+                )
                 _kill_group(process.pid, signal.SIGQUIT)
                 deadline = monotonic() + STACK_DUMP_WAIT
                 while monotonic() < deadline and process.poll() is None:
@@ -216,9 +239,16 @@ def _drain(fd: int, events: _Events) -> list[dict]:
         found.extend(events.feed(data))
 
 
-def run_supervised(target: str, payload: dict, *, stall_timeout: float, attempts: int,
-                   env: Mapping[str, str] | None = None, python: str = sys.executable,
-                   output=None) -> Supervised:
+def run_supervised(
+    target: str,
+    payload: dict,
+    *,
+    stall_timeout: float,
+    attempts: int,
+    env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    output=None,
+) -> Supervised:
     """``target(payload)`` (``module:function``, returning JSON) in a watched child; retried
     after a stall or a silent death; its ConfigError / LauncherError re-raised here.
     ``output``: the child's stdout and stderr (a file; default: the launcher's, the pod log)."""
@@ -228,22 +258,30 @@ def run_supervised(target: str, payload: dict, *, stall_timeout: float, attempts
         env.pop(name, None)
     history: list[Attempt] = []
     for number in range(1, attempts + 1):
-        attempt, final = run_attempt(number, request, stall_timeout=stall_timeout, env=env,
-                                     python=python, output=output)
+        attempt, final = run_attempt(
+            number, request, stall_timeout=stall_timeout, env=env, python=python, output=output
+        )
         history.append(attempt)
-        log.info("data processing attempt %d/%d (pid %d): %s in %.1fs, longest gap without "
-                 "progress %.1fs", number, attempts, attempt.pid, attempt.outcome,
-                 attempt.seconds, attempt.max_gap)
+        log.info(
+            "data processing attempt %d/%d (pid %d): %s in %.1fs, longest gap without progress %.1fs",
+            number,
+            attempts,
+            attempt.pid,
+            attempt.outcome,
+            attempt.seconds,
+            attempt.max_gap,
+        )
         if final is not None and attempt.outcome == "done":  # done and error: a final event
             return Supervised(result=final.get("result"), attempts=history)
         if final is not None and attempt.outcome == "error":
             if final.get("kind") == "config":
-                raise ConfigError(final.get("field") or "trainingArgs.data_path",
-                                  final.get("problem") or "data processing failed")
+                raise ConfigError(
+                    final.get("field") or "trainingArgs.data_path", final.get("problem") or "data processing failed"
+                )
             raise TrainingFailed(final.get("message") or "data processing failed")
-        log.warning("data processing %s; %s", attempt.describe(),
-                    "retrying" if number < attempts else "giving up")
+        log.warning("data processing %s; %s", attempt.describe(), "retrying" if number < attempts else "giving up")
     raise DataProcessingStalled(
         f"data processing did not finish in {attempts} attempts ("
         + "; ".join(a.describe() for a in history)
-        + f"; a stall is {stall_timeout:.0f}s without progress)")
+        + f"; a stall is {stall_timeout:.0f}s without progress)"
+    )

@@ -56,24 +56,34 @@ def _visible(facts: GpuFacts) -> str:
 def gpu_problem(facts: GpuFacts, nproc_per_node: int | str) -> str | None:
     """The one-line reason this pod cannot run nproc_per_node CUDA processes, or None."""
     if facts.torch_cuda is None:
-        return (f"spec.device is cuda but this image's torch {facts.torch_version} has no CUDA "
-                "build: use a CUDA trainer image (spec.pod.image), or spec.device: cpu")
+        return (
+            f"spec.device is cuda but this image's torch {facts.torch_version} has no CUDA "
+            "build: use a CUDA trainer image (spec.pod.image), or spec.device: cpu"
+        )
     if facts.driver_cuda is None:
-        return (f"spec.device is cuda but this pod has no NVIDIA driver ({facts.driver_error}): "
-                f"it got no GPU; check its {GPU_RESOURCE} limit and the node's NVIDIA device "
-                "plugin and container runtime")
+        return (
+            f"spec.device is cuda but this pod has no NVIDIA driver ({facts.driver_error}): "
+            f"it got no GPU; check its {GPU_RESOURCE} limit and the node's NVIDIA device "
+            "plugin and container runtime"
+        )
     major, _ = _torch_cuda_major_minor(facts.torch_cuda)
     if facts.driver_cuda // 1000 < major:
-        return (f"the node's NVIDIA driver supports CUDA {cuda_version_text(facts.driver_cuda)} "
-                f"but this image's torch {facts.torch_version} is built for CUDA "
-                f"{facts.torch_cuda}: update the node's driver to one for CUDA {major}.x, or use "
-                f"an image built for CUDA {facts.driver_cuda // 1000}")
+        return (
+            f"the node's NVIDIA driver supports CUDA {cuda_version_text(facts.driver_cuda)} "
+            f"but this image's torch {facts.torch_version} is built for CUDA "
+            f"{facts.torch_cuda}: update the node's driver to one for CUDA {major}.x, or use "
+            f"an image built for CUDA {facts.driver_cuda // 1000}"
+        )
     if not facts.cuda_available or facts.device_count == 0:
-        return (f"spec.device is cuda but torch sees no GPU in this pod ({_visible(facts)}, "
-                f"driver CUDA {cuda_version_text(facts.driver_cuda)})")
+        return (
+            f"spec.device is cuda but torch sees no GPU in this pod ({_visible(facts)}, "
+            f"driver CUDA {cuda_version_text(facts.driver_cuda)})"
+        )
     if isinstance(nproc_per_node, int) and facts.device_count < nproc_per_node:
-        return (f"spec.nprocPerNode is {nproc_per_node} but this pod sees {facts.device_count} "
-                f"GPU{'s' if facts.device_count != 1 else ''} ({_visible(facts)})")
+        return (
+            f"spec.nprocPerNode is {nproc_per_node} but this pod sees {facts.device_count} "
+            f"GPU{'s' if facts.device_count != 1 else ''} ({_visible(facts)})"
+        )
     return None
 
 
@@ -84,18 +94,25 @@ def driver_note(facts: GpuFacts) -> str | None:
         return None
     major, minor = _torch_cuda_major_minor(facts.torch_cuda)
     if facts.driver_cuda // 1000 == major and facts.driver_cuda % 1000 // 10 < minor:
-        return (f"the node's NVIDIA driver supports CUDA {cuda_version_text(facts.driver_cuda)}, "
-                f"older than torch's CUDA {facts.torch_cuda}: running under CUDA minor version "
-                "compatibility (a kernel shipped only as PTX for the newer toolkit cannot be "
-                "JIT-compiled by this driver)")
+        return (
+            f"the node's NVIDIA driver supports CUDA {cuda_version_text(facts.driver_cuda)}, "
+            f"older than torch's CUDA {facts.torch_cuda}: running under CUDA minor version "
+            "compatibility (a kernel shipped only as PTX for the newer toolkit cannot be "
+            "JIT-compiled by this driver)"
+        )
     return None
 
 
 def describe(facts: GpuFacts) -> str:
-    driver = (f"driver CUDA {cuda_version_text(facts.driver_cuda)}" if facts.driver_cuda is not None
-              else f"no driver ({facts.driver_error})")
-    return (f"torch {facts.torch_version} (CUDA {facts.torch_cuda or 'none'}), {driver}, "
-            f"{facts.device_count} GPU(s) visible ({_visible(facts)})")
+    driver = (
+        f"driver CUDA {cuda_version_text(facts.driver_cuda)}"
+        if facts.driver_cuda is not None
+        else f"no driver ({facts.driver_error})"
+    )
+    return (
+        f"torch {facts.torch_version} (CUDA {facts.torch_cuda or 'none'}), {driver}, "
+        f"{facts.device_count} GPU(s) visible ({_visible(facts)})"
+    )
 
 
 def driver_cuda_version(library: str = LIBCUDA) -> tuple[int | None, str | None]:
@@ -120,10 +137,15 @@ def gpu_facts(env: Mapping[str, str]) -> GpuFacts:
     # Asking torch only when it has CUDA and a driver exists: it initializes the driver.
     usable = torch_cuda is not None and driver is not None
     available = bool(usable and torch.cuda.is_available())
-    return GpuFacts(torch_version=torch.__version__, torch_cuda=torch_cuda, driver_cuda=driver,
-                    driver_error=driver_error, cuda_available=available,
-                    device_count=torch.cuda.device_count() if available else 0,
-                    visible_devices=env.get("CUDA_VISIBLE_DEVICES"))
+    return GpuFacts(
+        torch_version=torch.__version__,
+        torch_cuda=torch_cuda,
+        driver_cuda=driver,
+        driver_error=driver_error,
+        cuda_available=available,
+        device_count=torch.cuda.device_count() if available else 0,
+        visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+    )
 
 
 def check(env: Mapping[str, str], nproc_per_node: int | str, log) -> GpuFacts:

@@ -31,16 +31,12 @@ class LauncherConfig(BaseModel):
     job_name: str | None = Field(default=None, alias=contract.CONFIG_KEY_JOB_NAME)
     namespace: str | None = Field(default=None, alias=contract.CONFIG_KEY_NAMESPACE)
     num_epochs: int | None = Field(default=None, ge=1, alias=contract.CONFIG_KEY_NUM_EPOCHS)
-    full_state_retention: int | None = Field(default=None, ge=1,
-                                             alias=contract.CONFIG_KEY_RETENTION)
-    data_wait_timeout_seconds: float = Field(default=3600, gt=0,
-                                             alias=contract.CONFIG_KEY_DATA_WAIT_TIMEOUT)
-    rendezvous_timeout_seconds: float = Field(default=600, gt=0,
-                                              alias=contract.CONFIG_KEY_RDZV_TIMEOUT)
+    full_state_retention: int | None = Field(default=None, ge=1, alias=contract.CONFIG_KEY_RETENTION)
+    data_wait_timeout_seconds: float = Field(default=3600, gt=0, alias=contract.CONFIG_KEY_DATA_WAIT_TIMEOUT)
+    rendezvous_timeout_seconds: float = Field(default=600, gt=0, alias=contract.CONFIG_KEY_RDZV_TIMEOUT)
     # No progress bar of node 0's data processing moved for this long: kill it and retry (see
     # data_watchdog). Legitimate gaps are seconds (start-up: ~10-60 s on a loaded node).
-    data_stall_timeout_seconds: float = Field(default=300, gt=0,
-                                              alias=contract.CONFIG_KEY_DATA_STALL_TIMEOUT)
+    data_stall_timeout_seconds: float = Field(default=300, gt=0, alias=contract.CONFIG_KEY_DATA_STALL_TIMEOUT)
     data_processing_attempts: int = Field(default=3, ge=1, alias=contract.CONFIG_KEY_DATA_ATTEMPTS)
     # Checkpoint ownership (sft_core.ownership): without a uid nothing is recorded or checked
     # (a config not rendered by the operator: the launcher's own tests).
@@ -58,8 +54,7 @@ class LauncherConfig(BaseModel):
 
 
 def _field_name(prefix: str, loc: tuple) -> str:
-    return ".".join([prefix, *(str(part) for part in loc)] if prefix else
-                    [str(part) for part in loc])
+    return ".".join([prefix, *(str(part) for part in loc)] if prefix else [str(part) for part in loc])
 
 
 def _first_error(error: ValidationError, prefix: str) -> ConfigError:
@@ -88,8 +83,9 @@ def load_config(path: Path) -> LauncherConfig:
     return parse_config(raw)
 
 
-def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu: bool,
-                         usable_cpus: int, flash_attn_installed: bool = True) -> dict:
+def training_args_kwargs(
+    config: LauncherConfig, known_fields: set[str], *, cpu: bool, usable_cpus: int, flash_attn_installed: bool = True
+) -> dict:
     """The kwargs for TrainingArgs: checked against its fields, launcher settings applied.
     flash_attn_installed: whether this image has flash_attn (the CUDA image without a wheelhouse
     has not)."""
@@ -106,13 +102,13 @@ def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu:
         args[key] = True
     if config.num_epochs is not None:
         if args.setdefault("num_epochs", config.num_epochs) != config.num_epochs:
-            raise ConfigError(f"{prefix}.num_epochs",
-                              f"{args['num_epochs']} differs from "
-                              f"{contract.CONFIG_KEY_NUM_EPOCHS}={config.num_epochs}")
+            raise ConfigError(
+                f"{prefix}.num_epochs",
+                f"{args['num_epochs']} differs from {contract.CONFIG_KEY_NUM_EPOCHS}={config.num_epochs}",
+            )
     if "ckpt_output_dir" not in args:
         raise ConfigError(f"{prefix}.ckpt_output_dir", "is required")
-    args.setdefault("data_output_dir",
-                    str(checkpoints.default_data_dir(Path(args["ckpt_output_dir"]))))
+    args.setdefault("data_output_dir", str(checkpoints.default_data_dir(Path(args["ckpt_output_dir"]))))
     # Data is processed once by node 0 before run_training (see data_once).
     args["process_data"] = False
     if "data_process_num_cpu_procs" in known_fields:
@@ -122,16 +118,19 @@ def training_args_kwargs(config: LauncherConfig, known_fields: set[str], *, cpu:
 
         for key, default in cpu_mode.UNSUPPORTED_ARGS.items():
             if args.get(key, default) != default:
-                raise ConfigError(f"{prefix}.{key}", f"not supported in CPU mode "
-                                  f"({contract.ENV_DEVICE}=cpu); leave it at {default}")
+                raise ConfigError(
+                    f"{prefix}.{key}", f"not supported in CPU mode ({contract.ENV_DEVICE}=cpu); leave it at {default}"
+                )
         args.update(cpu_mode.training_args_overrides())
     elif not flash_attn_installed:
         # instructlab-training's default (flash attention on any Ampere or newer GPU) would stop
         # at `import flash_attn`; without it, attention is torch's SDPA on padded batches.
         if args.get("disable_flash_attn") is False:
-            raise ConfigError(f"{prefix}.disable_flash_attn",
-                              "is false but this image has no flash_attn (the trainer image's "
-                              "CUDA flavour installs it only from a wheelhouse): leave it out")
+            raise ConfigError(
+                f"{prefix}.disable_flash_attn",
+                "is false but this image has no flash_attn (the trainer image's "
+                "CUDA flavour installs it only from a wheelhouse): leave it out",
+            )
         args["disable_flash_attn"] = True
     return args
 
@@ -141,12 +140,18 @@ def build_training_args(config: LauncherConfig, *, cpu: bool):
     from instructlab.training import TrainingArgs
 
     flash_attn_installed = cpu or importlib.util.find_spec("flash_attn") is not None
-    kwargs = training_args_kwargs(config, set(TrainingArgs.model_fields), cpu=cpu,
-                                  usable_cpus=cpus.usable_cpus(),
-                                  flash_attn_installed=flash_attn_installed)
+    kwargs = training_args_kwargs(
+        config,
+        set(TrainingArgs.model_fields),
+        cpu=cpu,
+        usable_cpus=cpus.usable_cpus(),
+        flash_attn_installed=flash_attn_installed,
+    )
     if not flash_attn_installed:
-        log.info("flash_attn is not installed in this image: training with disable_flash_attn "
-                 "(SDPA attention, padded batches)")
+        log.info(
+            "flash_attn is not installed in this image: training with disable_flash_attn "
+            "(SDPA attention, padded batches)"
+        )
     try:
         return TrainingArgs(**kwargs)
     except ValidationError as error:

@@ -60,8 +60,7 @@ def note_exit(message: str) -> None:
 
 def finished_note(marker: checkpoints.CompletionMarker) -> str:
     text = f"finished: {marker.num_epochs} epochs, {marker.samples_seen} samples"
-    return f"{text}, final checkpoint {marker.final_checkpoint}" if marker.final_checkpoint \
-        else text
+    return f"{text}, final checkpoint {marker.final_checkpoint}" if marker.final_checkpoint else text
 
 
 _handler_pid = 0  # the launcher's pid, set where _raise_preempted is installed
@@ -76,8 +75,7 @@ def _raise_preempted(signum: int, _frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    raise Preempted(f"received {signal.Signals(signum).name} before training ran; nothing to "
-                    "save, a restart resumes")
+    raise Preempted(f"received {signal.Signals(signum).name} before training ran; nothing to save, a restart resumes")
 
 
 def idle(reason: str) -> int:
@@ -164,8 +162,7 @@ def run(env: Mapping[str, str]) -> int:
         raise ConfigError(contract.ENV_DEVICE, f"must be one of {DEVICES}, got {device!r}")
     cpu = device == "cpu"
     topology = topology_from_env(env)
-    config = launch_config.load_config(Path(env.get(contract.ENV_CONFIG_PATH)
-                                            or contract.CONFIG_PATH))
+    config = launch_config.load_config(Path(env.get(contract.ENV_CONFIG_PATH) or contract.CONFIG_PATH))
     if config.sources or (config.export or {}).get("restore"):
         # Before anything reads the model, the data or the checkpoint directory: the transfer
         # sidecar fetches them (pod 0) and restores an exported full state (transfer_wait).
@@ -185,8 +182,14 @@ def run(env: Mapping[str, str]) -> int:
         training_args = launch_config.build_training_args(config, cpu=cpu)
     root = Path(training_args.ckpt_output_dir)
     num_epochs = training_args.num_epochs
-    log.info("node %d of %d (%s), %s mode, checkpoints in %s", topology.node_rank,
-             topology.nnodes, env.get(contract.ENV_POD_NAME), device, root)
+    log.info(
+        "node %d of %d (%s), %s mode, checkpoints in %s",
+        topology.node_rank,
+        topology.nnodes,
+        env.get(contract.ENV_POD_NAME),
+        device,
+        root,
+    )
 
     # Before anything is read from the directory or written to it: another job's run there is
     # neither reported as ours nor resumed from (exit 2 names the directory and that job).
@@ -211,16 +214,21 @@ def run(env: Mapping[str, str]) -> int:
     ensure_torchrun_on_path(os.environ)
     torchrun_env(topology, config.rendezvous_timeout_seconds, os.environ)
     # mini-trainer saves full states only on a signal.
-    epoch_full_states = not osft and (training_args.checkpoint_at_epoch
-                                      and training_args.accelerate_full_state_at_epoch)
+    epoch_full_states = not osft and (
+        training_args.checkpoint_at_epoch and training_args.accelerate_full_state_at_epoch
+    )
 
     _handler_pid = os.getpid()
     for sig in TERMINATION_SIGNALS:
         signal.signal(sig, _raise_preempted)
-    data_once.prepare_data(root, training_args, topology.node_rank,
-                           timeout=config.data_wait_timeout_seconds,
-                           stall_timeout=config.data_stall_timeout_seconds,
-                           attempts=config.data_processing_attempts)
+    data_once.prepare_data(
+        root,
+        training_args,
+        topology.node_rank,
+        timeout=config.data_wait_timeout_seconds,
+        stall_timeout=config.data_stall_timeout_seconds,
+        attempts=config.data_processing_attempts,
+    )
     is_node0 = topology.node_rank == 0
     if is_node0:
         tree = checkpoints.scan_checkpoints(root)
@@ -229,23 +237,34 @@ def run(env: Mapping[str, str]) -> int:
             return idle("the last epoch's full state exists: training already finished")
         if osft and osft_launch.finished_before(tree, root, num_epochs):
             note_exit(finished_note(write_completion(root, num_epochs)))
-            return idle("the metrics log ends at the last step and its model is saved: training "
-                        "already finished")
+            return idle("the metrics log ends at the last step and its model is saved: training already finished")
         # Before the run record: a clear reason instead of torchrun's EADDRINUSE traceback.
         check_port_free(topology.rdzv_port)
         prune(root, config.full_state_retention, may_delete)
         record = resume.prepare_resume(root, now=_now)
-        log.info("run starts at epoch %d, %d steps in, %d samples seen (from %s)",
-                 record.start_epoch, record.steps_into_epoch, record.start_samples_seen,
-                 record.resumed_from or "scratch")
+        log.info(
+            "run starts at epoch %d, %d steps in, %d samples seen (from %s)",
+            record.start_epoch,
+            record.steps_into_epoch,
+            record.start_samples_seen,
+            record.resumed_from or "scratch",
+        )
     else:
         # Node 0 opens the endpoint only after its data and resume preparation.
-        wait_reachable(topology.rdzv_host, topology.rdzv_port,
-                       timeout=config.rendezvous_timeout_seconds, env_name=topology.endpoint_env)
+        wait_reachable(
+            topology.rdzv_host,
+            topology.rdzv_port,
+            timeout=config.rendezvous_timeout_seconds,
+            env_name=topology.endpoint_env,
+        )
         # ... and it is this job's rendezvous, not another job's on the same port and network.
-        verify_rendezvous_id(topology.rdzv_host, topology.rdzv_port, topology.rdzv_id,
-                             timeout=config.rendezvous_timeout_seconds,
-                             env_name=topology.endpoint_env)
+        verify_rendezvous_id(
+            topology.rdzv_host,
+            topology.rdzv_port,
+            topology.rdzv_id,
+            timeout=config.rendezvous_timeout_seconds,
+            env_name=topology.endpoint_env,
+        )
     before = checkpoints.scan_checkpoints(root).latest_full_state
 
     cpu_context: AbstractContextManager[None]
@@ -267,12 +286,14 @@ def run(env: Mapping[str, str]) -> int:
 
         def train() -> None:
             run_training(TorchrunArgs(**topology.torchrun_kwargs()), training_args)
-    announcing = (announce_rendezvous_id(topology.rdzv_port, topology.rdzv_id) if is_node0
-                  else nullcontext())
+
+    announcing = announce_rendezvous_id(topology.rdzv_port, topology.rdzv_id) if is_node0 else nullcontext()
     # run_training installs its own handlers (on-demand checkpointing) and restores ours after.
-    with cpu_context, retention_thread(root, config.full_state_retention if is_node0 else None,
-                                         may_delete), \
-            announcing as announcer:
+    with (
+        cpu_context,
+        retention_thread(root, config.full_state_retention if is_node0 else None, may_delete),
+        announcing as announcer,
+    ):
         try:
             train()
         except (RuntimeError, OSError, ValueError, ImportError) as error:
@@ -288,14 +309,17 @@ def run(env: Mapping[str, str]) -> int:
         latest = tree.latest_full_state
         if latest is None or latest.metadata is None:  # never: decide_outcome found this state
             raise TrainingFailed("preempted, yet no complete full state")
-        note_exit(f"preempted: saved {latest.path} (epoch "
-                  f"{latest.metadata.current_epoch + 1} of {num_epochs}, "
-                  f"{latest.metadata.samples_seen} samples seen); a restart resumes")
+        note_exit(
+            f"preempted: saved {latest.path} (epoch "
+            f"{latest.metadata.current_epoch + 1} of {num_epochs}, "
+            f"{latest.metadata.samples_seen} samples seen); a restart resumes"
+        )
         log.info("%s", _exit_note)
         return contract.EXIT_PREEMPTED
     if result is outcome.Outcome.UNFINISHED:
-        raise TrainingFailed("run_training returned but the last epoch's full state is missing "
-                             "and no on-demand checkpoint was saved")
+        raise TrainingFailed(
+            "run_training returned but the last epoch's full state is missing and no on-demand checkpoint was saved"
+        )
     if osft:
         osft_launch.check_finished(root, topology.node_rank, num_epochs)
     if is_node0:
@@ -340,8 +364,9 @@ def dump_stacks_on_sigquit() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     del argv  # configured by env and the config file only
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s sft-trainer %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s sft-trainer %(levelname)s %(message)s"
+    )
     dump_stacks_on_sigquit()
     # One line for every exit (the pod's terminated.message); a crash that cannot get here
     # (SIGKILL, OOM) leaves the file empty and the kubelet falls back to the log tail.

@@ -31,8 +31,10 @@ CPU_ENV = {
 def _require(owner: object, name: str) -> Any:
     # An upstream rename must fail loudly here, not turn into a silent CUDA call later.
     if not hasattr(owner, name):
-        raise RuntimeError(f"OSFT CPU mode: mini-trainer changed, {owner!r} has no attribute "
-                           f"{name!r}; update sft_trainer/osft_cpu_mode.py")
+        raise RuntimeError(
+            f"OSFT CPU mode: mini-trainer changed, {owner!r} has no attribute "
+            f"{name!r}; update sft_trainer/osft_cpu_mode.py"
+        )
     return getattr(owner, name)
 
 
@@ -51,8 +53,7 @@ class _CpuDevices(types.ModuleType):
         spec = str(type_or_spec)
         if spec == "cuda" or spec.startswith("cuda:"):
             return self._torch.device("cpu")
-        return self._torch.device(type_or_spec) if index is None else \
-            self._torch.device(type_or_spec, index)
+        return self._torch.device(type_or_spec) if index is None else self._torch.device(type_or_spec, index)
 
 
 def apply_worker_side(train_module: types.ModuleType) -> None:

@@ -95,26 +95,28 @@ def parse_args(raw: dict[str, Any], *, cpu: bool) -> OsftArgs:
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join([prefix, *(str(part) for part in first["loc"])])
-        message = "unknown OSFT (training_hub osft()) parameter" if first["type"] == "extra_forbidden" \
-            else first["msg"]
+        message = "unknown OSFT (training_hub osft()) parameter" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigError(field, message) from None
     if args.max_tokens_per_gpu < args.max_seq_len:
-        raise ConfigError(f"{prefix}.max_tokens_per_gpu", f"{args.max_tokens_per_gpu} is below max_seq_len "
-                          f"{args.max_seq_len}: one full sequence must fit on a GPU")
+        raise ConfigError(
+            f"{prefix}.max_tokens_per_gpu",
+            f"{args.max_tokens_per_gpu} is below max_seq_len {args.max_seq_len}: one full sequence must fit on a GPU",
+        )
     if cpu and args.use_liger:
-        raise ConfigError(f"{prefix}.use_liger", f"Liger kernels need CUDA: not in CPU mode "
-                          f"({contract.ENV_DEVICE}=cpu)")
+        raise ConfigError(
+            f"{prefix}.use_liger", f"Liger kernels need CUDA: not in CPU mode ({contract.ENV_DEVICE}=cpu)"
+        )
     return args
 
 
 def trainer_kwargs(args: OsftArgs, data_file: Path) -> dict[str, Any]:
     """mini-trainer TrainingArgs kwargs, as training_hub's backend builds them, with what the
     launcher owns: the processed data, epoch mode, OSFT on, on-demand checkpointing on."""
-    values = {name: value for name, value in args.model_dump().items()
-              if value is not None and name not in DATA_ONLY}
+    values = {name: value for name, value in args.model_dump().items() if value is not None and name not in DATA_ONLY}
     kwargs = {RENAMES.get(name, name): value for name, value in values.items()}
-    kwargs.update({"data_path": str(data_file), "osft": True, "training_mode": "epoch",
-                   "on_demand_checkpointing": True})
+    kwargs.update(
+        {"data_path": str(data_file), "osft": True, "training_mode": "epoch", "on_demand_checkpointing": True}
+    )
     return kwargs
 
 
@@ -123,19 +125,26 @@ def build(raw: dict[str, Any], *, cpu: bool, num_epochs: int | None) -> OsftPlan
     prefix = contract.CONFIG_KEY_TRAINING_ARGS
     args = parse_args(raw, cpu=cpu)
     if num_epochs is not None and args.num_epochs != num_epochs:
-        raise ConfigError(f"{prefix}.num_epochs", f"{args.num_epochs} differs from "
-                          f"{contract.CONFIG_KEY_NUM_EPOCHS}={num_epochs}")
+        raise ConfigError(
+            f"{prefix}.num_epochs", f"{args.num_epochs} differs from {contract.CONFIG_KEY_NUM_EPOCHS}={num_epochs}"
+        )
     data_dir = args.data_output_dir or str(checkpoints.default_data_dir(Path(args.ckpt_output_dir)))
     from instructlab.training import TrainingArgs
 
     try:
         data_args = TrainingArgs(
-            model_path=args.model_path, data_path=args.data_path, ckpt_output_dir=args.ckpt_output_dir,
-            data_output_dir=data_dir, max_seq_len=args.max_seq_len, max_batch_len=args.max_tokens_per_gpu,
-            effective_batch_size=args.effective_batch_size, learning_rate=args.learning_rate,
-            num_epochs=args.num_epochs, process_data=False,
-            data_process_num_cpu_procs=args.data_process_num_cpu_procs
-            or cpus.data_process_procs(cpus.usable_cpus()))
+            model_path=args.model_path,
+            data_path=args.data_path,
+            ckpt_output_dir=args.ckpt_output_dir,
+            data_output_dir=data_dir,
+            max_seq_len=args.max_seq_len,
+            max_batch_len=args.max_tokens_per_gpu,
+            effective_batch_size=args.effective_batch_size,
+            learning_rate=args.learning_rate,
+            num_epochs=args.num_epochs,
+            process_data=False,
+            data_process_num_cpu_procs=args.data_process_num_cpu_procs or cpus.data_process_procs(cpus.usable_cpus()),
+        )
     except ValidationError as error:
         first = error.errors()[0]
         raise ConfigError(".".join([prefix, *(str(p) for p in first["loc"])]), first["msg"]) from None
@@ -232,8 +241,10 @@ def check_finished(root: Path, node_rank: int, num_epochs: int) -> None:
         raise TrainingFailed(f"mini-trainer exited 0 but {log_file} has no step: training did not run")
     expected = last.num_epoch_steps * num_epochs
     if last.step != expected:
-        raise TrainingFailed(f"mini-trainer exited 0 after step {last.step} of {expected} (epoch "
-                             f"{last.epoch + 1} of {num_epochs}) without saving a full state")
+        raise TrainingFailed(
+            f"mini-trainer exited 0 after step {last.step} of {expected} (epoch "
+            f"{last.epoch + 1} of {num_epochs}) without saving a full state"
+        )
 
 
 def finished_before(tree: checkpoints.CheckpointTree, root: Path, num_epochs: int) -> bool:

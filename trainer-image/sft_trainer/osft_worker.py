@@ -32,9 +32,11 @@ def first_epoch_skip(step: int, epoch: int, steps_per_epoch: int) -> int:
     """Batches of ``epoch`` a state saved after ``step`` optimizer steps already trained."""
     done = step - epoch * steps_per_epoch
     if steps_per_epoch < 1 or not 0 <= done <= steps_per_epoch:
-        raise ResumeError(f"full state at step {step} does not fall in epoch {epoch + 1} of "
-                          f"{steps_per_epoch} steps each (trained with other data or batch "
-                          "settings?); cannot resume it exactly")
+        raise ResumeError(
+            f"full state at step {step} does not fall in epoch {epoch + 1} of "
+            f"{steps_per_epoch} steps each (trained with other data or batch "
+            "settings?); cannot resume it exactly"
+        )
     return done
 
 
@@ -93,9 +95,12 @@ def exact_resume(train_fn, load_metadata, rng=None):
             meta = load_metadata(checkpoint)
             step, epoch = int(meta["step"]), int(meta["epoch"])
             done = first_epoch_skip(step, epoch, len(loader))
-            print(f"sft-trainer: exact resume from {checkpoint}: epoch {epoch + 1}, {done} of "
-                  f"{len(loader)} batches already trained (upstream alone would skip {step} "
-                  "in every epoch)", flush=True)
+            print(
+                f"sft-trainer: exact resume from {checkpoint}: epoch {epoch + 1}, {done} of "
+                f"{len(loader)} batches already trained (upstream alone would skip {step} "
+                "in every epoch)",
+                flush=True,
+            )
             kwargs["data_loader"] = ResumeAlignedLoader(loader, target=step, done=done, rng=rng)
         return train_fn(*args, **kwargs)
 
@@ -111,6 +116,5 @@ def main() -> None:
         from . import osft_cpu_mode
 
         osft_cpu_mode.apply_worker_side(train_module)
-    train_module.train = exact_resume(train_module.train, FullStateCheckpointer.load_metadata,
-                                      rng=torch)
+    train_module.train = exact_resume(train_module.train, FullStateCheckpointer.load_metadata, rng=torch)
     train_module.app()

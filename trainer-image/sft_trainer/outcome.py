@@ -21,12 +21,17 @@ class Outcome(str, Enum):
 def already_finished(tree: CheckpointTree, num_epochs: int) -> bool:
     """The epoch-end full state of the last epoch exists (only knowable with epoch full states)."""
     latest = tree.latest_full_state
-    return (latest is not None and latest.stable and latest.metadata is not None
-            and latest.metadata.current_epoch >= num_epochs - 1)
+    return (
+        latest is not None
+        and latest.stable
+        and latest.metadata is not None
+        and latest.metadata.current_epoch >= num_epochs - 1
+    )
 
 
-def decide_outcome(before: FullState | None, after: CheckpointTree, num_epochs: int,
-                   epoch_full_states: bool) -> Outcome:
+def decide_outcome(
+    before: FullState | None, after: CheckpointTree, num_epochs: int, epoch_full_states: bool
+) -> Outcome:
     """``before``: the latest complete full state when the run started; ``epoch_full_states``:
     whether full states are saved at each epoch end (checkpoint_at_epoch and
     accelerate_full_state_at_epoch), which makes "finished" checkable."""
@@ -44,7 +49,13 @@ def completion_marker(tree: CheckpointTree, num_epochs: int, now: datetime) -> C
     latest = tree.latest_full_state
     # The furthest either got: a full state saved mid-run (OSFT keeps its on-demand saves, and
     # so does SFT without epoch full states) is behind the final checkpoint.
-    samples = max(latest.metadata.samples_seen if latest is not None and latest.metadata is not None else 0,
-                  final.samples if final is not None and final.samples is not None else 0)
-    return CompletionMarker(finished_at=now, num_epochs=num_epochs, samples_seen=samples,
-                            final_checkpoint=f"{HF_FORMAT_DIR}/{final.name}" if final else None)
+    samples = max(
+        latest.metadata.samples_seen if latest is not None and latest.metadata is not None else 0,
+        final.samples if final is not None and final.samples is not None else 0,
+    )
+    return CompletionMarker(
+        finished_at=now,
+        num_epochs=num_epochs,
+        samples_seen=samples,
+        final_checkpoint=f"{HF_FORMAT_DIR}/{final.name}" if final else None,
+    )

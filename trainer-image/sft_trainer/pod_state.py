@@ -33,8 +33,7 @@ def write_marker(path: Path, pid: int) -> None:
     try:
         path.write_text(f"{pid}\n")
     except OSError as error:
-        log.warning("cannot write %s (the reporter waits for its grace period instead): %s",
-                    path, error)
+        log.warning("cannot write %s (the reporter waits for its grace period instead): %s", path, error)
 
 
 def trainer_started(env: Mapping[str, str]) -> Path | None:

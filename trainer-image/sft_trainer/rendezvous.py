@@ -40,9 +40,15 @@ class RendezvousConflict(LauncherError):
     exit_code = contract.EXIT_RENDEZVOUS_CONFLICT
 
 
-def wait_reachable(host: str, port: int, *, timeout: float, env_name: str,
-                   sleep: Callable[[float], None] = time.sleep,
-                   monotonic: Callable[[], float] = time.monotonic) -> None:
+def wait_reachable(
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    env_name: str,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
     deadline = monotonic() + timeout
     last_error = "no attempt"
     while True:
@@ -54,7 +60,8 @@ def wait_reachable(host: str, port: int, *, timeout: float, env_name: str,
         if monotonic() >= deadline:
             raise PeerUnavailable(
                 f"{env_name}: rendezvous endpoint {host}:{port} unreachable for {timeout:.0f}s "
-                f"(last error: {last_error}); is node 0 running?")
+                f"(last error: {last_error}); is node 0 running?"
+            )
         sleep(1.0)
 
 
@@ -71,7 +78,8 @@ def check_port_free(port: int) -> None:
         raise RendezvousConflict(
             f"{RDZV_PORT_FIELD}: rendezvous port {port} cannot be bound on this pod ({reason}): "
             "another process listens on it, e.g. another job's rendezvous on a shared host "
-            f"network; give one of the jobs a different {RDZV_PORT_FIELD}") from None
+            f"network; give one of the jobs a different {RDZV_PORT_FIELD}"
+        ) from None
     finally:
         sock.close()
 
@@ -80,8 +88,9 @@ def tcp_store_client(host: str, port: int, timeout_s: float) -> Any:
     """A client of torchrun's TCPStore that does not count as one of its workers."""
     from torch.distributed import TCPStore
 
-    return TCPStore(host, port, world_size=None, is_master=False,
-                    timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    return TCPStore(
+        host, port, world_size=None, is_master=False, timeout=timedelta(seconds=timeout_s), wait_for_workers=False
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -89,15 +98,24 @@ def _text(value: bytes | str) -> str:
 
 
 def conflict_message(host: str, port: int, owner: str, ours: str) -> str:
-    return (f"{RDZV_PORT_FIELD}: the rendezvous at {host}:{port} belongs to another job "
-            f"(rdzv id {owner}, ours {ours}): two jobs with the same {RDZV_PORT_FIELD} on one "
-            f"network; give one of them a different {RDZV_PORT_FIELD}")
+    return (
+        f"{RDZV_PORT_FIELD}: the rendezvous at {host}:{port} belongs to another job "
+        f"(rdzv id {owner}, ours {ours}): two jobs with the same {RDZV_PORT_FIELD} on one "
+        f"network; give one of them a different {RDZV_PORT_FIELD}"
+    )
 
 
-def verify_rendezvous_id(host: str, port: int, rdzv_id: str, *, timeout: float, env_name: str,
-                         connect: Callable[[str, int, float], Any] = tcp_store_client,
-                         sleep: Callable[[float], None] = time.sleep,
-                         monotonic: Callable[[], float] = time.monotonic) -> None:
+def verify_rendezvous_id(
+    host: str,
+    port: int,
+    rdzv_id: str,
+    *,
+    timeout: float,
+    env_name: str,
+    connect: Callable[[str, int, float], Any] = tcp_store_client,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
     """Nodes > 0, after ``wait_reachable``: the store at the endpoint carries our rendezvous id.
 
     Polls in short steps (not one long blocking wait), so a SIGTERM meanwhile is handled at once.
@@ -117,12 +135,14 @@ def verify_rendezvous_id(host: str, port: int, rdzv_id: str, *, timeout: float, 
         detail = " ".join(str(error).split())[:200]
         raise PeerUnavailable(
             f"{env_name}: the rendezvous endpoint {host}:{port} accepts connections but does not "
-            f"answer as torchrun's store ({detail}); is the endpoint node 0's?") from None
+            f"answer as torchrun's store ({detail}); is the endpoint node 0's?"
+        ) from None
     if owner is None:
         raise PeerUnavailable(
             f"{env_name}: the rendezvous at {host}:{port} named no job within {timeout:.0f}s "
             f"(node 0's launcher sets {RDZV_ID_KEY} once its torchrun is up); is the endpoint "
-            "node 0's?")
+            "node 0's?"
+        )
     if owner != rdzv_id:
         raise RendezvousConflict(conflict_message(host, port, owner, rdzv_id))
     log.info("the rendezvous at %s:%d is this job's (rdzv id %s)", host, port, rdzv_id)
@@ -132,9 +152,15 @@ class Announcer:
     """Node 0, while torchrun runs: set RDZV_ID_KEY in the store on the rendezvous port to our
     rendezvous id unless it is already set; remember a foreign id found there."""
 
-    def __init__(self, port: int, rdzv_id: str, *, host: str = "127.0.0.1",
-                 connect: Callable[[str, int, float], Any] = tcp_store_client,
-                 attempt_timeout_s: float = ANNOUNCE_ATTEMPT_TIMEOUT_S):
+    def __init__(
+        self,
+        port: int,
+        rdzv_id: str,
+        *,
+        host: str = "127.0.0.1",
+        connect: Callable[[str, int, float], Any] = tcp_store_client,
+        attempt_timeout_s: float = ANNOUNCE_ATTEMPT_TIMEOUT_S,
+    ):
         self.host, self.port, self.rdzv_id = host, port, rdzv_id
         self.connect = connect
         self.attempt_timeout_s = attempt_timeout_s
@@ -171,15 +197,15 @@ class Announcer:
         return RendezvousConflict(
             f"{RDZV_PORT_FIELD}: rendezvous port {self.port} on this pod is another job's "
             f"rendezvous (rdzv id {self.foreign_id}, ours {self.rdzv_id}): two jobs with the same "
-            f"{RDZV_PORT_FIELD} on one network; give one of them a different {RDZV_PORT_FIELD}")
+            f"{RDZV_PORT_FIELD} on one network; give one of them a different {RDZV_PORT_FIELD}"
+        )
 
 
 @contextmanager
 def announce_rendezvous_id(port: int, rdzv_id: str, **kwargs: Any) -> Iterator[Announcer]:
     announcer = Announcer(port, rdzv_id, **kwargs)
     stop = threading.Event()
-    thread = threading.Thread(target=announcer.run, args=(stop,), name="rdzv-id-announcer",
-                              daemon=True)
+    thread = threading.Thread(target=announcer.run, args=(stop,), name="rdzv-id-announcer", daemon=True)
     thread.start()
     try:
         yield announcer

@@ -44,7 +44,7 @@ def one_line(text: str, limit: int = MAX_BYTES) -> str:
     data = text.encode()
     if len(data) <= limit:
         return text
-    return data[:limit - 3].decode(errors="ignore").rstrip() + "..."
+    return data[: limit - 3].decode(errors="ignore").rstrip() + "..."
 
 
 def write(message: str, path: Path) -> str:
@@ -58,6 +58,7 @@ def write(message: str, path: Path) -> str:
 
 
 # --- Describing what happened ----------------------------------------------------------------
+
 
 def where(error: BaseException) -> str:
     """``file.py:line`` of the innermost frame of an exception's traceback."""
@@ -81,7 +82,8 @@ def describe_crash(error: BaseException) -> str:
 # A Python exception line as a traceback ends: "torch.OutOfMemoryError: CUDA out of memory..."
 _EXCEPTION_LINE = re.compile(
     r"^(?:\[rank\d+\]:\s*)?(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)"
-    r"\w*)(?::\s*(?P<text>.*))?$")
+    r"\w*)(?::\s*(?P<text>.*))?$"
+)
 _FRAME_LINE = re.compile(r'^\s*(?:\[rank\d+\]:\s*)?File "(?P<file>[^"]+)", line (?P<line>\d+)')
 _ROOT_CAUSE = re.compile(r"exitcode\s*:\s*(?P<code>-?\d+)")
 _ROOT_RANK = re.compile(r"\brank\s*:\s*(?P<rank>\d+)")

@@ -30,8 +30,12 @@ class Topology(BaseModel):
 
     def torchrun_kwargs(self) -> dict:
         """TorchrunArgs kwargs; exactly one of rdzv_endpoint or master_addr/port (its rule)."""
-        common = {"nnodes": self.nnodes, "nproc_per_node": self.nproc_per_node,
-                  "node_rank": self.node_rank, "rdzv_id": self.rdzv_id}
+        common = {
+            "nnodes": self.nnodes,
+            "nproc_per_node": self.nproc_per_node,
+            "node_rank": self.node_rank,
+            "rdzv_id": self.rdzv_id,
+        }
         if self.via_rdzv_endpoint:
             return {**common, "rdzv_endpoint": f"{self.rdzv_host}:{self.rdzv_port}"}
         return {**common, "master_addr": self.rdzv_host, "master_port": self.rdzv_port}
@@ -60,8 +64,7 @@ def _split_endpoint(name: str, endpoint: str) -> tuple[str, int]:
 def topology_from_env(env: Mapping[str, str]) -> Topology:
     nnodes = _positive_int(env, contract.ENV_NNODES)
     raw_nproc = env.get(contract.ENV_NPROC_PER_NODE, "")
-    nproc: int | Literal["gpu"] = (
-        "gpu" if raw_nproc == "gpu" else _positive_int(env, contract.ENV_NPROC_PER_NODE))
+    nproc: int | Literal["gpu"] = "gpu" if raw_nproc == "gpu" else _positive_int(env, contract.ENV_NPROC_PER_NODE)
     pod_name = env.get(contract.ENV_POD_NAME, "")
     if not pod_name:
         raise ConfigError(contract.ENV_POD_NAME, "is not set (the pod's metadata.name)")
@@ -70,8 +73,7 @@ def topology_from_env(env: Mapping[str, str]) -> Topology:
     except ValueError as error:
         raise ConfigError(contract.ENV_POD_NAME, str(error)) from None
     if node_rank >= nnodes:
-        raise ConfigError(contract.ENV_POD_NAME,
-                          f"ordinal {node_rank} is not below {contract.ENV_NNODES}={nnodes}")
+        raise ConfigError(contract.ENV_POD_NAME, f"ordinal {node_rank} is not below {contract.ENV_NNODES}={nnodes}")
     rdzv_id = env.get(contract.ENV_RDZV_ID, "")
     if not rdzv_id:
         raise ConfigError(contract.ENV_RDZV_ID, "is not set")
@@ -82,9 +84,15 @@ def topology_from_env(env: Mapping[str, str]) -> Topology:
     else:
         host = env.get(contract.ENV_MASTER_ADDR, "")
         if not host:
-            raise ConfigError(contract.ENV_RDZV_ENDPOINT,
-                              f"neither it nor {contract.ENV_MASTER_ADDR} is set")
+            raise ConfigError(contract.ENV_RDZV_ENDPOINT, f"neither it nor {contract.ENV_MASTER_ADDR} is set")
         port = _positive_int(env, contract.ENV_MASTER_PORT)
         via_endpoint = False
-    return Topology(nnodes=nnodes, nproc_per_node=nproc, node_rank=node_rank, rdzv_id=rdzv_id,
-                    rdzv_host=host, rdzv_port=port, via_rdzv_endpoint=via_endpoint)
+    return Topology(
+        nnodes=nnodes,
+        nproc_per_node=nproc,
+        node_rank=node_rank,
+        rdzv_id=rdzv_id,
+        rdzv_host=host,
+        rdzv_port=port,
+        via_rdzv_endpoint=via_endpoint,
+    )

@@ -46,18 +46,29 @@ def manifest_matches(path: Path, uri: str) -> bool:
 def pending(config: transfer_config.TransferConfig, state) -> list[str]:
     """What is still missing (URIs; "restore" for the restore), given the sidecar's report."""
     done = {d.source for d in (state.downloads if state else []) if d.state == DownloadState.DONE}
-    missing = [entry.uri for entry in config.sources
-               if entry.uri not in done or not manifest_matches(
-                   config.source_cache_root / entry.cache_key / sources.SOURCE_MANIFEST_FILE, entry.uri)]
-    if config.export is not None and config.export.restore and \
-            not (config.ckpt_dir / sources.RESTORE_DONE_FILE).exists():
+    missing = [
+        entry.uri
+        for entry in config.sources
+        if entry.uri not in done
+        or not manifest_matches(config.source_cache_root / entry.cache_key / sources.SOURCE_MANIFEST_FILE, entry.uri)
+    ]
+    if (
+        config.export is not None
+        and config.export.restore
+        and not (config.ckpt_dir / sources.RESTORE_DONE_FILE).exists()
+    ):
         missing.append("restore")
     return missing
 
 
-def wait_for_transfers(raw_config: dict, *, stall_timeout: float = STALL_TIMEOUT_SECONDS,
-                       poll: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic,
-                       sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_transfers(
+    raw_config: dict,
+    *,
+    stall_timeout: float = STALL_TIMEOUT_SECONDS,
+    poll: float = POLL_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     try:
         config = transfer_config.parse(raw_config)
     except transfer_config.ConfigProblem as problem:
@@ -85,7 +96,8 @@ def wait_for_transfers(raw_config: dict, *, stall_timeout: float = STALL_TIMEOUT
             raise PeerUnavailable(
                 f"{', '.join(missing)}: the transfer sidecar (container transfer of pod 0) has not reported "
                 f"for {stall_timeout:g}s; no complete download under {config.cache_root} "
-                f"({sources.TRANSFER_STATE_FILE} under {config.ckpt_dir})")
+                f"({sources.TRANSFER_STATE_FILE} under {config.ckpt_dir})"
+            )
         if not said:
             log.info("waiting for the transfer sidecar: %s", ", ".join(missing))
             said = True

@@ -17,8 +17,13 @@ class ProgressDisplay:
     (one per change, so logs stay readable).
     """
 
-    def __init__(self, stream: TextIO | None = None, rich_output: bool | None = None, enabled: bool = True,
-                 width: int | None = None):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        rich_output: bool | None = None,
+        enabled: bool = True,
+        width: int | None = None,
+    ):
         self.stream = stream if stream is not None else sys.stderr
         self.width = width  # None: the terminal's
         self.enabled = enabled
@@ -106,8 +111,14 @@ class ByteProgress:
 
     Context manager; call ``advance(n)`` per block."""
 
-    def __init__(self, description: str, total: int | None, stream: TextIO | None = None,
-                 rich_output: bool | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        stream: TextIO | None = None,
+        rich_output: bool | None = None,
+        enabled: bool = True,
+    ):
         self.description = description
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
@@ -137,8 +148,13 @@ class ByteProgress:
             )
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), DownloadColumn(binary_units=True),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=24),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
             )
             self._progress.__enter__()
             self._task = self._progress.add_task(self.description, total=self.total)
@@ -160,5 +176,9 @@ class ByteProgress:
             self._progress = None
         elif self.enabled and exc_type is None:
             seconds = max(time.monotonic() - self._started, 1e-6)
-            print(f"{self.description}: {format_bytes(self.done)} in {seconds:.1f}s "
-                  f"({format_bytes(self.done / seconds)}/s)", file=self.stream, flush=True)
+            print(
+                f"{self.description}: {format_bytes(self.done)} in {seconds:.1f}s "
+                f"({format_bytes(self.done / seconds)}/s)",
+                file=self.stream,
+                flush=True,
+            )

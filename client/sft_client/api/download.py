@@ -31,9 +31,16 @@ def choose_checkpoint(view: JobView, name: str | None) -> Checkpoint:
     raise LookupError(f"SFTJob {view.namespace}/{view.name} has no complete checkpoint {name!r} (it has: {listed})")
 
 
-def download_checkpoint(api_client: Any, job: dict[str, Any], to: str | os.PathLike[str], name: str | None = None, *,
-                        show_progress: bool = True, stream: TextIO | None = None,
-                        start_timeout_s: float | None = None) -> Path:
+def download_checkpoint(
+    api_client: Any,
+    job: dict[str, Any],
+    to: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    show_progress: bool = True,
+    stream: TextIO | None = None,
+    start_timeout_s: float | None = None,
+) -> Path:
     """Copy a complete checkpoint of ``job`` (the object as the API returns it) to ``to``."""
     view = view_job(job)
     checkpoint = choose_checkpoint(view, name)
@@ -44,8 +51,16 @@ def download_checkpoint(api_client: Any, job: dict[str, Any], to: str | os.PathL
         return ByteProgress(description, total, stream=out, enabled=show_progress)
 
     transfer.download_directory(
-        api_client, view.namespace, claim=claim_name(parsed), directory=transfer.relative_to_mount(checkpoint.pod_path),
-        to=Path(to), job_name=view.name, image=parsed.spec.pod.image,
-        image_pull_policy=parsed.spec.pod.image_pull_policy, fs_group=parsed.spec.pod.fs_group,
-        progress=progress, start_timeout_s=start_timeout_s)
+        api_client,
+        view.namespace,
+        claim=claim_name(parsed),
+        directory=transfer.relative_to_mount(checkpoint.pod_path),
+        to=Path(to),
+        job_name=view.name,
+        image=parsed.spec.pod.image,
+        image_pull_policy=parsed.spec.pod.image_pull_policy,
+        fs_group=parsed.spec.pod.fs_group,
+        progress=progress,
+        start_timeout_s=start_timeout_s,
+    )
     return Path(to)

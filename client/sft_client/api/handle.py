@@ -1,8 +1,8 @@
 """One SFTJob on the cluster, by name: read, follow, logs, events, suspend, resume, delete.
 
-    from sft_client.api import open_job
-    job = open_job("qwen", namespace="ml")
-    for line in job.logs(follow=True): print(line)
+from sft_client.api import open_job
+job = open_job("qwen", namespace="ml")
+for line in job.logs(follow=True): print(line)
 """
 
 from __future__ import annotations
@@ -60,11 +60,17 @@ class SFTJobHandle:
         """Its loss curve as it stands: a PNG at ``output``, else a text chart (SFTJobResult.plot_loss)."""
         return self.result().plot_loss(output)
 
-    def logs(self, follow: bool = False, node: int = 0, tail_lines: int | None = None,
-             previous: bool = False) -> Iterator[str]:
+    def logs(
+        self, follow: bool = False, node: int = 0, tail_lines: int | None = None, previous: bool = False
+    ) -> Iterator[str]:
         """The trainer's log lines on node ``node`` (pod ``<name>-<node>``)."""
         return pod_logs.stream_logs(
-            self.api_client, self.name, self.namespace, node=node, follow=follow, tail_lines=tail_lines,
+            self.api_client,
+            self.name,
+            self.namespace,
+            node=node,
+            follow=follow,
+            tail_lines=tail_lines,
             previous=previous,
         )
 
@@ -93,8 +99,15 @@ class SFTJobHandle:
         return lifecycle.delete_job(self.api_client, self.name, self.namespace, keep_checkpoints=keep_checkpoints)
 
     def _wait(self, until: Callable[[JobView], bool], timeout: float | None, show_progress: bool) -> None:
-        jobs.wait_for_job(self.api_client, self.name, self.namespace, timeout=timeout,
-                          display=ProgressDisplay(enabled=show_progress), until=until)
+        jobs.wait_for_job(
+            self.api_client,
+            self.name,
+            self.namespace,
+            timeout=timeout,
+            display=ProgressDisplay(enabled=show_progress),
+            until=until,
+        )
+
 
 def open_job(
     name: str,

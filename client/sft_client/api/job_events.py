@@ -29,8 +29,12 @@ def event_time(event: dict[str, Any]) -> datetime:
     """When it last happened: lastTimestamp (core/v1 Events), else eventTime (events.k8s.io-style
     writers), else when the object was created."""
     metadata = event.get("metadata") or {}
-    for text in (event.get("lastTimestamp"), event.get("eventTime"), event.get("firstTimestamp"),
-                 metadata.get("creationTimestamp")):
+    for text in (
+        event.get("lastTimestamp"),
+        event.get("eventTime"),
+        event.get("firstTimestamp"),
+        metadata.get("creationTimestamp"),
+    ):
         if text:
             return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
     return datetime.min.replace(tzinfo=UTC)

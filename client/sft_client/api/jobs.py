@@ -41,7 +41,13 @@ def connect(kubeconfig: str | os.PathLike[str] | None = None, context: str | Non
 
     default_file = Path(os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION))
     in_pod = os.environ.get("KUBERNETES_SERVICE_HOST") and SERVICE_ACCOUNT_NAMESPACE_FILE.exists()
-    if kubeconfig is None and context is None and in_pod and not os.environ.get("KUBECONFIG") and not default_file.exists():
+    if (
+        kubeconfig is None
+        and context is None
+        and in_pod
+        and not os.environ.get("KUBECONFIG")
+        and not default_file.exists()
+    ):
         import kubernetes.client
 
         config.load_incluster_config()
@@ -82,8 +88,9 @@ def create_job(api_client: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     except ApiException as exc:
         if exc.status not in REFUSED_STATUSES:
             raise
-        raise SFTJobRefusedError(f"SFTJob {namespace}/{manifest['metadata'].get('name')} was not created: "
-                                 f"{refusal_message(exc)}") from None
+        raise SFTJobRefusedError(
+            f"SFTJob {namespace}/{manifest['metadata'].get('name')} was not created: {refusal_message(exc)}"
+        ) from None
 
 
 def refusal_message(exc: Any) -> str:
@@ -145,7 +152,9 @@ def follow_job(
             raise TimeoutError(
                 f"SFTJob {namespace}/{name} is still {view_job(job).phase} after {timeout:g}s; it keeps running"
             )
-        request_seconds = WATCH_REQUEST_SECONDS if remaining is None else max(1, min(WATCH_REQUEST_SECONDS, int(remaining) + 1))
+        request_seconds = (
+            WATCH_REQUEST_SECONDS if remaining is None else max(1, min(WATCH_REQUEST_SECONDS, int(remaining) + 1))
+        )
         watcher = watch.Watch()
         try:
             for event in watcher.stream(

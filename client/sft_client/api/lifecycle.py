@@ -138,27 +138,41 @@ def delete_job(api_client: Any, name: str, namespace: str, *, keep_checkpoints: 
     if claim is None:
         deletion = Deletion(None, False, "the job has no checkpoint claim")
     elif not owned:
-        why = "an existing claim is never deleted with a job" if claim == job["spec"]["checkpoints"].get(
-            "existingClaim") else "checkpoints.deleteWithJob is false"
+        why = (
+            "an existing claim is never deleted with a job"
+            if claim == job["spec"]["checkpoints"].get("existingClaim")
+            else "checkpoints.deleteWithJob is false"
+        )
         deletion = Deletion(claim, True, f"checkpoint claim {claim} is kept ({why})")
     elif not _claim_created_by(api_client, claim, namespace, uid):
-        deletion = Deletion(claim, True, f"checkpoint claim {claim} is kept (another SFTJob created it: "
-                                         "checkpoints.deleteWithJob applies only to a claim the job created)")
+        deletion = Deletion(
+            claim,
+            True,
+            f"checkpoint claim {claim} is kept (another SFTJob created it: "
+            "checkpoints.deleteWithJob applies only to a claim the job created)",
+        )
     elif not keep_checkpoints:
-        deletion = Deletion(claim, False, f"checkpoint claim {claim} is deleted with the job (checkpoints.deleteWithJob is true)")
+        deletion = Deletion(
+            claim, False, f"checkpoint claim {claim} is deleted with the job (checkpoints.deleteWithJob is true)"
+        )
     else:
         patched = _patch_spec(api_client, name, namespace, {"checkpoints": {"deleteWithJob": False}})
         _disown_claim(api_client, claim, namespace, uid)
         _wait_for_operator(api_client, name, namespace, patched["metadata"]["generation"])
         _disown_claim(api_client, claim, namespace, uid)  # in case the operator re-added it meanwhile
         deletion = Deletion(
-            claim, True,
+            claim,
+            True,
             f"checkpoint claim {claim} is kept: set checkpoints.deleteWithJob to false and removed the "
             "claim's owner reference to the job before deleting it",
         )
     try:
         custom_objects_api(api_client).delete_namespaced_custom_object(
-            contract.GROUP, contract.VERSION, namespace, contract.PLURAL, name,
+            contract.GROUP,
+            contract.VERSION,
+            namespace,
+            contract.PLURAL,
+            name,
             body=kubernetes.client.V1DeleteOptions(
                 propagation_policy="Background", preconditions=kubernetes.client.V1Preconditions(uid=uid)
             ),

@@ -112,8 +112,18 @@ OPERATOR_CHOSEN_TORCHRUN_PARAMS: dict[str, str] = {
 
 # Spec fields that are not sft() training parameters: set from ClusterOptions or by mapping.
 OPERATION_SPEC_FIELDS = frozenset(
-    {"extra_args", "checkpoints", "pod", "suspend", "max_restarts", "full_state_retention", "device", "rdzv_port",
-     "remote", "export"}
+    {
+        "extra_args",
+        "checkpoints",
+        "pod",
+        "suspend",
+        "max_restarts",
+        "full_state_retention",
+        "device",
+        "rdzv_port",
+        "remote",
+        "export",
+    }
 )
 # Spec fields settable as sft() keyword arguments under their own (snake_case) names.
 SPEC_PARAMS: tuple[str, ...] = tuple(name for name in SFTJobSpec.model_fields if name not in OPERATION_SPEC_FIELDS)
@@ -252,7 +262,7 @@ class SFTParameterError(InvalidSpecError):
 def param_for_spec_path(spec_path: str) -> str:
     """The sft() parameter behind a spec path, e.g. spec.maxTokensPerGpu -> max_tokens_per_gpu."""
     if spec_path.startswith("spec.extraArgs."):
-        return spec_path[len("spec.extraArgs."):].split(".")[0].split("[")[0]
+        return spec_path[len("spec.extraArgs.") :].split(".")[0].split("[")[0]
     candidate = spec_path
     # The path, then each parent: spec.pod.env[0].name, spec.pod.env[0], spec.pod.env, ...; a map
     # key in brackets may hold dots (spec.pod.resources.limits[nvidia.com/gpu]).
@@ -323,8 +333,9 @@ def checkpoint_storage_problem(value: Any) -> str | None:
     return f"{value!r}: must be None, 'pvc' or a remote URI such as 's3://bucket/prefix'"
 
 
-def export_target(storage_uri: str | None, cluster: ClusterOptions,
-                  problems: list[ParameterProblem]) -> tuple[dict[str, Any], str]:
+def export_target(
+    storage_uri: str | None, cluster: ClusterOptions, problems: list[ParameterProblem]
+) -> tuple[dict[str, Any], str]:
     """spec.export from ``checkpoint_storage`` (a remote URI: training_hub mirrors full checkpoints
     there and restores from it when the local directory is empty, hence fullStates and restore)
     and ``export_uri``/``export_full_states``; and the parameter that set the URI. Conflicts are
@@ -336,22 +347,31 @@ def export_target(storage_uri: str | None, cluster: ClusterOptions,
         param = "checkpoint_storage"
     if cluster.export_uri is not None:
         if export and export["uri"] != cluster.export_uri:
-            problems.append(ParameterProblem(
-                "export_uri", "spec.export.uri",
-                f"{cluster.export_uri!r}: checkpoint_storage={storage_uri!r} is the export target already; set one of them",
-            ))
+            problems.append(
+                ParameterProblem(
+                    "export_uri",
+                    "spec.export.uri",
+                    f"{cluster.export_uri!r}: checkpoint_storage={storage_uri!r} is the export target already; set one of them",
+                )
+            )
         elif not export:
             export = {"uri": cluster.export_uri}
     if cluster.export_full_states is not None:
         if not export:
-            problems.append(ParameterProblem("export_full_states", "spec.export.fullStates",
-                                             "only applies with export_uri or checkpoint_storage"))
+            problems.append(
+                ParameterProblem(
+                    "export_full_states", "spec.export.fullStates", "only applies with export_uri or checkpoint_storage"
+                )
+            )
         elif storage_uri is not None and cluster.export_full_states is False:
-            problems.append(ParameterProblem(
-                "export_full_states", "spec.export.fullStates",
-                "False: checkpoint_storage restores from the exported full states, so they are uploaded; "
-                "give export_uri instead to export the hf_format checkpoints only",
-            ))
+            problems.append(
+                ParameterProblem(
+                    "export_full_states",
+                    "spec.export.fullStates",
+                    "False: checkpoint_storage restores from the exported full states, so they are uploaded; "
+                    "give export_uri instead to export the hf_format checkpoints only",
+                )
+            )
         else:
             export["fullStates"] = cluster.export_full_states
     return export, param
@@ -360,11 +380,20 @@ def export_target(storage_uri: str | None, cluster: ClusterOptions,
 def remote_access(cluster: ClusterOptions) -> dict[str, Any]:
     """spec.remote from the Secret, endpoint and cache-claim keyword arguments (only those given)."""
     remote: dict[str, Any] = {}
-    hugging_face = {key: value for key, value in (("tokenSecret", cluster.hf_token_secret),
-                                                   ("endpoint", cluster.hf_endpoint)) if value is not None}
-    s3 = {key: value for key, value in (("credentialsSecret", cluster.s3_credentials_secret),
-                                         ("endpoint", cluster.s3_endpoint), ("region", cluster.s3_region))
-          if value is not None}
+    hugging_face = {
+        key: value
+        for key, value in (("tokenSecret", cluster.hf_token_secret), ("endpoint", cluster.hf_endpoint))
+        if value is not None
+    }
+    s3 = {
+        key: value
+        for key, value in (
+            ("credentialsSecret", cluster.s3_credentials_secret),
+            ("endpoint", cluster.s3_endpoint),
+            ("region", cluster.s3_region),
+        )
+        if value is not None
+    }
     if hugging_face:
         remote["huggingFace"] = hugging_face
     if s3:
@@ -411,8 +440,9 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     if storage_problem is not None:
         problems.append(ParameterProblem("checkpoint_storage", None, storage_problem))
         storage = None
-    export, export_param = export_target(storage if isinstance(storage, str) and "://" in storage else None,
-                                         cluster, problems)
+    export, export_param = export_target(
+        storage if isinstance(storage, str) and "://" in storage else None, cluster, problems
+    )
     if given.pop("callbacks", None):
         problems.append(
             ParameterProblem(
@@ -469,8 +499,9 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
         placed = place_pod_paths(pod_paths, placement)
     except PathProblems as found:
         for path_problem in found.problems:
-            problems.append(ParameterProblem(path_problem.param, f"spec.{SPEC_ALIAS[path_problem.param]}",
-                                             path_problem.message))
+            problems.append(
+                ParameterProblem(path_problem.param, f"spec.{SPEC_ALIAS[path_problem.param]}", path_problem.message)
+            )
         # The other paths were not placed either: the operator's validation below would judge them
         # as written (pvc://...), not as the pods would see them. A stand-in path lets it check
         # everything else (nothing is created while a problem is reported).
@@ -518,7 +549,9 @@ def build_sftjob(params: dict[str, Any], cluster: ClusterOptions, *, name: str, 
     names = [v.get("name") for v in volumes if isinstance(v, dict)]
     for dup in sorted({n for n in names if names.count(n) > 1}, key=str):
         problems.append(
-            ParameterProblem("volumes", "spec.pod.volumes", f"volume {dup!r} is defined twice (pvc:// paths add pvc-<claim>)")
+            ParameterProblem(
+                "volumes", "spec.pod.volumes", f"volume {dup!r} is defined twice (pvc:// paths add pvc-<claim>)"
+            )
         )
     if volumes:
         pod[volumes_key] = volumes

@@ -28,14 +28,52 @@ MINI_TRAINER_DEFAULT_EPOCHS = 1  # TrainingArgs.max_epochs' default in mini-trai
 
 # training_hub osft()'s parameters, in its order (backend and callbacks included).
 TRAINING_HUB_OSFT_PARAMS: tuple[str, ...] = (
-    "model_path", "data_path", "unfreeze_rank_ratio", "effective_batch_size", "max_tokens_per_gpu", "max_seq_len",
-    "learning_rate", "ckpt_output_dir", "data_output_dir", "backend", "target_patterns", "seed", "use_liger",
-    "use_processed_dataset", "unmask_messages", "is_pretraining", "block_size", "document_column_name",
-    "lr_scheduler", "warmup_steps", "lr_scheduler_kwargs", "beta1", "beta2", "eps", "weight_decay",
-    "checkpoint_at_epoch", "save_final_checkpoint", "num_epochs", "nproc_per_node", "nnodes", "node_rank",
-    "rdzv_id", "rdzv_endpoint", "master_port", "master_addr", "wandb_project", "wandb_entity", "wandb_run_name",
-    "tensorboard_log_dir", "mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name",
-    "trust_remote_code", "callbacks", "enable_jit_checkpoint", "checkpoint_storage",
+    "model_path",
+    "data_path",
+    "unfreeze_rank_ratio",
+    "effective_batch_size",
+    "max_tokens_per_gpu",
+    "max_seq_len",
+    "learning_rate",
+    "ckpt_output_dir",
+    "data_output_dir",
+    "backend",
+    "target_patterns",
+    "seed",
+    "use_liger",
+    "use_processed_dataset",
+    "unmask_messages",
+    "is_pretraining",
+    "block_size",
+    "document_column_name",
+    "lr_scheduler",
+    "warmup_steps",
+    "lr_scheduler_kwargs",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "checkpoint_at_epoch",
+    "save_final_checkpoint",
+    "num_epochs",
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "rdzv_id",
+    "rdzv_endpoint",
+    "master_port",
+    "master_addr",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_run_name",
+    "tensorboard_log_dir",
+    "mlflow_tracking_uri",
+    "mlflow_experiment_name",
+    "mlflow_run_name",
+    "trust_remote_code",
+    "callbacks",
+    "enable_jit_checkpoint",
+    "checkpoint_storage",
 )
 
 # osft() parameters the cluster does not run yet: refused, never dropped.
@@ -60,16 +98,24 @@ class KubernetesOSFTBackend(KubernetesSFTBackend):
         problems: list[ParameterProblem] = []
         backend = given.pop("backend", OSFT_BACKEND_NAME)
         if backend not in (OSFT_BACKEND_NAME, KUBERNETES_BACKEND_NAME):
-            problems.append(ParameterProblem(
-                "backend", None, f"{backend!r}: the cluster runs {OSFT_BACKEND_NAME!r} for osft "
-                f"(give backend={OSFT_BACKEND_NAME!r} or {KUBERNETES_BACKEND_NAME!r})"))
+            problems.append(
+                ParameterProblem(
+                    "backend",
+                    None,
+                    f"{backend!r}: the cluster runs {OSFT_BACKEND_NAME!r} for osft "
+                    f"(give backend={OSFT_BACKEND_NAME!r} or {KUBERNETES_BACKEND_NAME!r})",
+                )
+            )
         for param, why in NOT_RUN_HERE.items():
             if param in given and given.pop(param) is not False:
                 problems.append(ParameterProblem(param, None, why))
         # training_hub's enable_jit_checkpoint=True arrives as mini-trainer's flag: always on here.
         if given.pop("on_demand_checkpointing", True) is not True:
-            problems.append(ParameterProblem("on_demand_checkpointing", None,
-                                             "always on: a stopped pod saves a full state on SIGTERM"))
+            problems.append(
+                ParameterProblem(
+                    "on_demand_checkpointing", None, "always on: a stopped pod saves a full state on SIGTERM"
+                )
+            )
         if "algorithm" in given and given["algorithm"] != "osft":
             problems.append(ParameterProblem("algorithm", "spec.algorithm", "osft() runs algorithm 'osft'"))
         if problems:
@@ -250,6 +296,7 @@ def osft(
     given = dict(locals())
     cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
     training = {key: given[key] for key in TRAINING_HUB_OSFT_PARAMS if key != "backend"}
-    result: SFTJobResult = OSFTAlgorithm(backend=KubernetesOSFTBackend(**cluster)).train(**training, backend=backend,
-                                                                                        **kwargs)
+    result: SFTJobResult = OSFTAlgorithm(backend=KubernetesOSFTBackend(**cluster)).train(
+        **training, backend=backend, **kwargs
+    )
     return result

@@ -83,14 +83,12 @@ class ClaimPath:
 
 def parse_claim_path(value: str, param: str) -> ClaimPath:
     """Split ``pvc://claim/sub/path``; raises PathProblem naming ``param``."""
-    rest = value[len(PVC_SCHEME):]
+    rest = value[len(PVC_SCHEME) :]
     claim, _, sub = rest.partition("/")
     if not claim:
         raise PathProblem(param, f"{value!r} names no claim: write pvc://<claim>/<path>")
     if len(claim) > MAX_CLAIM_NAME_LENGTH or not CLAIM_NAME_PATTERN.match(claim):
-        raise PathProblem(
-            param, f"{claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')"
-        )
+        raise PathProblem(param, f"{claim!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')")
     parts = [p for p in sub.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathProblem(param, f"{value!r}: the path inside the claim may not contain '..'")
@@ -147,8 +145,7 @@ def place_checkpoints(ckpt_output_dir: str, creates_claim: bool) -> CheckpointPl
         if creates_claim:
             raise PathProblem(
                 param,
-                "names an existing claim (pvc://...) and checkpoint_claim_size asks for a new one: "
-                "give one of them",
+                "names an existing claim (pvc://...) and checkpoint_claim_size asks for a new one: give one of them",
             )
         target = parse_claim_path(ckpt_output_dir, param)
         return CheckpointPlacement(existing_claim=target.claim, path=target.path)
@@ -247,6 +244,6 @@ def pod_path_to_url(pod_path: str, checkpoints_claim: str | None) -> str:
     it can be given straight back to sft() (e.g. a checkpoint as the next model_path)."""
     mount = contract.CHECKPOINT_MOUNT_PATH
     if checkpoints_claim and (pod_path == mount or pod_path.startswith(mount + "/")):
-        rest = pod_path[len(mount):].strip("/")
+        rest = pod_path[len(mount) :].strip("/")
         return ClaimPath(checkpoints_claim, rest).url()
     return pod_path

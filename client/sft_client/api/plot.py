@@ -83,8 +83,7 @@ def save_png(points: Sequence[LossPoint], output: str | os.PathLike[str], *, tit
     if loss:
         axes.plot(*zip(*loss), color="tab:blue", linewidth=1.5, label="training loss")
     if validation:
-        axes.plot(*zip(*validation), color="tab:orange", marker="o", markersize=3, linewidth=1,
-                  label="validation loss")
+        axes.plot(*zip(*validation), color="tab:orange", marker="o", markersize=3, linewidth=1, label="validation loss")
     axes.set_xlabel("samples seen")
     axes.set_ylabel("loss")
     axes.grid(True, alpha=0.3)

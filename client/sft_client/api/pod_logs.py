@@ -67,8 +67,13 @@ def stream_logs(
     core = kubernetes.client.CoreV1Api(api_client)
     try:
         response = core.read_namespaced_pod_log(
-            pod, namespace, container=contract.TRAINER_CONTAINER, follow=follow, tail_lines=tail_lines,
-            previous=previous, _preload_content=False,
+            pod,
+            namespace,
+            container=contract.TRAINER_CONTAINER,
+            follow=follow,
+            tail_lines=tail_lines,
+            previous=previous,
+            _preload_content=False,
         )
     except ApiException as exc:
         if exc.status == 404:

@@ -197,7 +197,8 @@ def view_job(job: dict[str, Any]) -> JobView:
         ready_nodes=status.ready_nodes,
         downloading=tuple(
             f"{d.field} {format_bytes(d.bytes_done)}" + (f"/{format_bytes(d.bytes_total)}" if d.bytes_total else "")
-            for d in (_reported(progress, "downloads") or []) if d.state != "Done"
+            for d in (_reported(progress, "downloads") or [])
+            if d.state != "Done"
         ),
         exports=tuple(e.uri for e in (_reported(progress, "exports") or [])),
     )
@@ -257,8 +258,14 @@ class SFTJobResult:
         print(plot.text_chart(self.loss_history, title=title))
         return None
 
-    def download(self, to: str | os.PathLike[str], checkpoint: str | None = None, *, show_progress: bool = True,
-                 api_client: Any = None) -> Path:
+    def download(
+        self,
+        to: str | os.PathLike[str],
+        checkpoint: str | None = None,
+        *,
+        show_progress: bool = True,
+        api_client: Any = None,
+    ) -> Path:
         """Bring a complete hf_format checkpoint to the directory ``to`` on this machine, byte for
         byte: the final one, or ``checkpoint`` by name (e.g. ``"samples_64"``). Reads the job
         again (a newer checkpoint counts), copies through a short-lived pod that mounts the
@@ -270,8 +277,9 @@ class SFTJobResult:
         client = api_client or self.api_client
         if client is None:
             client, _ = connect()
-        return download_checkpoint(client, get_job(client, self.name, self.namespace), to, checkpoint,
-                                   show_progress=show_progress)
+        return download_checkpoint(
+            client, get_job(client, self.name, self.namespace), to, checkpoint, show_progress=show_progress
+        )
 
 
 def result_of(job: dict[str, Any], manifest: dict[str, Any] | None = None, api_client: Any = None) -> SFTJobResult:

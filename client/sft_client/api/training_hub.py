@@ -105,8 +105,13 @@ class KubernetesSFTBackend(Backend):
             # Every other parameter is checked before the file is read (it may be large): with
             # a stand-in of the same name, then with its real digest.
             stand_in = uploads.LocalFile(local, 0, "0" * 64)
-            build_sftjob({**training, "data_path": self._plan(stand_in, name, training, options).data_url},
-                         options, name=name, namespace=namespace)
+            build_sftjob(
+                {**training, "data_path": self._plan(stand_in, name, training, options).data_url},
+                options,
+                name=name,
+                namespace=namespace,
+            )
+
             def progress(description: str, total: int | None) -> ByteProgress:
                 return ByteProgress(description, total, stream=self.stream, enabled=options.show_progress)
 
@@ -131,20 +136,31 @@ class KubernetesSFTBackend(Backend):
         except PathProblem as problem:
             raise SFTParameterError([ParameterProblem("data_path", "spec.dataPath", problem.message)]) from None
         if local is not None and not os.path.isfile(local):
-            why = "is a directory; data_path names one JSONL file" if os.path.isdir(local) else (
-                "no such file on this machine (a relative path or file:// is uploaded from here; a path in the "
-                "pods is absolute, a remote one hf://, s3:// or https://)")
+            why = (
+                "is a directory; data_path names one JSONL file"
+                if os.path.isdir(local)
+                else (
+                    "no such file on this machine (a relative path or file:// is uploaded from here; a path in the "
+                    "pods is absolute, a remote one hf://, s3:// or https://)"
+                )
+            )
             raise SFTParameterError([ParameterProblem("data_path", "spec.dataPath", f"{data_path!r}: {why}")])
         return local
 
     @staticmethod
-    def _plan(file: uploads.LocalFile, name: str, training: dict[str, Any], options: ClusterOptions) -> uploads.UploadPlan:
+    def _plan(
+        file: uploads.LocalFile, name: str, training: dict[str, Any], options: ClusterOptions
+    ) -> uploads.UploadPlan:
         nnodes = training.get("nnodes")
         if isinstance(nnodes, str) and nnodes.strip().isdigit():
             nnodes = int(nnodes)
-        return uploads.plan_upload(file, job_name=name, ckpt_output_dir=str(training.get("ckpt_output_dir") or ""),
-                                   nnodes=nnodes if isinstance(nnodes, int) else None,
-                                   storage_class=options.storage_class)
+        return uploads.plan_upload(
+            file,
+            job_name=name,
+            ckpt_output_dir=str(training.get("ckpt_output_dir") or ""),
+            nnodes=nnodes if isinstance(nnodes, int) else None,
+            storage_class=options.storage_class,
+        )
 
     def execute_training(self, algorithm_params: dict[str, Any]) -> SFTJobResult:
         prepared = self.prepare(algorithm_params)  # raises SFTParameterError first
@@ -164,8 +180,14 @@ class KubernetesSFTBackend(Backend):
         return wait_for_job(api_client, name, namespace, timeout=options.timeout, display=display, manifest=manifest)
 
 
-def submit(api_client: Any, prepared: Prepared, *, stream: TextIO | None = None, show_progress: bool = True,
-           start_timeout_s: float | None = None) -> dict[str, Any]:
+def submit(
+    api_client: Any,
+    prepared: Prepared,
+    *,
+    stream: TextIO | None = None,
+    show_progress: bool = True,
+    start_timeout_s: float | None = None,
+) -> dict[str, Any]:
     """Upload the data when the plan says so, then create the job; the upload claim made for it
     becomes the job's (deleted with it). A job that cannot be created leaves no claim behind;
     one that exists already is found before anything is uploaded. Returns the created object."""
@@ -185,12 +207,23 @@ def submit(api_client: Any, prepared: Prepared, *, stream: TextIO | None = None,
     def progress(description: str, total: int | None) -> ByteProgress:
         return ByteProgress(description, total, stream=stream, enabled=show_progress)
 
-    outcome = transfer.upload(api_client, namespace, plan, job_name=name, image=pod.image,
-                              image_pull_policy=pod.image_pull_policy, fs_group=pod.fs_group,
-                              progress=progress, start_timeout_s=start_timeout_s)
+    outcome = transfer.upload(
+        api_client,
+        namespace,
+        plan,
+        job_name=name,
+        image=pod.image,
+        image_pull_policy=pod.image_pull_policy,
+        fs_group=pod.fs_group,
+        progress=progress,
+        start_timeout_s=start_timeout_s,
+    )
     where = f"claim {namespace}/{plan.target.claim}, {plan.target.path}"
-    display.note(f"Uploaded {plan.file.path} to {where}" if outcome.sent else
-                 f"{plan.file.path} is on {where} already (same sha256): not sent again")
+    display.note(
+        f"Uploaded {plan.file.path} to {where}"
+        if outcome.sent
+        else f"{plan.file.path} is on {where} already (same sha256): not sent again"
+    )
     try:
         created = create_job(api_client, manifest)
     except BaseException:
@@ -203,8 +236,12 @@ def submit(api_client: Any, prepared: Prepared, *, stream: TextIO | None = None,
         try:
             transfer.make_owner(api_client, namespace, plan.target.claim, created)
         except Exception as exc:  # the job runs either way; the claim then outlives it
-            warnings.warn(f"claim {namespace}/{plan.target.claim} could not be given to SFTJob {name} "
-                          f"({exc}); delete it yourself once the job is gone", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"claim {namespace}/{plan.target.claim} could not be given to SFTJob {name} "
+                f"({exc}); delete it yourself once the job is gone",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return created
 
 
@@ -382,8 +419,9 @@ def sft(
     given = dict(locals())
     cluster = {key: given[key] for key in ClusterOptions.__dataclass_fields__}
     training = {key: given[key] for key in TRAINING_HUB_SFT_PARAMS if key != "backend"}
-    result: SFTJobResult = SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(**training, backend=backend,
-                                                                                      **kwargs)
+    result: SFTJobResult = SFTAlgorithm(backend=KubernetesSFTBackend(**cluster)).train(
+        **training, backend=backend, **kwargs
+    )
     return result
 
 

@@ -38,8 +38,9 @@ EXEC_IDLE_TIMEOUT_S = 900.0
 SEND_BLOCK = 256 * 1024
 READ_BLOCK = 1 << 20
 # Waiting reasons a helper pod does not recover from by waiting.
-FATAL_WAITING_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
-                                   "CreateContainerError", "RunContainerError"})
+FATAL_WAITING_REASONS = frozenset(
+    {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
 # The exec stream's channels (the v4 channel protocol).
 STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
 
@@ -90,8 +91,7 @@ def missing_permissions(api_client: Any, namespace: str, wanted: tuple[Permissio
         if permission.subresource:
             attributes["subresource"] = permission.subresource
         try:
-            review = authz.create_self_subject_access_review(
-                {"spec": {"resourceAttributes": attributes}})  # type: ignore[arg-type]  # dicts are sent as is
+            review = authz.create_self_subject_access_review({"spec": {"resourceAttributes": attributes}})  # type: ignore[arg-type]  # dicts are sent as is
         except ApiException:
             return []
         if not (review.status is not None and review.status.allowed):  # the server always sets status
@@ -110,7 +110,8 @@ def _refused(exc: Any, action: str, namespace: str, refused: tuple[Permission, .
     """An API error as a TransferError; a 403 names the right it refused and why it is needed."""
     if exc.status == 403:
         return TransferForbiddenError(
-            f"{uploads.forbidden_message(action, namespace, refused, why)}: the API server said: {_server_message(exc)}")
+            f"{uploads.forbidden_message(action, namespace, refused, why)}: the API server said: {_server_message(exc)}"
+        )
     return TransferError(f"{action}: {_server_message(exc)}")
 
 
@@ -129,7 +130,10 @@ def _pod_problem(pod: Any) -> tuple[bool, str]:
         state = container.state
         if state is not None and state.terminated is not None:
             term = state.terminated
-            return True, f"its container ended: {term.reason or 'exit ' + str(term.exit_code)} {term.message or ''}".strip()
+            return (
+                True,
+                f"its container ended: {term.reason or 'exit ' + str(term.exit_code)} {term.message or ''}".strip(),
+            )
         if state is not None and state.waiting is not None and state.waiting.reason:
             waiting = state.waiting
             return waiting.reason in FATAL_WAITING_REASONS, f"{waiting.reason}: {waiting.message or ''}".strip(": ")
@@ -148,8 +152,13 @@ def wait_running(core: Any, name: str, namespace: str, timeout_s: float) -> None
     why = "not created"
     while True:
         pod = core.read_namespaced_pod(name, namespace)
-        if pod.status is not None and pod.status.phase == "Running" and all(
-                c.state is not None and c.state.running is not None for c in pod.status.container_statuses or [None]):
+        if (
+            pod.status is not None
+            and pod.status.phase == "Running"
+            and all(
+                c.state is not None and c.state.running is not None for c in pod.status.container_statuses or [None]
+            )
+        ):
             return
         fatal, why = _pod_problem(pod)
         if fatal:
@@ -160,8 +169,9 @@ def wait_running(core: Any, name: str, namespace: str, timeout_s: float) -> None
 
 
 @contextmanager
-def helper_pod(api_client: Any, namespace: str, manifest: dict[str, Any], *, action: str,
-               start_timeout_s: float) -> Iterator[str]:
+def helper_pod(
+    api_client: Any, namespace: str, manifest: dict[str, Any], *, action: str, start_timeout_s: float
+) -> Iterator[str]:
     """Create the pod, wait until it runs, yield its name; delete it on the way out, always
     (also on Ctrl-C), and wait (bounded) until it is gone so the claim is free again."""
     import kubernetes.client
@@ -172,8 +182,9 @@ def helper_pod(api_client: Any, namespace: str, manifest: dict[str, Any], *, act
     try:
         core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]  # dicts are sent as is
     except ApiException as exc:
-        raise _refused(exc, action, namespace, (Permission("create", "pods"),),
-                       "it runs a short-lived pod that mounts the claim") from None
+        raise _refused(
+            exc, action, namespace, (Permission("create", "pods"),), "it runs a short-lived pod that mounts the claim"
+        ) from None
     try:
         wait_running(core, name, namespace, start_timeout_s)
         yield name
@@ -303,9 +314,19 @@ def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, 
 
     core = kubernetes.client.CoreV1Api(api_client)
     try:
-        ws = stream(core.connect_get_namespaced_pod_exec, pod, namespace, command=command,
-                    container=uploads.HELPER_CONTAINER, stdin=True, stdout=True, stderr=True, tty=False,
-                    _preload_content=False, binary=True)
+        ws = stream(
+            core.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            command=command,
+            container=uploads.HELPER_CONTAINER,
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+            binary=True,
+        )
     except ApiException as exc:
         # The websocket client reports a refused handshake as status 0 with the HTTP status in
         # its text ("Handshake status 403 Forbidden -+-+- headers -+-+- body").
@@ -319,7 +340,8 @@ def open_exec(api_client: Any, namespace: str, pod: str, command: list[str], *, 
         if status == 403:
             raise TransferForbiddenError(
                 f"{uploads.forbidden_message(action, namespace, EXEC_PERMISSIONS, 'it execs a copy program in the pod')}: "
-                f"the API server said: {message}") from None
+                f"the API server said: {message}"
+            ) from None
         raise TransferError(f"{action}: exec in pod {namespace}/{pod} failed: {message}") from None
     return ExecSession.over(ws)
 
@@ -338,10 +360,18 @@ def check_rights(api_client: Any, namespace: str, needed: tuple[Permission, ...]
         raise TransferForbiddenError(uploads.forbidden_message(action, namespace, missing, why))
 
 
-def upload(api_client: Any, namespace: str, plan: UploadPlan, *, job_name: str, image: str,
-           image_pull_policy: str = "IfNotPresent", fs_group: int = pod_security.RUN_AS_GROUP,
-           progress: ProgressFactory = default_progress,
-           start_timeout_s: float | None = None) -> UploadOutcome:
+def upload(
+    api_client: Any,
+    namespace: str,
+    plan: UploadPlan,
+    *,
+    job_name: str,
+    image: str,
+    image_pull_policy: str = "IfNotPresent",
+    fs_group: int = pod_security.RUN_AS_GROUP,
+    progress: ProgressFactory = default_progress,
+    start_timeout_s: float | None = None,
+) -> UploadOutcome:
     """Put plan.file into its claim (created first when plan.new_claim says so) through a helper
     pod; verified by size and sha256 in the pod before it is moved into place. On any failure the
     pod is deleted, and so is a claim made here; the caller's file is untouched."""
@@ -351,26 +381,42 @@ def upload(api_client: Any, namespace: str, plan: UploadPlan, *, job_name: str, 
     start_timeout_s = HELPER_START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
     action = f"uploading {plan.file.path}"
     needed = uploads.needed_permissions(plan)
-    check_rights(api_client, namespace, needed, action,
-                 "a short-lived pod receives the file through the exec stream"
-                 + (" into a claim made for it" if plan.new_claim else ""))
+    check_rights(
+        api_client,
+        namespace,
+        needed,
+        action,
+        "a short-lived pod receives the file through the exec stream"
+        + (" into a claim made for it" if plan.new_claim else ""),
+    )
     core = kubernetes.client.CoreV1Api(api_client)
     claim_created = False
     if plan.new_claim is not None:
         manifest = uploads.claim_manifest(plan, job_name)
         try:
-            core.create_namespaced_persistent_volume_claim(
-                namespace, manifest)  # type: ignore[arg-type]  # dicts are sent as is
+            core.create_namespaced_persistent_volume_claim(namespace, manifest)  # type: ignore[arg-type]  # dicts are sent as is
             claim_created = True
         except ApiException as exc:
             if exc.status != 409:
-                raise _refused(exc, action, namespace, (Permission("create", "persistentvolumeclaims"),),
-                               "it creates a claim for the file") from None
+                raise _refused(
+                    exc,
+                    action,
+                    namespace,
+                    (Permission("create", "persistentvolumeclaims"),),
+                    "it creates a claim for the file",
+                ) from None
             claim_created = _reusable_upload_claim(core, plan.target.claim, namespace, job_name)
     try:
         pod = uploads.helper_pod_manifest(
-            helper_pod_name(job_name, "upload"), claim=plan.target.claim, read_only=False, image=image,
-            image_pull_policy=image_pull_policy, fs_group=fs_group, purpose="upload", job_name=job_name)
+            helper_pod_name(job_name, "upload"),
+            claim=plan.target.claim,
+            read_only=False,
+            image=image,
+            image_pull_policy=image_pull_policy,
+            fs_group=fs_group,
+            purpose="upload",
+            job_name=job_name,
+        )
         with helper_pod(api_client, namespace, pod, action=action, start_timeout_s=start_timeout_s) as name:
             sent = _send_file(api_client, namespace, name, plan, action, progress)
     except BaseException:
@@ -387,8 +433,10 @@ def _reusable_upload_claim(core: Any, claim: str, namespace: str, job_name: str)
     labels = existing.metadata.labels or {}
     if labels.get(uploads.LABEL_TRANSFER_FOR) == job_name and not existing.metadata.owner_references:
         return True
-    raise TransferError(f"claim {namespace}/{claim} exists already and is not an unowned upload claim for "
-                        f"{job_name}: choose another job name")
+    raise TransferError(
+        f"claim {namespace}/{claim} exists already and is not an unowned upload claim for "
+        f"{job_name}: choose another job name"
+    )
 
 
 def delete_claim(core: Any, claim: str, namespace: str) -> None:
@@ -401,8 +449,9 @@ def delete_claim(core: Any, claim: str, namespace: str) -> None:
             raise
 
 
-def _send_file(api_client: Any, namespace: str, pod: str, plan: UploadPlan, action: str,
-               progress: ProgressFactory) -> bool:
+def _send_file(
+    api_client: Any, namespace: str, pod: str, plan: UploadPlan, action: str, progress: ProgressFactory
+) -> bool:
     session = open_exec(api_client, namespace, pod, uploads.receive_command(plan), action=action)
     return send_file(session, plan, action, progress, f"{namespace}/{plan.target.claim}")
 
@@ -419,8 +468,10 @@ def send_file(session: ExecSession, plan: UploadPlan, action: str, progress: Pro
         if first.get("state") != "send":
             raise TransferError(f"{action}: the pod did not start receiving: {_stderr_tail(session)}")
         digest = hashlib.sha256()
-        with open(plan.file.path, "rb") as source, progress(f"upload {plan.file.path} -> {target}",
-                                                            plan.file.size) as bar:
+        with (
+            open(plan.file.path, "rb") as source,
+            progress(f"upload {plan.file.path} -> {target}", plan.file.size) as bar,
+        ):
             left = plan.file.size
             while left:
                 block = source.read(min(SEND_BLOCK, left))
@@ -440,15 +491,25 @@ def send_file(session: ExecSession, plan: UploadPlan, action: str, progress: Pro
     if result.get("state") == "failed":
         raise TransferError(f"{action}: the pod could not write the file: {result.get('error')}")
     if left and result.get("state") in (None, "mismatch"):
-        raise TransferError(f"{action}: the stream broke after {plan.file.size - left} of {plan.file.size} bytes "
-                            f"(exit {code}); nothing was stored: {_stderr_tail(session)}")
+        raise TransferError(
+            f"{action}: the stream broke after {plan.file.size - left} of {plan.file.size} bytes "
+            f"(exit {code}); nothing was stored: {_stderr_tail(session)}"
+        )
     if left or digest.hexdigest() != plan.file.sha256:
-        raise TransferError(f"{plan.file.path} changed while it was uploaded (now {plan.file.size - left} bytes, "
-                            f"sha256 {digest.hexdigest()}); nothing was stored: upload it again")
-    if code != 0 or result.get("state") != "stored" or result.get("size") != plan.file.size \
-            or result.get("sha256") != plan.file.sha256:
-        raise TransferError(f"{action}: the pod stored nothing (exit {code}, it received {result.get('size')} of "
-                            f"{plan.file.size} bytes, sha256 {result.get('sha256')}): {_stderr_tail(session)}")
+        raise TransferError(
+            f"{plan.file.path} changed while it was uploaded (now {plan.file.size - left} bytes, "
+            f"sha256 {digest.hexdigest()}); nothing was stored: upload it again"
+        )
+    if (
+        code != 0
+        or result.get("state") != "stored"
+        or result.get("size") != plan.file.size
+        or result.get("sha256") != plan.file.sha256
+    ):
+        raise TransferError(
+            f"{action}: the pod stored nothing (exit {code}, it received {result.get('size')} of "
+            f"{plan.file.size} bytes, sha256 {result.get('sha256')}): {_stderr_tail(session)}"
+        )
     return True
 
 
@@ -470,14 +531,25 @@ def make_owner(api_client: Any, namespace: str, claim: str, job: dict[str, Any])
     import kubernetes.client
 
     kubernetes.client.CoreV1Api(api_client).patch_namespaced_persistent_volume_claim(
-        claim, namespace, {"metadata": {"ownerReferences": [uploads.owner_reference(job)]}})
+        claim, namespace, {"metadata": {"ownerReferences": [uploads.owner_reference(job)]}}
+    )
 
 
 # --- download ---------------------------------------------------------------------------------
-def download_directory(api_client: Any, namespace: str, *, claim: str, directory: str, to: Path, job_name: str,
-                       image: str, image_pull_policy: str = "IfNotPresent", fs_group: int = pod_security.RUN_AS_GROUP,
-                       progress: ProgressFactory = default_progress,
-                       start_timeout_s: float | None = None) -> list[str]:
+def download_directory(
+    api_client: Any,
+    namespace: str,
+    *,
+    claim: str,
+    directory: str,
+    to: Path,
+    job_name: str,
+    image: str,
+    image_pull_policy: str = "IfNotPresent",
+    fs_group: int = pod_security.RUN_AS_GROUP,
+    progress: ProgressFactory = default_progress,
+    start_timeout_s: float | None = None,
+) -> list[str]:
     """Copy ``directory`` (relative to ``claim``'s root) to ``to`` on this machine, byte for
     byte: a helper pod mounts the claim read-only and sends a tar stream; every file's size is
     checked against the listing made before and its sha256 against the one computed as it was
@@ -489,15 +561,27 @@ def download_directory(api_client: Any, namespace: str, *, claim: str, directory
         raise FileExistsError(f"{to}: exists and is not an empty directory; nothing is overwritten")
     action = f"downloading {claim}/{directory}"
     needed = uploads.needed_permissions(None)
-    check_rights(api_client, namespace, needed, action,
-                 "a short-lived pod mounts the claim read-only and sends the files through the exec stream")
+    check_rights(
+        api_client,
+        namespace,
+        needed,
+        action,
+        "a short-lived pod mounts the claim read-only and sends the files through the exec stream",
+    )
     to.parent.mkdir(parents=True, exist_ok=True)
     partial = to.parent / f".{to.name}.partial-{secrets.token_hex(4)}"
     partial.mkdir()
     try:
         pod = uploads.helper_pod_manifest(
-            helper_pod_name(job_name, "download"), claim=claim, read_only=True, image=image,
-            image_pull_policy=image_pull_policy, fs_group=fs_group, purpose="download", job_name=job_name)
+            helper_pod_name(job_name, "download"),
+            claim=claim,
+            read_only=True,
+            image=image,
+            image_pull_policy=image_pull_policy,
+            fs_group=fs_group,
+            purpose="download",
+            job_name=job_name,
+        )
         with helper_pod(api_client, namespace, pod, action=action, start_timeout_s=start_timeout_s) as name:
             files = _receive_tree(api_client, namespace, name, directory, partial, action, progress)
         if to.exists():
@@ -509,8 +593,9 @@ def download_directory(api_client: Any, namespace: str, *, claim: str, directory
     return files
 
 
-def _receive_tree(api_client: Any, namespace: str, pod: str, directory: str, into: Path, action: str,
-                  progress: ProgressFactory) -> list[str]:
+def _receive_tree(
+    api_client: Any, namespace: str, pod: str, directory: str, into: Path, action: str, progress: ProgressFactory
+) -> list[str]:
     session = open_exec(api_client, namespace, pod, uploads.send_command(directory), action=action)
     return receive_tree(session, directory, into, action, progress)
 
@@ -527,8 +612,9 @@ def receive_tree(session: ExecSession, directory: str, into: Path, action: str, 
         expected_files = {rel: size for rel, size in listed.items() if size is not None}
         received: dict[str, tuple[int, str]] = {}
         try:
-            _extract(session, listed, into, received, action, progress(f"download {directory}",
-                                                                        sum(expected_files.values())))
+            _extract(
+                session, listed, into, received, action, progress(f"download {directory}", sum(expected_files.values()))
+            )
         except (tarfile.TarError, EOFError) as error:  # the stream ended early: the pod says why
             session.finish()
             raise TransferError(f"{action}: the stream broke ({error}): {_stderr_tail(session)}") from None
@@ -539,8 +625,14 @@ def receive_tree(session: ExecSession, directory: str, into: Path, action: str, 
     return _verified(action, code, trailer, expected_files, received, session)
 
 
-def _extract(session: ExecSession, listed: dict[str, int | None], into: Path, received: dict[str, tuple[int, str]],
-             action: str, bar_context: ByteProgress) -> None:
+def _extract(
+    session: ExecSession,
+    listed: dict[str, int | None],
+    into: Path,
+    received: dict[str, tuple[int, str]],
+    action: str,
+    bar_context: ByteProgress,
+) -> None:
     """Write the tar stream's files under ``into``, each hashed as written; only listed entries."""
     with bar_context as bar:
         # ExecSession has read() and close(), all a stream ("r|") uses; typeshed's _Fileobj wants more.
@@ -570,8 +662,14 @@ def _extract(session: ExecSession, listed: dict[str, int | None], into: Path, re
             pass
 
 
-def _verified(action: str, code: int, trailer: dict[str, Any], expected_files: dict[str, int],
-              received: dict[str, tuple[int, str]], session: ExecSession) -> list[str]:
+def _verified(
+    action: str,
+    code: int,
+    trailer: dict[str, Any],
+    expected_files: dict[str, int],
+    received: dict[str, tuple[int, str]],
+    session: ExecSession,
+) -> list[str]:
     """The files' paths if every listed file arrived with its size and the pod's sha256."""
     sums = trailer.get("sha256") or {}
     if code != 0 or not sums:

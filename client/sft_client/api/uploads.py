@@ -125,8 +125,9 @@ def upload_claim_size(size_bytes: int) -> str:
     return f"{max(UPLOAD_CLAIM_MIN_MIB, mib)}Mi"
 
 
-def plan_upload(file: LocalFile, *, job_name: str, ckpt_output_dir: str, nnodes: int | None,
-                storage_class: str | None) -> UploadPlan:
+def plan_upload(
+    file: LocalFile, *, job_name: str, ckpt_output_dir: str, nnodes: int | None, storage_class: str | None
+) -> UploadPlan:
     """Where ``file`` goes: the existing checkpoint claim ``ckpt_output_dir`` names, else a new
     claim ``<job>-upload`` that every pod of the job can mount (ReadWriteMany for more than one
     node: written by the upload pod, read from several nodes)."""
@@ -135,8 +136,9 @@ def plan_upload(file: LocalFile, *, job_name: str, ckpt_output_dir: str, nnodes:
         claim = parse_claim_path(ckpt_output_dir, "ckpt_output_dir").claim
         return UploadPlan(file, ClaimPath(claim, path), None)
     modes = ("ReadWriteMany",) if (nnodes or 1) > 1 else ("ReadWriteOnce",)
-    return UploadPlan(file, ClaimPath(upload_claim_name(job_name), path),
-                      NewClaim(upload_claim_size(file.size), modes, storage_class))
+    return UploadPlan(
+        file, ClaimPath(upload_claim_name(job_name), path), NewClaim(upload_claim_size(file.size), modes, storage_class)
+    )
 
 
 def helper_labels(purpose: str, job_name: str) -> dict[str, str]:
@@ -158,8 +160,10 @@ def claim_manifest(plan: UploadPlan, job_name: str) -> dict[str, Any]:
         "metadata": {
             "name": plan.target.claim,
             "labels": helper_labels("upload", job_name),
-            "annotations": {ANNOTATION_UPLOAD_SHA256: plan.file.sha256,
-                            ANNOTATION_UPLOAD_SOURCE: upload_file_name(plan.file.path)},
+            "annotations": {
+                ANNOTATION_UPLOAD_SHA256: plan.file.sha256,
+                ANNOTATION_UPLOAD_SOURCE: upload_file_name(plan.file.path),
+            },
         },
         "spec": spec,
     }
@@ -169,8 +173,12 @@ def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
     """The SFTJob as the owner of an upload claim: the garbage collector deletes the claim with
     the job. Not a controller reference (the operator controls only what it renders) and no
     blockOwnerDeletion (that would need update rights on sftjobs/finalizers)."""
-    return {"apiVersion": contract.API_VERSION, "kind": contract.KIND,
-            "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "name": job["metadata"]["name"],
+        "uid": job["metadata"]["uid"],
+    }
 
 
 # The helper's main process: idle until deleted (SIGTERM; as PID 1 it must handle it to exit at
@@ -182,8 +190,17 @@ IDLE_SCRIPT = (
 )
 
 
-def helper_pod_manifest(name: str, *, claim: str, read_only: bool, image: str, image_pull_policy: str,
-                        fs_group: int, purpose: str, job_name: str) -> dict[str, Any]:
+def helper_pod_manifest(
+    name: str,
+    *,
+    claim: str,
+    read_only: bool,
+    image: str,
+    image_pull_policy: str,
+    fs_group: int,
+    purpose: str,
+    job_name: str,
+) -> dict[str, Any]:
     """A short-lived pod that mounts ``claim`` at HELPER_MOUNT and idles while the client execs
     into it: the restricted profile (uid 65532, no privilege escalation, no capabilities,
     RuntimeDefault seccomp, read-only root), no ServiceAccount token, never restarted.
@@ -211,15 +228,17 @@ def helper_pod_manifest(name: str, *, claim: str, read_only: bool, image: str, i
             "terminationGracePeriodSeconds": 5,
             "activeDeadlineSeconds": HELPER_POD_DEADLINE_S,
             "securityContext": security,
-            "containers": [{
-                "name": HELPER_CONTAINER,
-                "image": image,
-                "imagePullPolicy": image_pull_policy,
-                "command": ["python3", "-c", IDLE_SCRIPT],
-                "securityContext": pod_security.container_security_context(read_only_root=True),
-                "resources": HELPER_RESOURCES,
-                "volumeMounts": [mount],
-            }],
+            "containers": [
+                {
+                    "name": HELPER_CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": image_pull_policy,
+                    "command": ["python3", "-c", IDLE_SCRIPT],
+                    "securityContext": pod_security.container_security_context(read_only_root=True),
+                    "resources": HELPER_RESOURCES,
+                    "volumeMounts": [mount],
+                }
+            ],
             "volumes": [{"name": HELPER_VOLUME, "persistentVolumeClaim": claim_source}],
         },
     }
@@ -334,11 +353,15 @@ class Permission:
 # What a transfer does with the caller's own rights. An exec over a websocket is a GET of
 # pods/exec (Kubernetes before 1.30 authorizes it as "get"; later ones check "create" too).
 HELPER_POD_PERMISSIONS = (
-    Permission("create", "pods"), Permission("get", "pods"), Permission("delete", "pods"),
-    Permission("create", "pods", "exec"), Permission("get", "pods", "exec"),
+    Permission("create", "pods"),
+    Permission("get", "pods"),
+    Permission("delete", "pods"),
+    Permission("create", "pods", "exec"),
+    Permission("get", "pods", "exec"),
 )
 NEW_CLAIM_PERMISSIONS = (
-    Permission("create", "persistentvolumeclaims"), Permission("patch", "persistentvolumeclaims"),
+    Permission("create", "persistentvolumeclaims"),
+    Permission("patch", "persistentvolumeclaims"),
     Permission("delete", "persistentvolumeclaims"),
 )
 
@@ -350,8 +373,9 @@ def needed_permissions(plan: UploadPlan | None) -> tuple[Permission, ...]:
     return HELPER_POD_PERMISSIONS
 
 
-def forbidden_message(user_action: str, namespace: str, missing: list[Permission] | tuple[Permission, ...],
-                      why: str) -> str:
+def forbidden_message(
+    user_action: str, namespace: str, missing: list[Permission] | tuple[Permission, ...], why: str
+) -> str:
     """One line naming what the caller may not do and why the client needs it."""
     listed = ", ".join(str(p) for p in missing)
     return f"{user_action} needs these rights in namespace {namespace}, which you lack: {listed} ({why})"

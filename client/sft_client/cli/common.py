@@ -63,7 +63,10 @@ def cell(value: Any, fmt: str = "{}") -> str:
 
 
 def follow(
-    client: Any, name: str, namespace: str, timeout: float | None,
+    client: Any,
+    name: str,
+    namespace: str,
+    timeout: float | None,
     until: Callable[[JobView], bool] | None = None,
 ) -> Any:
     """Follow the job with progress (a bar on a terminal, lines on stderr otherwise) until
@@ -72,7 +75,9 @@ def follow(
     sft_api = api()
     extra = {} if until is None else {"until": until}
     try:
-        return sft_api.wait_for_job(client, name, namespace, timeout=timeout, display=sft_api.ProgressDisplay(), **extra)
+        return sft_api.wait_for_job(
+            client, name, namespace, timeout=timeout, display=sft_api.ProgressDisplay(), **extra
+        )
     except (sft_api.SFTJobFailedError, sft_api.SFTJobDeletedError, sft_api.SFTJobNotFoundError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     except TimeoutError as exc:

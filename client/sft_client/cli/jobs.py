@@ -72,15 +72,21 @@ def submit(
         Path | None, typer.Option("--filename", "-f", help="An SFTJob manifest (YAML; - for stdin).")
     ] = None,
     model_path: Annotated[
-        str | None, typer.Option(help="hf://org/repo[@rev] (or a bare HF id), s3://bucket/prefix, pvc://claim/path or an "
-                                      "absolute path in the pod.")
+        str | None,
+        typer.Option(
+            help="hf://org/repo[@rev] (or a bare HF id), s3://bucket/prefix, pvc://claim/path or an "
+            "absolute path in the pod."
+        ),
     ] = None,
     data_path: Annotated[
         str | None,
-        typer.Option("--data-path", "--data",
-                     help="A JSONL file on this machine (relative path or file://: uploaded first), "
-                          "hf://datasets/org/repo/file, s3://bucket/key, https://host/file, pvc://claim/path, or an "
-                          "absolute path in the pod."),
+        typer.Option(
+            "--data-path",
+            "--data",
+            help="A JSONL file on this machine (relative path or file://: uploaded first), "
+            "hf://datasets/org/repo/file, s3://bucket/key, https://host/file, pvc://claim/path, or an "
+            "absolute path in the pod.",
+        ),
     ] = None,
     ckpt_output_dir: Annotated[
         str | None, typer.Option(help="pvc://claim/path, or a relative path with --checkpoint-claim-size.")
@@ -98,7 +104,9 @@ def submit(
     nproc_per_node: Annotated[int | None, typer.Option()] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Any other sft()/osft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."),
+        typer.Option(
+            "--set", help="Any other sft()/osft() parameter or TrainingArgs field: KEY=VALUE (JSON/YAML value)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Job name; default: sft-<model>-<random>.")] = None,
     namespace: NamespaceOption = None,
@@ -109,8 +117,10 @@ def submit(
     ] = None,
     checkpoint_storage: Annotated[
         str | None,
-        typer.Option(help="training_hub's remote checkpoint URI: s3://bucket/prefix exports every checkpoint (full "
-                          "states too) and restores from it; 'pvc' or unset: the claim only."),
+        typer.Option(
+            help="training_hub's remote checkpoint URI: s3://bucket/prefix exports every checkpoint (full "
+            "states too) and restores from it; 'pvc' or unset: the claim only."
+        ),
     ] = None,
     storage_class: Annotated[str | None, typer.Option(help="Storage class of that claim (and of an upload's).")] = None,
     hf_token_secret: Annotated[str | None, typer.Option(help="Secret with key HF_TOKEN for hf:// sources.")] = None,
@@ -148,16 +158,23 @@ def submit(
     training = {key: value for key, value in flags.items() if value is not None}
     training.update(_key_values(set_, "--set", parse=True))
     remote = {
-        "hf_token_secret": hf_token_secret, "hf_endpoint": hf_endpoint, "s3_credentials_secret": s3_credentials_secret,
-        "s3_endpoint": s3_endpoint, "s3_region": s3_region, "source_cache_claim": source_cache_claim,
+        "hf_token_secret": hf_token_secret,
+        "hf_endpoint": hf_endpoint,
+        "s3_credentials_secret": s3_credentials_secret,
+        "s3_endpoint": s3_endpoint,
+        "s3_region": s3_region,
+        "source_cache_claim": source_cache_claim,
         "export_uri": export_uri,
     }
     prepared = None
     if algorithm not in ("sft", "osft"):
         raise fail(f"--algorithm: {algorithm!r}: sft or osft", EXIT_INVALID)
     if filename is not None:
-        if training or algorithm != "sft" or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env,
-                                                    *remote.values())):
+        if (
+            training
+            or algorithm != "sft"
+            or any(v is not None for v in (image, device, checkpoint_claim_size, storage_class, env, *remote.values()))
+        ):
             raise fail("give either --filename or training flags, not both", EXIT_INVALID)
         manifest = _manifest_from_file(filename, name, namespace)
     else:
@@ -198,8 +215,9 @@ def submit(
     except TransferError as exc:  # the upload: a right missing, a pod that cannot start, ...
         raise fail(f"{exc} (the job was not created)", EXIT_FAILED) from None
     except KeyboardInterrupt:
-        raise fail("interrupted: the upload was stopped and cleaned up; the job was not created",
-                   EXIT_INTERRUPTED) from None
+        raise fail(
+            "interrupted: the upload was stopped and cleaned up; the job was not created", EXIT_INTERRUPTED
+        ) from None
     job_name = created["metadata"]["name"]
     typer.echo(f"sftjob.finetune.dev/{job_name} created in {target_namespace}", err=True)
     if wait:
@@ -287,7 +305,9 @@ def status(
         raise fail(str(exc), EXIT_FAILED) from None
     if output in ("yaml", "json"):
         status_body = job.get("status") or {}
-        typer.echo(json.dumps(status_body, indent=2) if output == "json" else yaml.safe_dump(status_body, sort_keys=False))
+        typer.echo(
+            json.dumps(status_body, indent=2) if output == "json" else yaml.safe_dump(status_body, sort_keys=False)
+        )
         return
     view = api().view_job(job)
     out = console()
@@ -301,7 +321,11 @@ def status(
             table.add_column(column)
         for checkpoint in view.checkpoints:
             table.add_row(
-                checkpoint.name, cell(checkpoint.epoch), cell(checkpoint.samples), cell(checkpoint.time), checkpoint.path
+                checkpoint.name,
+                cell(checkpoint.epoch),
+                cell(checkpoint.samples),
+                cell(checkpoint.time),
+                checkpoint.path,
             )
         out.print(table)
     else:
@@ -374,8 +398,9 @@ def list_command(
 @commands.command()
 def download(
     name: JobNameArgument,
-    output: Annotated[Path, typer.Option("--output", "-o", help="The directory to create (must not exist or be "
-                                                                 "empty).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The directory to create (must not exist or be empty).")
+    ],
     checkpoint: Annotated[
         str | None, typer.Argument(help="A checkpoint's name (e.g. samples_64); default: the final one.")
     ] = None,

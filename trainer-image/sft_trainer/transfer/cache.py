@@ -125,8 +125,7 @@ class Entry:
         """Checked before and still in place: never fetched again."""
         seen = record.get(f.path)
         final = self.files / f.path
-        return (seen == {"size": f.size, "checksum": f.checksum} and final.is_file()
-                and final.stat().st_size == f.size)
+        return seen == {"size": f.size, "checksum": f.checksum} and final.is_file() and final.stat().st_size == f.size
 
     def mark_verified(self, record: dict[str, dict], f: RemoteFile) -> None:
         record[f.path] = {"size": f.size, "checksum": f.checksum}
@@ -177,12 +176,16 @@ class Entry:
 
     def complete(self, uri: str, remote: Remote) -> SourceManifest:
         manifest = SourceManifest(
-            uri=uri, revision=remote.revision, completed_at=now_iso(),
-            files=[SourceFile(path=f.path, size=f.size, checksum=f.checksum) for f in remote.files])
+            uri=uri,
+            revision=remote.revision,
+            completed_at=now_iso(),
+            files=[SourceFile(path=f.path, size=f.size, checksum=f.checksum) for f in remote.files],
+        )
         shutil.rmtree(self.partial, ignore_errors=True)
         (self.dir / PARTIAL_TAGS_FILE).unlink(missing_ok=True)
         checkpoints.atomic_write_bytes(
-            self.manifest_path, manifest.model_dump_json(by_alias=True, indent=1).encode() + b"\n")
+            self.manifest_path, manifest.model_dump_json(by_alias=True, indent=1).encode() + b"\n"
+        )
         return manifest
 
     def bytes_missing(self, remote: Remote, record: dict[str, dict]) -> int:

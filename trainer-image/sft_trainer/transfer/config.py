@@ -68,8 +68,9 @@ def parse(raw: object) -> TransferConfig:
     if entries and (not isinstance(root, str) or not root.startswith("/")):
         raise ConfigProblem(f"{contract.CONFIG_KEY_SOURCE_CACHE_ROOT}: an absolute path is required with sources")
     parsed = tuple(_source_entry(i, e) for i, e in enumerate(entries))
-    return TransferConfig(Path(ckpt), Path(root) if isinstance(root, str) else None, parsed,
-                          _export(raw.get(contract.CONFIG_KEY_EXPORT)))
+    return TransferConfig(
+        Path(ckpt), Path(root) if isinstance(root, str) else None, parsed, _export(raw.get(contract.CONFIG_KEY_EXPORT))
+    )
 
 
 def _source_entry(index: int, entry: object) -> SourceEntry:
@@ -99,8 +100,9 @@ def _export(value: object) -> ExportConfig | None:
         bucket, prefix = sources.parse_export_uri(value["uri"])
     except SourceProblem as problem:
         raise ConfigProblem(f"{key}.uri: {problem}") from None
-    return ExportConfig(value["uri"], bucket, prefix, bool(value.get("fullStates", False)),
-                        bool(value.get("restore", False)))
+    return ExportConfig(
+        value["uri"], bucket, prefix, bool(value.get("fullStates", False)), bool(value.get("restore", False))
+    )
 
 
 def load(path: Path) -> TransferConfig:

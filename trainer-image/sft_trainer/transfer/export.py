@@ -72,8 +72,15 @@ def shards_present(path: Path) -> bool:
     return True
 
 
-def exportable(tree: CheckpointTree, exported: set[str], *, full_states: bool, now: float,
-               newest: Callable[[str], float], ready: Callable[[str], bool]) -> list[str]:
+def exportable(
+    tree: CheckpointTree,
+    exported: set[str],
+    *,
+    full_states: bool,
+    now: float,
+    newest: Callable[[str], float],
+    ready: Callable[[str], bool],
+) -> list[str]:
     """Checkpoints (relative paths) to export now, oldest first (pure given the two probes)."""
     wanted = []
     for ckpt in tree.hf_checkpoints:
@@ -126,8 +133,15 @@ class _StopAwareReader(io.RawIOBase):
 
 
 class Exporter:
-    def __init__(self, export: ExportConfig, root: Path, state: StateWriter, env: Mapping[str, str],
-                 stop: threading.Event, client=None):
+    def __init__(
+        self,
+        export: ExportConfig,
+        root: Path,
+        state: StateWriter,
+        env: Mapping[str, str],
+        stop: threading.Event,
+        client=None,
+    ):
         from .s3 import make_client
 
         self.export = export
@@ -165,9 +179,14 @@ class Exporter:
 
     def export_pending(self) -> list[str]:
         tree = checkpoints.scan_checkpoints(self.root)
-        todo = exportable(tree, self.state.exported(), full_states=self.export.full_states, now=time.time(),
-                          newest=lambda rel: newest_mtime(self.root / rel),
-                          ready=lambda rel: shards_present(self.root / rel))
+        todo = exportable(
+            tree,
+            self.state.exported(),
+            full_states=self.export.full_states,
+            now=time.time(),
+            newest=lambda rel: newest_mtime(self.root / rel),
+            ready=lambda rel: shards_present(self.root / rel),
+        )
         for rel in todo:
             if self.stop.is_set():
                 raise Stopping()
@@ -195,15 +214,23 @@ class Exporter:
                 continue  # uploaded by an earlier attempt that was cut before the marker
             reader = _StopAwareReader(local / f["path"], self.stop)
             try:
-                self.client.put_object(self.export.bucket, key, reader, f["size"], part_size=PART_SIZE,
-                                       num_parallel_uploads=1, metadata={MTIME_META: str(f["mtimeNs"])})
+                self.client.put_object(
+                    self.export.bucket,
+                    key,
+                    reader,
+                    f["size"],
+                    part_size=PART_SIZE,
+                    num_parallel_uploads=1,
+                    metadata={MTIME_META: str(f["mtimeNs"])},
+                )
             finally:
                 reader.close()
             uploaded += f["size"]
         marker = {"checkpoint": rel, "exportedAt": now_iso(), "files": files}
         data = json.dumps(marker, indent=1).encode()
-        self.client.put_object(self.export.bucket, marker_key, io.BytesIO(data), len(data),
-                               content_type="application/json")
+        self.client.put_object(
+            self.export.bucket, marker_key, io.BytesIO(data), len(data), content_type="application/json"
+        )
         self.state.add_export(rel, uri, total)
         log.info("export: %s -> %s (%d bytes uploaded, %d in all)", rel, uri, uploaded, total)
         return uri
@@ -244,9 +271,13 @@ class Exporter:
         prefix = remote_key(self.export.prefix, checkpoints.FULL_STATE_DIR) + "/"
         found = []
         for obj in self.client.list_objects(self.export.bucket, prefix=prefix, recursive=False):
-            name = obj.object_name[len(prefix):].strip("/")
+            name = obj.object_name[len(prefix) :].strip("/")
             match = re.fullmatch(r"epoch_(\d+)", name)
-            if obj.is_dir and match and self._remote_size(f"{prefix}{name}/{sources.EXPORT_COMPLETE_OBJECT}") is not None:
+            if (
+                obj.is_dir
+                and match
+                and self._remote_size(f"{prefix}{name}/{sources.EXPORT_COMPLETE_OBJECT}") is not None
+            ):
                 found.append((int(match.group(1)), name))
         return sorted(found)
 
@@ -289,8 +320,9 @@ class Exporter:
                 response.close()
                 response.release_conn()
             if target.stat().st_size != entry["size"]:
-                raise outcome.Transient(f"{rel}/{entry['path']}: {target.stat().st_size} bytes, exported "
-                                        f"{entry['size']}")
+                raise outcome.Transient(
+                    f"{rel}/{entry['path']}: {target.stat().st_size} bytes, exported {entry['size']}"
+                )
         destination = self.root / rel
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, destination)

@@ -81,8 +81,7 @@ def as_failure(error: BaseException, source) -> TransferFailure | None:
 
 
 class Fetcher:
-    def __init__(self, config: TransferConfig, state: StateWriter, env: Mapping[str, str],
-                 stop: threading.Event):
+    def __init__(self, config: TransferConfig, state: StateWriter, env: Mapping[str, str], stop: threading.Event):
         self.config = config
         self.state = state
         self.env = env
@@ -137,11 +136,23 @@ class Fetcher:
         if source.needs_check(manifest.revision) and source.revision() != manifest.revision:
             log.info("%s: %s moved from %s; fetching again", entry.field, entry.uri, manifest.revision)
             return None
-        self.state.update_download(index, state=DownloadState.DONE, cached=True, bytesDone=manifest.total_bytes,
-                                   bytesTotal=manifest.total_bytes, files=len(manifest.files),
-                                   revision=manifest.revision, error=None)
-        log.info("%s: %s is in the cache (%d files, %d bytes): nothing to fetch", entry.field, entry.uri,
-                 len(manifest.files), manifest.total_bytes)
+        self.state.update_download(
+            index,
+            state=DownloadState.DONE,
+            cached=True,
+            bytesDone=manifest.total_bytes,
+            bytesTotal=manifest.total_bytes,
+            files=len(manifest.files),
+            revision=manifest.revision,
+            error=None,
+        )
+        log.info(
+            "%s: %s is in the cache (%d files, %d bytes): nothing to fetch",
+            entry.field,
+            entry.uri,
+            len(manifest.files),
+            manifest.total_bytes,
+        )
         return manifest
 
     def _lock(self, index: int, entry: SourceEntry, cache: Entry) -> None:
@@ -175,11 +186,23 @@ class Fetcher:
         if missing > free:
             raise Permanent(f"no space left: {missing} bytes to fetch, {free} free under {self.config.cache_root}")
         done = sum(f.size for f in remote.files if cache.is_verified(record, f))
-        self.state.update_download(index, state=DownloadState.DOWNLOADING, bytesDone=done,
-                                   bytesTotal=remote.total_bytes, files=len(remote.files), revision=remote.revision,
-                                   cached=False)
-        log.info("%s: fetching %s (%d files, %d bytes, %d already here)", entry.field, entry.uri,
-                 len(remote.files), remote.total_bytes, done)
+        self.state.update_download(
+            index,
+            state=DownloadState.DOWNLOADING,
+            bytesDone=done,
+            bytesTotal=remote.total_bytes,
+            files=len(remote.files),
+            revision=remote.revision,
+            cached=False,
+        )
+        log.info(
+            "%s: fetching %s (%d files, %d bytes, %d already here)",
+            entry.field,
+            entry.uri,
+            len(remote.files),
+            remote.total_bytes,
+            done,
+        )
         todo = [f for f in remote.files if not cache.is_verified(record, f)]
         progress = self._progress = _Progress(index, done)
         try:
@@ -201,8 +224,17 @@ class Fetcher:
         log.info("%s: %s complete (%d bytes)", entry.field, entry.uri, remote.total_bytes)
         return manifest
 
-    def _fetch_file(self, entry: SourceEntry, source, cache: Entry, record: dict, remote: Remote,
-                    progress: _Progress, f, abort: threading.Event) -> None:
+    def _fetch_file(
+        self,
+        entry: SourceEntry,
+        source,
+        cache: Entry,
+        record: dict,
+        remote: Remote,
+        progress: _Progress,
+        f,
+        abort: threading.Event,
+    ) -> None:
         """One file: download (resuming), verify (twice at most), move into files/."""
         for attempt in range(1, VERIFY_TRIES + 1):
             with progress.lock:
@@ -232,8 +264,9 @@ class Fetcher:
             if attempt == VERIFY_TRIES:
                 raise Permanent(f"verification failed twice: {problem}")
 
-    def _fetch_parallel(self, entry: SourceEntry, source, cache: Entry, record: dict, remote: Remote,
-                        progress: _Progress, todo: list) -> None:
+    def _fetch_parallel(
+        self, entry: SourceEntry, source, cache: Entry, record: dict, remote: Remote, progress: _Progress, todo: list
+    ) -> None:
         """WORKERS files at a time. The first failure stops the others at their next chunk and is
         raised once every worker has stopped (a retry never writes beside a running download);
         SIGTERM (raised in this thread) leaves at once: the workers are daemons."""
@@ -258,8 +291,9 @@ class Fetcher:
                     abort.set()
                     return
 
-        workers = [threading.Thread(target=work, name=f"fetch-{n}", daemon=True)
-                   for n in range(min(WORKERS, len(todo)))]
+        workers = [
+            threading.Thread(target=work, name=f"fetch-{n}", daemon=True) for n in range(min(WORKERS, len(todo)))
+        ]
         for worker in workers:
             worker.start()
         try:
@@ -271,4 +305,3 @@ class Fetcher:
             raise
         if errors:
             raise errors[0]
-

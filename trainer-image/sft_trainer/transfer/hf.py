@@ -55,15 +55,22 @@ def _bounded_client():
     class BoundedTransport(httpx2.HTTPTransport):
         def handle_request(self, request):
             bounds = dict(request.extensions.get("timeout") or {})
-            for key, default in (("connect", CONNECT_TIMEOUT), ("read", READ_TIMEOUT),
-                                 ("write", READ_TIMEOUT), ("pool", CONNECT_TIMEOUT)):
+            for key, default in (
+                ("connect", CONNECT_TIMEOUT),
+                ("read", READ_TIMEOUT),
+                ("write", READ_TIMEOUT),
+                ("pool", CONNECT_TIMEOUT),
+            ):
                 if bounds.get(key) is None:
                     bounds[key] = default
             request.extensions["timeout"] = bounds
             return super().handle_request(request)
 
-    return httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True,
-                         transport=BoundedTransport(verify=tls_context()))
+    return httpx2.Client(
+        event_hooks={"request": [hf_request_event_hook]},
+        follow_redirects=True,
+        transport=BoundedTransport(verify=tls_context()),
+    )
 
 
 def tls_context():
@@ -102,8 +109,9 @@ class HfSource:
         return not (self.source.revision and COMMIT.match(self.source.revision))
 
     def revision(self) -> str:
-        info = self.api.repo_info(self.source.repo, repo_type=self.repo_type, revision=self.source.revision,
-                                  timeout=CONNECT_TIMEOUT * 3)
+        info = self.api.repo_info(
+            self.source.repo, repo_type=self.repo_type, revision=self.source.revision, timeout=CONNECT_TIMEOUT * 3
+        )
         if not info.sha:
             raise Transient(f"the endpoint returned no commit for {self.source.repo}")
         return info.sha
@@ -114,35 +122,52 @@ class HfSource:
         if self.repo_type == "model":
             files = tuple(
                 RemoteFile(f.path, f.size, f"sha256:{f.lfs.sha256}" if f.lfs else f"git-sha1:{f.blob_id}", f.path)
-                for f in self.api.list_repo_tree(self.source.repo, recursive=True, revision=commit,
-                                                 repo_type=self.repo_type)
-                if isinstance(f, hub.hf_api.RepoFile))
+                for f in self.api.list_repo_tree(
+                    self.source.repo, recursive=True, revision=commit, repo_type=self.repo_type
+                )
+                if isinstance(f, hub.hf_api.RepoFile)
+            )
             if not files:
                 raise Permanent(f"{self.source.repo} has no files at {commit}")
             return Remote(commit, files)
-        url = hub.hf_hub_url(self.source.repo, self.source.path, repo_type="dataset", revision=commit,
-                             endpoint=self.endpoint)
+        url = hub.hf_hub_url(
+            self.source.repo, self.source.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
+        )
         meta = hub.get_hf_file_metadata(url, token=self.token, timeout=CONNECT_TIMEOUT * 3, endpoint=self.endpoint)
         if meta.size is None:
             raise Transient(f"the endpoint gave no size for {self.source.path}")
         etag = (meta.etag or "").lower()
-        checksum = (f"sha256:{etag}" if SHA256.match(etag) else f"git-sha1:{etag}" if COMMIT.match(etag)
-                    else f"etag:{meta.etag}" if meta.etag else None)
+        checksum = (
+            f"sha256:{etag}"
+            if SHA256.match(etag)
+            else f"git-sha1:{etag}"
+            if COMMIT.match(etag)
+            else f"etag:{meta.etag}"
+            if meta.etag
+            else None
+        )
         return Remote(commit, (RemoteFile(self.source.file_name(), meta.size, checksum, self.source.path),))
 
     def download(self, f: RemoteFile, partial: Path, revision: str | None, abort: threading.Event) -> None:
         hub = _hub()
         from huggingface_hub.file_download import http_get
 
-        url = hub.hf_hub_url(self.source.repo, f.ref, repo_type=self.repo_type, revision=revision,
-                             endpoint=self.endpoint)
+        url = hub.hf_hub_url(
+            self.source.repo, f.ref, repo_type=self.repo_type, revision=revision, endpoint=self.endpoint
+        )
         headers = hub.utils.build_hf_headers(token=self.token)
         with open(partial, "ab") as out:
             if out.tell() > f.size:  # not a prefix of this file (another blob once had this name)
                 out.truncate(0)
                 out.seek(0)
-            http_get(url, AbortableFile(out, abort), resume_size=out.tell(), headers=headers, expected_size=f.size,
-                     displayed_filename=f.path)
+            http_get(
+                url,
+                AbortableFile(out, abort),
+                resume_size=out.tell(),
+                headers=headers,
+                expected_size=f.size,
+                displayed_filename=f.path,
+            )
 
     def classify(self, error: BaseException) -> TransferFailure | None:
         import httpx2
@@ -156,8 +181,10 @@ class HfSource:
         if isinstance(error, hub_errors.RemoteEntryNotFoundError):
             return Permanent(f"404 Not Found: {repo} has no file {self.source.path or ''}".rstrip())
         if isinstance(error, hub_errors.GatedRepoError):
-            return Permanent(f"{status} gated repo: {who} has not been granted access to {repo} "
-                             "(accept its conditions on the Hub with that account)")
+            return Permanent(
+                f"{status} gated repo: {who} has not been granted access to {repo} "
+                "(accept its conditions on the Hub with that account)"
+            )
         if isinstance(error, hub_errors.RepositoryNotFoundError):
             if status == 401 and not self.env.get("HF_TOKEN"):
                 return Permanent(f"401 Unauthorized: {repo} does not exist or is private, and {who}")
@@ -172,8 +199,10 @@ class HfSource:
             return Transient(f"{status} from {self._host()}")
         if status is not None and status >= 400:
             return Permanent(f"{status} from {self._host()} for {repo}")
-        if isinstance(error, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError,
-                              ConnectionError, TimeoutError)):
+        if isinstance(
+            error,
+            (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, ConnectionError, TimeoutError),
+        ):
             return Transient(f"{type(error).__name__} talking to {self._host()}: {error}")
         if isinstance(error, EnvironmentError) and "Consistency check failed" in str(error):
             return Transient(f"{f_name(error)}: the download ended short")

@@ -82,8 +82,9 @@ class HttpsSource:
         if isinstance(error, requests.HTTPError) and error.response is not None:
             status, reason = error.response.status_code, error.response.reason
             if status in (401, 403):
-                return Permanent(f"{status} {reason}: {host} refused the download (https sources are fetched "
-                                 "without credentials)")
+                return Permanent(
+                    f"{status} {reason}: {host} refused the download (https sources are fetched without credentials)"
+                )
             if status in (404, 410):
                 return Permanent(f"{status} {reason}: {host} has no {self.source.path}")
             if status >= 500 or status in (408, 429):

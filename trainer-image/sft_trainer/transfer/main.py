@@ -70,8 +70,11 @@ def run(env: dict[str, str], stop: threading.Event) -> tuple[int, str]:
     state = StateWriter(config.ckpt_dir)
     # First, before any network: every source Pending, so nobody reads an earlier run's Done.
     indices = [state.add_download(entry.field, entry.uri) for entry in config.sources]
-    restore_index = (state.add_download("spec.export.uri", config.export.uri)
-                     if config.export is not None and config.export.restore else None)
+    restore_index = (
+        state.add_download("spec.export.uri", config.export.uri)
+        if config.export is not None and config.export.restore
+        else None
+    )
     state.write()
     state.start_heartbeat()
     try:

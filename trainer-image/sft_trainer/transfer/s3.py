@@ -24,8 +24,15 @@ from .fetch_io import AbortableFile
 from .outcome import CONNECT_TIMEOUT, READ_TIMEOUT, Permanent, TransferFailure, Transient, s3_credential
 
 CHUNK = 1 << 20
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-           "AllAccessDisabled", "AccountProblem"}
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+    "AccountProblem",
+}
 
 
 class Changed(Exception):
@@ -67,19 +74,29 @@ def make_client(env: Mapping[str, str]):
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
         retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-        cert_reqs="CERT_REQUIRED", ca_certs=bundle, maxsize=4)
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=bundle,
+        maxsize=4,
+    )
     kwargs: dict = {"secure": secure, "region": region, "http_client": http}
     if env.get("AWS_ACCESS_KEY_ID"):
-        kwargs.update(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
-                      session_token=env.get("AWS_SESSION_TOKEN") or None)
-    elif env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") \
-            or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        kwargs.update(
+            access_key=env["AWS_ACCESS_KEY_ID"],
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
+        )
+    elif (
+        env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+        or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        or env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    ):
         kwargs["credentials"] = IamAwsProvider()
     return Minio(host, **kwargs)
 
 
-def classify(error: BaseException, env: Mapping[str, str], what: str, *, bucket: str,
-             key: str | None = None) -> TransferFailure | None:
+def classify(
+    error: BaseException, env: Mapping[str, str], what: str, *, bucket: str, key: str | None = None
+) -> TransferFailure | None:
     """An S3 failure as Permanent or Transient with its problem text; None: not an S3 failure."""
     import urllib3
     from minio.error import InvalidResponseError, S3Error, ServerError
@@ -93,7 +110,11 @@ def classify(error: BaseException, env: Mapping[str, str], what: str, *, bucket:
             return Permanent(f"{status or 404} NoSuchKey: bucket {bucket} has no object {key}")
         if error.code in _DENIED or status in (401, 403):
             return Permanent(f"{status or 403} {error.code}: {s3_credential(env)} cannot {what}")
-        if status is not None and (status >= 500 or status in (408, 429)) or error.code in ("SlowDown", "InternalError"):
+        if (
+            status is not None
+            and (status >= 500 or status in (408, 429))
+            or error.code in ("SlowDown", "InternalError")
+        ):
             return Transient(f"{status} {error.code} from {host}")
         return Permanent(f"{status} {error.code}: {error.message}")
     if isinstance(error, ServerError):
@@ -137,17 +158,21 @@ class S3Source:
             except Exception as error:
                 # A HEAD answer has no body: a missing bucket also reads as a missing key.
                 failure = self.classify(error)
-                if isinstance(failure, Permanent) and "NoSuchKey" in failure.problem \
-                        and not self.client.bucket_exists(self.bucket):
-                    raise Permanent(f"404 NoSuchBucket: bucket {self.bucket} does not exist at "
-                                    f"{endpoint_of(self.env)[0]}") from None
+                if (
+                    isinstance(failure, Permanent)
+                    and "NoSuchKey" in failure.problem
+                    and not self.client.bucket_exists(self.bucket)
+                ):
+                    raise Permanent(
+                        f"404 NoSuchBucket: bucket {self.bucket} does not exist at {endpoint_of(self.env)[0]}"
+                    ) from None
                 raise
             return Remote(None, (self._file(self.source.file_name(), self.source.path, stat.size, stat.etag),))
         files = []
         for obj in self.client.list_objects(self.bucket, prefix=self.source.path, recursive=True):
             if obj.is_dir or obj.object_name.endswith("/"):
                 continue
-            rel = obj.object_name[len(self.source.path):]
+            rel = obj.object_name[len(self.source.path) :]
             files.append(self._file(rel, obj.object_name, obj.size, obj.etag))
         if not files:
             raise Permanent(f"404 no objects under s3://{self.bucket}/{self.source.path}")

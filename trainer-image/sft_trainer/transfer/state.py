@@ -94,7 +94,10 @@ class StateWriter:
             return TransferState(
                 downloads=[DownloadProgress.model_validate(d) for d in self.downloads],
                 exports=[ExportRecord.model_validate(e) for e in self.exports],
-                exportError=self.export_error, exportAttempts=self.export_attempts, updatedAt=now_iso())
+                exportError=self.export_error,
+                exportAttempts=self.export_attempts,
+                updatedAt=now_iso(),
+            )
 
     def write(self, *, force: bool = True) -> None:
         with self._lock:
