@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_DOCKERFILE = ROOT / "Dockerfile"
@@ -144,29 +145,10 @@ def test_the_operator_image_context_holds_the_core_and_the_operator_only(tmp_pat
     client nor the launcher is sent. Built offline, no build isolation."""
     context = docker_context(tmp_path / "context")
     assert sorted(p.name for p in context.iterdir()) == ["core", "operator"]
-    for folder in ("core", "operator"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-index",
-                "-q",
-                "-w",
-                str(tmp_path / "dist"),
-                str(context / folder),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    wheels = [build_wheel(context / folder, tmp_path) for folder in ("core", "operator")]
     shipped = {
         name.split("/")[0]
-        for wheel in (tmp_path / "dist").glob("*.whl")
+        for wheel in wheels
         for name in zipfile.ZipFile(wheel).namelist()
         if name.endswith("/__init__.py")
     }

@@ -5,14 +5,12 @@ client never each other), and dev tooling (devtools/) never ships."""
 from __future__ import annotations
 
 import ast
-import shutil
-import subprocess
-import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
@@ -122,40 +120,6 @@ def test_the_import_rules_catch_an_offender(tmp_path: Path) -> None:
         "import sft_client.api\nfrom sft_operator import render\nif True:\n    from devtools import crd\n"
     )
     assert {n.split(".")[0] for n in imported_modules(module)} == {"sft_client", "sft_operator", "devtools"}
-
-
-def build_wheel(folder: Path, out: Path) -> Path:
-    """The wheel pip builds from a copy of ``folder`` (setuptools writes build/ next to the sources:
-    never into the checkout, where parallel tests would share it)."""
-    source = out / "src"
-    if folder == ROOT:  # the root project ships no package: its metadata is all it reads
-        source.mkdir(parents=True)
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(ROOT / name, source / name)
-    else:
-        shutil.copytree(folder, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    folder = source
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-q",
-            "-w",
-            str(out / "dist"),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = (out / "dist").glob("*.whl")
-    return wheel
 
 
 @pytest.mark.parametrize("folder", sorted(DISTRIBUTIONS))
