@@ -48,7 +48,7 @@ from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator.render import claim_name
+from sft_models.naming import claim_name
 
 NAMESPACE = "chaos"
 JOB_TIMEOUT_S = 1500.0

@@ -43,7 +43,7 @@ from devtools.stack import StackError, wait_until
 from devtools.tiny_model import build_tiny_assets
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator.render import statefulset_name
+from sft_models.naming import statefulset_name
 
 NAMESPACE = "run-policy"
 SCENARIOS = ["startup", "ttl", "rank-failure", "rank-failure-alone", "stall", "deadline"]

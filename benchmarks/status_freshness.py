@@ -39,7 +39,7 @@ from sft_core import contract
 from sft_core.checkpoints import HF_FORMAT_DIR
 from sft_core.contract import progress_configmap_name
 from sft_models.models import parse_job
-from sft_operator.render import claim_name
+from sft_models.naming import claim_name
 
 TARGET_S = 30.0
 POD_CPU = "500m"  # two pods and their reporters on a 2-core node

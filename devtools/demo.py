@@ -125,7 +125,7 @@ def real_main(args: argparse.Namespace) -> int:
     from devtools.stack import StackError
     from devtools.tiny_model import build_tiny_assets
     from sft_models.models import parse_job
-    from sft_operator.render import claim_name, statefulset_name
+    from sft_models.naming import claim_name, statefulset_name
 
     console = Console(highlight=False, soft_wrap=True)
 

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from sft_core import contract
 from sft_models import naming
 from sft_models.models import InvalidSpecError, Reason, SFTJob
-from sft_operator import render
+from sft_operator import render, render_meta, render_pod
 from sft_operator.kube import LISTED_KINDS, KubeApi
 from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
 
@@ -51,7 +51,7 @@ def _create_or_read(kube: KubeApi, manifest: dict[str, Any]) -> tuple[dict[str, 
     except ApiException as exc:
         if exc.status in REFUSALS:
             raise Refused(f"{manifest['kind']} {meta['name']}: {_refusal_message(manifest, exc)}") from None
-        if exc.status == 404 and manifest["kind"] == render.PODGROUP_KIND:
+        if exc.status == 404 and manifest["kind"] == render_meta.PODGROUP_KIND:
             raise Refused(_podgroup_api_missing(manifest)) from None
         if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
             # The namespace is going away with the job in it: nothing to converge, no retries.
@@ -70,7 +70,7 @@ def _podgroup_api_missing(manifest: dict[str, Any]) -> str:
     provider = "the scheduler-plugins coscheduling plugin" if group.endswith("x-k8s.io") else "Volcano"
     return (
         f"spec.scheduling.gang: the cluster has no PodGroup API {group}/{version} (CRD "
-        f"{render.PODGROUP_PLURAL}.{group} is not installed): install {provider}, or remove spec.scheduling.gang"
+        f"{render_meta.PODGROUP_PLURAL}.{group} is not installed): install {provider}, or remove spec.scheduling.gang"
     )
 
 
@@ -147,13 +147,13 @@ def ensure_child(
         others = [o for o in meta.get("ownerReferences") or [] if o.get("kind") != contract.KIND]
         updated["metadata"]["ownerReferences"] = others + want_owners
     if kind == "StatefulSet":
-        want = want_meta["annotations"][render.ANNOTATION_DESIRED_HASH]
-        if (meta.get("annotations") or {}).get(render.ANNOTATION_DESIRED_HASH) == want and not owners_differ:
+        want = want_meta["annotations"][render_meta.ANNOTATION_DESIRED_HASH]
+        if (meta.get("annotations") or {}).get(render_meta.ANNOTATION_DESIRED_HASH) == want and not owners_differ:
             return existing
         updated["metadata"]["labels"] = want_meta["labels"]
         updated["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **want_meta["annotations"]}
         updated["spec"] = manifest["spec"]
-    elif kind == "ConfigMap" and want_meta["labels"].get(contract.LABEL_COMPONENT) != render.COMPONENT_PROGRESS:
+    elif kind == "ConfigMap" and want_meta["labels"].get(contract.LABEL_COMPONENT) != render_meta.COMPONENT_PROGRESS:
         if existing.get("data") == manifest["data"] and not owners_differ:
             return existing
         updated["data"] = manifest["data"]
@@ -161,7 +161,7 @@ def ensure_child(
         if existing.get("rules") == manifest["rules"] and not owners_differ:
             return existing
         updated["rules"] = manifest["rules"]
-    elif kind == render.PODGROUP_KIND:
+    elif kind == render_meta.PODGROUP_KIND:
         # Only the fields we set: a scheduler's webhook may default others (Volcano's queue).
         have_spec = existing.get("spec") or {}
         if all(have_spec.get(k) == v for k, v in manifest["spec"].items()) and not owners_differ:
@@ -212,7 +212,7 @@ def child_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "kind": body.get("kind"),
         "metadata": {k: copy.deepcopy(meta[k]) for k in _SUMMARY_METADATA if meta.get(k) is not None},
     }
-    progress = (meta.get("labels") or {}).get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+    progress = (meta.get("labels") or {}).get(contract.LABEL_COMPONENT) == render_meta.COMPONENT_PROGRESS
     for field in _SUMMARY_FIELDS:
         if field in body and not (field == "data" and progress):
             summary[field] = copy.deepcopy(body[field])
@@ -296,7 +296,7 @@ def converge(
             statefulset = ensure_child(kube, manifest, None)
             job, problem = _as_accepted(job, statefulset)  # another writer won a race
             if problem is not None:
-                statefulset = ensure_child(kube, render.render_statefulset(job, reporter_image), statefulset)
+                statefulset = ensure_child(kube, render_pod.render_statefulset(job, reporter_image), statefulset)
     except Refused as exc:
         return Converged(statefulset, SpecProblem(Reason.INVALID_SPEC, str(exc)), None)
     if job.spec.checkpoints.existing_claim is not None:

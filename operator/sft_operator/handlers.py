@@ -32,7 +32,7 @@ import kubernetes
 
 from sft_core import contract
 from sft_models.models import InvalidSpecError, Phase, Reason, SFTJobStatus
-from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, policy_clock, render
+from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, policy_clock, render_meta
 from sft_operator import indexes as projections  # `indexes`: each handler's view of them (Indexes)
 from sft_operator.children import converge
 from sft_operator.indexes import Indexes, index_entry
@@ -62,7 +62,7 @@ from sft_operator.webhook import JobValidator, authorized, webhook_server
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN: dict[str, Any] = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
-PROGRESS: dict[str, Any] = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS}
+PROGRESS: dict[str, Any] = {**OUR_CHILDREN, contract.LABEL_COMPONENT: render_meta.COMPONENT_PROGRESS}
 log = logging.getLogger("sft_operator")
 CONSISTENCY_TIMEOUT_S = 120.0
 HANDLER_THREADS = 24
@@ -75,7 +75,7 @@ GROUP_RESTART_GRACE_S = 30
 # object of its own, JobValidator).
 _api_client: kubernetes.client.ApiClient | None = None
 # The reporter sidecar's image: the operator's own (set by `run`, from SFT_REPORTER_IMAGE).
-_reporter_image: str = render.DEFAULT_REPORTER_IMAGE
+_reporter_image: str = render_meta.DEFAULT_REPORTER_IMAGE
 # The admin policy (chart values `policy`, SFT_ADMISSION_POLICY): set by `run`, enforced by the
 # webhook and again at every reconcile.
 _policy: AdmissionPolicy = AdmissionPolicy()
@@ -212,7 +212,7 @@ def _deleted(type: str, **_: Any) -> bool:
 def _deleted_or_progress(type: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> bool:
     """A deleted ConfigMap, or a progress summary (the progress ConfigMap is created empty)."""
     return type == "DELETED" or (
-        labels.get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+        labels.get(contract.LABEL_COMPONENT) == render_meta.COMPONENT_PROGRESS
         and bool((body.get("data") or {}).get(contract.PROGRESS_KEY))
     )
 
@@ -237,7 +237,8 @@ def child_changed(
     if type == "DELETED" and resource.plural != "pods":
         restore_children(memo, key, indexes)
     elif (
-        resource.plural in ("pods", "statefulsets") or labels.get(contract.LABEL_COMPONENT) == render.COMPONENT_PROGRESS
+        resource.plural in ("pods", "statefulsets")
+        or labels.get(contract.LABEL_COMPONENT) == render_meta.COMPONENT_PROGRESS
     ):
         refresh_status(memo, key, indexes)
 
@@ -403,7 +404,7 @@ def run(
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     _api_client = metrics.instrument_api_client(kubeclient.load_api_client(kubeconfig))
     metrics.serve(metrics_port)  # /metrics (0: off); kopf's liveness endpoint is its own
-    _reporter_image = os.environ.get(render.ENV_REPORTER_IMAGE) or render.DEFAULT_REPORTER_IMAGE
+    _reporter_image = os.environ.get(render_meta.ENV_REPORTER_IMAGE) or render_meta.DEFAULT_REPORTER_IMAGE
     try:
         _policy = policy_from_env()
     except PolicyError as exc:  # a bad policy stops the start, naming the field

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sft_core import contract
 from sft_core.events import fit_message
-from sft_operator import render
+from sft_operator import render_meta
 
 log = logging.getLogger("sft_operator")
 
@@ -121,7 +121,7 @@ class Kube(KubeApi):
         used to (the API server checks the same and more)."""
         group_version, meta = manifest["apiVersion"], manifest["metadata"]
         root = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
-        path = f"{root}/namespaces/{meta['namespace']}/{render.resource_plural(manifest['kind'])}" + (
+        path = f"{root}/namespaces/{meta['namespace']}/{render_meta.resource_plural(manifest['kind'])}" + (
             f"/{name}" if name else ""
         )
         request = self.client.param_serialize(
@@ -148,7 +148,7 @@ class Kube(KubeApi):
     def read(self, kind: str, namespace: str, name: str, api_version: str | None = None) -> dict[str, Any] | None:
         """``api_version`` is needed only for a kind of another API group (a PodGroup)."""
         try:
-            if kind == render.PODGROUP_KIND:
+            if kind == render_meta.PODGROUP_KIND:
                 return self._read_podgroup(_api_version(api_version), namespace, name)
             return self._plain(self._read_call(kind)(name, namespace, _preload_content=False))
         except ApiException as exc:
@@ -204,28 +204,30 @@ class Kube(KubeApi):
         }[kind]
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        if manifest["kind"] == render.PODGROUP_KIND:
+        if manifest["kind"] == render_meta.PODGROUP_KIND:
             return self._create_podgroup(manifest)
         return self._write("POST", manifest)
 
     def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        if manifest["kind"] == render.PODGROUP_KIND:
+        if manifest["kind"] == render_meta.PODGROUP_KIND:
             return self._replace_podgroup(manifest)
         return self._write("PUT", manifest, meta["name"])
 
-    # A gang's PodGroup: a custom object of the scheduler's group (render.PODGROUP_API_VERSION).
+    # A gang's PodGroup: a custom object of the scheduler's group (render_meta.PODGROUP_API_VERSION).
     def _read_podgroup(self, api_version: str, namespace: str, name: str) -> dict[str, Any]:
         group, version = api_version.split("/")
         return _custom_object(
-            self.custom.get_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, name)
+            self.custom.get_namespaced_custom_object(group, version, namespace, render_meta.PODGROUP_PLURAL, name)
         )
 
     def _create_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
         group, version = manifest["apiVersion"].split("/")
         namespace = manifest["metadata"]["namespace"]
         return _custom_object(
-            self.custom.create_namespaced_custom_object(group, version, namespace, render.PODGROUP_PLURAL, manifest)
+            self.custom.create_namespaced_custom_object(
+                group, version, namespace, render_meta.PODGROUP_PLURAL, manifest
+            )
         )
 
     def _replace_podgroup(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +235,7 @@ class Kube(KubeApi):
         meta = manifest["metadata"]
         return _custom_object(
             self.custom.replace_namespaced_custom_object(
-                group, version, meta["namespace"], render.PODGROUP_PLURAL, meta["name"], manifest
+                group, version, meta["namespace"], render_meta.PODGROUP_PLURAL, meta["name"], manifest
             )
         )
 

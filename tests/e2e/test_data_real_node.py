@@ -36,7 +36,7 @@ from devtools.tiny_model import build_tiny_assets
 from sft_core import contract
 from sft_core.sources import TRANSFER_STATE_FILE
 from sft_models.models import parse_job
-from sft_operator.render import claim_name
+from sft_models.naming import claim_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 

@@ -24,7 +24,7 @@ from sft_core.checkpoints import (
     scan_checkpoints,
 )
 from sft_models.models import parse_job
-from sft_operator.render import statefulset_name
+from sft_models.naming import statefulset_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 

@@ -60,7 +60,8 @@ from sft_core.checkpoints import (
     scan_checkpoints,
 )
 from sft_models.models import parse_job
-from sft_operator.render import REPORTER_CONTAINER, claim_name, statefulset_name
+from sft_models.naming import claim_name, statefulset_name
+from sft_operator.render_meta import REPORTER_CONTAINER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 

@@ -20,7 +20,10 @@ from images_harness import ROOT, docker
 from sft_core import checkpoints as ck
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator.render import claim_name, master_addr, render_configmap, render_statefulset
+from sft_models.naming import claim_name
+from sft_operator.render import render_configmap
+from sft_operator.render_meta import master_addr
+from sft_operator.render_pod import render_statefulset
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
 

@@ -12,7 +12,7 @@ import pytest
 from sft_client.api import follow_job, sft
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator.render import configmap_name, statefulset_name
+from sft_models.naming import configmap_name, statefulset_name
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from fake_kube import FakeKube
 from devtools.tiny_model import tiny_job_spec
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator import render
+from sft_operator import render, render_meta, render_pod
 from sft_operator.children import KnownChildren, child_summary, converge
 from sft_operator.kube import Kube
 
@@ -80,7 +80,7 @@ def test_a_resume_of_an_unchanged_job_reads_and_writes_nothing() -> None:
     sft_job = job()
     stored, known = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    done = converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    done = converge(kube, sft_job, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known)
     assert done.problem is None
     assert done.statefulset is not None and done.statefulset["spec"] == {"replicas": sft_job.spec.nnodes}
     # One listing per unwatched kind (the Kube caches it for every job of the namespace), the
@@ -101,7 +101,7 @@ def test_a_resume_without_known_children_reads_each() -> None:
     sft_job = job()
     stored, _ = cluster_with(render.render_children(sft_job))
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE)
     # What a restart cost before: a read per child (two ConfigMaps), nothing written.
     assert kube.calls == Counter(
         {
@@ -123,7 +123,7 @@ def test_a_missing_child_is_created_and_a_changed_one_read_before_it_is_replaced
     stored[("ConfigMap", config_name)]["metadata"]["resourceVersion"] = "9"
     known.objects[("ConfigMap", config_name)]["data"] = {"training.json": "{}"}
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known)
     assert kube.calls[("create", "Service")] == 1 and kube.calls[("create", "Role")] == 1
     assert kube.calls[("get", "ConfigMap")] == 1 and kube.calls[("replace", "ConfigMap")] == 1
     (replaced,) = kube.replaced
@@ -141,18 +141,18 @@ def test_a_network_policy_someone_widened_is_restored_and_a_deleted_one_re_creat
     widened = stored[("NetworkPolicy", policy["metadata"]["name"])]
     widened["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known)
     (replaced,) = kube.replaced
     assert (replaced["kind"], replaced["spec"]) == ("NetworkPolicy", policy["spec"])
     assert replaced["metadata"]["resourceVersion"] == "7"  # the object read, updated
     del stored[("NetworkPolicy", policy["metadata"]["name"])]
     kube = RecordingKube(stored)
-    converge(kube, sft_job, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    converge(kube, sft_job, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known)
     assert kube.calls[("create", "NetworkPolicy")] == 1 and not kube.replaced
 
 
 def test_a_network_policy_is_written_to_its_plural() -> None:
-    """Kube._write names the resource by render.resource_plural (not the kind plus "s")."""
+    """Kube._write names the resource by render_meta.resource_plural (not the kind plus "s")."""
     paths: list[tuple[str, str]] = []
 
     class Client(kubernetes.client.ApiClient):
@@ -174,7 +174,7 @@ def test_a_network_policy_is_written_to_its_plural() -> None:
 
 
 def test_child_summary_keeps_what_converging_and_the_status_compare() -> None:
-    sts = as_stored(render.render_statefulset(job()))
+    sts = as_stored(render_pod.render_statefulset(job()))
     summary = child_summary(sts)
     assert summary["kind"] == "StatefulSet" and summary["spec"] == {"replicas": sts["spec"]["replicas"]}
     assert summary["metadata"]["annotations"] == sts["metadata"]["annotations"]

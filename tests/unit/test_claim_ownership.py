@@ -12,7 +12,7 @@ from test_children_resume import RecordingKube, cluster_with
 from devtools.tiny_model import tiny_job_spec
 from sft_models import naming
 from sft_models.models import Reason, parse_job
-from sft_operator import render
+from sft_operator import render, render_meta
 from sft_operator.children import converge, ensure_child
 from sft_operator.status import check_checkpoint_claim
 
@@ -107,7 +107,7 @@ def test_converge_reports_the_kept_claim() -> None:
     children = [stored_claim("uid-old", []) if m["kind"] == "PersistentVolumeClaim" else m for m in children]
     stored, known = cluster_with(children)
     kube = RecordingKube(stored)
-    done = converge(kube, recreated, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known)
+    done = converge(kube, recreated, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known)
     assert (done.volume.ok, done.volume.reason) == (True, Reason.CLAIM_FOUND)
     assert "created by another SFTJob (uid uid-old)" in done.volume.message
     assert not [m for m in kube.replaced if m["kind"] == "PersistentVolumeClaim"]
@@ -115,6 +115,6 @@ def test_converge_reports_the_kept_claim() -> None:
     own = job("uid-new", True)
     stored, known = cluster_with(render.render_children(own))
     done = converge(
-        RecordingKube(stored), own, None, fresh=False, reporter_image=render.DEFAULT_REPORTER_IMAGE, known=known
+        RecordingKube(stored), own, None, fresh=False, reporter_image=render_meta.DEFAULT_REPORTER_IMAGE, known=known
     )
     assert done.volume.message == "PersistentVolumeClaim tiny-checkpoints"

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sft_operator import admission, render
+from sft_operator import admission, render_meta
 from sft_operator.policy import ENV_POLICY, AdmissionPolicy, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +252,7 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
     by SFT_REPORTER_IMAGE: the chart tells it its own image, whatever the values say."""
     (container,) = the_deployment(helm.template(*args))["spec"]["template"]["spec"]["containers"]
     assert container["image"] == image
-    assert env_of(container)[render.ENV_REPORTER_IMAGE] == image
+    assert env_of(container)[render_meta.ENV_REPORTER_IMAGE] == image
     extra = the_deployment(helm.template(*args, "--set", "extraEnv[0].name=X", "--set-string", "extraEnv[0].value=1"))
     (container,) = extra["spec"]["template"]["spec"]["containers"]
     assert env_of(container) == {
@@ -260,7 +260,7 @@ def test_reporter_image_is_the_operators_own(helm: Helm, args: tuple[str, ...], 
         "PYTHONUNBUFFERED": "1",
         "POD_ID": None,
         "POD_NAMESPACE": None,
-        render.ENV_REPORTER_IMAGE: image,
+        render_meta.ENV_REPORTER_IMAGE: image,
         ENV_POLICY: DEFAULT_POLICY_JSON,
         "X": "1",
     }

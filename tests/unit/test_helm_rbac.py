@@ -17,7 +17,7 @@ import yaml
 
 from sft_core import contract
 from sft_models.models import parse_job
-from sft_operator import render
+from sft_operator import render, render_meta
 
 
 def _chart_tests() -> Any:
@@ -41,7 +41,7 @@ MODES, NAMESPACES_MODE, ROOT, Helm, by_kind = (
 PACKAGE = ROOT / "operator" / "sft_operator"
 OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
 
-GANG_GROUPS = sorted({api_version.split("/")[0] for api_version in render.PODGROUP_API_VERSION.values()})
+GANG_GROUPS = sorted({api_version.split("/")[0] for api_version in render_meta.PODGROUP_API_VERSION.values()})
 
 # (apiGroup, resource) -> verbs. Change it only together with the chart's rules and docs/rbac.md.
 ALLOW_LIST: dict[tuple[str, str], set[str]] = {
@@ -73,7 +73,7 @@ ALLOW_LIST: dict[tuple[str, str], set[str]] = {
     # when its rules differ.
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "update"},
     # A gang job's PodGroup, for either gang scheduler (spec.scheduling.gang.provider).
-    **{(group, render.PODGROUP_PLURAL): {"get", "create", "update"} for group in GANG_GROUPS},
+    **{(group, render_meta.PODGROUP_PLURAL): {"get", "create", "update"} for group in GANG_GROUPS},
 }
 
 # What the per-job Role grants the status reporter (resourceNames: the job's progress ConfigMap).
@@ -179,7 +179,7 @@ def sample_job() -> Any:
 def gang_jobs() -> list[Any]:
     """The sample job with each gang scheduler (each renders a PodGroup of its own group)."""
     jobs = []
-    for provider in render.PODGROUP_API_VERSION:
+    for provider in render_meta.PODGROUP_API_VERSION:
         body = yaml.safe_load((ROOT / "examples" / "sftjob-minimal.yaml").read_text())
         body["metadata"].update(namespace="team-a", uid="00000000-0000-0000-0000-000000000001")
         body["spec"]["scheduling"] = {"gang": {"provider": provider.value}}
@@ -193,10 +193,12 @@ def test_operator_may_create_every_child(helm: Any) -> None:
     granted = grants(rules_of(helm.template())[0])
     needed: dict[tuple[str, str], set[str]] = {}
     children = [child for job in [sample_job(), *gang_jobs()] for child in render.render_children(job)]
-    assert {c["apiVersion"] for c in children if c["kind"] == "PodGroup"} == set(render.PODGROUP_API_VERSION.values())
+    assert {c["apiVersion"] for c in children if c["kind"] == "PodGroup"} == set(
+        render_meta.PODGROUP_API_VERSION.values()
+    )
     for child in children:
         group = child["apiVersion"].rpartition("/")[0]
-        needed[(group, render.resource_plural(child["kind"]))] = {"get", "create"}
+        needed[(group, render_meta.resource_plural(child["kind"]))] = {"get", "create"}
         if child["kind"] == "Role":
             for held in grants(child["rules"]).items():
                 needed.setdefault(held[0], set()).update(held[1])
@@ -234,7 +236,7 @@ RESOURCE_OF_METHOD = {
 # SFTJobs, or a gang's PodGroups (the group is the job's scheduler's: every GANG_GROUPS one).
 CUSTOM_OBJECT_PLURALS: dict[str, list[tuple[str, str]]] = {
     "contract.PLURAL": [(contract.GROUP, contract.PLURAL)],
-    "render.PODGROUP_PLURAL": [(group, render.PODGROUP_PLURAL) for group in GANG_GROUPS],
+    "render_meta.PODGROUP_PLURAL": [(group, render_meta.PODGROUP_PLURAL) for group in GANG_GROUPS],
 }
 CUSTOM_OBJECT_CALL = re.compile(r"(read|get|create|replace|patch|delete|list)_namespaced_custom_object(_status)?")
 # Referenced by the code but never reached, so not granted; each with the reason.
@@ -298,10 +300,10 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
             used.setdefault((group, resource + ("/status" if status else "")), set()).add(VERB_OF_METHOD[method])
         for method in RAW_WRITE.findall(source):
             written = {
-                (child["apiVersion"].rpartition("/")[0], render.resource_plural(child["kind"]))
+                (child["apiVersion"].rpartition("/")[0], render_meta.resource_plural(child["kind"]))
                 for job in [sample_job(), *gang_jobs()]
                 for child in render.render_children(job)
-                if child["kind"] != render.PODGROUP_KIND
+                if child["kind"] != render_meta.PODGROUP_KIND
             }
             for key in written | ({("", "events")} if method == "POST" else set()):
                 used.setdefault(key, set()).add(VERB_OF_RAW_WRITE[method])
@@ -316,7 +318,7 @@ def used_by_code() -> dict[tuple[str, str], set[str]]:
                 plurals = [arg for arg in args if arg in CUSTOM_OBJECT_PLURALS]
                 assert len(plurals) == 1, (
                     f"{path.name}:{node.lineno}: {chain}({', '.join(args)}): "
-                    "name the plural as contract.PLURAL or render.PODGROUP_PLURAL, or add it to CUSTOM_OBJECT_PLURALS"
+                    "name the plural as contract.PLURAL or render_meta.PODGROUP_PLURAL, or add it to CUSTOM_OBJECT_PLURALS"
                 )
                 for group, resource in CUSTOM_OBJECT_PLURALS[plurals[0]]:
                     key = (group, resource + ("/status" if custom.group(2) else ""))
@@ -344,7 +346,7 @@ def test_code_scan_sees_the_operator() -> None:
     assert used[(contract.GROUP, f"{contract.PLURAL}/status")] == {"patch"}
     assert used[(contract.GROUP, contract.PLURAL)] >= {"get", "delete"}
     for group in GANG_GROUPS:
-        assert used[(group, render.PODGROUP_PLURAL)] == {"get", "create", "update"}
+        assert used[(group, render_meta.PODGROUP_PLURAL)] == {"get", "create", "update"}
 
 
 def test_chart_grants_everything_the_operator_calls(helm: Any) -> None:

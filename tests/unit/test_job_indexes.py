@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from sft_core import contract
 from sft_core.progress import TrainingProgress
 from sft_models.models import Phase, Reason, parse_job
-from sft_operator import render
+from sft_operator import render_meta, render_pod
 from sft_operator.indexes import Indexes, jobs_by_name, pods_by_job, progress_by_job, statefulsets_by_job
 from sft_operator.publishing import PROGRESS_VALUE_DROPPED, JobStatusBook, update_status, warn_dropped_progress
 from sft_operator.run_policies import RunPolicy
@@ -47,7 +47,7 @@ def owner(kind: str, name: str, uid: str) -> list[dict[str, Any]]:
 
 
 def statefulset(uid: str = STS_UID, controller: str = JOB_UID, name: str = JOB, replicas: int = 2) -> dict[str, Any]:
-    rendered = render.render_statefulset(parse_job(JOB_BODY))
+    rendered = render_pod.render_statefulset(parse_job(JOB_BODY))
     rendered["metadata"].update(name=name, uid=uid, ownerReferences=owner(contract.KIND, JOB, controller))
     rendered["spec"]["replicas"] = replicas
     return statefulsets_by_job(namespace=NS, labels=LABELS, body=rendered)[KEY]
@@ -75,7 +75,7 @@ def progress_configmap(summary: Any, name: str = f"{JOB}-progress", controller: 
     meta: dict[str, Any] = {
         "name": name,
         "namespace": NS,
-        "labels": {**LABELS, contract.LABEL_COMPONENT: render.COMPONENT_PROGRESS},
+        "labels": {**LABELS, contract.LABEL_COMPONENT: render_meta.COMPONENT_PROGRESS},
     }
     if controller is not None:
         meta["ownerReferences"] = owner(contract.KIND, JOB, controller)

@@ -11,7 +11,6 @@ from devtools.tiny_model import tiny_job_spec
 from sft_models.models import InvalidSpecError, Phase, SFTJob, SFTJobStatus, parse_job
 from sft_operator.render import (
     ANNOTATION_ACCEPTED_SPEC,
-    ANNOTATION_DESIRED_HASH,
     immutable_changes,
     job_as_accepted,
     render_checkpoint_claim,
@@ -26,6 +25,7 @@ from sft_operator.render import (
     render_service_account,
     render_statefulset,
 )
+from sft_operator.render_meta import ANNOTATION_DESIRED_HASH
 
 LABELS = {"finetune.dev/job-name": "tiny", "app.kubernetes.io/managed-by": "sft-operator"}
 OWNER = {
