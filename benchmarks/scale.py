@@ -411,7 +411,7 @@ PROFILE_LAYERS = [
     ("sft_operator (our code, without its client calls)", "(sft_operator/"),
     ("kopf (watches, queues, handler dispatch, its own API calls)", "(kopf/"),
 ]
-PROFILE_ENTRY = ("<module> (sft_operator/__main__.py", "run (sft_operator/cli.py", "run (sft_operator/handlers.py")
+PROFILE_ENTRY = ("<module> (sft_operator/__main__.py", "run (sft_operator/cli.py", "run (sft_operator/operator_main.py")
 PROFILE_WORK = [
     ("json", "(json/"),
     ("pydantic", "(pydantic"),

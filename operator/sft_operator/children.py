@@ -25,7 +25,7 @@ from sft_models import naming
 from sft_models.models import InvalidSpecError, Reason, SFTJob
 from sft_operator import render, render_meta, render_pod
 from sft_operator.kube import LISTED_KINDS, KubeApi
-from sft_operator.status import SpecProblem, VolumeCheck, check_checkpoint_claim
+from sft_operator.spec_checks import SpecProblem, VolumeCheck, check_checkpoint_claim
 
 # A job's children other than its StatefulSet are independent of each other: they are created
 # (or, for a job that exists already, read) concurrently, a few requests' latency per job instead

@@ -72,9 +72,9 @@ def run(
     ] = None,
 ) -> None:
     """Run the operator until interrupted."""
-    from sft_operator import handlers, leadership
+    from sft_operator import leadership, operator_main
 
-    handlers.run(
+    operator_main.run(
         namespaces=namespace or [],
         kubeconfig=kubeconfig,
         liveness=liveness,

@@ -4,7 +4,7 @@ Decisions live in pure modules (models: validation; render: manifests and immuta
 phase and conditions); the API work in children.py (converge the children) and publishing.py
 (patch the status, post Events), both through the adapter (kube.py). Beside it: what kopf's
 indexes keep (indexes.py), kopf's lean annotation storages (kopf_storage.py), the run-policy
-clock (policy_clock.py) and the webhook (webhook.py). Here:
+clock (policy_clock.py), the webhook (webhook.py) and the start-up (operator_main.py: `run`). Here:
 
 - create/resume/update of an SFTJob: converge its children, then publish its status;
 - an event of a child (pods, StatefulSets, progress ConfigMaps; kopf indexes by label): re-derive
@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -32,14 +29,14 @@ import kubernetes
 
 from sft_core import contract
 from sft_models.models import InvalidSpecError, Phase, Reason, SFTJobStatus
-from sft_operator import admission, kopf_toggles, kubeclient, leadership, metrics, policy_clock, render_meta
+from sft_operator import admission, kubeclient, metrics, policy_clock, render_meta
 from sft_operator import indexes as projections  # `indexes`: each handler's view of them (Indexes)
 from sft_operator.children import converge
 from sft_operator.indexes import Indexes, index_entry
 from sft_operator.kopf_storage import LeanDiffBaseStorage, LeanProgressStorage
 from sft_operator.kube import Kube
 from sft_operator.pod_facts import last_trainer_termination
-from sft_operator.policy import AdmissionPolicy, PolicyError, PolicyViolation, parse_admitted_job, policy_from_env
+from sft_operator.policy import AdmissionPolicy, PolicyViolation, parse_admitted_job
 from sft_operator.publishing import (
     JobStatusBook,
     Key,
@@ -48,7 +45,6 @@ from sft_operator.publishing import (
     update_status,
     warn_dropped_progress,
 )
-from sft_operator.readiness import ApiReachability, ReadinessChecker
 from sft_operator.run_policies import (
     RunPolicy,
     finished_for_longer_than,
@@ -57,8 +53,8 @@ from sft_operator.run_policies import (
     stall_restart_plan,
     stalled,
 )
-from sft_operator.status import SpecProblem
-from sft_operator.webhook import JobValidator, authorized, webhook_server
+from sft_operator.spec_checks import SpecProblem
+from sft_operator.webhook import JobValidator
 
 JOB = (contract.GROUP, contract.VERSION, contract.PLURAL)
 OUR_CHILDREN: dict[str, Any] = {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: kopf.PRESENT}
@@ -70,7 +66,7 @@ HANDLER_THREADS = 24
 # no point waiting the pods' full grace period.
 GROUP_RESTART_GRACE_S = 30
 
-# What `run` was told, set once before kopf starts: kopf calls the handlers below as plain
+# What `run` was told, set once before kopf starts (wire, below): kopf calls the handlers below as plain
 # functions with its own arguments, so this is how they reach it (the webhook's handler is an
 # object of its own, JobValidator).
 _api_client: kubernetes.client.ApiClient | None = None
@@ -381,56 +377,16 @@ def job_event(type: str, namespace: str | None, name: str, meta: kopf.Meta, memo
         metrics.forget_job(namespace, name, meta.get("uid", ""))
 
 
-# --- entry point ------------------------------------------------------------------------------
-
-
-def run(
-    namespaces: list[str],
-    kubeconfig: Path | None,
-    liveness: str | None,
-    verbose: bool,
-    metrics_port: int = 0,
-    webhook_port: int = 0,
-    webhook_cert_dir: Path | None = None,
-    election: leadership.Election | None = None,
-    readiness: str | None = None,
+def wire(
+    api_client: kubernetes.client.ApiClient,
+    reporter_image: str,
+    policy: AdmissionPolicy,
+    webhook: tuple[kopf.WebhookServer, JobValidator] | None,
 ) -> None:
+    """Hand the handlers what `run` (operator_main.py) was told, before kopf starts; with a
+    webhook, register its handler (the validator) on SFTJobs."""
     global _api_client, _reporter_image, _policy, _webhook_server
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    if not verbose:  # one line per handler call and per probe is noise; failures still show
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _api_client = metrics.instrument_api_client(kubeclient.load_api_client(kubeconfig))
-    metrics.serve(metrics_port)  # /metrics (0: off); kopf's liveness endpoint is its own
-    _reporter_image = os.environ.get(render_meta.ENV_REPORTER_IMAGE) or render_meta.DEFAULT_REPORTER_IMAGE
-    try:
-        _policy = policy_from_env()
-    except PolicyError as exc:  # a bad policy stops the start, naming the field
-        raise SystemExit(f"sft-operator: {exc}") from None
-    if webhook_port:
-        _webhook_server = webhook_server(webhook_port, webhook_cert_dir or Path("."))
-        validator = JobValidator(_policy, frozenset(namespaces), functools.partial(authorized, _api_client))
+    _api_client, _reporter_image, _policy = api_client, reporter_image, policy
+    if webhook is not None:
+        _webhook_server, validator = webhook
         kopf.on.validate(*JOB, id=admission.WEBHOOK_ID, operations=["CREATE", "UPDATE"])(validator.validate)
-    kopf_toggles.install()  # a restart over many jobs: no quadratic start-up gate
-    # One active operator: kopf's watches stay paused and writes are refused until this replica
-    # holds the Lease (leadership.py); the webhook and the probes answer either way.
-    elector = leadership.start(kubeclient.load_api_client(kubeconfig), _api_client, election) if election else None
-    if readiness:  # Ready only while SFTJobs can be listed and watched (kopf's liveness is not that)
-        ReadinessChecker(
-            kubeclient.load_api_client(kubeconfig, retries=False),
-            namespaces,
-            ApiReachability(metrics.set_api_reachable),
-            webhook_port=webhook_port,
-        ).start(readiness, logging.getLogger().handlers)
-    try:
-        kopf.run(
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-        )
-    finally:
-        if elector is not None:
-            elector.stop()  # hands the Lease over at once

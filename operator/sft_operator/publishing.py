@@ -36,7 +36,8 @@ from sft_operator.kube import KubeApi
 from sft_operator.pod_facts import Blocker
 from sft_operator.policy import AdmissionPolicy, parse_admitted_job
 from sft_operator.run_policies import RunPolicy
-from sft_operator.status import SpecProblem, VolumeCheck, derive_status, phase_event_message
+from sft_operator.spec_checks import SpecProblem, VolumeCheck
+from sft_operator.status import derive_status, phase_event_message
 
 log = logging.getLogger("sft_operator")
 Key = tuple[str, str]

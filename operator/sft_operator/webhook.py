@@ -1,6 +1,6 @@
 """The validating webhook's kopf side: its HTTPS server, the handler around admission.review
-(which decides), and the LocalSubjectAccessReviews it asks. handlers.run registers it when the
-operator serves a webhook (`run --webhook-port`)."""
+(which decides), and the LocalSubjectAccessReviews it asks. handlers.wire registers it when the
+operator serves a webhook (`run --webhook-port`; operator_main.py builds it)."""
 
 from __future__ import annotations
 

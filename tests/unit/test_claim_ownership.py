@@ -14,7 +14,7 @@ from sft_models import naming
 from sft_models.models import Reason, parse_job
 from sft_operator import render, render_meta
 from sft_operator.children import converge, ensure_child
-from sft_operator.status import check_checkpoint_claim
+from sft_operator.spec_checks import check_checkpoint_claim
 
 CREATED_BY = "finetune.dev/created-by-uid"
 

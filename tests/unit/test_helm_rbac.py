@@ -39,7 +39,7 @@ MODES, NAMESPACES_MODE, ROOT, Helm, by_kind = (
 )
 
 PACKAGE = ROOT / "operator" / "sft_operator"
-OPERATOR_ENTRY = "handlers"  # the module `sft-operator run` runs; what it imports runs with it
+OPERATOR_ENTRY = "operator_main"  # the module `sft-operator run` runs; what it imports runs with it
 
 GANG_GROUPS = sorted({api_version.split("/")[0] for api_version in render_meta.PODGROUP_API_VERSION.values()})
 

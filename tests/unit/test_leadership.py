@@ -1,4 +1,4 @@
-"""Leader election (leadership.py): the pure decisions, the election loop against an in-memory Lease
+"""Leader election (leadership.py): the pure decisions (lease_rules.py), the election loop against an in-memory Lease
 store with the API server's optimistic concurrency, the write gate and kopf's pause."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sft_operator import leader_gates, leadership
-from sft_operator.leadership import LeaseRecord, Step, Timings, lease_spec, next_step
+from sft_operator.lease_rules import LeadershipError, LeaseRecord, Step, Timings, lease_spec, next_step
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)
 
@@ -63,7 +63,7 @@ def test_lease_spec_for_each_step() -> None:
 
 
 def test_timings_must_let_a_leader_stop_before_a_standby_takes_over() -> None:
-    with pytest.raises(leadership.LeadershipError, match="retry period < renew deadline < lease duration"):
+    with pytest.raises(LeadershipError, match="retry period < renew deadline < lease duration"):
         Timings(duration_s=5, renew_deadline_s=5, retry_period_s=1)
 
 

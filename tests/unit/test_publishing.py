@@ -17,7 +17,7 @@ from sft_operator import publishing
 from sft_operator.pod_facts import Blocker
 from sft_operator.publishing import JobStatusBook, check_spec, update_status, warn_dropped_progress
 from sft_operator.run_policies import RunPolicy
-from sft_operator.status import SpecProblem
+from sft_operator.spec_checks import SpecProblem
 
 SPEC = {
     "modelPath": "/m",

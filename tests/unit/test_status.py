@@ -6,6 +6,7 @@ from typing import Any
 
 from sft_core.progress import CheckpointInfo, Stage, TrainingProgress
 from sft_models.models import Phase, Reason, SFTJobStatus, parse_job
+from sft_operator.conditions import set_condition
 from sft_operator.pod_facts import Blocker, Termination, last_trainer_termination, pod_blocker, ranks_left_behind
 from sft_operator.render import render_statefulset
 from sft_operator.run_policies import (
@@ -16,14 +17,8 @@ from sft_operator.run_policies import (
     stall_restart_plan,
     stalled,
 )
-from sft_operator.status import (
-    SpecProblem,
-    VolumeCheck,
-    check_checkpoint_claim,
-    derive_status,
-    phase_event_message,
-    set_condition,
-)
+from sft_operator.spec_checks import SpecProblem, VolumeCheck, check_checkpoint_claim
+from sft_operator.status import derive_status, phase_event_message
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
