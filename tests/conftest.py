@@ -8,6 +8,7 @@ one clear reason; nothing is skipped.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.get_closest_marker(m) for m in CONTROL_PLANE_MARKERS
         ):
             item.add_marker(pytest.mark.integration)
+    # The e2e modules that run a real node of their own go before those that share the session's
+    # stack (tests/e2e/conftest.py): one real node per machine, so the shared one starts once.
+    slots = [i for i, item in enumerate(items) if xdist_scope(item.nodeid) == "realnode"
+             and item.nodeid.startswith("tests/e2e/")]
+    in_slots = sorted((items[i] for i in slots),
+                      key=lambda item: "real_node_to_myself" not in getattr(item, "fixturenames", ()))
+    for i, item in zip(slots, in_slots):
+        items[i] = item
     if hasattr(config, "workerinput"):  # an xdist worker; every worker sorts alike
 
         def rank(item: pytest.Item) -> int:
@@ -73,6 +82,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return XDIST_FIRST.index(scope) if scope in XDIST_FIRST else len(XDIST_FIRST)
 
         items.sort(key=rank)  # stable: the order within a scope stays
+
+
+# Each tier's time, printed at the end of the run (make test): the sum of its tests' setup, call
+# and teardown durations (a shared fixture's start-up counts in the setup of the test that started
+# it), and the run's wall time. Under xdist the tiers run side by side: their sums add up to more
+# than the wall time.
+TIERS = ("unit", "integration", "training", "images", "e2e")
+_tier_seconds: dict[str, float] = {}
+_tier_tests: dict[str, set[str]] = {}
+_session_started: list[float] = []
+
+
+def tier_of(nodeid: str) -> str:
+    parts = nodeid.split("::", 1)[0].split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _session_started.append(time.monotonic())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = tier_of(report.nodeid)
+    _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + report.duration
+    _tier_tests.setdefault(tier, set()).add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not _tier_seconds:
+        return
+    wall = time.monotonic() - _session_started[0] if _session_started else 0.0
+    workers = getattr(config.option, "numprocesses", None)
+    tr = terminalreporter
+    tr.write_sep("=", "time per tier (setup + call + teardown of its tests, summed)")
+    tiers = [t for t in TIERS if t in _tier_seconds] + sorted(set(_tier_seconds) - set(TIERS))
+    for tier in tiers:
+        seconds = _tier_seconds[tier]
+        tr.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests {seconds / 60:7.1f} min ({seconds:7.0f} s)")
+    total = sum(_tier_seconds.values())
+    tr.write_line(f"{'sum':<12} {sum(len(t) for t in _tier_tests.values()):>5} tests {total / 60:7.1f} min "
+                  f"({total:7.0f} s)")
+    tr.write_line(f"{'wall':<12} {'':>11} {wall / 60:7.1f} min ({wall:7.0f} s)"
+                  + (f" on {workers} xdist workers" if workers else ""))
 
 
 @pytest.fixture(scope="session")

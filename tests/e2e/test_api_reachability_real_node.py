@@ -28,7 +28,9 @@ from devtools.node import DOCKER, RealNode, host_ip
 from devtools.realstack import OPERATOR_NS, RELEASE, RealStack
 from devtools.stack import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+# Stacks of its own (a control plane restarted on a new port, a stack whose operator pods are cut
+# off): the session's shared stack is stopped first (one real node per machine).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500), pytest.mark.usefixtures("real_node_to_myself")]
 ROOT = Path(__file__).resolve().parents[2]
 NOT_READY_BOUND_S = 30.0
 NOT_READY_LINE = "readiness: not Ready: cannot list and watch SFTJobs"

@@ -1,5 +1,5 @@
-"""Checkpoint ownership on the REAL node (the stack of test_real_node.py: helm-installed operator,
-both images built here, the kubelet running the pods): a job trains to Succeeded on its own claim
+"""Checkpoint ownership on the REAL node (the e2e modules' shared stack, tests/e2e/conftest.py:
+helm-installed operator, both images built here, the kubelet running the pods): a job trains to Succeeded on its own claim
 and is deleted (the claim is kept); created again under the same name with another learning
 rate, it finds the kept claim and is refused, Failed ConfigRejected naming the directory and the
 first job, the finished run's files byte-identical; created again with the same training fields
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from test_real_node import JOB_NS, Jobs, condition, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
+from realnode_harness import JOB_NS, Jobs, condition, digest
 
 from devtools.stack import wait_until
 from sft_core import contract, ownership

@@ -1,5 +1,5 @@
-"""Laptop in, laptop out, on the REAL node (the stack of test_real_node.py: helm-installed
-operator, both images built here, the kubelet running every pod, claims as `local` volumes):
+"""Laptop in, laptop out, on the REAL node (the e2e modules' shared stack, tests/e2e/conftest.py:
+helm-installed operator, both images built here, the kubelet running every pod, claims as `local` volumes):
 
 - training_hub's own ``sft()`` example, only the import changed, with its data a JSONL file on
   this machine (``./train.jsonl``) and the cluster settings this demo stack needs: the file is
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from test_real_node import JOB_NS, Jobs, digest, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
+from realnode_harness import JOB_NS, Jobs, digest
 
 from devtools import training_hub_reference
 from devtools.realstack import ASSETS_CLAIM, RealStack

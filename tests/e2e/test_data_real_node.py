@@ -1,5 +1,5 @@
-"""Data in, model out, on the REAL node (the stack of test_real_node.py): a model from a local
-Hugging Face endpoint (hf://, huggingface_hub's own download code) and data from a local S3
+"""Data in, model out, on the REAL node (the e2e modules' shared stack, tests/e2e/conftest.py):
+a model from a local Hugging Face endpoint (hf://, huggingface_hub's own download code) and data from a local S3
 server (moto behind a logging proxy), both started here and reached by the pods at this machine's
 address; the final checkpoint exported to S3.
 
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_real_node import JOB_NS, Jobs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
+from kubernetes.client.exceptions import ApiException
+from realnode_harness import JOB_NS, Jobs, SharedStack, condition
 
 from devtools.hf_endpoint import HfEndpoint, publish
 from devtools.node import host_ip
@@ -69,7 +70,8 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(jobs: Jobs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers(shared_stack: SharedStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    jobs = shared_stack.jobs()
     assets = build_tiny_assets(tmp_path_factory.mktemp("hub-assets"))
     root = tmp_path_factory.mktemp("hub")
     model_files = {p.name: p.read_bytes() for p in sorted(assets.model_dir.iterdir()) if p.is_file()}
@@ -95,6 +97,12 @@ def servers(jobs: Jobs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     finally:
         hub.stop()
         store.stop()
+        for name in (HF_SECRET, S3_SECRET):  # the namespace is the session's: left as found
+            try:
+                jobs.core.delete_namespaced_secret(name, JOB_NS)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
 
 
 def remote_job(jobs: Jobs, servers: Servers, name: str, **spec: Any) -> dict[str, Any]:
@@ -235,7 +243,8 @@ def test_the_fetching_pod_deleted_mid_download_resumes_with_only_what_was_missin
      "spec.dataPath (s3://no-such-bucket/train.jsonl): "),
 ])
 def test_a_source_that_cannot_be_fetched_fails_the_job_within_60s_naming_field_and_source(
-        jobs: Jobs, servers: Servers, case: str, spec: dict[str, Any], line: str) -> None:
+        jobs: Jobs, servers: Servers, case: str, spec: dict[str, Any], line: str,
+        request: pytest.FixtureRequest) -> None:
     name = f"fetch-{case}"
     token = spec.pop("remote_token", None)
     manifest = remote_job(jobs, servers, name, nnodes=1, **spec)
@@ -243,6 +252,7 @@ def test_a_source_that_cannot_be_fetched_fails_the_job_within_60s_naming_field_a
     if token is not None:
         jobs.core.create_namespaced_secret(JOB_NS, {"metadata": {"name": "bad-hf-token"},
                                                     "stringData": {"HF_TOKEN": token}})
+        request.addfinalizer(lambda: jobs.core.delete_namespaced_secret("bad-hf-token", JOB_NS))
         manifest["spec"]["remote"]["huggingFace"]["tokenSecret"] = "bad-hf-token"
     created = time.monotonic()
     jobs.create(manifest)
@@ -258,4 +268,3 @@ def test_a_source_that_cannot_be_fetched_fails_the_job_within_60s_naming_field_a
     assert not (claim_root / "sft-operator" / "runs.jsonl").exists()
     if token is not None:
         assert token not in all_text_the_cluster_shows(jobs)
-        jobs.core.delete_namespaced_secret("bad-hf-token", JOB_NS)

@@ -1,6 +1,6 @@
 """OSFT (spec.algorithm: osft, rhai-innovation-mini-trainer in the trainer image) on the REAL node
-(the stack of test_real_node.py: helm-installed operator, both images built here, the kubelet
-running the pods): a 2-node OSFT job on the tiny model trains to Succeeded; its status lists
+(the e2e modules' shared stack, tests/e2e/conftest.py: helm-installed operator, both images built
+here, the kubelet running the pods): a 2-node OSFT job on the tiny model trains to Succeeded; its status lists
 exactly the complete checkpoints on its claim, in mini-trainer's layout (hf_format/samples_N.0);
 the last one loads as the original model's class with the original's parameter names and shapes
 (OSFT's decomposed weights folded back into dense ones). Then `kubectl delete pod` after the first
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_real_node import JOB_NS, Jobs, complete_hf_dirs, condition, jobs, jobs_of_the_test_deleted, stack  # noqa: F401
+from realnode_harness import JOB_NS, Jobs, complete_hf_dirs, condition
 
 from devtools.stack import wait_until
 from sft_core.checkpoints import (

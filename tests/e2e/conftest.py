@@ -1,0 +1,65 @@
+"""The e2e modules' fixtures: ONE real stack for the whole session (realnode_harness.SharedStack).
+
+- ``shared_stack``: the session's SharedStack (nothing started until a test asks for the stack;
+  stopped after the last e2e test, so the tiers after it have the machine to themselves);
+- ``stack``: the started RealStack;
+- ``jobs``: the Jobs helper on it (namespace realnode-e2e, the tiny model's claim filled once);
+  every job the test made, and its claim, is deleted when the test ends, pass or fail.
+
+A module that runs a real node of its own (test_api_reachability_real_node.py) asks for
+``real_node_to_myself``: the shared stack is stopped first (one real node per machine, the
+machine lock), and the next test that asks for it starts it again. Those modules run before the
+others (tests/conftest.py orders them), so the shared stack starts once per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from realnode_harness import Jobs, SharedStack, delete_jobs_since, job_names
+
+from devtools.realstack import RealStack
+
+_HERE = Path(__file__).parent
+_SHARED = pytest.StashKey[SharedStack]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The shared stack stopped after the last e2e test, not at the end of the session: the tiers
+    that run after it (images, integration, training, unit) get the machine's 2 cores."""
+    yield
+    shared = item.config.stash.get(_SHARED, None)
+    if shared is not None and (nextitem is None or _HERE not in Path(nextitem.path).parents):
+        shared.release()
+
+
+@pytest.fixture(scope="session")
+def shared_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStack]:
+    shared = SharedStack(tmp_path_factory)
+    request.config.stash[_SHARED] = shared
+    try:
+        yield shared
+    finally:
+        shared.release()
+
+
+@pytest.fixture
+def stack(shared_stack: SharedStack) -> RealStack:
+    return shared_stack.stack()
+
+
+@pytest.fixture
+def jobs(shared_stack: SharedStack) -> Iterator[Jobs]:
+    jobs = shared_stack.jobs()
+    before = job_names(jobs)
+    yield jobs
+    delete_jobs_since(jobs, before)
+
+
+@pytest.fixture(scope="module")
+def real_node_to_myself(shared_stack: SharedStack) -> None:
+    """The machine's real node free for this module's own stacks: the shared one stopped."""
+    shared_stack.release()
