@@ -51,8 +51,9 @@ SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 class Jobs:
     """Short names for what the tests do with SFTJobs, pods and claims on the real node."""
 
-    def __init__(self, stack: RealStack, assets_dir: Path):
-        self.stack, self.assets_dir = stack, assets_dir
+    def __init__(self, stack: RealStack, assets_dir: Path, assets_source: Path):
+        # assets_dir: the claim's directory; assets_source: the tiny model and data it was filled from
+        self.stack, self.assets_dir, self.assets_source = stack, assets_dir, assets_source
         self.api = stack.api_client()
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.apps = kubernetes.client.AppsV1Api(self.api)
@@ -267,7 +268,7 @@ class SharedStack:
             built = build_tiny_assets(self.tmp_path_factory.mktemp("assets")).model_dir.parent
             # The jobs read the model and data from a claim filled beforehand (root's files, 0644),
             # mounted read-only: jobs.assets_dir is that claim's directory on this machine.
-            self._jobs = Jobs(stack, stack.fill_claim(JOB_NS, ASSETS_CLAIM, built))
+            self._jobs = Jobs(stack, stack.fill_claim(JOB_NS, ASSETS_CLAIM, built), built)
         return self._jobs
 
     def _fail(self, reason: str) -> NoReturn:

@@ -1,5 +1,6 @@
 """Laptop in, laptop out, on the REAL node (the e2e modules' shared stack, tests/e2e/conftest.py:
-helm-installed operator, both images built here, the kubelet running every pod, claims as `local` volumes):
+helm-installed operator, both images built here, the kubelet running every pod, claims as
+`local` volumes):
 
 - training_hub's own ``sft()`` example, only the import changed, with its data a JSONL file on
   this machine (``./train.jsonl``) and the cluster settings this demo stack needs: the file is
@@ -47,8 +48,9 @@ def helper_pods(jobs: Jobs) -> list[str]:
 
 
 def cli(stack: RealStack, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "sft_operator", *args, "-n", JOB_NS, "--kubeconfig",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "core"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "sft_client", *args, "-n", JOB_NS, "--kubeconfig",
                            str(stack.kubeconfig)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 

@@ -58,7 +58,7 @@ from realnode_harness import (
 )
 
 from devtools.demo import describe, follow_job
-from devtools.realstack import OPERATOR_NS, RELEASE, RealStack
+from devtools.realstack import ASSETS_CLAIM, OPERATOR_NS, RELEASE, RealStack
 from devtools.stack import wait_until
 from sft_core import contract
 from sft_core.checkpoints import (
@@ -74,7 +74,8 @@ from sft_operator.render_meta import REPORTER_CONTAINER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
-def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jobs) -> None:
+def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jobs,
+                                                     request: pytest.FixtureRequest) -> None:
     # runAsNonRoot / readOnlyRootFilesystem, checked inside the running operator container.
     uid = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "id", "-u")
     assert uid.returncode == 0 and uid.stdout.strip() == "65532", uid
@@ -82,8 +83,16 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
 
     # ONE tiny CPU job, the demo's, in the trainer image with the reporter sidecar. Created
-    # suspended: the operator makes its claim, no pod yet.
+    # suspended: the operator makes its claim, no pod yet. Its model and data on a claim of its
+    # own, filled now: what the kubelet does to that claim is this job's doing alone (the
+    # session's tiny-assets claim is mounted by other tests' jobs too).
+    own_assets = "tiny-assets-demo"
+    assets_dir = stack.fill_claim(JOB_NS, own_assets, jobs.assets_source)
+    request.addfinalizer(lambda: jobs.core.delete_namespaced_persistent_volume_claim(own_assets, JOB_NS))
     manifest = jobs.manifest("tiny", suspend=True)
+    for volume in manifest["spec"]["pod"]["volumes"]:
+        if (volume.get("persistentVolumeClaim") or {}).get("claimName") == ASSETS_CLAIM:
+            volume["persistentVolumeClaim"]["claimName"] = own_assets
     pod0 = f"{statefulset_name(parse_job(manifest))}-0"
     created = jobs.create(manifest)
     # The claim as a cluster's storage gives it (EBS, PD, Ceph: a root-owned directory), before any
@@ -168,7 +177,7 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in root.rglob("*")}
     assert owners == {(POD_UID, POD_FS_GROUP)}, owners
     # The model and data claim, mounted read-only, kept root's files (no ownership change).
-    assets = jobs.assets_dir.stat()
+    assets = assets_dir.stat()
     assert (assets.st_uid, assets.st_gid, stat.S_IMODE(assets.st_mode)) == (0, 0, 0o755), oct(assets.st_mode)
     # Last (the trainer's token is being removed in the renderer): no ServiceAccount token in the
     # trainer container.
@@ -290,6 +299,7 @@ def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_i
 
 # The run-policy job's start-up timeout: also its bound while saving (see the test).
 STALL_STARTUP_TIMEOUT_S = 300
+SAMPLES_PER_EPOCH = 24  # the demo job's data; 4 a step (effective batch 4)
 
 
 @pytest.mark.timeout(2400)
@@ -336,7 +346,16 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # A full state to resume from first (the killed run may have ended before its first epoch did).
     wait_until("an epoch-end full state", lambda: scan_checkpoints(jobs.claim_dir(job)).latest_full_state,
                timeout_s=600, interval_s=1)
+    # Frozen mid-epoch, a step of this run just logged and the epoch's end not next: rank 0 then
+    # waits in a training step's collective (the stall bound applies) rather than in the epoch-end
+    # save or the next epoch's start (where startupTimeoutSeconds bounds it: 300 s more to wait).
     runs_before_freeze = len(read_run_records(jobs.claim_dir(job)))
+    this_run = read_run_records(jobs.claim_dir(job))[-1]
+
+    def mid_epoch() -> bool:
+        steps = read_metrics_log(metrics_log_path(jobs.claim_dir(job)), offset=this_run.metrics_log_offset).steps
+        return bool(steps) and steps[-1].samples_seen % SAMPLES_PER_EPOCH in (4, 8, 12)
+    wait_until("a step early in an epoch", mid_epoch, timeout_s=600, interval_s=0.1)
     frozen_pids = RealStack.container_pids(jobs.trainer_container(pod1))
     assert frozen_pids, "no process in rank 1's trainer container"
     frozen_at = time.monotonic()
@@ -351,18 +370,17 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     stall_events = [e for e in jobs.events(name) if e.reason == "Stalled"]
     assert stall_events and "no training step for" in stall_events[-1].message, [e.message for e in stall_events]
     print(f"the Stalled event: {stall_events[-1].message}")
-    # The group's next run resumes from the latest full state, not from nothing: its launcher's run
-    # record says so before its first step (training again was shown after the kill above).
-    runs = wait_until("the run after the stall restart", lambda: (r := read_run_records(jobs.claim_dir(job)))
-                      and len(r) > runs_before_freeze and r, timeout_s=600, interval_s=0.5)
-    assert runs[-1].resumed_from is not None, runs[-1]  # resumed, not started over
-    print(f"run after the stall restart resumes from {runs[-1].resumed_from} "
+    samples = jobs.progress(name).get("samplesSeen", 0)
+    wait_until("training again after the stall restart", training(jobs, name, more_than=samples),
+               timeout_s=600, interval_s=0.5)
+    runs = read_run_records(jobs.claim_dir(job))
+    assert len(runs) > runs_before_freeze and runs[-1].resumed_from is not None, runs[-1]  # resumed, not started over
+    print(f"training again after the stall restart, resumed from {runs[-1].resumed_from} "
           f"({time.monotonic() - began:.0f}s into the test)")
 
     # 3. The deadline: past it, SIGTERM (an on-demand checkpoint within the demo job's 60 s grace
-    # period when the run trains already; with 20 s, on 2 loaded cores, the save did not finish),
-    # then Failed DeadlineExceeded. stallTimeoutSeconds 60 above also proved no false stall while a
-    # run starts up (the run after the kill: one restart, not two).
+    # period; with 20 s, on 2 loaded cores, the save did not finish), then Failed DeadlineExceeded.
+    # stallTimeoutSeconds 60 above also proves no false stall while a run starts up.
     # An epoch's full state is on the claim already (step 2): the deadline's check does not hang on
     # the SIGTERM save alone (a collective save needs every rank).
     jobs.patch_spec(name, {"activeDeadlineSeconds": 1})
