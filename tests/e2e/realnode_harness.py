@@ -32,7 +32,7 @@ from devtools.tiny_model import build_tiny_assets
 from sft_core import contract
 from sft_core.checkpoints import HF_FORMAT_DIR
 from sft_models.models import parse_job
-from sft_operator.render import claim_name, statefulset_name
+from sft_models.naming import claim_name, statefulset_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
