@@ -26,10 +26,11 @@ PYTEST_ARGS ?=
 test: prepare lint
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
 
-## lint: ruff (pyflakes, import order; pyproject [tool.ruff]) and mypy (every shipped package, strict but
+## lint: ruff (pyflakes, import order; pyproject [tool.ruff]), ruff format --check and mypy (every shipped package, strict but
 ## the trainer; [tool.mypy]); `make test` runs it first and stops on a finding
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 unit: venv

@@ -69,10 +69,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
     # The e2e modules that run a real node of their own go before those that share the session's
     # stack (tests/e2e/conftest.py): one real node per machine, so the shared one starts once.
-    slots = [i for i, item in enumerate(items) if xdist_scope(item.nodeid) == "realnode"
-             and item.nodeid.startswith("tests/e2e/")]
-    in_slots = sorted((items[i] for i in slots),
-                      key=lambda item: "real_node_to_myself" not in getattr(item, "fixturenames", ()))
+    slots = [
+        i
+        for i, item in enumerate(items)
+        if xdist_scope(item.nodeid) == "realnode" and item.nodeid.startswith("tests/e2e/")
+    ]
+    in_slots = sorted(
+        (items[i] for i in slots), key=lambda item: "real_node_to_myself" not in getattr(item, "fixturenames", ())
+    )
     for i, item in zip(slots, in_slots):
         items[i] = item
     if hasattr(config, "workerinput"):  # an xdist worker; every worker sorts alike
@@ -121,10 +125,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         seconds = _tier_seconds[tier]
         tr.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests {seconds / 60:7.1f} min ({seconds:7.0f} s)")
     total = sum(_tier_seconds.values())
-    tr.write_line(f"{'sum':<12} {sum(len(t) for t in _tier_tests.values()):>5} tests {total / 60:7.1f} min "
-                  f"({total:7.0f} s)")
-    tr.write_line(f"{'wall':<12} {'':>11} {wall / 60:7.1f} min ({wall:7.0f} s)"
-                  + (f" on {workers} xdist workers" if workers else ""))
+    tr.write_line(
+        f"{'sum':<12} {sum(len(t) for t in _tier_tests.values()):>5} tests {total / 60:7.1f} min ({total:7.0f} s)"
+    )
+    tr.write_line(
+        f"{'wall':<12} {'':>11} {wall / 60:7.1f} min ({wall:7.0f} s)"
+        + (f" on {workers} xdist workers" if workers else "")
+    )
 
 
 @pytest.fixture(scope="session")

@@ -41,8 +41,12 @@ JOB_TIMEOUT_S = 900.0
 # The operator's policy clock (deadlines, start-up timeouts, stalls, TTL) ticks every 5 s here
 # instead of 30 s, through the chart's extraEnv: the tests wait for policies, not for the clock.
 POLICY_INTERVAL_S = 5
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # The images' user, and the group the rendered pod's fsGroup gives its volumes.
 POD_UID = POD_FS_GROUP = 65532
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -66,11 +70,11 @@ class Jobs:
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return self.custom.create_namespaced_custom_object(
-            contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, manifest)
+            contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, manifest
+        )
 
     def job(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS,
-                                                        contract.PLURAL, name)
+        return self.custom.get_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, name)
 
     def status(self, name: str) -> dict[str, Any]:
         return self.job(name).get("status") or {}
@@ -79,12 +83,14 @@ class Jobs:
         return self.status(name).get("progress") or {}
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS,
-                                                   contract.PLURAL, name, {"spec": spec})
+        self.custom.patch_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, name, {"spec": spec}
+        )
 
     def follow(self, name: str, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
         def on_update(job: dict[str, Any]) -> None:
             print(f"{time.strftime('%H:%M:%S')} {name}: {describe(job)}")
+
         try:
             return follow_job(self.api, JOB_NS, name, timeout_s, on_update)
         except TimeoutError:
@@ -116,8 +122,11 @@ class Jobs:
             raise
 
     def events(self, name: str) -> list[Any]:
-        return [e for e in self.core.list_namespaced_event(JOB_NS).items
-                if e.involved_object.kind == contract.KIND and e.involved_object.name == name]
+        return [
+            e
+            for e in self.core.list_namespaced_event(JOB_NS).items
+            if e.involved_object.kind == contract.KIND and e.involved_object.name == name
+        ]
 
     def claim_dir(self, job: dict[str, Any], claim: str | None = None) -> Path:
         """The host directory behind the job's claim (a `local` volume of the node's provisioner)."""
@@ -143,8 +152,12 @@ def docker(*args: str) -> str:
 def training(jobs: Jobs, name: str, more_than: int = 0) -> Callable[[], bool]:
     def probe() -> bool:
         progress = jobs.progress(name)
-        return jobs.status(name).get("phase") == "Running" and progress.get("stage") == "Training" \
+        return (
+            jobs.status(name).get("phase") == "Running"
+            and progress.get("stage") == "Training"
             and progress.get("samplesSeen", 0) > more_than
+        )
+
     return probe
 
 
@@ -158,18 +171,27 @@ def complete_hf_dirs(root: Path) -> set[str]:
     base = root / HF_FORMAT_DIR
     if not base.is_dir():
         return set()
-    return {d.name for d in base.iterdir()
-            if d.is_dir() and (d / "config.json").is_file() and any((d / w).is_file() for w in HF_WEIGHT_FILES)}
+    return {
+        d.name
+        for d in base.iterdir()
+        if d.is_dir() and (d / "config.json").is_file() and any((d / w).is_file() for w in HF_WEIGHT_FILES)
+    }
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def job_names(jobs: Jobs) -> set[str]:
-    return {j["metadata"]["name"] for j in jobs.custom.list_namespaced_custom_object(
-        contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL)["items"]}
+    return {
+        j["metadata"]["name"]
+        for j in jobs.custom.list_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL)[
+            "items"
+        ]
+    }
 
 
 def delete_jobs_since(jobs: Jobs, before: set[str]) -> None:
@@ -189,11 +211,19 @@ def delete_jobs_since(jobs: Jobs, before: set[str]) -> None:
 
 def helm(stack: RealStack, *args: str) -> subprocess.CompletedProcess[str]:
     """helm (scripts/provision-helm.sh's) with the stack's kubeconfig and Helm homes."""
-    binary = subprocess.run(["bash", "scripts/provision-helm.sh"], capture_output=True, text=True, timeout=600,
-                            cwd=ROOT).stdout.strip().splitlines()[-1]
+    binary = (
+        subprocess.run(["bash", "scripts/provision-helm.sh"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     home = stack.state_dir / "helm"
-    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(stack.kubeconfig),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=180, env=env)
 
 
@@ -210,20 +240,33 @@ def release_values(stack: RealStack) -> dict[str, Any]:
 def helm_upgrade(stack: RealStack, *sets: str) -> None:
     """`helm upgrade --reuse-values` of the stack's release, waited until rolled out and a replica
     of the new ones leads (stack.operator_pod follows it: later tests exec into it)."""
-    proc = helm(stack, "upgrade", RELEASE, str(ROOT / "charts" / "sft-operator"), "--namespace", OPERATOR_NS,
-                "--reuse-values", "--server-side=false", *(a for s in sets for a in ("--set", s)))
+    proc = helm(
+        stack,
+        "upgrade",
+        RELEASE,
+        str(ROOT / "charts" / "sft-operator"),
+        "--namespace",
+        OPERATOR_NS,
+        "--reuse-values",
+        "--server-side=false",
+        *(a for s in sets for a in ("--set", s)),
+    )
     assert proc.returncode == 0, proc.stderr
-    rollout = stack.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-sft-operator",
-                            "--timeout=300s", timeout=320)
+    rollout = stack.kubectl(
+        "-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-sft-operator", "--timeout=300s", timeout=320
+    )
     assert rollout.returncode == 0, rollout.stderr
     core = kubernetes.client.CoreV1Api(stack.api_client())
 
     def new_leader() -> str:
-        pods = {p.metadata.name for p in core.list_namespaced_pod(
-            OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
-            if not p.metadata.deletion_timestamp}
+        pods = {
+            p.metadata.name
+            for p in core.list_namespaced_pod(OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+            if not p.metadata.deletion_timestamp
+        }
         leader = stack.leader_pod()
         return leader if leader in pods else ""
+
     stack.operator_pod = wait_until("a new operator replica leading", new_leader, timeout_s=180, interval_s=1)
 
 
@@ -247,10 +290,12 @@ class SharedStack:
                 self._fail(f"docker is not available ({DOCKER} / dockerd missing): apt-get install docker.io")
             if not shutil.which("kubectl"):
                 self._fail("kubectl is not in PATH")
-            stack = RealStack(self.tmp_path_factory.mktemp("realstack"),
-                              on_step=lambda msg: print(f"realstack: {msg}"),
-                              helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
-                              helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"])
+            stack = RealStack(
+                self.tmp_path_factory.mktemp("realstack"),
+                on_step=lambda msg: print(f"realstack: {msg}"),
+                helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
+                helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"],
+            )
             try:
                 stack.start()  # stops what it started when it fails
             except StackError as e:

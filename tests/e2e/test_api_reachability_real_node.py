@@ -46,15 +46,21 @@ with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=s
 
 
 def operator_image() -> str:
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-images.sh")], capture_output=True, text=True,
-                          timeout=3600, env={**os.environ, "DOCKER": DOCKER})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-images.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, "DOCKER": DOCKER},
+    )
     images = dict(line.split("=", 1) for line in proc.stdout.split() if "=" in line)
     assert proc.returncode == 0 and "SFT_OPERATOR_IMAGE" in images, proc.stderr[-2000:]
     return images["SFT_OPERATOR_IMAGE"]
 
 
 def test_a_pod_reaches_the_api_after_the_control_plane_came_back_on_a_new_port(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     image = operator_image()  # any local image with python; this one is built here
     address = host_ip()
     state = tmp_path_factory.mktemp("up2")  # short: the kubelet's unix sockets live under it
@@ -72,16 +78,32 @@ def test_a_pod_reaches_the_api_after_the_control_plane_came_back_on_a_new_port(
             with RealNode(cp.kubeconfig, state / "node"):
                 core = kubernetes.client.CoreV1Api(cp.api_client())
                 cp.wait_for_default_service_account("default")
-                core.create_namespaced_pod("default", {
-                    "metadata": {"name": "api-call"},
-                    "spec": {"restartPolicy": "Never", "containers": [{
-                        "name": "call", "image": image, "imagePullPolicy": "Never",
-                        "command": ["python", "-c", API_CALL],
-                    }]},
-                })
-                phase = wait_until("the pod's call to end", lambda: core.read_namespaced_pod(
-                    "api-call", "default").status.phase in ("Succeeded", "Failed") and core.read_namespaced_pod(
-                    "api-call", "default").status.phase, timeout_s=120, interval_s=1)
+                core.create_namespaced_pod(
+                    "default",
+                    {
+                        "metadata": {"name": "api-call"},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "call",
+                                    "image": image,
+                                    "imagePullPolicy": "Never",
+                                    "command": ["python", "-c", API_CALL],
+                                }
+                            ],
+                        },
+                    },
+                )
+                phase = wait_until(
+                    "the pod's call to end",
+                    lambda: (
+                        core.read_namespaced_pod("api-call", "default").status.phase in ("Succeeded", "Failed")
+                        and core.read_namespaced_pod("api-call", "default").status.phase
+                    ),
+                    timeout_s=120,
+                    interval_s=1,
+                )
                 log = core.read_namespaced_pod_log("api-call", "default")
                 print(f"second start on {cp.server}: pod {phase}: {log.strip()[-300:]}")
                 assert (phase, log.strip()) == ("Succeeded", "API answered 200")
@@ -96,8 +118,11 @@ def iptables(*args: str) -> None:
 
 def operator_pods(core: Any) -> list[Any]:
     selector = f"app.kubernetes.io/instance={RELEASE}"
-    return [p for p in core.list_namespaced_pod(OPERATOR_NS, label_selector=selector).items
-            if not p.metadata.deletion_timestamp]
+    return [
+        p
+        for p in core.list_namespaced_pod(OPERATOR_NS, label_selector=selector).items
+        if not p.metadata.deletion_timestamp
+    ]
 
 
 def ready(pod: Any) -> bool:
@@ -112,21 +137,42 @@ def test_operator_pods_cut_off_from_the_api_are_not_ready_within_30_s(tmp_path_f
         stack.start()
         assert stack.cp is not None
         core = kubernetes.client.CoreV1Api(stack.api_client())
-        pods = wait_until("both operator replicas Ready", lambda: (p := operator_pods(core)) and len(p) == 2
-                          and all(ready(x) for x in p) and p, timeout_s=120, interval_s=1)
+        pods = wait_until(
+            "both operator replicas Ready",
+            lambda: (p := operator_pods(core)) and len(p) == 2 and all(ready(x) for x in p) and p,
+            timeout_s=120,
+            interval_s=1,
+        )
         # RealStack follows the replica that acts, and shows both replicas' logs.
         assert stack.operator_pod == stack.leader_pod() in {p.metadata.name for p in pods}
-        assert stack.operator_log(tail=5).count(" ---\n") == 2 and f"--- {stack.operator_pod} (leader) ---" in stack.operator_log(5)
+        assert stack.operator_log(tail=5).count(
+            " ---\n"
+        ) == 2 and f"--- {stack.operator_pod} (leader) ---" in stack.operator_log(5)
         port = stack.cp.server.rsplit(":", 1)[1]
         restarts = {p.metadata.name: p.status.container_statuses[0].restart_count for p in pods}
         for pod in pods:  # the pod's packets to the API server (after the Service's DNAT) are refused
-            rule = ["INPUT", "-s", pod.status.pod_ip, "-p", "tcp", "--dport", port, "-j", "REJECT",
-                    "--reject-with", "tcp-reset"]
+            rule = [
+                "INPUT",
+                "-s",
+                pod.status.pod_ip,
+                "-p",
+                "tcp",
+                "--dport",
+                port,
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ]
             iptables("-I", *rule)
             rules.append(rule)
         cut = time.monotonic()
-        wait_until("every operator pod not Ready", lambda: not any(ready(p) for p in operator_pods(core)),
-                   timeout_s=NOT_READY_BOUND_S + 30, interval_s=0.5)
+        wait_until(
+            "every operator pod not Ready",
+            lambda: not any(ready(p) for p in operator_pods(core)),
+            timeout_s=NOT_READY_BOUND_S + 30,
+            interval_s=0.5,
+        )
         took = time.monotonic() - cut
         print(f"both operator pods not Ready {took:.1f} s after the cut")
         assert took <= NOT_READY_BOUND_S
@@ -143,6 +189,10 @@ def test_operator_pods_cut_off_from_the_api_are_not_ready_within_30_s(tmp_path_f
         for rule in rules:
             iptables("-D", *rule)
         if rules:
-            wait_until("the operator pods Ready again", lambda: (p := operator_pods(core)) and all(ready(x) for x in p),
-                       timeout_s=90, interval_s=1)
+            wait_until(
+                "the operator pods Ready again",
+                lambda: (p := operator_pods(core)) and all(ready(x) for x in p),
+                timeout_s=90,
+                interval_s=1,
+            )
         stack.stop()

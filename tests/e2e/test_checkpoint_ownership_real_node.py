@@ -37,6 +37,7 @@ def delete_and_wait(jobs: Jobs, name: str) -> None:
             if e.status == 404:
                 return True
             raise
+
     wait_until(f"{name} deleted", gone, timeout_s=120, interval_s=0.5)
     wait_until(f"{name}'s pods gone", lambda: not jobs.pods(name), timeout_s=180, interval_s=1)
 
@@ -61,10 +62,14 @@ def test_a_recreated_job_is_refused_with_other_training_fields_and_adopts_with_t
     status = jobs.follow(NAME).get("status") or {}
     failed = condition(status, "Failed")
     assert (status.get("phase"), failed["reason"]) == ("Failed", "ConfigRejected"), status
-    assert (f"spec.checkpoints: /checkpoints holds the checkpoints of SFTJob {JOB_NS}/{NAME} (uid {old_uid}) "
-            "(sft-operator/COMPLETED, ") in failed["message"], failed
-    assert ("trained with other training fields (learningRate 0.001 -> 0.002); set spec.checkpoints.adoptExisting: "
-            "true to continue from them, or use another spec.checkpoints.path") in failed["message"], failed
+    assert (
+        f"spec.checkpoints: /checkpoints holds the checkpoints of SFTJob {JOB_NS}/{NAME} (uid {old_uid}) "
+        "(sft-operator/COMPLETED, "
+    ) in failed["message"], failed
+    assert (
+        "trained with other training fields (learningRate 0.001 -> 0.002); set spec.checkpoints.adoptExisting: "
+        "true to continue from them, or use another spec.checkpoints.path"
+    ) in failed["message"], failed
     assert (status.get("progress") or {}).get("stage") != "Completed", status  # the other run is not reported
     wait_until("the refused job's pods gone", lambda: not jobs.pods(NAME), timeout_s=180, interval_s=1)
     assert digest(root) == finished, "the refused job changed the finished run's files"
@@ -79,15 +84,29 @@ def test_a_recreated_job_is_refused_with_other_training_fields_and_adopts_with_t
     adoption: dict[str, Any] = (status.get("progress") or {}).get("adoption") or {}
     expected = f"adopted checkpoints of SFTJob {JOB_NS}/{NAME} (uid {old_uid}): same training fields"
     assert (adoption.get("previousUid"), adoption.get("reason"), adoption.get("message")) == (
-        old_uid, "SameTrainingFields", expected), status
-    wait_until("the AdoptedCheckpoints Event", lambda: [
-        e for e in jobs.events(NAME) if e.reason == "AdoptedCheckpoints" and e.message == expected
-        and e.involved_object.uid == third["metadata"]["uid"]], timeout_s=60, interval_s=1)
+        old_uid,
+        "SameTrainingFields",
+        expected,
+    ), status
+    wait_until(
+        "the AdoptedCheckpoints Event",
+        lambda: [
+            e
+            for e in jobs.events(NAME)
+            if e.reason == "AdoptedCheckpoints"
+            and e.message == expected
+            and e.involved_object.uid == third["metadata"]["uid"]
+        ],
+        timeout_s=60,
+        interval_s=1,
+    )
     volume = condition(status, "CheckpointVolume")
     assert f"created by another SFTJob (uid {old_uid}): kept when this job is deleted" in volume["message"], volume
     record, _ = ownership.read_owner_record(root)
     assert [(o.uid, o.acquired) for o in record.owners] == [
-        (old_uid, ownership.Acquired.NEW), (third["metadata"]["uid"], ownership.Acquired.SAME_TRAINING_FIELDS)]
+        (old_uid, ownership.Acquired.NEW),
+        (third["metadata"]["uid"], ownership.Acquired.SAME_TRAINING_FIELDS),
+    ]
     after = digest(root)
     assert {k: v for k, v in after.items() if k != OWNER_FILE} == {k: v for k, v in finished.items() if k != OWNER_FILE}
 

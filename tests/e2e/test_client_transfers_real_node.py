@@ -48,10 +48,18 @@ def helper_pods(jobs: Jobs) -> list[str]:
 
 
 def cli(stack: RealStack, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "core"),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "sft_client", *args, "-n", JOB_NS, "--kubeconfig",
-                           str(stack.kubeconfig)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT / "core"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sft_client", *args, "-n", JOB_NS, "--kubeconfig", str(stack.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_comes_back_byte_for_byte(
@@ -77,8 +85,12 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
         nnodes=2,
         nproc_per_node=1,
         # The cluster: this demo stack (CPU, the image built here, small pods), as keyword arguments.
-        name="laptop", namespace=JOB_NS, kubeconfig=str(stack.kubeconfig), image=stack.images["SFT_TRAINER_IMAGE"],
-        device="cpu", checkpoint_claim_size="1Gi",
+        name="laptop",
+        namespace=JOB_NS,
+        kubeconfig=str(stack.kubeconfig),
+        image=stack.images["SFT_TRAINER_IMAGE"],
+        device="cpu",
+        checkpoint_claim_size="1Gi",
         resources={"requests": {"cpu": "500m", "memory": "1Gi"}},
         pod={"antiAffinity": "Disabled", "terminationGracePeriodSeconds": 60},
         timeout=900,
@@ -95,7 +107,8 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == local_sha
     claim = jobs.core.read_namespaced_persistent_volume_claim("laptop-upload", JOB_NS)
     assert [(o.kind, o.name, o.uid) for o in claim.metadata.owner_references] == [
-        (contract.KIND, "laptop", job["metadata"]["uid"])]
+        (contract.KIND, "laptop", job["metadata"]["uid"])
+    ]
     assert claim.spec.access_modes == ["ReadWriteMany"]
     assert helper_pods(jobs) == []
 
@@ -115,7 +128,8 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "cli-out")
     assert digest(tmp_path / "cli-out") == digest(
-        jobs.claim_dir(job) / first.pod_path.removeprefix(f"{contract.CHECKPOINT_MOUNT_PATH}/"))
+        jobs.claim_dir(job) / first.pod_path.removeprefix(f"{contract.CHECKPOINT_MOUNT_PATH}/")
+    )
     # Never over an existing directory; nothing created on the way.
     proc = cli(stack, "download", "laptop", "-o", str(tmp_path / "out"), cwd=laptop)
     assert proc.returncode == 1 and "exists and is not an empty directory" in proc.stderr, proc.stderr
@@ -132,21 +146,45 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
             return False
         except ApiException as e:
             return e.status == 404
+
     wait_until("the upload claim deleted with its job", upload_claim_gone, timeout_s=180, interval_s=1)
 
 
 def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
     stack: RealStack, jobs: Jobs, tmp_path: Path
 ) -> None:
-    jobs.core.create_namespaced_persistent_volume_claim(JOB_NS, {
-        "metadata": {"name": "shared-ckpts"},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    jobs.core.create_namespaced_persistent_volume_claim(
+        JOB_NS,
+        {
+            "metadata": {"name": "shared-ckpts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     shutil.copyfile(jobs.assets_dir / "data.jsonl", tmp_path / "train.jsonl")
     local_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
-    common = ["submit", "--model-path", f"pvc://{ASSETS_CLAIM}/model", "--data", "./train.jsonl",
-              "--num-epochs", "1", "--effective-batch-size", "2", "--learning-rate", "1e-3", "--max-seq-len", "512",
-              "--max-tokens-per-gpu", "2048", "--device", "cpu", "--image", stack.images["SFT_TRAINER_IMAGE"],
-              "--set", "suspend=true"]  # created, not trained: this test is about the upload
+    common = [
+        "submit",
+        "--model-path",
+        f"pvc://{ASSETS_CLAIM}/model",
+        "--data",
+        "./train.jsonl",
+        "--num-epochs",
+        "1",
+        "--effective-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--max-seq-len",
+        "512",
+        "--max-tokens-per-gpu",
+        "2048",
+        "--device",
+        "cpu",
+        "--image",
+        stack.images["SFT_TRAINER_IMAGE"],
+        "--set",
+        "suspend=true",
+    ]  # created, not trained: this test is about the upload
     try:
         first = cli(stack, *common, "--name", "cli-a", "--ckpt-output-dir", "pvc://shared-ckpts/a", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
@@ -154,11 +192,13 @@ def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
         stored = stack.claim_dir(JOB_NS, "shared-ckpts") / f".sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == local_sha
         assert jobs.job("cli-a")["spec"]["dataPath"] == (
-            f"/checkpoints/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl")
+            f"/checkpoints/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
+        )
         second = cli(stack, *common, "--name", "cli-b", "--ckpt-output-dir", "pvc://shared-ckpts/b", cwd=tmp_path)
         assert second.returncode == 0, second.stderr
-        assert "is on claim realnode-e2e/shared-ckpts" in second.stderr and "not sent again" in second.stderr, \
+        assert "is on claim realnode-e2e/shared-ckpts" in second.stderr and "not sent again" in second.stderr, (
             second.stderr
+        )
         assert helper_pods(jobs) == []
         # The claim is the user's: no job owns it.
         assert not jobs.core.read_namespaced_persistent_volume_claim("shared-ckpts", JOB_NS).metadata.owner_references
@@ -189,18 +229,21 @@ def test_training_hubs_own_sft_with_backend_kubernetes_uploads_and_trains(
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hub), str(ROOT / "operator"), str(ROOT)])}
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200,
-                          cwd=tmp_path, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=env
+    )
     print(proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"training_hub's sft(backend='kubernetes'): {found['phase']} after {time.monotonic() - t:.0f}s")
     assert found["phase"] == "Succeeded" and found["module"] == "sft_client.api.results", found
-    assert found["checkpoints"] and all(p.startswith("pvc://via-hub-checkpoints/checkpoints/hf_format/")
-                                        for p in found["checkpoints"]), found
+    assert found["checkpoints"] and all(
+        p.startswith("pvc://via-hub-checkpoints/checkpoints/hf_format/") for p in found["checkpoints"]
+    ), found
     local_sha = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
     assert jobs.job("via-hub")["spec"]["dataPath"] == (
-        f"/mnt/pvc/via-hub-upload/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl")
+        f"/mnt/pvc/via-hub-upload/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
+    )
     claim = jobs.core.read_namespaced_persistent_volume_claim("via-hub-upload", JOB_NS)
     assert claim.spec.access_modes == ["ReadWriteOnce"]  # one node
     assert [o.name for o in claim.metadata.owner_references] == ["via-hub"]

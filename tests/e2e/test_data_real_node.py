@@ -78,20 +78,27 @@ def servers(shared_stack: SharedStack, tmp_path_factory: pytest.TempPathFactory)
     publish(root, "model", HF_REPO, model_files)
     ip = host_ip()
     # Bound to every address: the pods reach both at this machine's IP.
-    hub = HfEndpoint(root, host="0.0.0.0", tokens={HF_TOKEN: None}, private={HF_REPO},
-                     throttle_bps=None).start()
+    hub = HfEndpoint(root, host="0.0.0.0", tokens={HF_TOKEN: None}, private={HF_REPO}, throttle_bps=None).start()
     store = ObjectStore(host="0.0.0.0").start()
     client = store.client()
     for bucket in (DATA_BUCKET, EXPORT_BUCKET):
         client.make_bucket(bucket)
     data = assets.data_path.read_bytes()
     import io
+
     client.put_object(DATA_BUCKET, DATA_KEY, io.BytesIO(data), len(data))
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
-    jobs.core.create_namespaced_secret(JOB_NS, {**secret, "metadata": {"name": HF_SECRET},
-                                                "stringData": {"HF_TOKEN": HF_TOKEN}})
-    jobs.core.create_namespaced_secret(JOB_NS, {**secret, "metadata": {"name": S3_SECRET}, "stringData": {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}})
+    jobs.core.create_namespaced_secret(
+        JOB_NS, {**secret, "metadata": {"name": HF_SECRET}, "stringData": {"HF_TOKEN": HF_TOKEN}}
+    )
+    jobs.core.create_namespaced_secret(
+        JOB_NS,
+        {
+            **secret,
+            "metadata": {"name": S3_SECRET},
+            "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+        },
+    )
     try:
         yield Servers(hub, store, ip, model_files)
     finally:
@@ -113,16 +120,21 @@ def remote_job(jobs: Jobs, servers: Servers, name: str, **spec: Any) -> dict[str
 def all_text_the_cluster_shows(jobs: Jobs) -> str:
     """Every object of the namespace but its Secrets, the operator's objects, and every log."""
     stack = jobs.stack
-    kinds = "sftjobs,statefulsets,pods,configmaps,services,events,persistentvolumeclaims,networkpolicies," \
-            "serviceaccounts,roles,rolebindings"
-    parts = [stack.kubectl("-n", JOB_NS, "get", kinds, "-o", "yaml", timeout=120).stdout,
-             stack.kubectl("get", "persistentvolumes", "-o", "yaml").stdout,
-             stack.operator_log(tail=5000)]
+    kinds = (
+        "sftjobs,statefulsets,pods,configmaps,services,events,persistentvolumeclaims,networkpolicies,"
+        "serviceaccounts,roles,rolebindings"
+    )
+    parts = [
+        stack.kubectl("-n", JOB_NS, "get", kinds, "-o", "yaml", timeout=120).stdout,
+        stack.kubectl("get", "persistentvolumes", "-o", "yaml").stdout,
+        stack.operator_log(tail=5000),
+    ]
     for pod in jobs.core.list_namespaced_pod(JOB_NS).items:
         for container in pod.spec.containers:
             parts.append(stack.kubectl("-n", JOB_NS, "logs", pod.metadata.name, "-c", container.name).stdout)
-            parts.append(stack.kubectl("-n", JOB_NS, "logs", pod.metadata.name, "-c", container.name,
-                                       "--previous").stdout)
+            parts.append(
+                stack.kubectl("-n", JOB_NS, "logs", pod.metadata.name, "-c", container.name, "--previous").stdout
+            )
     return "\n".join(parts)
 
 
@@ -131,7 +143,8 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_fetches_nothing(
-        jobs: Jobs, servers: Servers) -> None:
+    jobs: Jobs, servers: Servers
+) -> None:
     manifest = remote_job(jobs, servers, "fetch-once", export={"uri": f"s3://{EXPORT_BUCKET}/fetch-once"})
     jobs.create(manifest)
     seen_downloading = []
@@ -166,8 +179,10 @@ def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_f
     local = files_under(claim_root / "hf_format" / final)
     client = servers.store.client()
     prefix = f"fetch-once/hf_format/{final}/"
-    remote = {o.object_name[len(prefix):]: client.get_object(EXPORT_BUCKET, o.object_name).read()
-              for o in client.list_objects(EXPORT_BUCKET, prefix=prefix, recursive=True)}
+    remote = {
+        o.object_name[len(prefix) :]: client.get_object(EXPORT_BUCKET, o.object_name).read()
+        for o in client.list_objects(EXPORT_BUCKET, prefix=prefix, recursive=True)
+    }
     marker = remote.pop(".sft-export-complete.json")
     assert json.loads(marker)  # written last: the prefix is complete
     assert remote == local
@@ -188,8 +203,9 @@ def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_f
     # A second job on the same claim (another directory), same sources: nothing downloaded again.
     before_model, before_data = servers.model_downloads(), servers.data_downloads()
     claim = claim_name(parse_job(job))
-    second = remote_job(jobs, servers, "fetch-again", numEpochs=1,
-                        checkpoints={"existingClaim": claim, "path": "again"})
+    second = remote_job(
+        jobs, servers, "fetch-again", numEpochs=1, checkpoints={"existingClaim": claim, "path": "again"}
+    )
     jobs.create(second)
     done = jobs.follow("fetch-again")
     assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -198,15 +214,17 @@ def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_f
 
 
 def test_the_fetching_pod_deleted_mid_download_resumes_with_only_what_was_missing(
-        jobs: Jobs, servers: Servers, tmp_path: Path) -> None:
+    jobs: Jobs, servers: Servers, tmp_path: Path
+) -> None:
     # A model of its own (a fresh cache entry) with one big file, served slowly.
     big = hashlib.sha256(b"seed").digest() * (16 * 1024 * 1024 // 32)  # 16 MiB
     files = {**servers.model_files, "extra.bin": big}
     publish(servers.hub.root, "model", "sft-test/slow-model", files)
     servers.hub.throttle_bps = 1 << 20  # 1 MiB/s: about 16 s for the big file
     try:
-        jobs.create(remote_job(jobs, servers, "fetch-resume", nnodes=1, numEpochs=1,
-                               modelPath="hf://sft-test/slow-model"))
+        jobs.create(
+            remote_job(jobs, servers, "fetch-resume", nnodes=1, numEpochs=1, modelPath="hf://sft-test/slow-model")
+        )
 
         claim_root = jobs.claim_dir(jobs.job("fetch-resume"))
 
@@ -221,9 +239,15 @@ def test_the_fetching_pod_deleted_mid_download_resumes_with_only_what_was_missin
 
         wait_until("the model partly fetched", partly_fetched, timeout_s=300, interval_s=0.5)
         jobs.core.delete_namespaced_pod("fetch-resume-0", JOB_NS, grace_period_seconds=0)
-        wait_until("the model fetched", lambda: any(
-            d["field"] == "spec.modelPath" and d["state"] == "Done"
-            for d in jobs.progress("fetch-resume").get("downloads") or []), timeout_s=300, interval_s=1)
+        wait_until(
+            "the model fetched",
+            lambda: any(
+                d["field"] == "spec.modelPath" and d["state"] == "Done"
+                for d in jobs.progress("fetch-resume").get("downloads") or []
+            ),
+            timeout_s=300,
+            interval_s=1,
+        )
     finally:
         servers.hub.throttle_bps = None
     sent = [r.get("bytes", 0) for r in servers.hub.file_downloads("extra.bin")]
@@ -234,24 +258,37 @@ def test_the_fetching_pod_deleted_mid_download_resumes_with_only_what_was_missin
     assert job["status"]["phase"] == "Succeeded", job["status"]
 
 
-@pytest.mark.parametrize(("case", "spec", "line"), [
-    ("wrong-token", {"remote_token": "hf_not_the_token"},
-     f"spec.modelPath (hf://{HF_REPO}): 401 Unauthorized: the token in Secret bad-hf-token cannot read {HF_REPO}"),
-    ("missing-key", {"dataPath": f"s3://{DATA_BUCKET}/tiny/nothing-here.jsonl"},
-     f"spec.dataPath (s3://{DATA_BUCKET}/tiny/nothing-here.jsonl): "),
-    ("missing-bucket", {"dataPath": "s3://no-such-bucket/train.jsonl"},
-     "spec.dataPath (s3://no-such-bucket/train.jsonl): "),
-])
+@pytest.mark.parametrize(
+    ("case", "spec", "line"),
+    [
+        (
+            "wrong-token",
+            {"remote_token": "hf_not_the_token"},
+            f"spec.modelPath (hf://{HF_REPO}): 401 Unauthorized: the token in Secret bad-hf-token cannot read {HF_REPO}",
+        ),
+        (
+            "missing-key",
+            {"dataPath": f"s3://{DATA_BUCKET}/tiny/nothing-here.jsonl"},
+            f"spec.dataPath (s3://{DATA_BUCKET}/tiny/nothing-here.jsonl): ",
+        ),
+        (
+            "missing-bucket",
+            {"dataPath": "s3://no-such-bucket/train.jsonl"},
+            "spec.dataPath (s3://no-such-bucket/train.jsonl): ",
+        ),
+    ],
+)
 def test_a_source_that_cannot_be_fetched_fails_the_job_within_60s_naming_field_and_source(
-        jobs: Jobs, servers: Servers, case: str, spec: dict[str, Any], line: str,
-        request: pytest.FixtureRequest) -> None:
+    jobs: Jobs, servers: Servers, case: str, spec: dict[str, Any], line: str, request: pytest.FixtureRequest
+) -> None:
     name = f"fetch-{case}"
     token = spec.pop("remote_token", None)
     manifest = remote_job(jobs, servers, name, nnodes=1, **spec)
     manifest["spec"]["pod"]["resources"] = {"requests": {"cpu": "100m", "memory": "512Mi"}}
     if token is not None:
-        jobs.core.create_namespaced_secret(JOB_NS, {"metadata": {"name": "bad-hf-token"},
-                                                    "stringData": {"HF_TOKEN": token}})
+        jobs.core.create_namespaced_secret(
+            JOB_NS, {"metadata": {"name": "bad-hf-token"}, "stringData": {"HF_TOKEN": token}}
+        )
         request.addfinalizer(lambda: jobs.core.delete_namespaced_secret("bad-hf-token", JOB_NS))
         manifest["spec"]["remote"]["huggingFace"]["tokenSecret"] = "bad-hf-token"
     created = time.monotonic()

@@ -33,8 +33,7 @@ NAME = "tiny-osft"
 
 def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: Jobs) -> None:
     t = time.monotonic()
-    manifest = jobs.manifest(NAME, algorithm="osft", unfreezeRankRatio=0.5, seed=42,
-                             lrScheduler="constant_with_warmup")
+    manifest = jobs.manifest(NAME, algorithm="osft", unfreezeRankRatio=0.5, seed=42, lrScheduler="constant_with_warmup")
     assert manifest["spec"]["nnodes"] == 2
     created = jobs.create(manifest)
     job = jobs.follow(NAME)
@@ -54,7 +53,8 @@ def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: 
     assert {c["name"] for c in listed} == on_claim, (listed, root)
     assert [(c["name"], c["path"], c["samples"], c["epoch"]) for c in listed] == [
         ("samples_24.0", f"{HF_FORMAT_DIR}/samples_24.0", 24, 1),
-        ("samples_48.0", f"{HF_FORMAT_DIR}/samples_48.0", 48, 2)]
+        ("samples_48.0", f"{HF_FORMAT_DIR}/samples_48.0", 48, 2),
+    ]
     assert progress.get("latestCheckpoint") == "samples_48.0"
     assert progress.get("samplesSeen") == progress.get("totalSamples") == 48, progress
     steps = read_metrics_log(metrics_log_path(root)).steps
@@ -66,8 +66,9 @@ def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: 
     from transformers import AutoModelForCausalLM
 
     original = AutoModelForCausalLM.from_pretrained(jobs.assets_dir / "model")
-    trained, loading = AutoModelForCausalLM.from_pretrained(root / HF_FORMAT_DIR / "samples_48.0",
-                                                            output_loading_info=True)
+    trained, loading = AutoModelForCausalLM.from_pretrained(
+        root / HF_FORMAT_DIR / "samples_48.0", output_loading_info=True
+    )
     assert type(trained) is type(original), (type(trained), type(original))
     # Every weight of the class is in the file (none left at a random init). mini-trainer also saves
     # the rotary embedding's original_inv_freq buffer, which the class recomputes: ignored.
@@ -83,8 +84,9 @@ def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: 
 def test_kubectl_delete_pod_after_epoch_1_saves_and_the_osft_job_trains_every_remaining_step(jobs: Jobs) -> None:
     name = "osft-preempted"
     epochs, steps_per_epoch = 30, 6  # 24 samples, effective batch 4
-    job = jobs.create(jobs.manifest(name, algorithm="osft", unfreezeRankRatio=0.5, numEpochs=epochs,
-                                    fullStateRetention=1))
+    job = jobs.create(
+        jobs.manifest(name, algorithm="osft", unfreezeRankRatio=0.5, numEpochs=epochs, fullStateRetention=1)
+    )
     pod0 = f"{statefulset_name(parse_job(job))}-0"
     root = jobs.claim_dir(job)
 
@@ -100,8 +102,12 @@ def test_kubectl_delete_pod_after_epoch_1_saves_and_the_osft_job_trains_every_re
     assert saved is not None and saved.directory == "full_state_checkpoints" and saved.complete, saved
     assert saved.metadata.current_epoch >= 1 and saved.metadata.global_step > steps_per_epoch, saved
     print(f"pod 0 deleted; on-demand state {saved.path} at step {saved.metadata.global_step}")
-    wait_until("a new pod 0", lambda: (p := jobs.pod(pod0)) is not None and p.metadata.uid != old_uid,
-               timeout_s=120, interval_s=0.5)
+    wait_until(
+        "a new pod 0",
+        lambda: (p := jobs.pod(pod0)) is not None and p.metadata.uid != old_uid,
+        timeout_s=120,
+        interval_s=0.5,
+    )
 
     status = jobs.follow(name).get("status") or {}
     assert status.get("phase") == "Succeeded", status

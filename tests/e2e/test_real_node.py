@@ -74,12 +74,16 @@ from sft_operator.render_meta import REPORTER_CONTAINER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
-def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jobs,
-                                                     request: pytest.FixtureRequest) -> None:
+
+def test_helm_operator_pod_runs_tiny_job_on_real_node(
+    stack: RealStack, jobs: Jobs, request: pytest.FixtureRequest
+) -> None:
     # runAsNonRoot / readOnlyRootFilesystem, checked inside the running operator container.
     uid = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "id", "-u")
     assert uid.returncode == 0 and uid.stdout.strip() == "65532", uid
-    touch = stack.kubectl("-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "python", "-c", "open('/sft-ro-test', 'w')")
+    touch = stack.kubectl(
+        "-n", OPERATOR_NS, "exec", stack.operator_pod, "--", "python", "-c", "open('/sft-ro-test', 'w')"
+    )
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
 
     # ONE tiny CPU job, the demo's, in the trainer image with the reporter sidecar. Created
@@ -99,8 +103,12 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
     # pod mounted it. Only the pod's fsGroup can make it writable for uid 65532.
     root = jobs.claim_dir(created)
     fresh = root.stat()
-    assert (fresh.st_uid, fresh.st_gid, stat.S_IMODE(fresh.st_mode)) == (0, 0, 0o755), \
-        (root, fresh.st_uid, fresh.st_gid, oct(fresh.st_mode))
+    assert (fresh.st_uid, fresh.st_gid, stat.S_IMODE(fresh.st_mode)) == (0, 0, 0o755), (
+        root,
+        fresh.st_uid,
+        fresh.st_gid,
+        oct(fresh.st_mode),
+    )
     assert not any(root.iterdir()) and not jobs.pods("tiny")
     jobs.patch_spec("tiny", {"suspend": False})
     t = time.monotonic()
@@ -119,13 +127,34 @@ def test_helm_operator_pod_runs_tiny_job_on_real_node(stack: RealStack, jobs: Jo
                 # read-only (a user's own image may need to write), but its image works on one: the
                 # image tier trains the tiny model in it with --read-only.
                 for container, read_only in ((contract.TRAINER_CONTAINER, False), (REPORTER_CONTAINER, True)):
-                    probe = stack.kubectl("-n", JOB_NS, "exec", pod0, "-c", container, "--", "python", "-c",
-                                          "import os; print(os.getuid()); open('/sft-ro-test', 'w')")
+                    probe = stack.kubectl(
+                        "-n",
+                        JOB_NS,
+                        "exec",
+                        pod0,
+                        "-c",
+                        container,
+                        "--",
+                        "python",
+                        "-c",
+                        "import os; print(os.getuid()); open('/sft-ro-test', 'w')",
+                    )
                     checked_pod[container] = probe.stdout.strip() == "65532" and (
-                        ("Read-only file system" in probe.stderr) if read_only else True)
+                        ("Read-only file system" in probe.stderr) if read_only else True
+                    )
                 # The training code needs no API access: no token to steal in its container.
-                probe = stack.kubectl("-n", JOB_NS, "exec", pod0, "-c", contract.TRAINER_CONTAINER, "--",
-                                      "python", "-c", f"import os; print(os.path.exists({SA_TOKEN!r}))")
+                probe = stack.kubectl(
+                    "-n",
+                    JOB_NS,
+                    "exec",
+                    pod0,
+                    "-c",
+                    contract.TRAINER_CONTAINER,
+                    "--",
+                    "python",
+                    "-c",
+                    f"import os; print(os.path.exists({SA_TOKEN!r}))",
+                )
                 if probe.returncode == 0 and probe.stdout.strip() in ("True", "False"):
                     trainer_token.append(probe.stdout.strip() == "True")
         # While pod 0 exists: `kubectl logs` of its trainer (the pods go once the job is done).
@@ -202,8 +231,12 @@ def test_kubectl_delete_pod_saves_a_checkpoint_on_sigterm_and_the_job_resumes_ex
     saved = scan_checkpoints(jobs.claim_dir(job)).latest_full_state
     assert saved is not None and saved.complete and saved.metadata is not None and saved.metadata.mid_epoch, saved
     print(f"pod 0 stopped in {took:.1f}s; on-demand state {saved.name} at {saved.metadata.samples_seen} samples")
-    wait_until("a new pod 0", lambda: (p := jobs.pod(pod0)) is not None and p.metadata.uid != old_uid,
-               timeout_s=120, interval_s=0.5)
+    wait_until(
+        "a new pod 0",
+        lambda: (p := jobs.pod(pod0)) is not None and p.metadata.uid != old_uid,
+        timeout_s=120,
+        interval_s=0.5,
+    )
 
     final = jobs.follow(name)
     status = final.get("status") or {}
@@ -215,7 +248,8 @@ def test_kubectl_delete_pod_saves_a_checkpoint_on_sigterm_and_the_job_resumes_ex
     assert resumed, [r.model_dump() for r in runs]
     assert resumed[0].start_samples_seen == saved.metadata.samples_seen, resumed[0]
     assert (status.get("progress") or {}).get("samplesSeen") == read_metrics_log(
-        metrics_log_path(jobs.claim_dir(final))).steps[-1].samples_seen
+        metrics_log_path(jobs.claim_dir(final))
+    ).steps[-1].samples_seen
 
 
 def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_kubelets_reason(jobs: Jobs) -> None:
@@ -248,9 +282,13 @@ def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_kubelets_reason(j
 
 def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_its_claim(jobs: Jobs) -> None:
     # An existing claim with earlier work on it: a complete hf checkpoint and a full state.
-    jobs.core.create_namespaced_persistent_volume_claim(JOB_NS, {
-        "metadata": {"name": "earlier-work"},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    jobs.core.create_namespaced_persistent_volume_claim(
+        JOB_NS,
+        {
+            "metadata": {"name": "earlier-work"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     root = jobs.claim_dir({}, claim="earlier-work")
     (root / HF_FORMAT_DIR / "samples_8").mkdir(parents=True)
     (root / HF_FORMAT_DIR / "samples_8" / "config.json").write_text("{}")
@@ -281,6 +319,7 @@ def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_i
             if e.status == 404:
                 return True
             raise
+
     wait_until("tiny-ttl deleted by its TTL", gone, timeout_s=120, interval_s=0.5)
 
     status = jobs.follow("tiny-nodata").get("status") or {}
@@ -312,8 +351,16 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # startupTimeoutSeconds also bounds the Saving stage (a rank frozen while the others save):
     # 300 s here (a loaded machine took over 120 s from its pods running to a run's first step), where
     # the default 30 minutes would outlast the test.
-    job = jobs.create(jobs.manifest(name, numEpochs=2000, fullStateRetention=2, stallTimeoutSeconds=60,
-                                    startupTimeoutSeconds=STALL_STARTUP_TIMEOUT_S, maxRestarts=5))
+    job = jobs.create(
+        jobs.manifest(
+            name,
+            numEpochs=2000,
+            fullStateRetention=2,
+            stallTimeoutSeconds=60,
+            startupTimeoutSeconds=STALL_STARTUP_TIMEOUT_S,
+            maxRestarts=5,
+        )
+    )
     sts = statefulset_name(parse_job(job))
     pod0, pod1 = f"{sts}-0", f"{sts}-1"
     wait_until("the job training with a step logged", training(jobs, name), timeout_s=600, interval_s=0.5)
@@ -326,8 +373,13 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
 
     def survivor_restarting() -> bool:
         pod = jobs.pod(pod0)
-        return pod is None or pod.metadata.uid != survivor_uid or pod.metadata.deletion_timestamp is not None \
+        return (
+            pod is None
+            or pod.metadata.uid != survivor_uid
+            or pod.metadata.deletion_timestamp is not None
             or jobs.trainer_started_at(pod0) not in (None, survivor_started)
+        )
+
     wait_until("rank 0 restarted with rank 1", survivor_restarting, timeout_s=600, interval_s=0.2)
     noticed = time.monotonic() - killed_at
     print(f"rank 1 killed: rank 0 restarting {noticed:.1f}s later ({time.monotonic() - began:.0f}s into the test)")
@@ -335,8 +387,9 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # pod's status, then pod 0 gets SIGTERM): far from the collective's 30 minutes.
     assert noticed < 300, noticed
     samples = jobs.progress(name).get("samplesSeen", 0)
-    wait_until("training again after the group restart", training(jobs, name, more_than=samples),
-               timeout_s=600, interval_s=0.5)
+    wait_until(
+        "training again after the group restart", training(jobs, name, more_than=samples), timeout_s=600, interval_s=0.5
+    )
     assert jobs.status(name).get("restarts") == 1, jobs.status(name)
 
     # 2. A frozen rank (every process of rank 1's trainer SIGSTOPped, as a hung NCCL collective
@@ -344,8 +397,12 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # (60 s while training, 300 s if rank 0 was saving) the operator restarts every rank, counted
     # as a restart, and the group resumes from the latest full state.
     # A full state to resume from first (the killed run may have ended before its first epoch did).
-    wait_until("an epoch-end full state", lambda: scan_checkpoints(jobs.claim_dir(job)).latest_full_state,
-               timeout_s=600, interval_s=1)
+    wait_until(
+        "an epoch-end full state",
+        lambda: scan_checkpoints(jobs.claim_dir(job)).latest_full_state,
+        timeout_s=600,
+        interval_s=1,
+    )
     # Frozen mid-epoch, a step of this run just logged and the epoch's end not next: rank 0 then
     # waits in a training step's collective (the stall bound applies) rather than in the epoch-end
     # save or the next epoch's start (where startupTimeoutSeconds bounds it: 300 s more to wait).
@@ -355,14 +412,19 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     def mid_epoch() -> bool:
         steps = read_metrics_log(metrics_log_path(jobs.claim_dir(job)), offset=this_run.metrics_log_offset).steps
         return bool(steps) and steps[-1].samples_seen % SAMPLES_PER_EPOCH in (4, 8, 12)
+
     wait_until("a step early in an epoch", mid_epoch, timeout_s=600, interval_s=0.1)
     frozen_pids = RealStack.container_pids(jobs.trainer_container(pod1))
     assert frozen_pids, "no process in rank 1's trainer container"
     frozen_at = time.monotonic()
     for pid in frozen_pids:
         os.kill(pid, signal.SIGSTOP)
-    wait_until("the stall restart", lambda: jobs.status(name).get("stallRestarts", 0) >= 1,
-               timeout_s=STALL_STARTUP_TIMEOUT_S + 240, interval_s=0.5)
+    wait_until(
+        "the stall restart",
+        lambda: jobs.status(name).get("stallRestarts", 0) >= 1,
+        timeout_s=STALL_STARTUP_TIMEOUT_S + 240,
+        interval_s=0.5,
+    )
     detected = time.monotonic() - frozen_at
     stalled_status = jobs.status(name)
     print(f"rank 1 frozen: every rank restarted {detected:.1f}s later ({time.monotonic() - began:.0f}s into the test)")
@@ -371,12 +433,15 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     assert stall_events and "no training step for" in stall_events[-1].message, [e.message for e in stall_events]
     print(f"the Stalled event: {stall_events[-1].message}")
     samples = jobs.progress(name).get("samplesSeen", 0)
-    wait_until("training again after the stall restart", training(jobs, name, more_than=samples),
-               timeout_s=600, interval_s=0.5)
+    wait_until(
+        "training again after the stall restart", training(jobs, name, more_than=samples), timeout_s=600, interval_s=0.5
+    )
     runs = read_run_records(jobs.claim_dir(job))
     assert len(runs) > runs_before_freeze and runs[-1].resumed_from is not None, runs[-1]  # resumed, not started over
-    print(f"training again after the stall restart, resumed from {runs[-1].resumed_from} "
-          f"({time.monotonic() - began:.0f}s into the test)")
+    print(
+        f"training again after the stall restart, resumed from {runs[-1].resumed_from} "
+        f"({time.monotonic() - began:.0f}s into the test)"
+    )
 
     # 3. The deadline: past it, SIGTERM (an on-demand checkpoint within the demo job's 60 s grace
     # period; with 20 s, on 2 loaded cores, the save did not finish), then Failed DeadlineExceeded.
@@ -394,9 +459,11 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # when it finished within the grace period, else the last epoch's).
     saved = scan_checkpoints(jobs.claim_dir(final)).latest_full_state
     assert saved is not None and saved.complete and saved.metadata is not None, saved
-    print(f"deadline: resumable from {saved.name} at {saved.metadata.samples_seen} samples "
-          f"({'the SIGTERM save' if saved.metadata.mid_epoch else 'an epoch-end save'}); "
-          f"the test took {time.monotonic() - began:.0f}s")
+    print(
+        f"deadline: resumable from {saved.name} at {saved.metadata.samples_seen} samples "
+        f"({'the SIGTERM save' if saved.metadata.mid_epoch else 'an epoch-end save'}); "
+        f"the test took {time.monotonic() - began:.0f}s"
+    )
 
 
 FAKE_GPU_PATH = "/status/capacity/nvidia.com~1gpu"  # JSON Pointer: "/" in the name is "~1"
@@ -411,12 +478,14 @@ def test_a_cuda_job_on_a_node_without_gpus_fails_config_rejected_at_once(stack: 
     node = jobs.core.list_node().items[0].metadata.name
     jobs.core.patch_node_status(node, [{"op": "add", "path": FAKE_GPU_PATH, "value": "1"}])
     try:
-        wait_until("the node's allocatable nvidia.com/gpu",
-                   lambda: (jobs.core.read_node(node).status.allocatable or {}).get("nvidia.com/gpu") == "1",
-                   timeout_s=60, interval_s=0.5)
+        wait_until(
+            "the node's allocatable nvidia.com/gpu",
+            lambda: (jobs.core.read_node(node).status.allocatable or {}).get("nvidia.com/gpu") == "1",
+            timeout_s=60,
+            interval_s=0.5,
+        )
         name = "tiny-cuda"
-        manifest = jobs.manifest(name, device="cuda", nnodes=1, nprocPerNode=1,
-                                 checkpoints={"claim": {"size": "1Gi"}})
+        manifest = jobs.manifest(name, device="cuda", nnodes=1, nprocPerNode=1, checkpoints={"claim": {"size": "1Gi"}})
         jobs.create(manifest)
         t = time.monotonic()
         final = jobs.follow(name, timeout_s=PREFLIGHT_BOUND_S)
@@ -426,8 +495,10 @@ def test_a_cuda_job_on_a_node_without_gpus_fails_config_rejected_at_once(stack: 
         assert status.get("phase") == "Failed", json.dumps(status, indent=1)
         failed = condition(status, "Failed")
         assert failed["reason"] == "ConfigRejected", failed
-        assert "spec.device is cuda but this image's torch 2.13.0+cpu has no CUDA build: use a CUDA trainer " \
-               "image (spec.pod.image), or spec.device: cpu" in failed["message"], failed
+        assert (
+            "spec.device is cuda but this image's torch 2.13.0+cpu has no CUDA build: use a CUDA trainer "
+            "image (spec.pod.image), or spec.device: cpu" in failed["message"]
+        ), failed
         assert status.get("restarts", 0) == 0, status
         wait_until("the job's pods to be gone", lambda: not jobs.pods(name), timeout_s=120, interval_s=0.5)
         # The pod asked for the GPU (the operator's default: nprocPerNode) and got this node's one.
@@ -442,16 +513,30 @@ def test_a_cuda_job_on_a_node_without_gpus_fails_config_rejected_at_once(stack: 
 # operator) -------------------------------------------------------------------------------------
 
 WEBHOOK = "validate.sftjobs.finetune.dev"
-HOST_PATH_REFUSAL = ("spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator "
-                     "policy (policy.allowHostPath)")
+HOST_PATH_REFUSAL = (
+    "spec.pod.volumes[0].hostPath: host paths are not allowed by the cluster's sft-operator "
+    "policy (policy.allowHostPath)"
+)
 
 
 def admission_probe(name: str, **pod: Any) -> dict[str, Any]:
     """A job for server-side dry runs: admitted or refused, it never makes a pod."""
-    return {"apiVersion": contract.API_VERSION, "kind": contract.KIND, "metadata": {"name": name, "namespace": JOB_NS},
-            "spec": {"modelPath": "m", "dataPath": "/data/train.jsonl", "numEpochs": 1, "effectiveBatchSize": 2,
-                     "learningRate": 1e-5, "maxSeqLen": 64, "device": "cpu",
-                     "checkpoints": {"existingClaim": "none"}, "pod": pod}}
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": contract.KIND,
+        "metadata": {"name": name, "namespace": JOB_NS},
+        "spec": {
+            "modelPath": "m",
+            "dataPath": "/data/train.jsonl",
+            "numEpochs": 1,
+            "effectiveBatchSize": 2,
+            "learningRate": 1e-5,
+            "maxSeqLen": 64,
+            "device": "cpu",
+            "checkpoints": {"existingClaim": "none"},
+            "pod": pod,
+        },
+    }
 
 
 def dry_run_as(stack: RealStack, user: str, manifest: dict[str, Any], path: Path) -> Any:
@@ -469,7 +554,9 @@ def review_by_each_replica(stack: RealStack, review: dict[str, Any]) -> list[dic
 
     core = kubernetes.client.CoreV1Api(stack.api_client())
     service = f"{RELEASE}-sft-operator-webhook"
-    ca = base64.b64decode(core.read_namespaced_secret(f"{RELEASE}-sft-operator-webhook-tls", OPERATOR_NS).data["ca.crt"])
+    ca = base64.b64decode(
+        core.read_namespaced_secret(f"{RELEASE}-sft-operator-webhook-tls", OPERATOR_NS).data["ca.crt"]
+    )
     context = ssl.create_default_context(cadata=ca.decode())
     endpoints = core.read_namespaced_endpoints(service, OPERATOR_NS)
     answers = []
@@ -477,41 +564,52 @@ def review_by_each_replica(stack: RealStack, review: dict[str, Any]) -> list[dic
         port = subset.ports[0].port
         for address in subset.addresses or []:
             conn = http.client.HTTPSConnection(address.ip, port, timeout=15)
-            conn.sock = context.wrap_socket(socket.create_connection((address.ip, port), timeout=15),
-                                            server_hostname=f"{service}.{OPERATOR_NS}.svc")
+            conn.sock = context.wrap_socket(
+                socket.create_connection((address.ip, port), timeout=15), server_hostname=f"{service}.{OPERATOR_NS}.svc"
+            )
             conn.request("POST", "/validate-sftjobs", json.dumps(review), {"Content-Type": "application/json"})
             answers.append({"pod": address.target_ref.name, **json.loads(conn.getresponse().read())["response"]})
             conn.close()
     return answers
 
 
-def test_the_charts_webhook_admits_only_what_the_user_and_the_policy_allow(stack: RealStack, jobs: Jobs,
-                                                                           tmp_path: Path,
-                                                                           request: pytest.FixtureRequest) -> None:
+def test_the_charts_webhook_admits_only_what_the_user_and_the_policy_allow(
+    stack: RealStack, jobs: Jobs, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Through the chart's webhook (its Service, its generated certificate): alice, who may create
     SFTJobs but not pods, is refused at `kubectl apply` naming the permission; bob, who may create
     pods, is admitted; a hostPath job is refused by the default policy, and admitted after `helm
     upgrade --set policy.allowHostPath=true` (the CA kept across the upgrade). Every operator
     replica answers, the standby too."""
     rbac = kubernetes.client.RbacAuthorizationV1Api(stack.api_client())
-    for role, rules in (("e2e-sftjobs", [{"apiGroups": [contract.GROUP], "resources": [contract.PLURAL],
-                                          "verbs": ["create", "get"]}]),
-                        ("e2e-pods", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}])):
+    for role, rules in (
+        ("e2e-sftjobs", [{"apiGroups": [contract.GROUP], "resources": [contract.PLURAL], "verbs": ["create", "get"]}]),
+        ("e2e-pods", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]),
+    ):
         rbac.create_namespaced_role(JOB_NS, {"metadata": {"name": role}, "rules": rules})
         request.addfinalizer(lambda role=role: rbac.delete_namespaced_role(role, JOB_NS))  # the session's namespace
     for user, roles in (("alice", ["e2e-sftjobs"]), ("bob", ["e2e-sftjobs", "e2e-pods"])):
         for role in roles:
-            rbac.create_namespaced_role_binding(JOB_NS, {
-                "metadata": {"name": f"{user}-{role}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+            rbac.create_namespaced_role_binding(
+                JOB_NS,
+                {
+                    "metadata": {"name": f"{user}-{role}"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+                },
+            )
             request.addfinalizer(lambda name=f"{user}-{role}": rbac.delete_namespaced_role_binding(name, JOB_NS))
-    plain, host_path = admission_probe("admission-probe"), admission_probe(
-        "admission-probe", volumes=[{"name": "h", "hostPath": {"path": "/"}}])
+    plain, host_path = (
+        admission_probe("admission-probe"),
+        admission_probe("admission-probe", volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+    )
     denied = f'admission webhook "{WEBHOOK}" denied the request: '
     alice = dry_run_as(stack, "alice", plain, tmp_path / "alice.json")
-    assert alice.returncode != 0 and denied + (
-        f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf") in alice.stderr, alice
+    assert (
+        alice.returncode != 0
+        and denied + (f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf")
+        in alice.stderr
+    ), alice
     bob = dry_run_as(stack, "bob", plain, tmp_path / "bob.json")
     assert bob.returncode == 0, bob.stderr
     refused = dry_run_as(stack, "bob", host_path, tmp_path / "host.json")
@@ -519,30 +617,56 @@ def test_the_charts_webhook_admits_only_what_the_user_and_the_policy_allow(stack
 
     # Every replica serves the webhook and asks the API server itself (a LocalSubjectAccessReview),
     # leader or standby.
-    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "e2e", "kind": {"group": contract.GROUP, "version": contract.VERSION, "kind": contract.KIND},
-        "resource": {"group": contract.GROUP, "version": contract.VERSION, "resource": contract.PLURAL},
-        "namespace": JOB_NS, "operation": "CREATE", "dryRun": True, "object": plain,
-        "userInfo": {"username": "alice", "groups": ["system:authenticated"]}}}
-    operator_pods = kubernetes.client.CoreV1Api(stack.api_client()).list_namespaced_pod(
-        OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "e2e",
+            "kind": {"group": contract.GROUP, "version": contract.VERSION, "kind": contract.KIND},
+            "resource": {"group": contract.GROUP, "version": contract.VERSION, "resource": contract.PLURAL},
+            "namespace": JOB_NS,
+            "operation": "CREATE",
+            "dryRun": True,
+            "object": plain,
+            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+        },
+    }
+    operator_pods = (
+        kubernetes.client.CoreV1Api(stack.api_client())
+        .list_namespaced_pod(OPERATOR_NS, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+        .items
+    )
     answers = review_by_each_replica(stack, review)
     print(f"answers of each replica: {answers}")
     assert sorted(a["pod"] for a in answers) == sorted(p.metadata.name for p in operator_pods)
     for answer in answers:
         assert (answer["allowed"], answer["status"]["code"], answer["status"]["message"]) == (
-            False, 403, f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf")
+            False,
+            403,
+            f"user alice may not create pods in namespace {JOB_NS}: an SFTJob creates pods on your behalf",
+        )
 
-    ca_before = kubernetes.client.AdmissionregistrationV1Api(stack.api_client()).read_validating_webhook_configuration(
-        f"{RELEASE}-sft-operator").webhooks[0].client_config.ca_bundle
+    ca_before = (
+        kubernetes.client.AdmissionregistrationV1Api(stack.api_client())
+        .read_validating_webhook_configuration(f"{RELEASE}-sft-operator")
+        .webhooks[0]
+        .client_config.ca_bundle
+    )
     values_before = release_values(stack)
     try:
         helm_upgrade(stack, "policy.allowHostPath=true")
-        wait_until("bob's hostPath job admitted by the upgraded operators",
-                   lambda: dry_run_as(stack, "bob", host_path, tmp_path / "host.json").returncode == 0,
-                   timeout_s=120, interval_s=2)
-        ca_after = kubernetes.client.AdmissionregistrationV1Api(stack.api_client()).read_validating_webhook_configuration(
-            f"{RELEASE}-sft-operator").webhooks[0].client_config.ca_bundle
+        wait_until(
+            "bob's hostPath job admitted by the upgraded operators",
+            lambda: dry_run_as(stack, "bob", host_path, tmp_path / "host.json").returncode == 0,
+            timeout_s=120,
+            interval_s=2,
+        )
+        ca_after = (
+            kubernetes.client.AdmissionregistrationV1Api(stack.api_client())
+            .read_validating_webhook_configuration(f"{RELEASE}-sft-operator")
+            .webhooks[0]
+            .client_config.ca_bundle
+        )
         assert ca_after == ca_before, "helm upgrade must keep the webhook's CA (the chart looks its Secret up)"
     finally:
         helm_upgrade(stack, "policy.allowHostPath=false")
