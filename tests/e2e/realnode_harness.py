@@ -198,15 +198,25 @@ def delete_jobs_since(jobs: Jobs, before: set[str]) -> None:
     """The jobs made since ``before`` and their claims deleted, waited for: a failed test leaves no
     training behind (the node's 2 cores go to the next), and a rerun starts from nothing, not from
     the names and checkpoints of its first try."""
+    claims: set[str] = set()
     for name in sorted(job_names(jobs) - before):
         try:  # a TTL may take a job first: a 404 is fine
             claim = claim_name(parse_job(jobs.job(name)))
+            claims.add(claim)
             jobs.custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, JOB_NS, contract.PLURAL, name)
             jobs.core.delete_namespaced_persistent_volume_claim(claim, JOB_NS)
         except ApiException as e:
             if e.status != 404:
                 raise
     wait_until("the test's jobs deleted", lambda: not (job_names(jobs) - before), timeout_s=180, interval_s=1)
+
+    def claims_gone() -> bool:
+        # A deleted claim stays (terminating) until pvc-protection sees its pods gone: a rerun's job of
+        # the same name would otherwise find it and its pods stay unschedulable.
+        left = {c.metadata.name for c in jobs.core.list_namespaced_persistent_volume_claim(JOB_NS).items}
+        return not (claims & left)
+
+    wait_until("the test's claims deleted", claims_gone, timeout_s=180, interval_s=1)
 
 
 def helm(stack: RealStack, *args: str) -> subprocess.CompletedProcess[str]:
