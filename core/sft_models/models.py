@@ -1125,7 +1125,9 @@ class RestartBackoff(ApiModel):
         description="The backoff: from the failure's end, or from when the job counted as stalled, to the restart.",
     )
     next_restart_at: str = Field(json_schema_extra={"format": "date-time"})
-    ranks: list[str] = Field(default_factory=list, description="The pods to be restarted (RanksLeftBehind).")
+    ranks: list[str] = Field(
+        default_factory=list, description="The pods to be restarted (RanksLeftBehind): every rank, the failed one too."
+    )
 
 
 class SFTJobStatus(ApiModel):

@@ -310,15 +310,15 @@ def refresh_status(memo: kopf.Memo, key: Key, indexes: Indexes) -> None:
 def restart_ranks_left_behind(
     memo: kopf.Memo, body: dict[str, Any], pods: list[dict[str, Any]], status: SFTJobStatus
 ) -> None:
-    """One rank failed: restart the ranks still in the old group, instead of letting them wait in
-    a collective until NCCL's timeout (they cannot save without the failed peer): at once after
+    """One rank failed: restart every rank (group_restart_plan), instead of letting the others wait
+    in a collective until NCCL's timeout (they cannot save without the failed peer): at once after
     the first failure, after the backoff (status.restartBackoff) after later ones; the policy
     clock comes back for a restart held back."""
     plan = group_restart_plan(pods, status.restarts)
     if plan is None or held_back(plan, now()):
         return
     failure = last_trainer_termination(pods, failures_only=True)
-    message = f"{failure.describe() if failure else 'a rank failed'}; restarting {', '.join(plan.ranks)} with it"
+    message = f"{failure.describe() if failure else 'a rank failed'}; restarting every rank ({', '.join(plan.ranks)})"
     if plan.delay_seconds:
         message += f" (restart {plan.restart}, after a backoff of {plan.delay_seconds} s)"
     log.info("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)

@@ -182,18 +182,21 @@ def restart_backoff_s(restart: int) -> int:
 
 
 def group_restart_plan(pods: Iterable[dict[str, Any]], restarts: int) -> RestartBackoff | None:
-    """The restart of the ranks a failure left behind (ranks_left_behind), due the backoff after
-    the failure ended; ``restarts`` already counts that failure. None when no rank is behind."""
+    """The restart of every rank when a failure left ranks behind (ranks_left_behind), due the
+    backoff after the failure ended; ``restarts`` already counts that failure. None when no rank
+    is behind. The failed rank is restarted too: the kubelet has restarted its trainer in place by
+    then, and that run joined the old group's rendezvous (still served by the rank-0 pod being
+    replaced), where it would wait for peers that never come until the stall bound."""
     pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    behind = ranks_left_behind(pods)
     failure = last_trainer_termination(pods, failures_only=True)
-    if not behind or failure is None:
+    if not ranks_left_behind(pods) or failure is None:
         return None
+    group = sorted((p.get("metadata") or {}).get("name", "") for p in pods)
     restart = max(restarts, 1)
     delay = restart_backoff_s(restart)
     due = parse_rfc3339(failure.finished_at) + timedelta(seconds=delay)
     return RestartBackoff(
-        reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due), ranks=behind
+        reason=RANKS_LEFT_BEHIND, restart=restart, delay_seconds=delay, next_restart_at=rfc3339(due), ranks=group
     )
 
 
@@ -221,7 +224,7 @@ def held_back(plan: RestartBackoff | None, now: str) -> bool:
 
 def describe_backoff(plan: RestartBackoff) -> str:
     what = (
-        f"restarting {', '.join(plan.ranks)} with the failed rank"
+        f"restarting every rank ({', '.join(plan.ranks)}) after a rank failed"
         if plan.reason == RANKS_LEFT_BEHIND
         else "restarting every rank (stalled)"
     )

@@ -165,7 +165,7 @@ def test_a_failed_rank_restarts_the_ranks_it_left_behind(control_plane: Any, ope
         "the Event", lambda: [e for e in cluster.events("group") if e["reason"] == "RestartingGroup"]
     )
     assert events[0]["message"] == (
-        "pod group-0: Error (exit code 1): training failed: NCCL error; restarting group-1 with it"
+        "pod group-0: Error (exit code 1): training failed: NCCL error; restarting every rank (group-0, group-1)"
     )
     print(f"the rank left behind was restarted {noticed_s:.1f} s after its peer's failure was reported")
     assert cluster.status("group")["restarts"] == 1
@@ -269,10 +269,13 @@ def test_a_second_group_restart_waits_the_backoff(control_plane: Any, operator: 
         "restart": 2,
         "delaySeconds": 10,
         "nextRestartAt": due,
-        "ranks": ["backoff-1"],
+        "ranks": ["backoff-0", "backoff-1"],
     }, backoff
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert f"restarting backoff-1 with the failed rank at {due}: backoff 10 s before restart 2" in ready["message"]
+    assert (
+        f"restarting every rank (backoff-0, backoff-1) after a rank failed at {due}: backoff 10 s before restart 2"
+        in ready["message"]
+    )
     while time.time() < failed_at + 7:  # held back: not restarted before the backoff is over
         assert not restarted(uid), f"restarted {time.time() - failed_at:.1f} s after the failure"
         time.sleep(0.5)
@@ -287,7 +290,7 @@ def test_a_second_group_restart_waits_the_backoff(control_plane: Any, operator: 
         ],
     )
     assert events[0]["message"] == (
-        "pod backoff-0: Error (exit code 1): crash 2; restarting backoff-1 with it (restart 2, after a backoff of 10 s)"
+        "pod backoff-0: Error (exit code 1): crash 2; restarting every rank (backoff-0, backoff-1) (restart 2, after a backoff of 10 s)"
     )
     print(f"the second restart came {waited:.1f} s after its failure (backoff 10 s, policy clock 1 s)")
     assert 9 <= waited <= 15

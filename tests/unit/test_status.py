@@ -763,7 +763,7 @@ def test_the_first_group_restart_is_at_once_later_ones_wait_the_backoff() -> Non
         "restart": 1,
         "delaySeconds": 0,
         "nextRestartAt": at(5),
-        "ranks": ["j-1"],
+        "ranks": ["j-0", "j-1"],
     }
     assert not held_back(first, at(5))
     third = group_restart_plan(_left_behind(at(5), 3), restarts=3)
@@ -772,7 +772,7 @@ def test_the_first_group_restart_is_at_once_later_ones_wait_the_backoff() -> Non
         "restart": 3,
         "delaySeconds": 20,
         "nextRestartAt": at(5, 20),
-        "ranks": ["j-1"],
+        "ranks": ["j-0", "j-1"],
     }
     assert held_back(third, at(5, 19)) and not held_back(third, at(5, 20))
     assert group_restart_plan([trainer_pod(0, state={"running": {"startedAt": at(0)}})], restarts=3) is None
@@ -798,13 +798,13 @@ def test_a_held_back_group_restart_shows_in_status_and_the_ready_message() -> No
         "restart": 2,
         "delaySeconds": 10,
         "nextRestartAt": at(5, 10),
-        "ranks": ["j-1"],
+        "ranks": ["j-0", "j-1"],
     }
     ready = next(c for c in held.conditions if c.type == "Ready")
     assert (ready.status, ready.message) == (
         "True",
         (
-            "2/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
+            "2/2 pods running; restarting every rank (j-0, j-1) after a rank failed at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
             "(10 s doubling to 300 s)"
         ),
     )
@@ -818,7 +818,7 @@ def test_a_held_back_group_restart_shows_in_status_and_the_ready_message() -> No
     waiting = derive(twice, pods=[crashlooping, pods[1]], now=at(5, 3))
     ready = next(c for c in waiting.conditions if c.type == "Ready")
     assert ready.message == (
-        "1/2 pods running; restarting j-1 with the failed rank at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
+        "1/2 pods running; restarting every rank (j-0, j-1) after a rank failed at 2026-01-01T00:05:10Z: backoff 10 s before restart 2 "
         "(10 s doubling to 300 s); waiting for pod j-0: CrashLoopBackOff: back-off 20s"
     )
 
