@@ -78,7 +78,7 @@ def test_submit_flags_dry_run_prints_the_validated_manifest() -> None:
             "pod": {
                 "image": "trainer:2",
                 "env": [{"name": "HF_TOKEN", "value": "a=b"}],
-                "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}}],
+                "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}],
                 "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
             },
         },
@@ -252,7 +252,7 @@ def test_submit_data_names_a_file_here_and_the_dry_run_shows_where_it_goes(tmp_p
     spec = yaml.safe_load(result.stdout)["spec"]
     assert spec["dataPath"] == "/mnt/pvc/qwen-upload/.sft-uploads/sha256-19fc5b26092a5733/train.jsonl"
     assert spec["pod"]["volumes"] == [
-        {"name": "pvc-qwen-upload", "persistentVolumeClaim": {"claimName": "qwen-upload"}}
+        {"name": "pvc-qwen-upload", "persistentVolumeClaim": {"claimName": "qwen-upload", "readOnly": True}}
     ]
     result = runner.invoke(
         app, [*flags[: flags.index("./train.jsonl")], "./missing.jsonl", *flags[flags.index("./train.jsonl") + 1 :]]

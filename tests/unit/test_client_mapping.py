@@ -48,7 +48,7 @@ def problems(cluster: ClusterOptions | None = None, **params: Any) -> list[tuple
     return [(p.param, p.spec_path, p.message) for p in info.value.parameters]
 
 
-DATASETS_VOLUME = {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}}
+DATASETS_VOLUME = {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}
 DATASETS_MOUNT = {"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}
 
 
@@ -366,7 +366,7 @@ def test_claims_are_mounted_once_and_writable_only_when_written() -> None:
     )
     assert spec["pod"] == {
         "volumes": [
-            {"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store"}},
+            {"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store", "readOnly": True}},
             {"name": "pvc-logs", "persistentVolumeClaim": {"claimName": "logs"}},
         ],
         "volumeMounts": [

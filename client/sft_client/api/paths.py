@@ -225,10 +225,15 @@ def place_pod_paths(paths: dict[str, str], checkpoints: CheckpointPlacement) -> 
         raise PathProblems(problems)
     for claim_name, written in claims.items():
         name = claim_volume_name(claim_name)
-        placed.volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim_name}})
+        source: dict[str, object] = {"claimName": claim_name}
         mount: dict[str, object] = {"name": name, "mountPath": claim_mount_path(claim_name)}
         if not written:
+            # Read-only in the volume source too, not only in the mount: the kubelet applies the
+            # pods' fsGroup (ownership and mode) to a claim unless its source is read-only, and
+            # this claim is the user's, shared with whatever else reads it.
+            source["readOnly"] = True
             mount["readOnly"] = True
+        placed.volumes.append({"name": name, "persistentVolumeClaim": source})
         placed.volume_mounts.append(mount)
     return placed
 
