@@ -69,6 +69,14 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
     laptop.mkdir()
     shutil.copyfile(jobs.assets_dir / "data.jsonl", laptop / "train.jsonl")
     monkeypatch.chdir(laptop)
+
+    # The model's claim is the user's: only read, so the kubelet must leave its files' owner, group
+    # and mode alone (it applies the pods' fsGroup to a claim whose volume source is not read-only).
+    def ownership(root: Path) -> list[tuple[str, int, int, int]]:
+        stats = [(path, path.stat()) for path in sorted([root, *root.rglob("*")])]
+        return [(str(path.relative_to(root)), st.st_uid, st.st_gid, st.st_mode) for path, st in stats]
+
+    model_claim_before = ownership(jobs.assets_dir)
     t = time.monotonic()
 
     from sft_client.api import sft  # was: from training_hub import sft
@@ -97,6 +105,7 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
     )
     print(f"sft() with an upload: {result.phase} after {time.monotonic() - t:.0f}s")
     assert result.phase == "Succeeded", result.status
+    assert ownership(jobs.assets_dir) == model_claim_before  # pvc:// read-only in the volume source too
     job = jobs.job("laptop")
     local_sha = hashlib.sha256((laptop / "train.jsonl").read_bytes()).hexdigest()
     data_path = f"/mnt/pvc/laptop-upload/.sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
