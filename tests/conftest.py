@@ -96,6 +96,23 @@ TIERS = ("unit", "integration", "training", "images", "e2e")
 _tier_seconds: dict[str, float] = {}
 _tier_tests: dict[str, set[str]] = {}
 _session_started: list[float] = []
+# The machine's busy CPU time (every process: the tests' servers, kubelets and containers too),
+# read from /proc/stat: what bounds the suite on a small machine is CPU work, not waiting. Per tier
+# only in one process, where a test's interval is its own; under xdist only the whole run's.
+_tier_cpu: dict[str, float] = {}
+_test_cpu_started: dict[str, float] = {}
+_session_cpu_started: list[float] = []
+
+
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all but idle and iowait)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
 
 
 def tier_of(nodeid: str) -> str:
@@ -105,6 +122,18 @@ def tier_of(nodeid: str) -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _session_started.append(time.monotonic())
+    _session_cpu_started.append(machine_busy_cpu_s())
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    _test_cpu_started[nodeid] = machine_busy_cpu_s()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+    started = _test_cpu_started.pop(nodeid, None)
+    if started is not None:
+        tier = tier_of(nodeid)
+        _tier_cpu[tier] = _tier_cpu.get(tier, 0.0) + machine_busy_cpu_s() - started
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -118,18 +147,22 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     wall = time.monotonic() - _session_started[0] if _session_started else 0.0
     workers = getattr(config.option, "numprocesses", None)
+    busy = machine_busy_cpu_s() - _session_cpu_started[0] if _session_cpu_started else 0.0
+    cores = os.cpu_count() or 1
     tr = terminalreporter
-    tr.write_sep("=", "time per tier (setup + call + teardown of its tests, summed)")
+    tr.write_sep("=", "time per tier (setup + call + teardown of its tests, summed; the machine's busy CPU)")
     tiers = [t for t in TIERS if t in _tier_seconds] + sorted(set(_tier_seconds) - set(TIERS))
     for tier in tiers:
         seconds = _tier_seconds[tier]
-        tr.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests {seconds / 60:7.1f} min ({seconds:7.0f} s)")
+        cpu = f"  CPU {_tier_cpu[tier] / 60:6.1f} min" if not workers and tier in _tier_cpu else ""
+        tr.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests {seconds / 60:7.1f} min ({seconds:7.0f} s){cpu}")
     total = sum(_tier_seconds.values())
     tr.write_line(
         f"{'sum':<12} {sum(len(t) for t in _tier_tests.values()):>5} tests {total / 60:7.1f} min ({total:7.0f} s)"
     )
     tr.write_line(
-        f"{'wall':<12} {'':>11} {wall / 60:7.1f} min ({wall:7.0f} s)"
+        f"{'wall':<12} {'':>11} {wall / 60:7.1f} min ({wall:7.0f} s)  CPU {busy / 60:6.1f} min"
+        + (f" ({busy / (wall * cores):.0%} of {cores} cores)" if wall else "")
         + (f" on {workers} xdist workers" if workers else "")
     )
 
