@@ -78,7 +78,9 @@ def test_submit_flags_dry_run_prints_the_validated_manifest() -> None:
             "pod": {
                 "image": "trainer:2",
                 "env": [{"name": "HF_TOKEN", "value": "a=b"}],
-                "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}],
+                "volumes": [
+                    {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}
+                ],
                 "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
             },
         },

@@ -63,7 +63,9 @@ def test_submit_osft_dry_run_prints_the_validated_manifest() -> None:
             "nnodes": 2,
             "checkpoints": {"path": "runs/a", "claim": {"size": "100Gi"}},
             "pod": {
-                "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}],
+                "volumes": [
+                    {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}
+                ],
                 "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
             },
         },
