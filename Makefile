@@ -20,10 +20,10 @@ demo: venv provision docker
 prepare: venv docker
 	$(MAKE) --no-print-directory -j2 provision images
 
-## test: every test tier (unit, integration on the real control plane, training, images, e2e), in one
-## process. PYTEST_ARGS="-n 2": two pytest-xdist workers, the real node's tiers on one (tests/conftest.py):
-## 33.5 min instead of ≈45 on 2 cores, but the long real-node jobs then start too slowly for their bounds
-PYTEST_ARGS ?=
+## test: every test tier (unit, integration on the real control plane, training, images, e2e) on two
+## pytest-xdist workers: the real node's tiers (e2e, images) on one, the others beside them
+## (tests/conftest.py). PYTEST_ARGS="-n 0": one process (slower: the e2e jobs' waits then idle the machine)
+PYTEST_ARGS ?= -n 2
 test: prepare lint
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
 

@@ -129,11 +129,15 @@ def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
     _test_cpu_started[nodeid] = machine_busy_cpu_s()
 
 
+_test_cpu: dict[str, float] = {}
+
+
 def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
     started = _test_cpu_started.pop(nodeid, None)
     if started is not None:
-        tier = tier_of(nodeid)
-        _tier_cpu[tier] = _tier_cpu.get(tier, 0.0) + machine_busy_cpu_s() - started
+        tier, used = tier_of(nodeid), machine_busy_cpu_s() - started
+        _tier_cpu[tier] = _tier_cpu.get(tier, 0.0) + used
+        _test_cpu[nodeid] = _test_cpu.get(nodeid, 0.0) + used
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -148,6 +152,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     wall = time.monotonic() - _session_started[0] if _session_started else 0.0
     workers = getattr(config.option, "numprocesses", None)
     busy = machine_busy_cpu_s() - _session_cpu_started[0] if _session_cpu_started else 0.0
+    report = os.environ.get("SFT_TEST_CPU_REPORT")  # a file: each test's busy CPU, most first (one process)
+    if report and not workers:
+        ranked = sorted(_test_cpu.items(), key=lambda kv: -kv[1])
+        Path(report).write_text("".join(f"{cpu:8.1f} {nodeid}\n" for nodeid, cpu in ranked))
     cores = os.cpu_count() or 1
     tr = terminalreporter
     tr.write_sep("=", "time per tier (setup + call + teardown of its tests, summed; the machine's busy CPU)")

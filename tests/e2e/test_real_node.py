@@ -368,6 +368,7 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # 1. A killed rank: the other rank is restarted with it, not left in a collective until its
     # timeout (torch's default for gloo and NCCL process groups: 30 minutes).
     survivor_started, survivor_uid = jobs.trainer_started_at(pod0), jobs.pod(pod0).metadata.uid
+    killed_uid = jobs.pod(pod1).metadata.uid
     killed_at = time.monotonic()
     docker("kill", "--signal", "KILL", jobs.trainer_container(pod1))
 
@@ -386,10 +387,19 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     # Seconds to a minute or two on 2 shared cores (the kubelet notices the exit, the operator the
     # pod's status, then pod 0 gets SIGTERM): far from the collective's 30 minutes.
     assert noticed < 300, noticed
+    # The killed rank's pod is replaced too, though the kubelet restarted its trainer in place: that
+    # run would join the old group's rendezvous and wait there until the stall bound.
+    wait_until(
+        "rank 1's pod replaced too",
+        lambda: (p := jobs.pod(pod1)) is None or p.metadata.uid != killed_uid or p.metadata.deletion_timestamp,
+        timeout_s=60,
+        interval_s=0.2,
+    )
     samples = jobs.progress(name).get("samplesSeen", 0)
     wait_until(
         "training again after the group restart", training(jobs, name, more_than=samples), timeout_s=600, interval_s=0.5
     )
+    print(f"rank 1 killed: training again {time.monotonic() - killed_at:.0f}s after the kill")
     assert jobs.status(name).get("restarts") == 1, jobs.status(name)
 
     # 2. A frozen rank (every process of rank 1's trainer SIGSTOPped, as a hung NCCL collective
