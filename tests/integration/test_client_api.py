@@ -57,7 +57,7 @@ EXPECTED_SPEC: dict[str, Any] = {
     "checkpoints": {"existingClaim": "checkpoints", "path": "qwen-run"},
     "pod": {
         "image": "sft-trainer:custom",
-        "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}}],
+        "volumes": [{"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}],
         "volumeMounts": [{"name": "pvc-datasets", "mountPath": "/mnt/pvc/datasets", "readOnly": True}],
     },
 }

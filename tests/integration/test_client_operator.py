@@ -43,8 +43,9 @@ def test_the_operator_runs_what_sft_submits(operator: Any, cluster: Any, api_cli
     job = parse_job(cluster.job(result.name))
     sts = cluster.wait_for("the StatefulSet", lambda: cluster.statefulset(statefulset_name(job)))
     pod = sts["spec"]["template"]["spec"]
-    assert {"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models"}} in pod["volumes"]
-    assert {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets"}} in pod["volumes"]
+    volumes = pod["volumes"]  # claims only read from: read-only in the source (the kubelet leaves them alone)
+    assert {"name": "pvc-models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in volumes
+    assert {"name": "pvc-datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in volumes
     (container,) = [c for c in pod["containers"] if c["name"] == contract.TRAINER_CONTAINER]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/mnt/pvc/models"] == {"name": "pvc-models", "mountPath": "/mnt/pvc/models", "readOnly": True}
