@@ -252,9 +252,13 @@ def test_kubectl_delete_pod_saves_a_checkpoint_on_sigterm_and_the_job_resumes_ex
     ).steps[-1].samples_seen
 
 
+STARTUP_TIMEOUT_NO_IMAGE_S = 40
+
+
 def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_kubelets_reason(jobs: Jobs) -> None:
     name = "tiny-noimage"
-    manifest = jobs.manifest(name, startupTimeoutSeconds=60)
+    # 40 s: the kubelet's pull error reached the status 4 s after creation on the idle machine.
+    manifest = jobs.manifest(name, startupTimeoutSeconds=STARTUP_TIMEOUT_NO_IMAGE_S)
     manifest["spec"]["pod"]["image"] = "sft-local/no-such-trainer:missing"
     jobs.create(manifest)
     t = time.monotonic()
@@ -273,7 +277,7 @@ def test_an_image_that_cannot_be_pulled_fails_the_job_with_the_kubelets_reason(j
     assert status.get("phase") == "Failed", json.dumps(status, indent=1)
     failed = condition(status, "Failed")
     assert failed["reason"] == "StartupTimeout", failed
-    assert "spec.startupTimeoutSeconds (60 s)" in failed["message"], failed
+    assert f"spec.startupTimeoutSeconds ({STARTUP_TIMEOUT_NO_IMAGE_S} s)" in failed["message"], failed
     assert "ErrImagePull" in failed["message"] or "ImagePullBackOff" in failed["message"], failed
     # The kubelet's ErrImagePull message names the registry it could not reach, ImagePullBackOff's
     # the image: which one the timeout catches depends on the kubelet's back-off.
