@@ -304,7 +304,7 @@ def test_a_local_data_file_becomes_its_upload_path_in_the_manifest(
     assert spec["dataPath"] == f"/mnt/pvc/tiny-upload/.sft-uploads/sha256-{SHA[:16]}/train.jsonl"
     assert spec["pod"]["volumes"][-1] == {
         "name": "pvc-tiny-upload",
-        "persistentVolumeClaim": {"claimName": "tiny-upload"},
+        "persistentVolumeClaim": {"claimName": "tiny-upload", "readOnly": True},
     }
     assert spec["pod"]["volumeMounts"][-1] == {
         "name": "pvc-tiny-upload",
