@@ -58,23 +58,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return TierScheduling(config, log)
 
 
-# Under xdist the real node's tests (e2e, images) are the longest scope and mostly wait (39% of 2
-# cores in one process): the other workers' tests run at a lower CPU priority, and with them every
-# process they start (control planes, operators, torchrun), so the real node's pods and kubelet get
-# the CPU when they need it and the others take what is left. Root may lower it again.
-REALNODE_NICE, OTHERS_NICE = 0, 10
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if hasattr(item.config, "workerinput"):
-        nice = REALNODE_NICE if xdist_scope(item.nodeid) == "realnode" else OTHERS_NICE
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except PermissionError:  # not root: a lower priority only
-            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A test that touches the control plane is an integration test even if its author forgot the
