@@ -21,8 +21,8 @@ prepare: venv docker
 	$(MAKE) --no-print-directory -j2 provision images
 
 ## test: every test tier (unit, integration on the real control plane, training, images, e2e) on three
-## pytest-xdist workers: the real node's tiers (e2e, images) on one, the others beside them at a lower
-## CPU priority (tests/conftest.py). Most tests wait (one process: 39% of 2 cores busy in e2e, 30% in
+## pytest-xdist workers: the real node's tiers (e2e, images) on one, the others beside them
+## (tests/conftest.py). Most tests wait (one process: 39% of 2 cores busy in e2e, 30% in
 ## integration), so 3 workers on 2 cores. PYTEST_ARGS="-n 0": one process
 PYTEST_ARGS ?= -n 3
 test: prepare lint
