@@ -99,7 +99,7 @@ _session_started: list[float] = []
 # The machine's busy CPU time (every process: the tests' servers, kubelets and containers too),
 # read from /proc/stat: what bounds the suite on a small machine is CPU work, not waiting. Per tier
 # only in one process, where a test's interval is its own; under xdist only the whole run's.
-_tier_cpu: dict[str, float] = {}
+_test_cpu: dict[str, float] = {}  # per test; a tier's CPU is the sum over its tests
 _test_cpu_started: dict[str, float] = {}
 _session_cpu_started: list[float] = []
 
@@ -129,15 +129,10 @@ def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
     _test_cpu_started[nodeid] = machine_busy_cpu_s()
 
 
-_test_cpu: dict[str, float] = {}
-
-
 def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
     started = _test_cpu_started.pop(nodeid, None)
     if started is not None:
-        tier, used = tier_of(nodeid), machine_busy_cpu_s() - started
-        _tier_cpu[tier] = _tier_cpu.get(tier, 0.0) + used
-        _test_cpu[nodeid] = _test_cpu.get(nodeid, 0.0) + used
+        _test_cpu[nodeid] = _test_cpu.get(nodeid, 0.0) + machine_busy_cpu_s() - started
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -162,7 +157,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tiers = [t for t in TIERS if t in _tier_seconds] + sorted(set(_tier_seconds) - set(TIERS))
     for tier in tiers:
         seconds = _tier_seconds[tier]
-        cpu = f"  CPU {_tier_cpu[tier] / 60:6.1f} min" if not workers and tier in _tier_cpu else ""
+        tier_cpu = sum(used for nodeid, used in _test_cpu.items() if tier_of(nodeid) == tier)
+        cpu = f"  CPU {tier_cpu / 60:6.1f} min" if not workers else ""
         tr.write_line(f"{tier:<12} {len(_tier_tests[tier]):>5} tests {seconds / 60:7.1f} min ({seconds:7.0f} s){cpu}")
     total = sum(_tier_seconds.values())
     tr.write_line(
