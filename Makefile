@@ -20,11 +20,11 @@ demo: venv provision docker
 prepare: venv docker
 	$(MAKE) --no-print-directory -j2 provision images
 
-## test: every test tier (unit, integration on the real control plane, training, images, e2e) on three
-## pytest-xdist workers: the real node's tiers (e2e, images) on one, the others beside them
-## (tests/conftest.py). Most tests wait (one process: 39% of 2 cores busy in e2e, 30% in
-## integration), so 3 workers on 2 cores. PYTEST_ARGS="-n 0": one process
-PYTEST_ARGS ?= -n 3
+## test: every test tier (unit, integration on the real control plane, training, images, e2e) on four
+## pytest-xdist workers: the e2e tier on two sharing the real stack, the other tiers beside them
+## (tests/conftest.py). Most tests wait (one process: 46% of 2 cores busy in e2e, 30% in
+## integration), so 4 workers on 2 cores. PYTEST_ARGS="-n 0": one process
+PYTEST_ARGS ?= -n 4
 test: prepare lint
 	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
 

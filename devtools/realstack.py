@@ -83,6 +83,30 @@ class RealStack:
         self.times: dict[str, float] = {}
         self.operator_pod = ""
         self._api: Any = None
+        self.attached = False  # attach(): another process started it and stops it
+
+    def connection(self) -> dict[str, Any]:
+        """What another process needs to use this running stack (attach()): its state dir, API
+        server and admin token, images. A test credential, for a root-only temp dir."""
+        assert self.cp is not None
+        return {
+            "state_dir": str(self.state_dir),
+            "server": self.cp.server,
+            "admin_token": self.cp.admin_token,
+            "images": self.images,
+            "operator_pod": self.operator_pod,
+        }
+
+    @classmethod
+    def attach(cls, connection: dict[str, Any], on_step: Callable[[str], None] = lambda _msg: None) -> "RealStack":
+        """The stack another process started and runs (its connection()): its API, kubectl and
+        docker, nothing started; stop() only closes this process's client."""
+        stack = cls(connection["state_dir"], on_step=on_step)
+        cp = ControlPlane(stack.state_dir / "controlplane")
+        cp.server, cp.admin_token = connection["server"], connection["admin_token"]
+        stack.cp, stack.images, stack.attached = cp, dict(connection["images"]), True
+        stack.operator_pod = stack.leader_pod() or connection["operator_pod"]
+        return stack
 
     @property
     def kubeconfig(self) -> Path:
@@ -412,6 +436,12 @@ class RealStack:
         ]
 
     def stop(self, remove_claim_dirs: bool = True) -> None:
+        if self.attached:  # the process that started it stops it
+            if self._api is not None:
+                self._api.close()
+                self._api = None
+            self.cp = None
+            return
         dirs = self.claim_dirs() if remove_claim_dirs else []
         if self.node is not None:
             self.node.stop()

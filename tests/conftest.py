@@ -27,22 +27,31 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_ROOT, os.environ.get("PYTHONPATH", "")] if p)
 
 
-# Under pytest-xdist (pytest -n 2; make test PYTEST_ARGS="-n 2") tests run in scopes, each on one
-# worker, in order. The real node and docker are one per machine: e2e and images are one scope.
-# The training tier trains on the CPU with timeouts sized for one run at a time: one scope, serial.
-# Any other module is a scope of its own, so its module-scoped fixtures are set up once.
+# Under pytest-xdist (make test: -n 4) tests run in scopes, each on one worker, in order.
+# - The e2e tier: two scopes, on two workers side by side, sharing the machine's one real stack
+#   (tests/e2e/conftest.py; each worker's jobs in a namespace of its own). Its jobs mostly wait
+#   (one process: 46% of 2 cores busy), so two at once take little more than one. The modules that
+#   change the operator (its release upgraded, its pods restarted) or need the node to themselves
+#   are in scope "realnode-a".
+# - The image tier: a scope; it needs only the dockerd `make prepare` started (the real node then
+#   leaves it running).
+# - The training tier trains on the CPU with timeouts sized for one run at a time: one scope, serial.
+# - Any other module is a scope of its own, so its module-scoped fixtures are set up once.
 # (xdist_group marks would say the same, but xdist 3.8 cannot apply them to pytest 9's node ids:
 # they are silently ignored.)
-XDIST_SCOPE_BY_TIER = {"e2e": "realnode", "images": "realnode", "training": "training"}
+XDIST_SCOPE_BY_TIER = {"images": "images", "training": "training"}
+E2E_SCOPE_A = ("test_real_node.py", "test_api_reachability_real_node.py")  # the others: "realnode-b"
 # The longest scopes first: each worker starts one and the short modules fill in around them,
 # instead of one worker running a long scope alone at the end.
-XDIST_FIRST = ("realnode", "training")
+XDIST_FIRST = ("realnode-a", "realnode-b", "training", "images")
 
 
 def xdist_scope(nodeid: str) -> str:
     path = nodeid.split("::", 1)[0]
     parts = path.split("/")
     tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+    if tier == "e2e":
+        return "realnode-a" if parts[-1] in E2E_SCOPE_A else "realnode-b"
     return XDIST_SCOPE_BY_TIER.get(tier, path)
 
 
@@ -67,15 +76,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.get_closest_marker(m) for m in CONTROL_PLANE_MARKERS
         ):
             item.add_marker(pytest.mark.integration)
-    # The e2e modules that run a real node of their own go before those that share the session's
-    # stack (tests/e2e/conftest.py): one real node per machine, so the shared one starts once.
-    slots = [
-        i
-        for i, item in enumerate(items)
-        if xdist_scope(item.nodeid) == "realnode" and item.nodeid.startswith("tests/e2e/")
-    ]
+    # The e2e modules that run a real node of their own go after those that share the session's
+    # stack (tests/e2e/conftest.py): one real node per machine, so the shared one starts once, and
+    # stops (when the other worker is done with it too) before them.
+    slots = [i for i, item in enumerate(items) if item.nodeid.startswith("tests/e2e/")]
     in_slots = sorted(
-        (items[i] for i in slots), key=lambda item: "real_node_to_myself" not in getattr(item, "fixturenames", ())
+        (items[i] for i in slots), key=lambda item: "real_node_to_myself" in getattr(item, "fixturenames", ())
     )
     for i, item in zip(slots, in_slots):
         items[i] = item

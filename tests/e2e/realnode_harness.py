@@ -10,12 +10,15 @@ and a test that changes the stack (the node's status, the release's values) puts
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,7 +39,15 @@ from sft_models.naming import claim_name, statefulset_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
-JOB_NS = "realnode-e2e"
+# Under pytest-xdist the e2e modules run on two workers against one stack: each its own namespace.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+JOB_NS = f"realnode-e2e-{WORKER}" if WORKER else "realnode-e2e"
+# A job's pods request 250m CPU each: two workers' two-pod jobs and the operator fit the node's 2 cores.
+POD_CPU = "250m"
+# SharedStack's coordination files (under xdist), and how long the starting worker waits at most
+# for the other to be done before it stops the stack anyway.
+STATE_FILE, USERS_DIR = "stack.json", "users"
+OTHERS_DONE_TIMEOUT_S = 3600.0
 JOB_TIMEOUT_S = 900.0
 # The operator's policy clock (deadlines, start-up timeouts, stalls, TTL) ticks every 5 s here
 # instead of 30 s, through the chart's extraEnv: the tests wait for policies, not for the clock.
@@ -64,7 +75,7 @@ class Jobs:
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
 
     def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
-        manifest = self.stack.job_manifest(name, JOB_NS)  # 500m CPU per pod on 2 cores
+        manifest = self.stack.job_manifest(name, JOB_NS, cpu=POD_CPU)
         manifest["spec"].update(spec)
         return manifest
 
@@ -299,13 +310,22 @@ def helm_upgrade(stack: RealStack, *sets: str) -> None:
 
 
 class SharedStack:
-    """The session's one RealStack and its Jobs, started on first use (see the module's doc)."""
+    """The session's one RealStack and its Jobs, started on first use (see the module's doc).
 
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory):
+    Under pytest-xdist (``coord_dir``: a directory every worker of the run shares) the e2e modules
+    run in two scopes, on two workers, against ONE stack: the first worker to need it starts it
+    and writes its connection (STATE_FILE), the other attaches to it; each registers in USERS_DIR
+    while it uses the stack. The worker that started it stops it once no worker uses it (its
+    processes belong to that worker: they die with it). Each worker's jobs are in a namespace of
+    its own (JOB_NS), so a test sees and deletes only its own."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, coord_dir: Path | None = None):
         self.tmp_path_factory = tmp_path_factory
+        self.coord_dir = coord_dir
         self._stack: RealStack | None = None
         self._jobs: Jobs | None = None
         self._failed = ""  # pytest asks again for each test: one failed start is enough
+        self._stoppers: list[threading.Thread] = []
         self.starts = 0
 
     def stack(self) -> RealStack:
@@ -318,19 +338,66 @@ class SharedStack:
                 self._fail(f"docker is not available ({DOCKER} / dockerd missing): apt-get install docker.io")
             if not shutil.which("kubectl"):
                 self._fail("kubectl is not in PATH")
-            stack = RealStack(
-                self.tmp_path_factory.mktemp("realstack"),
-                on_step=lambda msg: print(f"realstack: {msg}"),
-                helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
-                helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"],
-            )
-            try:
-                stack.start()  # stops what it started when it fails
-            except StackError as e:
-                self._fail(f"real-node stack could not start: {e}")
-            self._stack = stack
-            self.starts += 1
+            if self.coord_dir is None:
+                self._stack = self._start()
+            else:
+                with self._coordinated():
+                    connection = self._running_connection()
+                    if connection is not None:
+                        self._stack = RealStack.attach(connection, on_step=lambda msg: print(f"realstack: {msg}"))
+                        print(f"realstack: attached to the stack worker {connection['owner']} started")
+                    else:
+                        self._stack = self._start()
+                        state = {**self._stack.connection(), "owner": WORKER, "owner_pid": os.getpid()}
+                        (self.coord_dir / STATE_FILE).write_text(json.dumps(state))
+                    self._user_file().touch()
         return self._stack
+
+    def _start(self) -> RealStack:
+        stack = RealStack(
+            self.tmp_path_factory.mktemp("realstack"),
+            on_step=lambda msg: print(f"realstack: {msg}"),
+            helm_set=["extraEnv[0].name=SFT_POLICY_INTERVAL_S"],
+            helm_set_string=[f"extraEnv[0].value={POLICY_INTERVAL_S}"],
+        )
+        try:
+            stack.start()  # stops what it started when it fails
+        except StackError as e:
+            self._fail(f"real-node stack could not start: {e}")
+        self.starts += 1
+        return stack
+
+    @contextlib.contextmanager
+    def _coordinated(self) -> Iterator[None]:
+        """The workers' lock over STATE_FILE and USERS_DIR."""
+        import fcntl
+
+        assert self.coord_dir is not None
+        (self.coord_dir / USERS_DIR).mkdir(parents=True, exist_ok=True)
+        with open(self.coord_dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _running_connection(self) -> dict[str, Any] | None:
+        """The connection of the stack a live worker started, or None (a dead worker's is removed)."""
+        assert self.coord_dir is not None
+        try:
+            connection: dict[str, Any] = json.loads((self.coord_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        try:
+            os.kill(connection["owner_pid"], 0)
+        except ProcessLookupError:  # its stack died with it
+            (self.coord_dir / STATE_FILE).unlink()
+            return None
+        return connection
+
+    def _user_file(self) -> Path:
+        assert self.coord_dir is not None
+        return self.coord_dir / USERS_DIR / f"{WORKER or 'main'}-{os.getpid()}"
 
     def jobs(self) -> Jobs:
         if self._jobs is None:
@@ -348,9 +415,48 @@ class SharedStack:
         self._failed = reason
         pytest.fail(reason, pytrace=False)
 
-    def release(self) -> None:
-        """Stop the stack (if started): the real node is free for another; the next use starts anew."""
+    def release(self, wait: bool = True) -> None:
+        """This worker is done with the stack: the next use starts (or attaches) anew. The stack
+        is stopped (the real node free for another) by the worker that started it, once no worker
+        uses it: here and now (``wait``: waiting for the others, bounded), or by a thread while
+        this worker runs other tiers."""
         stack, self._stack, self._jobs = self._stack, None, None
-        if stack is not None:
-            stack.stop()
-            print("\nreal-node e2e times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stack.times.items()))
+        if stack is None:
+            return
+        if self.coord_dir is None:
+            self._stop(stack)
+            return
+        self._user_file().unlink(missing_ok=True)
+        if stack.attached:
+            stack.stop()  # closes this process's client
+            return
+        if wait:
+            self._stop_when_unused(stack)
+        else:
+            stopper = threading.Thread(target=self._stop_when_unused, args=(stack,), name="realstack-stopper")
+            stopper.start()
+            self._stoppers.append(stopper)
+
+    def _stop_when_unused(self, stack: RealStack) -> None:
+        assert self.coord_dir is not None
+        deadline = time.monotonic() + OTHERS_DONE_TIMEOUT_S
+        while True:
+            with self._coordinated():
+                users = sorted(p.name for p in (self.coord_dir / USERS_DIR).iterdir())
+                if not users or time.monotonic() >= deadline:
+                    (self.coord_dir / STATE_FILE).unlink(missing_ok=True)  # no one attaches now
+                    break
+            time.sleep(2)
+        if users:
+            print(f"\nrealstack: stopped though {users} still registered after {OTHERS_DONE_TIMEOUT_S:.0f}s")
+        self._stop(stack)
+
+    def _stop(self, stack: RealStack) -> None:
+        stack.stop()
+        print("\nreal-node e2e times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stack.times.items()))
+
+    def close(self) -> None:
+        """The session's end: released, waiting for the other workers, and every stop finished."""
+        self.release(wait=True)
+        for stopper in self._stoppers:
+            stopper.join()

@@ -44,7 +44,7 @@ def delete_and_wait(jobs: Jobs, name: str) -> None:
 
 def test_a_recreated_job_is_refused_with_other_training_fields_and_adopts_with_the_same(jobs: Jobs) -> None:
     t = time.monotonic()
-    manifest = jobs.manifest(NAME, numEpochs=1)
+    manifest = jobs.manifest(NAME, numEpochs=1, nnodes=1)  # ownership is per claim, not per rank
     first = jobs.create(copy.deepcopy(manifest))
     old_uid = first["metadata"]["uid"]
     status = jobs.follow(NAME).get("status") or {}
@@ -58,7 +58,7 @@ def test_a_recreated_job_is_refused_with_other_training_fields_and_adopts_with_t
     delete_and_wait(jobs, NAME)
 
     # The same name, another learning rate: the kept claim holds the first job's finished run.
-    jobs.create(jobs.manifest(NAME, numEpochs=1, learningRate=2e-3))
+    jobs.create(jobs.manifest(NAME, numEpochs=1, nnodes=1, learningRate=2e-3))
     status = jobs.follow(NAME).get("status") or {}
     failed = condition(status, "Failed")
     assert (status.get("phase"), failed["reason"]) == ("Failed", "ConfigRejected"), status

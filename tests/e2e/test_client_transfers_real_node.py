@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from realnode_harness import JOB_NS, Jobs, digest
+from realnode_harness import JOB_NS, POD_CPU, Jobs, digest
 
 from devtools import training_hub_reference
 from devtools.realstack import ASSETS_CLAIM, RealStack
@@ -99,7 +99,7 @@ def test_training_hubs_example_with_a_local_jsonl_trains_and_the_checkpoint_come
         image=stack.images["SFT_TRAINER_IMAGE"],
         device="cpu",
         checkpoint_claim_size="1Gi",
-        resources={"requests": {"cpu": "500m", "memory": "1Gi"}},
+        resources={"requests": {"cpu": POD_CPU, "memory": "1Gi"}},
         pod={"antiAffinity": "Disabled", "terminationGracePeriodSeconds": 60},
         timeout=900,
     )
@@ -197,7 +197,7 @@ def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
     try:
         first = cli(stack, *common, "--name", "cli-a", "--ckpt-output-dir", "pvc://shared-ckpts/a", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
-        assert "Uploaded ./train.jsonl to claim realnode-e2e/shared-ckpts" in first.stderr, first.stderr
+        assert f"Uploaded ./train.jsonl to claim {JOB_NS}/shared-ckpts" in first.stderr, first.stderr
         stored = stack.claim_dir(JOB_NS, "shared-ckpts") / f".sft-uploads/sha256-{local_sha[:16]}/train.jsonl"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == local_sha
         assert jobs.job("cli-a")["spec"]["dataPath"] == (
@@ -205,7 +205,7 @@ def test_cli_submit_data_uploads_to_an_existing_checkpoint_claim_once(
         )
         second = cli(stack, *common, "--name", "cli-b", "--ckpt-output-dir", "pvc://shared-ckpts/b", cwd=tmp_path)
         assert second.returncode == 0, second.stderr
-        assert "is on claim realnode-e2e/shared-ckpts" in second.stderr and "not sent again" in second.stderr, (
+        assert f"is on claim {JOB_NS}/shared-ckpts" in second.stderr and "not sent again" in second.stderr, (
             second.stderr
         )
         assert helper_pods(jobs) == []
@@ -231,7 +231,7 @@ def test_training_hubs_own_sft_with_backend_kubernetes_uploads_and_trains(
                      # cluster settings travel in training_hub's **kwargs
                      name="via-hub", namespace={JOB_NS!r}, kubeconfig={str(stack.kubeconfig)!r},
                      image={stack.images["SFT_TRAINER_IMAGE"]!r}, device="cpu", checkpoint_claim_size="1Gi",
-                     resources={{"requests": {{"cpu": "500m", "memory": "1Gi"}}}},
+                     resources={{"requests": {{"cpu": {POD_CPU!r}, "memory": "1Gi"}}}},
                      pod={{"terminationGracePeriodSeconds": 60}}, timeout=900)
         print(json.dumps({{"phase": result.phase, "checkpoints": result.checkpoint_paths,
                           "module": type(result).__module__}}))

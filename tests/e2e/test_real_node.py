@@ -17,9 +17,9 @@ jobs in sft-trainer:cpu-dev with the reporter sidecar:
   deletes the finished job and its claim stays;
 - a `device: cuda` job on a node that advertises a GPU it lacks: the launcher's GPU preflight ends
   it Failed ConfigRejected at its first start, naming the cause, 0 restarts;
-- run policy on one long job: a killed rank restarts the group within seconds, a rank frozen with
-  SIGSTOP is detected as a stall and the group restarted and resumed, and a deadline ends it
-  DeadlineExceeded with a checkpoint on disk.
+- run policy on one long job: a killed rank restarts the group within seconds (every rank, the
+  killed one's pod too), and a deadline ends it DeadlineExceeded with a checkpoint on disk (the
+  stall of a frozen rank: benchmarks/run_policy.py and the integration tier).
 
 Needs root, Debian's docker.io (/usr/bin/docker, dockerd), containernetworking-plugins, the node
 binaries (~/.cache/sft-operator/k8s-1.20.2-node/bin) and the pause image; it FAILS (not skips)
@@ -31,8 +31,6 @@ realnode_harness.SharedStack: control plane advertising this machine's IP, node 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import stat
 import time
 from pathlib import Path
@@ -340,28 +338,26 @@ def test_bad_data_is_rejected_with_checkpoints_kept_and_a_ttl_job_goes_leaving_i
     assert claim.metadata.deletion_timestamp is None, "the TTL deleted the claim with the job"
 
 
-# The run-policy job's start-up timeout: also its bound while saving (see the test).
-STALL_STARTUP_TIMEOUT_S = 300
-SAMPLES_PER_EPOCH = 24  # the demo job's data; 4 a step (effective batch 4)
+# The run-policy job's start-up timeout (see the test).
+POLICY_STARTUP_TIMEOUT_S = 300
 
 
 @pytest.mark.timeout(2400)
-def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jobs: Jobs) -> None:
-    """Issue 11 on the real node: one long job, three things that hold GPUs in real clusters.
-    (How soon each policy acts, measured: benchmarks/run_policy.py.)"""
+def test_run_policy_on_one_long_job_a_killed_rank_restarts_the_group_then_the_deadline(jobs: Jobs) -> None:
+    """Issue 11 on the real node: one long job, two things that hold GPUs in real clusters.
+    (How soon each policy acts, the stall's too, measured: benchmarks/run_policy.py.)"""
     name = "tiny-policy"
     began = time.monotonic()
     # checkpointAtEpoch stays on: instructlab-training saves the epoch's full state only with it.
-    # startupTimeoutSeconds also bounds the Saving stage (a rank frozen while the others save):
-    # 300 s here (a loaded machine took over 120 s from its pods running to a run's first step), where
-    # the default 30 minutes would outlast the test.
+    # startupTimeoutSeconds 300 s (a loaded machine took over 120 s from its pods running to a run's
+    # first step), where the default 30 minutes would outlast the test.
     job = jobs.create(
         jobs.manifest(
             name,
             numEpochs=2000,
             fullStateRetention=2,
             stallTimeoutSeconds=60,
-            startupTimeoutSeconds=STALL_STARTUP_TIMEOUT_S,
+            startupTimeoutSeconds=POLICY_STARTUP_TIMEOUT_S,
             maxRestarts=5,
         )
     )
@@ -406,68 +402,29 @@ def test_run_policy_on_one_long_job_rank_killed_rank_frozen_then_the_deadline(jo
     print(f"rank 1 killed: training again {time.monotonic() - killed_at:.0f}s after the kill")
     assert jobs.status(name).get("restarts") == 1, jobs.status(name)
 
-    # 2. A frozen rank (every process of rank 1's trainer SIGSTOPped, as a hung NCCL collective
-    # leaves it): rank 0 waits in the next collective and no step comes. Past the stall bound
-    # (60 s while training, 300 s if rank 0 was saving) the operator restarts every rank, counted
-    # as a restart, and the group resumes from the latest full state.
-    # A full state to resume from first (the killed run may have ended before its first epoch did).
+    # A rank frozen with SIGSTOP (as a hung NCCL collective leaves it) is not repeated here: the stall
+    # ends in the group restart above; when it is declared is the operator's policy, tested on the
+    # real control plane (tests/integration/test_operator_run_policy.py) and measured on the real
+    # node (benchmarks/run_policy.py --only stall: 63.5 s after the freeze, stallTimeoutSeconds 60).
+
+    # 2. The deadline. A full state to resume from first (the killed run may have ended before its first epoch did).
     wait_until(
         "an epoch-end full state",
         lambda: scan_checkpoints(jobs.claim_dir(job)).latest_full_state,
         timeout_s=600,
         interval_s=1,
     )
-    # Frozen mid-epoch, a step of this run just logged and the epoch's end not next: rank 0 then
-    # waits in a training step's collective (the stall bound applies) rather than in the epoch-end
-    # save or the next epoch's start (where startupTimeoutSeconds bounds it: 300 s more to wait).
-    runs_before_freeze = len(read_run_records(jobs.claim_dir(job)))
-    this_run = read_run_records(jobs.claim_dir(job))[-1]
-
-    def mid_epoch() -> bool:
-        steps = read_metrics_log(metrics_log_path(jobs.claim_dir(job)), offset=this_run.metrics_log_offset).steps
-        return bool(steps) and steps[-1].samples_seen % SAMPLES_PER_EPOCH in (4, 8, 12)
-
-    wait_until("a step early in an epoch", mid_epoch, timeout_s=600, interval_s=0.1)
-    frozen_pids = RealStack.container_pids(jobs.trainer_container(pod1))
-    assert frozen_pids, "no process in rank 1's trainer container"
-    frozen_at = time.monotonic()
-    for pid in frozen_pids:
-        os.kill(pid, signal.SIGSTOP)
-    wait_until(
-        "the stall restart",
-        lambda: jobs.status(name).get("stallRestarts", 0) >= 1,
-        timeout_s=STALL_STARTUP_TIMEOUT_S + 240,
-        interval_s=0.5,
-    )
-    detected = time.monotonic() - frozen_at
-    stalled_status = jobs.status(name)
-    print(f"rank 1 frozen: every rank restarted {detected:.1f}s later ({time.monotonic() - began:.0f}s into the test)")
-    assert stalled_status.get("restarts") == 2, stalled_status
-    stall_events = [e for e in jobs.events(name) if e.reason == "Stalled"]
-    assert stall_events and "no training step for" in stall_events[-1].message, [e.message for e in stall_events]
-    print(f"the Stalled event: {stall_events[-1].message}")
-    samples = jobs.progress(name).get("samplesSeen", 0)
-    wait_until(
-        "training again after the stall restart", training(jobs, name, more_than=samples), timeout_s=600, interval_s=0.5
-    )
-    runs = read_run_records(jobs.claim_dir(job))
-    assert len(runs) > runs_before_freeze and runs[-1].resumed_from is not None, runs[-1]  # resumed, not started over
-    print(
-        f"training again after the stall restart, resumed from {runs[-1].resumed_from} "
-        f"({time.monotonic() - began:.0f}s into the test)"
-    )
-
-    # 3. The deadline: past it, SIGTERM (an on-demand checkpoint within the demo job's 60 s grace
-    # period; with 20 s, on 2 loaded cores, the save did not finish), then Failed DeadlineExceeded.
+    # Past the deadline, SIGTERM (an on-demand checkpoint within the demo job's 60 s grace period;
+    # with 20 s, on 2 loaded cores, the save did not finish), then Failed DeadlineExceeded.
     # stallTimeoutSeconds 60 above also proves no false stall while a run starts up.
-    # An epoch's full state is on the claim already (step 2): the deadline's check does not hang on
-    # the SIGTERM save alone (a collective save needs every rank).
+    # An epoch's full state is on the claim already: the deadline's check does not hang on the
+    # SIGTERM save alone (a collective save needs every rank).
     jobs.patch_spec(name, {"activeDeadlineSeconds": 1})
     final = jobs.follow(name, timeout_s=180)
     status = final.get("status") or {}
     assert status.get("phase") == "Failed", json.dumps(status, indent=1)
     assert condition(status, "Failed")["reason"] == "DeadlineExceeded", status
-    assert (status.get("restarts"), status.get("stallRestarts")) == (2, 1), status
+    assert (status.get("restarts"), status.get("stallRestarts", 0)) == (1, 0), status
     wait_until("the job's pods to be gone", lambda: not jobs.pods(name), timeout_s=120, interval_s=0.5)
     # The checkpoints stay: a complete full state to resume from is on the claim (the SIGTERM save
     # when it finished within the grace period, else the last epoch's).
