@@ -26,7 +26,7 @@ prepare: venv docker
 ## integration), so 4 workers on 2 cores. PYTEST_ARGS="-n 0": one process
 PYTEST_ARGS ?= -n 4
 test: prepare lint
-	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 --durations=25 $(PYTEST_ARGS)
+	KUBEBUILDER_ASSETS="$$(scripts/provision-k8s.sh)" $(PY) -m pytest -q -p no:cacheprovider --reruns 1 --reruns-delay 5 -rR --durations=25 $(PYTEST_ARGS)
 
 ## lint: ruff (pyflakes, import order; pyproject [tool.ruff]), ruff format --check and mypy (every shipped package, strict but
 ## the trainer; [tool.mypy]); `make test` runs it first and stops on a finding
