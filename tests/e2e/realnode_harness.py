@@ -442,7 +442,7 @@ class SharedStack:
         deadline = time.monotonic() + OTHERS_DONE_TIMEOUT_S
         while True:
             with self._coordinated():
-                users = sorted(p.name for p in (self.coord_dir / USERS_DIR).iterdir())
+                users = sorted(p.name for p in (self.coord_dir / USERS_DIR).iterdir() if _alive(p.name))
                 if not users or time.monotonic() >= deadline:
                     (self.coord_dir / STATE_FILE).unlink(missing_ok=True)  # no one attaches now
                     break
@@ -460,3 +460,13 @@ class SharedStack:
         self.release(wait=True)
         for stopper in self._stoppers:
             stopper.join()
+
+
+def _alive(user: str) -> bool:
+    """Whether the worker of a user file ("<worker>-<pid>") still runs: a worker that crashed
+    while it used the stack does not hold it for the others."""
+    try:
+        os.kill(int(user.rsplit("-", 1)[1]), 0)
+    except (ProcessLookupError, ValueError, IndexError):
+        return False
+    return True

@@ -203,8 +203,8 @@ def test_a_two_node_job_fetches_each_file_once_trains_exports_and_a_second_job_f
     # A second job on the same claim (another directory), same sources: nothing downloaded again.
     before_model, before_data = servers.model_downloads(), servers.data_downloads()
     claim = claim_name(parse_job(job))
-    second = remote_job(
-        jobs, servers, "fetch-again", numEpochs=1, checkpoints={"existingClaim": claim, "path": "again"}
+    second = remote_job(  # one node: what it fetches is the question, not how many ranks train
+        jobs, servers, "fetch-again", nnodes=1, numEpochs=1, checkpoints={"existingClaim": claim, "path": "again"}
     )
     jobs.create(second)
     done = jobs.follow("fetch-again")

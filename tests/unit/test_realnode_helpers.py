@@ -3,6 +3,7 @@ filling a claim."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -112,3 +113,55 @@ def test_copy_as_root_writes_gives_the_modes_root_writes_not_the_sources(tmp_pat
     assert modes == {"data.jsonl": "0o644", "model": "0o755", "model/model.safetensors": "0o644"}
     assert (target / "model" / "model.safetensors").read_bytes() == b"w"
     assert stat.S_IMODE(target.stat().st_mode) == 0o700  # the claim's own directory is not touched
+
+
+def _e2e_harness() -> Any:
+    """tests/e2e/realnode_harness.py (the e2e tier's, not a package), loaded from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "e2e" / "realnode_harness.py"
+    spec = importlib.util.spec_from_file_location("realnode_harness_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DEAD_PID = 999_999_999  # above any pid_max: no such process
+
+
+class _StoppedStack:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_the_shared_stack_is_stopped_once_no_live_worker_uses_it(tmp_path: Path) -> None:
+    harness = _e2e_harness()
+    shared = harness.SharedStack(None, coord_dir=tmp_path)
+    (tmp_path / harness.USERS_DIR).mkdir()
+    (tmp_path / harness.STATE_FILE).write_text(json.dumps({"owner_pid": os.getpid()}))
+    # A worker that died while it used the stack does not keep it up for an hour.
+    (tmp_path / harness.USERS_DIR / f"gw1-{DEAD_PID}").touch()
+    stack = _StoppedStack()
+    shared._stop_when_unused(stack)
+    assert stack.stopped == 1
+    assert not (tmp_path / harness.STATE_FILE).exists()  # no worker attaches to a stopping stack
+
+
+def test_a_stack_whose_starter_died_is_started_anew_not_attached_to(tmp_path: Path) -> None:
+    harness = _e2e_harness()
+    shared = harness.SharedStack(None, coord_dir=tmp_path)
+    assert shared._running_connection() is None
+    (tmp_path / harness.STATE_FILE).write_text(json.dumps({"owner_pid": DEAD_PID, "server": "https://a"}))
+    assert shared._running_connection() is None and not (tmp_path / harness.STATE_FILE).exists()
+    (tmp_path / harness.STATE_FILE).write_text(json.dumps({"owner_pid": os.getpid(), "server": "https://b"}))
+    assert shared._running_connection() == {"owner_pid": os.getpid(), "server": "https://b"}
+    assert (harness._alive(f"gw0-{os.getpid()}"), harness._alive(f"gw0-{DEAD_PID}"), harness._alive("x")) == (
+        True,
+        False,
+        False,
+    )
