@@ -6,6 +6,7 @@ in seconds with a stall timeout of about 2 s."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -143,6 +144,10 @@ def test_sigterm_while_the_child_runs_kills_it_and_exits_preempted(tmp_path: Pat
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            # A failed run must not leave its hanging child behind (SIGKILL cannot be passed on).
+            if (tmp_path / "attempt-1").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int((tmp_path / "attempt-1").read_text()), signal.SIGKILL)
     assert launcher.returncode == 3, err[-2000:]
     assert out.startswith("preempted: received SIGTERM before training ran"), out
     assert time.monotonic() - sent < 10
