@@ -84,10 +84,8 @@ def test_a_two_node_osft_job_trains_to_succeeded_and_its_checkpoint_loads(jobs: 
 def test_kubectl_delete_pod_after_epoch_1_saves_and_the_osft_job_trains_every_remaining_step(jobs: Jobs) -> None:
     name = "osft-preempted"
     epochs, steps_per_epoch = 30, 6  # 24 samples, effective batch 4
-    # One node: the two-node OSFT run is the test above, the two-node preemption the SFT one
-    # (test_real_node.py) and the OSFT launcher's own (tests/training/test_osft_launcher.py).
     job = jobs.create(
-        jobs.manifest(name, algorithm="osft", unfreezeRankRatio=0.5, numEpochs=epochs, fullStateRetention=1, nnodes=1)
+        jobs.manifest(name, algorithm="osft", unfreezeRankRatio=0.5, numEpochs=epochs, fullStateRetention=1)
     )
     pod0 = f"{statefulset_name(parse_job(job))}-0"
     root = jobs.claim_dir(job)
