@@ -26,6 +26,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from devtools.controlplane import pid_alive
 from devtools.demo import describe, follow_job
 from devtools.node import DOCKER
 from devtools.node import docker as node_docker
@@ -326,7 +327,6 @@ class SharedStack:
         self._jobs: Jobs | None = None
         self._failed = ""  # pytest asks again for each test: one failed start is enough
         self._stoppers: list[threading.Thread] = []
-        self.starts = 0
 
     def stack(self) -> RealStack:
         if self._failed:
@@ -364,7 +364,6 @@ class SharedStack:
             stack.start()  # stops what it started when it fails
         except StackError as e:
             self._fail(f"real-node stack could not start: {e}")
-        self.starts += 1
         return stack
 
     @contextlib.contextmanager
@@ -388,9 +387,7 @@ class SharedStack:
             connection: dict[str, Any] = json.loads((self.coord_dir / STATE_FILE).read_text())
         except FileNotFoundError:
             return None
-        try:
-            os.kill(connection["owner_pid"], 0)
-        except ProcessLookupError:  # its stack died with it
+        if not pid_alive(connection["owner_pid"]):  # its stack died with it
             (self.coord_dir / STATE_FILE).unlink()
             return None
         return connection
@@ -465,8 +462,5 @@ class SharedStack:
 def _alive(user: str) -> bool:
     """Whether the worker of a user file ("<worker>-<pid>") still runs: a worker that crashed
     while it used the stack does not hold it for the others."""
-    try:
-        os.kill(int(user.rsplit("-", 1)[1]), 0)
-    except (ProcessLookupError, ValueError, IndexError):
-        return False
-    return True
+    pid = user.rsplit("-", 1)[-1]
+    return pid.isdigit() and pid_alive(int(pid))
